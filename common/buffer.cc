@@ -1,0 +1,45 @@
+// Buffer allocation and release.
+#include "common/buffer.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+namespace troupe {
+
+Buffer& Buffer::operator=(Buffer&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    data_ = other.data_;
+    size_ = other.size_;
+    deleter_ = std::move(other.deleter_);
+    other.data_ = nullptr;
+    other.size_ = 0;
+    other.deleter_ = nullptr;
+  }
+  return *this;
+}
+
+void Buffer::Reset() {
+  if (data_ != nullptr && deleter_) deleter_(data_, size_);
+  data_ = nullptr;
+  size_ = 0;
+  deleter_ = nullptr;
+}
+
+Buffer Buffer::Allocate(size_t size) {
+  if (size == 0) return Buffer();
+  constexpr size_t kAlign = 64;
+  size_t rounded = (size + kAlign - 1) / kAlign * kAlign;
+  void* p = std::aligned_alloc(kAlign, rounded);
+  if (p == nullptr) throw std::bad_alloc();
+  return Buffer(static_cast<uint8_t*>(p), size, [](uint8_t* d, size_t) { std::free(d); });
+}
+
+Buffer Buffer::CopyOf(const void* bytes, size_t size) {
+  Buffer b = Allocate(size);
+  if (size > 0) std::memcpy(b.data(), bytes, size);
+  return b;
+}
+
+}  // namespace troupe

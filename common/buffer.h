@@ -1,0 +1,50 @@
+// Buffer: an owning, movable run of bytes with a custom release, used for frame payloads.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string_view>
+
+namespace troupe {
+
+/// Owns `size` bytes at `data` and releases them with its deleter when destroyed.
+/// Frames move Buffers from producer to transport to consumer without copying the bytes.
+/// Not thread-safe; hand it from thread to thread by moving.
+class Buffer {
+ public:
+  using Deleter = std::function<void(uint8_t*, size_t)>;
+
+  Buffer() = default;
+  Buffer(uint8_t* data, size_t size, Deleter deleter)
+      : data_(data), size_(size), deleter_(std::move(deleter)) {}
+  Buffer(Buffer&& other) noexcept { *this = std::move(other); }
+  Buffer& operator=(Buffer&& other) noexcept;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() { Reset(); }
+
+  /// A buffer of `size` uninitialised bytes on the heap (64-byte aligned).
+  static Buffer Allocate(size_t size);
+  /// A heap copy of `bytes`.
+  static Buffer CopyOf(const void* bytes, size_t size);
+  static Buffer CopyOf(std::string_view bytes) { return CopyOf(bytes.data(), bytes.size()); }
+
+  uint8_t* data() { return data_; }
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  std::string_view view() const {
+    return {reinterpret_cast<const char*>(data_), size_};
+  }
+
+  /// Releases the bytes now.
+  void Reset();
+
+ private:
+  uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+  Deleter deleter_;
+};
+
+}  // namespace troupe

@@ -1,0 +1,153 @@
+// ChildProcess on posix_spawn and pipes.
+#include "common/child_process.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+extern char** environ;
+
+namespace troupe {
+
+StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(const std::vector<std::string>& argv,
+                                                            const std::vector<std::string>& extra_env) {
+  if (argv.empty()) return InvalidArgumentError("spawn: empty argv");
+  int in_pipe[2];
+  int out_pipe[2];
+  if (pipe2(in_pipe, O_CLOEXEC) != 0) return InternalError(std::string("pipe: ") + std::strerror(errno));
+  if (pipe2(out_pipe, O_CLOEXEC) != 0) {
+    close(in_pipe[0]);
+    close(in_pipe[1]);
+    return InternalError(std::string("pipe: ") + std::strerror(errno));
+  }
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, in_pipe[0], STDIN_FILENO);
+  posix_spawn_file_actions_adddup2(&actions, out_pipe[1], STDOUT_FILENO);
+
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e != nullptr; ++e) env_strings.emplace_back(*e);
+  for (const auto& e : extra_env) env_strings.push_back(e);
+  std::vector<char*> envp;
+  for (auto& e : env_strings) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  std::vector<std::string> args = argv;
+  std::vector<char*> cargv;
+  for (auto& a : args) cargv.push_back(a.data());
+  cargv.push_back(nullptr);
+
+  pid_t pid = -1;
+  int rc = posix_spawnp(&pid, cargv[0], &actions, nullptr, cargv.data(), envp.data());
+  posix_spawn_file_actions_destroy(&actions);
+  close(in_pipe[0]);
+  close(out_pipe[1]);
+  if (rc != 0) {
+    close(in_pipe[1]);
+    close(out_pipe[0]);
+    return UnavailableError("cannot start '" + argv[0] + "': " + std::strerror(rc));
+  }
+  std::unique_ptr<ChildProcess> child(new ChildProcess());
+  child->pid_ = pid;
+  child->stdin_fd_ = in_pipe[1];
+  child->stdout_fd_ = out_pipe[0];
+  return child;
+}
+
+ChildProcess::~ChildProcess() {
+  if (stdin_fd_ >= 0) close(stdin_fd_);
+  if (stdout_fd_ >= 0) close(stdout_fd_);
+  if (!reaped_ && pid_ > 0) {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+}
+
+Status ChildProcess::WriteLine(const std::string& line) {
+  std::string data = line + "\n";
+  size_t off = 0;
+  while (off < data.size()) {
+    ssize_t n = write(stdin_fd_, data.data() + off, data.size() - off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return UnavailableError(std::string("write to child: ") + std::strerror(errno));
+    }
+    off += static_cast<size_t>(n);
+  }
+  return OkStatus();
+}
+
+StatusOr<std::string> ChildProcess::ReadLine(std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    auto newline = buffered_.find('\n');
+    if (newline != std::string::npos) {
+      std::string line = buffered_.substr(0, newline);
+      buffered_.erase(0, newline + 1);
+      return line;
+    }
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return DeadlineExceededError("no line from child within the timeout");
+    pollfd pfd{stdout_fd_, POLLIN, 0};
+    int rc = poll(&pfd, 1, static_cast<int>(left.count()));
+    if (rc < 0 && errno != EINTR) return InternalError(std::string("poll: ") + std::strerror(errno));
+    if (rc <= 0) continue;
+    char chunk[4096];
+    ssize_t n = read(stdout_fd_, chunk, sizeof(chunk));
+    if (n == 0) return UnavailableError("child closed its stdout");
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return InternalError(std::string("read: ") + std::strerror(errno));
+    }
+    buffered_.append(chunk, static_cast<size_t>(n));
+  }
+}
+
+StatusOr<std::string> ChildProcess::ReadLineWithPrefix(const std::string& prefix,
+                                                       std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return DeadlineExceededError("no line starting with '" + prefix + "' from child");
+    auto line = ReadLine(left);
+    if (!line.ok()) return line.status();
+    if (line->rfind(prefix, 0) == 0) return line->substr(prefix.size());
+  }
+}
+
+void ChildProcess::Signal(int sig) {
+  if (!reaped_ && pid_ > 0) kill(pid_, sig);
+}
+
+StatusOr<int> ChildProcess::Wait(std::chrono::milliseconds timeout) {
+  if (reaped_) return InvalidArgumentError("child already reaped");
+  int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid_, 0));
+  if (pidfd < 0) return InternalError(std::string("pidfd_open: ") + std::strerror(errno));
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    int status = 0;
+    pid_t rc = waitpid(pid_, &status, WNOHANG);
+    if (rc == pid_) {
+      close(pidfd);
+      reaped_ = true;
+      return status;
+    }
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (rc < 0 || left.count() <= 0) {
+      close(pidfd);
+      if (rc < 0) return InternalError(std::string("waitpid: ") + std::strerror(errno));
+      return DeadlineExceededError("child " + std::to_string(pid_) + " did not exit in time");
+    }
+    // The pidfd becomes readable when the child exits.
+    pollfd pfd{pidfd, POLLIN, 0};
+    poll(&pfd, 1, static_cast<int>(left.count()));
+  }
+}
+
+}  // namespace troupe

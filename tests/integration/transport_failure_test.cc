@@ -1,0 +1,124 @@
+// Peer failures: kill -9 and a hung (SIGSTOP) peer never leave sends hanging.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include "tests/integration/transport_test_util.h"
+
+namespace troupe::testing {
+namespace {
+
+using transport::FrameHeader;
+using transport::UcxTransport;
+using namespace std::chrono_literals;
+
+class TransportFailureTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    peer_ = StartPeer({}, &peer_address_);
+    ASSERT_NE(peer_, nullptr);
+    transport_ = std::make_unique<UcxTransport>(LocalConfig(""));
+    ASSERT_TRUE(transport_->Start(inbox_.Handler()).ok());
+    transport_->AddPeer(kPeerNode, peer_address_);
+    // One echo proves the connection is up and authenticated.
+    ASSERT_TRUE(transport_->Send(kPeerNode, FrameHeader{}, Buffer::CopyOf("ping")).ok());
+    ASSERT_TRUE(inbox_.WaitForFrames(1, 20s)) << "first echo did not arrive";
+    inbox_.TakeFrames();
+  }
+
+  /// Stops the peer, then queues rendezvous-sized frames that cannot complete while it
+  /// is stopped.
+  void QueueSendsToStoppedPeer(SendResults* results, int count) {
+    peer_->Signal(SIGSTOP);
+    for (int i = 0; i < count; ++i) {
+      ASSERT_TRUE(transport_->Send(kPeerNode, FrameHeader{}, Buffer::Allocate(4u << 20), results->Callback()).ok());
+    }
+    EXPECT_FALSE(results->WaitFor(static_cast<size_t>(count), 200ms))
+        << "rendezvous sends completed although the peer is stopped";
+  }
+
+  TransportInbox inbox_;
+  std::unique_ptr<ChildProcess> peer_;
+  std::string peer_address_;
+  std::unique_ptr<UcxTransport> transport_;
+};
+
+TEST_F(TransportFailureTest, KillNineFiresPeerFailureWithinOneSecondAndFailsPendingSends) {
+  SendResults results;
+  QueueSendsToStoppedPeer(&results, 4);
+  auto killed_at = std::chrono::steady_clock::now();
+  peer_->Signal(SIGKILL);
+  auto reason = inbox_.WaitForFailure(kPeerNode, 1s);
+  ASSERT_TRUE(reason.has_value()) << "on_peer_failed did not fire within 1 s of kill -9";
+  auto detection = inbox_.FailureTime(kPeerNode) - killed_at;
+  EXPECT_LT(detection, 1s);
+  EXPECT_EQ(reason->code(), StatusCode::kUnavailable) << *reason;
+  ASSERT_TRUE(results.WaitFor(4, 1s)) << "pending sends did not complete after the peer died";
+  for (const auto& s : results.results()) EXPECT_FALSE(s.ok()) << "a send to a dead peer reported success";
+  std::cout << "kill -9 detected after "
+            << std::chrono::duration_cast<std::chrono::microseconds>(detection).count() << " us\n";
+
+  // A new send reconnects on demand, finds nobody, and fails rather than hangs.
+  SendResults after;
+  ASSERT_TRUE(transport_->Send(kPeerNode, FrameHeader{}, Buffer::CopyOf("x"), after.Callback()).ok());
+  ASSERT_TRUE(after.WaitFor(1, 10s)) << "send to a dead peer hung";
+  EXPECT_EQ(after.results()[0].code(), StatusCode::kUnavailable) << after.results()[0];
+}
+
+TEST_F(TransportFailureTest, DisconnectingAHungPeerFailsItsInFlightSends) {
+  SendResults results;
+  QueueSendsToStoppedPeer(&results, 3);
+  // UCX cannot see a hung peer; the runtime's heartbeats decide and call Disconnect.
+  transport_->Disconnect(kPeerNode, UnavailableError("missed heartbeats"));
+  auto reason = inbox_.WaitForFailure(kPeerNode, 1s);
+  ASSERT_TRUE(reason.has_value()) << "on_peer_failed did not fire after Disconnect";
+  EXPECT_EQ(reason->message(), "missed heartbeats");
+  ASSERT_TRUE(results.WaitFor(3, 1s)) << "in-flight sends to a hung peer did not complete";
+  for (const auto& s : results.results()) EXPECT_FALSE(s.ok());
+  peer_->Signal(SIGKILL);
+}
+
+TEST(TransportLifecycle, SendsAfterStopAreRefusedAndStopIsIdempotent) {
+  UcxTransport transport(LocalConfig(""));
+  TransportInbox inbox;
+  ASSERT_TRUE(transport.Start(inbox.Handler()).ok());
+  EXPECT_FALSE(transport.listen_address().empty());
+  SendResults results;
+  // No address for node 9: the send completes with NotFound instead of hanging.
+  ASSERT_TRUE(transport.Send(9, FrameHeader{}, Buffer::CopyOf("x"), results.Callback()).ok());
+  ASSERT_TRUE(results.WaitFor(1, 5s));
+  EXPECT_EQ(results.results()[0].code(), StatusCode::kNotFound);
+  transport.Stop();
+  transport.Stop();
+  EXPECT_EQ(transport.Send(9, FrameHeader{}, Buffer::CopyOf("x")).code(), StatusCode::kCancelled);
+}
+
+TEST(TransportLifecycle, BadConfigIsRefusedWithTheFieldName) {
+  auto config = LocalConfig("");
+  config.cluster_token.clear();
+  UcxTransport no_token(config);
+  auto status = no_token.Start({});
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("cluster_token"), std::string::npos) << status;
+
+  config = LocalConfig("");
+  config.listen_address = "127.0.0.1:notaport";
+  UcxTransport bad_address(config);
+  status = bad_address.Start({});
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("listen_address"), std::string::npos) << status;
+}
+
+TEST(TransportLifecycle, PortInUseIsReported) {
+  UcxTransport first(LocalConfig(""));
+  ASSERT_TRUE(first.Start({}).ok());
+  auto config = LocalConfig("");
+  config.node_id = 3;
+  config.listen_address = first.listen_address();
+  UcxTransport second(config);
+  auto status = second.Start({});
+  EXPECT_FALSE(status.ok());
+  EXPECT_NE(status.message().find(first.listen_address()), std::string::npos) << status;
+}
+
+}  // namespace
+}  // namespace troupe::testing

@@ -1,0 +1,135 @@
+// Two processes on loopback exchange frames over shared memory and over TCP.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <random>
+
+#include "tests/integration/transport_test_util.h"
+
+namespace troupe::testing {
+namespace {
+
+using transport::FrameHeader;
+using transport::UcxTransport;
+using namespace std::chrono_literals;
+
+struct Mode {
+  const char* name;
+  const char* tls;
+  bool expect_shm;
+};
+
+class TwoProcessTest : public ::testing::TestWithParam<Mode> {
+ protected:
+  void SetUp() override {
+    peer_ = StartPeer({"--tls", GetParam().tls}, &peer_address_);
+    ASSERT_NE(peer_, nullptr);
+    transport_ = std::make_unique<UcxTransport>(LocalConfig(GetParam().tls));
+    ASSERT_TRUE(transport_->Start(inbox_.Handler()).ok());
+    transport_->AddPeer(kPeerNode, peer_address_);
+  }
+  void TearDown() override {
+    if (transport_) transport_->Stop();
+    if (peer_) {
+      peer_->WriteLine("quit").IgnoreError();
+      auto status = peer_->Wait(10s);
+      EXPECT_TRUE(status.ok() && WIFEXITED(*status) && WEXITSTATUS(*status) == 0)
+          << "transport_peer did not exit cleanly";
+    }
+  }
+
+  TransportInbox inbox_;
+  std::unique_ptr<ChildProcess> peer_;
+  std::string peer_address_;
+  std::unique_ptr<UcxTransport> transport_;
+};
+
+TEST_P(TwoProcessTest, TenThousandSmallFramesArriveIntactAndInOrder) {
+  constexpr uint64_t kFrames = 10000;
+  for (uint64_t i = 0; i < kFrames; ++i) {
+    FrameHeader h;
+    h.request_id = i;
+    h.type_id = 7;
+    ASSERT_TRUE(transport_->Send(kPeerNode, h, Buffer::CopyOf(&i, sizeof(i))).ok());
+  }
+  ASSERT_TRUE(inbox_.WaitForFrames(kFrames, 60s)) << "echoes of all 10,000 frames did not arrive";
+  auto frames = inbox_.TakeFrames();
+  ASSERT_EQ(frames.size(), kFrames);
+  for (uint64_t i = 0; i < kFrames; ++i) {
+    const auto& [from, frame] = frames[i];
+    ASSERT_EQ(from, kPeerNode);
+    ASSERT_EQ(frame.header.request_id, i) << "frame " << i << " out of order";
+    ASSERT_EQ(frame.header.type_id, 7u);
+    ASSERT_EQ(frame.header.src_node, kPeerNode);
+    ASSERT_EQ(frame.payload.size(), sizeof(i));
+    uint64_t value;
+    std::memcpy(&value, frame.payload.data(), sizeof(value));
+    ASSERT_EQ(value, i);
+  }
+}
+
+Buffer PatternedPayload(size_t size, uint64_t seed) {
+  Buffer b = Buffer::Allocate(size);
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  size_t i = 0;
+  for (; i + 8 <= size; i += 8) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    std::memcpy(b.data() + i, &x, 8);
+  }
+  for (; i < size; ++i) b.data()[i] = static_cast<uint8_t>(x >> (8 * (i % 8)));
+  return b;
+}
+
+uint64_t Fnv1a(const uint8_t* data, size_t size) {
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < size; ++i) h = (h ^ data[i]) * 1099511628211ull;
+  return h;
+}
+
+TEST_P(TwoProcessTest, PayloadsFromZeroTo256MiBArriveByteIdentical) {
+  const std::vector<size_t> sizes = {0,         1,           7,          8,         4095,      8192,
+                                     16383,     16384,       65536,      1 << 20,   (1 << 20) + 3,
+                                     16u << 20, 256u << 20};
+  for (size_t n = 0; n < sizes.size(); ++n) {
+    size_t size = sizes[n];
+    Buffer sent = PatternedPayload(size, n + 1);
+    uint64_t checksum = size <= (1u << 20) ? Fnv1a(sent.data(), size) : 0;
+    Buffer copy = Buffer::CopyOf(sent.data(), size);
+    FrameHeader h;
+    h.request_id = n;
+    SendResults done;
+    ASSERT_TRUE(transport_->Send(kPeerNode, h, std::move(copy), done.Callback()).ok());
+    ASSERT_TRUE(inbox_.WaitForFrames(1, 60s)) << "echo of a " << size << "-byte payload did not arrive";
+    ASSERT_TRUE(done.WaitFor(1, 10s));
+    EXPECT_TRUE(done.results()[0].ok()) << done.results()[0];
+    auto frames = inbox_.TakeFrames();
+    ASSERT_EQ(frames.size(), 1u);
+    const Buffer& got = frames[0].second.payload;
+    ASSERT_EQ(frames[0].second.header.request_id, n);
+    ASSERT_EQ(got.size(), size);
+    if (checksum != 0) {
+      EXPECT_EQ(Fnv1a(got.data(), size), checksum);
+    }
+    ASSERT_EQ(std::memcmp(got.data(), sent.data(), size), 0) << "payload of " << size << " bytes differs";
+  }
+}
+
+TEST_P(TwoProcessTest, UsesTheConfiguredTransports) {
+  ASSERT_TRUE(transport_->Send(kPeerNode, FrameHeader{}, Buffer::CopyOf("x")).ok());
+  ASSERT_TRUE(inbox_.WaitForFrames(1, 20s));
+  auto info = transport_->DescribePeer(kPeerNode);
+  ASSERT_TRUE(info.ok()) << info.status();
+  bool has_shm = info->find("posix/") != std::string::npos || info->find("sysv/") != std::string::npos;
+  EXPECT_EQ(has_shm, GetParam().expect_shm) << *info;
+  EXPECT_NE(info->find("tcp/"), std::string::npos) << "tcp carries the connection manager lane: " << *info;
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, TwoProcessTest,
+                         ::testing::Values(Mode{"SharedMemory", "posix,sysv,self,tcp", true},
+                                           Mode{"TcpOnly", "tcp", false}),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+}  // namespace
+}  // namespace troupe::testing

@@ -1,0 +1,144 @@
+// Envelope encoding/decoding on top of the generated Cap'n Proto code.
+#include "transport/envelope.h"
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <kj/exception.h>
+
+#include <cstring>
+
+#include "transport/envelope.capnp.h"
+
+namespace troupe::transport {
+namespace {
+
+constexpr size_t kScratchWords = kMaxEnvelopeBytes / sizeof(capnp::word);
+
+capnp::Data::Reader AsData(const std::string& s) {
+  return capnp::Data::Reader(reinterpret_cast<const kj::byte*>(s.data()), s.size());
+}
+
+std::string FromData(capnp::Data::Reader d) {
+  return std::string(reinterpret_cast<const char*>(d.begin()), d.size());
+}
+
+}  // namespace
+
+Status EncodeEnvelope(FrameKind kind, const FrameHeader& header, const HandshakeInfo* handshake,
+                      EncodedEnvelope* out, uint16_t version) {
+  if (handshake != nullptr &&
+      (handshake->node_name.size() > kMaxHandshakeText ||
+       handshake->listen_address.size() > kMaxHandshakeText ||
+       handshake->reason.size() > kMaxHandshakeText || handshake->nonce.size() > 64 ||
+       handshake->proof.size() > 64)) {
+    return InvalidArgumentError("handshake field too long to encode");
+  }
+  capnp::word scratch[kScratchWords];
+  std::memset(scratch, 0, sizeof(scratch));
+  capnp::MallocMessageBuilder builder(kj::arrayPtr(scratch, kScratchWords));
+  auto env = builder.initRoot<wire::Envelope>();
+  env.setVersion(version);
+  env.setKind(static_cast<wire::Kind>(kind));
+  env.setSrcNode(header.src_node);
+  env.setDstNode(header.dst_node);
+  env.setSrcActor(header.src_actor);
+  env.setDstActor(header.dst_actor);
+  env.setRequestId(header.request_id);
+  env.setTypeId(header.type_id);
+  env.setFlags(header.flags);
+  env.setTraceIdHigh(header.trace_id_high);
+  env.setTraceIdLow(header.trace_id_low);
+  env.setSpanId(header.span_id);
+  if (handshake != nullptr) {
+    auto hs = env.initHandshake();
+    hs.setNodeId(handshake->node_id);
+    hs.setNodeName(handshake->node_name);
+    hs.setListenAddress(handshake->listen_address);
+    hs.setNonce(AsData(handshake->nonce));
+    hs.setProof(AsData(handshake->proof));
+    hs.setReason(handshake->reason);
+  }
+  // Flat format: segment count - 1, each segment's size in words, padding, segments.
+  auto segments = builder.getSegmentsForOutput();
+  size_t table_words = (segments.size() + 2) / 2;
+  size_t total_words = table_words;
+  for (auto seg : segments) total_words += seg.size();
+  if (total_words * sizeof(capnp::word) > kMaxEnvelopeBytes) {
+    return InvalidArgumentError("envelope exceeds " + std::to_string(kMaxEnvelopeBytes) + " bytes");
+  }
+  auto* table = reinterpret_cast<uint32_t*>(out->bytes);
+  std::memset(out->bytes, 0, table_words * sizeof(capnp::word));
+  table[0] = static_cast<uint32_t>(segments.size() - 1);
+  for (size_t i = 0; i < segments.size(); ++i) table[i + 1] = static_cast<uint32_t>(segments[i].size());
+  uint8_t* p = out->bytes + table_words * sizeof(capnp::word);
+  for (auto seg : segments) {
+    std::memcpy(p, seg.begin(), seg.size() * sizeof(capnp::word));
+    p += seg.size() * sizeof(capnp::word);
+  }
+  out->size = total_words * sizeof(capnp::word);
+  return OkStatus();
+}
+
+StatusOr<DecodedEnvelope> DecodeEnvelope(const void* bytes, size_t size) {
+  if (size == 0) return InvalidArgumentError("empty envelope");
+  if (size > kMaxEnvelopeBytes) {
+    return InvalidArgumentError("envelope of " + std::to_string(size) + " bytes exceeds the " +
+                                std::to_string(kMaxEnvelopeBytes) + "-byte limit");
+  }
+  if (size % sizeof(capnp::word) != 0) {
+    return InvalidArgumentError("envelope of " + std::to_string(size) +
+                                " bytes is not a whole number of 8-byte words");
+  }
+  // Received headers carry no alignment promise; Cap'n Proto wants 8-byte words.
+  capnp::word aligned[kScratchWords];
+  std::memcpy(aligned, bytes, size);
+  DecodedEnvelope out;
+  KJ_IF_MAYBE(exception, kj::runCatchingExceptions([&]() {
+    capnp::ReaderOptions options;
+    options.traversalLimitInWords = kScratchWords * 2;
+    options.nestingLimit = 8;
+    capnp::FlatArrayMessageReader reader(
+        kj::arrayPtr(aligned, size / sizeof(capnp::word)), options);
+    auto env = reader.getRoot<wire::Envelope>();
+    out.version = env.getVersion();
+    out.kind = static_cast<FrameKind>(env.getKind());
+    out.header.src_node = env.getSrcNode();
+    out.header.dst_node = env.getDstNode();
+    out.header.src_actor = env.getSrcActor();
+    out.header.dst_actor = env.getDstActor();
+    out.header.request_id = env.getRequestId();
+    out.header.type_id = env.getTypeId();
+    out.header.flags = env.getFlags();
+    out.header.trace_id_high = env.getTraceIdHigh();
+    out.header.trace_id_low = env.getTraceIdLow();
+    out.header.span_id = env.getSpanId();
+    if (env.hasHandshake()) {
+      auto hs = env.getHandshake();
+      out.has_handshake = true;
+      out.handshake.node_id = hs.getNodeId();
+      out.handshake.node_name = hs.getNodeName();
+      out.handshake.listen_address = hs.getListenAddress();
+      out.handshake.nonce = FromData(hs.getNonce());
+      out.handshake.proof = FromData(hs.getProof());
+      out.handshake.reason = hs.getReason();
+    }
+  })) {
+    return InvalidArgumentError("malformed envelope: " +
+                                std::string(exception->getDescription().cStr()));
+  }
+  if (out.version != kEnvelopeVersion) {
+    return FailedPreconditionError("unknown envelope version " + std::to_string(out.version) +
+                                   " (this build speaks " + std::to_string(kEnvelopeVersion) + ")");
+  }
+  if (static_cast<uint16_t>(out.kind) > static_cast<uint16_t>(FrameKind::kReject)) {
+    return InvalidArgumentError("unknown envelope kind " +
+                                std::to_string(static_cast<uint16_t>(out.kind)));
+  }
+  for (const std::string* s : {&out.handshake.node_name, &out.handshake.listen_address,
+                               &out.handshake.reason}) {
+    if (s->size() > kMaxHandshakeText) return InvalidArgumentError("handshake text too long");
+  }
+  return out;
+}
+
+}  // namespace troupe::transport

@@ -1,0 +1,86 @@
+// Transport: the interface the runtime uses to move frames between processes and hosts.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "common/buffer.h"
+#include "common/status.h"
+#include "transport/frame.h"
+
+namespace troupe::transport {
+
+/// Called once per send, on the transport's progress thread, when the frame has left
+/// (OK) or cannot be sent (Unavailable: the peer failed; Cancelled: the transport stopped;
+/// ResourceExhausted: the peer refused its size; NotFound: no address for the peer).
+using SendCallback = std::function<void(const Status&)>;
+
+/// What the transport tells its owner. Every callback runs on the progress thread and
+/// must not block: hand work to another thread or actor instead.
+struct TransportHandler {
+  /// A frame from an authenticated peer, in the order that peer sent it.
+  std::function<void(NodeId peer, Frame frame)> on_frame;
+  /// A peer finished the handshake and is ready for frames.
+  std::function<void(NodeId peer)> on_peer_connected;
+  /// The last connection to a peer failed or closed (UCX error, kill -9, link cut).
+  /// Frames queued for it have already completed with Unavailable.
+  std::function<void(NodeId peer, const Status& reason)> on_peer_failed;
+  /// Optional: provides the buffer a payload of `size` bytes is received into. Large
+  /// payloads land in it directly by rendezvous. Defaults to Buffer::Allocate.
+  std::function<Buffer(const FrameHeader& header, size_t size)> allocate_payload;
+};
+
+/// Counters since Start(); read with Transport::stats() from any thread.
+struct TransportStats {
+  uint64_t frames_sent = 0;
+  uint64_t frames_received = 0;
+  uint64_t bytes_sent = 0;
+  uint64_t bytes_received = 0;
+  uint64_t send_errors = 0;
+  uint64_t connections_accepted = 0;
+  uint64_t connections_opened = 0;
+  uint64_t peers_connected = 0;   ///< currently authenticated peers
+  uint64_t peer_failures = 0;
+  uint64_t auth_failures = 0;     ///< handshakes refused (wrong token, bad proof, timeout)
+  uint64_t rejected_malformed = 0;       ///< garbage or truncated envelopes
+  uint64_t rejected_version = 0;         ///< unknown envelope version
+  uint64_t rejected_oversized = 0;       ///< payload above max_frame_bytes
+  uint64_t rejected_unauthenticated = 0; ///< data before or without authentication
+};
+
+/// Moves frames between this process and its peers. Implementations own one progress
+/// thread; Send() may be called from any thread, handlers run on the progress thread.
+///
+/// Lifecycle: constructed -> Start() -> running -> Stop() -> stopped (Stop is final).
+class Transport {
+ public:
+  virtual ~Transport() = default;
+
+  /// Opens the listener (if configured) and starts the progress thread.
+  virtual Status Start(TransportHandler handler) = 0;
+  /// Closes every connection, fails queued sends with Cancelled, joins the progress thread.
+  virtual void Stop() = 0;
+
+  /// This process's node id.
+  virtual NodeId self() const = 0;
+  /// "host:port" where peers can connect ("" when not listening). Valid after Start().
+  virtual std::string listen_address() const = 0;
+
+  /// Records where `peer` accepts connections; Send() connects on demand.
+  virtual void AddPeer(NodeId peer, const std::string& address) = 0;
+
+  /// Queues `payload` for `peer`. Errors found at once (stopped, oversized) are returned
+  /// and `done` is not called; otherwise `done` (if set) is called exactly once later.
+  virtual Status Send(NodeId peer, const FrameHeader& header, Buffer payload,
+                      SendCallback done = {}) = 0;
+
+  /// Closes every connection to `peer` (e.g. after missed heartbeats, which UCX cannot
+  /// see): in-flight and queued sends complete with an error and on_peer_failed fires
+  /// with `reason`. A later Send() reconnects.
+  virtual void Disconnect(NodeId peer, const Status& reason) = 0;
+
+  virtual TransportStats stats() const = 0;
+};
+
+}  // namespace troupe::transport

@@ -1,0 +1,78 @@
+// UcxTransportConfig and the rules that turn it (plus the environment) into UCX settings.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/status.h"
+#include "transport/frame.h"
+
+namespace troupe::transport {
+
+/// Everything UcxTransport needs; the runtime fills it from troupe's YAML config.
+struct UcxTransportConfig {
+  NodeId node_id = 0;
+  /// For logs and handshakes only.
+  std::string node_name;
+  /// "host:port" to accept connections on (port 0 picks a free one); "" for none.
+  std::string listen_address = "127.0.0.1:0";
+  /// What peers are told to dial; defaults to the bound listen address.
+  std::string advertise_address;
+  /// Shared secret of the cluster. Never sent: peers prove they know it by HMAC.
+  std::string cluster_token;
+  /// Largest payload accepted or sent; larger ones are refused with ResourceExhausted.
+  uint64_t max_frame_bytes = 512ull << 20;
+  /// UCX_TLS. "" keeps the environment's value or UCX's "all". `tcp` is always added.
+  std::string ucx_tls;
+  /// UCX_RNDV_THRESH: payloads at or above it go by rendezvous (zero-copy into the
+  /// receiver's buffer). "" keeps the environment's value or troupe's default.
+  std::string rndv_thresh;
+  /// Keep shared-memory transports usable with peer error handling
+  /// (UCX_POSIX_ERROR_HANDLING / UCX_SYSV_ERROR_HANDLING); without it same-host
+  /// traffic silently falls back to TCP.
+  bool shm_error_handling = true;
+  /// Any other UCX variable, without the UCX_ prefix; applied last and verbatim.
+  std::map<std::string, std::string> ucx_options;
+  /// A connection that has not authenticated within this time is closed.
+  std::chrono::milliseconds handshake_timeout{5000};
+  /// How long the progress thread keeps polling after its last event before it sleeps
+  /// on the worker's event fd. Trades a little CPU after activity for latency; an idle
+  /// process always sleeps.
+  std::chrono::microseconds busy_poll{200};
+};
+
+/// troupe's rendezvous threshold when neither config nor environment sets one.
+inline constexpr const char* kDefaultRndvThresh = "16K";
+
+/// One UCX setting (name without the UCX_ prefix) and why troupe chose it.
+struct UcxSetting {
+  std::string name;
+  std::string value;
+  std::string why;
+  /// UCX 1.13 applies only context-level settings given to ucp_config_modify; settings of
+  /// individual transports (POSIX_*, SYSV_*, TCP_*...) are read from the environment
+  /// alone, so these are exported as UCX_<name> before UCX starts.
+  bool via_environment = false;
+};
+
+/// True for settings UCX 1.13 reads only from the environment (transport-level ones).
+bool IsTransportLevelUcxSetting(const std::string& name);
+
+/// Resolves the UCX settings for `config`. Precedence: config.ucx_options, then the
+/// dedicated config fields, then UCX_* environment variables, then troupe's defaults.
+/// Transport-level settings come back with via_environment set.
+/// `getenv` is injectable for tests. Fails on a config.ucx_options key that is empty.
+StatusOr<std::vector<UcxSetting>> ResolveUcxSettings(
+    const UcxTransportConfig& config,
+    const std::function<const char*(const char*)>& getenv_fn);
+
+/// Returns `tls` with `tcp` allowed: appended to an include list, removed from an
+/// exclude list ("^..."), untouched for "all" or lists that already have it.
+std::string EnsureTcpAllowed(const std::string& tls);
+
+}  // namespace troupe::transport

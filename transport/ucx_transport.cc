@@ -1,0 +1,1122 @@
+// UcxTransport: progress thread, connections, handshake, active-message send and receive.
+#include "transport/ucx_transport.h"
+
+#include <poll.h>
+#include <spdlog/spdlog.h>
+#include <ucp/api/ucp.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <future>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "transport/address.h"
+#include "transport/auth.h"
+#include "transport/envelope.h"
+
+namespace troupe::transport {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+/// The one active-message id troupe registers; everything else is in the envelope.
+constexpr unsigned kAmId = 0x7e;
+
+std::string UcsError(ucs_status_t status) { return ucs_status_string(status); }
+
+}  // namespace
+
+class UcxTransport::Impl {
+ public:
+  explicit Impl(UcxTransportConfig config) : config_(std::move(config)) {}
+
+  // ---- Called from any thread --------------------------------------------------------
+
+  Status Start(TransportHandler handler);
+  void Stop();
+  Status Send(NodeId peer, const FrameHeader& header, Buffer payload, SendCallback done);
+  void RunOnProgressThread(std::function<void()> fn);
+  StatusOr<std::string> DescribePeer(NodeId peer);
+  void AddPeer(NodeId peer, const std::string& address) {
+    std::lock_guard<std::mutex> lock(mu_);
+    addresses_[peer] = address;
+  }
+  std::string AddressOf(NodeId peer) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = addresses_.find(peer);
+    return it == addresses_.end() ? std::string() : it->second;
+  }
+  void Disconnect(NodeId peer, const Status& reason);
+  TransportStats stats() const;
+
+  const UcxTransportConfig& config() const { return config_; }
+  std::string listen_address() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return advertised_address_;
+  }
+  std::vector<UcxSetting> settings() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return settings_;
+  }
+
+ private:
+  // A command handed to the progress thread: a send, or a function to run there.
+  struct Command {
+    NodeId peer = 0;
+    FrameHeader header;
+    Buffer payload;
+    SendCallback done;
+    std::function<void()> fn;
+  };
+
+  enum class ConnState { kHandshaking, kReady, kClosed };
+
+  // A frame received on a connection, waiting for earlier rendezvous frames to land.
+  struct Delivery {
+    FrameHeader header;
+    Buffer payload;
+    enum { kPending, kDone, kFailed } state = kPending;
+  };
+
+  struct Connection {
+    Impl* impl = nullptr;
+    ucp_ep_h ep = nullptr;
+    ConnState state = ConnState::kHandshaking;
+    bool outbound = false;
+    bool hello_seen = false;     // server: the client's hello arrived
+    bool challenge_seen = false; // client: the server's challenge arrived
+    NodeId peer = 0;
+    std::string peer_name;
+    std::string remote_address;
+    std::string client_nonce;
+    std::string server_nonce;
+    Clock::time_point deadline;
+    std::deque<Command> queued;        // sends waiting for Ready
+    std::deque<Delivery> deliveries;   // received, in arrival order
+
+    std::string Describe() const {
+      if (peer != 0 && state == ConnState::kReady) {
+        return "peer " + std::to_string(peer) + (peer_name.empty() ? "" : " '" + peer_name + "'") +
+               " at " + remote_address;
+      }
+      return "unauthenticated peer at " + remote_address;
+    }
+  };
+  using ConnPtr = std::shared_ptr<Connection>;
+
+  struct Peer {
+    ConnPtr send_conn;     // connection used for sending (Ready or Handshaking outbound)
+    int ready_conns = 0;
+  };
+
+  struct SendOp {
+    EncodedEnvelope envelope;
+    Buffer payload;
+    SendCallback done;
+    Impl* impl = nullptr;
+    NodeId peer = 0;
+    bool data = true;
+  };
+
+  struct RecvOp {
+    ConnPtr conn;
+    Delivery* delivery = nullptr;
+    Impl* impl = nullptr;
+  };
+
+  struct RndvStart {
+    ConnPtr conn;
+    Delivery* delivery;
+    void* desc;
+    size_t length;
+  };
+
+  struct Counters {
+    std::atomic<uint64_t> frames_sent{0}, frames_received{0}, bytes_sent{0}, bytes_received{0},
+        send_errors{0}, connections_accepted{0}, connections_opened{0}, peers_connected{0},
+        peer_failures{0}, auth_failures{0}, rejected_malformed{0}, rejected_version{0},
+        rejected_oversized{0}, rejected_unauthenticated{0};
+  };
+
+  // ---- Progress thread only -----------------------------------------------------------
+
+  Status InitUcx();
+  void Run(std::promise<Status>* started);
+  void Shutdown();
+  bool DrainCommands();
+  void ExecuteSend(Command cmd);
+  void HandleConnRequests();
+  void StartRndvReceives();
+  void CheckDeadlines(Clock::time_point now);
+  void ReapClosing();
+  int PollTimeoutMs(Clock::time_point now) const;
+
+  ConnPtr Connect(NodeId peer, const std::string& address);
+  void RegisterEndpoint(const ConnPtr& conn);
+  void SendControl(const ConnPtr& conn, FrameKind kind, const HandshakeInfo& hs);
+  void PostSend(Connection* conn, FrameKind kind, const FrameHeader& header,
+                const HandshakeInfo* hs, Buffer payload, SendCallback done, NodeId peer);
+  void CompleteSend(SendOp* op, ucs_status_t status);
+  void OnHandshake(const ConnPtr& conn, const DecodedEnvelope& env);
+  void BecomeReady(const ConnPtr& conn);
+  void Fail(const ConnPtr& conn, const Status& reason, bool graceful = false);
+  void CloseEndpoint(const ConnPtr& conn, bool force);
+  void Deliver(Connection* conn);
+  void CompleteRndv(RecvOp* op, ucs_status_t status);
+  ConnPtr FindConnection(ucp_ep_h ep) const;
+  void RejectFrame(const char* counter_name, std::atomic<uint64_t>& counter, const Connection* conn,
+                   const std::string& what);
+  Status StatusForSendError(ucs_status_t status, NodeId peer) const;
+
+  static ucs_status_t OnAm(void* arg, const void* header, size_t header_length, void* data,
+                           size_t length, const ucp_am_recv_param_t* param);
+  ucs_status_t HandleAm(const void* header, size_t header_length, void* data, size_t length,
+                        const ucp_am_recv_param_t* param);
+  static void OnConnRequest(ucp_conn_request_h request, void* arg);
+  static void OnEpError(void* arg, ucp_ep_h ep, ucs_status_t status);
+  static void OnSendDone(void* request, ucs_status_t status, void* user_data);
+  static void OnRecvDone(void* request, ucs_status_t status, size_t length, void* user_data);
+
+  UcxTransportConfig config_;
+  TransportHandler handler_;
+  Counters counters_;
+
+  // Shared between threads, guarded by mu_.
+  mutable std::mutex mu_;
+  std::vector<Command> incoming_;
+  bool sleeping_ = false;
+  bool closed_ = true;  // no worker to signal (not started, or stopped)
+  std::string advertised_address_;
+  std::vector<UcxSetting> settings_;
+  std::unordered_map<NodeId, std::string> addresses_;  // where to dial each peer
+
+  std::atomic<bool> stopping_{false};
+  std::thread thread_;
+  std::thread::id progress_thread_id_;
+
+  // Progress thread only.
+  ucp_context_h context_ = nullptr;
+  ucp_worker_h worker_ = nullptr;
+  ucp_listener_h listener_ = nullptr;
+  int efd_ = -1;
+  std::vector<Command> local_;
+  std::vector<ucp_conn_request_h> conn_requests_;
+  std::vector<RndvStart> rndv_starts_;
+  std::unordered_map<ucp_ep_h, ConnPtr> conns_;
+  std::unordered_map<NodeId, Peer> peers_;
+  std::vector<std::pair<void*, ConnPtr>> closing_;
+  size_t handshaking_ = 0;
+};
+
+// ---- Start / Stop ---------------------------------------------------------------------
+
+Status UcxTransport::Impl::Start(TransportHandler handler) {
+  if (config_.node_id == 0) return InvalidArgumentError("transport: node_id must be non-zero");
+  if (config_.cluster_token.empty()) {
+    return InvalidArgumentError("transport: cluster_token is empty; peers authenticate with it");
+  }
+  if (config_.max_frame_bytes == 0) return InvalidArgumentError("transport: max_frame_bytes must be > 0");
+  if (config_.node_name.size() > kMaxHandshakeText) {
+    return InvalidArgumentError("transport: node_name longer than " + std::to_string(kMaxHandshakeText));
+  }
+  if (thread_.joinable()) return FailedPreconditionError("transport: already started");
+  if (!handler.allocate_payload) {
+    handler.allocate_payload = [](const FrameHeader&, size_t size) { return Buffer::Allocate(size); };
+  }
+  handler_ = std::move(handler);
+  std::promise<Status> started;
+  auto future = started.get_future();
+  thread_ = std::thread([this, &started] { Run(&started); });
+  Status status = future.get();
+  if (!status.ok()) {
+    thread_.join();
+  }
+  return status;
+}
+
+void UcxTransport::Impl::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+    if (!closed_ && sleeping_) ucp_worker_signal(worker_);
+  }
+  if (thread_.joinable() && std::this_thread::get_id() != thread_.get_id()) thread_.join();
+}
+
+Status UcxTransport::Impl::InitUcx() {
+  auto settings = ResolveUcxSettings(config_, [](const char* name) { return std::getenv(name); });
+  if (!settings.ok()) return settings.status();
+
+  ucp_config_t* ucp_config = nullptr;
+  ucs_status_t status = ucp_config_read(nullptr, nullptr, &ucp_config);
+  if (status != UCS_OK) return InternalError("ucp_config_read: " + UcsError(status));
+  for (const auto& s : *settings) {
+    if (s.via_environment) {
+      // Exported before ucp_init reads the transports' configuration. Resolution only
+      // proposes these when the environment has no value of its own, or when the config
+      // file names them explicitly.
+      setenv(("UCX_" + s.name).c_str(), s.value.c_str(), /*overwrite=*/1);
+      spdlog::debug("transport: UCX_{}={} ({}, via environment)", s.name, s.value, s.why);
+      continue;
+    }
+    status = ucp_config_modify(ucp_config, s.name.c_str(), s.value.c_str());
+    if (status != UCS_OK) {
+      ucp_config_release(ucp_config);
+      return InvalidArgumentError("UCX setting UCX_" + s.name + "=" + s.value + " (" + s.why +
+                                  ") was refused: " + UcsError(status));
+    }
+    spdlog::debug("transport: UCX_{}={} ({})", s.name, s.value, s.why);
+  }
+  ucp_params_t params{};
+  params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME;
+  params.features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
+  params.name = "troupe";
+  status = ucp_init(&params, ucp_config, &context_);
+  ucp_config_release(ucp_config);
+  if (status != UCS_OK) return InternalError("ucp_init: " + UcsError(status));
+
+  ucp_worker_params_t worker_params{};
+  worker_params.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+  worker_params.thread_mode = UCS_THREAD_MODE_SINGLE;
+  status = ucp_worker_create(context_, &worker_params, &worker_);
+  if (status != UCS_OK) return InternalError("ucp_worker_create: " + UcsError(status));
+  status = ucp_worker_get_efd(worker_, &efd_);
+  if (status != UCS_OK) return InternalError("ucp_worker_get_efd: " + UcsError(status));
+
+  ucp_am_handler_param_t am{};
+  am.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
+                  UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS;
+  am.id = kAmId;
+  am.cb = &Impl::OnAm;
+  am.arg = this;
+  am.flags = UCP_AM_FLAG_WHOLE_MSG;
+  status = ucp_worker_set_am_recv_handler(worker_, &am);
+  if (status != UCS_OK) return InternalError("ucp_worker_set_am_recv_handler: " + UcsError(status));
+
+  std::string advertised = config_.advertise_address;
+  if (!config_.listen_address.empty()) {
+    auto addr = ParseSocketAddress(config_.listen_address);
+    if (!addr.ok()) return InvalidArgumentError("transport listen_address: " + addr.status().message());
+    ucp_listener_params_t lp{};
+    lp.field_mask = UCP_LISTENER_PARAM_FIELD_SOCK_ADDR | UCP_LISTENER_PARAM_FIELD_CONN_HANDLER;
+    lp.sockaddr.addr = reinterpret_cast<const sockaddr*>(&addr->storage);
+    lp.sockaddr.addrlen = addr->length;
+    lp.conn_handler.cb = &Impl::OnConnRequest;
+    lp.conn_handler.arg = this;
+    status = ucp_listener_create(worker_, &lp, &listener_);
+    if (status != UCS_OK) {
+      return UnavailableError("cannot listen on " + config_.listen_address + ": " + UcsError(status) +
+                              (status == UCS_ERR_BUSY ? " (the port is in use)" : ""));
+    }
+    ucp_listener_attr_t attr{};
+    attr.field_mask = UCP_LISTENER_ATTR_FIELD_SOCKADDR;
+    status = ucp_listener_query(listener_, &attr);
+    if (status != UCS_OK) return InternalError("ucp_listener_query: " + UcsError(status));
+    std::string bound = FormatSocketAddress(reinterpret_cast<const sockaddr*>(&attr.sockaddr));
+    if (advertised.empty()) advertised = bound;
+    spdlog::info("transport: node {} listening on {}", config_.node_id, bound);
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  advertised_address_ = advertised;
+  settings_ = std::move(*settings);
+  closed_ = false;
+  return OkStatus();
+}
+
+void UcxTransport::Impl::Run(std::promise<Status>* started) {
+  progress_thread_id_ = std::this_thread::get_id();
+  Status init = InitUcx();
+  if (!init.ok()) {
+    Shutdown();
+    started->set_value(init);
+    return;
+  }
+  started->set_value(OkStatus());
+
+  auto last_activity = Clock::now();
+  while (true) {
+    bool active = DrainCommands();
+    while (ucp_worker_progress(worker_) != 0) active = true;
+    if (!conn_requests_.empty()) {
+      HandleConnRequests();
+      active = true;
+    }
+    if (!rndv_starts_.empty()) {
+      StartRndvReceives();
+      active = true;
+    }
+    if (!closing_.empty()) ReapClosing();
+    if (!local_.empty()) continue;
+    auto now = Clock::now();
+    if (handshaking_ > 0) CheckDeadlines(now);
+    if (stopping_.load(std::memory_order_acquire)) break;
+    if (active) {
+      last_activity = now;
+      continue;
+    }
+    if (now - last_activity < config_.busy_poll) continue;
+
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!incoming_.empty()) continue;
+      sleeping_ = true;
+    }
+    ucs_status_t status = ucp_worker_arm(worker_);
+    if (status == UCS_OK) {
+      pollfd pfd{efd_, POLLIN, 0};
+      int rc = poll(&pfd, 1, PollTimeoutMs(now));
+      if (rc < 0 && errno != EINTR) spdlog::error("transport: poll failed: {}", std::strerror(errno));
+    } else if (status != UCS_ERR_BUSY) {
+      spdlog::error("transport: ucp_worker_arm: {}", UcsError(status));
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      sleeping_ = false;
+    }
+    last_activity = Clock::now();
+  }
+  Shutdown();
+}
+
+int UcxTransport::Impl::PollTimeoutMs(Clock::time_point now) const {
+  if (!closing_.empty()) return 1;
+  if (handshaking_ == 0) return -1;
+  auto earliest = Clock::time_point::max();
+  for (const auto& [ep, conn] : conns_) {
+    if (conn->state == ConnState::kHandshaking) earliest = std::min(earliest, conn->deadline);
+  }
+  if (earliest == Clock::time_point::max()) return -1;
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(earliest - now).count() + 1;
+  return static_cast<int>(std::max<int64_t>(ms, 1));
+}
+
+void UcxTransport::Impl::Shutdown() {
+  std::vector<ConnPtr> all;
+  for (auto& [ep, conn] : conns_) all.push_back(conn);
+  for (auto& conn : all) Fail(conn, CancelledError("transport stopped"));
+  for (auto& cmd : local_) {
+    if (cmd.done) cmd.done(CancelledError("transport stopped"));
+  }
+  local_.clear();
+  if (worker_ != nullptr) {
+    auto deadline = Clock::now() + std::chrono::seconds(2);
+    while (!closing_.empty() && Clock::now() < deadline) {
+      ucp_worker_progress(worker_);
+      ReapClosing();
+    }
+    // Whatever did not close in time is abandoned; its callbacks can no longer run.
+    closing_.clear();
+  }
+  std::vector<Command> pending;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    closed_ = true;
+    pending.swap(incoming_);
+  }
+  for (auto& cmd : pending) {
+    if (cmd.done) cmd.done(CancelledError("transport stopped"));
+  }
+  for (auto request : conn_requests_) {
+    if (listener_ != nullptr) ucp_listener_reject(listener_, request);
+  }
+  conn_requests_.clear();
+  if (listener_ != nullptr) ucp_listener_destroy(listener_);
+  listener_ = nullptr;
+  if (worker_ != nullptr) ucp_worker_destroy(worker_);
+  worker_ = nullptr;
+  if (context_ != nullptr) ucp_cleanup(context_);
+  context_ = nullptr;
+}
+
+// ---- Commands from other threads ------------------------------------------------------
+
+Status UcxTransport::Impl::Send(NodeId peer, const FrameHeader& header, Buffer payload,
+                                SendCallback done) {
+  if (peer == 0) return InvalidArgumentError("send: peer node id 0 is invalid");
+  if (payload.size() > config_.max_frame_bytes) {
+    return ResourceExhaustedError("send: payload of " + std::to_string(payload.size()) +
+                                  " bytes exceeds max_frame_bytes " +
+                                  std::to_string(config_.max_frame_bytes));
+  }
+  Command cmd;
+  cmd.peer = peer;
+  cmd.header = header;
+  cmd.header.src_node = config_.node_id;
+  cmd.header.dst_node = peer;
+  cmd.payload = std::move(payload);
+  cmd.done = std::move(done);
+  if (std::this_thread::get_id() == progress_thread_id_) {
+    // From a handler: no lock, no wake-up; the loop drains local_ right after progress.
+    local_.push_back(std::move(cmd));
+    return OkStatus();
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (closed_ || stopping_) return CancelledError("send: transport is not running");
+  incoming_.push_back(std::move(cmd));
+  if (sleeping_) ucp_worker_signal(worker_);
+  return OkStatus();
+}
+
+void UcxTransport::Impl::RunOnProgressThread(std::function<void()> fn) {
+  Command cmd;
+  cmd.fn = std::move(fn);
+  if (std::this_thread::get_id() == progress_thread_id_) {
+    local_.push_back(std::move(cmd));
+    return;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (closed_) return;
+  incoming_.push_back(std::move(cmd));
+  if (sleeping_) ucp_worker_signal(worker_);
+}
+
+bool UcxTransport::Impl::DrainCommands() {
+  bool any = false;
+  std::vector<Command> batch;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    batch.swap(incoming_);
+  }
+  for (auto& cmd : batch) {
+    any = true;
+    if (cmd.fn) {
+      cmd.fn();
+    } else {
+      ExecuteSend(std::move(cmd));
+    }
+  }
+  // Sends issued by handlers (and by fns above) while we ran.
+  while (!local_.empty()) {
+    std::vector<Command> mine;
+    mine.swap(local_);
+    for (auto& cmd : mine) {
+      any = true;
+      if (cmd.fn) {
+        cmd.fn();
+      } else {
+        ExecuteSend(std::move(cmd));
+      }
+    }
+  }
+  return any;
+}
+
+void UcxTransport::Impl::ExecuteSend(Command cmd) {
+  Peer& peer = peers_[cmd.peer];
+  if (peer.send_conn == nullptr) {
+    std::string address = AddressOf(cmd.peer);
+    if (address.empty()) {
+      counters_.send_errors.fetch_add(1, std::memory_order_relaxed);
+      if (cmd.done) cmd.done(NotFoundError("no connection to node " + std::to_string(cmd.peer) +
+                                           " and no address for it"));
+      return;
+    }
+    peer.send_conn = Connect(cmd.peer, address);
+    if (peer.send_conn == nullptr) {
+      counters_.send_errors.fetch_add(1, std::memory_order_relaxed);
+      if (cmd.done) cmd.done(UnavailableError("cannot connect to node " + std::to_string(cmd.peer) +
+                                              " at " + address));
+      return;
+    }
+  }
+  Connection* conn = peer.send_conn.get();
+  if (conn->state == ConnState::kReady) {
+    PostSend(conn, FrameKind::kData, cmd.header, nullptr, std::move(cmd.payload), std::move(cmd.done),
+             cmd.peer);
+  } else {
+    conn->queued.push_back(std::move(cmd));
+  }
+}
+
+void UcxTransport::Impl::Disconnect(NodeId peer, const Status& reason) {
+  RunOnProgressThread([this, peer, reason] {
+    std::vector<ConnPtr> doomed;
+    for (auto& [ep, conn] : conns_) {
+      if (conn->peer == peer) doomed.push_back(conn);
+    }
+    for (auto& conn : doomed) Fail(conn, reason);
+  });
+}
+
+StatusOr<std::string> UcxTransport::Impl::DescribePeer(NodeId peer) {
+  auto promise = std::make_shared<std::promise<StatusOr<std::string>>>();
+  auto future = promise->get_future();
+  RunOnProgressThread([this, peer, promise] {
+    auto it = peers_.find(peer);
+    if (it == peers_.end() || it->second.send_conn == nullptr ||
+        it->second.send_conn->state != ConnState::kReady) {
+      promise->set_value(NotFoundError("no ready connection to node " + std::to_string(peer)));
+      return;
+    }
+    char* text = nullptr;
+    size_t size = 0;
+    FILE* stream = open_memstream(&text, &size);
+    ucp_ep_print_info(it->second.send_conn->ep, stream);
+    std::fclose(stream);
+    std::string out(text, size);
+    std::free(text);
+    promise->set_value(out);
+  });
+  if (future.wait_for(std::chrono::seconds(5)) != std::future_status::ready) {
+    return UnavailableError("transport progress thread did not answer");
+  }
+  return future.get();
+}
+
+// ---- Connections --------------------------------------------------------------------
+
+UcxTransport::Impl::ConnPtr UcxTransport::Impl::Connect(NodeId peer, const std::string& address) {
+  auto addr = ParseSocketAddress(address);
+  if (!addr.ok()) {
+    spdlog::error("transport: cannot connect to node {}: {}", peer, addr.status().message());
+    return nullptr;
+  }
+  auto conn = std::make_shared<Connection>();
+  conn->impl = this;
+  conn->outbound = true;
+  conn->peer = peer;
+  conn->remote_address = address;
+  conn->deadline = Clock::now() + config_.handshake_timeout;
+  conn->client_nonce = RandomNonce();
+
+  ucp_ep_params_t params{};
+  params.field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR |
+                      UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER;
+  params.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
+  params.sockaddr.addr = reinterpret_cast<const sockaddr*>(&addr->storage);
+  params.sockaddr.addrlen = addr->length;
+  params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+  params.err_handler.cb = &Impl::OnEpError;
+  params.err_handler.arg = conn.get();
+  ucs_status_t status = ucp_ep_create(worker_, &params, &conn->ep);
+  if (status != UCS_OK) {
+    spdlog::error("transport: cannot connect to node {} at {}: {}", peer, address, UcsError(status));
+    return nullptr;
+  }
+  counters_.connections_opened.fetch_add(1, std::memory_order_relaxed);
+  RegisterEndpoint(conn);
+
+  HandshakeInfo hello;
+  hello.node_id = config_.node_id;
+  hello.node_name = config_.node_name;
+  hello.listen_address = listen_address();
+  hello.nonce = conn->client_nonce;
+  SendControl(conn, FrameKind::kHello, hello);
+  return conn;
+}
+
+void UcxTransport::Impl::RegisterEndpoint(const ConnPtr& conn) {
+  conns_[conn->ep] = conn;
+  ++handshaking_;
+}
+
+void UcxTransport::Impl::OnConnRequest(ucp_conn_request_h request, void* arg) {
+  // Endpoints are created after ucp_worker_progress returns, not inside its callback.
+  static_cast<Impl*>(arg)->conn_requests_.push_back(request);
+}
+
+void UcxTransport::Impl::HandleConnRequests() {
+  std::vector<ucp_conn_request_h> requests;
+  requests.swap(conn_requests_);
+  for (ucp_conn_request_h request : requests) {
+    counters_.connections_accepted.fetch_add(1, std::memory_order_relaxed);
+    auto conn = std::make_shared<Connection>();
+    conn->impl = this;
+    conn->outbound = false;
+    conn->deadline = Clock::now() + config_.handshake_timeout;
+    ucp_conn_request_attr_t attr{};
+    attr.field_mask = UCP_CONN_REQUEST_ATTR_FIELD_CLIENT_ADDR;
+    if (ucp_conn_request_query(request, &attr) == UCS_OK) {
+      conn->remote_address = FormatSocketAddress(reinterpret_cast<const sockaddr*>(&attr.client_address));
+    } else {
+      conn->remote_address = "<unknown>";
+    }
+    ucp_ep_params_t params{};
+    params.field_mask = UCP_EP_PARAM_FIELD_CONN_REQUEST | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                        UCP_EP_PARAM_FIELD_ERR_HANDLER;
+    params.conn_request = request;
+    params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+    params.err_handler.cb = &Impl::OnEpError;
+    params.err_handler.arg = conn.get();
+    ucs_status_t status = ucp_ep_create(worker_, &params, &conn->ep);
+    if (status != UCS_OK) {
+      spdlog::warn("transport: cannot accept connection from {}: {}", conn->remote_address,
+                   UcsError(status));
+      continue;
+    }
+    spdlog::debug("transport: accepted connection from {}", conn->remote_address);
+    RegisterEndpoint(conn);
+  }
+}
+
+UcxTransport::Impl::ConnPtr UcxTransport::Impl::FindConnection(ucp_ep_h ep) const {
+  auto it = conns_.find(ep);
+  return it == conns_.end() ? nullptr : it->second;
+}
+
+void UcxTransport::Impl::OnEpError(void* arg, ucp_ep_h ep, ucs_status_t status) {
+  auto* raw = static_cast<Connection*>(arg);
+  Impl* self = raw->impl;
+  ConnPtr conn = self->FindConnection(ep);
+  if (conn == nullptr || conn.get() != raw) return;  // already closed
+  self->Fail(conn, UnavailableError("connection to " + conn->Describe() + " failed: " + UcsError(status)));
+}
+
+void UcxTransport::Impl::CheckDeadlines(Clock::time_point now) {
+  std::vector<ConnPtr> expired;
+  for (auto& [ep, conn] : conns_) {
+    if (conn->state == ConnState::kHandshaking && now >= conn->deadline) expired.push_back(conn);
+  }
+  for (auto& conn : expired) {
+    counters_.auth_failures.fetch_add(1, std::memory_order_relaxed);
+    spdlog::warn("transport: {} did not authenticate within {} ms; closing", conn->Describe(),
+                 config_.handshake_timeout.count());
+    Fail(conn, UnavailableError("handshake with " + conn->Describe() + " timed out"));
+  }
+}
+
+void UcxTransport::Impl::CloseEndpoint(const ConnPtr& conn, bool force) {
+  if (conn->ep == nullptr) return;
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+  param.flags = force ? UCP_EP_CLOSE_FLAG_FORCE : 0;
+  void* request = ucp_ep_close_nbx(conn->ep, &param);
+  if (UCS_PTR_IS_PTR(request)) closing_.emplace_back(request, conn);
+}
+
+void UcxTransport::Impl::ReapClosing() {
+  for (size_t i = 0; i < closing_.size();) {
+    if (ucp_request_check_status(closing_[i].first) != UCS_INPROGRESS) {
+      ucp_request_free(closing_[i].first);
+      closing_[i] = std::move(closing_.back());
+      closing_.pop_back();
+    } else {
+      ++i;
+    }
+  }
+}
+
+void UcxTransport::Impl::Fail(const ConnPtr& conn, const Status& reason, bool graceful) {
+  if (conn->state == ConnState::kClosed) return;
+  bool was_ready = conn->state == ConnState::kReady;
+  if (!was_ready) --handshaking_;
+  conn->state = ConnState::kClosed;
+  conns_.erase(conn->ep);
+  CloseEndpoint(conn, !graceful);
+  conn->deliveries.clear();
+
+  Status queued_status = reason.code() == StatusCode::kCancelled || reason.code() == StatusCode::kPermissionDenied
+                             ? reason
+                             : UnavailableError(reason.message());
+  auto queued = std::move(conn->queued);
+  conn->queued.clear();
+  for (auto& cmd : queued) {
+    counters_.send_errors.fetch_add(1, std::memory_order_relaxed);
+    if (cmd.done) cmd.done(queued_status);
+  }
+
+  if (conn->peer == 0) return;
+  auto it = peers_.find(conn->peer);
+  if (it == peers_.end()) return;
+  Peer& peer = it->second;
+  bool was_send_conn = peer.send_conn == conn;
+  if (was_ready) --peer.ready_conns;
+  if (was_send_conn) {
+    peer.send_conn = nullptr;
+    for (auto& [ep, other] : conns_) {
+      if (other->peer == conn->peer && other->state == ConnState::kReady) {
+        peer.send_conn = other;
+        break;
+      }
+    }
+  }
+  if (was_ready && peer.ready_conns == 0) {
+    counters_.peers_connected.fetch_sub(1, std::memory_order_relaxed);
+  }
+  if ((was_ready || was_send_conn) && peer.ready_conns == 0 && peer.send_conn == nullptr) {
+    counters_.peer_failures.fetch_add(1, std::memory_order_relaxed);
+    spdlog::info("transport: lost node {}: {}", conn->peer, reason.message());
+    if (handler_.on_peer_failed) handler_.on_peer_failed(conn->peer, reason);
+  }
+}
+
+// ---- Sending --------------------------------------------------------------------------
+
+void UcxTransport::Impl::SendControl(const ConnPtr& conn, FrameKind kind, const HandshakeInfo& hs) {
+  FrameHeader header;
+  header.src_node = config_.node_id;
+  header.dst_node = conn->peer;
+  PostSend(conn.get(), kind, header, &hs, Buffer(), nullptr, conn->peer);
+}
+
+void UcxTransport::Impl::PostSend(Connection* conn, FrameKind kind, const FrameHeader& header,
+                                  const HandshakeInfo* hs, Buffer payload, SendCallback done,
+                                  NodeId peer) {
+  auto* op = new SendOp;
+  Status encoded = EncodeEnvelope(kind, header, hs, &op->envelope);
+  if (!encoded.ok()) {
+    delete op;
+    counters_.send_errors.fetch_add(1, std::memory_order_relaxed);
+    if (done) done(encoded);
+    return;
+  }
+  op->payload = std::move(payload);
+  op->done = std::move(done);
+  op->impl = this;
+  op->peer = peer;
+  op->data = kind == FrameKind::kData;
+
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+  param.cb.send = &Impl::OnSendDone;
+  param.user_data = op;
+  // REPLY makes UCX tell the receiver which endpoint a frame came in on: that is how
+  // frames are tied to an authenticated connection.
+  param.flags = UCP_AM_SEND_FLAG_REPLY;
+  ucs_status_ptr_t request = ucp_am_send_nbx(conn->ep, kAmId, op->envelope.bytes, op->envelope.size,
+                                             op->payload.data(), op->payload.size(), &param);
+  if (request == nullptr) {
+    CompleteSend(op, UCS_OK);
+  } else if (UCS_PTR_IS_ERR(request)) {
+    CompleteSend(op, UCS_PTR_STATUS(request));
+  }
+}
+
+void UcxTransport::Impl::OnSendDone(void* request, ucs_status_t status, void* user_data) {
+  auto* op = static_cast<SendOp*>(user_data);
+  op->impl->CompleteSend(op, status);
+  ucp_request_free(request);
+}
+
+Status UcxTransport::Impl::StatusForSendError(ucs_status_t status, NodeId peer) const {
+  std::string who = "node " + std::to_string(peer);
+  switch (status) {
+    case UCS_ERR_EXCEEDS_LIMIT:
+      return ResourceExhaustedError(who + " refused the frame: payload above its max_frame_bytes");
+    case UCS_ERR_CANCELED:
+      if (stopping_) return CancelledError("transport stopped");
+      return UnavailableError("send to " + who + " cancelled: connection closed");
+    default:
+      return UnavailableError("send to " + who + " failed: " + UcsError(status));
+  }
+}
+
+void UcxTransport::Impl::CompleteSend(SendOp* op, ucs_status_t status) {
+  if (status == UCS_OK) {
+    if (op->data) {
+      counters_.frames_sent.fetch_add(1, std::memory_order_relaxed);
+      counters_.bytes_sent.fetch_add(op->payload.size(), std::memory_order_relaxed);
+    }
+    if (op->done) op->done(OkStatus());
+  } else {
+    counters_.send_errors.fetch_add(1, std::memory_order_relaxed);
+    if (op->done) op->done(StatusForSendError(status, op->peer));
+  }
+  delete op;
+}
+
+// ---- Receiving ------------------------------------------------------------------------
+
+ucs_status_t UcxTransport::Impl::OnAm(void* arg, const void* header, size_t header_length, void* data,
+                                      size_t length, const ucp_am_recv_param_t* param) {
+  return static_cast<Impl*>(arg)->HandleAm(header, header_length, data, length, param);
+}
+
+void UcxTransport::Impl::RejectFrame(const char* counter_name, std::atomic<uint64_t>& counter,
+                                     const Connection* conn, const std::string& what) {
+  counter.fetch_add(1, std::memory_order_relaxed);
+  spdlog::warn("transport: rejected frame ({}) from {}: {}", counter_name,
+               conn != nullptr ? conn->Describe() : std::string("an unidentified endpoint"), what);
+}
+
+ucs_status_t UcxTransport::Impl::HandleAm(const void* header, size_t header_length, void* data,
+                                          size_t length, const ucp_am_recv_param_t* param) {
+  const bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
+  // For a rendezvous frame, returning an error drops it and fails the sender's send.
+  const ucs_status_t refuse = rndv ? UCS_ERR_REJECTED : UCS_OK;
+  ConnPtr conn;
+  if ((param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) != 0) conn = FindConnection(param->reply_ep);
+  if (conn == nullptr) {
+    RejectFrame("unauthenticated", counters_.rejected_unauthenticated, nullptr,
+                "frame without a known connection");
+    return refuse;
+  }
+  if (conn->state == ConnState::kClosed) return refuse;
+
+  auto env = DecodeEnvelope(header, header_length);
+  if (!env.ok()) {
+    if (env.status().code() == StatusCode::kFailedPrecondition) {
+      RejectFrame("version", counters_.rejected_version, conn.get(), env.status().message());
+    } else {
+      RejectFrame("malformed", counters_.rejected_malformed, conn.get(), env.status().message());
+    }
+    if (conn->state != ConnState::kReady) {
+      counters_.auth_failures.fetch_add(1, std::memory_order_relaxed);
+      Fail(conn, PermissionDeniedError("bad handshake from " + conn->Describe()));
+    }
+    return refuse;
+  }
+  if (env->kind != FrameKind::kData) {
+    if (length != 0) {
+      RejectFrame("malformed", counters_.rejected_malformed, conn.get(), "handshake frame with a payload");
+      return refuse;
+    }
+    OnHandshake(conn, *env);
+    return UCS_OK;
+  }
+  if (conn->state != ConnState::kReady) {
+    RejectFrame("unauthenticated", counters_.rejected_unauthenticated, conn.get(),
+                "data frame before authentication");
+    return refuse;
+  }
+  if (length > config_.max_frame_bytes) {
+    RejectFrame("oversized", counters_.rejected_oversized, conn.get(),
+                "payload of " + std::to_string(length) + " bytes exceeds max_frame_bytes " +
+                    std::to_string(config_.max_frame_bytes));
+    return rndv ? UCS_ERR_EXCEEDS_LIMIT : UCS_OK;
+  }
+
+  FrameHeader frame_header = env->header;
+  frame_header.src_node = conn->peer;  // the authenticated identity, not the claimed one
+  Buffer payload = handler_.allocate_payload(frame_header, length);
+  if (payload.size() < length) {
+    spdlog::error("transport: payload allocator returned {} bytes for a {}-byte frame from {}",
+                  payload.size(), length, conn->Describe());
+    return rndv ? UCS_ERR_NO_MEMORY : UCS_OK;
+  }
+  if (!rndv) {
+    if (length > 0) std::memcpy(payload.data(), data, length);
+    conn->deliveries.push_back({frame_header, std::move(payload), Delivery::kDone});
+    Deliver(conn.get());
+    return UCS_OK;
+  }
+  conn->deliveries.push_back({frame_header, std::move(payload), Delivery::kPending});
+  rndv_starts_.push_back({conn, &conn->deliveries.back(), data, length});
+  return UCS_INPROGRESS;
+}
+
+void UcxTransport::Impl::StartRndvReceives() {
+  std::vector<RndvStart> starts;
+  starts.swap(rndv_starts_);
+  for (auto& start : starts) {
+    auto* op = new RecvOp{start.conn, start.delivery, this};
+    ucp_request_param_t param{};
+    param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    param.cb.recv_am = &Impl::OnRecvDone;
+    param.user_data = op;
+    ucs_status_ptr_t request =
+        ucp_am_recv_data_nbx(worker_, start.desc, start.delivery->payload.data(), start.length, &param);
+    if (request == nullptr) {
+      CompleteRndv(op, UCS_OK);
+    } else if (UCS_PTR_IS_ERR(request)) {
+      CompleteRndv(op, UCS_PTR_STATUS(request));
+    }
+  }
+}
+
+void UcxTransport::Impl::OnRecvDone(void* request, ucs_status_t status, size_t, void* user_data) {
+  auto* op = static_cast<RecvOp*>(user_data);
+  op->impl->CompleteRndv(op, status);
+  ucp_request_free(request);
+}
+
+void UcxTransport::Impl::CompleteRndv(RecvOp* op, ucs_status_t status) {
+  Connection* conn = op->conn.get();
+  if (conn->state != ConnState::kClosed) {
+    if (status == UCS_OK) {
+      op->delivery->state = Delivery::kDone;
+    } else {
+      op->delivery->state = Delivery::kFailed;
+      spdlog::warn("transport: rendezvous receive from {} failed: {}", conn->Describe(), UcsError(status));
+    }
+    Deliver(conn);
+  }
+  delete op;
+}
+
+void UcxTransport::Impl::Deliver(Connection* conn) {
+  while (!conn->deliveries.empty() && conn->deliveries.front().state != Delivery::kPending) {
+    Delivery d = std::move(conn->deliveries.front());
+    conn->deliveries.pop_front();
+    if (d.state != Delivery::kDone) continue;
+    counters_.frames_received.fetch_add(1, std::memory_order_relaxed);
+    counters_.bytes_received.fetch_add(d.payload.size(), std::memory_order_relaxed);
+    if (handler_.on_frame) handler_.on_frame(conn->peer, Frame{d.header, std::move(d.payload)});
+    if (conn->state == ConnState::kClosed) return;  // the handler disconnected the peer
+  }
+}
+
+// ---- Handshake ------------------------------------------------------------------------
+
+void UcxTransport::Impl::OnHandshake(const ConnPtr& conn, const DecodedEnvelope& env) {
+  const HandshakeInfo& hs = env.handshake;
+  auto refuse = [&](const std::string& why, bool tell_peer) {
+    counters_.auth_failures.fetch_add(1, std::memory_order_relaxed);
+    spdlog::warn("transport: authentication with {} failed: {}", conn->Describe(), why);
+    if (tell_peer) {
+      HandshakeInfo reject;
+      reject.node_id = config_.node_id;
+      reject.reason = why;
+      SendControl(conn, FrameKind::kReject, reject);
+    }
+    Fail(conn, PermissionDeniedError("authentication with node " + std::to_string(conn->peer) +
+                                     " failed: " + why),
+         /*graceful=*/tell_peer);
+  };
+
+  if (env.kind == FrameKind::kReject) {
+    refuse("peer rejected us: " + hs.reason, false);
+    return;
+  }
+  if (conn->state != ConnState::kHandshaking || !env.has_handshake) {
+    refuse("unexpected handshake message (kind " + std::to_string(static_cast<int>(env.kind)) + ")", false);
+    return;
+  }
+
+  if (!conn->outbound) {
+    if (env.kind == FrameKind::kHello && !conn->hello_seen) {
+      if (hs.node_id == 0 || hs.node_id == config_.node_id) {
+        refuse("hello with invalid node id " + std::to_string(hs.node_id), true);
+        return;
+      }
+      if (hs.nonce.size() != kNonceBytes) {
+        refuse("hello with a nonce of " + std::to_string(hs.nonce.size()) + " bytes", true);
+        return;
+      }
+      if (env.header.dst_node != 0 && env.header.dst_node != config_.node_id) {
+        refuse("peer dialed node " + std::to_string(env.header.dst_node) + " but this is node " +
+                   std::to_string(config_.node_id),
+               true);
+        return;
+      }
+      conn->hello_seen = true;
+      conn->peer = hs.node_id;
+      conn->peer_name = hs.node_name;
+      conn->client_nonce = hs.nonce;
+      conn->server_nonce = RandomNonce();
+      HandshakeInfo challenge;
+      challenge.node_id = config_.node_id;
+      challenge.node_name = config_.node_name;
+      challenge.listen_address = listen_address();
+      challenge.nonce = conn->server_nonce;
+      challenge.proof = ComputeProof(config_.cluster_token, AuthRole::kServer, conn->client_nonce,
+                                     conn->server_nonce, conn->peer, config_.node_id);
+      SendControl(conn, FrameKind::kChallenge, challenge);
+      // The client's advertised address lets us dial it again later.
+      if (!hs.listen_address.empty()) {
+        std::lock_guard<std::mutex> lock(mu_);
+        addresses_.emplace(conn->peer, hs.listen_address);
+      }
+      return;
+    }
+    if (env.kind == FrameKind::kAuth && conn->hello_seen) {
+      std::string expected = ComputeProof(config_.cluster_token, AuthRole::kClient, conn->client_nonce,
+                                          conn->server_nonce, conn->peer, config_.node_id);
+      if (!ProofsEqual(hs.proof, expected)) {
+        refuse("wrong cluster token (client proof did not verify)", true);
+        return;
+      }
+      HandshakeInfo accept;
+      accept.node_id = config_.node_id;
+      SendControl(conn, FrameKind::kAccept, accept);
+      BecomeReady(conn);
+      return;
+    }
+  } else {
+    if (env.kind == FrameKind::kChallenge && !conn->challenge_seen) {
+      if (hs.node_id != conn->peer) {
+        refuse("dialed node " + std::to_string(conn->peer) + " but node " + std::to_string(hs.node_id) +
+                   " answered",
+               true);
+        return;
+      }
+      if (hs.nonce.size() != kNonceBytes) {
+        refuse("challenge with a nonce of " + std::to_string(hs.nonce.size()) + " bytes", true);
+        return;
+      }
+      std::string expected = ComputeProof(config_.cluster_token, AuthRole::kServer, conn->client_nonce,
+                                          hs.nonce, config_.node_id, conn->peer);
+      if (!ProofsEqual(hs.proof, expected)) {
+        refuse("wrong cluster token (server proof did not verify)", true);
+        return;
+      }
+      conn->challenge_seen = true;
+      conn->peer_name = hs.node_name;
+      conn->server_nonce = hs.nonce;
+      HandshakeInfo auth;
+      auth.node_id = config_.node_id;
+      auth.proof = ComputeProof(config_.cluster_token, AuthRole::kClient, conn->client_nonce,
+                                conn->server_nonce, config_.node_id, conn->peer);
+      SendControl(conn, FrameKind::kAuth, auth);
+      return;
+    }
+    if (env.kind == FrameKind::kAccept && conn->challenge_seen) {
+      BecomeReady(conn);
+      return;
+    }
+  }
+  refuse("handshake message out of order (kind " + std::to_string(static_cast<int>(env.kind)) + ")", true);
+}
+
+void UcxTransport::Impl::BecomeReady(const ConnPtr& conn) {
+  conn->state = ConnState::kReady;
+  --handshaking_;
+  Peer& peer = peers_[conn->peer];
+  if (peer.send_conn == nullptr) peer.send_conn = conn;
+  bool first = ++peer.ready_conns == 1;
+  if (first) counters_.peers_connected.fetch_add(1, std::memory_order_relaxed);
+  spdlog::info("transport: {} authenticated ({})", conn->Describe(), conn->outbound ? "outbound" : "inbound");
+  auto queued = std::move(conn->queued);
+  conn->queued.clear();
+  for (auto& cmd : queued) {
+    PostSend(conn.get(), FrameKind::kData, cmd.header, nullptr, std::move(cmd.payload), std::move(cmd.done),
+             cmd.peer);
+  }
+  if (first && handler_.on_peer_connected) handler_.on_peer_connected(conn->peer);
+}
+
+TransportStats UcxTransport::Impl::stats() const {
+  TransportStats s;
+  auto get = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
+  s.frames_sent = get(counters_.frames_sent);
+  s.frames_received = get(counters_.frames_received);
+  s.bytes_sent = get(counters_.bytes_sent);
+  s.bytes_received = get(counters_.bytes_received);
+  s.send_errors = get(counters_.send_errors);
+  s.connections_accepted = get(counters_.connections_accepted);
+  s.connections_opened = get(counters_.connections_opened);
+  s.peers_connected = get(counters_.peers_connected);
+  s.peer_failures = get(counters_.peer_failures);
+  s.auth_failures = get(counters_.auth_failures);
+  s.rejected_malformed = get(counters_.rejected_malformed);
+  s.rejected_version = get(counters_.rejected_version);
+  s.rejected_oversized = get(counters_.rejected_oversized);
+  s.rejected_unauthenticated = get(counters_.rejected_unauthenticated);
+  return s;
+}
+
+// ---- UcxTransport ---------------------------------------------------------------------
+
+UcxTransport::UcxTransport(UcxTransportConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {}
+UcxTransport::~UcxTransport() { impl_->Stop(); }
+Status UcxTransport::Start(TransportHandler handler) { return impl_->Start(std::move(handler)); }
+void UcxTransport::Stop() { impl_->Stop(); }
+NodeId UcxTransport::self() const { return impl_->config().node_id; }
+std::string UcxTransport::listen_address() const { return impl_->listen_address(); }
+Status UcxTransport::Send(NodeId peer, const FrameHeader& header, Buffer payload, SendCallback done) {
+  return impl_->Send(peer, header, std::move(payload), std::move(done));
+}
+TransportStats UcxTransport::stats() const { return impl_->stats(); }
+StatusOr<std::string> UcxTransport::DescribePeer(NodeId peer) { return impl_->DescribePeer(peer); }
+void UcxTransport::AddPeer(NodeId peer, const std::string& address) { impl_->AddPeer(peer, address); }
+void UcxTransport::Disconnect(NodeId peer, const Status& reason) { impl_->Disconnect(peer, reason); }
+std::vector<UcxSetting> UcxTransport::ucx_settings() const { return impl_->settings(); }
+
+}  // namespace troupe::transport
