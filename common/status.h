@@ -78,6 +78,8 @@ class [[nodiscard]] StatusOr {
 
   bool ok() const { return status_.ok(); }
   const Status& status() const { return status_; }
+  /// Explicitly ignores the result (for best-effort calls).
+  void IgnoreError() const {}
 
   const T& value() const& { assert(ok()); return *value_; }
   T& value() & { assert(ok()); return *value_; }

@@ -2,8 +2,9 @@
 #include "transport/envelope.h"
 
 #include <capnp/message.h>
-#include <capnp/serialize.h>
+#include <capnp/serialize-packed.h>
 #include <kj/exception.h>
+#include <kj/io.h>
 
 #include <cstring>
 
@@ -13,6 +14,8 @@ namespace troupe::transport {
 namespace {
 
 constexpr size_t kScratchWords = kMaxEnvelopeBytes / sizeof(capnp::word);
+// A data envelope needs 16 words; handshakes grow into a second segment when they must.
+constexpr size_t kBuilderWords = 32;
 
 capnp::Data::Reader AsData(const std::string& s) {
   return capnp::Data::Reader(reinterpret_cast<const kj::byte*>(s.data()), s.size());
@@ -33,9 +36,9 @@ Status EncodeEnvelope(FrameKind kind, const FrameHeader& header, const Handshake
        handshake->proof.size() > 64)) {
     return InvalidArgumentError("handshake field too long to encode");
   }
-  capnp::word scratch[kScratchWords];
+  capnp::word scratch[kBuilderWords];
   std::memset(scratch, 0, sizeof(scratch));
-  capnp::MallocMessageBuilder builder(kj::arrayPtr(scratch, kScratchWords));
+  capnp::MallocMessageBuilder builder(kj::arrayPtr(scratch, kBuilderWords));
   auto env = builder.initRoot<wire::Envelope>();
   env.setVersion(version);
   env.setKind(static_cast<wire::Kind>(kind));
@@ -58,24 +61,13 @@ Status EncodeEnvelope(FrameKind kind, const FrameHeader& header, const Handshake
     hs.setProof(AsData(handshake->proof));
     hs.setReason(handshake->reason);
   }
-  // Flat format: segment count - 1, each segment's size in words, padding, segments.
-  auto segments = builder.getSegmentsForOutput();
-  size_t table_words = (segments.size() + 2) / 2;
-  size_t total_words = table_words;
-  for (auto seg : segments) total_words += seg.size();
-  if (total_words * sizeof(capnp::word) > kMaxEnvelopeBytes) {
+  // Packed encoding: the envelope is mostly zero bytes, and a small frame must fit UCX's
+  // short-message path (about 90 bytes of header and payload on shared memory).
+  kj::ArrayOutputStream stream(kj::arrayPtr(out->bytes, kMaxEnvelopeBytes));
+  KJ_IF_MAYBE(exception, kj::runCatchingExceptions([&]() { capnp::writePackedMessage(stream, builder); })) {
     return InvalidArgumentError("envelope exceeds " + std::to_string(kMaxEnvelopeBytes) + " bytes");
   }
-  auto* table = reinterpret_cast<uint32_t*>(out->bytes);
-  std::memset(out->bytes, 0, table_words * sizeof(capnp::word));
-  table[0] = static_cast<uint32_t>(segments.size() - 1);
-  for (size_t i = 0; i < segments.size(); ++i) table[i + 1] = static_cast<uint32_t>(segments[i].size());
-  uint8_t* p = out->bytes + table_words * sizeof(capnp::word);
-  for (auto seg : segments) {
-    std::memcpy(p, seg.begin(), seg.size() * sizeof(capnp::word));
-    p += seg.size() * sizeof(capnp::word);
-  }
-  out->size = total_words * sizeof(capnp::word);
+  out->size = stream.getArray().size();
   return OkStatus();
 }
 
@@ -85,20 +77,16 @@ StatusOr<DecodedEnvelope> DecodeEnvelope(const void* bytes, size_t size) {
     return InvalidArgumentError("envelope of " + std::to_string(size) + " bytes exceeds the " +
                                 std::to_string(kMaxEnvelopeBytes) + "-byte limit");
   }
-  if (size % sizeof(capnp::word) != 0) {
-    return InvalidArgumentError("envelope of " + std::to_string(size) +
-                                " bytes is not a whole number of 8-byte words");
-  }
-  // Received headers carry no alignment promise; Cap'n Proto wants 8-byte words.
-  capnp::word aligned[kScratchWords];
-  std::memcpy(aligned, bytes, size);
+  capnp::word scratch[kScratchWords];
   DecodedEnvelope out;
   KJ_IF_MAYBE(exception, kj::runCatchingExceptions([&]() {
     capnp::ReaderOptions options;
     options.traversalLimitInWords = kScratchWords * 2;
     options.nestingLimit = 8;
-    capnp::FlatArrayMessageReader reader(
-        kj::arrayPtr(aligned, size / sizeof(capnp::word)), options);
+    // Unpacking copies into `scratch`, so the received bytes need no alignment. The
+    // traversal limit also caps what a hostile segment table can make the reader allocate.
+    kj::ArrayInputStream input(kj::arrayPtr(static_cast<const kj::byte*>(bytes), size));
+    capnp::PackedMessageReader reader(input, options, kj::arrayPtr(scratch, kScratchWords));
     auto env = reader.getRoot<wire::Envelope>();
     out.version = env.getVersion();
     out.kind = static_cast<FrameKind>(env.getKind());

@@ -28,9 +28,9 @@ inline constexpr size_t kMaxEnvelopeBytes = 1024;
 /// Longest node name / address accepted in a handshake.
 inline constexpr size_t kMaxHandshakeText = 256;
 
-/// An encoded envelope held inline (no allocation), 8-byte aligned as Cap'n Proto wants.
+/// An encoded (packed) envelope held inline, without allocation.
 struct EncodedEnvelope {
-  alignas(8) uint8_t bytes[kMaxEnvelopeBytes];
+  uint8_t bytes[kMaxEnvelopeBytes];
   size_t size = 0;
 };
 

@@ -127,7 +127,7 @@ TEST_P(TwoProcessTest, UsesTheConfiguredTransports) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, TwoProcessTest,
-                         ::testing::Values(Mode{"SharedMemory", "posix,sysv,self,tcp", true},
+                         ::testing::Values(Mode{"SharedMemory", "shm,self,tcp", true},
                                            Mode{"TcpOnly", "tcp", false}),
                          [](const auto& info) { return std::string(info.param.name); });
 
