@@ -17,7 +17,8 @@ extern char** environ;
 namespace troupe {
 
 StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(const std::vector<std::string>& argv,
-                                                            const std::vector<std::string>& extra_env) {
+                                                            const std::vector<std::string>& extra_env,
+                                                            bool merge_stderr) {
   if (argv.empty()) return InvalidArgumentError("spawn: empty argv");
   int in_pipe[2];
   int out_pipe[2];
@@ -31,6 +32,7 @@ StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(const std::vector<st
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_adddup2(&actions, in_pipe[0], STDIN_FILENO);
   posix_spawn_file_actions_adddup2(&actions, out_pipe[1], STDOUT_FILENO);
+  if (merge_stderr) posix_spawn_file_actions_adddup2(&actions, out_pipe[1], STDERR_FILENO);
 
   std::vector<std::string> env_strings;
   for (char** e = environ; *e != nullptr; ++e) env_strings.emplace_back(*e);

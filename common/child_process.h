@@ -13,13 +13,15 @@
 
 namespace troupe {
 
-/// A running child process. stdin and stdout are pipes; stderr is inherited. The
+/// A running child process. stdin and stdout are pipes; stderr is inherited unless merged. The
 /// destructor kills (SIGKILL) and reaps a child that is still running. Not thread-safe.
 class ChildProcess {
  public:
-  /// Starts argv[0] (searched in PATH) with `extra_env` ("NAME=value") added.
+  /// Starts argv[0] (searched in PATH) with `extra_env` ("NAME=value") added. With
+  /// `merge_stderr`, the child's stderr goes to the same pipe as its stdout.
   static StatusOr<std::unique_ptr<ChildProcess>> Spawn(const std::vector<std::string>& argv,
-                                                       const std::vector<std::string>& extra_env = {});
+                                                       const std::vector<std::string>& extra_env = {},
+                                                       bool merge_stderr = false);
   ~ChildProcess();
   ChildProcess(const ChildProcess&) = delete;
   ChildProcess& operator=(const ChildProcess&) = delete;

@@ -23,8 +23,9 @@ struct TransportHandler {
   std::function<void(NodeId peer, Frame frame)> on_frame;
   /// A peer finished the handshake and is ready for frames.
   std::function<void(NodeId peer)> on_peer_connected;
-  /// The last connection to a peer failed or closed (UCX error, kill -9, link cut).
-  /// Frames queued for it have already completed with Unavailable.
+  /// The last connection to a peer failed or closed (UCX error, kill -9, link cut,
+  /// Disconnect). Frames queued for it have already completed with an error. Not called
+  /// for connections closed by this transport's own Stop().
   std::function<void(NodeId peer, const Status& reason)> on_peer_failed;
   /// Optional: provides the buffer a payload of `size` bytes is received into. Large
   /// payloads land in it directly by rendezvous. Defaults to Buffer::Allocate.

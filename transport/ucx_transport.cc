@@ -740,7 +740,9 @@ void UcxTransport::Impl::Fail(const ConnPtr& conn, const Status& reason, bool gr
   if (was_ready && peer.ready_conns == 0) {
     counters_.peers_connected.fetch_sub(1, std::memory_order_relaxed);
   }
-  if ((was_ready || was_send_conn) && peer.ready_conns == 0 && peer.send_conn == nullptr) {
+  // Our own Stop() is not a peer failure: nobody is told, only queued sends are failed.
+  if ((was_ready || was_send_conn) && peer.ready_conns == 0 && peer.send_conn == nullptr &&
+      !stopping_.load(std::memory_order_acquire)) {
     counters_.peer_failures.fetch_add(1, std::memory_order_relaxed);
     spdlog::info("transport: lost node {}: {}", conn->peer, reason.message());
     if (handler_.on_peer_failed) handler_.on_peer_failed(conn->peer, reason);

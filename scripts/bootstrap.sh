@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# troupe set-up on Debian bookworm: installs the packages, builds, then runs the demo or
+# every test. Usage: scripts/bootstrap.sh run|test|build [extra args for run]
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+BUILD_DIR=${TROUPE_BUILD_DIR:-$ROOT/build}
+JOBS=${TROUPE_JOBS:-$(nproc)}
+
+# Everything troupe builds and tests with, as Debian bookworm packages.
+PACKAGES=(
+  build-essential cmake ninja-build pkg-config ccache coreutils
+  libcaf-dev libucx-dev ucx-utils libcapnp-dev capnproto liblmdb-dev prometheus-cpp-dev
+  libyaml-cpp-dev libspdlog-dev libfmt-dev libssl-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+)
+
+log() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+install_packages() {
+  local missing=()
+  for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    log "all ${#PACKAGES[@]} packages are installed"
+    return
+  fi
+  log "installing ${#missing[@]} packages: ${missing[*]}"
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+build() {
+  local generator=()
+  command -v ninja >/dev/null && generator=(-G Ninja)
+  if [ -f "$BUILD_DIR/CMakeCache.txt" ] && ! grep -q "CMAKE_GENERATOR:INTERNAL=${generator[1]:-Unix Makefiles}" "$BUILD_DIR/CMakeCache.txt"; then
+    log "build directory uses another generator; starting it afresh"
+    rm -rf "$BUILD_DIR"
+  fi
+  log "configuring in $BUILD_DIR"
+  cmake -S "$ROOT" -B "$BUILD_DIR" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo ${TROUPE_CMAKE_ARGS:-}
+  log "building with $JOBS jobs"
+  cmake --build "$BUILD_DIR" -j "$JOBS"
+}
+
+run_tests() {
+  log "running every test"
+  # Integration tests start real processes and time failure detection: run them one at a time.
+  ctest --test-dir "$BUILD_DIR" --output-on-failure --timeout 600
+}
+
+command=${1:-}
+shift || true
+case "$command" in
+  run)
+    install_packages
+    build
+    log "running troupe's main job: the two-process demo"
+    exec "$BUILD_DIR/cli/troupe" demo "$@"
+    ;;
+  test)
+    install_packages
+    build
+    run_tests
+    ;;
+  build)
+    install_packages
+    build
+    ;;
+  *)
+    echo "usage: $0 run|test|build" >&2
+    exit 2
+    ;;
+esac
