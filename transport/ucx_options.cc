@@ -79,6 +79,11 @@ StatusOr<std::vector<UcxSetting>> ResolveUcxSettings(
     out.push_back({"RNDV_THRESH", kDefaultRndvThresh, "troupe default"});
   }
 
+  if (from_env("UCX_KEEPALIVE_INTERVAL") == nullptr) {
+    out.push_back({"KEEPALIVE_INTERVAL", std::to_string(config.keepalive_interval.count()) + "ms",
+                   "a killed same-host peer is seen within about this long"});
+  }
+
   if (config.shm_error_handling) {
     for (const char* name : {"POSIX_ERROR_HANDLING", "SYSV_ERROR_HANDLING"}) {
       std::string env_name = std::string("UCX_") + name;

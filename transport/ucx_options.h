@@ -38,6 +38,16 @@ struct UcxTransportConfig {
   bool shm_error_handling = true;
   /// Any other UCX variable, without the UCX_ prefix; applied last and verbatim.
   std::map<std::string, std::string> ucx_options;
+  /// After authenticating over the listener connection, each side opens a direct
+  /// endpoint to the other's UCX worker address and moves data there. Such endpoints
+  /// carry only the transports the two workers share (shared memory on one host), while
+  /// a listener connection always carries TCP lanes that UCX polls on every progress call.
+  bool direct_endpoints = true;
+  /// UCX_KEEPALIVE_INTERVAL: how often UCX checks its peers. Shared-memory endpoints see a
+  /// killed peer only through it, and UCX runs it only from progress, so the progress
+  /// thread also wakes this often while it has connections (the environment's
+  /// UCX_KEEPALIVE_INTERVAL, if set, wins for UCX itself).
+  std::chrono::milliseconds keepalive_interval{100};
   /// A connection that has not authenticated within this time is closed.
   std::chrono::milliseconds handshake_timeout{5000};
   /// How long the progress thread keeps polling after its last event before it sleeps

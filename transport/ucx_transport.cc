@@ -16,6 +16,7 @@
 #include <mutex>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "transport/address.h"
 #include "transport/auth.h"
@@ -28,6 +29,8 @@ using Clock = std::chrono::steady_clock;
 
 /// The one active-message id troupe registers; everything else is in the envelope.
 constexpr unsigned kAmId = 0x7e;
+/// Largest handshake payload (a UCX worker address) accepted.
+constexpr size_t kMaxHandshakePayload = 64 * 1024;
 
 std::string UcsError(ucs_status_t status) { return ucs_status_string(status); }
 
@@ -87,7 +90,10 @@ class UcxTransport::Impl {
 
   struct Connection {
     Impl* impl = nullptr;
-    ucp_ep_h ep = nullptr;
+    ucp_ep_h ep = nullptr;            // the listener (bootstrap) endpoint: handshakes
+    ucp_ep_h direct_ep = nullptr;     // to the peer's worker address: data, once opened
+    bool bootstrap_retired = false;   // `ep` closed after the move to `direct_ep`
+    std::string peer_worker_address;  // from the peer's hello/challenge payload
     ConnState state = ConnState::kHandshaking;
     bool outbound = false;
     bool hello_seen = false;     // server: the client's hello arrived
@@ -100,6 +106,8 @@ class UcxTransport::Impl {
     Clock::time_point deadline;
     std::deque<Command> queued;        // sends waiting for Ready
     std::deque<Delivery> deliveries;   // received, in arrival order
+
+    ucp_ep_h data_ep() const { return direct_ep != nullptr ? direct_ep : ep; }
 
     std::string Describe() const {
       if (peer != 0 && state == ConnState::kReady) {
@@ -160,14 +168,17 @@ class UcxTransport::Impl {
 
   ConnPtr Connect(NodeId peer, const std::string& address);
   void RegisterEndpoint(const ConnPtr& conn);
-  void SendControl(const ConnPtr& conn, FrameKind kind, const HandshakeInfo& hs);
-  void PostSend(Connection* conn, FrameKind kind, const FrameHeader& header,
-                const HandshakeInfo* hs, Buffer payload, SendCallback done, NodeId peer);
+  void SendControl(const ConnPtr& conn, FrameKind kind, const HandshakeInfo& hs,
+                   const std::string& payload = {});
+  void PostSend(ucp_ep_h ep, FrameKind kind, const FrameHeader& header, const HandshakeInfo* hs,
+                Buffer payload, SendCallback done, NodeId peer);
+  void OpenDirectEndpoint(const ConnPtr& conn);
+  void RetireBootstrap(const ConnPtr& conn, bool force);
   void CompleteSend(SendOp* op, ucs_status_t status);
-  void OnHandshake(const ConnPtr& conn, const DecodedEnvelope& env);
+  void OnHandshake(const ConnPtr& conn, const DecodedEnvelope& env, const std::string& payload);
   void BecomeReady(const ConnPtr& conn);
   void Fail(const ConnPtr& conn, const Status& reason, bool graceful = false);
-  void CloseEndpoint(const ConnPtr& conn, bool force);
+  void CloseEndpoint(ucp_ep_h ep, const ConnPtr& conn, bool force);
   void Deliver(Connection* conn);
   void CompleteRndv(RecvOp* op, ucs_status_t status);
   ConnPtr FindConnection(ucp_ep_h ep) const;
@@ -191,6 +202,9 @@ class UcxTransport::Impl {
   // Shared between threads, guarded by mu_.
   mutable std::mutex mu_;
   std::vector<Command> incoming_;
+  // Set with incoming_ non-empty, so the spinning progress loop checks one atomic
+  // instead of taking the lock on every turn.
+  std::atomic<bool> has_incoming_{false};
   bool sleeping_ = false;
   bool closed_ = true;  // no worker to signal (not started, or stopped)
   std::string advertised_address_;
@@ -206,6 +220,7 @@ class UcxTransport::Impl {
   ucp_worker_h worker_ = nullptr;
   ucp_listener_h listener_ = nullptr;
   int efd_ = -1;
+  std::string worker_address_;  // this worker's UCX address, sent to authenticating peers
   std::vector<Command> local_;
   std::vector<ucp_conn_request_h> conn_requests_;
   std::vector<RndvStart> rndv_starts_;
@@ -213,6 +228,12 @@ class UcxTransport::Impl {
   std::unordered_map<NodeId, Peer> peers_;
   std::vector<std::pair<void*, ConnPtr>> closing_;
   size_t handshaking_ = 0;
+  // Operations UCX still owns; Shutdown() waits for them and completes any left over.
+  std::unordered_set<SendOp*> pending_sends_;
+  // Finished SendOps kept for reuse: each holds an inline envelope buffer, too big for
+  // malloc's fast path.
+  std::vector<std::unique_ptr<SendOp>> free_send_ops_;
+  std::unordered_set<RecvOp*> pending_recvs_;
 };
 
 // ---- Start / Stop ---------------------------------------------------------------------
@@ -289,6 +310,14 @@ Status UcxTransport::Impl::InitUcx() {
   if (status != UCS_OK) return InternalError("ucp_worker_create: " + UcsError(status));
   status = ucp_worker_get_efd(worker_, &efd_);
   if (status != UCS_OK) return InternalError("ucp_worker_get_efd: " + UcsError(status));
+  if (config_.direct_endpoints) {
+    ucp_address_t* address = nullptr;
+    size_t address_length = 0;
+    status = ucp_worker_get_address(worker_, &address, &address_length);
+    if (status != UCS_OK) return InternalError("ucp_worker_get_address: " + UcsError(status));
+    worker_address_.assign(reinterpret_cast<const char*>(address), address_length);
+    ucp_worker_release_address(worker_, address);
+  }
 
   ucp_am_handler_param_t am{};
   am.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
@@ -341,6 +370,8 @@ void UcxTransport::Impl::Run(std::promise<Status>* started) {
   started->set_value(OkStatus());
 
   auto last_activity = Clock::now();
+  // Idle turns since the clock was last read: reading it every turn slows the spin.
+  unsigned idle_turns = 0;
   while (true) {
     bool active = DrainCommands();
     while (ucp_worker_progress(worker_) != 0) active = true;
@@ -354,13 +385,17 @@ void UcxTransport::Impl::Run(std::promise<Status>* started) {
     }
     if (!closing_.empty()) ReapClosing();
     if (!local_.empty()) continue;
-    auto now = Clock::now();
-    if (handshaking_ > 0) CheckDeadlines(now);
-    if (stopping_.load(std::memory_order_acquire)) break;
     if (active) {
-      last_activity = now;
+      idle_turns = 0;
+      last_activity = Clock::time_point();  // read lazily on the next idle check
+      if (handshaking_ > 0) CheckDeadlines(Clock::now());
       continue;
     }
+    if (++idle_turns % 64 != 0 && !stopping_.load(std::memory_order_relaxed)) continue;
+    auto now = Clock::now();
+    if (last_activity == Clock::time_point()) last_activity = now;
+    if (handshaking_ > 0) CheckDeadlines(now);
+    if (stopping_.load(std::memory_order_acquire)) break;
     if (now - last_activity < config_.busy_poll) continue;
 
     {
@@ -387,14 +422,17 @@ void UcxTransport::Impl::Run(std::promise<Status>* started) {
 
 int UcxTransport::Impl::PollTimeoutMs(Clock::time_point now) const {
   if (!closing_.empty()) return 1;
-  if (handshaking_ == 0) return -1;
+  // UCX checks its peers (keepalive) only from progress: wake for it while connected.
+  const int keepalive_ms = conns_.empty() ? -1 : static_cast<int>(std::max<int64_t>(1, config_.keepalive_interval.count()));
+  if (handshaking_ == 0) return keepalive_ms;
   auto earliest = Clock::time_point::max();
   for (const auto& [ep, conn] : conns_) {
     if (conn->state == ConnState::kHandshaking) earliest = std::min(earliest, conn->deadline);
   }
-  if (earliest == Clock::time_point::max()) return -1;
+  if (earliest == Clock::time_point::max()) return keepalive_ms;
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(earliest - now).count() + 1;
-  return static_cast<int>(std::max<int64_t>(ms, 1));
+  int deadline_ms = static_cast<int>(std::max<int64_t>(ms, 1));
+  return keepalive_ms < 0 ? deadline_ms : std::min(deadline_ms, keepalive_ms);
 }
 
 void UcxTransport::Impl::Shutdown() {
@@ -406,13 +444,27 @@ void UcxTransport::Impl::Shutdown() {
   }
   local_.clear();
   if (worker_ != nullptr) {
+    // A forced close completes its endpoint's requests from later progress calls, so keep
+    // progressing until UCX has handed every operation back (bounded).
     auto deadline = Clock::now() + std::chrono::seconds(2);
-    while (!closing_.empty() && Clock::now() < deadline) {
+    while ((!closing_.empty() || !pending_sends_.empty() || !pending_recvs_.empty()) &&
+           Clock::now() < deadline) {
       ucp_worker_progress(worker_);
       ReapClosing();
     }
-    // Whatever did not close in time is abandoned; its callbacks can no longer run.
+    if (!closing_.empty() || !pending_sends_.empty() || !pending_recvs_.empty()) {
+      spdlog::warn("transport: {} closes, {} sends and {} receives still open at shutdown; abandoning them",
+                   closing_.size(), pending_sends_.size(), pending_recvs_.size());
+    }
+    // Whatever UCX did not hand back is completed here; its callbacks can no longer run
+    // once the worker is destroyed.
     closing_.clear();
+    auto sends = std::move(pending_sends_);
+    pending_sends_.clear();
+    for (SendOp* op : sends) CompleteSend(op, UCS_ERR_CANCELED);
+    auto recvs = std::move(pending_recvs_);
+    pending_recvs_.clear();
+    for (RecvOp* op : recvs) delete op;
   }
   std::vector<Command> pending;
   {
@@ -460,6 +512,7 @@ Status UcxTransport::Impl::Send(NodeId peer, const FrameHeader& header, Buffer p
   std::lock_guard<std::mutex> lock(mu_);
   if (closed_ || stopping_) return CancelledError("send: transport is not running");
   incoming_.push_back(std::move(cmd));
+  has_incoming_.store(true, std::memory_order_release);
   if (sleeping_) ucp_worker_signal(worker_);
   return OkStatus();
 }
@@ -474,15 +527,17 @@ void UcxTransport::Impl::RunOnProgressThread(std::function<void()> fn) {
   std::lock_guard<std::mutex> lock(mu_);
   if (closed_) return;
   incoming_.push_back(std::move(cmd));
+  has_incoming_.store(true, std::memory_order_release);
   if (sleeping_) ucp_worker_signal(worker_);
 }
 
 bool UcxTransport::Impl::DrainCommands() {
   bool any = false;
   std::vector<Command> batch;
-  {
+  if (has_incoming_.load(std::memory_order_acquire)) {
     std::lock_guard<std::mutex> lock(mu_);
     batch.swap(incoming_);
+    has_incoming_.store(false, std::memory_order_relaxed);
   }
   for (auto& cmd : batch) {
     any = true;
@@ -528,7 +583,7 @@ void UcxTransport::Impl::ExecuteSend(Command cmd) {
   }
   Connection* conn = peer.send_conn.get();
   if (conn->state == ConnState::kReady) {
-    PostSend(conn, FrameKind::kData, cmd.header, nullptr, std::move(cmd.payload), std::move(cmd.done),
+    PostSend(conn->data_ep(), FrameKind::kData, cmd.header, nullptr, std::move(cmd.payload), std::move(cmd.done),
              cmd.peer);
   } else {
     conn->queued.push_back(std::move(cmd));
@@ -558,7 +613,7 @@ StatusOr<std::string> UcxTransport::Impl::DescribePeer(NodeId peer) {
     char* text = nullptr;
     size_t size = 0;
     FILE* stream = open_memstream(&text, &size);
-    ucp_ep_print_info(it->second.send_conn->ep, stream);
+    ucp_ep_print_info(it->second.send_conn->data_ep(), stream);
     std::fclose(stream);
     std::string out(text, size);
     std::free(text);
@@ -608,7 +663,7 @@ UcxTransport::Impl::ConnPtr UcxTransport::Impl::Connect(NodeId peer, const std::
   hello.node_name = config_.node_name;
   hello.listen_address = listen_address();
   hello.nonce = conn->client_nonce;
-  SendControl(conn, FrameKind::kHello, hello);
+  SendControl(conn, FrameKind::kHello, hello, worker_address_);
   return conn;
 }
 
@@ -666,6 +721,11 @@ void UcxTransport::Impl::OnEpError(void* arg, ucp_ep_h ep, ucs_status_t status) 
   Impl* self = raw->impl;
   ConnPtr conn = self->FindConnection(ep);
   if (conn == nullptr || conn.get() != raw) return;  // already closed
+  if (ep == conn->ep && conn->direct_ep != nullptr && conn->state == ConnState::kReady) {
+    // The peer closed the listener connection after moving to the direct endpoint.
+    self->RetireBootstrap(conn, /*force=*/true);
+    return;
+  }
   self->Fail(conn, UnavailableError("connection to " + conn->Describe() + " failed: " + UcsError(status)));
 }
 
@@ -675,6 +735,7 @@ void UcxTransport::Impl::CheckDeadlines(Clock::time_point now) {
     if (conn->state == ConnState::kHandshaking && now >= conn->deadline) expired.push_back(conn);
   }
   for (auto& conn : expired) {
+    if (conn->state != ConnState::kHandshaking) continue;  // listed twice (two endpoints)
     counters_.auth_failures.fetch_add(1, std::memory_order_relaxed);
     spdlog::warn("transport: {} did not authenticate within {} ms; closing", conn->Describe(),
                  config_.handshake_timeout.count());
@@ -682,13 +743,40 @@ void UcxTransport::Impl::CheckDeadlines(Clock::time_point now) {
   }
 }
 
-void UcxTransport::Impl::CloseEndpoint(const ConnPtr& conn, bool force) {
-  if (conn->ep == nullptr) return;
+void UcxTransport::Impl::CloseEndpoint(ucp_ep_h ep, const ConnPtr& conn, bool force) {
+  if (ep == nullptr) return;
   ucp_request_param_t param{};
   param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
   param.flags = force ? UCP_EP_CLOSE_FLAG_FORCE : 0;
-  void* request = ucp_ep_close_nbx(conn->ep, &param);
+  void* request = ucp_ep_close_nbx(ep, &param);
+  // The connection (the error handler's argument) lives until the close completes.
   if (UCS_PTR_IS_PTR(request)) closing_.emplace_back(request, conn);
+}
+
+void UcxTransport::Impl::OpenDirectEndpoint(const ConnPtr& conn) {
+  ucp_ep_params_t params{};
+  params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                      UCP_EP_PARAM_FIELD_ERR_HANDLER;
+  // The address came from a peer that has proved it holds the cluster token.
+  params.address = reinterpret_cast<const ucp_address_t*>(conn->peer_worker_address.data());
+  params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+  params.err_handler.cb = &Impl::OnEpError;
+  params.err_handler.arg = conn.get();
+  ucs_status_t status = ucp_ep_create(worker_, &params, &conn->direct_ep);
+  if (status != UCS_OK) {
+    conn->direct_ep = nullptr;
+    spdlog::warn("transport: cannot open a direct endpoint to {}: {}; staying on the listener connection",
+                 conn->Describe(), UcsError(status));
+    return;
+  }
+  conns_[conn->direct_ep] = conn;
+}
+
+void UcxTransport::Impl::RetireBootstrap(const ConnPtr& conn, bool force) {
+  if (conn->bootstrap_retired || conn->ep == nullptr) return;
+  conn->bootstrap_retired = true;
+  conns_.erase(conn->ep);
+  CloseEndpoint(conn->ep, conn, force);
 }
 
 void UcxTransport::Impl::ReapClosing() {
@@ -708,8 +796,14 @@ void UcxTransport::Impl::Fail(const ConnPtr& conn, const Status& reason, bool gr
   bool was_ready = conn->state == ConnState::kReady;
   if (!was_ready) --handshaking_;
   conn->state = ConnState::kClosed;
-  conns_.erase(conn->ep);
-  CloseEndpoint(conn, !graceful);
+  if (!conn->bootstrap_retired) {
+    conns_.erase(conn->ep);
+    CloseEndpoint(conn->ep, conn, !graceful);
+  }
+  if (conn->direct_ep != nullptr) {
+    conns_.erase(conn->direct_ep);
+    CloseEndpoint(conn->direct_ep, conn, /*force=*/true);
+  }
   conn->deliveries.clear();
 
   Status queued_status = reason.code() == StatusCode::kCancelled || reason.code() == StatusCode::kPermissionDenied
@@ -751,20 +845,28 @@ void UcxTransport::Impl::Fail(const ConnPtr& conn, const Status& reason, bool gr
 
 // ---- Sending --------------------------------------------------------------------------
 
-void UcxTransport::Impl::SendControl(const ConnPtr& conn, FrameKind kind, const HandshakeInfo& hs) {
+void UcxTransport::Impl::SendControl(const ConnPtr& conn, FrameKind kind, const HandshakeInfo& hs,
+                                     const std::string& payload) {
   FrameHeader header;
   header.src_node = config_.node_id;
   header.dst_node = conn->peer;
-  PostSend(conn.get(), kind, header, &hs, Buffer(), nullptr, conn->peer);
+  // Handshakes always travel on the listener endpoint.
+  PostSend(conn->ep, kind, header, &hs, Buffer::CopyOf(payload), nullptr, conn->peer);
 }
 
-void UcxTransport::Impl::PostSend(Connection* conn, FrameKind kind, const FrameHeader& header,
+void UcxTransport::Impl::PostSend(ucp_ep_h ep, FrameKind kind, const FrameHeader& header,
                                   const HandshakeInfo* hs, Buffer payload, SendCallback done,
                                   NodeId peer) {
-  auto* op = new SendOp;
+  SendOp* op;
+  if (free_send_ops_.empty()) {
+    op = new SendOp;
+  } else {
+    op = free_send_ops_.back().release();
+    free_send_ops_.pop_back();
+  }
   Status encoded = EncodeEnvelope(kind, header, hs, &op->envelope);
   if (!encoded.ok()) {
-    delete op;
+    free_send_ops_.emplace_back(op);
     counters_.send_errors.fetch_add(1, std::memory_order_relaxed);
     if (done) done(encoded);
     return;
@@ -782,12 +884,14 @@ void UcxTransport::Impl::PostSend(Connection* conn, FrameKind kind, const FrameH
   // REPLY makes UCX tell the receiver which endpoint a frame came in on: that is how
   // frames are tied to an authenticated connection.
   param.flags = UCP_AM_SEND_FLAG_REPLY;
-  ucs_status_ptr_t request = ucp_am_send_nbx(conn->ep, kAmId, op->envelope.bytes, op->envelope.size,
+  ucs_status_ptr_t request = ucp_am_send_nbx(ep, kAmId, op->envelope.bytes, op->envelope.size,
                                              op->payload.data(), op->payload.size(), &param);
   if (request == nullptr) {
     CompleteSend(op, UCS_OK);
   } else if (UCS_PTR_IS_ERR(request)) {
     CompleteSend(op, UCS_PTR_STATUS(request));
+  } else {
+    pending_sends_.insert(op);
   }
 }
 
@@ -811,6 +915,7 @@ Status UcxTransport::Impl::StatusForSendError(ucs_status_t status, NodeId peer) 
 }
 
 void UcxTransport::Impl::CompleteSend(SendOp* op, ucs_status_t status) {
+  pending_sends_.erase(op);
   if (status == UCS_OK) {
     if (op->data) {
       counters_.frames_sent.fetch_add(1, std::memory_order_relaxed);
@@ -821,7 +926,13 @@ void UcxTransport::Impl::CompleteSend(SendOp* op, ucs_status_t status) {
     counters_.send_errors.fetch_add(1, std::memory_order_relaxed);
     if (op->done) op->done(StatusForSendError(status, op->peer));
   }
-  delete op;
+  op->payload.Reset();
+  op->done = nullptr;
+  if (free_send_ops_.size() < 1024) {
+    free_send_ops_.emplace_back(op);
+  } else {
+    delete op;
+  }
 }
 
 // ---- Receiving ------------------------------------------------------------------------
@@ -866,12 +977,21 @@ ucs_status_t UcxTransport::Impl::HandleAm(const void* header, size_t header_leng
     return refuse;
   }
   if (env->kind != FrameKind::kData) {
-    if (length != 0) {
-      RejectFrame("malformed", counters_.rejected_malformed, conn.get(), "handshake frame with a payload");
+    // A handshake's payload is at most a worker address, always sent eagerly, and only
+    // on the listener endpoint.
+    if (rndv || length > kMaxHandshakePayload || param->reply_ep != conn->ep) {
+      RejectFrame("malformed", counters_.rejected_malformed, conn.get(),
+                  "handshake frame with a " + std::to_string(length) + "-byte payload or on a direct endpoint");
       return refuse;
     }
-    OnHandshake(conn, *env);
+    OnHandshake(conn, *env, std::string(static_cast<const char*>(data), length));
     return UCS_OK;
+  }
+  if (conn->state == ConnState::kHandshaking && conn->outbound && conn->challenge_seen &&
+      conn->direct_ep != nullptr && param->reply_ep == conn->direct_ep) {
+    // Data on our direct endpoint can only come from the server we authenticated, after
+    // it accepted us; its accept may still be on its way over the listener connection.
+    BecomeReady(conn);
   }
   if (conn->state != ConnState::kReady) {
     RejectFrame("unauthenticated", counters_.rejected_unauthenticated, conn.get(),
@@ -919,6 +1039,8 @@ void UcxTransport::Impl::StartRndvReceives() {
       CompleteRndv(op, UCS_OK);
     } else if (UCS_PTR_IS_ERR(request)) {
       CompleteRndv(op, UCS_PTR_STATUS(request));
+    } else {
+      pending_recvs_.insert(op);
     }
   }
 }
@@ -930,6 +1052,7 @@ void UcxTransport::Impl::OnRecvDone(void* request, ucs_status_t status, size_t, 
 }
 
 void UcxTransport::Impl::CompleteRndv(RecvOp* op, ucs_status_t status) {
+  pending_recvs_.erase(op);
   Connection* conn = op->conn.get();
   if (conn->state != ConnState::kClosed) {
     if (status == UCS_OK) {
@@ -957,7 +1080,8 @@ void UcxTransport::Impl::Deliver(Connection* conn) {
 
 // ---- Handshake ------------------------------------------------------------------------
 
-void UcxTransport::Impl::OnHandshake(const ConnPtr& conn, const DecodedEnvelope& env) {
+void UcxTransport::Impl::OnHandshake(const ConnPtr& conn, const DecodedEnvelope& env,
+                                     const std::string& payload) {
   const HandshakeInfo& hs = env.handshake;
   auto refuse = [&](const std::string& why, bool tell_peer) {
     counters_.auth_failures.fetch_add(1, std::memory_order_relaxed);
@@ -975,6 +1099,11 @@ void UcxTransport::Impl::OnHandshake(const ConnPtr& conn, const DecodedEnvelope&
 
   if (env.kind == FrameKind::kReject) {
     refuse("peer rejected us: " + hs.reason, false);
+    return;
+  }
+  if (env.kind == FrameKind::kAccept && conn->outbound && conn->state == ConnState::kReady) {
+    // Data on the direct endpoint already told us; the accept only retires the listener.
+    if (conn->direct_ep != nullptr) RetireBootstrap(conn, /*force=*/true);
     return;
   }
   if (conn->state != ConnState::kHandshaking || !env.has_handshake) {
@@ -1003,6 +1132,7 @@ void UcxTransport::Impl::OnHandshake(const ConnPtr& conn, const DecodedEnvelope&
       conn->peer_name = hs.node_name;
       conn->client_nonce = hs.nonce;
       conn->server_nonce = RandomNonce();
+      conn->peer_worker_address = payload;  // used only once the client has authenticated
       HandshakeInfo challenge;
       challenge.node_id = config_.node_id;
       challenge.node_name = config_.node_name;
@@ -1010,7 +1140,8 @@ void UcxTransport::Impl::OnHandshake(const ConnPtr& conn, const DecodedEnvelope&
       challenge.nonce = conn->server_nonce;
       challenge.proof = ComputeProof(config_.cluster_token, AuthRole::kServer, conn->client_nonce,
                                      conn->server_nonce, conn->peer, config_.node_id);
-      SendControl(conn, FrameKind::kChallenge, challenge);
+      bool direct = config_.direct_endpoints && !payload.empty();
+      SendControl(conn, FrameKind::kChallenge, challenge, direct ? worker_address_ : std::string());
       // The client's advertised address lets us dial it again later.
       if (!hs.listen_address.empty()) {
         std::lock_guard<std::mutex> lock(mu_);
@@ -1025,6 +1156,9 @@ void UcxTransport::Impl::OnHandshake(const ConnPtr& conn, const DecodedEnvelope&
         refuse("wrong cluster token (client proof did not verify)", true);
         return;
       }
+      // Open the direct endpoint before accepting, so data we send right after the accept
+      // already goes there; the client opened its own before sending auth.
+      if (config_.direct_endpoints && !conn->peer_worker_address.empty()) OpenDirectEndpoint(conn);
       HandshakeInfo accept;
       accept.node_id = config_.node_id;
       SendControl(conn, FrameKind::kAccept, accept);
@@ -1052,6 +1186,8 @@ void UcxTransport::Impl::OnHandshake(const ConnPtr& conn, const DecodedEnvelope&
       conn->challenge_seen = true;
       conn->peer_name = hs.node_name;
       conn->server_nonce = hs.nonce;
+      conn->peer_worker_address = payload;
+      if (config_.direct_endpoints && !payload.empty()) OpenDirectEndpoint(conn);
       HandshakeInfo auth;
       auth.node_id = config_.node_id;
       auth.proof = ComputeProof(config_.cluster_token, AuthRole::kClient, conn->client_nonce,
@@ -1061,6 +1197,8 @@ void UcxTransport::Impl::OnHandshake(const ConnPtr& conn, const DecodedEnvelope&
     }
     if (env.kind == FrameKind::kAccept && conn->challenge_seen) {
       BecomeReady(conn);
+      // Nothing is in flight on the listener endpoint any more: close it at once.
+      if (conn->direct_ep != nullptr) RetireBootstrap(conn, /*force=*/true);
       return;
     }
   }
@@ -1078,7 +1216,7 @@ void UcxTransport::Impl::BecomeReady(const ConnPtr& conn) {
   auto queued = std::move(conn->queued);
   conn->queued.clear();
   for (auto& cmd : queued) {
-    PostSend(conn.get(), FrameKind::kData, cmd.header, nullptr, std::move(cmd.payload), std::move(cmd.done),
+    PostSend(conn->data_ep(), FrameKind::kData, cmd.header, nullptr, std::move(cmd.payload), std::move(cmd.done),
              cmd.peer);
   }
   if (first && handler_.on_peer_connected) handler_.on_peer_connected(conn->peer);

@@ -162,6 +162,13 @@ class Client {
   }
   void Stop() { transport_.Stop(); }
 
+  // UCX_* assignments for the settings this transport applied, for the raw baseline.
+  std::vector<std::string> UcxEnvironment() const {
+    std::vector<std::string> env;
+    for (const auto& s : transport_.ucx_settings()) env.push_back("UCX_" + s.name + "=" + s.value);
+    return env;
+  }
+
   // Ping-pong driven from the progress thread, as the runtime's gateway will drive it.
   double Latency(size_t size, int iterations) {
     PingPong(size, std::max(10, iterations / 10));  // warm-up
@@ -358,16 +365,17 @@ int FreePort() {
   return port;
 }
 
-StatusOr<PerftestResult> RunPerftest(const std::string& tls, const std::string& test, size_t size,
+// Runs ucx_perftest with exactly the UCX settings troupe applied (`env`) and with peer
+// error handling (-e), which troupe needs to see peers fail.
+StatusOr<PerftestResult> RunPerftest(const std::vector<std::string>& env, const std::string& test, size_t size,
                                      int iterations) {
   std::string port = std::to_string(FreePort());
-  std::vector<std::string> env = {"UCX_TLS=" + tls};
-  auto server = ChildProcess::Spawn({"stdbuf", "-oL", "ucx_perftest", "-p", port}, env);
+  auto server = ChildProcess::Spawn({"stdbuf", "-oL", "ucx_perftest", "-p", port, "-e"}, env);
   if (!server.ok()) return server.status();
   auto ready = (*server)->ReadLineWithPrefix("Waiting for connection", 20s);
   if (!ready.ok()) return UnavailableError("ucx_perftest server did not start: " + ready.status().message());
-  auto client = ChildProcess::Spawn({"stdbuf", "-oL", "ucx_perftest", "127.0.0.1", "-p", port, "-t", test, "-s",
-                                     std::to_string(size), "-n", std::to_string(iterations)},
+  auto client = ChildProcess::Spawn({"stdbuf", "-oL", "ucx_perftest", "127.0.0.1", "-p", port, "-e", "-t", test,
+                                     "-s", std::to_string(size), "-n", std::to_string(iterations)},
                                     env);
   if (!client.ok()) return client.status();
   auto final_line = (*client)->ReadLineWithPrefix("Final:", 300s);
@@ -443,6 +451,10 @@ int RunBench(const Options& options) {
       return 1;
     }
     TroupeFigures t;
+    const std::vector<std::string> ucx_env = client.UcxEnvironment();
+    std::string env_text;
+    for (const auto& e : ucx_env) env_text += " " + e;
+    std::fprintf(stderr, "   UCX settings for troupe and ucx_perftest -e:%s\n", env_text.c_str());
     for (const auto& c : lat_cases) {
       t.latency_us.emplace_back(c.size, client.Latency(c.size, c.iterations));
       std::fprintf(stderr, "   troupe latency %-8s %8.2f us\n", SizeName(c.size).c_str(), t.latency_us.back().second);
@@ -463,7 +475,7 @@ int RunBench(const Options& options) {
     (*server)->Wait(20s).IgnoreError();
 
     for (size_t i = 0; i < lat_cases.size(); ++i) {
-      auto raw = RunPerftest(mode.tls, "ucp_am_lat", lat_cases[i].size, lat_cases[i].iterations);
+      auto raw = RunPerftest(ucx_env, "ucp_am_lat", lat_cases[i].size, lat_cases[i].iterations);
       if (!raw.ok()) {
         std::cerr << "ucx_perftest: " << raw.status() << "\n";
         return 1;
@@ -475,8 +487,8 @@ int RunBench(const Options& options) {
                                raw->latency_us, "(info)"));
       }
     }
-    auto raw_rate = RunPerftest(mode.tls, "ucp_am_bw", 8, rate_count);
-    auto raw_bw = RunPerftest(mode.tls, "ucp_am_bw", 1u << 20, bw_count);
+    auto raw_rate = RunPerftest(ucx_env, "ucp_am_bw", 8, rate_count);
+    auto raw_bw = RunPerftest(ucx_env, "ucp_am_bw", 1u << 20, bw_count);
     if (!raw_rate.ok() || !raw_bw.ok()) {
       std::cerr << "ucx_perftest failed\n";
       return 1;

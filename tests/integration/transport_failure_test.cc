@@ -11,12 +11,12 @@ using transport::FrameHeader;
 using transport::UcxTransport;
 using namespace std::chrono_literals;
 
-class TransportFailureTest : public ::testing::Test {
+class TransportFailureTest : public ::testing::TestWithParam<const char*> {
  protected:
   void SetUp() override {
-    peer_ = StartPeer({}, &peer_address_);
+    peer_ = StartPeer({"--tls", GetParam()}, &peer_address_);
     ASSERT_NE(peer_, nullptr);
-    transport_ = std::make_unique<UcxTransport>(LocalConfig(""));
+    transport_ = std::make_unique<UcxTransport>(LocalConfig(GetParam()));
     ASSERT_TRUE(transport_->Start(inbox_.Handler()).ok());
     transport_->AddPeer(kPeerNode, peer_address_);
     // One echo proves the connection is up and authenticated.
@@ -42,11 +42,14 @@ class TransportFailureTest : public ::testing::Test {
   std::unique_ptr<UcxTransport> transport_;
 };
 
-TEST_F(TransportFailureTest, KillNineFiresPeerFailureWithinOneSecondAndFailsPendingSends) {
+TEST_P(TransportFailureTest, KillNineFiresPeerFailureWithinOneSecondAndFailsPendingSends) {
   SendResults results;
   QueueSendsToStoppedPeer(&results, 4);
   auto killed_at = std::chrono::steady_clock::now();
   peer_->Signal(SIGKILL);
+  // Reap it, as the peer's parent (troupe up, systemd, a shell) does: shared-memory
+  // keepalive checks the peer's process, and an unreaped zombie still looks alive.
+  ASSERT_TRUE(peer_->Wait(1s).ok());
   auto reason = inbox_.WaitForFailure(kPeerNode, 1s);
   ASSERT_TRUE(reason.has_value()) << "on_peer_failed did not fire within 1 s of kill -9";
   auto detection = inbox_.FailureTime(kPeerNode) - killed_at;
@@ -64,7 +67,7 @@ TEST_F(TransportFailureTest, KillNineFiresPeerFailureWithinOneSecondAndFailsPend
   EXPECT_EQ(after.results()[0].code(), StatusCode::kUnavailable) << after.results()[0];
 }
 
-TEST_F(TransportFailureTest, DisconnectingAHungPeerFailsItsInFlightSends) {
+TEST_P(TransportFailureTest, DisconnectingAHungPeerFailsItsInFlightSends) {
   SendResults results;
   QueueSendsToStoppedPeer(&results, 3);
   // UCX cannot see a hung peer; the runtime's heartbeats decide and call Disconnect.
@@ -76,6 +79,20 @@ TEST_F(TransportFailureTest, DisconnectingAHungPeerFailsItsInFlightSends) {
   for (const auto& s : results.results()) EXPECT_FALSE(s.ok());
   peer_->Signal(SIGKILL);
 }
+
+TEST_P(TransportFailureTest, StopCompletesSendsStuckOnAHungPeer) {
+  SendResults results;
+  QueueSendsToStoppedPeer(&results, 3);
+  transport_->Stop();
+  ASSERT_EQ(results.size(), 3u) << "Stop() returned with sends still outstanding";
+  for (const auto& s : results.results()) EXPECT_FALSE(s.ok()) << s;
+  peer_->Signal(SIGKILL);
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, TransportFailureTest, ::testing::Values("shm,self,tcp", "tcp"),
+                         [](const auto& info) {
+                           return std::string(info.param == std::string("tcp") ? "TcpOnly" : "SharedMemory");
+                         });
 
 TEST(TransportLifecycle, SendsAfterStopAreRefusedAndStopIsIdempotent) {
   UcxTransport transport(LocalConfig(""));

@@ -42,6 +42,8 @@ TEST(UcxOptions, DefaultsKeepSharedMemoryWithErrorHandling) {
   EXPECT_EQ(by["POSIX_ERROR_HANDLING"].value, "y");
   EXPECT_EQ(by["SYSV_ERROR_HANDLING"].value, "y");
   EXPECT_EQ(by["RNDV_THRESH"].value, kDefaultRndvThresh);
+  EXPECT_EQ(by["KEEPALIVE_INTERVAL"].value, "100ms");
+  EXPECT_FALSE(by["KEEPALIVE_INTERVAL"].via_environment);
   EXPECT_EQ(by.count("TLS"), 0u) << "no TLS set anywhere keeps UCX's own default";
 }
 
