@@ -1,6 +1,7 @@
 // Logging set-up.
 #include "common/logging.h"
 
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <string>
@@ -14,6 +15,12 @@ Status InitLogging(std::string_view level) {
     return InvalidArgumentError("unknown log level '" + std::string(level) +
                                 "' (expected trace, debug, info, warn, error or off)");
   }
+  // Logs go to stderr: stdout belongs to a command's output (tables, --json).
+  static const bool installed = [] {
+    spdlog::set_default_logger(spdlog::stderr_color_mt("troupe"));
+    return true;
+  }();
+  (void)installed;
   spdlog::set_level(parsed);
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ [%n %t] %v");
   return OkStatus();

@@ -7,8 +7,9 @@
 
 namespace troupe {
 
-/// Sets the process-wide log level ("trace", "debug", "info", "warn", "error", "off")
-/// and the line format. Returns InvalidArgument naming the bad level.
+/// Sends the process's logs to stderr (stdout is for command output) and sets the log
+/// level ("trace", "debug", "info", "warn", "error", "off") and the line format.
+/// Returns InvalidArgument naming the bad level. Call it first thing in main().
 Status InitLogging(std::string_view level);
 
 }  // namespace troupe

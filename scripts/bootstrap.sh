@@ -36,23 +36,36 @@ install_packages() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
 
+# build DIR [cmake args...]: configures and builds troupe in DIR.
 build() {
+  local dir=$1
+  shift
   local generator=()
   command -v ninja >/dev/null && generator=(-G Ninja)
-  if [ -f "$BUILD_DIR/CMakeCache.txt" ] && ! grep -q "CMAKE_GENERATOR:INTERNAL=${generator[1]:-Unix Makefiles}" "$BUILD_DIR/CMakeCache.txt"; then
-    log "build directory uses another generator; starting it afresh"
-    rm -rf "$BUILD_DIR"
+  if [ -f "$dir/CMakeCache.txt" ] && ! grep -q "CMAKE_GENERATOR:INTERNAL=${generator[1]:-Unix Makefiles}" "$dir/CMakeCache.txt"; then
+    log "$dir uses another generator; starting it afresh"
+    rm -rf "$dir"
   fi
-  log "configuring in $BUILD_DIR"
-  cmake -S "$ROOT" -B "$BUILD_DIR" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo ${TROUPE_CMAKE_ARGS:-}
-  log "building with $JOBS jobs"
-  cmake --build "$BUILD_DIR" -j "$JOBS"
+  log "configuring in $dir"
+  cmake -S "$ROOT" -B "$dir" "${generator[@]}" "$@" ${TROUPE_CMAKE_ARGS:-}
+  log "building in $dir with $JOBS jobs"
+  cmake --build "$dir" -j "$JOBS"
 }
 
 run_tests() {
   log "running every test"
   # Integration tests start real processes and time failure detection: run them one at a time.
   ctest --test-dir "$BUILD_DIR" --output-on-failure --timeout 600
+  if [ "${TROUPE_SKIP_SANITIZERS:-0}" = "1" ]; then
+    log "TROUPE_SKIP_SANITIZERS=1: skipping the ASan/UBSan pass"
+    return
+  fi
+  # The same unit and integration tests (bad input from hostile peers included) under
+  # AddressSanitizer and UndefinedBehaviorSanitizer; the benchmark is left out.
+  build "$BUILD_DIR-asan" -DCMAKE_BUILD_TYPE=Debug -DTROUPE_ASAN=ON -DTROUPE_BUILD_BENCH=OFF
+  log "running the unit and integration tests under ASan/UBSan"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --test-dir "$BUILD_DIR-asan" --output-on-failure --timeout 600 -LE bench
 }
 
 command=${1:-}
@@ -60,18 +73,18 @@ shift || true
 case "$command" in
   run)
     install_packages
-    build
+    build "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo
     log "running troupe's main job: the two-process demo"
     exec "$BUILD_DIR/cli/troupe" demo "$@"
     ;;
   test)
     install_packages
-    build
+    build "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo
     run_tests
     ;;
   build)
     install_packages
-    build
+    build "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo
     ;;
   *)
     echo "usage: $0 run|test|build" >&2

@@ -42,6 +42,7 @@ struct TransportStats {
   uint64_t connections_accepted = 0;
   uint64_t connections_opened = 0;
   uint64_t peers_connected = 0;   ///< currently authenticated peers
+  uint64_t connections_open = 0;  ///< connections not yet closed, authenticated or not
   uint64_t peer_failures = 0;
   uint64_t auth_failures = 0;     ///< handshakes refused (wrong token, bad proof, timeout)
   uint64_t rejected_malformed = 0;       ///< garbage or truncated envelopes

@@ -148,7 +148,7 @@ class UcxTransport::Impl {
 
   struct Counters {
     std::atomic<uint64_t> frames_sent{0}, frames_received{0}, bytes_sent{0}, bytes_received{0},
-        send_errors{0}, connections_accepted{0}, connections_opened{0}, peers_connected{0},
+        send_errors{0}, connections_accepted{0}, connections_opened{0}, peers_connected{0}, connections_open{0},
         peer_failures{0}, auth_failures{0}, rejected_malformed{0}, rejected_version{0},
         rejected_oversized{0}, rejected_unauthenticated{0};
   };
@@ -670,6 +670,7 @@ UcxTransport::Impl::ConnPtr UcxTransport::Impl::Connect(NodeId peer, const std::
 void UcxTransport::Impl::RegisterEndpoint(const ConnPtr& conn) {
   conns_[conn->ep] = conn;
   ++handshaking_;
+  counters_.connections_open.fetch_add(1, std::memory_order_relaxed);
 }
 
 void UcxTransport::Impl::OnConnRequest(ucp_conn_request_h request, void* arg) {
@@ -796,6 +797,7 @@ void UcxTransport::Impl::Fail(const ConnPtr& conn, const Status& reason, bool gr
   bool was_ready = conn->state == ConnState::kReady;
   if (!was_ready) --handshaking_;
   conn->state = ConnState::kClosed;
+  counters_.connections_open.fetch_sub(1, std::memory_order_relaxed);
   if (!conn->bootstrap_retired) {
     conns_.erase(conn->ep);
     CloseEndpoint(conn->ep, conn, !graceful);
@@ -1233,6 +1235,7 @@ TransportStats UcxTransport::Impl::stats() const {
   s.connections_accepted = get(counters_.connections_accepted);
   s.connections_opened = get(counters_.connections_opened);
   s.peers_connected = get(counters_.peers_connected);
+  s.connections_open = get(counters_.connections_open);
   s.peer_failures = get(counters_.peer_failures);
   s.auth_failures = get(counters_.auth_failures);
   s.rejected_malformed = get(counters_.rejected_malformed);

@@ -57,7 +57,8 @@ int main(int argc, char** argv) {
                 << " auth_failures=" << s.auth_failures << " rejected_malformed=" << s.rejected_malformed
                 << " rejected_version=" << s.rejected_version << " rejected_oversized=" << s.rejected_oversized
                 << " rejected_unauthenticated=" << s.rejected_unauthenticated
-                << " peers_connected=" << s.peers_connected << std::endl;
+                << " peers_connected=" << s.peers_connected << " connections_open=" << s.connections_open
+                << std::endl;
     } else if (line == "quit") {
       break;
     }

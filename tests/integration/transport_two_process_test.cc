@@ -112,7 +112,9 @@ TEST_P(TwoProcessTest, PayloadsFromZeroTo256MiBArriveByteIdentical) {
     if (checksum != 0) {
       EXPECT_EQ(Fnv1a(got.data(), size), checksum);
     }
-    ASSERT_EQ(std::memcmp(got.data(), sent.data(), size), 0) << "payload of " << size << " bytes differs";
+    if (size > 0) {
+      ASSERT_EQ(std::memcmp(got.data(), sent.data(), size), 0) << "payload of " << size << " bytes differs";
+    }
   }
 }
 
