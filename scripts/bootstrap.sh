@@ -66,6 +66,12 @@ run_tests() {
   log "running the unit and integration tests under ASan/UBSan"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --test-dir "$BUILD_DIR-asan" --output-on-failure --timeout 600 -LE bench
+  # And under ThreadSanitizer. UCX's memory-event hooks patch mmap/malloc, which TSan's
+  # interceptors cannot share a process with; troupe does not use UCX memory events.
+  build "$BUILD_DIR-tsan" -DCMAKE_BUILD_TYPE=Debug -DTROUPE_TSAN=ON -DTROUPE_BUILD_BENCH=OFF
+  log "running the unit and integration tests under TSan"
+  UCX_MEM_EVENTS=no UCX_MEM_MALLOC_HOOKS=no UCX_MEM_MMAP_HOOK_MODE=none TSAN_OPTIONS=halt_on_error=1 \
+    ctest --test-dir "$BUILD_DIR-tsan" --output-on-failure --timeout 900 -LE bench
 }
 
 command=${1:-}
