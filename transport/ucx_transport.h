@@ -20,16 +20,22 @@ namespace troupe::transport {
 /// the AM header, the payload as the AM body. Payloads at or above the rendezvous
 /// threshold are pulled by the receiver straight into the buffer its handler provides.
 ///
-/// A connection's lifecycle (one per UCX endpoint):
+/// A connection's lifecycle. It starts on a listener (sockaddr) endpoint, which only
+/// bootstraps: hello and challenge carry each side's UCX worker address, and once both
+/// sides have proved the token each opens a direct endpoint to the other's worker address
+/// (UCX pairs the two) and data moves there; the client then retires the listener
+/// endpoint. A listener endpoint always carries TCP lanes that UCX polls on every progress
+/// call; a direct one carries only what the two workers share (shared memory on one host).
 ///
-///   outbound: Connect --hello--> Handshaking --challenge ok, auth sent--> (wait)
-///             --accept--> Ready --error/close--> Closed
+///   outbound: Connect --hello--> Handshaking --challenge ok: direct ep opened, auth sent-->
+///             (wait) --accept, or data on the direct ep--> Ready --error/close--> Closed
 ///   inbound:  conn request --> Handshaking --hello: challenge sent--> (wait)
-///             --auth ok: accept sent--> Ready --error/close--> Closed
+///             --auth ok: direct ep opened, accept sent--> Ready --error/close--> Closed
 ///   any Handshaking state --bad proof / reject / timeout--> Closed (counted)
 ///
 /// Frames for a peer wait in its outbound connection until it is Ready; a peer's frames
 /// are delivered in the order it sent them, including across rendezvous transfers.
+/// With direct_endpoints off, everything stays on the listener endpoint.
 class UcxTransport final : public Transport {
  public:
   explicit UcxTransport(UcxTransportConfig config);

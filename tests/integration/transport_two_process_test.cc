@@ -2,7 +2,9 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <mutex>
 #include <random>
+#include <set>
 
 #include "tests/integration/transport_test_util.h"
 
@@ -129,6 +131,41 @@ TEST_P(TwoProcessTest, UsesTheConfiguredTransports) {
   // Data moves to a direct endpoint after the handshake: on one host it carries shared
   // memory only, with no TCP lane for UCX to poll on every progress call.
   EXPECT_EQ(has_tcp, !GetParam().expect_shm) << *info;
+}
+
+TEST_P(TwoProcessTest, PayloadsLandInTheBufferTheReceiverProvides) {
+  // A second local transport whose allocator hands out buffers it tracks.
+  std::mutex mu;
+  std::set<const uint8_t*> provided;
+  TransportInbox inbox;
+  auto handler = inbox.Handler();
+  handler.allocate_payload = [&](const FrameHeader&, size_t size) {
+    Buffer b = Buffer::Allocate(size);
+    std::lock_guard<std::mutex> lock(mu);
+    provided.insert(b.data());
+    return b;
+  };
+  auto config = LocalConfig(GetParam().tls);
+  config.node_id = 7;
+  UcxTransport receiver(config);
+  ASSERT_TRUE(receiver.Start(std::move(handler)).ok());
+  receiver.AddPeer(kPeerNode, peer_address_);
+  const std::vector<size_t> sizes = {64, 64u << 10, 4u << 20};  // eager, rendezvous, rendezvous
+  for (size_t size : sizes) {
+    ASSERT_TRUE(receiver.Send(kPeerNode, FrameHeader{}, PatternedPayload(size, size)).ok());
+  }
+  ASSERT_TRUE(inbox.WaitForFrames(sizes.size(), 30s));
+  auto frames = inbox.TakeFrames();
+  std::lock_guard<std::mutex> lock(mu);
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    const Buffer& got = frames[i].second.payload;
+    ASSERT_EQ(got.size(), sizes[i]);
+    EXPECT_EQ(provided.count(got.data()), 1u)
+        << "the " << sizes[i] << "-byte payload was not delivered in the receiver's own buffer";
+    Buffer expected = PatternedPayload(sizes[i], sizes[i]);
+    EXPECT_EQ(std::memcmp(got.data(), expected.data(), sizes[i]), 0);
+  }
+  receiver.Stop();
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, TwoProcessTest,
