@@ -207,11 +207,7 @@ class Client {
   // ucx_perftest drives UCX). Returns seconds until the server acknowledged the last one.
   double StreamFromProgressThread(size_t size, int count, int window) {
     std::promise<uint64_t> acked;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      ack_ = &acked;
-    }
-    auto future = acked.get_future();
+    auto future = ArmAck(&acked);
     auto start = Clock::now();
     stream_size_ = size;
     stream_left_ = count;
@@ -227,11 +223,7 @@ class Client {
   // includes the hand-off to the progress thread for every frame.
   double StreamFromCallerThread(size_t size, int count, int window) {
     std::promise<uint64_t> acked;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      ack_ = &acked;
-    }
-    auto future = acked.get_future();
+    auto future = ArmAck(&acked);
     auto start = Clock::now();
     for (int i = 0; i < count; ++i) {
       {
@@ -257,6 +249,13 @@ class Client {
   }
 
  private:
+  // Points the next server acknowledgement at `acked`.
+  std::future<uint64_t> ArmAck(std::promise<uint64_t>* acked) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ack_ = acked;
+    return acked->get_future();
+  }
+
   double AwaitAck(std::future<uint64_t> future, Clock::time_point start, int count) {
     if (future.wait_for(120s) != std::future_status::ready) {
       std::cerr << "stream: no acknowledgement from the server\n";
