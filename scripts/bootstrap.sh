@@ -68,10 +68,12 @@ run_tests() {
     ctest --test-dir "$BUILD_DIR-asan" --output-on-failure --timeout 600 -LE bench
   # And under ThreadSanitizer. UCX's memory-event hooks patch mmap/malloc, which TSan's
   # interceptors cannot share a process with; troupe does not use UCX memory events.
+  # Tests labelled "caf" are left out: Debian's libcaf_core is not instrumented, so TSan
+  # cannot see the synchronisation inside CAF's mailboxes.
   build "$BUILD_DIR-tsan" -DCMAKE_BUILD_TYPE=Debug -DTROUPE_TSAN=ON -DTROUPE_BUILD_BENCH=OFF
   log "running the unit and integration tests under TSan"
   UCX_MEM_EVENTS=no UCX_MEM_MALLOC_HOOKS=no UCX_MEM_MMAP_HOOK_MODE=none TSAN_OPTIONS=halt_on_error=1 \
-    ctest --test-dir "$BUILD_DIR-tsan" --output-on-failure --timeout 900 -LE bench
+    ctest --test-dir "$BUILD_DIR-tsan" --output-on-failure --timeout 900 -LE "bench|caf"
 }
 
 command=${1:-}
