@@ -127,6 +127,20 @@ void ChildProcess::Signal(int sig) {
   if (!reaped_ && pid_ > 0) kill(pid_, sig);
 }
 
+Status ChildProcess::Suspend() {
+  if (reaped_ || pid_ <= 0) return FailedPreconditionError("child is not running");
+  if (kill(pid_, SIGSTOP) != 0) return InternalError(std::string("kill: ") + std::strerror(errno));
+  // A stop is reported to the parent as soon as it happens; SIGSTOP cannot be caught.
+  siginfo_t info{};
+  while (waitid(P_PID, static_cast<id_t>(pid_), &info, WSTOPPED | WNOWAIT) != 0) {
+    if (errno != EINTR) return InternalError(std::string("waitid: ") + std::strerror(errno));
+  }
+  if (info.si_code != CLD_STOPPED) return UnavailableError("child exited instead of stopping");
+  // Consume the stop report so a later Wait() sees only the exit.
+  waitid(P_PID, static_cast<id_t>(pid_), &info, WSTOPPED | WNOHANG);
+  return OkStatus();
+}
+
 StatusOr<int> ChildProcess::Wait(std::chrono::milliseconds timeout) {
   if (reaped_) return InvalidArgumentError("child already reaped");
   int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid_, 0));

@@ -36,6 +36,9 @@ class ChildProcess {
   StatusOr<std::string> ReadLineWithPrefix(const std::string& prefix, std::chrono::milliseconds timeout);
   /// Sends `signal` to the child.
   void Signal(int signal);
+  /// Sends SIGSTOP and returns once the child has stopped (kill() alone returns before the
+  /// child stops, and it may still run for a moment).
+  Status Suspend();
   /// Waits for the child to exit; returns its wait status. DeadlineExceeded after `timeout`.
   StatusOr<int> Wait(std::chrono::milliseconds timeout);
 

@@ -28,7 +28,7 @@ class TransportFailureTest : public ::testing::TestWithParam<const char*> {
   /// Stops the peer, then queues rendezvous-sized frames that cannot complete while it
   /// is stopped.
   void QueueSendsToStoppedPeer(SendResults* results, int count) {
-    peer_->Signal(SIGSTOP);
+    ASSERT_TRUE(peer_->Suspend().ok()) << "the peer did not stop";
     for (int i = 0; i < count; ++i) {
       ASSERT_TRUE(transport_->Send(kPeerNode, FrameHeader{}, Buffer::Allocate(4u << 20), results->Callback()).ok());
     }
