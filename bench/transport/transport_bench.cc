@@ -15,6 +15,7 @@
 #include <fstream>
 #include <future>
 #include <iostream>
+#include <memory>
 #include <mutex>
 #include <sstream>
 #include <string>
@@ -368,11 +369,27 @@ int FreePort() {
 // error handling (-e), which troupe needs to see peers fail.
 StatusOr<PerftestResult> RunPerftest(const std::vector<std::string>& env, const std::string& test, size_t size,
                                      int iterations) {
-  std::string port = std::to_string(FreePort());
-  auto server = ChildProcess::Spawn({"stdbuf", "-oL", "ucx_perftest", "-p", port, "-e"}, env);
-  if (!server.ok()) return server.status();
-  auto ready = (*server)->ReadLineWithPrefix("Waiting for connection", 20s);
-  if (!ready.ok()) return UnavailableError("ucx_perftest server did not start: " + ready.status().message());
+  // The port is picked by binding port 0 and released again, so another process can take
+  // it before ucx_perftest binds it: a server that does not come up is retried on a new port.
+  std::unique_ptr<ChildProcess> server;
+  std::string port;
+  std::string server_output;
+  for (int attempt = 0; attempt < 3 && server == nullptr; ++attempt) {
+    port = std::to_string(FreePort());
+    auto spawned = ChildProcess::Spawn({"stdbuf", "-oL", "ucx_perftest", "-p", port, "-e"}, env,
+                                       /*merge_stderr=*/true);
+    if (!spawned.ok()) return spawned.status();
+    while (true) {
+      auto line = (*spawned)->ReadLine(20s);
+      if (!line.ok()) break;
+      if (line->rfind("Waiting for connection", 0) == 0) {
+        server = std::move(*spawned);
+        break;
+      }
+      server_output += *line + "\n";
+    }
+  }
+  if (server == nullptr) return UnavailableError("ucx_perftest server did not start:\n" + server_output);
   auto client = ChildProcess::Spawn({"stdbuf", "-oL", "ucx_perftest", "127.0.0.1", "-p", port, "-e", "-t", test,
                                      "-s", std::to_string(size), "-n", std::to_string(iterations)},
                                     env);
@@ -383,7 +400,7 @@ StatusOr<PerftestResult> RunPerftest(const std::vector<std::string>& env, const 
   double iters, p50, avg_lat, overall_lat, avg_bw, overall_bw, avg_rate, overall_rate;
   in >> iters >> p50 >> avg_lat >> overall_lat >> avg_bw >> overall_bw >> avg_rate >> overall_rate;
   (*client)->Wait(30s).IgnoreError();
-  (*server)->Wait(30s).IgnoreError();
+  server->Wait(30s).IgnoreError();
   PerftestResult r;
   r.latency_us = overall_lat;
   r.bandwidth_mbs = overall_bw * 1.048576;  // perftest's MB is 2^20 bytes
