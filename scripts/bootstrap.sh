@@ -64,7 +64,9 @@ run_tests() {
   # AddressSanitizer and UndefinedBehaviorSanitizer; the benchmark is left out.
   build "$BUILD_DIR-asan" -DCMAKE_BUILD_TYPE=Debug -DTROUPE_ASAN=ON -DTROUPE_BUILD_BENCH=OFF
   log "running the unit and integration tests under ASan/UBSan"
-  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  # tests/ubsan.supp names the third-party (CAF header) reports it silences, and why.
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:suppressions=$ROOT/tests/ubsan.supp \
     ctest --test-dir "$BUILD_DIR-asan" --output-on-failure --timeout 600 -LE bench
   # And under ThreadSanitizer. UCX's memory-event hooks patch mmap/malloc, which TSan's
   # interceptors cannot share a process with; troupe does not use UCX memory events.
