@@ -133,15 +133,20 @@ class UcxTransport::Impl {
     bool data = true;
   };
 
+  // A rendezvous receive in flight. It owns the payload buffer UCX writes into, and hands
+  // it to its delivery slot only once the data has landed: closing a connection frees its
+  // deliveries, never a buffer UCX may still be writing.
   struct RecvOp {
     ConnPtr conn;
     Delivery* delivery = nullptr;
+    Buffer payload;
     Impl* impl = nullptr;
   };
 
   struct RndvStart {
     ConnPtr conn;
     Delivery* delivery;
+    Buffer payload;
     void* desc;
     size_t length;
   };
@@ -459,12 +464,16 @@ void UcxTransport::Impl::Shutdown() {
     // Whatever UCX did not hand back is completed here; its callbacks can no longer run
     // once the worker is destroyed.
     closing_.clear();
+    // UCX never handed these back, so it may still touch their buffers: their owners are
+    // told, but the operations (and their payloads) are deliberately leaked, not freed.
     auto sends = std::move(pending_sends_);
     pending_sends_.clear();
-    for (SendOp* op : sends) CompleteSend(op, UCS_ERR_CANCELED);
-    auto recvs = std::move(pending_recvs_);
+    for (SendOp* op : sends) {
+      counters_.send_errors.fetch_add(1, std::memory_order_relaxed);
+      if (op->done) op->done(CancelledError("transport stopped"));
+      op->done = nullptr;
+    }
     pending_recvs_.clear();
-    for (RecvOp* op : recvs) delete op;
   }
   std::vector<Command> pending;
   {
@@ -1021,8 +1030,8 @@ ucs_status_t UcxTransport::Impl::HandleAm(const void* header, size_t header_leng
     Deliver(conn.get());
     return UCS_OK;
   }
-  conn->deliveries.push_back({frame_header, std::move(payload), Delivery::kPending});
-  rndv_starts_.push_back({conn, &conn->deliveries.back(), data, length});
+  conn->deliveries.push_back({frame_header, Buffer(), Delivery::kPending});
+  rndv_starts_.push_back({conn, &conn->deliveries.back(), std::move(payload), data, length});
   return UCS_INPROGRESS;
 }
 
@@ -1030,13 +1039,13 @@ void UcxTransport::Impl::StartRndvReceives() {
   std::vector<RndvStart> starts;
   starts.swap(rndv_starts_);
   for (auto& start : starts) {
-    auto* op = new RecvOp{start.conn, start.delivery, this};
+    auto* op = new RecvOp{start.conn, start.delivery, std::move(start.payload), this};
     ucp_request_param_t param{};
     param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
     param.cb.recv_am = &Impl::OnRecvDone;
     param.user_data = op;
     ucs_status_ptr_t request =
-        ucp_am_recv_data_nbx(worker_, start.desc, start.delivery->payload.data(), start.length, &param);
+        ucp_am_recv_data_nbx(worker_, start.desc, op->payload.data(), start.length, &param);
     if (request == nullptr) {
       CompleteRndv(op, UCS_OK);
     } else if (UCS_PTR_IS_ERR(request)) {
@@ -1058,6 +1067,7 @@ void UcxTransport::Impl::CompleteRndv(RecvOp* op, ucs_status_t status) {
   Connection* conn = op->conn.get();
   if (conn->state != ConnState::kClosed) {
     if (status == UCS_OK) {
+      op->delivery->payload = std::move(op->payload);
       op->delivery->state = Delivery::kDone;
     } else {
       op->delivery->state = Delivery::kFailed;
