@@ -89,6 +89,33 @@ TEST_P(TransportFailureTest, StopCompletesSendsStuckOnAHungPeer) {
   peer_->Signal(SIGKILL);
 }
 
+TEST_P(TransportFailureTest, ClosingAConnectionWithAReceiveInFlightIsSafe) {
+  // A second local transport disconnects the peer from inside allocate_payload: the
+  // disconnect runs right after the rendezvous receive into that buffer has started, so
+  // the connection is torn down while UCX still owns the buffer (ASan watches this).
+  auto config = LocalConfig(GetParam());
+  config.node_id = 9;
+  UcxTransport* receiver_ptr = nullptr;
+  TransportInbox inbox;
+  auto handler = inbox.Handler();
+  handler.allocate_payload = [&receiver_ptr](const FrameHeader&, size_t size) {
+    if (size >= (1u << 20)) receiver_ptr->Disconnect(kPeerNode, UnavailableError("cut mid-transfer"));
+    return Buffer::Allocate(size);
+  };
+  UcxTransport receiver(config);
+  receiver_ptr = &receiver;
+  ASSERT_TRUE(receiver.Start(std::move(handler)).ok());
+  receiver.AddPeer(kPeerNode, peer_address_);
+  SendResults sent;
+  ASSERT_TRUE(receiver.Send(kPeerNode, FrameHeader{}, Buffer::Allocate(64u << 20), sent.Callback()).ok());
+  auto reason = inbox.WaitForFailure(kPeerNode, 20s);
+  ASSERT_TRUE(reason.has_value()) << "the disconnect during the echo's receive never happened";
+  EXPECT_EQ(reason->message(), "cut mid-transfer");
+  EXPECT_TRUE(sent.WaitFor(1, 10s));
+  EXPECT_FALSE(inbox.WaitForFrames(1, 100ms)) << "a frame whose receive was cut was delivered";
+  receiver.Stop();
+}
+
 INSTANTIATE_TEST_SUITE_P(Transports, TransportFailureTest, ::testing::Values("shm,self,tcp", "tcp"),
                          [](const auto& info) {
                            return std::string(info.param == std::string("tcp") ? "TcpOnly" : "SharedMemory");
