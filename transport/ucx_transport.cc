@@ -573,24 +573,26 @@ bool UcxTransport::Impl::DrainCommands() {
 }
 
 void UcxTransport::Impl::ExecuteSend(Command cmd) {
-  Peer& peer = peers_[cmd.peer];
-  if (peer.send_conn == nullptr) {
+  auto it = peers_.find(cmd.peer);
+  if (it == peers_.end() || it->second.send_conn == nullptr) {
     std::string address = AddressOf(cmd.peer);
     if (address.empty()) {
+      // No entry is made: sends to unknown ids leave no state behind.
       counters_.send_errors.fetch_add(1, std::memory_order_relaxed);
       if (cmd.done) cmd.done(NotFoundError("no connection to node " + std::to_string(cmd.peer) +
                                            " and no address for it"));
       return;
     }
-    peer.send_conn = Connect(cmd.peer, address);
-    if (peer.send_conn == nullptr) {
+    it = peers_.try_emplace(cmd.peer).first;
+    it->second.send_conn = Connect(cmd.peer, address);
+    if (it->second.send_conn == nullptr) {
       counters_.send_errors.fetch_add(1, std::memory_order_relaxed);
       if (cmd.done) cmd.done(UnavailableError("cannot connect to node " + std::to_string(cmd.peer) +
                                               " at " + address));
       return;
     }
   }
-  Connection* conn = peer.send_conn.get();
+  Connection* conn = it->second.send_conn.get();
   if (conn->state == ConnState::kReady) {
     PostSend(conn->data_ep(), FrameKind::kData, cmd.header, nullptr, std::move(cmd.payload), std::move(cmd.done),
              cmd.peer);
