@@ -102,7 +102,6 @@ UcxTransportConfig DemoConfig(NodeId id, const std::string& tls, const std::stri
   config.node_name = id == 1 ? "demo-client" : "demo-peer";
   config.cluster_token = token;
   config.ucx_tls = tls;
-  config.listen_address = "127.0.0.1:0";
   return config;
 }
 

@@ -97,7 +97,6 @@ UcxTransportConfig MakeConfig(NodeId id, const std::string& tls) {
   config.node_name = id == kClient ? "bench-client" : "bench-server";
   config.cluster_token = kToken;
   config.ucx_tls = tls;
-  config.listen_address = "127.0.0.1:0";
   config.max_frame_bytes = 64u << 20;
   return config;
 }

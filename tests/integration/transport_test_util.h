@@ -55,7 +55,6 @@ inline transport::UcxTransportConfig LocalConfig(const std::string& tls) {
   config.node_name = "test";
   config.cluster_token = kTestToken;
   config.ucx_tls = tls;
-  config.listen_address = "127.0.0.1:0";
   return config;
 }
 
