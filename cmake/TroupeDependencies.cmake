@@ -28,3 +28,16 @@ else()
   set(TROUPE_HAVE_CUDA OFF)
   message(STATUS "troupe: CUDA/NCCL not found under ${TROUPE_CUDA_ROOT}: GPU paths are NOT built")
 endif()
+
+# CAF 0.17.6 (Debian libcaf-dev) ships no CMake config: import its libraries by hand.
+find_library(TROUPE_CAF_CORE_LIB caf_core REQUIRED)
+find_library(TROUPE_CAF_IO_LIB caf_io REQUIRED)
+find_path(TROUPE_CAF_INCLUDE_DIR caf/all.hpp REQUIRED)
+foreach(lib core io)
+  string(TOUPPER ${lib} LIB)
+  add_library(troupe::caf_${lib} UNKNOWN IMPORTED)
+  set_target_properties(troupe::caf_${lib} PROPERTIES
+    IMPORTED_LOCATION ${TROUPE_CAF_${LIB}_LIB}
+    INTERFACE_INCLUDE_DIRECTORIES ${TROUPE_CAF_INCLUDE_DIR})
+endforeach()
+set_property(TARGET troupe::caf_io PROPERTY INTERFACE_LINK_LIBRARIES troupe::caf_core)

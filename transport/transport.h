@@ -71,6 +71,9 @@ class Transport {
 
   /// Records where `peer` accepts connections; Send() connects on demand.
   virtual void AddPeer(NodeId peer, const std::string& address) = 0;
+  /// Where `peer` accepts connections, as given to AddPeer or learnt from its handshake
+  /// ("" if unknown).
+  virtual std::string PeerAddress(NodeId peer) const = 0;
 
   /// Queues `payload` for `peer`. Errors found at once (stopped, oversized) are returned
   /// and `done` is not called; otherwise `done` (if set) is called exactly once later.

@@ -1271,6 +1271,7 @@ Status UcxTransport::Send(NodeId peer, const FrameHeader& header, Buffer payload
 TransportStats UcxTransport::stats() const { return impl_->stats(); }
 StatusOr<std::string> UcxTransport::DescribePeer(NodeId peer) { return impl_->DescribePeer(peer); }
 void UcxTransport::AddPeer(NodeId peer, const std::string& address) { impl_->AddPeer(peer, address); }
+std::string UcxTransport::PeerAddress(NodeId peer) const { return impl_->AddressOf(peer); }
 void UcxTransport::Disconnect(NodeId peer, const Status& reason) { impl_->Disconnect(peer, reason); }
 std::vector<UcxSetting> UcxTransport::ucx_settings() const { return impl_->settings(); }
 

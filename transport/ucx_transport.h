@@ -45,6 +45,7 @@ class UcxTransport final : public Transport {
   void Stop() override;
   NodeId self() const override;
   std::string listen_address() const override;
+  std::string PeerAddress(NodeId peer) const override;
   void AddPeer(NodeId peer, const std::string& address) override;
   Status Send(NodeId peer, const FrameHeader& header, Buffer payload,
               SendCallback done = {}) override;

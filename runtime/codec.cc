@@ -1,0 +1,140 @@
+// CodecRegistry.
+#include "runtime/codec.h"
+
+#include <capnp/serialize.h>
+#include <kj/exception.h>
+
+#include <cstring>
+
+#include "runtime/directory.h"
+#include "runtime/wire_types.h"
+
+namespace troupe::runtime {
+
+Buffer SerializeToBuffer(capnp::MessageBuilder& builder) {
+  auto* words = new kj::Array<capnp::word>(capnp::messageToFlatArray(builder));
+  return Buffer(reinterpret_cast<uint8_t*>(words->begin()), words->size() * sizeof(capnp::word),
+                [words](uint8_t*, size_t) { delete words; });
+}
+
+Status CodecRegistry::Insert(std::shared_ptr<Entry> entry, std::type_index type, bool reserved_ok) {
+  if (entry->type_id == 0 || (!reserved_ok && entry->type_id < kFirstUserTypeId)) {
+    return InvalidArgumentError("codec '" + entry->name + "': type id " + std::to_string(entry->type_id) +
+                                " is reserved (application types start at " +
+                                std::to_string(kFirstUserTypeId) + ")");
+  }
+  if (auto it = by_id_.find(entry->type_id); it != by_id_.end()) {
+    return AlreadyExistsError("codec '" + entry->name + "': type id " + std::to_string(entry->type_id) +
+                              " is already taken by '" + it->second->name + "'");
+  }
+  if (auto it = by_type_.find(type); it != by_type_.end()) {
+    return AlreadyExistsError("codec '" + entry->name + "': its C++ type is already registered as '" +
+                              it->second->name + "'");
+  }
+  std::shared_ptr<const Entry> shared = std::move(entry);
+  by_id_.emplace(shared->type_id, shared);
+  by_type_.emplace(type, shared);
+  return OkStatus();
+}
+
+StatusOr<EncodedMessage> CodecRegistry::Encode(const caf::message& msg, RefCodec& refs) const {
+  if (msg.size() != 1) {
+    return InvalidArgumentError("message " + caf::to_string(msg) +
+                                " cannot cross nodes: only one-element messages of a registered type can");
+  }
+  const std::type_info* info = msg.type(0).second;
+  auto it = info ? by_type_.find(std::type_index(*info)) : by_type_.end();
+  if (it == by_type_.end()) {
+    return InvalidArgumentError("message " + caf::to_string(msg) +
+                                " has no codec: register its type with CodecRegistry::Add");
+  }
+  const Entry& entry = *it->second;
+  try {
+    capnp::MallocMessageBuilder builder(64);
+    entry.encode(msg, builder, refs);
+    return EncodedMessage{entry.type_id, SerializeToBuffer(builder)};
+  } catch (const kj::Exception& e) {
+    return InvalidArgumentError("cannot encode '" + entry.name + "': " + e.getDescription().cStr());
+  }
+}
+
+StatusOr<caf::message> CodecRegistry::Decode(uint32_t type_id, const Buffer& payload,
+                                             RefCodec& refs) const {
+  return Decode(type_id, payload.data(), payload.size(), refs);
+}
+
+StatusOr<caf::message> CodecRegistry::Decode(uint32_t type_id, const uint8_t* data, size_t size,
+                                             RefCodec& refs) const {
+  auto it = by_id_.find(type_id);
+  if (it == by_id_.end()) {
+    return InvalidArgumentError("unknown message type id " + std::to_string(type_id) +
+                                " (no codec registered on this node)");
+  }
+  const Entry& entry = *it->second;
+  if (size % sizeof(capnp::word) != 0 || size == 0) {
+    return InvalidArgumentError("cannot decode '" + entry.name + "': payload of " + std::to_string(size) +
+                                " bytes is not a whole number of words");
+  }
+  // Cap'n Proto reads words in place; copy only if the bytes are not word-aligned.
+  kj::Array<capnp::word> aligned;
+  const capnp::word* words = reinterpret_cast<const capnp::word*>(data);
+  if (reinterpret_cast<uintptr_t>(data) % alignof(capnp::word) != 0) {
+    aligned = kj::heapArray<capnp::word>(size / sizeof(capnp::word));
+    std::memcpy(aligned.begin(), data, size);
+    words = aligned.begin();
+  }
+  try {
+    capnp::ReaderOptions options;
+    options.traversalLimitInWords = size / sizeof(capnp::word) * 4 + 1024;
+    capnp::FlatArrayMessageReader reader(kj::arrayPtr(words, size / sizeof(capnp::word)), options);
+    return entry.decode(reader, refs);
+  } catch (const kj::Exception& e) {
+    return InvalidArgumentError("cannot decode '" + entry.name + "' (type id " + std::to_string(type_id) +
+                                "): " + e.getDescription().cStr());
+  }
+}
+
+std::string CodecRegistry::NameOf(uint32_t type_id) const {
+  auto it = by_id_.find(type_id);
+  return it == by_id_.end() ? "type id " + std::to_string(type_id) : it->second->name;
+}
+
+Status CodecRegistry::AddRuntimeTypes() {
+
+  RETURN_IF_ERROR((AddImpl<DirectoryRegister, wire::DirectoryRegister>(
+      kDirectoryRegister, "DirectoryRegister",
+      [](const DirectoryRegister& m, wire::DirectoryRegister::Builder b, RefCodec& refs) {
+        b.setName(m.name);
+        refs.EncodeRef(m.ref, b.initRef());
+      },
+      [](wire::DirectoryRegister::Reader r, RefCodec& refs) -> StatusOr<DirectoryRegister> {
+        return DirectoryRegister{r.getName(), refs.DecodeRef(r.getRef())};
+      },
+      true)));
+  RETURN_IF_ERROR((AddImpl<DirectoryLookup, wire::DirectoryLookup>(
+      kDirectoryLookup, "DirectoryLookup",
+      [](const DirectoryLookup& m, wire::DirectoryLookup::Builder b, RefCodec&) { b.setName(m.name); },
+      [](wire::DirectoryLookup::Reader r, RefCodec&) -> StatusOr<DirectoryLookup> {
+        return DirectoryLookup{r.getName()};
+      },
+      true)));
+  RETURN_IF_ERROR((AddImpl<DirectoryUnregister, wire::DirectoryUnregister>(
+      kDirectoryUnregister, "DirectoryUnregister",
+      [](const DirectoryUnregister& m, wire::DirectoryUnregister::Builder b, RefCodec&) { b.setName(m.name); },
+      [](wire::DirectoryUnregister::Reader r, RefCodec&) -> StatusOr<DirectoryUnregister> {
+        return DirectoryUnregister{r.getName()};
+      },
+      true)));
+  return AddImpl<DirectoryEntry, wire::DirectoryEntry>(
+      kDirectoryEntry, "DirectoryEntry",
+      [](const DirectoryEntry& m, wire::DirectoryEntry::Builder b, RefCodec& refs) {
+        b.setName(m.name);
+        refs.EncodeRef(m.ref, b.initRef());
+      },
+      [](wire::DirectoryEntry::Reader r, RefCodec& refs) -> StatusOr<DirectoryEntry> {
+        return DirectoryEntry{r.getName(), refs.DecodeRef(r.getRef())};
+      },
+      true);
+}
+
+}  // namespace troupe::runtime

@@ -1,0 +1,119 @@
+// CodecRegistry: maps Cap'n Proto payload structs to C++ message types by type id, for the
+// messages that cross nodes. Local sends never touch it.
+#pragma once
+
+#include <capnp/message.h>
+#include <caf/message.hpp>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <typeindex>
+#include <unordered_map>
+
+#include "common/buffer.h"
+#include "common/status.h"
+#include "runtime/actor_ref.h"
+#include "runtime/messages.capnp.h"
+
+namespace troupe::runtime {
+
+/// The flat (unpacked, word-aligned) serialization of `builder`, without a copy.
+Buffer SerializeToBuffer(capnp::MessageBuilder& builder);
+
+/// Type ids below this are the runtime's own (runtime/wire_types.h).
+inline constexpr uint32_t kFirstUserTypeId = 1000;
+
+/// How codecs put ActorRefs into payloads and get them back. The gateway implements it:
+/// encoding a local actor makes it reachable from other nodes; decoding a remote one makes
+/// (or reuses) its proxy.
+class RefCodec {
+ public:
+  virtual ~RefCodec() = default;
+  virtual void EncodeRef(const ActorRef& ref, wire::ActorAddress::Builder out) = 0;
+  virtual ActorRef DecodeRef(wire::ActorAddress::Reader in) = 0;
+};
+
+/// An encoded message: its type id and the Cap'n Proto bytes (one flat, unpacked segment
+/// array, word-aligned).
+struct EncodedMessage {
+  uint32_t type_id = 0;
+  Buffer payload;
+};
+
+/// The set of message types that can cross nodes. Build it before the runtime starts; it is
+/// read-only (and so thread-safe) afterwards.
+///
+/// A message type T is a C++ struct (marked with CAF_ALLOW_UNSAFE_MESSAGE_TYPE, since CAF
+/// never serializes it) and a Cap'n Proto struct S, tied together by two functions:
+///   registry.Add<T, S>(1001, "Increment",
+///       [](const T& m, S::Builder b, RefCodec&) { b.setBy(m.by); },
+///       [](S::Reader r, RefCodec&) -> StatusOr<T> { return T{r.getBy()}; });
+/// A message with one element of type T travels as S. Anything else has no codec and is
+/// refused with InvalidArgument (for a request, as its error reply).
+class CodecRegistry {
+ public:
+  template <class T, class Schema>
+  using Encoder = std::function<void(const T&, typename Schema::Builder, RefCodec&)>;
+  template <class T, class Schema>
+  using Decoder = std::function<StatusOr<T>(typename Schema::Reader, RefCodec&)>;
+
+  /// Registers T <-> Schema under `type_id` (>= kFirstUserTypeId). AlreadyExists if the id or
+  /// the type is taken.
+  template <class T, class Schema>
+  Status Add(uint32_t type_id, std::string name, Encoder<T, Schema> encode,
+             Decoder<T, Schema> decode) {
+    return AddImpl<T, Schema>(type_id, std::move(name), std::move(encode), std::move(decode),
+                              /*reserved_ok=*/false);
+  }
+
+  /// Encodes a one-element message of a registered type. InvalidArgument if there is no
+  /// codec for it.
+  StatusOr<EncodedMessage> Encode(const caf::message& msg, RefCodec& refs) const;
+  /// Decodes a payload of `type_id`. InvalidArgument for an unknown type id or bytes that
+  /// do not decode (never a crash: the bytes come from another process).
+  StatusOr<caf::message> Decode(uint32_t type_id, const Buffer& payload, RefCodec& refs) const;
+  StatusOr<caf::message> Decode(uint32_t type_id, const uint8_t* data, size_t size,
+                                RefCodec& refs) const;
+
+  /// The registered name of a type id ("type id 1234" if unknown).
+  std::string NameOf(uint32_t type_id) const;
+  bool Has(uint32_t type_id) const { return by_id_.count(type_id) != 0; }
+
+  /// Registers the runtime's own message types (directory protocol). Called by the runtime.
+  Status AddRuntimeTypes();
+
+ private:
+  struct Entry {
+    uint32_t type_id;
+    std::string name;
+    std::function<void(const caf::message&, capnp::MessageBuilder&, RefCodec&)> encode;
+    std::function<StatusOr<caf::message>(capnp::MessageReader&, RefCodec&)> decode;
+  };
+
+  template <class T, class Schema>
+  Status AddImpl(uint32_t type_id, std::string name, Encoder<T, Schema> encode,
+                 Decoder<T, Schema> decode, bool reserved_ok) {
+    auto entry = std::make_shared<Entry>();
+    entry->type_id = type_id;
+    entry->name = name;
+    entry->encode = [encode = std::move(encode)](const caf::message& msg,
+                                                 capnp::MessageBuilder& builder, RefCodec& refs) {
+      encode(msg.get_as<T>(0), builder.initRoot<Schema>(), refs);
+    };
+    entry->decode = [decode = std::move(decode)](capnp::MessageReader& reader,
+                                                 RefCodec& refs) -> StatusOr<caf::message> {
+      StatusOr<T> value = decode(reader.getRoot<Schema>(), refs);
+      if (!value.ok()) return value.status();
+      return caf::make_message(std::move(value).value());
+    };
+    return Insert(std::move(entry), std::type_index(typeid(T)), reserved_ok);
+  }
+
+  Status Insert(std::shared_ptr<Entry> entry, std::type_index type, bool reserved_ok);
+
+  std::unordered_map<uint32_t, std::shared_ptr<const Entry>> by_id_;
+  std::unordered_map<std::type_index, std::shared_ptr<const Entry>> by_type_;
+};
+
+}  // namespace troupe::runtime

@@ -1,0 +1,821 @@
+// Gateway: CAF <-> transport.
+#include "runtime/gateway.h"
+
+#include <caf/all.hpp>
+#include <caf/forwarding_actor_proxy.hpp>
+#include <caf/monitorable_actor.hpp>
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <kj/exception.h>
+#include <spdlog/spdlog.h>
+
+#include <cstring>
+
+#include "runtime/messages.capnp.h"
+#include "runtime/node_identity.h"
+#include "runtime/wire_types.h"
+
+namespace troupe::runtime {
+
+namespace {
+
+using transport::FrameHeader;
+
+/// The gateway's CAF face: an actor whose enqueue runs on the sender's thread.
+class GatewayActor final : public caf::monitorable_actor {
+ public:
+  GatewayActor(caf::actor_config& cfg, std::weak_ptr<Gateway> core)
+      : caf::monitorable_actor(cfg), core_(std::move(core)) {}
+
+  void enqueue(caf::mailbox_element_ptr what, caf::execution_unit* context) override {
+    if (!what) return;
+    if (auto core = core_.lock()) core->OnLocalMessage(*what, context);
+  }
+
+ private:
+  std::weak_ptr<Gateway> core_;
+};
+
+/// A forwarding_actor_proxy that, once killed (its node or actor is gone), answers requests
+/// at once with the kill reason instead of dropping them (CAF's own proxy drops them and the
+/// requester waits for its timeout).
+class RemoteProxy final : public caf::forwarding_actor_proxy {
+ public:
+  RemoteProxy(caf::actor_config& cfg, caf::actor gateway)
+      : caf::forwarding_actor_proxy(cfg, std::move(gateway)) {}
+
+  void enqueue(caf::mailbox_element_ptr what, caf::execution_unit* context) override {
+    if (killed_.load(std::memory_order_acquire)) {
+      if (what && what->mid.is_request() && what->sender) {
+        caf::error reason;
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          reason = reason_;
+        }
+        if (!reason) reason = ToCafError(UnavailableError("the actor has exited"));
+        what->sender->enqueue(caf::make_mailbox_element(caf::strong_actor_ptr{ctrl()},
+                                                        what->mid.response_id(), {},
+                                                        caf::make_message(std::move(reason))),
+                              context);
+      }
+      return;
+    }
+    caf::forwarding_actor_proxy::enqueue(std::move(what), context);
+  }
+
+  void kill_proxy(caf::execution_unit* context, caf::error reason) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      reason_ = reason;
+    }
+    killed_.store(true, std::memory_order_release);
+    caf::forwarding_actor_proxy::kill_proxy(context, std::move(reason));
+  }
+
+ private:
+  std::atomic<bool> killed_{false};
+  std::mutex mu_;
+  caf::error reason_;
+};
+
+void KillProxy(const caf::strong_actor_ptr& proxy, const caf::error& reason) {
+  auto* p = static_cast<caf::actor_proxy*>(caf::actor_cast<caf::abstract_actor*>(proxy));
+  p->kill_proxy(nullptr, reason);
+}
+
+// Builds a runtime payload with `fill(builder)`.
+template <class Schema, class Fill>
+Buffer EncodeWire(Fill&& fill) {
+  capnp::MallocMessageBuilder builder(32);
+  fill(builder.initRoot<Schema>());
+  return SerializeToBuffer(builder);
+}
+
+// Reads a runtime payload with `read(reader)`; InvalidArgument if the bytes do not decode.
+template <class Schema, class Read>
+Status DecodeWire(const Buffer& payload, const char* what, Read&& read) {
+  if (payload.size() == 0 || payload.size() % sizeof(capnp::word) != 0) {
+    return InvalidArgumentError(std::string("malformed ") + what + ": " + std::to_string(payload.size()) +
+                                " bytes");
+  }
+  kj::Array<capnp::word> aligned = kj::heapArray<capnp::word>(payload.size() / sizeof(capnp::word));
+  std::memcpy(aligned.begin(), payload.data(), payload.size());
+  try {
+    capnp::FlatArrayMessageReader reader(aligned.asPtr());
+    return read(reader.getRoot<Schema>());
+  } catch (const kj::Exception& e) {
+    return InvalidArgumentError(std::string("malformed ") + what + ": " + e.getDescription().cStr());
+  }
+}
+
+void FillError(wire::ErrorInfo::Builder out, const caf::error& error) {
+  out.setCategory(static_cast<uint64_t>(error.category()));
+  out.setCode(error.code());
+  const auto& ctx = error.context();
+  if (ctx.size() == 1 && ctx.match_element<std::string>(0)) {
+    out.setText(ctx.get_as<std::string>(0));
+  } else if (!ctx.empty()) {
+    out.setText(caf::to_string(ctx));
+  }
+}
+
+caf::error ReadError(wire::ErrorInfo::Reader in) {
+  if (in.getCode() == 0) return caf::error{};
+  return caf::error(in.getCode(), static_cast<caf::atom_value>(in.getCategory()),
+                    caf::make_message(std::string(in.getText())));
+}
+
+// Request ids from peers become CAF request message ids (normal priority).
+caf::message_id RequestMessageId(uint64_t request_id) {
+  return caf::message_id((caf::message_id::normal_message_category << caf::message_id::category_offset) |
+                         (request_id & caf::message_id::request_id_mask));
+}
+
+}  // namespace
+
+Gateway::Gateway(caf::actor_system& system, transport::Transport& transport, const CodecRegistry& codecs,
+                 GatewayConfig config, const Clock& clock, uint32_t incarnation)
+    : system_(system),
+      transport_(transport),
+      codecs_(codecs),
+      config_(config),
+      clock_(clock),
+      self_(transport.self()),
+      incarnation_(incarnation) {}
+
+Gateway::~Gateway() = default;
+
+void Gateway::Start() {
+  caf::actor_config cfg;
+  auto ptr = caf::make_actor<GatewayActor, caf::actor>(system_.next_actor_id(), system_.node(), &system_, cfg,
+                                                      weak_from_this());
+  actor_ = std::move(ptr);
+}
+
+void Gateway::Shutdown() {
+  if (stopped_.exchange(true)) return;
+  std::unordered_map<NodeId, NodeState> nodes;
+  std::unordered_map<uint64_t, Pending> pending;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    nodes.swap(nodes_);
+    pending.swap(pending_);
+    watches_.clear();
+    deadlines_ = {};
+  }
+  auto reason = ToCafError(CancelledError("the runtime of node " + std::to_string(self_) + " stopped"));
+  for (auto& [node, state] : nodes) {
+    for (auto& [id, proxy] : state.proxies) KillProxy(proxy, reason);
+  }
+  for (auto& [id, p] : pending) Complete(std::move(p), CancelledError("the runtime stopped"));
+  proxies_ = 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Local side
+
+bool Gateway::IsLocal(const caf::strong_actor_ptr& actor) const { return actor && actor->node() == system_.node(); }
+
+uint64_t Gateway::WireIdOf(const caf::strong_actor_ptr& actor) const {
+  return IsLocal(actor) ? MakeWireActorId(incarnation_, actor->id()) : actor->id();
+}
+
+void Gateway::OnLocalMessage(caf::mailbox_element& element, caf::execution_unit*) {
+  auto& content = element.content();
+  if (content.match_elements<caf::forward_atom, caf::strong_actor_ptr, std::vector<caf::strong_actor_ptr>,
+                             caf::strong_actor_ptr, caf::message_id, caf::message>()) {
+    auto src = content.get_as<caf::strong_actor_ptr>(1);
+    const auto& dest = content.get_as<caf::strong_actor_ptr>(3);
+    auto mid = content.get_as<caf::message_id>(4);
+    auto msg = content.get_as<caf::message>(5);
+    if (dest) OnForward(std::move(src), dest, mid, std::move(msg));
+    return;
+  }
+  if (content.match_elements<caf::monitor_atom, caf::strong_actor_ptr>()) {
+    OnProxyCreated(content.get_as<caf::strong_actor_ptr>(1));
+    return;
+  }
+  // Links across nodes are not supported (use monitors); anything else is a bug elsewhere.
+  spdlog::debug("gateway: ignoring local message {}", caf::to_string(content));
+}
+
+void Gateway::OnForward(caf::strong_actor_ptr src, const caf::strong_actor_ptr& dest, caf::message_id mid,
+                        caf::message msg) {
+  auto node = FromCafNode(dest->node());
+  if (!node) {
+    spdlog::error("gateway: message for {} which is not a troupe proxy", caf::to_string(dest->node()));
+    return;
+  }
+  FrameHeader header;
+  header.dst_node = *node;
+  header.dst_actor = dest->id();
+  header.src_actor = IsLocal(src) ? WireIdOf(src) : 0;
+
+  if (mid.is_response()) {
+    // A local actor answers a peer's request: route the reply by the peer's request id.
+    header.flags = kFlagResponse;
+    header.request_id = mid.integer_value() & caf::message_id::request_id_mask;
+    Buffer payload;
+    if (msg.size() == 1 && msg.match_element<caf::error>(0)) {
+      header.type_id = kErrorReply;
+      const auto& error = msg.get_as<caf::error>(0);
+      payload = EncodeWire<wire::ErrorInfo>([&](wire::ErrorInfo::Builder b) { FillError(b, error); });
+    } else if (msg.empty()) {
+      header.type_id = kEmptyReply;
+    } else {
+      auto encoded = codecs_.Encode(msg, *this);
+      if (encoded.ok()) {
+        header.type_id = encoded->type_id;
+        payload = std::move(encoded->payload);
+      } else {
+        header.type_id = kErrorReply;
+        auto error = ToCafError(InvalidArgumentError("reply: " + encoded.status().message()));
+        payload = EncodeWire<wire::ErrorInfo>([&](wire::ErrorInfo::Builder b) { FillError(b, error); });
+      }
+    }
+    SendFrame(*node, header, std::move(payload));
+    return;
+  }
+
+  auto encoded = codecs_.Encode(msg, *this);
+  if (mid.is_request()) {
+    if (!encoded.ok()) {
+      Complete(Pending{*node, std::move(src), mid, {}, {}}, encoded.status());
+      return;
+    }
+    uint64_t request_id = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (pending_.size() >= config_.max_pending_requests) {
+        request_id = 0;
+      } else {
+        request_id = ++next_request_id_;
+        auto deadline = clock_.Now() + config_.request_ttl;
+        pending_.emplace(request_id, Pending{*node, src, mid, deadline, {}});
+        deadlines_.emplace(deadline, request_id);
+      }
+    }
+    if (request_id == 0) {
+      Complete(Pending{*node, std::move(src), mid, {}, {}},
+               ResourceExhaustedError("more than " + std::to_string(config_.max_pending_requests) +
+                                      " remote requests are pending"));
+      return;
+    }
+    header.flags = kFlagRequest;
+    header.request_id = request_id;
+    header.type_id = encoded->type_id;
+    std::weak_ptr<Gateway> weak = weak_from_this();
+    SendFrame(*node, header, std::move(encoded->payload), [weak, request_id](const Status& status) {
+      if (status.ok()) return;
+      if (auto self = weak.lock()) self->FailPending(request_id, status);
+    });
+    return;
+  }
+
+  if (!encoded.ok()) {
+    ++dropped_;
+    spdlog::warn("gateway: dropped a message to {}: {}", ActorRef({}, *node, dest->id()).ToString(),
+                 encoded.status().message());
+    return;
+  }
+  // The receiver may answer the sender (current_sender()), so make the sender reachable.
+  if (IsLocal(src) && !system_.registry().get(src->id())) system_.registry().put(src->id(), src);
+  header.type_id = encoded->type_id;
+  SendFrame(*node, header, std::move(encoded->payload));
+}
+
+void Gateway::OnProxyCreated(const caf::strong_actor_ptr& proxy) {
+  // Every proxy watches its remote actor from birth, so local monitors of it fire when the
+  // actor exits, whether or not anyone ever sends to it.
+  if (!proxy) return;
+  auto node = FromCafNode(proxy->node());
+  if (!node) return;
+  FrameHeader header;
+  header.dst_node = *node;
+  header.dst_actor = proxy->id();
+  header.type_id = kMonitorRequest;
+  std::weak_ptr<Gateway> weak = weak_from_this();
+  NodeId peer = *node;
+  uint64_t wire_id = proxy->id();
+  SendFrame(peer, header, Buffer(), [weak, peer, wire_id](const Status& status) {
+    if (status.ok()) return;
+    auto self = weak.lock();
+    if (!self) return;
+    // The node cannot be reached: the actor counts as gone.
+    if (auto proxy = self->ExistingProxy(peer, wire_id)) {
+      {
+        std::lock_guard<std::mutex> lock(self->mu_);
+        auto it = self->nodes_.find(peer);
+        if (it != self->nodes_.end() && it->second.proxies.erase(wire_id) > 0) --self->proxies_;
+      }
+      KillProxy(proxy, ToCafError(UnavailableError(DescribeNode(peer) + " cannot be reached: " + status.message())));
+    }
+  });
+}
+
+void Gateway::SendFrame(NodeId peer, FrameHeader header, Buffer payload, transport::SendCallback done) {
+  header.src_node = self_;
+  if (stopped_) {
+    if (done) done(CancelledError("the runtime stopped"));
+    return;
+  }
+  ++messages_out_;
+  Status status = transport_.Send(peer, header, std::move(payload), done);
+  if (!status.ok()) {
+    if (done) {
+      done(status);
+    } else {
+      ++dropped_;
+      spdlog::debug("gateway: send to node {} failed: {}", peer, status.ToString());
+    }
+  }
+}
+
+void Gateway::Complete(Pending pending, const Status& status) {
+  if (pending.done) {
+    pending.done(status);
+    return;
+  }
+  if (pending.src) {
+    pending.src->enqueue(caf::make_mailbox_element(nullptr, pending.mid.response_id(), {},
+                                                   caf::make_message(ToCafError(status))),
+                         nullptr);
+  }
+}
+
+void Gateway::FailPending(uint64_t request_id, const Status& status) {
+  Pending pending;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = pending_.find(request_id);
+    if (it == pending_.end()) return;
+    pending = std::move(it->second);
+    pending_.erase(it);
+  }
+  ++requests_failed_fast_;
+  bool keep = status.code() == StatusCode::kUnavailable || status.code() == StatusCode::kCancelled;
+  Status why = keep ? status : UnavailableError(DescribeNode(pending.node) + ": " + status.ToString());
+  Complete(std::move(pending), why);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transport side
+
+void Gateway::OnPeerConnected(NodeId peer) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto& state = nodes_[peer];
+  state.connected = true;
+  state.last_seen = clock_.Now();
+}
+
+void Gateway::OnPeerFailed(NodeId peer, const Status& reason) {
+  NodeState state;
+  std::vector<Pending> failed;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = nodes_.find(peer);
+    if (it != nodes_.end()) {
+      state = std::move(it->second);
+      nodes_.erase(it);
+    }
+    for (auto p = pending_.begin(); p != pending_.end();) {
+      if (p->second.node == peer) {
+        failed.push_back(std::move(p->second));
+        p = pending_.erase(p);
+      } else {
+        ++p;
+      }
+    }
+    for (auto w = watches_.begin(); w != watches_.end();) {
+      w = w->second == peer ? watches_.erase(w) : std::next(w);
+    }
+  }
+  ++nodes_lost_;
+  Status why = UnavailableError(DescribeNode(peer) + " is lost: " + reason.message());
+  spdlog::info("gateway: {}; {} proxies killed, {} pending requests failed", why.message(), state.proxies.size(),
+               failed.size());
+  auto error = ToCafError(why);
+  proxies_ -= state.proxies.size();
+  for (auto& [id, proxy] : state.proxies) KillProxy(proxy, error);
+  requests_failed_fast_ += failed.size();
+  for (auto& p : failed) Complete(std::move(p), why);
+}
+
+void Gateway::OnFrame(NodeId peer, transport::Frame frame) {
+  const FrameHeader& header = frame.header;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = nodes_.find(peer);
+    if (it != nodes_.end()) it->second.last_seen = clock_.Now();
+  }
+  if (stopped_) return;
+  switch (header.type_id) {
+    case kHeartbeat:
+      return;
+    case kMonitorRequest:
+      OnMonitorRequest(peer, header.dst_actor);
+      return;
+    case kDownNotice:
+      OnDownNotice(peer, header.src_actor, frame.payload);
+      return;
+    case kSpawnRequest:
+    case kNameLookup:
+      if (!(header.flags & kFlagResponse)) {
+        OnControl(peer, header, frame.payload);
+        return;
+      }
+      break;
+    default:
+      break;
+  }
+  if (header.flags & kFlagResponse) {
+    OnResponse(peer, header, frame.payload);
+  } else {
+    Deliver(peer, header, frame.payload);
+  }
+}
+
+StatusOr<caf::strong_actor_ptr> Gateway::LocalActor(uint64_t wire_id) const {
+  if (IncarnationOf(wire_id) != incarnation_) {
+    return NotFoundError("actor " + std::to_string(LocalIdOf(wire_id)) + " belongs to an earlier run of " +
+                         DescribeNode(self_) + " (incarnation " + std::to_string(IncarnationOf(wire_id)) +
+                         ", now " + std::to_string(incarnation_) + ")");
+  }
+  auto actor = system_.registry().get(LocalIdOf(wire_id));
+  if (!actor) {
+    return NotFoundError("no actor " + std::to_string(LocalIdOf(wire_id)) + " on " + DescribeNode(self_) +
+                         " (it exited, or never existed)");
+  }
+  return actor;
+}
+
+void Gateway::Deliver(NodeId peer, const FrameHeader& header, const Buffer& payload) {
+  bool request = (header.flags & kFlagRequest) != 0;
+  if (request && (header.request_id == 0 || header.request_id > caf::message_id::request_id_mask)) {
+    ++dropped_;
+    spdlog::warn("gateway: dropped a request from node {} with invalid request id {}", peer, header.request_id);
+    return;
+  }
+  auto dest = LocalActor(header.dst_actor);
+  if (!dest.ok()) {
+    if (request) {
+      ReplyError(peer, header, dest.status());
+    } else {
+      ++dropped_;
+      spdlog::debug("gateway: dropped a message from node {}: {}", peer, dest.status().message());
+    }
+    return;
+  }
+  auto msg = codecs_.Decode(header.type_id, payload, *this);
+  if (!msg.ok()) {
+    if (request) {
+      ReplyError(peer, header, msg.status());
+    } else {
+      ++dropped_;
+      spdlog::warn("gateway: dropped a message from node {}: {}", peer, msg.status().message());
+    }
+    return;
+  }
+  caf::strong_actor_ptr sender = header.src_actor != 0 ? ProxyFor(peer, header.src_actor) : nullptr;
+  caf::message_id mid = request ? RequestMessageId(header.request_id) : caf::make_message_id();
+  ++messages_in_;
+  (*dest)->enqueue(caf::make_mailbox_element(std::move(sender), mid, {}, std::move(msg).value()), nullptr);
+}
+
+void Gateway::OnResponse(NodeId peer, const FrameHeader& header, const Buffer& payload) {
+  Pending pending;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = pending_.find(header.request_id);
+    if (it == pending_.end() || it->second.node != peer) {
+      ++late_replies_;
+      return;
+    }
+    pending = std::move(it->second);
+    pending_.erase(it);
+  }
+  ++messages_in_;
+  if (pending.done) {
+    if (header.type_id == kRefReply) {
+      ActorRef ref;
+      Status status = DecodeWire<wire::RefReply>(payload, "RefReply", [&](wire::RefReply::Reader r) {
+        ref = DecodeRef(r.getRef());
+        return OkStatus();
+      });
+      if (status.ok()) {
+        pending.done(std::move(ref));
+      } else {
+        pending.done(status);
+      }
+      return;
+    }
+    caf::error error;
+    Status status = DecodeWire<wire::ErrorInfo>(payload, "error reply", [&](wire::ErrorInfo::Reader r) {
+      error = ReadError(r);
+      return OkStatus();
+    });
+    if (header.type_id != kErrorReply) {
+      status = InvalidArgumentError("unexpected reply type " + std::to_string(header.type_id));
+    }
+    pending.done(status.ok() ? ToStatus(error) : status);
+    return;
+  }
+  caf::message reply;
+  if (header.type_id == kErrorReply) {
+    caf::error error;
+    Status status = DecodeWire<wire::ErrorInfo>(payload, "error reply", [&](wire::ErrorInfo::Reader r) {
+      error = ReadError(r);
+      return OkStatus();
+    });
+    if (!status.ok()) error = ToCafError(status);
+    if (!error) error = ToCafError(InternalError("error reply without an error"));
+    reply = caf::make_message(std::move(error));
+  } else if (header.type_id == kEmptyReply) {
+    reply = caf::make_message();
+  } else {
+    auto decoded = codecs_.Decode(header.type_id, payload, *this);
+    reply = decoded.ok() ? std::move(decoded).value()
+                         : caf::make_message(ToCafError(InvalidArgumentError("reply from node " + std::to_string(peer) +
+                                                                             ": " + decoded.status().message())));
+  }
+  auto sender = ExistingProxy(peer, header.src_actor);
+  if (pending.src) {
+    pending.src->enqueue(caf::make_mailbox_element(std::move(sender), pending.mid.response_id(), {}, std::move(reply)),
+                         nullptr);
+  }
+}
+
+void Gateway::ReplyError(NodeId peer, const FrameHeader& request, const Status& status) {
+  ++error_replies_sent_;
+  FrameHeader header;
+  header.dst_node = peer;
+  header.dst_actor = request.src_actor;
+  header.src_actor = request.dst_actor;
+  header.request_id = request.request_id;
+  header.type_id = kErrorReply;
+  header.flags = kFlagResponse;
+  auto error = ToCafError(status);
+  SendFrame(peer, header, EncodeWire<wire::ErrorInfo>([&](wire::ErrorInfo::Builder b) { FillError(b, error); }));
+}
+
+void Gateway::OnControl(NodeId peer, const FrameHeader& header, const Buffer& payload) {
+  StatusOr<ActorRef> result = FailedPreconditionError("node " + std::to_string(self_) + " serves no spawn or lookup");
+  if (control_ != nullptr) {
+    if (header.type_id == kSpawnRequest) {
+      Status status = DecodeWire<wire::SpawnRequest>(payload, "SpawnRequest", [&](wire::SpawnRequest::Reader r) {
+        auto args = r.getArgs();
+        result = control_->SpawnForPeer(r.getTypeName(), r.getArgsTypeId(), args.begin(), args.size());
+        return OkStatus();
+      });
+      if (!status.ok()) result = status;
+    } else {
+      Status status = DecodeWire<wire::NameLookup>(payload, "NameLookup", [&](wire::NameLookup::Reader r) {
+        result = control_->LookupForPeer(r.getName());
+        return OkStatus();
+      });
+      if (!status.ok()) result = status;
+    }
+  }
+  if (!result.ok()) {
+    ReplyError(peer, header, result.status());
+    return;
+  }
+  FrameHeader reply;
+  reply.dst_node = peer;
+  reply.request_id = header.request_id;
+  reply.type_id = kRefReply;
+  reply.flags = kFlagResponse;
+  SendFrame(peer, reply, EncodeWire<wire::RefReply>([&](wire::RefReply::Builder b) { EncodeRef(*result, b.initRef()); }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Remote monitoring
+
+void Gateway::OnMonitorRequest(NodeId peer, uint64_t wire_id) {
+  auto actor = LocalActor(wire_id);
+  if (!actor.ok()) {
+    SendDown(peer, wire_id, ToCafError(actor.status()));
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!watches_.emplace(wire_id, peer).second) return;
+  }
+  std::weak_ptr<Gateway> weak = weak_from_this();
+  (*actor)->get()->attach_functor([weak, peer, wire_id](const caf::error& reason) {
+    if (auto self = weak.lock()) self->OnLocalActorDown(peer, wire_id, reason);
+  });
+}
+
+void Gateway::OnLocalActorDown(NodeId watcher, uint64_t wire_id, const caf::error& reason) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (watches_.erase({wire_id, watcher}) == 0) return;
+  }
+  SendDown(watcher, wire_id, reason);
+}
+
+void Gateway::SendDown(NodeId watcher, uint64_t wire_id, const caf::error& reason) {
+  FrameHeader header;
+  header.dst_node = watcher;
+  header.src_actor = wire_id;
+  header.type_id = kDownNotice;
+  SendFrame(watcher, header, EncodeWire<wire::DownNotice>([&](wire::DownNotice::Builder b) {
+              FillError(b.initReason(), reason);
+            }));
+}
+
+void Gateway::OnDownNotice(NodeId peer, uint64_t wire_id, const Buffer& payload) {
+  caf::error reason;
+  Status status = DecodeWire<wire::DownNotice>(payload, "DownNotice", [&](wire::DownNotice::Reader r) {
+    reason = ReadError(r.getReason());
+    return OkStatus();
+  });
+  if (!status.ok()) reason = ToCafError(status);
+  caf::strong_actor_ptr proxy;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = nodes_.find(peer);
+    if (it == nodes_.end()) return;
+    auto p = it->second.proxies.find(wire_id);
+    if (p == it->second.proxies.end()) return;
+    proxy = std::move(p->second);
+    it->second.proxies.erase(p);
+  }
+  --proxies_;
+  KillProxy(proxy, reason);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refs and proxies
+
+caf::strong_actor_ptr Gateway::ExistingProxy(NodeId node, uint64_t wire_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = nodes_.find(node);
+  if (it == nodes_.end()) return nullptr;
+  auto p = it->second.proxies.find(wire_id);
+  return p == it->second.proxies.end() ? nullptr : p->second;
+}
+
+caf::strong_actor_ptr Gateway::ProxyFor(NodeId node, uint64_t wire_id) {
+  if (auto existing = ExistingProxy(node, wire_id)) return existing;
+  // Made outside the lock: creating a proxy calls back into OnLocalMessage (monitor request).
+  caf::actor_config cfg;
+  caf::strong_actor_ptr proxy = caf::make_actor<RemoteProxy, caf::strong_actor_ptr>(
+      wire_id, ToCafNode(node), &system_, cfg, actor_);
+  if (stopped_) {
+    KillProxy(proxy, ToCafError(CancelledError("the runtime stopped")));
+    return proxy;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  auto& slot = nodes_[node].proxies[wire_id];
+  if (!slot) {
+    slot = proxy;
+    ++proxies_;
+  }
+  return slot;
+}
+
+ActorRef Gateway::RefOf(const caf::strong_actor_ptr& actor) {
+  if (!actor) return {};
+  if (IsLocal(actor)) return ActorRef(caf::actor_cast<caf::actor>(actor), self_, WireIdOf(actor));
+  auto node = FromCafNode(actor->node());
+  return ActorRef(caf::actor_cast<caf::actor>(actor), node.value_or(0), actor->id());
+}
+
+ActorRef Gateway::RefTo(NodeId node, uint64_t wire_id) {
+  if (node == 0) return {};
+  if (node == self_) {
+    auto actor = LocalActor(wire_id);
+    return actor.ok() ? ActorRef(caf::actor_cast<caf::actor>(*actor), self_, wire_id)
+                      : ActorRef::Dangling(self_, wire_id);
+  }
+  return ActorRef(caf::actor_cast<caf::actor>(ProxyFor(node, wire_id)), node, wire_id);
+}
+
+void Gateway::AddNode(NodeId node, const std::string& address) {
+  if (node == self_ || node == 0 || address.empty()) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto& slot = addresses_[node];
+    if (slot == address) return;
+    slot = address;
+  }
+  transport_.AddPeer(node, address);
+}
+
+std::string Gateway::AddressOf(NodeId node) {
+  if (node == self_) return transport_.listen_address();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = addresses_.find(node);
+    if (it != addresses_.end()) return it->second;
+  }
+  return transport_.PeerAddress(node);
+}
+
+void Gateway::EncodeRef(const ActorRef& ref, wire::ActorAddress::Builder out) {
+  if (ref.node() == 0) return;
+  if (ref.valid()) {
+    auto ptr = caf::actor_cast<caf::strong_actor_ptr>(ref.handle());
+    if (IsLocal(ptr)) {
+      // Peers will address it by id: keep it findable (until it exits).
+      if (!system_.registry().get(ptr->id())) system_.registry().put(ptr->id(), ptr);
+    }
+  }
+  out.setNode(ref.node());
+  out.setActor(ref.id());
+  out.setAddress(AddressOf(ref.node()));
+}
+
+ActorRef Gateway::DecodeRef(wire::ActorAddress::Reader in) {
+  NodeId node = in.getNode();
+  if (node == 0) return {};
+  if (node != self_ && in.hasAddress() && in.getAddress().size() > 0) AddNode(node, in.getAddress());
+  return RefTo(node, in.getActor());
+}
+
+void Gateway::ControlRequest(NodeId node, uint32_t type_id, Buffer payload, Clock::Duration timeout,
+                             RefCallback done) {
+  uint64_t request_id = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    request_id = ++next_request_id_;
+    auto deadline = clock_.Now() + timeout;
+    pending_.emplace(request_id, Pending{node, nullptr, {}, deadline, std::move(done)});
+    deadlines_.emplace(deadline, request_id);
+  }
+  FrameHeader header;
+  header.dst_node = node;
+  header.type_id = type_id;
+  header.flags = kFlagRequest;
+  header.request_id = request_id;
+  std::weak_ptr<Gateway> weak = weak_from_this();
+  SendFrame(node, header, std::move(payload), [weak, request_id](const Status& status) {
+    if (status.ok()) return;
+    if (auto self = weak.lock()) self->FailPending(request_id, status);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time
+
+void Gateway::Tick() {
+  auto now = clock_.Now();
+  std::vector<NodeId> alive, expired;
+  std::vector<Pending> timed_out;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [node, state] : nodes_) {
+      if (!state.connected) continue;
+      (now - state.last_seen > config_.heartbeat_timeout ? expired : alive).push_back(node);
+    }
+    while (!deadlines_.empty() && deadlines_.top().first <= now) {
+      auto it = pending_.find(deadlines_.top().second);
+      if (it != pending_.end() && it->second.deadline <= now) {
+        if (it->second.done) timed_out.push_back(std::move(it->second));
+        pending_.erase(it);
+      }
+      deadlines_.pop();
+    }
+    // Answered requests leave their deadline behind; rebuild when those dominate.
+    if (deadlines_.size() > 2 * pending_.size() + 1024) {
+      std::vector<Deadline> live;
+      live.reserve(pending_.size());
+      for (auto& [id, p] : pending_) live.emplace_back(p.deadline, id);
+      deadlines_ = decltype(deadlines_)(std::greater<Deadline>(), std::move(live));
+    }
+  }
+  for (NodeId node : alive) {
+    FrameHeader header;
+    header.dst_node = node;
+    header.type_id = kHeartbeat;
+    SendFrame(node, header, Buffer());
+  }
+  for (NodeId node : expired) {
+    ++heartbeat_timeouts_;
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(config_.heartbeat_timeout).count();
+    transport_.Disconnect(node, UnavailableError("no heartbeat for " + std::to_string(ms) + " ms"));
+  }
+  for (auto& p : timed_out) p.done(DeadlineExceededError("no reply from " + DescribeNode(p.node) + " in time"));
+}
+
+GatewayStats Gateway::stats() const {
+  GatewayStats s;
+  s.messages_out = messages_out_;
+  s.messages_in = messages_in_;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    s.requests_pending = pending_.size();
+  }
+  s.requests_failed_fast = requests_failed_fast_;
+  s.error_replies_sent = error_replies_sent_;
+  s.dropped = dropped_;
+  s.late_replies = late_replies_;
+  s.proxies = proxies_;
+  s.nodes_lost = nodes_lost_;
+  s.heartbeat_timeouts = heartbeat_timeouts_;
+  return s;
+}
+
+}  // namespace troupe::runtime

@@ -1,0 +1,184 @@
+// Gateway: the bridge between CAF and the transport. Remote actors appear in this process as
+// proxies whose messages reach the gateway; frames from peers become messages to local actors.
+#pragma once
+
+#include <caf/actor.hpp>
+#include <caf/actor_system.hpp>
+#include <caf/mailbox_element.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <queue>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/status.h"
+#include "runtime/actor_ref.h"
+#include "runtime/codec.h"
+#include "transport/transport.h"
+
+namespace troupe::runtime {
+
+struct GatewayConfig {
+  /// How long a request to a remote actor is remembered for routing its reply and for failing
+  /// it fast when the node is lost. CAF times the request out on its own; this only bounds the
+  /// table. Requests with longer timeouts still work but lose the fail-fast on node loss.
+  std::chrono::milliseconds request_ttl{60000};
+  /// More outstanding remote requests than this are refused with ResourceExhausted.
+  size_t max_pending_requests = size_t{1} << 20;
+  /// A connected node that sent nothing (not even a heartbeat) for this long is disconnected
+  /// and counts as lost.
+  std::chrono::milliseconds heartbeat_timeout{1000};
+};
+
+/// Counters since start; read from any thread.
+struct GatewayStats {
+  uint64_t messages_out = 0;         ///< messages and replies handed to the transport
+  uint64_t messages_in = 0;          ///< messages and replies delivered to local actors
+  uint64_t requests_pending = 0;     ///< remote requests awaiting a reply now
+  uint64_t requests_failed_fast = 0; ///< pending requests failed because their node was lost
+  uint64_t error_replies_sent = 0;   ///< requests from peers answered with an error by the gateway
+  uint64_t dropped = 0;              ///< one-way messages that could not be encoded, decoded or delivered
+  uint64_t late_replies = 0;         ///< replies for requests no longer pending
+  uint64_t proxies = 0;              ///< proxies of remote actors alive now
+  uint64_t nodes_lost = 0;           ///< peer failures (transport errors and missed heartbeats)
+  uint64_t heartbeat_timeouts = 0;   ///< peers disconnected for missed heartbeats
+};
+
+/// What the gateway asks its runtime to do for peers: spawn and name lookup.
+class ControlHandler {
+ public:
+  virtual ~ControlHandler() = default;
+  virtual StatusOr<ActorRef> SpawnForPeer(const std::string& type_name, uint32_t args_type_id,
+                                          const uint8_t* args, size_t args_size) = 0;
+  virtual StatusOr<ActorRef> LookupForPeer(const std::string& name) = 0;
+};
+
+/// One per process, owned (through a shared_ptr) by the Runtime. It is thread-safe rather than
+/// an actor with a mailbox: proxies call it on the sender's thread and the transport calls it
+/// on the progress thread, so a message crosses no extra thread on its way out or in. Its CAF
+/// face (actor()) is an actor whose enqueue runs inline.
+///
+/// Lifecycle: constructed -> Start() -> running -> Shutdown() (final: proxies are killed,
+/// pending requests fail with Cancelled, later messages are refused).
+class Gateway : public RefCodec, public std::enable_shared_from_this<Gateway> {
+ public:
+  Gateway(caf::actor_system& system, transport::Transport& transport, const CodecRegistry& codecs,
+          GatewayConfig config, const Clock& clock, uint32_t incarnation);
+  ~Gateway() override;
+
+  /// Creates the gateway's CAF face. Call once, before the transport starts.
+  void Start();
+  void Shutdown();
+  void set_control_handler(ControlHandler* handler) { control_ = handler; }
+
+  /// The actor every proxy forwards to.
+  caf::actor actor() const { return actor_; }
+  NodeId self() const { return self_; }
+  uint32_t incarnation() const { return incarnation_; }
+
+  // ---- Transport side (progress thread) ----
+  void OnFrame(NodeId peer, transport::Frame frame);
+  void OnPeerConnected(NodeId peer);
+  void OnPeerFailed(NodeId peer, const Status& reason);
+
+  // ---- CAF side (any thread) ----
+  /// Everything sent to actor(): forwarded messages from proxies and proxy-creation notices.
+  void OnLocalMessage(caf::mailbox_element& element, caf::execution_unit* context);
+
+  /// Heartbeats, failure detection and the pending-request sweep. The runtime calls it every
+  /// heartbeat interval; tests call it after advancing a ManualClock.
+  void Tick();
+
+  // ---- Refs ----
+  /// The ref of a local or proxy actor.
+  ActorRef RefOf(const caf::strong_actor_ptr& actor);
+  /// The ref of actor `wire_id` on `node` (a proxy unless node is this one).
+  ActorRef RefTo(NodeId node, uint64_t wire_id);
+  /// Records where `node` accepts connections.
+  void AddNode(NodeId node, const std::string& address);
+  void EncodeRef(const ActorRef& ref, wire::ActorAddress::Builder out) override;
+  ActorRef DecodeRef(wire::ActorAddress::Reader in) override;
+
+  /// Sends a runtime control request (spawn, lookup) to `node`; `done` runs once with the
+  /// ActorRef of the reply or an error (Unavailable, DeadlineExceeded after `timeout`, or the
+  /// peer's error).
+  using RefCallback = std::function<void(StatusOr<ActorRef>)>;
+  void ControlRequest(NodeId node, uint32_t type_id, Buffer payload, Clock::Duration timeout,
+                      RefCallback done);
+
+  GatewayStats stats() const;
+
+ private:
+  struct Pending {
+    NodeId node = 0;
+    caf::strong_actor_ptr src;   // the requester (actor requests)
+    caf::message_id mid;         // its request id
+    Clock::TimePoint deadline;
+    RefCallback done;            // control requests
+  };
+  struct NodeState {
+    std::unordered_map<uint64_t, caf::strong_actor_ptr> proxies;
+    bool connected = false;
+    Clock::TimePoint last_seen;
+  };
+  using Deadline = std::pair<Clock::TimePoint, uint64_t>;
+
+  void OnForward(caf::strong_actor_ptr src, const caf::strong_actor_ptr& dest, caf::message_id mid,
+                 caf::message msg);
+  void OnProxyCreated(const caf::strong_actor_ptr& proxy);
+  void Deliver(NodeId peer, const transport::FrameHeader& header, const Buffer& payload);
+  void OnResponse(NodeId peer, const transport::FrameHeader& header, const Buffer& payload);
+  void OnControl(NodeId peer, const transport::FrameHeader& header, const Buffer& payload);
+  void OnMonitorRequest(NodeId peer, uint64_t wire_id);
+  void OnDownNotice(NodeId peer, uint64_t wire_id, const Buffer& payload);
+  void OnLocalActorDown(NodeId watcher, uint64_t wire_id, const caf::error& reason);
+
+  /// The local actor with wire id `wire_id`, or NotFound saying why not.
+  StatusOr<caf::strong_actor_ptr> LocalActor(uint64_t wire_id) const;
+  uint64_t WireIdOf(const caf::strong_actor_ptr& actor) const;
+  bool IsLocal(const caf::strong_actor_ptr& actor) const;
+  caf::strong_actor_ptr ProxyFor(NodeId node, uint64_t wire_id);
+  caf::strong_actor_ptr ExistingProxy(NodeId node, uint64_t wire_id);
+
+  void SendFrame(NodeId peer, transport::FrameHeader header, Buffer payload,
+                 transport::SendCallback done = {});
+  void ReplyError(NodeId peer, const transport::FrameHeader& request, const Status& status);
+  void SendDown(NodeId watcher, uint64_t wire_id, const caf::error& reason);
+  /// Completes pending request `request_id` with `status` (if it is still pending).
+  void FailPending(uint64_t request_id, const Status& status);
+  void Complete(Pending pending, const Status& status);
+  std::string AddressOf(NodeId node);
+
+  caf::actor_system& system_;
+  transport::Transport& transport_;
+  const CodecRegistry& codecs_;
+  const GatewayConfig config_;
+  const Clock& clock_;
+  const NodeId self_;
+  const uint32_t incarnation_;
+  caf::actor actor_;
+  ControlHandler* control_ = nullptr;
+  std::atomic<bool> stopped_{false};
+
+  mutable std::mutex mu_;  // guards everything below; never held while calling CAF or the transport
+  std::unordered_map<NodeId, NodeState> nodes_;
+  std::unordered_map<NodeId, std::string> addresses_;
+  std::unordered_map<uint64_t, Pending> pending_;
+  std::priority_queue<Deadline, std::vector<Deadline>, std::greater<Deadline>> deadlines_;
+  std::set<std::pair<uint64_t, NodeId>> watches_;  // (local wire id, watching node)
+  uint64_t next_request_id_ = 0;
+
+  std::atomic<uint64_t> messages_out_{0}, messages_in_{0}, requests_failed_fast_{0},
+      error_replies_sent_{0}, dropped_{0}, late_replies_{0}, proxies_{0}, nodes_lost_{0},
+      heartbeat_timeouts_{0};
+};
+
+}  // namespace troupe::runtime
