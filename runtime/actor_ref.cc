@@ -22,8 +22,12 @@ void ActorRef::Monitor(std::function<void(const Status& reason)> on_down) const 
   handle_->home_system().spawn(
       [target, on_down = std::move(on_down)](caf::event_based_actor* self) -> caf::behavior {
         self->monitor(target);
-        self->set_down_handler([self, on_down](caf::down_msg& msg) {
+        // Nobody else holds the watcher, and CAF ends actors nobody holds: it holds itself
+        // until the down message comes.
+        auto keep_alive = std::make_shared<caf::actor>(caf::actor_cast<caf::actor>(self));
+        self->set_down_handler([self, on_down, keep_alive](caf::down_msg& msg) {
           on_down(ToStatus(msg.reason));
+          *keep_alive = nullptr;
           self->quit();
         });
         // A behavior keeps the watcher alive until the down message comes.

@@ -3,6 +3,8 @@
 
 #include <caf/all.hpp>
 
+#include <spdlog/spdlog.h>
+
 #include <unordered_map>
 
 #include "runtime/error.h"
@@ -28,6 +30,7 @@ caf::behavior DirectoryActor(caf::stateful_actor<DirectoryState>* self) {
   });
   return {
       [self](DirectoryRegister& reg) -> caf::result<DirectoryEntry> {
+        spdlog::trace("directory: register '{}' -> {}", reg.name, reg.ref.ToString());
         if (reg.name.empty()) return ToCafError(InvalidArgumentError("directory: empty name"));
         if (!reg.ref.valid()) {
           return ToCafError(InvalidArgumentError("directory: '" + reg.name + "' registered with an empty ref"));

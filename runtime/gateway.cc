@@ -109,6 +109,7 @@ Status DecodeWire(const Buffer& payload, const char* what, Read&& read) {
 }
 
 void FillError(wire::ErrorInfo::Builder out, const caf::error& error) {
+  if (!error) return;  // code 0: no error (a normal exit); CAF's accessors need a non-empty error
   out.setCategory(static_cast<uint64_t>(error.category()));
   out.setCode(error.code());
   const auto& ctx = error.context();
@@ -163,6 +164,12 @@ void Gateway::Shutdown() {
     watches_.clear();
     deadlines_ = {};
   }
+  std::unordered_set<caf::actor_id> published;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    published.swap(published_);
+  }
+  for (auto id : published) system_.registry().erase(id);
   auto reason = ToCafError(CancelledError("the runtime of node " + std::to_string(self_) + " stopped"));
   for (auto& [node, state] : nodes) {
     for (auto& [id, proxy] : state.proxies) KillProxy(proxy, reason);
@@ -210,6 +217,8 @@ void Gateway::OnForward(caf::strong_actor_ptr src, const caf::strong_actor_ptr& 
   header.dst_node = *node;
   header.dst_actor = dest->id();
   header.src_actor = IsLocal(src) ? WireIdOf(src) : 0;
+  spdlog::trace("gateway: forward {} to node {} actor {:#x} ({})", caf::to_string(msg), *node, dest->id(),
+                mid.is_response() ? "reply" : mid.is_request() ? "request" : "one-way");
 
   if (mid.is_response()) {
     // A local actor answers a peer's request: route the reply by the peer's request id.
@@ -237,6 +246,9 @@ void Gateway::OnForward(caf::strong_actor_ptr src, const caf::strong_actor_ptr& 
     return;
   }
 
+  // The receiver sees the sender as a proxy, which watches it from birth (a monitor request
+  // to this node): the sender must be findable here, or that proxy dies at once.
+  Publish(src);
   auto encoded = codecs_.Encode(msg, *this);
   if (mid.is_request()) {
     if (!encoded.ok()) {
@@ -278,8 +290,6 @@ void Gateway::OnForward(caf::strong_actor_ptr src, const caf::strong_actor_ptr& 
                  encoded.status().message());
     return;
   }
-  // The receiver may answer the sender (current_sender()), so make the sender reachable.
-  if (IsLocal(src) && !system_.registry().get(src->id())) system_.registry().put(src->id(), src);
   header.type_id = encoded->type_id;
   SendFrame(*node, header, std::move(encoded->payload));
 }
@@ -476,6 +486,8 @@ void Gateway::Deliver(NodeId peer, const FrameHeader& header, const Buffer& payl
     }
     return;
   }
+  spdlog::trace("gateway: deliver {} from node {} actor {:#x} to actor {:#x}{}", codecs_.NameOf(header.type_id), peer,
+                header.src_actor, header.dst_actor, request ? " (request " + std::to_string(header.request_id) + ")" : "");
   caf::strong_actor_ptr sender = header.src_actor != 0 ? ProxyFor(peer, header.src_actor) : nullptr;
   caf::message_id mid = request ? RequestMessageId(header.request_id) : caf::make_message_id();
   ++messages_in_;
@@ -483,6 +495,7 @@ void Gateway::Deliver(NodeId peer, const FrameHeader& header, const Buffer& payl
 }
 
 void Gateway::OnResponse(NodeId peer, const FrameHeader& header, const Buffer& payload) {
+  spdlog::trace("gateway: reply {} from node {} to request {}", codecs_.NameOf(header.type_id), peer, header.request_id);
   Pending pending;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -693,6 +706,26 @@ ActorRef Gateway::RefTo(NodeId node, uint64_t wire_id) {
   return ActorRef(caf::actor_cast<caf::actor>(ProxyFor(node, wire_id)), node, wire_id);
 }
 
+void Gateway::Publish(const caf::strong_actor_ptr& actor) {
+  if (!IsLocal(actor) || stopped_ || system_.registry().get(actor->id())) return;
+  // CAF's registry keeps the actor until it exits (its own functor erases the entry). We
+  // remember the ids too, to erase what is left at shutdown: an actor released by the
+  // registry's destructor after CAF's scheduler has stopped crashes in its cleanup.
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!published_.insert(actor->id()).second) return;
+  }
+  system_.registry().put(actor->id(), actor);
+  std::weak_ptr<Gateway> weak = weak_from_this();
+  caf::actor_id id = actor->id();
+  actor->get()->attach_functor([weak, id] {
+    if (auto self = weak.lock()) {
+      std::lock_guard<std::mutex> lock(self->mu_);
+      self->published_.erase(id);
+    }
+  });
+}
+
 void Gateway::AddNode(NodeId node, const std::string& address) {
   if (node == self_ || node == 0 || address.empty()) return;
   {
@@ -716,13 +749,8 @@ std::string Gateway::AddressOf(NodeId node) {
 
 void Gateway::EncodeRef(const ActorRef& ref, wire::ActorAddress::Builder out) {
   if (ref.node() == 0) return;
-  if (ref.valid()) {
-    auto ptr = caf::actor_cast<caf::strong_actor_ptr>(ref.handle());
-    if (IsLocal(ptr)) {
-      // Peers will address it by id: keep it findable (until it exits).
-      if (!system_.registry().get(ptr->id())) system_.registry().put(ptr->id(), ptr);
-    }
-  }
+  // Peers will address it by id: keep it findable (until it exits).
+  if (ref.valid()) Publish(caf::actor_cast<caf::strong_actor_ptr>(ref.handle()));
   out.setNode(ref.node());
   out.setActor(ref.id());
   out.setAddress(AddressOf(ref.node()));

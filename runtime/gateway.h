@@ -15,6 +15,7 @@
 #include <set>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -102,6 +103,8 @@ class Gateway : public RefCodec, public std::enable_shared_from_this<Gateway> {
   ActorRef RefOf(const caf::strong_actor_ptr& actor);
   /// The ref of actor `wire_id` on `node` (a proxy unless node is this one).
   ActorRef RefTo(NodeId node, uint64_t wire_id);
+  /// Makes a local actor addressable by peers (until it exits). Encoding a ref does this.
+  void Publish(const caf::strong_actor_ptr& actor);
   /// Records where `node` accepts connections.
   void AddNode(NodeId node, const std::string& address);
   void EncodeRef(const ActorRef& ref, wire::ActorAddress::Builder out) override;
@@ -174,6 +177,7 @@ class Gateway : public RefCodec, public std::enable_shared_from_this<Gateway> {
   std::unordered_map<uint64_t, Pending> pending_;
   std::priority_queue<Deadline, std::vector<Deadline>, std::greater<Deadline>> deadlines_;
   std::set<std::pair<uint64_t, NodeId>> watches_;  // (local wire id, watching node)
+  std::unordered_set<caf::actor_id> published_;     // local actors put in CAF's registry
   uint64_t next_request_id_ = 0;
 
   std::atomic<uint64_t> messages_out_{0}, messages_in_{0}, requests_failed_fast_{0},

@@ -44,6 +44,25 @@ class TransportInbox {
     return cv_.wait_for(lock, timeout, [&] { return frames_.size() >= n; });
   }
 
+  /// Waits for a frame matching `match`, removes and returns it; nullopt on timeout. Frames
+  /// that do not match (heartbeats, say) are left where they are.
+  std::optional<transport::Frame> WaitForFrame(const std::function<bool(const transport::Frame&)>& match,
+                                               std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    std::optional<transport::Frame> out;
+    cv_.wait_for(lock, timeout, [&] {
+      for (auto it = frames_.begin(); it != frames_.end(); ++it) {
+        if (match(it->second)) {
+          out = std::move(it->second);
+          frames_.erase(it);
+          return true;
+        }
+      }
+      return false;
+    });
+    return out;
+  }
+
   /// Removes and returns every frame received so far.
   std::vector<std::pair<transport::NodeId, transport::Frame>> TakeFrames() {
     std::lock_guard<std::mutex> lock(mu_);

@@ -1,0 +1,118 @@
+// CodecRegistry, error mapping and node identity: deterministic, no processes.
+#include <gtest/gtest.h>
+
+#include <caf/all.hpp>
+
+#include "runtime/codec.h"
+#include "runtime/error.h"
+#include "runtime/node_identity.h"
+#include "tests/runtime/test_actors.h"
+#include "tests/runtime/test_messages.capnp.h"
+
+namespace troupe::testing {
+namespace {
+
+using runtime::ActorRef;
+using runtime::CodecRegistry;
+
+// Refs travel as (node, actor) and come back dangling: enough to check the codec.
+class FakeRefCodec final : public runtime::RefCodec {
+ public:
+  void EncodeRef(const ActorRef& ref, runtime::wire::ActorAddress::Builder out) override {
+    out.setNode(ref.node());
+    out.setActor(ref.id());
+    out.setAddress("fake");
+  }
+  ActorRef DecodeRef(runtime::wire::ActorAddress::Reader in) override {
+    return ActorRef::Dangling(in.getNode(), in.getActor());
+  }
+};
+
+class Codec : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(AddTestCodecs(codecs_).ok()); }
+  CodecRegistry codecs_;
+  FakeRefCodec refs_;
+};
+
+TEST_F(Codec, RoundTripsAMessageWithARefInside) {
+  auto encoded = codecs_.Encode(caf::make_message(CallVia{ActorRef::Dangling(5, 9), 3}), refs_);
+  ASSERT_TRUE(encoded.ok()) << encoded.status();
+  EXPECT_EQ(encoded->type_id, kCallVia);
+  EXPECT_EQ(encoded->payload.size() % 8, 0u);
+  auto decoded = codecs_.Decode(encoded->type_id, encoded->payload, refs_);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  ASSERT_TRUE(decoded->match_elements<CallVia>());
+  const auto& via = decoded->get_as<CallVia>(0);
+  EXPECT_EQ(via.n, 3);
+  EXPECT_EQ(via.target.node(), 5u);
+  EXPECT_EQ(via.target.id(), 9u);
+}
+
+TEST_F(Codec, UnknownTypeIdIsInvalidArgument) {
+  auto decoded = codecs_.Decode(4242, Buffer::CopyOf(std::string(8, '\0')), refs_);
+  EXPECT_EQ(decoded.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(decoded.status().message().find("4242"), std::string::npos);
+}
+
+TEST_F(Codec, BytesThatDoNotDecodeAreInvalidArgumentNotACrash) {
+  for (const std::string& bytes : {std::string(), std::string("odd"), std::string(24, '\xff'),
+                                   std::string("\x00\x00\x00\x00\xff\xff\xff\x7f", 8)}) {
+    auto decoded = codecs_.Decode(kAdd, Buffer::CopyOf(bytes), refs_);
+    EXPECT_EQ(decoded.status().code(), StatusCode::kInvalidArgument) << bytes.size() << " bytes";
+  }
+  // A valid message whose decoder refuses the content.
+  auto encoded = codecs_.Encode(caf::make_message(Quit{StatusCode::kInternal, "x"}), refs_);
+  ASSERT_TRUE(encoded.ok());
+  encoded->payload.data()[16] = 0xEE;  // the status code field lies in the data section
+  auto decoded = codecs_.Decode(kQuit, encoded->payload, refs_);
+  EXPECT_EQ(decoded.status().code(), StatusCode::kInvalidArgument) << decoded.status();
+}
+
+TEST_F(Codec, AMessageWithoutACodecIsInvalidArgument) {
+  EXPECT_EQ(codecs_.Encode(caf::make_message(std::string("hi")), refs_).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(codecs_.Encode(caf::make_message(Add{1}, Add{2}), refs_).status().code(),
+            StatusCode::kInvalidArgument);
+}
+
+TEST_F(Codec, ReservedAndDuplicateRegistrationsAreRefused) {
+  using Enc = CodecRegistry::Encoder<Add, wire::Add>;
+  using Dec = CodecRegistry::Decoder<Add, wire::Add>;
+  Enc enc = [](const Add&, wire::Add::Builder, runtime::RefCodec&) {};
+  Dec dec = [](wire::Add::Reader, runtime::RefCodec&) -> StatusOr<Add> { return Add{}; };
+  CodecRegistry fresh;
+  EXPECT_EQ((fresh.Add<Add, wire::Add>(5, "Add", enc, dec)).code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE((fresh.Add<Add, wire::Add>(2000, "Add", enc, dec)).ok());
+  EXPECT_EQ((fresh.Add<Add, wire::Add>(2000, "Add", enc, dec)).code(), StatusCode::kAlreadyExists);
+  EXPECT_EQ((fresh.Add<Add, wire::Add>(2001, "Add", enc, dec)).code(), StatusCode::kAlreadyExists);
+  EXPECT_TRUE(fresh.AddRuntimeTypes().ok());
+}
+
+TEST(ErrorMapping, StatusSurvivesTheCafErrorRoundTrip) {
+  Status status = UnavailableError("node 7 is lost: link down");
+  EXPECT_EQ(runtime::ToStatus(runtime::ToCafError(status)), status);
+  EXPECT_EQ(runtime::ToStatus(caf::make_error(caf::sec::request_timeout)).code(), StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(runtime::ToStatus(caf::make_error(caf::sec::request_receiver_down)).code(), StatusCode::kUnavailable);
+  EXPECT_EQ(runtime::ToStatus(caf::make_error(caf::sec::unexpected_message)).code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE(runtime::ToStatus(caf::error{}).ok());
+}
+
+TEST(NodeIdentity, TroupeNodeIdsMapToCafNodesAndBack) {
+  for (runtime::NodeId id : {runtime::NodeId{1}, runtime::NodeId{0xdeadbeefcafef00dull}, ~runtime::NodeId{0}}) {
+    auto node = runtime::ToCafNode(id);
+    ASSERT_TRUE(node);
+    EXPECT_EQ(runtime::FromCafNode(node), id);
+  }
+  caf::actor_system_config cfg;
+  caf::actor_system system{cfg};
+  EXPECT_FALSE(runtime::FromCafNode(system.node())) << "the local node must not look like a proxy node";
+  uint64_t wire = runtime::MakeWireActorId(0xABCDEF, 42);
+  EXPECT_EQ(runtime::IncarnationOf(wire), 0xABCDEFu);
+  EXPECT_EQ(runtime::LocalIdOf(wire), 42u);
+  EXPECT_EQ(runtime::NodeIdFromName("worker-a"), runtime::NodeIdFromName("worker-a"));
+  EXPECT_NE(runtime::NodeIdFromName("worker-a"), runtime::NodeIdFromName("worker-b"));
+}
+
+}  // namespace
+}  // namespace troupe::testing

@@ -1,0 +1,288 @@
+// Gateway: deterministic tests against a FakeTransport and a ManualClock, with a real CAF
+// actor system (bounded waits only where a CAF thread answers).
+#include <gtest/gtest.h>
+
+#include <caf/all.hpp>
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+
+#include <future>
+#include <memory>
+
+#include "common/clock.h"
+#include "runtime/error.h"
+#include "runtime/gateway.h"
+#include "runtime/messages.capnp.h"
+#include "runtime/node_identity.h"
+#include "runtime/wire_types.h"
+#include "tests/fakes/fake_transport.h"
+#include "tests/runtime/test_actors.h"
+
+namespace troupe::testing {
+namespace {
+
+using namespace std::chrono_literals;
+using runtime::ActorRef;
+using runtime::Gateway;
+using transport::Frame;
+using transport::FrameHeader;
+
+constexpr runtime::NodeId kSelf = 1, kPeer = 2;
+constexpr uint32_t kIncarnation = 0x123;
+
+caf::actor_system_config& Sharing(caf::actor_system_config& cfg) {
+  cfg.set("scheduler.policy", caf::atom("sharing"));
+  cfg.set("scheduler.max-threads", 2);
+  return cfg;
+}
+
+Status ErrorIn(const Frame& frame) {
+  auto words = kj::heapArray<capnp::word>(frame.payload.size() / 8);
+  std::memcpy(words.begin(), frame.payload.data(), frame.payload.size());
+  capnp::FlatArrayMessageReader reader(words.asPtr());
+  auto info = reader.getRoot<runtime::wire::ErrorInfo>();
+  return Status(static_cast<StatusCode>(info.getCode()), info.getText());
+}
+
+class GatewayTest : public ::testing::Test {
+ protected:
+  GatewayTest() : system_(Sharing(cfg_)), transport_(kSelf) {}
+
+  void SetUp() override { Make(runtime::GatewayConfig{}); }
+  void TearDown() override {
+    if (gateway_) gateway_->Shutdown();
+  }
+
+  void Make(runtime::GatewayConfig config) {
+    if (gateway_) gateway_->Shutdown();
+    codecs_ = runtime::CodecRegistry();
+    ASSERT_TRUE(AddTestCodecs(codecs_).ok());
+    ASSERT_TRUE(codecs_.AddRuntimeTypes().ok());
+    gateway_ = std::make_shared<Gateway>(system_, transport_, codecs_, config, clock_, kIncarnation);
+    gateway_->Start();
+    Gateway* gw = gateway_.get();
+    transport::TransportHandler handler;
+    handler.on_frame = [gw](runtime::NodeId p, Frame f) { gw->OnFrame(p, std::move(f)); };
+    handler.on_peer_connected = [gw](runtime::NodeId p) { gw->OnPeerConnected(p); };
+    handler.on_peer_failed = [gw](runtime::NodeId p, const Status& s) { gw->OnPeerFailed(p, s); };
+    ASSERT_TRUE(transport_.Start(handler).ok());
+  }
+
+  Buffer Encode(caf::message msg) {
+    auto encoded = codecs_.Encode(msg, *gateway_);
+    EXPECT_TRUE(encoded.ok()) << encoded.status();
+    return std::move(encoded->payload);
+  }
+
+  std::optional<Frame> WaitSent(uint32_t type_id, uint32_t flags = 0) {
+    return transport_.WaitForSent(
+        [&](const Frame& f) { return f.header.type_id == type_id && (f.header.flags & flags) == flags; }, 5s);
+  }
+
+  caf::actor_system_config cfg_;
+  caf::actor_system system_;
+  FakeTransport transport_;
+  ManualClock clock_;
+  runtime::CodecRegistry codecs_;
+  std::shared_ptr<Gateway> gateway_;
+};
+
+TEST_F(GatewayTest, AProxyAsksItsNodeToMonitorTheActor) {
+  ActorRef ref = gateway_->RefTo(kPeer, 77);
+  ASSERT_TRUE(ref.valid());
+  auto frame = WaitSent(runtime::kMonitorRequest);
+  ASSERT_TRUE(frame) << "no monitor request for a new proxy";
+  EXPECT_EQ(frame->header.dst_node, kPeer);
+  EXPECT_EQ(frame->header.dst_actor, 77u);
+  EXPECT_EQ(gateway_->stats().proxies, 1u);
+}
+
+TEST_F(GatewayTest, ARequestBecomesAFrameAndItsReplyReachesTheRequester) {
+  ActorRef ref = gateway_->RefTo(kPeer, 77);
+  auto reply = std::async(std::launch::async, [&] { return ref.Request<Count>(Get{}, 5s); });
+  auto request = WaitSent(kGet, runtime::kFlagRequest);
+  ASSERT_TRUE(request) << "the request never reached the transport";
+  EXPECT_EQ(gateway_->stats().requests_pending, 1u);
+  FrameHeader header;
+  header.flags = runtime::kFlagResponse;
+  header.request_id = request->header.request_id;
+  header.type_id = kCount;
+  header.src_actor = 77;
+  transport_.Deliver(kPeer, header, Encode(caf::make_message(Count{42})));
+  auto count = reply.get();
+  ASSERT_TRUE(count.ok()) << count.status();
+  EXPECT_EQ(count->value, 42);
+  EXPECT_EQ(gateway_->stats().requests_pending, 0u);
+}
+
+TEST_F(GatewayTest, NodeLossFailsPendingRequestsAndFiresMonitors) {
+  ActorRef ref = gateway_->RefTo(kPeer, 77);
+  std::promise<Status> down;
+  auto fired = down.get_future();
+  ref.Monitor([&down](const Status& s) { down.set_value(s); });
+  auto reply = std::async(std::launch::async, [&] { return ref.Request<Count>(Get{}, 30s); });
+  ASSERT_TRUE(WaitSent(kGet, runtime::kFlagRequest));
+  transport_.Fail(kPeer, UnavailableError("link down"));
+  ASSERT_EQ(reply.wait_for(5s), std::future_status::ready) << "the pending request was not failed";
+  auto result = reply.get();
+  EXPECT_EQ(result.status().code(), StatusCode::kUnavailable) << result.status();
+  EXPECT_NE(result.status().message().find("link down"), std::string::npos);
+  ASSERT_EQ(fired.wait_for(5s), std::future_status::ready) << "the monitor did not fire";
+  EXPECT_EQ(fired.get().code(), StatusCode::kUnavailable);
+  // Later requests through the dead proxy fail at once.
+  EXPECT_EQ(ref.Request<Count>(Get{}, 30s).status().code(), StatusCode::kUnavailable);
+  EXPECT_EQ(gateway_->stats().proxies, 0u);
+}
+
+TEST_F(GatewayTest, AFailedSendFailsTheRequestFast) {
+  transport_.set_fail_sends(true);
+  ActorRef ref = gateway_->RefTo(kPeer, 78);
+  auto result = ref.Request<Count>(Get{}, 30s);
+  EXPECT_EQ(result.status().code(), StatusCode::kUnavailable) << result.status();
+}
+
+TEST_F(GatewayTest, HeartbeatsGoToConnectedPeersAndSilenceDisconnects) {
+  runtime::GatewayConfig config;
+  config.heartbeat_timeout = 1000ms;
+  Make(config);
+  transport_.Connect(kPeer);
+  transport_.Connect(3);
+  gateway_->Tick();
+  EXPECT_TRUE(WaitSent(runtime::kHeartbeat)) << "no heartbeat";
+  clock_.Advance(600ms);
+  FrameHeader beat;
+  beat.type_id = runtime::kHeartbeat;
+  transport_.Deliver(3, beat, Buffer());  // node 3 is alive, node 2 is silent
+  clock_.Advance(600ms);
+  gateway_->Tick();
+  auto disconnected = transport_.disconnected();
+  ASSERT_EQ(disconnected.size(), 1u);
+  EXPECT_EQ(disconnected[0].first, kPeer);
+  EXPECT_EQ(disconnected[0].second.code(), StatusCode::kUnavailable);
+  EXPECT_EQ(gateway_->stats().heartbeat_timeouts, 1u);
+  EXPECT_EQ(gateway_->stats().nodes_lost, 1u);
+}
+
+TEST_F(GatewayTest, ThePendingTableIsBoundedAndSwept) {
+  runtime::GatewayConfig config;
+  config.max_pending_requests = 2;
+  config.request_ttl = 1000ms;
+  Make(config);
+  ActorRef ref = gateway_->RefTo(kPeer, 79);
+  std::vector<std::future<StatusOr<Count>>> replies;
+  for (int i = 0; i < 2; ++i) {
+    replies.push_back(std::async(std::launch::async, [&] { return ref.Request<Count>(Get{}, 300ms); }));
+    ASSERT_TRUE(WaitSent(kGet, runtime::kFlagRequest));
+  }
+  EXPECT_EQ(gateway_->stats().requests_pending, 2u);
+  auto third = ref.Request<Count>(Get{}, 5s);
+  EXPECT_EQ(third.status().code(), StatusCode::kResourceExhausted) << third.status();
+  clock_.Advance(1001ms);
+  gateway_->Tick();
+  EXPECT_EQ(gateway_->stats().requests_pending, 0u) << "expired requests stayed in the table";
+  for (auto& r : replies) EXPECT_EQ(r.get().status().code(), StatusCode::kDeadlineExceeded);
+}
+
+TEST_F(GatewayTest, AnInboundRequestReachesTheActorAndTheReplyIsRouted) {
+  auto counter = system_.spawn(Counter, int64_t{10});
+  ActorRef ref = gateway_->RefOf(caf::actor_cast<caf::strong_actor_ptr>(counter));
+  gateway_->Publish(caf::actor_cast<caf::strong_actor_ptr>(counter));
+  EXPECT_EQ(runtime::IncarnationOf(ref.id()), kIncarnation);
+  FrameHeader header;
+  header.dst_actor = ref.id();
+  header.src_actor = 55;
+  header.request_id = 9;
+  header.type_id = kAdd;
+  header.flags = runtime::kFlagRequest;
+  transport_.Deliver(kPeer, header, Encode(caf::make_message(Add{5})));
+  auto reply = WaitSent(kCount, runtime::kFlagResponse);
+  ASSERT_TRUE(reply) << "no reply frame";
+  EXPECT_EQ(reply->header.request_id, 9u);
+  EXPECT_EQ(reply->header.dst_node, kPeer);
+  auto decoded = codecs_.Decode(kCount, reply->payload, *gateway_);
+  ASSERT_TRUE(decoded.ok());
+  EXPECT_EQ(decoded->get_as<Count>(0).value, 15);
+  caf::anon_send_exit(counter, caf::exit_reason::user_shutdown);
+}
+
+TEST_F(GatewayTest, BadInboundRequestsGetErrorReplies) {
+  auto counter = system_.spawn(Counter, int64_t{0});
+  ActorRef ref = gateway_->RefOf(caf::actor_cast<caf::strong_actor_ptr>(counter));
+  gateway_->Publish(caf::actor_cast<caf::strong_actor_ptr>(counter));
+  struct Case {
+    uint64_t dst;
+    uint32_t type;
+    std::string bytes;
+    StatusCode want;
+  };
+  std::vector<Case> cases = {
+      {ref.id(), 4242, std::string(8, '\0'), StatusCode::kInvalidArgument},             // unknown type id
+      {ref.id(), kAdd, std::string(24, '\xff'), StatusCode::kInvalidArgument},          // undecodable
+      {runtime::MakeWireActorId(kIncarnation, 999999), kGet, "", StatusCode::kNotFound}, // never existed
+      {runtime::MakeWireActorId(kIncarnation + 1, 1), kGet, "", StatusCode::kNotFound},  // earlier run
+  };
+  uint64_t id = 100;
+  for (const auto& c : cases) {
+    FrameHeader header;
+    header.dst_actor = c.dst;
+    header.request_id = ++id;
+    header.type_id = c.type;
+    header.flags = runtime::kFlagRequest;
+    transport_.Deliver(kPeer, header, Buffer::CopyOf(c.bytes));
+    // The gateway answers on the delivering thread: the reply is there already.
+    auto sent = transport_.TakeSent();
+    ASSERT_EQ(sent.size(), 1u) << "type " << c.type;
+    EXPECT_EQ(sent[0].header.type_id, runtime::kErrorReply);
+    EXPECT_EQ(sent[0].header.request_id, id);
+    EXPECT_EQ(ErrorIn(sent[0]).code(), c.want) << ErrorIn(sent[0]);
+  }
+  EXPECT_EQ(gateway_->stats().error_replies_sent, cases.size());
+  caf::anon_send_exit(counter, caf::exit_reason::user_shutdown);
+}
+
+TEST_F(GatewayTest, ADownNoticeKillsTheProxyWithTheRemoteReason) {
+  ActorRef ref = gateway_->RefTo(kPeer, 88);
+  std::promise<Status> down;
+  auto fired = down.get_future();
+  ref.Monitor([&down](const Status& s) { down.set_value(s); });
+  capnp::MallocMessageBuilder builder;
+  auto reason = builder.initRoot<runtime::wire::DownNotice>().initReason();
+  reason.setCategory(static_cast<uint64_t>(runtime::kStatusCategory));
+  reason.setCode(static_cast<uint8_t>(StatusCode::kFailedPrecondition));
+  reason.setText("bye");
+  FrameHeader header;
+  header.type_id = runtime::kDownNotice;
+  header.src_actor = 88;
+  transport_.Deliver(kPeer, header, runtime::SerializeToBuffer(builder));
+  ASSERT_EQ(fired.wait_for(5s), std::future_status::ready);
+  EXPECT_EQ(fired.get(), FailedPreconditionError("bye"));
+}
+
+TEST_F(GatewayTest, MonitoringAnActorThatDoesNotExistAnswersDownAtOnce) {
+  FrameHeader header;
+  header.type_id = runtime::kMonitorRequest;
+  header.dst_actor = runtime::MakeWireActorId(kIncarnation, 424242);
+  transport_.Deliver(kPeer, header, Buffer());
+  auto sent = transport_.TakeSent();
+  ASSERT_EQ(sent.size(), 1u);
+  EXPECT_EQ(sent[0].header.type_id, runtime::kDownNotice);
+  EXPECT_EQ(sent[0].header.src_actor, header.dst_actor);
+}
+
+TEST_F(GatewayTest, AWatchedLocalActorThatExitsSendsItsReason) {
+  auto counter = system_.spawn(Counter, int64_t{0});
+  gateway_->Publish(caf::actor_cast<caf::strong_actor_ptr>(counter));
+  ActorRef ref = gateway_->RefOf(caf::actor_cast<caf::strong_actor_ptr>(counter));
+  FrameHeader header;
+  header.type_id = runtime::kMonitorRequest;
+  header.dst_actor = ref.id();
+  transport_.Deliver(kPeer, header, Buffer());
+  caf::anon_send(counter, Quit{StatusCode::kAlreadyExists, "gone"});
+  auto notice = WaitSent(runtime::kDownNotice);
+  ASSERT_TRUE(notice) << "no down notice";
+  EXPECT_EQ(notice->header.src_actor, ref.id());
+  EXPECT_EQ(notice->header.dst_node, kPeer);
+}
+
+}  // namespace
+}  // namespace troupe::testing
