@@ -794,8 +794,13 @@ void Gateway::Tick() {
   std::vector<Pending> timed_out;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    // If this process itself did not run for a good part of the timeout (an overloaded or
+    // suspended host), silence proves nothing about the peers: start their clocks afresh.
+    bool stalled = last_tick_ != Clock::TimePoint() && now - last_tick_ > config_.heartbeat_timeout / 2;
+    last_tick_ = now;
     for (auto& [node, state] : nodes_) {
       if (!state.connected) continue;
+      if (stalled) state.last_seen = now;
       (now - state.last_seen > config_.heartbeat_timeout ? expired : alive).push_back(node);
     }
     while (!deadlines_.empty() && deadlines_.top().first <= now) {

@@ -179,6 +179,7 @@ class Gateway : public RefCodec, public std::enable_shared_from_this<Gateway> {
   std::set<std::pair<uint64_t, NodeId>> watches_;  // (local wire id, watching node)
   std::unordered_set<caf::actor_id> published_;     // local actors put in CAF's registry
   uint64_t next_request_id_ = 0;
+  Clock::TimePoint last_tick_{};
 
   std::atomic<uint64_t> messages_out_{0}, messages_in_{0}, requests_failed_fast_{0},
       error_replies_sent_{0}, dropped_{0}, late_replies_{0}, proxies_{0}, nodes_lost_{0},

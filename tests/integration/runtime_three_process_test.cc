@@ -34,8 +34,9 @@ using runtime::Runtime;
 
 constexpr const char* kToken = "runtime-test-token";
 constexpr NodeId kNodeA = 101, kNodeB = 102, kNodeC = 103;
-constexpr int kHeartbeatMs = 50;
-constexpr int kHeartbeatTimeoutMs = 400;
+// The runtime's defaults: what the failure-detection promises are made for.
+constexpr int kHeartbeatMs = 100;
+constexpr int kHeartbeatTimeoutMs = 1000;
 
 struct Peer {
   std::unique_ptr<ChildProcess> process;

@@ -149,18 +149,35 @@ TEST_F(GatewayTest, HeartbeatsGoToConnectedPeersAndSilenceDisconnects) {
   transport_.Connect(3);
   gateway_->Tick();
   EXPECT_TRUE(WaitSent(runtime::kHeartbeat)) << "no heartbeat";
-  clock_.Advance(600ms);
   FrameHeader beat;
   beat.type_id = runtime::kHeartbeat;
-  transport_.Deliver(3, beat, Buffer());  // node 3 is alive, node 2 is silent
-  clock_.Advance(600ms);
-  gateway_->Tick();
+  for (int round = 1; round <= 6; ++round) {  // ticks every 200 ms up to 1.2 s
+    clock_.Advance(200ms);
+    if (round == 3) transport_.Deliver(3, beat, Buffer());  // node 3 is alive, node 2 is silent
+    gateway_->Tick();
+    if (round < 6) {
+      EXPECT_TRUE(transport_.disconnected().empty()) << "round " << round;
+    }
+  }
   auto disconnected = transport_.disconnected();
   ASSERT_EQ(disconnected.size(), 1u);
   EXPECT_EQ(disconnected[0].first, kPeer);
   EXPECT_EQ(disconnected[0].second.code(), StatusCode::kUnavailable);
   EXPECT_EQ(gateway_->stats().heartbeat_timeouts, 1u);
   EXPECT_EQ(gateway_->stats().nodes_lost, 1u);
+}
+
+TEST_F(GatewayTest, AStalledProcessDoesNotBlameItsPeers) {
+  transport_.Connect(kPeer);
+  gateway_->Tick();
+  clock_.Advance(5s);  // this process did not run at all (suspended, overloaded)
+  gateway_->Tick();
+  EXPECT_TRUE(transport_.disconnected().empty());
+  for (int i = 0; i < 3; ++i) {  // then 1.2 s of silence, ticking normally
+    clock_.Advance(400ms);
+    gateway_->Tick();
+  }
+  EXPECT_EQ(transport_.disconnected().size(), 1u) << "real silence after the stall must still count";
 }
 
 TEST_F(GatewayTest, ThePendingTableIsBoundedAndSwept) {
