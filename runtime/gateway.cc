@@ -151,6 +151,9 @@ void Gateway::Start() {
   auto ptr = caf::make_actor<GatewayActor, caf::actor>(system_.next_actor_id(), system_.node(), &system_, cfg,
                                                       weak_from_this());
   actor_ = std::move(ptr);
+  if (config_.run_actors_on_progress_thread) {
+    executor_ = std::make_unique<internal::ProgressExecutor>(system_, /*max_jobs=*/128, /*max_throughput=*/32);
+  }
 }
 
 void Gateway::Shutdown() {
@@ -443,6 +446,19 @@ void Gateway::OnFrame(NodeId peer, transport::Frame frame) {
   } else {
     Deliver(peer, header, frame.payload);
   }
+  if (executor_) {
+    auto slowest = executor_->Drain();
+    if (slowest > std::chrono::milliseconds(5)) {
+      // At most one warning every 10 s.
+      int64_t now_s = std::chrono::duration_cast<std::chrono::seconds>(clock_.Now().time_since_epoch()).count();
+      int64_t last = last_slow_warning_.load();
+      if (now_s - last >= 10 && last_slow_warning_.compare_exchange_strong(last, now_s)) {
+        spdlog::warn("gateway: an actor held the transport's progress thread for {} ms; spawn actors with long "
+                     "handlers caf::detached (or turn off run_actors_on_progress_thread)",
+                     slowest.count() / 1000);
+      }
+    }
+  }
 }
 
 StatusOr<caf::strong_actor_ptr> Gateway::LocalActor(uint64_t wire_id) const {
@@ -491,7 +507,7 @@ void Gateway::Deliver(NodeId peer, const FrameHeader& header, const Buffer& payl
   caf::strong_actor_ptr sender = header.src_actor != 0 ? ProxyFor(peer, header.src_actor) : nullptr;
   caf::message_id mid = request ? RequestMessageId(header.request_id) : caf::make_message_id();
   ++messages_in_;
-  (*dest)->enqueue(caf::make_mailbox_element(std::move(sender), mid, {}, std::move(msg).value()), nullptr);
+  (*dest)->enqueue(caf::make_mailbox_element(std::move(sender), mid, {}, std::move(msg).value()), executor_.get());
 }
 
 void Gateway::OnResponse(NodeId peer, const FrameHeader& header, const Buffer& payload) {
@@ -554,7 +570,7 @@ void Gateway::OnResponse(NodeId peer, const FrameHeader& header, const Buffer& p
   auto sender = ExistingProxy(peer, header.src_actor);
   if (pending.src) {
     pending.src->enqueue(caf::make_mailbox_element(std::move(sender), pending.mid.response_id(), {}, std::move(reply)),
-                         nullptr);
+                         executor_.get());
   }
 }
 

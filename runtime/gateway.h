@@ -23,6 +23,7 @@
 #include "common/status.h"
 #include "runtime/actor_ref.h"
 #include "runtime/codec.h"
+#include "runtime/internal/progress_executor.h"
 #include "transport/transport.h"
 
 namespace troupe::runtime {
@@ -37,6 +38,12 @@ struct GatewayConfig {
   /// A connected node that sent nothing (not even a heartbeat) for this long is disconnected
   /// and counts as lost.
   std::chrono::milliseconds heartbeat_timeout{1000};
+  /// Run an actor woken by a frame on the transport's progress thread (up to 32 messages a
+  /// turn, then CAF's workers take over) instead of waking a CAF worker: a round trip then
+  /// crosses no thread. Actors with long handlers should be spawned `caf::detached` (they
+  /// keep their own thread): a handler that holds the progress thread delays this node's
+  /// heartbeats and traffic.
+  bool run_actors_on_progress_thread = true;
 };
 
 /// Counters since start; read from any thread.
@@ -168,7 +175,9 @@ class Gateway : public RefCodec, public std::enable_shared_from_this<Gateway> {
   const NodeId self_;
   const uint32_t incarnation_;
   caf::actor actor_;
+  std::unique_ptr<internal::ProgressExecutor> executor_;  // progress thread only
   ControlHandler* control_ = nullptr;
+  std::atomic<int64_t> last_slow_warning_{0};
   std::atomic<bool> stopped_{false};
 
   mutable std::mutex mu_;  // guards everything below; never held while calling CAF or the transport

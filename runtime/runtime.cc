@@ -74,6 +74,7 @@ Status Runtime::StartImpl() {
   gcfg.request_ttl = config_.request_ttl;
   gcfg.max_pending_requests = config_.max_pending_requests;
   gcfg.heartbeat_timeout = config_.heartbeat_timeout;
+  gcfg.run_actors_on_progress_thread = config_.run_actors_on_progress_thread;
   gateway_ = std::make_shared<Gateway>(*system_, *transport_, codecs_, gcfg, clock_, incarnation_);
   gateway_->Start();
   gateway_->set_control_handler(this);

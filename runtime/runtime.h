@@ -44,6 +44,8 @@ struct RuntimeConfig {
   /// See GatewayConfig.
   std::chrono::milliseconds request_ttl{60000};
   size_t max_pending_requests = size_t{1} << 20;
+  /// See GatewayConfig::run_actors_on_progress_thread.
+  bool run_actors_on_progress_thread = true;
 };
 
 /// InvalidArgument naming the field if `config` cannot work.
