@@ -12,12 +12,30 @@
 namespace troupe::runtime {
 
 Buffer SerializeToBuffer(capnp::MessageBuilder& builder) {
-  auto* words = new kj::Array<capnp::word>(capnp::messageToFlatArray(builder));
-  return Buffer(reinterpret_cast<uint8_t*>(words->begin()), words->size() * sizeof(capnp::word),
-                [words](uint8_t*, size_t) { delete words; });
+  // The standard flat layout, written straight into one (64-byte aligned) buffer: a segment
+  // table of little-endian uint32 (count - 1, then each size in words, padded to a word),
+  // then the segments.
+  auto segments = builder.getSegmentsForOutput();
+  size_t table_words = (segments.size() + 2) / 2;
+  size_t words = table_words;
+  for (const auto& segment : segments) words += segment.size();
+  Buffer out = Buffer::Allocate(words * sizeof(capnp::word));
+  uint8_t* p = out.data();
+  auto put32 = [&p](uint32_t v) {
+    for (int i = 0; i < 4; ++i) *p++ = static_cast<uint8_t>(v >> (8 * i));
+  };
+  put32(static_cast<uint32_t>(segments.size() - 1));
+  for (const auto& segment : segments) put32(static_cast<uint32_t>(segment.size()));
+  if (segments.size() % 2 == 0) put32(0);
+  for (const auto& segment : segments) {
+    std::memcpy(p, segment.begin(), segment.size() * sizeof(capnp::word));
+    p += segment.size() * sizeof(capnp::word);
+  }
+  return out;
 }
 
-Status CodecRegistry::Insert(std::shared_ptr<Entry> entry, std::type_index type, bool reserved_ok) {
+Status CodecRegistry::Insert(std::shared_ptr<Entry> entry, const std::type_info& type_info, bool reserved_ok) {
+  std::type_index type(type_info);
   if (entry->type_id == 0 || (!reserved_ok && entry->type_id < kFirstUserTypeId)) {
     return InvalidArgumentError("codec '" + entry->name + "': type id " + std::to_string(entry->type_id) +
                                 " is reserved (application types start at " +
@@ -34,6 +52,7 @@ Status CodecRegistry::Insert(std::shared_ptr<Entry> entry, std::type_index type,
   std::shared_ptr<const Entry> shared = std::move(entry);
   by_id_.emplace(shared->type_id, shared);
   by_type_.emplace(type, shared);
+  by_type_info_.emplace(&type_info, shared);
   return OkStatus();
 }
 
@@ -43,14 +62,25 @@ StatusOr<EncodedMessage> CodecRegistry::Encode(const caf::message& msg, RefCodec
                                 " cannot cross nodes: only one-element messages of a registered type can");
   }
   const std::type_info* info = msg.type(0).second;
-  auto it = info ? by_type_.find(std::type_index(*info)) : by_type_.end();
-  if (it == by_type_.end()) {
+  const Entry* found = nullptr;
+  if (info != nullptr) {
+    // type_info objects are normally unique per type: try the pointer before hashing the name.
+    if (auto fast = by_type_info_.find(info); fast != by_type_info_.end()) {
+      found = fast->second.get();
+    } else if (auto slow = by_type_.find(std::type_index(*info)); slow != by_type_.end()) {
+      found = slow->second.get();
+    }
+  }
+  if (found == nullptr) {
     return InvalidArgumentError("message " + caf::to_string(msg) +
                                 " has no codec: register its type with CodecRegistry::Add");
   }
-  const Entry& entry = *it->second;
+  const Entry& entry = *found;
   try {
-    capnp::MallocMessageBuilder builder(64);
+    // Small messages are built in zeroed stack space: no allocation besides the output.
+    capnp::word scratch[64];
+    std::memset(scratch, 0, sizeof scratch);
+    capnp::MallocMessageBuilder builder(kj::arrayPtr(scratch, 64));
     entry.encode(msg, builder, refs);
     return EncodedMessage{entry.type_id, SerializeToBuffer(builder)};
   } catch (const kj::Exception& e) {

@@ -107,13 +107,14 @@ class CodecRegistry {
       if (!value.ok()) return value.status();
       return caf::make_message(std::move(value).value());
     };
-    return Insert(std::move(entry), std::type_index(typeid(T)), reserved_ok);
+    return Insert(std::move(entry), typeid(T), reserved_ok);
   }
 
-  Status Insert(std::shared_ptr<Entry> entry, std::type_index type, bool reserved_ok);
+  Status Insert(std::shared_ptr<Entry> entry, const std::type_info& type, bool reserved_ok);
 
   std::unordered_map<uint32_t, std::shared_ptr<const Entry>> by_id_;
   std::unordered_map<std::type_index, std::shared_ptr<const Entry>> by_type_;
+  std::unordered_map<const std::type_info*, std::shared_ptr<const Entry>> by_type_info_;
 };
 
 }  // namespace troupe::runtime

@@ -279,10 +279,10 @@ void Gateway::OnForward(caf::strong_actor_ptr src, const caf::strong_actor_ptr& 
     header.flags = kFlagRequest;
     header.request_id = request_id;
     header.type_id = encoded->type_id;
-    std::weak_ptr<Gateway> weak = weak_from_this();
-    SendFrame(*node, header, std::move(encoded->payload), [weak, request_id](const Status& status) {
-      if (status.ok()) return;
-      if (auto self = weak.lock()) self->FailPending(request_id, status);
+    // `this` outlives every send callback: the runtime stops the transport (which completes
+    // them all) before it destroys the gateway. Two words fit std::function's inline storage.
+    SendFrame(*node, header, std::move(encoded->payload), [this, request_id](const Status& status) {
+      if (!status.ok()) FailPending(request_id, status);
     });
     return;
   }

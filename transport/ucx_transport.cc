@@ -542,6 +542,25 @@ void UcxTransport::Impl::RunOnProgressThread(std::function<void()> fn) {
 
 bool UcxTransport::Impl::DrainCommands() {
   bool any = false;
+  auto run_local = [&] {
+    while (!local_.empty()) {
+      std::vector<Command> mine;
+      mine.swap(local_);
+      for (auto& cmd : mine) {
+        any = true;
+        if (cmd.fn) {
+          cmd.fn();
+        } else {
+          ExecuteSend(std::move(cmd));
+        }
+      }
+    }
+  };
+  // Sends issued by handlers during the last progress go first: another thread may already be
+  // reacting to what those handlers did (a reply it waited for), and its sends must not
+  // overtake them (a monitor request must reach the peer before the message that kills the
+  // monitored actor).
+  run_local();
   std::vector<Command> batch;
   if (has_incoming_.load(std::memory_order_acquire)) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -556,19 +575,8 @@ bool UcxTransport::Impl::DrainCommands() {
       ExecuteSend(std::move(cmd));
     }
   }
-  // Sends issued by handlers (and by fns above) while we ran.
-  while (!local_.empty()) {
-    std::vector<Command> mine;
-    mine.swap(local_);
-    for (auto& cmd : mine) {
-      any = true;
-      if (cmd.fn) {
-        cmd.fn();
-      } else {
-        ExecuteSend(std::move(cmd));
-      }
-    }
-  }
+  // Sends issued by the fns above.
+  run_local();
   return any;
 }
 
