@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/cluster_commands.h"
 #include "common/child_process.h"
 #include "common/logging.h"
 #include "transport/ucx_transport.h"
@@ -36,6 +37,11 @@ using Clock = std::chrono::steady_clock;
 constexpr const char* kUsage = R"(usage: troupe <command> [options]
 
 commands:
+  up -c FILE            start the head and every node of FILE here; restart what crashes; Ctrl-C stops
+  down -c FILE          stop the cluster that `troupe up -c FILE` started
+  status -c FILE        the cluster's nodes: state, address, resources, heartbeat (--json for scripts)
+  head -c FILE          run the head of the cluster in FILE
+  node -c FILE --name N run node N of the cluster in FILE (--head HOST:PORT overrides the head address)
   demo        start a second troupe process and exchange frames with it over UCX
   version     print the version
   help        print this text
@@ -278,6 +284,11 @@ int main(int argc, char** argv) {
   // The demo talks to its peer over a pipe; a closed pipe must not kill it.
   signal(SIGPIPE, SIG_IGN);
   if (command == "demo") return troupe::cli::RunDemo(rest, "/proc/self/exe");
+  if (command == "head") return troupe::cli::RunHead(rest);
+  if (command == "node") return troupe::cli::RunNode(rest);
+  if (command == "up") return troupe::cli::RunUp(rest, "/proc/self/exe");
+  if (command == "down") return troupe::cli::RunDown(rest);
+  if (command == "status") return troupe::cli::RunStatus(rest);
   if (command == "demo-peer") return troupe::cli::RunDemoPeer(rest);
   std::cerr << "troupe: unknown command '" << command << "'\n\n" << troupe::cli::kUsage;
   return 2;

@@ -849,6 +849,13 @@ void Gateway::Tick() {
   for (auto& p : timed_out) p.done(DeadlineExceededError("no reply from " + DescribeNode(p.node) + " in time"));
 }
 
+std::optional<Clock::Duration> Gateway::Silence(NodeId node) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = nodes_.find(node);
+  if (it == nodes_.end() || !it->second.connected) return std::nullopt;
+  return clock_.Now() - it->second.last_seen;
+}
+
 GatewayStats Gateway::stats() const {
   GatewayStats s;
   s.messages_out = messages_out_;

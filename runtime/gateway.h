@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <queue>
 #include <set>
 #include <string>
@@ -125,6 +126,8 @@ class Gateway : public RefCodec, public std::enable_shared_from_this<Gateway> {
                       RefCallback done);
 
   GatewayStats stats() const;
+  /// How long nothing has come from `node` (nullopt if it is not connected).
+  std::optional<Clock::Duration> Silence(NodeId node) const;
 
  private:
   struct Pending {

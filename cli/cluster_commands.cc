@@ -1,0 +1,354 @@
+// troupe head | node | up | down | status.
+#include "cli/cluster_commands.h"
+
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <condition_variable>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <thread>
+
+#include "cluster/client.h"
+#include "cluster/config.h"
+#include "cluster/head.h"
+#include "cluster/node_agent.h"
+#include "common/child_process.h"
+#include "common/logging.h"
+
+namespace troupe::cli {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct CommonArgs {
+  std::string config_path;
+  std::string name;
+  std::string head;
+  std::string log_level;
+  bool json = false;
+};
+
+StatusOr<CommonArgs> ParseArgs(const std::vector<std::string>& args, const std::string& command, bool wants_name) {
+  CommonArgs out;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    auto value = [&]() -> StatusOr<std::string> {
+      if (i + 1 >= args.size()) return InvalidArgumentError(command + ": " + a + " needs a value");
+      return args[++i];
+    };
+    if (a == "-c" || a == "--config") {
+      ASSIGN_OR_RETURN(out.config_path, value());
+    } else if (a == "--name" && wants_name) {
+      ASSIGN_OR_RETURN(out.name, value());
+    } else if (a == "--head") {
+      ASSIGN_OR_RETURN(out.head, value());
+    } else if (a == "--log-level") {
+      ASSIGN_OR_RETURN(out.log_level, value());
+    } else if (a == "--json") {
+      out.json = true;
+    } else {
+      return InvalidArgumentError(command + ": unknown argument '" + a + "'");
+    }
+  }
+  if (out.config_path.empty()) return InvalidArgumentError(command + ": -c FILE (the cluster config) is required");
+  if (wants_name && out.name.empty()) return InvalidArgumentError(command + ": --name NODE is required");
+  return out;
+}
+
+// SIGINT/SIGTERM are blocked in every thread and taken by one waiter thread, which calls `on_signal`.
+class SignalWaiter {
+ public:
+  SignalWaiter() {
+    sigemptyset(&set_);
+    sigaddset(&set_, SIGINT);
+    sigaddset(&set_, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set_, nullptr);
+  }
+  void Start(std::function<void(int)> on_signal) {
+    thread_ = std::thread([this, on_signal] {
+      int sig = 0;
+      sigwait(&set_, &sig);
+      if (!done_) on_signal(sig);
+    });
+  }
+  ~SignalWaiter() {
+    done_ = true;
+    if (thread_.joinable()) {
+      pthread_kill(thread_.native_handle(), SIGTERM);
+      thread_.join();
+    }
+  }
+
+ private:
+  sigset_t set_;
+  std::thread thread_;
+  std::atomic<bool> done_{false};
+};
+
+StatusOr<cluster::ClusterConfig> Load(const CommonArgs& args) {
+  auto config = cluster::LoadClusterConfig(args.config_path);
+  if (!config.ok()) return config.status();
+  std::string level = args.log_level.empty() ? config->log_level : args.log_level;
+  RETURN_IF_ERROR(InitLogging(level));
+  return config;
+}
+
+int Fail(const std::string& command, const Status& status) {
+  std::cerr << "troupe " << command << ": " << status.message() << "\n";
+  return status.code() == StatusCode::kInvalidArgument ? 2 : 1;
+}
+
+std::string Bytes(uint64_t b) {
+  char buf[32];
+  if (b >= (1ull << 30)) std::snprintf(buf, sizeof buf, "%.1fGiB", b / double(1ull << 30));
+  else if (b >= (1ull << 20)) std::snprintf(buf, sizeof buf, "%.0fMiB", b / double(1ull << 20));
+  else std::snprintf(buf, sizeof buf, "%lluB", static_cast<unsigned long long>(b));
+  return buf;
+}
+
+std::string JsonString(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\', out += c;
+    else if (static_cast<unsigned char>(c) < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    } else out += c;
+  }
+  return out + "\"";
+}
+
+}  // namespace
+
+int RunHead(const std::vector<std::string>& argv) {
+  auto args = ParseArgs(argv, "head", false);
+  if (!args.ok()) return Fail("head", args.status());
+  SignalWaiter signals;
+  auto config = Load(*args);
+  if (!config.ok()) return Fail("head", config.status());
+  auto head = cluster::Head::Start(*config);
+  if (!head.ok()) return Fail("head", head.status());
+  std::cout << "READY " << (*head)->node_id() << " " << (*head)->address() << std::endl;
+  spdlog::info("head of cluster '{}' listening on {}", config->name, (*head)->address());
+  std::promise<int> stop;
+  signals.Start([&stop](int sig) { stop.set_value(sig); });
+  int sig = stop.get_future().get();
+  spdlog::info("head: stopping ({})", strsignal(sig));
+  (*head)->Stop();
+  return 0;
+}
+
+int RunNode(const std::vector<std::string>& argv) {
+  auto args = ParseArgs(argv, "node", true);
+  if (!args.ok()) return Fail("node", args.status());
+  SignalWaiter signals;
+  auto config = Load(*args);
+  if (!config.ok()) return Fail("node", config.status());
+  auto agent = cluster::NodeAgent::Start(*config, args->name, args->head);
+  if (!agent.ok()) return Fail("node", agent.status());
+  signals.Start([&agent](int) { (*agent)->Stop(); });
+  bool first = true;
+  (*agent)->Run([&](const cluster::JoinReply& reply) {
+    if (first) std::cout << "JOINED " << reply.cluster_name << " " << args->name << std::endl;
+    first = false;
+    spdlog::info("node {} joined cluster '{}'", args->name, reply.cluster_name);
+  });
+  return 0;
+}
+
+int RunStatus(const std::vector<std::string>& argv) {
+  auto args = ParseArgs(argv, "status", false);
+  if (!args.ok()) return Fail("status", args.status());
+  if (args->log_level.empty()) args->log_level = "warn";
+  auto config = Load(*args);
+  if (!config.ok()) return Fail("status", config.status());
+  auto client = cluster::Client::Connect(*config, args->head, 3s);
+  if (!client.ok()) return Fail("status", client.status());
+  auto list = (*client)->ListNodes(5s);
+  if (!list.ok()) return Fail("status", list.status());
+  if (args->json) {
+    std::ostringstream out;
+    out << "{\"cluster\": " << JsonString(list->cluster_name) << ", \"head\": " << JsonString((*client)->head_address())
+        << ", \"nodes\": [";
+    for (size_t i = 0; i < list->nodes.size(); ++i) {
+      const auto& n = list->nodes[i];
+      out << (i ? ", " : "") << "{\"name\": " << JsonString(n.name) << ", \"node_id\": " << n.node_id
+          << ", \"state\": " << JsonString(n.state) << ", \"address\": " << JsonString(n.address)
+          << ", \"pid\": " << n.pid << ", \"cpus\": " << n.cpus << ", \"memory_bytes\": " << n.memory_bytes
+          << ", \"slice_memory_bytes\": " << n.slice_memory_bytes << ", \"joins\": " << n.joins
+          << ", \"heartbeat_age_ms\": " << n.heartbeat_age_ms << ", \"reason\": " << JsonString(n.reason)
+          << ", \"gpus\": [";
+      for (size_t g = 0; g < n.gpus.size(); ++g) {
+        out << (g ? ", " : "") << "{\"name\": " << JsonString(n.gpus[g].name)
+            << ", \"memory_bytes\": " << n.gpus[g].memory_bytes
+            << ", \"simulated\": " << (n.gpus[g].simulated ? "true" : "false") << "}";
+      }
+      out << "]}";
+    }
+    out << "]}";
+    std::cout << out.str() << std::endl;
+    return 0;
+  }
+  std::printf("cluster %s, head at %s\n\n", list->cluster_name.c_str(), (*client)->head_address().c_str());
+  std::printf("%-12s %-8s %-22s %7s %5s %9s  %-28s %6s %9s\n", "NODE", "STATE", "ADDRESS", "PID", "CPUS", "MEMORY",
+              "GPUS", "JOINS", "HEARTBEAT");
+  for (const auto& n : list->nodes) {
+    std::string gpus;
+    for (const auto& g : n.gpus) gpus += (gpus.empty() ? "" : ",") + Bytes(g.memory_bytes) + (g.simulated ? "(sim)" : "");
+    if (gpus.empty()) gpus = "-";
+    std::string age = n.heartbeat_age_ms < 0 ? "-" : std::to_string(n.heartbeat_age_ms) + "ms";
+    std::printf("%-12s %-8s %-22s %7lld %5u %9s  %-28s %6llu %9s\n", n.name.c_str(), n.state.c_str(), n.address.c_str(),
+                static_cast<long long>(n.pid), n.cpus, Bytes(n.memory_bytes).c_str(), gpus.c_str(),
+                static_cast<unsigned long long>(n.joins), age.c_str());
+    if (n.state == "dead" && !n.reason.empty()) std::printf("    %s\n", n.reason.c_str());
+  }
+  return 0;
+}
+
+int RunUp(const std::vector<std::string>& argv, const std::string& self_path) {
+  auto args = ParseArgs(argv, "up", false);
+  if (!args.ok()) return Fail("up", args.status());
+  SignalWaiter signals;
+  auto config = Load(*args);
+  if (!config.ok()) return Fail("up", config.status());
+  if (config->head.data_dir.empty()) {
+    return Fail("up", InvalidArgumentError(config->source + ": head.data_dir is required"));
+  }
+  std::string pid_file = config->head.data_dir + "/up.pid";
+  std::error_code ec;
+  std::filesystem::create_directories(config->head.data_dir, ec);
+  if (ec) return Fail("up", InvalidArgumentError("cannot create " + config->head.data_dir + ": " + ec.message()));
+  std::ofstream(pid_file) << getpid() << "\n";
+
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stopping = false;
+  signals.Start([&](int sig) {
+    spdlog::info("up: {}: stopping the cluster", strsignal(sig));
+    std::lock_guard<std::mutex> lock(mu);
+    stopping = true;
+    cv.notify_all();
+  });
+
+  struct Member {
+    std::string label;
+    std::vector<std::string> argv;
+    std::string ready_prefix;
+    std::unique_ptr<ChildProcess> process;
+    int restarts = 0;
+  };
+  std::vector<Member> members;
+  std::vector<std::string> common = {"-c", args->config_path};
+  if (!args->log_level.empty()) common.insert(common.end(), {"--log-level", args->log_level});
+  Member head{"head", {self_path, "head"}, "READY ", nullptr, 0};
+  head.argv.insert(head.argv.end(), common.begin(), common.end());
+  members.push_back(std::move(head));
+  for (const auto& node : config->nodes) {
+    Member m{"node " + node.name, {self_path, "node", "--name", node.name}, "JOINED ", nullptr, 0};
+    m.argv.insert(m.argv.end(), common.begin(), common.end());
+    members.push_back(std::move(m));
+  }
+
+  auto start = [&](Member& m) -> Status {
+    ASSIGN_OR_RETURN(m.process, ChildProcess::Spawn(m.argv));
+    auto line = m.process->ReadLineWithPrefix(m.ready_prefix, 30s);
+    if (!line.ok()) return Status(line.status().code(), m.label + " did not start: " + line.status().message());
+    return OkStatus();
+  };
+  auto t0 = std::chrono::steady_clock::now();
+  for (auto& m : members) {
+    Status s = start(m);
+    if (!s.ok()) {
+      for (auto& other : members) {
+        if (other.process) other.process->Signal(SIGTERM);
+      }
+      return Fail("up", s);
+    }
+    std::printf("%-14s pid %d\n", m.label.c_str(), m.process->pid());
+    std::fflush(stdout);
+  }
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+  auto head_address = cluster::ResolveHeadAddress(*config, "");
+  std::printf("cluster %s up: head at %s, %zu node(s) joined in %lld ms (Ctrl-C stops it; `troupe status -c %s`)\n",
+              config->name.c_str(), head_address.ok() ? head_address->c_str() : "?", config->nodes.size(),
+              static_cast<long long>(ms), args->config_path.c_str());
+  std::fflush(stdout);
+
+  // Supervise: a member that exits is started again (with a bounded back-off).
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      if (cv.wait_for(lock, 100ms, [&] { return stopping; })) break;
+    }
+    for (auto& m : members) {
+      auto exited = m.process->Wait(0ms);
+      if (!exited.ok()) continue;  // still running
+      ++m.restarts;
+      std::string how = WIFSIGNALED(*exited) ? "killed by signal " + std::to_string(WTERMSIG(*exited))
+                                             : "exit code " + std::to_string(WEXITSTATUS(*exited));
+      spdlog::warn("up: {} (pid {}) exited ({}); restarting it (restart #{})", m.label, m.process->pid(), how,
+                   m.restarts);
+      std::printf("%s exited (%s); restarting (#%d)\n", m.label.c_str(), how.c_str(), m.restarts);
+      std::fflush(stdout);
+      Status s = start(m);
+      if (!s.ok()) spdlog::error("up: {}", s.ToString());
+    }
+  }
+  // Orderly stop: nodes first, then the head.
+  for (auto it = members.rbegin(); it != members.rend(); ++it) {
+    if (it->process) it->process->Signal(SIGTERM);
+  }
+  for (auto it = members.rbegin(); it != members.rend(); ++it) {
+    if (it->process && !it->process->Wait(10s).ok()) it->process->Signal(SIGKILL);
+  }
+  std::remove(pid_file.c_str());
+  std::printf("cluster %s stopped\n", config->name.c_str());
+  return 0;
+}
+
+int RunDown(const std::vector<std::string>& argv) {
+  auto args = ParseArgs(argv, "down", false);
+  if (!args.ok()) return Fail("down", args.status());
+  auto config = cluster::LoadClusterConfig(args->config_path);
+  if (!config.ok()) return Fail("down", config.status());
+  std::string pid_file = config->head.data_dir + "/up.pid";
+  std::ifstream in(pid_file);
+  pid_t pid = 0;
+  if (!(in >> pid) || pid <= 0) {
+    return Fail("down", NotFoundError("no running `troupe up` for " + args->config_path + " (no " + pid_file + ")"));
+  }
+  if (kill(pid, SIGTERM) != 0) {
+    std::remove(pid_file.c_str());
+    return Fail("down", NotFoundError("`troupe up` (pid " + std::to_string(pid) + ") is not running"));
+  }
+  // Running means: it exists and is not a zombie (an exited child its parent has not reaped).
+  auto running = [pid] {
+    if (kill(pid, 0) != 0) return false;
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string text((std::istreambuf_iterator<char>(stat)), {});
+    auto close = text.rfind(')');
+    return close == std::string::npos || close + 2 >= text.size() || text[close + 2] != 'Z';
+  };
+  auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (running() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(50ms);  // waiting for another process to exit: nothing to block on
+  }
+  if (running()) return Fail("down", UnavailableError("`troupe up` (pid " + std::to_string(pid) + ") did not stop in 20 s"));
+  std::cout << "cluster " << config->name << " stopped\n";
+  return 0;
+}
+
+}  // namespace troupe::cli

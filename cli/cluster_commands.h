@@ -1,0 +1,15 @@
+// The cluster commands of the troupe CLI: head, node, up, down, status.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace troupe::cli {
+
+int RunHead(const std::vector<std::string>& args);
+int RunNode(const std::vector<std::string>& args);
+int RunUp(const std::vector<std::string>& args, const std::string& self_path);
+int RunDown(const std::vector<std::string>& args);
+int RunStatus(const std::vector<std::string>& args);
+
+}  // namespace troupe::cli

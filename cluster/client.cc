@@ -1,0 +1,46 @@
+// Client.
+#include "cluster/client.h"
+
+#include <unistd.h>
+
+#include <chrono>
+
+#include "cluster/head.h"
+#include "runtime/node_identity.h"
+
+namespace troupe::cluster {
+
+StatusOr<std::unique_ptr<Client>> Client::Connect(const ClusterConfig& config, const std::string& head_address,
+                                                  std::chrono::milliseconds timeout) {
+  std::unique_ptr<Client> client(new Client());
+  ASSIGN_OR_RETURN(client->head_address_, ResolveHeadAddress(config, head_address));
+  auto now = std::chrono::steady_clock::now().time_since_epoch().count();
+  std::string name = "client-" + std::to_string(getpid()) + "-" + std::to_string(now);
+  ASSIGN_OR_RETURN(client->runtime_,
+                   runtime::Runtime::Start(RuntimeConfigFor(config, name, runtime::NodeIdFromName(name), "127.0.0.1:0"),
+                                           ClusterCodecs()));
+  runtime::NodeId head_id = HeadNodeId(config);
+  client->runtime_->AddNode(head_id, client->head_address_);
+  auto head = client->runtime_->LookupName(head_id, kHeadActorName, timeout);
+  if (!head.ok()) {
+    return UnavailableError("cannot reach the head of cluster '" + config.name + "' at " + client->head_address_ +
+                            ": " + head.status().message() + " (is the cluster up? `troupe up -c " + config.source + "`)");
+  }
+  client->head_ = *head;
+  return client;
+}
+
+Client::~Client() {
+  if (runtime_) runtime_->Stop();
+}
+
+StatusOr<NodeList> Client::ListNodes(std::chrono::milliseconds timeout) {
+  return head_.Request<NodeList>(cluster::ListNodes{}, timeout);
+}
+
+StatusOr<runtime::ActorRef> Client::Lookup(runtime::NodeId node, const std::string& name,
+                                           std::chrono::milliseconds timeout) {
+  return runtime_->LookupName(node, name, timeout);
+}
+
+}  // namespace troupe::cluster

@@ -1,0 +1,204 @@
+// The head.
+#include "cluster/head.h"
+
+#include <caf/all.hpp>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "cluster/messages.h"
+#include "runtime/node_identity.h"
+#include "storage/table.h"
+
+namespace troupe::storage {
+template <>
+struct ValueCodec<cluster::NodeRecord> {
+  static std::string Encode(const cluster::NodeRecord& r) { return cluster::EncodeNodeRecord(r); }
+  static StatusOr<cluster::NodeRecord> Decode(std::string_view b) { return cluster::DecodeNodeRecord(b); }
+};
+}  // namespace troupe::storage
+
+namespace troupe::cluster {
+
+namespace {
+
+int64_t UnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+struct ControllerState {
+  ClusterConfig config;
+  runtime::Runtime* runtime = nullptr;
+  storage::LmdbEnv* env = nullptr;
+  std::optional<storage::Table<std::string, NodeRecord>> table;
+  std::map<std::string, NodeRecord> nodes;
+  std::map<std::string, runtime::ActorRef> agents;
+
+  void Persist(const NodeRecord& record) {
+    auto txn = env->BeginWrite();
+    Status s = txn.ok() ? table->Put(*txn, record.name, record) : txn.status();
+    if (s.ok()) s = txn->Commit();
+    if (!s.ok()) spdlog::error("head: cannot store node '{}': {}", record.name, s.ToString());
+  }
+};
+
+caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerState init) {
+  self->state = std::move(init);
+  self->set_down_handler([self](caf::down_msg& msg) {
+    auto& st = self->state;
+    for (auto& [name, agent] : st.agents) {
+      if (agent.handle() && agent.handle().address() == msg.source) {
+        auto& record = st.nodes[name];
+        record.state = "dead";
+        record.reason = runtime::ToStatus(msg.reason).ToString();
+        record.last_change_unix_ms = UnixMs();
+        spdlog::warn("head: node '{}' is dead: {}", name, record.reason);
+        st.Persist(record);
+        st.agents.erase(name);
+        break;
+      }
+    }
+  });
+  return {
+      [self](JoinRequest& join) -> caf::result<JoinReply> {
+        auto& st = self->state;
+        NodeRecord record = join.node;
+        if (record.name.empty()) return runtime::ToCafError(InvalidArgumentError("join: empty node name"));
+        auto known = st.nodes.find(record.name);
+        record.joins = known == st.nodes.end() ? 1 : known->second.joins + 1;
+        record.state = "alive";
+        record.reason.clear();
+        record.last_change_unix_ms = UnixMs();
+        if (!st.config.FindNode(record.name)) {
+          spdlog::warn("head: node '{}' is not in {}; accepting it anyway", record.name, st.config.source);
+        }
+        st.nodes[record.name] = record;
+        if (auto old = st.agents.find(record.name); old != st.agents.end()) self->demonitor(old->second.handle());
+        st.agents[record.name] = join.agent;
+        self->monitor(join.agent.handle());
+        st.Persist(record);
+        spdlog::info("head: node '{}' ({}) joined from {} (join #{})", record.name, record.node_id, record.address,
+                     record.joins);
+        return JoinReply{st.config.name, record.node_id};
+      },
+      [self](ListNodes&) -> NodeList {
+        auto& st = self->state;
+        NodeList list;
+        list.cluster_name = st.config.name;
+        for (auto [name, record] : st.nodes) {
+          auto silence = st.runtime->gateway().Silence(record.node_id);
+          record.heartbeat_age_ms =
+              silence ? std::chrono::duration_cast<std::chrono::milliseconds>(*silence).count() : -1;
+          if (record.state == "alive" && silence && *silence > st.config.failure_timeout / 2) record.state = "suspect";
+          list.nodes.push_back(std::move(record));
+        }
+        return list;
+      },
+  };
+}
+
+}  // namespace
+
+runtime::NodeId HeadNodeId(const ClusterConfig& config) { return runtime::NodeIdFromName("troupe-head/" + config.name); }
+runtime::NodeId NodeIdOf(const ClusterConfig& config, const std::string& node_name) {
+  return runtime::NodeIdFromName("troupe-node/" + config.name + "/" + node_name);
+}
+
+StatusOr<std::string> ResolveHeadAddress(const ClusterConfig& config, const std::string& override_address) {
+  if (!override_address.empty()) return override_address;
+  if (config.head.port != 0) return config.head.address + ":" + std::to_string(config.head.port);
+  std::string file = config.head.data_dir + "/head.address";
+  std::ifstream in(file);
+  std::string address;
+  if (!in || !std::getline(in, address) || address.empty()) {
+    return UnavailableError("head.port is 0 and " + file + " does not say where the head listens (is it running?)");
+  }
+  return address;
+}
+
+runtime::RuntimeConfig RuntimeConfigFor(const ClusterConfig& config, const std::string& name, runtime::NodeId id,
+                                        const std::string& listen_address) {
+  runtime::RuntimeConfig rc;
+  rc.node_name = name;
+  rc.node_id = id;
+  rc.transport.cluster_token = config.token;
+  rc.transport.listen_address = listen_address;
+  rc.heartbeat_interval = config.heartbeat_interval;
+  rc.heartbeat_timeout = config.failure_timeout;
+  return rc;
+}
+
+runtime::CodecRegistry ClusterCodecs() {
+  runtime::CodecRegistry codecs;
+  Status s = AddClusterCodecs(codecs);
+  if (!s.ok()) spdlog::critical("cluster codecs: {}", s.ToString());
+  return codecs;
+}
+
+StatusOr<std::unique_ptr<Head>> Head::Start(const ClusterConfig& config) {
+  if (config.head.data_dir.empty()) {
+    return InvalidArgumentError(config.source + ": head.data_dir is required (the head keeps its state there)");
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(config.head.data_dir, ec);
+  if (ec) return InvalidArgumentError("head.data_dir: cannot create " + config.head.data_dir + ": " + ec.message());
+  std::unique_ptr<Head> head(new Head());
+  storage::LmdbOptions options;
+  options.path = config.head.data_dir;
+  options.map_size = uint64_t{256} << 20;
+  ASSIGN_OR_RETURN(head->env_, storage::LmdbEnv::Open(options));
+  ASSIGN_OR_RETURN(auto table, (storage::Table<std::string, NodeRecord>::Open(*head->env_, "nodes")));
+
+  ControllerState init;
+  init.config = config;
+  init.env = head->env_.get();
+  init.table = table;
+  {
+    ASSIGN_OR_RETURN(auto txn, head->env_->BeginRead());
+    RETURN_IF_ERROR(table.ForEach(txn, [&](const std::string& name, const NodeRecord& stored) {
+      NodeRecord record = stored;
+      if (record.state != "dead") record.state = "unknown";
+      init.nodes[name] = record;
+      return true;
+    }));
+  }
+  if (!init.nodes.empty()) {
+    spdlog::info("head: recovered {} node(s) from {}", init.nodes.size(), config.head.data_dir);
+  }
+
+  std::string listen = config.head.address + ":" + std::to_string(config.head.port);
+  ASSIGN_OR_RETURN(head->runtime_,
+                   runtime::Runtime::Start(RuntimeConfigFor(config, "head", HeadNodeId(config), listen), ClusterCodecs()));
+  init.runtime = head->runtime_.get();
+  // Detached: it writes LMDB (fsync) and must not hold the transport's progress thread.
+  head->controller_ = head->runtime_->system().spawn<caf::detached>(Controller, std::move(init));
+  RETURN_IF_ERROR(head->runtime_->RegisterName(kHeadActorName, head->runtime_->Ref(head->controller_)));
+  head->address_ = head->runtime_->address();
+  head->address_file_ = config.head.data_dir + "/head.address";
+  std::string tmp = head->address_file_ + ".tmp";
+  {
+    std::ofstream out(tmp);
+    out << head->address_ << "\n";
+    if (!out) return InternalError("cannot write " + tmp);
+  }
+  if (std::rename(tmp.c_str(), head->address_file_.c_str()) != 0) {
+    return InternalError("cannot write " + head->address_file_);
+  }
+  return head;
+}
+
+Head::~Head() { Stop(); }
+
+void Head::Stop() {
+  if (!runtime_) return;
+  if (controller_) caf::anon_send_exit(controller_, caf::exit_reason::user_shutdown);
+  runtime_->Stop();
+  std::remove(address_file_.c_str());
+}
+
+}  // namespace troupe::cluster

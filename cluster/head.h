@@ -1,0 +1,57 @@
+// The head: membership of the cluster's nodes (join, alive -> suspect -> dead, rejoin), kept in
+// LMDB so that a restarted head knows its cluster; and what node agents and clients share
+// about finding it.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "cluster/config.h"
+#include "runtime/runtime.h"
+#include "storage/lmdb_env.h"
+
+namespace troupe::cluster {
+
+/// The name the head's controller is registered under on the head node.
+inline constexpr const char* kHeadActorName = "troupe.head";
+
+/// Node ids: stable functions of the cluster and node names, so restarts keep identities.
+runtime::NodeId HeadNodeId(const ClusterConfig& config);
+runtime::NodeId NodeIdOf(const ClusterConfig& config, const std::string& node_name);
+
+/// Where the head listens: `override_address` if given; else head.address:head.port; with
+/// port 0, the address the running head wrote to <head.data_dir>/head.address.
+StatusOr<std::string> ResolveHeadAddress(const ClusterConfig& config, const std::string& override_address);
+
+/// A runtime configured from the cluster file for one process.
+runtime::RuntimeConfig RuntimeConfigFor(const ClusterConfig& config, const std::string& name, runtime::NodeId id,
+                                        const std::string& listen_address);
+/// Every message type of the cluster protocol.
+runtime::CodecRegistry ClusterCodecs();
+
+/// The head process's core. Owns the runtime, the LMDB state and the controller actor.
+///
+/// Node states: a node is `alive` from its join; `suspect` while nothing has come from it for
+/// half the failure timeout; `dead` when its agent's monitor fires (process killed, link cut,
+/// or no heartbeat for the failure timeout); `alive` again when it rejoins under the same name.
+/// After a head restart, stored nodes are `unknown` until they rejoin (they do by themselves).
+class Head {
+ public:
+  static StatusOr<std::unique_ptr<Head>> Start(const ClusterConfig& config);
+  ~Head();
+  void Stop();
+
+  const std::string& address() const { return address_; }
+  runtime::NodeId node_id() const { return runtime_->node_id(); }
+  runtime::Runtime& runtime() { return *runtime_; }
+
+ private:
+  Head() = default;
+  std::unique_ptr<storage::LmdbEnv> env_;
+  std::unique_ptr<runtime::Runtime> runtime_;
+  caf::actor controller_;
+  std::string address_;
+  std::string address_file_;
+};
+
+}  // namespace troupe::cluster

@@ -1,0 +1,49 @@
+// NodeAgent: what `troupe node` runs. It joins the head with the node's resources, watches the
+// head, and joins again by itself whenever the head is lost (restarted, unreachable).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "cluster/config.h"
+#include "cluster/messages.h"
+#include "runtime/runtime.h"
+
+namespace troupe::cluster {
+
+class NodeAgent {
+ public:
+  /// Starts the node's runtime (listening on its configured address). `head_address` overrides
+  /// where the head is (see ResolveHeadAddress).
+  static StatusOr<std::unique_ptr<NodeAgent>> Start(const ClusterConfig& config, const std::string& name,
+                                                    const std::string& head_address);
+  ~NodeAgent();
+
+  /// Joins and keeps joined until Stop(); `on_joined` runs after every successful join.
+  void Run(const std::function<void(const JoinReply&)>& on_joined);
+  /// Makes Run() return (from any thread, e.g. a signal handler thread).
+  void Stop();
+
+  runtime::Runtime& runtime() { return *runtime_; }
+
+ private:
+  NodeAgent() = default;
+  /// Waits up to `d`; true if Stop() was called.
+  bool WaitStop(std::chrono::milliseconds d);
+
+  ClusterConfig config_;
+  const NodeSpec* spec_ = nullptr;
+  std::string head_override_;
+  std::unique_ptr<runtime::Runtime> runtime_;
+  runtime::ActorRef agent_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  bool head_lost_ = false;
+};
+
+}  // namespace troupe::cluster

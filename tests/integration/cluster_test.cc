@@ -1,0 +1,188 @@
+// A real local cluster: `troupe head` and `troupe node` processes from a config file, `troupe
+// status --json`, kill -9 and SIGSTOP of nodes, a head restart recovering its state from LMDB,
+// and `troupe up` / `troupe down`.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <stdlib.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <string>
+
+#include "common/child_process.h"
+
+namespace troupe {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+class Cluster : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string templ = (std::filesystem::temp_directory_path() / "troupe-cluster-XXXXXX").string();
+    ASSERT_NE(mkdtemp(templ.data()), nullptr);
+    dir_ = templ;
+    config_ = dir_ + "/cluster.yaml";
+    std::ofstream(config_) << "cluster:\n  name: test\n  token: cluster-test-token\n  log_level: warn\n"
+                              "  heartbeat_interval: 100ms\n  failure_timeout: 1s\n"
+                              "head:\n  address: 127.0.0.1\n  port: 0\n  data_dir: head\n"
+                              "nodes:\n"
+                              "  - name: a\n    cpus: 2\n    memory: 4GiB\n"
+                              "    gpus:\n      simulated:\n        - memory: 16GiB\n    slice_memory: 4GiB\n"
+                              "  - name: b\n    cpus: 1\n    memory: 1GiB\n";
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  std::unique_ptr<ChildProcess> Start(std::vector<std::string> args, const std::string& ready) {
+    args.insert(args.begin(), TROUPE_BIN);
+    args.insert(args.end(), {"-c", config_});
+    auto child = ChildProcess::Spawn(args);
+    EXPECT_TRUE(child.ok()) << child.status();
+    if (!child.ok()) return nullptr;
+    auto line = (*child)->ReadLineWithPrefix(ready, 30s);
+    EXPECT_TRUE(line.ok()) << args[1] << " did not report " << ready << ": " << line.status();
+    return line.ok() ? std::move(*child) : nullptr;
+  }
+
+  // `troupe status --json`, one line.
+  std::string Status() {
+    auto child = ChildProcess::Spawn({TROUPE_BIN, "status", "-c", config_, "--json"});
+    if (!child.ok()) return "";
+    auto line = (*child)->ReadLine(20s);
+    (void)(*child)->Wait(20s);
+    return line.ok() ? *line : "";
+  }
+
+  // The value of `field` in node `name`'s object of a status line.
+  static std::string Field(const std::string& status, const std::string& name, const std::string& field) {
+    std::smatch m;
+    std::regex node("\\{\"name\": \"" + name + "\"[^\\]]*?\"" + field + "\": (\"[^\"]*\"|-?[0-9]+)");
+    if (!std::regex_search(status, m, node)) return "";
+    std::string v = m[1];
+    return v.front() == '"' ? v.substr(1, v.size() - 2) : v;
+  }
+
+  // Polls status until node `name` has `state`; returns how long it took (or -1 ms).
+  std::chrono::milliseconds WaitState(const std::string& name, const std::string& state, std::chrono::milliseconds limit) {
+    auto start = Clock::now();
+    while (Clock::now() - start < limit) {
+      if (Field(Status(), name, "state") == state) {
+        return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+      }
+    }
+    return std::chrono::milliseconds(-1);
+  }
+
+  std::string dir_, config_;
+};
+
+TEST_F(Cluster, NodesJoinFailAndRejoinAndTheHeadRecoversItsState) {
+  auto head = Start({"head"}, "READY ");
+  ASSERT_TRUE(head);
+  auto a = Start({"node", "--name", "a"}, "JOINED ");
+  auto b = Start({"node", "--name", "b"}, "JOINED ");
+  ASSERT_TRUE(a && b);
+
+  std::string status = Status();
+  EXPECT_EQ(Field(status, "a", "state"), "alive") << status;
+  EXPECT_EQ(Field(status, "b", "state"), "alive") << status;
+  EXPECT_EQ(Field(status, "a", "cpus"), "2");
+  EXPECT_NE(status.find("\"simulated\": true"), std::string::npos) << "simulated GPUs must say so: " << status;
+
+  // kill -9: dead within 1 s (the status poll itself takes some of it).
+  auto killed_at = Clock::now();
+  a->Signal(SIGKILL);
+  ASSERT_TRUE(a->Wait(5s).ok());
+  auto seen = WaitState("a", "dead", 5s);
+  ASSERT_GE(seen.count(), 0) << "node a was never reported dead: " << Status();
+  auto dead_after = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - killed_at);
+  EXPECT_LE(dead_after, 1000ms) << "kill -9 seen after " << dead_after.count() << " ms";
+  std::printf("kill -9 of a node reported dead by `troupe status` %lld ms after the kill\n",
+              static_cast<long long>(dead_after.count()));
+
+  // Restarted, it rejoins under the same name.
+  a = Start({"node", "--name", "a"}, "JOINED ");
+  ASSERT_TRUE(a);
+  status = Status();
+  EXPECT_EQ(Field(status, "a", "state"), "alive") << status;
+  EXPECT_EQ(Field(status, "a", "joins"), "2") << status;
+
+  // A hung node (SIGSTOP) is dead within the failure timeout (plus the poll).
+  auto stopped_at = Clock::now();
+  ASSERT_TRUE(b->Suspend().ok());
+  ASSERT_GE(WaitState("b", "dead", 10s).count(), 0) << "hung node b was never reported dead";
+  auto hung_after = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - stopped_at);
+  EXPECT_LE(hung_after, 2500ms);
+  std::printf("SIGSTOP of a node reported dead %lld ms later (failure timeout 1 s)\n",
+              static_cast<long long>(hung_after.count()));
+  b->Signal(SIGKILL);
+  (void)b->Wait(5s);
+
+  // kill -9 of the head: a new head recovers the nodes from LMDB and node a rejoins by itself.
+  head->Signal(SIGKILL);
+  ASSERT_TRUE(head->Wait(5s).ok());
+  head = Start({"head"}, "READY ");
+  ASSERT_TRUE(head);
+  ASSERT_GE(WaitState("a", "alive", 15s).count(), 0) << "node a did not rejoin the restarted head: " << Status();
+  status = Status();
+  EXPECT_EQ(Field(status, "a", "joins"), "3") << status;
+  EXPECT_EQ(Field(status, "b", "state"), "dead") << "the head forgot node b: " << status;
+  head->Signal(SIGTERM);
+  a->Signal(SIGTERM);
+  EXPECT_TRUE(head->Wait(10s).ok());
+  EXPECT_TRUE(a->Wait(10s).ok());
+}
+
+TEST_F(Cluster, UpStartsEverythingRestartsACrashedNodeAndDownStopsIt) {
+  auto up = ChildProcess::Spawn({TROUPE_BIN, "up", "-c", config_});
+  ASSERT_TRUE(up.ok()) << up.status();
+  auto line = (*up)->ReadLineWithPrefix("cluster test up", 60s);
+  ASSERT_TRUE(line.ok()) << "troupe up did not come up: " << line.status();
+  std::string status = Status();
+  EXPECT_EQ(Field(status, "a", "state"), "alive") << status;
+  EXPECT_EQ(Field(status, "b", "state"), "alive") << status;
+
+  pid_t b_pid = std::stoi(Field(status, "b", "pid"));
+  ASSERT_EQ(kill(b_pid, SIGKILL), 0);
+  auto restarted = (*up)->ReadLineWithPrefix("node b exited", 10s);
+  ASSERT_TRUE(restarted.ok()) << "up did not restart node b: " << restarted.status();
+  auto deadline = Clock::now() + 15s;
+  while (Clock::now() < deadline && Field(Status(), "b", "joins") != "2") {
+  }
+  EXPECT_EQ(Field(Status(), "b", "joins"), "2") << "the restarted node b did not rejoin";
+
+  auto down = ChildProcess::Spawn({TROUPE_BIN, "down", "-c", config_});
+  ASSERT_TRUE(down.ok());
+  auto rc = (*down)->Wait(30s);
+  ASSERT_TRUE(rc.ok()) << rc.status();
+  EXPECT_EQ(WEXITSTATUS(*rc), 0);
+  auto up_rc = (*up)->Wait(30s);
+  ASSERT_TRUE(up_rc.ok()) << "troupe up did not exit after down";
+  EXPECT_EQ(WEXITSTATUS(*up_rc), 0);
+  EXPECT_EQ(Status(), "") << "the head still answers after down";
+}
+
+TEST_F(Cluster, BadConfigAndUnreachableHeadGiveClearErrors) {
+  std::ofstream(dir_ + "/bad.yaml") << "cluster:\n  name: x\n  tokn: 1\n";
+  auto bad = ChildProcess::Spawn({TROUPE_BIN, "up", "-c", dir_ + "/bad.yaml"}, {}, /*merge_stderr=*/true);
+  ASSERT_TRUE(bad.ok());
+  auto msg = (*bad)->ReadLine(10s);
+  ASSERT_TRUE(msg.ok());
+  EXPECT_NE(msg->find("bad.yaml:3:3: cluster.tokn: unknown key"), std::string::npos) << *msg;
+  EXPECT_EQ(WEXITSTATUS(*(*bad)->Wait(10s)), 2);
+
+  auto status = ChildProcess::Spawn({TROUPE_BIN, "status", "-c", config_}, {}, /*merge_stderr=*/true);
+  ASSERT_TRUE(status.ok());
+  auto err = (*status)->ReadLine(20s);
+  ASSERT_TRUE(err.ok());
+  EXPECT_NE(err->find("head.address"), std::string::npos) << *err;
+  EXPECT_EQ(WEXITSTATUS(*(*status)->Wait(20s)), 1);
+}
+
+}  // namespace
+}  // namespace troupe
