@@ -1,6 +1,5 @@
-// troupe: the command-line entry point. Today: `troupe demo`, two processes exchanging
-// frames over the UCX transport; cluster commands (head, node, up) arrive with the
-// cluster bootstrap.
+// troupe: the command-line entry point: the cluster commands (up, down, status, head, node;
+// cli/cluster_commands.cc) and `troupe demo`, two processes exchanging frames over UCX.
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>

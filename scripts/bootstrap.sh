@@ -84,8 +84,9 @@ case "$command" in
   run)
     install_packages
     build "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo
-    log "running troupe's main job: the two-process demo"
-    exec "$BUILD_DIR/cli/troupe" demo "$@"
+    log "running troupe's main job: a local cluster from configs/local.yaml (Ctrl-C stops it)"
+    log "in another terminal: $BUILD_DIR/cli/troupe status -c configs/local.yaml"
+    exec "$BUILD_DIR/cli/troupe" up -c "$ROOT/configs/local.yaml" "$@"
     ;;
   test)
     install_packages
