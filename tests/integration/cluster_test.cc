@@ -167,6 +167,37 @@ TEST_F(Cluster, UpStartsEverythingRestartsACrashedNodeAndDownStopsIt) {
   EXPECT_EQ(Status(), "") << "the head still answers after down";
 }
 
+TEST_F(Cluster, ANodeWithTheWrongTokenIsRefused) {
+  auto head = Start({"head"}, "READY ");
+  ASSERT_TRUE(head);
+  std::string wrong = dir_ + "/wrong-token.yaml";
+  {
+    std::ifstream in(config_);
+    std::string text((std::istreambuf_iterator<char>(in)), {});
+    text.replace(text.find("cluster-test-token"), 18, "not-the-real-token");
+    // Same cluster and head, so the node finds the head; only the token differs.
+    text.replace(text.find("data_dir: head"), 14, "data_dir: " + dir_ + "/head");
+    std::ofstream(wrong) << text;
+  }
+  auto node = ChildProcess::Spawn({TROUPE_BIN, "node", "-c", wrong, "--name", "a", "--log-level", "info"}, {},
+                                  /*merge_stderr=*/true);
+  ASSERT_TRUE(node.ok());
+  bool saw_refusal = false;
+  auto deadline = Clock::now() + 10s;
+  while (!saw_refusal && Clock::now() < deadline) {
+    auto line = (*node)->ReadLine(5s);
+    if (!line.ok()) break;
+    ASSERT_EQ(line->find("JOINED"), std::string::npos) << "a node with the wrong token joined";
+    saw_refusal = line->find("cannot join the head yet") != std::string::npos;
+  }
+  EXPECT_TRUE(saw_refusal) << "the node did not report that it cannot join";
+  EXPECT_EQ(Field(Status(), "a", "state"), "") << "the head lists a node that never authenticated";
+  (*node)->Signal(SIGTERM);
+  (void)(*node)->Wait(10s);
+  head->Signal(SIGTERM);
+  EXPECT_TRUE(head->Wait(10s).ok());
+}
+
 TEST_F(Cluster, BadConfigAndUnreachableHeadGiveClearErrors) {
   std::ofstream(dir_ + "/bad.yaml") << "cluster:\n  name: x\n  tokn: 1\n";
   auto bad = ChildProcess::Spawn({TROUPE_BIN, "up", "-c", dir_ + "/bad.yaml"}, {}, /*merge_stderr=*/true);
