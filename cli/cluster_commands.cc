@@ -67,20 +67,26 @@ StatusOr<CommonArgs> ParseArgs(const std::vector<std::string>& args, const std::
   return out;
 }
 
-// SIGINT/SIGTERM are blocked in every thread and taken by one waiter thread, which calls `on_signal`.
+// SIGINT/SIGTERM (and, for `up`, SIGCHLD) are blocked in every thread and taken by one waiter
+// thread, which calls `on_signal`; it stops waiting after SIGINT or SIGTERM.
 class SignalWaiter {
  public:
-  SignalWaiter() {
+  explicit SignalWaiter(bool children = false) {
     sigemptyset(&set_);
     sigaddset(&set_, SIGINT);
     sigaddset(&set_, SIGTERM);
+    if (children) sigaddset(&set_, SIGCHLD);
     pthread_sigmask(SIG_BLOCK, &set_, nullptr);
   }
   void Start(std::function<void(int)> on_signal) {
     thread_ = std::thread([this, on_signal] {
-      int sig = 0;
-      sigwait(&set_, &sig);
-      if (!done_) on_signal(sig);
+      for (;;) {
+        int sig = 0;
+        sigwait(&set_, &sig);
+        if (done_) return;
+        on_signal(sig);
+        if (sig != SIGCHLD) return;
+      }
     });
   }
   ~SignalWaiter() {
@@ -221,7 +227,7 @@ int RunStatus(const std::vector<std::string>& argv) {
 int RunUp(const std::vector<std::string>& argv, const std::string& self_path) {
   auto args = ParseArgs(argv, "up", false);
   if (!args.ok()) return Fail("up", args.status());
-  SignalWaiter signals;
+  SignalWaiter signals(/*children=*/true);
   auto config = Load(*args);
   if (!config.ok()) return Fail("up", config.status());
   if (config->head.data_dir.empty()) {
@@ -236,10 +242,15 @@ int RunUp(const std::vector<std::string>& argv, const std::string& self_path) {
   std::mutex mu;
   std::condition_variable cv;
   bool stopping = false;
+  bool child_exited = false;
   signals.Start([&](int sig) {
-    spdlog::info("up: {}: stopping the cluster", strsignal(sig));
     std::lock_guard<std::mutex> lock(mu);
-    stopping = true;
+    if (sig == SIGCHLD) {
+      child_exited = true;  // reap it now: an unreaped child still looks alive to its peers
+    } else {
+      spdlog::info("up: {}: stopping the cluster", strsignal(sig));
+      stopping = true;
+    }
     cv.notify_all();
   });
 
@@ -262,24 +273,32 @@ int RunUp(const std::vector<std::string>& argv, const std::string& self_path) {
     members.push_back(std::move(m));
   }
 
-  auto start = [&](Member& m) -> Status {
+  auto spawn = [&](Member& m) -> Status {
     ASSIGN_OR_RETURN(m.process, ChildProcess::Spawn(m.argv));
+    return OkStatus();
+  };
+  auto await_ready = [&](Member& m) -> Status {
     auto line = m.process->ReadLineWithPrefix(m.ready_prefix, 30s);
     if (!line.ok()) return Status(line.status().code(), m.label + " did not start: " + line.status().message());
     return OkStatus();
   };
+  auto start = [&](Member& m) -> Status {
+    RETURN_IF_ERROR(spawn(m));
+    return await_ready(m);
+  };
   auto t0 = std::chrono::steady_clock::now();
-  for (auto& m : members) {
-    Status s = start(m);
-    if (!s.ok()) {
-      for (auto& other : members) {
-        if (other.process) other.process->Signal(SIGTERM);
-      }
-      return Fail("up", s);
+  // The head first (nodes need its address), then every node at once.
+  Status started = start(members[0]);
+  for (size_t i = 1; started.ok() && i < members.size(); ++i) started = spawn(members[i]);
+  for (size_t i = 1; started.ok() && i < members.size(); ++i) started = await_ready(members[i]);
+  if (!started.ok()) {
+    for (auto& other : members) {
+      if (other.process) other.process->Signal(SIGTERM);
     }
-    std::printf("%-14s pid %d\n", m.label.c_str(), m.process->pid());
-    std::fflush(stdout);
+    return Fail("up", started);
   }
+  for (auto& m : members) std::printf("%-14s pid %d\n", m.label.c_str(), m.process->pid());
+  std::fflush(stdout);
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
   auto head_address = cluster::ResolveHeadAddress(*config, "");
   std::printf("cluster %s up: head at %s, %zu node(s) joined in %lld ms (Ctrl-C stops it; `troupe status -c %s`)\n",
@@ -291,7 +310,8 @@ int RunUp(const std::vector<std::string>& argv, const std::string& self_path) {
   while (true) {
     {
       std::unique_lock<std::mutex> lock(mu);
-      if (cv.wait_for(lock, 100ms, [&] { return stopping; })) break;
+      if (cv.wait_for(lock, 1s, [&] { return stopping || child_exited; }) && stopping) break;
+      child_exited = false;
     }
     for (auto& m : members) {
       auto exited = m.process->Wait(0ms);
