@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <map>
 
 #include "cluster/messages.h"
@@ -31,13 +32,53 @@ int64_t UnixMs() {
       .count();
 }
 
+// What the scrape thread and the targets file see of the controller's state.
+struct ClusterView {
+  std::mutex mu;
+  std::map<std::string, NodeRecord> nodes;
+};
+
+std::string JsonString(const std::string& v) {
+  std::string out = "\"";
+  for (char c : v) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "\"";
+}
+
 struct ControllerState {
   ClusterConfig config;
+  std::shared_ptr<ClusterView> view;
+  std::string head_metrics_address;
   runtime::Runtime* runtime = nullptr;
   storage::LmdbEnv* env = nullptr;
   std::optional<storage::Table<std::string, NodeRecord>> table;
   std::map<std::string, NodeRecord> nodes;
   std::map<std::string, runtime::ActorRef> agents;
+
+  // Publishes the node table to the scrape thread and rewrites the Prometheus file-SD list.
+  void Publish() {
+    {
+      std::lock_guard<std::mutex> lock(view->mu);
+      view->nodes = nodes;
+    }
+    std::string json = "[\n  {\"targets\": [" + JsonString(head_metrics_address) + "], \"labels\": {\"cluster\": " +
+                       JsonString(config.name) + ", \"role\": \"head\", \"node\": \"head\"}}";
+    for (const auto& [name, record] : nodes) {
+      if (record.metrics_address.empty() || record.state == "dead") continue;
+      json += ",\n  {\"targets\": [" + JsonString(record.metrics_address) + "], \"labels\": {\"cluster\": " +
+              JsonString(config.name) + ", \"role\": \"node\", \"node\": " + JsonString(name) + "}}";
+    }
+    json += "\n]\n";
+    std::string path = config.head.data_dir + "/prometheus-targets.json";
+    std::string tmp = path + ".tmp";
+    {
+      std::ofstream out(tmp);
+      out << json;
+    }
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) spdlog::error("head: cannot write {}", path);
+  }
 
   void Persist(const NodeRecord& record) {
     auto txn = env->BeginWrite();
@@ -49,6 +90,7 @@ struct ControllerState {
 
 caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerState init) {
   self->state = std::move(init);
+  self->state.Publish();
   self->set_down_handler([self](caf::down_msg& msg) {
     auto& st = self->state;
     for (auto& [name, agent] : st.agents) {
@@ -60,6 +102,7 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
         spdlog::warn("head: node '{}' is dead: {}", name, record.reason);
         st.Persist(record);
         st.agents.erase(name);
+        st.Publish();
         break;
       }
     }
@@ -82,6 +125,7 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
         st.agents[record.name] = join.agent;
         self->monitor(join.agent.handle());
         st.Persist(record);
+        st.Publish();
         spdlog::info("head: node '{}' ({}) joined from {} (join #{})", record.name, record.node_id, record.address,
                      record.joins);
         return JoinReply{st.config.name, record.node_id};
@@ -175,6 +219,54 @@ StatusOr<std::unique_ptr<Head>> Head::Start(const ClusterConfig& config) {
   ASSIGN_OR_RETURN(head->runtime_,
                    runtime::Runtime::Start(RuntimeConfigFor(config, "head", HeadNodeId(config), listen), ClusterCodecs()));
   init.runtime = head->runtime_.get();
+  ASSIGN_OR_RETURN(head->metrics_, runtime::MetricsServer::Start(config.head.address, config.head.metrics_port));
+  head->metrics_->AddSource(runtime::RuntimeMetrics(*head->runtime_));
+  auto view = std::make_shared<ClusterView>();
+  init.view = view;
+  init.head_metrics_address = head->metrics_->address();
+  runtime::Runtime* rt = head->runtime_.get();
+  std::chrono::milliseconds timeout = config.failure_timeout;
+  std::string cluster_name = config.name;
+  head->metrics_->AddSource([view, rt, timeout, cluster_name](std::vector<prometheus::MetricFamily>& out) {
+    std::map<std::string, NodeRecord> nodes;
+    {
+      std::lock_guard<std::mutex> lock(view->mu);
+      nodes = view->nodes;
+    }
+    std::map<std::string, int> by_state = {{"alive", 0}, {"suspect", 0}, {"dead", 0}, {"unknown", 0}};
+    auto age = runtime::GaugeFamily("troupe_cluster_node_heartbeat_age_seconds",
+                                    "Time since the head last heard from the node");
+    double gpus_real = 0, gpus_sim = 0, gpu_memory = 0, slices = 0;
+    for (const auto& [name, record] : nodes) {
+      std::string state = record.state;
+      auto silence = rt->gateway().Silence(record.node_id);
+      if (state == "alive" && silence && *silence > timeout / 2) state = "suspect";
+      ++by_state[state];
+      if (silence) {
+        runtime::AddSample(age, std::chrono::duration<double>(*silence).count(), {{"cluster", cluster_name}, {"node", name}});
+      }
+      if (state == "dead") continue;
+      for (const auto& gpu : record.gpus) {
+        (gpu.simulated ? gpus_sim : gpus_real) += 1;
+        gpu_memory += gpu.memory_bytes;
+        if (record.slice_memory_bytes > 0) slices += gpu.memory_bytes / record.slice_memory_bytes;
+      }
+    }
+    auto states = runtime::GaugeFamily("troupe_cluster_nodes", "Nodes by membership state");
+    for (const auto& [state, n] : by_state) runtime::AddSample(states, n, {{"cluster", cluster_name}, {"state", state}});
+    out.push_back(std::move(states));
+    out.push_back(std::move(age));
+    auto gpus = runtime::GaugeFamily("troupe_cluster_gpus", "GPUs of live nodes (simulated ones labelled)");
+    runtime::AddSample(gpus, gpus_real, {{"cluster", cluster_name}, {"simulated", "false"}});
+    runtime::AddSample(gpus, gpus_sim, {{"cluster", cluster_name}, {"simulated", "true"}});
+    out.push_back(std::move(gpus));
+    auto memory = runtime::GaugeFamily("troupe_cluster_gpu_memory_bytes", "GPU memory of live nodes");
+    runtime::AddSample(memory, gpu_memory, {{"cluster", cluster_name}});
+    out.push_back(std::move(memory));
+    auto slice_total = runtime::GaugeFamily("troupe_cluster_slices_total", "GPU slices of live nodes");
+    runtime::AddSample(slice_total, slices, {{"cluster", cluster_name}});
+    out.push_back(std::move(slice_total));
+  });
   // Detached: it writes LMDB (fsync) and must not hold the transport's progress thread.
   head->controller_ = head->runtime_->system().spawn<caf::detached>(Controller, std::move(init));
   RETURN_IF_ERROR(head->runtime_->RegisterName(kHeadActorName, head->runtime_->Ref(head->controller_)));

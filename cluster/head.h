@@ -7,6 +7,7 @@
 #include <string>
 
 #include "cluster/config.h"
+#include "runtime/metrics.h"
 #include "runtime/runtime.h"
 #include "storage/lmdb_env.h"
 
@@ -42,6 +43,8 @@ class Head {
   void Stop();
 
   const std::string& address() const { return address_; }
+  /// host:port of the head's Prometheus endpoint.
+  const std::string& metrics_address() const { return metrics_->address(); }
   runtime::NodeId node_id() const { return runtime_->node_id(); }
   runtime::Runtime& runtime() { return *runtime_; }
 
@@ -49,6 +52,7 @@ class Head {
   Head() = default;
   std::unique_ptr<storage::LmdbEnv> env_;
   std::unique_ptr<runtime::Runtime> runtime_;
+  std::unique_ptr<runtime::MetricsServer> metrics_;
   caf::actor controller_;
   std::string address_;
   std::string address_file_;

@@ -32,6 +32,7 @@ void Fill(const NodeRecord& r, wire::NodeRecord::Builder b) {
   b.setLastChangeUnixMs(r.last_change_unix_ms);
   b.setHeartbeatAgeMs(r.heartbeat_age_ms);
   b.setReason(r.reason);
+  b.setMetricsAddress(r.metrics_address);
 }
 
 NodeRecord Read(wire::NodeRecord::Reader in) {
@@ -49,6 +50,7 @@ NodeRecord Read(wire::NodeRecord::Reader in) {
   r.last_change_unix_ms = in.getLastChangeUnixMs();
   r.heartbeat_age_ms = in.getHeartbeatAgeMs();
   r.reason = in.getReason();
+  r.metrics_address = in.getMetricsAddress();
   return r;
 }
 

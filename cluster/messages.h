@@ -33,6 +33,7 @@ struct NodeRecord {
   int64_t last_change_unix_ms = 0;
   int64_t heartbeat_age_ms = -1;
   std::string reason;
+  std::string metrics_address;
 };
 
 struct JoinRequest {

@@ -24,6 +24,9 @@ StatusOr<std::unique_ptr<NodeAgent>> NodeAgent::Start(const ClusterConfig& confi
                    runtime::Runtime::Start(RuntimeConfigFor(config, name, NodeIdOf(config, name),
                                                             agent->spec_->listen_address),
                                            ClusterCodecs()));
+  std::string host = agent->spec_->listen_address.substr(0, agent->spec_->listen_address.rfind(':'));
+  ASSIGN_OR_RETURN(agent->metrics_, runtime::MetricsServer::Start(host, agent->spec_->metrics_port));
+  agent->metrics_->AddSource(runtime::RuntimeMetrics(*agent->runtime_));
   // The agent actor is the node's identity at the head: the head monitors it.
   agent->agent_ = agent->runtime_->Spawn([]() -> caf::behavior { return {[](caf::ok_atom) {}}; });
   RETURN_IF_ERROR(agent->runtime_->RegisterName("troupe.node_agent", agent->agent_));
@@ -58,6 +61,7 @@ void NodeAgent::Run(const std::function<void(const JoinReply&)>& on_joined) {
   for (const auto& gpu : spec_->simulated_gpus) record.gpus.push_back(GpuInfo{gpu.name, gpu.memory_bytes, true});
   record.slice_memory_bytes = spec_->slice_memory_bytes;
   record.pid = getpid();
+  record.metrics_address = metrics_->address();
   const runtime::NodeId head_id = HeadNodeId(config_);
   auto backoff = 100ms;
   while (!WaitStop(0ms)) {

@@ -11,6 +11,7 @@
 
 #include "cluster/config.h"
 #include "cluster/messages.h"
+#include "runtime/metrics.h"
 #include "runtime/runtime.h"
 
 namespace troupe::cluster {
@@ -39,6 +40,7 @@ class NodeAgent {
   const NodeSpec* spec_ = nullptr;
   std::string head_override_;
   std::unique_ptr<runtime::Runtime> runtime_;
+  std::unique_ptr<runtime::MetricsServer> metrics_;
   runtime::ActorRef agent_;
   std::mutex mu_;
   std::condition_variable cv_;

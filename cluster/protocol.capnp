@@ -25,6 +25,7 @@ struct NodeRecord {
   lastChangeUnixMs @10 :Int64;
   heartbeatAgeMs @11 :Int64;   # -1 when unknown; filled in by the head when listing
   reason @12 :Text;            # why it is dead, when it is
+  metricsAddress @13 :Text;    # host:port of its Prometheus endpoint
 }
 
 struct JoinRequest { node @0 :NodeRecord; agent @1 :Rt.ActorAddress; }

@@ -255,7 +255,7 @@ void Gateway::OnForward(caf::strong_actor_ptr src, const caf::strong_actor_ptr& 
   auto encoded = codecs_.Encode(msg, *this);
   if (mid.is_request()) {
     if (!encoded.ok()) {
-      Complete(Pending{*node, std::move(src), mid, {}, {}}, encoded.status());
+      Complete(Pending{*node, std::move(src), mid, {}, {}, {}}, encoded.status());
       return;
     }
     uint64_t request_id = 0;
@@ -266,12 +266,12 @@ void Gateway::OnForward(caf::strong_actor_ptr src, const caf::strong_actor_ptr& 
       } else {
         request_id = ++next_request_id_;
         auto deadline = clock_.Now() + config_.request_ttl;
-        pending_.emplace(request_id, Pending{*node, src, mid, deadline, {}});
+        pending_.emplace(request_id, Pending{*node, src, mid, deadline, {}, clock_.Now()});
         deadlines_.emplace(deadline, request_id);
       }
     }
     if (request_id == 0) {
-      Complete(Pending{*node, std::move(src), mid, {}, {}},
+      Complete(Pending{*node, std::move(src), mid, {}, {}, {}},
                ResourceExhaustedError("more than " + std::to_string(config_.max_pending_requests) +
                                       " remote requests are pending"));
       return;
@@ -524,6 +524,7 @@ void Gateway::OnResponse(NodeId peer, const FrameHeader& header, const Buffer& p
     pending_.erase(it);
   }
   ++messages_in_;
+  RecordLatency(clock_.Now() - pending.start);
   if (pending.done) {
     if (header.type_id == kRefReply) {
       ActorRef ref;
@@ -786,7 +787,7 @@ void Gateway::ControlRequest(NodeId node, uint32_t type_id, Buffer payload, Cloc
     std::lock_guard<std::mutex> lock(mu_);
     request_id = ++next_request_id_;
     auto deadline = clock_.Now() + timeout;
-    pending_.emplace(request_id, Pending{node, nullptr, {}, deadline, std::move(done)});
+    pending_.emplace(request_id, Pending{node, nullptr, {}, deadline, std::move(done), clock_.Now()});
     deadlines_.emplace(deadline, request_id);
   }
   FrameHeader header;
@@ -849,6 +850,15 @@ void Gateway::Tick() {
   for (auto& p : timed_out) p.done(DeadlineExceededError("no reply from " + DescribeNode(p.node) + " in time"));
 }
 
+void Gateway::RecordLatency(Clock::Duration d) {
+  double seconds = std::chrono::duration<double>(d).count();
+  size_t bucket = 0;
+  while (bucket < kLatencyBucketCount && seconds > kLatencyBuckets[bucket]) ++bucket;
+  latency_buckets_[bucket].fetch_add(1, std::memory_order_relaxed);
+  latency_sum_ns_.fetch_add(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()),
+                            std::memory_order_relaxed);
+}
+
 std::optional<Clock::Duration> Gateway::Silence(NodeId node) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = nodes_.find(node);
@@ -871,6 +881,11 @@ GatewayStats Gateway::stats() const {
   s.proxies = proxies_;
   s.nodes_lost = nodes_lost_;
   s.heartbeat_timeouts = heartbeat_timeouts_;
+  for (size_t i = 0; i <= kLatencyBucketCount; ++i) {
+    s.latency_buckets[i] = latency_buckets_[i].load(std::memory_order_relaxed);
+    s.latency_count += s.latency_buckets[i];
+  }
+  s.latency_sum_seconds = latency_sum_ns_.load(std::memory_order_relaxed) / 1e9;
   return s;
 }
 

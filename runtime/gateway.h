@@ -6,6 +6,7 @@
 #include <caf/actor_system.hpp>
 #include <caf/mailbox_element.hpp>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <functional>
@@ -47,6 +48,11 @@ struct GatewayConfig {
   bool run_actors_on_progress_thread = true;
 };
 
+/// Upper bounds (seconds) of the remote request latency histogram's buckets (x4 apart).
+inline constexpr double kLatencyBuckets[] = {10e-6,  40e-6,  160e-6, 640e-6, 2.56e-3, 10.24e-3,
+                                             40.96e-3, 163.84e-3, 655.36e-3, 2.62144, 10.48576};
+inline constexpr size_t kLatencyBucketCount = sizeof(kLatencyBuckets) / sizeof(kLatencyBuckets[0]);
+
 /// Counters since start; read from any thread.
 struct GatewayStats {
   uint64_t messages_out = 0;         ///< messages and replies handed to the transport
@@ -59,6 +65,11 @@ struct GatewayStats {
   uint64_t proxies = 0;              ///< proxies of remote actors alive now
   uint64_t nodes_lost = 0;           ///< peer failures (transport errors and missed heartbeats)
   uint64_t heartbeat_timeouts = 0;   ///< peers disconnected for missed heartbeats
+  /// Remote request round trips (request sent to reply delivered): per-bucket counts (not
+  /// cumulative; the last entry is +Inf), their number and sum.
+  std::array<uint64_t, kLatencyBucketCount + 1> latency_buckets{};
+  uint64_t latency_count = 0;
+  double latency_sum_seconds = 0;
 };
 
 /// What the gateway asks its runtime to do for peers: spawn and name lookup.
@@ -136,6 +147,7 @@ class Gateway : public RefCodec, public std::enable_shared_from_this<Gateway> {
     caf::message_id mid;         // its request id
     Clock::TimePoint deadline;
     RefCallback done;            // control requests
+    Clock::TimePoint start;      // for the latency histogram
   };
   struct NodeState {
     std::unordered_map<uint64_t, caf::strong_actor_ptr> proxies;
@@ -193,6 +205,9 @@ class Gateway : public RefCodec, public std::enable_shared_from_this<Gateway> {
   uint64_t next_request_id_ = 0;
   Clock::TimePoint last_tick_{};
 
+  void RecordLatency(Clock::Duration d);
+  std::array<std::atomic<uint64_t>, kLatencyBucketCount + 1> latency_buckets_{};
+  std::atomic<uint64_t> latency_sum_ns_{0};
   std::atomic<uint64_t> messages_out_{0}, messages_in_{0}, requests_failed_fast_{0},
       error_replies_sent_{0}, dropped_{0}, late_replies_{0}, proxies_{0}, nodes_lost_{0},
       heartbeat_timeouts_{0};

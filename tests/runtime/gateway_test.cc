@@ -113,6 +113,7 @@ TEST_F(GatewayTest, ARequestBecomesAFrameAndItsReplyReachesTheRequester) {
   ASSERT_TRUE(count.ok()) << count.status();
   EXPECT_EQ(count->value, 42);
   EXPECT_EQ(gateway_->stats().requests_pending, 0u);
+  EXPECT_EQ(gateway_->stats().latency_count, 1u) << "the round trip was not recorded in the latency histogram";
 }
 
 TEST_F(GatewayTest, NodeLossFailsPendingRequestsAndFiresMonitors) {

@@ -1,0 +1,145 @@
+// Debian's real Prometheus scrapes a real local cluster through the head's file-SD list, and
+// every panel query of every shipped Grafana dashboard returns data.
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "common/child_process.h"
+
+namespace troupe {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+constexpr const char* kPrometheus = "/usr/bin/prometheus";
+
+// A plain HTTP/1.0 GET on loopback; "" on any failure.
+std::string HttpGet(int port, const std::string& path) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return "";
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  std::string response;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+    std::string request = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    if (write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
+      char buf[8192];
+      ssize_t n;
+      while ((n = read(fd, buf, sizeof buf)) > 0) response.append(buf, static_cast<size_t>(n));
+    }
+  }
+  close(fd);
+  auto body = response.find("\r\n\r\n");
+  return body == std::string::npos ? "" : response.substr(body + 4);
+}
+
+std::string UrlEncode(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      char buf[4];
+      std::snprintf(buf, sizeof buf, "%%%02X", c);
+      out += buf;
+    }
+  }
+  return out;
+}
+
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+std::vector<std::string> DashboardQueries() {
+  std::vector<std::string> out;
+  for (const auto& entry : std::filesystem::directory_iterator(TROUPE_SOURCE_DIR "/configs/grafana/dashboards")) {
+    std::ifstream in(entry.path());
+    std::string text((std::istreambuf_iterator<char>(in)), {});
+    std::regex expr("\"expr\": \"((?:[^\"\\\\]|\\\\.)*)\"");
+    for (std::sregex_iterator it(text.begin(), text.end(), expr), end; it != end; ++it) out.push_back((*it)[1]);
+  }
+  return out;
+}
+
+TEST(Prometheus, EveryDashboardQueryReturnsDataFromARealCluster) {
+  if (access(kPrometheus, X_OK) != 0) {
+    GTEST_SKIP() << kPrometheus << " is not installed (scripts/bootstrap.sh installs Debian's prometheus package)";
+  }
+  std::string templ = (std::filesystem::temp_directory_path() / "troupe-prom-XXXXXX").string();
+  ASSERT_NE(mkdtemp(templ.data()), nullptr);
+  const std::string dir = templ;
+  const std::string config = dir + "/cluster.yaml";
+  std::ofstream(config) << "cluster:\n  name: prom\n  token: prometheus-test-token\n  log_level: warn\n"
+                           "head:\n  address: 127.0.0.1\n  port: 0\n  data_dir: head\n"
+                           "nodes:\n  - name: a\n    gpus:\n      simulated:\n        - memory: 16GiB\n"
+                           "    slice_memory: 4GiB\n  - name: b\n";
+  auto up = ChildProcess::Spawn({TROUPE_BIN, "up", "-c", config});
+  ASSERT_TRUE(up.ok()) << up.status();
+  ASSERT_TRUE((*up)->ReadLineWithPrefix("cluster prom up", 60s).ok()) << "the cluster did not come up";
+
+  int port = FreePort();
+  std::ofstream(dir + "/prometheus.yml") << "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+                                            "scrape_configs:\n  - job_name: troupe\n    file_sd_configs:\n"
+                                            "      - files: ['" << dir << "/head/prometheus-targets.json']\n"
+                                            "        refresh_interval: 1s\n";
+  auto prometheus = ChildProcess::Spawn({kPrometheus, "--config.file=" + dir + "/prometheus.yml",
+                                         "--storage.tsdb.path=" + dir + "/tsdb",
+                                         "--web.listen-address=127.0.0.1:" + std::to_string(port), "--log.level=error"});
+  ASSERT_TRUE(prometheus.ok()) << prometheus.status();
+
+  // All three processes (head, a, b) scraped and up.
+  auto deadline = Clock::now() + 90s;
+  std::string up_result;
+  while (Clock::now() < deadline) {
+    up_result = HttpGet(port, "/api/v1/query?query=" + UrlEncode("sum(up{job=\"troupe\"})"));
+    if (up_result.find("\"3\"]") != std::string::npos) break;
+  }
+  ASSERT_NE(up_result.find("\"3\"]"), std::string::npos) << "Prometheus does not see 3 healthy targets: " << up_result;
+
+  auto queries = DashboardQueries();
+  ASSERT_GE(queries.size(), 10u) << "no dashboard queries found";
+  for (const auto& q : queries) {
+    std::string result;
+    while (Clock::now() < deadline + 30s) {
+      result = HttpGet(port, "/api/v1/query?query=" + UrlEncode(q));
+      if (result.find("\"status\":\"success\"") != std::string::npos && result.find("\"result\":[]") == std::string::npos) {
+        break;
+      }
+    }
+    EXPECT_EQ(result.find("\"result\":[]"), std::string::npos) << "no data for panel query: " << q << "\n" << result;
+    EXPECT_NE(result.find("\"status\":\"success\""), std::string::npos) << q << "\n" << result;
+  }
+  (*prometheus)->Signal(SIGTERM);
+  (void)(*prometheus)->Wait(30s);
+  (*up)->Signal(SIGTERM);
+  (void)(*up)->Wait(30s);
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace troupe
