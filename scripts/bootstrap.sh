@@ -14,7 +14,7 @@ PACKAGES=(
   libcaf-dev libucx-dev ucx-utils libcapnp-dev capnproto liblmdb-dev prometheus-cpp-dev
   libyaml-cpp-dev libspdlog-dev libfmt-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  prometheus
+  prometheus iproute2
 )
 
 log() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }

@@ -110,6 +110,15 @@ StatusOr<std::vector<UcxSetting>> ResolveUcxSettings(
     }
   }
   for (auto& s : out) s.via_environment = IsTransportLevelUcxSetting(s.name);
+  // The transport-level settings troupe exports go unused when UCX_TLS leaves out shared
+  // memory, and UCX then warns about them on stdout, where `--json` output goes.
+  bool exported = false;
+  for (const auto& s : out) exported = exported || (s.via_environment && s.why != "from config ucx options");
+  if (exported && from_env("UCX_WARN_UNUSED_ENV_VARS") == nullptr) {
+    bool set = false;
+    for (const auto& s : out) set = set || s.name == "WARN_UNUSED_ENV_VARS";
+    if (!set) out.push_back({"WARN_UNUSED_ENV_VARS", "n", "troupe's own exported settings may be unused", false});
+  }
   return out;
 }
 
