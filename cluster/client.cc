@@ -1,6 +1,7 @@
 // Client.
 #include "cluster/client.h"
 
+#include <caf/all.hpp>
 #include <unistd.h>
 
 #include <chrono>
@@ -36,6 +37,14 @@ Client::~Client() {
 
 StatusOr<NodeList> Client::ListNodes(std::chrono::milliseconds timeout) {
   return head_.Request<NodeList>(cluster::ListNodes{}, timeout);
+}
+
+StatusOr<NodeList> Client::SubscribeMembership(std::function<void(const NodeRecord&)> on_event,
+                                               std::chrono::milliseconds timeout) {
+  auto listener = runtime_->Spawn([on_event = std::move(on_event)]() -> caf::behavior {
+    return {[on_event](MembershipEvent& event) { on_event(event.node); }};
+  });
+  return head_.Request<NodeList>(cluster::SubscribeMembership{listener}, timeout);
 }
 
 StatusOr<runtime::ActorRef> Client::Lookup(runtime::NodeId node, const std::string& name,

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -21,6 +22,10 @@ class Client {
   ~Client();
 
   StatusOr<NodeList> ListNodes(std::chrono::milliseconds timeout);
+  /// Calls `on_event` (on an actor thread) for every membership change from now on: a node
+  /// joined (state alive) or was lost (dead). Returns the nodes at subscription time.
+  StatusOr<NodeList> SubscribeMembership(std::function<void(const NodeRecord&)> on_event,
+                                         std::chrono::milliseconds timeout);
   /// Looks up a named actor on any node of the cluster.
   StatusOr<runtime::ActorRef> Lookup(runtime::NodeId node, const std::string& name, std::chrono::milliseconds timeout);
   runtime::Runtime& runtime() { return *runtime_; }

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <algorithm>
 #include <map>
 
 #include "cluster/messages.h"
@@ -56,6 +57,11 @@ struct ControllerState {
   std::optional<storage::Table<std::string, NodeRecord>> table;
   std::map<std::string, NodeRecord> nodes;
   std::map<std::string, runtime::ActorRef> agents;
+  std::vector<runtime::ActorRef> subscribers;
+
+  void Notify(const NodeRecord& record) {
+    for (const auto& s : subscribers) s.Send(MembershipEvent{record});
+  }
 
   // Publishes the node table to the scrape thread and rewrites the Prometheus file-SD list.
   void Publish() {
@@ -93,6 +99,11 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
   self->state.Publish();
   self->set_down_handler([self](caf::down_msg& msg) {
     auto& st = self->state;
+    st.subscribers.erase(std::remove_if(st.subscribers.begin(), st.subscribers.end(),
+                                        [&](const runtime::ActorRef& r) {
+                                          return r.handle() && r.handle().address() == msg.source;
+                                        }),
+                         st.subscribers.end());
     for (auto& [name, agent] : st.agents) {
       if (agent.handle() && agent.handle().address() == msg.source) {
         auto& record = st.nodes[name];
@@ -103,6 +114,7 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
         st.Persist(record);
         st.agents.erase(name);
         st.Publish();
+        st.Notify(record);
         break;
       }
     }
@@ -126,9 +138,20 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
         self->monitor(join.agent.handle());
         st.Persist(record);
         st.Publish();
+        st.Notify(record);
         spdlog::info("head: node '{}' ({}) joined from {} (join #{})", record.name, record.node_id, record.address,
                      record.joins);
         return JoinReply{st.config.name, record.node_id};
+      },
+      [self](SubscribeMembership& sub) -> caf::result<NodeList> {
+        if (!sub.subscriber.valid()) return runtime::ToCafError(InvalidArgumentError("subscribe: empty subscriber"));
+        auto& st = self->state;
+        st.subscribers.push_back(sub.subscriber);
+        self->monitor(sub.subscriber.handle());
+        NodeList list;
+        list.cluster_name = st.config.name;
+        for (const auto& [name, record] : st.nodes) list.nodes.push_back(record);
+        return list;
       },
       [self](ListNodes&) -> NodeList {
         auto& st = self->state;

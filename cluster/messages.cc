@@ -101,6 +101,20 @@ Status AddClusterCodecs(runtime::CodecRegistry& r) {
   RETURN_IF_ERROR((r.Add<ListNodes, wire::ListNodes>(
       kListNodes, "cluster.ListNodes", [](const ListNodes&, wire::ListNodes::Builder, RefCodec&) {},
       [](wire::ListNodes::Reader, RefCodec&) -> StatusOr<ListNodes> { return ListNodes{}; })));
+  RETURN_IF_ERROR((r.Add<SubscribeMembership, wire::SubscribeMembership>(
+      kSubscribeMembership, "cluster.SubscribeMembership",
+      [](const SubscribeMembership& m, wire::SubscribeMembership::Builder b, RefCodec& refs) {
+        refs.EncodeRef(m.subscriber, b.initSubscriber());
+      },
+      [](wire::SubscribeMembership::Reader in, RefCodec& refs) -> StatusOr<SubscribeMembership> {
+        return SubscribeMembership{refs.DecodeRef(in.getSubscriber())};
+      })));
+  RETURN_IF_ERROR((r.Add<MembershipEvent, wire::MembershipEvent>(
+      kMembershipEvent, "cluster.MembershipEvent",
+      [](const MembershipEvent& m, wire::MembershipEvent::Builder b, RefCodec&) { Fill(m.node, b.initNode()); },
+      [](wire::MembershipEvent::Reader in, RefCodec&) -> StatusOr<MembershipEvent> {
+        return MembershipEvent{Read(in.getNode())};
+      })));
   return r.Add<NodeList, wire::NodeList>(
       kNodeList, "cluster.NodeList",
       [](const NodeList& m, wire::NodeList::Builder b, RefCodec&) {

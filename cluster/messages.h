@@ -50,7 +50,18 @@ struct NodeList {
   std::vector<NodeRecord> nodes;
 };
 
-enum ClusterTypeId : uint32_t { kJoinRequest = 1100, kJoinReply, kListNodes, kNodeList };
+/// Subscribe `subscriber` to membership events (one MembershipEvent per node now, then one per
+/// change). Reply: NodeList (the nodes at subscription time).
+struct SubscribeMembership {
+  runtime::ActorRef subscriber;
+};
+struct MembershipEvent {
+  NodeRecord node;
+};
+
+enum ClusterTypeId : uint32_t {
+  kJoinRequest = 1100, kJoinReply, kListNodes, kNodeList, kSubscribeMembership, kMembershipEvent,
+};
 
 /// Registers the codecs of the cluster protocol.
 Status AddClusterCodecs(runtime::CodecRegistry& registry);
@@ -65,3 +76,5 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::JoinRequest)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::JoinReply)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::ListNodes)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::NodeList)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::SubscribeMembership)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::MembershipEvent)

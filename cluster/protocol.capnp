@@ -32,3 +32,7 @@ struct JoinRequest { node @0 :NodeRecord; agent @1 :Rt.ActorAddress; }
 struct JoinReply { clusterName @0 :Text; nodeId @1 :UInt64; }
 struct ListNodes {}
 struct NodeList { clusterName @0 :Text; nodes @1 :List(NodeRecord); }
+
+# Membership events: a subscriber gets the current nodes, then every change, until it exits.
+struct SubscribeMembership { subscriber @0 :Rt.ActorAddress; }
+struct MembershipEvent { node @0 :NodeRecord; }

@@ -167,6 +167,29 @@ TEST_F(Cluster, UpStartsEverythingRestartsACrashedNodeAndDownStopsIt) {
   EXPECT_EQ(Status(), "") << "the head still answers after down";
 }
 
+TEST_F(Cluster, AClientProgramSeesMembershipEvents) {
+  auto head = Start({"head"}, "READY ");
+  auto a = Start({"node", "--name", "a"}, "JOINED ");
+  ASSERT_TRUE(head && a);
+  auto client = ChildProcess::Spawn({TROUPE_CLUSTER_CLIENT_BIN, "-c", config_, "--watch", "30"});
+  ASSERT_TRUE(client.ok());
+  ASSERT_TRUE((*client)->ReadLineWithPrefix("  node a is alive", 20s).ok()) << "the client did not list node a";
+  ASSERT_TRUE((*client)->ReadLineWithPrefix("watching membership", 20s).ok());
+  auto b = Start({"node", "--name", "b"}, "JOINED ");
+  ASSERT_TRUE(b);
+  EXPECT_TRUE((*client)->ReadLineWithPrefix("event: node b is alive", 20s).ok()) << "no event for b joining";
+  b->Signal(SIGKILL);
+  ASSERT_TRUE(b->Wait(5s).ok());
+  auto dead = (*client)->ReadLineWithPrefix("event: node b is dead", 20s);
+  EXPECT_TRUE(dead.ok()) << "no event for b's loss";
+  (*client)->Signal(SIGTERM);
+  (void)(*client)->Wait(10s);
+  head->Signal(SIGTERM);
+  a->Signal(SIGTERM);
+  (void)head->Wait(10s);
+  (void)a->Wait(10s);
+}
+
 TEST_F(Cluster, ANodeWithTheWrongTokenIsRefused) {
   auto head = Start({"head"}, "READY ");
   ASSERT_TRUE(head);
