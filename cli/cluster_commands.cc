@@ -113,7 +113,8 @@ StatusOr<cluster::ClusterConfig> Load(const CommonArgs& args) {
 
 int Fail(const std::string& command, const Status& status) {
   std::cerr << "troupe " << command << ": " << status.message() << "\n";
-  return status.code() == StatusCode::kInvalidArgument ? 2 : 1;
+  bool bad_input = status.code() == StatusCode::kInvalidArgument || status.code() == StatusCode::kFailedPrecondition;
+  return bad_input ? 2 : 1;
 }
 
 std::string Bytes(uint64_t b) {
@@ -145,6 +146,7 @@ int RunHead(const std::vector<std::string>& argv) {
   SignalWaiter signals;
   auto config = Load(*args);
   if (!config.ok()) return Fail("head", config.status());
+  if (Status ports = cluster::CheckPortsFree(*config, /*include_nodes=*/false); !ports.ok()) return Fail("head", ports);
   auto head = cluster::Head::Start(*config);
   if (!head.ok()) return Fail("head", head.status());
   std::cout << "READY " << (*head)->node_id() << " " << (*head)->address() << std::endl;
@@ -233,6 +235,7 @@ int RunUp(const std::vector<std::string>& argv, const std::string& self_path) {
   if (config->head.data_dir.empty()) {
     return Fail("up", InvalidArgumentError(config->source + ": head.data_dir is required"));
   }
+  if (Status ports = cluster::CheckPortsFree(*config, /*include_nodes=*/true); !ports.ok()) return Fail("up", ports);
   std::string pid_file = config->head.data_dir + "/up.pid";
   std::error_code ec;
   std::filesystem::create_directories(config->head.data_dir, ec);

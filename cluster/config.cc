@@ -3,6 +3,12 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cmath>
 #include <fstream>
 #include <set>
@@ -284,6 +290,45 @@ StatusOr<ClusterConfig> ParseClusterConfig(const std::string& yaml, const std::s
   } catch (const YAML::Exception& e) {
     return InvalidArgumentError(source + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
   }
+}
+
+namespace {
+
+// True if host:port can be bound now (TCP). Hosts that are not numeric IPv4 are not checked.
+bool PortFree(const std::string& host, uint16_t port) {
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  if (inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1) return true;
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return true;
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  bool ok = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  close(fd);
+  return ok || errno != EADDRINUSE;
+}
+
+}  // namespace
+
+Status CheckPortsFree(const ClusterConfig& config, bool include_nodes) {
+  auto check = [&](const std::string& field, const std::string& host, uint16_t port) -> Status {
+    if (port == 0 || PortFree(host, port)) return OkStatus();
+    return FailedPreconditionError(config.source + ": " + field + ": " + host + ":" + std::to_string(port) +
+                                   " is already in use (another cluster running? `troupe down -c " + config.source +
+                                   "`, or choose another port)");
+  };
+  RETURN_IF_ERROR(check("head.port", config.head.address, config.head.port));
+  RETURN_IF_ERROR(check("head.metrics_port", config.head.address, config.head.metrics_port));
+  if (!include_nodes) return OkStatus();
+  for (const auto& n : config.nodes) {
+    auto colon = n.listen_address.rfind(':');
+    std::string host = n.listen_address.substr(0, colon);
+    uint16_t port = static_cast<uint16_t>(std::atoi(n.listen_address.substr(colon + 1).c_str()));
+    RETURN_IF_ERROR(check("nodes[" + n.name + "].listen", host, port));
+    RETURN_IF_ERROR(check("nodes[" + n.name + "].metrics_port", host, n.metrics_port));
+  }
+  return OkStatus();
 }
 
 StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {

@@ -62,6 +62,11 @@ StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path);
 StatusOr<ClusterConfig> ParseClusterConfig(const std::string& yaml, const std::string& source,
                                            const std::string& base_dir = ".");
 
+/// Checks, before anything starts, that every fixed port this machine would listen on is free:
+/// the head's port and metrics port and, with `include_nodes`, each node's listen and metrics
+/// port. FailedPrecondition naming the field and address if one is taken.
+Status CheckPortsFree(const ClusterConfig& config, bool include_nodes);
+
 /// "8GiB", "512MiB", "1.5GB", "4096" (bytes) -> bytes.
 StatusOr<uint64_t> ParseSize(const std::string& text);
 /// "100ms", "1s", "2m", "1500us" -> milliseconds (at least 1 ms for a non-zero value).

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -49,7 +50,7 @@ double Median(std::vector<double> v) {
   return v.empty() ? -1 : v[v.size() / 2];
 }
 
-int Run(bool quick, const std::string& json) {
+int Run(bool quick, const std::string& json, int idle_minutes) {
   std::string templ = (std::filesystem::temp_directory_path() / "troupe-cbench-XXXXXX").string();
   if (mkdtemp(templ.data()) == nullptr) return 1;
   std::vector<Row> rows;
@@ -124,6 +125,42 @@ int Run(bool quick, const std::string& json) {
       rows.push_back({"kill -9 of a node seen dead by the head (median of " + std::to_string(rounds) + ")", "ms",
                       median, "Ray default: 15000-50000 ms", "< 1000 ms", median >= 0 && median < 1000});
     }
+    if (n == 16 && idle_minutes > 0) {
+      // An idle 16-node cluster: any node reported dead or suspect is a false positive.
+      auto config = cluster::LoadClusterConfig(config_path);
+      auto client = config.ok() ? cluster::Client::Connect(*config, "", 5s)
+                                : StatusOr<std::unique_ptr<cluster::Client>>(config.status());
+      if (!client.ok()) return 1;
+      std::atomic<int> losses{0};
+      auto sub = (*client)->SubscribeMembership(
+          [&losses](const cluster::NodeRecord& node) {
+            if (node.state != "alive") {
+              ++losses;
+              std::fprintf(stderr, "false positive: node %s %s (%s)\n", node.name.c_str(), node.state.c_str(),
+                           node.reason.c_str());
+            }
+          },
+          5s);
+      if (!sub.ok()) return 1;
+      int suspects = 0;
+      int64_t max_age = 0;
+      auto until = Clock::now() + std::chrono::minutes(idle_minutes);
+      while (Clock::now() < until) {
+        std::this_thread::sleep_for(1s);
+        auto list = (*client)->ListNodes(5s);
+        if (!list.ok()) continue;
+        for (const auto& node : list->nodes) {
+          if (node.state == "suspect") ++suspects;
+          max_age = std::max(max_age, node.heartbeat_age_ms);
+        }
+      }
+      std::fprintf(stderr, "idle run: %d minute(s), %d loss event(s), %d suspect sightings, max heartbeat age %lld ms\n",
+                   idle_minutes, losses.load(), suspects, static_cast<long long>(max_age));
+      rows.push_back({"false node losses, 16 idle nodes for " + std::to_string(idle_minutes) + " min", "events",
+                      static_cast<double>(losses.load()), "(none)", "0", losses.load() == 0});
+      rows.push_back({"max heartbeat age seen in the idle run (1 s polls)", "ms", static_cast<double>(max_age), "(none)",
+                      "< 1000 ms", max_age < 1000});
+    }
     (*up)->Signal(SIGTERM);
     (void)(*up)->Wait(30s);
   }
@@ -154,6 +191,7 @@ int Run(bool quick, const std::string& json) {
 int main(int argc, char** argv) {
   (void)troupe::InitLogging("warn");
   bool quick = false;
+  int idle_minutes = 0;
   std::string json;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -161,10 +199,12 @@ int main(int argc, char** argv) {
       quick = true;
     } else if (a == "--json" && i + 1 < argc) {
       json = argv[++i];
+    } else if (a == "--idle-minutes" && i + 1 < argc) {
+      idle_minutes = std::atoi(argv[++i]);
     } else {
-      std::cerr << "usage: cluster_bench [--quick] [--json PATH]\n";
+      std::cerr << "usage: cluster_bench [--quick] [--json PATH] [--idle-minutes M]\n";
       return 2;
     }
   }
-  return troupe::bench::Run(quick, json);
+  return troupe::bench::Run(quick, json, idle_minutes);
 }

@@ -2,7 +2,11 @@
 // file, line, field and what was expected.
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -104,6 +108,27 @@ TEST(ClusterConfig, BadInputIsRefusedWithFileLineFieldAndExpectation) {
   ExpectError("nodes: 3\ncluster:\n  name: t\n  token: secret-token\n", "nodes", "expected a list");
   auto missing = LoadClusterConfig("/no/such/cluster.yaml");
   EXPECT_NE(missing.status().message().find("/no/such/cluster.yaml"), std::string::npos);
+}
+
+TEST(ClusterConfig, APortInUseIsFoundBeforeAnythingStarts) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(listen(fd, 1), 0);
+  socklen_t len = sizeof addr;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  int port = ntohs(addr.sin_port);
+  auto c = ParseClusterConfig("cluster:\n  name: t\n  token: secret-token\nhead:\n  port: " + std::to_string(port) + "\n",
+                              "ports.yaml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  Status s = CheckPortsFree(*c, true);
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("head.port: 127.0.0.1:" + std::to_string(port) + " is already in use"), std::string::npos)
+      << s;
+  close(fd);
+  EXPECT_TRUE(CheckPortsFree(*c, true).ok());
 }
 
 TEST(ClusterConfig, SizesAndDurations) {
