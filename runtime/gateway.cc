@@ -220,8 +220,10 @@ void Gateway::OnForward(caf::strong_actor_ptr src, const caf::strong_actor_ptr& 
   header.dst_node = *node;
   header.dst_actor = dest->id();
   header.src_actor = IsLocal(src) ? WireIdOf(src) : 0;
-  spdlog::trace("gateway: forward {} to node {} actor {:#x} ({})", caf::to_string(msg), *node, dest->id(),
-                mid.is_response() ? "reply" : mid.is_request() ? "request" : "one-way");
+  if (spdlog::should_log(spdlog::level::trace)) {  // the arguments cost even when off
+    spdlog::trace("gateway: forward {} to node {} actor {:#x} ({})", caf::to_string(msg), *node, dest->id(),
+                  mid.is_response() ? "reply" : mid.is_request() ? "request" : "one-way");
+  }
 
   if (mid.is_response()) {
     // A local actor answers a peer's request: route the reply by the peer's request id.
@@ -502,8 +504,10 @@ void Gateway::Deliver(NodeId peer, const FrameHeader& header, const Buffer& payl
     }
     return;
   }
-  spdlog::trace("gateway: deliver {} from node {} actor {:#x} to actor {:#x}{}", codecs_.NameOf(header.type_id), peer,
-                header.src_actor, header.dst_actor, request ? " (request " + std::to_string(header.request_id) + ")" : "");
+  if (spdlog::should_log(spdlog::level::trace)) {  // the arguments cost even when off
+    spdlog::trace("gateway: deliver {} from node {} actor {:#x} to actor {:#x}{}", codecs_.NameOf(header.type_id), peer,
+                  header.src_actor, header.dst_actor, request ? " (request " + std::to_string(header.request_id) + ")" : "");
+  }
   caf::strong_actor_ptr sender = header.src_actor != 0 ? ProxyFor(peer, header.src_actor) : nullptr;
   caf::message_id mid = request ? RequestMessageId(header.request_id) : caf::make_message_id();
   ++messages_in_;
@@ -511,7 +515,9 @@ void Gateway::Deliver(NodeId peer, const FrameHeader& header, const Buffer& payl
 }
 
 void Gateway::OnResponse(NodeId peer, const FrameHeader& header, const Buffer& payload) {
-  spdlog::trace("gateway: reply {} from node {} to request {}", codecs_.NameOf(header.type_id), peer, header.request_id);
+  if (spdlog::should_log(spdlog::level::trace)) {  // the arguments cost even when off
+    spdlog::trace("gateway: reply {} from node {} to request {}", codecs_.NameOf(header.type_id), peer, header.request_id);
+  }
   Pending pending;
   {
     std::lock_guard<std::mutex> lock(mu_);
