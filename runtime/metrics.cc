@@ -131,6 +131,23 @@ MetricsSource RuntimeMetrics(Runtime& runtime) {
       f.metric.push_back(std::move(m));
       out.push_back(std::move(f));
     }
+    gauge("troupe_runtime_actors_running", "Actors running in this process (CAF's count)",
+          runtime.system().registry().running());
+    {
+      auto frames = CounterFamily("troupe_runtime_peer_frames_total",
+                                  "Frames exchanged with each peer node since it connected");
+      auto bytes = CounterFamily("troupe_runtime_peer_bytes_total",
+                                 "Payload bytes exchanged with each peer node since it connected");
+      for (const auto& t : runtime.gateway().Traffic()) {
+        std::string peer = std::to_string(t.peer);
+        AddSample(frames, t.frames_in, {{"node", node}, {"peer", peer}, {"direction", "in"}});
+        AddSample(frames, t.frames_out, {{"node", node}, {"peer", peer}, {"direction", "out"}});
+        AddSample(bytes, t.bytes_in, {{"node", node}, {"peer", peer}, {"direction", "in"}});
+        AddSample(bytes, t.bytes_out, {{"node", node}, {"peer", peer}, {"direction", "out"}});
+      }
+      out.push_back(std::move(frames));
+      out.push_back(std::move(bytes));
+    }
     counter("troupe_runtime_heartbeat_timeouts_total", "Peers disconnected for missed heartbeats",
             s.gateway.heartbeat_timeouts);
   };
