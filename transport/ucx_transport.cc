@@ -542,18 +542,21 @@ void UcxTransport::Impl::RunOnProgressThread(std::function<void()> fn) {
 
 bool UcxTransport::Impl::DrainCommands() {
   bool any = false;
+  auto execute = [&](std::vector<Command>& commands) {
+    for (auto& cmd : commands) {
+      any = true;
+      if (cmd.fn) {
+        cmd.fn();
+      } else {
+        ExecuteSend(std::move(cmd));
+      }
+    }
+  };
   auto run_local = [&] {
     while (!local_.empty()) {
       std::vector<Command> mine;
       mine.swap(local_);
-      for (auto& cmd : mine) {
-        any = true;
-        if (cmd.fn) {
-          cmd.fn();
-        } else {
-          ExecuteSend(std::move(cmd));
-        }
-      }
+      execute(mine);
     }
   };
   // Sends issued by handlers during the last progress go first: another thread may already be
@@ -567,16 +570,8 @@ bool UcxTransport::Impl::DrainCommands() {
     batch.swap(incoming_);
     has_incoming_.store(false, std::memory_order_relaxed);
   }
-  for (auto& cmd : batch) {
-    any = true;
-    if (cmd.fn) {
-      cmd.fn();
-    } else {
-      ExecuteSend(std::move(cmd));
-    }
-  }
-  // Sends issued by the fns above.
-  run_local();
+  execute(batch);
+  run_local();  // sends issued by the fns above
   return any;
 }
 
