@@ -335,12 +335,6 @@ void Gateway::SendFrame(NodeId peer, FrameHeader header, Buffer payload, transpo
     return;
   }
   ++messages_out_;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto& state = nodes_[peer];
-    ++state.frames_out;
-    state.bytes_out += payload.size();
-  }
   Status status = transport_.Send(peer, header, std::move(payload), done);
   if (!status.ok()) {
     if (done) {
@@ -427,11 +421,7 @@ void Gateway::OnFrame(NodeId peer, transport::Frame frame) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = nodes_.find(peer);
-    if (it != nodes_.end()) {
-      it->second.last_seen = clock_.Now();
-      ++it->second.frames_in;
-      it->second.bytes_in += frame.payload.size();
-    }
+    if (it != nodes_.end()) it->second.last_seen = clock_.Now();
   }
   if (stopped_) return;
   switch (header.type_id) {
@@ -864,15 +854,6 @@ void Gateway::Tick() {
     transport_.Disconnect(node, UnavailableError("no heartbeat for " + std::to_string(ms) + " ms"));
   }
   for (auto& p : timed_out) p.done(DeadlineExceededError("no reply from " + DescribeNode(p.node) + " in time"));
-}
-
-std::vector<Gateway::PeerTraffic> Gateway::Traffic() const {
-  std::vector<PeerTraffic> out;
-  std::lock_guard<std::mutex> lock(mu_);
-  for (const auto& [node, state] : nodes_) {
-    out.push_back(PeerTraffic{node, state.frames_in, state.bytes_in, state.frames_out, state.bytes_out});
-  }
-  return out;
 }
 
 void Gateway::RecordLatency(Clock::Duration d) {

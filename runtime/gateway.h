@@ -137,12 +137,6 @@ class Gateway : public RefCodec, public std::enable_shared_from_this<Gateway> {
                       RefCallback done);
 
   GatewayStats stats() const;
-  /// Frames and payload bytes exchanged with one peer since it was last connected.
-  struct PeerTraffic {
-    NodeId peer = 0;
-    uint64_t frames_in = 0, bytes_in = 0, frames_out = 0, bytes_out = 0;
-  };
-  std::vector<PeerTraffic> Traffic() const;
   /// How long nothing has come from `node` (nullopt if it is not connected).
   std::optional<Clock::Duration> Silence(NodeId node) const;
 
@@ -159,7 +153,6 @@ class Gateway : public RefCodec, public std::enable_shared_from_this<Gateway> {
     std::unordered_map<uint64_t, caf::strong_actor_ptr> proxies;
     bool connected = false;
     Clock::TimePoint last_seen;
-    uint64_t frames_in = 0, bytes_in = 0, frames_out = 0, bytes_out = 0;
   };
   using Deadline = std::pair<Clock::TimePoint, uint64_t>;
 

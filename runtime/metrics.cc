@@ -134,11 +134,9 @@ MetricsSource RuntimeMetrics(Runtime& runtime) {
     gauge("troupe_runtime_actors_running", "Actors running in this process (CAF's count)",
           runtime.system().registry().running());
     {
-      auto frames = CounterFamily("troupe_runtime_peer_frames_total",
-                                  "Frames exchanged with each peer node since it connected");
-      auto bytes = CounterFamily("troupe_runtime_peer_bytes_total",
-                                 "Payload bytes exchanged with each peer node since it connected");
-      for (const auto& t : runtime.gateway().Traffic()) {
+      auto frames = CounterFamily("troupe_transport_peer_frames_total", "Frames exchanged with each peer node");
+      auto bytes = CounterFamily("troupe_transport_peer_bytes_total", "Payload bytes exchanged with each peer node");
+      for (const auto& t : runtime.transport().peer_traffic()) {
         std::string peer = std::to_string(t.peer);
         AddSample(frames, t.frames_in, {{"node", node}, {"peer", peer}, {"direction", "in"}});
         AddSample(frames, t.frames_out, {{"node", node}, {"peer", peer}, {"direction", "out"}});

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "common/buffer.h"
 #include "common/status.h"
@@ -51,6 +52,16 @@ struct TransportStats {
   uint64_t rejected_unauthenticated = 0; ///< data before or without authentication
 };
 
+/// Frames and payload bytes exchanged with one peer since this transport started (kept across
+/// reconnections).
+struct PeerTraffic {
+  NodeId peer = 0;
+  uint64_t frames_in = 0;
+  uint64_t bytes_in = 0;
+  uint64_t frames_out = 0;
+  uint64_t bytes_out = 0;
+};
+
 /// Moves frames between this process and its peers. Implementations own one progress
 /// thread; Send() may be called from any thread, handlers run on the progress thread.
 ///
@@ -86,6 +97,9 @@ class Transport {
   virtual void Disconnect(NodeId peer, const Status& reason) = 0;
 
   virtual TransportStats stats() const = 0;
+  /// Traffic per peer. Asks the progress thread; never call it from a handler. Empty when the
+  /// transport is not running.
+  virtual std::vector<PeerTraffic> peer_traffic() const = 0;
 };
 
 }  // namespace troupe::transport

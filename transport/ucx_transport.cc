@@ -58,6 +58,7 @@ class UcxTransport::Impl {
   }
   void Disconnect(NodeId peer, const Status& reason);
   TransportStats stats() const;
+  std::vector<PeerTraffic> peer_traffic();
 
   const UcxTransportConfig& config() const { return config_; }
   std::string listen_address() const {
@@ -122,6 +123,7 @@ class UcxTransport::Impl {
   struct Peer {
     ConnPtr send_conn;     // connection used for sending (Ready or Handshaking outbound)
     int ready_conns = 0;
+    PeerTraffic traffic;   // counted on the progress thread, no lock
   };
 
   struct SendOp {
@@ -639,6 +641,21 @@ StatusOr<std::string> UcxTransport::Impl::DescribePeer(NodeId peer) {
   return future.get();
 }
 
+std::vector<PeerTraffic> UcxTransport::Impl::peer_traffic() {
+  auto promise = std::make_shared<std::promise<std::vector<PeerTraffic>>>();
+  auto future = promise->get_future();
+  RunOnProgressThread([this, promise] {
+    std::vector<PeerTraffic> out;
+    for (const auto& [id, peer] : peers_) {
+      out.push_back(peer.traffic);
+      out.back().peer = id;
+    }
+    promise->set_value(std::move(out));
+  });
+  if (future.wait_for(std::chrono::seconds(2)) != std::future_status::ready) return {};
+  return future.get();
+}
+
 // ---- Connections --------------------------------------------------------------------
 
 UcxTransport::Impl::ConnPtr UcxTransport::Impl::Connect(NodeId peer, const std::string& address) {
@@ -936,6 +953,10 @@ void UcxTransport::Impl::CompleteSend(SendOp* op, ucs_status_t status) {
     if (op->data) {
       counters_.frames_sent.fetch_add(1, std::memory_order_relaxed);
       counters_.bytes_sent.fetch_add(op->payload.size(), std::memory_order_relaxed);
+      if (auto it = peers_.find(op->peer); it != peers_.end()) {
+        ++it->second.traffic.frames_out;
+        it->second.traffic.bytes_out += op->payload.size();
+      }
     }
     if (op->done) op->done(OkStatus());
   } else {
@@ -1090,6 +1111,9 @@ void UcxTransport::Impl::Deliver(Connection* conn) {
     if (d.state != Delivery::kDone) continue;
     counters_.frames_received.fetch_add(1, std::memory_order_relaxed);
     counters_.bytes_received.fetch_add(d.payload.size(), std::memory_order_relaxed);
+    PeerTraffic& traffic = peers_[conn->peer].traffic;
+    ++traffic.frames_in;
+    traffic.bytes_in += d.payload.size();
     if (handler_.on_frame) handler_.on_frame(conn->peer, Frame{d.header, std::move(d.payload)});
     if (conn->state == ConnState::kClosed) return;  // the handler disconnected the peer
   }
@@ -1272,6 +1296,7 @@ Status UcxTransport::Send(NodeId peer, const FrameHeader& header, Buffer payload
   return impl_->Send(peer, header, std::move(payload), std::move(done));
 }
 TransportStats UcxTransport::stats() const { return impl_->stats(); }
+std::vector<PeerTraffic> UcxTransport::peer_traffic() const { return impl_->peer_traffic(); }
 StatusOr<std::string> UcxTransport::DescribePeer(NodeId peer) { return impl_->DescribePeer(peer); }
 void UcxTransport::AddPeer(NodeId peer, const std::string& address) { impl_->AddPeer(peer, address); }
 std::string UcxTransport::PeerAddress(NodeId peer) const { return impl_->AddressOf(peer); }

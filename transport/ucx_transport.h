@@ -51,6 +51,7 @@ class UcxTransport final : public Transport {
               SendCallback done = {}) override;
   void Disconnect(NodeId peer, const Status& reason) override;
   TransportStats stats() const override;
+  std::vector<PeerTraffic> peer_traffic() const override;
 
   /// UCX's own description of the connection used to send to `peer`: its lanes and the
   /// transports (posix, sysv, tcp, rc...) that carry them. Blocks until the progress

@@ -56,6 +56,7 @@ class FakeTransport final : public transport::Transport {
     if (handler_.on_peer_failed) handler_.on_peer_failed(peer, reason);
   }
   transport::TransportStats stats() const override { return {}; }
+  std::vector<transport::PeerTraffic> peer_traffic() const override { return {}; }
 
   // ---- test controls ----
   void Deliver(transport::NodeId peer, transport::FrameHeader header, Buffer payload) {

@@ -68,6 +68,19 @@ TEST_P(TwoProcessTest, TenThousandSmallFramesArriveIntactAndInOrder) {
     std::memcpy(&value, frame.payload.data(), sizeof(value));
     ASSERT_EQ(value, i);
   }
+  // Per-peer traffic: everything went to, and came from, the one peer. Send completions can
+  // trail the echoes by a moment, so they are awaited (bounded).
+  transport::PeerTraffic traffic;
+  auto deadline = std::chrono::steady_clock::now() + 5s;
+  do {
+    for (const auto& t : transport_->peer_traffic()) {
+      if (t.peer == kPeerNode) traffic = t;
+    }
+  } while (traffic.frames_out < kFrames && std::chrono::steady_clock::now() < deadline);
+  EXPECT_EQ(traffic.frames_in, kFrames);
+  EXPECT_EQ(traffic.bytes_in, kFrames * sizeof(uint64_t));
+  EXPECT_EQ(traffic.frames_out, kFrames);
+  EXPECT_EQ(traffic.bytes_out, kFrames * sizeof(uint64_t));
 }
 
 Buffer PatternedPayload(size_t size, uint64_t seed) {

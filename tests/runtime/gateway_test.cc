@@ -114,11 +114,6 @@ TEST_F(GatewayTest, ARequestBecomesAFrameAndItsReplyReachesTheRequester) {
   EXPECT_EQ(count->value, 42);
   EXPECT_EQ(gateway_->stats().requests_pending, 0u);
   EXPECT_EQ(gateway_->stats().latency_count, 1u) << "the round trip was not recorded in the latency histogram";
-  bool counted = false;
-  for (const auto& t : gateway_->Traffic()) {
-    if (t.peer == kPeer) counted = t.frames_in >= 1 && t.frames_out >= 2;  // monitor request + request out
-  }
-  EXPECT_TRUE(counted) << "per-peer traffic was not counted";
 }
 
 TEST_F(GatewayTest, NodeLossFailsPendingRequestsAndFiresMonitors) {
