@@ -1,12 +1,6 @@
 // Cluster protocol codecs.
 #include "cluster/messages.h"
 
-#include <capnp/message.h>
-#include <capnp/serialize.h>
-#include <kj/exception.h>
-
-#include <cstring>
-
 #include "cluster/protocol.capnp.h"
 
 namespace troupe::cluster {
@@ -57,25 +51,18 @@ NodeRecord Read(wire::NodeRecord::Reader in) {
 }  // namespace
 
 std::string EncodeNodeRecord(const NodeRecord& record) {
-  capnp::MallocMessageBuilder builder;
-  Fill(record, builder.initRoot<wire::NodeRecord>());
-  auto words = capnp::messageToFlatArray(builder);
-  auto bytes = words.asBytes();
-  return std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+  Buffer flat = runtime::EncodeFlat<wire::NodeRecord>([&](wire::NodeRecord::Builder b) { Fill(record, b); });
+  return std::string(flat.view());
 }
 
 StatusOr<NodeRecord> DecodeNodeRecord(std::string_view bytes) {
-  if (bytes.empty() || bytes.size() % sizeof(capnp::word) != 0) {
-    return InvalidArgumentError("node record of " + std::to_string(bytes.size()) + " bytes");
-  }
-  auto words = kj::heapArray<capnp::word>(bytes.size() / sizeof(capnp::word));
-  std::memcpy(words.begin(), bytes.data(), bytes.size());
-  try {
-    capnp::FlatArrayMessageReader reader(words.asPtr());
-    return Read(reader.getRoot<wire::NodeRecord>());
-  } catch (const kj::Exception& e) {
-    return InvalidArgumentError(std::string("node record: ") + e.getDescription().cStr());
-  }
+  NodeRecord record;
+  RETURN_IF_ERROR(runtime::ReadFlat<wire::NodeRecord>(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(),
+                                                      "node record", [&](wire::NodeRecord::Reader r) {
+                                                        record = Read(r);
+                                                        return OkStatus();
+                                                      }));
+  return record;
 }
 
 Status AddClusterCodecs(runtime::CodecRegistry& r) {

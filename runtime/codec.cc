@@ -101,8 +101,20 @@ StatusOr<caf::message> CodecRegistry::Decode(uint32_t type_id, const uint8_t* da
                                 " (no codec registered on this node)");
   }
   const Entry& entry = *it->second;
+  StatusOr<caf::message> out = InternalError("not decoded");
+  Status read = ReadFlatMessage(data, size, "'" + entry.name + "' (type id " + std::to_string(type_id) + ")",
+                                [&](capnp::MessageReader& reader) {
+                                  out = entry.decode(reader, refs);
+                                  return out.status();
+                                });
+  if (!read.ok()) return read;
+  return out;
+}
+
+Status ReadFlatMessage(const uint8_t* data, size_t size, const std::string& what,
+                       const std::function<Status(capnp::MessageReader&)>& read) {
   if (size % sizeof(capnp::word) != 0 || size == 0) {
-    return InvalidArgumentError("cannot decode '" + entry.name + "': payload of " + std::to_string(size) +
+    return InvalidArgumentError("cannot decode " + what + ": " + std::to_string(size) +
                                 " bytes is not a whole number of words");
   }
   // Cap'n Proto reads words in place; copy only if the bytes are not word-aligned.
@@ -117,10 +129,9 @@ StatusOr<caf::message> CodecRegistry::Decode(uint32_t type_id, const uint8_t* da
     capnp::ReaderOptions options;
     options.traversalLimitInWords = size / sizeof(capnp::word) * 4 + 1024;
     capnp::FlatArrayMessageReader reader(kj::arrayPtr(words, size / sizeof(capnp::word)), options);
-    return entry.decode(reader, refs);
+    return read(reader);
   } catch (const kj::Exception& e) {
-    return InvalidArgumentError("cannot decode '" + entry.name + "' (type id " + std::to_string(type_id) +
-                                "): " + e.getDescription().cStr());
+    return InvalidArgumentError("cannot decode " + what + ": " + e.getDescription().cStr());
   }
 }
 

@@ -21,6 +21,27 @@ namespace troupe::runtime {
 /// The flat (unpacked, word-aligned) serialization of `builder`, without a copy.
 Buffer SerializeToBuffer(capnp::MessageBuilder& builder);
 
+/// A flat message of `Schema` built by `fill(builder)`.
+template <class Schema, class Fill>
+Buffer EncodeFlat(Fill&& fill) {
+  capnp::MallocMessageBuilder builder(32);
+  fill(builder.initRoot<Schema>());
+  return SerializeToBuffer(builder);
+}
+
+/// Opens the flat message in `data` (copied only if it is not word-aligned) and calls
+/// `read(reader)`. Bytes that do not decode, from a peer or a disk, give InvalidArgument
+/// "cannot decode <what>: ...", never a crash.
+Status ReadFlatMessage(const uint8_t* data, size_t size, const std::string& what,
+                       const std::function<Status(capnp::MessageReader&)>& read);
+
+/// ReadFlatMessage with the root read as `Schema`.
+template <class Schema, class Read>
+Status ReadFlat(const uint8_t* data, size_t size, const std::string& what, Read&& read) {
+  return ReadFlatMessage(data, size, what,
+                         [&](capnp::MessageReader& reader) { return read(reader.getRoot<Schema>()); });
+}
+
 /// Type ids below this are the runtime's own (runtime/wire_types.h).
 inline constexpr uint32_t kFirstUserTypeId = 1000;
 

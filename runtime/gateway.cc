@@ -5,8 +5,6 @@
 #include <caf/forwarding_actor_proxy.hpp>
 #include <caf/monitorable_actor.hpp>
 #include <capnp/message.h>
-#include <capnp/serialize.h>
-#include <kj/exception.h>
 #include <spdlog/spdlog.h>
 
 #include <cstring>
@@ -83,31 +81,6 @@ void KillProxy(const caf::strong_actor_ptr& proxy, const caf::error& reason) {
   p->kill_proxy(nullptr, reason);
 }
 
-// Builds a runtime payload with `fill(builder)`.
-template <class Schema, class Fill>
-Buffer EncodeWire(Fill&& fill) {
-  capnp::MallocMessageBuilder builder(32);
-  fill(builder.initRoot<Schema>());
-  return SerializeToBuffer(builder);
-}
-
-// Reads a runtime payload with `read(reader)`; InvalidArgument if the bytes do not decode.
-template <class Schema, class Read>
-Status DecodeWire(const Buffer& payload, const char* what, Read&& read) {
-  if (payload.size() == 0 || payload.size() % sizeof(capnp::word) != 0) {
-    return InvalidArgumentError(std::string("malformed ") + what + ": " + std::to_string(payload.size()) +
-                                " bytes");
-  }
-  kj::Array<capnp::word> aligned = kj::heapArray<capnp::word>(payload.size() / sizeof(capnp::word));
-  std::memcpy(aligned.begin(), payload.data(), payload.size());
-  try {
-    capnp::FlatArrayMessageReader reader(aligned.asPtr());
-    return read(reader.getRoot<Schema>());
-  } catch (const kj::Exception& e) {
-    return InvalidArgumentError(std::string("malformed ") + what + ": " + e.getDescription().cStr());
-  }
-}
-
 void FillError(wire::ErrorInfo::Builder out, const caf::error& error) {
   if (!error) return;  // code 0: no error (a normal exit); CAF's accessors need a non-empty error
   out.setCategory(static_cast<uint64_t>(error.category()));
@@ -124,6 +97,19 @@ caf::error ReadError(wire::ErrorInfo::Reader in) {
   if (in.getCode() == 0) return caf::error{};
   return caf::error(in.getCode(), static_cast<caf::atom_value>(in.getCategory()),
                     caf::make_message(std::string(in.getText())));
+}
+
+// The error of an error reply; never empty (undecodable bytes become InvalidArgument).
+caf::error ReadErrorReply(const Buffer& payload) {
+  caf::error error;
+  Status status = ReadFlat<wire::ErrorInfo>(payload.data(), payload.size(), "error reply",
+                                            [&](wire::ErrorInfo::Reader r) {
+                                              error = ReadError(r);
+                                              return OkStatus();
+                                            });
+  if (!status.ok()) return ToCafError(status);
+  if (!error) return ToCafError(InternalError("error reply without an error"));
+  return error;
 }
 
 // Request ids from peers become CAF request message ids (normal priority).
@@ -178,7 +164,6 @@ void Gateway::Shutdown() {
     for (auto& [id, proxy] : state.proxies) KillProxy(proxy, reason);
   }
   for (auto& [id, p] : pending) Complete(std::move(p), CancelledError("the runtime stopped"));
-  proxies_ = 0;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -233,7 +218,7 @@ void Gateway::OnForward(caf::strong_actor_ptr src, const caf::strong_actor_ptr& 
     if (msg.size() == 1 && msg.match_element<caf::error>(0)) {
       header.type_id = kErrorReply;
       const auto& error = msg.get_as<caf::error>(0);
-      payload = EncodeWire<wire::ErrorInfo>([&](wire::ErrorInfo::Builder b) { FillError(b, error); });
+      payload = EncodeFlat<wire::ErrorInfo>([&](wire::ErrorInfo::Builder b) { FillError(b, error); });
     } else if (msg.empty()) {
       header.type_id = kEmptyReply;
     } else {
@@ -244,7 +229,7 @@ void Gateway::OnForward(caf::strong_actor_ptr src, const caf::strong_actor_ptr& 
       } else {
         header.type_id = kErrorReply;
         auto error = ToCafError(InvalidArgumentError("reply: " + encoded.status().message()));
-        payload = EncodeWire<wire::ErrorInfo>([&](wire::ErrorInfo::Builder b) { FillError(b, error); });
+        payload = EncodeFlat<wire::ErrorInfo>([&](wire::ErrorInfo::Builder b) { FillError(b, error); });
       }
     }
     SendFrame(*node, header, std::move(payload));
@@ -321,7 +306,7 @@ void Gateway::OnProxyCreated(const caf::strong_actor_ptr& proxy) {
       {
         std::lock_guard<std::mutex> lock(self->mu_);
         auto it = self->nodes_.find(peer);
-        if (it != self->nodes_.end() && it->second.proxies.erase(wire_id) > 0) --self->proxies_;
+        if (it != self->nodes_.end()) it->second.proxies.erase(wire_id);
       }
       KillProxy(proxy, ToCafError(UnavailableError(DescribeNode(peer) + " cannot be reached: " + status.message())));
     }
@@ -410,7 +395,6 @@ void Gateway::OnPeerFailed(NodeId peer, const Status& reason) {
   spdlog::info("gateway: {}; {} proxies killed, {} pending requests failed", why.message(), state.proxies.size(),
                failed.size());
   auto error = ToCafError(why);
-  proxies_ -= state.proxies.size();
   for (auto& [id, proxy] : state.proxies) KillProxy(proxy, error);
   requests_failed_fast_ += failed.size();
   for (auto& p : failed) Complete(std::move(p), why);
@@ -534,7 +518,7 @@ void Gateway::OnResponse(NodeId peer, const FrameHeader& header, const Buffer& p
   if (pending.done) {
     if (header.type_id == kRefReply) {
       ActorRef ref;
-      Status status = DecodeWire<wire::RefReply>(payload, "RefReply", [&](wire::RefReply::Reader r) {
+      Status status = ReadFlat<wire::RefReply>(payload.data(), payload.size(), "RefReply", [&](wire::RefReply::Reader r) {
         ref = DecodeRef(r.getRef());
         return OkStatus();
       });
@@ -545,27 +529,14 @@ void Gateway::OnResponse(NodeId peer, const FrameHeader& header, const Buffer& p
       }
       return;
     }
-    caf::error error;
-    Status status = DecodeWire<wire::ErrorInfo>(payload, "error reply", [&](wire::ErrorInfo::Reader r) {
-      error = ReadError(r);
-      return OkStatus();
-    });
-    if (header.type_id != kErrorReply) {
-      status = InvalidArgumentError("unexpected reply type " + std::to_string(header.type_id));
-    }
-    pending.done(status.ok() ? ToStatus(error) : status);
+    pending.done(header.type_id == kErrorReply
+                     ? ToStatus(ReadErrorReply(payload))
+                     : InvalidArgumentError("unexpected reply type " + std::to_string(header.type_id)));
     return;
   }
   caf::message reply;
   if (header.type_id == kErrorReply) {
-    caf::error error;
-    Status status = DecodeWire<wire::ErrorInfo>(payload, "error reply", [&](wire::ErrorInfo::Reader r) {
-      error = ReadError(r);
-      return OkStatus();
-    });
-    if (!status.ok()) error = ToCafError(status);
-    if (!error) error = ToCafError(InternalError("error reply without an error"));
-    reply = caf::make_message(std::move(error));
+    reply = caf::make_message(ReadErrorReply(payload));
   } else if (header.type_id == kEmptyReply) {
     reply = caf::make_message();
   } else {
@@ -591,21 +562,21 @@ void Gateway::ReplyError(NodeId peer, const FrameHeader& request, const Status& 
   header.type_id = kErrorReply;
   header.flags = kFlagResponse;
   auto error = ToCafError(status);
-  SendFrame(peer, header, EncodeWire<wire::ErrorInfo>([&](wire::ErrorInfo::Builder b) { FillError(b, error); }));
+  SendFrame(peer, header, EncodeFlat<wire::ErrorInfo>([&](wire::ErrorInfo::Builder b) { FillError(b, error); }));
 }
 
 void Gateway::OnControl(NodeId peer, const FrameHeader& header, const Buffer& payload) {
   StatusOr<ActorRef> result = FailedPreconditionError("node " + std::to_string(self_) + " serves no spawn or lookup");
   if (control_ != nullptr) {
     if (header.type_id == kSpawnRequest) {
-      Status status = DecodeWire<wire::SpawnRequest>(payload, "SpawnRequest", [&](wire::SpawnRequest::Reader r) {
+      Status status = ReadFlat<wire::SpawnRequest>(payload.data(), payload.size(), "SpawnRequest", [&](wire::SpawnRequest::Reader r) {
         auto args = r.getArgs();
         result = control_->SpawnForPeer(r.getTypeName(), r.getArgsTypeId(), args.begin(), args.size());
         return OkStatus();
       });
       if (!status.ok()) result = status;
     } else {
-      Status status = DecodeWire<wire::NameLookup>(payload, "NameLookup", [&](wire::NameLookup::Reader r) {
+      Status status = ReadFlat<wire::NameLookup>(payload.data(), payload.size(), "NameLookup", [&](wire::NameLookup::Reader r) {
         result = control_->LookupForPeer(r.getName());
         return OkStatus();
       });
@@ -621,7 +592,7 @@ void Gateway::OnControl(NodeId peer, const FrameHeader& header, const Buffer& pa
   reply.request_id = header.request_id;
   reply.type_id = kRefReply;
   reply.flags = kFlagResponse;
-  SendFrame(peer, reply, EncodeWire<wire::RefReply>([&](wire::RefReply::Builder b) { EncodeRef(*result, b.initRef()); }));
+  SendFrame(peer, reply, EncodeFlat<wire::RefReply>([&](wire::RefReply::Builder b) { EncodeRef(*result, b.initRef()); }));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -656,14 +627,14 @@ void Gateway::SendDown(NodeId watcher, uint64_t wire_id, const caf::error& reaso
   header.dst_node = watcher;
   header.src_actor = wire_id;
   header.type_id = kDownNotice;
-  SendFrame(watcher, header, EncodeWire<wire::DownNotice>([&](wire::DownNotice::Builder b) {
+  SendFrame(watcher, header, EncodeFlat<wire::DownNotice>([&](wire::DownNotice::Builder b) {
               FillError(b.initReason(), reason);
             }));
 }
 
 void Gateway::OnDownNotice(NodeId peer, uint64_t wire_id, const Buffer& payload) {
   caf::error reason;
-  Status status = DecodeWire<wire::DownNotice>(payload, "DownNotice", [&](wire::DownNotice::Reader r) {
+  Status status = ReadFlat<wire::DownNotice>(payload.data(), payload.size(), "DownNotice", [&](wire::DownNotice::Reader r) {
     reason = ReadError(r.getReason());
     return OkStatus();
   });
@@ -678,7 +649,6 @@ void Gateway::OnDownNotice(NodeId peer, uint64_t wire_id, const Buffer& payload)
     proxy = std::move(p->second);
     it->second.proxies.erase(p);
   }
-  --proxies_;
   KillProxy(proxy, reason);
 }
 
@@ -705,10 +675,7 @@ caf::strong_actor_ptr Gateway::ProxyFor(NodeId node, uint64_t wire_id) {
   }
   std::lock_guard<std::mutex> lock(mu_);
   auto& slot = nodes_[node].proxies[wire_id];
-  if (!slot) {
-    slot = proxy;
-    ++proxies_;
-  }
+  if (!slot) slot = proxy;
   return slot;
 }
 
@@ -879,12 +846,12 @@ GatewayStats Gateway::stats() const {
   {
     std::lock_guard<std::mutex> lock(mu_);
     s.requests_pending = pending_.size();
+    for (const auto& [node, state] : nodes_) s.proxies += state.proxies.size();
   }
   s.requests_failed_fast = requests_failed_fast_;
   s.error_replies_sent = error_replies_sent_;
   s.dropped = dropped_;
   s.late_replies = late_replies_;
-  s.proxies = proxies_;
   s.nodes_lost = nodes_lost_;
   s.heartbeat_timeouts = heartbeat_timeouts_;
   for (size_t i = 0; i <= kLatencyBucketCount; ++i) {

@@ -209,7 +209,7 @@ class Gateway : public RefCodec, public std::enable_shared_from_this<Gateway> {
   std::array<std::atomic<uint64_t>, kLatencyBucketCount + 1> latency_buckets_{};
   std::atomic<uint64_t> latency_sum_ns_{0};
   std::atomic<uint64_t> messages_out_{0}, messages_in_{0}, requests_failed_fast_{0},
-      error_replies_sent_{0}, dropped_{0}, late_replies_{0}, proxies_{0}, nodes_lost_{0},
+      error_replies_sent_{0}, dropped_{0}, late_replies_{0}, nodes_lost_{0},
       heartbeat_timeouts_{0};
 };
 

@@ -3,7 +3,6 @@
 
 #include <caf/all.hpp>
 #include <capnp/message.h>
-#include <capnp/serialize.h>
 #include <spdlog/spdlog.h>
 
 #include <future>
@@ -166,16 +165,6 @@ StatusOr<ActorRef> Runtime::LookupForPeer(const std::string& name) {
   return it->second;
 }
 
-namespace {
-
-template <class Schema, class Fill>
-Buffer EncodeControl(Fill&& fill) {
-  capnp::MallocMessageBuilder builder(32);
-  fill(builder.initRoot<Schema>());
-  return SerializeToBuffer(builder);
-}
-
-}  // namespace
 
 StatusOr<ActorRef> Runtime::Await(std::chrono::milliseconds timeout,
                                   const std::function<void(Gateway::RefCallback)>& start) {
@@ -193,7 +182,7 @@ StatusOr<ActorRef> Runtime::Await(std::chrono::milliseconds timeout,
 
 StatusOr<ActorRef> Runtime::LookupName(NodeId node, const std::string& name, std::chrono::milliseconds timeout) {
   if (node == node_id_) return LookupForPeer(name);
-  Buffer payload = EncodeControl<wire::NameLookup>([&](wire::NameLookup::Builder b) { b.setName(name); });
+  Buffer payload = EncodeFlat<wire::NameLookup>([&](wire::NameLookup::Builder b) { b.setName(name); });
   auto shared = std::make_shared<Buffer>(std::move(payload));
   return Await(timeout, [&](Gateway::RefCallback done) {
     gateway_->ControlRequest(node, kNameLookup, std::move(*shared), timeout, std::move(done));
@@ -268,7 +257,7 @@ StatusOr<ActorRef> Runtime::SpawnOnImpl(NodeId node, const std::string& type_nam
     args_type_id = encoded->type_id;
     args_bytes = std::move(encoded->payload);
   }
-  Buffer payload = EncodeControl<wire::SpawnRequest>([&](wire::SpawnRequest::Builder b) {
+  Buffer payload = EncodeFlat<wire::SpawnRequest>([&](wire::SpawnRequest::Builder b) {
     b.setTypeName(type_name);
     b.setArgsTypeId(args_type_id);
     b.setArgs(kj::arrayPtr(args_bytes.data(), args_bytes.size()));

@@ -314,11 +314,13 @@ TEST_F(RuntimeThreeProcess, BadFramesGetErrorRepliesAndTheNodeKeepsWorking) {
     auto frame = inbox.WaitForFrame([id](const transport::Frame& f) { return f.header.request_id == id; }, 10s);
     if (!frame) return InternalError("no reply to request " + std::to_string(id));
     if (frame->header.type_id != runtime::kErrorReply) return InternalError("reply is not an error");
-    auto words = kj::heapArray<capnp::word>(frame->payload.size() / 8);
-    std::memcpy(words.begin(), frame->payload.data(), frame->payload.size());
-    capnp::FlatArrayMessageReader reader(words.asPtr());
-    auto info = reader.getRoot<runtime::wire::ErrorInfo>();
-    return Status(static_cast<StatusCode>(info.getCode()), info.getText());
+    Status error;
+    Status read = runtime::ReadFlat<runtime::wire::ErrorInfo>(
+        frame->payload.data(), frame->payload.size(), "error reply", [&](runtime::wire::ErrorInfo::Reader info) {
+          error = Status(static_cast<StatusCode>(info.getCode()), info.getText());
+          return OkStatus();
+        });
+    return read.ok() ? error : read;
   };
   request(1, 4242, counter.id(), Buffer::CopyOf("whatever"));
   Status unknown = error_of(1);

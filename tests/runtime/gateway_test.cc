@@ -37,11 +37,13 @@ caf::actor_system_config& Sharing(caf::actor_system_config& cfg) {
 }
 
 Status ErrorIn(const Frame& frame) {
-  auto words = kj::heapArray<capnp::word>(frame.payload.size() / 8);
-  std::memcpy(words.begin(), frame.payload.data(), frame.payload.size());
-  capnp::FlatArrayMessageReader reader(words.asPtr());
-  auto info = reader.getRoot<runtime::wire::ErrorInfo>();
-  return Status(static_cast<StatusCode>(info.getCode()), info.getText());
+  Status error;
+  Status read = runtime::ReadFlat<runtime::wire::ErrorInfo>(
+      frame.payload.data(), frame.payload.size(), "error reply", [&](runtime::wire::ErrorInfo::Reader info) {
+        error = Status(static_cast<StatusCode>(info.getCode()), info.getText());
+        return OkStatus();
+      });
+  return read.ok() ? error : read;
 }
 
 class GatewayTest : public ::testing::Test {
