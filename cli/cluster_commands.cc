@@ -25,6 +25,7 @@
 #include "cluster/head.h"
 #include "cluster/node_agent.h"
 #include "common/child_process.h"
+#include "common/json.h"
 #include "common/logging.h"
 
 namespace troupe::cli {
@@ -125,19 +126,6 @@ std::string Bytes(uint64_t b) {
   return buf;
 }
 
-std::string JsonString(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\', out += c;
-    else if (static_cast<unsigned char>(c) < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", c);
-      out += buf;
-    } else out += c;
-  }
-  return out + "\"";
-}
-
 }  // namespace
 
 int RunHead(const std::vector<std::string>& argv) {
@@ -189,18 +177,18 @@ int RunStatus(const std::vector<std::string>& argv) {
   if (!list.ok()) return Fail("status", list.status());
   if (args->json) {
     std::ostringstream out;
-    out << "{\"cluster\": " << JsonString(list->cluster_name) << ", \"head\": " << JsonString((*client)->head_address())
+    out << "{\"cluster\": " << JsonQuote(list->cluster_name) << ", \"head\": " << JsonQuote((*client)->head_address())
         << ", \"nodes\": [";
     for (size_t i = 0; i < list->nodes.size(); ++i) {
       const auto& n = list->nodes[i];
-      out << (i ? ", " : "") << "{\"name\": " << JsonString(n.name) << ", \"node_id\": " << n.node_id
-          << ", \"state\": " << JsonString(n.state) << ", \"address\": " << JsonString(n.address)
+      out << (i ? ", " : "") << "{\"name\": " << JsonQuote(n.name) << ", \"node_id\": " << n.node_id
+          << ", \"state\": " << JsonQuote(n.state) << ", \"address\": " << JsonQuote(n.address)
           << ", \"pid\": " << n.pid << ", \"cpus\": " << n.cpus << ", \"memory_bytes\": " << n.memory_bytes
           << ", \"slice_memory_bytes\": " << n.slice_memory_bytes << ", \"joins\": " << n.joins
-          << ", \"heartbeat_age_ms\": " << n.heartbeat_age_ms << ", \"reason\": " << JsonString(n.reason)
+          << ", \"heartbeat_age_ms\": " << n.heartbeat_age_ms << ", \"reason\": " << JsonQuote(n.reason)
           << ", \"gpus\": [";
       for (size_t g = 0; g < n.gpus.size(); ++g) {
-        out << (g ? ", " : "") << "{\"name\": " << JsonString(n.gpus[g].name)
+        out << (g ? ", " : "") << "{\"name\": " << JsonQuote(n.gpus[g].name)
             << ", \"memory_bytes\": " << n.gpus[g].memory_bytes
             << ", \"simulated\": " << (n.gpus[g].simulated ? "true" : "false") << "}";
       }

@@ -13,6 +13,7 @@
 #include <map>
 
 #include "cluster/messages.h"
+#include "common/json.h"
 #include "runtime/node_identity.h"
 #include "storage/table.h"
 
@@ -39,15 +40,6 @@ struct ClusterView {
   std::map<std::string, NodeRecord> nodes;
 };
 
-std::string JsonString(const std::string& v) {
-  std::string out = "\"";
-  for (char c : v) {
-    if (c == '"' || c == '\\') out += '\\';
-    out += c;
-  }
-  return out + "\"";
-}
-
 struct ControllerState {
   ClusterConfig config;
   std::shared_ptr<ClusterView> view;
@@ -69,12 +61,12 @@ struct ControllerState {
       std::lock_guard<std::mutex> lock(view->mu);
       view->nodes = nodes;
     }
-    std::string json = "[\n  {\"targets\": [" + JsonString(head_metrics_address) + "], \"labels\": {\"cluster\": " +
-                       JsonString(config.name) + ", \"role\": \"head\", \"node\": \"head\"}}";
+    std::string json = "[\n  {\"targets\": [" + JsonQuote(head_metrics_address) + "], \"labels\": {\"cluster\": " +
+                       JsonQuote(config.name) + ", \"role\": \"head\", \"node\": \"head\"}}";
     for (const auto& [name, record] : nodes) {
       if (record.metrics_address.empty() || record.state == "dead") continue;
-      json += ",\n  {\"targets\": [" + JsonString(record.metrics_address) + "], \"labels\": {\"cluster\": " +
-              JsonString(config.name) + ", \"role\": \"node\", \"node\": " + JsonString(name) + "}}";
+      json += ",\n  {\"targets\": [" + JsonQuote(record.metrics_address) + "], \"labels\": {\"cluster\": " +
+              JsonQuote(config.name) + ", \"role\": \"node\", \"node\": " + JsonQuote(name) + "}}";
     }
     json += "\n]\n";
     std::string path = config.head.data_dir + "/prometheus-targets.json";

@@ -7,7 +7,6 @@
 #include <capnp/message.h>
 #include <spdlog/spdlog.h>
 
-#include <cstring>
 
 #include "runtime/messages.capnp.h"
 #include "runtime/node_identity.h"

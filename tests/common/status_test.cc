@@ -3,6 +3,7 @@
 
 #include "common/buffer.h"
 #include "common/logging.h"
+#include "common/json.h"
 #include "common/status.h"
 
 namespace troupe {
@@ -67,3 +68,9 @@ TEST(Logging, RejectsUnknownLevelsByName) {
 
 }  // namespace
 }  // namespace troupe
+
+TEST(JsonQuote, EscapesWhatJsonRequires) {
+  EXPECT_EQ(troupe::JsonQuote("plain"), "\"plain\"");
+  EXPECT_EQ(troupe::JsonQuote("a\"b\\c"), "\"a\\\"b\\\\c\"");
+  EXPECT_EQ(troupe::JsonQuote(std::string("x\ny\x01", 4)), "\"x\\u000ay\\u0001\"");
+}
