@@ -10,10 +10,10 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
-#include <regex>
 #include <string>
 
 #include "common/child_process.h"
+#include "tests/support/troupe_processes.h"
 
 namespace troupe {
 namespace {
@@ -41,30 +41,14 @@ class Cluster : public ::testing::Test {
   std::unique_ptr<ChildProcess> Start(std::vector<std::string> args, const std::string& ready) {
     args.insert(args.begin(), TROUPE_BIN);
     args.insert(args.end(), {"-c", config_});
-    auto child = ChildProcess::Spawn(args);
-    EXPECT_TRUE(child.ok()) << child.status();
-    if (!child.ok()) return nullptr;
-    auto line = (*child)->ReadLineWithPrefix(ready, 30s);
-    EXPECT_TRUE(line.ok()) << args[1] << " did not report " << ready << ": " << line.status();
-    return line.ok() ? std::move(*child) : nullptr;
+    return testing::StartUntilReady(args, ready);
   }
 
   // `troupe status --json`, one line.
-  std::string Status() {
-    auto child = ChildProcess::Spawn({TROUPE_BIN, "status", "-c", config_, "--json"});
-    if (!child.ok()) return "";
-    auto line = (*child)->ReadLine(20s);
-    (void)(*child)->Wait(20s);
-    return line.ok() ? *line : "";
-  }
+  std::string Status() { return testing::FirstLine({TROUPE_BIN, "status", "-c", config_, "--json"}); }
 
-  // The value of `field` in node `name`'s object of a status line.
   static std::string Field(const std::string& status, const std::string& name, const std::string& field) {
-    std::smatch m;
-    std::regex node("\\{\"name\": \"" + name + "\"[^\\]]*?\"" + field + "\": (\"[^\"]*\"|-?[0-9]+)");
-    if (!std::regex_search(status, m, node)) return "";
-    std::string v = m[1];
-    return v.front() == '"' ? v.substr(1, v.size() - 2) : v;
+    return testing::NodeField(status, name, field);
   }
 
   // Polls status until node `name` has `state`; returns how long it took (or -1 ms).

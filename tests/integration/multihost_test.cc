@@ -10,11 +10,11 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
-#include <regex>
 #include <string>
 #include <vector>
 
 #include "common/child_process.h"
+#include "tests/support/troupe_processes.h"
 
 namespace troupe {
 namespace {
@@ -66,7 +66,8 @@ class MultiHost : public ::testing::Test {
         std::string text;
         for (const auto& a : cmd) text += a + " ";
         skip_ = "cannot create network namespaces here (needs root with CAP_NET_ADMIN and iproute2): `" + text +
-                "` failed";
+                "` failed. It runs where those exist: in CI, where .ci/run runs as root and "
+                "scripts/bootstrap.sh installs iproute2, or by hand with `sudo ctest -R MultiHost`";
         return;
       }
     }
@@ -100,27 +101,14 @@ class MultiHost : public ::testing::Test {
     argv.insert(argv.end(), {"-c", config_});
     // Namespaces share /dev/shm, so UCX would pick shared memory and bypass the links under
     // test; separate hosts could only use the network, so these processes do too.
-    auto child = ChildProcess::Spawn(argv, {"UCX_TLS=tcp", "UCX_NET_DEVICES=" + DeviceOf(ns)});
-    EXPECT_TRUE(child.ok()) << child.status();
-    if (!child.ok()) return nullptr;
-    auto line = (*child)->ReadLineWithPrefix(ready, 30s);
-    EXPECT_TRUE(line.ok()) << args[0] << " in " << ns << " did not report " << ready << ": " << line.status();
-    return line.ok() ? std::move(*child) : nullptr;
+    return testing::StartUntilReady(argv, ready, {"UCX_TLS=tcp", "UCX_NET_DEVICES=" + DeviceOf(ns)});
   }
 
   std::string State(const std::string& node, std::string* joins = nullptr) {
-    auto child = ChildProcess::Spawn({"ip", "netns", "exec", ns_[0], TROUPE_BIN, "status", "-c", config_, "--json"},
-                                     {"UCX_TLS=tcp"});
-    if (!child.ok()) return "";
-    auto line = (*child)->ReadLine(20s);
-    (void)(*child)->Wait(20s);
-    last_status_ = line.ok() ? *line : line.status().ToString();
-    if (!line.ok()) return "";
-    std::smatch m;
-    std::regex re("\\{\"name\": \"" + node + "\"[^\\]]*?\"state\": \"([a-z]+)\"[^\\]]*?\"joins\": ([0-9]+)");
-    if (!std::regex_search(*line, m, re)) return "";
-    if (joins) *joins = m[2];
-    return m[1];
+    last_status_ = testing::FirstLine({"ip", "netns", "exec", ns_[0], TROUPE_BIN, "status", "-c", config_, "--json"},
+                                      {"UCX_TLS=tcp"});
+    if (joins) *joins = testing::NodeField(last_status_, node, "joins");
+    return testing::NodeField(last_status_, node, "state");
   }
 
   std::vector<std::string> ns_, veth_host_, veth_node_;

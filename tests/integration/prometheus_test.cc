@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common/child_process.h"
+#include "tests/support/troupe_processes.h"
 
 namespace troupe {
 namespace {
@@ -88,7 +89,8 @@ std::vector<std::string> DashboardQueries() {
 
 TEST(Prometheus, EveryDashboardQueryReturnsDataFromARealCluster) {
   if (access(kPrometheus, X_OK) != 0) {
-    GTEST_SKIP() << kPrometheus << " is not installed (scripts/bootstrap.sh installs Debian's prometheus package)";
+    GTEST_SKIP() << kPrometheus << " is not installed. It runs where Debian's prometheus package is: in CI and "
+                    "after `bash scripts/bootstrap.sh test`, which install it (or `apt-get install prometheus`)";
   }
   std::string templ = (std::filesystem::temp_directory_path() / "troupe-prom-XXXXXX").string();
   ASSERT_NE(mkdtemp(templ.data()), nullptr);
@@ -98,9 +100,8 @@ TEST(Prometheus, EveryDashboardQueryReturnsDataFromARealCluster) {
                            "head:\n  address: 127.0.0.1\n  port: 0\n  data_dir: head\n"
                            "nodes:\n  - name: a\n    gpus:\n      simulated:\n        - memory: 16GiB\n"
                            "    slice_memory: 4GiB\n  - name: b\n";
-  auto up = ChildProcess::Spawn({TROUPE_BIN, "up", "-c", config});
-  ASSERT_TRUE(up.ok()) << up.status();
-  ASSERT_TRUE((*up)->ReadLineWithPrefix("cluster prom up", 60s).ok()) << "the cluster did not come up";
+  auto up = testing::StartUntilReady({TROUPE_BIN, "up", "-c", config}, "cluster prom up");
+  ASSERT_TRUE(up) << "the cluster did not come up";
 
   int port = FreePort();
   std::ofstream(dir + "/prometheus.yml") << "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
@@ -136,8 +137,8 @@ TEST(Prometheus, EveryDashboardQueryReturnsDataFromARealCluster) {
   }
   (*prometheus)->Signal(SIGTERM);
   (void)(*prometheus)->Wait(30s);
-  (*up)->Signal(SIGTERM);
-  (void)(*up)->Wait(30s);
+  up->Signal(SIGTERM);
+  (void)up->Wait(30s);
   std::filesystem::remove_all(dir);
 }
 

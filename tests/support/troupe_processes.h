@@ -1,0 +1,49 @@
+// Helpers for tests that run real `troupe` processes: start one and wait for its ready line,
+// read one `troupe status --json` line, pick a node's field out of it.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <memory>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "common/child_process.h"
+
+namespace troupe::testing {
+
+/// Starts `argv` (with `env` added) and waits up to 30 s for a stdout line starting with
+/// `ready`; on failure records a test failure naming the command and returns nullptr.
+inline std::unique_ptr<ChildProcess> StartUntilReady(const std::vector<std::string>& argv, const std::string& ready,
+                                                     const std::vector<std::string>& env = {}) {
+  auto child = ChildProcess::Spawn(argv, env);
+  EXPECT_TRUE(child.ok()) << child.status();
+  if (!child.ok()) return nullptr;
+  auto line = (*child)->ReadLineWithPrefix(ready, std::chrono::seconds(30));
+  std::string command;
+  for (const auto& a : argv) command += a + " ";
+  EXPECT_TRUE(line.ok()) << "`" << command << "` did not report " << ready << ": " << line.status();
+  return line.ok() ? std::move(*child) : nullptr;
+}
+
+/// The first stdout line of `argv` (a `troupe status --json` command), or "" if there is none.
+inline std::string FirstLine(const std::vector<std::string>& argv, const std::vector<std::string>& env = {}) {
+  auto child = ChildProcess::Spawn(argv, env);
+  if (!child.ok()) return "";
+  auto line = (*child)->ReadLine(std::chrono::seconds(20));
+  (void)(*child)->Wait(std::chrono::seconds(20));
+  return line.ok() ? *line : "";
+}
+
+/// The value of `field` in node `name`'s object of a `troupe status --json` line ("" if absent).
+inline std::string NodeField(const std::string& status, const std::string& name, const std::string& field) {
+  std::smatch m;
+  std::regex node("\\{\"name\": \"" + name + "\"[^\\]]*?\"" + field + "\": (\"[^\"]*\"|-?[0-9]+)");
+  if (!std::regex_search(status, m, node)) return "";
+  std::string v = m[1];
+  return v.front() == '"' ? v.substr(1, v.size() - 2) : v;
+}
+
+}  // namespace troupe::testing
