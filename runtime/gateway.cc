@@ -293,21 +293,14 @@ void Gateway::OnProxyCreated(const caf::strong_actor_ptr& proxy) {
   header.dst_node = *node;
   header.dst_actor = proxy->id();
   header.type_id = kMonitorRequest;
-  std::weak_ptr<Gateway> weak = weak_from_this();
   NodeId peer = *node;
   uint64_t wire_id = proxy->id();
-  SendFrame(peer, header, Buffer(), [weak, peer, wire_id](const Status& status) {
+  // `this` outlives send callbacks (see OnForward).
+  SendFrame(peer, header, Buffer(), [this, peer, wire_id](const Status& status) {
     if (status.ok()) return;
-    auto self = weak.lock();
-    if (!self) return;
     // The node cannot be reached: the actor counts as gone.
-    if (auto proxy = self->ExistingProxy(peer, wire_id)) {
-      {
-        std::lock_guard<std::mutex> lock(self->mu_);
-        auto it = self->nodes_.find(peer);
-        if (it != self->nodes_.end()) it->second.proxies.erase(wire_id);
-      }
-      KillProxy(proxy, ToCafError(UnavailableError(DescribeNode(peer) + " cannot be reached: " + status.message())));
+    if (auto gone = TakeProxy(peer, wire_id)) {
+      KillProxy(gone, ToCafError(UnavailableError(DescribeNode(peer) + " cannot be reached: " + status.message())));
     }
   });
 }
@@ -502,6 +495,7 @@ void Gateway::OnResponse(NodeId peer, const FrameHeader& header, const Buffer& p
     spdlog::trace("gateway: reply {} from node {} to request {}", codecs_.NameOf(header.type_id), peer, header.request_id);
   }
   Pending pending;
+  caf::strong_actor_ptr sender;  // the responder's proxy, if it has one
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = pending_.find(header.request_id);
@@ -511,6 +505,11 @@ void Gateway::OnResponse(NodeId peer, const FrameHeader& header, const Buffer& p
     }
     pending = std::move(it->second);
     pending_.erase(it);
+    if (auto node = nodes_.find(peer); node != nodes_.end()) {
+      if (auto proxy = node->second.proxies.find(header.src_actor); proxy != node->second.proxies.end()) {
+        sender = proxy->second;
+      }
+    }
   }
   ++messages_in_;
   RecordLatency(clock_.Now() - pending.start);
@@ -544,7 +543,6 @@ void Gateway::OnResponse(NodeId peer, const FrameHeader& header, const Buffer& p
                          : caf::make_message(ToCafError(InvalidArgumentError("reply from node " + std::to_string(peer) +
                                                                              ": " + decoded.status().message())));
   }
-  auto sender = ExistingProxy(peer, header.src_actor);
   if (pending.src) {
     pending.src->enqueue(caf::make_mailbox_element(std::move(sender), pending.mid.response_id(), {}, std::move(reply)),
                          executor_.get());
@@ -638,21 +636,22 @@ void Gateway::OnDownNotice(NodeId peer, uint64_t wire_id, const Buffer& payload)
     return OkStatus();
   });
   if (!status.ok()) reason = ToCafError(status);
-  caf::strong_actor_ptr proxy;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = nodes_.find(peer);
-    if (it == nodes_.end()) return;
-    auto p = it->second.proxies.find(wire_id);
-    if (p == it->second.proxies.end()) return;
-    proxy = std::move(p->second);
-    it->second.proxies.erase(p);
-  }
-  KillProxy(proxy, reason);
+  if (auto proxy = TakeProxy(peer, wire_id)) KillProxy(proxy, reason);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Refs and proxies
+
+caf::strong_actor_ptr Gateway::TakeProxy(NodeId node, uint64_t wire_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = nodes_.find(node);
+  if (it == nodes_.end()) return nullptr;
+  auto p = it->second.proxies.find(wire_id);
+  if (p == it->second.proxies.end()) return nullptr;
+  caf::strong_actor_ptr proxy = std::move(p->second);
+  it->second.proxies.erase(p);
+  return proxy;
+}
 
 caf::strong_actor_ptr Gateway::ExistingProxy(NodeId node, uint64_t wire_id) {
   std::lock_guard<std::mutex> lock(mu_);

@@ -172,6 +172,8 @@ class Gateway : public RefCodec, public std::enable_shared_from_this<Gateway> {
   bool IsLocal(const caf::strong_actor_ptr& actor) const;
   caf::strong_actor_ptr ProxyFor(NodeId node, uint64_t wire_id);
   caf::strong_actor_ptr ExistingProxy(NodeId node, uint64_t wire_id);
+  /// Removes the proxy from the table and returns it (null if there is none), for killing.
+  caf::strong_actor_ptr TakeProxy(NodeId node, uint64_t wire_id);
 
   void SendFrame(NodeId peer, transport::FrameHeader header, Buffer payload,
                  transport::SendCallback done = {});

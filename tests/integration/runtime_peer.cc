@@ -27,7 +27,7 @@ int main(int argc, char** argv) {
   runtime::RuntimeConfig config;
   bool host_directory = false;
   std::string directory_at;  // "<node id>@<address>"
-  std::string log_level = "info";
+  std::string log_level = "warn";
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     auto value = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
