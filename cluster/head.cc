@@ -34,6 +34,13 @@ int64_t UnixMs() {
       .count();
 }
 
+// A stored state as seen now: an alive node silent for half the failure timeout is suspect.
+std::string StateNow(const NodeRecord& record, std::optional<Clock::Duration> silence,
+                     std::chrono::milliseconds failure_timeout) {
+  if (record.state == "alive" && silence && *silence > failure_timeout / 2) return "suspect";
+  return record.state;
+}
+
 // What the scrape thread and the targets file see of the controller's state.
 struct ClusterView {
   std::mutex mu;
@@ -153,7 +160,7 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
           auto silence = st.runtime->gateway().Silence(record.node_id);
           record.heartbeat_age_ms =
               silence ? std::chrono::duration_cast<std::chrono::milliseconds>(*silence).count() : -1;
-          if (record.state == "alive" && silence && *silence > st.config.failure_timeout / 2) record.state = "suspect";
+          record.state = StateNow(record, silence, st.config.failure_timeout);
           list.nodes.push_back(std::move(record));
         }
         return list;
@@ -253,9 +260,8 @@ StatusOr<std::unique_ptr<Head>> Head::Start(const ClusterConfig& config) {
                                     "Time since the head last heard from the node");
     double gpus_real = 0, gpus_sim = 0, gpu_memory = 0, slices = 0;
     for (const auto& [name, record] : nodes) {
-      std::string state = record.state;
       auto silence = rt->gateway().Silence(record.node_id);
-      if (state == "alive" && silence && *silence > timeout / 2) state = "suspect";
+      std::string state = StateNow(record, silence, timeout);
       ++by_state[state];
       if (silence) {
         runtime::AddSample(age, std::chrono::duration<double>(*silence).count(), {{"cluster", cluster_name}, {"node", name}});

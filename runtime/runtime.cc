@@ -183,9 +183,8 @@ StatusOr<ActorRef> Runtime::Await(std::chrono::milliseconds timeout,
 StatusOr<ActorRef> Runtime::LookupName(NodeId node, const std::string& name, std::chrono::milliseconds timeout) {
   if (node == node_id_) return LookupForPeer(name);
   Buffer payload = EncodeFlat<wire::NameLookup>([&](wire::NameLookup::Builder b) { b.setName(name); });
-  auto shared = std::make_shared<Buffer>(std::move(payload));
   return Await(timeout, [&](Gateway::RefCallback done) {
-    gateway_->ControlRequest(node, kNameLookup, std::move(*shared), timeout, std::move(done));
+    gateway_->ControlRequest(node, kNameLookup, std::move(payload), timeout, std::move(done));
   });
 }
 
@@ -262,9 +261,8 @@ StatusOr<ActorRef> Runtime::SpawnOnImpl(NodeId node, const std::string& type_nam
     b.setArgsTypeId(args_type_id);
     b.setArgs(kj::arrayPtr(args_bytes.data(), args_bytes.size()));
   });
-  auto shared = std::make_shared<Buffer>(std::move(payload));
   return Await(timeout, [&](Gateway::RefCallback done) {
-    gateway_->ControlRequest(node, kSpawnRequest, std::move(*shared), timeout, std::move(done));
+    gateway_->ControlRequest(node, kSpawnRequest, std::move(payload), timeout, std::move(done));
   });
 }
 
