@@ -51,6 +51,14 @@ bool NodeAgent::WaitStop(std::chrono::milliseconds d) {
   return cv_.wait_for(lock, d, [this] { return stop_; });
 }
 
+StatusOr<runtime::ActorRef> NodeAgent::Join(const NodeRecord& record, runtime::NodeId head_id, JoinReply* reply) {
+  ASSIGN_OR_RETURN(std::string address, ResolveHeadAddress(config_, head_override_));
+  runtime_->AddNode(head_id, address);
+  ASSIGN_OR_RETURN(runtime::ActorRef head, runtime_->LookupName(head_id, kHeadActorName, 2s));
+  ASSIGN_OR_RETURN(*reply, head.Request<JoinReply>(JoinRequest{record, agent_}, 5s));
+  return head;
+}
+
 void NodeAgent::Run(const std::function<void(const JoinReply&)>& on_joined) {
   NodeRecord record;
   record.name = spec_->name;
@@ -65,20 +73,17 @@ void NodeAgent::Run(const std::function<void(const JoinReply&)>& on_joined) {
   const runtime::NodeId head_id = HeadNodeId(config_);
   auto backoff = 100ms;
   while (!WaitStop(0ms)) {
-    auto address = ResolveHeadAddress(config_, head_override_);
-    if (address.ok()) runtime_->AddNode(head_id, *address);
-    auto head = address.ok() ? runtime_->LookupName(head_id, kHeadActorName, 2s) : StatusOr<runtime::ActorRef>(address.status());
-    StatusOr<JoinReply> reply = head.ok() ? head->Request<JoinReply>(JoinRequest{record, agent_}, 5s)
-                                          : StatusOr<JoinReply>(head.status());
-    if (!reply.ok()) {
-      spdlog::warn("node {}: cannot join the head yet: {}; retrying in {} ms", spec_->name, reply.status().ToString(),
+    JoinReply joined;
+    auto head = Join(record, head_id, &joined);
+    if (!head.ok()) {
+      spdlog::warn("node {}: cannot join the head yet: {}; retrying in {} ms", spec_->name, head.status().ToString(),
                    backoff.count());
       if (WaitStop(backoff)) break;
       backoff = std::min(backoff * 2, std::chrono::milliseconds(2000));
       continue;
     }
     backoff = 100ms;
-    on_joined(*reply);
+    on_joined(joined);
     {
       std::lock_guard<std::mutex> lock(mu_);
       head_lost_ = false;

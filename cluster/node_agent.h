@@ -33,6 +33,8 @@ class NodeAgent {
 
  private:
   NodeAgent() = default;
+  /// One join: finds the head, sends `record`; the head's ref and its reply.
+  StatusOr<runtime::ActorRef> Join(const NodeRecord& record, runtime::NodeId head_id, JoinReply* reply);
   /// Waits up to `d`; true if Stop() was called.
   bool WaitStop(std::chrono::milliseconds d);
 
