@@ -1,0 +1,211 @@
+// scheduler_bench: placement decisions per second on simulated clusters of 100, 1,000 and
+// 10,000 nodes with 8 GPUs each (8 slices per GPU), kept 90% full, for single-slice requests and
+// 8-worker gang requests. A decision here is a whole scheduler round trip: Submit, Schedule
+// (the grant) and the Release of an older grant that keeps the cluster at 90%.
+//
+// Baselines printed beside, from the same run: a linear scan for the least-loaded fitting GPU
+// (what a scheduler without troupe's index does per decision), and Ray's published
+// placement-group create+remove rate (about 800 per second). With --lease-config, also the
+// end-to-end lease latency through a running head (see troupe_lease in the README's tour).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cluster/scheduler.h"
+
+namespace troupe::bench {
+namespace {
+
+using namespace troupe::cluster::sched;
+using Clock = std::chrono::steady_clock;
+constexpr uint64_t kGiB = uint64_t{1} << 30;
+constexpr uint32_t kGpusPerNode = 8;
+constexpr uint32_t kSlicesPerGpu = 8;
+
+struct Row {
+  std::string metric, unit;
+  double troupe;
+  double baseline;
+  std::string baseline_name;
+  std::string target;
+  bool met;
+};
+
+Snapshot MakeCluster(uint32_t nodes, std::mt19937_64& rng) {
+  Snapshot s;
+  std::uniform_real_distribution<double> util(0.0, 1.0);
+  for (uint32_t n = 0; n < nodes; ++n) {
+    NodeState node;
+    node.name = "n" + std::to_string(n);
+    node.cpus_total = node.cpus_free = 128;
+    node.memory_total_bytes = node.memory_free_bytes = 1024 * kGiB;
+    std::vector<GpuState> gpus;
+    for (uint32_t g = 0; g < kGpusPerNode; ++g) {
+      GpuState gpu;
+      gpu.id = node.name + "-gpu" + std::to_string(g);
+      gpu.index = g;
+      gpu.slices_total = gpu.slices_free = kSlicesPerGpu;
+      gpu.slice_memory_bytes = 10 * kGiB;
+      gpu.memory_total_bytes = kSlicesPerGpu * gpu.slice_memory_bytes;
+      gpu.utilisation = util(rng);
+      gpus.push_back(gpu);
+    }
+    s.AddNode(std::move(node), std::move(gpus));
+  }
+  return s;
+}
+
+struct Result {
+  double decisions_per_s;
+  double ns_per_decision;
+};
+
+// Keeps the cluster 90% full with `workers`-worker requests (gang when > 1) and times
+// submit + schedule + release.
+Result TimeScheduler(uint32_t nodes, uint32_t workers, int decisions, std::mt19937_64& rng) {
+  Scheduler sched(MakeCluster(nodes, rng));
+  const uint64_t slices = uint64_t{nodes} * kGpusPerNode * kSlicesPerGpu;
+  const uint64_t target = slices * 9 / 10 / workers;  // grants held at 90%
+  Time now{};
+  uint64_t next = 1;
+  std::vector<uint64_t> live;
+  auto submit = [&]() {
+    Request r;
+    r.id = next++;
+    r.count = workers;
+    r.slice_memory_bytes = 10 * kGiB;
+    r.gang = workers > 1;
+    r.policy = workers > 1 ? Policy::kPack : Policy::kSpread;
+    (void)sched.Submit(r, now);
+    for (auto& g : sched.Schedule(now)) live.push_back(g.request.id);
+  };
+  while (live.size() < target) submit();
+  auto start = Clock::now();
+  for (int i = 0; i < decisions; ++i) {
+    size_t victim = rng() % live.size();
+    sched.Release(live[victim]);
+    live[victim] = live.back();
+    live.pop_back();
+    submit();
+  }
+  double s = std::chrono::duration<double>(Clock::now() - start).count();
+  if (!sched.Pending(now).empty()) std::fprintf(stderr, "warning: %zu requests left waiting\n", sched.Pending(now).size());
+  return {decisions / s, s * 1e9 / decisions};
+}
+
+// Baseline: the same single-slice workload decided by scanning every GPU for the least loaded
+// one that fits (no index).
+Result TimeLinearScan(uint32_t nodes, int decisions, std::mt19937_64& rng) {
+  Snapshot s = MakeCluster(nodes, rng);
+  std::vector<GpuState> gpus = s.gpus();
+  std::vector<uint32_t> live;
+  auto place = [&]() {
+    uint32_t best = UINT32_MAX;
+    double best_load = 2;
+    for (uint32_t g = 0; g < gpus.size(); ++g) {
+      if (gpus[g].slices_free == 0) continue;
+      double load = Snapshot::Load(gpus[g]);
+      if (load < best_load) best_load = load, best = g;
+    }
+    if (best != UINT32_MAX) {
+      --gpus[best].slices_free;
+      live.push_back(best);
+    }
+  };
+  // Filled at random (scanning to fill 10,000 nodes would take minutes); only decisions are timed.
+  const uint64_t target = uint64_t{nodes} * kGpusPerNode * kSlicesPerGpu * 9 / 10;
+  while (live.size() < target) {
+    uint32_t g = static_cast<uint32_t>(rng() % gpus.size());
+    if (gpus[g].slices_free == 0) continue;
+    --gpus[g].slices_free;
+    live.push_back(g);
+  }
+  auto start = Clock::now();
+  for (int i = 0; i < decisions; ++i) {
+    size_t victim = rng() % live.size();
+    ++gpus[live[victim]].slices_free;
+    live[victim] = live.back();
+    live.pop_back();
+    place();
+  }
+  double sec = std::chrono::duration<double>(Clock::now() - start).count();
+  return {decisions / sec, sec * 1e9 / decisions};
+}
+
+int Run(bool quick, const std::string& json) {
+  std::mt19937_64 rng(42);
+  std::vector<Row> rows;
+  const std::vector<uint32_t> sizes = {100, 1000, 10000};
+  std::vector<double> single_ns, gang_ns;
+  for (uint32_t nodes : sizes) {
+    const int n = quick ? 20000 : 200000;
+    Result single = TimeScheduler(nodes, 1, n, rng);
+    Result scan = TimeLinearScan(nodes, quick ? 2000 : 20000, rng);
+    Result gang = TimeScheduler(nodes, 8, n / 8, rng);
+    single_ns.push_back(single.ns_per_decision);
+    gang_ns.push_back(gang.ns_per_decision);
+    std::string label = std::to_string(nodes) + " nodes x 8 GPUs, 90% full";
+    const bool target_row = nodes == 1000;
+    rows.push_back({"single-slice placements/s, " + label, "1/s", single.decisions_per_s, scan.decisions_per_s,
+                    "linear scan", target_row ? ">= 100000" : "(info)",
+                    !target_row || single.decisions_per_s >= 100000});
+    rows.push_back({"single-slice placement cost, " + label, "ns", single.ns_per_decision, scan.ns_per_decision,
+                    "linear scan", "(info)", true});
+    rows.push_back({"8-worker gang placements/s, " + label, "1/s", gang.decisions_per_s, 800, "Ray PG create+remove",
+                    "(info)", true});
+  }
+  // Growth: cost per decision from 100 to 10,000 nodes against linear growth (100x).
+  const double single_growth = single_ns.back() / single_ns.front();
+  const double gang_growth = gang_ns.back() / gang_ns.front();
+  rows.push_back({"single-slice cost growth, 100 -> 10,000 nodes", "x", single_growth, 100, "linear growth",
+                  "<= 100", single_growth <= 100});
+  rows.push_back({"gang cost growth, 100 -> 10,000 nodes", "x", gang_growth, 100, "linear growth", "<= 100",
+                  gang_growth <= 100});
+  rows.push_back({"single-slice placements/s at 1,000 nodes vs Ray PG rate", "x",
+                  rows[3].troupe / 800.0, 1, "Ray 800/s", "(info)", true});
+
+  std::printf("\n%-58s %-4s %14s %14s  %-22s %-10s %s\n", "metric", "unit", "troupe", "baseline", "baseline is",
+              "target", "met");
+  for (const auto& r : rows) {
+    std::printf("%-58s %-4s %14.1f %14.1f  %-22s %-10s %s\n", r.metric.c_str(), r.unit.c_str(), r.troupe, r.baseline,
+                r.baseline_name.c_str(), r.target.c_str(), r.met ? "yes" : "no");
+  }
+  if (!json.empty()) {
+    std::ofstream out(json);
+    out << "{\"benchmark\": \"scheduler\", \"quick\": " << (quick ? "true" : "false") << ", \"rows\": [";
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const auto& r = rows[i];
+      out << (i ? ", " : "") << "{\"metric\": \"" << r.metric << "\", \"unit\": \"" << r.unit
+          << "\", \"troupe\": " << r.troupe << ", \"baseline\": " << r.baseline << ", \"baseline_is\": \""
+          << r.baseline_name << "\", \"target\": \"" << r.target << "\", \"met\": " << (r.met ? "true" : "false")
+          << "}";
+    }
+    out << "]}\n";
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace troupe::bench
+
+int main(int argc, char** argv) {
+  bool quick = false;
+  std::string json;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--quick") {
+      quick = true;
+    } else if (a == "--json" && i + 1 < argc) {
+      json = argv[++i];
+    } else {
+      std::cerr << "usage: scheduler_bench [--quick] [--json PATH]\n";
+      return 2;
+    }
+  }
+  return troupe::bench::Run(quick, json);
+}

@@ -1,0 +1,440 @@
+// The scheduler's placement logic and queue.
+#include "cluster/scheduler.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <tuple>
+
+namespace troupe::cluster::sched {
+
+namespace {
+
+// A broken invariant of the caller (not bad input): crash loudly.
+void Check(bool ok, const char* what) {
+  if (!ok) {
+    std::fprintf(stderr, "scheduler invariant broken: %s\n", what);
+    std::abort();
+  }
+}
+
+bool NeedsGpu(const Request& r) { return r.slice_memory_bytes > 0 || r.compute_percent > 0; }
+
+bool NodeFits(const NodeState& n, const Request& r) {
+  return n.schedulable && n.cpus_free >= r.cpus && n.memory_free_bytes >= r.host_memory_bytes;
+}
+
+bool Contains(const std::vector<uint32_t>& v, uint32_t x) { return std::find(v.begin(), v.end(), x) != v.end(); }
+
+}  // namespace
+
+std::string_view PolicyName(Policy p) {
+  switch (p) {
+    case Policy::kPack: return "pack";
+    case Policy::kSpread: return "spread";
+    case Policy::kStrictSpread: return "strict_spread";
+  }
+  return "?";
+}
+std::string_view PriorityName(Priority p) { return p == Priority::kUrgent ? "urgent" : "normal"; }
+
+StatusOr<Policy> ParsePolicy(std::string_view text) {
+  if (text == "pack") return Policy::kPack;
+  if (text == "spread") return Policy::kSpread;
+  if (text == "strict_spread" || text == "strict-spread") return Policy::kStrictSpread;
+  return InvalidArgumentError("placement policy '" + std::string(text) + "': expected pack, spread or strict_spread");
+}
+StatusOr<Priority> ParsePriority(std::string_view text) {
+  if (text == "urgent") return Priority::kUrgent;
+  if (text == "normal") return Priority::kNormal;
+  return InvalidArgumentError("priority '" + std::string(text) + "': expected urgent or normal");
+}
+
+// ---- Snapshot ----
+
+uint32_t Snapshot::AddNode(NodeState node, std::vector<GpuState> gpus) {
+  const auto index = static_cast<uint32_t>(nodes_.size());
+  node.gpus.clear();
+  for (auto& gpu : gpus) {
+    Check(gpu.slices_total >= 1 && gpu.slices_free <= gpu.slices_total, "GPU slice counts");
+    gpu.node = index;
+    const auto g = static_cast<uint32_t>(gpus_.size());
+    node.gpus.push_back(g);
+    uint32_t shape = 0;
+    while (shape < shapes_.size() && (shapes_[shape].slices_total != gpu.slices_total ||
+                                      shapes_[shape].slice_memory_bytes != gpu.slice_memory_bytes)) {
+      ++shape;
+    }
+    if (shape == shapes_.size()) {
+      shapes_.push_back(Shape{gpu.slices_total, gpu.slice_memory_bytes, std::vector<Bucket>(gpu.slices_total + 1)});
+    }
+    gpus_.push_back(std::move(gpu));
+    shape_of_.push_back(shape);
+    indexed_load_.push_back(-1);
+  }
+  node_by_name_[node.name] = index;
+  nodes_.push_back(std::move(node));
+  for (uint32_t g : nodes_.back().gpus) Index(g);
+  return index;
+}
+
+std::optional<uint32_t> Snapshot::FindNode(const std::string& name) const {
+  auto it = node_by_name_.find(name);
+  if (it == node_by_name_.end()) return std::nullopt;
+  return it->second;
+}
+
+void Snapshot::SetSchedulable(uint32_t node, bool schedulable) {
+  auto& n = nodes_.at(node);
+  if (n.schedulable == schedulable) return;
+  for (uint32_t g : n.gpus) Unindex(g);
+  n.schedulable = schedulable;
+  for (uint32_t g : n.gpus) Index(g);
+}
+
+void Snapshot::ReportLoad(uint32_t gpu, double utilisation, uint64_t memory_used_bytes) {
+  Unindex(gpu);
+  gpus_.at(gpu).utilisation = std::clamp(utilisation, 0.0, 1.0);
+  gpus_[gpu].memory_used_bytes = memory_used_bytes;
+  Index(gpu);
+}
+
+void Snapshot::Unindex(uint32_t g) {
+  if (indexed_load_[g] < 0) return;
+  shapes_[shape_of_[g]].by_free[gpus_[g].slices_free].erase({indexed_load_[g], g});
+  indexed_load_[g] = -1;
+}
+
+void Snapshot::Index(uint32_t g) {
+  const GpuState& gpu = gpus_[g];
+  if (!nodes_[gpu.node].schedulable || gpu.slices_free == 0) return;
+  indexed_load_[g] = Load(gpu);
+  shapes_[shape_of_[g]].by_free[gpu.slices_free].insert({indexed_load_[g], g});
+}
+
+uint32_t Snapshot::SlicesNeeded(const GpuState& gpu, const Request& r) {
+  if (!NeedsGpu(r)) return 0;
+  uint64_t by_memory = 0;
+  if (r.slice_memory_bytes > 0) {
+    if (gpu.slice_memory_bytes == 0) return 0;
+    by_memory = (r.slice_memory_bytes + gpu.slice_memory_bytes - 1) / gpu.slice_memory_bytes;
+  }
+  const uint64_t by_compute = (uint64_t{r.compute_percent} * gpu.slices_total + 99) / 100;
+  const uint64_t n = std::max<uint64_t>({by_memory, by_compute, 1});
+  return n > gpu.slices_total ? 0 : static_cast<uint32_t>(n);
+}
+
+double Snapshot::Load(const GpuState& gpu) {
+  const double handed_out = 1.0 - static_cast<double>(gpu.slices_free) / gpu.slices_total;
+  const double used = gpu.memory_total_bytes == 0
+                          ? 0.0
+                          : static_cast<double>(gpu.memory_used_bytes) / static_cast<double>(gpu.memory_total_bytes);
+  return 0.5 * gpu.utilisation + 0.5 * std::min(1.0, std::max(handed_out, used));
+}
+
+void Snapshot::Take(const Assignment& a) {
+  NodeState& n = nodes_.at(a.node);
+  Check(n.cpus_free >= a.cpus && n.memory_free_bytes >= a.host_memory_bytes, "node oversubscribed");
+  n.cpus_free -= a.cpus;
+  n.memory_free_bytes -= a.host_memory_bytes;
+  if (a.gpu == kNoGpu) return;
+  Check(gpus_.at(a.gpu).node == a.node && gpus_[a.gpu].slices_free >= a.slices, "GPU oversubscribed");
+  Unindex(a.gpu);
+  gpus_[a.gpu].slices_free -= a.slices;
+  Index(a.gpu);
+}
+
+void Snapshot::Give(const Assignment& a) {
+  NodeState& n = nodes_.at(a.node);
+  n.cpus_free += a.cpus;
+  n.memory_free_bytes += a.host_memory_bytes;
+  Check(n.cpus_free <= n.cpus_total && n.memory_free_bytes <= n.memory_total_bytes, "node over-returned");
+  if (a.gpu == kNoGpu) return;
+  Unindex(a.gpu);
+  gpus_.at(a.gpu).slices_free += a.slices;
+  Check(gpus_[a.gpu].slices_free <= gpus_[a.gpu].slices_total, "GPU over-returned");
+  Index(a.gpu);
+}
+
+bool Snapshot::EverFits(const Request& r) const {
+  for (const auto& n : nodes_) {
+    if (!n.schedulable || n.cpus_total < r.cpus || n.memory_total_bytes < r.host_memory_bytes) continue;
+    if (!NeedsGpu(r)) return true;
+    for (uint32_t g : n.gpus) {
+      if (SlicesNeeded(gpus_[g], r) > 0) return true;
+    }
+  }
+  return false;
+}
+
+// ---- Place ----
+
+namespace {
+
+// The best GPU for one more worker, or kNoGpu.
+struct Candidate {
+  uint32_t gpu = kNoGpu;
+  std::tuple<uint32_t, double, uint32_t> key{UINT32_MAX, 2.0, UINT32_MAX};  // lower is better
+};
+
+}  // namespace
+
+std::optional<std::vector<Assignment>> Place(Snapshot& s, const Request& r, uint32_t workers,
+                                             const std::vector<Assignment>& already) {
+  if (workers == 0) workers = r.count;
+  std::vector<uint32_t> used;  // nodes this request's workers are on
+  for (const auto& a : already) used.push_back(a.node);
+  std::vector<Assignment> out;
+  out.reserve(workers);
+  auto undo = [&]() -> std::optional<std::vector<Assignment>> {
+    for (auto it = out.rbegin(); it != out.rend(); ++it) s.Give(*it);
+    return std::nullopt;
+  };
+  const bool strict = r.policy == Policy::kStrictSpread;
+  for (uint32_t w = 0; w < workers; ++w) {
+    Assignment a;
+    a.cpus = r.cpus;
+    a.host_memory_bytes = r.host_memory_bytes;
+    if (!NeedsGpu(r)) {
+      // CPU-only worker: pack takes the node with the fewest free CPUs that fit, spread the most.
+      uint32_t best = UINT32_MAX;
+      std::tuple<int, int64_t, uint32_t> best_key{2, 0, 0};
+      for (uint32_t n = 0; n < s.nodes_.size(); ++n) {
+        const NodeState& node = s.nodes_[n];
+        if (!NodeFits(node, r)) continue;
+        const bool on_used = Contains(used, n);
+        if (strict && on_used) continue;
+        const int64_t free = node.cpus_free;
+        std::tuple<int, int64_t, uint32_t> key = r.policy == Policy::kPack
+                                                     ? std::make_tuple(on_used ? 0 : 1, free, n)
+                                                     : std::make_tuple(on_used ? 1 : 0, -free, n);
+        if (key < best_key) best_key = key, best = n;
+      }
+      if (best == UINT32_MAX) return undo();
+      a.node = best;
+    } else {
+      Candidate best;
+      auto consider = [&](uint32_t g, uint32_t need, uint32_t tier) {
+        const GpuState& gpu = s.gpus_[g];
+        const double load = Snapshot::Load(gpu);
+        // Pack: best fit (fewest slices left over) first; spread: least loaded first.
+        std::tuple<uint32_t, double, uint32_t> key =
+            r.policy == Policy::kPack ? std::make_tuple(tier * 1000000 + (gpu.slices_free - need), load, g)
+                                      : std::make_tuple(tier, load, g);
+        if (key < best.key) best.key = key, best.gpu = g;
+      };
+      if (r.policy == Policy::kPack) {
+        // GPUs on nodes the request already uses come first (tier 0).
+        for (uint32_t n : used) {
+          if (!NodeFits(s.nodes_[n], r)) continue;
+          for (uint32_t g : s.nodes_[n].gpus) {
+            const uint32_t need = Snapshot::SlicesNeeded(s.gpus_[g], r);
+            if (need > 0 && s.gpus_[g].slices_free >= need) consider(g, need, 0);
+          }
+        }
+      }
+      if (best.gpu == kNoGpu) {
+        // Spread tries nodes the request does not use yet first (tier 0), then (non-strict) any.
+        for (uint32_t pass = 0; pass < 2 && best.gpu == kNoGpu; ++pass) {
+          const bool avoid_used = r.policy != Policy::kPack && pass == 0 && !used.empty();
+          if (pass == 1 && (strict || r.policy == Policy::kPack || used.empty())) break;
+          for (const auto& shape : s.shapes_) {
+            GpuState probe;
+            probe.slices_total = shape.slices_total;
+            probe.slice_memory_bytes = shape.slice_memory_bytes;
+            const uint32_t need = Snapshot::SlicesNeeded(probe, r);
+            if (need == 0) continue;
+            for (uint32_t k = need; k <= shape.slices_total; ++k) {
+              bool found = false;
+              for (const auto& [load, g] : shape.by_free[k]) {
+                const uint32_t n = s.gpus_[g].node;
+                if (!NodeFits(s.nodes_[n], r)) continue;
+                if ((avoid_used || strict) && Contains(used, n)) continue;
+                consider(g, need, 1);
+                found = true;
+                break;
+              }
+              // Best fit: the first bucket with a fitting GPU is the one pack wants.
+              if (found && r.policy == Policy::kPack) break;
+            }
+          }
+        }
+      }
+      if (best.gpu == kNoGpu) return undo();
+      a.node = s.gpus_[best.gpu].node;
+      a.gpu = best.gpu;
+      a.slices = Snapshot::SlicesNeeded(s.gpus_[best.gpu], r);
+    }
+    s.Take(a);
+    out.push_back(a);
+    used.push_back(a.node);
+  }
+  return out;
+}
+
+// ---- Scheduler ----
+
+Scheduler::Scheduler(Snapshot snapshot, Quotas quotas) : snapshot_(std::move(snapshot)), quotas_(std::move(quotas)) {}
+
+uint64_t Scheduler::MemoryOf(const std::vector<Assignment>& assignments) const {
+  uint64_t bytes = 0;
+  for (const auto& a : assignments) {
+    if (a.gpu != kNoGpu) bytes += uint64_t{a.slices} * snapshot_.gpus()[a.gpu].slice_memory_bytes;
+  }
+  return bytes;
+}
+
+uint64_t Scheduler::TenantHeld(const std::string& tenant) const {
+  auto it = held_.find(tenant);
+  return it == held_.end() ? 0 : it->second;
+}
+
+Status Scheduler::Submit(const Request& r, Time now) {
+  if (r.count == 0 || r.count > 100000) {
+    return InvalidArgumentError("request " + std::to_string(r.id) + ": count must be 1..100000, not " +
+                                std::to_string(r.count));
+  }
+  if (r.compute_percent > 100) {
+    return InvalidArgumentError("request " + std::to_string(r.id) + ": compute share must be 0..100%, not " +
+                                std::to_string(r.compute_percent));
+  }
+  if (r.tenant.empty()) return InvalidArgumentError("request " + std::to_string(r.id) + ": empty tenant");
+  if (granted_.count(r.id)) return AlreadyExistsError("request " + std::to_string(r.id) + " exists");
+  for (const auto& q : queues_) {
+    for (const auto& w : q) {
+      if (w.request.id == r.id) return AlreadyExistsError("request " + std::to_string(r.id) + " exists");
+    }
+  }
+  if (!snapshot_.EverFits(r)) {
+    return ResourceExhaustedError("request " + std::to_string(r.id) +
+                                  ": no node of the cluster could ever hold one worker (" +
+                                  std::to_string(r.slice_memory_bytes) + " bytes of GPU memory, " +
+                                  std::to_string(r.compute_percent) + "% compute, " + std::to_string(r.cpus) +
+                                  " CPUs, " + std::to_string(r.host_memory_bytes) + " bytes of memory)");
+  }
+  if (r.policy == Policy::kStrictSpread) {
+    size_t schedulable = 0;
+    for (const auto& n : snapshot_.nodes()) schedulable += n.schedulable ? 1 : 0;
+    if (r.count > schedulable) {
+      return ResourceExhaustedError("request " + std::to_string(r.id) + ": strict spread of " +
+                                    std::to_string(r.count) + " workers needs as many nodes; the cluster has " +
+                                    std::to_string(schedulable));
+    }
+  }
+  if (auto q = quotas_.find(r.tenant); q != quotas_.end() && r.slice_memory_bytes * r.count > q->second) {
+    return ResourceExhaustedError("request " + std::to_string(r.id) + ": " + std::to_string(r.count) + " x " +
+                                  std::to_string(r.slice_memory_bytes) + " bytes exceeds tenant '" + r.tenant +
+                                  "' quota of " + std::to_string(q->second) + " bytes");
+  }
+  queues_[static_cast<int>(r.priority)].push_back(Waiting{r, now, {}, "capacity"});
+  return OkStatus();
+}
+
+bool Scheduler::TryPlace(Waiting& w) {
+  const Request& r = w.request;
+  const auto quota = quotas_.find(r.tenant);
+  uint64_t& held = held_[r.tenant];
+  auto over_quota = [&](uint64_t more) { return quota != quotas_.end() && held + more > quota->second; };
+  // Quotas count the GPU memory requested (as Kubernetes' ResourceQuota counts requests), not
+  // what slice rounding hands out, so a decision never depends on which GPU would be chosen.
+  const uint32_t workers = r.gang ? r.count : 1;
+  while (w.placed.size() < r.count) {
+    if (over_quota(r.slice_memory_bytes * workers)) {
+      w.reason = "quota";
+      return false;
+    }
+    auto placed = Place(snapshot_, r, workers, w.placed);
+    if (!placed) {
+      w.reason = "capacity";
+      return false;
+    }
+    held += r.slice_memory_bytes * workers;
+    w.placed.insert(w.placed.end(), placed->begin(), placed->end());
+  }
+  return true;
+}
+
+std::vector<Grant> Scheduler::Schedule(Time now) {
+  std::vector<Grant> grants;
+  bool urgent_waiting = false;
+  for (int p = 0; p < 2; ++p) {
+    auto& queue = queues_[p];
+    for (auto it = queue.begin(); it != queue.end();) {
+      if (p == 1 && urgent_waiting) {
+        it->reason = "urgent requests ahead";
+        ++it;
+        continue;
+      }
+      if (TryPlace(*it)) {
+        Grant g{it->request, std::move(it->placed), now - it->since};
+        granted_[g.request.id] = g;
+        grants.push_back(std::move(g));
+        it = queue.erase(it);
+        continue;
+      }
+      if (p == 0 && it->reason != "quota") urgent_waiting = true;
+      ++it;
+    }
+  }
+  return grants;
+}
+
+bool Scheduler::Release(uint64_t id) {
+  auto give_all = [&](const Request& r, const std::vector<Assignment>& assignments) {
+    for (const auto& a : assignments) snapshot_.Give(a);
+    held_[r.tenant] -= r.slice_memory_bytes * assignments.size();
+  };
+  if (auto it = granted_.find(id); it != granted_.end()) {
+    give_all(it->second.request, it->second.assignments);
+    granted_.erase(it);
+    return true;
+  }
+  for (auto& queue : queues_) {
+    for (auto it = queue.begin(); it != queue.end(); ++it) {
+      if (it->request.id != id) continue;
+      give_all(it->request, it->placed);
+      queue.erase(it);
+      return true;
+    }
+  }
+  return false;
+}
+
+std::vector<Grant> Scheduler::LoseNode(uint32_t node) {
+  snapshot_.SetSchedulable(node, false);
+  std::vector<Grant> lost;
+  for (auto it = granted_.begin(); it != granted_.end();) {
+    const auto& as = it->second.assignments;
+    if (std::none_of(as.begin(), as.end(), [&](const Assignment& a) { return a.node == node; })) {
+      ++it;
+      continue;
+    }
+    for (const auto& a : as) snapshot_.Give(a);
+    held_[it->second.request.tenant] -= it->second.request.slice_memory_bytes * as.size();
+    lost.push_back(std::move(it->second));
+    it = granted_.erase(it);
+  }
+  for (auto& queue : queues_) {
+    for (auto& w : queue) {
+      auto keep = std::stable_partition(w.placed.begin(), w.placed.end(),
+                                        [&](const Assignment& a) { return a.node != node; });
+      std::vector<Assignment> gone(keep, w.placed.end());
+      for (const auto& a : gone) snapshot_.Give(a);
+      held_[w.request.tenant] -= w.request.slice_memory_bytes * gone.size();
+      w.placed.erase(keep, w.placed.end());
+    }
+  }
+  return lost;
+}
+
+std::vector<PendingInfo> Scheduler::Pending(Time now) const {
+  std::vector<PendingInfo> out;
+  for (const auto& queue : queues_) {
+    for (const auto& w : queue) {
+      out.push_back(PendingInfo{w.request, static_cast<uint32_t>(w.placed.size()), now - w.since, w.reason});
+    }
+  }
+  return out;
+}
+
+}  // namespace troupe::cluster::sched

@@ -1,0 +1,424 @@
+// The scheduler: example tests of each rule, and property tests over random clusters and
+// request streams that check the rules hold after every step.
+#include "cluster/scheduler.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+#include <set>
+
+namespace troupe::cluster::sched {
+namespace {
+
+constexpr uint64_t kGiB = uint64_t{1} << 30;
+
+GpuState Gpu(uint32_t slices, uint64_t slice_memory, std::string id = "") {
+  GpuState g;
+  g.id = std::move(id);
+  g.slices_total = g.slices_free = slices;
+  g.slice_memory_bytes = slice_memory;
+  g.memory_total_bytes = slices * slice_memory;
+  return g;
+}
+
+NodeState Node(std::string name, uint32_t cpus = 64, uint64_t memory = 512 * kGiB) {
+  NodeState n;
+  n.name = std::move(name);
+  n.cpus_total = n.cpus_free = cpus;
+  n.memory_total_bytes = n.memory_free_bytes = memory;
+  return n;
+}
+
+// `nodes` nodes with `gpus` GPUs of `slices` x `slice_memory` each.
+Snapshot Cluster(int nodes, int gpus, uint32_t slices = 4, uint64_t slice_memory = 10 * kGiB) {
+  Snapshot s;
+  for (int n = 0; n < nodes; ++n) {
+    std::vector<GpuState> g;
+    for (int i = 0; i < gpus; ++i) g.push_back(Gpu(slices, slice_memory));
+    s.AddNode(Node("n" + std::to_string(n)), std::move(g));
+  }
+  return s;
+}
+
+Request Req(uint64_t id, uint32_t count = 1, uint64_t memory = 10 * kGiB) {
+  Request r;
+  r.id = id;
+  r.count = count;
+  r.slice_memory_bytes = memory;
+  return r;
+}
+
+const Time kT0{};
+
+TEST(Scheduler, SlicesNeededRoundsMemoryAndComputeUp) {
+  GpuState g = Gpu(8, 10 * kGiB);  // 80 GiB in 8 slices of 12.5% each
+  Request r;
+  r.slice_memory_bytes = 15 * kGiB;
+  EXPECT_EQ(Snapshot::SlicesNeeded(g, r), 2u);
+  r.compute_percent = 30;  // 30% needs 3 slices of 12.5%
+  EXPECT_EQ(Snapshot::SlicesNeeded(g, r), 3u);
+  r.slice_memory_bytes = 90 * kGiB;  // more than the GPU
+  EXPECT_EQ(Snapshot::SlicesNeeded(g, r), 0u);
+  Request cpu_only;
+  cpu_only.cpus = 2;
+  EXPECT_EQ(Snapshot::SlicesNeeded(g, cpu_only), 0u);
+}
+
+TEST(Scheduler, PrefersTheLeastLoadedFittingGpu) {
+  Snapshot s = Cluster(1, 3);
+  s.ReportLoad(0, 0.9, 0);
+  s.ReportLoad(1, 0.2, 0);
+  s.ReportLoad(2, 0.5, 0);
+  auto placed = Place(s, Req(1));
+  ASSERT_TRUE(placed);
+  EXPECT_EQ(placed->at(0).gpu, 1u);
+  // Memory used outside troupe counts as load too.
+  s.ReportLoad(2, 0.1, 36 * kGiB);
+  s.ReportLoad(1, 0.2, 0);
+  placed = Place(s, Req(2));
+  ASSERT_TRUE(placed);
+  EXPECT_EQ(placed->at(0).gpu, 1u);
+}
+
+TEST(Scheduler, PackKeepsAGangOnOneNodeAndSpreadSpreadsIt) {
+  Snapshot s = Cluster(4, 4, 1);
+  Request pack = Req(1, 4);
+  pack.policy = Policy::kPack;
+  auto placed = Place(s, pack);
+  ASSERT_TRUE(placed);
+  std::set<uint32_t> nodes;
+  for (const auto& a : *placed) nodes.insert(a.node);
+  EXPECT_EQ(nodes.size(), 1u);
+
+  Request spread = Req(2, 3);
+  spread.policy = Policy::kSpread;
+  placed = Place(s, spread);
+  ASSERT_TRUE(placed);
+  nodes.clear();
+  for (const auto& a : *placed) nodes.insert(a.node);
+  EXPECT_EQ(nodes.size(), 3u);
+}
+
+TEST(Scheduler, PackFillsTheFullestGpuThatFits) {
+  Snapshot s = Cluster(1, 2, 4);
+  ASSERT_TRUE(Place(s, Req(1, 1, 30 * kGiB)));  // GPU 0 (or 1) has 1 slice left
+  const uint32_t fuller = s.gpus()[0].slices_free == 1 ? 0 : 1;
+  Request r = Req(2);
+  r.policy = Policy::kPack;
+  auto placed = Place(s, r);
+  ASSERT_TRUE(placed);
+  EXPECT_EQ(placed->at(0).gpu, fuller);
+}
+
+TEST(Scheduler, StrictSpreadNeverSharesANode) {
+  Snapshot s = Cluster(2, 4, 1);
+  Request r = Req(1, 3);
+  r.policy = Policy::kStrictSpread;
+  EXPECT_FALSE(Place(s, r));  // 3 workers, 2 nodes
+  EXPECT_EQ(s.gpus()[0].slices_free, 1u);  // and nothing was taken
+  r.count = 2;
+  auto placed = Place(s, r);
+  ASSERT_TRUE(placed);
+  EXPECT_NE(placed->at(0).node, placed->at(1).node);
+}
+
+TEST(Scheduler, NeverOversubscribesCpusOrHostMemory) {
+  Snapshot s;
+  s.AddNode(Node("a", 4, 8 * kGiB), {Gpu(4, 10 * kGiB)});
+  Request r = Req(1, 3);
+  r.cpus = 2;
+  EXPECT_FALSE(Place(s, r));  // 3 x 2 CPUs on a 4-CPU node
+  r.count = 2;
+  r.cpus = 1;
+  r.host_memory_bytes = 5 * kGiB;
+  EXPECT_FALSE(Place(s, r));  // 2 x 5 GiB on an 8 GiB node
+  r.host_memory_bytes = 4 * kGiB;
+  EXPECT_TRUE(Place(s, r));
+  EXPECT_EQ(s.nodes()[0].memory_free_bytes, 0u);
+}
+
+TEST(Scheduler, GangHoldsNothingUntilItFitsWhole) {
+  Scheduler sched(Cluster(1, 3, 1));
+  Request gang = Req(1, 4);
+  gang.gang = true;
+  ASSERT_TRUE(sched.Submit(gang, kT0).ok());
+  EXPECT_TRUE(sched.Schedule(kT0).empty());
+  for (const auto& g : sched.snapshot().gpus()) EXPECT_EQ(g.slices_free, 1u);
+  auto pending = sched.Pending(kT0);
+  ASSERT_EQ(pending.size(), 1u);
+  EXPECT_EQ(pending[0].placed, 0u);
+
+  // A non-gang request of 4 takes the 3 that fit and waits for the fourth.
+  Scheduler sched2(Cluster(1, 3, 1));
+  ASSERT_TRUE(sched2.Submit(Req(1, 4), kT0).ok());
+  EXPECT_TRUE(sched2.Schedule(kT0).empty());
+  EXPECT_EQ(sched2.Pending(kT0).at(0).placed, 3u);
+}
+
+TEST(Scheduler, UrgentRequestsGoFirstAndWaitTimeIsVisible) {
+  Scheduler sched(Cluster(1, 1, 1));
+  ASSERT_TRUE(sched.Submit(Req(1), kT0).ok());
+  ASSERT_EQ(sched.Schedule(kT0).size(), 1u);  // the GPU is taken
+  ASSERT_TRUE(sched.Submit(Req(2), kT0).ok());  // normal, first in line
+  Request urgent = Req(3);
+  urgent.priority = Priority::kUrgent;
+  ASSERT_TRUE(sched.Submit(urgent, kT0 + std::chrono::seconds(1)).ok());
+  EXPECT_TRUE(sched.Schedule(kT0 + std::chrono::seconds(2)).empty());
+  auto pending = sched.Pending(kT0 + std::chrono::seconds(5));
+  ASSERT_EQ(pending.size(), 2u);
+  EXPECT_EQ(pending[0].request.id, 3u);  // urgent listed first
+  EXPECT_EQ(pending[0].waited, std::chrono::seconds(4));
+  EXPECT_EQ(pending[1].reason, "urgent requests ahead");
+
+  ASSERT_TRUE(sched.Release(1));
+  auto grants = sched.Schedule(kT0 + std::chrono::seconds(6));
+  ASSERT_EQ(grants.size(), 1u);
+  EXPECT_EQ(grants[0].request.id, 3u);
+  EXPECT_EQ(grants[0].waited, std::chrono::seconds(5));
+}
+
+TEST(Scheduler, SmallRequestsBackfillPastALargeOneOfTheSamePriority) {
+  Scheduler sched(Cluster(1, 2, 1));
+  ASSERT_TRUE(sched.Submit(Req(1), kT0).ok());
+  ASSERT_EQ(sched.Schedule(kT0).size(), 1u);
+  Request big = Req(2, 2);
+  big.gang = true;
+  ASSERT_TRUE(sched.Submit(big, kT0).ok());
+  ASSERT_TRUE(sched.Submit(Req(3), kT0).ok());
+  auto grants = sched.Schedule(kT0);
+  ASSERT_EQ(grants.size(), 1u);
+  EXPECT_EQ(grants[0].request.id, 3u);
+}
+
+TEST(Scheduler, TenantQuotaCapsWhatATenantHolds) {
+  Scheduler sched(Cluster(1, 4, 1), Quotas{{"team-a", 20 * kGiB}});
+  for (uint64_t id = 1; id <= 3; ++id) {
+    Request r = Req(id);
+    r.tenant = "team-a";
+    ASSERT_TRUE(sched.Submit(r, kT0).ok());
+  }
+  Request other = Req(4);
+  other.tenant = "team-b";
+  ASSERT_TRUE(sched.Submit(other, kT0).ok());
+  EXPECT_EQ(sched.Schedule(kT0).size(), 3u);  // two of team-a, and team-b's
+  EXPECT_EQ(sched.TenantHeld("team-a"), 20 * kGiB);
+  auto pending = sched.Pending(kT0);
+  ASSERT_EQ(pending.size(), 1u);
+  EXPECT_EQ(pending[0].reason, "quota");
+  // A request larger than the quota can never run: refused at once.
+  Request huge = Req(9, 3);
+  huge.tenant = "team-a";
+  EXPECT_EQ(sched.Submit(huge, kT0).code(), StatusCode::kResourceExhausted);
+}
+
+TEST(Scheduler, RefusesMalformedAndImpossibleRequests) {
+  Scheduler sched(Cluster(2, 1, 4));
+  EXPECT_EQ(sched.Submit(Req(1, 0), kT0).code(), StatusCode::kInvalidArgument);
+  Request r = Req(2);
+  r.compute_percent = 101;
+  EXPECT_EQ(sched.Submit(r, kT0).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(sched.Submit(Req(3, 1, 41 * kGiB), kT0).code(), StatusCode::kResourceExhausted);
+  Request strict = Req(4, 3);
+  strict.policy = Policy::kStrictSpread;
+  EXPECT_EQ(sched.Submit(strict, kT0).code(), StatusCode::kResourceExhausted);
+  ASSERT_TRUE(sched.Submit(Req(5), kT0).ok());
+  EXPECT_EQ(sched.Submit(Req(5), kT0).code(), StatusCode::kAlreadyExists);
+}
+
+TEST(Scheduler, LosingANodeEndsItsGrantsAndFreesTheirOtherWorkers) {
+  Scheduler sched(Cluster(2, 1, 1));
+  Request r = Req(1, 2);
+  r.gang = true;
+  r.policy = Policy::kStrictSpread;
+  ASSERT_TRUE(sched.Submit(r, kT0).ok());
+  ASSERT_EQ(sched.Schedule(kT0).size(), 1u);
+  auto lost = sched.LoseNode(1);
+  ASSERT_EQ(lost.size(), 1u);
+  EXPECT_EQ(lost[0].request.id, 1u);
+  EXPECT_TRUE(sched.granted().empty());
+  EXPECT_EQ(sched.snapshot().gpus()[0].slices_free, 1u);
+  // The lost node's GPU takes nothing new.
+  ASSERT_TRUE(sched.Submit(Req(2, 2), kT0).ok());
+  EXPECT_TRUE(sched.Schedule(kT0).empty());
+  EXPECT_EQ(sched.Pending(kT0).at(0).placed, 1u);
+}
+
+// ---- Property tests ----
+
+struct Totals {
+  std::vector<uint32_t> gpu_slices;
+  std::vector<uint32_t> cpus;
+  std::vector<uint64_t> memory;
+  std::map<std::string, uint64_t> tenant_memory;
+};
+
+// What the grants and partly placed requests hold, recomputed from scratch.
+Totals Recount(const Scheduler& s) {
+  Totals t;
+  const auto& snap = s.snapshot();
+  t.gpu_slices.assign(snap.gpus().size(), 0);
+  t.cpus.assign(snap.nodes().size(), 0);
+  t.memory.assign(snap.nodes().size(), 0);
+  auto add = [&](const Request& r, const std::vector<Assignment>& as) {
+    for (const auto& a : as) {
+      t.cpus[a.node] += a.cpus;
+      t.memory[a.node] += a.host_memory_bytes;
+      if (a.gpu != kNoGpu) {
+        t.gpu_slices[a.gpu] += a.slices;
+        t.tenant_memory[r.tenant] += r.slice_memory_bytes;
+      }
+    }
+  };
+  for (const auto& [id, g] : s.granted()) add(g.request, g.assignments);
+  return t;
+}
+
+class SchedulerProperty : public ::testing::TestWithParam<int> {};
+
+TEST_P(SchedulerProperty, RulesHoldOverRandomClustersAndRequestStreams) {
+  std::mt19937_64 rng(static_cast<uint64_t>(GetParam()) * 7919 + 17);
+  auto uniform = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  Snapshot snap;
+  const int node_count = uniform(1, 10);
+  for (int n = 0; n < node_count; ++n) {
+    std::vector<GpuState> gpus;
+    const int gpu_count = uniform(0, 4);
+    for (int i = 0; i < gpu_count; ++i) {
+      const uint32_t slices = std::vector<uint32_t>{1, 2, 4, 7, 8}[uniform(0, 4)];
+      gpus.push_back(Gpu(slices, uint64_t(uniform(1, 4)) * kGiB));
+    }
+    snap.AddNode(Node("n" + std::to_string(n), uniform(1, 16), uint64_t(uniform(1, 64)) * kGiB), std::move(gpus));
+  }
+  Quotas quotas{{"a", uint64_t(uniform(2, 24)) * kGiB}, {"b", uint64_t(uniform(2, 24)) * kGiB}};
+  Scheduler sched(snap, quotas);
+  const Snapshot initial = snap;
+  Time now = kT0;
+  uint64_t next_id = 1;
+  std::set<uint64_t> partly_placed_ever;  // non-gang requests seen partly placed
+
+  for (int step = 0; step < 400; ++step) {
+    now += std::chrono::milliseconds(uniform(1, 100));
+    const int op = uniform(0, 9);
+    if (op <= 4) {
+      Request r;
+      r.id = next_id++;
+      r.tenant = std::vector<std::string>{"a", "b", "c"}[uniform(0, 2)];
+      r.count = uniform(1, 4);
+      r.slice_memory_bytes = uniform(0, 3) == 0 ? 0 : uint64_t(uniform(1, 6)) * kGiB / 2;
+      r.compute_percent = uniform(0, 2) == 0 ? uniform(0, 100) : 0;
+      r.cpus = uniform(0, 4);
+      r.host_memory_bytes = uint64_t(uniform(0, 8)) * kGiB;
+      r.priority = uniform(0, 4) == 0 ? Priority::kUrgent : Priority::kNormal;
+      r.policy = static_cast<Policy>(uniform(0, 2));
+      r.gang = uniform(0, 1) == 1;
+      sched.Submit(r, now).IgnoreError();  // refusals are fine; they are checked in the examples
+    } else if (op <= 6 && !sched.granted().empty()) {
+      auto it = sched.granted().begin();
+      std::advance(it, uniform(0, static_cast<int>(sched.granted().size()) - 1));
+      ASSERT_TRUE(sched.Release(it->first));
+    } else if (op == 7 && !initial.gpus().empty()) {
+      sched.snapshot().ReportLoad(uniform(0, static_cast<int>(initial.gpus().size()) - 1), uniform(0, 100) / 100.0,
+                                  uint64_t(uniform(0, 8)) * kGiB / 4);
+    } else if (op == 8 && uniform(0, 20) == 0) {
+      sched.LoseNode(uniform(0, node_count - 1));
+    }
+
+    // Snapshot before the round, to judge urgent-first afterwards.
+    const auto pending_before = sched.Pending(now);
+    std::map<uint64_t, uint32_t> placed_before;
+    for (const auto& p : pending_before) placed_before[p.request.id] = p.placed;
+    auto grants = sched.Schedule(now);
+
+    // 1. Nothing oversubscribed; the snapshot's free counts agree with what grants hold
+    //    (partly placed requests hold the rest).
+    Totals held = Recount(sched);
+    const auto pending = sched.Pending(now);
+    uint32_t partial_workers = 0;
+    for (const auto& p : pending) partial_workers += p.placed;
+    const auto& s = sched.snapshot();
+    uint64_t slices_out = 0, granted_slices = 0;
+    for (size_t g = 0; g < s.gpus().size(); ++g) {
+      ASSERT_LE(s.gpus()[g].slices_free, s.gpus()[g].slices_total);
+      slices_out += s.gpus()[g].slices_total - s.gpus()[g].slices_free;
+      granted_slices += held.gpu_slices[g];
+      ASSERT_LE(held.gpu_slices[g], s.gpus()[g].slices_total) << "GPU " << g << " oversubscribed";
+    }
+    ASSERT_GE(slices_out, granted_slices);
+    if (partial_workers == 0) {
+      ASSERT_EQ(slices_out, granted_slices);
+    }
+    for (size_t n = 0; n < s.nodes().size(); ++n) {
+      ASSERT_LE(s.nodes()[n].cpus_free, s.nodes()[n].cpus_total);
+      ASSERT_LE(held.cpus[n], s.nodes()[n].cpus_total) << "node " << n << " CPUs oversubscribed";
+      ASSERT_LE(held.memory[n], s.nodes()[n].memory_total_bytes) << "node " << n << " memory oversubscribed";
+    }
+    // 2. Gang: complete or nothing. Strict spread: distinct nodes. Every grant is complete.
+    for (const auto& [id, g] : sched.granted()) {
+      ASSERT_EQ(g.assignments.size(), g.request.count);
+      if (g.request.policy == Policy::kStrictSpread && g.request.gang) {
+        std::set<uint32_t> nodes;
+        for (const auto& a : g.assignments) nodes.insert(a.node);
+        ASSERT_EQ(nodes.size(), g.assignments.size()) << "strict spread shared a node";
+      }
+    }
+    for (const auto& p : pending) {
+      if (p.request.gang) {
+        ASSERT_EQ(p.placed, 0u) << "gang request " << p.request.id << " holds part";
+      }
+    }
+    // 3. Quotas held (tenants' GPU memory in grants and partial placements).
+    for (const auto& [tenant, quota] : quotas) {
+      ASSERT_LE(sched.TenantHeld(tenant), quota) << "tenant " << tenant << " over quota";
+      ASSERT_LE(held.tenant_memory[tenant], quota);
+    }
+    // 4. Urgent first: if a normal request made progress this round, no urgent request is left
+    //    waiting for capacity.
+    bool normal_progress = false;
+    for (const auto& g : grants) normal_progress |= g.request.priority == Priority::kNormal;
+    for (const auto& p : pending) {
+      if (p.request.priority == Priority::kNormal && p.placed > placed_before[p.request.id]) normal_progress = true;
+    }
+    if (normal_progress) {
+      for (const auto& p : pending) {
+        if (p.request.priority == Priority::kUrgent) {
+          ASSERT_EQ(p.reason, "quota") << "normal request placed while urgent " << p.request.id << " waits";
+        }
+      }
+    }
+    // 5. Nothing that fits is left waiting: each waiting request (not held back by urgent ones)
+    //    does not fit what is free now, or would break its tenant's quota.
+    for (const auto& p : pending) {
+      if (p.reason == "urgent requests ahead") continue;
+      if (p.request.policy == Policy::kStrictSpread && p.placed > 0) continue;  // its nodes are not known here
+      Snapshot copy = sched.snapshot();
+      const uint32_t want = p.request.gang ? p.request.count : 1;
+      auto fit = Place(copy, p.request, want);
+      if (!fit) continue;
+      const uint64_t memory = p.request.slice_memory_bytes * want;
+      auto q = quotas.find(p.request.tenant);
+      ASSERT_TRUE(q != quotas.end() && sched.TenantHeld(p.request.tenant) + memory > q->second)
+          << "request " << p.request.id << " fits but waits (" << p.reason << ")";
+    }
+    for (const auto& p : pending) {
+      if (!p.request.gang && p.placed > 0) partly_placed_ever.insert(p.request.id);
+    }
+  }
+  // Release everything: the cluster is whole again.
+  std::vector<uint64_t> ids;
+  for (const auto& [id, g] : sched.granted()) ids.push_back(id);
+  for (const auto& p : sched.Pending(now)) ids.push_back(p.request.id);
+  for (uint64_t id : ids) ASSERT_TRUE(sched.Release(id));
+  for (size_t g = 0; g < initial.gpus().size(); ++g) {
+    EXPECT_EQ(sched.snapshot().gpus()[g].slices_free, initial.gpus()[g].slices_total);
+  }
+  for (size_t n = 0; n < initial.nodes().size(); ++n) {
+    EXPECT_EQ(sched.snapshot().nodes()[n].cpus_free, initial.nodes()[n].cpus_total);
+    EXPECT_EQ(sched.snapshot().nodes()[n].memory_free_bytes, initial.nodes()[n].memory_total_bytes);
+  }
+  for (const auto& [tenant, quota] : quotas) EXPECT_EQ(sched.TenantHeld(tenant), 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Seeds, SchedulerProperty, ::testing::Range(0, 200));
+
+}  // namespace
+}  // namespace troupe::cluster::sched
