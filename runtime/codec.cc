@@ -1,12 +1,14 @@
 // CodecRegistry.
 #include "runtime/codec.h"
 
+#include <caf/system_messages.hpp>
 #include <capnp/serialize.h>
 #include <kj/exception.h>
 
 #include <cstring>
 
 #include "runtime/directory.h"
+#include "runtime/supervisor.h"
 #include "runtime/wire_types.h"
 
 namespace troupe::runtime {
@@ -62,6 +64,8 @@ StatusOr<EncodedMessage> CodecRegistry::Encode(const caf::message& msg, RefCodec
                                 " cannot cross nodes: only one-element messages of a registered type can");
   }
   const std::type_info* info = msg.type(0).second;
+  // CAF's built-in types carry a type number instead of RTTI; exit_msg is the one with a codec.
+  if (info == nullptr && msg.match_element<caf::exit_msg>(0)) info = &typeid(caf::exit_msg);
   const Entry* found = nullptr;
   if (info != nullptr) {
     // type_info objects are normally unique per type: try the pointer before hashing the name.
@@ -135,6 +139,24 @@ Status ReadFlatMessage(const uint8_t* data, size_t size, const std::string& what
   }
 }
 
+void FillErrorInfo(wire::ErrorInfo::Builder out, const caf::error& error) {
+  if (!error) return;  // code 0: no error (a normal exit); CAF's accessors need a non-empty error
+  out.setCategory(static_cast<uint64_t>(error.category()));
+  out.setCode(error.code());
+  const auto& ctx = error.context();
+  if (ctx.size() == 1 && ctx.match_element<std::string>(0)) {
+    out.setText(ctx.get_as<std::string>(0));
+  } else if (!ctx.empty()) {
+    out.setText(caf::to_string(ctx));
+  }
+}
+
+caf::error ReadErrorInfo(wire::ErrorInfo::Reader in) {
+  if (in.getCode() == 0) return caf::error{};
+  return caf::error(in.getCode(), static_cast<caf::atom_value>(in.getCategory()),
+                    caf::make_message(std::string(in.getText())));
+}
+
 std::string CodecRegistry::NameOf(uint32_t type_id) const {
   auto it = by_id_.find(type_id);
   return it == by_id_.end() ? "type id " + std::to_string(type_id) : it->second->name;
@@ -164,6 +186,33 @@ Status CodecRegistry::AddRuntimeTypes() {
       [](const DirectoryUnregister& m, wire::DirectoryUnregister::Builder b, RefCodec&) { b.setName(m.name); },
       [](wire::DirectoryUnregister::Reader r, RefCodec&) -> StatusOr<DirectoryUnregister> {
         return DirectoryUnregister{r.getName()};
+      },
+      true)));
+  // An exit message for a remote actor: the receiving node delivers it as a caf::exit_msg
+  // (without a source), so a supervisor can stop children on other nodes.
+  RETURN_IF_ERROR((AddImpl<caf::exit_msg, wire::ExitRequest>(
+      kExitRequest, "ExitRequest",
+      [](const caf::exit_msg& m, wire::ExitRequest::Builder b, RefCodec&) { FillErrorInfo(b.initReason(), m.reason); },
+      [](wire::ExitRequest::Reader r, RefCodec&) -> StatusOr<caf::exit_msg> {
+        caf::error reason = ReadErrorInfo(r.getReason());
+        if (!reason) return InvalidArgumentError("exit request without a reason");
+        return caf::exit_msg{caf::actor_addr{}, std::move(reason)};
+      },
+      true)));
+  RETURN_IF_ERROR((AddImpl<SupervisorEvent, wire::SupervisorEvent>(
+      kSupervisorEvent, "SupervisorEvent",
+      [](const SupervisorEvent& m, wire::SupervisorEvent::Builder b, RefCodec&) {
+        b.setSupervisor(m.supervisor);
+        b.setChild(m.child);
+        b.setKind(m.kind);
+        b.setReason(m.reason);
+        b.setNode(m.node);
+        b.setUnixMs(m.unix_ms);
+        b.setRestarts(m.restarts);
+      },
+      [](wire::SupervisorEvent::Reader r, RefCodec&) -> StatusOr<SupervisorEvent> {
+        return SupervisorEvent{r.getSupervisor(), r.getChild(), r.getKind(), r.getReason(),
+                               r.getNode(),       r.getUnixMs(), r.getRestarts()};
       },
       true)));
   return AddImpl<DirectoryEntry, wire::DirectoryEntry>(

@@ -42,6 +42,10 @@ Status ReadFlat(const uint8_t* data, size_t size, const std::string& what, Read&
                          [&](capnp::MessageReader& reader) { return read(reader.getRoot<Schema>()); });
 }
 
+/// An error as ErrorInfo (a normal exit, code 0, leaves it empty), and back.
+void FillErrorInfo(wire::ErrorInfo::Builder out, const caf::error& error);
+caf::error ReadErrorInfo(wire::ErrorInfo::Reader in);
+
 /// Type ids below this are the runtime's own (runtime/wire_types.h).
 inline constexpr uint32_t kFirstUserTypeId = 1000;
 
@@ -101,7 +105,8 @@ class CodecRegistry {
   std::string NameOf(uint32_t type_id) const;
   bool Has(uint32_t type_id) const { return by_id_.count(type_id) != 0; }
 
-  /// Registers the runtime's own message types (directory protocol). Called by the runtime.
+  /// Registers the runtime's own message types (directory protocol, remote exit, supervision
+  /// events). Called by the runtime.
   Status AddRuntimeTypes();
 
  private:

@@ -80,30 +80,12 @@ void KillProxy(const caf::strong_actor_ptr& proxy, const caf::error& reason) {
   p->kill_proxy(nullptr, reason);
 }
 
-void FillError(wire::ErrorInfo::Builder out, const caf::error& error) {
-  if (!error) return;  // code 0: no error (a normal exit); CAF's accessors need a non-empty error
-  out.setCategory(static_cast<uint64_t>(error.category()));
-  out.setCode(error.code());
-  const auto& ctx = error.context();
-  if (ctx.size() == 1 && ctx.match_element<std::string>(0)) {
-    out.setText(ctx.get_as<std::string>(0));
-  } else if (!ctx.empty()) {
-    out.setText(caf::to_string(ctx));
-  }
-}
-
-caf::error ReadError(wire::ErrorInfo::Reader in) {
-  if (in.getCode() == 0) return caf::error{};
-  return caf::error(in.getCode(), static_cast<caf::atom_value>(in.getCategory()),
-                    caf::make_message(std::string(in.getText())));
-}
-
 // The error of an error reply; never empty (undecodable bytes become InvalidArgument).
 caf::error ReadErrorReply(const Buffer& payload) {
   caf::error error;
   Status status = ReadFlat<wire::ErrorInfo>(payload.data(), payload.size(), "error reply",
                                             [&](wire::ErrorInfo::Reader r) {
-                                              error = ReadError(r);
+                                              error = ReadErrorInfo(r);
                                               return OkStatus();
                                             });
   if (!status.ok()) return ToCafError(status);
@@ -217,7 +199,7 @@ void Gateway::OnForward(caf::strong_actor_ptr src, const caf::strong_actor_ptr& 
     if (msg.size() == 1 && msg.match_element<caf::error>(0)) {
       header.type_id = kErrorReply;
       const auto& error = msg.get_as<caf::error>(0);
-      payload = EncodeFlat<wire::ErrorInfo>([&](wire::ErrorInfo::Builder b) { FillError(b, error); });
+      payload = EncodeFlat<wire::ErrorInfo>([&](wire::ErrorInfo::Builder b) { FillErrorInfo(b, error); });
     } else if (msg.empty()) {
       header.type_id = kEmptyReply;
     } else {
@@ -228,7 +210,7 @@ void Gateway::OnForward(caf::strong_actor_ptr src, const caf::strong_actor_ptr& 
       } else {
         header.type_id = kErrorReply;
         auto error = ToCafError(InvalidArgumentError("reply: " + encoded.status().message()));
-        payload = EncodeFlat<wire::ErrorInfo>([&](wire::ErrorInfo::Builder b) { FillError(b, error); });
+        payload = EncodeFlat<wire::ErrorInfo>([&](wire::ErrorInfo::Builder b) { FillErrorInfo(b, error); });
       }
     }
     SendFrame(*node, header, std::move(payload));
@@ -559,7 +541,7 @@ void Gateway::ReplyError(NodeId peer, const FrameHeader& request, const Status& 
   header.type_id = kErrorReply;
   header.flags = kFlagResponse;
   auto error = ToCafError(status);
-  SendFrame(peer, header, EncodeFlat<wire::ErrorInfo>([&](wire::ErrorInfo::Builder b) { FillError(b, error); }));
+  SendFrame(peer, header, EncodeFlat<wire::ErrorInfo>([&](wire::ErrorInfo::Builder b) { FillErrorInfo(b, error); }));
 }
 
 void Gateway::OnControl(NodeId peer, const FrameHeader& header, const Buffer& payload) {
@@ -625,14 +607,14 @@ void Gateway::SendDown(NodeId watcher, uint64_t wire_id, const caf::error& reaso
   header.src_actor = wire_id;
   header.type_id = kDownNotice;
   SendFrame(watcher, header, EncodeFlat<wire::DownNotice>([&](wire::DownNotice::Builder b) {
-              FillError(b.initReason(), reason);
+              FillErrorInfo(b.initReason(), reason);
             }));
 }
 
 void Gateway::OnDownNotice(NodeId peer, uint64_t wire_id, const Buffer& payload) {
   caf::error reason;
   Status status = ReadFlat<wire::DownNotice>(payload.data(), payload.size(), "DownNotice", [&](wire::DownNotice::Reader r) {
-    reason = ReadError(r.getReason());
+    reason = ReadErrorInfo(r.getReason());
     return OkStatus();
   });
   if (!status.ok()) reason = ToCafError(status);

@@ -35,3 +35,17 @@ struct DirectoryRegister { name @0 :Text; ref @1 :ActorAddress; }
 struct DirectoryLookup { name @0 :Text; }
 struct DirectoryUnregister { name @0 :Text; }
 struct DirectoryEntry { name @0 :Text; ref @1 :ActorAddress; }
+
+# Stop the destination actor (a CAF exit message sent to a remote actor, e.g. by a supervisor).
+struct ExitRequest { reason @0 :ErrorInfo; }
+
+# A supervision event (runtime/supervisor.h), sent to a supervisor's event sink.
+struct SupervisorEvent {
+  supervisor @0 :Text;
+  child @1 :Text;
+  kind @2 :Text;
+  reason @3 :Text;
+  node @4 :UInt64;
+  unixMs @5 :Int64;
+  restarts @6 :UInt32;
+}

@@ -100,6 +100,19 @@ MetricsSource RuntimeMetrics(Runtime& runtime) {
       out.push_back(std::move(f));
     }
     gauge("troupe_transport_peers_connected", "Authenticated peers now", s.transport.peers_connected);
+    {
+      auto restarts = CounterFamily("troupe_supervisor_restarts_total", "Child restarts by supervisor and child");
+      for (const auto& [key, n] : runtime.supervision().restarts()) {
+        AddSample(restarts, n, {{"node", node}, {"supervisor", key.first}, {"child", key.second}});
+      }
+      out.push_back(std::move(restarts));
+      auto escalations = CounterFamily("troupe_supervisor_escalations_total",
+                                       "Supervisors that gave up (restart intensity exceeded) and escalated");
+      for (const auto& [name, n] : runtime.supervision().escalations()) {
+        AddSample(escalations, n, {{"node", node}, {"supervisor", name}});
+      }
+      out.push_back(std::move(escalations));
+    }
     counter("troupe_transport_peer_failures_total", "Connections to peers that failed", s.transport.peer_failures);
     counter("troupe_runtime_messages_out_total", "Actor messages and replies sent to other nodes", s.gateway.messages_out);
     counter("troupe_runtime_messages_in_total", "Actor messages and replies received from other nodes",

@@ -19,6 +19,7 @@
 #include "runtime/actor_ref.h"
 #include "runtime/codec.h"
 #include "runtime/gateway.h"
+#include "runtime/supervisor.h"
 #include "transport/ucx_options.h"
 #include "transport/ucx_transport.h"
 
@@ -136,6 +137,8 @@ class Runtime : private ControlHandler {
   }
 
   RuntimeStats stats() const;
+  /// Counts of the supervision events of this process's supervisors (runtime/supervisor.h).
+  SupervisionCounters& supervision() { return *supervision_; }
   transport::UcxTransport& transport() { return *transport_; }
   Gateway& gateway() { return *gateway_; }
 
@@ -166,6 +169,7 @@ class Runtime : private ControlHandler {
   std::unique_ptr<transport::UcxTransport> transport_;
   std::shared_ptr<Gateway> gateway_;
   std::shared_ptr<Names> names_;
+  std::unique_ptr<SupervisionCounters> supervision_ = std::make_unique<SupervisionCounters>();
 
   std::mutex factories_mu_;
   std::unordered_map<std::string, ErasedFactory> factories_;

@@ -20,6 +20,8 @@ enum WireType : uint32_t {
   kDirectoryLookup = 101,
   kDirectoryUnregister = 102,
   kDirectoryEntry = 103,
+  kExitRequest = 104,      ///< ExitRequest: a caf::exit_msg for a remote actor
+  kSupervisorEvent = 105,  ///< SupervisorEvent
 };
 
 /// Frame flags.

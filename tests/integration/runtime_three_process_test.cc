@@ -18,6 +18,7 @@
 #include "runtime/messages.capnp.h"
 #include "runtime/node_identity.h"
 #include "runtime/runtime.h"
+#include "runtime/supervisor.h"
 #include "runtime/wire_types.h"
 #include "tests/runtime/test_actors.h"
 #include "tests/runtime/test_messages.capnp.h"
@@ -342,6 +343,67 @@ TEST_F(RuntimeThreeProcess, BadFramesGetErrorRepliesAndTheNodeKeepsWorking) {
   auto count = counter.Request<Count>(Add{2}, 5s);
   ASSERT_TRUE(count.ok()) << "B stopped working after bad frames: " << count.status();
   EXPECT_EQ(count->value, 2);
+}
+
+// A supervisor on A watches a child on C through a remote monitor. kill -9 of C counts as the
+// child failing; the start function (the placement) puts it on B instead. Stopping the
+// supervisor stops the remote child through an exit request, without waiting for the timeout.
+TEST_F(RuntimeThreeProcess, SupervisorRestartsARemoteChildElsewhereWhenItsNodeIsLost) {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<runtime::SupervisorEvent> events;
+  auto count_kind = [&](const std::string& kind) {
+    return std::count_if(events.begin(), events.end(), [&](const auto& e) { return e.kind == kind; });
+  };
+  runtime::SupervisorSpec spec;
+  spec.name = "remote";
+  spec.on_event = [&](const runtime::SupervisorEvent& e) {
+    std::lock_guard<std::mutex> lock(mu);
+    events.push_back(e);
+    cv.notify_all();
+  };
+  runtime::ChildSpec child;
+  child.id = "worker";
+  child.shutdown_timeout = 3s;
+  Runtime* rt = rt_.get();
+  child.start = [rt](const runtime::StartContext& ctx) -> StatusOr<ActorRef> {
+    const NodeId node = ctx.node_lost && ctx.last_node == kNodeC ? kNodeB : kNodeC;
+    return rt->SpawnOn(node, "counter", CounterArgs{100}, 5s);
+  };
+  spec.children.push_back(child);
+  ActorRef sup = runtime::StartSupervisor(*rt_, spec);
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, 10s, [&] { return count_kind("started") == 1; }));
+    EXPECT_EQ(events.back().node, kNodeC);
+  }
+  auto start = std::chrono::steady_clock::now();
+  c_.process->Signal(SIGKILL);
+  ASSERT_TRUE(c_.process->Wait(5s).ok());
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, 10s, [&] { return count_kind("started") == 2; })) << "no restart";
+    EXPECT_EQ(events.back().node, kNodeB) << "restarted where the placement said";
+    auto exited = std::find_if(events.begin(), events.end(), [](const auto& e) { return e.kind == "exited"; });
+    ASSERT_NE(exited, events.end());
+    EXPECT_NE(exited->reason.find("unavailable"), std::string::npos) << exited->reason;
+  }
+  auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+  EXPECT_LT(elapsed, 2000ms) << "node loss to restart took " << elapsed.count() << " ms";
+  std::printf("remote child restarted on another node %lld ms after kill -9 of its node\n",
+              static_cast<long long>(elapsed.count()));
+
+  // The child on B works, and an orderly stop reaches it across the wire.
+  std::promise<Status> sup_down;
+  auto sup_fired = sup_down.get_future();
+  sup.Monitor([&sup_down](const Status& s) { sup_down.set_value(s); });
+  start = std::chrono::steady_clock::now();
+  caf::anon_send_exit(sup.handle(), caf::exit_reason::user_shutdown);
+  ASSERT_EQ(sup_fired.wait_for(5s), std::future_status::ready);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 2s) << "the remote child was not stopped by its exit request";
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_EQ(count_kind("stopped"), 1);
+  EXPECT_EQ(rt_->supervision().restarts()[std::make_pair(std::string("remote"), std::string("worker"))], 1u);
 }
 
 }  // namespace
