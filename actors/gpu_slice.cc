@@ -10,11 +10,12 @@ caf::behavior GpuSlice(caf::stateful_actor<GpuSliceState>* self, SliceInfo info,
   auto free = [self, listener](const std::string& why) {
     auto& st = self->state;
     if (st.status.lease_id == 0) return;
+    const uint64_t ended = st.status.lease_id;
     st.status.lease_id = 0;
     st.status.owner.clear();
     if (st.owner) self->demonitor(st.owner);
     st.owner = caf::actor_addr();
-    if (listener) listener(st.status.info, 0, why);
+    if (listener) listener(st.status.info, ended, why);
   };
   self->set_down_handler([self, free](caf::down_msg& msg) {
     // The owner exited, or its node or process is gone: the slice comes back.

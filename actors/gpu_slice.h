@@ -40,8 +40,8 @@ struct SliceStatus {
   std::string owner;      ///< the owner's ref, printed
 };
 
-/// Called on the slice's thread whenever its lease changes: (slice, lease id or 0 when freed,
-/// why it was freed).
+/// Called on the slice's thread whenever its lease changes: (slice, lease id, why). `why` is
+/// empty when the lease starts, and says why it ended otherwise ("released", "owner gone: ...").
 using SliceListener = std::function<void(const SliceInfo&, uint64_t lease_id, const std::string& why)>;
 
 struct GpuSliceState {

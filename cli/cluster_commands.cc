@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <condition_variable>
@@ -27,6 +28,7 @@
 #include "common/child_process.h"
 #include "common/json.h"
 #include "common/logging.h"
+#include "actors/slice_environment.h"
 
 namespace troupe::cli {
 namespace {
@@ -360,6 +362,204 @@ int RunDown(const std::vector<std::string>& argv) {
   if (running()) return Fail("down", UnavailableError("`troupe up` (pid " + std::to_string(pid) + ") did not stop in 20 s"));
   std::cout << "cluster " << config->name << " stopped\n";
   return 0;
+}
+
+}  // namespace troupe::cli
+
+namespace troupe::cli {
+namespace {
+
+// Connects a client for a command with the common arguments (log level warn unless given).
+StatusOr<std::unique_ptr<cluster::Client>> ConnectFor(CommonArgs& args) {
+  if (args.log_level.empty()) args.log_level = "warn";
+  ASSIGN_OR_RETURN(auto config, Load(args));
+  return cluster::Client::Connect(config, args.head, 3s);
+}
+
+}  // namespace
+
+int RunSlices(const std::vector<std::string>& argv) {
+  auto args = ParseArgs(argv, "slices", false);
+  if (!args.ok()) return Fail("slices", args.status());
+  auto client = ConnectFor(*args);
+  if (!client.ok()) return Fail("slices", client.status());
+  auto list = (*client)->ListSlices(5s);
+  if (!list.ok()) return Fail("slices", list.status());
+  if (args->json) {
+    std::ostringstream out;
+    out << "{\"gpus\": [";
+    for (size_t i = 0; i < list->gpus.size(); ++i) {
+      const auto& g = list->gpus[i];
+      out << (i ? ", " : "") << "{\"node\": " << JsonQuote(g.node) << ", \"node_state\": " << JsonQuote(g.node_state)
+          << ", \"index\": " << g.gpu.index << ", \"name\": " << JsonQuote(g.gpu.name)
+          << ", \"uuid\": " << JsonQuote(g.gpu.uuid) << ", \"simulated\": " << (g.gpu.simulated ? "true" : "false")
+          << ", \"memory_bytes\": " << g.gpu.memory_bytes << ", \"slice_memory_bytes\": " << g.slice_memory_bytes
+          << ", \"slices_total\": " << g.slices_total << ", \"slices_free\": " << g.slices_free
+          << ", \"free_memory_bytes\": " << uint64_t{g.slices_free} * g.slice_memory_bytes
+          << ", \"utilisation\": " << g.utilisation << ", \"memory_used_bytes\": " << g.memory_used_bytes
+          << ", \"leases\": [";
+      for (size_t j = 0; j < g.leases.size(); ++j) {
+        const auto& l = g.leases[j];
+        out << (j ? ", " : "") << "{\"lease_id\": " << l.lease_id << ", \"tenant\": " << JsonQuote(l.tenant)
+            << ", \"owner\": " << JsonQuote(l.owner) << ", \"slices\": " << l.slices << "}";
+      }
+      out << "]}";
+    }
+    out << "], \"pending\": [";
+    for (size_t i = 0; i < list->pending.size(); ++i) {
+      const auto& p = list->pending[i];
+      out << (i ? ", " : "") << "{\"lease_id\": " << p.lease_id << ", \"tenant\": " << JsonQuote(p.tenant)
+          << ", \"count\": " << p.count << ", \"placed\": " << p.placed << ", \"waited_ms\": " << p.waited_ms
+          << ", \"reason\": " << JsonQuote(p.reason) << ", \"priority\": " << JsonQuote(p.priority) << "}";
+    }
+    out << "]}";
+    std::cout << out.str() << std::endl;
+    return 0;
+  }
+  std::printf("%-10s %-4s %-20s %-10s %-9s %-7s %-10s %5s  %s\n", "NODE", "GPU", "NAME", "MEMORY", "SLICE", "FREE",
+              "FREE MEM", "UTIL", "LEASES (id tenant slices owner)");
+  for (const auto& g : list->gpus) {
+    std::string name = g.gpu.name + (g.gpu.simulated ? " (sim)" : "");
+    std::string leases;
+    for (const auto& l : g.leases) {
+      leases += (leases.empty() ? "" : "; ") + std::to_string(l.lease_id) + " " + l.tenant + " " +
+                std::to_string(l.slices) + " " + l.owner;
+    }
+    std::string free = std::to_string(g.slices_free) + "/" + std::to_string(g.slices_total);
+    std::printf("%-10s %-4u %-20s %-10s %-9s %-7s %-10s %4.0f%%  %s%s\n", g.node.c_str(), g.gpu.index, name.c_str(),
+                Bytes(g.gpu.memory_bytes).c_str(), Bytes(g.slice_memory_bytes).c_str(), free.c_str(),
+                Bytes(uint64_t{g.slices_free} * g.slice_memory_bytes).c_str(), g.utilisation * 100,
+                leases.empty() ? "-" : leases.c_str(), g.node_state == "alive" ? "" : ("  [node " + g.node_state + "]").c_str());
+  }
+  if (!list->pending.empty()) {
+    std::printf("\nwaiting requests:\n");
+    for (const auto& p : list->pending) {
+      std::printf("  lease %llu tenant %s: %u/%u placed, %s, waiting %lld ms (%s)\n",
+                  static_cast<unsigned long long>(p.lease_id), p.tenant.c_str(), p.placed, p.count, p.priority.c_str(),
+                  static_cast<long long>(p.waited_ms), p.reason.c_str());
+    }
+  }
+  return 0;
+}
+
+int RunEvents(const std::vector<std::string>& argv) {
+  auto args = ParseArgs(argv, "events", false);
+  if (!args.ok()) return Fail("events", args.status());
+  auto client = ConnectFor(*args);
+  if (!client.ok()) return Fail("events", client.status());
+  auto list = (*client)->SupervisionEvents(5s);
+  if (!list.ok()) return Fail("events", list.status());
+  if (args->json) {
+    std::ostringstream out;
+    out << "{\"events\": [";
+    for (size_t i = 0; i < list->events.size(); ++i) {
+      const auto& e = list->events[i];
+      out << (i ? ", " : "") << "{\"supervisor\": " << JsonQuote(e.supervisor) << ", \"child\": " << JsonQuote(e.child)
+          << ", \"kind\": " << JsonQuote(e.kind) << ", \"reason\": " << JsonQuote(e.reason) << ", \"node\": " << e.node
+          << ", \"unix_ms\": " << e.unix_ms << ", \"restarts\": " << e.restarts << "}";
+    }
+    out << "]}";
+    std::cout << out.str() << std::endl;
+    return 0;
+  }
+  for (const auto& e : list->events) {
+    std::printf("%lld %s %s %s %s\n", static_cast<long long>(e.unix_ms), e.supervisor.c_str(),
+                e.child.empty() ? "-" : e.child.c_str(), e.kind.c_str(), e.reason.c_str());
+  }
+  if (list->events.empty()) std::printf("no supervision events\n");
+  return 0;
+}
+
+int RunOnSlice(const std::vector<std::string>& argv) {
+  // troupe run [common args] [lease args] -- COMMAND [ARGS...]
+  auto dash = std::find(argv.begin(), argv.end(), "--");
+  if (dash == argv.end() || dash + 1 == argv.end()) {
+    return Fail("run", InvalidArgumentError("run: give the command after --, e.g. troupe run -c FILE --memory 4GiB -- python train.py"));
+  }
+  std::vector<std::string> command(dash + 1, argv.end());
+  std::vector<std::string> common;
+  cluster::LeaseRequest request;
+  request.slice_memory_bytes = 1;  // one slice of whatever size, unless --memory/--compute say more
+  std::chrono::milliseconds timeout = 60s;
+  for (auto it = argv.begin(); it != dash; ++it) {
+    const std::string& a = *it;
+    auto value = [&]() -> StatusOr<std::string> {
+      if (it + 1 == dash) return InvalidArgumentError("run: " + a + " needs a value");
+      return *++it;
+    };
+    auto number = [&](uint64_t max) -> StatusOr<uint64_t> {
+      ASSIGN_OR_RETURN(std::string v, value());
+      char* end = nullptr;
+      unsigned long long n = std::strtoull(v.c_str(), &end, 10);
+      if (v.empty() || *end != '\0' || n > max) {
+        return InvalidArgumentError("run: " + a + " wants a whole number up to " + std::to_string(max) + ", got '" + v + "'");
+      }
+      return n;
+    };
+    StatusOr<uint64_t> n = uint64_t{0};
+    if (a == "--memory") {
+      auto v = value();
+      auto bytes = v.ok() ? cluster::ParseSize(*v) : StatusOr<uint64_t>(v.status());
+      if (!bytes.ok()) return Fail("run", InvalidArgumentError("run: --memory: " + bytes.status().message()));
+      request.slice_memory_bytes = *bytes;
+    } else if (a == "--compute") {
+      if (!(n = number(100)).ok()) return Fail("run", n.status());
+      request.compute_percent = static_cast<uint32_t>(*n);
+    } else if (a == "--cpus") {
+      if (!(n = number(4096)).ok()) return Fail("run", n.status());
+      request.cpus = static_cast<uint32_t>(*n);
+    } else if (a == "--tenant" || a == "--priority" || a == "--policy" || a == "--timeout") {
+      auto v = value();
+      if (!v.ok()) return Fail("run", v.status());
+      if (a == "--tenant") request.tenant = *v;
+      if (a == "--priority") request.priority = *v;
+      if (a == "--policy") request.policy = *v;
+      if (a == "--timeout") {
+        auto d = cluster::ParseDuration(*v);
+        if (!d.ok()) return Fail("run", InvalidArgumentError("run: --timeout: " + d.status().message()));
+        timeout = *d;
+      }
+    } else {
+      common.push_back(a);
+    }
+  }
+  auto args = ParseArgs(common, "run", false);
+  if (!args.ok()) return Fail("run", args.status());
+  auto client = ConnectFor(*args);
+  if (!client.ok()) return Fail("run", client.status());
+  auto lease = (*client)->RequestSlices(request, timeout);
+  if (!lease.ok()) return Fail("run", lease.status());
+  const auto& w = lease->grant.workers.at(0);
+  actors::SliceAssignment slice{w.gpu_index, w.simulated ? "" : w.gpu_id, w.memory_bytes, w.compute_percent,
+                                w.simulated, lease->grant.lease_id};
+  std::vector<std::string> env;
+  if (w.gpu_index != cluster::kNoGpuIndex) env = actors::SliceEnvironment(slice, actors::FindMpsPipeDirectory());
+  std::fprintf(stderr, "troupe run: lease %llu: %s GPU %u of node %s, %s, %u%% compute (waited %lld ms)\n",
+               static_cast<unsigned long long>(lease->grant.lease_id), w.simulated ? "simulated" : "", w.gpu_index,
+               w.node.c_str(), Bytes(w.memory_bytes).c_str(), w.compute_percent,
+               static_cast<long long>(lease->grant.waited_ms));
+  // The command runs in this process's place: its lease lives as long as this process does.
+  SignalWaiter signals;
+  auto child = ChildProcess::Spawn(command, env, /*merge_stderr=*/true);
+  if (!child.ok()) {
+    (void)(*client)->ReleaseSlices(*lease, 5s);
+    return Fail("run", child.status());
+  }
+  signals.Start([&](int sig) { (*child)->Signal(sig); });
+  // Its output passes through, line by line, until it closes it.
+  for (;;) {
+    auto line = (*child)->ReadLine(std::chrono::hours(1));
+    if (line.ok()) {
+      std::cout << *line << std::endl;
+    } else if (line.status().code() != StatusCode::kDeadlineExceeded) {
+      break;
+    }
+  }
+  auto exit = (*child)->Wait(std::chrono::hours(24));
+  Status released = (*client)->ReleaseSlices(*lease, 5s);
+  if (!released.ok()) std::fprintf(stderr, "troupe run: release: %s\n", released.ToString().c_str());
+  if (!exit.ok()) return Fail("run", exit.status());
+  return WIFEXITED(*exit) ? WEXITSTATUS(*exit) : 128 + WTERMSIG(*exit);
 }
 
 }  // namespace troupe::cli

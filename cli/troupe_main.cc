@@ -39,6 +39,12 @@ commands:
   up -c FILE            start the head and every node of FILE here; restart what crashes; Ctrl-C stops
   down -c FILE          stop the cluster that `troupe up -c FILE` started
   status -c FILE        the cluster's nodes: state, address, resources, heartbeat (--json for scripts)
+  slices -c FILE        every GPU's slices, their owners and free capacity, waiting requests (--json)
+  events -c FILE        supervision events (restarts, escalations) the head was sent (--json)
+  run -c FILE [--memory SIZE] [--compute PCT] [--cpus N] [--tenant T] [--priority urgent|normal]
+      [--policy pack|spread] [--timeout D] -- CMD [ARGS...]
+                        lease a GPU slice and run CMD on it (CUDA_VISIBLE_DEVICES, MPS limits); the
+                        lease ends when CMD does
   head -c FILE          run the head of the cluster in FILE
   node -c FILE --name N run node N of the cluster in FILE (--head HOST:PORT overrides the head address)
   demo        start a second troupe process and exchange frames with it over UCX
@@ -288,6 +294,9 @@ int main(int argc, char** argv) {
   if (command == "up") return troupe::cli::RunUp(rest, "/proc/self/exe");
   if (command == "down") return troupe::cli::RunDown(rest);
   if (command == "status") return troupe::cli::RunStatus(rest);
+  if (command == "slices") return troupe::cli::RunSlices(rest);
+  if (command == "events") return troupe::cli::RunEvents(rest);
+  if (command == "run") return troupe::cli::RunOnSlice(rest);
   if (command == "demo-peer") return troupe::cli::RunDemoPeer(rest);
   std::cerr << "troupe: unknown command '" << command << "'\n\n" << troupe::cli::kUsage;
   return 2;

@@ -47,6 +47,31 @@ StatusOr<NodeList> Client::SubscribeMembership(std::function<void(const NodeReco
   return head_.Request<NodeList>(cluster::SubscribeMembership{listener}, timeout);
 }
 
+StatusOr<Client::Lease> Client::RequestSlices(LeaseRequest request, std::chrono::milliseconds timeout) {
+  const bool own = !request.owner.valid();
+  if (own) request.owner = runtime_->Spawn([]() -> caf::behavior { return {[](caf::ok_atom) {}}; });
+  auto grant = head_.Request<LeaseGrant>(request, timeout);
+  if (!grant.ok()) {
+    // Withdraws a waiting request: the head drops requests whose owner is gone.
+    if (own) caf::anon_send_exit(request.owner.handle(), caf::exit_reason::user_shutdown);
+    return grant.status();
+  }
+  return Lease{std::move(*grant), request.owner};
+}
+
+Status Client::ReleaseSlices(const Lease& lease, std::chrono::milliseconds timeout) {
+  auto released = head_.Request<LeaseGrant>(ReleaseLease{lease.grant.lease_id}, timeout);
+  return released.ok() ? OkStatus() : released.status();
+}
+
+StatusOr<SliceList> Client::ListSlices(std::chrono::milliseconds timeout) {
+  return head_.Request<SliceList>(cluster::ListSlices{}, timeout);
+}
+
+StatusOr<EventList> Client::SupervisionEvents(std::chrono::milliseconds timeout) {
+  return head_.Request<EventList>(ListEvents{}, timeout);
+}
+
 StatusOr<runtime::ActorRef> Client::Lookup(runtime::NodeId node, const std::string& name,
                                            std::chrono::milliseconds timeout) {
   return runtime_->LookupName(node, name, timeout);

@@ -28,6 +28,25 @@ class Client {
                                          std::chrono::milliseconds timeout);
   /// Looks up a named actor on any node of the cluster.
   StatusOr<runtime::ActorRef> Lookup(runtime::NodeId node, const std::string& name, std::chrono::milliseconds timeout);
+  /// A granted slice lease and the actor that owns it (the lease ends when the owner exits).
+  struct Lease {
+    LeaseGrant grant;
+    runtime::ActorRef owner;
+  };
+  /// Asks the head's scheduler for slices and waits up to `timeout` for the grant (requests
+  /// wait in the head's queue while capacity is short). Without `request.owner`, the lease is
+  /// owned by an actor of this client, so it ends when this process does. On timeout the
+  /// request is withdrawn. Errors: InvalidArgument (bad request), ResourceExhausted (can never
+  /// fit the cluster or the tenant's quota), DeadlineExceeded.
+  StatusOr<Lease> RequestSlices(LeaseRequest request, std::chrono::milliseconds timeout);
+  /// Ends a lease: its slices return to the scheduler.
+  Status ReleaseSlices(const Lease& lease, std::chrono::milliseconds timeout);
+  /// Every GPU's slices, owners and free capacity, and the waiting requests.
+  StatusOr<SliceList> ListSlices(std::chrono::milliseconds timeout);
+  /// The supervision events the head was sent (newest last).
+  StatusOr<EventList> SupervisionEvents(std::chrono::milliseconds timeout);
+  /// The head's controller (e.g. as a supervisor's event sink).
+  const runtime::ActorRef& head() const { return head_; }
   runtime::Runtime& runtime() { return *runtime_; }
   const std::string& head_address() const { return head_address_; }
 

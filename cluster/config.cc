@@ -108,7 +108,20 @@ class Parser {
     ClusterConfig c;
     c.source = source_;
     if (!root.IsDefined() || root.IsNull()) return Error(root, "(file)", "is empty");
-    RETURN_IF_ERROR(CheckKeys(root, "", {"cluster", "head", "nodes"}));
+    RETURN_IF_ERROR(CheckKeys(root, "", {"cluster", "head", "nodes", "scheduler"}));
+    if (const YAML::Node sched = root["scheduler"]; sched.IsDefined() && !sched.IsNull()) {
+      RETURN_IF_ERROR(CheckKeys(sched, "scheduler", {"quotas"}));
+      const YAML::Node quotas = sched["quotas"];
+      if (quotas.IsDefined() && !quotas.IsNull()) {
+        if (!quotas.IsMap()) return Error(quotas, "scheduler.quotas", "expected a map of tenant: SIZE (GPU memory)");
+        for (const auto& entry : quotas) {
+          const std::string tenant = entry.first.as<std::string>();
+          uint64_t bytes = 0;
+          RETURN_IF_ERROR(Size(entry.second, "scheduler.quotas." + tenant, &bytes));
+          c.quotas[tenant] = bytes;
+        }
+      }
+    }
 
     const YAML::Node cluster = root["cluster"];
     if (!cluster.IsDefined()) return Error(root, "cluster", "missing (the cluster's name and token)");

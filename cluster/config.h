@@ -4,6 +4,7 @@
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -50,6 +51,8 @@ struct ClusterConfig {
   std::chrono::milliseconds failure_timeout{1000};
   HeadSpec head;
   std::vector<NodeSpec> nodes;
+  /// scheduler.quotas: GPU memory each tenant's leases may ask for in total (no entry: no cap).
+  std::map<std::string, uint64_t> quotas;
 
   /// The node called `name`, or nullptr.
   const NodeSpec* FindNode(const std::string& name) const;

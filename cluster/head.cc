@@ -10,9 +10,12 @@
 #include <fstream>
 #include <mutex>
 #include <algorithm>
+#include <deque>
 #include <map>
+#include <set>
 
 #include "cluster/messages.h"
+#include "cluster/scheduler.h"
 #include "common/json.h"
 #include "runtime/node_identity.h"
 #include "storage/table.h"
@@ -45,6 +48,18 @@ std::string StateNow(const NodeRecord& record, std::optional<Clock::Duration> si
 struct ClusterView {
   std::mutex mu;
   std::map<std::string, NodeRecord> nodes;
+  uint64_t slices_leased = 0;
+  uint64_t leases_granted = 0;
+  uint64_t leases_pending = 0;
+};
+
+// A lease as the head tracks it: waiting (promise open) or granted.
+struct LeaseEntry {
+  LeaseRequest request;
+  caf::typed_response_promise<LeaseGrant> promise;
+  caf::actor_addr owner;
+  bool granted = false;
+  LeaseGrant grant;
 };
 
 struct ControllerState {
@@ -57,6 +72,125 @@ struct ControllerState {
   std::map<std::string, NodeRecord> nodes;
   std::map<std::string, runtime::ActorRef> agents;
   std::vector<runtime::ActorRef> subscribers;
+  sched::Scheduler scheduler;
+  uint64_t next_lease = 1;
+  std::map<uint64_t, LeaseEntry> leases;
+  std::deque<runtime::SupervisorEvent> events;  // the newest kMaxEvents
+  static constexpr size_t kMaxEvents = 1000;
+
+  // Adds a joining node to the scheduler's snapshot (or makes a known one schedulable again).
+  void Schedulable(const NodeRecord& record) {
+    auto& snap = scheduler.snapshot();
+    if (auto known = snap.FindNode(record.name)) {
+      snap.SetSchedulable(*known, true);
+      return;
+    }
+    sched::NodeState node;
+    node.name = record.name;
+    node.cpus_total = node.cpus_free = record.cpus;
+    node.memory_total_bytes = node.memory_free_bytes = record.memory_bytes;
+    std::vector<sched::GpuState> gpus;
+    for (const auto& g : record.gpus) {
+      sched::GpuState gpu;
+      gpu.id = g.uuid.empty() ? g.name : g.uuid;
+      gpu.index = g.index;
+      const uint64_t slice = record.slice_memory_bytes > 0 && record.slice_memory_bytes <= g.memory_bytes
+                                 ? record.slice_memory_bytes
+                                 : g.memory_bytes;
+      if (slice == 0) continue;
+      gpu.slices_total = gpu.slices_free = static_cast<uint32_t>(g.memory_bytes / slice);
+      gpu.slice_memory_bytes = slice;
+      gpu.memory_total_bytes = g.memory_bytes;
+      gpu.simulated = g.simulated;
+      gpus.push_back(gpu);
+    }
+    snap.AddNode(std::move(node), std::move(gpus));
+  }
+
+  // Sends `msg` to the agent of every node the grant has a worker on.
+  template <class Msg>
+  void ToAgents(const LeaseGrant& grant, const std::function<Msg(const std::string& node)>& make) {
+    std::set<std::string> done;
+    for (const auto& w : grant.workers) {
+      if (!done.insert(w.node).second) continue;
+      if (auto agent = agents.find(w.node); agent != agents.end()) agent->second.Send(make(w.node));
+    }
+  }
+
+  LeaseGrant GrantOf(uint64_t id, const sched::Grant& g) const {
+    LeaseGrant out;
+    out.lease_id = id;
+    out.tenant = g.request.tenant;
+    out.waited_ms = std::chrono::duration_cast<std::chrono::milliseconds>(g.waited).count();
+    const auto& snap = scheduler.snapshot();
+    for (const auto& a : g.assignments) {
+      LeaseWorker w;
+      const auto& node = snap.nodes()[a.node];
+      w.node = node.name;
+      if (auto rec = nodes.find(node.name); rec != nodes.end()) w.node_id = rec->second.node_id;
+      w.cpus = a.cpus;
+      w.host_memory_bytes = a.host_memory_bytes;
+      if (a.gpu != sched::kNoGpu) {
+        const auto& gpu = snap.gpus()[a.gpu];
+        w.gpu_index = gpu.index;
+        w.gpu_id = gpu.id;
+        w.slices = a.slices;
+        w.memory_bytes = uint64_t{a.slices} * gpu.slice_memory_bytes;
+        w.compute_percent = a.slices * 100 / gpu.slices_total;
+        w.simulated = gpu.simulated;
+      }
+      out.workers.push_back(std::move(w));
+    }
+    return out;
+  }
+
+  void PublishLeases() {
+    uint64_t leased = 0;
+    for (const auto& g : scheduler.snapshot().gpus()) leased += g.slices_total - g.slices_free;
+    std::lock_guard<std::mutex> lock(view->mu);
+    view->slices_leased = leased;
+    view->leases_granted = scheduler.granted().size();
+    view->leases_pending = leases.size() - scheduler.granted().size();
+  }
+
+  // Places what fits; grants go to their requesters and the nodes' agents.
+  void RunScheduler() {
+    for (auto& g : scheduler.Schedule(std::chrono::steady_clock::now())) {
+      auto it = leases.find(g.request.id);
+      if (it == leases.end()) continue;
+      LeaseEntry& entry = it->second;
+      entry.granted = true;
+      entry.grant = GrantOf(g.request.id, g);
+      spdlog::info("head: lease {} granted to tenant '{}' after {} ms: {} worker(s)", entry.grant.lease_id,
+                   entry.grant.tenant, entry.grant.waited_ms, entry.grant.workers.size());
+      const auto& grant = entry.grant;
+      const auto owner = entry.request.owner;
+      ToAgents<AssignSlices>(grant, [&](const std::string& node) {
+        AssignSlices assign{grant.lease_id, owner, {}};
+        for (const auto& w : grant.workers) {
+          if (w.node == node) assign.workers.push_back(w);
+        }
+        return assign;
+      });
+      entry.promise.deliver(entry.grant);
+    }
+    PublishLeases();
+  }
+
+  // Ends a lease (granted or waiting) and returns its slices.
+  void EndLease(uint64_t id, const Status& why) {
+    auto it = leases.find(id);
+    if (it == leases.end()) return;
+    scheduler.Release(id);
+    if (it->second.granted) {
+      ToAgents<ReleaseSlices>(it->second.grant, [id](const std::string&) { return ReleaseSlices{id}; });
+      spdlog::info("head: lease {} ended: {}", id, why.ToString());
+    } else {
+      it->second.promise.deliver(runtime::ToCafError(why));
+    }
+    leases.erase(it);
+    RunScheduler();
+  }
 
   void Notify(const NodeRecord& record) {
     for (const auto& s : subscribers) s.Send(MembershipEvent{record});
@@ -98,6 +232,13 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
   self->state.Publish();
   self->set_down_handler([self](caf::down_msg& msg) {
     auto& st = self->state;
+    std::vector<uint64_t> owned;
+    for (const auto& [id, lease] : st.leases) {
+      if (lease.owner == msg.source) owned.push_back(id);
+    }
+    for (uint64_t id : owned) {
+      st.EndLease(id, CancelledError("lease owner gone: " + runtime::ToStatus(msg.reason).ToString()));
+    }
     st.subscribers.erase(std::remove_if(st.subscribers.begin(), st.subscribers.end(),
                                         [&](const runtime::ActorRef& r) {
                                           return r.handle() && r.handle().address() == msg.source;
@@ -114,6 +255,17 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
         st.agents.erase(name);
         st.Publish();
         st.Notify(record);
+        if (auto index = st.scheduler.snapshot().FindNode(name)) {
+          for (const auto& lost : st.scheduler.LoseNode(*index)) {
+            auto entry = st.leases.find(lost.request.id);
+            if (entry == st.leases.end()) continue;
+            spdlog::warn("head: lease {} lost with node '{}'", lost.request.id, name);
+            const uint64_t id = lost.request.id;
+            st.ToAgents<ReleaseSlices>(entry->second.grant, [id](const std::string&) { return ReleaseSlices{id}; });
+            st.leases.erase(entry);
+          }
+          st.RunScheduler();
+        }
         break;
       }
     }
@@ -138,6 +290,8 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
         st.Persist(record);
         st.Publish();
         st.Notify(record);
+        st.Schedulable(record);
+        st.RunScheduler();
         spdlog::info("head: node '{}' ({}) joined from {} (join #{})", record.name, record.node_id, record.address,
                      record.joins);
         return JoinReply{st.config.name, record.node_id};
@@ -151,6 +305,103 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
         list.cluster_name = st.config.name;
         for (const auto& [name, record] : st.nodes) list.nodes.push_back(record);
         return list;
+      },
+      [self](LeaseRequest& req) -> caf::result<LeaseGrant> {
+        auto& st = self->state;
+        if (!req.owner.valid()) return runtime::ToCafError(InvalidArgumentError("lease request without an owner"));
+        auto priority = sched::ParsePriority(req.priority);
+        if (!priority.ok()) return runtime::ToCafError(priority.status());
+        auto policy = sched::ParsePolicy(req.policy);
+        if (!policy.ok()) return runtime::ToCafError(policy.status());
+        sched::Request r;
+        r.id = st.next_lease++;
+        r.tenant = req.tenant.empty() ? "default" : req.tenant;
+        r.count = req.count;
+        r.slice_memory_bytes = req.slice_memory_bytes;
+        r.compute_percent = req.compute_percent;
+        r.cpus = req.cpus;
+        r.host_memory_bytes = req.host_memory_bytes;
+        r.priority = *priority;
+        r.policy = *policy;
+        r.gang = req.gang;
+        Status submitted = st.scheduler.Submit(r, std::chrono::steady_clock::now());
+        if (!submitted.ok()) return runtime::ToCafError(submitted);
+        LeaseEntry entry;
+        entry.request = req;
+        entry.owner = req.owner.handle().address();
+        entry.promise = self->make_response_promise<LeaseGrant>();
+        auto promise = entry.promise;
+        st.leases.emplace(r.id, std::move(entry));
+        self->monitor(req.owner.handle());
+        st.RunScheduler();
+        return promise;
+      },
+      [self](ReleaseLease& release) -> caf::result<LeaseGrant> {
+        auto& st = self->state;
+        auto it = st.leases.find(release.lease_id);
+        if (it == st.leases.end() || !it->second.granted) {
+          return runtime::ToCafError(NotFoundError("no granted lease " + std::to_string(release.lease_id)));
+        }
+        LeaseGrant grant = it->second.grant;
+        st.EndLease(release.lease_id, CancelledError("released by its holder"));
+        return grant;
+      },
+      [self](GpuReport& report) {
+        auto& st = self->state;
+        auto node = st.scheduler.snapshot().FindNode(report.node);
+        if (!node) return;
+        for (const auto& load : report.gpus) {
+          for (uint32_t g : st.scheduler.snapshot().nodes()[*node].gpus) {
+            if (st.scheduler.snapshot().gpus()[g].index == load.index) {
+              st.scheduler.snapshot().ReportLoad(g, load.utilisation, load.memory_used_bytes);
+            }
+          }
+        }
+      },
+      [self](ListSlices&) -> SliceList {
+        auto& st = self->state;
+        const auto& snap = st.scheduler.snapshot();
+        std::map<uint32_t, std::vector<SliceLeaseInfo>> by_gpu;
+        for (const auto& [id, grant] : st.scheduler.granted()) {
+          auto entry = st.leases.find(id);
+          std::string owner = entry == st.leases.end() ? "" : entry->second.request.owner.ToString();
+          for (const auto& a : grant.assignments) {
+            if (a.gpu != sched::kNoGpu) by_gpu[a.gpu].push_back(SliceLeaseInfo{id, grant.request.tenant, owner, a.slices});
+          }
+        }
+        SliceList list;
+        for (uint32_t g = 0; g < snap.gpus().size(); ++g) {
+          const auto& gpu = snap.gpus()[g];
+          GpuSlices out;
+          out.node = snap.nodes()[gpu.node].name;
+          if (auto rec = st.nodes.find(out.node); rec != st.nodes.end()) {
+            out.node_state = rec->second.state;
+            for (const auto& info : rec->second.gpus) {
+              if (info.index == gpu.index) out.gpu = info;
+            }
+          }
+          out.slices_total = gpu.slices_total;
+          out.slices_free = gpu.slices_free;
+          out.slice_memory_bytes = gpu.slice_memory_bytes;
+          out.utilisation = gpu.utilisation;
+          out.memory_used_bytes = gpu.memory_used_bytes;
+          out.leases = by_gpu[g];
+          list.gpus.push_back(std::move(out));
+        }
+        for (const auto& p : st.scheduler.Pending(std::chrono::steady_clock::now())) {
+          list.pending.push_back(PendingLease{p.request.id, p.request.tenant, p.request.count, p.placed,
+                                              std::chrono::duration_cast<std::chrono::milliseconds>(p.waited).count(),
+                                              p.reason, std::string(sched::PriorityName(p.request.priority))});
+        }
+        return list;
+      },
+      [self](runtime::SupervisorEvent& event) {
+        auto& st = self->state;
+        st.events.push_back(std::move(event));
+        if (st.events.size() > ControllerState::kMaxEvents) st.events.pop_front();
+      },
+      [self](ListEvents&) -> EventList {
+        return EventList{std::vector<runtime::SupervisorEvent>(self->state.events.begin(), self->state.events.end())};
       },
       [self](ListNodes&) -> NodeList {
         auto& st = self->state;
@@ -224,6 +475,7 @@ StatusOr<std::unique_ptr<Head>> Head::Start(const ClusterConfig& config) {
   init.config = config;
   init.env = head->env_.get();
   init.table = table;
+  init.scheduler = sched::Scheduler({}, config.quotas);
   {
     ASSIGN_OR_RETURN(auto txn, head->env_->BeginRead());
     RETURN_IF_ERROR(table.ForEach(txn, [&](const std::string& name, const NodeRecord& stored) {
@@ -287,6 +539,20 @@ StatusOr<std::unique_ptr<Head>> Head::Start(const ClusterConfig& config) {
     auto slice_total = runtime::GaugeFamily("troupe_cluster_slices_total", "GPU slices of live nodes");
     runtime::AddSample(slice_total, slices, {{"cluster", cluster_name}});
     out.push_back(std::move(slice_total));
+    uint64_t leased = 0, granted = 0, pending = 0;
+    {
+      std::lock_guard<std::mutex> lock(view->mu);
+      leased = view->slices_leased;
+      granted = view->leases_granted;
+      pending = view->leases_pending;
+    }
+    auto slices_leased = runtime::GaugeFamily("troupe_cluster_slices_leased", "GPU slices leased now");
+    runtime::AddSample(slices_leased, static_cast<double>(leased), {{"cluster", cluster_name}});
+    out.push_back(std::move(slices_leased));
+    auto lease_states = runtime::GaugeFamily("troupe_cluster_leases", "Slice leases by state");
+    runtime::AddSample(lease_states, static_cast<double>(granted), {{"cluster", cluster_name}, {"state", "granted"}});
+    runtime::AddSample(lease_states, static_cast<double>(pending), {{"cluster", cluster_name}, {"state", "pending"}});
+    out.push_back(std::move(lease_states));
   });
   // Detached: it writes LMDB (fsync) and must not hold the transport's progress thread.
   head->controller_ = head->runtime_->system().spawn<caf::detached>(Controller, std::move(init));

@@ -7,6 +7,50 @@ namespace troupe::cluster {
 
 namespace {
 
+void FillGpu(const GpuInfo& g, wire::Gpu::Builder b) {
+  b.setName(g.name);
+  b.setMemoryBytes(g.memory_bytes);
+  b.setSimulated(g.simulated);
+  b.setUuid(g.uuid);
+  b.setIndex(g.index);
+}
+
+GpuInfo ReadGpu(wire::Gpu::Reader g) {
+  return GpuInfo{g.getName(), g.getMemoryBytes(), g.getSimulated(), g.getUuid(), g.getIndex()};
+}
+
+void FillWorkers(const std::vector<LeaseWorker>& in, capnp::List<wire::LeaseWorker>::Builder out) {
+  for (size_t i = 0; i < in.size(); ++i) {
+    auto b = out[static_cast<unsigned>(i)];
+    const auto& w = in[i];
+    b.setNode(w.node);
+    b.setNodeId(w.node_id);
+    b.setGpuIndex(w.gpu_index);
+    b.setGpuId(w.gpu_id);
+    b.setSlices(w.slices);
+    b.setMemoryBytes(w.memory_bytes);
+    b.setComputePercent(w.compute_percent);
+    b.setSimulated(w.simulated);
+    b.setCpus(w.cpus);
+    b.setHostMemoryBytes(w.host_memory_bytes);
+  }
+}
+
+std::vector<LeaseWorker> ReadWorkers(capnp::List<wire::LeaseWorker>::Reader in) {
+  std::vector<LeaseWorker> out;
+  for (auto w : in) {
+    out.push_back(LeaseWorker{w.getNode(), w.getNodeId(), w.getGpuIndex(), w.getGpuId(), w.getSlices(),
+                              w.getMemoryBytes(), w.getComputePercent(), w.getSimulated(), w.getCpus(),
+                              w.getHostMemoryBytes()});
+  }
+  return out;
+}
+
+template <class T>
+unsigned Size(const std::vector<T>& v) {
+  return static_cast<unsigned>(v.size());
+}
+
 void Fill(const NodeRecord& r, wire::NodeRecord::Builder b) {
   b.setName(r.name);
   b.setNodeId(r.node_id);
@@ -16,9 +60,7 @@ void Fill(const NodeRecord& r, wire::NodeRecord::Builder b) {
   b.setMemoryBytes(r.memory_bytes);
   auto gpus = b.initGpus(static_cast<unsigned>(r.gpus.size()));
   for (size_t i = 0; i < r.gpus.size(); ++i) {
-    gpus[i].setName(r.gpus[i].name);
-    gpus[i].setMemoryBytes(r.gpus[i].memory_bytes);
-    gpus[i].setSimulated(r.gpus[i].simulated);
+    FillGpu(r.gpus[i], gpus[i]);
   }
   b.setSliceMemoryBytes(r.slice_memory_bytes);
   b.setPid(r.pid);
@@ -37,7 +79,7 @@ NodeRecord Read(wire::NodeRecord::Reader in) {
   r.state = in.getState();
   r.cpus = in.getCpus();
   r.memory_bytes = in.getMemoryBytes();
-  for (auto g : in.getGpus()) r.gpus.push_back(GpuInfo{g.getName(), g.getMemoryBytes(), g.getSimulated()});
+  for (auto g : in.getGpus()) r.gpus.push_back(ReadGpu(g));
   r.slice_memory_bytes = in.getSliceMemoryBytes();
   r.pid = in.getPid();
   r.joins = in.getJoins();
@@ -101,6 +143,149 @@ Status AddClusterCodecs(runtime::CodecRegistry& r) {
       [](const MembershipEvent& m, wire::MembershipEvent::Builder b, RefCodec&) { Fill(m.node, b.initNode()); },
       [](wire::MembershipEvent::Reader in, RefCodec&) -> StatusOr<MembershipEvent> {
         return MembershipEvent{Read(in.getNode())};
+      })));
+  RETURN_IF_ERROR((r.Add<LeaseRequest, wire::LeaseRequest>(
+      kLeaseRequest, "cluster.LeaseRequest",
+      [](const LeaseRequest& m, wire::LeaseRequest::Builder b, RefCodec& refs) {
+        b.setTenant(m.tenant);
+        b.setCount(m.count);
+        b.setSliceMemoryBytes(m.slice_memory_bytes);
+        b.setComputePercent(m.compute_percent);
+        b.setCpus(m.cpus);
+        b.setHostMemoryBytes(m.host_memory_bytes);
+        b.setPriority(m.priority);
+        b.setPolicy(m.policy);
+        b.setGang(m.gang);
+        refs.EncodeRef(m.owner, b.initOwner());
+      },
+      [](wire::LeaseRequest::Reader in, RefCodec& refs) -> StatusOr<LeaseRequest> {
+        return LeaseRequest{in.getTenant(), in.getCount(),    in.getSliceMemoryBytes(), in.getComputePercent(),
+                            in.getCpus(),   in.getHostMemoryBytes(), in.getPriority(),  in.getPolicy(),
+                            in.getGang(),   refs.DecodeRef(in.getOwner())};
+      })));
+  RETURN_IF_ERROR((r.Add<LeaseGrant, wire::LeaseGrant>(
+      kLeaseGrant, "cluster.LeaseGrant",
+      [](const LeaseGrant& m, wire::LeaseGrant::Builder b, RefCodec&) {
+        b.setLeaseId(m.lease_id);
+        b.setWaitedMs(m.waited_ms);
+        b.setTenant(m.tenant);
+        FillWorkers(m.workers, b.initWorkers(Size(m.workers)));
+      },
+      [](wire::LeaseGrant::Reader in, RefCodec&) -> StatusOr<LeaseGrant> {
+        return LeaseGrant{in.getLeaseId(), in.getWaitedMs(), ReadWorkers(in.getWorkers()), in.getTenant()};
+      })));
+  RETURN_IF_ERROR((r.Add<ReleaseLease, wire::ReleaseLease>(
+      kReleaseLease, "cluster.ReleaseLease",
+      [](const ReleaseLease& m, wire::ReleaseLease::Builder b, RefCodec&) { b.setLeaseId(m.lease_id); },
+      [](wire::ReleaseLease::Reader in, RefCodec&) -> StatusOr<ReleaseLease> { return ReleaseLease{in.getLeaseId()}; })));
+  RETURN_IF_ERROR((r.Add<AssignSlices, wire::AssignSlices>(
+      kAssignSlices, "cluster.AssignSlices",
+      [](const AssignSlices& m, wire::AssignSlices::Builder b, RefCodec& refs) {
+        b.setLeaseId(m.lease_id);
+        refs.EncodeRef(m.owner, b.initOwner());
+        FillWorkers(m.workers, b.initWorkers(Size(m.workers)));
+      },
+      [](wire::AssignSlices::Reader in, RefCodec& refs) -> StatusOr<AssignSlices> {
+        return AssignSlices{in.getLeaseId(), refs.DecodeRef(in.getOwner()), ReadWorkers(in.getWorkers())};
+      })));
+  RETURN_IF_ERROR((r.Add<ReleaseSlices, wire::ReleaseSlices>(
+      kReleaseSlices, "cluster.ReleaseSlices",
+      [](const ReleaseSlices& m, wire::ReleaseSlices::Builder b, RefCodec&) { b.setLeaseId(m.lease_id); },
+      [](wire::ReleaseSlices::Reader in, RefCodec&) -> StatusOr<ReleaseSlices> {
+        return ReleaseSlices{in.getLeaseId()};
+      })));
+  RETURN_IF_ERROR((r.Add<GpuReport, wire::GpuReport>(
+      kGpuReport, "cluster.GpuReport",
+      [](const GpuReport& m, wire::GpuReport::Builder b, RefCodec&) {
+        b.setNode(m.node);
+        auto gpus = b.initGpus(Size(m.gpus));
+        for (unsigned i = 0; i < gpus.size(); ++i) {
+          gpus[i].setIndex(m.gpus[i].index);
+          gpus[i].setUtilisation(m.gpus[i].utilisation);
+          gpus[i].setMemoryUsedBytes(m.gpus[i].memory_used_bytes);
+        }
+      },
+      [](wire::GpuReport::Reader in, RefCodec&) -> StatusOr<GpuReport> {
+        GpuReport report{in.getNode(), {}};
+        for (auto g : in.getGpus()) report.gpus.push_back(GpuLoad{g.getIndex(), g.getUtilisation(), g.getMemoryUsedBytes()});
+        return report;
+      })));
+  RETURN_IF_ERROR((r.Add<ListSlices, wire::ListSlices>(
+      kListSlices, "cluster.ListSlices", [](const ListSlices&, wire::ListSlices::Builder, RefCodec&) {},
+      [](wire::ListSlices::Reader, RefCodec&) -> StatusOr<ListSlices> { return ListSlices{}; })));
+  RETURN_IF_ERROR((r.Add<SliceList, wire::SliceList>(
+      kSliceList, "cluster.SliceList",
+      [](const SliceList& m, wire::SliceList::Builder b, RefCodec&) {
+        auto gpus = b.initGpus(Size(m.gpus));
+        for (unsigned i = 0; i < gpus.size(); ++i) {
+          const auto& g = m.gpus[i];
+          gpus[i].setNode(g.node);
+          FillGpu(g.gpu, gpus[i].initGpu());
+          gpus[i].setSlicesTotal(g.slices_total);
+          gpus[i].setSlicesFree(g.slices_free);
+          gpus[i].setSliceMemoryBytes(g.slice_memory_bytes);
+          gpus[i].setUtilisation(g.utilisation);
+          gpus[i].setMemoryUsedBytes(g.memory_used_bytes);
+          gpus[i].setNodeState(g.node_state);
+          auto leases = gpus[i].initLeases(Size(g.leases));
+          for (unsigned j = 0; j < leases.size(); ++j) {
+            leases[j].setLeaseId(g.leases[j].lease_id);
+            leases[j].setTenant(g.leases[j].tenant);
+            leases[j].setOwner(g.leases[j].owner);
+            leases[j].setSlices(g.leases[j].slices);
+          }
+        }
+        auto pending = b.initPending(Size(m.pending));
+        for (unsigned i = 0; i < pending.size(); ++i) {
+          const auto& p = m.pending[i];
+          pending[i].setLeaseId(p.lease_id);
+          pending[i].setTenant(p.tenant);
+          pending[i].setCount(p.count);
+          pending[i].setPlaced(p.placed);
+          pending[i].setWaitedMs(p.waited_ms);
+          pending[i].setReason(p.reason);
+          pending[i].setPriority(p.priority);
+        }
+      },
+      [](wire::SliceList::Reader in, RefCodec&) -> StatusOr<SliceList> {
+        SliceList list;
+        for (auto g : in.getGpus()) {
+          GpuSlices gs{g.getNode(), ReadGpu(g.getGpu()), g.getSlicesTotal(), g.getSlicesFree(),
+                       g.getSliceMemoryBytes(), g.getUtilisation(), g.getMemoryUsedBytes(), {}, g.getNodeState()};
+          for (auto l : g.getLeases()) gs.leases.push_back(SliceLeaseInfo{l.getLeaseId(), l.getTenant(), l.getOwner(), l.getSlices()});
+          list.gpus.push_back(std::move(gs));
+        }
+        for (auto p : in.getPending()) {
+          list.pending.push_back(PendingLease{p.getLeaseId(), p.getTenant(), p.getCount(), p.getPlaced(),
+                                              p.getWaitedMs(), p.getReason(), p.getPriority()});
+        }
+        return list;
+      })));
+  RETURN_IF_ERROR((r.Add<ListEvents, wire::ListEvents>(
+      kListEvents, "cluster.ListEvents", [](const ListEvents&, wire::ListEvents::Builder, RefCodec&) {},
+      [](wire::ListEvents::Reader, RefCodec&) -> StatusOr<ListEvents> { return ListEvents{}; })));
+  RETURN_IF_ERROR((r.Add<EventList, wire::EventList>(
+      kEventList, "cluster.EventList",
+      [](const EventList& m, wire::EventList::Builder b, RefCodec&) {
+        auto events = b.initEvents(Size(m.events));
+        for (unsigned i = 0; i < events.size(); ++i) {
+          const auto& e = m.events[i];
+          events[i].setSupervisor(e.supervisor);
+          events[i].setChild(e.child);
+          events[i].setKind(e.kind);
+          events[i].setReason(e.reason);
+          events[i].setNode(e.node);
+          events[i].setUnixMs(e.unix_ms);
+          events[i].setRestarts(e.restarts);
+        }
+      },
+      [](wire::EventList::Reader in, RefCodec&) -> StatusOr<EventList> {
+        EventList list;
+        for (auto e : in.getEvents()) {
+          list.events.push_back(runtime::SupervisorEvent{e.getSupervisor(), e.getChild(), e.getKind(), e.getReason(),
+                                                         e.getNode(), e.getUnixMs(), e.getRestarts()});
+        }
+        return list;
       })));
   return r.Add<NodeList, wire::NodeList>(
       kNodeList, "cluster.NodeList",

@@ -10,6 +10,7 @@
 #include "common/status.h"
 #include "runtime/actor_ref.h"
 #include "runtime/codec.h"
+#include "runtime/supervisor.h"
 
 namespace troupe::cluster {
 
@@ -17,6 +18,8 @@ struct GpuInfo {
   std::string name;
   uint64_t memory_bytes = 0;
   bool simulated = false;
+  std::string uuid;
+  uint32_t index = 0;
 };
 
 struct NodeRecord {
@@ -59,8 +62,101 @@ struct MembershipEvent {
   NodeRecord node;
 };
 
+/// Ask the head's scheduler for `count` workers' worth of GPU slices (and CPUs, memory), leased
+/// to `owner`. The reply (LeaseGrant) comes when the lease is granted; until then the request
+/// waits in the head's queue. The lease ends when the owner exits or its node is lost.
+struct LeaseRequest {
+  std::string tenant = "default";
+  uint32_t count = 1;
+  uint64_t slice_memory_bytes = 0;
+  uint32_t compute_percent = 0;
+  uint32_t cpus = 0;
+  uint64_t host_memory_bytes = 0;
+  std::string priority = "normal";
+  std::string policy = "spread";
+  bool gang = false;
+  runtime::ActorRef owner;
+};
+inline constexpr uint32_t kNoGpuIndex = 0xFFFFFFFF;
+struct LeaseWorker {
+  std::string node;
+  uint64_t node_id = 0;
+  uint32_t gpu_index = kNoGpuIndex;
+  std::string gpu_id;
+  uint32_t slices = 0;
+  uint64_t memory_bytes = 0;
+  uint32_t compute_percent = 0;
+  bool simulated = false;
+  uint32_t cpus = 0;
+  uint64_t host_memory_bytes = 0;
+};
+struct LeaseGrant {
+  uint64_t lease_id = 0;
+  int64_t waited_ms = 0;
+  std::vector<LeaseWorker> workers;
+  std::string tenant;
+};
+/// Ends a lease (reply: its LeaseGrant). NotFound if there is no such lease.
+struct ReleaseLease {
+  uint64_t lease_id = 0;
+};
+struct AssignSlices {
+  uint64_t lease_id = 0;
+  runtime::ActorRef owner;
+  std::vector<LeaseWorker> workers;
+};
+struct ReleaseSlices {
+  uint64_t lease_id = 0;
+};
+struct GpuLoad {
+  uint32_t index = 0;
+  double utilisation = 0;
+  uint64_t memory_used_bytes = 0;
+};
+struct GpuReport {
+  std::string node;
+  std::vector<GpuLoad> gpus;
+};
+struct ListSlices {};
+struct SliceLeaseInfo {
+  uint64_t lease_id = 0;
+  std::string tenant;
+  std::string owner;
+  uint32_t slices = 0;
+};
+struct GpuSlices {
+  std::string node;
+  GpuInfo gpu;
+  uint32_t slices_total = 0;
+  uint32_t slices_free = 0;
+  uint64_t slice_memory_bytes = 0;
+  double utilisation = 0;
+  uint64_t memory_used_bytes = 0;
+  std::vector<SliceLeaseInfo> leases;
+  std::string node_state;
+};
+struct PendingLease {
+  uint64_t lease_id = 0;
+  std::string tenant;
+  uint32_t count = 0;
+  uint32_t placed = 0;
+  int64_t waited_ms = 0;
+  std::string reason;
+  std::string priority;
+};
+struct SliceList {
+  std::vector<GpuSlices> gpus;
+  std::vector<PendingLease> pending;
+};
+struct ListEvents {};
+struct EventList {
+  std::vector<runtime::SupervisorEvent> events;
+};
+
 enum ClusterTypeId : uint32_t {
   kJoinRequest = 1100, kJoinReply, kListNodes, kNodeList, kSubscribeMembership, kMembershipEvent,
+  kLeaseRequest, kLeaseGrant, kReleaseLease, kAssignSlices, kReleaseSlices, kGpuReport, kListSlices, kSliceList,
+  kListEvents, kEventList,
 };
 
 /// Registers the codecs of the cluster protocol.
@@ -78,3 +174,13 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::ListNodes)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::NodeList)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::SubscribeMembership)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::MembershipEvent)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::LeaseRequest)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::LeaseGrant)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::ReleaseLease)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::AssignSlices)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::ReleaseSlices)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::GpuReport)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::ListSlices)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::SliceList)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::ListEvents)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::EventList)

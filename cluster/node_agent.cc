@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include "actors/gpu_slice.h"
 #include "cluster/head.h"
 
 namespace troupe::cluster {
@@ -27,10 +28,129 @@ StatusOr<std::unique_ptr<NodeAgent>> NodeAgent::Start(const ClusterConfig& confi
   std::string host = agent->spec_->listen_address.substr(0, agent->spec_->listen_address.rfind(':'));
   ASSIGN_OR_RETURN(agent->metrics_, runtime::MetricsServer::Start(host, agent->spec_->metrics_port));
   agent->metrics_->AddSource(runtime::RuntimeMetrics(*agent->runtime_));
-  // The agent actor is the node's identity at the head: the head monitors it.
-  agent->agent_ = agent->runtime_->Spawn([]() -> caf::behavior { return {[](caf::ok_atom) {}}; });
+  RETURN_IF_ERROR(agent->DiscoverGpus());
+  RETURN_IF_ERROR(agent->SpawnSlices());
   RETURN_IF_ERROR(agent->runtime_->RegisterName("troupe.node_agent", agent->agent_));
   return agent;
+}
+
+// The node's slices: the GpuSlice actors and which lease holds each (kept by the agent actor,
+// updated by the slices' listeners when an owner goes away; read by the metrics thread).
+struct NodeAgent::Slices {
+  std::mutex mu;
+  std::vector<std::vector<runtime::ActorRef>> actors;  // [gpu][slice]
+  std::vector<std::vector<uint64_t>> lease;            // [gpu][slice], 0 = free
+  std::vector<uint32_t> gpu_index;                     // [gpu] -> its device index
+};
+
+Status NodeAgent::DiscoverGpus() {
+  if (spec_->gpu_mode == "simulated") {
+    for (uint32_t i = 0; i < spec_->simulated_gpus.size(); ++i) {
+      const auto& gpu = spec_->simulated_gpus[i];
+      gpus_.push_back(GpuInfo{gpu.name, gpu.memory_bytes, true, "", i});
+    }
+  } else if (spec_->gpu_mode == "auto") {
+    auto nvml = actors::Nvml::Open();
+    if (!nvml.ok()) {
+      spdlog::warn("node {}: gpus: auto, but {}; this node offers no GPUs", spec_->name, nvml.status().message());
+      return OkStatus();
+    }
+    nvml_ = std::move(*nvml);
+    ASSIGN_OR_RETURN(auto devices, nvml_->Devices());
+    for (const auto& d : devices) gpus_.push_back(GpuInfo{d.name, d.memory_total_bytes, false, d.uuid, d.index});
+    spdlog::info("node {}: {} GPU(s) found through NVML", spec_->name, gpus_.size());
+  }
+  return OkStatus();
+}
+
+Status NodeAgent::SpawnSlices() {
+  slices_ = std::make_shared<Slices>();
+  auto slices = slices_;
+  for (const auto& gpu : gpus_) {
+    const uint64_t size = spec_->slice_memory_bytes > 0 && spec_->slice_memory_bytes <= gpu.memory_bytes
+                              ? spec_->slice_memory_bytes
+                              : gpu.memory_bytes;
+    const uint32_t count = size == 0 ? 0 : static_cast<uint32_t>(gpu.memory_bytes / size);
+    const size_t g = slices->actors.size();
+    slices->actors.emplace_back();
+    slices->lease.emplace_back(count, 0);
+    slices->gpu_index.push_back(gpu.index);
+    for (uint32_t i = 0; i < count; ++i) {
+      actors::SliceInfo info{gpu.index, gpu.uuid.empty() ? gpu.name : gpu.uuid, i, size, 1.0 / count, gpu.simulated};
+      actors::SliceListener listener = [slices, g](const actors::SliceInfo& s, uint64_t lease, const std::string& why) {
+        std::lock_guard<std::mutex> lock(slices->mu);
+        if (why.empty()) return;
+        // Only if the agent has not handed the slice to a newer lease meanwhile.
+        if (slices->lease[g][s.slice] == lease) slices->lease[g][s.slice] = 0;
+        if (why != "released") spdlog::info("slice {}/{}: lease {} ended: {}", s.gpu_id, s.slice, lease, why);
+      };
+      slices->actors[g].push_back(runtime_->Spawn(actors::GpuSlice, info, listener));
+    }
+  }
+  // The agent actor is the node's identity at the head (the head monitors it) and hands the
+  // node's slices to the owners the head's scheduler chose.
+  agent_ = runtime_->Spawn([slices](caf::event_based_actor* self) -> caf::behavior {
+    return {
+        [slices](AssignSlices& assign) {
+          std::lock_guard<std::mutex> lock(slices->mu);
+          for (const auto& w : assign.workers) {
+            if (w.gpu_index == kNoGpuIndex) continue;
+            for (size_t g = 0; g < slices->gpu_index.size(); ++g) {
+              if (slices->gpu_index[g] != w.gpu_index) continue;
+              uint32_t needed = w.slices;
+              for (size_t i = 0; i < slices->lease[g].size() && needed > 0; ++i) {
+                if (slices->lease[g][i] != 0) continue;
+                slices->lease[g][i] = assign.lease_id;
+                slices->actors[g][i].Send(actors::SliceLease{assign.lease_id, assign.owner});
+                --needed;
+              }
+              if (needed > 0) {
+                spdlog::error("node agent: lease {} wants {} more slice(s) of GPU {} than are free here",
+                              assign.lease_id, needed, w.gpu_index);
+              }
+            }
+          }
+        },
+        [slices](ReleaseSlices& release) {
+          std::lock_guard<std::mutex> lock(slices->mu);
+          for (size_t g = 0; g < slices->lease.size(); ++g) {
+            for (size_t i = 0; i < slices->lease[g].size(); ++i) {
+              if (slices->lease[g][i] != release.lease_id) continue;
+              slices->lease[g][i] = 0;
+              slices->actors[g][i].Send(actors::SliceRelease{release.lease_id});
+            }
+          }
+        },
+    };
+  });
+  metrics_->AddSource([slices, gpus = gpus_, node = spec_->name](std::vector<prometheus::MetricFamily>& out) {
+    auto family = runtime::GaugeFamily("troupe_node_gpu_slices", "This node's GPU slices by state");
+    std::lock_guard<std::mutex> lock(slices->mu);
+    for (size_t g = 0; g < slices->lease.size(); ++g) {
+      double leased = 0;
+      for (uint64_t l : slices->lease[g]) leased += l != 0 ? 1 : 0;
+      const std::string gpu = std::to_string(slices->gpu_index[g]);
+      const std::string simulated = gpus[g].simulated ? "true" : "false";
+      runtime::AddSample(family, leased, {{"node", node}, {"gpu", gpu}, {"simulated", simulated}, {"state", "leased"}});
+      runtime::AddSample(family, static_cast<double>(slices->lease[g].size()) - leased,
+                         {{"node", node}, {"gpu", gpu}, {"simulated", simulated}, {"state", "free"}});
+    }
+    out.push_back(std::move(family));
+  });
+  return OkStatus();
+}
+
+GpuReport NodeAgent::Report() {
+  GpuReport report;
+  report.node = spec_->name;
+  if (!nvml_) return report;
+  auto devices = nvml_->Devices();
+  if (!devices.ok()) {
+    spdlog::warn("node {}: NVML: {}", spec_->name, devices.status().ToString());
+    return report;
+  }
+  for (const auto& d : *devices) report.gpus.push_back(GpuLoad{d.index, d.utilisation, d.memory_used_bytes});
+  return report;
 }
 
 NodeAgent::~NodeAgent() {
@@ -66,7 +186,7 @@ void NodeAgent::Run(const std::function<void(const JoinReply&)>& on_joined) {
   record.address = runtime_->address();
   record.cpus = spec_->cpus;
   record.memory_bytes = spec_->memory_bytes;
-  for (const auto& gpu : spec_->simulated_gpus) record.gpus.push_back(GpuInfo{gpu.name, gpu.memory_bytes, true});
+  record.gpus = gpus_;
   record.slice_memory_bytes = spec_->slice_memory_bytes;
   record.pid = getpid();
   record.metrics_address = metrics_->address();
@@ -96,8 +216,14 @@ void NodeAgent::Run(const std::function<void(const JoinReply&)>& on_joined) {
       }
       cv_.notify_all();
     });
+    // Until the head is lost: report what the GPUs do every few seconds (NVML only).
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [this] { return stop_ || head_lost_; });
+    while (!cv_.wait_for(lock, std::chrono::seconds(2), [this] { return stop_ || head_lost_; })) {
+      if (!nvml_) continue;
+      lock.unlock();
+      head->Send(Report());
+      lock.lock();
+    }
   }
 }
 

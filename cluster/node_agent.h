@@ -9,6 +9,7 @@
 #include <mutex>
 #include <string>
 
+#include "actors/gpu_discovery.h"
 #include "cluster/config.h"
 #include "cluster/messages.h"
 #include "runtime/metrics.h"
@@ -38,7 +39,18 @@ class NodeAgent {
   /// Waits up to `d`; true if Stop() was called.
   bool WaitStop(std::chrono::milliseconds d);
 
+  struct Slices;
+  /// The node's GPUs: NVML ("gpus: auto"), the config's simulated ones, or none.
+  Status DiscoverGpus();
+  /// One GpuSlice actor per slice of each GPU, and the agent actor that leases them.
+  Status SpawnSlices();
+  /// What the GPUs do now (NVML), for the head's load-aware placement.
+  GpuReport Report();
+
   ClusterConfig config_;
+  std::vector<GpuInfo> gpus_;
+  std::unique_ptr<actors::Nvml> nvml_;
+  std::shared_ptr<Slices> slices_;
   const NodeSpec* spec_ = nullptr;
   std::string head_override_;
   std::unique_ptr<runtime::Runtime> runtime_;

@@ -8,6 +8,8 @@ struct Gpu {
   name @0 :Text;
   memoryBytes @1 :UInt64;
   simulated @2 :Bool;
+  uuid @3 :Text;               # NVML UUID ("" for simulated GPUs)
+  index @4 :UInt32;            # index on its node (CUDA_VISIBLE_DEVICES)
 }
 
 # One node as the head knows it (also the value stored per node in the head's LMDB).
@@ -36,3 +38,60 @@ struct NodeList { clusterName @0 :Text; nodes @1 :List(NodeRecord); }
 # Membership events: a subscriber gets the current nodes, then every change, until it exits.
 struct SubscribeMembership { subscriber @0 :Rt.ActorAddress; }
 struct MembershipEvent { node @0 :NodeRecord; }
+
+# GPU slice leases (the head's scheduler). A lease belongs to its owner actor: it ends when the
+# owner exits or its node or process is lost.
+struct LeaseRequest {
+  tenant @0 :Text;
+  count @1 :UInt32;
+  sliceMemoryBytes @2 :UInt64;
+  computePercent @3 :UInt32;
+  cpus @4 :UInt32;
+  hostMemoryBytes @5 :UInt64;
+  priority @6 :Text;           # urgent, normal
+  policy @7 :Text;             # pack, spread, strict_spread
+  gang @8 :Bool;
+  owner @9 :Rt.ActorAddress;
+}
+struct LeaseWorker {
+  node @0 :Text;
+  nodeId @1 :UInt64;
+  gpuIndex @2 :UInt32;         # 0xFFFFFFFF: no GPU (CPU-only worker)
+  gpuId @3 :Text;              # UUID, or the simulated GPU's name
+  slices @4 :UInt32;
+  memoryBytes @5 :UInt64;      # slices x slice memory
+  computePercent @6 :UInt32;   # slices' share of the GPU
+  simulated @7 :Bool;
+  cpus @8 :UInt32;
+  hostMemoryBytes @9 :UInt64;
+}
+struct LeaseGrant { leaseId @0 :UInt64; waitedMs @1 :Int64; workers @2 :List(LeaseWorker); tenant @3 :Text; }
+struct ReleaseLease { leaseId @0 :UInt64; }
+# Head -> node agent: lease these slices of the node's GPUs to `owner` / end the lease.
+struct AssignSlices { leaseId @0 :UInt64; owner @1 :Rt.ActorAddress; workers @2 :List(LeaseWorker); }
+struct ReleaseSlices { leaseId @0 :UInt64; }
+# Node agent -> head: what its GPUs are doing (NVML), every few seconds.
+struct GpuLoad { index @0 :UInt32; utilisation @1 :Float64; memoryUsedBytes @2 :UInt64; }
+struct GpuReport { node @0 :Text; gpus @1 :List(GpuLoad); }
+# `troupe slices`: every GPU's slices, owners and free capacity, and the waiting requests.
+struct ListSlices {}
+struct SliceLeaseInfo { leaseId @0 :UInt64; tenant @1 :Text; owner @2 :Text; slices @3 :UInt32; }
+struct GpuSlices {
+  node @0 :Text;
+  gpu @1 :Gpu;
+  slicesTotal @2 :UInt32;
+  slicesFree @3 :UInt32;
+  sliceMemoryBytes @4 :UInt64;
+  utilisation @5 :Float64;
+  memoryUsedBytes @6 :UInt64;
+  leases @7 :List(SliceLeaseInfo);
+  nodeState @8 :Text;
+}
+struct PendingLease {
+  leaseId @0 :UInt64; tenant @1 :Text; count @2 :UInt32; placed @3 :UInt32;
+  waitedMs @4 :Int64; reason @5 :Text; priority @6 :Text;
+}
+struct SliceList { gpus @0 :List(GpuSlices); pending @1 :List(PendingLease); }
+# `troupe events`: the supervision events the head was sent (newest last).
+struct ListEvents {}
+struct EventList { events @0 :List(Rt.SupervisorEvent); }

@@ -145,7 +145,8 @@ TEST(GpuSlice, ALeaseEndsWhenItsOwnerExits) {
   {
     std::unique_lock<std::mutex> lock(mu);
     ASSERT_TRUE(cv.wait_for(lock, 5s, [&] { return changes.size() == 2; })) << "the lease did not end";
-    EXPECT_EQ(changes[1].first, 0u);
+    EXPECT_EQ(changes[0].second, "") << "lease 1 started";
+    EXPECT_EQ(changes[1].first, 1u) << "lease 1 ended";
     EXPECT_NE(changes[1].second.find("owner gone"), std::string::npos) << changes[1].second;
   }
   // Free again: the other owner gets it, and an explicit release ends that lease.

@@ -1,0 +1,193 @@
+// GPU slices on a real local cluster (`troupe up`, simulated GPUs): `troupe run` puts a command
+// on a slice with its environment; leases from a client program are placed by the head's
+// scheduler and shown by `troupe slices --json`; a lease comes back when its holder is killed;
+// quotas are refused clearly; supervision events reach the head and `troupe events`.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <string>
+
+#include "cluster/client.h"
+#include "common/child_process.h"
+#include "common/logging.h"
+#include "runtime/supervisor.h"
+
+namespace troupe {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+constexpr uint64_t kGiB = uint64_t{1} << 30;
+
+class Slices : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    (void)InitLogging("warn");
+    std::string templ = (std::filesystem::temp_directory_path() / "troupe-slices-XXXXXX").string();
+    ASSERT_NE(mkdtemp(templ.data()), nullptr);
+    dir_ = templ;
+    config_ = dir_ + "/cluster.yaml";
+    std::ofstream(config_) << "cluster:\n  name: slices\n  token: slices-test-token\n  log_level: warn\n"
+                              "scheduler:\n  quotas:\n    team-a: 8GiB\n"
+                              "head:\n  address: 127.0.0.1\n  port: 0\n  data_dir: head\n"
+                              "nodes:\n"
+                              "  - name: a\n    cpus: 4\n    memory: 8GiB\n"
+                              "    gpus:\n      simulated:\n        - memory: 16GiB\n    slice_memory: 4GiB\n"
+                              "  - name: b\n    cpus: 4\n    memory: 8GiB\n"
+                              "    gpus:\n      simulated:\n        - memory: 8GiB\n";
+    auto up = ChildProcess::Spawn({TROUPE_BIN, "up", "-c", config_});
+    ASSERT_TRUE(up.ok()) << up.status();
+    up_ = std::move(*up);
+    auto line = up_->ReadLineWithPrefix("cluster slices up", 60s);
+    ASSERT_TRUE(line.ok()) << "troupe up did not come up: " << line.status();
+    auto config = cluster::LoadClusterConfig(config_);
+    ASSERT_TRUE(config.ok()) << config.status();
+    auto client = cluster::Client::Connect(*config, "", 5s);
+    ASSERT_TRUE(client.ok()) << client.status();
+    client_ = std::move(*client);
+  }
+  void TearDown() override {
+    client_.reset();
+    if (up_) {
+      up_->Signal(SIGTERM);
+      (void)up_->Wait(30s);
+    }
+    std::filesystem::remove_all(dir_);
+  }
+
+  std::string SlicesJson() {
+    auto child = ChildProcess::Spawn({TROUPE_BIN, "slices", "-c", config_, "--json"});
+    if (!child.ok()) return "";
+    auto line = (*child)->ReadLine(20s);
+    (void)(*child)->Wait(20s);
+    return line.ok() ? *line : "";
+  }
+  // slices_free of node `node`'s GPU 0, from `troupe slices --json` (-1 if absent).
+  int FreeSlices(const std::string& node) {
+    std::smatch m;
+    std::string json = SlicesJson();
+    std::regex gpu("\\{\"node\": \"" + node + "\"[^\\]]*?\"slices_free\": ([0-9]+)");
+    return std::regex_search(json, m, gpu) ? std::stoi(m[1]) : -1;
+  }
+
+  std::string dir_, config_;
+  std::unique_ptr<ChildProcess> up_;
+  std::unique_ptr<cluster::Client> client_;
+};
+
+TEST_F(Slices, RunPutsACommandOnASliceWithItsEnvironment) {
+  auto run = ChildProcess::Spawn({TROUPE_BIN, "run", "-c", config_, "--memory", "4GiB", "--", "sh", "-c",
+                                  "echo CVD=$CUDA_VISIBLE_DEVICES MEM=$TROUPE_SLICE_MEMORY_BYTES SIM=$TROUPE_GPU_SIMULATED"});
+  ASSERT_TRUE(run.ok()) << run.status();
+  auto line = (*run)->ReadLineWithPrefix("CVD=", 20s);
+  ASSERT_TRUE(line.ok()) << line.status();
+  EXPECT_EQ(*line, "0 MEM=" + std::to_string(4 * kGiB) + " SIM=1");
+  auto rc = (*run)->Wait(20s);
+  ASSERT_TRUE(rc.ok());
+  EXPECT_EQ(WEXITSTATUS(*rc), 0);
+  // Its lease ended with the command.
+  EXPECT_EQ(FreeSlices("a"), 4);
+}
+
+TEST_F(Slices, LeasesArePlacedShownAndReturnedWhenTheirHolderIsKilled) {
+  // A gang spread strictly over both nodes.
+  cluster::LeaseRequest gang;
+  gang.count = 2;
+  gang.slice_memory_bytes = 4 * kGiB;
+  gang.gang = true;
+  gang.policy = "strict_spread";
+  auto lease = client_->RequestSlices(gang, 10s);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  ASSERT_EQ(lease->grant.workers.size(), 2u);
+  EXPECT_NE(lease->grant.workers[0].node, lease->grant.workers[1].node);
+  EXPECT_EQ(FreeSlices("a"), 3);
+  EXPECT_EQ(FreeSlices("b"), 0);
+  std::string json = SlicesJson();
+  EXPECT_NE(json.find("\"lease_id\": " + std::to_string(lease->grant.lease_id)), std::string::npos) << json;
+  EXPECT_NE(json.find(lease->owner.ToString()), std::string::npos) << "the owner is shown: " << json;
+  ASSERT_TRUE(client_->ReleaseSlices(*lease, 5s).ok());
+  EXPECT_EQ(FreeSlices("a"), 4);
+  EXPECT_EQ(FreeSlices("b"), 1);
+
+  // A quota that can never be met is refused at once, naming the tenant.
+  cluster::LeaseRequest big;
+  big.tenant = "team-a";
+  big.slice_memory_bytes = 12 * kGiB;
+  auto refused = client_->RequestSlices(big, 5s);
+  EXPECT_EQ(refused.status().code(), StatusCode::kResourceExhausted) << refused.status();
+  EXPECT_NE(refused.status().message().find("team-a"), std::string::npos) << refused.status();
+
+  // A process holding a lease is killed: the lease comes back.
+  auto holder = ChildProcess::Spawn({TROUPE_BIN, "run", "-c", config_, "--memory", "12GiB", "--", "sleep", "60"});
+  ASSERT_TRUE(holder.ok());
+  auto deadline = Clock::now() + 20s;
+  while (Clock::now() < deadline && FreeSlices("a") != 1) {
+  }
+  ASSERT_EQ(FreeSlices("a"), 1) << "troupe run did not get its 3 slices";
+  auto killed = Clock::now();
+  (*holder)->Signal(SIGKILL);
+  (void)(*holder)->Wait(5s);
+  deadline = Clock::now() + 10s;
+  while (Clock::now() < deadline && FreeSlices("a") != 4) {
+  }
+  auto back = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - killed);
+  EXPECT_EQ(FreeSlices("a"), 4) << "the killed holder's slices did not come back";
+  std::printf("slices returned %lld ms after kill -9 of their holder\n", static_cast<long long>(back.count()));
+
+  // End-to-end lease latency through the head, beside a plain request to the head.
+  cluster::LeaseRequest one;
+  one.slice_memory_bytes = 4 * kGiB;
+  one.owner = client_->runtime().Spawn([]() -> caf::behavior { return {[](caf::ok_atom) {}}; });
+  const int n = 50;
+  auto start = Clock::now();
+  for (int i = 0; i < n; ++i) {
+    auto l = client_->RequestSlices(one, 5s);
+    ASSERT_TRUE(l.ok()) << l.status();
+    ASSERT_TRUE(client_->ReleaseSlices(*l, 5s).ok());
+  }
+  double lease_us = std::chrono::duration<double, std::micro>(Clock::now() - start).count() / n;
+  start = Clock::now();
+  for (int i = 0; i < n; ++i) ASSERT_TRUE(client_->ListNodes(5s).ok());
+  double rtt_us = std::chrono::duration<double, std::micro>(Clock::now() - start).count() / n;
+  std::printf("lease + release through the head: %.0f us; a ListNodes round trip to the head: %.0f us (%.1fx)\n",
+              lease_us, rtt_us, lease_us / rtt_us);
+}
+
+TEST_F(Slices, SupervisionEventsReachTheHead) {
+  runtime::SupervisorSpec spec;
+  spec.name = "jobs";
+  spec.event_sink = client_->head();
+  runtime::ChildSpec child;
+  child.id = "worker";
+  auto& rt = client_->runtime();
+  child.start = [&rt](const runtime::StartContext& ctx) -> StatusOr<runtime::ActorRef> {
+    auto a = rt.system().spawn([](caf::event_based_actor* self) -> caf::behavior { return {[](caf::ok_atom) {}}; });
+    if (ctx.attempt == 0) caf::anon_send_exit(a, caf::exit_reason::kill);  // fails once
+    return rt.Ref(a);
+  };
+  spec.children.push_back(child);
+  auto sup = runtime::StartSupervisor(rt, spec);
+  auto deadline = Clock::now() + 10s;
+  std::string json;
+  while (Clock::now() < deadline && json.find("\"restarting\"") == std::string::npos) {
+    auto child_process = ChildProcess::Spawn({TROUPE_BIN, "events", "-c", config_, "--json"});
+    ASSERT_TRUE(child_process.ok());
+    auto line = (*child_process)->ReadLine(20s);
+    (void)(*child_process)->Wait(20s);
+    json = line.ok() ? *line : "";
+  }
+  EXPECT_NE(json.find("\"supervisor\": \"jobs\", \"child\": \"worker\", \"kind\": \"restarting\""), std::string::npos)
+      << json;
+  caf::anon_send_exit(sup.handle(), caf::exit_reason::user_shutdown);
+}
+
+}  // namespace
+}  // namespace troupe
