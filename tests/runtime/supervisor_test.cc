@@ -78,7 +78,7 @@ class SupervisorTest : public ::testing::Test {
     if (rt_) rt_->Stop();
   }
 
-  // A counter child that logs "down <id>" when it exits (any reason) and counts its starts.
+  // A counter child that logs its starts, its orderly stops and its exit.
   ChildSpec CounterChild(const std::string& id, RestartType restart = RestartType::kPermanent) {
     ChildSpec spec;
     spec.id = id;
@@ -87,7 +87,15 @@ class SupervisorTest : public ::testing::Test {
     auto* rt = rt_.get();
     spec.start = [log, rt, id](const runtime::StartContext& ctx) -> StatusOr<ActorRef> {
       log->Add("start " + id);
-      caf::actor a = rt->system().spawn(Counter, int64_t{0});
+      // Logs "stop <id>" when an orderly stop reaches it (before it exits, so the order of these
+      // lines is the order of the stops), and "down <id>" once it is gone.
+      caf::actor a = rt->system().spawn([log, id](caf::event_based_actor* self) -> caf::behavior {
+        self->set_exit_handler([self, log, id](caf::exit_msg& m) {
+          log->Add("stop " + id);
+          self->quit(m.reason);
+        });
+        return Counter(self, 0);
+      });
       a->attach_functor([log, id](const caf::error&) { log->Add("down " + id); });
       return rt->Ref(a);
     };
@@ -182,9 +190,8 @@ TEST_F(SupervisorTest, OneForAllRestartsSiblingsStoppingThemInReverseOrder) {
   Fail(Child(*rt_, "a"));
   ASSERT_TRUE(log_->WaitFor("started c", 2));
   // a failed; then c and b were stopped, in that order; then a, b, c started again in order.
-  auto downs = log_->With("down ");
-  ASSERT_EQ(downs.size(), 3u);
-  EXPECT_EQ(downs, (std::vector<std::string>{"down a", "down c", "down b"}));
+  EXPECT_EQ(log_->With("stop "), (std::vector<std::string>{"stop c", "stop b"}));
+  for (const char* down : {"down a", "down b", "down c"}) EXPECT_TRUE(log_->WaitFor(down)) << down;
   auto starts = log_->With("start ");
   EXPECT_EQ(starts, (std::vector<std::string>{"start a", "start b", "start c", "start a", "start b", "start c"}));
   caf::anon_send_exit(sup.handle(), caf::exit_reason::user_shutdown);
@@ -199,8 +206,9 @@ TEST_F(SupervisorTest, RestForOneRestartsTheFailedChildAndThoseStartedAfterIt) {
   ASSERT_TRUE(log_->WaitFor("started c"));
   Fail(Child(*rt_, "b"));
   ASSERT_TRUE(log_->WaitFor("started c", 2));
-  EXPECT_EQ(log_->With("down "), (std::vector<std::string>{"down b", "down c"}));
-  EXPECT_EQ(log_->Count("start a"), 1) << "a was started before b: untouched";
+  EXPECT_EQ(log_->With("stop "), (std::vector<std::string>{"stop c"}));
+  EXPECT_EQ(log_->Count("down a"), 0) << "a was started before b: untouched";
+  EXPECT_EQ(log_->Count("start a"), 1);
   caf::anon_send_exit(sup.handle(), caf::exit_reason::user_shutdown);
   ASSERT_TRUE(log_->WaitFor("stopped s3"));
 }
@@ -304,8 +312,8 @@ TEST_F(SupervisorTest, ShutdownStopsChildrenInReverseOrderAndKillsOnesThatDoNotS
   auto log = log_;
   auto* rt = rt_.get();
   stubborn.start = [log, rt](const runtime::StartContext&) -> StatusOr<ActorRef> {
-    caf::actor a = rt->system().spawn([](caf::event_based_actor* self) -> caf::behavior {
-      self->set_exit_handler([](caf::exit_msg&) {});  // ignores orderly stops
+    caf::actor a = rt->system().spawn([log](caf::event_based_actor* self) -> caf::behavior {
+      self->set_exit_handler([log](caf::exit_msg&) { log->Add("stop stubborn (ignored)"); });
       return {[](Get) { return Count{}; }};
     });
     a->attach_functor([log](const caf::error&) { log->Add("down stubborn"); });
@@ -319,7 +327,8 @@ TEST_F(SupervisorTest, ShutdownStopsChildrenInReverseOrderAndKillsOnesThatDoNotS
   caf::anon_send_exit(sup.handle(), caf::exit_reason::user_shutdown);
   ASSERT_TRUE(log_->WaitFor("stopped s6"));
   EXPECT_GE(std::chrono::steady_clock::now() - start, 100ms) << "the stubborn child was waited for";
-  EXPECT_EQ(log_->With("down "), (std::vector<std::string>{"down c", "down stubborn", "down a"}));
+  EXPECT_EQ(log_->With("stop "), (std::vector<std::string>{"stop c", "stop stubborn (ignored)", "stop a"}));
+  EXPECT_TRUE(log_->WaitFor("down stubborn")) << "killed after its shutdown timeout";
   EXPECT_EQ(log_->Count("restarting a") + log_->Count("restarting c"), 0);
 }
 
