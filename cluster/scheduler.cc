@@ -174,7 +174,7 @@ namespace {
 // The best GPU for one more worker, or kNoGpu.
 struct Candidate {
   uint32_t gpu = kNoGpu;
-  std::tuple<uint32_t, double, uint32_t> key{UINT32_MAX, 2.0, UINT32_MAX};  // lower is better
+  std::tuple<uint32_t, double, uint64_t, uint32_t> key{UINT32_MAX, 2.0, UINT64_MAX, UINT32_MAX};  // lower is better
 };
 
 }  // namespace
@@ -217,10 +217,14 @@ std::optional<std::vector<Assignment>> Place(Snapshot& s, const Request& r, uint
       auto consider = [&](uint32_t g, uint32_t need, uint32_t tier) {
         const GpuState& gpu = s.gpus_[g];
         const double load = Snapshot::Load(gpu);
+        // Memory handed out beyond what was asked (slice rounding): the tie-breaker.
+        const uint64_t waste = uint64_t{need} * gpu.slice_memory_bytes - std::min<uint64_t>(
+                                                                              r.slice_memory_bytes,
+                                                                              uint64_t{need} * gpu.slice_memory_bytes);
         // Pack: best fit (fewest slices left over) first; spread: least loaded first.
-        std::tuple<uint32_t, double, uint32_t> key =
-            r.policy == Policy::kPack ? std::make_tuple(tier * 1000000 + (gpu.slices_free - need), load, g)
-                                      : std::make_tuple(tier, load, g);
+        std::tuple<uint32_t, double, uint64_t, uint32_t> key =
+            r.policy == Policy::kPack ? std::make_tuple(tier * 1000000 + (gpu.slices_free - need), load, waste, g)
+                                      : std::make_tuple(tier, load, waste, g);
         if (key < best.key) best.key = key, best.gpu = g;
       };
       if (r.policy == Policy::kPack) {

@@ -80,6 +80,15 @@ TEST(Scheduler, PrefersTheLeastLoadedFittingGpu) {
   EXPECT_EQ(placed->at(0).gpu, 1u);
 }
 
+TEST(Scheduler, AmongEquallyLoadedGpusTheOneWastingLeastMemoryWins) {
+  Snapshot s;
+  s.AddNode(Node("whole"), {Gpu(1, 8 * kGiB)});  // one 8 GiB slice
+  s.AddNode(Node("cut"), {Gpu(4, 4 * kGiB)});    // four 4 GiB slices
+  auto placed = Place(s, Req(1, 1, 4 * kGiB));
+  ASSERT_TRUE(placed);
+  EXPECT_EQ(placed->at(0).node, 1u) << "a 4 GiB slice fits 4 GiB exactly";
+}
+
 TEST(Scheduler, PackKeepsAGangOnOneNodeAndSpreadSpreadsIt) {
   Snapshot s = Cluster(4, 4, 1);
   Request pack = Req(1, 4);
