@@ -244,8 +244,9 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
                                           return r.handle() && r.handle().address() == msg.source;
                                         }),
                          st.subscribers.end());
-    for (auto& [name, agent] : st.agents) {
+    for (auto& [agent_name, agent] : st.agents) {
       if (agent.handle() && agent.handle().address() == msg.source) {
+        const std::string name = agent_name;  // the entry is erased below
         auto& record = st.nodes[name];
         record.state = "dead";
         record.reason = runtime::ToStatus(msg.reason).ToString();

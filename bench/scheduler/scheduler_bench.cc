@@ -5,10 +5,16 @@
 //
 // Baselines printed beside, from the same run: a linear scan for the least-loaded fitting GPU
 // (what a scheduler without troupe's index does per decision), and Ray's published
-// placement-group create+remove rate (about 800 per second). With --lease-config, also the
-// end-to-end lease latency through a running head (see troupe_lease in the README's tour).
+// placement-group create+remove rate (about 800 per second). Then the end-to-end lease latency
+// through the head of a local cluster (`troupe up`, two nodes with simulated GPUs): a lease
+// request and its release from a client, beside a plain request to the head (ListNodes) in the
+// same run. --no-cluster skips that part.
+#include <signal.h>
+#include <stdlib.h>
+
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -16,7 +22,10 @@
 #include <string>
 #include <vector>
 
+#include "cluster/client.h"
 #include "cluster/scheduler.h"
+#include "common/child_process.h"
+#include "common/logging.h"
 
 namespace troupe::bench {
 namespace {
@@ -137,7 +146,62 @@ Result TimeLinearScan(uint32_t nodes, int decisions, std::mt19937_64& rng) {
   return {decisions / sec, sec * 1e9 / decisions};
 }
 
-int Run(bool quick, const std::string& json) {
+// Lease + release through a real head, and a ListNodes round trip as the baseline (median of
+// `n` each, in microseconds). Returns false (with a message) if the cluster did not come up.
+bool TimeLeases(int n, double* lease_us, double* rtt_us) {
+  using namespace std::chrono_literals;
+  std::string dir = (std::filesystem::temp_directory_path() / "troupe-sbench-XXXXXX").string();
+  if (mkdtemp(dir.data()) == nullptr) return false;
+  std::string config_path = dir + "/cluster.yaml";
+  std::ofstream(config_path) << "cluster:\n  name: sbench\n  token: scheduler-bench-token\n  log_level: warn\n"
+                                "head:\n  address: 127.0.0.1\n  port: 0\n  data_dir: head\nnodes:\n"
+                                "  - name: a\n    cpus: 8\n    memory: 8GiB\n"
+                                "    gpus:\n      simulated:\n        - memory: 80GiB\n        - memory: 80GiB\n"
+                                "    slice_memory: 10GiB\n"
+                                "  - name: b\n    cpus: 8\n    memory: 8GiB\n"
+                                "    gpus:\n      simulated:\n        - memory: 80GiB\n    slice_memory: 10GiB\n";
+  auto up = ChildProcess::Spawn({TROUPE_BIN, "up", "-c", config_path});
+  bool ok = up.ok() && (*up)->ReadLineWithPrefix("cluster sbench up", 60s).ok();
+  auto config = cluster::LoadClusterConfig(config_path);
+  std::unique_ptr<cluster::Client> client;
+  if (ok && config.ok()) {
+    auto c = cluster::Client::Connect(*config, "", 5s);
+    if (c.ok()) client = std::move(*c);
+  }
+  if (client) {
+    cluster::LeaseRequest request;
+    request.slice_memory_bytes = 10 * kGiB;
+    request.owner = client->runtime().Spawn([]() -> caf::behavior { return {[](caf::ok_atom) {}}; });
+    std::vector<double> lease, rtt;
+    for (int i = 0; i < n + 5 && ok; ++i) {  // the first 5 of each warm up
+      auto start = Clock::now();
+      auto l = client->RequestSlices(request, 5s);
+      ok = l.ok() && client->ReleaseSlices(*l, 5s).ok();
+      if (i >= 5) lease.push_back(std::chrono::duration<double, std::micro>(Clock::now() - start).count());
+      start = Clock::now();
+      ok = ok && client->ListNodes(5s).ok();
+      if (i >= 5) rtt.push_back(std::chrono::duration<double, std::micro>(Clock::now() - start).count());
+    }
+    if (ok) {
+      std::sort(lease.begin(), lease.end());
+      std::sort(rtt.begin(), rtt.end());
+      *lease_us = lease[lease.size() / 2];
+      *rtt_us = rtt[rtt.size() / 2];
+    }
+  } else {
+    ok = false;
+  }
+  client.reset();
+  if (up.ok()) {
+    (*up)->Signal(SIGTERM);
+    (void)(*up)->Wait(30s);
+  }
+  std::filesystem::remove_all(dir);
+  if (!ok) std::fprintf(stderr, "scheduler_bench: the local cluster for the lease latency did not work\n");
+  return ok;
+}
+
+int Run(bool quick, const std::string& json, bool cluster) {
   std::mt19937_64 rng(42);
   std::vector<Row> rows;
   const std::vector<uint32_t> sizes = {100, 1000, 10000};
@@ -168,6 +232,14 @@ int Run(bool quick, const std::string& json) {
                   gang_growth <= 100});
   rows.push_back({"single-slice placements/s at 1,000 nodes vs Ray PG rate", "x",
                   rows[3].troupe / 800.0, 1, "Ray 800/s", "(info)", true});
+  if (cluster) {
+    double lease_us = 0, rtt_us = 0;
+    if (!TimeLeases(quick ? 20 : 200, &lease_us, &rtt_us)) return 1;
+    rows.push_back({"lease + release through the head, local cluster (median)", "us", lease_us, rtt_us,
+                    "ListNodes round trip", "(info)", true});
+    rows.push_back({"lease + release / plain request to the head", "x", lease_us / rtt_us, 1, "ListNodes", "(info)",
+                    true});
+  }
 
   std::printf("\n%-58s %-4s %14s %14s  %-22s %-10s %s\n", "metric", "unit", "troupe", "baseline", "baseline is",
               "target", "met");
@@ -194,7 +266,9 @@ int Run(bool quick, const std::string& json) {
 }  // namespace troupe::bench
 
 int main(int argc, char** argv) {
+  (void)troupe::InitLogging("warn");
   bool quick = false;
+  bool cluster = true;
   std::string json;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -202,10 +276,12 @@ int main(int argc, char** argv) {
       quick = true;
     } else if (a == "--json" && i + 1 < argc) {
       json = argv[++i];
+    } else if (a == "--no-cluster") {
+      cluster = false;
     } else {
-      std::cerr << "usage: scheduler_bench [--quick] [--json PATH]\n";
+      std::cerr << "usage: scheduler_bench [--quick] [--json PATH] [--no-cluster]\n";
       return 2;
     }
   }
-  return troupe::bench::Run(quick, json);
+  return troupe::bench::Run(quick, json, cluster);
 }

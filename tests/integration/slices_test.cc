@@ -161,6 +161,45 @@ TEST_F(Slices, LeasesArePlacedShownAndReturnedWhenTheirHolderIsKilled) {
               lease_us, rtt_us, lease_us / rtt_us);
 }
 
+TEST_F(Slices, ALeaseEndsWhenANodeItUsesIsLost) {
+  cluster::LeaseRequest gang;
+  gang.count = 2;
+  gang.slice_memory_bytes = 4 * kGiB;
+  gang.gang = true;
+  gang.policy = "strict_spread";
+  auto lease = client_->RequestSlices(gang, 10s);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  ASSERT_EQ(FreeSlices("a"), 3);
+  auto status = ChildProcess::Spawn({TROUPE_BIN, "status", "-c", config_, "--json"});
+  ASSERT_TRUE(status.ok());
+  auto line = (*status)->ReadLine(20s);
+  (void)(*status)->Wait(20s);
+  ASSERT_TRUE(line.ok());
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(*line, m, std::regex("\\{\"name\": \"b\"[^\\]]*?\"pid\": ([0-9]+)"))) << *line;
+  ASSERT_EQ(kill(std::stoi(m[1]), SIGKILL), 0);
+  // The lease ends: its slice on a comes back at once; b is restarted by troupe up, rejoins,
+  // and its GPU takes work again.
+  auto deadline = Clock::now() + 10s;
+  while (Clock::now() < deadline && FreeSlices("a") != 4) {
+  }
+  EXPECT_EQ(FreeSlices("a"), 4) << "the lost lease's slice on the surviving node did not come back";
+  EXPECT_EQ(client_->ReleaseSlices(*lease, 5s).code(), StatusCode::kNotFound);
+  auto b_alive = [&] { return SlicesJson().find("{\"node\": \"b\", \"node_state\": \"alive\"") != std::string::npos; };
+  deadline = Clock::now() + 20s;
+  while (Clock::now() < deadline && !b_alive()) {
+  }
+  EXPECT_TRUE(b_alive()) << "b did not rejoin";
+  EXPECT_EQ(FreeSlices("b"), 1) << "b's GPU is free again";
+  // And it takes new work.
+  cluster::LeaseRequest on_b;
+  on_b.slice_memory_bytes = 8 * kGiB;
+  on_b.policy = "pack";
+  auto again = client_->RequestSlices(on_b, 10s);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->grant.workers.at(0).node, "b");
+}
+
 TEST_F(Slices, SupervisionEventsReachTheHead) {
   runtime::SupervisorSpec spec;
   spec.name = "jobs";
