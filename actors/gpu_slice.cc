@@ -26,12 +26,14 @@ caf::behavior GpuSlice(caf::stateful_actor<GpuSliceState>* self, SliceInfo info,
       [self, listener](SliceLease& lease) -> bool {
         auto& st = self->state;
         if (st.status.lease_id != 0) return st.status.lease_id == lease.lease_id;
-        if (!lease.owner.valid()) return false;
+        if (lease.watch_owner && !lease.owner.valid()) return false;
         st.status.lease_id = lease.lease_id;
-        st.status.owner = lease.owner.ToString();
-        st.owner = lease.owner.handle().address();
-        // A monitor of an owner that is already gone fires at once: no lease outlives its owner.
-        self->monitor(lease.owner.handle());
+        st.status.owner = lease.owner_name.empty() ? lease.owner.ToString() : lease.owner_name;
+        if (lease.watch_owner) {
+          st.owner = lease.owner.handle().address();
+          // A monitor of an owner that is already gone fires at once: no lease outlives its owner.
+          self->monitor(lease.owner.handle());
+        }
         if (listener) listener(st.status.info, st.status.lease_id, "");
         return true;
       },

@@ -1,7 +1,8 @@
 // GpuSlice: the actor that holds one slice of one GPU on a node, and its lease. A slice is
-// leased to one owner (a worker or replica actor, on any node); the slice watches the owner and
-// the lease ends when the owner exits or its node or process is lost, so the slice always
-// comes back. Runs on the node agent's process; its messages never cross nodes.
+// leased to one owner (a worker or replica actor, on any node); the lease ends when the owner
+// exits or its node or process is lost (the slice watches the owner, or is told by whoever
+// does), so the slice always comes back. Runs on the node agent's process; its messages never
+// cross nodes.
 #pragma once
 
 #include <caf/all.hpp>
@@ -23,10 +24,15 @@ struct SliceInfo {
   bool simulated = false;
 };
 
-/// Lease the slice to `owner` (reply: true, or false if it is leased to another lease).
+/// Lease the slice to `owner` (reply: true, or false if it is leased to another lease). With
+/// `watch_owner`, the slice monitors the owner itself and ends the lease when it goes; without,
+/// whoever granted the lease watches the owner and sends SliceRelease (the node agent does this:
+/// the head watches owners, so nodes never connect to owners' processes).
 struct SliceLease {
   uint64_t lease_id = 0;
   runtime::ActorRef owner;
+  bool watch_owner = true;
+  std::string owner_name;  ///< shown for the owner (its ref's ToString() when empty)
 };
 /// End lease `lease_id` (reply: true if it held that lease).
 struct SliceRelease {

@@ -177,6 +177,14 @@ int RunStatus(const std::vector<std::string>& argv) {
   if (!client.ok()) return Fail("status", client.status());
   auto list = (*client)->ListNodes(5s);
   if (!list.ok()) return Fail("status", list.status());
+  // Free and total slices per node, from the head's scheduler.
+  std::map<std::string, std::pair<uint64_t, uint64_t>> slices;  // node -> (free, total)
+  if (auto sl = (*client)->ListSlices(5s); sl.ok()) {
+    for (const auto& g : sl->gpus) {
+      slices[g.node].first += g.slices_free;
+      slices[g.node].second += g.slices_total;
+    }
+  }
   if (args->json) {
     std::ostringstream out;
     out << "{\"cluster\": " << JsonQuote(list->cluster_name) << ", \"head\": " << JsonQuote((*client)->head_address())
@@ -186,7 +194,8 @@ int RunStatus(const std::vector<std::string>& argv) {
       out << (i ? ", " : "") << "{\"name\": " << JsonQuote(n.name) << ", \"node_id\": " << n.node_id
           << ", \"state\": " << JsonQuote(n.state) << ", \"address\": " << JsonQuote(n.address)
           << ", \"pid\": " << n.pid << ", \"cpus\": " << n.cpus << ", \"memory_bytes\": " << n.memory_bytes
-          << ", \"slice_memory_bytes\": " << n.slice_memory_bytes << ", \"joins\": " << n.joins
+          << ", \"slice_memory_bytes\": " << n.slice_memory_bytes << ", \"slices_total\": " << slices[n.name].second
+          << ", \"slices_free\": " << slices[n.name].first << ", \"joins\": " << n.joins
           << ", \"heartbeat_age_ms\": " << n.heartbeat_age_ms << ", \"reason\": " << JsonQuote(n.reason)
           << ", \"gpus\": [";
       for (size_t g = 0; g < n.gpus.size(); ++g) {
@@ -201,16 +210,18 @@ int RunStatus(const std::vector<std::string>& argv) {
     return 0;
   }
   std::printf("cluster %s, head at %s\n\n", list->cluster_name.c_str(), (*client)->head_address().c_str());
-  std::printf("%-12s %-8s %-22s %7s %5s %9s  %-28s %6s %9s\n", "NODE", "STATE", "ADDRESS", "PID", "CPUS", "MEMORY",
-              "GPUS", "JOINS", "HEARTBEAT");
+  std::printf("%-12s %-8s %-22s %7s %5s %9s  %-28s %-7s %6s %9s\n", "NODE", "STATE", "ADDRESS", "PID", "CPUS",
+              "MEMORY", "GPUS", "SLICES", "JOINS", "HEARTBEAT");
   for (const auto& n : list->nodes) {
     std::string gpus;
     for (const auto& g : n.gpus) gpus += (gpus.empty() ? "" : ",") + Bytes(g.memory_bytes) + (g.simulated ? "(sim)" : "");
     if (gpus.empty()) gpus = "-";
     std::string age = n.heartbeat_age_ms < 0 ? "-" : std::to_string(n.heartbeat_age_ms) + "ms";
-    std::printf("%-12s %-8s %-22s %7lld %5u %9s  %-28s %6llu %9s\n", n.name.c_str(), n.state.c_str(), n.address.c_str(),
-                static_cast<long long>(n.pid), n.cpus, Bytes(n.memory_bytes).c_str(), gpus.c_str(),
-                static_cast<unsigned long long>(n.joins), age.c_str());
+    const auto& [free, total] = slices[n.name];
+    std::string slice_text = total == 0 ? "-" : std::to_string(free) + "/" + std::to_string(total);
+    std::printf("%-12s %-8s %-22s %7lld %5u %9s  %-28s %-7s %6llu %9s\n", n.name.c_str(), n.state.c_str(),
+                n.address.c_str(), static_cast<long long>(n.pid), n.cpus, Bytes(n.memory_bytes).c_str(), gpus.c_str(),
+                slice_text.c_str(), static_cast<unsigned long long>(n.joins), age.c_str());
     if (n.state == "dead" && !n.reason.empty()) std::printf("    %s\n", n.reason.c_str());
   }
   return 0;

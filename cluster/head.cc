@@ -73,7 +73,8 @@ struct ControllerState {
   std::map<std::string, runtime::ActorRef> agents;
   std::vector<runtime::ActorRef> subscribers;
   sched::Scheduler scheduler;
-  uint64_t next_lease = 1;
+  // Lease ids stay unique across head restarts (node agents may still hold earlier leases).
+  uint64_t next_lease = static_cast<uint64_t>(UnixMs()) * 1000;
   std::map<uint64_t, LeaseEntry> leases;
   std::deque<runtime::SupervisorEvent> events;  // the newest kMaxEvents
   static constexpr size_t kMaxEvents = 1000;
@@ -166,7 +167,7 @@ struct ControllerState {
       const auto& grant = entry.grant;
       const auto owner = entry.request.owner;
       ToAgents<AssignSlices>(grant, [&](const std::string& node) {
-        AssignSlices assign{grant.lease_id, owner, {}};
+        AssignSlices assign{grant.lease_id, owner.ToString(), {}};
         for (const auto& w : grant.workers) {
           if (w.node == node) assign.workers.push_back(w);
         }
@@ -175,6 +176,21 @@ struct ControllerState {
       entry.promise.deliver(entry.grant);
     }
     PublishLeases();
+  }
+
+  // The node's process is gone (dead, or replaced by a new incarnation): every lease with a
+  // worker there ends, and its slices on other nodes return.
+  void LoseLeasesOn(const std::string& name) {
+    auto index = scheduler.snapshot().FindNode(name);
+    if (!index) return;
+    for (const auto& lost : scheduler.LoseNode(*index)) {
+      auto entry = leases.find(lost.request.id);
+      if (entry == leases.end()) continue;
+      spdlog::warn("head: lease {} lost with node '{}'", lost.request.id, name);
+      const uint64_t id = lost.request.id;
+      ToAgents<ReleaseSlices>(entry->second.grant, [id](const std::string&) { return ReleaseSlices{id}; });
+      leases.erase(entry);
+    }
   }
 
   // Ends a lease (granted or waiting) and returns its slices.
@@ -256,17 +272,8 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
         st.agents.erase(name);
         st.Publish();
         st.Notify(record);
-        if (auto index = st.scheduler.snapshot().FindNode(name)) {
-          for (const auto& lost : st.scheduler.LoseNode(*index)) {
-            auto entry = st.leases.find(lost.request.id);
-            if (entry == st.leases.end()) continue;
-            spdlog::warn("head: lease {} lost with node '{}'", lost.request.id, name);
-            const uint64_t id = lost.request.id;
-            st.ToAgents<ReleaseSlices>(entry->second.grant, [id](const std::string&) { return ReleaseSlices{id}; });
-            st.leases.erase(entry);
-          }
-          st.RunScheduler();
-        }
+        st.LoseLeasesOn(name);
+        st.RunScheduler();
         break;
       }
     }
@@ -285,7 +292,15 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
           spdlog::warn("head: node '{}' is not in {}; accepting it anyway", record.name, st.config.source);
         }
         st.nodes[record.name] = record;
-        if (auto old = st.agents.find(record.name); old != st.agents.end()) self->demonitor(old->second.handle());
+        if (auto old = st.agents.find(record.name); old != st.agents.end()) {
+          self->demonitor(old->second.handle());
+          // A new process under a known name (restarted before its loss was noticed): what the old
+          // one held is gone with it. The same agent joining again (it lost the head) keeps it.
+          if (old->second.id() != join.agent.id()) {
+            spdlog::warn("head: node '{}' rejoined as a new process; its earlier process is gone", record.name);
+            st.LoseLeasesOn(record.name);
+          }
+        }
         st.agents[record.name] = join.agent;
         self->monitor(join.agent.handle());
         st.Persist(record);

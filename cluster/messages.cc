@@ -180,13 +180,13 @@ Status AddClusterCodecs(runtime::CodecRegistry& r) {
       [](wire::ReleaseLease::Reader in, RefCodec&) -> StatusOr<ReleaseLease> { return ReleaseLease{in.getLeaseId()}; })));
   RETURN_IF_ERROR((r.Add<AssignSlices, wire::AssignSlices>(
       kAssignSlices, "cluster.AssignSlices",
-      [](const AssignSlices& m, wire::AssignSlices::Builder b, RefCodec& refs) {
+      [](const AssignSlices& m, wire::AssignSlices::Builder b, RefCodec&) {
         b.setLeaseId(m.lease_id);
-        refs.EncodeRef(m.owner, b.initOwner());
+        b.setOwner(m.owner);
         FillWorkers(m.workers, b.initWorkers(Size(m.workers)));
       },
-      [](wire::AssignSlices::Reader in, RefCodec& refs) -> StatusOr<AssignSlices> {
-        return AssignSlices{in.getLeaseId(), refs.DecodeRef(in.getOwner()), ReadWorkers(in.getWorkers())};
+      [](wire::AssignSlices::Reader in, RefCodec&) -> StatusOr<AssignSlices> {
+        return AssignSlices{in.getLeaseId(), in.getOwner(), ReadWorkers(in.getWorkers())};
       })));
   RETURN_IF_ERROR((r.Add<ReleaseSlices, wire::ReleaseSlices>(
       kReleaseSlices, "cluster.ReleaseSlices",

@@ -102,7 +102,7 @@ struct ReleaseLease {
 };
 struct AssignSlices {
   uint64_t lease_id = 0;
-  runtime::ActorRef owner;
+  std::string owner;  ///< the owner ref, printed (nodes do not contact owners)
   std::vector<LeaseWorker> workers;
 };
 struct ReleaseSlices {

@@ -101,7 +101,10 @@ Status NodeAgent::SpawnSlices() {
               for (size_t i = 0; i < slices->lease[g].size() && needed > 0; ++i) {
                 if (slices->lease[g][i] != 0) continue;
                 slices->lease[g][i] = assign.lease_id;
-                slices->actors[g][i].Send(actors::SliceLease{assign.lease_id, assign.owner});
+                // The head watches the owner and sends ReleaseSlices when it goes: the node never
+                // connects to owners' processes (one monitor per lease at the head, not one per
+                // slice, and a node's death cannot disturb an owner's process).
+                slices->actors[g][i].Send(actors::SliceLease{assign.lease_id, {}, false, assign.owner});
                 --needed;
               }
               if (needed > 0) {

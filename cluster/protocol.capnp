@@ -68,7 +68,9 @@ struct LeaseWorker {
 struct LeaseGrant { leaseId @0 :UInt64; waitedMs @1 :Int64; workers @2 :List(LeaseWorker); tenant @3 :Text; }
 struct ReleaseLease { leaseId @0 :UInt64; }
 # Head -> node agent: lease these slices of the node's GPUs to `owner` / end the lease.
-struct AssignSlices { leaseId @0 :UInt64; owner @1 :Rt.ActorAddress; workers @2 :List(LeaseWorker); }
+# The owner travels as text (for display): a node never makes a proxy of (and so never connects
+# to) an owner; the head watches owners and sends ReleaseSlices.
+struct AssignSlices { leaseId @0 :UInt64; owner @1 :Text; workers @2 :List(LeaseWorker); }
 struct ReleaseSlices { leaseId @0 :UInt64; }
 # Node agent -> head: what its GPUs are doing (NVML), every few seconds.
 struct GpuLoad { index @0 :UInt32; utilisation @1 :Float64; memoryUsedBytes @2 :UInt64; }

@@ -132,9 +132,9 @@ TEST(GpuSlice, ALeaseEndsWhenItsOwnerExits) {
   auto owner = (*rt)->Spawn([]() -> caf::behavior { return {[](int) {}}; });
   auto other = (*rt)->Spawn([]() -> caf::behavior { return {[](int) {}}; });
 
-  auto leased = slice.Request<bool>(actors::SliceLease{1, owner}, 5s);
+  auto leased = slice.Request<bool>(actors::SliceLease{1, owner, true, ""}, 5s);
   ASSERT_TRUE(leased.ok() && *leased);
-  auto taken = slice.Request<bool>(actors::SliceLease{2, other}, 5s);
+  auto taken = slice.Request<bool>(actors::SliceLease{2, other, true, ""}, 5s);
   ASSERT_TRUE(taken.ok());
   EXPECT_FALSE(*taken) << "a leased slice has one owner";
   auto status = slice.Request<actors::SliceStatus>(actors::SliceQuery{}, 5s);
@@ -150,7 +150,7 @@ TEST(GpuSlice, ALeaseEndsWhenItsOwnerExits) {
     EXPECT_NE(changes[1].second.find("owner gone"), std::string::npos) << changes[1].second;
   }
   // Free again: the other owner gets it, and an explicit release ends that lease.
-  leased = slice.Request<bool>(actors::SliceLease{2, other}, 5s);
+  leased = slice.Request<bool>(actors::SliceLease{2, other, true, ""}, 5s);
   ASSERT_TRUE(leased.ok() && *leased);
   auto wrong = slice.Request<bool>(actors::SliceRelease{1}, 5s);
   ASSERT_TRUE(wrong.ok());

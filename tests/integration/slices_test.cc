@@ -19,6 +19,7 @@
 #include "common/child_process.h"
 #include "common/logging.h"
 #include "runtime/supervisor.h"
+#include "tests/support/troupe_processes.h"
 
 namespace troupe {
 namespace {
@@ -110,6 +111,9 @@ TEST_F(Slices, LeasesArePlacedShownAndReturnedWhenTheirHolderIsKilled) {
   EXPECT_NE(lease->grant.workers[0].node, lease->grant.workers[1].node);
   EXPECT_EQ(FreeSlices("a"), 3);
   EXPECT_EQ(FreeSlices("b"), 0);
+  std::string status = testing::FirstLine({TROUPE_BIN, "status", "-c", config_, "--json"});
+  EXPECT_EQ(testing::NodeField(status, "a", "slices_free"), "3") << status;
+  EXPECT_EQ(testing::NodeField(status, "a", "slices_total"), "4") << status;
   std::string json = SlicesJson();
   EXPECT_NE(json.find("\"lease_id\": " + std::to_string(lease->grant.lease_id)), std::string::npos) << json;
   EXPECT_NE(json.find(lease->owner.ToString()), std::string::npos) << "the owner is shown: " << json;
