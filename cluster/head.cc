@@ -146,10 +146,8 @@ struct ControllerState {
   }
 
   void PublishLeases() {
-    uint64_t leased = 0;
-    for (const auto& g : scheduler.snapshot().gpus()) leased += g.slices_total - g.slices_free;
     std::lock_guard<std::mutex> lock(view->mu);
-    view->slices_leased = leased;
+    view->slices_leased = scheduler.snapshot().slices_taken();
     view->leases_granted = scheduler.granted().size();
     view->leases_pending = leases.size() - scheduler.granted().size();
   }

@@ -68,6 +68,7 @@ uint32_t Snapshot::AddNode(NodeState node, std::vector<GpuState> gpus) {
     if (shape == shapes_.size()) {
       shapes_.push_back(Shape{gpu.slices_total, gpu.slice_memory_bytes, std::vector<Bucket>(gpu.slices_total + 1)});
     }
+    slices_taken_ += gpu.slices_total - gpu.slices_free;
     gpus_.push_back(std::move(gpu));
     shape_of_.push_back(shape);
     indexed_load_.push_back(-1);
@@ -141,6 +142,7 @@ void Snapshot::Take(const Assignment& a) {
   Check(gpus_.at(a.gpu).node == a.node && gpus_[a.gpu].slices_free >= a.slices, "GPU oversubscribed");
   Unindex(a.gpu);
   gpus_[a.gpu].slices_free -= a.slices;
+  slices_taken_ += a.slices;
   Index(a.gpu);
 }
 
@@ -152,6 +154,7 @@ void Snapshot::Give(const Assignment& a) {
   if (a.gpu == kNoGpu) return;
   Unindex(a.gpu);
   gpus_.at(a.gpu).slices_free += a.slices;
+  slices_taken_ -= a.slices;
   Check(gpus_[a.gpu].slices_free <= gpus_[a.gpu].slices_total, "GPU over-returned");
   Index(a.gpu);
 }

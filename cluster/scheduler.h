@@ -87,6 +87,8 @@ class Snapshot {
   const std::vector<NodeState>& nodes() const { return nodes_; }
   const std::vector<GpuState>& gpus() const { return gpus_; }
   std::optional<uint32_t> FindNode(const std::string& name) const;
+  /// Slices handed out now, over every GPU (kept up to date by Take and Give).
+  uint64_t slices_taken() const { return slices_taken_; }
 
   /// Slices a worker of `r` needs on `gpu`, or 0 if it can never fit there.
   static uint32_t SlicesNeeded(const GpuState& gpu, const Request& r);
@@ -119,6 +121,7 @@ class Snapshot {
   std::vector<double> indexed_load_;  // per GPU: the key it is filed under
   std::vector<Shape> shapes_;
   std::unordered_map<std::string, uint32_t> node_by_name_;
+  uint64_t slices_taken_ = 0;
 };
 
 /// Places `workers` workers of `r` (r.count when 0) on `snapshot` and takes their resources; or,

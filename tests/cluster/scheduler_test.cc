@@ -353,6 +353,7 @@ TEST_P(SchedulerProperty, RulesHoldOverRandomClustersAndRequestStreams) {
       ASSERT_LE(held.gpu_slices[g], s.gpus()[g].slices_total) << "GPU " << g << " oversubscribed";
     }
     ASSERT_GE(slices_out, granted_slices);
+    ASSERT_EQ(s.slices_taken(), slices_out) << "the running count of taken slices drifted";
     if (partial_workers == 0) {
       ASSERT_EQ(slices_out, granted_slices);
     }

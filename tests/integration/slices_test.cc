@@ -79,6 +79,16 @@ class Slices : public ::testing::Test {
     return std::regex_search(json, m, gpu) ? std::stoi(m[1]) : -1;
   }
 
+  // A gang of two 4 GiB workers spread strictly over both nodes (one on a, one on b).
+  static cluster::LeaseRequest TwoNodeGang() {
+    cluster::LeaseRequest gang;
+    gang.count = 2;
+    gang.slice_memory_bytes = 4 * kGiB;
+    gang.gang = true;
+    gang.policy = "strict_spread";
+    return gang;
+  }
+
   std::string dir_, config_;
   std::unique_ptr<ChildProcess> up_;
   std::unique_ptr<cluster::Client> client_;
@@ -99,13 +109,7 @@ TEST_F(Slices, RunPutsACommandOnASliceWithItsEnvironment) {
 }
 
 TEST_F(Slices, LeasesArePlacedShownAndReturnedWhenTheirHolderIsKilled) {
-  // A gang spread strictly over both nodes.
-  cluster::LeaseRequest gang;
-  gang.count = 2;
-  gang.slice_memory_bytes = 4 * kGiB;
-  gang.gang = true;
-  gang.policy = "strict_spread";
-  auto lease = client_->RequestSlices(gang, 10s);
+  auto lease = client_->RequestSlices(TwoNodeGang(), 10s);
   ASSERT_TRUE(lease.ok()) << lease.status();
   ASSERT_EQ(lease->grant.workers.size(), 2u);
   EXPECT_NE(lease->grant.workers[0].node, lease->grant.workers[1].node);
@@ -146,42 +150,26 @@ TEST_F(Slices, LeasesArePlacedShownAndReturnedWhenTheirHolderIsKilled) {
   EXPECT_EQ(FreeSlices("a"), 4) << "the killed holder's slices did not come back";
   std::printf("slices returned %lld ms after kill -9 of their holder\n", static_cast<long long>(back.count()));
 
-  // End-to-end lease latency through the head, beside a plain request to the head.
+  // Leases come and go repeatedly under one owner (scheduler_bench times this path).
   cluster::LeaseRequest one;
   one.slice_memory_bytes = 4 * kGiB;
   one.owner = client_->runtime().Spawn([]() -> caf::behavior { return {[](caf::ok_atom) {}}; });
-  const int n = 50;
-  auto start = Clock::now();
-  for (int i = 0; i < n; ++i) {
+  for (int i = 0; i < 10; ++i) {
     auto l = client_->RequestSlices(one, 5s);
     ASSERT_TRUE(l.ok()) << l.status();
     ASSERT_TRUE(client_->ReleaseSlices(*l, 5s).ok());
   }
-  double lease_us = std::chrono::duration<double, std::micro>(Clock::now() - start).count() / n;
-  start = Clock::now();
-  for (int i = 0; i < n; ++i) ASSERT_TRUE(client_->ListNodes(5s).ok());
-  double rtt_us = std::chrono::duration<double, std::micro>(Clock::now() - start).count() / n;
-  std::printf("lease + release through the head: %.0f us; a ListNodes round trip to the head: %.0f us (%.1fx)\n",
-              lease_us, rtt_us, lease_us / rtt_us);
+  EXPECT_EQ(FreeSlices("a") + FreeSlices("b"), 5) << "every slice is free again";
 }
 
 TEST_F(Slices, ALeaseEndsWhenANodeItUsesIsLost) {
-  cluster::LeaseRequest gang;
-  gang.count = 2;
-  gang.slice_memory_bytes = 4 * kGiB;
-  gang.gang = true;
-  gang.policy = "strict_spread";
-  auto lease = client_->RequestSlices(gang, 10s);
+  auto lease = client_->RequestSlices(TwoNodeGang(), 10s);
   ASSERT_TRUE(lease.ok()) << lease.status();
   ASSERT_EQ(FreeSlices("a"), 3);
-  auto status = ChildProcess::Spawn({TROUPE_BIN, "status", "-c", config_, "--json"});
-  ASSERT_TRUE(status.ok());
-  auto line = (*status)->ReadLine(20s);
-  (void)(*status)->Wait(20s);
-  ASSERT_TRUE(line.ok());
-  std::smatch m;
-  ASSERT_TRUE(std::regex_search(*line, m, std::regex("\\{\"name\": \"b\"[^\\]]*?\"pid\": ([0-9]+)"))) << *line;
-  ASSERT_EQ(kill(std::stoi(m[1]), SIGKILL), 0);
+  const std::string status = testing::FirstLine({TROUPE_BIN, "status", "-c", config_, "--json"});
+  const std::string b_pid = testing::NodeField(status, "b", "pid");
+  ASSERT_FALSE(b_pid.empty()) << status;
+  ASSERT_EQ(kill(std::stoi(b_pid), SIGKILL), 0);
   // The lease ends: its slice on a comes back at once; b is restarted by troupe up, rejoins,
   // and its GPU takes work again.
   auto deadline = Clock::now() + 10s;

@@ -306,29 +306,29 @@ TEST_F(SupervisorTest, RestartsBackOff) {
 }
 
 TEST_F(SupervisorTest, ShutdownStopsChildrenInReverseOrderAndKillsOnesThatDoNotStop) {
-  ChildSpec stubborn;
-  stubborn.id = "stubborn";
-  stubborn.shutdown_timeout = 100ms;
+  ChildSpec ignores_stop;
+  ignores_stop.id = "ignores_stop";
+  ignores_stop.shutdown_timeout = 100ms;
   auto log = log_;
   auto* rt = rt_.get();
-  stubborn.start = [log, rt](const runtime::StartContext&) -> StatusOr<ActorRef> {
+  ignores_stop.start = [log, rt](const runtime::StartContext&) -> StatusOr<ActorRef> {
     caf::actor a = rt->system().spawn([log](caf::event_based_actor* self) -> caf::behavior {
-      self->set_exit_handler([log](caf::exit_msg&) { log->Add("stop stubborn (ignored)"); });
+      self->set_exit_handler([log](caf::exit_msg&) { log->Add("stop ignores_stop (ignored)"); });
       return {[](Get) { return Count{}; }};
     });
-    a->attach_functor([log](const caf::error&) { log->Add("down stubborn"); });
+    a->attach_functor([log](const caf::error&) { log->Add("down ignores_stop"); });
     return rt->Ref(a);
   };
   auto sup = runtime::StartSupervisor(
       *rt_, Spec("s6", Strategy::kOneForOne,
-                 {CounterChild("a"), stubborn, CounterChild("c")}));
+                 {CounterChild("a"), ignores_stop, CounterChild("c")}));
   ASSERT_TRUE(log_->WaitFor("started c"));
   auto start = std::chrono::steady_clock::now();
   caf::anon_send_exit(sup.handle(), caf::exit_reason::user_shutdown);
   ASSERT_TRUE(log_->WaitFor("stopped s6"));
-  EXPECT_GE(std::chrono::steady_clock::now() - start, 100ms) << "the stubborn child was waited for";
-  EXPECT_EQ(log_->With("stop "), (std::vector<std::string>{"stop c", "stop stubborn (ignored)", "stop a"}));
-  EXPECT_TRUE(log_->WaitFor("down stubborn")) << "killed after its shutdown timeout";
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 100ms) << "the child that ignores stops was waited for";
+  EXPECT_EQ(log_->With("stop "), (std::vector<std::string>{"stop c", "stop ignores_stop (ignored)", "stop a"}));
+  EXPECT_TRUE(log_->WaitFor("down ignores_stop")) << "killed after its shutdown timeout";
   EXPECT_EQ(log_->Count("restarting a") + log_->Count("restarting c"), 0);
 }
 
