@@ -244,6 +244,8 @@ struct ControllerState {
 caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerState init) {
   self->state = std::move(init);
   self->state.Publish();
+  runtime::MailboxDepths* depths = &self->state.runtime->mailbox_depths();
+  runtime::StartMailboxSampling(self, depths, "head.controller");
   self->set_down_handler([self](caf::down_msg& msg) {
     auto& st = self->state;
     std::vector<uint64_t> owned;
@@ -277,6 +279,7 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
     }
   });
   return {
+      runtime::MailboxSampleHandler(self, depths, "head.controller"),
       [self](JoinRequest& join) -> caf::result<JoinReply> {
         auto& st = self->state;
         NodeRecord record = join.node;

@@ -89,8 +89,11 @@ Status NodeAgent::SpawnSlices() {
   }
   // The agent actor is the node's identity at the head (the head monitors it) and hands the
   // node's slices to the owners the head's scheduler chose.
-  agent_ = runtime_->Spawn([slices](caf::event_based_actor* self) -> caf::behavior {
+  runtime::MailboxDepths* depths = &runtime_->mailbox_depths();
+  agent_ = runtime_->Spawn([slices, depths](caf::event_based_actor* self) -> caf::behavior {
+    runtime::StartMailboxSampling(self, depths, "node.agent");
     return {
+        runtime::MailboxSampleHandler(self, depths, "node.agent"),
         [slices](AssignSlices& assign) {
           std::lock_guard<std::mutex> lock(slices->mu);
           for (const auto& w : assign.workers) {

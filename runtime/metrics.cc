@@ -112,6 +112,12 @@ MetricsSource RuntimeMetrics(Runtime& runtime) {
         AddSample(escalations, n, {{"node", node}, {"supervisor", name}});
       }
       out.push_back(std::move(escalations));
+      auto depth = GaugeFamily("troupe_actor_mailbox_depth",
+                               "Messages waiting in the mailbox of troupe's own actors (sampled every second)");
+      for (const auto& [actor, n] : runtime.mailbox_depths().Snapshot()) {
+        AddSample(depth, static_cast<double>(n), {{"node", node}, {"actor", actor}});
+      }
+      out.push_back(std::move(depth));
     }
     counter("troupe_transport_peer_failures_total", "Connections to peers that failed", s.transport.peer_failures);
     counter("troupe_runtime_messages_out_total", "Actor messages and replies sent to other nodes", s.gateway.messages_out);

@@ -19,6 +19,7 @@
 #include "runtime/actor_ref.h"
 #include "runtime/codec.h"
 #include "runtime/gateway.h"
+#include "runtime/mailbox_depth.h"
 #include "runtime/supervisor.h"
 #include "transport/ucx_options.h"
 #include "transport/ucx_transport.h"
@@ -139,6 +140,8 @@ class Runtime : private ControlHandler {
   RuntimeStats stats() const;
   /// Counts of the supervision events of this process's supervisors (runtime/supervisor.h).
   SupervisionCounters& supervision() { return *supervision_; }
+  /// Mailbox depths sampled by troupe's own actors (runtime/mailbox_depth.h).
+  MailboxDepths& mailbox_depths() { return *mailbox_depths_; }
   transport::UcxTransport& transport() { return *transport_; }
   Gateway& gateway() { return *gateway_; }
 
@@ -170,6 +173,7 @@ class Runtime : private ControlHandler {
   std::shared_ptr<Gateway> gateway_;
   std::shared_ptr<Names> names_;
   std::unique_ptr<SupervisionCounters> supervision_ = std::make_unique<SupervisionCounters>();
+  std::unique_ptr<MailboxDepths> mailbox_depths_ = std::make_unique<MailboxDepths>();
 
   std::mutex factories_mu_;
   std::unordered_map<std::string, ErasedFactory> factories_;

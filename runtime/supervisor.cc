@@ -308,7 +308,11 @@ caf::behavior Supervisor(Self* self, SupervisorSpec spec, Runtime* runtime) {
     }
   }
 
+  MailboxDepths* depths = &runtime->mailbox_depths();
+  const std::string sampled_as = "supervisor/" + st.spec.name;
+  StartMailboxSampling(self, depths, sampled_as);
   return {
+      MailboxSampleHandler(self, depths, sampled_as),
       [self](restart_atom, uint64_t gen, uint64_t from, uint64_t to) {
         auto& st = self->state;
         if (gen != st.generation || st.stopping_all) return;
