@@ -4,6 +4,7 @@
 #include <caf/all.hpp>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "cluster/head.h"
@@ -28,7 +29,38 @@ StatusOr<std::unique_ptr<Client>> Client::Connect(const ClusterConfig& config, c
                             ": " + head.status().message() + " (is the cluster up? `troupe up -c " + config.source + "`)");
   }
   client->head_ = *head;
+  client->head_id_ = head_id;
   return client;
+}
+
+runtime::ActorRef Client::head() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return head_;
+}
+
+template <class Reply, class Msg>
+StatusOr<Reply> Client::AskHead(const Msg& msg, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto left = [&] {
+    return std::max(std::chrono::milliseconds(1), std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                      deadline - std::chrono::steady_clock::now()));
+  };
+  runtime::ActorRef first = head();
+  StatusOr<Reply> reply = first.Request<Reply>(msg, timeout);
+  if (reply.ok() || (reply.status().code() != StatusCode::kUnavailable &&
+                     reply.status().code() != StatusCode::kNotFound)) {
+    return reply;
+  }
+  // The head may have restarted: its name leads to the new one.
+  runtime_->AddNode(head_id_, head_address_);
+  auto again = runtime_->LookupName(head_id_, kHeadActorName, left());
+  if (!again.ok() || again->id() == first.id()) return reply;
+  const runtime::ActorRef fresh = *again;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    head_ = fresh;
+  }
+  return fresh.Request<Reply>(msg, left());
 }
 
 Client::~Client() {
@@ -36,7 +68,7 @@ Client::~Client() {
 }
 
 StatusOr<NodeList> Client::ListNodes(std::chrono::milliseconds timeout) {
-  return head_.Request<NodeList>(cluster::ListNodes{}, timeout);
+  return AskHead<NodeList>(cluster::ListNodes{}, timeout);
 }
 
 StatusOr<NodeList> Client::SubscribeMembership(std::function<void(const NodeRecord&)> on_event,
@@ -44,13 +76,13 @@ StatusOr<NodeList> Client::SubscribeMembership(std::function<void(const NodeReco
   auto listener = runtime_->Spawn([on_event = std::move(on_event)]() -> caf::behavior {
     return {[on_event](MembershipEvent& event) { on_event(event.node); }};
   });
-  return head_.Request<NodeList>(cluster::SubscribeMembership{listener}, timeout);
+  return head().Request<NodeList>(cluster::SubscribeMembership{listener}, timeout);
 }
 
 StatusOr<Client::Lease> Client::RequestSlices(LeaseRequest request, std::chrono::milliseconds timeout) {
   const bool own = !request.owner.valid();
   if (own) request.owner = runtime_->Spawn([]() -> caf::behavior { return {[](caf::ok_atom) {}}; });
-  auto grant = head_.Request<LeaseGrant>(request, timeout);
+  auto grant = AskHead<LeaseGrant>(request, timeout);
   if (!grant.ok()) {
     // Withdraws a waiting request: the head drops requests whose owner is gone.
     if (own) caf::anon_send_exit(request.owner.handle(), caf::exit_reason::user_shutdown);
@@ -60,16 +92,16 @@ StatusOr<Client::Lease> Client::RequestSlices(LeaseRequest request, std::chrono:
 }
 
 Status Client::ReleaseSlices(const Lease& lease, std::chrono::milliseconds timeout) {
-  auto released = head_.Request<LeaseGrant>(ReleaseLease{lease.grant.lease_id}, timeout);
+  auto released = AskHead<LeaseGrant>(ReleaseLease{lease.grant.lease_id}, timeout);
   return released.ok() ? OkStatus() : released.status();
 }
 
 StatusOr<SliceList> Client::ListSlices(std::chrono::milliseconds timeout) {
-  return head_.Request<SliceList>(cluster::ListSlices{}, timeout);
+  return AskHead<SliceList>(cluster::ListSlices{}, timeout);
 }
 
 StatusOr<EventList> Client::SupervisionEvents(std::chrono::milliseconds timeout) {
-  return head_.Request<EventList>(ListEvents{}, timeout);
+  return AskHead<EventList>(ListEvents{}, timeout);
 }
 
 StatusOr<runtime::ActorRef> Client::Lookup(runtime::NodeId node, const std::string& name,

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <functional>
+#include <mutex>
 #include <memory>
 #include <string>
 
@@ -17,6 +18,9 @@ class Client {
  public:
   /// Connects to the head of `config`'s cluster (at `head_address` if given) with its token.
   /// Unavailable, naming the address, if the head cannot be reached within `timeout`.
+  /// A request that finds the head gone (Unavailable or NotFound: it restarted) looks the head
+  /// up again and is sent once more within its timeout; leases granted before survive a head
+  /// restart (docs/scheduling.md). Membership subscriptions do not: subscribe again.
   static StatusOr<std::unique_ptr<Client>> Connect(const ClusterConfig& config, const std::string& head_address,
                                                    std::chrono::milliseconds timeout);
   ~Client();
@@ -45,14 +49,20 @@ class Client {
   StatusOr<SliceList> ListSlices(std::chrono::milliseconds timeout);
   /// The supervision events the head was sent (newest last).
   StatusOr<EventList> SupervisionEvents(std::chrono::milliseconds timeout);
-  /// The head's controller (e.g. as a supervisor's event sink).
-  const runtime::ActorRef& head() const { return head_; }
+  /// The head's controller (e.g. as a supervisor's event sink), as last looked up.
+  runtime::ActorRef head() const;
   runtime::Runtime& runtime() { return *runtime_; }
   const std::string& head_address() const { return head_address_; }
 
  private:
   Client() = default;
+  // `msg` to the head; once more to a head looked up again if the first one is gone.
+  template <class Reply, class Msg>
+  StatusOr<Reply> AskHead(const Msg& msg, std::chrono::milliseconds timeout);
+
   std::unique_ptr<runtime::Runtime> runtime_;
+  runtime::NodeId head_id_ = 0;
+  mutable std::mutex mu_;
   runtime::ActorRef head_;
   std::string head_address_;
 };

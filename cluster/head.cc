@@ -60,6 +60,9 @@ struct LeaseEntry {
   caf::actor_addr owner;
   bool granted = false;
   LeaseGrant grant;
+  // A lease of an earlier head, taken back node by node as the nodes rejoin: those whose part
+  // has not been reported yet.
+  std::set<std::string> awaiting;
 };
 
 struct ControllerState {
@@ -69,6 +72,9 @@ struct ControllerState {
   runtime::Runtime* runtime = nullptr;
   storage::LmdbEnv* env = nullptr;
   std::optional<storage::Table<std::string, NodeRecord>> table;
+  std::optional<storage::Table<uint64_t, std::string>> lease_table;  // granted leases (StoredLease)
+  // Leases of an earlier head that no node has reported yet (recovered from lease_table).
+  std::map<uint64_t, std::pair<LeaseRequest, LeaseGrant>> recovered;
   std::map<std::string, NodeRecord> nodes;
   std::map<std::string, runtime::ActorRef> agents;
   std::vector<runtime::ActorRef> subscribers;
@@ -162,6 +168,8 @@ struct ControllerState {
       entry.grant = GrantOf(g.request.id, g);
       spdlog::info("head: lease {} granted to tenant '{}' after {} ms: {} worker(s)", entry.grant.lease_id,
                    entry.grant.tenant, entry.grant.waited_ms, entry.grant.workers.size());
+      // Stored before anyone hears of it: a head restarted from here on takes it back.
+      StoreLease(entry.request, entry.grant);
       const auto& grant = entry.grant;
       const auto owner = entry.request.owner;
       ToAgents<AssignSlices>(grant, [&](const std::string& node) {
@@ -187,8 +195,153 @@ struct ControllerState {
       spdlog::warn("head: lease {} lost with node '{}'", lost.request.id, name);
       const uint64_t id = lost.request.id;
       ToAgents<ReleaseSlices>(entry->second.grant, [id](const std::string&) { return ReleaseSlices{id}; });
+      ForgetLease(id);
       leases.erase(entry);
     }
+    // Leases taken back only in part, waiting for this node's report, and leases of an earlier
+    // head not reported yet: their part here is gone.
+    std::vector<uint64_t> partial;
+    for (const auto& [id, entry] : leases) {
+      if (entry.awaiting.count(name) != 0) partial.push_back(id);
+    }
+    for (uint64_t id : partial) EndLease(id, UnavailableError("lost with node '" + name + "'"));
+    DropRecovered([&](uint64_t, const LeaseGrant& grant) { return HasWorkerOn(grant, name); },
+                  "lost with node '" + name + "'");
+  }
+
+  // Ends the leases of an earlier head that `pred` picks and no node has reported yet.
+  void DropRecovered(const std::function<bool(uint64_t, const LeaseGrant&)>& pred, const std::string& why) {
+    for (auto it = recovered.begin(); it != recovered.end();) {
+      if (!pred(it->first, it->second.second)) {
+        ++it;
+        continue;
+      }
+      const uint64_t id = it->first;
+      spdlog::warn("head: lease {} of the earlier head ended: {}", id, why);
+      ToAgents<ReleaseSlices>(it->second.second, [id](const std::string&) { return ReleaseSlices{id}; });
+      ForgetLease(id);
+      it = recovered.erase(it);
+    }
+  }
+
+  // A node joined with the leases it holds. Leases of an earlier head come back: the scheduler
+  // counts their slices again (nothing is handed out twice) and the head watches their owners.
+  // A lease the head does not know is released on the node; a lease of an earlier head that the
+  // node should hold and does not is over (the node restarted meanwhile).
+  void TakeBack(const std::string& node, const std::vector<AssignSlices>& held, const runtime::ActorRef& agent,
+                const std::function<void(const caf::actor&)>& monitor) {
+    std::set<uint64_t> reported;
+    for (const auto& h : held) {
+      const uint64_t id = h.lease_id;
+      reported.insert(id);
+      auto known = leases.find(id);
+      if (known != leases.end() && known->second.granted && known->second.awaiting.count(node) == 0) {
+        continue;  // counted already (the node lost the head for a while, not the head its state)
+      }
+      LeaseEntry* entry = nullptr;
+      if (known != leases.end() && known->second.granted) {
+        entry = &known->second;
+      } else if (auto rec = recovered.find(id); rec != recovered.end()) {
+        LeaseEntry back;
+        back.request = std::move(rec->second.first);
+        back.grant = std::move(rec->second.second);
+        back.granted = true;
+        for (const auto& w : back.grant.workers) back.awaiting.insert(w.node);
+        recovered.erase(rec);
+        entry = &leases.emplace(id, std::move(back)).first->second;
+        if (entry->request.owner.valid()) {
+          entry->owner = entry->request.owner.handle().address();
+          monitor(entry->request.owner.handle());
+        }
+        spdlog::info("head: lease {} of tenant '{}' taken back from the earlier head (owner {})", id,
+                     entry->grant.tenant, entry->request.owner.ToString());
+      } else {
+        spdlog::warn("head: node '{}' holds lease {}, which the head does not know; releasing it there", node, id);
+        agent.Send(ReleaseSlices{id});
+        continue;
+      }
+      entry->awaiting.erase(node);
+      auto part = PartOn(node, entry->grant.workers);
+      Status adopted = part.ok() ? scheduler.Adopt(SchedRequestOf(id, entry->request), *part) : part.status();
+      if (adopted.ok() && !entry->request.owner.valid()) adopted = NotFoundError("its owner is unknown");
+      if (!adopted.ok()) {
+        spdlog::error("head: cannot take back lease {} on node '{}': {}", id, node, adopted.ToString());
+        EndLease(id, adopted);
+      }
+    }
+    std::vector<uint64_t> gone;
+    for (const auto& [id, entry] : leases) {
+      if (entry.awaiting.count(node) != 0 && reported.count(id) == 0) gone.push_back(id);
+    }
+    for (uint64_t id : gone) EndLease(id, UnavailableError("node '" + node + "' no longer holds it"));
+    DropRecovered([&](uint64_t id, const LeaseGrant& grant) { return reported.count(id) == 0 && HasWorkerOn(grant, node); },
+                  "node '" + node + "' no longer holds it");
+    PublishLeases();
+  }
+
+  static bool HasWorkerOn(const LeaseGrant& grant, const std::string& node) {
+    return std::any_of(grant.workers.begin(), grant.workers.end(),
+                       [&](const LeaseWorker& w) { return w.node == node; });
+  }
+
+  void StoreLease(const LeaseRequest& request, const LeaseGrant& grant) {
+    auto txn = env->BeginWrite();
+    Status s = txn.ok() ? lease_table->Put(*txn, grant.lease_id,
+                                           EncodeStoredLease(request, grant, runtime->gateway()))
+                        : txn.status();
+    if (s.ok()) s = txn->Commit();
+    if (!s.ok()) spdlog::error("head: cannot store lease {}: {}", grant.lease_id, s.ToString());
+  }
+
+  void ForgetLease(uint64_t id) {
+    auto txn = env->BeginWrite();
+    Status s = txn.ok() ? lease_table->Delete(*txn, id) : txn.status();
+    if (s.ok() || s.code() == StatusCode::kNotFound) s = txn.ok() ? txn->Commit() : s;
+    if (!s.ok()) spdlog::error("head: cannot forget lease {}: {}", id, s.ToString());
+  }
+
+  // The scheduler's view of a node's part of a granted lease, from the workers it reports.
+  StatusOr<std::vector<sched::Assignment>> PartOn(const std::string& node, const std::vector<LeaseWorker>& workers) {
+    const auto& snap = scheduler.snapshot();
+    auto index = snap.FindNode(node);
+    if (!index) return NotFoundError("node '" + node + "' is not in the scheduler");
+    std::vector<sched::Assignment> part;
+    for (const auto& w : workers) {
+      if (w.node != node) continue;
+      sched::Assignment a;
+      a.node = *index;
+      a.cpus = w.cpus;
+      a.host_memory_bytes = w.host_memory_bytes;
+      if (w.gpu_index != kNoGpuIndex) {
+        a.slices = w.slices;
+        for (uint32_t g : snap.nodes()[*index].gpus) {
+          if (snap.gpus()[g].index == w.gpu_index) a.gpu = g;
+        }
+        if (a.gpu == sched::kNoGpu) {
+          return NotFoundError("node '" + node + "' has no GPU " + std::to_string(w.gpu_index));
+        }
+      }
+      part.push_back(a);
+    }
+    return part;
+  }
+
+  // The scheduler's request for a lease request (its priority and policy checked already).
+  static sched::Request SchedRequestOf(uint64_t id, const LeaseRequest& req) {
+    auto priority = sched::ParsePriority(req.priority);
+    auto policy = sched::ParsePolicy(req.policy);
+    sched::Request r;
+    r.id = id;
+    r.tenant = req.tenant.empty() ? "default" : req.tenant;
+    r.count = req.count;
+    r.slice_memory_bytes = req.slice_memory_bytes;
+    r.compute_percent = req.compute_percent;
+    r.cpus = req.cpus;
+    r.host_memory_bytes = req.host_memory_bytes;
+    r.priority = priority.ok() ? *priority : sched::Priority::kNormal;
+    r.policy = policy.ok() ? *policy : sched::Policy::kSpread;
+    r.gang = req.gang;
+    return r;
   }
 
   // Ends a lease (granted or waiting) and returns its slices.
@@ -198,6 +351,7 @@ struct ControllerState {
     scheduler.Release(id);
     if (it->second.granted) {
       ToAgents<ReleaseSlices>(it->second.grant, [id](const std::string&) { return ReleaseSlices{id}; });
+      ForgetLease(id);
       spdlog::info("head: lease {} ended: {}", id, why.ToString());
     } else {
       it->second.promise.deliver(runtime::ToCafError(why));
@@ -308,6 +462,7 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
         st.Publish();
         st.Notify(record);
         st.Schedulable(record);
+        st.TakeBack(record.name, join.held, join.agent, [self](const caf::actor& owner) { self->monitor(owner); });
         st.RunScheduler();
         spdlog::info("head: node '{}' ({}) joined from {} (join #{})", record.name, record.node_id, record.address,
                      record.joins);
@@ -326,21 +481,11 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
       [self](LeaseRequest& req) -> caf::result<LeaseGrant> {
         auto& st = self->state;
         if (!req.owner.valid()) return runtime::ToCafError(InvalidArgumentError("lease request without an owner"));
-        auto priority = sched::ParsePriority(req.priority);
-        if (!priority.ok()) return runtime::ToCafError(priority.status());
-        auto policy = sched::ParsePolicy(req.policy);
-        if (!policy.ok()) return runtime::ToCafError(policy.status());
-        sched::Request r;
-        r.id = st.next_lease++;
-        r.tenant = req.tenant.empty() ? "default" : req.tenant;
-        r.count = req.count;
-        r.slice_memory_bytes = req.slice_memory_bytes;
-        r.compute_percent = req.compute_percent;
-        r.cpus = req.cpus;
-        r.host_memory_bytes = req.host_memory_bytes;
-        r.priority = *priority;
-        r.policy = *policy;
-        r.gang = req.gang;
+        if (auto priority = sched::ParsePriority(req.priority); !priority.ok()) {
+          return runtime::ToCafError(priority.status());
+        }
+        if (auto policy = sched::ParsePolicy(req.policy); !policy.ok()) return runtime::ToCafError(policy.status());
+        const sched::Request r = ControllerState::SchedRequestOf(st.next_lease++, req);
         Status submitted = st.scheduler.Submit(r, std::chrono::steady_clock::now());
         if (!submitted.ok()) return runtime::ToCafError(submitted);
         LeaseEntry entry;
@@ -487,11 +632,13 @@ StatusOr<std::unique_ptr<Head>> Head::Start(const ClusterConfig& config) {
   options.map_size = uint64_t{256} << 20;
   ASSIGN_OR_RETURN(head->env_, storage::LmdbEnv::Open(options));
   ASSIGN_OR_RETURN(auto table, (storage::Table<std::string, NodeRecord>::Open(*head->env_, "nodes")));
+  ASSIGN_OR_RETURN(auto lease_table, (storage::Table<uint64_t, std::string>::Open(*head->env_, "leases")));
 
   ControllerState init;
   init.config = config;
   init.env = head->env_.get();
   init.table = table;
+  init.lease_table = lease_table;
   init.scheduler = sched::Scheduler({}, config.quotas);
   {
     ASSIGN_OR_RETURN(auto txn, head->env_->BeginRead());
@@ -510,6 +657,34 @@ StatusOr<std::unique_ptr<Head>> Head::Start(const ClusterConfig& config) {
   ASSIGN_OR_RETURN(head->runtime_,
                    runtime::Runtime::Start(RuntimeConfigFor(config, "head", HeadNodeId(config), listen), ClusterCodecs()));
   init.runtime = head->runtime_.get();
+  {
+    // Granted leases of an earlier head: the nodes still hold them; they come back as the nodes
+    // rejoin (ControllerState::TakeBack). The owners' addresses need the runtime's gateway.
+    ASSIGN_OR_RETURN(auto txn, head->env_->BeginRead());
+    RETURN_IF_ERROR(lease_table.ForEach(txn, [&](const uint64_t& id, const std::string& bytes) {
+      auto lease = DecodeStoredLease(bytes, head->runtime_->gateway());
+      if (!lease.ok()) {
+        spdlog::error("head: stored lease {} in {} does not decode ({}); its slices are released when its nodes rejoin",
+                      id, config.head.data_dir, lease.status().ToString());
+        return true;
+      }
+      init.recovered.emplace(id, std::move(*lease));
+      init.next_lease = std::max(init.next_lease, id + 1);
+      return true;
+    }));
+  }
+  // A node that died under the earlier head took its leases with it.
+  init.DropRecovered(
+      [&](uint64_t, const LeaseGrant& grant) {
+        return std::any_of(grant.workers.begin(), grant.workers.end(), [&](const LeaseWorker& w) {
+          auto node = init.nodes.find(w.node);
+          return node != init.nodes.end() && node->second.state == "dead";
+        });
+      },
+      "a node it used is dead");
+  if (!init.recovered.empty()) {
+    spdlog::info("head: {} lease(s) of the earlier head wait for their nodes to rejoin", init.recovered.size());
+  }
   ASSIGN_OR_RETURN(head->metrics_, runtime::MetricsServer::Start(config.head.address, config.head.metrics_port));
   head->metrics_->AddSource(runtime::RuntimeMetrics(*head->runtime_));
   auto view = std::make_shared<ClusterView>();

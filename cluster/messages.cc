@@ -90,6 +90,47 @@ NodeRecord Read(wire::NodeRecord::Reader in) {
   return r;
 }
 
+
+void Fill(const LeaseRequest& m, wire::LeaseRequest::Builder b, runtime::RefCodec& refs) {
+  b.setTenant(m.tenant);
+  b.setCount(m.count);
+  b.setSliceMemoryBytes(m.slice_memory_bytes);
+  b.setComputePercent(m.compute_percent);
+  b.setCpus(m.cpus);
+  b.setHostMemoryBytes(m.host_memory_bytes);
+  b.setPriority(m.priority);
+  b.setPolicy(m.policy);
+  b.setGang(m.gang);
+  refs.EncodeRef(m.owner, b.initOwner());
+}
+
+LeaseRequest Read(wire::LeaseRequest::Reader in, runtime::RefCodec& refs) {
+  return LeaseRequest{in.getTenant(), in.getCount(),           in.getSliceMemoryBytes(), in.getComputePercent(),
+                      in.getCpus(),   in.getHostMemoryBytes(), in.getPriority(),         in.getPolicy(),
+                      in.getGang(),   refs.DecodeRef(in.getOwner())};
+}
+
+void Fill(const LeaseGrant& m, wire::LeaseGrant::Builder b) {
+  b.setLeaseId(m.lease_id);
+  b.setWaitedMs(m.waited_ms);
+  b.setTenant(m.tenant);
+  FillWorkers(m.workers, b.initWorkers(Size(m.workers)));
+}
+
+LeaseGrant Read(wire::LeaseGrant::Reader in) {
+  return LeaseGrant{in.getLeaseId(), in.getWaitedMs(), ReadWorkers(in.getWorkers()), in.getTenant()};
+}
+
+void Fill(const AssignSlices& m, wire::AssignSlices::Builder b) {
+  b.setLeaseId(m.lease_id);
+  b.setOwner(m.owner);
+  FillWorkers(m.workers, b.initWorkers(Size(m.workers)));
+}
+
+AssignSlices Read(wire::AssignSlices::Reader in) {
+  return AssignSlices{in.getLeaseId(), in.getOwner(), ReadWorkers(in.getWorkers())};
+}
+
 }  // namespace
 
 std::string EncodeNodeRecord(const NodeRecord& record) {
@@ -107,6 +148,24 @@ StatusOr<NodeRecord> DecodeNodeRecord(std::string_view bytes) {
   return record;
 }
 
+std::string EncodeStoredLease(const LeaseRequest& request, const LeaseGrant& grant, runtime::RefCodec& refs) {
+  Buffer flat = runtime::EncodeFlat<wire::StoredLease>([&](wire::StoredLease::Builder b) {
+    Fill(request, b.initRequest(), refs);
+    Fill(grant, b.initGrant());
+  });
+  return std::string(flat.view());
+}
+
+StatusOr<std::pair<LeaseRequest, LeaseGrant>> DecodeStoredLease(std::string_view bytes, runtime::RefCodec& refs) {
+  std::pair<LeaseRequest, LeaseGrant> out;
+  RETURN_IF_ERROR(runtime::ReadFlat<wire::StoredLease>(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(),
+                                                       "stored lease", [&](wire::StoredLease::Reader r) {
+                                                         out = {Read(r.getRequest(), refs), Read(r.getGrant())};
+                                                         return OkStatus();
+                                                       }));
+  return out;
+}
+
 Status AddClusterCodecs(runtime::CodecRegistry& r) {
   using runtime::RefCodec;
   RETURN_IF_ERROR((r.Add<JoinRequest, wire::JoinRequest>(
@@ -114,9 +173,13 @@ Status AddClusterCodecs(runtime::CodecRegistry& r) {
       [](const JoinRequest& m, wire::JoinRequest::Builder b, RefCodec& refs) {
         Fill(m.node, b.initNode());
         refs.EncodeRef(m.agent, b.initAgent());
+        auto held = b.initHeld(Size(m.held));
+        for (size_t i = 0; i < m.held.size(); ++i) Fill(m.held[i], held[static_cast<unsigned>(i)]);
       },
       [](wire::JoinRequest::Reader in, RefCodec& refs) -> StatusOr<JoinRequest> {
-        return JoinRequest{Read(in.getNode()), refs.DecodeRef(in.getAgent())};
+        JoinRequest out{Read(in.getNode()), refs.DecodeRef(in.getAgent()), {}};
+        for (auto h : in.getHeld()) out.held.push_back(Read(h));
+        return out;
       })));
   RETURN_IF_ERROR((r.Add<JoinReply, wire::JoinReply>(
       kJoinReply, "cluster.JoinReply",
@@ -146,48 +209,20 @@ Status AddClusterCodecs(runtime::CodecRegistry& r) {
       })));
   RETURN_IF_ERROR((r.Add<LeaseRequest, wire::LeaseRequest>(
       kLeaseRequest, "cluster.LeaseRequest",
-      [](const LeaseRequest& m, wire::LeaseRequest::Builder b, RefCodec& refs) {
-        b.setTenant(m.tenant);
-        b.setCount(m.count);
-        b.setSliceMemoryBytes(m.slice_memory_bytes);
-        b.setComputePercent(m.compute_percent);
-        b.setCpus(m.cpus);
-        b.setHostMemoryBytes(m.host_memory_bytes);
-        b.setPriority(m.priority);
-        b.setPolicy(m.policy);
-        b.setGang(m.gang);
-        refs.EncodeRef(m.owner, b.initOwner());
-      },
-      [](wire::LeaseRequest::Reader in, RefCodec& refs) -> StatusOr<LeaseRequest> {
-        return LeaseRequest{in.getTenant(), in.getCount(),    in.getSliceMemoryBytes(), in.getComputePercent(),
-                            in.getCpus(),   in.getHostMemoryBytes(), in.getPriority(),  in.getPolicy(),
-                            in.getGang(),   refs.DecodeRef(in.getOwner())};
-      })));
+      [](const LeaseRequest& m, wire::LeaseRequest::Builder b, RefCodec& refs) { Fill(m, b, refs); },
+      [](wire::LeaseRequest::Reader in, RefCodec& refs) -> StatusOr<LeaseRequest> { return Read(in, refs); })));
   RETURN_IF_ERROR((r.Add<LeaseGrant, wire::LeaseGrant>(
       kLeaseGrant, "cluster.LeaseGrant",
-      [](const LeaseGrant& m, wire::LeaseGrant::Builder b, RefCodec&) {
-        b.setLeaseId(m.lease_id);
-        b.setWaitedMs(m.waited_ms);
-        b.setTenant(m.tenant);
-        FillWorkers(m.workers, b.initWorkers(Size(m.workers)));
-      },
-      [](wire::LeaseGrant::Reader in, RefCodec&) -> StatusOr<LeaseGrant> {
-        return LeaseGrant{in.getLeaseId(), in.getWaitedMs(), ReadWorkers(in.getWorkers()), in.getTenant()};
-      })));
+      [](const LeaseGrant& m, wire::LeaseGrant::Builder b, RefCodec&) { Fill(m, b); },
+      [](wire::LeaseGrant::Reader in, RefCodec&) -> StatusOr<LeaseGrant> { return Read(in); })));
   RETURN_IF_ERROR((r.Add<ReleaseLease, wire::ReleaseLease>(
       kReleaseLease, "cluster.ReleaseLease",
       [](const ReleaseLease& m, wire::ReleaseLease::Builder b, RefCodec&) { b.setLeaseId(m.lease_id); },
       [](wire::ReleaseLease::Reader in, RefCodec&) -> StatusOr<ReleaseLease> { return ReleaseLease{in.getLeaseId()}; })));
   RETURN_IF_ERROR((r.Add<AssignSlices, wire::AssignSlices>(
       kAssignSlices, "cluster.AssignSlices",
-      [](const AssignSlices& m, wire::AssignSlices::Builder b, RefCodec&) {
-        b.setLeaseId(m.lease_id);
-        b.setOwner(m.owner);
-        FillWorkers(m.workers, b.initWorkers(Size(m.workers)));
-      },
-      [](wire::AssignSlices::Reader in, RefCodec&) -> StatusOr<AssignSlices> {
-        return AssignSlices{in.getLeaseId(), in.getOwner(), ReadWorkers(in.getWorkers())};
-      })));
+      [](const AssignSlices& m, wire::AssignSlices::Builder b, RefCodec&) { Fill(m, b); },
+      [](wire::AssignSlices::Reader in, RefCodec&) -> StatusOr<AssignSlices> { return Read(in); })));
   RETURN_IF_ERROR((r.Add<ReleaseSlices, wire::ReleaseSlices>(
       kReleaseSlices, "cluster.ReleaseSlices",
       [](const ReleaseSlices& m, wire::ReleaseSlices::Builder b, RefCodec&) { b.setLeaseId(m.lease_id); },

@@ -39,10 +39,6 @@ struct NodeRecord {
   std::string metrics_address;
 };
 
-struct JoinRequest {
-  NodeRecord node;
-  runtime::ActorRef agent;
-};
 struct JoinReply {
   std::string cluster_name;
   uint64_t node_id = 0;
@@ -108,6 +104,12 @@ struct AssignSlices {
 struct ReleaseSlices {
   uint64_t lease_id = 0;
 };
+/// A node agent joins the head (again, after losing it or the head's restart) with what it holds.
+struct JoinRequest {
+  NodeRecord node;
+  runtime::ActorRef agent;
+  std::vector<AssignSlices> held;  ///< the leases the agent holds now, its part of each
+};
 struct GpuLoad {
   uint32_t index = 0;
   double utilisation = 0;
@@ -165,6 +167,9 @@ Status AddClusterCodecs(runtime::CodecRegistry& registry);
 /// A NodeRecord as stored bytes (Cap'n Proto), and back.
 std::string EncodeNodeRecord(const NodeRecord& record);
 StatusOr<NodeRecord> DecodeNodeRecord(std::string_view bytes);
+/// The head's durable record of a granted lease (the owner's address through `refs`).
+std::string EncodeStoredLease(const LeaseRequest& request, const LeaseGrant& grant, runtime::RefCodec& refs);
+StatusOr<std::pair<LeaseRequest, LeaseGrant>> DecodeStoredLease(std::string_view bytes, runtime::RefCodec& refs);
 
 }  // namespace troupe::cluster
 

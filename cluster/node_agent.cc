@@ -4,6 +4,7 @@
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
+#include <map>
 
 #include "actors/gpu_slice.h"
 #include "cluster/head.h"
@@ -41,6 +42,7 @@ struct NodeAgent::Slices {
   std::vector<std::vector<runtime::ActorRef>> actors;  // [gpu][slice]
   std::vector<std::vector<uint64_t>> lease;            // [gpu][slice], 0 = free
   std::vector<uint32_t> gpu_index;                     // [gpu] -> its device index
+  std::map<uint64_t, AssignSlices> held;               // the leases held here, as assigned
 };
 
 Status NodeAgent::DiscoverGpus() {
@@ -96,6 +98,7 @@ Status NodeAgent::SpawnSlices() {
         runtime::MailboxSampleHandler(self, depths, "node.agent"),
         [slices](AssignSlices& assign) {
           std::lock_guard<std::mutex> lock(slices->mu);
+          slices->held[assign.lease_id] = assign;
           for (const auto& w : assign.workers) {
             if (w.gpu_index == kNoGpuIndex) continue;
             for (size_t g = 0; g < slices->gpu_index.size(); ++g) {
@@ -119,6 +122,7 @@ Status NodeAgent::SpawnSlices() {
         },
         [slices](ReleaseSlices& release) {
           std::lock_guard<std::mutex> lock(slices->mu);
+          slices->held.erase(release.lease_id);
           for (size_t g = 0; g < slices->lease.size(); ++g) {
             for (size_t i = 0; i < slices->lease[g].size(); ++i) {
               if (slices->lease[g][i] != release.lease_id) continue;
@@ -181,7 +185,13 @@ StatusOr<runtime::ActorRef> NodeAgent::Join(const NodeRecord& record, runtime::N
   ASSIGN_OR_RETURN(std::string address, ResolveHeadAddress(config_, head_override_));
   runtime_->AddNode(head_id, address);
   ASSIGN_OR_RETURN(runtime::ActorRef head, runtime_->LookupName(head_id, kHeadActorName, 2s));
-  ASSIGN_OR_RETURN(*reply, head.Request<JoinReply>(JoinRequest{record, agent_}, 5s));
+  JoinRequest join{record, agent_, {}};
+  {
+    // What this node holds goes with every join: a restarted head takes it back from here.
+    std::lock_guard<std::mutex> lock(slices_->mu);
+    for (const auto& [id, assign] : slices_->held) join.held.push_back(assign);
+  }
+  ASSIGN_OR_RETURN(*reply, head.Request<JoinReply>(join, 5s));
   return head;
 }
 

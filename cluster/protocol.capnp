@@ -30,7 +30,9 @@ struct NodeRecord {
   metricsAddress @13 :Text;    # host:port of its Prometheus endpoint
 }
 
-struct JoinRequest { node @0 :NodeRecord; agent @1 :Rt.ActorAddress; }
+# `held`: the leases the node's agent holds now (its part of each), so that a restarted head
+# takes them back instead of handing their slices out again.
+struct JoinRequest { node @0 :NodeRecord; agent @1 :Rt.ActorAddress; held @2 :List(AssignSlices); }
 struct JoinReply { clusterName @0 :Text; nodeId @1 :UInt64; }
 struct ListNodes {}
 struct NodeList { clusterName @0 :Text; nodes @1 :List(NodeRecord); }
@@ -72,6 +74,8 @@ struct ReleaseLease { leaseId @0 :UInt64; }
 # to) an owner; the head watches owners and sends ReleaseSlices.
 struct AssignSlices { leaseId @0 :UInt64; owner @1 :Text; workers @2 :List(LeaseWorker); }
 struct ReleaseSlices { leaseId @0 :UInt64; }
+# The head's durable record of a granted lease (LMDB table "leases", key: lease id).
+struct StoredLease { request @0 :LeaseRequest; grant @1 :LeaseGrant; }
 # Node agent -> head: what its GPUs are doing (NVML), every few seconds.
 struct GpuLoad { index @0 :UInt32; utilisation @1 :Float64; memoryUsedBytes @2 :UInt64; }
 struct GpuReport { node @0 :Text; gpus @1 :List(GpuLoad); }

@@ -434,6 +434,49 @@ std::vector<Grant> Scheduler::LoseNode(uint32_t node) {
   return lost;
 }
 
+Status Scheduler::Adopt(const Request& r, const std::vector<Assignment>& part) {
+  for (const auto& queue : queues_) {
+    for (const auto& w : queue) {
+      if (w.request.id == r.id) return FailedPreconditionError("lease " + std::to_string(r.id) + " is waiting, not granted");
+    }
+  }
+  // Check the whole part before taking any of it: what a node reports must not oversubscribe.
+  std::map<uint32_t, std::pair<uint64_t, uint64_t>> node_need;  // node -> (cpus, host memory)
+  std::map<uint32_t, uint64_t> gpu_need;                        // gpu -> slices
+  for (const auto& a : part) {
+    if (a.node >= snapshot_.nodes().size()) return FailedPreconditionError("adopt: no node " + std::to_string(a.node));
+    node_need[a.node].first += a.cpus;
+    node_need[a.node].second += a.host_memory_bytes;
+    if (a.gpu == kNoGpu) continue;
+    if (a.gpu >= snapshot_.gpus().size() || snapshot_.gpus()[a.gpu].node != a.node) {
+      return FailedPreconditionError("adopt: GPU " + std::to_string(a.gpu) + " is not on node " +
+                                     snapshot_.nodes()[a.node].name);
+    }
+    gpu_need[a.gpu] += a.slices;
+  }
+  for (const auto& [node, need] : node_need) {
+    const NodeState& n = snapshot_.nodes()[node];
+    if (n.cpus_free < need.first || n.memory_free_bytes < need.second) {
+      return FailedPreconditionError("adopt: lease " + std::to_string(r.id) + " needs more CPUs or memory than node " +
+                                     n.name + " has free");
+    }
+  }
+  for (const auto& [gpu, slices] : gpu_need) {
+    const GpuState& g = snapshot_.gpus()[gpu];
+    if (g.slices_free < slices) {
+      return FailedPreconditionError("adopt: lease " + std::to_string(r.id) + " holds " + std::to_string(slices) +
+                                     " slice(s) of GPU " + std::to_string(g.index) + " on node " +
+                                     snapshot_.nodes()[g.node].name + ", which has " +
+                                     std::to_string(g.slices_free) + " free");
+    }
+  }
+  for (const auto& a : part) snapshot_.Take(a);
+  auto it = granted_.try_emplace(r.id, Grant{r, {}, {}}).first;
+  it->second.assignments.insert(it->second.assignments.end(), part.begin(), part.end());
+  held_[it->second.request.tenant] += it->second.request.slice_memory_bytes * part.size();
+  return OkStatus();
+}
+
 std::vector<PendingInfo> Scheduler::Pending(Time now) const {
   std::vector<PendingInfo> out;
   for (const auto& queue : queues_) {

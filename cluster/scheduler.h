@@ -181,6 +181,11 @@ class Scheduler {
   /// Marks a node lost: it takes nothing new, and every grant with a worker on it is ended and
   /// returned (its owner must be told). Waiting requests lose their workers placed there.
   std::vector<Grant> LoseNode(uint32_t node);
+  /// Takes back a lease granted before (by an earlier head: the nodes still hold it) with the
+  /// part of it that `part` describes; a lease spread over several nodes is adopted node by node
+  /// as they report it. Quotas are not checked again. FailedPrecondition, taking nothing, if the
+  /// part does not fit what is free (it would oversubscribe) or the id is waiting in the queue.
+  Status Adopt(const Request& r, const std::vector<Assignment>& part);
 
   std::vector<PendingInfo> Pending(Time now) const;
   const std::map<uint64_t, Grant>& granted() const { return granted_; }

@@ -33,6 +33,10 @@ StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(const std::vector<st
   posix_spawn_file_actions_adddup2(&actions, in_pipe[0], STDIN_FILENO);
   posix_spawn_file_actions_adddup2(&actions, out_pipe[1], STDOUT_FILENO);
   if (merge_stderr) posix_spawn_file_actions_adddup2(&actions, out_pipe[1], STDERR_FILENO);
+  // The child gets stdin, stdout and stderr and nothing else: an inherited listening socket
+  // (UCX opens its own without O_CLOEXEC) would outlive this process in its children and accept
+  // connections for it that nobody answers.
+  posix_spawn_file_actions_addclosefrom_np(&actions, STDERR_FILENO + 1);
 
   std::vector<std::string> env_strings;
   for (char** e = environ; *e != nullptr; ++e) env_strings.emplace_back(*e);

@@ -252,6 +252,36 @@ TEST(Scheduler, LosingANodeEndsItsGrantsAndFreesTheirOtherWorkers) {
   EXPECT_EQ(sched.Pending(kT0).at(0).placed, 1u);
 }
 
+TEST(Scheduler, AdoptsALeaseNodeByNodeAndNeverOversubscribes) {
+  // A head restarted: a two-node lease of the earlier head comes back as its nodes report it.
+  Scheduler sched(Cluster(2, 1, 2), {{"team", 40 * kGiB}});
+  Request r = Req(7, 2);
+  r.tenant = "team";
+  ASSERT_TRUE(sched.Adopt(r, {Assignment{0, 0, 1, 2, 0}}).ok());
+  EXPECT_EQ(sched.snapshot().gpus()[0].slices_free, 1u);
+  EXPECT_EQ(sched.snapshot().nodes()[0].cpus_free, 62u);
+  ASSERT_TRUE(sched.Adopt(r, {Assignment{1, 1, 1, 0, 0}}).ok());
+  ASSERT_EQ(sched.granted().at(7).assignments.size(), 2u);
+  EXPECT_EQ(sched.TenantHeld("team"), 20 * kGiB);
+  // A part that does not fit what is free is refused whole: nothing is taken.
+  Request other = Req(8, 2);
+  auto refused = sched.Adopt(other, {Assignment{0, 0, 1, 0, 0}, Assignment{1, 1, 2, 0, 0}});
+  EXPECT_EQ(refused.code(), StatusCode::kFailedPrecondition) << refused;
+  EXPECT_NE(refused.message().find("1 free"), std::string::npos) << refused;
+  EXPECT_EQ(sched.snapshot().gpus()[0].slices_free, 1u);
+  EXPECT_EQ(sched.granted().count(8), 0u);
+  // A GPU that is not on the named node, and an id still waiting, are refused too.
+  EXPECT_FALSE(sched.Adopt(other, {Assignment{0, 1, 1, 0, 0}}).ok());
+  ASSERT_TRUE(sched.Submit(Req(9, 4), kT0).ok());
+  EXPECT_FALSE(sched.Adopt(Req(9), {Assignment{0, 0, 1, 0, 0}}).ok());
+  // Released like any grant: everything comes back.
+  ASSERT_TRUE(sched.Release(9));
+  ASSERT_TRUE(sched.Release(7));
+  EXPECT_EQ(sched.snapshot().slices_taken(), 0u);
+  EXPECT_EQ(sched.snapshot().nodes()[0].cpus_free, 64u);
+  EXPECT_EQ(sched.TenantHeld("team"), 0u);
+}
+
 // ---- Property tests ----
 
 struct Totals {

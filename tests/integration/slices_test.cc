@@ -47,6 +47,9 @@ class Slices : public ::testing::Test {
     auto up = ChildProcess::Spawn({TROUPE_BIN, "up", "-c", config_});
     ASSERT_TRUE(up.ok()) << up.status();
     up_ = std::move(*up);
+    auto head = up_->ReadLineWithPrefix("head ", 60s);  // "head           pid 1234"
+    ASSERT_TRUE(head.ok()) << "troupe up printed no head pid: " << head.status();
+    head_pid_ = std::stoi(head->substr(head->find("pid ") + 4));
     auto line = up_->ReadLineWithPrefix("cluster slices up", 60s);
     ASSERT_TRUE(line.ok()) << "troupe up did not come up: " << line.status();
     auto config = cluster::LoadClusterConfig(config_);
@@ -90,6 +93,7 @@ class Slices : public ::testing::Test {
   }
 
   std::string dir_, config_;
+  pid_t head_pid_ = 0;
   std::unique_ptr<ChildProcess> up_;
   std::unique_ptr<cluster::Client> client_;
 };
@@ -190,6 +194,43 @@ TEST_F(Slices, ALeaseEndsWhenANodeItUsesIsLost) {
   auto again = client_->RequestSlices(on_b, 10s);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(again->grant.workers.at(0).node, "b");
+}
+
+TEST_F(Slices, LeasesOutliveARestartOfTheHead) {
+  // Two holders: a lease over both nodes owned here, and `troupe run` (its own process) on a.
+  auto lease = client_->RequestSlices(TwoNodeGang(), 10s);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  auto holder = ChildProcess::Spawn({TROUPE_BIN, "run", "-c", config_, "--memory", "8GiB", "--", "sleep", "60"});
+  ASSERT_TRUE(holder.ok());
+  auto deadline = Clock::now() + 20s;
+  while (Clock::now() < deadline && FreeSlices("a") != 1) {
+  }
+  ASSERT_EQ(FreeSlices("a"), 1) << "troupe run did not get its 2 slices";
+
+  // kill -9 of the head, and of the second holder while the head is down (troupe up starts the
+  // head again). The new head takes both leases back from the nodes' reports; the dead
+  // holder's comes back free, the live one stays counted: a has 3 free, b none.
+  const auto killed = Clock::now();
+  ASSERT_EQ(kill(head_pid_, SIGKILL), 0);
+  (*holder)->Signal(SIGKILL);
+  (void)(*holder)->Wait(5s);
+  auto restarted = up_->ReadLineWithPrefix("head exited", 10s);
+  ASSERT_TRUE(restarted.ok()) << "troupe up did not restart the head: " << restarted.status();
+  deadline = Clock::now() + 20s;
+  while (Clock::now() < deadline && (FreeSlices("a") != 3 || FreeSlices("b") != 0)) {
+  }
+  std::printf("leases taken back %lld ms after kill -9 of the head\n",
+              static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - killed).count()));
+  EXPECT_EQ(FreeSlices("a"), 3) << SlicesJson();
+  EXPECT_EQ(FreeSlices("b"), 0) << "the live lease's slice on b was handed out again: " << SlicesJson();
+  const std::string json = SlicesJson();
+  EXPECT_NE(json.find("\"lease_id\": " + std::to_string(lease->grant.lease_id)), std::string::npos) << json;
+  EXPECT_NE(json.find(lease->owner.ToString()), std::string::npos) << "the owner is shown again: " << json;
+
+  // The client finds the new head by itself; the lease is released there like any other.
+  ASSERT_TRUE(client_->ReleaseSlices(*lease, 10s).ok());
+  EXPECT_EQ(FreeSlices("a"), 4);
+  EXPECT_EQ(FreeSlices("b"), 1);
 }
 
 TEST_F(Slices, SupervisionEventsReachTheHead) {

@@ -1,0 +1,31 @@
+// ChildProcess: what a child inherits.
+#include "common/child_process.h"
+
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <string>
+
+namespace troupe {
+namespace {
+
+using namespace std::chrono_literals;
+
+TEST(ChildProcess, AChildInheritsNoDescriptorsButItsStandardOnes) {
+  // A descriptor without O_CLOEXEC, like the sockets UCX opens.
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 3);
+  const std::string probe = "test -e /proc/self/fd/" + std::to_string(fd) + " && echo inherited || echo closed";
+  auto child = ChildProcess::Spawn({"sh", "-c", probe});
+  ASSERT_TRUE(child.ok()) << child.status();
+  auto line = (*child)->ReadLine(10s);
+  ASSERT_TRUE(line.ok()) << line.status();
+  EXPECT_EQ(*line, "closed") << "descriptor " << fd << " leaked into the child";
+  EXPECT_TRUE((*child)->Wait(10s).ok());
+  close(fd);
+}
+
+}  // namespace
+}  // namespace troupe
