@@ -18,6 +18,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <sstream>
 #include <thread>
 
@@ -538,7 +539,21 @@ int RunOnSlice(const std::vector<std::string>& argv) {
   if (!args.ok()) return Fail("run", args.status());
   auto client = ConnectFor(*args);
   if (!client.ok()) return Fail("run", client.status());
-  auto lease = (*client)->RequestSlices(request, timeout);
+  // The lease can end under the command (a node it uses is lost): the command is stopped then,
+  // as a batch scheduler stops a job whose node failed.
+  struct Ended {
+    std::mutex mu;
+    ChildProcess* child = nullptr;
+    std::string reason;  // empty while the lease holds
+  };
+  auto ended = std::make_shared<Ended>();
+  auto lease = (*client)->RequestSlices(request, timeout, [ended](const cluster::LeaseEnded& e) {
+    std::lock_guard<std::mutex> lock(ended->mu);
+    ended->reason = e.reason.empty() ? "ended by the head" : e.reason;
+    std::fprintf(stderr, "troupe run: lease %llu ended: %s; stopping the command\n",
+                 static_cast<unsigned long long>(e.lease_id), ended->reason.c_str());
+    if (ended->child) ended->child->Signal(SIGTERM);
+  });
   if (!lease.ok()) return Fail("run", lease.status());
   const auto& w = lease->grant.workers.at(0);
   actors::SliceAssignment slice{w.gpu_index, w.simulated ? "" : w.gpu_id, w.memory_bytes, w.compute_percent,
@@ -556,6 +571,11 @@ int RunOnSlice(const std::vector<std::string>& argv) {
     (void)(*client)->ReleaseSlices(*lease, 5s);
     return Fail("run", child.status());
   }
+  {
+    std::lock_guard<std::mutex> lock(ended->mu);
+    ended->child = child->get();
+    if (!ended->reason.empty()) (*child)->Signal(SIGTERM);
+  }
   signals.Start([&](int sig) { (*child)->Signal(sig); });
   // Its output passes through, line by line, until it closes it.
   for (;;) {
@@ -567,10 +587,20 @@ int RunOnSlice(const std::vector<std::string>& argv) {
     }
   }
   auto exit = (*child)->Wait(std::chrono::hours(24));
-  Status released = (*client)->ReleaseSlices(*lease, 5s);
-  if (!released.ok()) std::fprintf(stderr, "troupe run: release: %s\n", released.ToString().c_str());
+  std::string lost;
+  {
+    std::lock_guard<std::mutex> lock(ended->mu);
+    ended->child = nullptr;
+    lost = ended->reason;
+  }
+  if (lost.empty()) {
+    Status released = (*client)->ReleaseSlices(*lease, 5s);
+    if (!released.ok()) std::fprintf(stderr, "troupe run: release: %s\n", released.ToString().c_str());
+  }
   if (!exit.ok()) return Fail("run", exit.status());
-  return WIFEXITED(*exit) ? WEXITSTATUS(*exit) : 128 + WTERMSIG(*exit);
+  const int code = WIFEXITED(*exit) ? WEXITSTATUS(*exit) : 128 + WTERMSIG(*exit);
+  // A command whose lease was lost did not run to the end on its slice, whatever it returned.
+  return !lost.empty() && code == 0 ? 1 : code;
 }
 
 }  // namespace troupe::cli

@@ -2,6 +2,7 @@
 #include "cluster/client.h"
 
 #include <caf/all.hpp>
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -79,9 +80,23 @@ StatusOr<NodeList> Client::SubscribeMembership(std::function<void(const NodeReco
   return head().Request<NodeList>(cluster::SubscribeMembership{listener}, timeout);
 }
 
-StatusOr<Client::Lease> Client::RequestSlices(LeaseRequest request, std::chrono::milliseconds timeout) {
+StatusOr<Client::Lease> Client::RequestSlices(LeaseRequest request, std::chrono::milliseconds timeout,
+                                              std::function<void(const LeaseEnded&)> on_ended) {
   const bool own = !request.owner.valid();
-  if (own) request.owner = runtime_->Spawn([]() -> caf::behavior { return {[](caf::ok_atom) {}}; });
+  if (own) {
+    request.owner = runtime_->Spawn([on_ended = std::move(on_ended)]() -> caf::behavior {
+      return {
+          [](caf::ok_atom) {},
+          [on_ended](LeaseEnded& ended) {
+            if (on_ended) {
+              on_ended(ended);
+            } else {
+              spdlog::warn("client: lease {} ended: {}", ended.lease_id, ended.reason);
+            }
+          },
+      };
+    });
+  }
   auto grant = AskHead<LeaseGrant>(request, timeout);
   if (!grant.ok()) {
     // Withdraws a waiting request: the head drops requests whose owner is gone.

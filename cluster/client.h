@@ -42,7 +42,11 @@ class Client {
   /// owned by an actor of this client, so it ends when this process does. On timeout the
   /// request is withdrawn. Errors: InvalidArgument (bad request), ResourceExhausted (can never
   /// fit the cluster or the tenant's quota), DeadlineExceeded.
-  StatusOr<Lease> RequestSlices(LeaseRequest request, std::chrono::milliseconds timeout);
+  /// A lease can end without its owner asking (a node it uses is lost): the head then sends the
+  /// owner a LeaseEnded. An owner of your own should handle it; this client's own owner calls
+  /// `on_ended` (on an actor thread), or logs a warning without one.
+  StatusOr<Lease> RequestSlices(LeaseRequest request, std::chrono::milliseconds timeout,
+                                std::function<void(const LeaseEnded&)> on_ended = nullptr);
   /// Ends a lease: its slices return to the scheduler.
   Status ReleaseSlices(const Lease& lease, std::chrono::milliseconds timeout);
   /// Every GPU's slices, owners and free capacity, and the waiting requests.

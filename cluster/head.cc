@@ -195,6 +195,7 @@ struct ControllerState {
       spdlog::warn("head: lease {} lost with node '{}'", lost.request.id, name);
       const uint64_t id = lost.request.id;
       ToAgents<ReleaseSlices>(entry->second.grant, [id](const std::string&) { return ReleaseSlices{id}; });
+      entry->second.request.owner.Send(LeaseEnded{id, "node '" + name + "' was lost"});
       ForgetLease(id);
       leases.erase(entry);
     }
@@ -204,9 +205,9 @@ struct ControllerState {
     for (const auto& [id, entry] : leases) {
       if (entry.awaiting.count(name) != 0) partial.push_back(id);
     }
-    for (uint64_t id : partial) EndLease(id, UnavailableError("lost with node '" + name + "'"));
+    for (uint64_t id : partial) EndLease(id, UnavailableError("node '" + name + "' was lost"), /*tell_owner=*/true);
     DropRecovered([&](uint64_t, const LeaseGrant& grant) { return HasWorkerOn(grant, name); },
-                  "lost with node '" + name + "'");
+                  "node '" + name + "' was lost");
   }
 
   // Ends the leases of an earlier head that `pred` picks and no node has reported yet.
@@ -219,6 +220,7 @@ struct ControllerState {
       const uint64_t id = it->first;
       spdlog::warn("head: lease {} of the earlier head ended: {}", id, why);
       ToAgents<ReleaseSlices>(it->second.second, [id](const std::string&) { return ReleaseSlices{id}; });
+      it->second.first.owner.Send(LeaseEnded{id, why});
       ForgetLease(id);
       it = recovered.erase(it);
     }
@@ -266,14 +268,14 @@ struct ControllerState {
       if (adopted.ok() && !entry->request.owner.valid()) adopted = NotFoundError("its owner is unknown");
       if (!adopted.ok()) {
         spdlog::error("head: cannot take back lease {} on node '{}': {}", id, node, adopted.ToString());
-        EndLease(id, adopted);
+        EndLease(id, adopted, /*tell_owner=*/true);
       }
     }
     std::vector<uint64_t> gone;
     for (const auto& [id, entry] : leases) {
       if (entry.awaiting.count(node) != 0 && reported.count(id) == 0) gone.push_back(id);
     }
-    for (uint64_t id : gone) EndLease(id, UnavailableError("node '" + node + "' no longer holds it"));
+    for (uint64_t id : gone) EndLease(id, UnavailableError("node '" + node + "' no longer holds it"), /*tell_owner=*/true);
     DropRecovered([&](uint64_t id, const LeaseGrant& grant) { return reported.count(id) == 0 && HasWorkerOn(grant, node); },
                   "node '" + node + "' no longer holds it");
     PublishLeases();
@@ -344,13 +346,15 @@ struct ControllerState {
     return r;
   }
 
-  // Ends a lease (granted or waiting) and returns its slices.
-  void EndLease(uint64_t id, const Status& why) {
+  // Ends a lease (granted or waiting) and returns its slices. The owner of a granted lease is
+  // told (LeaseEnded) when `tell_owner`: the lease ended without it asking and while it lives.
+  void EndLease(uint64_t id, const Status& why, bool tell_owner = false) {
     auto it = leases.find(id);
     if (it == leases.end()) return;
     scheduler.Release(id);
     if (it->second.granted) {
       ToAgents<ReleaseSlices>(it->second.grant, [id](const std::string&) { return ReleaseSlices{id}; });
+      if (tell_owner) it->second.request.owner.Send(LeaseEnded{id, why.ToString()});
       ForgetLease(id);
       spdlog::info("head: lease {} ended: {}", id, why.ToString());
     } else {

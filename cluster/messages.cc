@@ -322,6 +322,15 @@ Status AddClusterCodecs(runtime::CodecRegistry& r) {
         }
         return list;
       })));
+  RETURN_IF_ERROR((r.Add<LeaseEnded, wire::LeaseEnded>(
+      kLeaseEnded, "cluster.LeaseEnded",
+      [](const LeaseEnded& m, wire::LeaseEnded::Builder b, RefCodec&) {
+        b.setLeaseId(m.lease_id);
+        b.setReason(m.reason);
+      },
+      [](wire::LeaseEnded::Reader in, RefCodec&) -> StatusOr<LeaseEnded> {
+        return LeaseEnded{in.getLeaseId(), in.getReason()};
+      })));
   return r.Add<NodeList, wire::NodeList>(
       kNodeList, "cluster.NodeList",
       [](const NodeList& m, wire::NodeList::Builder b, RefCodec&) {

@@ -154,11 +154,17 @@ struct ListEvents {};
 struct EventList {
   std::vector<runtime::SupervisorEvent> events;
 };
+/// Head -> a lease's owner: the lease ended without the owner asking (a node it used was lost,
+/// or a restarted head could not take it back). Its slices are gone; ask again for new ones.
+struct LeaseEnded {
+  uint64_t lease_id = 0;
+  std::string reason;
+};
 
 enum ClusterTypeId : uint32_t {
   kJoinRequest = 1100, kJoinReply, kListNodes, kNodeList, kSubscribeMembership, kMembershipEvent,
   kLeaseRequest, kLeaseGrant, kReleaseLease, kAssignSlices, kReleaseSlices, kGpuReport, kListSlices, kSliceList,
-  kListEvents, kEventList,
+  kListEvents, kEventList, kLeaseEnded,
 };
 
 /// Registers the codecs of the cluster protocol.
@@ -189,3 +195,4 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::ListSlices)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::SliceList)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::ListEvents)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::EventList)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::LeaseEnded)

@@ -101,3 +101,5 @@ struct SliceList { gpus @0 :List(GpuSlices); pending @1 :List(PendingLease); }
 # `troupe events`: the supervision events the head was sent (newest last).
 struct ListEvents {}
 struct EventList { events @0 :List(Rt.SupervisorEvent); }
+# Head -> lease owner: the lease ended without the owner asking.
+struct LeaseEnded { leaseId @0 :UInt64; reason @1 :Text; }

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <regex>
 #include <string>
 
@@ -166,34 +167,58 @@ TEST_F(Slices, LeasesArePlacedShownAndReturnedWhenTheirHolderIsKilled) {
   EXPECT_EQ(FreeSlices("a") + FreeSlices("b"), 5) << "every slice is free again";
 }
 
-TEST_F(Slices, ALeaseEndsWhenANodeItUsesIsLost) {
-  auto lease = client_->RequestSlices(TwoNodeGang(), 10s);
+TEST_F(Slices, ALeaseEndsWhenANodeItUsesIsLostAndItsOwnerIsTold) {
+  // A lease over both nodes owned here, and `troupe run` (2 slices of a; b is full).
+  auto told = std::make_shared<std::promise<std::string>>();
+  auto lease = client_->RequestSlices(TwoNodeGang(), 10s, [told](const cluster::LeaseEnded& e) {
+    try {
+      told->set_value(e.reason);
+    } catch (const std::future_error&) {  // told once is enough
+    }
+  });
   ASSERT_TRUE(lease.ok()) << lease.status();
-  ASSERT_EQ(FreeSlices("a"), 3);
+  auto holder = ChildProcess::Spawn({TROUPE_BIN, "run", "-c", config_, "--memory", "8GiB", "--", "sleep", "60"}, {},
+                                    /*merge_stderr=*/true);
+  ASSERT_TRUE(holder.ok());
+  auto granted = (*holder)->ReadLineWithPrefix("troupe run: lease", 20s);
+  ASSERT_TRUE(granted.ok()) << granted.status();
+  ASSERT_NE(granted->find("node a"), std::string::npos) << *granted;
+  ASSERT_EQ(FreeSlices("a"), 1);
   const std::string status = testing::FirstLine({TROUPE_BIN, "status", "-c", config_, "--json"});
-  const std::string b_pid = testing::NodeField(status, "b", "pid");
-  ASSERT_FALSE(b_pid.empty()) << status;
-  ASSERT_EQ(kill(std::stoi(b_pid), SIGKILL), 0);
-  // The lease ends: its slice on a comes back at once; b is restarted by troupe up, rejoins,
-  // and its GPU takes work again.
-  auto deadline = Clock::now() + 10s;
-  while (Clock::now() < deadline && FreeSlices("a") != 4) {
+  const std::string a_pid = testing::NodeField(status, "a", "pid");
+  ASSERT_FALSE(a_pid.empty()) << status;
+  ASSERT_EQ(kill(std::stoi(a_pid), SIGKILL), 0);
+
+  // Both leases end: their owners are told, `troupe run` stops its command, and the gang's
+  // slice on b comes back at once.
+  auto reason = told->get_future();
+  ASSERT_EQ(reason.wait_for(10s), std::future_status::ready) << "the lease's owner was not told";
+  EXPECT_NE(reason.get().find("node 'a'"), std::string::npos);
+  bool stopped = false;
+  for (int i = 0; i < 10 && !stopped; ++i) {
+    auto line = (*holder)->ReadLine(10s);
+    if (!line.ok()) break;
+    stopped = line->find(" ended: node 'a' was lost; stopping the command") != std::string::npos;
   }
-  EXPECT_EQ(FreeSlices("a"), 4) << "the lost lease's slice on the surviving node did not come back";
+  EXPECT_TRUE(stopped) << "troupe run did not report its lost lease";
+  auto rc = (*holder)->Wait(10s);
+  ASSERT_TRUE(rc.ok()) << "troupe run did not stop its command";
+  EXPECT_EQ(WEXITSTATUS(*rc), 128 + SIGTERM);
+  EXPECT_EQ(FreeSlices("b"), 1) << "the lost lease's slice on the surviving node did not come back";
   EXPECT_EQ(client_->ReleaseSlices(*lease, 5s).code(), StatusCode::kNotFound);
-  auto b_alive = [&] { return SlicesJson().find("{\"node\": \"b\", \"node_state\": \"alive\"") != std::string::npos; };
-  deadline = Clock::now() + 20s;
-  while (Clock::now() < deadline && !b_alive()) {
+
+  // a is restarted by troupe up, rejoins, and its GPU takes work again.
+  auto a_alive = [&] { return SlicesJson().find("{\"node\": \"a\", \"node_state\": \"alive\"") != std::string::npos; };
+  auto deadline = Clock::now() + 20s;
+  while (Clock::now() < deadline && !a_alive()) {
   }
-  EXPECT_TRUE(b_alive()) << "b did not rejoin";
-  EXPECT_EQ(FreeSlices("b"), 1) << "b's GPU is free again";
-  // And it takes new work.
-  cluster::LeaseRequest on_b;
-  on_b.slice_memory_bytes = 8 * kGiB;
-  on_b.policy = "pack";
-  auto again = client_->RequestSlices(on_b, 10s);
+  EXPECT_TRUE(a_alive()) << "a did not rejoin";
+  EXPECT_EQ(FreeSlices("a"), 4) << "a's GPU is free again";
+  cluster::LeaseRequest whole_a;
+  whole_a.slice_memory_bytes = 16 * kGiB;
+  auto again = client_->RequestSlices(whole_a, 10s);
   ASSERT_TRUE(again.ok()) << again.status();
-  EXPECT_EQ(again->grant.workers.at(0).node, "b");
+  EXPECT_EQ(again->grant.workers.at(0).node, "a");
 }
 
 TEST_F(Slices, LeasesOutliveARestartOfTheHead) {
