@@ -110,7 +110,8 @@ class Parser {
     if (!root.IsDefined() || root.IsNull()) return Error(root, "(file)", "is empty");
     RETURN_IF_ERROR(CheckKeys(root, "", {"cluster", "head", "nodes", "scheduler"}));
     if (const YAML::Node sched = root["scheduler"]; sched.IsDefined() && !sched.IsNull()) {
-      RETURN_IF_ERROR(CheckKeys(sched, "scheduler", {"quotas"}));
+      RETURN_IF_ERROR(CheckKeys(sched, "scheduler", {"quotas", "backfill_limit"}));
+      RETURN_IF_ERROR(Duration(sched["backfill_limit"], "scheduler.backfill_limit", &c.backfill_limit));
       const YAML::Node quotas = sched["quotas"];
       if (quotas.IsDefined() && !quotas.IsNull()) {
         if (!quotas.IsMap()) return Error(quotas, "scheduler.quotas", "expected a map of tenant: SIZE (GPU memory)");

@@ -53,6 +53,9 @@ struct ClusterConfig {
   std::vector<NodeSpec> nodes;
   /// scheduler.quotas: GPU memory each tenant's leases may ask for in total (no entry: no cap).
   std::map<std::string, uint64_t> quotas;
+  /// scheduler.backfill_limit: how long a request may wait for capacity while later requests of
+  /// its priority are placed ahead of it; after that they wait behind it (0: never overtaken).
+  std::chrono::milliseconds backfill_limit{60000};
 
   /// The node called `name`, or nullptr.
   const NodeSpec* FindNode(const std::string& name) const;

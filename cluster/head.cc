@@ -644,6 +644,7 @@ StatusOr<std::unique_ptr<Head>> Head::Start(const ClusterConfig& config) {
   init.table = table;
   init.lease_table = lease_table;
   init.scheduler = sched::Scheduler({}, config.quotas);
+  init.scheduler.SetBackfillLimit(config.backfill_limit);
   {
     ASSIGN_OR_RETURN(auto txn, head->env_->BeginRead());
     RETURN_IF_ERROR(table.ForEach(txn, [&](const std::string& name, const NodeRecord& stored) {

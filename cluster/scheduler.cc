@@ -366,9 +366,15 @@ std::vector<Grant> Scheduler::Schedule(Time now) {
   bool urgent_waiting = false;
   for (int p = 0; p < 2; ++p) {
     auto& queue = queues_[p];
+    uint64_t starving = 0;  // a request of this priority past the backfill limit, still short of capacity
     for (auto it = queue.begin(); it != queue.end();) {
       if (p == 1 && urgent_waiting) {
         it->reason = "urgent requests ahead";
+        ++it;
+        continue;
+      }
+      if (starving != 0) {
+        it->reason = "waiting behind request " + std::to_string(starving);
         ++it;
         continue;
       }
@@ -380,6 +386,7 @@ std::vector<Grant> Scheduler::Schedule(Time now) {
         continue;
       }
       if (p == 0 && it->reason != "quota") urgent_waiting = true;
+      if (it->reason == "capacity" && now - it->since >= backfill_limit_) starving = it->request.id;
       ++it;
     }
   }

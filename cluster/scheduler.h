@@ -161,7 +161,10 @@ struct PendingInfo {
 ///    block others);
 ///  - a tenant never holds more GPU memory than its quota;
 ///  - within a priority, a later request may be placed before an earlier one that does not fit
-///    (backfill), so a small request is not stuck behind a large one.
+///    (backfill), so a small request is not stuck behind a large one; but not once the earlier
+///    one has waited for capacity for the backfill limit: then the requests of its priority
+///    behind it wait too (reason "waiting behind request N"), so freed capacity goes to it and
+///    a big gang cannot starve under a stream of small requests.
 class Scheduler {
  public:
   explicit Scheduler(Snapshot snapshot = {}, Quotas quotas = {});
@@ -170,6 +173,9 @@ class Scheduler {
   const Snapshot& snapshot() const { return snapshot_; }
   const Quotas& quotas() const { return quotas_; }
   void SetQuota(const std::string& tenant, uint64_t gpu_memory_bytes) { quotas_[tenant] = gpu_memory_bytes; }
+  /// How long a request may wait for capacity while later ones overtake it (default 60 s).
+  void SetBackfillLimit(std::chrono::nanoseconds limit) { backfill_limit_ = limit; }
+  std::chrono::nanoseconds backfill_limit() const { return backfill_limit_; }
 
   /// Queues a request (id must be new). InvalidArgument for a malformed request;
   /// ResourceExhausted for one that could never fit the cluster or its tenant's quota.
@@ -209,6 +215,7 @@ class Scheduler {
   std::deque<Waiting> queues_[2];  // by Priority
   std::map<uint64_t, Grant> granted_;
   std::map<std::string, uint64_t> held_;  // GPU memory by tenant (granted + partly placed)
+  std::chrono::nanoseconds backfill_limit_ = std::chrono::seconds(60);
 };
 
 std::string_view PolicyName(Policy p);

@@ -59,7 +59,11 @@ TEST(ClusterConfig, DefaultsFillWhatIsLeftOut) {
   auto c = ParseClusterConfig(kMinimal, "min.yaml");
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->heartbeat_interval, std::chrono::milliseconds(100));
+  EXPECT_EQ(c->backfill_limit, std::chrono::seconds(60));
   EXPECT_EQ(c->nodes[0].listen_address, "127.0.0.1:0");
+  auto strict = ParseClusterConfig(std::string(kMinimal) + "scheduler:\n  backfill_limit: 0s\n", "strict.yaml");
+  ASSERT_TRUE(strict.ok()) << strict.status();
+  EXPECT_EQ(strict->backfill_limit, std::chrono::milliseconds(0));
   EXPECT_EQ(c->nodes[0].gpu_mode, "none");
   EXPECT_EQ(c->nodes[0].memory_bytes, 1ull << 30);
   EXPECT_NE(c->FindNode("a"), nullptr);
@@ -103,6 +107,8 @@ TEST(ClusterConfig, BadInputIsRefusedWithFileLineFieldAndExpectation) {
   ExpectError("cluster:\n  name: t\n  token: secret-token\nnodes:\n  - name: a\n    listen: 7401\n", "nodes[a].listen",
               "expected host:port");
   ExpectError("cluster:\n  name: t\n  token: secret-token\n  log_level: loud\n", "cluster.log_level", "expected one of");
+  ExpectError(std::string(kMinimal) + "scheduler:\n  backfill_limit: soon\n", "scheduler.backfill_limit",
+              "duration");
   ExpectError("cluster: [1, 2\n", "test.yaml:", "not valid YAML");
   ExpectError("", "test.yaml", "empty");
   ExpectError("nodes: 3\ncluster:\n  name: t\n  token: secret-token\n", "nodes", "expected a list");

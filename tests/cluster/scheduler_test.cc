@@ -199,6 +199,47 @@ TEST(Scheduler, SmallRequestsBackfillPastALargeOneOfTheSamePriority) {
   EXPECT_EQ(grants[0].request.id, 3u);
 }
 
+TEST(Scheduler, BackfillStopsOnceAnEarlierRequestHasWaitedTheLimit) {
+  // One GPU of 4 slices; a gang of 4 waits while small requests come and go.
+  Scheduler sched(Cluster(1, 1, 4));
+  sched.SetBackfillLimit(std::chrono::seconds(30));
+  ASSERT_TRUE(sched.Submit(Req(1), kT0).ok());
+  ASSERT_EQ(sched.Schedule(kT0).size(), 1u);
+  Request gang = Req(2, 4);
+  gang.gang = true;
+  ASSERT_TRUE(sched.Submit(gang, kT0).ok());
+  // Within the limit, a small request is placed ahead of the gang (backfill).
+  ASSERT_TRUE(sched.Submit(Req(3), kT0).ok());
+  auto grants = sched.Schedule(kT0 + std::chrono::seconds(10));
+  ASSERT_EQ(grants.size(), 1u);
+  EXPECT_EQ(grants[0].request.id, 3u);
+  // Past it, the next small request waits behind the gang although it would fit...
+  ASSERT_TRUE(sched.Submit(Req(4), kT0 + std::chrono::seconds(31)).ok());
+  EXPECT_TRUE(sched.Schedule(kT0 + std::chrono::seconds(31)).empty());
+  auto pending = sched.Pending(kT0 + std::chrono::seconds(31));
+  ASSERT_EQ(pending.size(), 2u);
+  EXPECT_EQ(pending[0].reason, "capacity");
+  EXPECT_EQ(pending[1].reason, "waiting behind request 2");
+  // ...and what frees goes to the gang first.
+  ASSERT_TRUE(sched.Release(1));
+  EXPECT_TRUE(sched.Schedule(kT0 + std::chrono::seconds(32)).empty());
+  ASSERT_TRUE(sched.Release(3));
+  grants = sched.Schedule(kT0 + std::chrono::seconds(33));
+  ASSERT_EQ(grants.size(), 1u);
+  EXPECT_EQ(grants[0].request.id, 2u);
+  // A request held back only by its tenant's quota holds no one back.
+  Scheduler quota(Cluster(1, 1, 4), {{"small", 20 * kGiB}});
+  quota.SetBackfillLimit(std::chrono::nanoseconds(0));
+  Request first = Req(6);
+  first.tenant = "small";
+  Request over = Req(5, 2);
+  over.tenant = "small";
+  ASSERT_TRUE(quota.Submit(first, kT0).ok());
+  ASSERT_TRUE(quota.Submit(over, kT0).ok());
+  ASSERT_TRUE(quota.Submit(Req(7), kT0).ok());
+  EXPECT_EQ(quota.Schedule(kT0).size(), 2u);
+}
+
 TEST(Scheduler, TenantQuotaCapsWhatATenantHolds) {
   Scheduler sched(Cluster(1, 4, 1), Quotas{{"team-a", 20 * kGiB}});
   for (uint64_t id = 1; id <= 3; ++id) {
@@ -330,6 +371,9 @@ TEST_P(SchedulerProperty, RulesHoldOverRandomClustersAndRequestStreams) {
   }
   Quotas quotas{{"a", uint64_t(uniform(2, 24)) * kGiB}, {"b", uint64_t(uniform(2, 24)) * kGiB}};
   Scheduler sched(snap, quotas);
+  // Some runs overtake freely for their whole length, others stop early (0: never overtake).
+  const auto limit = std::chrono::milliseconds(std::vector<int>{0, 500, 2000, 100000}[uniform(0, 3)]);
+  sched.SetBackfillLimit(limit);
   const Snapshot initial = snap;
   Time now = kT0;
   uint64_t next_id = 1;
@@ -427,8 +471,30 @@ TEST_P(SchedulerProperty, RulesHoldOverRandomClustersAndRequestStreams) {
     }
     // 5. Nothing that fits is left waiting: each waiting request (not held back by urgent ones)
     //    does not fit what is free now, or would break its tenant's quota.
+    // 6. No overtaking past the backfill limit: behind a request that has waited that long for
+    //    capacity, no later request of its priority got anything this round.
+    for (int prio = 0; prio < 2; ++prio) {
+      const PendingInfo* starving = nullptr;
+      for (const auto& p : pending) {
+        if (static_cast<int>(p.request.priority) == prio && p.reason == "capacity" && p.waited >= limit) {
+          starving = &p;
+          break;
+        }
+      }
+      if (starving == nullptr) continue;
+      for (const auto& g : grants) {
+        if (static_cast<int>(g.request.priority) != prio) continue;
+        ASSERT_LT(g.request.id, starving->request.id) << "request " << g.request.id << " overtook request "
+                                                       << starving->request.id << ", which waited past the limit";
+      }
+      for (const auto& p : pending) {
+        if (static_cast<int>(p.request.priority) != prio || p.request.id <= starving->request.id) continue;
+        ASSERT_EQ(p.placed, placed_before[p.request.id]) << "request " << p.request.id << " progressed behind "
+                                                         << starving->request.id;
+      }
+    }
     for (const auto& p : pending) {
-      if (p.reason == "urgent requests ahead") continue;
+      if (p.reason == "urgent requests ahead" || p.reason.rfind("waiting behind", 0) == 0) continue;
       if (p.request.policy == Policy::kStrictSpread && p.placed > 0) continue;  // its nodes are not known here
       Snapshot copy = sched.snapshot();
       const uint32_t want = p.request.gang ? p.request.count : 1;
