@@ -40,7 +40,7 @@ runtime::ActorRef Client::head() const {
 }
 
 template <class Reply, class Msg>
-StatusOr<Reply> Client::AskHead(const Msg& msg, std::chrono::milliseconds timeout) {
+StatusOr<Reply> Client::AskHead(const Msg& msg, std::chrono::milliseconds timeout, bool resend_if_unavailable) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   auto left = [&] {
     return std::max(std::chrono::milliseconds(1), std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -61,6 +61,9 @@ StatusOr<Reply> Client::AskHead(const Msg& msg, std::chrono::milliseconds timeou
     std::lock_guard<std::mutex> lock(mu_);
     head_ = fresh;
   }
+  // Unavailable may mean the old head got the message and died before answering: a message
+  // that must not take effect twice is not sent again (the next call goes to the new head).
+  if (!resend_if_unavailable && reply.status().code() == StatusCode::kUnavailable) return reply;
   return fresh.Request<Reply>(msg, left());
 }
 
@@ -97,7 +100,9 @@ StatusOr<Client::Lease> Client::RequestSlices(LeaseRequest request, std::chrono:
       };
     });
   }
-  auto grant = AskHead<LeaseGrant>(request, timeout);
+  // Not sent twice: the old head may have granted it before it died (that lease is then taken
+  // back by the new head and held by its owner, but this caller would not know of it).
+  auto grant = AskHead<LeaseGrant>(request, timeout, /*resend_if_unavailable=*/false);
   if (!grant.ok()) {
     // Withdraws a waiting request: the head drops requests whose owner is gone.
     if (own) caf::anon_send_exit(request.owner.handle(), caf::exit_reason::user_shutdown);

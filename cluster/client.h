@@ -19,8 +19,10 @@ class Client {
   /// Connects to the head of `config`'s cluster (at `head_address` if given) with its token.
   /// Unavailable, naming the address, if the head cannot be reached within `timeout`.
   /// A request that finds the head gone (Unavailable or NotFound: it restarted) looks the head
-  /// up again and is sent once more within its timeout; leases granted before survive a head
-  /// restart (docs/scheduling.md). Membership subscriptions do not: subscribe again.
+  /// up again and is sent once more within its timeout, except a RequestSlices that failed with
+  /// Unavailable (the old head may have granted it): that error is returned and the next call
+  /// goes to the new head. Leases granted before survive a head restart (docs/scheduling.md).
+  /// Membership subscriptions do not: subscribe again.
   static StatusOr<std::unique_ptr<Client>> Connect(const ClusterConfig& config, const std::string& head_address,
                                                    std::chrono::milliseconds timeout);
   ~Client();
@@ -62,7 +64,7 @@ class Client {
   Client() = default;
   // `msg` to the head; once more to a head looked up again if the first one is gone.
   template <class Reply, class Msg>
-  StatusOr<Reply> AskHead(const Msg& msg, std::chrono::milliseconds timeout);
+  StatusOr<Reply> AskHead(const Msg& msg, std::chrono::milliseconds timeout, bool resend_if_unavailable = true);
 
   std::unique_ptr<runtime::Runtime> runtime_;
   runtime::NodeId head_id_ = 0;
