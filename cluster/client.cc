@@ -31,6 +31,7 @@ StatusOr<std::unique_ptr<Client>> Client::Connect(const ClusterConfig& config, c
   }
   client->head_ = *head;
   client->head_id_ = head_id;
+  client->name_ = name;
   return client;
 }
 
@@ -100,9 +101,9 @@ StatusOr<Client::Lease> Client::RequestSlices(LeaseRequest request, std::chrono:
       };
     });
   }
-  // Not sent twice: the old head may have granted it before it died (that lease is then taken
-  // back by the new head and held by its owner, but this caller would not know of it).
-  auto grant = AskHead<LeaseGrant>(request, timeout, /*resend_if_unavailable=*/false);
+  // Keyed, so that sending it again (to a head that restarted) cannot make a second lease.
+  if (request.key.empty()) request.key = name_ + "/" + std::to_string(next_key_.fetch_add(1) + 1);
+  auto grant = AskHead<LeaseGrant>(request, timeout);
   if (!grant.ok()) {
     // Withdraws a waiting request: the head drops requests whose owner is gone.
     if (own) caf::anon_send_exit(request.owner.handle(), caf::exit_reason::user_shutdown);

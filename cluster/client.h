@@ -2,6 +2,7 @@
 // issues: membership events, named actors, jobs).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <mutex>
@@ -19,10 +20,10 @@ class Client {
   /// Connects to the head of `config`'s cluster (at `head_address` if given) with its token.
   /// Unavailable, naming the address, if the head cannot be reached within `timeout`.
   /// A request that finds the head gone (Unavailable or NotFound: it restarted) looks the head
-  /// up again and is sent once more within its timeout, except a RequestSlices that failed with
-  /// Unavailable (the old head may have granted it): that error is returned and the next call
-  /// goes to the new head. Leases granted before survive a head restart (docs/scheduling.md).
-  /// Membership subscriptions do not: subscribe again.
+  /// up again and is sent once more within its timeout. Lease requests carry a key
+  /// (LeaseRequest::key, made here if empty), so one sent again gets the lease the old head may
+  /// have granted, never a second one. Leases granted before survive a head restart
+  /// (docs/scheduling.md). Membership subscriptions do not: subscribe again.
   static StatusOr<std::unique_ptr<Client>> Connect(const ClusterConfig& config, const std::string& head_address,
                                                    std::chrono::milliseconds timeout);
   ~Client();
@@ -68,6 +69,8 @@ class Client {
 
   std::unique_ptr<runtime::Runtime> runtime_;
   runtime::NodeId head_id_ = 0;
+  std::string name_;                     // this client's node name, the prefix of its lease keys
+  std::atomic<uint64_t> next_key_{0};
   mutable std::mutex mu_;
   runtime::ActorRef head_;
   std::string head_address_;

@@ -75,6 +75,9 @@ struct ControllerState {
   std::optional<storage::Table<uint64_t, std::string>> lease_table;  // granted leases (StoredLease)
   // Leases of an earlier head that no node has reported yet (recovered from lease_table).
   std::map<uint64_t, std::pair<LeaseRequest, LeaseGrant>> recovered;
+  // Lease keys (LeaseRequest::key) of the leases above and in `leases`: a request sent again
+  // gets its lease, not a second one.
+  std::map<std::string, uint64_t> by_key;
   std::map<std::string, NodeRecord> nodes;
   std::map<std::string, runtime::ActorRef> agents;
   std::vector<runtime::ActorRef> subscribers;
@@ -197,6 +200,7 @@ struct ControllerState {
       ToAgents<ReleaseSlices>(entry->second.grant, [id](const std::string&) { return ReleaseSlices{id}; });
       entry->second.request.owner.Send(LeaseEnded{id, "node '" + name + "' was lost"});
       ForgetLease(id);
+      ForgetKey(entry->second.request.key, id);
       leases.erase(entry);
     }
     // Leases taken back only in part, waiting for this node's report, and leases of an earlier
@@ -222,6 +226,7 @@ struct ControllerState {
       ToAgents<ReleaseSlices>(it->second.second, [id](const std::string&) { return ReleaseSlices{id}; });
       it->second.first.owner.Send(LeaseEnded{id, why});
       ForgetLease(id);
+      ForgetKey(it->second.first.key, id);
       it = recovered.erase(it);
     }
   }
@@ -279,6 +284,10 @@ struct ControllerState {
     DropRecovered([&](uint64_t id, const LeaseGrant& grant) { return reported.count(id) == 0 && HasWorkerOn(grant, node); },
                   "node '" + node + "' no longer holds it");
     PublishLeases();
+  }
+
+  void ForgetKey(const std::string& key, uint64_t id) {
+    if (auto k = by_key.find(key); !key.empty() && k != by_key.end() && k->second == id) by_key.erase(k);
   }
 
   static bool HasWorkerOn(const LeaseGrant& grant, const std::string& node) {
@@ -360,6 +369,7 @@ struct ControllerState {
     } else {
       it->second.promise.deliver(runtime::ToCafError(why));
     }
+    ForgetKey(it->second.request.key, id);
     leases.erase(it);
     RunScheduler();
   }
@@ -489,6 +499,29 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
           return runtime::ToCafError(priority.status());
         }
         if (auto policy = sched::ParsePolicy(req.policy); !policy.ok()) return runtime::ToCafError(policy.status());
+        if (auto known = st.by_key.find(req.key); !req.key.empty() && known != st.by_key.end()) {
+          // Sent again (a reply was lost, or the head restarted): the same lease, not a second.
+          const uint64_t id = known->second;
+          auto same_owner = [&](const runtime::ActorRef& owner) {
+            return owner.node() == req.owner.node() && owner.id() == req.owner.id();
+          };
+          if (auto entry = st.leases.find(id); entry != st.leases.end()) {
+            if (!same_owner(entry->second.request.owner)) {
+              return runtime::ToCafError(AlreadyExistsError("lease key '" + req.key + "' belongs to another owner"));
+            }
+            if (entry->second.granted) return entry->second.grant;
+            entry->second.promise.deliver(runtime::ToCafError(CancelledError("the request was sent again")));
+            entry->second.promise = self->make_response_promise<LeaseGrant>();
+            return entry->second.promise;
+          }
+          if (auto rec = st.recovered.find(id); rec != st.recovered.end()) {
+            if (!same_owner(rec->second.first.owner)) {
+              return runtime::ToCafError(AlreadyExistsError("lease key '" + req.key + "' belongs to another owner"));
+            }
+            return rec->second.second;
+          }
+          st.by_key.erase(known);
+        }
         const sched::Request r = ControllerState::SchedRequestOf(st.next_lease++, req);
         Status submitted = st.scheduler.Submit(r, std::chrono::steady_clock::now());
         if (!submitted.ok()) return runtime::ToCafError(submitted);
@@ -498,6 +531,7 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
         entry.promise = self->make_response_promise<LeaseGrant>();
         auto promise = entry.promise;
         st.leases.emplace(r.id, std::move(entry));
+        if (!req.key.empty()) st.by_key[req.key] = r.id;
         self->monitor(req.owner.handle());
         st.RunScheduler();
         return promise;
@@ -673,6 +707,7 @@ StatusOr<std::unique_ptr<Head>> Head::Start(const ClusterConfig& config) {
                       id, config.head.data_dir, lease.status().ToString());
         return true;
       }
+      if (!lease->first.key.empty()) init.by_key[lease->first.key] = id;
       init.recovered.emplace(id, std::move(*lease));
       init.next_lease = std::max(init.next_lease, id + 1);
       return true;

@@ -102,12 +102,13 @@ void Fill(const LeaseRequest& m, wire::LeaseRequest::Builder b, runtime::RefCode
   b.setPolicy(m.policy);
   b.setGang(m.gang);
   refs.EncodeRef(m.owner, b.initOwner());
+  b.setKey(m.key);
 }
 
 LeaseRequest Read(wire::LeaseRequest::Reader in, runtime::RefCodec& refs) {
   return LeaseRequest{in.getTenant(), in.getCount(),           in.getSliceMemoryBytes(), in.getComputePercent(),
                       in.getCpus(),   in.getHostMemoryBytes(), in.getPriority(),         in.getPolicy(),
-                      in.getGang(),   refs.DecodeRef(in.getOwner())};
+                      in.getGang(),   refs.DecodeRef(in.getOwner()), in.getKey()};
 }
 
 void Fill(const LeaseGrant& m, wire::LeaseGrant::Builder b) {

@@ -72,6 +72,10 @@ struct LeaseRequest {
   std::string policy = "spread";
   bool gang = false;
   runtime::ActorRef owner;
+  /// The requester's name for this request (empty: none). A request whose key the head already
+  /// knows gets that lease (or, while it waits, takes over waiting for it) instead of a second
+  /// one, so a request can be sent again safely after a lost reply.
+  std::string key;
 };
 inline constexpr uint32_t kNoGpuIndex = 0xFFFFFFFF;
 struct LeaseWorker {

@@ -54,6 +54,7 @@ struct LeaseRequest {
   policy @7 :Text;             # pack, spread, strict_spread
   gang @8 :Bool;
   owner @9 :Rt.ActorAddress;
+  key @10 :Text;               # the requester's name for it: the same key twice is one lease
 }
 struct LeaseWorker {
   node @0 :Text;

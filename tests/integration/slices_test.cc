@@ -223,7 +223,9 @@ TEST_F(Slices, ALeaseEndsWhenANodeItUsesIsLostAndItsOwnerIsTold) {
 
 TEST_F(Slices, LeasesOutliveARestartOfTheHead) {
   // Two holders: a lease over both nodes owned here, and `troupe run` (its own process) on a.
-  auto lease = client_->RequestSlices(TwoNodeGang(), 10s);
+  cluster::LeaseRequest gang = TwoNodeGang();
+  gang.key = "outlives-the-head";
+  auto lease = client_->RequestSlices(gang, 10s);
   ASSERT_TRUE(lease.ok()) << lease.status();
   auto holder = ChildProcess::Spawn({TROUPE_BIN, "run", "-c", config_, "--memory", "8GiB", "--", "sleep", "60"});
   ASSERT_TRUE(holder.ok());
@@ -251,6 +253,16 @@ TEST_F(Slices, LeasesOutliveARestartOfTheHead) {
   const std::string json = SlicesJson();
   EXPECT_NE(json.find("\"lease_id\": " + std::to_string(lease->grant.lease_id)), std::string::npos) << json;
   EXPECT_NE(json.find(lease->owner.ToString()), std::string::npos) << "the owner is shown again: " << json;
+
+  // The request sent again with its key (as after a reply lost with the old head) gets the same
+  // lease, not a second one; the key is not for another owner.
+  gang.owner = lease->owner;
+  auto same = client_->RequestSlices(gang, 10s);
+  ASSERT_TRUE(same.ok()) << same.status();
+  EXPECT_EQ(same->grant.lease_id, lease->grant.lease_id);
+  EXPECT_EQ(FreeSlices("a"), 3) << "the lease was counted twice";
+  gang.owner = {};
+  EXPECT_EQ(client_->RequestSlices(gang, 10s).status().code(), StatusCode::kAlreadyExists);
 
   // The client finds the new head by itself; the lease is released there like any other.
   ASSERT_TRUE(client_->ReleaseSlices(*lease, 10s).ok());
