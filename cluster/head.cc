@@ -269,7 +269,10 @@ struct ControllerState {
       }
       entry->awaiting.erase(node);
       auto part = PartOn(node, entry->grant.workers);
-      Status adopted = part.ok() ? scheduler.Adopt(SchedRequestOf(id, entry->request), *part) : part.status();
+      auto request = SchedRequestOf(id, entry->request);
+      Status adopted = !part.ok()      ? part.status()
+                       : !request.ok() ? request.status()
+                                       : scheduler.Adopt(*request, *part);
       if (adopted.ok() && !entry->request.owner.valid()) adopted = NotFoundError("its owner is unknown");
       if (!adopted.ok()) {
         spdlog::error("head: cannot take back lease {} on node '{}': {}", id, node, adopted.ToString());
@@ -295,20 +298,25 @@ struct ControllerState {
                        [&](const LeaseWorker& w) { return w.node == node; });
   }
 
-  void StoreLease(const LeaseRequest& request, const LeaseGrant& grant) {
+  // One write transaction running `write`; a failure is logged as "head: cannot <what>".
+  void Write(const std::string& what, const std::function<Status(storage::Txn&)>& write) {
     auto txn = env->BeginWrite();
-    Status s = txn.ok() ? lease_table->Put(*txn, grant.lease_id,
-                                           EncodeStoredLease(request, grant, runtime->gateway()))
-                        : txn.status();
+    Status s = txn.ok() ? write(*txn) : txn.status();
     if (s.ok()) s = txn->Commit();
-    if (!s.ok()) spdlog::error("head: cannot store lease {}: {}", grant.lease_id, s.ToString());
+    if (!s.ok()) spdlog::error("head: cannot {}: {}", what, s.ToString());
+  }
+
+  void StoreLease(const LeaseRequest& request, const LeaseGrant& grant) {
+    Write("store lease " + std::to_string(grant.lease_id), [&](storage::Txn& txn) {
+      return lease_table->Put(txn, grant.lease_id, EncodeStoredLease(request, grant, runtime->gateway()));
+    });
   }
 
   void ForgetLease(uint64_t id) {
-    auto txn = env->BeginWrite();
-    Status s = txn.ok() ? lease_table->Delete(*txn, id) : txn.status();
-    if (s.ok() || s.code() == StatusCode::kNotFound) s = txn.ok() ? txn->Commit() : s;
-    if (!s.ok()) spdlog::error("head: cannot forget lease {}: {}", id, s.ToString());
+    Write("forget lease " + std::to_string(id), [&](storage::Txn& txn) {
+      Status s = lease_table->Delete(txn, id);
+      return s.code() == StatusCode::kNotFound ? OkStatus() : s;
+    });
   }
 
   // The scheduler's view of a node's part of a granted lease, from the workers it reports.
@@ -337,10 +345,10 @@ struct ControllerState {
     return part;
   }
 
-  // The scheduler's request for a lease request (its priority and policy checked already).
-  static sched::Request SchedRequestOf(uint64_t id, const LeaseRequest& req) {
-    auto priority = sched::ParsePriority(req.priority);
-    auto policy = sched::ParsePolicy(req.policy);
+  // The scheduler's request for a lease request; InvalidArgument for an unknown priority or policy.
+  static StatusOr<sched::Request> SchedRequestOf(uint64_t id, const LeaseRequest& req) {
+    ASSIGN_OR_RETURN(sched::Priority priority, sched::ParsePriority(req.priority));
+    ASSIGN_OR_RETURN(sched::Policy policy, sched::ParsePolicy(req.policy));
     sched::Request r;
     r.id = id;
     r.tenant = req.tenant.empty() ? "default" : req.tenant;
@@ -349,8 +357,8 @@ struct ControllerState {
     r.compute_percent = req.compute_percent;
     r.cpus = req.cpus;
     r.host_memory_bytes = req.host_memory_bytes;
-    r.priority = priority.ok() ? *priority : sched::Priority::kNormal;
-    r.policy = policy.ok() ? *policy : sched::Policy::kSpread;
+    r.priority = priority;
+    r.policy = policy;
     r.gang = req.gang;
     return r;
   }
@@ -402,10 +410,7 @@ struct ControllerState {
   }
 
   void Persist(const NodeRecord& record) {
-    auto txn = env->BeginWrite();
-    Status s = txn.ok() ? table->Put(*txn, record.name, record) : txn.status();
-    if (s.ok()) s = txn->Commit();
-    if (!s.ok()) spdlog::error("head: cannot store node '{}': {}", record.name, s.ToString());
+    Write("store node '" + record.name + "'", [&](storage::Txn& txn) { return table->Put(txn, record.name, record); });
   }
 };
 
@@ -495,10 +500,9 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
       [self](LeaseRequest& req) -> caf::result<LeaseGrant> {
         auto& st = self->state;
         if (!req.owner.valid()) return runtime::ToCafError(InvalidArgumentError("lease request without an owner"));
-        if (auto priority = sched::ParsePriority(req.priority); !priority.ok()) {
-          return runtime::ToCafError(priority.status());
-        }
-        if (auto policy = sched::ParsePolicy(req.policy); !policy.ok()) return runtime::ToCafError(policy.status());
+        // Checked before the key lookup: a malformed request is refused, never matched.
+        auto checked = ControllerState::SchedRequestOf(0, req);
+        if (!checked.ok()) return runtime::ToCafError(checked.status());
         if (auto known = st.by_key.find(req.key); !req.key.empty() && known != st.by_key.end()) {
           // Sent again (a reply was lost, or the head restarted): the same lease, not a second.
           const uint64_t id = known->second;
@@ -522,7 +526,8 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
           }
           st.by_key.erase(known);
         }
-        const sched::Request r = ControllerState::SchedRequestOf(st.next_lease++, req);
+        sched::Request r = std::move(*checked);
+        r.id = st.next_lease++;
         Status submitted = st.scheduler.Submit(r, std::chrono::steady_clock::now());
         if (!submitted.ok()) return runtime::ToCafError(submitted);
         LeaseEntry entry;

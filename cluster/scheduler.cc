@@ -366,15 +366,15 @@ std::vector<Grant> Scheduler::Schedule(Time now) {
   bool urgent_waiting = false;
   for (int p = 0; p < 2; ++p) {
     auto& queue = queues_[p];
-    uint64_t starving = 0;  // a request of this priority past the backfill limit, still short of capacity
+    std::string behind;  // set once a request of this priority is past the backfill limit, short of capacity
     for (auto it = queue.begin(); it != queue.end();) {
       if (p == 1 && urgent_waiting) {
         it->reason = "urgent requests ahead";
         ++it;
         continue;
       }
-      if (starving != 0) {
-        it->reason = "waiting behind request " + std::to_string(starving);
+      if (!behind.empty()) {
+        it->reason = behind;
         ++it;
         continue;
       }
@@ -386,7 +386,9 @@ std::vector<Grant> Scheduler::Schedule(Time now) {
         continue;
       }
       if (p == 0 && it->reason != "quota") urgent_waiting = true;
-      if (it->reason == "capacity" && now - it->since >= backfill_limit_) starving = it->request.id;
+      if (it->reason == "capacity" && now - it->since >= backfill_limit_) {
+        behind = "waiting behind request " + std::to_string(it->request.id);
+      }
       ++it;
     }
   }
