@@ -8,6 +8,7 @@
 #include <future>
 
 #include "runtime/directory.h"
+#include "runtime/internal/lazy_clock.h"
 #include "runtime/messages.capnp.h"
 #include "runtime/node_identity.h"
 #include "runtime/wire_types.h"
@@ -56,6 +57,8 @@ Status Runtime::StartImpl() {
   caf_config_ = std::make_unique<caf::actor_system_config>();
   caf_config_->set("scheduler.policy", caf::atom("sharing"));
   caf_config_->set("scheduler.max-threads", static_cast<int64_t>(config_.worker_threads));
+  // Request timeouts without a clock-thread wake-up per request (see LazyClock).
+  internal::InstallLazyClock(*caf_config_);
   caf_config_->add_error_category(kStatusCategory, [](uint8_t code, caf::atom_value, const caf::message& ctx) {
     std::string text(StatusCodeName(static_cast<StatusCode>(code)));
     if (ctx.size() == 1 && ctx.match_element<std::string>(0)) text += ": " + ctx.get_as<std::string>(0);

@@ -167,13 +167,15 @@ class Runtime : private ControlHandler {
   NodeId node_id_ = 0;
   uint32_t incarnation_ = 0;
 
+  // Actors hold plain pointers to these two: they must outlive the actor system (members are
+  // destroyed in reverse order, and actors run until system_ is gone).
+  std::unique_ptr<SupervisionCounters> supervision_ = std::make_unique<SupervisionCounters>();
+  std::unique_ptr<MailboxDepths> mailbox_depths_ = std::make_unique<MailboxDepths>();
   std::unique_ptr<caf::actor_system_config> caf_config_;
   std::unique_ptr<caf::actor_system> system_;
   std::unique_ptr<transport::UcxTransport> transport_;
   std::shared_ptr<Gateway> gateway_;
   std::shared_ptr<Names> names_;
-  std::unique_ptr<SupervisionCounters> supervision_ = std::make_unique<SupervisionCounters>();
-  std::unique_ptr<MailboxDepths> mailbox_depths_ = std::make_unique<MailboxDepths>();
 
   std::mutex factories_mu_;
   std::unordered_map<std::string, ErasedFactory> factories_;

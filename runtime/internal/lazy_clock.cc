@@ -1,0 +1,206 @@
+// LazyClock and its coordinator.
+#include "runtime/internal/lazy_clock.h"
+
+#include <caf/actor_cast.hpp>
+#include <caf/actor_system_config.hpp>
+
+#include <algorithm>
+#include <utility>
+
+namespace troupe::runtime::internal {
+
+namespace {
+
+caf::strong_actor_ptr StrongOf(caf::abstract_actor* self) {
+  return self != nullptr ? caf::strong_actor_ptr{self->ctrl()} : nullptr;
+}
+
+}  // namespace
+
+LazyClock::~LazyClock() { Stop(); }
+
+void LazyClock::Start() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (thread_.joinable() || stopped_) return;
+  thread_ = std::thread([this] { Run(); });
+}
+
+void LazyClock::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopped_ = true;
+    cv_.notify_one();
+  }
+  if (thread_.joinable()) thread_.join();
+  std::vector<Change> left;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    left.swap(queue_);
+  }
+  // Dropped outside the lock: releasing an actor may call back into the clock.
+  left.clear();
+  timers_.cancel_all();
+}
+
+uint64_t LazyClock::wakeups() const {
+  std::lock_guard<std::mutex> lock(const_cast<std::mutex&>(mu_));
+  return wakeups_;
+}
+
+void LazyClock::Push(Change change, time_point due) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stopped_) return;  // `change` (and the actor it holds) is released after the lock
+  queue_.push_back(std::move(change));
+  queued_due_ = std::min(queued_due_, due);
+  if (!sleeping_) return;  // the thread looks at the queue before it sleeps again
+  if (due < wake_at_ || queue_.size() == kBatch) {
+    wake_at_ = std::min(wake_at_, due);
+    ++wakeups_;
+    cv_.notify_one();
+  }
+}
+
+void LazyClock::Run() {
+  std::vector<Change> batch;
+  time_point next_due = time_point::max();
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    // Sleep until the next timer is due, a change needs an earlier wake-up, or enough changes
+    // queued up. Changes that need no wake-up (cancellations, later timers) wait in the queue.
+    wake_at_ = std::min(next_due, queued_due_);
+    while (!stopped_ && queue_.size() < kBatch && now() < wake_at_) {
+      sleeping_ = true;
+      if (wake_at_ == time_point::max()) {
+        cv_.wait(lock);
+      } else {
+        cv_.wait_until(lock, wake_at_);
+      }
+      sleeping_ = false;
+    }
+    if (stopped_) return;
+    batch.swap(queue_);
+    queued_due_ = time_point::max();
+    lock.unlock();
+    for (auto& change : batch) Apply(change);
+    batch.clear();  // releases actors outside the lock: that may queue more changes
+    timers_.trigger_expired_timeouts();
+    next_due = timers_.schedule().empty() ? time_point::max() : timers_.schedule().begin()->first;
+    lock.lock();
+  }
+}
+
+void LazyClock::Apply(Change& c) {
+  auto* actor = caf::actor_cast<caf::abstract_actor*>(c.actor);
+  switch (c.kind) {
+    case Change::kOrdinary:
+      timers_.set_ordinary_timeout(c.t, actor, c.type, c.id);
+      break;
+    case Change::kMulti:
+      timers_.set_multi_timeout(c.t, actor, c.type, c.id);
+      break;
+    case Change::kRequest:
+      timers_.set_request_timeout(c.t, actor, c.mid);
+      break;
+    case Change::kCancelOrdinary:
+      timers_.handle(caf::detail::simple_actor_clock::ordinary_timeout_cancellation{c.aid, c.type});
+      break;
+    case Change::kCancelRequest:
+      timers_.handle(caf::detail::simple_actor_clock::request_timeout_cancellation{c.aid, c.mid});
+      break;
+    case Change::kCancelAll:
+      timers_.handle(caf::detail::simple_actor_clock::timeouts_cancellation{c.aid});
+      break;
+    case Change::kCancelEverything:
+      timers_.cancel_all();
+      break;
+    case Change::kMessage:
+      timers_.schedule_message(c.t, std::move(c.actor), std::move(c.content));
+      break;
+    case Change::kGroupMessage:
+      timers_.schedule_message(c.t, std::move(c.group), std::move(c.actor), std::move(c.message));
+      break;
+  }
+}
+
+void LazyClock::set_ordinary_timeout(time_point t, caf::abstract_actor* self, caf::atom_value type, uint64_t id) {
+  Change c(Change::kOrdinary);
+  c.t = t;
+  c.actor = StrongOf(self);
+  c.type = type;
+  c.id = id;
+  Push(std::move(c), t);
+}
+
+void LazyClock::set_multi_timeout(time_point t, caf::abstract_actor* self, caf::atom_value type, uint64_t id) {
+  Change c(Change::kMulti);
+  c.t = t;
+  c.actor = StrongOf(self);
+  c.type = type;
+  c.id = id;
+  Push(std::move(c), t);
+}
+
+void LazyClock::set_request_timeout(time_point t, caf::abstract_actor* self, caf::message_id id) {
+  Change c(Change::kRequest);
+  c.t = t;
+  c.actor = StrongOf(self);
+  c.mid = id;
+  Push(std::move(c), t);
+}
+
+void LazyClock::cancel_ordinary_timeout(caf::abstract_actor* self, caf::atom_value type) {
+  Change c(Change::kCancelOrdinary);
+  c.aid = self->id();
+  c.type = type;
+  Push(std::move(c), time_point::max());
+}
+
+void LazyClock::cancel_request_timeout(caf::abstract_actor* self, caf::message_id id) {
+  Change c(Change::kCancelRequest);
+  c.aid = self->id();
+  c.mid = id;
+  Push(std::move(c), time_point::max());
+}
+
+void LazyClock::cancel_timeouts(caf::abstract_actor* self) {
+  Change c(Change::kCancelAll);
+  c.aid = self->id();
+  Push(std::move(c), time_point::max());
+}
+
+void LazyClock::schedule_message(time_point t, caf::strong_actor_ptr receiver, caf::mailbox_element_ptr content) {
+  Change c(Change::kMessage);
+  c.t = t;
+  c.actor = std::move(receiver);
+  c.content = std::move(content);
+  Push(std::move(c), t);
+}
+
+void LazyClock::schedule_message(time_point t, caf::group target, caf::strong_actor_ptr sender,
+                                 caf::message content) {
+  Change c(Change::kGroupMessage);
+  c.t = t;
+  c.actor = std::move(sender);
+  c.group = std::move(target);
+  c.message = std::move(content);
+  Push(std::move(c), t);
+}
+
+void LazyClock::cancel_all() { Push(Change(Change::kCancelEverything), time_point::max()); }
+
+void LazyClockCoordinator::start() {
+  lazy_clock_.Start();
+  coordinator::start();
+}
+
+void LazyClockCoordinator::stop() {
+  coordinator::stop();
+  lazy_clock_.Stop();
+}
+
+void InstallLazyClock(caf::actor_system_config& config) {
+  config.module_factories.push_back(
+      [](caf::actor_system& system) -> caf::actor_system::module* { return new LazyClockCoordinator(system); });
+}
+
+}  // namespace troupe::runtime::internal

@@ -1,0 +1,159 @@
+// LazyClock: CAF's timers (request timeouts, receive timeouts, delayed messages) still fire on
+// time, cancelled ones never fire, and answered requests do not wake the clock's thread each.
+#include "runtime/internal/lazy_clock.h"
+
+#include <caf/all.hpp>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <memory>
+#include <thread>
+
+namespace troupe::testing {
+namespace {
+
+using namespace std::chrono_literals;
+using runtime::internal::LazyClock;
+using Steady = std::chrono::steady_clock;
+
+struct System {
+  System() {
+    config.set("scheduler.policy", caf::atom("sharing"));
+    config.set("scheduler.max-threads", 2);
+    runtime::internal::InstallLazyClock(config);
+    system = std::make_unique<caf::actor_system>(config);
+  }
+  LazyClock& clock() { return static_cast<LazyClock&>(system->clock()); }
+
+  caf::actor_system_config config;
+  std::unique_ptr<caf::actor_system> system;
+};
+
+// An actor that takes requests and never answers them.
+caf::behavior Silent(caf::event_based_actor* self) {
+  return {[self](int) { return self->make_response_promise<int>(); }};
+}
+
+TEST(LazyClock, IsTheClockOfTheActorSystem) {
+  System s;
+  EXPECT_NE(dynamic_cast<LazyClock*>(&s.system->clock()), nullptr);
+}
+
+TEST(LazyClock, AnEarlierTimeoutFiresOnTimeBehindALaterOne) {
+  System s;
+  auto silent = s.system->spawn(Silent);
+  std::promise<std::chrono::milliseconds> late_fired;
+  std::promise<caf::error> early;
+  auto start = Steady::now();
+  s.system->spawn([&](caf::event_based_actor* self) {
+    // The clock's thread goes to sleep until the first timeout (an hour away); the second,
+    // set after it and due first, must wake it.
+    self->request(silent, std::chrono::seconds(3600), 1).then([](int) {}, [](caf::error&) {});
+    self->request(silent, 50ms, 2).then([](int) {}, [&, self](caf::error& e) {
+      late_fired.set_value(std::chrono::duration_cast<std::chrono::milliseconds>(Steady::now() - start));
+      early.set_value(e);
+      self->quit();
+    });
+  });
+  auto fired = late_fired.get_future();
+  ASSERT_EQ(fired.wait_for(5s), std::future_status::ready) << "the 50 ms request timeout did not fire within 5 s";
+  EXPECT_GE(fired.get(), 50ms);
+  EXPECT_EQ(early.get_future().get(), caf::sec::request_timeout);
+  caf::anon_send_exit(silent, caf::exit_reason::user_shutdown);
+}
+
+TEST(LazyClock, AnsweredRequestsNeitherTimeOutNorWakeTheClockForEach) {
+  System s;
+  auto echo = s.system->spawn([]() -> caf::behavior { return {[](int v) { return v; }}; });
+  constexpr int kRequests = 20000;
+  std::promise<int> done;
+  auto wakeups_before = s.clock().wakeups();
+  s.system->spawn([&, echo](caf::event_based_actor* self) {
+    auto answered = std::make_shared<int>(0);
+    auto failed = std::make_shared<int>(0);
+    for (int i = 0; i < kRequests; ++i) {
+      self->request(echo, 30s, i).then(
+          [=, &done](int) {
+            if (++*answered + *failed == kRequests) done.set_value(*failed);
+          },
+          [=, &done](caf::error&) {
+            if (*answered + ++*failed == kRequests) done.set_value(*failed);
+          });
+    }
+  });
+  auto result = done.get_future();
+  ASSERT_EQ(result.wait_for(30s), std::future_status::ready) << "20,000 requests to a local echo did not finish";
+  EXPECT_EQ(result.get(), 0) << "answered requests timed out";
+  // Every request sets a timer and its reply cancels it: 40,000 changes. CAF's own clock wakes
+  // its thread for each; this one for the first timer and once per kBatch changes.
+  EXPECT_LE(s.clock().wakeups() - wakeups_before, 2 * kRequests / LazyClock::kBatch + 4);
+  caf::anon_send_exit(echo, caf::exit_reason::user_shutdown);
+}
+
+TEST(LazyClock, DelayedMessagesAndReceiveTimeoutsFireAndCancelledTimeoutsDoNot) {
+  System s;
+  std::promise<std::chrono::milliseconds> delayed;
+  std::promise<std::chrono::milliseconds> idle;
+  std::atomic<int> idle_timeouts{0};
+  auto start = Steady::now();
+  auto since_start = [start] {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(Steady::now() - start);
+  };
+  auto receiver = s.system->spawn([&](caf::event_based_actor*) -> caf::behavior {
+    return {[&](caf::ok_atom) { delayed.set_value(since_start()); }};
+  });
+  s.system->spawn([&](caf::event_based_actor* self) {
+    self->delayed_send(receiver, 40ms, caf::ok_atom::value);
+    // A receive timeout that is set and then replaced before it is due must not fire.
+    self->become([](int) {}, caf::after(20ms) >> [&] { ++idle_timeouts; });
+    self->become([](int) {}, caf::after(60ms) >> [&, self] {
+      if (++idle_timeouts == 1) idle.set_value(since_start());
+      self->quit();
+    });
+  });
+  auto d = delayed.get_future();
+  ASSERT_EQ(d.wait_for(5s), std::future_status::ready) << "a 40 ms delayed message did not arrive within 5 s";
+  EXPECT_GE(d.get(), 40ms);
+  auto i = idle.get_future();
+  ASSERT_EQ(i.wait_for(5s), std::future_status::ready) << "a 60 ms receive timeout did not fire within 5 s";
+  EXPECT_GE(i.get(), 60ms);
+  EXPECT_EQ(idle_timeouts.load(), 1) << "the replaced 20 ms receive timeout fired";
+  caf::anon_send_exit(receiver, caf::exit_reason::user_shutdown);
+}
+
+TEST(LazyClock, ActorsDestroyedWithoutExitingCancelTheirTimersSafely) {
+  // An actor whose last handle is dropped is destroyed without ever exiting, and cancels its
+  // timers from its destructor: the clock must not take a reference to it then (that would
+  // bring it back to life and destroy it twice).
+  System s;
+  std::atomic<int> destroyed{0};
+  for (int i = 0; i < 1000; ++i) {
+    auto actor = s.system->spawn([&](caf::event_based_actor* self) -> caf::behavior {
+      self->attach_functor([&] { ++destroyed; });
+      return {[](int) {}};
+    });
+    caf::anon_send(actor, i);
+  }  // each handle dropped here
+  auto deadline = Steady::now() + 10s;
+  while (destroyed.load() < 1000 && Steady::now() < deadline) std::this_thread::yield();
+  EXPECT_EQ(destroyed.load(), 1000) << "not every dropped actor was destroyed within 10 s";
+}
+
+TEST(LazyClock, StopsWithTimersStillScheduledAndReleasesTheirActors) {
+  caf::weak_actor_ptr watched;
+  {
+    System s;
+    auto target = s.system->spawn([](caf::event_based_actor*) -> caf::behavior { return {[](caf::ok_atom) {}}; });
+    watched = caf::actor_cast<caf::weak_actor_ptr>(target);
+    s.system->spawn([target](caf::event_based_actor* self) {
+      self->delayed_send(target, std::chrono::seconds(3600), caf::ok_atom::value);
+    });
+    caf::anon_send_exit(target, caf::exit_reason::user_shutdown);
+  }  // the system (and its clock) shut down with the delayed message still scheduled
+  EXPECT_EQ(watched.lock(), nullptr) << "a scheduled message kept its receiver alive past the clock's stop";
+}
+
+}  // namespace
+}  // namespace troupe::testing
