@@ -12,6 +12,7 @@ enum Kind {
   auth @3;       # client -> server: proof that I know the token
   accept @4;     # server -> client: the connection is authenticated
   reject @5;     # either way: authentication failed, with a reason; the link is closed
+  batch @6;      # several data frames in one message (see docs/transport.md, "Batching")
 }
 
 struct Handshake {

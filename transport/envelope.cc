@@ -118,7 +118,7 @@ StatusOr<DecodedEnvelope> DecodeEnvelope(const void* bytes, size_t size) {
     return FailedPreconditionError("unknown envelope version " + std::to_string(out.version) +
                                    " (this build speaks " + std::to_string(kEnvelopeVersion) + ")");
   }
-  if (static_cast<uint16_t>(out.kind) > static_cast<uint16_t>(FrameKind::kReject)) {
+  if (static_cast<uint16_t>(out.kind) > static_cast<uint16_t>(FrameKind::kBatch)) {
     return InvalidArgumentError("unknown envelope kind " +
                                 std::to_string(static_cast<uint16_t>(out.kind)));
   }

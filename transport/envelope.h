@@ -11,7 +11,7 @@
 namespace troupe::transport {
 
 /// The envelope kinds; numbers match envelope.capnp's Kind.
-enum class FrameKind : uint16_t { kData = 0, kHello = 1, kChallenge = 2, kAuth = 3, kAccept = 4, kReject = 5 };
+enum class FrameKind : uint16_t { kData = 0, kHello = 1, kChallenge = 2, kAuth = 3, kAccept = 4, kReject = 5, kBatch = 6 };
 
 /// The handshake fields of hello/challenge/auth/accept/reject envelopes.
 struct HandshakeInfo {

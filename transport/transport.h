@@ -37,6 +37,7 @@ struct TransportHandler {
 struct TransportStats {
   uint64_t frames_sent = 0;
   uint64_t frames_received = 0;
+  uint64_t batches_sent = 0;      ///< messages that carried several small frames to one peer
   uint64_t bytes_sent = 0;
   uint64_t bytes_received = 0;
   uint64_t send_errors = 0;

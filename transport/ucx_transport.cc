@@ -31,6 +31,22 @@ using Clock = std::chrono::steady_clock;
 constexpr unsigned kAmId = 0x7e;
 /// Largest handshake payload (a UCX worker address) accepted.
 constexpr size_t kMaxHandshakePayload = 64 * 1024;
+/// Batching: data frames queued for one peer in the same progress turn travel as one message
+/// (one UCX send, one syscall over TCP) when their payloads are at most kMaxBatchedPayload and
+/// the batch stays within kMaxBatchBytes (below UCX's rendezvous threshold: batches go eagerly).
+constexpr size_t kMaxBatchedPayload = 2048;
+constexpr size_t kMaxBatchBytes = 8192;
+constexpr size_t kMaxBatchFrames = 64;
+/// Largest batch a receiver accepts (a peer with other limits may send bigger ones).
+constexpr size_t kMaxBatchBytesAccepted = 256 * 1024;
+
+void PutU32(std::string& out, uint32_t v) {
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+uint32_t GetU32(const uint8_t* p) {
+  return static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 | static_cast<uint32_t>(p[2]) << 16 |
+         static_cast<uint32_t>(p[3]) << 24;
+}
 
 std::string UcsError(ucs_status_t status) { return ucs_status_string(status); }
 
@@ -87,6 +103,7 @@ class UcxTransport::Impl {
     FrameHeader header;
     Buffer payload;
     enum { kPending, kDone, kFailed } state = kPending;
+    bool batch = false;  // payload holds several frames (FrameKind::kBatch)
   };
 
   struct Connection {
@@ -106,6 +123,7 @@ class UcxTransport::Impl {
     std::string server_nonce;
     Clock::time_point deadline;
     std::deque<Command> queued;        // sends waiting for Ready
+    std::vector<Command> batch;        // sends of this progress turn, flushed at its end
     std::deque<Delivery> deliveries;   // received, in arrival order
 
     ucp_ep_h data_ep() const { return direct_ep != nullptr ? direct_ep : ep; }
@@ -133,6 +151,8 @@ class UcxTransport::Impl {
     Impl* impl = nullptr;
     NodeId peer = 0;
     bool data = true;
+    size_t frames = 1;        // data frames carried (more than one for a batch)
+    size_t frame_bytes = 0;   // their payload bytes
   };
 
   // A rendezvous receive in flight. It owns the payload buffer UCX writes into, and hands
@@ -154,7 +174,7 @@ class UcxTransport::Impl {
   };
 
   struct Counters {
-    std::atomic<uint64_t> frames_sent{0}, frames_received{0}, bytes_sent{0}, bytes_received{0},
+    std::atomic<uint64_t> frames_sent{0}, frames_received{0}, batches_sent{0}, bytes_sent{0}, bytes_received{0},
         send_errors{0}, connections_accepted{0}, connections_opened{0}, peers_connected{0}, connections_open{0},
         peer_failures{0}, auth_failures{0}, rejected_malformed{0}, rejected_version{0},
         rejected_oversized{0}, rejected_unauthenticated{0};
@@ -167,6 +187,9 @@ class UcxTransport::Impl {
   void Shutdown();
   bool DrainCommands();
   void ExecuteSend(Command cmd);
+  void FlushBatches();
+  void PostBatch(const ConnPtr& conn, std::vector<Command>& cmds, size_t begin, size_t end);
+  void DeliverBatch(Connection* conn, const Buffer& batch);
   void HandleConnRequests();
   void StartRndvReceives();
   void CheckDeadlines(Clock::time_point now);
@@ -178,7 +201,8 @@ class UcxTransport::Impl {
   void SendControl(const ConnPtr& conn, FrameKind kind, const HandshakeInfo& hs,
                    const std::string& payload = {});
   void PostSend(ucp_ep_h ep, FrameKind kind, const FrameHeader& header, const HandshakeInfo* hs,
-                Buffer payload, SendCallback done, NodeId peer);
+                Buffer payload, SendCallback done, NodeId peer, size_t frames = 1,
+                size_t frame_bytes = SIZE_MAX);
   void OpenDirectEndpoint(const ConnPtr& conn);
   void RetireBootstrap(const ConnPtr& conn, bool force);
   void CompleteSend(SendOp* op, ucs_status_t status);
@@ -229,6 +253,7 @@ class UcxTransport::Impl {
   int efd_ = -1;
   std::string worker_address_;  // this worker's UCX address, sent to authenticating peers
   std::vector<Command> local_;
+  std::vector<ConnPtr> batching_;  // connections with sends in their `batch`
   std::vector<ucp_conn_request_h> conn_requests_;
   std::vector<RndvStart> rndv_starts_;
   std::unordered_map<ucp_ep_h, ConnPtr> conns_;
@@ -574,6 +599,7 @@ bool UcxTransport::Impl::DrainCommands() {
   }
   execute(batch);
   run_local();  // sends issued by the fns above
+  FlushBatches();
   return any;
 }
 
@@ -599,11 +625,87 @@ void UcxTransport::Impl::ExecuteSend(Command cmd) {
   }
   Connection* conn = it->second.send_conn.get();
   if (conn->state == ConnState::kReady) {
-    PostSend(conn->data_ep(), FrameKind::kData, cmd.header, nullptr, std::move(cmd.payload), std::move(cmd.done),
-             cmd.peer);
+    // Sent at the end of this drain (FlushBatches), with whatever else goes to this peer.
+    if (conn->batch.empty()) batching_.push_back(it->second.send_conn);
+    conn->batch.push_back(std::move(cmd));
   } else {
     conn->queued.push_back(std::move(cmd));
   }
+}
+
+void UcxTransport::Impl::FlushBatches() {
+  if (batching_.empty()) return;
+  std::vector<ConnPtr> conns;
+  conns.swap(batching_);
+  for (auto& conn : conns) {
+    std::vector<Command> cmds;
+    cmds.swap(conn->batch);
+    if (conn->state != ConnState::kReady) {  // closed during this drain
+      for (auto& cmd : cmds) {
+        counters_.send_errors.fetch_add(1, std::memory_order_relaxed);
+        if (cmd.done) cmd.done(UnavailableError("connection to node " + std::to_string(conn->peer) + " closed"));
+      }
+      continue;
+    }
+    // Runs of small frames go as batches; a large frame goes alone. Order is kept.
+    size_t i = 0;
+    while (i < cmds.size()) {
+      size_t end = i;
+      size_t bytes = 0;
+      while (end < cmds.size() && end - i < kMaxBatchFrames && cmds[end].payload.size() <= kMaxBatchedPayload &&
+             bytes + cmds[end].payload.size() + 128 <= kMaxBatchBytes) {
+        bytes += cmds[end].payload.size() + 128;  // 128: room for the record's envelope
+        ++end;
+      }
+      if (end - i >= 2) {
+        PostBatch(conn, cmds, i, end);
+        i = end;
+      } else {
+        Command& cmd = cmds[i++];
+        PostSend(conn->data_ep(), FrameKind::kData, cmd.header, nullptr, std::move(cmd.payload), std::move(cmd.done),
+                 cmd.peer);
+      }
+    }
+  }
+}
+
+void UcxTransport::Impl::PostBatch(const ConnPtr& conn, std::vector<Command>& cmds, size_t begin, size_t end) {
+  // Records: u32 envelope size, envelope (a packed data envelope), u32 payload size, payload.
+  std::string bytes;
+  bytes.reserve(kMaxBatchBytes);
+  std::vector<SendCallback> dones;
+  size_t frame_bytes = 0;
+  size_t frames = 0;
+  EncodedEnvelope env;
+  for (size_t k = begin; k < end; ++k) {
+    Command& cmd = cmds[k];
+    Status encoded = EncodeEnvelope(FrameKind::kData, cmd.header, nullptr, &env);
+    if (!encoded.ok()) {
+      counters_.send_errors.fetch_add(1, std::memory_order_relaxed);
+      if (cmd.done) cmd.done(encoded);
+      continue;
+    }
+    PutU32(bytes, static_cast<uint32_t>(env.size));
+    bytes.append(reinterpret_cast<const char*>(env.bytes), env.size);
+    PutU32(bytes, static_cast<uint32_t>(cmd.payload.size()));
+    bytes.append(reinterpret_cast<const char*>(cmd.payload.data()), cmd.payload.size());
+    frame_bytes += cmd.payload.size();
+    ++frames;
+    if (cmd.done) dones.push_back(std::move(cmd.done));
+  }
+  SendCallback done;
+  if (!dones.empty()) {
+    done = [dones = std::move(dones)](const Status& status) {
+      for (const auto& d : dones) d(status);
+    };
+  }
+  FrameHeader header;
+  header.src_node = config_.node_id;
+  header.dst_node = conn->peer;
+  if (frames == 0) return;
+  counters_.batches_sent.fetch_add(1, std::memory_order_relaxed);
+  PostSend(conn->data_ep(), FrameKind::kBatch, header, nullptr, Buffer::CopyOf(bytes), std::move(done), conn->peer,
+           frames, frame_bytes);
 }
 
 void UcxTransport::Impl::Disconnect(NodeId peer, const Status& reason) {
@@ -889,7 +991,7 @@ void UcxTransport::Impl::SendControl(const ConnPtr& conn, FrameKind kind, const 
 
 void UcxTransport::Impl::PostSend(ucp_ep_h ep, FrameKind kind, const FrameHeader& header,
                                   const HandshakeInfo* hs, Buffer payload, SendCallback done,
-                                  NodeId peer) {
+                                  NodeId peer, size_t frames, size_t frame_bytes) {
   SendOp* op;
   if (free_send_ops_.empty()) {
     op = new SendOp;
@@ -908,7 +1010,9 @@ void UcxTransport::Impl::PostSend(ucp_ep_h ep, FrameKind kind, const FrameHeader
   op->done = std::move(done);
   op->impl = this;
   op->peer = peer;
-  op->data = kind == FrameKind::kData;
+  op->data = kind == FrameKind::kData || kind == FrameKind::kBatch;
+  op->frames = frames;
+  op->frame_bytes = frame_bytes == SIZE_MAX ? op->payload.size() : frame_bytes;
 
   ucp_request_param_t param{};
   param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
@@ -951,11 +1055,11 @@ void UcxTransport::Impl::CompleteSend(SendOp* op, ucs_status_t status) {
   pending_sends_.erase(op);
   if (status == UCS_OK) {
     if (op->data) {
-      counters_.frames_sent.fetch_add(1, std::memory_order_relaxed);
-      counters_.bytes_sent.fetch_add(op->payload.size(), std::memory_order_relaxed);
+      counters_.frames_sent.fetch_add(op->frames, std::memory_order_relaxed);
+      counters_.bytes_sent.fetch_add(op->frame_bytes, std::memory_order_relaxed);
       if (auto it = peers_.find(op->peer); it != peers_.end()) {
-        ++it->second.traffic.frames_out;
-        it->second.traffic.bytes_out += op->payload.size();
+        it->second.traffic.frames_out += op->frames;
+        it->second.traffic.bytes_out += op->frame_bytes;
       }
     }
     if (op->done) op->done(OkStatus());
@@ -1013,7 +1117,8 @@ ucs_status_t UcxTransport::Impl::HandleAm(const void* header, size_t header_leng
     }
     return refuse;
   }
-  if (env->kind != FrameKind::kData) {
+  const bool batch = env->kind == FrameKind::kBatch;
+  if (env->kind != FrameKind::kData && !batch) {
     // A handshake's payload is at most a worker address, always sent eagerly, and only
     // on the listener endpoint.
     if (rndv || length > kMaxHandshakePayload || param->reply_ep != conn->ep) {
@@ -1035,16 +1140,19 @@ ucs_status_t UcxTransport::Impl::HandleAm(const void* header, size_t header_leng
                 "data frame before authentication");
     return refuse;
   }
-  if (length > config_.max_frame_bytes) {
+  const size_t limit = batch ? kMaxBatchBytesAccepted : config_.max_frame_bytes;
+  if (length > limit) {
     RejectFrame("oversized", counters_.rejected_oversized, conn.get(),
-                "payload of " + std::to_string(length) + " bytes exceeds max_frame_bytes " +
-                    std::to_string(config_.max_frame_bytes));
+                std::string(batch ? "batch" : "payload") + " of " + std::to_string(length) + " bytes exceeds " +
+                    (batch ? "the batch limit " : "max_frame_bytes ") + std::to_string(limit));
     return rndv ? UCS_ERR_EXCEEDS_LIMIT : UCS_OK;
   }
 
   FrameHeader frame_header = env->header;
   frame_header.src_node = conn->peer;  // the authenticated identity, not the claimed one
-  Buffer payload = handler_.allocate_payload(frame_header, length);
+  // A batch is split into its frames on delivery; each frame's payload then comes from the
+  // handler's allocator.
+  Buffer payload = batch ? Buffer::Allocate(length) : handler_.allocate_payload(frame_header, length);
   if (payload.size() < length) {
     spdlog::error("transport: payload allocator returned {} bytes for a {}-byte frame from {}",
                   payload.size(), length, conn->Describe());
@@ -1052,11 +1160,11 @@ ucs_status_t UcxTransport::Impl::HandleAm(const void* header, size_t header_leng
   }
   if (!rndv) {
     if (length > 0) std::memcpy(payload.data(), data, length);
-    conn->deliveries.push_back({frame_header, std::move(payload), Delivery::kDone});
+    conn->deliveries.push_back({frame_header, std::move(payload), Delivery::kDone, batch});
     Deliver(conn.get());
     return UCS_OK;
   }
-  conn->deliveries.push_back({frame_header, Buffer(), Delivery::kPending});
+  conn->deliveries.push_back({frame_header, Buffer(), Delivery::kPending, batch});
   rndv_starts_.push_back({conn, &conn->deliveries.back(), std::move(payload), data, length});
   return UCS_INPROGRESS;
 }
@@ -1109,12 +1217,70 @@ void UcxTransport::Impl::Deliver(Connection* conn) {
     Delivery d = std::move(conn->deliveries.front());
     conn->deliveries.pop_front();
     if (d.state != Delivery::kDone) continue;
+    if (d.batch) {
+      DeliverBatch(conn, d.payload);
+      if (conn->state == ConnState::kClosed) return;
+      continue;
+    }
     counters_.frames_received.fetch_add(1, std::memory_order_relaxed);
     counters_.bytes_received.fetch_add(d.payload.size(), std::memory_order_relaxed);
     PeerTraffic& traffic = peers_[conn->peer].traffic;
     ++traffic.frames_in;
     traffic.bytes_in += d.payload.size();
     if (handler_.on_frame) handler_.on_frame(conn->peer, Frame{d.header, std::move(d.payload)});
+    if (conn->state == ConnState::kClosed) return;  // the handler disconnected the peer
+  }
+}
+
+void UcxTransport::Impl::DeliverBatch(Connection* conn, const Buffer& batch) {
+  // Untrusted bytes: every size is checked before it is used; a bad record drops the rest of
+  // the batch (there is no way to find the next record) and counts as malformed.
+  const uint8_t* p = batch.data();
+  size_t left = batch.size();
+  auto malformed = [&](const std::string& what) {
+    RejectFrame("malformed", counters_.rejected_malformed, conn, "batch: " + what);
+  };
+  while (left > 0) {
+    if (left < 4) return malformed("truncated record");
+    uint32_t env_size = GetU32(p);
+    p += 4;
+    left -= 4;
+    if (env_size > left || env_size > kMaxEnvelopeBytes) return malformed("envelope size " + std::to_string(env_size));
+    auto env = DecodeEnvelope(p, env_size);
+    if (!env.ok()) return malformed(env.status().message());
+    if (env->kind != FrameKind::kData) return malformed("a record that is not a data frame");
+    p += env_size;
+    left -= env_size;
+    if (left < 4) return malformed("truncated record");
+    uint32_t size = GetU32(p);
+    p += 4;
+    left -= 4;
+    if (size > left) return malformed("payload size " + std::to_string(size) + " beyond the batch");
+    if (size > config_.max_frame_bytes) {
+      RejectFrame("oversized", counters_.rejected_oversized, conn,
+                  "batched payload of " + std::to_string(size) + " bytes exceeds max_frame_bytes " +
+                      std::to_string(config_.max_frame_bytes));
+      p += size;
+      left -= size;
+      continue;
+    }
+    FrameHeader header = env->header;
+    header.src_node = conn->peer;
+    Buffer payload = handler_.allocate_payload(header, size);
+    if (payload.size() < size) {
+      spdlog::error("transport: payload allocator returned {} bytes for a {}-byte frame from {}", payload.size(), size,
+                    conn->Describe());
+      return;
+    }
+    if (size > 0) std::memcpy(payload.data(), p, size);
+    p += size;
+    left -= size;
+    counters_.frames_received.fetch_add(1, std::memory_order_relaxed);
+    counters_.bytes_received.fetch_add(size, std::memory_order_relaxed);
+    PeerTraffic& traffic = peers_[conn->peer].traffic;
+    ++traffic.frames_in;
+    traffic.bytes_in += size;
+    if (handler_.on_frame) handler_.on_frame(conn->peer, Frame{header, std::move(payload)});
     if (conn->state == ConnState::kClosed) return;  // the handler disconnected the peer
   }
 }
@@ -1254,11 +1420,12 @@ void UcxTransport::Impl::BecomeReady(const ConnPtr& conn) {
   bool first = ++peer.ready_conns == 1;
   if (first) counters_.peers_connected.fetch_add(1, std::memory_order_relaxed);
   spdlog::info("transport: {} authenticated ({})", conn->Describe(), conn->outbound ? "outbound" : "inbound");
-  auto queued = std::move(conn->queued);
-  conn->queued.clear();
-  for (auto& cmd : queued) {
-    PostSend(conn->data_ep(), FrameKind::kData, cmd.header, nullptr, std::move(cmd.payload), std::move(cmd.done),
-             cmd.peer);
+  // What queued during the handshake goes now, batched like any other turn's sends.
+  if (!conn->queued.empty()) {
+    if (conn->batch.empty()) batching_.push_back(conn);
+    for (auto& cmd : conn->queued) conn->batch.push_back(std::move(cmd));
+    conn->queued.clear();
+    FlushBatches();
   }
   if (first && handler_.on_peer_connected) handler_.on_peer_connected(conn->peer);
 }
@@ -1268,6 +1435,7 @@ TransportStats UcxTransport::Impl::stats() const {
   auto get = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
   s.frames_sent = get(counters_.frames_sent);
   s.frames_received = get(counters_.frames_received);
+  s.batches_sent = get(counters_.batches_sent);
   s.bytes_sent = get(counters_.bytes_sent);
   s.bytes_received = get(counters_.bytes_received);
   s.send_errors = get(counters_.send_errors);

@@ -90,7 +90,8 @@ void LazyClock::Run() {
 }
 
 void LazyClock::Apply(Change& c) {
-  auto* actor = caf::actor_cast<caf::abstract_actor*>(c.actor);
+  // Null for cancellations (they carry the id only); actor_cast must not see a null pointer.
+  auto* actor = c.actor ? caf::actor_cast<caf::abstract_actor*>(c.actor) : nullptr;
   switch (c.kind) {
     case Change::kOrdinary:
       timers_.set_ordinary_timeout(c.t, actor, c.type, c.id);

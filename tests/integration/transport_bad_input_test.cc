@@ -203,6 +203,61 @@ TEST_F(BadInputTest, OversizedFrameIsRefusedAndTheSenderIsTold) {
   EXPECT_EQ(PeerStats(peer_.get())["rejected_oversized"], 1u);
 }
 
+// A batch record: u32 envelope size, envelope, u32 payload size, payload (little endian).
+std::string BatchRecord(const std::string& envelope, const std::string& payload) {
+  std::string out;
+  auto put = [&](uint32_t v) {
+    for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+  };
+  put(static_cast<uint32_t>(envelope.size()));
+  out += envelope;
+  put(static_cast<uint32_t>(payload.size()));
+  out += payload;
+  return out;
+}
+
+TEST_F(BadInputTest, MalformedBatchesAreRejectedAfterDeliveringTheFramesBeforeTheFault) {
+  // An authenticated peer (it knows the token) that sends broken batches.
+  RawUcxClient hostile;
+  ASSERT_TRUE(hostile.Connect(peer_address_, "").ok());
+  std::string nonce = transport::RandomNonce();
+  HandshakeInfo hello = Hello(60, nonce);
+  ASSERT_TRUE(hostile.SendAm(Encode(FrameKind::kHello, &hello), "").ok());
+  auto challenge_bytes = hostile.ReceiveAm(10s);
+  ASSERT_TRUE(challenge_bytes.ok()) << "no challenge: " << challenge_bytes.status();
+  auto challenge = transport::DecodeEnvelope(challenge_bytes->data(), challenge_bytes->size());
+  ASSERT_TRUE(challenge.ok());
+  HandshakeInfo auth;
+  auth.node_id = 60;
+  auth.proof = transport::ComputeProof(kTestToken, transport::AuthRole::kClient, nonce, challenge->handshake.nonce,
+                                       60, kPeerNode);
+  ASSERT_TRUE(hostile.SendAm(Encode(FrameKind::kAuth, &auth), "").ok());
+  auto accept_bytes = hostile.ReceiveAm(10s);
+  ASSERT_TRUE(accept_bytes.ok()) << "no accept: " << accept_bytes.status();
+  auto accept = transport::DecodeEnvelope(accept_bytes->data(), accept_bytes->size());
+  ASSERT_TRUE(accept.ok());
+  ASSERT_EQ(accept->kind, FrameKind::kAccept);
+
+  std::string data = Encode(FrameKind::kData, nullptr);
+  // Two good frames, then a record cut short: the two are delivered, the rest is refused.
+  std::string truncated = BatchRecord(data, "one") + BatchRecord(data, "two") + std::string("\x05\x00", 2);
+  ASSERT_TRUE(hostile.SendAm(Encode(FrameKind::kBatch, nullptr), truncated).ok());
+  // A payload size beyond the end of the batch.
+  std::string overlong = BatchRecord(data, "three");
+  overlong[4 + data.size()] = '\x7f';
+  ASSERT_TRUE(hostile.SendAm(Encode(FrameKind::kBatch, nullptr), overlong).ok());
+  // A handshake smuggled inside a batch.
+  ASSERT_TRUE(hostile.SendAm(Encode(FrameKind::kBatch, nullptr), BatchRecord(Encode(FrameKind::kHello, &hello), "")).ok());
+  // Garbage where an envelope should be.
+  ASSERT_TRUE(hostile.SendAm(Encode(FrameKind::kBatch, nullptr), BatchRecord(std::string(16, '\xff'), "x")).ok());
+  hostile.Progress(100ms);
+
+  ExpectGoodPeerServed(61);
+  auto stats = PeerStats(peer_.get());
+  EXPECT_EQ(stats["rejected_malformed"], 4u) << "each broken batch counts once";
+  EXPECT_EQ(stats["frames_received"], 3u) << "'one' and 'two' from the first batch, and the good peer's frame";
+}
+
 TEST_F(BadInputTest, SilentConnectionIsClosedAfterTheHandshakeTimeout) {
   RawUcxClient silent;
   ASSERT_TRUE(silent.Connect(peer_address_, "").ok());

@@ -54,6 +54,7 @@ int main(int argc, char** argv) {
     if (line == "stats") {
       auto s = transport.stats();
       std::cout << "STATS frames_received=" << s.frames_received << " frames_sent=" << s.frames_sent
+                << " batches_sent=" << s.batches_sent
                 << " auth_failures=" << s.auth_failures << " rejected_malformed=" << s.rejected_malformed
                 << " rejected_version=" << s.rejected_version << " rejected_oversized=" << s.rejected_oversized
                 << " rejected_unauthenticated=" << s.rejected_unauthenticated
