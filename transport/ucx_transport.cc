@@ -13,6 +13,7 @@
 #include <cstring>
 #include <deque>
 #include <future>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -190,6 +191,8 @@ class UcxTransport::Impl {
   void FlushBatches();
   void PostBatch(const ConnPtr& conn, std::vector<Command>& cmds, size_t begin, size_t end);
   void DeliverBatch(Connection* conn, const Buffer& batch);
+  /// Counts one received frame and hands it to on_frame. False if the handler closed `conn`.
+  bool DeliverFrame(Connection* conn, const FrameHeader& header, Buffer payload);
   void HandleConnRequests();
   void StartRndvReceives();
   void CheckDeadlines(Clock::time_point now);
@@ -671,7 +674,9 @@ void UcxTransport::Impl::FlushBatches() {
 
 void UcxTransport::Impl::PostBatch(const ConnPtr& conn, std::vector<Command>& cmds, size_t begin, size_t end) {
   // Records: u32 envelope size, envelope (a packed data envelope), u32 payload size, payload.
-  std::string bytes;
+  // Built in a string that the send's buffer then owns (no second copy).
+  auto bytes_owner = std::make_unique<std::string>();
+  std::string& bytes = *bytes_owner;
   bytes.reserve(kMaxBatchBytes);
   std::vector<SendCallback> dones;
   size_t frame_bytes = 0;
@@ -693,6 +698,7 @@ void UcxTransport::Impl::PostBatch(const ConnPtr& conn, std::vector<Command>& cm
     ++frames;
     if (cmd.done) dones.push_back(std::move(cmd.done));
   }
+  if (frames == 0) return;
   SendCallback done;
   if (!dones.empty()) {
     done = [dones = std::move(dones)](const Status& status) {
@@ -702,9 +708,11 @@ void UcxTransport::Impl::PostBatch(const ConnPtr& conn, std::vector<Command>& cm
   FrameHeader header;
   header.src_node = config_.node_id;
   header.dst_node = conn->peer;
-  if (frames == 0) return;
   counters_.batches_sent.fetch_add(1, std::memory_order_relaxed);
-  PostSend(conn->data_ep(), FrameKind::kBatch, header, nullptr, Buffer::CopyOf(bytes), std::move(done), conn->peer,
+  std::string* owned = bytes_owner.release();
+  Buffer payload(reinterpret_cast<uint8_t*>(owned->data()), owned->size(),
+                 [owned](uint8_t*, size_t) { delete owned; });
+  PostSend(conn->data_ep(), FrameKind::kBatch, header, nullptr, std::move(payload), std::move(done), conn->peer,
            frames, frame_bytes);
 }
 
@@ -1222,14 +1230,18 @@ void UcxTransport::Impl::Deliver(Connection* conn) {
       if (conn->state == ConnState::kClosed) return;
       continue;
     }
-    counters_.frames_received.fetch_add(1, std::memory_order_relaxed);
-    counters_.bytes_received.fetch_add(d.payload.size(), std::memory_order_relaxed);
-    PeerTraffic& traffic = peers_[conn->peer].traffic;
-    ++traffic.frames_in;
-    traffic.bytes_in += d.payload.size();
-    if (handler_.on_frame) handler_.on_frame(conn->peer, Frame{d.header, std::move(d.payload)});
-    if (conn->state == ConnState::kClosed) return;  // the handler disconnected the peer
+    if (!DeliverFrame(conn, d.header, std::move(d.payload))) return;
   }
+}
+
+bool UcxTransport::Impl::DeliverFrame(Connection* conn, const FrameHeader& header, Buffer payload) {
+  counters_.frames_received.fetch_add(1, std::memory_order_relaxed);
+  counters_.bytes_received.fetch_add(payload.size(), std::memory_order_relaxed);
+  PeerTraffic& traffic = peers_[conn->peer].traffic;
+  ++traffic.frames_in;
+  traffic.bytes_in += payload.size();
+  if (handler_.on_frame) handler_.on_frame(conn->peer, Frame{header, std::move(payload)});
+  return conn->state != ConnState::kClosed;  // the handler may have disconnected the peer
 }
 
 void UcxTransport::Impl::DeliverBatch(Connection* conn, const Buffer& batch) {
@@ -1275,13 +1287,7 @@ void UcxTransport::Impl::DeliverBatch(Connection* conn, const Buffer& batch) {
     if (size > 0) std::memcpy(payload.data(), p, size);
     p += size;
     left -= size;
-    counters_.frames_received.fetch_add(1, std::memory_order_relaxed);
-    counters_.bytes_received.fetch_add(size, std::memory_order_relaxed);
-    PeerTraffic& traffic = peers_[conn->peer].traffic;
-    ++traffic.frames_in;
-    traffic.bytes_in += size;
-    if (handler_.on_frame) handler_.on_frame(conn->peer, Frame{header, std::move(payload)});
-    if (conn->state == ConnState::kClosed) return;  // the handler disconnected the peer
+    if (!DeliverFrame(conn, header, std::move(payload))) return;
   }
 }
 

@@ -43,7 +43,7 @@ void LazyClock::Stop() {
 }
 
 uint64_t LazyClock::wakeups() const {
-  std::lock_guard<std::mutex> lock(const_cast<std::mutex&>(mu_));
+  std::lock_guard<std::mutex> lock(mu_);
   return wakeups_;
 }
 
@@ -123,8 +123,9 @@ void LazyClock::Apply(Change& c) {
   }
 }
 
-void LazyClock::set_ordinary_timeout(time_point t, caf::abstract_actor* self, caf::atom_value type, uint64_t id) {
-  Change c(Change::kOrdinary);
+void LazyClock::SetTimeout(Change::Kind kind, time_point t, caf::abstract_actor* self, caf::atom_value type,
+                           uint64_t id) {
+  Change c(kind);
   c.t = t;
   c.actor = StrongOf(self);
   c.type = type;
@@ -132,13 +133,12 @@ void LazyClock::set_ordinary_timeout(time_point t, caf::abstract_actor* self, ca
   Push(std::move(c), t);
 }
 
+void LazyClock::set_ordinary_timeout(time_point t, caf::abstract_actor* self, caf::atom_value type, uint64_t id) {
+  SetTimeout(Change::kOrdinary, t, self, type, id);
+}
+
 void LazyClock::set_multi_timeout(time_point t, caf::abstract_actor* self, caf::atom_value type, uint64_t id) {
-  Change c(Change::kMulti);
-  c.t = t;
-  c.actor = StrongOf(self);
-  c.type = type;
-  c.id = id;
-  Push(std::move(c), t);
+  SetTimeout(Change::kMulti, t, self, type, id);
 }
 
 void LazyClock::set_request_timeout(time_point t, caf::abstract_actor* self, caf::message_id id) {

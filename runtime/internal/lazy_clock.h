@@ -85,10 +85,11 @@ class LazyClock final : public caf::detail::thread_safe_actor_clock {
 
   /// Queues `change`; `due` is when it would fire (max() for cancellations).
   void Push(Change change, time_point due);
+  void SetTimeout(Change::Kind kind, time_point t, caf::abstract_actor* self, caf::atom_value type, uint64_t id);
   void Run();
   void Apply(Change& change);
 
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::condition_variable cv_;
   std::vector<Change> queue_;             // guarded by mu_
   time_point wake_at_ = time_point::max();  // guarded by mu_: when the sleeping thread wakes
