@@ -45,6 +45,8 @@ struct Options {
   std::vector<std::string> modes = {"shm", "tcp"};
   std::string self;
   bool troupe_only = false;  // for profiling: troupe's figures only, no baselines
+  std::string only;          // for profiling: "rtt" or "rate" (troupe only, that figure only)
+  uint64_t count = 0;        // for profiling: requests per measured run (0: the default)
 };
 
 std::string TlsOf(const std::string& mode) { return mode == "shm" ? "shm,tcp" : "tcp"; }
@@ -158,18 +160,18 @@ struct Figures {
 
 template <class Request, class Reply, class Make>
 Figures Measure(caf::actor_system& system, const caf::actor& target, const Options& o, Make make) {
-  uint64_t rtt_n = o.quick ? 2000 : 20000;
-  uint64_t rate_n = o.quick ? 20000 : 200000;
-  Drive<Request, Reply>(system, target, rtt_n / 10, 1, make);  // warm-up
+  uint64_t rtt_n = o.count ? o.count : o.quick ? 2000 : 20000;
+  uint64_t rate_n = o.count ? o.count : o.quick ? 20000 : 200000;
   Figures f;
+  if (o.only != "rate") Drive<Request, Reply>(system, target, rtt_n / 10, 1, make);  // warm-up
   double best = 1e30;
-  for (int r = 0; r < 3; ++r) {
+  for (int r = 0; r < 3 && o.only != "rate"; ++r) {
     double t = Drive<Request, Reply>(system, target, rtt_n, 1, make);
     if (t > 0 && t < best) best = t;
   }
   f.rtt_us = best * 1e6 / rtt_n;
   double best_rate = 0;
-  for (int r = 0; r < 2; ++r) {
+  for (int r = 0; r < 2 && o.only != "rtt"; ++r) {
     double t = Drive<Request, Reply>(system, target, rate_n, 256, make);
     if (t > 0) best_rate = std::max(best_rate, rate_n / t);
   }
@@ -291,6 +293,14 @@ int Run(const Options& o) {
                     t->rate / caf_figures->rate, ">= 200000/s", t->rate >= 200000});
   }
 
+  if (!o.only.empty()) {
+    for (const auto& r : rows) {
+      if ((o.only == "rtt") == (r.metric == "round trip") && r.baseline_name != "raw UCX") {
+        std::printf("%-6s %-20s %12.2f %s\n", r.mode.c_str(), r.metric.c_str(), r.troupe, r.unit.c_str());
+      }
+    }
+    return 0;
+  }
   auto rt = runtime::Runtime::Start(RuntimeConfigFor("bench-local", "tcp"), Codecs());
   if (!rt.ok()) {
     std::cerr << "actor_bench: " << rt.status() << "\n";
@@ -351,6 +361,19 @@ int main(int argc, char** argv) {
       o.quick = true;
     } else if (arg == "--troupe-only") {
       o.troupe_only = true;
+    } else if (arg == "--only" && i + 1 < argc) {
+      o.only = argv[++i];
+      o.troupe_only = true;
+      if (o.only != "rtt" && o.only != "rate") {
+        std::cerr << "actor_bench: --only must be rtt or rate\n";
+        return 2;
+      }
+    } else if (arg == "--count" && i + 1 < argc) {
+      o.count = std::strtoull(argv[++i], nullptr, 10);
+      if (o.count == 0) {
+        std::cerr << "actor_bench: --count must be a positive number of requests\n";
+        return 2;
+      }
     } else if (arg == "--json" && i + 1 < argc) {
       o.json = argv[++i];
     } else if (arg == "--mode" && i + 1 < argc) {
@@ -360,7 +383,8 @@ int main(int argc, char** argv) {
         return 2;
       }
     } else {
-      std::cerr << "usage: actor_bench [--quick] [--json PATH] [--mode shm|tcp] [--troupe-only]\n";
+      std::cerr << "usage: actor_bench [--quick] [--json PATH] [--mode shm|tcp] [--troupe-only] [--only rtt|rate] "
+                   "[--count N]\n";
       return 2;
     }
   }
