@@ -310,11 +310,19 @@ void Gateway::Complete(Pending pending, const Status& status) {
     pending.done(status);
     return;
   }
-  if (pending.src) {
-    pending.src->enqueue(caf::make_mailbox_element(nullptr, pending.mid.response_id(), {},
-                                                   caf::make_message(ToCafError(status))),
-                         nullptr);
-  }
+  AnswerRequester(pending, nullptr, caf::make_message(ToCafError(status)), nullptr);
+}
+
+void Gateway::AnswerRequester(const Pending& pending, caf::strong_actor_ptr sender, caf::message reply,
+                              caf::execution_unit* context) {
+  if (!pending.src) return;
+  // CAF 0.17 leaves a request's timer in its clock until it fires (the timeout it then sends is
+  // dropped): every request would hold a timer table entry for its whole timeout. The reply is
+  // here, so its timer goes now (and usually cancels out before reaching the table: LazyClock).
+  system_.clock().cancel_request_timeout(caf::actor_cast<caf::abstract_actor*>(pending.src),
+                                         pending.mid.response_id());
+  pending.src->enqueue(caf::make_mailbox_element(std::move(sender), pending.mid.response_id(), {}, std::move(reply)),
+                       context);
 }
 
 void Gateway::FailPending(uint64_t request_id, const Status& status) {
@@ -525,10 +533,7 @@ void Gateway::OnResponse(NodeId peer, const FrameHeader& header, const Buffer& p
                          : caf::make_message(ToCafError(InvalidArgumentError("reply from node " + std::to_string(peer) +
                                                                              ": " + decoded.status().message())));
   }
-  if (pending.src) {
-    pending.src->enqueue(caf::make_mailbox_element(std::move(sender), pending.mid.response_id(), {}, std::move(reply)),
-                         executor_.get());
-  }
+  AnswerRequester(pending, std::move(sender), std::move(reply), executor_.get());
 }
 
 void Gateway::ReplyError(NodeId peer, const FrameHeader& request, const Status& status) {

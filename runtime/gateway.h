@@ -182,6 +182,9 @@ class Gateway : public RefCodec, public std::enable_shared_from_this<Gateway> {
   /// Completes pending request `request_id` with `status` (if it is still pending).
   void FailPending(uint64_t request_id, const Status& status);
   void Complete(Pending pending, const Status& status);
+  /// Delivers `reply` to the actor that made request `pending` and cancels its timeout.
+  void AnswerRequester(const Pending& pending, caf::strong_actor_ptr sender, caf::message reply,
+                       caf::execution_unit* context);
   std::string AddressOf(NodeId node);
 
   caf::actor_system& system_;

@@ -5,6 +5,8 @@
 #include <caf/actor_system_config.hpp>
 
 #include <algorithm>
+#include <unordered_map>
+#include <unordered_set>
 #include <utility>
 
 namespace troupe::runtime::internal {
@@ -47,6 +49,10 @@ uint64_t LazyClock::wakeups() const {
   return wakeups_;
 }
 
+uint64_t LazyClock::applied() const { return applied_.load(std::memory_order_relaxed); }
+
+size_t LazyClock::scheduled() const { return scheduled_.load(std::memory_order_acquire); }
+
 void LazyClock::Push(Change change, time_point due) {
   std::lock_guard<std::mutex> lock(mu_);
   if (stopped_) return;  // `change` (and the actor it holds) is released after the lock
@@ -81,15 +87,58 @@ void LazyClock::Run() {
     batch.swap(queue_);
     queued_due_ = time_point::max();
     lock.unlock();
+    CancelOut(batch);
     for (auto& change : batch) Apply(change);
     batch.clear();  // releases actors outside the lock: that may queue more changes
+    // Published before anything fires: what a fired timer or message causes happens after it.
+    scheduled_.store(timers_.schedule().size(), std::memory_order_release);
     timers_.trigger_expired_timeouts();
     next_due = timers_.schedule().empty() ? time_point::max() : timers_.schedule().begin()->first;
     lock.lock();
   }
 }
 
+void LazyClock::CancelOut(std::vector<Change>& batch) {
+  // (actor, request id) -> the index in `batch` of its timer or cancellation, not yet paired.
+  std::unordered_map<RequestKey, size_t, RequestKeyHash> open;
+  open.reserve(batch.size() / 2 + 1);
+  std::unordered_set<RequestKey, RequestKeyHash> orphans;
+  orphans.swap(orphan_cancels_);
+  for (size_t i = 0; i < batch.size(); ++i) {
+    Change& c = batch[i];
+    RequestKey key;
+    if (c.kind == Change::kRequest && c.actor) {
+      key = {c.actor->id(), c.mid.integer_value()};
+      if (orphans.erase(key) > 0) {  // cancelled in the previous batch, before it was set
+        c.kind = Change::kNone;
+        continue;
+      }
+    } else if (c.kind == Change::kCancelRequest) {
+      key = {c.aid, c.mid.integer_value()};
+    } else {
+      continue;
+    }
+    auto [it, inserted] = open.try_emplace(key, i);
+    if (inserted) continue;
+    Change& other = batch[it->second];
+    if (other.kind != c.kind) {  // a timer and its cancellation, in either order
+      other.kind = Change::kNone;
+      c.kind = Change::kNone;
+      open.erase(it);
+    } else {
+      it->second = i;
+    }
+  }
+  // A cancellation that met no timer here still goes to the table (its timer may be there); it
+  // is also remembered for one batch, for a timer set just after it.
+  for (const auto& [key, index] : open) {
+    if (batch[index].kind == Change::kCancelRequest) orphan_cancels_.insert(key);
+  }
+}
+
 void LazyClock::Apply(Change& c) {
+  if (c.kind == Change::kNone) return;
+  applied_.fetch_add(1, std::memory_order_relaxed);
   // Null for cancellations (they carry the id only); actor_cast must not see a null pointer.
   auto* actor = c.actor ? caf::actor_cast<caf::abstract_actor*>(c.actor) : nullptr;
   switch (c.kind) {
@@ -119,6 +168,8 @@ void LazyClock::Apply(Change& c) {
       break;
     case Change::kGroupMessage:
       timers_.schedule_message(c.t, std::move(c.group), std::move(c.actor), std::move(c.message));
+      break;
+    case Change::kNone:
       break;
   }
 }

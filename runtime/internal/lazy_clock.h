@@ -8,20 +8,28 @@
 #include <caf/policy/work_sharing.hpp>
 #include <caf/scheduler/coordinator.hpp>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <mutex>
 #include <thread>
+#include <unordered_set>
+#include <utility>
 #include <vector>
 
 namespace troupe::runtime::internal {
 
 /// CAF 0.17's own clock wakes its thread for every timer an actor sets or cancels, and every
-/// request sets one and its reply cancels it: two futex wake-ups and two context switches per
-/// request, which on a 2-core machine cost more than the request itself. This clock queues
-/// timer changes and wakes its thread only when a change moves the next due time earlier, or
-/// once `kBatch` changes have queued up. Its thread applies queued changes in order before it
-/// fires anything, so a cancelled timer never fires late or twice.
+/// request sets one: a futex wake-up and a context switch per request, which on a 2-core
+/// machine cost more than the request itself. CAF never cancels a request's timer when the
+/// reply comes (the timer fires later and its timeout is dropped; only an actor's exit clears
+/// its timers), so the table would also hold every request of the last timeout period; troupe's
+/// gateway cancels the timer of each remote request it answers.
+///
+/// This clock queues timer changes and wakes its thread only when a change moves the next due
+/// time earlier, or once `kBatch` changes have queued up. Its thread applies queued changes in
+/// order before it fires anything, so a cancelled timer never fires late or twice; a request
+/// timer cancelled within its own batch never reaches the table at all.
 ///
 /// It derives from CAF's thread_safe_actor_clock only because CAF's coordinator declares
 /// clock() with that return type; none of the base class's state or thread is used (the
@@ -31,8 +39,11 @@ namespace troupe::runtime::internal {
 /// scheduled, joins). Every public member is thread-safe.
 class LazyClock final : public caf::detail::thread_safe_actor_clock {
  public:
-  /// Changes that may queue before the thread is woken to apply them.
-  static constexpr size_t kBatch = 1024;
+  /// Changes that may queue before the thread is woken to apply them. A request's timer and the
+  /// cancellation its reply brings usually meet in one batch and cancel out without touching
+  /// the timer table (see Run), so the batch is large enough to hold both for a few thousand
+  /// requests in flight.
+  static constexpr size_t kBatch = 4096;
 
   LazyClock() = default;
   ~LazyClock() override;
@@ -53,6 +64,12 @@ class LazyClock final : public caf::detail::thread_safe_actor_clock {
 
   /// Times the thread was woken by a change (not by a due timer); for tests.
   uint64_t wakeups() const;
+  /// Changes that reached the timer table: those not cancelled out within their batch; for tests.
+  uint64_t applied() const;
+  /// Timers and delayed messages in the table once the thread last applied queued changes,
+  /// counted before it fired what was due (so what a fired timer causes happens after the
+  /// count it is in); for tests.
+  size_t scheduled() const;
 
  private:
   /// One queued call, replayed on the clock's thread against `timers_`.
@@ -67,6 +84,7 @@ class LazyClock final : public caf::detail::thread_safe_actor_clock {
       kCancelEverything,
       kMessage,
       kGroupMessage,
+      kNone,  // cancelled out within its batch
     };
     explicit Change(Kind k) : kind(k) {}
     Kind kind;
@@ -87,6 +105,13 @@ class LazyClock final : public caf::detail::thread_safe_actor_clock {
   void Push(Change change, time_point due);
   void SetTimeout(Change::Kind kind, time_point t, caf::abstract_actor* self, caf::atom_value type, uint64_t id);
   void Run();
+  /// Turns each request timer that `batch` also cancels, and that cancellation, into kNone:
+  /// the timer could not fire in between (a batch is applied whole before anything fires), so
+  /// neither needs to reach the table. Either order counts: CAF sets a request's timer just
+  /// after sending the request, so a fast reply's cancellation (from the gateway) can come
+  /// first; for that reason a timer set in the batch after its cancellation is dropped too.
+  /// Request ids are never reused by an actor, so no later timer can match by accident.
+  void CancelOut(std::vector<Change>& batch);
   void Apply(Change& change);
 
   mutable std::mutex mu_;
@@ -97,6 +122,16 @@ class LazyClock final : public caf::detail::thread_safe_actor_clock {
   bool sleeping_ = false;                 // guarded by mu_
   bool stopped_ = false;                  // guarded by mu_
   uint64_t wakeups_ = 0;                  // guarded by mu_
+  std::atomic<uint64_t> applied_{0};
+  using RequestKey = std::pair<caf::actor_id, uint64_t>;  // (actor, request message id)
+  struct RequestKeyHash {
+    size_t operator()(const RequestKey& k) const {
+      return std::hash<uint64_t>()(k.first * 0x9E3779B97F4A7C15ULL ^ k.second);
+    }
+  };
+  /// Request cancellations of the last batch that met no timer in it; clock thread only.
+  std::unordered_set<RequestKey, RequestKeyHash> orphan_cancels_;
+  std::atomic<size_t> scheduled_{0};
   std::thread thread_;
   /// CAF's single-threaded timer table, with its cancellations by actor id made reachable.
   struct Timers : caf::detail::simple_actor_clock {

@@ -8,10 +8,12 @@
 
 #include <future>
 #include <memory>
+#include <vector>
 
 #include "common/clock.h"
 #include "runtime/error.h"
 #include "runtime/gateway.h"
+#include "runtime/internal/lazy_clock.h"
 #include "runtime/messages.capnp.h"
 #include "runtime/node_identity.h"
 #include "runtime/wire_types.h"
@@ -30,10 +32,30 @@ using transport::FrameHeader;
 constexpr runtime::NodeId kSelf = 1, kPeer = 2;
 constexpr uint32_t kIncarnation = 0x123;
 
+// CAF configured as troupe's runtime configures it (work sharing, troupe's clock).
 caf::actor_system_config& Sharing(caf::actor_system_config& cfg) {
   cfg.set("scheduler.policy", caf::atom("sharing"));
   cfg.set("scheduler.max-threads", 2);
+  runtime::internal::InstallLazyClock(cfg);
   return cfg;
+}
+
+// The number of timers in the actor system's clock once it has applied every change queued so
+// far (cancellations wait in its queue until something wakes it: a 1 ms delayed message does;
+// the count the clock publishes just before it delivers that message includes it).
+size_t TimersAfterFlush(caf::actor_system& system) {
+  auto& clock = static_cast<runtime::internal::LazyClock&>(system.clock());
+  std::promise<void> fired;
+  auto marker = system.spawn([&](caf::event_based_actor* self) -> caf::behavior {
+    return {[&, self](caf::ok_atom) {
+      fired.set_value();
+      self->quit();
+    }};
+  });
+  clock.schedule_message(clock.now() + std::chrono::milliseconds(1), caf::actor_cast<caf::strong_actor_ptr>(marker),
+                         caf::make_mailbox_element(nullptr, caf::make_message_id(), {}, caf::ok_atom::value));
+  if (fired.get_future().wait_for(std::chrono::seconds(5)) != std::future_status::ready) return SIZE_MAX;
+  return clock.scheduled() - 1;
 }
 
 Status ErrorIn(const Frame& frame) {
@@ -76,6 +98,16 @@ class GatewayTest : public ::testing::Test {
     return std::move(encoded->payload);
   }
 
+  /// Answers `request` (from kPeer's actor 77) with Count{value}.
+  void ReplyCount(const Frame& request, int value) {
+    FrameHeader header;
+    header.flags = runtime::kFlagResponse;
+    header.request_id = request.header.request_id;
+    header.type_id = kCount;
+    header.src_actor = 77;
+    transport_.Deliver(kPeer, header, Encode(caf::make_message(Count{value})));
+  }
+
   std::optional<Frame> WaitSent(uint32_t type_id, uint32_t flags = 0) {
     return transport_.WaitForSent(
         [&](const Frame& f) { return f.header.type_id == type_id && (f.header.flags & flags) == flags; }, 5s);
@@ -105,17 +137,43 @@ TEST_F(GatewayTest, ARequestBecomesAFrameAndItsReplyReachesTheRequester) {
   auto request = WaitSent(kGet, runtime::kFlagRequest);
   ASSERT_TRUE(request) << "the request never reached the transport";
   EXPECT_EQ(gateway_->stats().requests_pending, 1u);
-  FrameHeader header;
-  header.flags = runtime::kFlagResponse;
-  header.request_id = request->header.request_id;
-  header.type_id = kCount;
-  header.src_actor = 77;
-  transport_.Deliver(kPeer, header, Encode(caf::make_message(Count{42})));
+  ReplyCount(*request, 42);
   auto count = reply.get();
   ASSERT_TRUE(count.ok()) << count.status();
   EXPECT_EQ(count->value, 42);
   EXPECT_EQ(gateway_->stats().requests_pending, 0u);
   EXPECT_EQ(gateway_->stats().latency_count, 1u) << "the round trip was not recorded in the latency histogram";
+}
+
+TEST_F(GatewayTest, AnAnsweredRequestLeavesNoTimerInTheClock) {
+  // CAF 0.17 keeps a request's timer until it fires (or its actor exits), answered or not; the
+  // gateway cancels it when it delivers the reply, and when it fails the request fast. The
+  // requester here lives on, as services do.
+  ActorRef ref = gateway_->RefTo(kPeer, 77);
+  ASSERT_EQ(TimersAfterFlush(system_), 0u) << "timers before any request";
+  std::vector<caf::actor> requesters;
+  for (int i = 0; i < 2; ++i) {
+    auto done = std::make_shared<std::promise<bool>>();
+    auto answered = done->get_future();
+    caf::actor target = ref.handle();
+    requesters.push_back(system_.spawn([target, done](caf::event_based_actor* self) -> caf::behavior {
+      self->request(target, std::chrono::seconds(30), Get{})
+          .then([done](Count&) { done->set_value(true); }, [done](caf::error&) { done->set_value(false); });
+      return {[](int) {}};  // stays alive after the reply
+    }));
+    auto request = WaitSent(kGet, runtime::kFlagRequest);
+    ASSERT_TRUE(request) << "the request never reached the transport";
+    if (i == 0) {
+      ReplyCount(*request, 1);
+    } else {
+      transport_.Fail(kPeer, UnavailableError("link down"));
+    }
+    ASSERT_EQ(answered.wait_for(5s), std::future_status::ready) << "the requester got no reply";
+    EXPECT_EQ(answered.get(), i == 0);
+    EXPECT_EQ(TimersAfterFlush(system_), 0u)
+        << (i == 0 ? "an answered" : "a failed") << " request's 30 s timer is still in the clock";
+  }
+  for (auto& r : requesters) caf::anon_send_exit(r, caf::exit_reason::user_shutdown);
 }
 
 TEST_F(GatewayTest, NodeLossFailsPendingRequestsAndFiresMonitors) {

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <future>
 #include <memory>
 #include <thread>
@@ -90,6 +91,36 @@ TEST(LazyClock, AnsweredRequestsNeitherTimeOutNorWakeTheClockForEach) {
   // its thread for each; this one for the first timer and once per kBatch changes.
   EXPECT_LE(s.clock().wakeups() - wakeups_before, 2 * kRequests / LazyClock::kBatch + 4);
   caf::anon_send_exit(echo, caf::exit_reason::user_shutdown);
+}
+
+TEST(LazyClock, ARequestTimerCancelledInItsBatchNeverReachesTheTimerTable) {
+  // CAF 0.17 never cancels a request's timer itself; troupe's gateway cancels it when the reply
+  // arrives. A timer and its cancellation queued in the same batch cancel out there.
+  System s;
+  auto requester = s.system->spawn([]() -> caf::behavior { return {[](int) {}}; });
+  auto* self = caf::actor_cast<caf::abstract_actor*>(requester);
+  constexpr uint64_t kRequests = 20000;
+  auto applied_before = s.clock().applied();
+  for (uint64_t i = 1; i <= kRequests; ++i) {
+    auto id = caf::make_message_id(i).response_id();
+    s.clock().set_request_timeout(s.clock().now() + 30s, self, id);
+    s.clock().cancel_request_timeout(self, id);
+  }
+  // Changes apply in order before anything fires: once a message delayed after them arrives,
+  // all of them have been applied.
+  std::promise<void> flushed;
+  auto marker = s.system->spawn([&](caf::event_based_actor*) -> caf::behavior {
+    return {[&](caf::ok_atom) { flushed.set_value(); }};
+  });
+  s.clock().schedule_message(s.clock().now() + 1ms, caf::actor_cast<caf::strong_actor_ptr>(marker),
+                             caf::make_mailbox_element(nullptr, caf::make_message_id(), {}, caf::ok_atom::value));
+  ASSERT_EQ(flushed.get_future().wait_for(5s), std::future_status::ready) << "a 1 ms delayed message did not arrive";
+  // 40,000 changes in batches of kBatch (or fewer, when the thread wakes for a due time): a
+  // pair is split only where a batch ends between its two halves.
+  EXPECT_LE(s.clock().applied() - applied_before, 2 * (2 * kRequests / LazyClock::kBatch + 8))
+      << "timers and their cancellations reached the table instead of cancelling out";
+  caf::anon_send_exit(requester, caf::exit_reason::user_shutdown);
+  caf::anon_send_exit(marker, caf::exit_reason::user_shutdown);
 }
 
 TEST(LazyClock, DelayedMessagesAndReceiveTimeoutsFireAndCancelledTimeoutsDoNot) {
