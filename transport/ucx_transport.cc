@@ -409,7 +409,11 @@ void UcxTransport::Impl::Run(std::promise<Status>* started) {
   unsigned idle_turns = 0;
   while (true) {
     bool active = DrainCommands();
-    while (ucp_worker_progress(worker_) != 0) active = true;
+    // One progress call per turn, not until UCX runs dry: what the handlers of this call sent
+    // (replies, follow-up requests) leaves at the next DrainCommands, while the peer is still
+    // sending. Draining everything first made both sides take turns: each let the other's
+    // whole window arrive before answering any of it, and idled while the other did the same.
+    if (ucp_worker_progress(worker_) != 0) active = true;
     if (!conn_requests_.empty()) {
       HandleConnRequests();
       active = true;
