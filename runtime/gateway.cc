@@ -33,15 +33,18 @@ class GatewayActor final : public caf::monitorable_actor {
   std::weak_ptr<Gateway> core_;
 };
 
-/// A forwarding_actor_proxy that, once killed (its node or actor is gone), answers requests
+/// A forwarding_actor_proxy that hands what is sent to it straight to the gateway (CAF's own
+/// proxy wraps each message in a forward_atom tuple and a second mailbox element for the
+/// gateway actor to unpack), and that, once killed (its node or actor is gone), answers requests
 /// at once with the kill reason instead of dropping them (CAF's own proxy drops them and the
-/// requester waits for its timeout).
+/// requester waits for its timeout). Links and unlinks still go through CAF's forwarding.
 class RemoteProxy final : public caf::forwarding_actor_proxy {
  public:
-  RemoteProxy(caf::actor_config& cfg, caf::actor gateway)
-      : caf::forwarding_actor_proxy(cfg, std::move(gateway)) {}
+  RemoteProxy(caf::actor_config& cfg, caf::actor gateway, std::weak_ptr<Gateway> core)
+      : caf::forwarding_actor_proxy(cfg, std::move(gateway)), core_(std::move(core)) {}
 
   void enqueue(caf::mailbox_element_ptr what, caf::execution_unit* context) override {
+    if (!what) return;
     if (killed_.load(std::memory_order_acquire)) {
       if (what && what->mid.is_request() && what->sender) {
         caf::error reason;
@@ -57,7 +60,8 @@ class RemoteProxy final : public caf::forwarding_actor_proxy {
       }
       return;
     }
-    caf::forwarding_actor_proxy::enqueue(std::move(what), context);
+    if (auto core = core_.lock()) core->OnForward(std::move(what->sender), node(), id(), what->mid,
+                                                  what->move_content_to_message());
   }
 
   void kill_proxy(caf::execution_unit* context, caf::error reason) override {
@@ -70,6 +74,7 @@ class RemoteProxy final : public caf::forwarding_actor_proxy {
   }
 
  private:
+  const std::weak_ptr<Gateway> core_;
   std::atomic<bool> killed_{false};
   std::mutex mu_;
   caf::error reason_;
@@ -160,11 +165,12 @@ void Gateway::OnLocalMessage(caf::mailbox_element& element, caf::execution_unit*
   auto& content = element.content();
   if (content.match_elements<caf::forward_atom, caf::strong_actor_ptr, std::vector<caf::strong_actor_ptr>,
                              caf::strong_actor_ptr, caf::message_id, caf::message>()) {
+    // From a plain CAF forwarding_actor_proxy (troupe's RemoteProxy calls OnForward itself).
     auto src = content.get_as<caf::strong_actor_ptr>(1);
     const auto& dest = content.get_as<caf::strong_actor_ptr>(3);
     auto mid = content.get_as<caf::message_id>(4);
     auto msg = content.get_as<caf::message>(5);
-    if (dest) OnForward(std::move(src), dest, mid, std::move(msg));
+    if (dest) OnForward(std::move(src), dest->node(), dest->id(), mid, std::move(msg));
     return;
   }
   if (content.match_elements<caf::monitor_atom, caf::strong_actor_ptr>()) {
@@ -175,19 +181,19 @@ void Gateway::OnLocalMessage(caf::mailbox_element& element, caf::execution_unit*
   spdlog::debug("gateway: ignoring local message {}", caf::to_string(content));
 }
 
-void Gateway::OnForward(caf::strong_actor_ptr src, const caf::strong_actor_ptr& dest, caf::message_id mid,
-                        caf::message msg) {
-  auto node = FromCafNode(dest->node());
+void Gateway::OnForward(caf::strong_actor_ptr src, const caf::node_id& dest_node, caf::actor_id dest_id,
+                        caf::message_id mid, caf::message msg) {
+  auto node = FromCafNode(dest_node);
   if (!node) {
-    spdlog::error("gateway: message for {} which is not a troupe proxy", caf::to_string(dest->node()));
+    spdlog::error("gateway: message for {} which is not a troupe proxy", caf::to_string(dest_node));
     return;
   }
   FrameHeader header;
   header.dst_node = *node;
-  header.dst_actor = dest->id();
+  header.dst_actor = dest_id;
   header.src_actor = IsLocal(src) ? WireIdOf(src) : 0;
   if (spdlog::should_log(spdlog::level::trace)) {  // the arguments cost even when off
-    spdlog::trace("gateway: forward {} to node {} actor {:#x} ({})", caf::to_string(msg), *node, dest->id(),
+    spdlog::trace("gateway: forward {} to node {} actor {:#x} ({})", caf::to_string(msg), *node, dest_id,
                   mid.is_response() ? "reply" : mid.is_request() ? "request" : "one-way");
   }
 
@@ -218,8 +224,9 @@ void Gateway::OnForward(caf::strong_actor_ptr src, const caf::strong_actor_ptr& 
   }
 
   // The receiver sees the sender as a proxy, which watches it from birth (a monitor request
-  // to this node): the sender must be findable here, or that proxy dies at once.
-  Publish(src);
+  // to this node): the sender must be findable here, or that proxy dies at once. A request
+  // checks that in its pending-table section below, before its frame leaves.
+  if (!mid.is_request()) Publish(src);
   auto encoded = codecs_.Encode(msg, *this);
   if (mid.is_request()) {
     if (!encoded.ok()) {
@@ -227,14 +234,17 @@ void Gateway::OnForward(caf::strong_actor_ptr src, const caf::strong_actor_ptr& 
       return;
     }
     uint64_t request_id = 0;
+    bool published = true;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      published = !IsLocal(src) || published_.count(src->id()) > 0;
       if (pending_.size() >= config_.max_pending_requests) {
         request_id = 0;
       } else {
         request_id = ++next_request_id_;
-        auto deadline = clock_.Now() + config_.request_ttl;
-        pending_.emplace(request_id, Pending{*node, src, mid, deadline, {}, clock_.Now()});
+        auto now = clock_.Now();
+        auto deadline = now + config_.request_ttl;
+        pending_.emplace(request_id, Pending{*node, src, mid, deadline, {}, now});
         deadlines_.emplace(deadline, request_id);
       }
     }
@@ -244,6 +254,7 @@ void Gateway::OnForward(caf::strong_actor_ptr src, const caf::strong_actor_ptr& 
                                       " remote requests are pending"));
       return;
     }
+    if (!published) Publish(src);
     header.flags = kFlagRequest;
     header.request_id = request_id;
     header.type_id = encoded->type_id;
@@ -257,7 +268,7 @@ void Gateway::OnForward(caf::strong_actor_ptr src, const caf::strong_actor_ptr& 
 
   if (!encoded.ok()) {
     ++dropped_;
-    spdlog::warn("gateway: dropped a message to {}: {}", ActorRef({}, *node, dest->id()).ToString(),
+    spdlog::warn("gateway: dropped a message to {}: {}", ActorRef({}, *node, dest_id).ToString(),
                  encoded.status().message());
     return;
   }
@@ -415,15 +426,15 @@ void Gateway::OnFrame(NodeId peer, transport::Frame frame) {
     Deliver(peer, header, frame.payload);
   }
   if (executor_) {
-    auto slowest = executor_->Drain();
-    if (slowest > std::chrono::milliseconds(5)) {
+    auto held = executor_->Drain();
+    if (held > std::chrono::milliseconds(5)) {
       // At most one warning every 10 s.
       int64_t now_s = std::chrono::duration_cast<std::chrono::seconds>(clock_.Now().time_since_epoch()).count();
       int64_t last = last_slow_warning_.load();
       if (now_s - last >= 10 && last_slow_warning_.compare_exchange_strong(last, now_s)) {
-        spdlog::warn("gateway: an actor held the transport's progress thread for {} ms; spawn actors with long "
+        spdlog::warn("gateway: actors held the transport's progress thread for {} ms; spawn actors with long "
                      "handlers caf::detached (or turn off run_actors_on_progress_thread)",
-                     slowest.count() / 1000);
+                     held.count() / 1000);
       }
     }
   }
@@ -653,7 +664,7 @@ caf::strong_actor_ptr Gateway::ProxyFor(NodeId node, uint64_t wire_id) {
   // Made outside the lock: creating a proxy calls back into OnLocalMessage (monitor request).
   caf::actor_config cfg;
   caf::strong_actor_ptr proxy = caf::make_actor<RemoteProxy, caf::strong_actor_ptr>(
-      wire_id, ToCafNode(node), &system_, cfg, actor_);
+      wire_id, ToCafNode(node), &system_, cfg, actor_, weak_from_this());
   if (stopped_) {
     KillProxy(proxy, ToCafError(CancelledError("the runtime stopped")));
     return proxy;

@@ -110,8 +110,13 @@ class Gateway : public RefCodec, public std::enable_shared_from_this<Gateway> {
   void OnPeerFailed(NodeId peer, const Status& reason);
 
   // ---- CAF side (any thread) ----
-  /// Everything sent to actor(): forwarded messages from proxies and proxy-creation notices.
+  /// Everything sent to actor(): proxy-creation notices, and messages forwarded by CAF's own
+  /// forwarding_actor_proxy (troupe's proxies call OnForward directly).
   void OnLocalMessage(caf::mailbox_element& element, caf::execution_unit* context);
+  /// A message from `src` (null for anonymous sends) to remote actor `dest_id` of node
+  /// `dest_node`: a request, a one-way message, or a local actor's reply to a peer's request.
+  void OnForward(caf::strong_actor_ptr src, const caf::node_id& dest_node, caf::actor_id dest_id,
+                 caf::message_id mid, caf::message msg);
 
   /// Heartbeats, failure detection and the pending-request sweep. The runtime calls it every
   /// heartbeat interval; tests call it after advancing a ManualClock.
@@ -156,8 +161,6 @@ class Gateway : public RefCodec, public std::enable_shared_from_this<Gateway> {
   };
   using Deadline = std::pair<Clock::TimePoint, uint64_t>;
 
-  void OnForward(caf::strong_actor_ptr src, const caf::strong_actor_ptr& dest, caf::message_id mid,
-                 caf::message msg);
   void OnProxyCreated(const caf::strong_actor_ptr& proxy);
   void Deliver(NodeId peer, const transport::FrameHeader& header, const Buffer& payload);
   void OnResponse(NodeId peer, const transport::FrameHeader& header, const Buffer& payload);

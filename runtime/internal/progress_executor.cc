@@ -16,7 +16,8 @@ void ProgressExecutor::HandOff() {
 }
 
 std::chrono::microseconds ProgressExecutor::Drain() {
-  std::chrono::microseconds slowest{0};
+  if (queue_.empty()) return std::chrono::microseconds(0);
+  auto start = std::chrono::steady_clock::now();
   size_t budget = max_jobs_;
   while (!queue_.empty()) {
     caf::resumable* job = queue_.front();
@@ -26,11 +27,7 @@ std::chrono::microseconds ProgressExecutor::Drain() {
       continue;
     }
     --budget;
-    auto start = std::chrono::steady_clock::now();
-    auto result = job->resume(this, max_throughput_);
-    slowest = std::max(slowest, std::chrono::duration_cast<std::chrono::microseconds>(
-                                    std::chrono::steady_clock::now() - start));
-    switch (result) {
+    switch (job->resume(this, max_throughput_)) {
       case caf::resumable::resume_later:
         // It has more to do than one turn: let CAF's workers carry on.
         system().scheduler().enqueue(job);
@@ -42,7 +39,7 @@ std::chrono::microseconds ProgressExecutor::Drain() {
         break;
     }
   }
-  return slowest;
+  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start);
 }
 
 }  // namespace troupe::runtime::internal

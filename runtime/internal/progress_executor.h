@@ -24,7 +24,7 @@ class ProgressExecutor final : public caf::execution_unit {
 
   void exec_later(caf::resumable* job) override { queue_.push_back(job); }
 
-  /// Runs the queued jobs. Returns how long the slowest one held the thread.
+  /// Runs the queued jobs. Returns how long they held the thread (0 when none was queued).
   std::chrono::microseconds Drain();
   /// Hands every queued job to CAF's scheduler (at shutdown).
   void HandOff();
