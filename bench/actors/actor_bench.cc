@@ -308,9 +308,13 @@ int Run(const Options& o) {
   }
   uint64_t n = o.quick ? 200000 : 1000000;
   double plain = 1e30, via_ref = 1e30;
-  for (int r = 0; r < 3; ++r) {
+  // The best of five rounds each, the two taking turns to go first: on a shared machine one
+  // round's figure moves by 20% or more with what else runs.
+  for (int r = 0; r < 5; ++r) {
+    bool ref_first = (r % 2) == 1;
+    if (ref_first) via_ref = std::min(via_ref, LocalSendNs(**rt, n, true));
     plain = std::min(plain, LocalSendNs(**rt, n, false));
-    via_ref = std::min(via_ref, LocalSendNs(**rt, n, true));
+    if (!ref_first) via_ref = std::min(via_ref, LocalSendNs(**rt, n, true));
   }
   rows.push_back({"local", "send", "ns/msg", "caf::anon_send", via_ref, plain, via_ref / plain, "<= 1.2",
                   via_ref / plain <= 1.2});
