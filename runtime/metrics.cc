@@ -86,6 +86,8 @@ MetricsSource RuntimeMetrics(Runtime& runtime) {
     };
     counter("troupe_transport_frames_sent_total", "Frames sent to peers", s.transport.frames_sent);
     counter("troupe_transport_frames_received_total", "Frames received from peers", s.transport.frames_received);
+    counter("troupe_transport_batches_sent_total", "Messages that carried several small frames to one peer",
+            s.transport.batches_sent);
     counter("troupe_transport_bytes_sent_total", "Payload bytes sent", s.transport.bytes_sent);
     counter("troupe_transport_bytes_received_total", "Payload bytes received", s.transport.bytes_received);
     counter("troupe_transport_send_errors_total", "Sends that failed", s.transport.send_errors);
