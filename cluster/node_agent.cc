@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 #include <map>
+#include <thread>
 
 #include "actors/gpu_slice.h"
 #include "cluster/head.h"
@@ -165,7 +166,33 @@ GpuReport NodeAgent::Report() {
 
 NodeAgent::~NodeAgent() {
   Stop();
-  if (runtime_) runtime_->Stop();
+  Shutdown();
+}
+
+void NodeAgent::Shutdown() {
+  if (!runtime_) return;
+  // The slice actors hold `slices_` (their listeners) and `slices_` holds them: they end only
+  // by an exit. The agent actor holds `slices_` too.
+  std::vector<runtime::ActorRef> actors;
+  if (agent_.valid()) actors.push_back(agent_);
+  if (slices_) {
+    std::lock_guard<std::mutex> lock(slices_->mu);
+    for (const auto& gpu : slices_->actors) actors.insert(actors.end(), gpu.begin(), gpu.end());
+  }
+  for (const auto& a : actors) {
+    if (a.handle()) caf::anon_send_exit(a.handle(), caf::exit_reason::user_shutdown);
+  }
+  // Stopping the runtime kills its proxies, which ends the watchers of remote actors (the
+  // head's, from Run) with a down message.
+  runtime_->Stop();
+  auto& registry = runtime_->system().registry();
+  const auto deadline = std::chrono::steady_clock::now() + 2s;
+  while (registry.running() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(1ms);
+  }
+  if (registry.running() > 0) {
+    spdlog::debug("node {}: {} actor(s) still running at exit", spec_ ? spec_->name : "?", registry.running());
+  }
 }
 
 void NodeAgent::Stop() {

@@ -46,6 +46,10 @@ class NodeAgent {
   Status SpawnSlices();
   /// What the GPUs do now (NVML), for the head's load-aware placement.
   GpuReport Report();
+  /// At exit: ends the agent and slice actors, stops the runtime, and gives the actors it
+  /// ended (the head's watcher among them) a moment to finish. The runtime does not wait for
+  /// actors, and one alive when the actor system goes is never freed.
+  void Shutdown();
 
   ClusterConfig config_;
   std::vector<GpuInfo> gpus_;
