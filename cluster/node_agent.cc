@@ -5,7 +5,6 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 #include <map>
-#include <thread>
 
 #include "actors/gpu_slice.h"
 #include "cluster/head.h"
@@ -185,14 +184,7 @@ void NodeAgent::Shutdown() {
   // Stopping the runtime kills its proxies, which ends the watchers of remote actors (the
   // head's, from Run) with a down message.
   runtime_->Stop();
-  auto& registry = runtime_->system().registry();
-  const auto deadline = std::chrono::steady_clock::now() + 2s;
-  while (registry.running() > 0 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(1ms);
-  }
-  if (registry.running() > 0) {
-    spdlog::debug("node {}: {} actor(s) still running at exit", spec_ ? spec_->name : "?", registry.running());
-  }
+  runtime_->AwaitActors(2s);
 }
 
 void NodeAgent::Stop() {

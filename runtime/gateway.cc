@@ -46,7 +46,7 @@ class RemoteProxy final : public caf::forwarding_actor_proxy {
   void enqueue(caf::mailbox_element_ptr what, caf::execution_unit* context) override {
     if (!what) return;
     if (killed_.load(std::memory_order_acquire)) {
-      if (what && what->mid.is_request() && what->sender) {
+      if (what->mid.is_request() && what->sender) {
         caf::error reason;
         {
           std::lock_guard<std::mutex> lock(mu_);
@@ -165,7 +165,8 @@ void Gateway::OnLocalMessage(caf::mailbox_element& element, caf::execution_unit*
   auto& content = element.content();
   if (content.match_elements<caf::forward_atom, caf::strong_actor_ptr, std::vector<caf::strong_actor_ptr>,
                              caf::strong_actor_ptr, caf::message_id, caf::message>()) {
-    // From a plain CAF forwarding_actor_proxy (troupe's RemoteProxy calls OnForward itself).
+    // Links and unlinks: RemoteProxy hands messages to OnForward itself, but CAF forwards these
+    // through forwarding_actor_proxy's private forward_msg, which cannot be overridden.
     auto src = content.get_as<caf::strong_actor_ptr>(1);
     const auto& dest = content.get_as<caf::strong_actor_ptr>(3);
     auto mid = content.get_as<caf::message_id>(4);

@@ -110,8 +110,8 @@ class Gateway : public RefCodec, public std::enable_shared_from_this<Gateway> {
   void OnPeerFailed(NodeId peer, const Status& reason);
 
   // ---- CAF side (any thread) ----
-  /// Everything sent to actor(): proxy-creation notices, and messages forwarded by CAF's own
-  /// forwarding_actor_proxy (troupe's proxies call OnForward directly).
+  /// Everything sent to actor(): proxy-creation notices, and the links and unlinks that CAF
+  /// forwards from proxies (messages to proxies go to OnForward directly).
   void OnLocalMessage(caf::mailbox_element& element, caf::execution_unit* context);
   /// A message from `src` (null for anonymous sends) to remote actor `dest_id` of node
   /// `dest_node`: a request, a one-way message, or a local actor's reply to a peer's request.

@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include <future>
+#include <thread>
 
 #include "runtime/directory.h"
 #include "runtime/internal/lazy_clock.h"
@@ -121,6 +122,20 @@ void Runtime::Stop() {
     std::lock_guard<std::mutex> lock(names_->mu);
     names_->table.clear();
   }
+}
+
+bool Runtime::AwaitActors(std::chrono::milliseconds limit) {
+  // CAF's registry counts running actors but offers only an unbounded wait for a count.
+  auto& registry = system_->registry();
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (registry.running() > 0) {
+    if (std::chrono::steady_clock::now() >= deadline) {
+      spdlog::debug("runtime: {} actor(s) still running after {} ms", registry.running(), limit.count());
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
 }
 
 ActorRef Runtime::Ref(const caf::actor& actor) const {

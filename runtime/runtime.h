@@ -81,7 +81,13 @@ class Runtime : private ControlHandler {
   Runtime(const Runtime&) = delete;
   Runtime& operator=(const Runtime&) = delete;
 
+  /// Stops the heartbeats, the gateway (killing every proxy, so watchers of remote actors get
+  /// their down message) and the transport. Local actors are not ended: see AwaitActors.
   void Stop();
+  /// Waits until no actor of this process runs, at most `limit`; false if some still do. The
+  /// actor system does not wait for actors when it goes, and an actor alive then is never
+  /// freed: a program ends what it spawned, calls Stop(), then this before it exits.
+  bool AwaitActors(std::chrono::milliseconds limit);
 
   caf::actor_system& system() { return *system_; }
   NodeId node_id() const { return node_id_; }

@@ -144,16 +144,10 @@ TEST_F(RuntimeThreeProcess, HundredThousandPipelinedMessagesArriveInOrder) {
   ASSERT_TRUE(counter.valid());
   constexpr uint64_t kMessages = 100000;
   for (uint64_t i = 0; i < kMessages; ++i) counter.Send(Seq{i});
-  SeqResult result;
-  auto deadline = std::chrono::steady_clock::now() + 60s;
-  while (std::chrono::steady_clock::now() < deadline) {
-    auto report = counter.Request<SeqResult>(SeqReport{}, 10s);
-    ASSERT_TRUE(report.ok()) << report.status();
-    result = *report;
-    if (result.received >= kMessages) break;
-  }
-  EXPECT_EQ(result.received, kMessages) << "messages were lost";
-  EXPECT_TRUE(result.in_order) << "messages arrived out of order";
+  auto result = AwaitSeq(counter, kMessages, 60s);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->received, kMessages) << "messages were lost";
+  EXPECT_TRUE(result->in_order) << "messages arrived out of order";
 }
 
 TEST_F(RuntimeThreeProcess, RemoteSpawnReturnsAWorkingRef) {

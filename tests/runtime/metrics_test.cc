@@ -4,8 +4,6 @@
 
 #include <gtest/gtest.h>
 
-#include <future>
-#include <memory>
 #include <optional>
 #include <thread>
 
@@ -61,19 +59,13 @@ TEST(RuntimeMetrics, TransportCountersAndBatchesAreExported) {
   auto counter = a->Spawn(Counter, int64_t{0});
   caf::send_as(counter.handle(), remote_fan.handle(), Add{20});
 
-  SeqResult seen;
-  auto deadline = std::chrono::steady_clock::now() + 5s;
-  while (std::chrono::steady_clock::now() < deadline) {
-    auto r = counter.Request<SeqResult>(SeqReport{}, 5s);
-    ASSERT_TRUE(r.ok()) << r.status();
-    seen = *r;
-    if (seen.received == 20) break;
-  }
-  ASSERT_EQ(seen.received, 20u) << "the fan's messages did not all arrive";
-  EXPECT_TRUE(seen.in_order);
+  auto seen = AwaitSeq(counter, 20, 5s);
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  ASSERT_EQ(seen->received, 20u) << "the fan's messages did not all arrive";
+  EXPECT_TRUE(seen->in_order);
 
   // A send counts once UCX completes it, which can come after the peer already has the data.
-  deadline = std::chrono::steady_clock::now() + 5s;
+  auto deadline = std::chrono::steady_clock::now() + 5s;
   while (b->stats().transport.frames_sent < 20 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::yield();
   }
@@ -93,15 +85,12 @@ TEST(RuntimeMetrics, TransportCountersAndBatchesAreExported) {
 
   // Both actors go before the runtimes: an actor alive when its actor system is destroyed is
   // never freed (the runtime does not wait for actors), which LeakSanitizer reports.
-  for (const auto& ref : {fan, counter}) {
-    auto gone = std::make_shared<std::promise<void>>();
-    auto down = gone->get_future();
-    ref.handle()->attach_functor([gone](const caf::error&) { gone->set_value(); });
-    caf::anon_send_exit(ref.handle(), caf::exit_reason::user_shutdown);
-    ASSERT_EQ(down.wait_for(5s), std::future_status::ready) << ref.ToString() << " did not exit";
-  }
+  caf::anon_send_exit(fan.handle(), caf::exit_reason::user_shutdown);
+  caf::anon_send_exit(counter.handle(), caf::exit_reason::user_shutdown);
   a->Stop();
   b->Stop();
+  EXPECT_TRUE(a->AwaitActors(5s)) << "actors of a still run";
+  EXPECT_TRUE(b->AwaitActors(5s)) << "actors of b still run";
 }
 
 }  // namespace

@@ -114,4 +114,15 @@ caf::behavior Relay(caf::event_based_actor* self) {
   };
 }
 
+StatusOr<SeqResult> AwaitSeq(const runtime::ActorRef& counter, uint64_t n, std::chrono::milliseconds limit) {
+  SeqResult result;
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  do {
+    auto report = counter.Request<SeqResult>(SeqReport{}, std::chrono::seconds(10));
+    if (!report.ok()) return report.status();
+    result = *report;
+  } while (result.received < n && std::chrono::steady_clock::now() < deadline);
+  return result;
+}
+
 }  // namespace troupe::testing

@@ -5,6 +5,7 @@
 
 #include <caf/all.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 
@@ -38,6 +39,10 @@ Status AddTestCodecs(runtime::CodecRegistry& registry);
 caf::behavior Counter(caf::event_based_actor* self, int64_t start);
 /// CallVia{target, n} -> asks target for Add{n} and replies with its Count.
 caf::behavior Relay(caf::event_based_actor* self);
+
+/// Asks `counter` (a Counter) for its SeqResult until it has received `n` Seq messages or
+/// `limit` has passed; the last result, or the error of a request that failed.
+StatusOr<SeqResult> AwaitSeq(const runtime::ActorRef& counter, uint64_t n, std::chrono::milliseconds limit);
 
 }  // namespace troupe::testing
 
