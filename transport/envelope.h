@@ -24,11 +24,11 @@ struct HandshakeInfo {
 };
 
 /// The most bytes an encoded envelope may take; larger input is refused as malformed.
-inline constexpr size_t kMaxEnvelopeBytes = 1024;
+inline constexpr size_t kMaxEnvelopeBytes = 2048;
 /// Longest node name / address accepted in a handshake.
 inline constexpr size_t kMaxHandshakeText = 256;
 
-/// An encoded (packed) envelope held inline, without allocation.
+/// An encoded envelope (Cap'n Proto's standard framing) held inline, without allocation.
 struct EncodedEnvelope {
   uint8_t bytes[kMaxEnvelopeBytes];
   size_t size = 0;

@@ -11,7 +11,7 @@ namespace troupe::transport {
 using NodeId = uint64_t;
 
 /// The envelope version this build speaks. A frame of another version is refused.
-inline constexpr uint16_t kEnvelopeVersion = 2;  // 2: batch frames
+inline constexpr uint16_t kEnvelopeVersion = 3;  // 2: batch frames; 3: unpacked envelopes
 
 /// The addressing and routing fields of a frame. The transport reads only `dst_node`
 /// (and fills `src_node`); everything else belongs to the layer above.

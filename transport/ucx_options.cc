@@ -93,6 +93,16 @@ StatusOr<std::vector<UcxSetting>> ResolveUcxSettings(
     }
   }
 
+  // The 104-byte frame envelope and a small payload fit UCX's short-message path on shared
+  // memory (copied straight into the peer's FIFO) only with FIFO elements above UCX's default
+  // of 128 bytes; otherwise each small frame takes the slower buffered-copy path.
+  for (const char* name : {"POSIX_FIFO_ELEM_SIZE", "SYSV_FIFO_ELEM_SIZE"}) {
+    std::string env_name = std::string("UCX_") + name;
+    if (from_env(env_name.c_str()) == nullptr) {
+      out.push_back({name, kDefaultShmFifoElemSize, "small frames take the short-message path on shared memory"});
+    }
+  }
+
   for (const auto& [raw_name, value] : config.ucx_options) {
     std::string name = raw_name;
     if (name.rfind("UCX_", 0) == 0) name = name.substr(4);

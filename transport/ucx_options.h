@@ -58,6 +58,9 @@ struct UcxTransportConfig {
 
 /// troupe's rendezvous threshold when neither config nor environment sets one.
 inline constexpr const char* kDefaultRndvThresh = "16K";
+/// troupe's shared-memory FIFO element size (UCX's default is 128 bytes) when the environment
+/// sets none: frames of up to about 240 bytes, envelope included, then go by UCX's short path.
+inline constexpr const char* kDefaultShmFifoElemSize = "256";
 
 /// One UCX setting (name without the UCX_ prefix) and why troupe chose it.
 struct UcxSetting {

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <random>
 
 namespace troupe::transport {
@@ -26,8 +27,9 @@ FrameHeader SampleHeader() {
 TEST(Envelope, DataFrameRoundTrips) {
   EncodedEnvelope enc;
   ASSERT_TRUE(EncodeEnvelope(FrameKind::kData, SampleHeader(), nullptr, &enc).ok());
-  // Small enough for UCX's short-message path with an 8-byte payload.
-  EXPECT_LE(enc.size, 64u);
+  // Cap'n Proto's standard framing: a one-word segment table, the root pointer, ten data words
+  // and the (null) handshake pointer.
+  EXPECT_EQ(enc.size, 104u);
   auto dec = DecodeEnvelope(enc.bytes, enc.size);
   ASSERT_TRUE(dec.ok()) << dec.status();
   EXPECT_EQ(dec->kind, FrameKind::kData);
@@ -115,14 +117,29 @@ TEST(Envelope, MutatedValidEnvelopesNeverCrashTheDecoder) {
   }
 }
 
-TEST(Envelope, HugeSegmentTableIsRejectedWithoutAllocating) {
-  // Packed form of the segment-table word {segments - 1 = 0, size = 0x7fffffff words}:
-  // tag 0xf0 says bytes 4..7 are non-zero, and those bytes follow.
-  const uint8_t claim[] = {0xf0, 0xff, 0xff, 0xff, 0x7f};
-  auto dec = DecodeEnvelope(claim, sizeof(claim));
-  ASSERT_FALSE(dec.ok());
-  EXPECT_EQ(dec.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(dec.status().message().find("too large"), std::string::npos) << dec.status();
+TEST(Envelope, HugeSegmentTablesAreRejectedWithoutAllocating) {
+  // Segment-table words {segments - 1, size of the first segment in words}, then one word.
+  const uint32_t huge_segment[] = {0, 0x7fffffff, 0, 0};
+  const uint32_t many_segments[] = {0x7fffffff, 1, 0, 0};
+  for (const uint32_t* claim : {huge_segment, many_segments}) {
+    auto dec = DecodeEnvelope(claim, 4 * sizeof(uint32_t));
+    ASSERT_FALSE(dec.ok());
+    EXPECT_EQ(dec.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(dec.status().message().find("malformed envelope"), std::string::npos) << dec.status();
+  }
+}
+
+TEST(Envelope, BytesAfterTheMessageAndPartialWordsAreRejected) {
+  EncodedEnvelope enc;
+  ASSERT_TRUE(EncodeEnvelope(FrameKind::kData, SampleHeader(), nullptr, &enc).ok());
+  uint8_t longer[sizeof(enc.bytes) + 8] = {};
+  std::memcpy(longer, enc.bytes, enc.size);
+  auto trailing = DecodeEnvelope(longer, enc.size + 8);
+  ASSERT_FALSE(trailing.ok());
+  EXPECT_NE(trailing.status().message().find("after the envelope"), std::string::npos) << trailing.status();
+  auto partial = DecodeEnvelope(longer, enc.size + 3);
+  ASSERT_FALSE(partial.ok());
+  EXPECT_NE(partial.status().message().find("8-byte words"), std::string::npos) << partial.status();
 }
 
 TEST(Envelope, OverLimitSizeIsRejected) {

@@ -42,6 +42,9 @@ TEST(UcxOptions, DefaultsKeepSharedMemoryWithErrorHandling) {
   EXPECT_EQ(by["POSIX_ERROR_HANDLING"].value, "y");
   EXPECT_EQ(by["SYSV_ERROR_HANDLING"].value, "y");
   EXPECT_EQ(by["RNDV_THRESH"].value, kDefaultRndvThresh);
+  EXPECT_EQ(by["POSIX_FIFO_ELEM_SIZE"].value, kDefaultShmFifoElemSize);
+  EXPECT_EQ(by["SYSV_FIFO_ELEM_SIZE"].value, kDefaultShmFifoElemSize);
+  EXPECT_TRUE(by["POSIX_FIFO_ELEM_SIZE"].via_environment);
   EXPECT_EQ(by["KEEPALIVE_INTERVAL"].value, "100ms");
   EXPECT_FALSE(by["KEEPALIVE_INTERVAL"].via_environment);
   EXPECT_EQ(by.count("TLS"), 0u) << "no TLS set anywhere keeps UCX's own default";
@@ -50,10 +53,13 @@ TEST(UcxOptions, DefaultsKeepSharedMemoryWithErrorHandling) {
 TEST(UcxOptions, EnvironmentWinsOverDefaultsAndConfigWinsOverEnvironment) {
   UcxTransportConfig config;
   auto by = ByName(*ResolveUcxSettings(config, Env({{"UCX_TLS", "shm"}, {"UCX_RNDV_THRESH", "1M"},
-                                                   {"UCX_POSIX_ERROR_HANDLING", "n"}})));
+                                                   {"UCX_POSIX_ERROR_HANDLING", "n"},
+                                                   {"UCX_SYSV_FIFO_ELEM_SIZE", "512"}})));
   EXPECT_EQ(by["TLS"].value, "shm,tcp");
   EXPECT_EQ(by.count("RNDV_THRESH"), 0u) << "the environment's value is left to UCX";
   EXPECT_EQ(by.count("POSIX_ERROR_HANDLING"), 0u);
+  EXPECT_EQ(by.count("SYSV_FIFO_ELEM_SIZE"), 0u);
+  EXPECT_EQ(by["POSIX_FIFO_ELEM_SIZE"].value, kDefaultShmFifoElemSize);
 
   config.ucx_tls = "posix,sysv";
   config.rndv_thresh = "64K";
