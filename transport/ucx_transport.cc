@@ -154,6 +154,7 @@ class UcxTransport::Impl {
     bool data = true;
     size_t frames = 1;        // data frames carried (more than one for a batch)
     size_t frame_bytes = 0;   // their payload bytes
+    bool in_flight = false;   // in pending_sends_ (UCX completes it later)
   };
 
   // A rendezvous receive in flight. It owns the payload buffer UCX writes into, and hands
@@ -257,6 +258,11 @@ class UcxTransport::Impl {
   std::string worker_address_;  // this worker's UCX address, sent to authenticating peers
   std::vector<Command> local_;
   std::vector<ConnPtr> batching_;  // connections with sends in their `batch`
+  // Empty between uses; swapped with the vectors above (and a connection's `batch`) so that
+  // each keeps its capacity: the loop allocates nothing per frame for its own bookkeeping.
+  std::vector<Command> running_;
+  std::vector<ConnPtr> flushing_;
+  std::vector<Command> flushed_;
   std::vector<ucp_conn_request_h> conn_requests_;
   std::vector<RndvStart> rndv_starts_;
   std::unordered_map<ucp_ep_h, ConnPtr> conns_;
@@ -588,9 +594,9 @@ bool UcxTransport::Impl::DrainCommands() {
   };
   auto run_local = [&] {
     while (!local_.empty()) {
-      std::vector<Command> mine;
-      mine.swap(local_);
-      execute(mine);
+      running_.swap(local_);
+      execute(running_);
+      running_.clear();
     }
   };
   // Sends issued by handlers during the last progress go first: another thread may already be
@@ -598,13 +604,15 @@ bool UcxTransport::Impl::DrainCommands() {
   // overtake them (a monitor request must reach the peer before the message that kills the
   // monitored actor).
   run_local();
-  std::vector<Command> batch;
   if (has_incoming_.load(std::memory_order_acquire)) {
-    std::lock_guard<std::mutex> lock(mu_);
-    batch.swap(incoming_);
-    has_incoming_.store(false, std::memory_order_relaxed);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      running_.swap(incoming_);
+      has_incoming_.store(false, std::memory_order_relaxed);
+    }
+    execute(running_);
+    running_.clear();
   }
-  execute(batch);
   run_local();  // sends issued by the fns above
   FlushBatches();
   return any;
@@ -642,10 +650,10 @@ void UcxTransport::Impl::ExecuteSend(Command cmd) {
 
 void UcxTransport::Impl::FlushBatches() {
   if (batching_.empty()) return;
-  std::vector<ConnPtr> conns;
-  conns.swap(batching_);
-  for (auto& conn : conns) {
-    std::vector<Command> cmds;
+  flushing_.swap(batching_);
+  for (auto& conn : flushing_) {
+    std::vector<Command>& cmds = flushed_;
+    cmds.clear();
     cmds.swap(conn->batch);
     if (conn->state != ConnState::kReady) {  // closed during this drain
       for (auto& cmd : cmds) {
@@ -674,10 +682,12 @@ void UcxTransport::Impl::FlushBatches() {
       }
     }
   }
+  flushed_.clear();
+  flushing_.clear();
 }
 
 void UcxTransport::Impl::PostBatch(const ConnPtr& conn, std::vector<Command>& cmds, size_t begin, size_t end) {
-  // Records: u32 envelope size, envelope (a packed data envelope), u32 payload size, payload.
+  // Records: u32 envelope size, envelope (a data envelope), u32 payload size, payload.
   // Built in a string that the send's buffer then owns (no second copy).
   auto bytes_owner = std::make_unique<std::string>();
   std::string& bytes = *bytes_owner;
@@ -1040,6 +1050,7 @@ void UcxTransport::Impl::PostSend(ucp_ep_h ep, FrameKind kind, const FrameHeader
   } else if (UCS_PTR_IS_ERR(request)) {
     CompleteSend(op, UCS_PTR_STATUS(request));
   } else {
+    op->in_flight = true;
     pending_sends_.insert(op);
   }
 }
@@ -1064,7 +1075,10 @@ Status UcxTransport::Impl::StatusForSendError(ucs_status_t status, NodeId peer) 
 }
 
 void UcxTransport::Impl::CompleteSend(SendOp* op, ucs_status_t status) {
-  pending_sends_.erase(op);
+  if (op->in_flight) {
+    pending_sends_.erase(op);
+    op->in_flight = false;
+  }
   if (status == UCS_OK) {
     if (op->data) {
       counters_.frames_sent.fetch_add(op->frames, std::memory_order_relaxed);
@@ -1172,6 +1186,14 @@ ucs_status_t UcxTransport::Impl::HandleAm(const void* header, size_t header_leng
   }
   if (!rndv) {
     if (length > 0) std::memcpy(payload.data(), data, length);
+    if (conn->deliveries.empty()) {  // no rendezvous frame ahead of it: deliver now
+      if (batch) {
+        DeliverBatch(conn.get(), payload);
+      } else {
+        DeliverFrame(conn.get(), frame_header, std::move(payload));
+      }
+      return UCS_OK;
+    }
     conn->deliveries.push_back({frame_header, std::move(payload), Delivery::kDone, batch});
     Deliver(conn.get());
     return UCS_OK;
