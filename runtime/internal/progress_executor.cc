@@ -3,6 +3,8 @@
 
 #include <caf/scheduler/abstract_coordinator.hpp>
 
+#include "common/clock.h"
+
 namespace troupe::runtime::internal {
 
 ProgressExecutor::~ProgressExecutor() { HandOff(); }
@@ -17,7 +19,8 @@ void ProgressExecutor::HandOff() {
 
 std::chrono::microseconds ProgressExecutor::Drain() {
   if (queue_.empty()) return std::chrono::microseconds(0);
-  auto start = std::chrono::steady_clock::now();
+  // The coarse clock: the figure only feeds a warning about drains of several milliseconds.
+  auto start = CoarseSteadyNow();
   size_t budget = max_jobs_;
   while (!queue_.empty()) {
     caf::resumable* job = queue_.front();
@@ -39,7 +42,7 @@ std::chrono::microseconds ProgressExecutor::Drain() {
         break;
     }
   }
-  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start);
+  return std::chrono::duration_cast<std::chrono::microseconds>(CoarseSteadyNow() - start);
 }
 
 }  // namespace troupe::runtime::internal

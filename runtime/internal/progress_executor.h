@@ -24,7 +24,8 @@ class ProgressExecutor final : public caf::execution_unit {
 
   void exec_later(caf::resumable* job) override { queue_.push_back(job); }
 
-  /// Runs the queued jobs. Returns how long they held the thread (0 when none was queued).
+  /// Runs the queued jobs. Returns how long they held the thread (0 when none was queued),
+  /// read on the coarse clock: 0 or a multiple of the kernel tick (a few milliseconds).
   std::chrono::microseconds Drain();
   /// Hands every queued job to CAF's scheduler (at shutdown).
   void HandOff();
