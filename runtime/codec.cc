@@ -13,6 +13,36 @@
 
 namespace troupe::runtime {
 
+namespace {
+
+// ReadFlatMessage, with the message named by `what()` only when an error needs the name:
+// building it costs more than decoding a small message.
+template <class What, class Read>
+Status ReadFlatMessageNamed(const uint8_t* data, size_t size, What&& what, Read&& read) {
+  if (size % sizeof(capnp::word) != 0 || size == 0) {
+    return InvalidArgumentError("cannot decode " + what() + ": " + std::to_string(size) +
+                                " bytes is not a whole number of words");
+  }
+  // Cap'n Proto reads words in place; copy only if the bytes are not word-aligned.
+  kj::Array<capnp::word> aligned;
+  const capnp::word* words = reinterpret_cast<const capnp::word*>(data);
+  if (reinterpret_cast<uintptr_t>(data) % alignof(capnp::word) != 0) {
+    aligned = kj::heapArray<capnp::word>(size / sizeof(capnp::word));
+    std::memcpy(aligned.begin(), data, size);
+    words = aligned.begin();
+  }
+  try {
+    capnp::ReaderOptions options;
+    options.traversalLimitInWords = size / sizeof(capnp::word) * 4 + 1024;
+    capnp::FlatArrayMessageReader reader(kj::arrayPtr(words, size / sizeof(capnp::word)), options);
+    return read(reader);
+  } catch (const kj::Exception& e) {
+    return InvalidArgumentError("cannot decode " + what() + ": " + e.getDescription().cStr());
+  }
+}
+
+}  // namespace
+
 Buffer SerializeToBuffer(capnp::MessageBuilder& builder) {
   // The standard flat layout, written straight into one (64-byte aligned) buffer: a segment
   // table of little-endian uint32 (count - 1, then each size in words, padded to a word),
@@ -106,37 +136,19 @@ StatusOr<caf::message> CodecRegistry::Decode(uint32_t type_id, const uint8_t* da
   }
   const Entry& entry = *it->second;
   StatusOr<caf::message> out = InternalError("not decoded");
-  Status read = ReadFlatMessage(data, size, "'" + entry.name + "' (type id " + std::to_string(type_id) + ")",
-                                [&](capnp::MessageReader& reader) {
-                                  out = entry.decode(reader, refs);
-                                  return out.status();
-                                });
+  Status read = ReadFlatMessageNamed(
+      data, size, [&] { return "'" + entry.name + "' (type id " + std::to_string(type_id) + ")"; },
+      [&](capnp::MessageReader& reader) {
+        out = entry.decode(reader, refs);
+        return out.status();
+      });
   if (!read.ok()) return read;
   return out;
 }
 
 Status ReadFlatMessage(const uint8_t* data, size_t size, const std::string& what,
                        const std::function<Status(capnp::MessageReader&)>& read) {
-  if (size % sizeof(capnp::word) != 0 || size == 0) {
-    return InvalidArgumentError("cannot decode " + what + ": " + std::to_string(size) +
-                                " bytes is not a whole number of words");
-  }
-  // Cap'n Proto reads words in place; copy only if the bytes are not word-aligned.
-  kj::Array<capnp::word> aligned;
-  const capnp::word* words = reinterpret_cast<const capnp::word*>(data);
-  if (reinterpret_cast<uintptr_t>(data) % alignof(capnp::word) != 0) {
-    aligned = kj::heapArray<capnp::word>(size / sizeof(capnp::word));
-    std::memcpy(aligned.begin(), data, size);
-    words = aligned.begin();
-  }
-  try {
-    capnp::ReaderOptions options;
-    options.traversalLimitInWords = size / sizeof(capnp::word) * 4 + 1024;
-    capnp::FlatArrayMessageReader reader(kj::arrayPtr(words, size / sizeof(capnp::word)), options);
-    return read(reader);
-  } catch (const kj::Exception& e) {
-    return InvalidArgumentError("cannot decode " + what + ": " + e.getDescription().cStr());
-  }
+  return ReadFlatMessageNamed(data, size, [&what] { return what; }, read);
 }
 
 void FillErrorInfo(wire::ErrorInfo::Builder out, const caf::error& error) {
