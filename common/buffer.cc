@@ -12,19 +12,30 @@ Buffer& Buffer::operator=(Buffer&& other) noexcept {
     Reset();
     data_ = other.data_;
     size_ = other.size_;
-    deleter_ = std::move(other.deleter_);
+    heap_ = other.heap_;
+    if (other.deleter_) {
+      deleter_ = std::move(other.deleter_);
+      other.deleter_ = nullptr;
+    }
     other.data_ = nullptr;
     other.size_ = 0;
-    other.deleter_ = nullptr;
+    other.heap_ = false;
   }
   return *this;
 }
 
 void Buffer::Reset() {
-  if (data_ != nullptr && deleter_) deleter_(data_, size_);
+  if (data_ != nullptr) {
+    if (heap_) {
+      std::free(data_);
+    } else if (deleter_) {
+      deleter_(data_, size_);
+    }
+  }
   data_ = nullptr;
   size_ = 0;
-  deleter_ = nullptr;
+  heap_ = false;
+  if (deleter_) deleter_ = nullptr;
 }
 
 Buffer Buffer::Allocate(size_t size) {
@@ -33,7 +44,11 @@ Buffer Buffer::Allocate(size_t size) {
   size_t rounded = (size + kAlign - 1) / kAlign * kAlign;
   void* p = std::aligned_alloc(kAlign, rounded);
   if (p == nullptr) throw std::bad_alloc();
-  return Buffer(static_cast<uint8_t*>(p), size, [](uint8_t* d, size_t) { std::free(d); });
+  Buffer b;
+  b.data_ = static_cast<uint8_t*>(p);
+  b.size_ = size;
+  b.heap_ = true;
+  return b;
 }
 
 Buffer Buffer::CopyOf(const void* bytes, size_t size) {

@@ -44,6 +44,9 @@ class Buffer {
  private:
   uint8_t* data_ = nullptr;
   size_t size_ = 0;
+  // From Allocate: released with std::free. Such buffers (most payloads) carry no deleter, so
+  // moving one, which a frame's buffer is several times on its way, copies three words.
+  bool heap_ = false;
   Deleter deleter_;
 };
 
