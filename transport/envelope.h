@@ -30,7 +30,7 @@ inline constexpr size_t kMaxHandshakeText = 256;
 
 /// An encoded envelope (Cap'n Proto's standard framing) held inline, without allocation.
 struct EncodedEnvelope {
-  uint8_t bytes[kMaxEnvelopeBytes];
+  alignas(8) uint8_t bytes[kMaxEnvelopeBytes];  // word-aligned: data envelopes are built in place
   size_t size = 0;
 };
 
