@@ -245,7 +245,15 @@ void Gateway::OnForward(caf::strong_actor_ptr src, const caf::node_id& dest_node
         request_id = ++next_request_id_;
         auto now = clock_.Now();
         auto deadline = now + config_.request_ttl;
-        pending_.emplace(request_id, Pending{*node, src, mid, deadline, {}, now});
+        if (spare_pending_.empty()) {
+          pending_.emplace(request_id, Pending{*node, src, mid, deadline, {}, now});
+        } else {
+          auto slot = std::move(spare_pending_.back());
+          spare_pending_.pop_back();
+          slot.key() = request_id;
+          slot.mapped() = Pending{*node, src, mid, deadline, {}, now};
+          pending_.insert(std::move(slot));
+        }
         deadlines_.emplace(deadline, request_id);
       }
     }
@@ -508,7 +516,11 @@ void Gateway::OnResponse(NodeId peer, const FrameHeader& header, const Buffer& p
       return;
     }
     pending = std::move(it->second);
-    pending_.erase(it);
+    auto slot = pending_.extract(it);
+    if (spare_pending_.size() < kSparePending) {
+      slot.mapped() = Pending{};
+      spare_pending_.push_back(std::move(slot));
+    }
     if (auto node = nodes_.find(peer); node != nodes_.end()) {
       if (auto proxy = node->second.proxies.find(header.src_actor); proxy != node->second.proxies.end()) {
         sender = proxy->second;

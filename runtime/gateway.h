@@ -207,6 +207,10 @@ class Gateway : public RefCodec, public std::enable_shared_from_this<Gateway> {
   std::unordered_map<NodeId, NodeState> nodes_;
   std::unordered_map<NodeId, std::string> addresses_;
   std::unordered_map<uint64_t, Pending> pending_;
+  // Nodes of answered requests, reused by the next ones: a request then costs the pending table
+  // no allocation (at most kSparePending are kept).
+  static constexpr size_t kSparePending = 256;
+  std::vector<std::unordered_map<uint64_t, Pending>::node_type> spare_pending_;
   std::priority_queue<Deadline, std::vector<Deadline>, std::greater<Deadline>> deadlines_;
   std::set<std::pair<uint64_t, NodeId>> watches_;  // (local wire id, watching node)
   std::unordered_set<caf::actor_id> published_;     // local actors put in CAF's registry
