@@ -40,9 +40,13 @@ void Buffer::Reset() {
 
 Buffer Buffer::Allocate(size_t size) {
   if (size == 0) return Buffer();
-  constexpr size_t kAlign = 64;
-  size_t rounded = (size + kAlign - 1) / kAlign * kAlign;
-  void* p = std::aligned_alloc(kAlign, rounded);
+  void* p = nullptr;
+  if (size < kCacheAlignedFrom) {
+    p = std::malloc(size);
+  } else {
+    constexpr size_t kAlign = 64;
+    p = std::aligned_alloc(kAlign, (size + kAlign - 1) / kAlign * kAlign);
+  }
   if (p == nullptr) throw std::bad_alloc();
   Buffer b;
   b.data_ = static_cast<uint8_t*>(p);

@@ -44,7 +44,7 @@ Status ReadFlatMessageNamed(const uint8_t* data, size_t size, What&& what, Read&
 }  // namespace
 
 Buffer SerializeToBuffer(capnp::MessageBuilder& builder) {
-  // The standard flat layout, written straight into one (64-byte aligned) buffer: a segment
+  // The standard flat layout, written straight into one (word-aligned) buffer: a segment
   // table of little-endian uint32 (count - 1, then each size in words, padded to a word),
   // then the segments.
   auto segments = builder.getSegmentsForOutput();

@@ -1,6 +1,8 @@
 // Tests of Status, StatusOr, Buffer and logging set-up.
 #include <gtest/gtest.h>
 
+#include <cstring>
+
 #include "common/buffer.h"
 #include "common/logging.h"
 #include "common/json.h"
@@ -55,6 +57,30 @@ TEST(Buffer, CopyOfHoldsTheSameBytes) {
   Buffer b = Buffer::CopyOf(std::string_view("hello"));
   EXPECT_EQ(b.view(), "hello");
   EXPECT_TRUE(Buffer::Allocate(0).empty());
+}
+
+TEST(Buffer, AllocatedBuffersAreAlignedAndMoveAcrossDeleterKinds) {
+  for (size_t size : {size_t{1}, size_t{24}, Buffer::kCacheAlignedFrom - 1, Buffer::kCacheAlignedFrom, size_t{1} << 20}) {
+    Buffer b = Buffer::Allocate(size);
+    ASSERT_EQ(b.size(), size);
+    auto address = reinterpret_cast<uintptr_t>(b.data());
+    EXPECT_EQ(address % (size >= Buffer::kCacheAlignedFrom ? 64 : 16), 0u) << size;
+    std::memset(b.data(), 0x5a, size);  // ASan: the whole size is ours
+  }
+  // A heap buffer assigned over one with a custom deleter (and back) releases each once.
+  int releases = 0;
+  Buffer custom(new uint8_t[8], 8, [&](uint8_t* d, size_t) { ++releases; delete[] d; });
+  Buffer heap = Buffer::Allocate(16);
+  Buffer moved = std::move(heap);
+  EXPECT_TRUE(heap.empty());
+  custom = std::move(moved);  // releases the custom bytes; now holds the heap ones
+  EXPECT_EQ(releases, 1);
+  EXPECT_EQ(custom.size(), 16u);
+  Buffer other(new uint8_t[4], 4, [&](uint8_t* d, size_t) { ++releases; delete[] d; });
+  custom = std::move(other);  // frees the heap bytes (std::free), keeps the deleter
+  EXPECT_EQ(releases, 1);
+  custom.Reset();
+  EXPECT_EQ(releases, 2);
 }
 
 TEST(Logging, RejectsUnknownLevelsByName) {
