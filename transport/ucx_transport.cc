@@ -194,6 +194,9 @@ class UcxTransport::Impl {
   void DeliverBatch(Connection* conn, const Buffer& batch);
   /// Counts one received frame and hands it to on_frame. False if the handler closed `conn`.
   bool DeliverFrame(Connection* conn, const FrameHeader& header, Buffer payload);
+  /// A received message: one frame, or a batch split into its frames. False if a handler
+  /// closed `conn`.
+  bool DeliverOne(Connection* conn, const FrameHeader& header, Buffer payload, bool batch);
   void HandleConnRequests();
   void StartRndvReceives();
   void CheckDeadlines(Clock::time_point now);
@@ -1187,11 +1190,7 @@ ucs_status_t UcxTransport::Impl::HandleAm(const void* header, size_t header_leng
   if (!rndv) {
     if (length > 0) std::memcpy(payload.data(), data, length);
     if (conn->deliveries.empty()) {  // no rendezvous frame ahead of it: deliver now
-      if (batch) {
-        DeliverBatch(conn.get(), payload);
-      } else {
-        DeliverFrame(conn.get(), frame_header, std::move(payload));
-      }
+      DeliverOne(conn.get(), frame_header, std::move(payload), batch);
       return UCS_OK;
     }
     conn->deliveries.push_back({frame_header, std::move(payload), Delivery::kDone, batch});
@@ -1250,14 +1249,14 @@ void UcxTransport::Impl::Deliver(Connection* conn) {
   while (!conn->deliveries.empty() && conn->deliveries.front().state != Delivery::kPending) {
     Delivery d = std::move(conn->deliveries.front());
     conn->deliveries.pop_front();
-    if (d.state != Delivery::kDone) continue;
-    if (d.batch) {
-      DeliverBatch(conn, d.payload);
-      if (conn->state == ConnState::kClosed) return;
-      continue;
-    }
-    if (!DeliverFrame(conn, d.header, std::move(d.payload))) return;
+    if (d.state == Delivery::kDone && !DeliverOne(conn, d.header, std::move(d.payload), d.batch)) return;
   }
+}
+
+bool UcxTransport::Impl::DeliverOne(Connection* conn, const FrameHeader& header, Buffer payload, bool batch) {
+  if (!batch) return DeliverFrame(conn, header, std::move(payload));
+  DeliverBatch(conn, payload);
+  return conn->state != ConnState::kClosed;
 }
 
 bool UcxTransport::Impl::DeliverFrame(Connection* conn, const FrameHeader& header, Buffer payload) {
