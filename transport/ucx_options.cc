@@ -58,6 +58,10 @@ StatusOr<std::vector<UcxSetting>> ResolveUcxSettings(
     const std::function<const char*(const char*)>& getenv_fn) {
   std::vector<UcxSetting> out;
   auto from_env = [&](const char* name) -> const char* { return getenv_fn(name); };
+  // A troupe default for UCX_<name>, unless the environment sets that variable.
+  auto default_unless_env = [&](const std::string& name, std::string value, std::string why) {
+    if (from_env(("UCX_" + name).c_str()) == nullptr) out.push_back({name, std::move(value), std::move(why)});
+  };
 
   // UCX_TLS: listener connections need a network transport, so tcp is always allowed.
   std::string tls = config.ucx_tls;
@@ -79,17 +83,12 @@ StatusOr<std::vector<UcxSetting>> ResolveUcxSettings(
     out.push_back({"RNDV_THRESH", kDefaultRndvThresh, "troupe default"});
   }
 
-  if (from_env("UCX_KEEPALIVE_INTERVAL") == nullptr) {
-    out.push_back({"KEEPALIVE_INTERVAL", std::to_string(config.keepalive_interval.count()) + "ms",
-                   "a killed same-host peer is seen within about this long"});
-  }
+  default_unless_env("KEEPALIVE_INTERVAL", std::to_string(config.keepalive_interval.count()) + "ms",
+                     "a killed same-host peer is seen within about this long");
 
   if (config.shm_error_handling) {
     for (const char* name : {"POSIX_ERROR_HANDLING", "SYSV_ERROR_HANDLING"}) {
-      std::string env_name = std::string("UCX_") + name;
-      if (from_env(env_name.c_str()) == nullptr) {
-        out.push_back({name, "y", "keeps shared memory with peer error handling"});
-      }
+      default_unless_env(name, "y", "keeps shared memory with peer error handling");
     }
   }
 
@@ -97,10 +96,7 @@ StatusOr<std::vector<UcxSetting>> ResolveUcxSettings(
   // memory (copied straight into the peer's FIFO) only with FIFO elements above UCX's default
   // of 128 bytes; otherwise each small frame takes the slower buffered-copy path.
   for (const char* name : {"POSIX_FIFO_ELEM_SIZE", "SYSV_FIFO_ELEM_SIZE"}) {
-    std::string env_name = std::string("UCX_") + name;
-    if (from_env(env_name.c_str()) == nullptr) {
-      out.push_back({name, kDefaultShmFifoElemSize, "small frames take the short-message path on shared memory"});
-    }
+    default_unless_env(name, kDefaultShmFifoElemSize, "small frames take the short-message path on shared memory");
   }
 
   for (const auto& [raw_name, value] : config.ucx_options) {
