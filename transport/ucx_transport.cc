@@ -260,6 +260,9 @@ class UcxTransport::Impl {
   int efd_ = -1;
   std::string worker_address_;  // this worker's UCX address, sent to authenticating peers
   std::vector<Command> local_;
+  // True while the loop's ucp_worker_progress runs and no handler has sent yet: the first
+  // frame a receive handler sends then leaves at once (see Send).
+  bool direct_send_open_ = false;
   std::vector<ConnPtr> batching_;  // connections with sends in their `batch`
   // Empty between uses; swapped with the vectors above (and a connection's `batch`) so that
   // each keeps its capacity: the loop allocates nothing per frame for its own bookkeeping.
@@ -422,7 +425,9 @@ void UcxTransport::Impl::Run(std::promise<Status>* started) {
     // (replies, follow-up requests) leaves at the next DrainCommands, while the peer is still
     // sending. Draining everything first made both sides take turns: each let the other's
     // whole window arrive before answering any of it, and idled while the other did the same.
+    direct_send_open_ = true;
     if (ucp_worker_progress(worker_) != 0) active = true;
+    direct_send_open_ = false;
     if (!conn_requests_.empty()) {
       HandleConnRequests();
       active = true;
@@ -549,6 +554,26 @@ Status UcxTransport::Impl::Send(NodeId peer, const FrameHeader& header, Buffer p
                                   " bytes exceeds max_frame_bytes " +
                                   std::to_string(config_.max_frame_bytes));
   }
+  const bool on_progress_thread = std::this_thread::get_id() == progress_thread_id_;
+  if (on_progress_thread && direct_send_open_) {
+    // The first frame a receive handler sends in this progress call (a reply, or the request
+    // an answered actor sends next) leaves now rather than after progress returns: a round
+    // trip then skips the queue's bookkeeping and waits for no other frame. Later frames of
+    // the same call queue behind it and are batched as before. (UCX allows sending from an
+    // active-message handler.)
+    direct_send_open_ = false;
+    auto it = local_.empty() ? peers_.find(peer) : peers_.end();  // nothing queued may be overtaken
+    if (it != peers_.end() && it->second.send_conn != nullptr) {
+      Connection* conn = it->second.send_conn.get();
+      if (conn->state == ConnState::kReady && conn->batch.empty() && conn->queued.empty()) {
+        FrameHeader h = header;
+        h.src_node = config_.node_id;
+        h.dst_node = peer;
+        PostSend(conn->data_ep(), FrameKind::kData, h, nullptr, std::move(payload), std::move(done), peer);
+        return OkStatus();
+      }
+    }
+  }
   Command cmd;
   cmd.peer = peer;
   cmd.header = header;
@@ -556,7 +581,7 @@ Status UcxTransport::Impl::Send(NodeId peer, const FrameHeader& header, Buffer p
   cmd.header.dst_node = peer;
   cmd.payload = std::move(payload);
   cmd.done = std::move(done);
-  if (std::this_thread::get_id() == progress_thread_id_) {
+  if (on_progress_thread) {
     // From a handler: no lock, no wake-up; the loop drains local_ right after progress.
     local_.push_back(std::move(cmd));
     return OkStatus();

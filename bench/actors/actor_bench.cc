@@ -11,7 +11,11 @@
 #include <cstdlib>
 #include <cstdio>
 #include <fstream>
+#include <condition_variable>
 #include <future>
+#include <mutex>
+#include <optional>
+#include <thread>
 #include <iostream>
 #include <sstream>
 #include <string>
@@ -20,6 +24,8 @@
 #include "bench/actors/bench_messages.capnp.h"
 #include "common/child_process.h"
 #include "common/logging.h"
+#include "runtime/gateway.h"
+#include "runtime/internal/lazy_clock.h"
 #include "runtime/runtime.h"
 
 namespace troupe::bench {
@@ -220,6 +226,134 @@ StatusOr<Figures> RunCaf(const Options& o) {
   return figures;
 }
 
+// ---- in process: two gateways joined by a frame queue, no transport ----
+
+// Hands each frame straight to the other gateway's OnFrame on one loop thread: what is left of
+// a round trip is the runtime's own CPU work (both sides: codecs, gateways, CAF), with no wire,
+// no UCX and no second core. A profiling figure (--only inproc), not a target.
+class LoopTransport final : public transport::Transport {
+ public:
+  struct Link {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::vector<std::pair<LoopTransport*, transport::Frame>> queue;
+    bool stop = false;
+  };
+  LoopTransport(transport::NodeId self, Link& link) : self_(self), link_(link) {}
+  void Pair(LoopTransport* other) { other_ = other; }
+
+  Status Start(transport::TransportHandler handler) override {
+    handler_ = std::move(handler);
+    return OkStatus();
+  }
+  void Stop() override {}
+  transport::NodeId self() const override { return self_; }
+  std::string listen_address() const override { return "loop"; }
+  void AddPeer(transport::NodeId, const std::string&) override {}
+  std::string PeerAddress(transport::NodeId) const override { return "loop"; }
+  Status Send(transport::NodeId, const transport::FrameHeader& header, Buffer payload,
+              transport::SendCallback done) override {
+    {
+      std::lock_guard<std::mutex> lock(link_.mu);
+      link_.queue.emplace_back(other_, transport::Frame{header, std::move(payload)});
+    }
+    link_.cv.notify_one();
+    if (done) done(OkStatus());
+    return OkStatus();
+  }
+  void Disconnect(transport::NodeId, const Status&) override {}
+  transport::TransportStats stats() const override { return {}; }
+  std::vector<transport::PeerTraffic> peer_traffic() const override { return {}; }
+
+  const transport::TransportHandler& handler() const { return handler_; }
+
+ private:
+  const transport::NodeId self_;
+  Link& link_;
+  LoopTransport* other_ = nullptr;
+  transport::TransportHandler handler_;
+};
+
+struct LoopNode {
+  LoopNode(transport::NodeId id, LoopTransport::Link& link, const runtime::CodecRegistry& codecs)
+      : transport(id, link) {
+    cfg.set("scheduler.policy", caf::atom("sharing"));
+    cfg.set("scheduler.max-threads", 2);
+    runtime::internal::InstallLazyClock(cfg);
+    system.emplace(cfg);
+    gateway = std::make_shared<runtime::Gateway>(*system, transport, codecs, runtime::GatewayConfig{},
+                                                 SteadyClock::Instance(), static_cast<uint32_t>(id));
+    gateway->Start();
+    runtime::Gateway* gw = gateway.get();
+    transport::TransportHandler handler;
+    handler.on_frame = [gw](runtime::NodeId p, transport::Frame f) { gw->OnFrame(p, std::move(f)); };
+    handler.on_peer_connected = [gw](runtime::NodeId p) { gw->OnPeerConnected(p); };
+    handler.on_peer_failed = [gw](runtime::NodeId p, const Status& s) { gw->OnPeerFailed(p, s); };
+    (void)transport.Start(std::move(handler));
+  }
+  ~LoopNode() { gateway->Shutdown(); }
+
+  caf::actor_system_config cfg;
+  LoopTransport transport;
+  std::optional<caf::actor_system> system;
+  std::shared_ptr<runtime::Gateway> gateway;
+};
+
+double InProcessRoundTripUs(const Options& o) {
+  runtime::CodecRegistry codecs = Codecs();
+  if (!codecs.AddRuntimeTypes().ok()) return -1;
+  LoopTransport::Link link;
+  auto client = std::make_unique<LoopNode>(1, link, codecs);
+  auto server = std::make_unique<LoopNode>(2, link, codecs);
+  client->transport.Pair(&server->transport);
+  server->transport.Pair(&client->transport);
+  client->transport.handler().on_peer_connected(2);
+  server->transport.handler().on_peer_connected(1);
+  std::thread loop([&] {
+    std::vector<std::pair<LoopTransport*, transport::Frame>> batch;
+    uint64_t turns = 0;
+    std::unique_lock<std::mutex> lock(link.mu);
+    while (true) {
+      link.cv.wait(lock, [&] { return link.stop || !link.queue.empty(); });
+      if (link.stop) return;
+      batch.swap(link.queue);
+      lock.unlock();
+      // Heartbeats and the pending-request sweep, as the runtime's ticker would run them.
+      if (++turns % 16384 == 0) {
+        client->gateway->Tick();
+        server->gateway->Tick();
+      }
+      for (auto& [to, frame] : batch) {
+        transport::NodeId from = to == &server->transport ? 1 : 2;
+        frame.header.src_node = from;
+        to->handler().on_frame(from, std::move(frame));
+      }
+      batch.clear();
+      lock.lock();
+    }
+  });
+  auto echo = server->system->spawn([]() -> caf::behavior { return {[](Ping& p) { return Pong{p.value}; }}; });
+  auto echo_ptr = caf::actor_cast<caf::strong_actor_ptr>(echo);
+  server->gateway->Publish(echo_ptr);
+  runtime::ActorRef remote = client->gateway->RefTo(2, server->gateway->RefOf(echo_ptr).id());
+  uint64_t n = o.count ? o.count : o.quick ? 20000 : 200000;
+  caf::actor target = remote.handle();
+  Drive<Ping, Pong>(*client->system, target, n / 10, 1, [](uint64_t i) { return Ping{i}; });
+  double best = 1e30;
+  for (int r = 0; r < 3; ++r) {
+    double t = Drive<Ping, Pong>(*client->system, target, n, 1, [](uint64_t i) { return Ping{i}; });
+    if (t > 0 && t < best) best = t;
+  }
+  caf::anon_send_exit(echo, caf::exit_reason::user_shutdown);
+  {
+    std::lock_guard<std::mutex> lock(link.mu);
+    link.stop = true;
+  }
+  link.cv.notify_one();
+  loop.join();
+  return best * 1e6 / n;
+}
+
 // The raw UCX round trip for 8 bytes, from the transport benchmark's ucx_perftest run
 // (ucx_perftest reports one-way latency: half the round trip).
 double RawUcxRoundTripUs(const std::string& mode) {
@@ -268,6 +402,10 @@ struct Row {
 
 int Run(const Options& o) {
   std::vector<Row> rows;
+  if (o.only == "inproc") {
+    std::printf("%-6s %-20s %12.2f us\n", "inproc", "round trip", InProcessRoundTripUs(o));
+    return 0;
+  }
   StatusOr<Figures> caf_figures = Figures{1, 1};
   if (!o.troupe_only) {
     std::fprintf(stderr, "== CAF remoting (io::middleman, BASP over TCP)\n");
@@ -368,8 +506,8 @@ int main(int argc, char** argv) {
     } else if (arg == "--only" && i + 1 < argc) {
       o.only = argv[++i];
       o.troupe_only = true;
-      if (o.only != "rtt" && o.only != "rate") {
-        std::cerr << "actor_bench: --only must be rtt or rate\n";
+      if (o.only != "rtt" && o.only != "rate" && o.only != "inproc") {
+        std::cerr << "actor_bench: --only must be rtt, rate or inproc\n";
         return 2;
       }
     } else if (arg == "--count" && i + 1 < argc) {
@@ -387,7 +525,7 @@ int main(int argc, char** argv) {
         return 2;
       }
     } else {
-      std::cerr << "usage: actor_bench [--quick] [--json PATH] [--mode shm|tcp] [--troupe-only] [--only rtt|rate] "
+      std::cerr << "usage: actor_bench [--quick] [--json PATH] [--mode shm|tcp] [--troupe-only] [--only rtt|rate|inproc] "
                    "[--count N]\n";
       return 2;
     }
