@@ -7,6 +7,8 @@
 #include <capnp/message.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 
 #include "runtime/messages.capnp.h"
 #include "runtime/node_identity.h"
@@ -40,8 +42,8 @@ class GatewayActor final : public caf::monitorable_actor {
 /// requester waits for its timeout). Links and unlinks still go through CAF's forwarding.
 class RemoteProxy final : public caf::forwarding_actor_proxy {
  public:
-  RemoteProxy(caf::actor_config& cfg, caf::actor gateway, std::weak_ptr<Gateway> core)
-      : caf::forwarding_actor_proxy(cfg, std::move(gateway)), core_(std::move(core)) {}
+  RemoteProxy(caf::actor_config& cfg, caf::actor gateway, std::weak_ptr<Gateway> core, NodeId node)
+      : caf::forwarding_actor_proxy(cfg, std::move(gateway)), core_(std::move(core)), node_(node) {}
 
   void enqueue(caf::mailbox_element_ptr what, caf::execution_unit* context) override {
     if (!what) return;
@@ -60,7 +62,7 @@ class RemoteProxy final : public caf::forwarding_actor_proxy {
       }
       return;
     }
-    if (auto core = core_.lock()) core->OnForward(std::move(what->sender), node(), id(), what->mid,
+    if (auto core = core_.lock()) core->OnForward(std::move(what->sender), node_, id(), what->mid,
                                                   what->move_content_to_message());
   }
 
@@ -75,6 +77,7 @@ class RemoteProxy final : public caf::forwarding_actor_proxy {
 
  private:
   const std::weak_ptr<Gateway> core_;
+  const NodeId node_;  // node() as a troupe node id
   std::atomic<bool> killed_{false};
   std::mutex mu_;
   caf::error reason_;
@@ -138,6 +141,7 @@ void Gateway::Shutdown() {
     pending.swap(pending_);
     watches_.clear();
     deadlines_ = {};
+    request_deadlines_.clear();
   }
   std::unordered_set<caf::actor_id> published;
   {
@@ -189,12 +193,17 @@ void Gateway::OnForward(caf::strong_actor_ptr src, const caf::node_id& dest_node
     spdlog::error("gateway: message for {} which is not a troupe proxy", caf::to_string(dest_node));
     return;
   }
+  OnForward(std::move(src), *node, dest_id, mid, std::move(msg));
+}
+
+void Gateway::OnForward(caf::strong_actor_ptr src, NodeId dest_node, caf::actor_id dest_id, caf::message_id mid,
+                        caf::message msg) {
   FrameHeader header;
-  header.dst_node = *node;
+  header.dst_node = dest_node;
   header.dst_actor = dest_id;
   header.src_actor = IsLocal(src) ? WireIdOf(src) : 0;
   if (spdlog::should_log(spdlog::level::trace)) {  // the arguments cost even when off
-    spdlog::trace("gateway: forward {} to node {} actor {:#x} ({})", caf::to_string(msg), *node, dest_id,
+    spdlog::trace("gateway: forward {} to node {} actor {:#x} ({})", caf::to_string(msg), dest_node, dest_id,
                   mid.is_response() ? "reply" : mid.is_request() ? "request" : "one-way");
   }
 
@@ -220,7 +229,7 @@ void Gateway::OnForward(caf::strong_actor_ptr src, const caf::node_id& dest_node
         payload = EncodeFlat<wire::ErrorInfo>([&](wire::ErrorInfo::Builder b) { FillErrorInfo(b, error); });
       }
     }
-    SendFrame(*node, header, std::move(payload));
+    SendFrame(dest_node, header, std::move(payload));
     return;
   }
 
@@ -231,7 +240,7 @@ void Gateway::OnForward(caf::strong_actor_ptr src, const caf::node_id& dest_node
   auto encoded = codecs_.Encode(msg, *this);
   if (mid.is_request()) {
     if (!encoded.ok()) {
-      Complete(Pending{*node, std::move(src), mid, {}, {}, {}}, encoded.status());
+      Complete(Pending{dest_node, std::move(src), mid, {}, {}, {}}, encoded.status());
       return;
     }
     uint64_t request_id = 0;
@@ -246,19 +255,19 @@ void Gateway::OnForward(caf::strong_actor_ptr src, const caf::node_id& dest_node
         auto now = clock_.Now();
         auto deadline = now + config_.request_ttl;
         if (spare_pending_.empty()) {
-          pending_.emplace(request_id, Pending{*node, src, mid, deadline, {}, now});
+          pending_.emplace(request_id, Pending{dest_node, src, mid, deadline, {}, now});
         } else {
           auto slot = std::move(spare_pending_.back());
           spare_pending_.pop_back();
           slot.key() = request_id;
-          slot.mapped() = Pending{*node, src, mid, deadline, {}, now};
+          slot.mapped() = Pending{dest_node, src, mid, deadline, {}, now};
           pending_.insert(std::move(slot));
         }
-        deadlines_.emplace(deadline, request_id);
+        request_deadlines_.emplace_back(deadline, request_id);
       }
     }
     if (request_id == 0) {
-      Complete(Pending{*node, std::move(src), mid, {}, {}, {}},
+      Complete(Pending{dest_node, std::move(src), mid, {}, {}, {}},
                ResourceExhaustedError("more than " + std::to_string(config_.max_pending_requests) +
                                       " remote requests are pending"));
       return;
@@ -269,7 +278,7 @@ void Gateway::OnForward(caf::strong_actor_ptr src, const caf::node_id& dest_node
     header.type_id = encoded->type_id;
     // `this` outlives every send callback: the runtime stops the transport (which completes
     // them all) before it destroys the gateway. Two words fit std::function's inline storage.
-    SendFrame(*node, header, std::move(encoded->payload), [this, request_id](const Status& status) {
+    SendFrame(dest_node, header, std::move(encoded->payload), [this, request_id](const Status& status) {
       if (!status.ok()) FailPending(request_id, status);
     });
     return;
@@ -277,12 +286,12 @@ void Gateway::OnForward(caf::strong_actor_ptr src, const caf::node_id& dest_node
 
   if (!encoded.ok()) {
     ++dropped_;
-    spdlog::warn("gateway: dropped a message to {}: {}", ActorRef({}, *node, dest_id).ToString(),
+    spdlog::warn("gateway: dropped a message to {}: {}", ActorRef({}, dest_node, dest_id).ToString(),
                  encoded.status().message());
     return;
   }
   header.type_id = encoded->type_id;
-  SendFrame(*node, header, std::move(encoded->payload));
+  SendFrame(dest_node, header, std::move(encoded->payload));
 }
 
 void Gateway::OnProxyCreated(const caf::strong_actor_ptr& proxy) {
@@ -402,15 +411,29 @@ void Gateway::OnPeerFailed(NodeId peer, const Status& reason) {
   for (auto& p : failed) Complete(std::move(p), why);
 }
 
+void Gateway::Touch(NodeId peer) {
+  std::lock_guard<std::mutex> lock(mu_);
+  TouchLocked(peer);
+}
+
+Gateway::NodeState* Gateway::TouchLocked(NodeId peer) {
+  auto it = nodes_.find(peer);
+  if (it == nodes_.end()) return nullptr;
+  // Heartbeat timeouts are hundreds of milliseconds and more: the coarse clock will do, and
+  // costs a few nanoseconds instead of a full clock read per frame.
+  it->second.last_seen = clock_.NowCoarse();
+  return &it->second;
+}
+
 void Gateway::OnFrame(NodeId peer, transport::Frame frame) {
   const FrameHeader& header = frame.header;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = nodes_.find(peer);
-    // Heartbeat timeouts are hundreds of milliseconds and more: the coarse clock will do, and
-    // costs a few nanoseconds instead of a full clock read per frame.
-    if (it != nodes_.end()) it->second.last_seen = clock_.NowCoarse();
-  }
+  // Every frame counts as a sign of life. Messages and replies record it in the locked section
+  // they need anyway (Deliver, OnResponse): one lock per frame, not two.
+  const bool control = (header.flags & kFlagResponse) == 0 &&
+                       (header.type_id == kSpawnRequest || header.type_id == kNameLookup);
+  const bool runtime_frame = header.type_id == kHeartbeat || header.type_id == kMonitorRequest ||
+                             header.type_id == kDownNotice || control;
+  if (runtime_frame || stopped_) Touch(peer);
   if (stopped_) return;
   switch (header.type_id) {
     case kHeartbeat:
@@ -421,15 +444,12 @@ void Gateway::OnFrame(NodeId peer, transport::Frame frame) {
     case kDownNotice:
       OnDownNotice(peer, header.src_actor, frame.payload);
       return;
-    case kSpawnRequest:
-    case kNameLookup:
-      if (!(header.flags & kFlagResponse)) {
-        OnControl(peer, header, frame.payload);
-        return;
-      }
-      break;
     default:
       break;
+  }
+  if (control) {
+    OnControl(peer, header, frame.payload);
+    return;
   }
   if (header.flags & kFlagResponse) {
     OnResponse(peer, header, frame.payload);
@@ -466,6 +486,16 @@ StatusOr<caf::strong_actor_ptr> Gateway::LocalActor(uint64_t wire_id) const {
 }
 
 void Gateway::Deliver(NodeId peer, const FrameHeader& header, const Buffer& payload) {
+  // The sender's proxy, if it has one already, found in the same locked section that records
+  // the frame as a sign of life.
+  caf::strong_actor_ptr sender;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    NodeState* node = TouchLocked(peer);
+    if (node != nullptr && header.src_actor != 0) {
+      if (auto p = node->proxies.find(header.src_actor); p != node->proxies.end()) sender = p->second;
+    }
+  }
   bool request = (header.flags & kFlagRequest) != 0;
   if (request && (header.request_id == 0 || header.request_id > caf::message_id::request_id_mask)) {
     ++dropped_;
@@ -496,7 +526,7 @@ void Gateway::Deliver(NodeId peer, const FrameHeader& header, const Buffer& payl
     spdlog::trace("gateway: deliver {} from node {} actor {:#x} to actor {:#x}{}", codecs_.NameOf(header.type_id), peer,
                   header.src_actor, header.dst_actor, request ? " (request " + std::to_string(header.request_id) + ")" : "");
   }
-  caf::strong_actor_ptr sender = header.src_actor != 0 ? ProxyFor(peer, header.src_actor) : nullptr;
+  if (!sender && header.src_actor != 0) sender = ProxyFor(peer, header.src_actor);
   caf::message_id mid = request ? RequestMessageId(header.request_id) : caf::make_message_id();
   ++messages_in_;
   (*dest)->enqueue(caf::make_mailbox_element(std::move(sender), mid, {}, std::move(msg).value()), executor_.get());
@@ -510,6 +540,7 @@ void Gateway::OnResponse(NodeId peer, const FrameHeader& header, const Buffer& p
   caf::strong_actor_ptr sender;  // the responder's proxy, if it has one
   {
     std::lock_guard<std::mutex> lock(mu_);
+    NodeState* node = TouchLocked(peer);
     auto it = pending_.find(header.request_id);
     if (it == pending_.end() || it->second.node != peer) {
       ++late_replies_;
@@ -521,10 +552,8 @@ void Gateway::OnResponse(NodeId peer, const FrameHeader& header, const Buffer& p
       slot.mapped() = Pending{};
       spare_pending_.push_back(std::move(slot));
     }
-    if (auto node = nodes_.find(peer); node != nodes_.end()) {
-      if (auto proxy = node->second.proxies.find(header.src_actor); proxy != node->second.proxies.end()) {
-        sender = proxy->second;
-      }
+    if (node != nullptr) {
+      if (auto proxy = node->proxies.find(header.src_actor); proxy != node->proxies.end()) sender = proxy->second;
     }
   }
   ++messages_in_;
@@ -679,7 +708,7 @@ caf::strong_actor_ptr Gateway::ProxyFor(NodeId node, uint64_t wire_id) {
   // Made outside the lock: creating a proxy calls back into OnLocalMessage (monitor request).
   caf::actor_config cfg;
   caf::strong_actor_ptr proxy = caf::make_actor<RemoteProxy, caf::strong_actor_ptr>(
-      wire_id, ToCafNode(node), &system_, cfg, actor_, weak_from_this());
+      wire_id, ToCafNode(node), &system_, cfg, actor_, weak_from_this(), node);
   if (stopped_) {
     KillProxy(proxy, ToCafError(CancelledError("the runtime stopped")));
     return proxy;
@@ -804,19 +833,33 @@ void Gateway::Tick() {
       if (stalled) state.last_seen = now;
       (now - state.last_seen > config_.heartbeat_timeout ? expired : alive).push_back(node);
     }
-    while (!deadlines_.empty() && deadlines_.top().first <= now) {
-      auto it = pending_.find(deadlines_.top().second);
+    auto expire = [&](uint64_t request_id) {
+      auto it = pending_.find(request_id);
       if (it != pending_.end() && it->second.deadline <= now) {
         if (it->second.done) timed_out.push_back(std::move(it->second));
         pending_.erase(it);
       }
+    };
+    while (!request_deadlines_.empty() && request_deadlines_.front().first <= now) {
+      expire(request_deadlines_.front().second);
+      request_deadlines_.pop_front();
+    }
+    while (!deadlines_.empty() && deadlines_.top().first <= now) {
+      expire(deadlines_.top().second);
       deadlines_.pop();
     }
-    // Answered requests leave their deadline behind; rebuild when those dominate.
+    // Answered requests leave their deadline behind; drop those when they dominate (in place,
+    // keeping the order).
+    if (request_deadlines_.size() > 2 * pending_.size() + 1024) {
+      auto live = std::remove_if(request_deadlines_.begin(), request_deadlines_.end(),
+                                 [&](const Deadline& d) { return pending_.count(d.second) == 0; });
+      request_deadlines_.erase(live, request_deadlines_.end());
+    }
     if (deadlines_.size() > 2 * pending_.size() + 1024) {
       std::vector<Deadline> live;
-      live.reserve(pending_.size());
-      for (auto& [id, p] : pending_) live.emplace_back(p.deadline, id);
+      for (auto& [id, p] : pending_) {
+        if (p.done) live.emplace_back(p.deadline, id);
+      }
       deadlines_ = decltype(deadlines_)(std::greater<Deadline>(), std::move(live));
     }
   }

@@ -9,6 +9,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -117,6 +118,9 @@ class Gateway : public RefCodec, public std::enable_shared_from_this<Gateway> {
   /// `dest_node`: a request, a one-way message, or a local actor's reply to a peer's request.
   void OnForward(caf::strong_actor_ptr src, const caf::node_id& dest_node, caf::actor_id dest_id,
                  caf::message_id mid, caf::message msg);
+  /// The same, for a destination node given as a troupe node id (what proxies know).
+  void OnForward(caf::strong_actor_ptr src, NodeId dest_node, caf::actor_id dest_id, caf::message_id mid,
+                 caf::message msg);
 
   /// Heartbeats, failure detection and the pending-request sweep. The runtime calls it every
   /// heartbeat interval; tests call it after advancing a ManualClock.
@@ -162,6 +166,10 @@ class Gateway : public RefCodec, public std::enable_shared_from_this<Gateway> {
   using Deadline = std::pair<Clock::TimePoint, uint64_t>;
 
   void OnProxyCreated(const caf::strong_actor_ptr& proxy);
+  /// Records a frame from `peer` as a sign of life (TouchLocked: with mu_ held; returns the
+  /// peer's state, or null if it is not connected).
+  void Touch(NodeId peer);
+  NodeState* TouchLocked(NodeId peer);
   void Deliver(NodeId peer, const transport::FrameHeader& header, const Buffer& payload);
   void OnResponse(NodeId peer, const transport::FrameHeader& header, const Buffer& payload);
   void OnControl(NodeId peer, const transport::FrameHeader& header, const Buffer& payload);
@@ -211,6 +219,10 @@ class Gateway : public RefCodec, public std::enable_shared_from_this<Gateway> {
   // no allocation (at most kSparePending are kept).
   static constexpr size_t kSparePending = 256;
   std::vector<std::unordered_map<uint64_t, Pending>::node_type> spare_pending_;
+  // When pending requests stop being remembered (request_ttl): actor requests in the order they
+  // were made (one TTL for all, so that order is also the order of their deadlines: appending is
+  // all a request costs), control requests (each with its own timeout) in a heap.
+  std::deque<Deadline> request_deadlines_;
   std::priority_queue<Deadline, std::vector<Deadline>, std::greater<Deadline>> deadlines_;
   std::set<std::pair<uint64_t, NodeId>> watches_;  // (local wire id, watching node)
   std::unordered_set<caf::actor_id> published_;     // local actors put in CAF's registry

@@ -261,6 +261,30 @@ TEST_F(GatewayTest, ThePendingTableIsBoundedAndSwept) {
   for (auto& r : replies) EXPECT_EQ(r.get().status().code(), StatusCode::kDeadlineExceeded);
 }
 
+TEST_F(GatewayTest, AControlRequestTimesOutOnItsOwnTimeoutBehindLongerLivedActorRequests) {
+  runtime::GatewayConfig config;
+  config.request_ttl = 10s;
+  Make(config);
+  ActorRef ref = gateway_->RefTo(kPeer, 79);
+  auto actor_reply = std::async(std::launch::async, [&] { return ref.Request<Count>(Get{}, 30s); });
+  auto request = WaitSent(kGet, runtime::kFlagRequest);
+  ASSERT_TRUE(request);
+  std::promise<StatusOr<ActorRef>> looked_up;
+  auto lookup = looked_up.get_future();
+  gateway_->ControlRequest(kPeer, runtime::kNameLookup, Buffer(), 100ms,
+                           [&](StatusOr<ActorRef> r) { looked_up.set_value(std::move(r)); });
+  EXPECT_EQ(gateway_->stats().requests_pending, 2u);
+  clock_.Advance(101ms);
+  gateway_->Tick();
+  ASSERT_EQ(lookup.wait_for(0s), std::future_status::ready) << "the control request outlived its timeout";
+  EXPECT_EQ(lookup.get().status().code(), StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(gateway_->stats().requests_pending, 1u) << "the actor request went before its TTL";
+  ReplyCount(*request, 7);
+  auto reply = actor_reply.get();
+  ASSERT_TRUE(reply.ok()) << reply.status();
+  EXPECT_EQ(reply->value, 7);
+}
+
 TEST_F(GatewayTest, AnInboundRequestReachesTheActorAndTheReplyIsRouted) {
   auto counter = system_.spawn(Counter, int64_t{10});
   ActorRef ref = gateway_->RefOf(caf::actor_cast<caf::strong_actor_ptr>(counter));
