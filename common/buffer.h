@@ -42,6 +42,11 @@ class Buffer {
     return {reinterpret_cast<const char*>(data_), size_};
   }
 
+  /// Keeps only the first `size` bytes (no-op if it holds fewer). The rest stays allocated
+  /// until the buffer is released: for a buffer filled in place beyond what it turned out to need.
+  void Truncate(size_t size) {
+    if (size < size_) size_ = size;
+  }
   /// Releases the bytes now.
   void Reset();
 

@@ -5,7 +5,9 @@
 #include <capnp/serialize.h>
 #include <kj/exception.h>
 
+#include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "runtime/directory.h"
 #include "runtime/supervisor.h"
@@ -40,6 +42,39 @@ Status ReadFlatMessageNamed(const uint8_t* data, size_t size, What&& what, Read&
     return InvalidArgumentError("cannot decode " + what() + ": " + e.getDescription().cStr());
   }
 }
+
+// A MessageBuilder whose first segment is memory the caller provides (and keeps: unlike
+// MallocMessageBuilder, it does not zero that segment again when it is destroyed, so the
+// message can be built right where it is sent from). Further segments come from the heap,
+// each at least as large as all before it.
+class InPlaceMessageBuilder final : public capnp::MessageBuilder {
+ public:
+  explicit InPlaceMessageBuilder(kj::ArrayPtr<capnp::word> first) : first_(first) {}
+
+  kj::ArrayPtr<capnp::word> allocateSegment(unsigned int minimum_size) override {
+    if (!first_used_) {
+      first_used_ = true;
+      if (minimum_size <= first_.size()) {
+        std::memset(static_cast<void*>(first_.begin()), 0, first_.size() * sizeof(capnp::word));
+        allocated_ = first_.size();
+        return first_;
+      }
+    }
+    size_t size = std::max<size_t>(minimum_size, std::max<size_t>(allocated_, 64));
+    auto segment = kj::heapArray<capnp::word>(size);
+    std::memset(static_cast<void*>(segment.begin()), 0, size * sizeof(capnp::word));
+    allocated_ += size;
+    kj::ArrayPtr<capnp::word> out = segment;
+    more_.push_back(std::move(segment));
+    return out;
+  }
+
+ private:
+  kj::ArrayPtr<capnp::word> first_;
+  bool first_used_ = false;
+  size_t allocated_ = 0;
+  std::vector<kj::Array<capnp::word>> more_;
+};
 
 }  // namespace
 
@@ -111,12 +146,25 @@ StatusOr<EncodedMessage> CodecRegistry::Encode(const caf::message& msg, RefCodec
   }
   const Entry& entry = *found;
   try {
-    // Small messages are built in zeroed stack space: no allocation besides the output.
-    capnp::word scratch[64];
-    std::memset(scratch, 0, sizeof scratch);
-    capnp::MallocMessageBuilder builder(kj::arrayPtr(scratch, 64));
+    // Built in place: the output buffer's first segment (zeroed, as Cap'n Proto requires) comes
+    // right after a one-word segment table. A message that fits it (most do) then needs no
+    // other allocation and no copy; a larger one spills into more segments and is copied out.
+    constexpr size_t kInPlaceWords = 32;
+    Buffer out = Buffer::Allocate((kInPlaceWords + 1) * sizeof(capnp::word));
+    auto* words = reinterpret_cast<capnp::word*>(out.data());
+    InPlaceMessageBuilder builder(kj::arrayPtr(words + 1, kInPlaceWords));
     entry.encode(msg, builder, refs);
-    return EncodedMessage{entry.type_id, SerializeToBuffer(builder)};
+    auto segments = builder.getSegmentsForOutput();
+    if (segments.size() != 1 || segments[0].begin() != words + 1) {
+      return EncodedMessage{entry.type_id, SerializeToBuffer(builder)};
+    }
+    // The standard segment table for one segment: (count - 1) = 0, then its size in words.
+    const auto size = static_cast<uint32_t>(segments[0].size());
+    uint8_t* table = out.data();
+    for (int i = 0; i < 4; ++i) table[i] = 0;
+    for (int i = 0; i < 4; ++i) table[4 + i] = static_cast<uint8_t>(size >> (8 * i));
+    out.Truncate((size + 1) * sizeof(capnp::word));
+    return EncodedMessage{entry.type_id, std::move(out)};
   } catch (const kj::Exception& e) {
     return InvalidArgumentError("cannot encode '" + entry.name + "': " + e.getDescription().cStr());
   }

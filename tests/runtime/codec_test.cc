@@ -49,6 +49,28 @@ TEST_F(Codec, RoundTripsAMessageWithARefInside) {
   EXPECT_EQ(via.target.id(), 9u);
 }
 
+TEST_F(Codec, SmallMessagesAreExactlyTheirFlatBytesAndLargeOnesRoundTrip) {
+  // A small message is built in place in its payload: a one-word segment table, then the root
+  // pointer and the struct's data word, nothing more.
+  auto small = codecs_.Encode(caf::make_message(Count{42}), refs_);
+  ASSERT_TRUE(small.ok()) << small.status();
+  EXPECT_EQ(small->payload.size(), 3 * 8u);
+  auto back = codecs_.Decode(kCount, small->payload, refs_);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->get_as<Count>(0).value, 42);
+  // Larger than the in-place segment (and than the next one): more segments, copied out.
+  for (size_t size : {200u, 5000u, 100000u}) {
+    std::string text(size, 'x');
+    for (size_t i = 0; i < size; ++i) text[i] = static_cast<char>('a' + i % 26);
+    auto big = codecs_.Encode(caf::make_message(Quit{StatusCode::kFailedPrecondition, text}), refs_);
+    ASSERT_TRUE(big.ok()) << big.status();
+    auto decoded = codecs_.Decode(kQuit, big->payload, refs_);
+    ASSERT_TRUE(decoded.ok()) << decoded.status();
+    EXPECT_EQ(decoded->get_as<Quit>(0).text, text) << size << " bytes of text";
+    EXPECT_EQ(decoded->get_as<Quit>(0).code, StatusCode::kFailedPrecondition);
+  }
+}
+
 TEST_F(Codec, UnknownTypeIdIsInvalidArgument) {
   auto decoded = codecs_.Decode(4242, Buffer::CopyOf(std::string(8, '\0')), refs_);
   EXPECT_EQ(decoded.status().code(), StatusCode::kInvalidArgument);
