@@ -208,8 +208,31 @@ void LazyClock::cancel_ordinary_timeout(caf::abstract_actor* self, caf::atom_val
 }
 
 void LazyClock::cancel_request_timeout(caf::abstract_actor* self, caf::message_id id) {
+  const caf::actor_id aid = self->id();
+  caf::strong_actor_ptr released;  // let go of outside the lock
+  {
+    // A reply usually comes while its request's timer still waits in the queue, often as the
+    // last change queued: the two then cancel out here, and neither costs the clock's thread
+    // anything. Only the newest few changes are looked at, so this stays cheap.
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopped_) return;
+    const size_t look = std::min<size_t>(queue_.size(), kCancelLookback);
+    for (size_t k = 0; k < look; ++k) {
+      Change& c = queue_[queue_.size() - 1 - k];
+      if (c.kind == Change::kRequest && c.mid == id && c.actor && c.actor->id() == aid) {
+        released = std::move(c.actor);
+        if (k == 0) {
+          queue_.pop_back();
+        } else {
+          c.kind = Change::kNone;
+        }
+        cancelled_at_push_.fetch_add(1, std::memory_order_relaxed);
+        return;
+      }
+    }
+  }
   Change c(Change::kCancelRequest);
-  c.aid = self->id();
+  c.aid = aid;
   c.mid = id;
   Push(std::move(c), time_point::max());
 }

@@ -44,6 +44,8 @@ class LazyClock final : public caf::detail::thread_safe_actor_clock {
   /// the timer table (see Run), so the batch is large enough to hold both for a few thousand
   /// requests in flight.
   static constexpr size_t kBatch = 4096;
+  /// How many of the newest queued changes a request cancellation looks through for its timer.
+  static constexpr size_t kCancelLookback = 8;
 
   LazyClock() = default;
   ~LazyClock() override;
@@ -66,6 +68,8 @@ class LazyClock final : public caf::detail::thread_safe_actor_clock {
   uint64_t wakeups() const;
   /// Changes that reached the timer table: those not cancelled out within their batch; for tests.
   uint64_t applied() const;
+  /// Request timers that their cancellation found still queued and removed; for tests.
+  uint64_t cancelled_at_push() const { return cancelled_at_push_.load(std::memory_order_relaxed); }
   /// Timers and delayed messages in the table once the thread last applied queued changes,
   /// counted before it fired what was due (so what a fired timer causes happens after the
   /// count it is in); for tests.
@@ -123,6 +127,7 @@ class LazyClock final : public caf::detail::thread_safe_actor_clock {
   bool stopped_ = false;                  // guarded by mu_
   uint64_t wakeups_ = 0;                  // guarded by mu_
   std::atomic<uint64_t> applied_{0};
+  std::atomic<uint64_t> cancelled_at_push_{0};
   using RequestKey = std::pair<caf::actor_id, uint64_t>;  // (actor, request message id)
   struct RequestKeyHash {
     size_t operator()(const RequestKey& k) const {

@@ -32,6 +32,23 @@ struct System {
   std::unique_ptr<caf::actor_system> system;
 };
 
+// The timers and delayed messages in the clock's table once its thread has applied every change
+// queued so far, less the delayed message that made it do so: a 1 ms delayed message is counted
+// just before it is delivered, after all the changes queued ahead of it.
+size_t TimersAfterFlush(System& s) {
+  std::promise<void> fired;
+  auto marker = s.system->spawn([&](caf::event_based_actor* self) -> caf::behavior {
+    return {[&, self](caf::ok_atom) {
+      fired.set_value();
+      self->quit();
+    }};
+  });
+  s.clock().schedule_message(s.clock().now() + 1ms, caf::actor_cast<caf::strong_actor_ptr>(marker),
+                             caf::make_mailbox_element(nullptr, caf::make_message_id(), {}, caf::ok_atom::value));
+  if (fired.get_future().wait_for(5s) != std::future_status::ready) return SIZE_MAX;
+  return s.clock().scheduled() - 1;
+}
+
 // An actor that takes requests and never answers them.
 caf::behavior Silent(caf::event_based_actor* self) {
   return {[self](int) { return self->make_response_promise<int>(); }};
@@ -93,18 +110,44 @@ TEST(LazyClock, AnsweredRequestsNeitherTimeOutNorWakeTheClockForEach) {
   caf::anon_send_exit(echo, caf::exit_reason::user_shutdown);
 }
 
+TEST(LazyClock, ARequestTimerCancelledRightAfterItWasSetLeavesNothingForTheClocksThread) {
+  // One request at a time, each answered before the next: the cancellation finds its timer
+  // as the newest queued change and both are gone before the clock's thread sees them.
+  System s;
+  auto requester = s.system->spawn([]() -> caf::behavior { return {[](int) {}}; });
+  auto* self = caf::actor_cast<caf::abstract_actor*>(requester);
+  constexpr uint64_t kRequests = 20000;
+  auto applied_before = s.clock().applied();
+  auto cancelled_before = s.clock().cancelled_at_push();
+  for (uint64_t i = 1; i <= kRequests; ++i) {
+    auto id = caf::make_message_id(i).response_id();
+    s.clock().set_request_timeout(s.clock().now() + 30s, self, id);
+    s.clock().cancel_request_timeout(self, id);
+  }
+  EXPECT_EQ(s.clock().cancelled_at_push() - cancelled_before, kRequests);
+  EXPECT_EQ(TimersAfterFlush(s), 0u) << "a cancelled request timer reached the timer table";
+  EXPECT_LE(s.clock().applied() - applied_before, 2u) << "only the flush's own delayed message should apply";
+  caf::anon_send_exit(requester, caf::exit_reason::user_shutdown);
+}
+
 TEST(LazyClock, ARequestTimerCancelledInItsBatchNeverReachesTheTimerTable) {
   // CAF 0.17 never cancels a request's timer itself; troupe's gateway cancels it when the reply
   // arrives. A timer and its cancellation queued in the same batch cancel out there.
   System s;
   auto requester = s.system->spawn([]() -> caf::behavior { return {[](int) {}}; });
   auto* self = caf::actor_cast<caf::abstract_actor*>(requester);
-  constexpr uint64_t kRequests = 20000;
+  constexpr uint64_t kRequests = 20480;
   auto applied_before = s.clock().applied();
-  for (uint64_t i = 1; i <= kRequests; ++i) {
-    auto id = caf::make_message_id(i).response_id();
-    s.clock().set_request_timeout(s.clock().now() + 30s, self, id);
-    s.clock().cancel_request_timeout(self, id);
+  // 64 requests in flight at a time: most cancellations come too late to find their timer
+  // among the newest queued changes, so the batch has to cancel them out.
+  constexpr uint64_t kInFlight = 64;
+  for (uint64_t first = 1; first <= kRequests; first += kInFlight) {
+    for (uint64_t i = first; i < first + kInFlight; ++i) {
+      s.clock().set_request_timeout(s.clock().now() + 30s, self, caf::make_message_id(i).response_id());
+    }
+    for (uint64_t i = first; i < first + kInFlight; ++i) {
+      s.clock().cancel_request_timeout(self, caf::make_message_id(i).response_id());
+    }
   }
   // Changes apply in order before anything fires: once a message delayed after them arrives,
   // all of them have been applied.
