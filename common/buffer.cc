@@ -13,13 +13,8 @@ Buffer& Buffer::operator=(Buffer&& other) noexcept {
     data_ = other.data_;
     size_ = other.size_;
     heap_ = other.heap_;
-    if (other.deleter_) {
-      deleter_ = std::move(other.deleter_);
-      other.deleter_ = nullptr;
-    }
-    other.data_ = nullptr;
-    other.size_ = 0;
-    other.heap_ = false;
+    if (other.deleter_) deleter_ = std::move(other.deleter_);
+    other.Forget();
   }
   return *this;
 }

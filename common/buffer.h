@@ -18,11 +18,18 @@ class Buffer {
   Buffer() = default;
   Buffer(uint8_t* data, size_t size, Deleter deleter)
       : data_(data), size_(size), deleter_(std::move(deleter)) {}
-  Buffer(Buffer&& other) noexcept { *this = std::move(other); }
+  // Moves and destruction are inline: a frame's payload is moved several times on its way, and
+  // each move leaves an empty buffer whose destruction should cost a test, not a call.
+  Buffer(Buffer&& other) noexcept : data_(other.data_), size_(other.size_), heap_(other.heap_) {
+    if (other.deleter_) deleter_ = std::move(other.deleter_);
+    other.Forget();
+  }
   Buffer& operator=(Buffer&& other) noexcept;
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
-  ~Buffer() { Reset(); }
+  ~Buffer() {
+    if (data_ != nullptr || deleter_) Reset();
+  }
 
   /// A buffer of `size` uninitialised bytes on the heap: aligned to 16 bytes (malloc's
   /// alignment, enough for Cap'n Proto's 8-byte words), and to 64 (a cache line) from
@@ -51,6 +58,14 @@ class Buffer {
   void Reset();
 
  private:
+  // Empties the buffer without releasing anything (its bytes now belong to another buffer).
+  void Forget() {
+    data_ = nullptr;
+    size_ = 0;
+    heap_ = false;
+    if (deleter_) deleter_ = nullptr;
+  }
+
   uint8_t* data_ = nullptr;
   size_t size_ = 0;
   // From Allocate: released with std::free. Such buffers (most payloads) carry no deleter, so
