@@ -14,7 +14,9 @@ namespace troupe::transport {
 
 /// Called once per send, on the transport's progress thread, when the frame has left
 /// (OK) or cannot be sent (Unavailable: the peer failed; Cancelled: the transport stopped;
-/// ResourceExhausted: the peer refused its size; NotFound: no address for the peer).
+/// ResourceExhausted: the peer refused its size; NotFound: no address for the peer). A Send()
+/// from a handler may complete at once: its callback then runs before Send() returns, so the
+/// caller must not hold a lock the callback takes.
 using SendCallback = std::function<void(const Status&)>;
 
 /// What the transport tells its owner. Every callback runs on the progress thread and

@@ -423,7 +423,7 @@ void UcxTransport::Impl::Run(std::promise<Status>* started) {
     bool active = DrainCommands();
     // One progress call per turn, not until UCX runs dry: what the handlers of this call sent
     // (replies, follow-up requests) leaves at the next DrainCommands, while the peer is still
-    // sending. Draining everything first made both sides take turns: each let the other's
+    // sending (all but the first frame, which leaves from inside the call: see Send). Draining everything first made both sides take turns: each let the other's
     // whole window arrive before answering any of it, and idled while the other did the same.
     direct_send_open_ = true;
     if (ucp_worker_progress(worker_) != 0) active = true;
