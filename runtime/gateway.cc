@@ -9,7 +9,6 @@
 
 #include <algorithm>
 
-
 #include "runtime/messages.capnp.h"
 #include "runtime/node_identity.h"
 #include "runtime/wire_types.h"
