@@ -29,7 +29,8 @@ namespace troupe::runtime::internal {
 /// This clock queues timer changes and wakes its thread only when a change moves the next due
 /// time earlier, or once `kBatch` changes have queued up. Its thread applies queued changes in
 /// order before it fires anything, so a cancelled timer never fires late or twice; a request
-/// timer cancelled within its own batch never reaches the table at all.
+/// timer cancelled within its own batch never reaches the table at all, and one cancelled while
+/// it is still among the newest queued changes is removed there at once.
 ///
 /// It derives from CAF's thread_safe_actor_clock only because CAF's coordinator declares
 /// clock() with that return type; none of the base class's state or thread is used (the
