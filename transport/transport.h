@@ -91,6 +91,8 @@ class Transport {
 
   /// Queues `payload` for `peer`. Errors found at once (stopped, oversized) are returned
   /// and `done` is not called; otherwise `done` (if set) is called exactly once later.
+  /// Frames to one peer leave in the order of their Send() calls whenever one call happens
+  /// before the other, on one thread or across threads (a handler's send included).
   virtual Status Send(NodeId peer, const FrameHeader& header, Buffer payload,
                       SendCallback done = {}) = 0;
 

@@ -188,6 +188,8 @@ class UcxTransport::Impl {
   void Run(std::promise<Status>* started);
   void Shutdown();
   bool DrainCommands();
+  // Moves what other threads queued into local_, behind what is there (progress thread).
+  void AdoptIncoming();
   void ExecuteSend(Command cmd);
   void FlushBatches();
   void PostBatch(const ConnPtr& conn, std::vector<Command>& cmds, size_t begin, size_t end);
@@ -555,6 +557,10 @@ Status UcxTransport::Impl::Send(NodeId peer, const FrameHeader& header, Buffer p
                                   std::to_string(config_.max_frame_bytes));
   }
   const bool on_progress_thread = std::this_thread::get_id() == progress_thread_id_;
+  // Frames another thread queued before this call must leave first, and a handler's sends
+  // (local_, or the direct send below) go ahead of incoming_: take those frames over now. An
+  // actor that sent from a CAF worker and then runs on this thread keeps its order.
+  if (on_progress_thread && has_incoming_.load(std::memory_order_acquire)) AdoptIncoming();
   if (on_progress_thread && direct_send_open_) {
     // The first frame a receive handler sends in this progress call (a reply, or the request
     // an answered actor sends next) leaves now rather than after progress returns: a round
@@ -598,6 +604,7 @@ void UcxTransport::Impl::RunOnProgressThread(std::function<void()> fn) {
   Command cmd;
   cmd.fn = std::move(fn);
   if (std::this_thread::get_id() == progress_thread_id_) {
+    if (has_incoming_.load(std::memory_order_acquire)) AdoptIncoming();
     local_.push_back(std::move(cmd));
     return;
   }
@@ -606,6 +613,17 @@ void UcxTransport::Impl::RunOnProgressThread(std::function<void()> fn) {
   incoming_.push_back(std::move(cmd));
   has_incoming_.store(true, std::memory_order_release);
   if (sleeping_) ucp_worker_signal(worker_);
+}
+
+void UcxTransport::Impl::AdoptIncoming() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (local_.empty()) {
+    local_.swap(incoming_);
+  } else {
+    for (auto& cmd : incoming_) local_.push_back(std::move(cmd));
+    incoming_.clear();
+  }
+  has_incoming_.store(false, std::memory_order_relaxed);
 }
 
 bool UcxTransport::Impl::DrainCommands() {
@@ -630,7 +648,8 @@ bool UcxTransport::Impl::DrainCommands() {
   // Sends issued by handlers during the last progress go first: another thread may already be
   // reacting to what those handlers did (a reply it waited for), and its sends must not
   // overtake them (a monitor request must reach the peer before the message that kills the
-  // monitored actor).
+  // monitored actor). What other threads queued before a handler sent was taken into local_
+  // ahead of that send (AdoptIncoming), so each sender's frames keep the order of its calls.
   run_local();
   if (has_incoming_.load(std::memory_order_acquire)) {
     {

@@ -2,9 +2,11 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <random>
 #include <set>
+#include <thread>
 
 #include "tests/integration/transport_test_util.h"
 
@@ -27,7 +29,12 @@ class TwoProcessTest : public ::testing::TestWithParam<Mode> {
     peer_ = StartPeer({"--tls", GetParam().tls}, &peer_address_);
     ASSERT_NE(peer_, nullptr);
     transport_ = std::make_unique<UcxTransport>(LocalConfig(GetParam().tls));
-    ASSERT_TRUE(transport_->Start(inbox_.Handler()).ok());
+    auto handler = inbox_.Handler();
+    handler.on_frame = [this, record = handler.on_frame](transport::NodeId peer, transport::Frame frame) {
+      if (on_frame_) on_frame_(frame);
+      record(peer, std::move(frame));
+    };
+    ASSERT_TRUE(transport_->Start(std::move(handler)).ok());
     transport_->AddPeer(kPeerNode, peer_address_);
   }
   void TearDown() override {
@@ -41,6 +48,8 @@ class TwoProcessTest : public ::testing::TestWithParam<Mode> {
   }
 
   TransportInbox inbox_;
+  // Runs on the progress thread before the inbox records a frame; set before the first send.
+  std::function<void(const transport::Frame&)> on_frame_;
   std::unique_ptr<ChildProcess> peer_;
   std::string peer_address_;
   std::unique_ptr<UcxTransport> transport_;
@@ -85,6 +94,43 @@ TEST_P(TwoProcessTest, TenThousandSmallFramesArriveIntactAndInOrder) {
   // thread and the peer's echoes (sent from its frame handler) cannot all go one by one.
   EXPECT_GT(transport_->stats().batches_sent, 0u) << "no batch was sent";
   EXPECT_GT(PeerStats(peer_.get())["batches_sent"], 0u) << "the peer's echoes were never batched";
+}
+
+TEST_P(TwoProcessTest, AFrameQueuedByAnotherThreadLeavesBeforeTheHandlerSendThatFollowsIt) {
+  // An actor can send from a CAF worker and then, woken by a frame, run in a handler on the
+  // progress thread, whose first send may leave from inside the progress call. The frame the
+  // other thread queued first must still leave first. Here each echoed trigger makes the
+  // handler queue frame 2k+1 from a second thread, join it, and then send frame 2k+2 itself.
+  constexpr uint32_t kTrigger = 9, kOrdered = 8;
+  constexpr uint64_t kRounds = 20;
+  auto ordered = [](uint64_t id) {
+    FrameHeader h;
+    h.type_id = kOrdered;
+    h.request_id = id;
+    return h;
+  };
+  on_frame_ = [this, ordered](const transport::Frame& frame) {
+    if (frame.header.type_id != kTrigger) return;
+    const uint64_t k = frame.header.request_id;
+    std::thread other([&] { EXPECT_TRUE(transport_->Send(kPeerNode, ordered(2 * k + 1), Buffer()).ok()); });
+    other.join();
+    EXPECT_TRUE(transport_->Send(kPeerNode, ordered(2 * k + 2), Buffer()).ok());
+  };
+  for (uint64_t k = 0; k < kRounds; ++k) {
+    // One trigger at a time, after the previous round's echoes: nothing else is queued or
+    // batched for the peer when the handler sends, so its send may take the direct path.
+    FrameHeader trigger;
+    trigger.type_id = kTrigger;
+    trigger.request_id = k;
+    ASSERT_TRUE(transport_->Send(kPeerNode, trigger, Buffer()).ok());
+    ASSERT_TRUE(inbox_.WaitForFrames(3 * (k + 1), 20s)) << "round " << k << ": the trigger and both frames were not echoed";
+  }
+  std::vector<uint64_t> seen;
+  for (const auto& [from, frame] : inbox_.TakeFrames()) {
+    if (frame.header.type_id == kOrdered) seen.push_back(frame.header.request_id);
+  }
+  ASSERT_EQ(seen.size(), 2 * kRounds);
+  for (uint64_t i = 0; i < seen.size(); ++i) EXPECT_EQ(seen[i], i + 1) << "frame at position " << i;
 }
 
 Buffer PatternedPayload(size_t size, uint64_t seed) {
