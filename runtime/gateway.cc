@@ -426,29 +426,31 @@ Gateway::NodeState* Gateway::TouchLocked(NodeId peer) {
 
 void Gateway::OnFrame(NodeId peer, transport::Frame frame) {
   const FrameHeader& header = frame.header;
-  // Every frame counts as a sign of life. Messages and replies record it in the locked section
-  // they need anyway (Deliver, OnResponse): one lock per frame, not two.
-  const bool control = (header.flags & kFlagResponse) == 0 &&
-                       (header.type_id == kSpawnRequest || header.type_id == kNameLookup);
-  const bool runtime_frame = header.type_id == kHeartbeat || header.type_id == kMonitorRequest ||
-                             header.type_id == kDownNotice || control;
-  if (runtime_frame || stopped_) Touch(peer);
   if (stopped_) return;
+  // Every frame counts as a sign of life. Messages and replies record it in the locked section
+  // they need anyway (Deliver, OnResponse), the runtime's own frames here: one lock per frame.
   switch (header.type_id) {
     case kHeartbeat:
+      Touch(peer);
       return;
     case kMonitorRequest:
+      Touch(peer);
       OnMonitorRequest(peer, header.dst_actor);
       return;
     case kDownNotice:
+      Touch(peer);
       OnDownNotice(peer, header.src_actor, frame.payload);
       return;
+    case kSpawnRequest:
+    case kNameLookup:
+      if (!(header.flags & kFlagResponse)) {
+        Touch(peer);
+        OnControl(peer, header, frame.payload);
+        return;
+      }
+      break;
     default:
       break;
-  }
-  if (control) {
-    OnControl(peer, header, frame.payload);
-    return;
   }
   if (header.flags & kFlagResponse) {
     OnResponse(peer, header, frame.payload);

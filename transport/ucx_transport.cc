@@ -13,6 +13,7 @@
 #include <cstring>
 #include <deque>
 #include <future>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -188,8 +189,14 @@ class UcxTransport::Impl {
   void Run(std::promise<Status>* started);
   void Shutdown();
   bool DrainCommands();
-  // Moves what other threads queued into local_, behind what is there (progress thread).
+  // Progress thread: moves what other threads queued into local_, behind what is there.
   void AdoptIncoming();
+  // Progress thread: posts a send command at once when nothing queued could be overtaken
+  // (local_ empty; a ready connection with nothing batched or queued); false if it must queue.
+  bool TrySendNow(Command& cmd);
+  // Other threads: queues a command for the progress thread and wakes it; false once the
+  // transport is closed (or stopping, if asked).
+  bool QueueFromOtherThread(Command cmd, bool refuse_while_stopping);
   void ExecuteSend(Command cmd);
   void FlushBatches();
   void PostBatch(const ConnPtr& conn, std::vector<Command>& cmds, size_t begin, size_t end);
@@ -425,8 +432,9 @@ void UcxTransport::Impl::Run(std::promise<Status>* started) {
     bool active = DrainCommands();
     // One progress call per turn, not until UCX runs dry: what the handlers of this call sent
     // (replies, follow-up requests) leaves at the next DrainCommands, while the peer is still
-    // sending (all but the first frame, which leaves from inside the call: see Send). Draining everything first made both sides take turns: each let the other's
-    // whole window arrive before answering any of it, and idled while the other did the same.
+    // sending (all but the first frame, which leaves from inside the call: see Send). Draining
+    // everything first made both sides take turns: each let the other's whole window arrive
+    // before answering any of it, and idled while the other did the same.
     direct_send_open_ = true;
     if (ucp_worker_progress(worker_) != 0) active = true;
     direct_send_open_ = false;
@@ -556,30 +564,6 @@ Status UcxTransport::Impl::Send(NodeId peer, const FrameHeader& header, Buffer p
                                   " bytes exceeds max_frame_bytes " +
                                   std::to_string(config_.max_frame_bytes));
   }
-  const bool on_progress_thread = std::this_thread::get_id() == progress_thread_id_;
-  // Frames another thread queued before this call must leave first, and a handler's sends
-  // (local_, or the direct send below) go ahead of incoming_: take those frames over now. An
-  // actor that sent from a CAF worker and then runs on this thread keeps its order.
-  if (on_progress_thread && has_incoming_.load(std::memory_order_acquire)) AdoptIncoming();
-  if (on_progress_thread && direct_send_open_) {
-    // The first frame a receive handler sends in this progress call (a reply, or the request
-    // an answered actor sends next) leaves now rather than after progress returns: a round
-    // trip then skips the queue's bookkeeping and waits for no other frame. Later frames of
-    // the same call queue behind it and are batched as before. (UCX allows sending from an
-    // active-message handler.)
-    direct_send_open_ = false;
-    auto it = local_.empty() ? peers_.find(peer) : peers_.end();  // nothing queued may be overtaken
-    if (it != peers_.end() && it->second.send_conn != nullptr) {
-      Connection* conn = it->second.send_conn.get();
-      if (conn->state == ConnState::kReady && conn->batch.empty() && conn->queued.empty()) {
-        FrameHeader h = header;
-        h.src_node = config_.node_id;
-        h.dst_node = peer;
-        PostSend(conn->data_ep(), FrameKind::kData, h, nullptr, std::move(payload), std::move(done), peer);
-        return OkStatus();
-      }
-    }
-  }
   Command cmd;
   cmd.peer = peer;
   cmd.header = header;
@@ -587,16 +571,25 @@ Status UcxTransport::Impl::Send(NodeId peer, const FrameHeader& header, Buffer p
   cmd.header.dst_node = peer;
   cmd.payload = std::move(payload);
   cmd.done = std::move(done);
-  if (on_progress_thread) {
-    // From a handler: no lock, no wake-up; the loop drains local_ right after progress.
-    local_.push_back(std::move(cmd));
+  if (std::this_thread::get_id() == progress_thread_id_) {
+    // From a handler: no lock, no wake-up. Frames other threads queued before this call go
+    // first (an actor that sent from a CAF worker and now runs here keeps its order).
+    AdoptIncoming();
+    if (direct_send_open_) {
+      // The first frame a receive handler sends in this progress call (a reply, or the request
+      // an answered actor sends next) leaves now rather than after progress returns: a round
+      // trip then skips the queue's bookkeeping and waits for no other frame. Later frames of
+      // the same call queue behind it and are batched as before. (UCX allows sending from an
+      // active-message handler.)
+      direct_send_open_ = false;
+      if (TrySendNow(cmd)) return OkStatus();
+    }
+    local_.push_back(std::move(cmd));  // the loop drains local_ right after progress
     return OkStatus();
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  if (closed_ || stopping_) return CancelledError("send: transport is not running");
-  incoming_.push_back(std::move(cmd));
-  has_incoming_.store(true, std::memory_order_release);
-  if (sleeping_) ucp_worker_signal(worker_);
+  if (!QueueFromOtherThread(std::move(cmd), /*refuse_while_stopping=*/true)) {
+    return CancelledError("send: transport is not running");
+  }
   return OkStatus();
 }
 
@@ -604,26 +597,39 @@ void UcxTransport::Impl::RunOnProgressThread(std::function<void()> fn) {
   Command cmd;
   cmd.fn = std::move(fn);
   if (std::this_thread::get_id() == progress_thread_id_) {
-    if (has_incoming_.load(std::memory_order_acquire)) AdoptIncoming();
+    AdoptIncoming();
     local_.push_back(std::move(cmd));
     return;
   }
+  QueueFromOtherThread(std::move(cmd), /*refuse_while_stopping=*/false);
+}
+
+bool UcxTransport::Impl::QueueFromOtherThread(Command cmd, bool refuse_while_stopping) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (closed_) return;
+  if (closed_ || (refuse_while_stopping && stopping_)) return false;
   incoming_.push_back(std::move(cmd));
   has_incoming_.store(true, std::memory_order_release);
   if (sleeping_) ucp_worker_signal(worker_);
+  return true;
 }
 
 void UcxTransport::Impl::AdoptIncoming() {
+  if (!has_incoming_.load(std::memory_order_acquire)) return;
   std::lock_guard<std::mutex> lock(mu_);
-  if (local_.empty()) {
-    local_.swap(incoming_);
-  } else {
-    for (auto& cmd : incoming_) local_.push_back(std::move(cmd));
-    incoming_.clear();
-  }
+  local_.insert(local_.end(), std::make_move_iterator(incoming_.begin()), std::make_move_iterator(incoming_.end()));
+  incoming_.clear();
   has_incoming_.store(false, std::memory_order_relaxed);
+}
+
+bool UcxTransport::Impl::TrySendNow(Command& cmd) {
+  if (!local_.empty()) return false;  // nothing queued may be overtaken
+  auto it = peers_.find(cmd.peer);
+  if (it == peers_.end() || it->second.send_conn == nullptr) return false;
+  Connection* conn = it->second.send_conn.get();
+  if (conn->state != ConnState::kReady || !conn->batch.empty() || !conn->queued.empty()) return false;
+  PostSend(conn->data_ep(), FrameKind::kData, cmd.header, nullptr, std::move(cmd.payload), std::move(cmd.done),
+           cmd.peer);
+  return true;
 }
 
 bool UcxTransport::Impl::DrainCommands() {
