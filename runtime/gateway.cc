@@ -424,6 +424,14 @@ Gateway::NodeState* Gateway::TouchLocked(NodeId peer) {
   return &it->second;
 }
 
+transport::TransportHandler Gateway::Handler() {
+  transport::TransportHandler handler;
+  handler.on_frame = [this](NodeId peer, transport::Frame frame) { OnFrame(peer, std::move(frame)); };
+  handler.on_peer_connected = [this](NodeId peer) { OnPeerConnected(peer); };
+  handler.on_peer_failed = [this](NodeId peer, const Status& reason) { OnPeerFailed(peer, reason); };
+  return handler;
+}
+
 void Gateway::OnFrame(NodeId peer, transport::Frame frame) {
   const FrameHeader& header = frame.header;
   if (stopped_) return;

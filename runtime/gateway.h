@@ -106,6 +106,9 @@ class Gateway : public RefCodec, public std::enable_shared_from_this<Gateway> {
   uint32_t incarnation() const { return incarnation_; }
 
   // ---- Transport side (progress thread) ----
+  /// The handler to start the transport with: it hands frames and peer events to the three
+  /// calls below. The gateway must outlive the transport's run.
+  transport::TransportHandler Handler();
   void OnFrame(NodeId peer, transport::Frame frame);
   void OnPeerConnected(NodeId peer);
   void OnPeerFailed(NodeId peer, const Status& reason);

@@ -82,12 +82,7 @@ Status Runtime::StartImpl() {
   gateway_->Start();
   gateway_->set_control_handler(this);
 
-  Gateway* gateway = gateway_.get();
-  transport::TransportHandler handler;
-  handler.on_frame = [gateway](NodeId peer, transport::Frame frame) { gateway->OnFrame(peer, std::move(frame)); };
-  handler.on_peer_connected = [gateway](NodeId peer) { gateway->OnPeerConnected(peer); };
-  handler.on_peer_failed = [gateway](NodeId peer, const Status& reason) { gateway->OnPeerFailed(peer, reason); };
-  Status started = transport_->Start(std::move(handler));
+  Status started = transport_->Start(gateway_->Handler());
   if (!started.ok()) {
     gateway_->Shutdown();
     return started;

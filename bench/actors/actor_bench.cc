@@ -284,12 +284,7 @@ struct LoopNode {
     gateway = std::make_shared<runtime::Gateway>(*system, transport, codecs, runtime::GatewayConfig{},
                                                  SteadyClock::Instance(), static_cast<uint32_t>(id));
     gateway->Start();
-    runtime::Gateway* gw = gateway.get();
-    transport::TransportHandler handler;
-    handler.on_frame = [gw](runtime::NodeId p, transport::Frame f) { gw->OnFrame(p, std::move(f)); };
-    handler.on_peer_connected = [gw](runtime::NodeId p) { gw->OnPeerConnected(p); };
-    handler.on_peer_failed = [gw](runtime::NodeId p, const Status& s) { gw->OnPeerFailed(p, s); };
-    (void)transport.Start(std::move(handler));
+    (void)transport.Start(gateway->Handler());
   }
   ~LoopNode() { gateway->Shutdown(); }
 

@@ -84,12 +84,7 @@ class GatewayTest : public ::testing::Test {
     ASSERT_TRUE(codecs_.AddRuntimeTypes().ok());
     gateway_ = std::make_shared<Gateway>(system_, transport_, codecs_, config, clock_, kIncarnation);
     gateway_->Start();
-    Gateway* gw = gateway_.get();
-    transport::TransportHandler handler;
-    handler.on_frame = [gw](runtime::NodeId p, Frame f) { gw->OnFrame(p, std::move(f)); };
-    handler.on_peer_connected = [gw](runtime::NodeId p) { gw->OnPeerConnected(p); };
-    handler.on_peer_failed = [gw](runtime::NodeId p, const Status& s) { gw->OnPeerFailed(p, s); };
-    ASSERT_TRUE(transport_.Start(handler).ok());
+    ASSERT_TRUE(transport_.Start(gateway_->Handler()).ok());
   }
 
   Buffer Encode(caf::message msg) {
