@@ -61,7 +61,53 @@ struct ClusterConfig {
   const NodeSpec* FindNode(const std::string& name) const;
 };
 
+/// Bounds on what a cluster file may say (docs/config.md lists them). A value outside them is
+/// refused at load rather than left to misbehave at run time (a heartbeat of hours makes every
+/// node flap; a slice of a few bytes makes a node start millions of slice actors).
+inline constexpr std::chrono::milliseconds kMaxHeartbeatInterval{60 * 1000};       ///< 1 min
+inline constexpr std::chrono::milliseconds kMaxFailureTimeout{10 * 60 * 1000};     ///< 10 min
+inline constexpr std::chrono::milliseconds kMaxBackfillLimit{24 * 60 * 60 * 1000};  ///< 24 h
+/// Any size in the file (node memory, GPU memory, slice_memory, quotas): 1 PiB.
+inline constexpr uint64_t kMaxConfigBytes = uint64_t{1} << 50;
+/// The most slices one GPU is cut into; the config (simulated GPUs) and the node agent (GPUs
+/// found through NVML) both refuse a slice_memory that would make more.
+inline constexpr uint32_t kMaxSlicesPerGpu = 1024;
+/// The longest token_file accepted (a token file holds one line).
+inline constexpr size_t kMaxTokenFileBytes = 4096;
+/// The longest cluster file accepted.
+inline constexpr size_t kMaxConfigFileBytes = 1 << 20;
+
+/// One problem found in a cluster file: where (line and column from 1; 0 when the problem is
+/// the file as a whole), which field, and what is wrong.
+struct ConfigError {
+  std::string file;
+  int line = 0;
+  int column = 0;
+  std::string field;
+  std::string message;
+
+  /// "file:line:column: field: message" (without line and column when they are 0).
+  std::string ToString() const;
+};
+
+/// Every problem in the cluster file at `path`, in file order of discovery; empty when it is
+/// valid, and then `*config` (if given) holds it. Reads nothing else and contacts nothing:
+/// `troupe check` is this.
+std::vector<ConfigError> ValidateClusterConfig(const std::string& path, ClusterConfig* config = nullptr);
+/// The same from YAML text.
+std::vector<ConfigError> ValidateClusterConfigText(const std::string& yaml, const std::string& source,
+                                                   const std::string& base_dir = ".",
+                                                   ClusterConfig* config = nullptr);
+
+/// The size of each slice of a GPU of `gpu_memory_bytes` cut by `slice_memory_bytes` (0, or
+/// more than the GPU: the whole GPU is one slice).
+uint64_t SliceSize(uint64_t gpu_memory_bytes, uint64_t slice_memory_bytes);
+/// OK, or InvalidArgument saying how many slices `slice_memory_bytes` would make of GPU
+/// `gpu_name` and which slice_memory to write instead, when that is more than kMaxSlicesPerGpu.
+Status CheckSliceCount(const std::string& gpu_name, uint64_t gpu_memory_bytes, uint64_t slice_memory_bytes);
+
 /// Reads and validates a cluster file. Relative token_file and data_dir paths are taken
+/// relative to the file's directory. InvalidArgument lists every problem, one per line. Relative token_file and data_dir paths are taken
 /// relative to the file's directory.
 StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path);
 /// The same from YAML text (`source` names it in errors).
@@ -73,9 +119,11 @@ StatusOr<ClusterConfig> ParseClusterConfig(const std::string& yaml, const std::s
 /// port. FailedPrecondition naming the field and address if one is taken.
 Status CheckPortsFree(const ClusterConfig& config, bool include_nodes);
 
-/// "8GiB", "512MiB", "1.5GB", "4096" (bytes) -> bytes.
+/// "8GiB", "512MiB", "1.5GB", "4096" (bytes) -> bytes. The number is plain decimal (digits and
+/// at most one '.'); sizes of 2^64 bytes or more are refused.
 StatusOr<uint64_t> ParseSize(const std::string& text);
-/// "100ms", "1s", "2m", "1500us" -> milliseconds (at least 1 ms for a non-zero value).
+/// "100ms", "1s", "2m", "1500us" -> milliseconds (at least 1 ms for a non-zero value). The
+/// number is plain decimal; more than a year is refused (fields have tighter bounds above).
 StatusOr<std::chrono::milliseconds> ParseDuration(const std::string& text);
 
 }  // namespace troupe::cluster

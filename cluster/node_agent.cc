@@ -68,10 +68,16 @@ Status NodeAgent::DiscoverGpus() {
 Status NodeAgent::SpawnSlices() {
   slices_ = std::make_shared<Slices>();
   auto slices = slices_;
+  // GPUs found through NVML are seen only now: the same cap on slices per GPU as the config's
+  // check of simulated GPUs, before any slice actor starts.
   for (const auto& gpu : gpus_) {
-    const uint64_t size = spec_->slice_memory_bytes > 0 && spec_->slice_memory_bytes <= gpu.memory_bytes
-                              ? spec_->slice_memory_bytes
-                              : gpu.memory_bytes;
+    if (Status s = CheckSliceCount(gpu.name, gpu.memory_bytes, spec_->slice_memory_bytes); !s.ok()) {
+      spdlog::error("node {}: slice_memory {}", spec_->name, s.message());
+      return InvalidArgumentError("nodes[" + spec_->name + "].slice_memory: " + s.message());
+    }
+  }
+  for (const auto& gpu : gpus_) {
+    const uint64_t size = SliceSize(gpu.memory_bytes, spec_->slice_memory_bytes);
     const uint32_t count = size == 0 ? 0 : static_cast<uint32_t>(gpu.memory_bytes / size);
     const size_t g = slices->actors.size();
     slices->actors.emplace_back();

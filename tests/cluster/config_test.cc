@@ -8,10 +8,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
 #include "cluster/config.h"
+#include "cluster/node_agent.h"
 
 namespace troupe::cluster {
 namespace {
@@ -148,6 +150,155 @@ TEST(ClusterConfig, SizesAndDurations) {
   EXPECT_EQ(*ParseDuration("2m"), std::chrono::milliseconds(120000));
   EXPECT_EQ(*ParseDuration("10us"), std::chrono::milliseconds(1));
   EXPECT_FALSE(ParseDuration("fast").ok());
+}
+
+TEST(ClusterConfig, ADuplicatedKeyIsRefusedNamingBothLines) {
+  ExpectError("cluster:\n  name: t\n  token: secret-token\nnodes:\n  - name: a\n    cpus: 4\n    cpus: 64\n",
+              "test.yaml:7:5: nodes[0].cpus", "given twice, on line 6 and line 7");
+  ExpectError("cluster:\n  name: t\n  token: secret-token\ncluster:\n  name: u\n", "test.yaml:4:1: cluster",
+              "given twice, on line 1 and line 4");
+  ExpectError(std::string(kMinimal) + "scheduler:\n  quotas:\n    team: 8GiB\n    team: 16GiB\n",
+              "test.yaml:11:5: scheduler.quotas.team", "given twice, on line 10 and line 11");
+  ExpectError("cluster:\n  name: t\n  token: secret-token\nhead:\n  port: 7400\n  port: 7401\n", "head.port",
+              "given twice");
+  ExpectError("cluster:\n  name: t\n  token: secret-token\nnodes:\n  - name: a\n    gpus:\n      simulated:\n"
+              "        - memory: 4GiB\n          memory: 8GiB\n",
+              "nodes[a].gpus.simulated[0].memory", "given twice");
+}
+
+TEST(ClusterConfig, MalformedNumbersAreRefusedNotThrown) {
+  for (const char* bad : {".s", ".tr", "...", "1..5s", "1.2.3s", "-1s", "1e3s", "0x10s", "nans", "infs", ""}) {
+    SCOPED_TRACE(bad);
+    EXPECT_FALSE(ParseDuration(bad).ok());
+  }
+  for (const char* bad : {".", "..GiB", "1.2.3GiB", "-1", "1e3", "0x10", "inf", "nan", ".MiB"}) {
+    SCOPED_TRACE(bad);
+    EXPECT_FALSE(ParseSize(bad).ok());
+  }
+  EXPECT_EQ(*ParseSize(".5KiB"), 512u);
+  EXPECT_EQ(*ParseDuration("2.s"), std::chrono::milliseconds(2000));
+  ExpectError("cluster:\n  name: t\n  token: secret-token\n  failure_timeout: .s\n", "test.yaml:4:20: cluster.failure_timeout",
+              "expected a duration");
+  ExpectError("cluster:\n  name: t\n  token: secret-token\n  heartbeat_interval: .tr\n", "cluster.heartbeat_interval",
+              "expected a duration");
+  ExpectError("cluster:\n  name: t\n  token: secret-token\n  failure_timeout: ...\n", "cluster.failure_timeout",
+              "expected a duration");
+}
+
+TEST(ClusterConfig, SizesThatWouldWrapAreRefused) {
+  EXPECT_FALSE(ParseSize("18446744073709551616").ok());
+  EXPECT_FALSE(ParseSize("16384PiB").ok());
+  EXPECT_FALSE(ParseSize("17179869184GiB").ok());
+  EXPECT_FALSE(ParseSize(std::string(400, '9')).ok());
+  EXPECT_EQ(*ParseSize("9223372036854775808"), 9223372036854775808ull);  // 2^63 does not go through a signed type
+  ExpectError("cluster:\n  name: t\n  token: secret-token\nnodes:\n  - name: a\n    memory: 17179869184GiB\n",
+              "nodes[a].memory", "too large");
+  ExpectError("cluster:\n  name: t\n  token: secret-token\nnodes:\n  - name: a\n    memory: 2PiB\n",
+              "nodes[a].memory", "unknown size unit");
+  ExpectError("cluster:\n  name: t\n  token: secret-token\nnodes:\n  - name: a\n    memory: 2048TiB\n",
+              "nodes[a].memory", "must be at most 1PiB");
+  ExpectError("cluster:\n  name: t\n  token: secret-token\nnodes:\n  - name: a\n    cpus: 99999999999999999999999\n",
+              "nodes[a].cpus", "expected a whole number");
+  ExpectError("cluster:\n  name: t\n  token: secret-token\nhead:\n  port: 18446744073709551617\n", "head.port",
+              "at most 65535");
+}
+
+TEST(ClusterConfig, DurationsHaveAnUpperBound) {
+  ExpectError("cluster:\n  name: t\n  token: secret-token\n  heartbeat_interval: 2m\n  failure_timeout: 5m\n",
+              "cluster.heartbeat_interval", "must be at most 1m");
+  ExpectError("cluster:\n  name: t\n  token: secret-token\n  failure_timeout: 10000000h\n", "cluster.failure_timeout",
+              "too long");
+  ExpectError("cluster:\n  name: t\n  token: secret-token\n  failure_timeout: 11m\n", "cluster.failure_timeout",
+              "must be at most 10m");
+  ExpectError(std::string(kMinimal) + "scheduler:\n  backfill_limit: 25h\n", "scheduler.backfill_limit",
+              "must be at most 24h");
+  auto edge = ParseClusterConfig(std::string("cluster:\n  name: t\n  token: secret-token\n  heartbeat_interval: 1m\n"
+                                             "  failure_timeout: 10m\nscheduler:\n  backfill_limit: 24h\n"),
+                                 "edge.yaml");
+  EXPECT_TRUE(edge.ok()) << edge.status();
+}
+
+TEST(ClusterConfig, TooManySlicesPerGpuAreRefusedWithWhatToWriteInstead) {
+  ExpectError("cluster:\n  name: t\n  token: secret-token\nnodes:\n  - name: a\n    gpus:\n      simulated:\n"
+              "        - memory: 24GiB\n    slice_memory: 4096\n",
+              "nodes[a].slice_memory",
+              "would make 6291456 slices of GPU sim-0 (24GiB); at most 1024: use slice_memory of at least 24MiB, "
+              "e.g. 1GiB");
+  auto at_cap = ParseClusterConfig("cluster:\n  name: t\n  token: secret-token\nnodes:\n  - name: a\n    gpus:\n"
+                                   "      simulated:\n        - memory: 24GiB\n    slice_memory: 24MiB\n",
+                                   "cap.yaml");
+  EXPECT_TRUE(at_cap.ok()) << at_cap.status();
+  EXPECT_TRUE(CheckSliceCount("gpu", 80ull << 30, 80ull << 20).ok());
+  EXPECT_FALSE(CheckSliceCount("gpu", 80ull << 30, (80ull << 30) / 1025).ok());
+  EXPECT_TRUE(CheckSliceCount("gpu", 80ull << 30, 0).ok());
+  EXPECT_EQ(SliceSize(16ull << 30, 0), 16ull << 30);
+  EXPECT_EQ(SliceSize(16ull << 30, 4ull << 30), 4ull << 30);
+}
+
+TEST(ClusterConfig, ATokenFileIsReadWithASizeLimit) {
+  ExpectError("cluster:\n  name: t\n  token_file: /dev/zero\n", "cluster.token_file", "longer than 4096 bytes");
+  std::string templ = (std::filesystem::temp_directory_path() / "troupe-cfg-XXXXXX").string();
+  ASSERT_NE(mkdtemp(templ.data()), nullptr);
+  std::ofstream(templ + "/long.txt") << std::string(5000, 'x');
+  std::ofstream(templ + "/c.yaml") << "cluster:\n  name: t\n  token_file: long.txt\n";
+  auto c = LoadClusterConfig(templ + "/c.yaml");
+  EXPECT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("long.txt is longer than 4096 bytes"), std::string::npos) << c.status();
+  std::filesystem::remove_all(templ);
+}
+
+TEST(ClusterConfig, EveryErrorIsReportedOncePerLine) {
+  const std::string yaml =
+      "cluster:\n  name: t\n  token: secret-token\n  failure_timeout: .s\n  tokn: x\nhead:\n  port: 70000\n"
+      "nodes:\n  - name: a\n    cpus: many\n    memory: lots\n  - 3\n  - name: b\n    cpus: 4\n    cpus: 8\n";
+  auto errors = ValidateClusterConfigText(yaml, "many.yaml");
+  std::vector<std::string> lines;
+  for (const auto& e : errors) lines.push_back(e.ToString());
+  ASSERT_EQ(lines.size(), 7u) << ::testing::PrintToString(lines);
+  EXPECT_EQ(lines[0], "many.yaml:5:3: cluster.tokn: unknown key (expected one of: failure_timeout, heartbeat_interval, "
+                      "log_level, name, token, token_file)");
+  EXPECT_EQ(errors[1].field, "cluster.failure_timeout");
+  EXPECT_EQ(errors[1].line, 4);
+  EXPECT_EQ(errors[1].column, 20);
+  EXPECT_EQ(errors[2].field, "head.port");
+  EXPECT_EQ(errors[3].field, "nodes[a].cpus");
+  EXPECT_EQ(errors[4].field, "nodes[a].memory");
+  EXPECT_EQ(errors[5].field, "nodes[1]");
+  EXPECT_EQ(errors[5].message, "expected a mapping of keys");
+  EXPECT_EQ(errors[6].field, "nodes[2].cpus");
+  EXPECT_NE(errors[6].message.find("given twice, on line 14 and line 15"), std::string::npos);
+  Status s = ParseError(yaml);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(std::count(s.message().begin(), s.message().end(), '\n'), 6) << s.message();
+  EXPECT_TRUE(ValidateClusterConfigText(kMinimal, "min.yaml").empty());
+}
+
+TEST(ClusterConfig, ValidatingAFileReportsAMissingOrHugeFile) {
+  auto missing = ValidateClusterConfig("/no/such/cluster.yaml");
+  ASSERT_EQ(missing.size(), 1u);
+  EXPECT_NE(missing[0].ToString().find("/no/such/cluster.yaml"), std::string::npos);
+  auto endless = ValidateClusterConfig("/dev/zero");
+  ASSERT_EQ(endless.size(), 1u);
+  EXPECT_NE(endless[0].message.find("longer than 1MiB"), std::string::npos) << endless[0].ToString();
+  ClusterConfig config;
+  EXPECT_TRUE(ValidateClusterConfig(TROUPE_SOURCE_DIR "/configs/local.yaml", &config).empty());
+  EXPECT_EQ(config.name, "local");
+}
+
+// GPUs found through NVML are seen only by the node agent: it applies the same cap. A config
+// built in code (bypassing the file's check) stands in for such a GPU.
+TEST(NodeAgentSlices, AGpuCutIntoMoreSlicesThanTheCapStopsTheNodeBeforeAnySliceStarts) {
+  auto c = ParseClusterConfig("cluster:\n  name: t\n  token: secret-token\nnodes:\n  - name: a\n    gpus:\n"
+                              "      simulated:\n        - memory: 24GiB\n",
+                              "agent.yaml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  c->nodes[0].slice_memory_bytes = 4096;
+  auto agent = NodeAgent::Start(*c, "a", "");
+  ASSERT_FALSE(agent.ok());
+  EXPECT_EQ(agent.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(agent.status().message().find("nodes[a].slice_memory: would make 6291456 slices of GPU sim-0"),
+            std::string::npos)
+      << agent.status();
 }
 
 }  // namespace
