@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/check_command.h"
 #include "cli/cluster_commands.h"
 #include "common/child_process.h"
 #include "common/logging.h"
@@ -45,6 +46,7 @@ commands:
       [--policy pack|spread] [--timeout D] -- CMD [ARGS...]
                         lease a GPU slice and run CMD on it (CUDA_VISIBLE_DEVICES, MPS limits); the
                         lease ends when CMD does
+  check -c FILE         validate FILE without starting anything: every error, file:line:col (--json)
   head -c FILE          run the head of the cluster in FILE
   node -c FILE --name N run node N of the cluster in FILE (--head HOST:PORT overrides the head address)
   demo        start a second troupe process and exchange frames with it over UCX
@@ -289,6 +291,7 @@ int main(int argc, char** argv) {
   // The demo talks to its peer over a pipe; a closed pipe must not kill it.
   signal(SIGPIPE, SIG_IGN);
   if (command == "demo") return troupe::cli::RunDemo(rest, "/proc/self/exe");
+  if (command == "check") return troupe::cli::RunCheck(rest);
   if (command == "head") return troupe::cli::RunHead(rest);
   if (command == "node") return troupe::cli::RunNode(rest);
   if (command == "up") return troupe::cli::RunUp(rest, "/proc/self/exe");
