@@ -16,6 +16,7 @@
 
 #include "cluster/messages.h"
 #include "cluster/scheduler.h"
+#include "common/file_util.h"
 #include "common/json.h"
 #include "runtime/node_identity.h"
 #include "storage/table.h"
@@ -31,6 +32,16 @@ struct ValueCodec<cluster::NodeRecord> {
 namespace troupe::cluster {
 
 namespace {
+
+// Sent by the controller to itself `failure_timeout` after it starts: nodes of the earlier head
+// that have not rejoined by then are dead.
+using rejoin_deadline_atom = caf::atom_constant<caf::atom("rejoin_dl")>;
+
+// "1s", "1500 ms": a duration as the config would say it.
+std::string DurationText(std::chrono::milliseconds d) {
+  if (d.count() % 1000 == 0) return std::to_string(d.count() / 1000) + "s";
+  return std::to_string(d.count()) + " ms";
+}
 
 int64_t UnixMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -87,6 +98,13 @@ struct ControllerState {
   std::map<uint64_t, LeaseEntry> leases;
   std::deque<runtime::SupervisorEvent> events;  // the newest kMaxEvents
   static constexpr size_t kMaxEvents = 1000;
+  // Changes acknowledged although their write failed (see Write): node records to store again
+  // and leases to delete again, retried before every later write until one succeeds.
+  std::set<std::string> unsaved_nodes;
+  std::set<uint64_t> unforgotten_leases;
+  bool retrying_unsaved = false;
+  // Whether the last write of the Prometheus targets file failed (logged once, not per publish).
+  bool targets_failing = false;
 
   // Adds a joining node to the scheduler's snapshot (or makes a known one schedulable again).
   void Schedulable(const NodeRecord& record) {
@@ -167,12 +185,36 @@ struct ControllerState {
       auto it = leases.find(g.request.id);
       if (it == leases.end()) continue;
       LeaseEntry& entry = it->second;
+      LeaseGrant grant_to_store = GrantOf(g.request.id, g);
+      // Stored before anyone hears of it: a head restarted from here on takes it back. A lease
+      // the head could not store is not granted: a restarted head would not know it and would
+      // hand its slices out again while its holder still runs.
+      Status stored = StoreLease(entry.request, grant_to_store);
+      if (!stored.ok()) {
+        const uint64_t id = g.request.id;
+        // A full disk often surfaces as a short write (LMDB: EIO), so the free space is looked
+        // at too: the operator is told which of the two to fix.
+        std::error_code ec;
+        const auto space = std::filesystem::space(config.head.data_dir, ec);
+        const bool full = stored.code() == StatusCode::kResourceExhausted || (!ec && space.available < (1u << 20));
+        std::string where = config.head.data_dir;
+        if (!ec) where += ", " + std::to_string(space.available) + " bytes free";
+        Status refused(full ? StatusCode::kResourceExhausted : StatusCode::kInternal,
+                       "the head could not store lease " + std::to_string(id) + " in head.data_dir (" + where +
+                           "): " + stored.message() + "; it was not granted (a restarted head would not know it): " +
+                           (full ? "free space in head.data_dir and ask again"
+                                 : "check head.data_dir (free space, permissions, disk errors) and ask again"));
+        spdlog::error("head: {}", refused.message());
+        scheduler.Release(id);
+        entry.promise.deliver(runtime::ToCafError(refused));
+        ForgetKey(entry.request.key, id);
+        leases.erase(it);
+        continue;
+      }
       entry.granted = true;
-      entry.grant = GrantOf(g.request.id, g);
+      entry.grant = std::move(grant_to_store);
       spdlog::info("head: lease {} granted to tenant '{}' after {} ms: {} worker(s)", entry.grant.lease_id,
                    entry.grant.tenant, entry.grant.waited_ms, entry.grant.workers.size());
-      // Stored before anyone hears of it: a head restarted from here on takes it back.
-      StoreLease(entry.request, entry.grant);
       const auto& grant = entry.grant;
       const auto owner = entry.request.owner;
       ToAgents<AssignSlices>(grant, [&](const std::string& node) {
@@ -187,31 +229,73 @@ struct ControllerState {
     PublishLeases();
   }
 
-  // The node's process is gone (dead, or replaced by a new incarnation): every lease with a
-  // worker there ends, and its slices on other nodes return.
-  void LoseLeasesOn(const std::string& name) {
-    auto index = scheduler.snapshot().FindNode(name);
-    if (!index) return;
-    for (const auto& lost : scheduler.LoseNode(*index)) {
-      auto entry = leases.find(lost.request.id);
-      if (entry == leases.end()) continue;
-      spdlog::warn("head: lease {} lost with node '{}'", lost.request.id, name);
-      const uint64_t id = lost.request.id;
-      ToAgents<ReleaseSlices>(entry->second.grant, [id](const std::string&) { return ReleaseSlices{id}; });
-      entry->second.request.owner.Send(LeaseEnded{id, "node '" + name + "' was lost"});
-      ForgetLease(id);
-      ForgetKey(entry->second.request.key, id);
-      leases.erase(entry);
+  // The node's process is gone (dead, never back after a head restart, or replaced by a new
+  // incarnation): every lease with a worker there ends, its owner is told `why` (default "node
+  // '<name>' was lost"), and its slices on other nodes return.
+  void LoseLeasesOn(const std::string& name, std::string why = "") {
+    if (why.empty()) why = "node '" + name + "' was lost";
+    if (auto index = scheduler.snapshot().FindNode(name)) {
+      for (const auto& lost : scheduler.LoseNode(*index)) {
+        auto entry = leases.find(lost.request.id);
+        if (entry == leases.end()) continue;
+        spdlog::warn("head: lease {} lost with node '{}'", lost.request.id, name);
+        const uint64_t id = lost.request.id;
+        ToAgents<ReleaseSlices>(entry->second.grant, [id](const std::string&) { return ReleaseSlices{id}; });
+        entry->second.request.owner.Send(LeaseEnded{id, why});
+        ForgetLease(id);
+        ForgetKey(entry->second.request.key, id);
+        leases.erase(entry);
+      }
     }
     // Leases taken back only in part, waiting for this node's report, and leases of an earlier
-    // head not reported yet: their part here is gone.
+    // head not reported yet: their part here is gone. (A node the head knows only from its
+    // store is in no scheduler snapshot's grants, so only these can hold it.)
     std::vector<uint64_t> partial;
     for (const auto& [id, entry] : leases) {
       if (entry.awaiting.count(name) != 0) partial.push_back(id);
     }
-    for (uint64_t id : partial) EndLease(id, UnavailableError("node '" + name + "' was lost"), /*tell_owner=*/true);
-    DropRecovered([&](uint64_t, const LeaseGrant& grant) { return HasWorkerOn(grant, name); },
-                  "node '" + name + "' was lost");
+    for (uint64_t id : partial) EndLease(id, UnavailableError(why), /*tell_owner=*/true);
+    DropRecovered([&](uint64_t, const LeaseGrant& grant) { return HasWorkerOn(grant, name); }, why);
+  }
+
+  // `failure_timeout` after the head started: a node of the earlier head that has not rejoined
+  // is dead like any other (its process was lost while the head was down), and so are the leases
+  // of the earlier head on it, or on a node the head has no record of.
+  void DeclareUnrejoinedDead() {
+    const std::string after = "did not rejoin within " + DurationText(config.failure_timeout) +
+                              " after the head restarted";
+    std::set<std::string> gone;
+    for (auto& [name, record] : nodes) {
+      if (record.state != "unknown") continue;
+      record.state = "dead";
+      record.reason = after;
+      record.last_change_unix_ms = UnixMs();
+      spdlog::warn("head: node '{}' is dead: {}", name, record.reason);
+      Persist(record);
+      Notify(record);
+      // Shown by `troupe slices` as dead, like a node lost under this head; it takes no work.
+      Schedulable(record);
+      if (auto index = scheduler.snapshot().FindNode(name)) scheduler.snapshot().SetSchedulable(*index, false);
+      gone.insert(name);
+    }
+    auto unheard = [&](const std::string& node) {
+      auto known = nodes.find(node);
+      return known == nodes.end() || known->second.state == "dead";
+    };
+    for (const auto& [id, entry] : leases) {
+      for (const auto& node : entry.awaiting) {
+        if (unheard(node)) gone.insert(node);
+      }
+    }
+    for (const auto& [id, lease] : recovered) {
+      for (const auto& w : lease.second.workers) {
+        if (unheard(w.node)) gone.insert(w.node);
+      }
+    }
+    if (gone.empty()) return;
+    Publish();
+    for (const auto& name : gone) LoseLeasesOn(name, "node '" + name + "' " + after);
+    RunScheduler();
   }
 
   // Ends the leases of an earlier head that `pred` picks and no node has reported yet.
@@ -298,25 +382,71 @@ struct ControllerState {
                        [&](const LeaseWorker& w) { return w.node == node; });
   }
 
-  // One write transaction running `write`; a failure is logged as "head: cannot <what>".
-  void Write(const std::string& what, const std::function<Status(storage::Txn&)>& write) {
+  // What the head does when a write fails (head.data_dir full, LMDB failing), by kind of change:
+  // - a granted lease (StoreLease): not acknowledged. The request fails with the reason and the
+  //   slices return (RunScheduler): a restarted head would not know the lease, and would hand
+  //   its slices out again while its holder still runs.
+  // - a node record (Persist: join, death) and a lease's end (ForgetLease): acknowledged, kept
+  //   in unsaved_nodes / unforgotten_leases and written again before every later write. What
+  //   the store would lose here, a restarted head learns again: a live node rejoins by itself
+  //   with the leases it holds; a stored lease that no node reports is ended then; a node that
+  //   never rejoins is declared dead after failure_timeout (DeclareUnrejoinedDead).
+
+  // One write transaction running `write`, after the changes still unsaved.
+  Status Write(const std::function<Status(storage::Txn&)>& write) {
+    RetryUnsaved();
+    return Commit(write);
+  }
+
+  Status Commit(const std::function<Status(storage::Txn&)>& write) {
     auto txn = env->BeginWrite();
     Status s = txn.ok() ? write(*txn) : txn.status();
     if (s.ok()) s = txn->Commit();
-    if (!s.ok()) spdlog::error("head: cannot {}: {}", what, s.ToString());
+    return s;
   }
 
-  void StoreLease(const LeaseRequest& request, const LeaseGrant& grant) {
-    Write("store lease " + std::to_string(grant.lease_id), [&](storage::Txn& txn) {
+  // Writes again what was acknowledged unstored; what still fails stays for the next write.
+  void RetryUnsaved() {
+    if (retrying_unsaved || (unsaved_nodes.empty() && unforgotten_leases.empty())) return;
+    retrying_unsaved = true;
+    for (auto it = unsaved_nodes.begin(); it != unsaved_nodes.end();) {
+      auto record = nodes.find(*it);
+      if (record == nodes.end() || Commit([&](storage::Txn& txn) { return table->Put(txn, *it, record->second); }).ok()) {
+        if (record != nodes.end()) spdlog::info("head: node '{}' stored now (an earlier write had failed)", *it);
+        it = unsaved_nodes.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    for (auto it = unforgotten_leases.begin(); it != unforgotten_leases.end();) {
+      if (Commit([&](storage::Txn& txn) { return DeleteLease(txn, *it); }).ok()) {
+        spdlog::info("head: lease {} removed from the store now (an earlier write had failed)", *it);
+        it = unforgotten_leases.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    retrying_unsaved = false;
+  }
+
+  Status StoreLease(const LeaseRequest& request, const LeaseGrant& grant) {
+    return Write([&](storage::Txn& txn) {
       return lease_table->Put(txn, grant.lease_id, EncodeStoredLease(request, grant, runtime->gateway()));
     });
   }
 
+  Status DeleteLease(storage::Txn& txn, uint64_t id) {
+    Status s = lease_table->Delete(txn, id);
+    return s.code() == StatusCode::kNotFound ? OkStatus() : s;
+  }
+
   void ForgetLease(uint64_t id) {
-    Write("forget lease " + std::to_string(id), [&](storage::Txn& txn) {
-      Status s = lease_table->Delete(txn, id);
-      return s.code() == StatusCode::kNotFound ? OkStatus() : s;
-    });
+    Status s = Write([&](storage::Txn& txn) { return DeleteLease(txn, id); });
+    if (s.ok()) return;
+    spdlog::error("head: cannot remove ended lease {} from {}: {}; it is removed at a later write (until then a "
+                  "restarted head ends it when no node reports it)",
+                  id, config.head.data_dir, s.ToString());
+    unforgotten_leases.insert(id);
   }
 
   // The scheduler's view of a node's part of a granted lease, from the workers it reports.
@@ -401,22 +531,40 @@ struct ControllerState {
     }
     json += "\n]\n";
     std::string path = config.head.data_dir + "/prometheus-targets.json";
-    std::string tmp = path + ".tmp";
-    {
-      std::ofstream out(tmp);
-      out << json;
+    // Replaced whole: Prometheus never reads an empty or half-written list. On failure the old
+    // list stays; logged once until a write succeeds again.
+    Status written = WriteFileAtomically(path, json);
+    if (!written.ok() && !targets_failing) {
+      spdlog::error("head: {}; Prometheus keeps the previous list until a write succeeds", written.ToString());
+    } else if (written.ok() && targets_failing) {
+      spdlog::info("head: {} written again", path);
     }
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) spdlog::error("head: cannot write {}", path);
+    targets_failing = !written.ok();
   }
 
   void Persist(const NodeRecord& record) {
-    Write("store node '" + record.name + "'", [&](storage::Txn& txn) { return table->Put(txn, record.name, record); });
+    Status s = Write([&](storage::Txn& txn) { return table->Put(txn, record.name, record); });
+    if (s.ok()) {
+      unsaved_nodes.erase(record.name);
+      return;
+    }
+    if (unsaved_nodes.insert(record.name).second) {
+      spdlog::error("head: cannot store node '{}' in {}: {}; it is stored at a later write (until then a restarted "
+                    "head learns it again when the node rejoins)",
+                    record.name, config.head.data_dir, s.ToString());
+    }
   }
 };
 
 caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerState init) {
   self->state = std::move(init);
   self->state.Publish();
+  // Nodes and leases of an earlier head wait for their nodes to rejoin, for failure_timeout.
+  const bool awaiting_rejoins =
+      !self->state.recovered.empty() ||
+      std::any_of(self->state.nodes.begin(), self->state.nodes.end(),
+                  [](const auto& n) { return n.second.state == "unknown"; });
+  if (awaiting_rejoins) self->delayed_send(self, self->state.config.failure_timeout, rejoin_deadline_atom::value);
   runtime::MailboxDepths* depths = &self->state.runtime->mailbox_depths();
   runtime::StartMailboxSampling(self, depths, "head.controller");
   self->set_down_handler([self](caf::down_msg& msg) {
@@ -453,6 +601,7 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
   });
   return {
       runtime::MailboxSampleHandler(self, depths, "head.controller"),
+      [self](rejoin_deadline_atom) { self->state.DeclareUnrejoinedDead(); },
       [self](JoinRequest& join) -> caf::result<JoinReply> {
         auto& st = self->state;
         NodeRecord record = join.node;
@@ -796,15 +945,7 @@ StatusOr<std::unique_ptr<Head>> Head::Start(const ClusterConfig& config) {
   RETURN_IF_ERROR(head->runtime_->RegisterName(kHeadActorName, head->runtime_->Ref(head->controller_)));
   head->address_ = head->runtime_->address();
   head->address_file_ = config.head.data_dir + "/head.address";
-  std::string tmp = head->address_file_ + ".tmp";
-  {
-    std::ofstream out(tmp);
-    out << head->address_ << "\n";
-    if (!out) return InternalError("cannot write " + tmp);
-  }
-  if (std::rename(tmp.c_str(), head->address_file_.c_str()) != 0) {
-    return InternalError("cannot write " + head->address_file_);
-  }
+  RETURN_IF_ERROR(WriteFileAtomically(head->address_file_, head->address_ + "\n"));
   return head;
 }
 

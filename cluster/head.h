@@ -35,7 +35,16 @@ runtime::CodecRegistry ClusterCodecs();
 /// Node states: a node is `alive` from its join; `suspect` while nothing has come from it for
 /// half the failure timeout; `dead` when its agent's monitor fires (process killed, link cut,
 /// or no heartbeat for the failure timeout); `alive` again when it rejoins under the same name.
-/// After a head restart, stored nodes are `unknown` until they rejoin (they do by themselves).
+/// After a head restart, stored nodes are `unknown` until they rejoin (they do by themselves);
+/// one still `unknown` when the failure timeout has passed since the head started is `dead`
+/// ("did not rejoin within ... after the head restarted"), and the earlier head's leases on it
+/// end with their owners told, as for any dead node.
+///
+/// Durability: a lease is granted only once it is stored in LMDB; a lease the head cannot
+/// store is refused (ResourceExhausted when head.data_dir is full). Node records and lease
+/// removals whose write fails are acknowledged and written again at the next write (a
+/// restarted head relearns them from the nodes' rejoins). head.address and
+/// prometheus-targets.json are replaced atomically (WriteFileAtomically).
 class Head {
  public:
   static StatusOr<std::unique_ptr<Head>> Start(const ClusterConfig& config);
