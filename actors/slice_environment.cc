@@ -31,4 +31,10 @@ std::vector<std::string> SliceEnvironment(const SliceAssignment& slice, const st
   return env;
 }
 
+std::vector<std::string> NoGpuEnvironment(uint64_t lease_id) {
+  return {"CUDA_VISIBLE_DEVICES=", "TROUPE_LEASE_ID=" + std::to_string(lease_id)};
+}
+
+std::vector<std::string> SliceEnvironmentPrefixes() { return {"CUDA_VISIBLE_DEVICES", "CUDA_MPS_", "TROUPE_"}; }
+
 }  // namespace troupe::actors

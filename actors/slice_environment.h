@@ -33,4 +33,13 @@ std::string FindMpsPipeDirectory();
 ///    set_per_process_memory_fraction).
 std::vector<std::string> SliceEnvironment(const SliceAssignment& slice, const std::string& mps_pipe_dir);
 
+/// "NAME=value" entries for a child of a lease without a GPU: CUDA_VISIBLE_DEVICES is empty (CUDA
+/// then shows no device at all) and TROUPE_LEASE_ID names the lease.
+std::vector<std::string> NoGpuEnvironment(uint64_t lease_id);
+
+/// Name prefixes of the variables a slice's environment owns (CUDA_VISIBLE_DEVICES, the MPS
+/// limits, every TROUPE_ variable): a child on a slice gets none of them from its caller's
+/// environment, only the slice's (SpawnOptions::drop_env_prefixes).
+std::vector<std::string> SliceEnvironmentPrefixes();
+
 }  // namespace troupe::actors

@@ -3,12 +3,16 @@
 
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <cstdlib>
+#include <functional>
 #include <cstdio>
 #include <condition_variable>
 #include <cstring>
@@ -71,25 +75,25 @@ StatusOr<CommonArgs> ParseArgs(const std::vector<std::string>& args, const std::
   return out;
 }
 
-// SIGINT/SIGTERM (and, for `up`, SIGCHLD) are blocked in every thread and taken by one waiter
-// thread, which calls `on_signal`; it stops waiting after SIGINT or SIGTERM.
+// Signals taken by one waiter thread instead of their default actions. The constructor blocks
+// them and must run before the command starts any other thread: a thread inherits the signal
+// mask of the thread that made it, and a signal goes to any thread that does not block it (there,
+// SIGTERM's default action ends the process at once, whatever the waiter would have done).
 class SignalWaiter {
  public:
-  explicit SignalWaiter(bool children = false) {
+  explicit SignalWaiter(std::initializer_list<int> signals = {SIGINT, SIGTERM}) {
     sigemptyset(&set_);
-    sigaddset(&set_, SIGINT);
-    sigaddset(&set_, SIGTERM);
-    if (children) sigaddset(&set_, SIGCHLD);
+    for (int sig : signals) sigaddset(&set_, sig);
     pthread_sigmask(SIG_BLOCK, &set_, nullptr);
   }
-  void Start(std::function<void(int)> on_signal) {
+  // Calls `on_signal` for each signal until it returns false.
+  void Start(std::function<bool(const siginfo_t&)> on_signal) {
     thread_ = std::thread([this, on_signal] {
       for (;;) {
-        int sig = 0;
-        sigwait(&set_, &sig);
+        siginfo_t info{};
+        if (sigwaitinfo(&set_, &info) < 0) continue;  // EINTR
         if (done_) return;
-        on_signal(sig);
-        if (sig != SIGCHLD) return;
+        if (!on_signal(info)) return;
       }
     });
   }
@@ -106,6 +110,43 @@ class SignalWaiter {
   std::thread thread_;
   std::atomic<bool> done_{false};
 };
+
+// Kills every process left under this one (children, and what becomes a child as its parent
+// dies: this process is a child subreaper) and reaps them, so nothing a command started on a
+// slice outlives its lease. Returns how many it killed.
+int KillLeftovers() {
+  int killed = 0;
+  const std::string self = std::to_string(getpid());
+  for (int round = 0; round < 1000; ++round) {  // each round takes one generation
+    std::vector<pid_t> children;
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator("/proc", ec)) {
+      const std::string name = entry.path().filename().string();
+      if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+      std::ifstream stat(entry.path() / "stat");
+      std::string text((std::istreambuf_iterator<char>(stat)), {});
+      auto close = text.rfind(')');
+      if (close == std::string::npos) continue;
+      std::istringstream fields(text.substr(close + 2));
+      std::string state, ppid;
+      fields >> state >> ppid;
+      if (ppid == self) children.push_back(static_cast<pid_t>(std::stol(name)));
+    }
+    if (children.empty()) break;
+    for (pid_t pid : children) {
+      if (kill(pid, SIGKILL) == 0) ++killed;
+    }
+    for (pid_t pid : children) waitpid(pid, nullptr, 0);
+  }
+  return killed;
+}
+
+// The path of this program, for starting more of it (`troupe up`'s members, the demo's peer).
+std::string SelfPath() {
+  std::error_code ec;
+  auto path = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return ec ? "/proc/self/exe" : path.string();
+}
 
 StatusOr<cluster::ClusterConfig> Load(const CommonArgs& args) {
   auto config = cluster::LoadClusterConfig(args.config_path);
@@ -143,7 +184,10 @@ int RunHead(const std::vector<std::string>& argv) {
   std::cout << "READY " << (*head)->node_id() << " " << (*head)->address() << std::endl;
   spdlog::info("head of cluster '{}' listening on {}", config->name, (*head)->address());
   std::promise<int> stop;
-  signals.Start([&stop](int sig) { stop.set_value(sig); });
+  signals.Start([&stop](const siginfo_t& info) {
+    stop.set_value(info.si_signo);
+    return false;
+  });
   int sig = stop.get_future().get();
   spdlog::info("head: stopping ({})", strsignal(sig));
   (*head)->Stop();
@@ -158,7 +202,10 @@ int RunNode(const std::vector<std::string>& argv) {
   if (!config.ok()) return Fail("node", config.status());
   auto agent = cluster::NodeAgent::Start(*config, args->name, args->head);
   if (!agent.ok()) return Fail("node", agent.status());
-  signals.Start([&agent](int) { (*agent)->Stop(); });
+  signals.Start([&agent](const siginfo_t&) {
+    (*agent)->Stop();
+    return false;
+  });
   bool first = true;
   (*agent)->Run([&](const cluster::JoinReply& reply) {
     if (first) std::cout << "JOINED " << reply.cluster_name << " " << args->name << std::endl;
@@ -228,10 +275,10 @@ int RunStatus(const std::vector<std::string>& argv) {
   return 0;
 }
 
-int RunUp(const std::vector<std::string>& argv, const std::string& self_path) {
+int RunUp(const std::vector<std::string>& argv) {
   auto args = ParseArgs(argv, "up", false);
   if (!args.ok()) return Fail("up", args.status());
-  SignalWaiter signals(/*children=*/true);
+  SignalWaiter signals({SIGINT, SIGTERM, SIGCHLD});
   auto config = Load(*args);
   if (!config.ok()) return Fail("up", config.status());
   if (config->head.data_dir.empty()) {
@@ -248,15 +295,16 @@ int RunUp(const std::vector<std::string>& argv, const std::string& self_path) {
   std::condition_variable cv;
   bool stopping = false;
   bool child_exited = false;
-  signals.Start([&](int sig) {
+  signals.Start([&](const siginfo_t& info) {
     std::lock_guard<std::mutex> lock(mu);
-    if (sig == SIGCHLD) {
+    if (info.si_signo == SIGCHLD) {
       child_exited = true;  // reap it now: an unreaped child still looks alive to its peers
     } else {
-      spdlog::info("up: {}: stopping the cluster", strsignal(sig));
+      spdlog::info("up: {}: stopping the cluster", strsignal(info.si_signo));
       stopping = true;
     }
     cv.notify_all();
+    return info.si_signo == SIGCHLD;
   });
 
   struct Member {
@@ -267,19 +315,26 @@ int RunUp(const std::vector<std::string>& argv, const std::string& self_path) {
     int restarts = 0;
   };
   std::vector<Member> members;
+  // Members run this program, shown by `ps` as "troupe head -c FILE" and "troupe node --name N
+  // ...", and die with this process: a `troupe up` killed by SIGKILL leaves no cluster behind
+  // that `troupe down` could not stop and a new `troupe up` would collide with.
+  const std::string self_path = SelfPath();
   std::vector<std::string> common = {"-c", args->config_path};
   if (!args->log_level.empty()) common.insert(common.end(), {"--log-level", args->log_level});
-  Member head{"head", {self_path, "head"}, "READY ", nullptr, 0};
+  Member head{"head", {"troupe", "head"}, "READY ", nullptr, 0};
   head.argv.insert(head.argv.end(), common.begin(), common.end());
   members.push_back(std::move(head));
   for (const auto& node : config->nodes) {
-    Member m{"node " + node.name, {self_path, "node", "--name", node.name}, "JOINED ", nullptr, 0};
+    Member m{"node " + node.name, {"troupe", "node", "--name", node.name}, "JOINED ", nullptr, 0};
     m.argv.insert(m.argv.end(), common.begin(), common.end());
     members.push_back(std::move(m));
   }
 
   auto spawn = [&](Member& m) -> Status {
-    ASSIGN_OR_RETURN(m.process, ChildProcess::Spawn(m.argv));
+    SpawnOptions options;
+    options.program = self_path;
+    options.die_with_parent = true;  // spawned and restarted from this (the main) thread
+    ASSIGN_OR_RETURN(m.process, ChildProcess::Spawn(m.argv, options));
     return OkStatus();
   };
   auto await_ready = [&](Member& m) -> Status {
@@ -537,62 +592,91 @@ int RunOnSlice(const std::vector<std::string>& argv) {
   }
   auto args = ParseArgs(common, "run", false);
   if (!args.ok()) return Fail("run", args.status());
+
+  // The command runs in this process's place, as ssh, srun and `docker run` run theirs: it gets
+  // this process's stdin, stdout and stderr, and the signals this process is sent (TERM, INT,
+  // HUP, USR1, USR2), and it dies with this process (kill -9 included), so it never outlives the
+  // lease that this process holds. The slice is released only once the command is gone.
+  // Blocked before the client starts its threads (see SignalWaiter).
+  SignalWaiter signals({SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2});
+  // What the command starts and leaves behind when it exits becomes this process's child; it is
+  // killed before the lease is released.
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
+  struct Launch {
+    std::mutex mu;
+    ChildProcess* child = nullptr;  // set while the command runs (exited or not, not yet reaped)
+    std::string lease_lost;         // why the head ended the lease; empty while it holds
+  };
+  auto launch = std::make_shared<Launch>();
+  signals.Start([launch](const siginfo_t& info) {
+    std::lock_guard<std::mutex> lock(launch->mu);
+    if (launch->child == nullptr) {
+      if (info.si_signo == SIGUSR1 || info.si_signo == SIGUSR2) return true;  // no command to tell yet
+      // Before the command started: nothing runs on the slice; the head ends the lease request
+      // (or the lease) when this process is gone.
+      std::fprintf(stderr, "troupe run: %s before the command started; not starting it\n", strsignal(info.si_signo));
+      std::_Exit(128 + info.si_signo);
+    }
+    // A signal from the terminal (Ctrl-C, a hang-up) went to the whole foreground process group,
+    // the command included: sent again, the command would see it twice.
+    if (info.si_code != SI_KERNEL) launch->child->Signal(info.si_signo);
+    return true;
+  });
+
   auto client = ConnectFor(*args);
   if (!client.ok()) return Fail("run", client.status());
   // The lease can end under the command (a node it uses is lost): the command is stopped then,
   // as a batch scheduler stops a job whose node failed.
-  struct Ended {
-    std::mutex mu;
-    ChildProcess* child = nullptr;
-    std::string reason;  // empty while the lease holds
-  };
-  auto ended = std::make_shared<Ended>();
-  auto lease = (*client)->RequestSlices(request, timeout, [ended](const cluster::LeaseEnded& e) {
-    std::lock_guard<std::mutex> lock(ended->mu);
-    ended->reason = e.reason.empty() ? "ended by the head" : e.reason;
+  auto lease = (*client)->RequestSlices(request, timeout, [launch](const cluster::LeaseEnded& e) {
+    std::lock_guard<std::mutex> lock(launch->mu);
+    launch->lease_lost = e.reason.empty() ? "ended by the head" : e.reason;
     std::fprintf(stderr, "troupe run: lease %llu ended: %s; stopping the command\n",
-                 static_cast<unsigned long long>(e.lease_id), ended->reason.c_str());
-    if (ended->child) ended->child->Signal(SIGTERM);
+                 static_cast<unsigned long long>(e.lease_id), launch->lease_lost.c_str());
+    if (launch->child) launch->child->Signal(SIGTERM);
   });
   if (!lease.ok()) return Fail("run", lease.status());
   const auto& w = lease->grant.workers.at(0);
   actors::SliceAssignment slice{w.gpu_index, w.simulated ? "" : w.gpu_id, w.memory_bytes, w.compute_percent,
                                 w.simulated, lease->grant.lease_id};
-  std::vector<std::string> env;
-  if (w.gpu_index != cluster::kNoGpuIndex) env = actors::SliceEnvironment(slice, actors::FindMpsPipeDirectory());
+  SpawnOptions options;
+  // The slice's variables replace the caller's (a CUDA_VISIBLE_DEVICES=7 of the caller must not
+  // win over the slice's GPU); a lease without a GPU hides every GPU.
+  options.env = w.gpu_index != cluster::kNoGpuIndex ? actors::SliceEnvironment(slice, actors::FindMpsPipeDirectory())
+                                                    : actors::NoGpuEnvironment(lease->grant.lease_id);
+  options.drop_env_prefixes = actors::SliceEnvironmentPrefixes();
+  options.inherit_stdio = true;
+  options.die_with_parent = true;  // spawned from the main thread, which lives until the end
   std::fprintf(stderr, "troupe run: lease %llu: %s GPU %u of node %s, %s, %u%% compute (waited %lld ms)\n",
                static_cast<unsigned long long>(lease->grant.lease_id), w.simulated ? "simulated" : "", w.gpu_index,
                w.node.c_str(), Bytes(w.memory_bytes).c_str(), w.compute_percent,
                static_cast<long long>(lease->grant.waited_ms));
-  // The command runs in this process's place: its lease lives as long as this process does.
-  SignalWaiter signals;
-  auto child = ChildProcess::Spawn(command, env, /*merge_stderr=*/true);
-  if (!child.ok()) {
-    (void)(*client)->ReleaseSlices(*lease, 5s);
-    return Fail("run", child.status());
-  }
+  std::unique_ptr<ChildProcess> child;
   {
-    std::lock_guard<std::mutex> lock(ended->mu);
-    ended->child = child->get();
-    if (!ended->reason.empty()) (*child)->Signal(SIGTERM);
-  }
-  signals.Start([&](int sig) { (*child)->Signal(sig); });
-  // Its output passes through, line by line, until it closes it.
-  for (;;) {
-    auto line = (*child)->ReadLine(std::chrono::hours(1));
-    if (line.ok()) {
-      std::cout << *line << std::endl;
-    } else if (line.status().code() != StatusCode::kDeadlineExceeded) {
-      break;
+    std::lock_guard<std::mutex> lock(launch->mu);  // a signal now waits for the command to exist
+    auto spawned = ChildProcess::Spawn(command, options);
+    if (!spawned.ok()) {
+      (void)(*client)->ReleaseSlices(*lease, 5s);
+      return Fail("run", spawned.status());
     }
+    child = std::move(*spawned);
+    launch->child = child.get();
+    if (!launch->lease_lost.empty()) child->Signal(SIGTERM);
   }
-  auto exit = (*child)->Wait(std::chrono::hours(24));
+  Status exited = child->AwaitExit(std::chrono::hours(1));
+  while (exited.code() == StatusCode::kDeadlineExceeded) exited = child->AwaitExit(std::chrono::hours(1));
   std::string lost;
   {
-    std::lock_guard<std::mutex> lock(ended->mu);
-    ended->child = nullptr;
-    lost = ended->reason;
+    // Reaped only here: until then its pid cannot belong to another process that a forwarded
+    // signal would reach.
+    std::lock_guard<std::mutex> lock(launch->mu);
+    launch->child = nullptr;
+    lost = launch->lease_lost;
   }
+  auto exit = child->Wait(std::chrono::seconds(10));
+  if (int left = KillLeftovers(); left > 0) {
+    std::fprintf(stderr, "troupe run: killed %d process(es) the command left running\n", left);
+  }
+  // The command and all it started are gone: its slice may go to the next workload.
   if (lost.empty()) {
     Status released = (*client)->ReleaseSlices(*lease, 5s);
     if (!released.ok()) std::fprintf(stderr, "troupe run: release: %s\n", released.ToString().c_str());

@@ -8,7 +8,7 @@ namespace troupe::cli {
 
 int RunHead(const std::vector<std::string>& args);
 int RunNode(const std::vector<std::string>& args);
-int RunUp(const std::vector<std::string>& args, const std::string& self_path);
+int RunUp(const std::vector<std::string>& args);
 int RunDown(const std::vector<std::string>& args);
 int RunStatus(const std::vector<std::string>& args);
 /// troupe slices: every GPU's slices, owners and free capacity (--json).

@@ -44,8 +44,9 @@ commands:
   events -c FILE        supervision events (restarts, escalations) the head was sent (--json)
   run -c FILE [--memory SIZE] [--compute PCT] [--cpus N] [--tenant T] [--priority urgent|normal]
       [--policy pack|spread] [--timeout D] -- CMD [ARGS...]
-                        lease a GPU slice and run CMD on it (CUDA_VISIBLE_DEVICES, MPS limits); the
-                        lease ends when CMD does
+                        lease a GPU slice and run CMD on it (CUDA_VISIBLE_DEVICES, MPS limits) with
+                        this terminal's stdin/stdout/stderr; TERM, INT, HUP, USR1 and USR2 are passed
+                        on to CMD, CMD dies with troupe run, and the lease ends once CMD is gone
   check -c FILE         validate FILE without starting anything: every error, file:line:col (--json)
   head -c FILE          run the head of the cluster in FILE
   node -c FILE --name N run node N of the cluster in FILE (--head HOST:PORT overrides the head address)
@@ -294,7 +295,7 @@ int main(int argc, char** argv) {
   if (command == "check") return troupe::cli::RunCheck(rest);
   if (command == "head") return troupe::cli::RunHead(rest);
   if (command == "node") return troupe::cli::RunNode(rest);
-  if (command == "up") return troupe::cli::RunUp(rest, "/proc/self/exe");
+  if (command == "up") return troupe::cli::RunUp(rest);
   if (command == "down") return troupe::cli::RunDown(rest);
   if (command == "status") return troupe::cli::RunStatus(rest);
   if (command == "slices") return troupe::cli::RunSlices(rest);

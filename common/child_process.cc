@@ -1,46 +1,88 @@
-// ChildProcess on posix_spawn and pipes.
+// ChildProcess on fork/exec and pipes.
 #include "common/child_process.h"
 
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 extern char** environ;
 
 namespace troupe {
 
+namespace {
+
+std::string NameOf(const std::string& entry) { return entry.substr(0, entry.find('=')); }
+
+// The child's environment: this process's, less the dropped prefixes and the names `env` sets,
+// then `env`.
+std::vector<std::string> ChildEnvironment(const SpawnOptions& options) {
+  std::vector<std::string> names;
+  for (const auto& e : options.env) names.push_back(NameOf(e));
+  std::vector<std::string> out;
+  for (char** e = environ; *e != nullptr; ++e) {
+    std::string entry(*e);
+    const std::string name = NameOf(entry);
+    bool dropped = std::find(names.begin(), names.end(), name) != names.end();
+    for (const auto& prefix : options.drop_env_prefixes) dropped = dropped || name.rfind(prefix, 0) == 0;
+    if (!dropped) out.push_back(std::move(entry));
+  }
+  out.insert(out.end(), options.env.begin(), options.env.end());
+  return out;
+}
+
+// The file execve() should run for `name`: itself if it holds a '/', else the first executable
+// match in PATH (as execvp searches). Resolved before fork(): the child may only make
+// async-signal-safe calls.
+StatusOr<std::string> ResolveProgram(const std::string& name) {
+  if (name.find('/') != std::string::npos) return name;
+  const char* path = std::getenv("PATH");
+  std::string dirs = path != nullptr ? path : "/usr/local/bin:/usr/bin:/bin";
+  size_t start = 0;
+  while (start <= dirs.size()) {
+    size_t colon = dirs.find(':', start);
+    if (colon == std::string::npos) colon = dirs.size();
+    std::string dir = dirs.substr(start, colon - start);
+    std::string candidate = (dir.empty() ? "." : dir) + "/" + name;
+    if (access(candidate.c_str(), X_OK) == 0) return candidate;
+    start = colon + 1;
+  }
+  return UnavailableError("cannot start '" + name + "': " + std::strerror(ENOENT) + " (not found in PATH)");
+}
+
+void CloseFrom(int first, int last) {
+  if (first > last) return;
+  if (syscall(SYS_close_range, first, last, 0) == 0) return;
+  for (int fd = first; fd <= last && fd < 65536; ++fd) close(fd);
+}
+
+}  // namespace
+
 StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(const std::vector<std::string>& argv,
                                                             const std::vector<std::string>& extra_env,
                                                             bool merge_stderr) {
-  if (argv.empty()) return InvalidArgumentError("spawn: empty argv");
-  int in_pipe[2];
-  int out_pipe[2];
-  if (pipe2(in_pipe, O_CLOEXEC) != 0) return InternalError(std::string("pipe: ") + std::strerror(errno));
-  if (pipe2(out_pipe, O_CLOEXEC) != 0) {
-    close(in_pipe[0]);
-    close(in_pipe[1]);
-    return InternalError(std::string("pipe: ") + std::strerror(errno));
-  }
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, in_pipe[0], STDIN_FILENO);
-  posix_spawn_file_actions_adddup2(&actions, out_pipe[1], STDOUT_FILENO);
-  if (merge_stderr) posix_spawn_file_actions_adddup2(&actions, out_pipe[1], STDERR_FILENO);
-  // The child gets stdin, stdout and stderr and nothing else: an inherited listening socket
-  // (UCX opens its own without O_CLOEXEC) would outlive this process in its children and accept
-  // connections for it that nobody answers.
-  posix_spawn_file_actions_addclosefrom_np(&actions, STDERR_FILENO + 1);
+  SpawnOptions options;
+  options.env = extra_env;
+  options.merge_stderr = merge_stderr;
+  return Spawn(argv, options);
+}
 
-  std::vector<std::string> env_strings;
-  for (char** e = environ; *e != nullptr; ++e) env_strings.emplace_back(*e);
-  for (const auto& e : extra_env) env_strings.push_back(e);
+StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(const std::vector<std::string>& argv,
+                                                            const SpawnOptions& options) {
+  if (argv.empty()) return InvalidArgumentError("spawn: empty argv");
+  ASSIGN_OR_RETURN(std::string program, ResolveProgram(options.program.empty() ? argv[0] : options.program));
+
+  // Everything the child needs is built here: between fork() and exec() a child of a
+  // multi-threaded process may only make async-signal-safe calls.
+  std::vector<std::string> env_strings = ChildEnvironment(options);
   std::vector<char*> envp;
   for (auto& e : env_strings) envp.push_back(e.data());
   envp.push_back(nullptr);
@@ -49,33 +91,83 @@ StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(const std::vector<st
   for (auto& a : args) cargv.push_back(a.data());
   cargv.push_back(nullptr);
 
+  int in_pipe[2] = {-1, -1};
+  int out_pipe[2] = {-1, -1};
+  int err_pipe[2] = {-1, -1};  // exec failure: the child writes its errno here
+  auto close_all = [&] {
+    for (int fd : {in_pipe[0], in_pipe[1], out_pipe[0], out_pipe[1], err_pipe[0], err_pipe[1]}) {
+      if (fd >= 0) close(fd);
+    }
+  };
+  if ((!options.inherit_stdio && (pipe2(in_pipe, O_CLOEXEC) != 0 || pipe2(out_pipe, O_CLOEXEC) != 0)) ||
+      pipe2(err_pipe, O_CLOEXEC) != 0) {
+    Status error = InternalError(std::string("pipe: ") + std::strerror(errno));
+    close_all();
+    return error;
+  }
+
   // The child starts with no signal blocked and default dispositions, whatever this process
   // blocks to sigwait() for them (a blocked SIGTERM would make it unstoppable but by SIGKILL).
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  sigset_t none, defaults;
+  sigset_t none;
   sigemptyset(&none);
-  sigemptyset(&defaults);
-  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGCHLD, SIGPIPE, SIGUSR1, SIGUSR2}) sigaddset(&defaults, sig);
-  posix_spawnattr_setsigmask(&attr, &none);
-  posix_spawnattr_setsigdefault(&attr, &defaults);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  struct sigaction default_action {};
+  default_action.sa_handler = SIG_DFL;
+  sigemptyset(&default_action.sa_mask);
+  const pid_t parent = getpid();
 
-  pid_t pid = -1;
-  int rc = posix_spawnp(&pid, cargv[0], &actions, &attr, cargv.data(), envp.data());
-  posix_spawnattr_destroy(&attr);
-  posix_spawn_file_actions_destroy(&actions);
-  close(in_pipe[0]);
-  close(out_pipe[1]);
-  if (rc != 0) {
-    close(in_pipe[1]);
-    close(out_pipe[0]);
-    return UnavailableError("cannot start '" + argv[0] + "': " + std::strerror(rc));
+  pid_t pid = fork();
+  if (pid < 0) {
+    Status error = UnavailableError("cannot start '" + argv[0] + "': fork: " + std::strerror(errno));
+    close_all();
+    return error;
+  }
+  if (pid == 0) {
+    if (options.die_with_parent) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(127);  // the parent died before the line above
+    }
+    if (!options.inherit_stdio) {
+      dup2(in_pipe[0], STDIN_FILENO);
+      dup2(out_pipe[1], STDOUT_FILENO);
+      if (options.merge_stderr) dup2(out_pipe[1], STDERR_FILENO);
+    }
+    for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGCHLD, SIGPIPE, SIGUSR1, SIGUSR2}) {
+      sigaction(sig, &default_action, nullptr);
+    }
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    // The child gets stdin, stdout and stderr and nothing else: an inherited listening socket
+    // (UCX opens its own without O_CLOEXEC) would outlive this process in its children and
+    // accept connections for it that nobody answers. err_pipe[1] closes itself on exec.
+    CloseFrom(STDERR_FILENO + 1, err_pipe[1] - 1);
+    CloseFrom(err_pipe[1] + 1, ~0U >> 1);
+    execve(program.c_str(), cargv.data(), envp.data());
+    int error = errno;
+    ssize_t written = write(err_pipe[1], &error, sizeof error);
+    (void)written;
+    _exit(127);
+  }
+
+  close(err_pipe[1]);
+  err_pipe[1] = -1;
+  int exec_errno = 0;
+  ssize_t n = 0;
+  do {
+    n = read(err_pipe[0], &exec_errno, sizeof exec_errno);
+  } while (n < 0 && errno == EINTR);
+  if (n > 0) {  // exec failed: the child exits at once
+    waitpid(pid, nullptr, 0);
+    close_all();
+    return UnavailableError("cannot start '" + argv[0] + "': " + std::strerror(exec_errno));
   }
   std::unique_ptr<ChildProcess> child(new ChildProcess());
   child->pid_ = pid;
-  child->stdin_fd_ = in_pipe[1];
-  child->stdout_fd_ = out_pipe[0];
+  if (!options.inherit_stdio) {
+    close(in_pipe[0]);
+    close(out_pipe[1]);
+    child->stdin_fd_ = in_pipe[1];
+    child->stdout_fd_ = out_pipe[0];
+  }
+  close(err_pipe[0]);
   return child;
 }
 
@@ -89,6 +181,7 @@ ChildProcess::~ChildProcess() {
 }
 
 Status ChildProcess::WriteLine(const std::string& line) {
+  if (stdin_fd_ < 0) return FailedPreconditionError("the child's stdin is not a pipe of this process");
   std::string data = line + "\n";
   size_t off = 0;
   while (off < data.size()) {
@@ -103,6 +196,7 @@ Status ChildProcess::WriteLine(const std::string& line) {
 }
 
 StatusOr<std::string> ChildProcess::ReadLine(std::chrono::milliseconds timeout) {
+  if (stdout_fd_ < 0) return FailedPreconditionError("the child's stdout is not a pipe of this process");
   auto deadline = std::chrono::steady_clock::now() + timeout;
   while (true) {
     auto newline = buffered_.find('\n');
@@ -155,6 +249,24 @@ Status ChildProcess::Suspend() {
   if (info.si_code != CLD_STOPPED) return UnavailableError("child exited instead of stopping");
   // Consume the stop report so a later Wait() sees only the exit.
   waitid(P_PID, static_cast<id_t>(pid_), &info, WSTOPPED | WNOHANG);
+  return OkStatus();
+}
+
+Status ChildProcess::AwaitExit(std::chrono::milliseconds timeout) {
+  if (reaped_) return OkStatus();
+  int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid_, 0));
+  if (pidfd < 0) return InternalError(std::string("pidfd_open: ") + std::strerror(errno));
+  // The pidfd becomes readable when the child exits (reaped or not).
+  pollfd pfd{pidfd, POLLIN, 0};
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  int rc = 0;
+  do {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    rc = poll(&pfd, 1, static_cast<int>(std::max<int64_t>(left.count(), 0)));
+  } while (rc < 0 && errno == EINTR);
+  close(pidfd);
+  if (rc < 0) return InternalError(std::string("poll: ") + std::strerror(errno));
+  if (rc == 0) return DeadlineExceededError("child " + std::to_string(pid_) + " did not exit in time");
   return OkStatus();
 }
 

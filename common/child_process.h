@@ -13,12 +13,40 @@
 
 namespace troupe {
 
-/// A running child process. stdin and stdout are pipes; stderr is inherited unless merged. The
-/// destructor kills (SIGKILL) and reaps a child that is still running. Not thread-safe.
+/// How a child is started (ChildProcess::Spawn).
+struct SpawnOptions {
+  /// "NAME=value" entries. Each replaces the variable of that name in this process's environment
+  /// (the child never sees two values of one name: getenv() would return the first).
+  std::vector<std::string> env;
+  /// Variables of this process's environment whose names start with one of these prefixes are
+  /// not passed on (a GPU slice's "TROUPE_" and "CUDA_" settings must not leak from the caller).
+  std::vector<std::string> drop_env_prefixes;
+  /// The child's stderr goes to the same pipe as its stdout.
+  bool merge_stderr = false;
+  /// The child uses this process's stdin, stdout and stderr instead of pipes (as a shell runs a
+  /// command); WriteLine and ReadLine then fail with FailedPrecondition.
+  bool inherit_stdio = false;
+  /// The child is killed (SIGKILL) when the thread that spawned it ends, whatever ends it, kill -9
+  /// included (Linux's PR_SET_PDEATHSIG). Spawn from a thread that lives as long as the process
+  /// (the main thread): the kernel ties this to the spawning thread, not the process.
+  bool die_with_parent = false;
+  /// The file to execute. Empty: argv[0], searched in PATH. Set, argv[0] is only the name the child
+  /// shows in `ps` (a `troupe up` member runs the troupe binary as "troupe head ...").
+  std::string program;
+};
+
+/// A running child process. stdin and stdout are pipes (unless SpawnOptions::inherit_stdio);
+/// stderr is inherited unless merged. The destructor kills (SIGKILL) and reaps a child that is
+/// still running. The child starts with no signal blocked, default dispositions and no descriptor
+/// but its standard three. Not thread-safe.
 class ChildProcess {
  public:
-  /// Starts argv[0] (searched in PATH) with `extra_env` ("NAME=value") added. With
-  /// `merge_stderr`, the child's stderr goes to the same pipe as its stdout.
+  /// Starts a child. InvalidArgument for an empty argv; Unavailable if the program cannot be
+  /// executed (not found, not executable), with the reason.
+  static StatusOr<std::unique_ptr<ChildProcess>> Spawn(const std::vector<std::string>& argv,
+                                                       const SpawnOptions& options);
+  /// Starts argv[0] (searched in PATH) with `extra_env` ("NAME=value", replacing variables of the
+  /// same name). With `merge_stderr`, the child's stderr goes to the same pipe as its stdout.
   static StatusOr<std::unique_ptr<ChildProcess>> Spawn(const std::vector<std::string>& argv,
                                                        const std::vector<std::string>& extra_env = {},
                                                        bool merge_stderr = false);
@@ -41,6 +69,12 @@ class ChildProcess {
   Status Suspend();
   /// Waits for the child to exit; returns its wait status. DeadlineExceeded after `timeout`.
   StatusOr<int> Wait(std::chrono::milliseconds timeout);
+  /// Waits until the child has exited, without reaping it: until Wait() reaps it, its pid stays
+  /// reserved, so a Signal() from another thread meanwhile cannot reach another process that
+  /// reused the pid. DeadlineExceeded after `timeout`.
+  Status AwaitExit(std::chrono::milliseconds timeout);
+  /// True once Wait() has returned the child's exit (it is gone and reaped).
+  bool reaped() const { return reaped_; }
 
  private:
   ChildProcess() = default;

@@ -3,11 +3,15 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <poll.h>
+#include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <fstream>
 #include <string>
 
 namespace troupe {
@@ -43,6 +47,120 @@ TEST(ChildProcess, AChildStartsWithNoSignalBlocked) {
   ASSERT_TRUE(rc.ok()) << "SIGTERM did not stop the child: " << rc.status();
   EXPECT_TRUE(WIFSIGNALED(*rc));
   EXPECT_EQ(WTERMSIG(*rc), SIGTERM);
+}
+
+TEST(ChildProcess, AVariableGivenToTheChildReplacesTheCallersOwn) {
+  // getenv() returns the first of two same-named entries: appending would let the caller's win.
+  ASSERT_EQ(setenv("TROUPE_CHILD_TEST", "caller", 1), 0);
+  auto child = ChildProcess::Spawn({"sh", "-c", "echo $(env | grep -c ^TROUPE_CHILD_TEST=) $TROUPE_CHILD_TEST"},
+                                   {"TROUPE_CHILD_TEST=child"});
+  unsetenv("TROUPE_CHILD_TEST");
+  ASSERT_TRUE(child.ok()) << child.status();
+  auto line = (*child)->ReadLine(10s);
+  ASSERT_TRUE(line.ok()) << line.status();
+  EXPECT_EQ(*line, "1 child");
+  EXPECT_TRUE((*child)->Wait(10s).ok());
+}
+
+TEST(ChildProcess, VariablesWithADroppedPrefixAreNotPassedOn) {
+  ASSERT_EQ(setenv("TROUPE_DROPPED_TEST", "caller", 1), 0);
+  ASSERT_EQ(setenv("KEPT_CHILD_TEST", "kept", 1), 0);
+  SpawnOptions options;
+  options.drop_env_prefixes = {"TROUPE_DROPPED"};
+  auto child = ChildProcess::Spawn({"sh", "-c", "echo ${TROUPE_DROPPED_TEST:-unset} $KEPT_CHILD_TEST"}, options);
+  unsetenv("TROUPE_DROPPED_TEST");
+  unsetenv("KEPT_CHILD_TEST");
+  ASSERT_TRUE(child.ok()) << child.status();
+  auto line = (*child)->ReadLine(10s);
+  ASSERT_TRUE(line.ok()) << line.status();
+  EXPECT_EQ(*line, "unset kept");
+}
+
+TEST(ChildProcess, AProgramRunsUnderTheNameItsArgvGives) {
+  SpawnOptions options;
+  options.program = "/bin/sh";
+  auto child = ChildProcess::Spawn({"troupe-named", "-c", "echo $0; cat /proc/$$/comm"}, options);
+  ASSERT_TRUE(child.ok()) << child.status();
+  auto name = (*child)->ReadLine(10s);
+  ASSERT_TRUE(name.ok()) << name.status();
+  EXPECT_EQ(*name, "troupe-named");
+  auto comm = (*child)->ReadLine(10s);
+  ASSERT_TRUE(comm.ok()) << comm.status();
+  EXPECT_EQ(*comm, "sh") << "the kernel names the process after the file it runs";
+}
+
+TEST(ChildProcess, AProgramThatCannotRunIsAnErrorNamingIt) {
+  auto missing = ChildProcess::Spawn({"troupe-no-such-program"});
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), StatusCode::kUnavailable);
+  EXPECT_NE(missing.status().message().find("troupe-no-such-program"), std::string::npos) << missing.status();
+  auto not_executable = ChildProcess::Spawn({"/etc/passwd"});
+  ASSERT_FALSE(not_executable.ok());
+  EXPECT_NE(not_executable.status().message().find("ermission"), std::string::npos) << not_executable.status();
+}
+
+// True once `pid` (not necessarily a child of this process) has exited, within `timeout`.
+bool ExitsWithin(pid_t pid, std::chrono::milliseconds timeout) {
+  int fd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  if (fd < 0) return errno == ESRCH;  // gone already
+  pollfd pfd{fd, POLLIN, 0};
+  int rc = poll(&pfd, 1, static_cast<int>(timeout.count()));
+  close(fd);
+  return rc == 1;
+}
+
+// Forks a parent that starts `sleep 60` with `die_with_parent` and reports its pid; kills the
+// parent with SIGKILL and returns the sleeper's pid.
+pid_t SleeperOfAKilledParent(bool die_with_parent) {
+  int report[2];
+  if (pipe(report) != 0) return -1;
+  pid_t parent = fork();
+  if (parent == 0) {
+    close(report[0]);
+    SpawnOptions options;
+    options.die_with_parent = die_with_parent;
+    auto child = ChildProcess::Spawn({"sleep", "60"}, options);
+    pid_t pid = child.ok() ? (*child)->pid() : -1;
+    if (write(report[1], &pid, sizeof pid) != sizeof pid) _exit(1);
+    pause();
+    _exit(0);
+  }
+  close(report[1]);
+  pid_t sleeper = -1;
+  if (read(report[0], &sleeper, sizeof sleeper) != sizeof sleeper) sleeper = -1;
+  close(report[0]);
+  kill(parent, SIGKILL);
+  waitpid(parent, nullptr, 0);
+  return sleeper;
+}
+
+TEST(ChildProcess, AChildThatDiesWithItsParentEndsWhenTheParentIsKilled) {
+  pid_t sleeper = SleeperOfAKilledParent(/*die_with_parent=*/true);
+  ASSERT_GT(sleeper, 0);
+  EXPECT_TRUE(ExitsWithin(sleeper, 10s)) << "sleep " << sleeper << " outlived its killed parent";
+  kill(sleeper, SIGKILL);
+
+  // Without the option the child lives on (what the option is for).
+  pid_t orphan = SleeperOfAKilledParent(/*die_with_parent=*/false);
+  ASSERT_GT(orphan, 0);
+  EXPECT_FALSE(ExitsWithin(orphan, 100ms));
+  kill(orphan, SIGKILL);
+}
+
+TEST(ChildProcess, AwaitExitLeavesTheChildUnreapedUntilWait) {
+  auto child = ChildProcess::Spawn({"sh", "-c", "exit 7"});
+  ASSERT_TRUE(child.ok()) << child.status();
+  ASSERT_TRUE((*child)->AwaitExit(10s).ok());
+  // A zombie keeps its pid: nothing else can be given it while it is unreaped.
+  std::ifstream stat("/proc/" + std::to_string((*child)->pid()) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(stat)), {});
+  ASSERT_FALSE(text.empty()) << "the child was reaped by AwaitExit";
+  EXPECT_EQ(text[text.rfind(')') + 2], 'Z') << text;
+  EXPECT_FALSE((*child)->reaped());
+  auto rc = (*child)->Wait(10s);
+  ASSERT_TRUE(rc.ok()) << rc.status();
+  EXPECT_EQ(WEXITSTATUS(*rc), 7);
+  EXPECT_TRUE((*child)->reaped());
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
 
 #include "common/child_process.h"
@@ -149,6 +150,48 @@ TEST_F(Cluster, UpStartsEverythingRestartsACrashedNodeAndDownStopsIt) {
   ASSERT_TRUE(up_rc.ok()) << "troupe up did not exit after down";
   EXPECT_EQ(WEXITSTATUS(*up_rc), 0);
   EXPECT_EQ(Status(), "") << "the head still answers after down";
+}
+
+// The command line `ps` shows for `pid`, its NUL separators as spaces.
+std::string CommandLine(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline");
+  std::string text((std::istreambuf_iterator<char>(in)), {});
+  for (char& c : text) c = c == '\0' ? ' ' : c;
+  return text;
+}
+
+TEST_F(Cluster, UpMembersShowTheirNamesAndDieWithAKilledUp) {
+  auto up = ChildProcess::Spawn({TROUPE_BIN, "up", "-c", config_});
+  ASSERT_TRUE(up.ok()) << up.status();
+  std::map<std::string, pid_t> members;  // "head", "node a", "node b" -> pid
+  for (int i = 0; i < 3; ++i) {
+    auto line = (*up)->ReadLine(60s);  // "node a         pid 1234"
+    ASSERT_TRUE(line.ok()) << "troupe up did not list its members: " << line.status();
+    auto at = line->find(" pid ");
+    ASSERT_NE(at, std::string::npos) << *line;
+    std::string label = line->substr(0, at);
+    label.erase(label.find_last_not_of(' ') + 1);
+    members[label] = std::stoi(line->substr(at + 5));
+  }
+  ASSERT_TRUE((*up)->ReadLineWithPrefix("cluster test up", 60s).ok());
+  ASSERT_EQ(members.size(), 3u);
+  // Operators look for `troupe head` and `troupe node --name a`, not /proc/self/exe.
+  EXPECT_EQ(CommandLine(members["head"]).rfind("troupe head -c ", 0), 0u) << CommandLine(members["head"]);
+  EXPECT_EQ(CommandLine(members["node a"]).rfind("troupe node --name a -c ", 0), 0u) << CommandLine(members["node a"]);
+  std::ifstream comm("/proc/" + std::to_string(members["head"]) + "/comm");
+  std::string name;
+  std::getline(comm, name);
+  EXPECT_EQ(name, "troupe");
+
+  // kill -9 of `troupe up` takes its cluster with it: nothing is left that `troupe down` could
+  // not stop and that a new `troupe up` would collide with.
+  (*up)->Signal(SIGKILL);
+  ASSERT_TRUE((*up)->Wait(10s).ok());
+  for (const auto& [label, pid] : members) {
+    const bool gone = testing::ExitsWithin(pid, 10s);
+    EXPECT_TRUE(gone) << label << " (pid " << pid << ") outlived troupe up";
+    if (!gone) kill(pid, SIGKILL);
+  }
 }
 
 // SIGTERM stops a joined node (with slice actors) and the head, each with exit status 0. Under

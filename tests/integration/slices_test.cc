@@ -113,6 +113,101 @@ TEST_F(Slices, RunPutsACommandOnASliceWithItsEnvironment) {
   EXPECT_EQ(FreeSlices("a"), 4);
 }
 
+TEST_F(Slices, RunGivesItsCommandStdinAndTheSliceEnvironmentInsteadOfTheCallers) {
+  // The caller's own CUDA_VISIBLE_DEVICES and TROUPE_* values must not reach the command: it would
+  // see GPU 7, not its slice (getenv returns the first of two same-named entries).
+  auto run = ChildProcess::Spawn(
+      {TROUPE_BIN, "run", "-c", config_, "--memory", "4GiB", "--", "sh", "-c",
+       "read line; echo \"IN=$line CVD=$CUDA_VISIBLE_DEVICES N=$(env | grep -c ^CUDA_VISIBLE_DEVICES=) "
+       "LEASE=$(env | grep -c ^TROUPE_LEASE_ID=) OTHER=${TROUPE_CALLERS_OWN:-unset}\""},
+      {"CUDA_VISIBLE_DEVICES=7", "TROUPE_LEASE_ID=999", "TROUPE_CALLERS_OWN=x"});
+  ASSERT_TRUE(run.ok()) << run.status();
+  ASSERT_TRUE((*run)->WriteLine("hi").ok());
+  auto line = (*run)->ReadLineWithPrefix("IN=", 20s);
+  ASSERT_TRUE(line.ok()) << "the command did not get troupe run's stdin: " << line.status();
+  EXPECT_EQ(*line, "hi CVD=0 N=1 LEASE=1 OTHER=unset");
+  auto rc = (*run)->Wait(20s);
+  ASSERT_TRUE(rc.ok()) << rc.status();
+  EXPECT_EQ(WEXITSTATUS(*rc), 0);
+
+  // A lease without a GPU hides every GPU.
+  auto cpu_only = ChildProcess::Spawn({TROUPE_BIN, "run", "-c", config_, "--memory", "0", "--", "sh", "-c",
+                                       "echo CVD=${CUDA_VISIBLE_DEVICES-unset}"},
+                                      {"CUDA_VISIBLE_DEVICES=7"});
+  ASSERT_TRUE(cpu_only.ok()) << cpu_only.status();
+  auto hidden = (*cpu_only)->ReadLineWithPrefix("CVD=", 20s);
+  ASSERT_TRUE(hidden.ok()) << hidden.status();
+  EXPECT_EQ(*hidden, "") << "a lease without a GPU must set CUDA_VISIBLE_DEVICES empty";
+  EXPECT_TRUE((*cpu_only)->Wait(20s).ok());
+}
+
+TEST_F(Slices, RunForwardsSignalsToItsCommandAndReleasesTheSliceOnlyOnceItIsGone) {
+  // The command reports USR1, USR2, HUP and INT and, on TERM, exits 3; its sleeper goes with it.
+  auto run = ChildProcess::Spawn({TROUPE_BIN, "run", "-c", config_, "--memory", "4GiB", "--", "sh", "-c",
+                                  "sleep 60 & s=$!; for sig in USR1 USR2 HUP INT; do trap \"echo got $sig\" $sig; done; "
+                                  "trap 'echo got TERM; kill $s; exit 3' TERM; echo ready; "
+                                  "while :; do wait $s; done"},
+                                 {}, /*merge_stderr=*/true);
+  ASSERT_TRUE(run.ok()) << run.status();
+  ASSERT_TRUE((*run)->ReadLineWithPrefix("ready", 20s).ok()) << "the command did not start";
+  ASSERT_EQ(FreeSlices("a"), 3);
+  for (auto [sig, name] : std::vector<std::pair<int, std::string>>{
+           {SIGUSR1, "USR1"}, {SIGUSR2, "USR2"}, {SIGHUP, "HUP"}, {SIGINT, "INT"}, {SIGTERM, "TERM"}}) {
+    (*run)->Signal(sig);
+    auto line = (*run)->ReadLineWithPrefix("got " + name, 10s);
+    ASSERT_TRUE(line.ok()) << "the command was not sent SIG" << name << ": " << line.status();
+  }
+  auto rc = (*run)->Wait(10s);
+  ASSERT_TRUE(rc.ok()) << "troupe run did not end with its command";
+  ASSERT_TRUE(WIFEXITED(*rc)) << "troupe run itself was killed by signal " << WTERMSIG(*rc);
+  EXPECT_EQ(WEXITSTATUS(*rc), 3) << "troupe run returns its command's exit code";
+  EXPECT_EQ(FreeSlices("a"), 4) << "the slice was not released after the command ended";
+}
+
+TEST_F(Slices, RunKillsWhatItsCommandLeftRunningBeforeItReleasesTheSlice) {
+  auto run = ChildProcess::Spawn({TROUPE_BIN, "run", "-c", config_, "--memory", "4GiB", "--", "sh", "-c",
+                                  "sleep 60 >/dev/null 2>&1 & echo left $!"},
+                                 {}, /*merge_stderr=*/true);
+  ASSERT_TRUE(run.ok()) << run.status();
+  auto left = (*run)->ReadLineWithPrefix("left ", 20s);
+  ASSERT_TRUE(left.ok()) << left.status();
+  const pid_t sleeper = std::stoi(*left);
+  auto report = (*run)->ReadLineWithPrefix("troupe run: killed ", 20s);
+  EXPECT_TRUE(report.ok()) << "troupe run did not report the process its command left: " << report.status();
+  auto rc = (*run)->Wait(20s);
+  ASSERT_TRUE(rc.ok()) << rc.status();
+  EXPECT_EQ(WEXITSTATUS(*rc), 0);
+  const bool gone = testing::ExitsWithin(sleeper, 5s);
+  EXPECT_TRUE(gone) << "the command's background process outlived its lease";
+  if (!gone) kill(sleeper, SIGKILL);
+  EXPECT_EQ(FreeSlices("a"), 4);
+}
+
+TEST_F(Slices, ACommandDiesWithItsKilledLauncherAndItsSliceIsNeverLeasedTwice) {
+  // 12 GiB fits on a alone (3 of its 4 slices): two such leases can never be held at once.
+  auto holder = ChildProcess::Spawn({TROUPE_BIN, "run", "-c", config_, "--memory", "12GiB", "--", "sh", "-c",
+                                     "echo pid $$; exec sleep 60"});
+  ASSERT_TRUE(holder.ok()) << holder.status();
+  auto pid_line = (*holder)->ReadLineWithPrefix("pid ", 20s);
+  ASSERT_TRUE(pid_line.ok()) << pid_line.status();
+  const pid_t command = std::stoi(*pid_line);
+  (*holder)->Signal(SIGKILL);
+  ASSERT_TRUE((*holder)->Wait(5s).ok());
+  EXPECT_TRUE(testing::ExitsWithin(command, 10s)) << "the command outlived its killed `troupe run`";
+
+  // The next holder of the slice finds the first command gone (a zombie not yet reaped by init
+  // counts as gone: it runs nothing).
+  const std::string state = "$(cut -d' ' -f3 /proc/" + std::to_string(command) + "/stat 2>/dev/null)";
+  auto next = ChildProcess::Spawn({TROUPE_BIN, "run", "-c", config_, "--memory", "12GiB", "--", "sh", "-c",
+                                   "s=" + state + "; [ -n \"$s\" ] && [ \"$s\" != Z ] && echo shared || echo alone"});
+  ASSERT_TRUE(next.ok()) << next.status();
+  auto verdict = (*next)->ReadLine(30s);
+  ASSERT_TRUE(verdict.ok()) << verdict.status();
+  EXPECT_EQ(*verdict, "alone") << "two commands ran on one slice";
+  EXPECT_TRUE((*next)->Wait(20s).ok());
+  kill(command, SIGKILL);
+}
+
 TEST_F(Slices, LeasesArePlacedShownAndReturnedWhenTheirHolderIsKilled) {
   auto lease = client_->RequestSlices(TwoNodeGang(), 10s);
   ASSERT_TRUE(lease.ok()) << lease.status();

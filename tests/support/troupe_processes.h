@@ -3,6 +3,11 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include <chrono>
 #include <memory>
@@ -35,6 +40,16 @@ inline std::string FirstLine(const std::vector<std::string>& argv, const std::ve
   auto line = (*child)->ReadLine(std::chrono::seconds(20));
   (void)(*child)->Wait(std::chrono::seconds(20));
   return line.ok() ? *line : "";
+}
+
+/// True once `pid` (any process, not only a child of this one) has exited, within `timeout`.
+inline bool ExitsWithin(pid_t pid, std::chrono::milliseconds timeout) {
+  int fd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  if (fd < 0) return errno == ESRCH;  // gone already
+  pollfd pfd{fd, POLLIN, 0};
+  int rc = poll(&pfd, 1, static_cast<int>(timeout.count()));
+  close(fd);
+  return rc == 1;
 }
 
 /// The value of `field` in node `name`'s object of a `troupe status --json` line ("" if absent).
