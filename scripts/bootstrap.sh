@@ -15,6 +15,7 @@ PACKAGES=(
   libyaml-cpp-dev libspdlog-dev libfmt-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   prometheus iproute2
+  clang libclang-rt-14-dev
 )
 
 log() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
@@ -53,10 +54,46 @@ build() {
   cmake --build "$dir" -j "$JOBS"
 }
 
+# The libFuzzer targets (tests/fuzz), each for TROUPE_FUZZ_SECONDS (default 15) on its seed
+# corpus: a short run that catches regressions. A crash, leak or sanitizer report fails the
+# test command. Long runs: docs/fuzzing.md.
+run_fuzz() {
+  if [ "${TROUPE_SKIP_SANITIZERS:-0}" = "1" ] || [ "${TROUPE_SKIP_FUZZ:-0}" = "1" ]; then
+    log "TROUPE_SKIP_SANITIZERS or TROUPE_SKIP_FUZZ is 1: skipping the fuzz targets"
+    return
+  fi
+  local dir="$BUILD_DIR-fuzz"
+  local seconds=${TROUPE_FUZZ_SECONDS:-15}
+  local generator=()
+  command -v ninja >/dev/null && generator=(-G Ninja)
+  log "configuring the fuzz targets in $dir (clang, libFuzzer, ASan/UBSan)"
+  CC=clang CXX=clang++ cmake -S "$ROOT" -B "$dir" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DTROUPE_FUZZ=ON -DTROUPE_BUILD_TESTS=OFF -DTROUPE_BUILD_BENCH=OFF -DTROUPE_WERROR=OFF
+  cmake --build "$dir" -j "$JOBS" --target fuzz
+  local target work
+  for target in config_fuzz envelope_fuzz codec_fuzz stored_record_fuzz; do
+    log "fuzzing $target for ${seconds}s"
+    # New inputs go to a scratch directory; the checked-in corpus is only read.
+    work=$(mktemp -d)
+    if ! UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:suppressions=$ROOT/tests/ubsan.supp \
+      "$dir/tests/fuzz/$target" -max_total_time="$seconds" -print_final_stats=1 \
+      -artifact_prefix="$dir/$target-" "$work" "$ROOT/tests/fuzz/corpus/$target" >"$dir/$target.log" 2>&1; then
+      tail -n 60 "$dir/$target.log" >&2
+      rm -rf "$work"
+      log "$target found a crash: the input is $dir/$target-crash-* (docs/fuzzing.md)"
+      return 1
+    fi
+    rm -rf "$work"
+    # The figures libFuzzer reports: executions, coverage (cov, ft), corpus size.
+    grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)|^stat::number_of_executed_units|^stat::peak_rss_mb' "$dir/$target.log" >&2 || true
+  done
+}
+
 run_tests() {
   log "running every test"
   # Integration tests start real processes and time failure detection: run them one at a time.
   ctest --test-dir "$BUILD_DIR" --output-on-failure --timeout 600
+  run_fuzz
   if [ "${TROUPE_SKIP_SANITIZERS:-0}" = "1" ]; then
     log "TROUPE_SKIP_SANITIZERS=1: skipping the ASan/UBSan pass"
     return
