@@ -79,7 +79,7 @@ NodeRecord Read(wire::NodeRecord::Reader in) {
   r.state = in.getState();
   r.cpus = in.getCpus();
   r.memory_bytes = in.getMemoryBytes();
-  for (auto g : in.getGpus()) r.gpus.push_back(ReadGpu(g));
+  for (auto g : runtime::CheckedList(in.getGpus())) r.gpus.push_back(ReadGpu(g));
   r.slice_memory_bytes = in.getSliceMemoryBytes();
   r.pid = in.getPid();
   r.joins = in.getJoins();
@@ -119,7 +119,7 @@ void Fill(const LeaseGrant& m, wire::LeaseGrant::Builder b) {
 }
 
 LeaseGrant Read(wire::LeaseGrant::Reader in) {
-  return LeaseGrant{in.getLeaseId(), in.getWaitedMs(), ReadWorkers(in.getWorkers()), in.getTenant()};
+  return LeaseGrant{in.getLeaseId(), in.getWaitedMs(), ReadWorkers(runtime::CheckedList(in.getWorkers())), in.getTenant()};
 }
 
 void Fill(const AssignSlices& m, wire::AssignSlices::Builder b) {
@@ -129,7 +129,7 @@ void Fill(const AssignSlices& m, wire::AssignSlices::Builder b) {
 }
 
 AssignSlices Read(wire::AssignSlices::Reader in) {
-  return AssignSlices{in.getLeaseId(), in.getOwner(), ReadWorkers(in.getWorkers())};
+  return AssignSlices{in.getLeaseId(), in.getOwner(), ReadWorkers(runtime::CheckedList(in.getWorkers()))};
 }
 
 }  // namespace
@@ -179,7 +179,7 @@ Status AddClusterCodecs(runtime::CodecRegistry& r) {
       },
       [](wire::JoinRequest::Reader in, RefCodec& refs) -> StatusOr<JoinRequest> {
         JoinRequest out{Read(in.getNode()), refs.DecodeRef(in.getAgent()), {}};
-        for (auto h : in.getHeld()) out.held.push_back(Read(h));
+        for (auto h : runtime::CheckedList(in.getHeld())) out.held.push_back(Read(h));
         return out;
       })));
   RETURN_IF_ERROR((r.Add<JoinReply, wire::JoinReply>(
@@ -243,7 +243,7 @@ Status AddClusterCodecs(runtime::CodecRegistry& r) {
       },
       [](wire::GpuReport::Reader in, RefCodec&) -> StatusOr<GpuReport> {
         GpuReport report{in.getNode(), {}};
-        for (auto g : in.getGpus()) report.gpus.push_back(GpuLoad{g.getIndex(), g.getUtilisation(), g.getMemoryUsedBytes()});
+        for (auto g : runtime::CheckedList(in.getGpus())) report.gpus.push_back(GpuLoad{g.getIndex(), g.getUtilisation(), g.getMemoryUsedBytes()});
         return report;
       })));
   RETURN_IF_ERROR((r.Add<ListSlices, wire::ListSlices>(
@@ -285,13 +285,13 @@ Status AddClusterCodecs(runtime::CodecRegistry& r) {
       },
       [](wire::SliceList::Reader in, RefCodec&) -> StatusOr<SliceList> {
         SliceList list;
-        for (auto g : in.getGpus()) {
+        for (auto g : runtime::CheckedList(in.getGpus())) {
           GpuSlices gs{g.getNode(), ReadGpu(g.getGpu()), g.getSlicesTotal(), g.getSlicesFree(),
                        g.getSliceMemoryBytes(), g.getUtilisation(), g.getMemoryUsedBytes(), {}, g.getNodeState()};
-          for (auto l : g.getLeases()) gs.leases.push_back(SliceLeaseInfo{l.getLeaseId(), l.getTenant(), l.getOwner(), l.getSlices()});
+          for (auto l : runtime::CheckedList(g.getLeases())) gs.leases.push_back(SliceLeaseInfo{l.getLeaseId(), l.getTenant(), l.getOwner(), l.getSlices()});
           list.gpus.push_back(std::move(gs));
         }
-        for (auto p : in.getPending()) {
+        for (auto p : runtime::CheckedList(in.getPending())) {
           list.pending.push_back(PendingLease{p.getLeaseId(), p.getTenant(), p.getCount(), p.getPlaced(),
                                               p.getWaitedMs(), p.getReason(), p.getPriority()});
         }
@@ -317,7 +317,7 @@ Status AddClusterCodecs(runtime::CodecRegistry& r) {
       },
       [](wire::EventList::Reader in, RefCodec&) -> StatusOr<EventList> {
         EventList list;
-        for (auto e : in.getEvents()) {
+        for (auto e : runtime::CheckedList(in.getEvents())) {
           list.events.push_back(runtime::SupervisorEvent{e.getSupervisor(), e.getChild(), e.getKind(), e.getReason(),
                                                          e.getNode(), e.getUnixMs(), e.getRestarts()});
         }
@@ -342,7 +342,7 @@ Status AddClusterCodecs(runtime::CodecRegistry& r) {
       [](wire::NodeList::Reader in, RefCodec&) -> StatusOr<NodeList> {
         NodeList list;
         list.cluster_name = in.getClusterName();
-        for (auto n : in.getNodes()) list.nodes.push_back(Read(n));
+        for (auto n : runtime::CheckedList(in.getNodes())) list.nodes.push_back(Read(n));
         return list;
       });
 }

@@ -35,7 +35,10 @@ Status ReadFlatMessageNamed(const uint8_t* data, size_t size, What&& what, Read&
   }
   try {
     capnp::ReaderOptions options;
-    options.traversalLimitInWords = size / sizeof(capnp::word) * 4 + 1024;
+    // What a decoder may read: each word of the message about twice (a decoder may read a
+    // list for its size and then its elements), and a little for the envelope of an empty one.
+    // Zero-sized list elements count one word each here; CheckedList refuses shrunken ones.
+    options.traversalLimitInWords = size / sizeof(capnp::word) * 2 + 64;
     capnp::FlatArrayMessageReader reader(kj::arrayPtr(words, size / sizeof(capnp::word)), options);
     return read(reader);
   } catch (const kj::Exception& e) {

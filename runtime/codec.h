@@ -3,8 +3,12 @@
 #pragma once
 
 #include <capnp/message.h>
+#include <capnp/schema.h>
+#include <kj/debug.h>
 #include <caf/message.hpp>
 
+#include <algorithm>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -40,6 +44,24 @@ template <class Schema, class Read>
 Status ReadFlat(const uint8_t* data, size_t size, const std::string& what, Read&& read) {
   return ReadFlatMessage(data, size, what,
                          [&](capnp::MessageReader& reader) { return read(reader.getRoot<Schema>()); });
+}
+
+/// `list` (a list of structs read from a peer's or a disk's message), checked to hold no more
+/// elements than its bytes can: an honest encoder writes each element at its schema's full size
+/// (data and pointer words), so a list of N elements takes at least N times that many words. A
+/// hostile one could send zero-sized or shrunken elements and have a small payload decode into
+/// millions of records (1 MiB of `cluster.NodeList` decoded into 525,304 records and a 487 MB
+/// peak before this check). Throws kj::Exception otherwise, which ReadFlatMessage and the
+/// registry's Decode turn into InvalidArgument, like any other malformed message.
+template <class ListReader>
+ListReader CheckedList(ListReader list) {
+  using Element = typename decltype(list[0])::Reads;
+  const auto proto = capnp::Schema::from<Element>().getProto().getStruct();
+  const uint64_t words_each = std::max<uint64_t>(1, proto.getDataWordCount() + proto.getPointerCount());
+  const uint64_t words = list.totalSize().wordCount;
+  KJ_REQUIRE(uint64_t{list.size()} * words_each <= words, "list of more elements than its size allows",
+             list.size(), words_each, words);
+  return list;
 }
 
 /// An error as ErrorInfo (a normal exit, code 0, leaves it empty), and back.

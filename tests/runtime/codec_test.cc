@@ -6,6 +6,7 @@
 #include "runtime/codec.h"
 #include "runtime/error.h"
 #include "runtime/node_identity.h"
+#include "tests/fakes/fake_ref_codec.h"
 #include "tests/runtime/test_actors.h"
 #include "tests/runtime/test_messages.capnp.h"
 
@@ -14,19 +15,6 @@ namespace {
 
 using runtime::ActorRef;
 using runtime::CodecRegistry;
-
-// Refs travel as (node, actor) and come back dangling: enough to check the codec.
-class FakeRefCodec final : public runtime::RefCodec {
- public:
-  void EncodeRef(const ActorRef& ref, runtime::wire::ActorAddress::Builder out) override {
-    out.setNode(ref.node());
-    out.setActor(ref.id());
-    out.setAddress("fake");
-  }
-  ActorRef DecodeRef(runtime::wire::ActorAddress::Reader in) override {
-    return ActorRef::Dangling(in.getNode(), in.getActor());
-  }
-};
 
 class Codec : public ::testing::Test {
  protected:
