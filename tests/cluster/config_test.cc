@@ -167,7 +167,7 @@ TEST(ClusterConfig, ADuplicatedKeyIsRefusedNamingBothLines) {
 }
 
 TEST(ClusterConfig, MalformedNumbersAreRefusedNotThrown) {
-  for (const char* bad : {".s", ".tr", "...", "1..5s", "1.2.3s", "-1s", "1e3s", "0x10s", "nans", "infs", ""}) {
+  for (const char* bad : {".", ".s", ".tr", "...", "1..5s", "1.2.3s", "-1s", "1e3s", "0x10s", "nans", "infs", ""}) {
     SCOPED_TRACE(bad);
     EXPECT_FALSE(ParseDuration(bad).ok());
   }
