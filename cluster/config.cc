@@ -75,6 +75,8 @@ class Parser {
   Parser(std::string source, std::string base_dir) : source_(std::move(source)), base_dir_(std::move(base_dir)) {}
 
   std::vector<ConfigError>& errors() { return errors_; }
+  /// Every error found, listed or not.
+  size_t count() const { return count_; }
 
   void Error(const YAML::Node& node, const std::string& field, const std::string& what) {
     ConfigError e;
@@ -85,7 +87,8 @@ class Parser {
     }
     e.field = field;
     e.message = what;
-    errors_.push_back(std::move(e));
+    // A file of a megabyte can hold a hundred thousand errors; the first ones say enough.
+    if (++count_ <= kMaxConfigErrors) errors_.push_back(std::move(e));
   }
 
   // False (and an error) when `map` is not a mapping: the caller skips it. Unknown, duplicate
@@ -282,9 +285,9 @@ class Parser {
     if (!c->token.empty() && !token_file.empty()) {
       Error(cluster["token_file"], "cluster.token_file", "give token or token_file, not both");
     } else if (!token_file.empty()) {
-      const size_t before = errors_.size();
+      const size_t before = count_;
       ReadTokenFile(cluster["token_file"], token_file, &c->token);
-      if (errors_.size() == before && c->token.size() < 8) {
+      if (count_ == before && c->token.size() < 8) {
         Error(cluster["token_file"], "cluster.token_file", "the token is too short (at least 8 characters)");
       }
     } else if (token_ok && file_ok && c->token.empty()) {
@@ -428,6 +431,7 @@ class Parser {
   std::string source_;
   std::string base_dir_;
   std::vector<ConfigError> errors_;
+  size_t count_ = 0;
 };
 
 ConfigError YamlError(const std::string& source, const YAML::Exception& e, const std::string& what) {
@@ -555,6 +559,12 @@ std::vector<ConfigError> ValidateClusterConfigText(const std::string& yaml, cons
     if (config != nullptr && parser.errors().empty()) *config = std::move(parsed);
   } catch (const YAML::Exception& e) {
     parser.errors().push_back(YamlError(source, e, ""));
+  }
+  if (parser.count() > kMaxConfigErrors) {
+    parser.errors().push_back(ConfigError{source, 0, 0, "(file)",
+                                          std::to_string(parser.count() - kMaxConfigErrors) +
+                                              " more errors not listed (the first " +
+                                              std::to_string(kMaxConfigErrors) + " are)"});
   }
   return std::move(parser.errors());
 }

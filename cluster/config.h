@@ -76,6 +76,8 @@ inline constexpr uint32_t kMaxSlicesPerGpu = 1024;
 inline constexpr size_t kMaxTokenFileBytes = 4096;
 /// The longest cluster file accepted.
 inline constexpr size_t kMaxConfigFileBytes = 1 << 20;
+/// The most errors listed for one file; a last line counts the rest.
+inline constexpr size_t kMaxConfigErrors = 100;
 
 /// One problem found in a cluster file: where (line and column from 1; 0 when the problem is
 /// the file as a whole), which field, and what is wrong.

@@ -273,6 +273,15 @@ TEST(ClusterConfig, EveryErrorIsReportedOncePerLine) {
   EXPECT_TRUE(ValidateClusterConfigText(kMinimal, "min.yaml").empty());
 }
 
+TEST(ClusterConfig, AFileWithThousandsOfErrorsListsTheFirstHundredAndCountsTheRest) {
+  std::string yaml = "cluster:\n  name: t\n  token: secret-token\n";
+  for (int i = 0; i < 1000; ++i) yaml += "k" + std::to_string(i) + ": 1\n";
+  auto errors = ValidateClusterConfigText(yaml, "noisy.yaml");
+  ASSERT_EQ(errors.size(), kMaxConfigErrors + 1);
+  EXPECT_EQ(errors[0].field, "k0");
+  EXPECT_EQ(errors.back().ToString(), "noisy.yaml: (file): 900 more errors not listed (the first 100 are)");
+}
+
 TEST(ClusterConfig, ValidatingAFileReportsAMissingOrHugeFile) {
   auto missing = ValidateClusterConfig("/no/such/cluster.yaml");
   ASSERT_EQ(missing.size(), 1u);
