@@ -73,11 +73,12 @@ run_fuzz() {
   local target work
   for target in config_fuzz envelope_fuzz codec_fuzz stored_record_fuzz; do
     log "fuzzing $target for ${seconds}s"
-    # New inputs go to a scratch directory; the checked-in corpus is only read.
+    # New inputs go to a scratch directory; the checked-in corpus is only read. Stdin is
+    # /dev/null: a generated config may name /dev/stdin as its token_file.
     work=$(mktemp -d)
     if ! UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:suppressions=$ROOT/tests/ubsan.supp \
       "$dir/tests/fuzz/$target" -max_total_time="$seconds" -print_final_stats=1 \
-      -artifact_prefix="$dir/$target-" "$work" "$ROOT/tests/fuzz/corpus/$target" >"$dir/$target.log" 2>&1; then
+      -artifact_prefix="$dir/$target-" "$work" "$ROOT/tests/fuzz/corpus/$target" </dev/null >"$dir/$target.log" 2>&1; then
       tail -n 60 "$dir/$target.log" >&2
       rm -rf "$work"
       log "$target found a crash: the input is $dir/$target-crash-* (docs/fuzzing.md)"
