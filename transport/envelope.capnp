@@ -22,6 +22,8 @@ struct Handshake {
   nonce @3 :Data;               # 32 random bytes, fresh per connection
   proof @4 :Data;               # HMAC-SHA256 over both nonces and ids, keyed by the token
   reason @5 :Text;              # why a reject was sent
+  instance @6 :UInt64;          # random per process start (0: not sent): under a known node id, a
+                                # new value is a new process, and the earlier one is gone
 }
 
 struct Envelope {

@@ -84,6 +84,7 @@ Status EncodeEnvelope(FrameKind kind, const FrameHeader& header, const Handshake
     hs.setNonce(AsData(handshake->nonce));
     hs.setProof(AsData(handshake->proof));
     hs.setReason(handshake->reason);
+    hs.setInstance(handshake->instance);
   }
   kj::ArrayOutputStream stream(kj::arrayPtr(out->bytes, kMaxEnvelopeBytes));
   KJ_IF_MAYBE(exception, kj::runCatchingExceptions([&]() { capnp::writeMessage(stream, builder); })) {
@@ -136,6 +137,7 @@ StatusOr<DecodedEnvelope> DecodeEnvelope(const void* bytes, size_t size) {
       out.handshake.nonce = FromData(hs.getNonce());
       out.handshake.proof = FromData(hs.getProof());
       out.handshake.reason = hs.getReason();
+      out.handshake.instance = hs.getInstance();
     }
   })) {
     return InvalidArgumentError("malformed envelope: " +

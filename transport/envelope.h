@@ -21,6 +21,9 @@ struct HandshakeInfo {
   std::string nonce;
   std::string proof;
   std::string reason;
+  /// Random per process start (0: not sent). A hello or challenge under a known node id with
+  /// another instance comes from a new process: the earlier one is gone.
+  uint64_t instance = 0;
 };
 
 /// The most bytes an encoded envelope may take; larger input is refused as malformed.

@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 #include <ucp/api/ucp.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -119,6 +120,7 @@ class UcxTransport::Impl {
     bool hello_seen = false;     // server: the client's hello arrived
     bool challenge_seen = false; // client: the server's challenge arrived
     NodeId peer = 0;
+    uint64_t peer_instance = 0;  // the peer process's HandshakeInfo::instance (0: not sent)
     std::string peer_name;
     std::string remote_address;
     std::string client_nonce;
@@ -143,6 +145,7 @@ class UcxTransport::Impl {
   struct Peer {
     ConnPtr send_conn;     // connection used for sending (Ready or Handshaking outbound)
     int ready_conns = 0;
+    uint64_t instance = 0; // the process behind the ready connections (0: unknown)
     PeerTraffic traffic;   // counted on the progress thread, no lock
   };
 
@@ -243,6 +246,8 @@ class UcxTransport::Impl {
   static void OnRecvDone(void* request, ucs_status_t status, size_t length, void* user_data);
 
   UcxTransportConfig config_;
+  // This process's HandshakeInfo::instance: random per start, never 0.
+  uint64_t instance_ = 0;
   TransportHandler handler_;
   Counters counters_;
 
@@ -300,6 +305,11 @@ Status UcxTransport::Impl::Start(TransportHandler handler) {
     return InvalidArgumentError("transport: cluster_token is empty; peers authenticate with it");
   }
   if (config_.max_frame_bytes == 0) return InvalidArgumentError("transport: max_frame_bytes must be > 0");
+  {
+    const std::string random = RandomNonce();
+    std::memcpy(&instance_, random.data(), std::min(sizeof instance_, random.size()));
+    if (instance_ == 0) instance_ = 1;
+  }
   if (config_.node_name.size() > kMaxHandshakeText) {
     return InvalidArgumentError("transport: node_name longer than " + std::to_string(kMaxHandshakeText));
   }
@@ -871,6 +881,7 @@ UcxTransport::Impl::ConnPtr UcxTransport::Impl::Connect(NodeId peer, const std::
   hello.node_name = config_.node_name;
   hello.listen_address = listen_address();
   hello.nonce = conn->client_nonce;
+  hello.instance = instance_;
   SendControl(conn, FrameKind::kHello, hello, worker_address_);
   return conn;
 }
@@ -1417,6 +1428,7 @@ void UcxTransport::Impl::OnHandshake(const ConnPtr& conn, const DecodedEnvelope&
       }
       conn->hello_seen = true;
       conn->peer = hs.node_id;
+      conn->peer_instance = hs.instance;  // used only once the client has authenticated
       conn->peer_name = hs.node_name;
       conn->client_nonce = hs.nonce;
       conn->server_nonce = RandomNonce();
@@ -1426,6 +1438,7 @@ void UcxTransport::Impl::OnHandshake(const ConnPtr& conn, const DecodedEnvelope&
       challenge.node_name = config_.node_name;
       challenge.listen_address = listen_address();
       challenge.nonce = conn->server_nonce;
+      challenge.instance = instance_;
       challenge.proof = ComputeProof(config_.cluster_token, AuthRole::kServer, conn->client_nonce,
                                      conn->server_nonce, conn->peer, config_.node_id);
       bool direct = config_.direct_endpoints && !payload.empty();
@@ -1472,6 +1485,7 @@ void UcxTransport::Impl::OnHandshake(const ConnPtr& conn, const DecodedEnvelope&
         return;
       }
       conn->challenge_seen = true;
+      conn->peer_instance = hs.instance;
       conn->peer_name = hs.node_name;
       conn->server_nonce = hs.nonce;
       conn->peer_worker_address = payload;
@@ -1494,9 +1508,35 @@ void UcxTransport::Impl::OnHandshake(const ConnPtr& conn, const DecodedEnvelope&
 }
 
 void UcxTransport::Impl::BecomeReady(const ConnPtr& conn) {
+  Peer& peer = peers_[conn->peer];
+  // An authenticated connection from another process under a known node id (a node restarted
+  // under its name, as systemd or `troupe up` do, before its loss was noticed): the earlier
+  // process is gone. Its connections fail first, so that the handler hears of the loss before
+  // the new process's first frame, and nothing of the new one (heartbeats, replies) is ever
+  // credited to or sent through the old.
+  if (conn->peer_instance != 0 && peer.instance != 0 && peer.instance != conn->peer_instance) {
+    std::vector<ConnPtr> earlier;
+    for (auto& [ep, other] : conns_) {
+      if (other != conn && other->peer == conn->peer && other->peer_instance != conn->peer_instance &&
+          std::find(earlier.begin(), earlier.end(), other) == earlier.end()) {
+        earlier.push_back(other);
+      }
+    }
+    if (!earlier.empty()) {
+      spdlog::info("transport: node {} restarted (process instance {:x}, was {:x}): closing {} connection(s) of "
+                   "the earlier process",
+                   conn->peer, conn->peer_instance, peer.instance, earlier.size());
+      // The new connection is not the earlier process's way out: were it the send connection
+      // (this side dialed the new process), the loss would not be reported.
+      if (peer.send_conn == conn) peer.send_conn = nullptr;
+      const Status replaced = UnavailableError("node " + std::to_string(conn->peer) +
+                                               " restarted: a new process replaced the one this side knew");
+      for (auto& old : earlier) Fail(old, replaced);
+    }
+  }
+  if (conn->peer_instance != 0) peer.instance = conn->peer_instance;
   conn->state = ConnState::kReady;
   --handshaking_;
-  Peer& peer = peers_[conn->peer];
   if (peer.send_conn == nullptr) peer.send_conn = conn;
   bool first = ++peer.ready_conns == 1;
   if (first) counters_.peers_connected.fetch_add(1, std::memory_order_relaxed);

@@ -51,7 +51,7 @@ class HeadFaults : public ::testing::Test {
   }
   void TearDown() override {
     client_.reset();
-    for (auto* p : {&run_, &node_, &head_}) {
+    for (auto* p : {&run_, &old_node_, &node_, &head_}) {
       if (*p) {
         (*p)->Signal(SIGKILL);
         (void)(*p)->Wait(10s);
@@ -117,7 +117,7 @@ class HeadFaults : public ::testing::Test {
 
   std::string dir_, head_dir_, config_;
   bool mounted_ = false;
-  std::unique_ptr<ChildProcess> head_, node_, run_;
+  std::unique_ptr<ChildProcess> head_, node_, run_, old_node_;
   std::unique_ptr<cluster::Client> client_;
 };
 
@@ -273,6 +273,54 @@ TEST_F(HeadFaults, ANodeKilledWhileTheHeadWasDownIsDeclaredDeadAndItsLeasesEnd) 
   const auto slices = SlicesOf("a");
   EXPECT_EQ(slices.state, "dead");
   EXPECT_EQ(slices.total, 256);
+}
+
+TEST_F(HeadFaults, ANodeRestartedUnderItsNameBeforeItsLossWasNoticedIsSeenAtOnce) {
+  head_ = Start({"head"}, "READY ");
+  ASSERT_TRUE(head_);
+  node_ = Start({"node", "--name", "a"}, "JOINED ");
+  ASSERT_TRUE(node_);
+  auto run = ChildProcess::Spawn({TROUPE_BIN, "run", "-c", config_, "--memory", "4GiB", "--", "sleep", "60"}, {},
+                                 /*merge_stderr=*/true);
+  ASSERT_TRUE(run.ok()) << run.status();
+  run_ = std::move(*run);
+  auto granted = run_->ReadLineWithPrefix("troupe run: lease", 20s);
+  ASSERT_TRUE(granted.ok()) << granted.status();
+  ASSERT_NE(granted->find("node a"), std::string::npos) << *granted;
+
+  // Node a's process hangs (SIGSTOP: its connections stay up, so nothing notices), and a new
+  // process starts under its name, as systemd or `troupe up` would start it after a crash.
+  // The new process is a new incarnation: the old one's lease ends and the new one joins at
+  // once; its heartbeats never make the old one look alive.
+  ASSERT_TRUE(node_->Suspend().ok());
+  old_node_ = std::move(node_);
+  const auto restarted = Clock::now();
+  node_ = Start({"node", "--name", "a"}, "JOINED ");
+  ASSERT_TRUE(node_) << "the new process under a's name did not join";
+  const auto joined_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - restarted).count();
+
+  bool told = false;
+  std::string last;
+  for (int i = 0; i < 20 && !told; ++i) {
+    auto line = run_->ReadLine(10s);
+    if (!line.ok()) break;
+    last = *line;
+    told = line->find("ended: node 'a' was lost; stopping the command") != std::string::npos;
+  }
+  EXPECT_TRUE(told) << "troupe run was not told that its lease on the earlier process ended; last line: " << last;
+  const auto told_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - restarted).count();
+  std::printf("a new process under a's name joined %lld ms after it started; the earlier process's lease ended "
+              "(holder told) by %lld ms\n",
+              static_cast<long long>(joined_ms), static_cast<long long>(told_ms));
+  // At once: a process start takes about 150 ms here. (Before the transport told processes
+  // apart, the new one's joins went unanswered until the earlier connection failed, 8.8 s here.)
+  EXPECT_LT(told_ms, 4000) << "the restart was not seen at once";
+  const std::string status = StatusJson();
+  EXPECT_EQ(testing::NodeField(status, "a", "state"), "alive") << status;
+  EXPECT_EQ(testing::NodeField(status, "a", "pid"), std::to_string(node_->pid()))
+      << "status shows the earlier process: " << status;
+  EXPECT_EQ(testing::NodeField(status, "a", "joins"), "2") << status;
 }
 
 }  // namespace
