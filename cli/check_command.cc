@@ -4,14 +4,12 @@
 #include <iostream>
 #include <sstream>
 
+#include "cli/json_output.h"
 #include "cluster/config.h"
-#include "common/json.h"
 
 namespace troupe::cli {
 
 namespace {
-
-constexpr const char* kCheckUsage = "usage: troupe check -c FILE [--json]\n";
 
 std::string Summary(const cluster::ClusterConfig& config) {
   size_t gpus = 0;
@@ -36,39 +34,16 @@ std::string Summary(const cluster::ClusterConfig& config) {
 
 }  // namespace
 
-int RunCheck(const std::vector<std::string>& argv) {
-  std::string path;
-  bool json = false;
-  for (size_t i = 0; i < argv.size(); ++i) {
-    const std::string& a = argv[i];
-    if (a == "-c" || a == "--config") {
-      if (i + 1 >= argv.size()) {
-        std::cerr << "troupe check: " << a << " needs a value\n" << kCheckUsage;
-        return 2;
-      }
-      path = argv[++i];
-    } else if (a == "--json") {
-      json = true;
-    } else {
-      std::cerr << "troupe check: unknown option '" << a << "'\n" << kCheckUsage;
-      return 2;
-    }
-  }
-  if (path.empty()) {
-    std::cerr << "troupe check: -c FILE is required\n" << kCheckUsage;
-    return 2;
-  }
+int RunCheck(const CheckOptions& options) {
+  const std::string& path = options.config_path;
   cluster::ClusterConfig config;
   const std::vector<cluster::ConfigError> errors = cluster::ValidateClusterConfig(path, &config);
-  if (json) {
-    std::cout << "{\"file\": " << JsonQuote(path) << ", \"valid\": " << (errors.empty() ? "true" : "false")
-              << ", \"errors\": [";
-    for (size_t i = 0; i < errors.size(); ++i) {
-      const auto& e = errors[i];
-      std::cout << (i ? ", " : "") << "{\"line\": " << e.line << ", \"column\": " << e.column
-                << ", \"field\": " << JsonQuote(e.field) << ", \"message\": " << JsonQuote(e.message) << "}";
+  if (options.json) {
+    nlohmann::ordered_json list = nlohmann::ordered_json::array();
+    for (const auto& e : errors) {
+      list.push_back({{"line", e.line}, {"column", e.column}, {"field", e.field}, {"message", e.message}});
     }
-    std::cout << "]}\n";
+    std::cout << OneLineJson({{"file", path}, {"valid", errors.empty()}, {"errors", std::move(list)}}) << "\n";
   } else if (errors.empty()) {
     std::cout << Summary(config) << "\n";
   } else {

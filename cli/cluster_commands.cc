@@ -1,4 +1,4 @@
-// troupe head | node | up | down | status.
+// troupe head | node | up | down | status | slices | events | run.
 #include "cli/cluster_commands.h"
 
 #include <signal.h>
@@ -26,54 +26,20 @@
 #include <sstream>
 #include <thread>
 
+#include "actors/slice_environment.h"
+#include "cli/json_output.h"
 #include "cluster/client.h"
 #include "cluster/config.h"
 #include "cluster/head.h"
 #include "cluster/node_agent.h"
 #include "common/child_process.h"
-#include "common/json.h"
 #include "common/logging.h"
-#include "actors/slice_environment.h"
 
 namespace troupe::cli {
 namespace {
 
 using namespace std::chrono_literals;
-
-struct CommonArgs {
-  std::string config_path;
-  std::string name;
-  std::string head;
-  std::string log_level;
-  bool json = false;
-};
-
-StatusOr<CommonArgs> ParseArgs(const std::vector<std::string>& args, const std::string& command, bool wants_name) {
-  CommonArgs out;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    auto value = [&]() -> StatusOr<std::string> {
-      if (i + 1 >= args.size()) return InvalidArgumentError(command + ": " + a + " needs a value");
-      return args[++i];
-    };
-    if (a == "-c" || a == "--config") {
-      ASSIGN_OR_RETURN(out.config_path, value());
-    } else if (a == "--name" && wants_name) {
-      ASSIGN_OR_RETURN(out.name, value());
-    } else if (a == "--head") {
-      ASSIGN_OR_RETURN(out.head, value());
-    } else if (a == "--log-level") {
-      ASSIGN_OR_RETURN(out.log_level, value());
-    } else if (a == "--json") {
-      out.json = true;
-    } else {
-      return InvalidArgumentError(command + ": unknown argument '" + a + "'");
-    }
-  }
-  if (out.config_path.empty()) return InvalidArgumentError(command + ": -c FILE (the cluster config) is required");
-  if (wants_name && out.name.empty()) return InvalidArgumentError(command + ": --name NODE is required");
-  return out;
-}
+using Json = nlohmann::ordered_json;
 
 // Signals taken by one waiter thread instead of their default actions. The constructor blocks
 // them and must run before the command starts any other thread: a thread inherits the signal
@@ -148,7 +114,7 @@ std::string SelfPath() {
   return ec ? "/proc/self/exe" : path.string();
 }
 
-StatusOr<cluster::ClusterConfig> Load(const CommonArgs& args) {
+StatusOr<cluster::ClusterConfig> Load(const ClusterOptions& args) {
   auto config = cluster::LoadClusterConfig(args.config_path);
   if (!config.ok()) return config.status();
   std::string level = args.log_level.empty() ? config->log_level : args.log_level;
@@ -172,11 +138,9 @@ std::string Bytes(uint64_t b) {
 
 }  // namespace
 
-int RunHead(const std::vector<std::string>& argv) {
-  auto args = ParseArgs(argv, "head", false);
-  if (!args.ok()) return Fail("head", args.status());
+int RunHead(ClusterOptions args) {
   SignalWaiter signals;
-  auto config = Load(*args);
+  auto config = Load(args);
   if (!config.ok()) return Fail("head", config.status());
   if (Status ports = cluster::CheckPortsFree(*config, /*include_nodes=*/false); !ports.ok()) return Fail("head", ports);
   auto head = cluster::Head::Start(*config);
@@ -194,13 +158,11 @@ int RunHead(const std::vector<std::string>& argv) {
   return 0;
 }
 
-int RunNode(const std::vector<std::string>& argv) {
-  auto args = ParseArgs(argv, "node", true);
-  if (!args.ok()) return Fail("node", args.status());
+int RunNode(ClusterOptions args) {
   SignalWaiter signals;
-  auto config = Load(*args);
+  auto config = Load(args);
   if (!config.ok()) return Fail("node", config.status());
-  auto agent = cluster::NodeAgent::Start(*config, args->name, args->head);
+  auto agent = cluster::NodeAgent::Start(*config, args.name, args.head);
   if (!agent.ok()) return Fail("node", agent.status());
   signals.Start([&agent](const siginfo_t&) {
     (*agent)->Stop();
@@ -208,20 +170,18 @@ int RunNode(const std::vector<std::string>& argv) {
   });
   bool first = true;
   (*agent)->Run([&](const cluster::JoinReply& reply) {
-    if (first) std::cout << "JOINED " << reply.cluster_name << " " << args->name << std::endl;
+    if (first) std::cout << "JOINED " << reply.cluster_name << " " << args.name << std::endl;
     first = false;
-    spdlog::info("node {} joined cluster '{}'", args->name, reply.cluster_name);
+    spdlog::info("node {} joined cluster '{}'", args.name, reply.cluster_name);
   });
   return 0;
 }
 
-int RunStatus(const std::vector<std::string>& argv) {
-  auto args = ParseArgs(argv, "status", false);
-  if (!args.ok()) return Fail("status", args.status());
-  if (args->log_level.empty()) args->log_level = "warn";
-  auto config = Load(*args);
+int RunStatus(ClusterOptions args) {
+  if (args.log_level.empty()) args.log_level = "warn";
+  auto config = Load(args);
   if (!config.ok()) return Fail("status", config.status());
-  auto client = cluster::Client::Connect(*config, args->head, 3s);
+  auto client = cluster::Client::Connect(*config, args.head, 3s);
   if (!client.ok()) return Fail("status", client.status());
   auto list = (*client)->ListNodes(5s);
   if (!list.ok()) return Fail("status", list.status());
@@ -233,28 +193,30 @@ int RunStatus(const std::vector<std::string>& argv) {
       slices[g.node].second += g.slices_total;
     }
   }
-  if (args->json) {
-    std::ostringstream out;
-    out << "{\"cluster\": " << JsonQuote(list->cluster_name) << ", \"head\": " << JsonQuote((*client)->head_address())
-        << ", \"nodes\": [";
-    for (size_t i = 0; i < list->nodes.size(); ++i) {
-      const auto& n = list->nodes[i];
-      out << (i ? ", " : "") << "{\"name\": " << JsonQuote(n.name) << ", \"node_id\": " << n.node_id
-          << ", \"state\": " << JsonQuote(n.state) << ", \"address\": " << JsonQuote(n.address)
-          << ", \"pid\": " << n.pid << ", \"cpus\": " << n.cpus << ", \"memory_bytes\": " << n.memory_bytes
-          << ", \"slice_memory_bytes\": " << n.slice_memory_bytes << ", \"slices_total\": " << slices[n.name].second
-          << ", \"slices_free\": " << slices[n.name].first << ", \"joins\": " << n.joins
-          << ", \"heartbeat_age_ms\": " << n.heartbeat_age_ms << ", \"reason\": " << JsonQuote(n.reason)
-          << ", \"gpus\": [";
-      for (size_t g = 0; g < n.gpus.size(); ++g) {
-        out << (g ? ", " : "") << "{\"name\": " << JsonQuote(n.gpus[g].name)
-            << ", \"memory_bytes\": " << n.gpus[g].memory_bytes
-            << ", \"simulated\": " << (n.gpus[g].simulated ? "true" : "false") << "}";
+  if (args.json) {
+    Json nodes = Json::array();
+    for (const auto& n : list->nodes) {
+      Json gpus = Json::array();
+      for (const auto& g : n.gpus) {
+        gpus.push_back({{"name", g.name}, {"memory_bytes", g.memory_bytes}, {"simulated", g.simulated}});
       }
-      out << "]}";
+      nodes.push_back({{"name", n.name},
+                       {"node_id", n.node_id},
+                       {"state", n.state},
+                       {"address", n.address},
+                       {"pid", n.pid},
+                       {"cpus", n.cpus},
+                       {"memory_bytes", n.memory_bytes},
+                       {"slice_memory_bytes", n.slice_memory_bytes},
+                       {"slices_total", slices[n.name].second},
+                       {"slices_free", slices[n.name].first},
+                       {"joins", n.joins},
+                       {"heartbeat_age_ms", n.heartbeat_age_ms},
+                       {"reason", n.reason},
+                       {"gpus", std::move(gpus)}});
     }
-    out << "]}";
-    std::cout << out.str() << std::endl;
+    Json out = {{"cluster", list->cluster_name}, {"head", (*client)->head_address()}, {"nodes", std::move(nodes)}};
+    std::cout << OneLineJson(out) << std::endl;
     return 0;
   }
   std::printf("cluster %s, head at %s\n\n", list->cluster_name.c_str(), (*client)->head_address().c_str());
@@ -275,11 +237,9 @@ int RunStatus(const std::vector<std::string>& argv) {
   return 0;
 }
 
-int RunUp(const std::vector<std::string>& argv) {
-  auto args = ParseArgs(argv, "up", false);
-  if (!args.ok()) return Fail("up", args.status());
+int RunUp(ClusterOptions args) {
   SignalWaiter signals({SIGINT, SIGTERM, SIGCHLD});
-  auto config = Load(*args);
+  auto config = Load(args);
   if (!config.ok()) return Fail("up", config.status());
   if (config->head.data_dir.empty()) {
     return Fail("up", InvalidArgumentError(config->source + ": head.data_dir is required"));
@@ -319,8 +279,8 @@ int RunUp(const std::vector<std::string>& argv) {
   // ...", and die with this process: a `troupe up` killed by SIGKILL leaves no cluster behind
   // that `troupe down` could not stop and a new `troupe up` would collide with.
   const std::string self_path = SelfPath();
-  std::vector<std::string> common = {"-c", args->config_path};
-  if (!args->log_level.empty()) common.insert(common.end(), {"--log-level", args->log_level});
+  std::vector<std::string> common = {"-c", args.config_path};
+  if (!args.log_level.empty()) common.insert(common.end(), {"--log-level", args.log_level});
   Member head{"head", {"troupe", "head"}, "READY ", nullptr, 0};
   head.argv.insert(head.argv.end(), common.begin(), common.end());
   members.push_back(std::move(head));
@@ -363,7 +323,7 @@ int RunUp(const std::vector<std::string>& argv) {
   auto head_address = cluster::ResolveHeadAddress(*config, "");
   std::printf("cluster %s up: head at %s, %zu node(s) joined in %lld ms (Ctrl-C stops it; `troupe status -c %s`)\n",
               config->name.c_str(), head_address.ok() ? head_address->c_str() : "?", config->nodes.size(),
-              static_cast<long long>(ms), args->config_path.c_str());
+              static_cast<long long>(ms), args.config_path.c_str());
   std::fflush(stdout);
 
   // Supervise: a member that exits is started again (with a bounded back-off).
@@ -399,16 +359,14 @@ int RunUp(const std::vector<std::string>& argv) {
   return 0;
 }
 
-int RunDown(const std::vector<std::string>& argv) {
-  auto args = ParseArgs(argv, "down", false);
-  if (!args.ok()) return Fail("down", args.status());
-  auto config = cluster::LoadClusterConfig(args->config_path);
+int RunDown(ClusterOptions args) {
+  auto config = cluster::LoadClusterConfig(args.config_path);
   if (!config.ok()) return Fail("down", config.status());
   std::string pid_file = config->head.data_dir + "/up.pid";
   std::ifstream in(pid_file);
   pid_t pid = 0;
   if (!(in >> pid) || pid <= 0) {
-    return Fail("down", NotFoundError("no running `troupe up` for " + args->config_path + " (no " + pid_file + ")"));
+    return Fail("down", NotFoundError("no running `troupe up` for " + args.config_path + " (no " + pid_file + ")"));
   }
   if (kill(pid, SIGTERM) != 0) {
     std::remove(pid_file.c_str());
@@ -437,7 +395,7 @@ namespace troupe::cli {
 namespace {
 
 // Connects a client for a command with the common arguments (log level warn unless given).
-StatusOr<std::unique_ptr<cluster::Client>> ConnectFor(CommonArgs& args) {
+StatusOr<std::unique_ptr<cluster::Client>> ConnectFor(ClusterOptions& args) {
   if (args.log_level.empty()) args.log_level = "warn";
   ASSIGN_OR_RETURN(auto config, Load(args));
   return cluster::Client::Connect(config, args.head, 3s);
@@ -445,42 +403,44 @@ StatusOr<std::unique_ptr<cluster::Client>> ConnectFor(CommonArgs& args) {
 
 }  // namespace
 
-int RunSlices(const std::vector<std::string>& argv) {
-  auto args = ParseArgs(argv, "slices", false);
-  if (!args.ok()) return Fail("slices", args.status());
-  auto client = ConnectFor(*args);
+int RunSlices(ClusterOptions args) {
+  auto client = ConnectFor(args);
   if (!client.ok()) return Fail("slices", client.status());
   auto list = (*client)->ListSlices(5s);
   if (!list.ok()) return Fail("slices", list.status());
-  if (args->json) {
-    std::ostringstream out;
-    out << "{\"gpus\": [";
-    for (size_t i = 0; i < list->gpus.size(); ++i) {
-      const auto& g = list->gpus[i];
-      out << (i ? ", " : "") << "{\"node\": " << JsonQuote(g.node) << ", \"node_state\": " << JsonQuote(g.node_state)
-          << ", \"index\": " << g.gpu.index << ", \"name\": " << JsonQuote(g.gpu.name)
-          << ", \"uuid\": " << JsonQuote(g.gpu.uuid) << ", \"simulated\": " << (g.gpu.simulated ? "true" : "false")
-          << ", \"memory_bytes\": " << g.gpu.memory_bytes << ", \"slice_memory_bytes\": " << g.slice_memory_bytes
-          << ", \"slices_total\": " << g.slices_total << ", \"slices_free\": " << g.slices_free
-          << ", \"free_memory_bytes\": " << uint64_t{g.slices_free} * g.slice_memory_bytes
-          << ", \"utilisation\": " << g.utilisation << ", \"memory_used_bytes\": " << g.memory_used_bytes
-          << ", \"leases\": [";
-      for (size_t j = 0; j < g.leases.size(); ++j) {
-        const auto& l = g.leases[j];
-        out << (j ? ", " : "") << "{\"lease_id\": " << l.lease_id << ", \"tenant\": " << JsonQuote(l.tenant)
-            << ", \"owner\": " << JsonQuote(l.owner) << ", \"slices\": " << l.slices << "}";
+  if (args.json) {
+    Json gpus = Json::array();
+    for (const auto& g : list->gpus) {
+      Json leases = Json::array();
+      for (const auto& l : g.leases) {
+        leases.push_back({{"lease_id", l.lease_id}, {"tenant", l.tenant}, {"owner", l.owner}, {"slices", l.slices}});
       }
-      out << "]}";
+      gpus.push_back({{"node", g.node},
+                      {"node_state", g.node_state},
+                      {"index", g.gpu.index},
+                      {"name", g.gpu.name},
+                      {"uuid", g.gpu.uuid},
+                      {"simulated", g.gpu.simulated},
+                      {"memory_bytes", g.gpu.memory_bytes},
+                      {"slice_memory_bytes", g.slice_memory_bytes},
+                      {"slices_total", g.slices_total},
+                      {"slices_free", g.slices_free},
+                      {"free_memory_bytes", uint64_t{g.slices_free} * g.slice_memory_bytes},
+                      {"utilisation", g.utilisation},
+                      {"memory_used_bytes", g.memory_used_bytes},
+                      {"leases", std::move(leases)}});
     }
-    out << "], \"pending\": [";
-    for (size_t i = 0; i < list->pending.size(); ++i) {
-      const auto& p = list->pending[i];
-      out << (i ? ", " : "") << "{\"lease_id\": " << p.lease_id << ", \"tenant\": " << JsonQuote(p.tenant)
-          << ", \"count\": " << p.count << ", \"placed\": " << p.placed << ", \"waited_ms\": " << p.waited_ms
-          << ", \"reason\": " << JsonQuote(p.reason) << ", \"priority\": " << JsonQuote(p.priority) << "}";
+    Json pending = Json::array();
+    for (const auto& p : list->pending) {
+      pending.push_back({{"lease_id", p.lease_id},
+                         {"tenant", p.tenant},
+                         {"count", p.count},
+                         {"placed", p.placed},
+                         {"waited_ms", p.waited_ms},
+                         {"reason", p.reason},
+                         {"priority", p.priority}});
     }
-    out << "]}";
-    std::cout << out.str() << std::endl;
+    std::cout << OneLineJson({{"gpus", std::move(gpus)}, {"pending", std::move(pending)}}) << std::endl;
     return 0;
   }
   std::printf("%-10s %-4s %-20s %-10s %-9s %-7s %-10s %5s  %s\n", "NODE", "GPU", "NAME", "MEMORY", "SLICE", "FREE",
@@ -509,24 +469,23 @@ int RunSlices(const std::vector<std::string>& argv) {
   return 0;
 }
 
-int RunEvents(const std::vector<std::string>& argv) {
-  auto args = ParseArgs(argv, "events", false);
-  if (!args.ok()) return Fail("events", args.status());
-  auto client = ConnectFor(*args);
+int RunEvents(ClusterOptions args) {
+  auto client = ConnectFor(args);
   if (!client.ok()) return Fail("events", client.status());
   auto list = (*client)->SupervisionEvents(5s);
   if (!list.ok()) return Fail("events", list.status());
-  if (args->json) {
-    std::ostringstream out;
-    out << "{\"events\": [";
-    for (size_t i = 0; i < list->events.size(); ++i) {
-      const auto& e = list->events[i];
-      out << (i ? ", " : "") << "{\"supervisor\": " << JsonQuote(e.supervisor) << ", \"child\": " << JsonQuote(e.child)
-          << ", \"kind\": " << JsonQuote(e.kind) << ", \"reason\": " << JsonQuote(e.reason) << ", \"node\": " << e.node
-          << ", \"unix_ms\": " << e.unix_ms << ", \"restarts\": " << e.restarts << "}";
+  if (args.json) {
+    Json events = Json::array();
+    for (const auto& e : list->events) {
+      events.push_back({{"supervisor", e.supervisor},
+                        {"child", e.child},
+                        {"kind", e.kind},
+                        {"reason", e.reason},
+                        {"node", e.node},
+                        {"unix_ms", e.unix_ms},
+                        {"restarts", e.restarts}});
     }
-    out << "]}";
-    std::cout << out.str() << std::endl;
+    std::cout << OneLineJson({{"events", std::move(events)}}) << std::endl;
     return 0;
   }
   for (const auto& e : list->events) {
@@ -537,62 +496,7 @@ int RunEvents(const std::vector<std::string>& argv) {
   return 0;
 }
 
-int RunOnSlice(const std::vector<std::string>& argv) {
-  // troupe run [common args] [lease args] -- COMMAND [ARGS...]
-  auto dash = std::find(argv.begin(), argv.end(), "--");
-  if (dash == argv.end() || dash + 1 == argv.end()) {
-    return Fail("run", InvalidArgumentError("run: give the command after --, e.g. troupe run -c FILE --memory 4GiB -- python train.py"));
-  }
-  std::vector<std::string> command(dash + 1, argv.end());
-  std::vector<std::string> common;
-  cluster::LeaseRequest request;
-  request.slice_memory_bytes = 1;  // one slice of whatever size, unless --memory/--compute say more
-  std::chrono::milliseconds timeout = 60s;
-  for (auto it = argv.begin(); it != dash; ++it) {
-    const std::string& a = *it;
-    auto value = [&]() -> StatusOr<std::string> {
-      if (it + 1 == dash) return InvalidArgumentError("run: " + a + " needs a value");
-      return *++it;
-    };
-    auto number = [&](uint64_t max) -> StatusOr<uint64_t> {
-      ASSIGN_OR_RETURN(std::string v, value());
-      char* end = nullptr;
-      unsigned long long n = std::strtoull(v.c_str(), &end, 10);
-      if (v.empty() || *end != '\0' || n > max) {
-        return InvalidArgumentError("run: " + a + " wants a whole number up to " + std::to_string(max) + ", got '" + v + "'");
-      }
-      return n;
-    };
-    StatusOr<uint64_t> n = uint64_t{0};
-    if (a == "--memory") {
-      auto v = value();
-      auto bytes = v.ok() ? cluster::ParseSize(*v) : StatusOr<uint64_t>(v.status());
-      if (!bytes.ok()) return Fail("run", InvalidArgumentError("run: --memory: " + bytes.status().message()));
-      request.slice_memory_bytes = *bytes;
-    } else if (a == "--compute") {
-      if (!(n = number(100)).ok()) return Fail("run", n.status());
-      request.compute_percent = static_cast<uint32_t>(*n);
-    } else if (a == "--cpus") {
-      if (!(n = number(4096)).ok()) return Fail("run", n.status());
-      request.cpus = static_cast<uint32_t>(*n);
-    } else if (a == "--tenant" || a == "--priority" || a == "--policy" || a == "--timeout") {
-      auto v = value();
-      if (!v.ok()) return Fail("run", v.status());
-      if (a == "--tenant") request.tenant = *v;
-      if (a == "--priority") request.priority = *v;
-      if (a == "--policy") request.policy = *v;
-      if (a == "--timeout") {
-        auto d = cluster::ParseDuration(*v);
-        if (!d.ok()) return Fail("run", InvalidArgumentError("run: --timeout: " + d.status().message()));
-        timeout = *d;
-      }
-    } else {
-      common.push_back(a);
-    }
-  }
-  auto args = ParseArgs(common, "run", false);
-  if (!args.ok()) return Fail("run", args.status());
-
+int RunOnSlice(RunOptions args) {
   // The command runs in this process's place, as ssh, srun and `docker run` run theirs: it gets
   // this process's stdin, stdout and stderr, and the signals this process is sent (TERM, INT,
   // HUP, USR1, USR2), and it dies with this process (kill -9 included), so it never outlives the
@@ -623,11 +527,11 @@ int RunOnSlice(const std::vector<std::string>& argv) {
     return true;
   });
 
-  auto client = ConnectFor(*args);
+  auto client = ConnectFor(args.cluster);
   if (!client.ok()) return Fail("run", client.status());
   // The lease can end under the command (a node it uses is lost): the command is stopped then,
   // as a batch scheduler stops a job whose node failed.
-  auto lease = (*client)->RequestSlices(request, timeout, [launch](const cluster::LeaseEnded& e) {
+  auto lease = (*client)->RequestSlices(args.request, args.timeout, [launch](const cluster::LeaseEnded& e) {
     std::lock_guard<std::mutex> lock(launch->mu);
     launch->lease_lost = e.reason.empty() ? "ended by the head" : e.reason;
     std::fprintf(stderr, "troupe run: lease %llu ended: %s; stopping the command\n",
@@ -653,7 +557,7 @@ int RunOnSlice(const std::vector<std::string>& argv) {
   std::unique_ptr<ChildProcess> child;
   {
     std::lock_guard<std::mutex> lock(launch->mu);  // a signal now waits for the command to exist
-    auto spawned = ChildProcess::Spawn(command, options);
+    auto spawned = ChildProcess::Spawn(args.command, options);
     if (!spawned.ok()) {
       (void)(*client)->ReleaseSlices(*lease, 5s);
       return Fail("run", spawned.status());

@@ -1,11 +1,14 @@
-// troupe: the command-line entry point: the cluster commands (up, down, status, head, node;
-// cli/cluster_commands.cc) and `troupe demo`, two processes exchanging frames over UCX.
+// troupe: the command-line entry point. One CLI11 app declares every command and its flags (the
+// cluster commands run in cli/cluster_commands.cc, check in cli/check_command.cc); `troupe demo`,
+// two processes exchanging frames over UCX, runs here.
+#include <CLI/CLI.hpp>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdio>
 #include <cerrno>
@@ -18,6 +21,9 @@
 
 #include "cli/check_command.h"
 #include "cli/cluster_commands.h"
+#include "cli/json_output.h"
+#include "cluster/config.h"
+#include "cluster/scheduler.h"
 #include "common/child_process.h"
 #include "common/logging.h"
 #include "transport/ucx_transport.h"
@@ -34,34 +40,6 @@ using transport::UcxTransport;
 using transport::UcxTransportConfig;
 using Clock = std::chrono::steady_clock;
 
-constexpr const char* kUsage = R"(usage: troupe <command> [options]
-
-commands:
-  up -c FILE            start the head and every node of FILE here; restart what crashes; Ctrl-C stops
-  down -c FILE          stop the cluster that `troupe up -c FILE` started
-  status -c FILE        the cluster's nodes: state, address, resources, heartbeat (--json for scripts)
-  slices -c FILE        every GPU's slices, their owners and free capacity, waiting requests (--json)
-  events -c FILE        supervision events (restarts, escalations) the head was sent (--json)
-  run -c FILE [--memory SIZE] [--compute PCT] [--cpus N] [--tenant T] [--priority urgent|normal]
-      [--policy pack|spread] [--timeout D] -- CMD [ARGS...]
-                        lease a GPU slice and run CMD on it (CUDA_VISIBLE_DEVICES, MPS limits) with
-                        this terminal's stdin/stdout/stderr; TERM, INT, HUP, USR1 and USR2 are passed
-                        on to CMD, CMD dies with troupe run, and the lease ends once CMD is gone
-  check -c FILE         validate FILE without starting anything: every error, file:line:col (--json)
-  head -c FILE          run the head of the cluster in FILE
-  node -c FILE --name N run node N of the cluster in FILE (--head HOST:PORT overrides the head address)
-  demo        start a second troupe process and exchange frames with it over UCX
-  version     print the version
-  help        print this text
-
-demo options:
-  --frames N      frames to exchange (default 10000)
-  --size BYTES    payload size of each frame (default 64)
-  --tls LIST      UCX transports, e.g. shm,self,tcp or tcp (default: UCX's choice)
-  --json          print the result as JSON on stdout
-  --log-level L   trace, debug, info, warn, error or off (default warn)
-)";
-
 struct DemoOptions {
   uint64_t frames = 10000;
   uint64_t size = 64;
@@ -69,46 +47,6 @@ struct DemoOptions {
   bool json = false;
   std::string log_level = "warn";
 };
-
-// Parses a non-negative integer flag value; errors name the flag and the value.
-StatusOr<uint64_t> ParseCount(const std::string& flag, const std::string& value, uint64_t max) {
-  char* end = nullptr;
-  errno = 0;
-  unsigned long long v = std::strtoull(value.c_str(), &end, 10);
-  if (value.empty() || *end != '\0' || errno != 0 || value[0] == '-' || v > max) {
-    return InvalidArgumentError(flag + ": '" + value + "' is not a whole number in 0.." + std::to_string(max));
-  }
-  return static_cast<uint64_t>(v);
-}
-
-StatusOr<DemoOptions> ParseDemoOptions(const std::vector<std::string>& args) {
-  DemoOptions o;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    auto value = [&]() -> StatusOr<std::string> {
-      if (i + 1 >= args.size()) return InvalidArgumentError(a + " needs a value");
-      return args[++i];
-    };
-    if (a == "--json") {
-      o.json = true;
-    } else if (a == "--frames" || a == "--size" || a == "--tls" || a == "--log-level") {
-      ASSIGN_OR_RETURN(std::string v, value());
-      if (a == "--frames") {
-        ASSIGN_OR_RETURN(o.frames, ParseCount(a, v, 100000000));
-        if (o.frames == 0) return InvalidArgumentError("--frames must be at least 1");
-      } else if (a == "--size") {
-        ASSIGN_OR_RETURN(o.size, ParseCount(a, v, 256u << 20));
-      } else if (a == "--tls") {
-        o.tls = v;
-      } else {
-        o.log_level = v;
-      }
-    } else {
-      return InvalidArgumentError("unknown option '" + a + "' for 'troupe demo'");
-    }
-  }
-  return o;
-}
 
 UcxTransportConfig DemoConfig(NodeId id, const std::string& tls, const std::string& token) {
   UcxTransportConfig config;
@@ -120,11 +58,8 @@ UcxTransportConfig DemoConfig(NodeId id, const std::string& tls, const std::stri
 }
 
 // The second process: echoes every frame back until stdin says "quit" or closes.
+// `args`: the UCX transports ("-": UCX's choice) and the log level.
 int RunDemoPeer(const std::vector<std::string>& args) {
-  if (args.size() != 2) {
-    std::cerr << "troupe demo-peer: internal command, started by 'troupe demo'\n";
-    return 2;
-  }
   const char* token = std::getenv("TROUPE_DEMO_TOKEN");
   if (token == nullptr) {
     std::cerr << "troupe demo-peer: TROUPE_DEMO_TOKEN is not set\n";
@@ -153,13 +88,7 @@ std::string RandomToken() {
   return "demo-" + std::to_string(getpid()) + "-" + std::to_string(now);
 }
 
-int RunDemo(const std::vector<std::string>& args, const std::string& self_path) {
-  auto parsed = ParseDemoOptions(args);
-  if (!parsed.ok()) {
-    std::cerr << "troupe demo: " << parsed.status().message() << "\n\n" << kUsage;
-    return 2;
-  }
-  DemoOptions o = *parsed;
+int RunDemo(const DemoOptions& o, const std::string& self_path) {
   if (auto s = InitLogging(o.log_level); !s.ok()) {
     std::cerr << "troupe demo: --log-level: " << s.message() << "\n";
     return 2;
@@ -254,14 +183,20 @@ int RunDemo(const std::vector<std::string>& args, const std::string& self_path) 
   auto pct = [&](double q) { return rtt_us.empty() ? 0.0 : rtt_us[static_cast<size_t>(q * (rtt_us.size() - 1))]; };
   bool ok = complete && bad == 0;
   if (o.json) {
-    std::printf(
-        "{\"ok\": %s, \"frames_sent\": %llu, \"frames_echoed\": %llu, \"frames_corrupt\": %llu, "
-        "\"payload_bytes\": %llu, \"seconds\": %.6f, \"frames_per_second\": %.1f, "
-        "\"rtt_us\": {\"p50\": %.2f, \"p99\": %.2f, \"max\": %.2f}, \"peer_lost\": %s}\n",
-        ok ? "true" : "false", static_cast<unsigned long long>(stats.frames_sent),
-        static_cast<unsigned long long>(received), static_cast<unsigned long long>(bad),
-        static_cast<unsigned long long>(o.size), seconds, received / seconds, pct(0.5), pct(0.99), pct(1.0),
-        lost ? "true" : "false");
+    // Rounded as the text output is; numbers stay numbers.
+    auto round = [](double v, double scale) { return std::round(v * scale) / scale; };
+    nlohmann::ordered_json rtt = {
+        {"p50", round(pct(0.5), 100)}, {"p99", round(pct(0.99), 100)}, {"max", round(pct(1.0), 100)}};
+    nlohmann::ordered_json out = {{"ok", ok},
+                                  {"frames_sent", stats.frames_sent},
+                                  {"frames_echoed", received},
+                                  {"frames_corrupt", bad},
+                                  {"payload_bytes", o.size},
+                                  {"seconds", round(seconds, 1e6)},
+                                  {"frames_per_second", round(received / seconds, 10)},
+                                  {"rtt_us", std::move(rtt)},
+                                  {"peer_lost", lost}};
+    std::cout << OneLineJson(out) << std::endl;
   } else {
     std::printf("troupe demo: %llu of %llu frames echoed intact in %.3f s (%.0f frames/s)\n",
                 static_cast<unsigned long long>(received - bad), static_cast<unsigned long long>(o.frames), seconds,
@@ -274,34 +209,261 @@ int RunDemo(const std::vector<std::string>& args, const std::string& self_path) 
   return ok ? 0 : 1;
 }
 
-}  // namespace
-}  // namespace troupe::cli
+// ---- The command line: one CLI11 app, a subcommand per command ----
 
-int main(int argc, char** argv) {
-  std::vector<std::string> args(argv + 1, argv + argc);
-  if (args.empty() || args[0] == "help" || args[0] == "--help" || args[0] == "-h") {
-    std::cout << troupe::cli::kUsage;
-    return args.empty() ? 2 : 0;
+// A CLI11 check from one of troupe's parsers: its message is the error (CLI11 puts the flag's
+// name in front of it).
+template <typename Parse>
+std::function<std::string(const std::string&)> ParsedBy(Parse parse) {
+  return [parse](const std::string& value) {
+    auto parsed = parse(value);
+    return parsed.ok() ? std::string() : std::string(parsed.status().message());
+  };
+}
+
+// A whole decimal number in [min, max]. (CLI11's own integer conversion also takes hex and octal
+// and wraps "-1" around for unsigned types.)
+StatusOr<uint64_t> ParseCount(const std::string& value, uint64_t min, uint64_t max) {
+  char* end = nullptr;
+  errno = 0;
+  unsigned long long v = std::strtoull(value.c_str(), &end, 10);
+  if (value.empty() || *end != '\0' || errno != 0 || value[0] == '-' || value[0] == '+' || v < min || v > max) {
+    return InvalidArgumentError("'" + value + "' is not a whole number in " + std::to_string(min) + ".." +
+                                std::to_string(max));
   }
-  std::string command = args[0];
-  std::vector<std::string> rest(args.begin() + 1, args.end());
-  if (command == "version" || command == "--version") {
+  return static_cast<uint64_t>(v);
+}
+
+template <typename T>
+CLI::Option* AddCount(CLI::App* app, const std::string& name, T* target, uint64_t min, uint64_t max,
+                      const std::string& description) {
+  auto parse = [min, max](const std::string& v) { return ParseCount(v, min, max); };
+  return app
+      ->add_option_function<std::string>(
+          name, [target, parse](const std::string& v) { *target = static_cast<T>(*parse(v)); }, description)
+      ->check(ParsedBy(parse))
+      ->type_name("N");
+}
+
+// The levels InitLogging takes (spdlog's names), refused while parsing so the error names the flag.
+CLI::Option* AddLogLevel(CLI::App* app, std::string* target, const std::string& description) {
+  auto check = [](const std::string& level) -> std::string {
+    const auto parsed = spdlog::level::from_str(level);
+    if (parsed != spdlog::level::off || level == "off") return "";
+    return "unknown log level '" + level + "' (expected trace, debug, info, warn, error or off)";
+  };
+  return app->add_option("--log-level", *target, description)->check(check)->type_name("LEVEL");
+}
+
+CLI::Option* AddConfig(CLI::App* app, std::string* target) {
+  return app->add_option("-c,--config", *target, "the cluster file (YAML; docs/config.md)")
+      ->required()
+      ->type_name("FILE");
+}
+
+constexpr const char* kLogLevelHelp = "trace, debug, info, warn, error or off (default: the config's log_level)";
+constexpr const char* kClientLogLevelHelp = "trace, debug, info, warn, error or off (default warn)";
+constexpr const char* kHeadHelp = "the head's address (default: from the config, docs/cli.md)";
+
+// Parses the command line and runs the command; returns the exit status (2 for bad usage).
+int Main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  // Everything after the first `--` is `troupe run`'s command, never read as troupe's flags.
+  const auto dash = std::find(args.begin(), args.end(), "--");
+  const bool has_dash = dash != args.end();
+  std::vector<std::string> command(has_dash ? dash + 1 : args.end(), args.end());
+  args.erase(dash, args.end());
+
+  CLI::App app("troupe: a distributed actor runtime for GPU training and serving clusters (docs/cli.md)", "troupe");
+  app.get_formatter()->column_width(30);
+  app.require_subcommand(0, 1);
+  app.set_version_flag("--version", std::string("troupe ") + TROUPE_VERSION, "print the version");
+
+  ClusterOptions up_options, down_options, status_options, slices_options, events_options, head_options, node_options;
+  RunOptions run_options;
+  run_options.request.slice_memory_bytes = 1;  // one slice of whatever size, unless --memory says more
+  CheckOptions check_options;
+  DemoOptions demo_options;
+  std::vector<std::string> demo_peer_args, stray, help_topic;
+
+  CLI::App* up = app.add_subcommand(
+      "up", "start the head and every node of FILE here; restart what crashes; Ctrl-C stops the cluster");
+  AddConfig(up, &up_options.config_path);
+  AddLogLevel(up, &up_options.log_level, kLogLevelHelp);
+
+  CLI::App* down = app.add_subcommand("down", "stop the cluster that `troupe up -c FILE` started");
+  AddConfig(down, &down_options.config_path);
+
+  CLI::App* status = app.add_subcommand(
+      "status", "the cluster's nodes: state, address, resources, heartbeat (--json for scripts)");
+  CLI::App* slices =
+      app.add_subcommand("slices", "every GPU's slices, their owners and free capacity, waiting requests");
+  CLI::App* events = app.add_subcommand("events", "supervision events (restarts, escalations) the head was sent");
+  auto add_client_flags = [](CLI::App* sub, ClusterOptions* options) {
+    AddConfig(sub, &options->config_path);
+    sub->add_flag("--json", options->json, "print one line of JSON (docs/cli.md gives its shape)");
+    sub->add_option("--head", options->head, kHeadHelp)->type_name("HOST:PORT");
+    AddLogLevel(sub, &options->log_level, kClientLogLevelHelp);
+  };
+  add_client_flags(status, &status_options);
+  add_client_flags(slices, &slices_options);
+  add_client_flags(events, &events_options);
+
+  CLI::App* run = app.add_subcommand(
+      "run", "lease a GPU slice and run CMD on it: troupe run -c FILE [OPTIONS] -- CMD [ARGS...]");
+  run->footer(
+      "CMD (everything after --) runs on the slice (CUDA_VISIBLE_DEVICES, MPS limits) with this terminal's stdin,\n"
+      "stdout and stderr; TERM, INT, HUP, USR1 and USR2 are passed on to CMD, CMD dies with troupe run, and the\n"
+      "lease ends once CMD is gone. Exits with CMD's status.");
+  {
+    cluster::LeaseRequest& request = run_options.request;
+    AddConfig(run, &run_options.cluster.config_path);
+    run->add_option_function<std::string>(
+           "--memory", [&request](const std::string& v) { request.slice_memory_bytes = *cluster::ParseSize(v); },
+           "GPU memory to lease, e.g. 4GiB (0: no GPU; default one slice)")
+        ->check(ParsedBy(cluster::ParseSize))
+        ->type_name("SIZE");
+    AddCount(run, "--compute", &request.compute_percent, 0, 100, "share of the GPU's compute, in percent");
+    AddCount(run, "--cpus", &request.cpus, 0, 4096, "CPUs to lease");
+    run->add_option("--tenant", request.tenant, "the tenant whose quota the lease counts against (default: default)")
+        ->type_name("T");
+    run->add_option("--priority", request.priority, "urgent or normal (default normal)")
+        ->check(ParsedBy(cluster::sched::ParsePriority))
+        ->type_name("P");
+    run->add_option("--policy", request.policy, "pack, spread or strict_spread (default spread)")
+        ->check(ParsedBy(cluster::sched::ParsePolicy))
+        ->type_name("P");
+    run->add_option_function<std::string>(
+           "--timeout", [&](const std::string& v) { run_options.timeout = *cluster::ParseDuration(v); },
+           "how long to wait for the lease, e.g. 30s (default 60s)")
+        ->check(ParsedBy(cluster::ParseDuration))
+        ->type_name("D");
+    run->add_option("--head", run_options.cluster.head, kHeadHelp)->type_name("HOST:PORT");
+    AddLogLevel(run, &run_options.cluster.log_level, kClientLogLevelHelp);
+    // Words before `--` are not the command: caught here to say so (group "" hides it from --help).
+    run->add_option("stray", stray)->group("");
+  }
+
+  CLI::App* check = app.add_subcommand(
+      "check", "validate FILE without starting or contacting anything: every error, file:line:col");
+  AddConfig(check, &check_options.config_path);
+  check->add_flag("--json", check_options.json, "print one line of JSON: file, valid, errors");
+
+  CLI::App* head = app.add_subcommand("head", "run the head of the cluster in FILE");
+  AddConfig(head, &head_options.config_path);
+  AddLogLevel(head, &head_options.log_level, kLogLevelHelp);
+
+  CLI::App* node = app.add_subcommand("node", "run node N of the cluster in FILE");
+  AddConfig(node, &node_options.config_path);
+  node->add_option("--name", node_options.name, "the node's name in FILE")->required()->type_name("N");
+  node->add_option("--head", node_options.head, kHeadHelp)->type_name("HOST:PORT");
+  AddLogLevel(node, &node_options.log_level, kLogLevelHelp);
+
+  CLI::App* demo = app.add_subcommand("demo", "start a second troupe process and exchange frames with it over UCX");
+  AddCount(demo, "--frames", &demo_options.frames, 1, 100000000, "frames to exchange (default 10000)");
+  AddCount(demo, "--size", &demo_options.size, 0, 256u << 20, "payload size of each frame in bytes (default 64)");
+  demo->add_option("--tls", demo_options.tls, "UCX transports, e.g. shm,self,tcp or tcp (default: UCX's choice)")
+      ->type_name("LIST");
+  demo->add_flag("--json", demo_options.json, "print the result as one line of JSON");
+  AddLogLevel(demo, &demo_options.log_level, "trace, debug, info, warn, error or off (default warn)");
+
+  // Internal: the demo's second process (TLS or "-", log level), started by `troupe demo`.
+  CLI::App* demo_peer = app.add_subcommand("demo-peer", "")->group("");
+  demo_peer->add_option("args", demo_peer_args)->expected(2)->required();
+
+  CLI::App* version = app.add_subcommand("version", "print the version");
+  CLI::App* help = app.add_subcommand("help", "print this text, or a command's flags: troupe help COMMAND");
+  help->add_option("command", help_topic)->expected(0, 1);
+
+  app.footer("`troupe COMMAND --help` lists a command's flags.");  // set last: subcommands would inherit it
+
+  // An unknown command: said as such (CLI11 would only say that an argument was not expected).
+  if (!args.empty() && args[0][0] != '-') {
+    const std::vector<CLI::App*> all = app.get_subcommands({});
+    const bool known =
+        std::any_of(all.begin(), all.end(), [&](const CLI::App* sub) { return sub->get_name() == args[0]; });
+    if (!known) {
+      std::cerr << "troupe: unknown command '" << args[0] << "'\n\n" << app.help();
+      return 2;
+    }
+  }
+  try {
+    std::vector<std::string> reversed(args.rbegin(), args.rend());  // CLI11 takes them last first
+    app.parse(reversed);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) return app.exit(e);  // --help, --version
+    std::string where = "troupe";
+    for (const CLI::App* sub : app.get_subcommands()) where += " " + sub->get_name();
+    std::string message = e.what();
+    // CLI11 reports a missing required flag before an unknown one; the unknown one (a typo of the
+    // required one, often) is what to name.
+    if (const std::vector<std::string> unknown = app.remaining(/*recurse=*/true);
+        dynamic_cast<const CLI::RequiredError*>(&e) != nullptr && !unknown.empty()) {
+      message = CLI::ExtrasError({unknown.rbegin(), unknown.rend()}).what();  // it lists them last first
+    }
+    std::cerr << where << ": " << message << "\n";
+    if (where == "troupe") {
+      std::cerr << "\n" << app.help();
+    } else {
+      std::cerr << "`" << where << " --help` lists its flags\n";
+    }
+    return 2;
+  }
+  if (app.get_subcommands().empty()) {
+    std::cerr << app.help();
+    return 2;
+  }
+  CLI::App* chosen = app.get_subcommands().front();
+  // The demo talks to its peer over a pipe, the cluster commands to their members: a closed pipe
+  // must not kill them.
+  signal(SIGPIPE, SIG_IGN);
+  if (chosen == run) {
+    if (!has_dash || command.empty() || !stray.empty()) {
+      std::cerr << "troupe run: give the command after --, e.g. troupe run -c FILE --memory 4GiB -- python train.py"
+                << (stray.empty() ? "" : " ('" + stray.front() + "' came before --)") << "\n";
+      return 2;
+    }
+    run_options.command = std::move(command);
+    return RunOnSlice(std::move(run_options));
+  }
+  if (has_dash) {
+    std::cerr << "troupe " << chosen->get_name() << ": unexpected '--' (only troupe run takes a command after it)\n";
+    return 2;
+  }
+  if (chosen == help) {
+    if (help_topic.empty()) {
+      app.clear();  // else CLI11's help() describes the subcommand parsed, `help` itself
+      std::cout << app.help();
+      return 0;
+    }
+    for (const CLI::App* sub : app.get_subcommands({})) {
+      if (sub->get_name() == help_topic[0] && !sub->get_group().empty()) {
+        std::cout << sub->help("troupe");
+        return 0;
+      }
+    }
+    std::cerr << "troupe help: unknown command '" << help_topic[0] << "'\n";
+    return 2;
+  }
+  if (chosen == version) {
     std::cout << "troupe " << TROUPE_VERSION << "\n";
     return 0;
   }
-  // The demo talks to its peer over a pipe; a closed pipe must not kill it.
-  signal(SIGPIPE, SIG_IGN);
-  if (command == "demo") return troupe::cli::RunDemo(rest, "/proc/self/exe");
-  if (command == "check") return troupe::cli::RunCheck(rest);
-  if (command == "head") return troupe::cli::RunHead(rest);
-  if (command == "node") return troupe::cli::RunNode(rest);
-  if (command == "up") return troupe::cli::RunUp(rest);
-  if (command == "down") return troupe::cli::RunDown(rest);
-  if (command == "status") return troupe::cli::RunStatus(rest);
-  if (command == "slices") return troupe::cli::RunSlices(rest);
-  if (command == "events") return troupe::cli::RunEvents(rest);
-  if (command == "run") return troupe::cli::RunOnSlice(rest);
-  if (command == "demo-peer") return troupe::cli::RunDemoPeer(rest);
-  std::cerr << "troupe: unknown command '" << command << "'\n\n" << troupe::cli::kUsage;
-  return 2;
+  if (chosen == demo) return RunDemo(demo_options, "/proc/self/exe");
+  if (chosen == demo_peer) return RunDemoPeer(demo_peer_args);
+  if (chosen == check) return RunCheck(check_options);
+  if (chosen == head) return RunHead(std::move(head_options));
+  if (chosen == node) return RunNode(std::move(node_options));
+  if (chosen == up) return RunUp(std::move(up_options));
+  if (chosen == down) return RunDown(std::move(down_options));
+  if (chosen == status) return RunStatus(std::move(status_options));
+  if (chosen == slices) return RunSlices(std::move(slices_options));
+  if (chosen == events) return RunEvents(std::move(events_options));
+  std::cerr << "troupe: " << chosen->get_name() << " has no handler\n";  // a subcommand added above without one
+  return 1;
 }
+
+}  // namespace
+}  // namespace troupe::cli
+
+int main(int argc, char** argv) { return troupe::cli::Main(argc, argv); }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 #include <poll.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -11,7 +12,6 @@
 
 #include <chrono>
 #include <memory>
-#include <regex>
 #include <string>
 #include <vector>
 
@@ -52,13 +52,21 @@ inline bool ExitsWithin(pid_t pid, std::chrono::milliseconds timeout) {
   return rc == 1;
 }
 
-/// The value of `field` in node `name`'s object of a `troupe status --json` line ("" if absent).
+/// The value of `field` in node `name`'s object of a `troupe status --json` line ("" if the line
+/// is not JSON of that shape or has no such node or field): a string as it is, anything else as
+/// JSON ("3", "-1", "true").
 inline std::string NodeField(const std::string& status, const std::string& name, const std::string& field) {
-  std::smatch m;
-  std::regex node("\\{\"name\": \"" + name + "\"[^\\]]*?\"" + field + "\": (\"[^\"]*\"|-?[0-9]+)");
-  if (!std::regex_search(status, m, node)) return "";
-  std::string v = m[1];
-  return v.front() == '"' ? v.substr(1, v.size() - 2) : v;
+  const auto json = nlohmann::json::parse(status, nullptr, /*allow_exceptions=*/false);
+  const auto nodes = json.is_object() ? json.find("nodes") : json.end();
+  if (nodes == json.end() || !nodes->is_array()) return "";
+  for (const auto& node : *nodes) {
+    const auto node_name = node.find("name");
+    if (!node.is_object() || node_name == node.end() || *node_name != name) continue;
+    const auto value = node.find(field);
+    if (value == node.end()) return "";
+    return value->is_string() ? value->get<std::string>() : value->dump();
+  }
+  return "";
 }
 
 }  // namespace troupe::testing
