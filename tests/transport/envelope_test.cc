@@ -75,6 +75,7 @@ TEST(Envelope, HandshakeRoundTrips) {
   hs.listen_address = "127.0.0.1:4000";
   hs.nonce = std::string(32, '\x01');
   hs.proof = std::string(32, '\x02');
+  hs.instance = 0xfedcba9876543210ull;
   EncodedEnvelope enc;
   ASSERT_TRUE(EncodeEnvelope(FrameKind::kChallenge, SampleHeader(), &hs, &enc).ok());
   auto dec = DecodeEnvelope(enc.bytes, enc.size);
@@ -85,6 +86,7 @@ TEST(Envelope, HandshakeRoundTrips) {
   EXPECT_EQ(dec->handshake.listen_address, "127.0.0.1:4000");
   EXPECT_EQ(dec->handshake.nonce, hs.nonce);
   EXPECT_EQ(dec->handshake.proof, hs.proof);
+  EXPECT_EQ(dec->handshake.instance, hs.instance) << "the process instance tells a restarted node apart";
 }
 
 TEST(Envelope, OversizedHandshakeTextIsRefusedAtEncode) {
