@@ -4,6 +4,7 @@
 // cost of a local ActorRef send against a plain CAF send.
 #include <caf/all.hpp>
 #include <caf/io/all.hpp>
+#include <nlohmann/json.hpp>
 #include <unistd.h>
 
 #include <atomic>
@@ -359,13 +360,16 @@ double RawUcxRoundTripUs(const std::string& mode) {
   }
   (void)(*child)->Wait(10s);
   std::ifstream in(json);
-  std::string text((std::istreambuf_iterator<char>(in)), {});
+  const auto report = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
   std::remove(json.c_str());
-  auto row = text.find("\"latency 8 B\"");
-  if (row == std::string::npos) return -1;
-  auto raw = text.find("\"raw_ucx\":", row);
-  if (raw == std::string::npos) return -1;
-  return 2 * std::stod(text.substr(raw + 10));
+  if (!report.is_object() || !report.contains("rows") || !report["rows"].is_array()) return -1;
+  for (const auto& row : report["rows"]) {
+    if (row.is_object() && row.value("metric", "") == "latency 8 B" && row.contains("raw_ucx") &&
+        row["raw_ucx"].is_number()) {
+      return 2 * row["raw_ucx"].get<double>();
+    }
+  }
+  return -1;
 }
 
 // ---- local sends: ActorRef::Send against caf::anon_send ----
@@ -460,16 +464,20 @@ int Run(const Options& o) {
                 r.met ? "yes" : "no");
   }
   if (!o.json.empty()) {
-    std::ofstream out(o.json);
-    out << "{\"benchmark\": \"actors\", \"quick\": " << (o.quick ? "true" : "false") << ", \"rows\": [";
-    for (size_t i = 0; i < rows.size(); ++i) {
-      const auto& r = rows[i];
-      out << (i ? ", " : "") << "{\"mode\": \"" << r.mode << "\", \"metric\": \"" << r.metric << "\", \"unit\": \""
-          << r.unit << "\", \"troupe\": " << r.troupe << ", \"baseline\": \"" << r.baseline_name
-          << "\", \"baseline_value\": " << r.baseline << ", \"ratio\": " << r.ratio << ", \"target\": \"" << r.target
-          << "\", \"met\": " << (r.met ? "true" : "false") << "}";
+    nlohmann::ordered_json report = {{"benchmark", "actors"}, {"quick", o.quick}, {"rows", nlohmann::ordered_json::array()}};
+    for (const auto& r : rows) {
+      report["rows"].push_back({{"mode", r.mode},
+                                {"metric", r.metric},
+                                {"unit", r.unit},
+                                {"troupe", r.troupe},
+                                {"baseline", r.baseline_name},
+                                {"baseline_value", r.baseline},
+                                {"ratio", r.ratio},
+                                {"target", r.target},
+                                {"met", r.met}});
     }
-    out << "]}\n";
+    std::ofstream out(o.json);
+    out << report.dump(2) << "\n";
     if (!out) {
       std::cerr << "actor_bench: cannot write " << o.json << "\n";
       return 1;

@@ -3,6 +3,7 @@
 // heartbeat traffic per node. Baseline, printed beside: Ray's default node health check
 // (health_check_period_ms 3000, health_check_timeout_ms 10000, failure threshold 5 in its
 // ray_config_def.h), which declares a dead node after 15-50 s; troupe's target is under 1 s.
+#include <nlohmann/json.hpp>
 #include <signal.h>
 #include <stdlib.h>
 
@@ -172,15 +173,17 @@ int Run(bool quick, const std::string& json, int idle_minutes) {
                 r.target.c_str(), r.met ? "yes" : "no");
   }
   if (!json.empty()) {
-    std::ofstream out(json);
-    out << "{\"benchmark\": \"cluster\", \"quick\": " << (quick ? "true" : "false") << ", \"rows\": [";
-    for (size_t i = 0; i < rows.size(); ++i) {
-      const auto& r = rows[i];
-      out << (i ? ", " : "") << "{\"metric\": \"" << r.metric << "\", \"unit\": \"" << r.unit
-          << "\", \"troupe\": " << r.troupe << ", \"baseline\": \"" << r.baseline << "\", \"target\": \"" << r.target
-          << "\", \"met\": " << (r.met ? "true" : "false") << "}";
+    nlohmann::ordered_json report = {{"benchmark", "cluster"}, {"quick", quick}, {"rows", nlohmann::ordered_json::array()}};
+    for (const auto& r : rows) {
+      report["rows"].push_back({{"metric", r.metric},
+                                {"unit", r.unit},
+                                {"troupe", r.troupe},
+                                {"baseline", r.baseline},
+                                {"target", r.target},
+                                {"met", r.met}});
     }
-    out << "]}\n";
+    std::ofstream out(json);
+    out << report.dump(2) << "\n";
   }
   return 0;
 }

@@ -9,6 +9,7 @@
 // through the head of a local cluster (`troupe up`, two nodes with simulated GPUs): a lease
 // request and its release from a client, beside a plain request to the head (ListNodes) in the
 // same run. --no-cluster skips that part.
+#include <nlohmann/json.hpp>
 #include <signal.h>
 #include <stdlib.h>
 
@@ -248,16 +249,19 @@ int Run(bool quick, const std::string& json, bool cluster) {
                 r.baseline_name.c_str(), r.target.c_str(), r.met ? "yes" : "no");
   }
   if (!json.empty()) {
-    std::ofstream out(json);
-    out << "{\"benchmark\": \"scheduler\", \"quick\": " << (quick ? "true" : "false") << ", \"rows\": [";
-    for (size_t i = 0; i < rows.size(); ++i) {
-      const auto& r = rows[i];
-      out << (i ? ", " : "") << "{\"metric\": \"" << r.metric << "\", \"unit\": \"" << r.unit
-          << "\", \"troupe\": " << r.troupe << ", \"baseline\": " << r.baseline << ", \"baseline_is\": \""
-          << r.baseline_name << "\", \"target\": \"" << r.target << "\", \"met\": " << (r.met ? "true" : "false")
-          << "}";
+    nlohmann::ordered_json report = {
+        {"benchmark", "scheduler"}, {"quick", quick}, {"rows", nlohmann::ordered_json::array()}};
+    for (const auto& r : rows) {
+      report["rows"].push_back({{"metric", r.metric},
+                                {"unit", r.unit},
+                                {"troupe", r.troupe},
+                                {"baseline", r.baseline},
+                                {"baseline_is", r.baseline_name},
+                                {"target", r.target},
+                                {"met", r.met}});
     }
-    out << "]}\n";
+    std::ofstream out(json);
+    out << report.dump(2) << "\n";
   }
   return 0;
 }

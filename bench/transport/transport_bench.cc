@@ -2,6 +2,7 @@
 // one run: latency for 8 B / 64 KiB / 1 MiB, small-message rate and 1 MiB bandwidth, over
 // shared memory and over TCP, between two processes on this machine.
 #include <netinet/in.h>
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -523,17 +524,20 @@ int RunBench(const Options& options) {
                 r.target.c_str(), r.met ? "yes" : "NO");
   }
   if (!options.json_path.empty()) {
-    std::ofstream out(options.json_path);
-    out << "{\n  \"benchmark\": \"transport\",\n  \"quick\": " << (options.quick ? "true" : "false")
-        << ",\n  \"rows\": [\n";
-    for (size_t i = 0; i < rows.size(); ++i) {
-      const auto& r = rows[i];
-      out << "    {\"mode\": \"" << r.mode << "\", \"metric\": \"" << r.metric << "\", \"unit\": \"" << r.unit
-          << "\", \"troupe\": " << r.troupe << ", \"raw_ucx\": " << r.ucx << ", \"ratio\": " << r.ratio
-          << ", \"target\": \"" << r.target << "\", \"met\": " << (r.met ? "true" : "false") << "}"
-          << (i + 1 < rows.size() ? "," : "") << "\n";
+    nlohmann::ordered_json report = {
+        {"benchmark", "transport"}, {"quick", options.quick}, {"rows", nlohmann::ordered_json::array()}};
+    for (const auto& r : rows) {
+      report["rows"].push_back({{"mode", r.mode},
+                                {"metric", r.metric},
+                                {"unit", r.unit},
+                                {"troupe", r.troupe},
+                                {"raw_ucx", r.ucx},
+                                {"ratio", r.ratio},
+                                {"target", r.target},
+                                {"met", r.met}});
     }
-    out << "  ]\n}\n";
+    std::ofstream out(options.json_path);
+    out << report.dump(2) << "\n";
     if (!out) {
       std::cerr << "cannot write " << options.json_path << "\n";
       return 1;
