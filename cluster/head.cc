@@ -36,6 +36,9 @@ namespace {
 // Sent by the controller to itself `failure_timeout` after it starts: nodes of the earlier head
 // that have not rejoined by then are dead.
 using rejoin_deadline_atom = caf::atom_constant<caf::atom("rejoin_dl")>;
+// Sent by the controller to itself a while after a write of the targets file failed: it tries again.
+using retry_targets_atom = caf::atom_constant<caf::atom("retry_tgts")>;
+constexpr std::chrono::seconds kTargetsRetryInterval{1};
 
 // "1s", "1500 ms": a duration as the config would say it.
 std::string DurationText(std::chrono::milliseconds d) {
@@ -103,8 +106,11 @@ struct ControllerState {
   std::set<std::string> unsaved_nodes;
   std::set<uint64_t> unforgotten_leases;
   bool retrying_unsaved = false;
-  // Whether the last write of the Prometheus targets file failed (logged once, not per publish).
+  // Whether the last write of the Prometheus targets file failed (logged once, not per publish),
+  // and how to have Publish called again later (set by the controller).
   bool targets_failing = false;
+  bool targets_retry_scheduled = false;
+  std::function<void()> schedule_targets_retry;
 
   // Adds a joining node to the scheduler's snapshot (or makes a known one schedulable again).
   void Schedulable(const NodeRecord& record) {
@@ -540,6 +546,11 @@ struct ControllerState {
       spdlog::info("head: {} written again", path);
     }
     targets_failing = !written.ok();
+    // Written again later even if membership does not change meanwhile (the disk has space again).
+    if (targets_failing && !targets_retry_scheduled && schedule_targets_retry) {
+      targets_retry_scheduled = true;
+      schedule_targets_retry();
+    }
   }
 
   void Persist(const NodeRecord& record) {
@@ -558,6 +569,9 @@ struct ControllerState {
 
 caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerState init) {
   self->state = std::move(init);
+  self->state.schedule_targets_retry = [self] {
+    self->delayed_send(self, kTargetsRetryInterval, retry_targets_atom::value);
+  };
   self->state.Publish();
   // Nodes and leases of an earlier head wait for their nodes to rejoin, for failure_timeout.
   const bool awaiting_rejoins =
@@ -602,6 +616,10 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
   return {
       runtime::MailboxSampleHandler(self, depths, "head.controller"),
       [self](rejoin_deadline_atom) { self->state.DeclareUnrejoinedDead(); },
+      [self](retry_targets_atom) {
+        self->state.targets_retry_scheduled = false;
+        if (self->state.targets_failing) self->state.Publish();
+      },
       [self](JoinRequest& join) -> caf::result<JoinReply> {
         auto& st = self->state;
         NodeRecord record = join.node;

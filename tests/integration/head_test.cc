@@ -47,11 +47,12 @@ class HeadFaults : public ::testing::Test {
                               "head:\n  address: 127.0.0.1\n  port: 0\n  data_dir: head\n"
                               "nodes:\n"
                               "  - name: a\n    cpus: 2\n    memory: 4GiB\n"
-                              "    gpus:\n      simulated:\n        - memory: 256GiB\n    slice_memory: 1GiB\n";
+                              "    gpus:\n      simulated:\n        - memory: 256GiB\n    slice_memory: 1GiB\n"
+                              "  - name: b\n    cpus: 1\n    memory: 1GiB\n";
   }
   void TearDown() override {
     client_.reset();
-    for (auto* p : {&run_, &old_node_, &node_, &head_}) {
+    for (auto* p : {&run_, &old_node_, &node_, &node_b_, &head_}) {
       if (*p) {
         (*p)->Signal(SIGKILL);
         (void)(*p)->Wait(10s);
@@ -117,7 +118,7 @@ class HeadFaults : public ::testing::Test {
 
   std::string dir_, head_dir_, config_;
   bool mounted_ = false;
-  std::unique_ptr<ChildProcess> head_, node_, run_, old_node_;
+  std::unique_ptr<ChildProcess> head_, node_, run_, old_node_, node_b_;
   std::unique_ptr<cluster::Client> client_;
 };
 
@@ -143,6 +144,10 @@ TEST_F(HeadFaults, ALeaseTheHeadCannotStoreIsRefusedAndEveryGrantedLeaseOutlives
     ASSERT_TRUE(lease.ok()) << lease.status();
     granted.push_back(std::move(*lease));
   }
+
+  const std::string targets_file = head_dir_ + "/prometheus-targets.json";
+  const std::string targets_before = ReadFile(targets_file);
+  ASSERT_NE(targets_before.find("\"node\": \"a\""), std::string::npos) << targets_before;
 
   // Fill the file system: the head's next writes that need space fail with ENOSPC.
   const std::string filler = head_dir_ + "/filler";
@@ -174,11 +179,21 @@ TEST_F(HeadFaults, ALeaseTheHeadCannotStoreIsRefusedAndEveryGrantedLeaseOutlives
   // The refused lease holds nothing.
   EXPECT_EQ(SlicesOf("a").free, 256 - static_cast<int>(granted.size()));
 
+  // A node joins meanwhile: acknowledged (a restarted head learns it again from its rejoin),
+  // while the targets file, which cannot be rewritten, keeps its previous contents whole
+  // instead of being left empty or cut short.
+  node_b_ = Start({"node", "--name", "b"}, "JOINED ");
+  ASSERT_TRUE(node_b_) << "node b could not join while head.data_dir was full";
+  EXPECT_EQ(ReadFile(targets_file), targets_before) << "the targets file was not kept whole with the disk full";
+
   // Space again: the same request is granted.
   std::filesystem::remove(filler);
   auto again = client_->RequestSlices(one, 10s);
   ASSERT_TRUE(again.ok()) << "not granted once head.data_dir had space again: " << again.status();
   granted.push_back(std::move(*again));
+  // The targets file is written again by itself, now with node b.
+  EXPECT_TRUE(WaitFor([&] { return ReadFile(targets_file).find("\"node\": \"b\"") != std::string::npos; }, 10s))
+      << "the targets file was not rewritten once there was space: " << ReadFile(targets_file);
   const int held = static_cast<int>(granted.size());
   ASSERT_EQ(SlicesOf("a").free, 256 - held);
 
