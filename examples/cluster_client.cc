@@ -3,6 +3,8 @@
 // (or for --watch SECONDS).
 //
 //   cluster_client -c configs/local.yaml [--watch SECONDS]
+#include <CLI/CLI.hpp>
+
 #include <chrono>
 #include <condition_variable>
 #include <csignal>
@@ -27,20 +29,16 @@ void OnSignal(int) { stop = true; }
 int main(int argc, char** argv) {
   std::string config_path;
   int watch_seconds = -1;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if ((a == "-c" || a == "--config") && i + 1 < argc) {
-      config_path = argv[++i];
-    } else if (a == "--watch" && i + 1 < argc) {
-      watch_seconds = std::stoi(argv[++i]);
-    } else {
-      std::cerr << "usage: cluster_client -c FILE [--watch SECONDS]\n";
-      return 2;
-    }
-  }
-  if (config_path.empty()) {
-    std::cerr << "usage: cluster_client -c FILE [--watch SECONDS]\n";
-    return 2;
+  CLI::App app("Lists a running cluster's nodes, then prints every membership change until Ctrl-C.",
+               "cluster_client");
+  app.add_option("-c,--config", config_path, "the cluster file")->required()->type_name("FILE");
+  app.add_option("--watch", watch_seconds, "stop after this many seconds")
+      ->check(CLI::Range(0, 86400))
+      ->type_name("SECONDS");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;  // --help: 0; a bad or missing flag (named by CLI11): 2
   }
   (void)troupe::InitLogging("warn");
   auto config = troupe::cluster::LoadClusterConfig(config_path);
