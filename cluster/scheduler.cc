@@ -75,6 +75,7 @@ uint32_t Snapshot::AddNode(NodeState node, std::vector<GpuState> gpus) {
   }
   node_by_name_[node.name] = index;
   nodes_.push_back(std::move(node));
+  ++topology_version_;
   for (uint32_t g : nodes_.back().gpus) Index(g);
   return index;
 }
@@ -85,9 +86,31 @@ std::optional<uint32_t> Snapshot::FindNode(const std::string& name) const {
   return it->second;
 }
 
+Snapshot Snapshot::Emptied() const {
+  Snapshot out;
+  for (const auto& node : nodes_) {
+    NodeState n = node;
+    n.cpus_free = n.cpus_total;
+    n.memory_free_bytes = n.memory_total_bytes;
+    std::vector<GpuState> gpus;
+    for (uint32_t g : node.gpus) {
+      GpuState gpu = gpus_[g];
+      gpu.slices_free = gpu.slices_total;
+      gpu.utilisation = 0;
+      gpu.memory_used_bytes = 0;
+      gpus.push_back(std::move(gpu));
+    }
+    n.schedulable = true;
+    const uint32_t index = out.AddNode(std::move(n), std::move(gpus));
+    if (!node.schedulable) out.SetSchedulable(index, false);
+  }
+  return out;
+}
+
 void Snapshot::SetSchedulable(uint32_t node, bool schedulable) {
   auto& n = nodes_.at(node);
   if (n.schedulable == schedulable) return;
+  ++topology_version_;
   for (uint32_t g : n.gpus) Unindex(g);
   n.schedulable = schedulable;
   for (uint32_t g : n.gpus) Index(g);
@@ -361,36 +384,75 @@ bool Scheduler::TryPlace(Waiting& w) {
   return true;
 }
 
+bool Scheduler::GiveBackPart(Waiting& w) {
+  if (w.placed.empty()) return false;
+  for (const auto& a : w.placed) snapshot_.Give(a);
+  held_[w.request.tenant] -= w.request.slice_memory_bytes * w.placed.size();
+  w.placed.clear();
+  return true;
+}
+
+bool Scheduler::CanEverBeGranted(Waiting& w) {
+  if (w.fits_version != snapshot_.topology_version()) {
+    Snapshot empty = snapshot_.Emptied();
+    w.fits_empty = Place(empty, w.request, w.request.count).has_value();
+    w.fits_version = snapshot_.topology_version();
+  }
+  return w.fits_empty;
+}
+
 std::vector<Grant> Scheduler::Schedule(Time now) {
   std::vector<Grant> grants;
-  bool urgent_waiting = false;
-  for (int p = 0; p < 2; ++p) {
-    auto& queue = queues_[p];
-    std::string behind;  // set once a request of this priority is past the backfill limit, short of capacity
-    for (auto it = queue.begin(); it != queue.end();) {
-      if (p == 1 && urgent_waiting) {
-        it->reason = "urgent requests ahead";
+  // A second pass when the first gave parts back: what waited ahead of them may fit now. The
+  // second gives nothing back (what is held back already holds nothing), so two passes settle.
+  for (int pass = 0; pass < 4; ++pass) {
+    bool gave_back = false;
+    bool urgent_waiting = false;
+    for (int p = 0; p < 2; ++p) {
+      auto& queue = queues_[p];
+      std::string behind;  // set once a request of this priority is past the backfill limit, short of capacity
+      for (auto it = queue.begin(); it != queue.end();) {
+        // A request held back gives back what it holds in part: the request it waits for may need
+        // exactly that, and would otherwise wait for ever for a request that waits for it.
+        if ((p == 1 && urgent_waiting) || !behind.empty()) {
+          it->reason = !behind.empty() ? behind : "urgent requests ahead";
+          gave_back |= GiveBackPart(*it);
+          ++it;
+          continue;
+        }
+        if (it->fits_version == snapshot_.topology_version() && !it->fits_empty) {
+          // Known not to fit the live nodes (below); tried again when nodes come or go.
+          it->reason = "larger than the live nodes can hold";
+          gave_back |= GiveBackPart(*it);
+          ++it;
+          continue;
+        }
+        if (TryPlace(*it)) {
+          Grant g{it->request, std::move(it->placed), now - it->since};
+          granted_[g.request.id] = g;
+          grants.push_back(std::move(g));
+          it = queue.erase(it);
+          continue;
+        }
+        const bool would_hold_back =
+            it->reason == "capacity" && ((p == 0 && !urgent_waiting) || now - it->since >= backfill_limit_);
+        if (would_hold_back && !CanEverBeGranted(*it)) {
+          // The live nodes could not hold it even empty (nodes it needed were lost since it was
+          // submitted): it waits for the cluster to grow, but holds nobody back and nothing, or
+          // everything behind it (or needing what it holds) would wait for ever.
+          it->reason = "larger than the live nodes can hold";
+          gave_back |= GiveBackPart(*it);
+          ++it;
+          continue;
+        }
+        if (p == 0 && it->reason != "quota") urgent_waiting = true;
+        if (it->reason == "capacity" && now - it->since >= backfill_limit_) {
+          behind = "waiting behind request " + std::to_string(it->request.id);
+        }
         ++it;
-        continue;
       }
-      if (!behind.empty()) {
-        it->reason = behind;
-        ++it;
-        continue;
-      }
-      if (TryPlace(*it)) {
-        Grant g{it->request, std::move(it->placed), now - it->since};
-        granted_[g.request.id] = g;
-        grants.push_back(std::move(g));
-        it = queue.erase(it);
-        continue;
-      }
-      if (p == 0 && it->reason != "quota") urgent_waiting = true;
-      if (it->reason == "capacity" && now - it->since >= backfill_limit_) {
-        behind = "waiting behind request " + std::to_string(it->request.id);
-      }
-      ++it;
     }
+    if (!gave_back) break;
   }
   return grants;
 }
@@ -408,7 +470,7 @@ bool Scheduler::Release(uint64_t id) {
   for (auto& queue : queues_) {
     for (auto it = queue.begin(); it != queue.end(); ++it) {
       if (it->request.id != id) continue;
-      give_all(it->request, it->placed);
+      GiveBackPart(*it);
       queue.erase(it);
       return true;
     }

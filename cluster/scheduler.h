@@ -102,6 +102,11 @@ class Snapshot {
 
   /// Could a worker of `r` fit an empty cluster of these nodes? (For refusing at once.)
   bool EverFits(const Request& r) const;
+  /// The same nodes and GPUs with nothing taken and no load reported: what an empty cluster of
+  /// them could hold. O(nodes + GPUs).
+  Snapshot Emptied() const;
+  /// Changes whenever a node is added or stops (or starts again) taking work.
+  uint64_t topology_version() const { return topology_version_; }
 
  private:
   friend std::optional<std::vector<Assignment>> Place(Snapshot&, const Request&, uint32_t,
@@ -122,6 +127,7 @@ class Snapshot {
   std::vector<Shape> shapes_;
   std::unordered_map<std::string, uint32_t> node_by_name_;
   uint64_t slices_taken_ = 0;
+  uint64_t topology_version_ = 0;
 };
 
 /// Places `workers` workers of `r` (r.count when 0) on `snapshot` and takes their resources; or,
@@ -164,7 +170,13 @@ struct PendingInfo {
 ///    (backfill), so a small request is not stuck behind a large one; but not once the earlier
 ///    one has waited for capacity for the backfill limit: then the requests of its priority
 ///    behind it wait too (reason "waiting behind request N"), so freed capacity goes to it and
-///    a big gang cannot starve under a stream of small requests.
+///    a big gang cannot starve under a stream of small requests;
+///  - a request held back (behind urgent ones, or behind one past the backfill limit) gives back
+///    the workers it had placed in part: the request it waits for may need exactly those, and
+///    would otherwise wait for it in turn, for ever;
+///  - a request that the live nodes could not hold even empty (nodes it needed were lost after it
+///    was submitted) holds nobody back, urgent or past the backfill limit: it waits (reason "larger
+///    than the live nodes can hold") for the cluster to grow, while the rest are placed.
 class Scheduler {
  public:
   explicit Scheduler(Snapshot snapshot = {}, Quotas quotas = {});
@@ -206,9 +218,17 @@ class Scheduler {
     Time since;
     std::vector<Assignment> placed;
     std::string reason;
+    // Whether the whole request fits the live nodes when they are empty, as of topology version
+    // `fits_version` (recomputed only when nodes come or go).
+    uint64_t fits_version = UINT64_MAX;
+    bool fits_empty = true;
   };
   // Tries to place what `w` still needs; true if it is now complete.
   bool TryPlace(Waiting& w);
+  // Returns what `w` holds in part to the snapshot (and its tenant's quota); false if it held nothing.
+  bool GiveBackPart(Waiting& w);
+  // Could `w` be granted at all by the live nodes, were they empty?
+  bool CanEverBeGranted(Waiting& w);
 
   Snapshot snapshot_;
   Quotas quotas_;
