@@ -399,6 +399,14 @@ void Gateway::OnPeerFailed(NodeId peer, const Status& reason) {
     for (auto w = watches_.begin(); w != watches_.end();) {
       w = w->second == peer ? watches_.erase(w) : std::next(w);
     }
+    departed_.push_back(peer);
+    while (departed_.size() > config_.max_departed_nodes) {
+      const NodeId oldest = departed_.front();
+      departed_.pop_front();
+      const bool back_or_again = nodes_.count(oldest) != 0 ||
+                                 std::find(departed_.begin(), departed_.end(), oldest) != departed_.end();
+      if (!back_or_again) addresses_.erase(oldest);
+    }
   }
   ++nodes_lost_;
   Status why = UnavailableError(DescribeNode(peer) + " is lost: " + reason.message());

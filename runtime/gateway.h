@@ -47,6 +47,10 @@ struct GatewayConfig {
   /// keep their own thread): a handler that holds the progress thread delays this node's
   /// heartbeats and traffic.
   bool run_actors_on_progress_thread = true;
+  /// Nodes that were lost whose addresses are still kept (a node that comes back tells its
+  /// address again); beyond it the oldest are forgotten, so a head that serves a stream of
+  /// short-lived clients (each a new node id) keeps a bounded table.
+  size_t max_departed_nodes = 1024;
 };
 
 /// Upper bounds (seconds) of the remote request latency histogram's buckets (x4 apart).
@@ -217,6 +221,7 @@ class Gateway : public RefCodec, public std::enable_shared_from_this<Gateway> {
   mutable std::mutex mu_;  // guards everything below; never held while calling CAF or the transport
   std::unordered_map<NodeId, NodeState> nodes_;
   std::unordered_map<NodeId, std::string> addresses_;
+  std::deque<NodeId> departed_;  // lost nodes, oldest first: their addresses go past max_departed_nodes
   std::unordered_map<uint64_t, Pending> pending_;
   // Nodes of answered requests, reused by the next ones: a request then costs the pending table
   // no allocation (at most kSparePending are kept).

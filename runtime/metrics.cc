@@ -99,9 +99,18 @@ MetricsSource RuntimeMetrics(Runtime& runtime) {
       AddSample(f, s.transport.rejected_version, {{"node", node}, {"reason", "version"}});
       AddSample(f, s.transport.rejected_oversized, {{"node", node}, {"reason", "oversized"}});
       AddSample(f, s.transport.rejected_unauthenticated, {{"node", node}, {"reason", "unauthenticated"}});
+      AddSample(f, s.transport.rejected_busy, {{"node", node}, {"reason", "busy"}});
       out.push_back(std::move(f));
     }
     gauge("troupe_transport_peers_connected", "Authenticated peers now", s.transport.peers_connected);
+    counter("troupe_transport_connections_refused_total",
+            "Connections closed on arrival: max_unauthenticated_connections were authenticating",
+            s.transport.connections_refused);
+    gauge("troupe_transport_peers_known", "Peers with transport state now (connected or connecting)",
+          s.transport.peers_known);
+    gauge("troupe_transport_addresses_known",
+          "Dial addresses kept (configured, connected, and the last max_departed_peers that went)",
+          s.transport.addresses_known);
     {
       auto restarts = CounterFamily("troupe_supervisor_restarts_total", "Child restarts by supervisor and child");
       for (const auto& [key, n] : runtime.supervision().restarts()) {
@@ -155,10 +164,15 @@ MetricsSource RuntimeMetrics(Runtime& runtime) {
     gauge("troupe_runtime_actors_running", "Actors running in this process (CAF's count)",
           runtime.system().registry().running());
     {
-      auto frames = CounterFamily("troupe_transport_peer_frames_total", "Frames exchanged with each peer node");
-      auto bytes = CounterFamily("troupe_transport_peer_bytes_total", "Payload bytes exchanged with each peer node");
+      // One series per peer connected now, and peer="departed" for the sum over peers that went:
+      // every short-lived client (each `troupe status`) is a new node id, and series per id
+      // would grow without bound.
+      auto frames = CounterFamily("troupe_transport_peer_frames_total",
+                                  "Frames exchanged with each connected peer node (peer=\"departed\": all that went)");
+      auto bytes = CounterFamily("troupe_transport_peer_bytes_total",
+                                 "Payload bytes exchanged with each connected peer node (peer=\"departed\": all that went)");
       for (const auto& t : runtime.transport().peer_traffic()) {
-        std::string peer = std::to_string(t.peer);
+        std::string peer = t.peer == 0 ? "departed" : std::to_string(t.peer);
         AddSample(frames, t.frames_in, {{"node", node}, {"peer", peer}, {"direction", "in"}});
         AddSample(frames, t.frames_out, {{"node", node}, {"peer", peer}, {"direction", "out"}});
         AddSample(bytes, t.bytes_in, {{"node", node}, {"peer", peer}, {"direction", "in"}});

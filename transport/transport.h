@@ -53,10 +53,16 @@ struct TransportStats {
   uint64_t rejected_version = 0;         ///< unknown envelope version
   uint64_t rejected_oversized = 0;       ///< payload above max_frame_bytes
   uint64_t rejected_unauthenticated = 0; ///< data before or without authentication
+  uint64_t rejected_busy = 0;    ///< rendezvous frames above max_rndv_bytes_in_flight
+  uint64_t connections_refused = 0;  ///< closed on arrival: max_unauthenticated_connections reached
+  uint64_t peers_known = 0;      ///< peers with transport state now (connected, or connecting)
+  uint64_t addresses_known = 0;  ///< dial addresses kept (configured, connected, recently departed)
+  uint64_t rndv_bytes_in_flight = 0;
 };
 
-/// Frames and payload bytes exchanged with one peer since this transport started (kept across
-/// reconnections).
+/// Frames and payload bytes exchanged with one peer while it was connected. When a peer goes (its
+/// last connection closes) its counts move to the entry with `peer` 0, the sum over departed
+/// peers, so the list stays as long as the number of peers connected now.
 struct PeerTraffic {
   NodeId peer = 0;
   uint64_t frames_in = 0;

@@ -25,8 +25,19 @@ struct UcxTransportConfig {
   std::string advertise_address;
   /// Shared secret of the cluster. Never sent: peers prove they know it by HMAC.
   std::string cluster_token;
-  /// Largest payload accepted or sent; larger ones are refused with ResourceExhausted.
-  uint64_t max_frame_bytes = 512ull << 20;
+  /// Largest payload accepted or sent; larger ones are refused with ResourceExhausted. Frames
+  /// carry messages (the largest, a cluster's node list, is a few MiB at 10,000 nodes); bulk
+  /// data moves by descriptor and rendezvous, not as one frame.
+  uint64_t max_frame_bytes = 64ull << 20;
+  /// Payload bytes of rendezvous receives in flight at once, all peers together: a frame that
+  /// would go above it is refused (its sender's send fails with ResourceExhausted), so peers
+  /// cannot make this process allocate without bound.
+  uint64_t max_rndv_bytes_in_flight = 256ull << 20;
+  /// Connections that have not authenticated yet, at once; more are closed as they arrive.
+  size_t max_unauthenticated_connections = 256;
+  /// Peers that went (no connection left) whose learned addresses are still kept; beyond it the
+  /// oldest are forgotten (a peer that comes back tells its address again in its hello).
+  size_t max_departed_peers = 1024;
   /// UCX_TLS. "" keeps the environment's value or UCX's "all". `tcp` is always added.
   std::string ucx_tls;
   /// UCX_RNDV_THRESH: payloads at or above it go by rendezvous (zero-copy into the

@@ -69,6 +69,7 @@ class UcxTransport::Impl {
   void AddPeer(NodeId peer, const std::string& address) {
     std::lock_guard<std::mutex> lock(mu_);
     addresses_[peer] = address;
+    counters_.addresses_known.store(addresses_.size(), std::memory_order_relaxed);
   }
   std::string AddressOf(NodeId peer) const {
     std::lock_guard<std::mutex> lock(mu_);
@@ -115,6 +116,7 @@ class UcxTransport::Impl {
     ucp_ep_h direct_ep = nullptr;     // to the peer's worker address: data, once opened
     bool bootstrap_retired = false;   // `ep` closed after the move to `direct_ep`
     std::string peer_worker_address;  // from the peer's hello/challenge payload
+    std::string peer_listen_address;  // from a client's hello; kept only once it has authenticated
     ConnState state = ConnState::kHandshaking;
     bool outbound = false;
     bool hello_seen = false;     // server: the client's hello arrived
@@ -169,6 +171,7 @@ class UcxTransport::Impl {
     Delivery* delivery = nullptr;
     Buffer payload;
     Impl* impl = nullptr;
+    size_t length = 0;  // counted in rndv_bytes_in_flight_ until it completes
   };
 
   struct RndvStart {
@@ -183,7 +186,8 @@ class UcxTransport::Impl {
     std::atomic<uint64_t> frames_sent{0}, frames_received{0}, batches_sent{0}, bytes_sent{0}, bytes_received{0},
         send_errors{0}, connections_accepted{0}, connections_opened{0}, peers_connected{0}, connections_open{0},
         peer_failures{0}, auth_failures{0}, rejected_malformed{0}, rejected_version{0},
-        rejected_oversized{0}, rejected_unauthenticated{0};
+        rejected_oversized{0}, rejected_unauthenticated{0}, rejected_busy{0}, connections_refused{0},
+        peers_known{0}, addresses_known{0}, rndv_bytes_in_flight{0};
   };
 
   // ---- Progress thread only -----------------------------------------------------------
@@ -234,6 +238,9 @@ class UcxTransport::Impl {
   ConnPtr FindConnection(ucp_ep_h ep) const;
   void RejectFrame(const char* counter_name, std::atomic<uint64_t>& counter, const Connection* conn,
                    const std::string& what);
+  // A peer with no connection left: its traffic joins departed_traffic_, its entry goes, and the
+  // learned address of the peer that went longest ago is forgotten past max_departed_peers.
+  void ForgetPeer(NodeId peer);
   Status StatusForSendError(ucs_status_t status, NodeId peer) const;
 
   static ucs_status_t OnAm(void* arg, const void* header, size_t header_length, void* data,
@@ -289,6 +296,14 @@ class UcxTransport::Impl {
   std::unordered_map<NodeId, Peer> peers_;
   std::vector<std::pair<void*, ConnPtr>> closing_;
   size_t handshaking_ = 0;
+  PeerTraffic departed_traffic_;      // what peers no longer in peers_ exchanged
+  std::deque<NodeId> departed_;       // peers that went, oldest first (see ForgetPeer)
+  uint64_t rndv_bytes_in_flight_ = 0;
+  // Rejected frames are logged at most kRejectLogsPerSecond a second; the rest are counted.
+  static constexpr int kRejectLogsPerSecond = 10;
+  Clock::time_point reject_log_second_{};
+  int reject_logs_ = 0;
+  uint64_t reject_logs_suppressed_ = 0;
   // Operations UCX still owns; Shutdown() waits for them and completes any left over.
   std::unordered_set<SendOp*> pending_sends_;
   // Finished SendOps kept for reuse: each holds an inline envelope buffer, too big for
@@ -693,6 +708,7 @@ void UcxTransport::Impl::ExecuteSend(Command cmd) {
       return;
     }
     it = peers_.try_emplace(cmd.peer).first;
+    counters_.peers_known.store(peers_.size(), std::memory_order_relaxed);
     it->second.send_conn = Connect(cmd.peer, address);
     if (it->second.send_conn == nullptr) {
       counters_.send_errors.fetch_add(1, std::memory_order_relaxed);
@@ -837,6 +853,10 @@ std::vector<PeerTraffic> UcxTransport::Impl::peer_traffic() {
       out.push_back(peer.traffic);
       out.back().peer = id;
     }
+    if (departed_traffic_.frames_in + departed_traffic_.frames_out > 0) {
+      out.push_back(departed_traffic_);
+      out.back().peer = 0;
+    }
     promise->set_value(std::move(out));
   });
   if (future.wait_for(std::chrono::seconds(2)) != std::future_status::ready) return {};
@@ -928,6 +948,12 @@ void UcxTransport::Impl::HandleConnRequests() {
     }
     spdlog::debug("transport: accepted connection from {}", conn->remote_address);
     RegisterEndpoint(conn);
+    if (handshaking_ > config_.max_unauthenticated_connections) {
+      counters_.connections_refused.fetch_add(1, std::memory_order_relaxed);
+      spdlog::warn("transport: closed a connection from {} on arrival: {} connections are already authenticating "
+                   "(max_unauthenticated_connections)", conn->remote_address, handshaking_ - 1);
+      Fail(conn, ResourceExhaustedError("too many unauthenticated connections"));
+    }
   }
 }
 
@@ -1062,6 +1088,8 @@ void UcxTransport::Impl::Fail(const ConnPtr& conn, const Status& reason, bool gr
     spdlog::info("transport: lost node {}: {}", conn->peer, reason.message());
     if (handler_.on_peer_failed) handler_.on_peer_failed(conn->peer, reason);
   }
+  // Looked up again: the handler may have sent, and a send may have changed peers_.
+  ForgetPeer(conn->peer);
 }
 
 // ---- Sending --------------------------------------------------------------------------
@@ -1130,6 +1158,9 @@ Status UcxTransport::Impl::StatusForSendError(ucs_status_t status, NodeId peer) 
   switch (status) {
     case UCS_ERR_EXCEEDS_LIMIT:
       return ResourceExhaustedError(who + " refused the frame: payload above its max_frame_bytes");
+    case UCS_ERR_NO_RESOURCE:
+      return ResourceExhaustedError(who + " refused the frame: its rendezvous receives in flight are at "
+                                          "max_rndv_bytes_in_flight; send again later");
     case UCS_ERR_CANCELED:
       if (stopping_) return CancelledError("transport stopped");
       return UnavailableError("send to " + who + " cancelled: connection closed");
@@ -1147,10 +1178,10 @@ void UcxTransport::Impl::CompleteSend(SendOp* op, ucs_status_t status) {
     if (op->data) {
       counters_.frames_sent.fetch_add(op->frames, std::memory_order_relaxed);
       counters_.bytes_sent.fetch_add(op->frame_bytes, std::memory_order_relaxed);
-      if (auto it = peers_.find(op->peer); it != peers_.end()) {
-        it->second.traffic.frames_out += op->frames;
-        it->second.traffic.bytes_out += op->frame_bytes;
-      }
+      auto it = peers_.find(op->peer);
+      PeerTraffic& traffic = it != peers_.end() ? it->second.traffic : departed_traffic_;
+      traffic.frames_out += op->frames;
+      traffic.bytes_out += op->frame_bytes;
     }
     if (op->done) op->done(OkStatus());
   } else {
@@ -1176,8 +1207,46 @@ ucs_status_t UcxTransport::Impl::OnAm(void* arg, const void* header, size_t head
 void UcxTransport::Impl::RejectFrame(const char* counter_name, std::atomic<uint64_t>& counter,
                                      const Connection* conn, const std::string& what) {
   counter.fetch_add(1, std::memory_order_relaxed);
+  // A hostile peer can send frames faster than a log can take them: a few lines a second, and
+  // how many were not logged.
+  const auto now = Clock::now();
+  if (now - reject_log_second_ >= std::chrono::seconds(1)) {
+    if (reject_logs_suppressed_ > 0) {
+      spdlog::warn("transport: {} more rejected frame(s) not logged (at most {} lines a second)",
+                   reject_logs_suppressed_, kRejectLogsPerSecond);
+    }
+    reject_log_second_ = now;
+    reject_logs_ = 0;
+    reject_logs_suppressed_ = 0;
+  }
+  if (++reject_logs_ > kRejectLogsPerSecond) {
+    ++reject_logs_suppressed_;
+    return;
+  }
   spdlog::warn("transport: rejected frame ({}) from {}: {}", counter_name,
                conn != nullptr ? conn->Describe() : std::string("an unidentified endpoint"), what);
+}
+
+void UcxTransport::Impl::ForgetPeer(NodeId id) {
+  auto it = peers_.find(id);
+  if (it == peers_.end() || it->second.ready_conns != 0 || it->second.send_conn != nullptr) return;
+  const PeerTraffic& t = it->second.traffic;
+  departed_traffic_.frames_in += t.frames_in;
+  departed_traffic_.bytes_in += t.bytes_in;
+  departed_traffic_.frames_out += t.frames_out;
+  departed_traffic_.bytes_out += t.bytes_out;
+  peers_.erase(it);
+  counters_.peers_known.store(peers_.size(), std::memory_order_relaxed);
+  departed_.push_back(id);
+  while (departed_.size() > config_.max_departed_peers) {
+    const NodeId oldest = departed_.front();
+    departed_.pop_front();
+    if (peers_.count(oldest) != 0) continue;  // it came back
+    if (std::find(departed_.begin(), departed_.end(), oldest) != departed_.end()) continue;  // went again since
+    std::lock_guard<std::mutex> lock(mu_);
+    addresses_.erase(oldest);
+    counters_.addresses_known.store(addresses_.size(), std::memory_order_relaxed);
+  }
 }
 
 ucs_status_t UcxTransport::Impl::HandleAm(const void* header, size_t header_length, void* data,
@@ -1258,6 +1327,14 @@ ucs_status_t UcxTransport::Impl::HandleAm(const void* header, size_t header_leng
     Deliver(conn.get());
     return UCS_OK;
   }
+  if (rndv_bytes_in_flight_ + length > config_.max_rndv_bytes_in_flight) {
+    RejectFrame("busy", counters_.rejected_busy, conn.get(),
+                "a " + std::to_string(length) + "-byte rendezvous frame would take the receives in flight above "
+                "max_rndv_bytes_in_flight " + std::to_string(config_.max_rndv_bytes_in_flight));
+    return UCS_ERR_NO_RESOURCE;
+  }
+  rndv_bytes_in_flight_ += length;
+  counters_.rndv_bytes_in_flight.store(rndv_bytes_in_flight_, std::memory_order_relaxed);
   conn->deliveries.push_back({frame_header, Buffer(), Delivery::kPending, batch});
   rndv_starts_.push_back({conn, &conn->deliveries.back(), std::move(payload), data, length});
   return UCS_INPROGRESS;
@@ -1267,7 +1344,7 @@ void UcxTransport::Impl::StartRndvReceives() {
   std::vector<RndvStart> starts;
   starts.swap(rndv_starts_);
   for (auto& start : starts) {
-    auto* op = new RecvOp{start.conn, start.delivery, std::move(start.payload), this};
+    auto* op = new RecvOp{start.conn, start.delivery, std::move(start.payload), this, start.length};
     ucp_request_param_t param{};
     param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
     param.cb.recv_am = &Impl::OnRecvDone;
@@ -1292,6 +1369,8 @@ void UcxTransport::Impl::OnRecvDone(void* request, ucs_status_t status, size_t, 
 
 void UcxTransport::Impl::CompleteRndv(RecvOp* op, ucs_status_t status) {
   pending_recvs_.erase(op);
+  rndv_bytes_in_flight_ -= op->length;
+  counters_.rndv_bytes_in_flight.store(rndv_bytes_in_flight_, std::memory_order_relaxed);
   Connection* conn = op->conn.get();
   if (conn->state != ConnState::kClosed) {
     if (status == UCS_OK) {
@@ -1443,11 +1522,8 @@ void UcxTransport::Impl::OnHandshake(const ConnPtr& conn, const DecodedEnvelope&
                                      conn->server_nonce, conn->peer, config_.node_id);
       bool direct = config_.direct_endpoints && !payload.empty();
       SendControl(conn, FrameKind::kChallenge, challenge, direct ? worker_address_ : std::string());
-      // The client's advertised address lets us dial it again later.
-      if (!hs.listen_address.empty()) {
-        std::lock_guard<std::mutex> lock(mu_);
-        addresses_.emplace(conn->peer, hs.listen_address);
-      }
+      // The client's advertised address lets us dial it again later, once it has proven the token.
+      conn->peer_listen_address = hs.listen_address;
       return;
     }
     if (env.kind == FrameKind::kAuth && conn->hello_seen) {
@@ -1456,6 +1532,11 @@ void UcxTransport::Impl::OnHandshake(const ConnPtr& conn, const DecodedEnvelope&
       if (!ProofsEqual(hs.proof, expected)) {
         refuse("wrong cluster token (client proof did not verify)", true);
         return;
+      }
+      if (!conn->peer_listen_address.empty()) {
+        std::lock_guard<std::mutex> lock(mu_);
+        addresses_.emplace(conn->peer, conn->peer_listen_address);
+        counters_.addresses_known.store(addresses_.size(), std::memory_order_relaxed);
       }
       // Open the direct endpoint before accepting, so data we send right after the accept
       // already goes there; the client opened its own before sending auth.
@@ -1508,13 +1589,14 @@ void UcxTransport::Impl::OnHandshake(const ConnPtr& conn, const DecodedEnvelope&
 }
 
 void UcxTransport::Impl::BecomeReady(const ConnPtr& conn) {
-  Peer& peer = peers_[conn->peer];
+  Peer* peer_entry = &peers_[conn->peer];
   // An authenticated connection from another process under a known node id (a node restarted
   // under its name, as systemd or `troupe up` do, before its loss was noticed): the earlier
   // process is gone. Its connections fail first, so that the handler hears of the loss before
   // the new process's first frame, and nothing of the new one (heartbeats, replies) is ever
   // credited to or sent through the old.
-  if (conn->peer_instance != 0 && peer.instance != 0 && peer.instance != conn->peer_instance) {
+  if (conn->peer_instance != 0 && peer_entry->instance != 0 && peer_entry->instance != conn->peer_instance) {
+    Peer& peer = *peer_entry;
     std::vector<ConnPtr> earlier;
     for (auto& [ep, other] : conns_) {
       if (other != conn && other->peer == conn->peer && other->peer_instance != conn->peer_instance &&
@@ -1534,6 +1616,10 @@ void UcxTransport::Impl::BecomeReady(const ConnPtr& conn) {
       for (auto& old : earlier) Fail(old, replaced);
     }
   }
+  // Looked up again: failing the earlier connections may have forgotten the peer (ForgetPeer),
+  // and their handler may have sent, which can rehash peers_.
+  Peer& peer = peers_[conn->peer];
+  counters_.peers_known.store(peers_.size(), std::memory_order_relaxed);
   if (conn->peer_instance != 0) peer.instance = conn->peer_instance;
   conn->state = ConnState::kReady;
   --handshaking_;
@@ -1570,6 +1656,11 @@ TransportStats UcxTransport::Impl::stats() const {
   s.rejected_version = get(counters_.rejected_version);
   s.rejected_oversized = get(counters_.rejected_oversized);
   s.rejected_unauthenticated = get(counters_.rejected_unauthenticated);
+  s.rejected_busy = get(counters_.rejected_busy);
+  s.connections_refused = get(counters_.connections_refused);
+  s.peers_known = get(counters_.peers_known);
+  s.addresses_known = get(counters_.addresses_known);
+  s.rndv_bytes_in_flight = get(counters_.rndv_bytes_in_flight);
   return s;
 }
 

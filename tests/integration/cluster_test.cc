@@ -14,7 +14,10 @@
 #include <string>
 
 #include "common/child_process.h"
+#include "tests/support/http_get.h"
 #include "tests/support/troupe_processes.h"
+
+#include <nlohmann/json.hpp>
 
 namespace troupe {
 namespace {
@@ -192,6 +195,45 @@ TEST_F(Cluster, UpMembersShowTheirNamesAndDieWithAKilledUp) {
     EXPECT_TRUE(gone) << label << " (pid " << pid << ") outlived troupe up";
     if (!gone) kill(pid, SIGKILL);
   }
+}
+
+// Series of `metric` in a Prometheus text exposition.
+int SeriesOf(const std::string& exposition, const std::string& metric) {
+  int n = 0;
+  for (size_t at = exposition.find("\n" + metric + "{"); at != std::string::npos;
+       at = exposition.find("\n" + metric + "{", at + 1)) {
+    ++n;
+  }
+  return n;
+}
+
+TEST_F(Cluster, ShortLivedClientsLeaveNoSeriesOrPeerStateBehindInTheHead) {
+  auto head = Start({"head"}, "READY ");
+  ASSERT_TRUE(head);
+  // The head's metrics endpoint, from the scrape list it writes.
+  std::ifstream targets(dir_ + "/head/prometheus-targets.json");
+  auto list = nlohmann::json::parse(targets, nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(list.is_array() && !list.empty()) << "no scrape list";
+  const std::string address = list[0]["targets"][0].get<std::string>();
+  const int port = std::stoi(address.substr(address.rfind(':') + 1));
+  // Twenty `troupe status` calls: each is a new node id to the head (66 series became 306
+  // after 60 such calls when every peer id stayed a label value).
+  for (int i = 0; i < 20; ++i) ASSERT_NE(Status(), "") << "troupe status failed";
+  std::string metrics;
+  auto deadline = Clock::now() + 10s;
+  do {
+    metrics = testing::HttpGet(port, "/metrics");
+  } while ((SeriesOf(metrics, "troupe_transport_peer_frames_total") > 2 ||
+            metrics.find("\ntroupe_transport_peers_known{node=\"head\"} 0") == std::string::npos) &&
+           Clock::now() < deadline);
+  ASSERT_NE(metrics, "") << "no metrics from the head at " << address;
+  EXPECT_EQ(SeriesOf(metrics, "troupe_transport_peer_frames_total"), 2)
+      << "per-client series stay after the clients went (only peer=\"departed\" in and out should)";
+  EXPECT_NE(metrics.find("peer=\"departed\""), std::string::npos) << "the clients' traffic is not summed";
+  EXPECT_NE(metrics.find("\ntroupe_transport_peers_known{node=\"head\"} 0"), std::string::npos)
+      << "the head still tracks clients that went";
+  head->Signal(SIGTERM);
+  EXPECT_TRUE(head->Wait(10s).ok());
 }
 
 // SIGTERM stops a joined node (with slice actors) and the head, each with exit status 0. Under

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common/child_process.h"
+#include "tests/support/http_get.h"
 #include "tests/support/troupe_processes.h"
 
 namespace troupe {
@@ -25,30 +26,6 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 constexpr const char* kPrometheus = "/usr/bin/prometheus";
-
-// A plain HTTP/1.0 GET on loopback; "" on any failure.
-std::string HttpGet(int port, const std::string& path) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return "";
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  timeval tv{5, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  std::string response;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
-    std::string request = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-    if (write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
-      char buf[8192];
-      ssize_t n;
-      while ((n = read(fd, buf, sizeof buf)) > 0) response.append(buf, static_cast<size_t>(n));
-    }
-  }
-  close(fd);
-  auto body = response.find("\r\n\r\n");
-  return body == std::string::npos ? "" : response.substr(body + 4);
-}
 
 std::string UrlEncode(const std::string& s) {
   std::string out;
@@ -117,7 +94,7 @@ TEST(Prometheus, EveryDashboardQueryReturnsDataFromARealCluster) {
   auto deadline = Clock::now() + 90s;
   std::string up_result;
   while (Clock::now() < deadline) {
-    up_result = HttpGet(port, "/api/v1/query?query=" + UrlEncode("sum(up{job=\"troupe\"})"));
+    up_result = testing::HttpGet(port, "/api/v1/query?query=" + UrlEncode("sum(up{job=\"troupe\"})"));
     if (up_result.find("\"3\"]") != std::string::npos) break;
   }
   ASSERT_NE(up_result.find("\"3\"]"), std::string::npos) << "Prometheus does not see 3 healthy targets: " << up_result;
@@ -127,7 +104,7 @@ TEST(Prometheus, EveryDashboardQueryReturnsDataFromARealCluster) {
   for (const auto& q : queries) {
     std::string result;
     while (Clock::now() < deadline + 30s) {
-      result = HttpGet(port, "/api/v1/query?query=" + UrlEncode(q));
+      result = testing::HttpGet(port, "/api/v1/query?query=" + UrlEncode(q));
       if (result.find("\"status\":\"success\"") != std::string::npos && result.find("\"result\":[]") == std::string::npos) {
         break;
       }

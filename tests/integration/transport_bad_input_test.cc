@@ -6,7 +6,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <functional>
+#include <map>
 #include <random>
+#include <vector>
 
 #include "tests/integration/transport_test_util.h"
 #include "tests/support/raw_ucx_client.h"
@@ -276,6 +279,115 @@ TEST_F(BadInputTest, SilentConnectionIsClosedAfterTheHandshakeTimeout) {
   EXPECT_TRUE(opened || stats["auth_failures"] >= 1) << "the server never saw the silent connection";
   EXPECT_GE(stats["auth_failures"], 1u);
   EXPECT_EQ(stats["connections_open"], 0u) << "the server kept an unauthenticated connection open past its timeout";
+}
+
+// "address N" of transport_peer: where it would dial node N ("-": nowhere).
+std::string PeerAddressOf(ChildProcess* peer, transport::NodeId node) {
+  EXPECT_TRUE(peer->WriteLine("address " + std::to_string(node)).ok());
+  auto line = peer->ReadLineWithPrefix("ADDRESS ", 10s);
+  EXPECT_TRUE(line.ok()) << line.status();
+  return line.ok() ? *line : "";
+}
+
+TEST_F(BadInputTest, NothingAHelloSaysIsKeptBeforeItsSenderProvesTheToken) {
+  // A peer without the token claims node 77 and a dial address for it, then fails the proof.
+  RawUcxClient hostile;
+  ASSERT_TRUE(hostile.Connect(peer_address_, "").ok());
+  std::string nonce = transport::RandomNonce();
+  HandshakeInfo hello = Hello(77, nonce);
+  hello.listen_address = "127.0.0.1:9";
+  ASSERT_TRUE(hostile.SendAm(Encode(FrameKind::kHello, &hello), "").ok());
+  auto challenge_bytes = hostile.ReceiveAm(10s);
+  ASSERT_TRUE(challenge_bytes.ok()) << "no challenge: " << challenge_bytes.status();
+  auto challenge = transport::DecodeEnvelope(challenge_bytes->data(), challenge_bytes->size());
+  ASSERT_TRUE(challenge.ok());
+  EXPECT_EQ(PeerAddressOf(peer_.get(), 77), "-") << "the address was kept before the proof";
+  HandshakeInfo auth;
+  auth.node_id = 77;
+  auth.proof = transport::ComputeProof("wrong-token", transport::AuthRole::kClient, nonce,
+                                       challenge->handshake.nonce, 77, kPeerNode);
+  ASSERT_TRUE(hostile.SendAm(Encode(FrameKind::kAuth, &auth), "").ok());
+  ASSERT_TRUE(hostile.ReceiveAm(10s).ok()) << "no reject";
+  EXPECT_EQ(PeerAddressOf(peer_.get(), 77), "-") << "a peer that failed the proof pinned a dial address";
+}
+
+// Peers that limit what others can make them hold.
+class BoundedPeerTest : public ::testing::Test {
+ protected:
+  void Start(const std::vector<std::string>& flags) {
+    std::vector<std::string> args = {"--handshake-timeout-ms", "5000"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    peer_ = StartPeer(args, &peer_address_);
+    ASSERT_NE(peer_, nullptr);
+  }
+  // Polls transport_peer's stats until `done` holds (10 s at most); returns the last stats.
+  std::map<std::string, uint64_t> StatsWhen(const std::function<bool(std::map<std::string, uint64_t>&)>& done) {
+    auto deadline = std::chrono::steady_clock::now() + 10s;
+    auto stats = PeerStats(peer_.get());
+    while (!done(stats) && std::chrono::steady_clock::now() < deadline) stats = PeerStats(peer_.get());
+    return stats;
+  }
+  std::unique_ptr<ChildProcess> peer_;
+  std::string peer_address_;
+};
+
+TEST_F(BoundedPeerTest, PeersThatGoAreForgottenAndTheirAddressesPastALimit) {
+  Start({"--max-departed-peers", "3"});
+  // Ten short-lived peers (as ten `troupe status` calls are), each with its own node id. Over
+  // TCP, so that the peer sees each go at once when its sockets close (the runtime's heartbeats
+  // find the others).
+  for (transport::NodeId id = 100; id < 110; ++id) {
+    auto config = LocalConfig("tcp");
+    config.node_id = id;
+    UcxTransport client(config);
+    TransportInbox inbox;
+    ASSERT_TRUE(client.Start(inbox.Handler()).ok());
+    client.AddPeer(kPeerNode, peer_address_);
+    ASSERT_TRUE(client.Send(kPeerNode, FrameHeader{}, Buffer::CopyOf("hi")).ok());
+    ASSERT_TRUE(inbox.WaitForFrames(1, 20s)) << "peer " << id << " got no echo";
+    client.Stop();
+  }
+  auto stats = StatsWhen([](auto& s) { return s["peers_connected"] == 0 && s["peers_known"] == 0; });
+  EXPECT_EQ(stats["peers_connected"], 0u);
+  EXPECT_EQ(stats["peers_known"], 0u) << "peers that went are still tracked";
+  EXPECT_LE(stats["addresses_known"], 3u) << "addresses of departed peers grow without bound";
+  EXPECT_EQ(PeerAddressOf(peer_.get(), 100), "-") << "the oldest departed peer's address was kept";
+  EXPECT_NE(PeerAddressOf(peer_.get(), 109), "-") << "the newest departed peer's address was forgotten";
+}
+
+TEST_F(BoundedPeerTest, ARendezvousFrameAboveWhatMayBeInFlightIsRefusedAndItsSenderTold) {
+  Start({"--max-frame", std::to_string(8u << 20), "--max-rndv-bytes", std::to_string(1u << 20)});
+  auto config = LocalConfig("");
+  config.node_id = 120;
+  UcxTransport sender(config);
+  TransportInbox inbox;
+  ASSERT_TRUE(sender.Start(inbox.Handler()).ok());
+  sender.AddPeer(kPeerNode, peer_address_);
+  SendResults big;
+  ASSERT_TRUE(sender.Send(kPeerNode, FrameHeader{}, Buffer::Allocate(2u << 20), big.Callback()).ok());
+  ASSERT_TRUE(big.WaitFor(1, 20s));
+  EXPECT_EQ(big.results()[0].code(), StatusCode::kResourceExhausted) << big.results()[0];
+  EXPECT_NE(big.results()[0].message().find("max_rndv_bytes_in_flight"), std::string::npos) << big.results()[0];
+  // Below the cap, a rendezvous frame still arrives.
+  ASSERT_TRUE(sender.Send(kPeerNode, FrameHeader{}, Buffer::Allocate(512u << 10)).ok());
+  ASSERT_TRUE(inbox.WaitForFrames(1, 20s)) << "a frame below the cap was not echoed";
+  auto stats = PeerStats(peer_.get());
+  EXPECT_EQ(stats["rejected_busy"], 1u);
+  EXPECT_EQ(stats["rndv_bytes_in_flight"], 0u);
+}
+
+TEST_F(BoundedPeerTest, ConnectionsBeyondTheUnauthenticatedLimitAreClosedOnArrival) {
+  Start({"--max-unauthenticated", "2"});
+  std::vector<std::unique_ptr<RawUcxClient>> silent;
+  for (int i = 0; i < 4; ++i) {
+    silent.push_back(std::make_unique<RawUcxClient>());
+    ASSERT_TRUE(silent.back()->Connect(peer_address_, "").ok());
+    // Wires up the endpoint; it fails for a connection the server closed at once.
+    silent.back()->SendAm("", "", /*reply=*/false, 1s).IgnoreError();
+  }
+  auto stats = StatsWhen([](auto& s) { return s["connections_refused"] >= 2; });
+  EXPECT_EQ(stats["connections_refused"], 2u);
+  EXPECT_LE(stats["connections_open"], 2u);
 }
 
 }  // namespace

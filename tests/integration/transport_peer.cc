@@ -1,5 +1,5 @@
 // transport_peer: a second process for transport tests. It listens, echoes every frame
-// back to its sender, and answers "stats" / "quit" on stdin.
+// back to its sender, and answers "stats", "address N" and "quit" on stdin.
 #include <spdlog/spdlog.h>
 
 #include <cstdlib>
@@ -29,6 +29,9 @@ int main(int argc, char** argv) {
     else if (flag == "--listen") config.listen_address = value;
     else if (flag == "--max-frame") config.max_frame_bytes = std::strtoull(value.c_str(), nullptr, 10);
     else if (flag == "--handshake-timeout-ms") config.handshake_timeout = std::chrono::milliseconds(std::atoi(value.c_str()));
+    else if (flag == "--max-rndv-bytes") config.max_rndv_bytes_in_flight = std::strtoull(value.c_str(), nullptr, 10);
+    else if (flag == "--max-unauthenticated") config.max_unauthenticated_connections = std::strtoull(value.c_str(), nullptr, 10);
+    else if (flag == "--max-departed-peers") config.max_departed_peers = std::strtoull(value.c_str(), nullptr, 10);
     else if (flag == "--log-level") log_level = value;
     else {
       std::cerr << "transport_peer: unknown flag " << flag << "\n";
@@ -59,7 +62,13 @@ int main(int argc, char** argv) {
                 << " rejected_version=" << s.rejected_version << " rejected_oversized=" << s.rejected_oversized
                 << " rejected_unauthenticated=" << s.rejected_unauthenticated
                 << " peers_connected=" << s.peers_connected << " connections_open=" << s.connections_open
-                << std::endl;
+                << " rejected_busy=" << s.rejected_busy << " connections_refused=" << s.connections_refused
+                << " peers_known=" << s.peers_known << " addresses_known=" << s.addresses_known
+                << " rndv_bytes_in_flight=" << s.rndv_bytes_in_flight << std::endl;
+    } else if (line.rfind("address ", 0) == 0) {
+      // "address N": where this process would dial node N ("-" if it knows no address).
+      const std::string address = transport.PeerAddress(std::strtoull(line.c_str() + 8, nullptr, 10));
+      std::cout << "ADDRESS " << (address.empty() ? "-" : address) << std::endl;
     } else if (line == "quit") {
       break;
     }

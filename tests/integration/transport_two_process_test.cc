@@ -26,9 +26,15 @@ struct Mode {
 class TwoProcessTest : public ::testing::TestWithParam<Mode> {
  protected:
   void SetUp() override {
-    peer_ = StartPeer({"--tls", GetParam().tls}, &peer_address_);
+    // Both sides take frames up to 256 MiB (the default caps are for messages: 64 MiB a frame,
+    // 256 MiB of rendezvous receives in flight), for the payload test below.
+    const std::string big = std::to_string(256u << 20);
+    peer_ = StartPeer({"--tls", GetParam().tls, "--max-frame", big, "--max-rndv-bytes", big}, &peer_address_);
     ASSERT_NE(peer_, nullptr);
-    transport_ = std::make_unique<UcxTransport>(LocalConfig(GetParam().tls));
+    auto config = LocalConfig(GetParam().tls);
+    config.max_frame_bytes = 256u << 20;
+    config.max_rndv_bytes_in_flight = 256u << 20;
+    transport_ = std::make_unique<UcxTransport>(config);
     auto handler = inbox_.Handler();
     handler.on_frame = [this, record = handler.on_frame](transport::NodeId peer, transport::Frame frame) {
       if (on_frame_) on_frame_(frame);
