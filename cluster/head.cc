@@ -2,6 +2,7 @@
 #include "cluster/head.h"
 
 #include <caf/all.hpp>
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
@@ -17,7 +18,6 @@
 #include "cluster/messages.h"
 #include "cluster/scheduler.h"
 #include "common/file_util.h"
-#include "common/json.h"
 #include "runtime/node_identity.h"
 #include "storage/table.h"
 
@@ -132,6 +132,12 @@ struct ControllerState {
                                  ? record.slice_memory_bytes
                                  : g.memory_bytes;
       if (slice == 0) continue;
+      // The node agent refuses such a GPU itself; a node record from elsewhere (an older or
+      // hostile peer with the token) must not make the scheduler index millions of slices.
+      if (Status capped = CheckSliceCount(g.name, g.memory_bytes, slice); !capped.ok()) {
+        spdlog::error("head: node '{}': GPU {} not scheduled: {}", record.name, g.index, capped.message());
+        continue;
+      }
       gpu.slices_total = gpu.slices_free = static_cast<uint32_t>(g.memory_bytes / slice);
       gpu.slice_memory_bytes = slice;
       gpu.memory_total_bytes = g.memory_bytes;
@@ -528,14 +534,17 @@ struct ControllerState {
       std::lock_guard<std::mutex> lock(view->mu);
       view->nodes = nodes;
     }
-    std::string json = "[\n  {\"targets\": [" + JsonQuote(head_metrics_address) + "], \"labels\": {\"cluster\": " +
-                       JsonQuote(config.name) + ", \"role\": \"head\", \"node\": \"head\"}}";
+    // Prometheus's file-SD format: [{"targets": [host:port], "labels": {...}}, ...].
+    nlohmann::ordered_json targets = nlohmann::ordered_json::array();
+    targets.push_back({{"targets", nlohmann::ordered_json::array({head_metrics_address})},
+                       {"labels", {{"cluster", config.name}, {"role", "head"}, {"node", "head"}}}});
     for (const auto& [name, record] : nodes) {
       if (record.metrics_address.empty() || record.state == "dead") continue;
-      json += ",\n  {\"targets\": [" + JsonQuote(record.metrics_address) + "], \"labels\": {\"cluster\": " +
-              JsonQuote(config.name) + ", \"role\": \"node\", \"node\": " + JsonQuote(name) + "}}";
+      targets.push_back({{"targets", nlohmann::ordered_json::array({record.metrics_address})},
+                         {"labels", {{"cluster", config.name}, {"role", "node"}, {"node", name}}}});
     }
-    json += "\n]\n";
+    const std::string json =
+        targets.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
     std::string path = config.head.data_dir + "/prometheus-targets.json";
     // Replaced whole: Prometheus never reads an empty or half-written list. On failure the old
     // list stays; logged once until a write succeeds again.

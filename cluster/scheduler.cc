@@ -329,6 +329,10 @@ Status Scheduler::Submit(const Request& r, Time now) {
                                 std::to_string(r.compute_percent));
   }
   if (r.tenant.empty()) return InvalidArgumentError("request " + std::to_string(r.id) + ": empty tenant");
+  if (queues_[0].size() + queues_[1].size() >= max_waiting_) {
+    return ResourceExhaustedError(std::to_string(max_waiting_) +
+                                  " requests are already waiting; ask again once some are placed or withdrawn");
+  }
   if (granted_.count(r.id)) return AlreadyExistsError("request " + std::to_string(r.id) + " exists");
   for (const auto& q : queues_) {
     for (const auto& w : q) {

@@ -188,6 +188,10 @@ class Scheduler {
   /// How long a request may wait for capacity while later ones overtake it (default 60 s).
   void SetBackfillLimit(std::chrono::nanoseconds limit) { backfill_limit_ = limit; }
   std::chrono::nanoseconds backfill_limit() const { return backfill_limit_; }
+  /// How many requests may wait at once (default kMaxWaiting); Submit refuses more with
+  /// ResourceExhausted. Each waiting request costs the head a queue entry and a response promise.
+  void SetMaxWaiting(size_t n) { max_waiting_ = n; }
+  static constexpr size_t kMaxWaiting = 10000;
 
   /// Queues a request (id must be new). InvalidArgument for a malformed request;
   /// ResourceExhausted for one that could never fit the cluster or its tenant's quota.
@@ -236,6 +240,7 @@ class Scheduler {
   std::map<uint64_t, Grant> granted_;
   std::map<std::string, uint64_t> held_;  // GPU memory by tenant (granted + partly placed)
   std::chrono::nanoseconds backfill_limit_ = std::chrono::seconds(60);
+  size_t max_waiting_ = kMaxWaiting;
 };
 
 std::string_view PolicyName(Policy p);

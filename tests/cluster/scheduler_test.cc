@@ -242,6 +242,19 @@ TEST(Scheduler, BackfillStopsOnceAnEarlierRequestHasWaitedTheLimit) {
   EXPECT_EQ(quota.Schedule(kT0).size(), 2u);
 }
 
+TEST(Scheduler, WaitingRequestsAreBounded) {
+  Scheduler sched(Cluster(1, 1));
+  sched.SetMaxWaiting(3);
+  ASSERT_TRUE(sched.Submit(Req(1, 4), kT0).ok());
+  ASSERT_EQ(sched.Schedule(kT0).size(), 1u);  // the GPU is full: what follows waits
+  for (uint64_t id = 2; id <= 4; ++id) ASSERT_TRUE(sched.Submit(Req(id), kT0).ok());
+  Status refused = sched.Submit(Req(5), kT0);
+  EXPECT_EQ(refused.code(), StatusCode::kResourceExhausted) << refused;
+  EXPECT_NE(refused.message().find("3 requests are already waiting"), std::string::npos) << refused;
+  ASSERT_TRUE(sched.Release(2));
+  EXPECT_TRUE(sched.Submit(Req(5), kT0).ok()) << "a place in the queue came free";
+}
+
 TEST(Scheduler, ARequestHeldBackGivesBackWhatItHoldsInPart) {
   // One GPU of 4 slices. A gang of 4 waits behind a grant of 3; a later request of 2 workers
   // (not a gang) takes the one free slice. Once the gang has waited past the backfill limit the
