@@ -13,7 +13,6 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
-#include <regex>
 #include <string>
 
 #include "cluster/client.h"
@@ -21,6 +20,8 @@
 #include "common/logging.h"
 #include "runtime/supervisor.h"
 #include "tests/support/troupe_processes.h"
+
+#include <nlohmann/json.hpp>
 
 namespace troupe {
 namespace {
@@ -77,10 +78,12 @@ class Slices : public ::testing::Test {
   }
   // slices_free of node `node`'s GPU 0, from `troupe slices --json` (-1 if absent).
   int FreeSlices(const std::string& node) {
-    std::smatch m;
-    std::string json = SlicesJson();
-    std::regex gpu("\\{\"node\": \"" + node + "\"[^\\]]*?\"slices_free\": ([0-9]+)");
-    return std::regex_search(json, m, gpu) ? std::stoi(m[1]) : -1;
+    auto list = nlohmann::json::parse(SlicesJson(), nullptr, /*allow_exceptions=*/false);
+    if (!list.contains("gpus")) return -1;
+    for (const auto& gpu : list["gpus"]) {
+      if (gpu.value("node", "") == node && gpu.value("index", -1) == 0) return gpu.value("slices_free", -1);
+    }
+    return -1;
   }
 
   // A gang of two 4 GiB workers spread strictly over both nodes (one on a, one on b).

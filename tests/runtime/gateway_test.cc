@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/clock.h"
+#include "runtime/codec.h"
 #include "runtime/error.h"
 #include "runtime/gateway.h"
 #include "runtime/internal/lazy_clock.h"
@@ -379,6 +380,16 @@ TEST_F(GatewayTest, AWatchedLocalActorThatExitsSendsItsReason) {
   ASSERT_TRUE(notice) << "no down notice";
   EXPECT_EQ(notice->header.src_actor, ref.id());
   EXPECT_EQ(notice->header.dst_node, kPeer);
+  // The notice carries the exit reason itself, as the watcher's side will read it.
+  Status reason = InternalError("not decoded");
+  ASSERT_TRUE((runtime::ReadFlat<runtime::wire::DownNotice>(notice->payload.data(), notice->payload.size(),
+                                                             "DownNotice", [&](runtime::wire::DownNotice::Reader r) {
+                                                               reason = runtime::ToStatus(runtime::ReadErrorInfo(r.getReason()));
+                                                               return OkStatus();
+                                                             }))
+                  .ok());
+  EXPECT_EQ(reason.code(), StatusCode::kAlreadyExists) << reason;
+  EXPECT_NE(reason.message().find("gone"), std::string::npos) << reason;
 }
 
 }  // namespace
