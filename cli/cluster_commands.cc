@@ -114,10 +114,16 @@ std::string SelfPath() {
   return ec ? "/proc/self/exe" : path.string();
 }
 
-StatusOr<cluster::ClusterConfig> Load(const ClusterOptions& args) {
+// Loads the cluster file and sets the log level: --log-level, else the node's own log_level
+// (for `troupe node --name N`), else the cluster's.
+StatusOr<cluster::ClusterConfig> Load(const ClusterOptions& args, const std::string& node_name = "") {
   auto config = cluster::LoadClusterConfig(args.config_path);
   if (!config.ok()) return config.status();
-  std::string level = args.log_level.empty() ? config->log_level : args.log_level;
+  std::string level = config->log_level;
+  if (const auto* node = config->FindNode(node_name); node != nullptr && !node->log_level.empty()) {
+    level = node->log_level;
+  }
+  if (!args.log_level.empty()) level = args.log_level;
   RETURN_IF_ERROR(InitLogging(level));
   return config;
 }
@@ -160,7 +166,7 @@ int RunHead(ClusterOptions args) {
 
 int RunNode(ClusterOptions args) {
   SignalWaiter signals;
-  auto config = Load(args);
+  auto config = Load(args, args.name);
   if (!config.ok()) return Fail("node", config.status());
   auto agent = cluster::NodeAgent::Start(*config, args.name, args.head);
   if (!agent.ok()) return Fail("node", agent.status());

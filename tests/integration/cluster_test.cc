@@ -328,6 +328,31 @@ TEST_F(Cluster, ANodeWithTheWrongTokenIsRefused) {
   EXPECT_TRUE(head->Wait(10s).ok());
 }
 
+TEST_F(Cluster, ANodesOwnLogLevelOverridesTheClusters) {
+  // The cluster logs at warn; node a asks for info in its own entry.
+  {
+    std::ifstream in(config_);
+    std::string text((std::istreambuf_iterator<char>(in)), {});
+    text.replace(text.find("  - name: a\n"), 12, "  - name: a\n    log_level: info\n");
+    std::ofstream(config_) << text;
+  }
+  auto head = Start({"head"}, "READY ");
+  ASSERT_TRUE(head);
+  auto node = ChildProcess::Spawn({TROUPE_BIN, "node", "-c", config_, "--name", "a"}, {}, /*merge_stderr=*/true);
+  ASSERT_TRUE(node.ok()) << node.status();
+  bool info_logged = false;
+  while (!info_logged) {
+    auto line = (*node)->ReadLine(20s);
+    if (!line.ok()) break;
+    info_logged = line->find(" info ") != std::string::npos && line->find("joined cluster") != std::string::npos;
+  }
+  EXPECT_TRUE(info_logged) << "node a did not log at its own level (info)";
+  (*node)->Signal(SIGTERM);
+  EXPECT_TRUE((*node)->Wait(10s).ok());
+  head->Signal(SIGTERM);
+  EXPECT_TRUE(head->Wait(10s).ok());
+}
+
 TEST_F(Cluster, BadConfigAndUnreachableHeadGiveClearErrors) {
   std::ofstream(dir_ + "/bad.yaml") << "cluster:\n  name: x\n  tokn: 1\n";
   auto bad = ChildProcess::Spawn({TROUPE_BIN, "up", "-c", dir_ + "/bad.yaml"}, {}, /*merge_stderr=*/true);
