@@ -443,7 +443,7 @@ struct ControllerState {
 
   Status StoreLease(const LeaseRequest& request, const LeaseGrant& grant) {
     return Write([&](storage::Txn& txn) {
-      return lease_table->Put(txn, grant.lease_id, EncodeStoredLease(request, grant, runtime->gateway()));
+      return lease_table->Put(txn, grant.lease_id, EncodeStoredLease(request, grant, runtime->bridge()));
     });
   }
 
@@ -789,7 +789,7 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
         NodeList list;
         list.cluster_name = st.config.name;
         for (auto [name, record] : st.nodes) {
-          auto silence = st.runtime->gateway().Silence(record.node_id);
+          auto silence = st.runtime->bridge().Silence(record.node_id);
           record.heartbeat_age_ms =
               silence ? std::chrono::duration_cast<std::chrono::milliseconds>(*silence).count() : -1;
           record.state = StateNow(record, silence, st.config.failure_timeout);
@@ -879,10 +879,10 @@ StatusOr<std::unique_ptr<Head>> Head::Start(const ClusterConfig& config) {
   init.runtime = head->runtime_.get();
   {
     // Granted leases of an earlier head: the nodes still hold them; they come back as the nodes
-    // rejoin (ControllerState::TakeBack). The owners' addresses need the runtime's gateway.
+    // rejoin (ControllerState::TakeBack). The owners' addresses need the runtime's bridge.
     ASSIGN_OR_RETURN(auto txn, head->env_->BeginRead());
     RETURN_IF_ERROR(lease_table.ForEach(txn, [&](const uint64_t& id, const std::string& bytes) {
-      auto lease = DecodeStoredLease(bytes, head->runtime_->gateway());
+      auto lease = DecodeStoredLease(bytes, head->runtime_->bridge());
       if (!lease.ok()) {
         spdlog::error("head: stored lease {} in {} does not decode ({}); its slices are released when its nodes rejoin",
                       id, config.head.data_dir, lease.status().ToString());
@@ -925,7 +925,7 @@ StatusOr<std::unique_ptr<Head>> Head::Start(const ClusterConfig& config) {
                                     "Time since the head last heard from the node");
     double gpus_real = 0, gpus_sim = 0, gpu_memory = 0, slices = 0;
     for (const auto& [name, record] : nodes) {
-      auto silence = rt->gateway().Silence(record.node_id);
+      auto silence = rt->bridge().Silence(record.node_id);
       std::string state = StateNow(record, silence, timeout);
       ++by_state[state];
       if (silence) {

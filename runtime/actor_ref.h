@@ -22,7 +22,7 @@ namespace troupe::runtime {
 using transport::NodeId;
 
 /// A location-transparent actor handle. For a local actor it wraps the caf::actor; for a
-/// remote one it wraps the CAF proxy whose traffic the gateway carries. Copyable, cheap, and
+/// remote one it wraps the CAF proxy whose traffic the bridge carries. Copyable, cheap, and
 /// usable from any thread and inside messages to other nodes (codecs encode it with
 /// RefCodec::EncodeRef).
 ///

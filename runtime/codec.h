@@ -71,7 +71,7 @@ caf::error ReadErrorInfo(wire::ErrorInfo::Reader in);
 /// Type ids below this are the runtime's own (runtime/wire_types.h).
 inline constexpr uint32_t kFirstUserTypeId = 1000;
 
-/// How codecs put ActorRefs into payloads and get them back. The gateway implements it:
+/// How codecs put ActorRefs into payloads and get them back. The bridge implements it:
 /// encoding a local actor makes it reachable from other nodes; decoding a remote one makes
 /// (or reuses) its proxy.
 class RefCodec {

@@ -131,18 +131,18 @@ MetricsSource RuntimeMetrics(Runtime& runtime) {
       out.push_back(std::move(depth));
     }
     counter("troupe_transport_peer_failures_total", "Connections to peers that failed", s.transport.peer_failures);
-    counter("troupe_runtime_messages_out_total", "Actor messages and replies sent to other nodes", s.gateway.messages_out);
+    counter("troupe_runtime_messages_out_total", "Actor messages and replies sent to other nodes", s.bridge.messages_out);
     counter("troupe_runtime_messages_in_total", "Actor messages and replies received from other nodes",
-            s.gateway.messages_in);
-    gauge("troupe_runtime_requests_pending", "Requests to remote actors awaiting a reply", s.gateway.requests_pending);
+            s.bridge.messages_in);
+    gauge("troupe_runtime_requests_pending", "Requests to remote actors awaiting a reply", s.bridge.requests_pending);
     counter("troupe_runtime_requests_failed_fast_total", "Pending requests failed because their node was lost",
-            s.gateway.requests_failed_fast);
+            s.bridge.requests_failed_fast);
     counter("troupe_runtime_error_replies_total", "Requests from peers answered with an error by the runtime",
-            s.gateway.error_replies_sent);
-    counter("troupe_runtime_dropped_messages_total", "One-way messages that could not be delivered", s.gateway.dropped);
-    gauge("troupe_runtime_remote_proxies", "Proxies of remote actors alive now", s.gateway.proxies);
+            s.bridge.error_replies_sent);
+    counter("troupe_runtime_dropped_messages_total", "One-way messages that could not be delivered", s.bridge.dropped);
+    gauge("troupe_runtime_remote_proxies", "Proxies of remote actors alive now", s.bridge.proxies);
     counter("troupe_runtime_nodes_lost_total", "Peer nodes lost (transport failure or missed heartbeats)",
-            s.gateway.nodes_lost);
+            s.bridge.nodes_lost);
     {
       prometheus::MetricFamily f{"troupe_runtime_request_latency_seconds",
                                  "Round trip of requests to remote actors (sent to reply delivered)",
@@ -151,13 +151,13 @@ MetricsSource RuntimeMetrics(Runtime& runtime) {
       m.label.push_back({"node", node});
       uint64_t cumulative = 0;
       for (size_t i = 0; i < kLatencyBucketCount; ++i) {
-        cumulative += s.gateway.latency_buckets[i];
+        cumulative += s.bridge.latency_buckets[i];
         m.histogram.bucket.push_back({cumulative, kLatencyBuckets[i]});
       }
-      cumulative += s.gateway.latency_buckets[kLatencyBucketCount];
+      cumulative += s.bridge.latency_buckets[kLatencyBucketCount];
       m.histogram.bucket.push_back({cumulative, std::numeric_limits<double>::infinity()});
-      m.histogram.sample_count = s.gateway.latency_count;
-      m.histogram.sample_sum = s.gateway.latency_sum_seconds;
+      m.histogram.sample_count = s.bridge.latency_count;
+      m.histogram.sample_sum = s.bridge.latency_sum_seconds;
       f.metric.push_back(std::move(m));
       out.push_back(std::move(f));
     }
@@ -182,7 +182,7 @@ MetricsSource RuntimeMetrics(Runtime& runtime) {
       out.push_back(std::move(bytes));
     }
     counter("troupe_runtime_heartbeat_timeouts_total", "Peers disconnected for missed heartbeats",
-            s.gateway.heartbeat_timeouts);
+            s.bridge.heartbeat_timeouts);
   };
 }
 

@@ -1,5 +1,5 @@
 // Metrics: a Prometheus endpoint per process (prometheus-cpp), whose values are read from their
-// sources at scrape time, and the families that describe a runtime (transport and gateway).
+// sources at scrape time, and the families that describe a runtime (transport and bridge).
 #pragma once
 
 #include <prometheus/metric_family.h>
@@ -47,7 +47,7 @@ prometheus::MetricFamily GaugeFamily(const std::string& name, const std::string&
 void AddSample(prometheus::MetricFamily& family, double value,
                std::vector<std::pair<std::string, std::string>> labels = {});
 
-/// The runtime's metrics: transport frames/bytes/errors/rejections/peers and gateway
+/// The runtime's metrics: transport frames/bytes/errors/rejections/peers and bridge
 /// messages/requests/proxies/node losses, all labelled node="<name>".
 MetricsSource RuntimeMetrics(Runtime& runtime);
 

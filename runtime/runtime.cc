@@ -73,25 +73,25 @@ Status Runtime::StartImpl() {
   tcfg.node_name = config_.node_name;
   transport_ = std::make_unique<transport::UcxTransport>(std::move(tcfg));
 
-  GatewayConfig gcfg;
+  BridgeConfig gcfg;
   gcfg.request_ttl = config_.request_ttl;
   gcfg.max_pending_requests = config_.max_pending_requests;
   gcfg.heartbeat_timeout = config_.heartbeat_timeout;
   gcfg.run_actors_on_progress_thread = config_.run_actors_on_progress_thread;
-  gateway_ = std::make_shared<Gateway>(*system_, *transport_, codecs_, gcfg, clock_, incarnation_);
-  gateway_->Start();
-  gateway_->set_control_handler(this);
+  bridge_ = std::make_shared<Bridge>(*system_, *transport_, codecs_, gcfg, clock_, incarnation_);
+  bridge_->Start();
+  bridge_->set_control_handler(this);
 
-  Status started = transport_->Start(gateway_->Handler());
+  Status started = transport_->Start(bridge_->Handler());
   if (!started.ok()) {
-    gateway_->Shutdown();
+    bridge_->Shutdown();
     return started;
   }
   ticker_ = std::thread([this] {
     std::unique_lock<std::mutex> lock(ticker_mu_);
     while (!ticker_cv_.wait_for(lock, config_.heartbeat_interval, [this] { return stopping_; })) {
       lock.unlock();
-      gateway_->Tick();
+      bridge_->Tick();
       lock.lock();
     }
   });
@@ -111,7 +111,7 @@ void Runtime::Stop() {
   }
   ticker_cv_.notify_all();
   if (ticker_.joinable()) ticker_.join();
-  if (gateway_) gateway_->Shutdown();
+  if (bridge_) bridge_->Shutdown();
   if (transport_) transport_->Stop();
   {
     std::lock_guard<std::mutex> lock(names_->mu);
@@ -134,11 +134,11 @@ bool Runtime::AwaitActors(std::chrono::milliseconds limit) {
 }
 
 ActorRef Runtime::Ref(const caf::actor& actor) const {
-  return gateway_->RefOf(caf::actor_cast<caf::strong_actor_ptr>(actor));
+  return bridge_->RefOf(caf::actor_cast<caf::strong_actor_ptr>(actor));
 }
-ActorRef Runtime::Ref(const caf::strong_actor_ptr& actor) const { return gateway_->RefOf(actor); }
+ActorRef Runtime::Ref(const caf::strong_actor_ptr& actor) const { return bridge_->RefOf(actor); }
 
-void Runtime::AddNode(NodeId node, const std::string& address) { gateway_->AddNode(node, address); }
+void Runtime::AddNode(NodeId node, const std::string& address) { bridge_->AddNode(node, address); }
 
 Status Runtime::RegisterName(const std::string& name, const ActorRef& ref) {
   if (name.empty()) return InvalidArgumentError("actor name is empty");
@@ -180,15 +180,15 @@ StatusOr<ActorRef> Runtime::LookupForPeer(const std::string& name) {
 
 
 StatusOr<ActorRef> Runtime::Await(std::chrono::milliseconds timeout,
-                                  const std::function<void(Gateway::RefCallback)>& start) {
+                                  const std::function<void(Bridge::RefCallback)>& start) {
   auto promise = std::make_shared<std::promise<StatusOr<ActorRef>>>();
   auto future = promise->get_future();
   start([promise](StatusOr<ActorRef> result) { promise->set_value(std::move(result)); });
-  // The gateway answers by the deadline (its sweep runs every heartbeat interval); this
+  // The bridge answers by the deadline (its sweep runs every heartbeat interval); this
   // bound only guards against a bug there.
   if (future.wait_for(timeout + 4 * config_.heartbeat_interval + std::chrono::seconds(1)) !=
       std::future_status::ready) {
-    return InternalError("no answer from the gateway after the request deadline");
+    return InternalError("no answer from the bridge after the request deadline");
   }
   return future.get();
 }
@@ -196,8 +196,8 @@ StatusOr<ActorRef> Runtime::Await(std::chrono::milliseconds timeout,
 StatusOr<ActorRef> Runtime::LookupName(NodeId node, const std::string& name, std::chrono::milliseconds timeout) {
   if (node == node_id_) return LookupForPeer(name);
   Buffer payload = EncodeFlat<wire::NameLookup>([&](wire::NameLookup::Builder b) { b.setName(name); });
-  return Await(timeout, [&](Gateway::RefCallback done) {
-    gateway_->ControlRequest(node, kNameLookup, std::move(payload), timeout, std::move(done));
+  return Await(timeout, [&](Bridge::RefCallback done) {
+    bridge_->ControlRequest(node, kNameLookup, std::move(payload), timeout, std::move(done));
   });
 }
 
@@ -247,7 +247,7 @@ StatusOr<ActorRef> Runtime::SpawnForPeer(const std::string& type_name, uint32_t 
                                          size_t args_size) {
   caf::message msg;
   if (args_type_id != 0) {
-    auto decoded = codecs_.Decode(args_type_id, args, args_size, *gateway_);
+    auto decoded = codecs_.Decode(args_type_id, args, args_size, *bridge_);
     if (!decoded.ok()) {
       return InvalidArgumentError("spawning '" + type_name + "': arguments: " + decoded.status().message());
     }
@@ -262,7 +262,7 @@ StatusOr<ActorRef> Runtime::SpawnOnImpl(NodeId node, const std::string& type_nam
   uint32_t args_type_id = 0;
   Buffer args_bytes;
   if (!args.empty()) {
-    auto encoded = codecs_.Encode(args, *gateway_);
+    auto encoded = codecs_.Encode(args, *bridge_);
     if (!encoded.ok()) {
       return InvalidArgumentError("spawning '" + type_name + "': arguments: " + encoded.status().message());
     }
@@ -274,11 +274,11 @@ StatusOr<ActorRef> Runtime::SpawnOnImpl(NodeId node, const std::string& type_nam
     b.setArgsTypeId(args_type_id);
     b.setArgs(kj::arrayPtr(args_bytes.data(), args_bytes.size()));
   });
-  return Await(timeout, [&](Gateway::RefCallback done) {
-    gateway_->ControlRequest(node, kSpawnRequest, std::move(payload), timeout, std::move(done));
+  return Await(timeout, [&](Bridge::RefCallback done) {
+    bridge_->ControlRequest(node, kSpawnRequest, std::move(payload), timeout, std::move(done));
   });
 }
 
-RuntimeStats Runtime::stats() const { return RuntimeStats{gateway_->stats(), transport_->stats()}; }
+RuntimeStats Runtime::stats() const { return RuntimeStats{bridge_->stats(), transport_->stats()}; }
 
 }  // namespace troupe::runtime

@@ -1,4 +1,4 @@
-// Runtime: one per process. It owns the CAF actor system, the transport and the gateway
+// Runtime: one per process. It owns the CAF actor system, the transport and the bridge
 // between them, and gives the process its node identity, named actors and remote spawn.
 #pragma once
 
@@ -18,7 +18,7 @@
 #include "common/status.h"
 #include "runtime/actor_ref.h"
 #include "runtime/codec.h"
-#include "runtime/gateway.h"
+#include "runtime/bridge.h"
 #include "runtime/mailbox_depth.h"
 #include "runtime/supervisor.h"
 #include "transport/ucx_options.h"
@@ -43,10 +43,10 @@ struct RuntimeConfig {
   /// see hung processes).
   std::chrono::milliseconds heartbeat_interval{100};
   std::chrono::milliseconds heartbeat_timeout{1000};
-  /// See GatewayConfig.
+  /// See BridgeConfig.
   std::chrono::milliseconds request_ttl{60000};
   size_t max_pending_requests = size_t{1} << 20;
-  /// See GatewayConfig::run_actors_on_progress_thread.
+  /// See BridgeConfig::run_actors_on_progress_thread.
   bool run_actors_on_progress_thread = true;
 };
 
@@ -55,7 +55,7 @@ Status ValidateRuntimeConfig(const RuntimeConfig& config);
 
 /// Counters of the runtime and its transport.
 struct RuntimeStats {
-  GatewayStats gateway;
+  BridgeStats bridge;
   transport::TransportStats transport;
 };
 
@@ -73,7 +73,7 @@ class Runtime : private ControlHandler {
   using Factory = std::function<StatusOr<caf::actor>(caf::actor_system&, const Args&)>;
   using PlainFactory = std::function<StatusOr<caf::actor>(caf::actor_system&)>;
 
-  /// Starts CAF, the transport (listening) and the gateway. `codecs` lists the message types
+  /// Starts CAF, the transport (listening) and the bridge. `codecs` lists the message types
   /// that may cross nodes; the runtime adds its own.
   static StatusOr<std::unique_ptr<Runtime>> Start(RuntimeConfig config, CodecRegistry codecs = {},
                                                   const Clock& clock = SteadyClock::Instance());
@@ -81,7 +81,7 @@ class Runtime : private ControlHandler {
   Runtime(const Runtime&) = delete;
   Runtime& operator=(const Runtime&) = delete;
 
-  /// Stops the heartbeats, the gateway (killing every proxy, so watchers of remote actors get
+  /// Stops the heartbeats, the bridge (killing every proxy, so watchers of remote actors get
   /// their down message) and the transport. Local actors are not ended: see AwaitActors.
   void Stop();
   /// Waits until no actor of this process runs, at most `limit`; false if some still do. The
@@ -149,7 +149,7 @@ class Runtime : private ControlHandler {
   /// Mailbox depths sampled by troupe's own actors (runtime/mailbox_depth.h).
   MailboxDepths& mailbox_depths() { return *mailbox_depths_; }
   transport::UcxTransport& transport() { return *transport_; }
-  Gateway& gateway() { return *gateway_; }
+  Bridge& bridge() { return *bridge_; }
 
  private:
   using ErasedFactory = std::function<StatusOr<caf::actor>(caf::actor_system&, const caf::message&)>;
@@ -161,7 +161,7 @@ class Runtime : private ControlHandler {
   StatusOr<ActorRef> SpawnOnImpl(NodeId node, const std::string& type_name, caf::message args,
                                  std::chrono::milliseconds timeout);
   StatusOr<ActorRef> Await(std::chrono::milliseconds timeout,
-                           const std::function<void(Gateway::RefCallback)>& start);
+                           const std::function<void(Bridge::RefCallback)>& start);
   StatusOr<ActorRef> SpawnForPeer(const std::string& type_name, uint32_t args_type_id, const uint8_t* args,
                                   size_t args_size) override;
   StatusOr<ActorRef> LookupForPeer(const std::string& name) override;
@@ -180,7 +180,7 @@ class Runtime : private ControlHandler {
   std::unique_ptr<caf::actor_system_config> caf_config_;
   std::unique_ptr<caf::actor_system> system_;
   std::unique_ptr<transport::UcxTransport> transport_;
-  std::shared_ptr<Gateway> gateway_;
+  std::shared_ptr<Bridge> bridge_;
   std::shared_ptr<Names> names_;
 
   std::mutex factories_mu_;

@@ -25,7 +25,7 @@
 #include "bench/actors/bench_messages.capnp.h"
 #include "common/child_process.h"
 #include "common/logging.h"
-#include "runtime/gateway.h"
+#include "runtime/bridge.h"
 #include "runtime/internal/lazy_clock.h"
 #include "runtime/runtime.h"
 
@@ -227,10 +227,10 @@ StatusOr<Figures> RunCaf(const Options& o) {
   return figures;
 }
 
-// ---- in process: two gateways joined by a frame queue, no transport ----
+// ---- in process: two bridges joined by a frame queue, no transport ----
 
-// Hands each frame straight to the other gateway's OnFrame on one loop thread: what is left of
-// a round trip is the runtime's own CPU work (both sides: codecs, gateways, CAF), with no wire,
+// Hands each frame straight to the other bridge's OnFrame on one loop thread: what is left of
+// a round trip is the runtime's own CPU work (both sides: codecs, bridges, CAF), with no wire,
 // no UCX and no second core. A profiling figure (--only inproc), not a target.
 class LoopTransport final : public transport::Transport {
  public:
@@ -282,17 +282,17 @@ struct LoopNode {
     cfg.set("scheduler.max-threads", 2);
     runtime::internal::InstallLazyClock(cfg);
     system.emplace(cfg);
-    gateway = std::make_shared<runtime::Gateway>(*system, transport, codecs, runtime::GatewayConfig{},
+    bridge = std::make_shared<runtime::Bridge>(*system, transport, codecs, runtime::BridgeConfig{},
                                                  SteadyClock::Instance(), static_cast<uint32_t>(id));
-    gateway->Start();
-    (void)transport.Start(gateway->Handler());
+    bridge->Start();
+    (void)transport.Start(bridge->Handler());
   }
-  ~LoopNode() { gateway->Shutdown(); }
+  ~LoopNode() { bridge->Shutdown(); }
 
   caf::actor_system_config cfg;
   LoopTransport transport;
   std::optional<caf::actor_system> system;
-  std::shared_ptr<runtime::Gateway> gateway;
+  std::shared_ptr<runtime::Bridge> bridge;
 };
 
 double InProcessRoundTripUs(const Options& o) {
@@ -316,8 +316,8 @@ double InProcessRoundTripUs(const Options& o) {
       lock.unlock();
       // Heartbeats and the pending-request sweep, as the runtime's ticker would run them.
       if (++turns % 16384 == 0) {
-        client->gateway->Tick();
-        server->gateway->Tick();
+        client->bridge->Tick();
+        server->bridge->Tick();
       }
       for (auto& [to, frame] : batch) {
         transport::NodeId from = to == &server->transport ? 1 : 2;
@@ -330,8 +330,8 @@ double InProcessRoundTripUs(const Options& o) {
   });
   auto echo = server->system->spawn([]() -> caf::behavior { return {[](Ping& p) { return Pong{p.value}; }}; });
   auto echo_ptr = caf::actor_cast<caf::strong_actor_ptr>(echo);
-  server->gateway->Publish(echo_ptr);
-  runtime::ActorRef remote = client->gateway->RefTo(2, server->gateway->RefOf(echo_ptr).id());
+  server->bridge->Publish(echo_ptr);
+  runtime::ActorRef remote = client->bridge->RefTo(2, server->bridge->RefOf(echo_ptr).id());
   uint64_t n = o.count ? o.count : o.quick ? 20000 : 200000;
   caf::actor target = remote.handle();
   Drive<Ping, Pong>(*client->system, target, n / 10, 1, [](uint64_t i) { return Ping{i}; });

@@ -170,7 +170,7 @@ class Client {
     return env;
   }
 
-  // Ping-pong driven from the progress thread, as the runtime's gateway will drive it.
+  // Ping-pong driven from the progress thread, as the runtime's bridge will drive it.
   double Latency(size_t size, int iterations) {
     PingPong(size, std::max(10, iterations / 10));  // warm-up
     auto start = Clock::now();
@@ -204,7 +204,7 @@ class Client {
   }
 
   // Streams `count` frames with at most `window` in flight, each completion sending the
-  // next frame from the progress thread (how the runtime's gateway will pipeline, and how
+  // next frame from the progress thread (how the runtime's bridge will pipeline, and how
   // ucx_perftest drives UCX). Returns seconds until the server acknowledged the last one.
   double StreamFromProgressThread(size_t size, int count, int window) {
     std::promise<uint64_t> acked;

@@ -24,7 +24,7 @@ namespace troupe::runtime::internal {
 /// machine cost more than the request itself. CAF never cancels a request's timer when the
 /// reply comes (the timer fires later and its timeout is dropped; only an actor's exit clears
 /// its timers), so the table would also hold every request of the last timeout period; troupe's
-/// gateway cancels the timer of each remote request it answers.
+/// bridge cancels the timer of each remote request it answers.
 ///
 /// This clock queues timer changes and wakes its thread only when a change moves the next due
 /// time earlier, or once `kBatch` changes have queued up. Its thread applies queued changes in
@@ -113,7 +113,7 @@ class LazyClock final : public caf::detail::thread_safe_actor_clock {
   /// Turns each request timer that `batch` also cancels, and that cancellation, into kNone:
   /// the timer could not fire in between (a batch is applied whole before anything fires), so
   /// neither needs to reach the table. Either order counts: CAF sets a request's timer just
-  /// after sending the request, so a fast reply's cancellation (from the gateway) can come
+  /// after sending the request, so a fast reply's cancellation (from the bridge) can come
   /// first; for that reason a timer set in the batch after its cancellation is dropped too.
   /// Request ids are never reused by an actor, so no later timer can match by accident.
   void CancelOut(std::vector<Change>& batch);

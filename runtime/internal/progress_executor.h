@@ -15,7 +15,7 @@ namespace troupe::runtime::internal {
 /// Jobs (actors) scheduled while the progress thread delivers frames. Drain() runs them on the
 /// calling thread: each for at most `max_throughput` messages, at most `max_jobs` per drain;
 /// whatever is left, or wants to run longer, goes to CAF's own scheduler. Owned by the
-/// Gateway; used only on the progress thread (or the thread that calls Gateway::OnFrame).
+/// Bridge; used only on the progress thread (or the thread that calls Bridge::OnFrame).
 class ProgressExecutor final : public caf::execution_unit {
  public:
   ProgressExecutor(caf::actor_system& system, size_t max_jobs, size_t max_throughput)

@@ -1,5 +1,5 @@
 // FakeRefCodec: actor references travel as (node, actor) and come back dangling, so codecs can be
-// tested (and fuzzed) without a gateway.
+// tested (and fuzzed) without a bridge.
 #pragma once
 
 #include "runtime/codec.h"

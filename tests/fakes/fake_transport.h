@@ -1,5 +1,5 @@
 // FakeTransport: a Transport that records what is sent and lets a test inject frames and
-// failures, for deterministic unit tests of the layer above (the runtime's gateway).
+// failures, for deterministic unit tests of the layer above (the runtime's bridge).
 #pragma once
 
 #include <chrono>

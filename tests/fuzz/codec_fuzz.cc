@@ -32,7 +32,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static troupe::fuzz::FakeRefCodec refs;
   if (size < 2) return 0;
   const uint32_t pick = (uint32_t{data[0]} << 8 | data[1]) % registry.type_ids.size();
-  // A copy: the gateway hands decoders word-aligned buffers it owns.
+  // A copy: the bridge hands decoders word-aligned buffers it owns.
   troupe::Buffer payload = troupe::Buffer::CopyOf(data + 2, size - 2);
   auto decoded = registry.codecs.Decode(registry.type_ids[pick], payload, refs);
   if (decoded.ok()) {

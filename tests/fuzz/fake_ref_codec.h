@@ -1,4 +1,4 @@
-// A RefCodec for the fuzz targets: refs come back dangling, so decoding needs no gateway.
+// A RefCodec for the fuzz targets: refs come back dangling, so decoding needs no bridge.
 #pragma once
 
 #include "runtime/codec.h"

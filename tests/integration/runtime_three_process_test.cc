@@ -266,7 +266,7 @@ TEST_F(RuntimeThreeProcess, SigstopFiresTheMonitorWithinTheHeartbeatTimeout) {
 }
 
 TEST_F(RuntimeThreeProcess, AnActorThatNeverExistedGetsAnError) {
-  ActorRef ghost = rt_->gateway().RefTo(kNodeB, runtime::MakeWireActorId(b_.incarnation, 999999));
+  ActorRef ghost = rt_->bridge().RefTo(kNodeB, runtime::MakeWireActorId(b_.incarnation, 999999));
   auto reply = ghost.Request<Count>(Get{}, 5s);
   EXPECT_EQ(reply.status().code(), StatusCode::kNotFound) << reply.status();
   std::promise<Status> down;
@@ -276,7 +276,7 @@ TEST_F(RuntimeThreeProcess, AnActorThatNeverExistedGetsAnError) {
   ASSERT_TRUE(reason) << "monitoring a never-existing actor did not fire";
   EXPECT_EQ(reason->code(), StatusCode::kNotFound) << *reason;
   // An id from an earlier incarnation of B is refused the same way.
-  ActorRef stale = rt_->gateway().RefTo(kNodeB, runtime::MakeWireActorId(b_.incarnation ^ 1, 1));
+  ActorRef stale = rt_->bridge().RefTo(kNodeB, runtime::MakeWireActorId(b_.incarnation ^ 1, 1));
   EXPECT_EQ(stale.Request<Count>(Get{}, 5s).status().code(), StatusCode::kNotFound);
   // A message without a codec is refused before it leaves.
   ActorRef counter = Lookup(kNodeB, "counter");

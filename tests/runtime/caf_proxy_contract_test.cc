@@ -1,7 +1,7 @@
-// Pins the CAF 0.17.6 behaviour that troupe's runtime gateway (issue: location-transparent
-// actors) builds on: what a forwarding_actor_proxy hands its gateway, how replies route
+// Pins the CAF 0.17.6 behaviour that troupe's runtime bridge (issue: location-transparent
+// actors) builds on: what a forwarding_actor_proxy hands its bridge, how replies route
 // back, what monitoring a proxy does, and what kill_proxy does and does not do. If a CAF
-// upgrade changes any of this, these tests say so before the gateway misbehaves.
+// upgrade changes any of this, these tests say so before the bridge misbehaves.
 #include <caf/all.hpp>
 #include <caf/forwarding_actor_proxy.hpp>
 #include <gtest/gtest.h>
@@ -16,8 +16,8 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// What the test gateway saw, guarded by a mutex (the gateway runs on CAF's scheduler).
-struct GatewayLog {
+// What the test bridge saw, guarded by a mutex (the bridge runs on CAF's scheduler).
+struct BridgeLog {
   std::mutex mu;
   std::vector<std::string> forwarded;   // message contents
   std::vector<caf::actor_id> destinations;
@@ -36,8 +36,8 @@ class CafProxyContract : public ::testing::Test {
   CafProxyContract() : system_(SharingConfig(config_)) {}
 
   void SetUp() override {
-    GatewayLog* log = &log_;
-    gateway_ = system_.spawn([log](caf::event_based_actor* self) -> caf::behavior {
+    BridgeLog* log = &log_;
+    bridge_ = system_.spawn([log](caf::event_based_actor* self) -> caf::behavior {
       return {
           [=](caf::forward_atom, caf::strong_actor_ptr& src, std::vector<caf::strong_actor_ptr>&,
               caf::strong_actor_ptr& dest, caf::message_id mid, caf::message& msg) {
@@ -65,13 +65,13 @@ class CafProxyContract : public ::testing::Test {
     ASSERT_TRUE(node);
     caf::actor_config actor_cfg;
     proxy_ = caf::make_actor<caf::forwarding_actor_proxy, caf::strong_actor_ptr>(kRemoteId, *node, &system_,
-                                                                                actor_cfg, gateway_);
+                                                                                actor_cfg, bridge_);
     remote_ = caf::actor_cast<caf::actor>(proxy_);
   }
 
-  void TearDown() override { caf::anon_send_exit(gateway_, caf::exit_reason::user_shutdown); }
+  void TearDown() override { caf::anon_send_exit(bridge_, caf::exit_reason::user_shutdown); }
 
-  // Waits (bounded) until the gateway has seen `n` forwarded messages.
+  // Waits (bounded) until the bridge has seen `n` forwarded messages.
   bool WaitForwarded(size_t n) {
     auto deadline = std::chrono::steady_clock::now() + 5s;
     while (std::chrono::steady_clock::now() < deadline) {
@@ -87,16 +87,16 @@ class CafProxyContract : public ::testing::Test {
   static constexpr caf::actor_id kRemoteId = 7;
   caf::actor_system_config config_;
   caf::actor_system system_;
-  GatewayLog log_;
-  caf::actor gateway_;
+  BridgeLog log_;
+  caf::actor bridge_;
   caf::strong_actor_ptr proxy_;
   caf::actor remote_;
 };
 
-TEST_F(CafProxyContract, SendToAProxyReachesTheGatewayAsForwardAtomWithTheRemoteId) {
+TEST_F(CafProxyContract, SendToAProxyReachesTheBridgeAsForwardAtomWithTheRemoteId) {
   caf::scoped_actor self{system_};
   self->send(remote_, int32_t{42});
-  ASSERT_TRUE(WaitForwarded(1)) << "the gateway never saw the message";
+  ASSERT_TRUE(WaitForwarded(1)) << "the bridge never saw the message";
   std::lock_guard<std::mutex> lock(log_.mu);
   EXPECT_EQ(log_.forwarded[0], "(42)");
   EXPECT_EQ(log_.destinations[0], kRemoteId);
@@ -115,9 +115,9 @@ TEST_F(CafProxyContract, AReplyEnqueuedWithTheResponseIdReachesTheRequester) {
   EXPECT_TRUE(log_.was_request[0]);
 }
 
-TEST_F(CafProxyContract, CreatingAProxyAsksTheGatewayToMonitorTheRemoteActor) {
-  // make_actor<forwarding_actor_proxy> sends (monitor_atom, proxy) to its gateway: the
-  // gateway learns of every proxy and must watch the remote actor (remote monitoring),
+TEST_F(CafProxyContract, CreatingAProxyAsksTheBridgeToMonitorTheRemoteActor) {
+  // make_actor<forwarding_actor_proxy> sends (monitor_atom, proxy) to its bridge: the
+  // bridge learns of every proxy and must watch the remote actor (remote monitoring),
   // whether or not a local actor ever monitors the proxy.
   auto deadline = std::chrono::steady_clock::now() + 5s;
   int seen = 0;
@@ -126,7 +126,7 @@ TEST_F(CafProxyContract, CreatingAProxyAsksTheGatewayToMonitorTheRemoteActor) {
     seen = log_.monitor_requests;
   }
   EXPECT_EQ(seen, 1) << "no (monitor_atom, proxy) from proxy creation";
-  // A local monitor on the proxy adds nothing for the gateway: it is kept by the proxy.
+  // A local monitor on the proxy adds nothing for the bridge: it is kept by the proxy.
   caf::scoped_actor self{system_};
   self->monitor(remote_);
   self->send(remote_, int32_t{1});  // a marker that arrives after anything monitor() sent

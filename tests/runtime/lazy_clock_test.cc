@@ -138,7 +138,7 @@ TEST(LazyClock, ARequestTimerCancelledRightAfterItWasSetLeavesNothingForTheClock
 }
 
 TEST(LazyClock, ARequestTimerCancelledInItsBatchNeverReachesTheTimerTable) {
-  // CAF 0.17 never cancels a request's timer itself; troupe's gateway cancels it when the reply
+  // CAF 0.17 never cancels a request's timer itself; troupe's bridge cancels it when the reply
   // arrives. A timer and its cancellation queued in the same batch cancel out there.
   System s;
   auto requester = s.system->spawn([]() -> caf::behavior { return {[](int) {}}; });

@@ -53,8 +53,8 @@ TEST(RuntimeMetrics, TransportCountersAndBatchesAreExported) {
     }};
   });
   // What encoding the ref into a message would do: b publishes it, a makes a proxy of it.
-  b->gateway().Publish(caf::actor_cast<caf::strong_actor_ptr>(fan.handle()));
-  runtime::ActorRef remote_fan = a->gateway().RefTo(b->node_id(), fan.id());
+  b->bridge().Publish(caf::actor_cast<caf::strong_actor_ptr>(fan.handle()));
+  runtime::ActorRef remote_fan = a->bridge().RefTo(b->node_id(), fan.id());
   ASSERT_TRUE(remote_fan.valid());
   auto counter = a->Spawn(Counter, int64_t{0});
   caf::send_as(counter.handle(), remote_fan.handle(), Add{20});

@@ -1,5 +1,5 @@
-// Gateway: the bridge between CAF and the transport. Remote actors appear in this process as
-// proxies whose messages reach the gateway; frames from peers become messages to local actors.
+// Bridge: the bridge between CAF and the transport. Remote actors appear in this process as
+// proxies whose messages reach the bridge; frames from peers become messages to local actors.
 #pragma once
 
 #include <caf/actor.hpp>
@@ -31,7 +31,7 @@
 
 namespace troupe::runtime {
 
-struct GatewayConfig {
+struct BridgeConfig {
   /// How long a request to a remote actor is remembered for routing its reply and for failing
   /// it fast when the node is lost. CAF times the request out on its own; this only bounds the
   /// table. Requests with longer timeouts still work but lose the fail-fast on node loss.
@@ -59,12 +59,12 @@ inline constexpr double kLatencyBuckets[] = {10e-6,  40e-6,  160e-6, 640e-6, 2.5
 inline constexpr size_t kLatencyBucketCount = sizeof(kLatencyBuckets) / sizeof(kLatencyBuckets[0]);
 
 /// Counters since start; read from any thread.
-struct GatewayStats {
+struct BridgeStats {
   uint64_t messages_out = 0;         ///< messages and replies handed to the transport
   uint64_t messages_in = 0;          ///< messages and replies delivered to local actors
   uint64_t requests_pending = 0;     ///< remote requests awaiting a reply now
   uint64_t requests_failed_fast = 0; ///< pending requests failed because their node was lost
-  uint64_t error_replies_sent = 0;   ///< requests from peers answered with an error by the gateway
+  uint64_t error_replies_sent = 0;   ///< requests from peers answered with an error by the bridge
   uint64_t dropped = 0;              ///< one-way messages that could not be encoded, decoded or delivered
   uint64_t late_replies = 0;         ///< replies for requests no longer pending
   uint64_t proxies = 0;              ///< proxies of remote actors alive now
@@ -77,7 +77,7 @@ struct GatewayStats {
   double latency_sum_seconds = 0;
 };
 
-/// What the gateway asks its runtime to do for peers: spawn and name lookup.
+/// What the bridge asks its runtime to do for peers: spawn and name lookup.
 class ControlHandler {
  public:
   virtual ~ControlHandler() = default;
@@ -93,13 +93,13 @@ class ControlHandler {
 ///
 /// Lifecycle: constructed -> Start() -> running -> Shutdown() (final: proxies are killed,
 /// pending requests fail with Cancelled, later messages are refused).
-class Gateway : public RefCodec, public std::enable_shared_from_this<Gateway> {
+class Bridge : public RefCodec, public std::enable_shared_from_this<Bridge> {
  public:
-  Gateway(caf::actor_system& system, transport::Transport& transport, const CodecRegistry& codecs,
-          GatewayConfig config, const Clock& clock, uint32_t incarnation);
-  ~Gateway() override;
+  Bridge(caf::actor_system& system, transport::Transport& transport, const CodecRegistry& codecs,
+          BridgeConfig config, const Clock& clock, uint32_t incarnation);
+  ~Bridge() override;
 
-  /// Creates the gateway's CAF face. Call once, before the transport starts.
+  /// Creates the bridge's CAF face. Call once, before the transport starts.
   void Start();
   void Shutdown();
   void set_control_handler(ControlHandler* handler) { control_ = handler; }
@@ -111,7 +111,7 @@ class Gateway : public RefCodec, public std::enable_shared_from_this<Gateway> {
 
   // ---- Transport side (progress thread) ----
   /// The handler to start the transport with: it hands frames and peer events to the three
-  /// calls below. The gateway must outlive the transport's run.
+  /// calls below. The bridge must outlive the transport's run.
   transport::TransportHandler Handler();
   void OnFrame(NodeId peer, transport::Frame frame);
   void OnPeerConnected(NodeId peer);
@@ -152,7 +152,7 @@ class Gateway : public RefCodec, public std::enable_shared_from_this<Gateway> {
   void ControlRequest(NodeId node, uint32_t type_id, Buffer payload, Clock::Duration timeout,
                       RefCallback done);
 
-  GatewayStats stats() const;
+  BridgeStats stats() const;
   /// How long nothing has come from `node` (nullopt if it is not connected).
   std::optional<Clock::Duration> Silence(NodeId node) const;
 
@@ -208,7 +208,7 @@ class Gateway : public RefCodec, public std::enable_shared_from_this<Gateway> {
   caf::actor_system& system_;
   transport::Transport& transport_;
   const CodecRegistry& codecs_;
-  const GatewayConfig config_;
+  const BridgeConfig config_;
   const Clock& clock_;
   const NodeId self_;
   const uint32_t incarnation_;

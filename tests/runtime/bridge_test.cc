@@ -1,4 +1,4 @@
-// Gateway: deterministic tests against a FakeTransport and a ManualClock, with a real CAF
+// Bridge: deterministic tests against a FakeTransport and a ManualClock, with a real CAF
 // actor system (bounded waits only where a CAF thread answers).
 #include <gtest/gtest.h>
 
@@ -13,7 +13,7 @@
 #include "common/clock.h"
 #include "runtime/codec.h"
 #include "runtime/error.h"
-#include "runtime/gateway.h"
+#include "runtime/bridge.h"
 #include "runtime/internal/lazy_clock.h"
 #include "runtime/messages.capnp.h"
 #include "runtime/node_identity.h"
@@ -26,7 +26,7 @@ namespace {
 
 using namespace std::chrono_literals;
 using runtime::ActorRef;
-using runtime::Gateway;
+using runtime::Bridge;
 using transport::Frame;
 using transport::FrameHeader;
 
@@ -69,27 +69,27 @@ Status ErrorIn(const Frame& frame) {
   return read.ok() ? error : read;
 }
 
-class GatewayTest : public ::testing::Test {
+class BridgeTest : public ::testing::Test {
  protected:
-  GatewayTest() : system_(Sharing(cfg_)), transport_(kSelf) {}
+  BridgeTest() : system_(Sharing(cfg_)), transport_(kSelf) {}
 
-  void SetUp() override { Make(runtime::GatewayConfig{}); }
+  void SetUp() override { Make(runtime::BridgeConfig{}); }
   void TearDown() override {
-    if (gateway_) gateway_->Shutdown();
+    if (bridge_) bridge_->Shutdown();
   }
 
-  void Make(runtime::GatewayConfig config) {
-    if (gateway_) gateway_->Shutdown();
+  void Make(runtime::BridgeConfig config) {
+    if (bridge_) bridge_->Shutdown();
     codecs_ = runtime::CodecRegistry();
     ASSERT_TRUE(AddTestCodecs(codecs_).ok());
     ASSERT_TRUE(codecs_.AddRuntimeTypes().ok());
-    gateway_ = std::make_shared<Gateway>(system_, transport_, codecs_, config, clock_, kIncarnation);
-    gateway_->Start();
-    ASSERT_TRUE(transport_.Start(gateway_->Handler()).ok());
+    bridge_ = std::make_shared<Bridge>(system_, transport_, codecs_, config, clock_, kIncarnation);
+    bridge_->Start();
+    ASSERT_TRUE(transport_.Start(bridge_->Handler()).ok());
   }
 
   Buffer Encode(caf::message msg) {
-    auto encoded = codecs_.Encode(msg, *gateway_);
+    auto encoded = codecs_.Encode(msg, *bridge_);
     EXPECT_TRUE(encoded.ok()) << encoded.status();
     return std::move(encoded->payload);
   }
@@ -114,38 +114,38 @@ class GatewayTest : public ::testing::Test {
   FakeTransport transport_;
   ManualClock clock_;
   runtime::CodecRegistry codecs_;
-  std::shared_ptr<Gateway> gateway_;
+  std::shared_ptr<Bridge> bridge_;
 };
 
-TEST_F(GatewayTest, AProxyAsksItsNodeToMonitorTheActor) {
-  ActorRef ref = gateway_->RefTo(kPeer, 77);
+TEST_F(BridgeTest, AProxyAsksItsNodeToMonitorTheActor) {
+  ActorRef ref = bridge_->RefTo(kPeer, 77);
   ASSERT_TRUE(ref.valid());
   auto frame = WaitSent(runtime::kMonitorRequest);
   ASSERT_TRUE(frame) << "no monitor request for a new proxy";
   EXPECT_EQ(frame->header.dst_node, kPeer);
   EXPECT_EQ(frame->header.dst_actor, 77u);
-  EXPECT_EQ(gateway_->stats().proxies, 1u);
+  EXPECT_EQ(bridge_->stats().proxies, 1u);
 }
 
-TEST_F(GatewayTest, ARequestBecomesAFrameAndItsReplyReachesTheRequester) {
-  ActorRef ref = gateway_->RefTo(kPeer, 77);
+TEST_F(BridgeTest, ARequestBecomesAFrameAndItsReplyReachesTheRequester) {
+  ActorRef ref = bridge_->RefTo(kPeer, 77);
   auto reply = std::async(std::launch::async, [&] { return ref.Request<Count>(Get{}, 5s); });
   auto request = WaitSent(kGet, runtime::kFlagRequest);
   ASSERT_TRUE(request) << "the request never reached the transport";
-  EXPECT_EQ(gateway_->stats().requests_pending, 1u);
+  EXPECT_EQ(bridge_->stats().requests_pending, 1u);
   ReplyCount(*request, 42);
   auto count = reply.get();
   ASSERT_TRUE(count.ok()) << count.status();
   EXPECT_EQ(count->value, 42);
-  EXPECT_EQ(gateway_->stats().requests_pending, 0u);
-  EXPECT_EQ(gateway_->stats().latency_count, 1u) << "the round trip was not recorded in the latency histogram";
+  EXPECT_EQ(bridge_->stats().requests_pending, 0u);
+  EXPECT_EQ(bridge_->stats().latency_count, 1u) << "the round trip was not recorded in the latency histogram";
 }
 
-TEST_F(GatewayTest, AnAnsweredRequestLeavesNoTimerInTheClock) {
+TEST_F(BridgeTest, AnAnsweredRequestLeavesNoTimerInTheClock) {
   // CAF 0.17 keeps a request's timer until it fires (or its actor exits), answered or not; the
-  // gateway cancels it when it delivers the reply, and when it fails the request fast. The
+  // bridge cancels it when it delivers the reply, and when it fails the request fast. The
   // requester here lives on, as services do.
-  ActorRef ref = gateway_->RefTo(kPeer, 77);
+  ActorRef ref = bridge_->RefTo(kPeer, 77);
   ASSERT_EQ(TimersAfterFlush(system_), 0u) << "timers before any request";
   std::vector<caf::actor> requesters;
   for (int i = 0; i < 2; ++i) {
@@ -172,8 +172,8 @@ TEST_F(GatewayTest, AnAnsweredRequestLeavesNoTimerInTheClock) {
   for (auto& r : requesters) caf::anon_send_exit(r, caf::exit_reason::user_shutdown);
 }
 
-TEST_F(GatewayTest, NodeLossFailsPendingRequestsAndFiresMonitors) {
-  ActorRef ref = gateway_->RefTo(kPeer, 77);
+TEST_F(BridgeTest, NodeLossFailsPendingRequestsAndFiresMonitors) {
+  ActorRef ref = bridge_->RefTo(kPeer, 77);
   std::promise<Status> down;
   auto fired = down.get_future();
   ref.Monitor([&down](const Status& s) { down.set_value(s); });
@@ -188,30 +188,30 @@ TEST_F(GatewayTest, NodeLossFailsPendingRequestsAndFiresMonitors) {
   EXPECT_EQ(fired.get().code(), StatusCode::kUnavailable);
   // Later requests through the dead proxy fail at once.
   EXPECT_EQ(ref.Request<Count>(Get{}, 30s).status().code(), StatusCode::kUnavailable);
-  EXPECT_EQ(gateway_->stats().proxies, 0u);
+  EXPECT_EQ(bridge_->stats().proxies, 0u);
 }
 
-TEST_F(GatewayTest, AFailedSendFailsTheRequestFast) {
+TEST_F(BridgeTest, AFailedSendFailsTheRequestFast) {
   transport_.set_fail_sends(true);
-  ActorRef ref = gateway_->RefTo(kPeer, 78);
+  ActorRef ref = bridge_->RefTo(kPeer, 78);
   auto result = ref.Request<Count>(Get{}, 30s);
   EXPECT_EQ(result.status().code(), StatusCode::kUnavailable) << result.status();
 }
 
-TEST_F(GatewayTest, HeartbeatsGoToConnectedPeersAndSilenceDisconnects) {
-  runtime::GatewayConfig config;
+TEST_F(BridgeTest, HeartbeatsGoToConnectedPeersAndSilenceDisconnects) {
+  runtime::BridgeConfig config;
   config.heartbeat_timeout = 1000ms;
   Make(config);
   transport_.Connect(kPeer);
   transport_.Connect(3);
-  gateway_->Tick();
+  bridge_->Tick();
   EXPECT_TRUE(WaitSent(runtime::kHeartbeat)) << "no heartbeat";
   FrameHeader beat;
   beat.type_id = runtime::kHeartbeat;
   for (int round = 1; round <= 6; ++round) {  // ticks every 200 ms up to 1.2 s
     clock_.Advance(200ms);
     if (round == 3) transport_.Deliver(3, beat, Buffer());  // node 3 is alive, node 2 is silent
-    gateway_->Tick();
+    bridge_->Tick();
     if (round < 6) {
       EXPECT_TRUE(transport_.disconnected().empty()) << "round " << round;
     }
@@ -220,71 +220,71 @@ TEST_F(GatewayTest, HeartbeatsGoToConnectedPeersAndSilenceDisconnects) {
   ASSERT_EQ(disconnected.size(), 1u);
   EXPECT_EQ(disconnected[0].first, kPeer);
   EXPECT_EQ(disconnected[0].second.code(), StatusCode::kUnavailable);
-  EXPECT_EQ(gateway_->stats().heartbeat_timeouts, 1u);
-  EXPECT_EQ(gateway_->stats().nodes_lost, 1u);
+  EXPECT_EQ(bridge_->stats().heartbeat_timeouts, 1u);
+  EXPECT_EQ(bridge_->stats().nodes_lost, 1u);
 }
 
-TEST_F(GatewayTest, AStalledProcessDoesNotBlameItsPeers) {
+TEST_F(BridgeTest, AStalledProcessDoesNotBlameItsPeers) {
   transport_.Connect(kPeer);
-  gateway_->Tick();
+  bridge_->Tick();
   clock_.Advance(5s);  // this process did not run at all (suspended, overloaded)
-  gateway_->Tick();
+  bridge_->Tick();
   EXPECT_TRUE(transport_.disconnected().empty());
   for (int i = 0; i < 3; ++i) {  // then 1.2 s of silence, ticking normally
     clock_.Advance(400ms);
-    gateway_->Tick();
+    bridge_->Tick();
   }
   EXPECT_EQ(transport_.disconnected().size(), 1u) << "real silence after the stall must still count";
 }
 
-TEST_F(GatewayTest, ThePendingTableIsBoundedAndSwept) {
-  runtime::GatewayConfig config;
+TEST_F(BridgeTest, ThePendingTableIsBoundedAndSwept) {
+  runtime::BridgeConfig config;
   config.max_pending_requests = 2;
   config.request_ttl = 1000ms;
   Make(config);
-  ActorRef ref = gateway_->RefTo(kPeer, 79);
+  ActorRef ref = bridge_->RefTo(kPeer, 79);
   std::vector<std::future<StatusOr<Count>>> replies;
   for (int i = 0; i < 2; ++i) {
     replies.push_back(std::async(std::launch::async, [&] { return ref.Request<Count>(Get{}, 300ms); }));
     ASSERT_TRUE(WaitSent(kGet, runtime::kFlagRequest));
   }
-  EXPECT_EQ(gateway_->stats().requests_pending, 2u);
+  EXPECT_EQ(bridge_->stats().requests_pending, 2u);
   auto third = ref.Request<Count>(Get{}, 5s);
   EXPECT_EQ(third.status().code(), StatusCode::kResourceExhausted) << third.status();
   clock_.Advance(1001ms);
-  gateway_->Tick();
-  EXPECT_EQ(gateway_->stats().requests_pending, 0u) << "expired requests stayed in the table";
+  bridge_->Tick();
+  EXPECT_EQ(bridge_->stats().requests_pending, 0u) << "expired requests stayed in the table";
   for (auto& r : replies) EXPECT_EQ(r.get().status().code(), StatusCode::kDeadlineExceeded);
 }
 
-TEST_F(GatewayTest, AControlRequestTimesOutOnItsOwnTimeoutBehindLongerLivedActorRequests) {
-  runtime::GatewayConfig config;
+TEST_F(BridgeTest, AControlRequestTimesOutOnItsOwnTimeoutBehindLongerLivedActorRequests) {
+  runtime::BridgeConfig config;
   config.request_ttl = 10s;
   Make(config);
-  ActorRef ref = gateway_->RefTo(kPeer, 79);
+  ActorRef ref = bridge_->RefTo(kPeer, 79);
   auto actor_reply = std::async(std::launch::async, [&] { return ref.Request<Count>(Get{}, 30s); });
   auto request = WaitSent(kGet, runtime::kFlagRequest);
   ASSERT_TRUE(request);
   std::promise<StatusOr<ActorRef>> looked_up;
   auto lookup = looked_up.get_future();
-  gateway_->ControlRequest(kPeer, runtime::kNameLookup, Buffer(), 100ms,
+  bridge_->ControlRequest(kPeer, runtime::kNameLookup, Buffer(), 100ms,
                            [&](StatusOr<ActorRef> r) { looked_up.set_value(std::move(r)); });
-  EXPECT_EQ(gateway_->stats().requests_pending, 2u);
+  EXPECT_EQ(bridge_->stats().requests_pending, 2u);
   clock_.Advance(101ms);
-  gateway_->Tick();
+  bridge_->Tick();
   ASSERT_EQ(lookup.wait_for(0s), std::future_status::ready) << "the control request outlived its timeout";
   EXPECT_EQ(lookup.get().status().code(), StatusCode::kDeadlineExceeded);
-  EXPECT_EQ(gateway_->stats().requests_pending, 1u) << "the actor request went before its TTL";
+  EXPECT_EQ(bridge_->stats().requests_pending, 1u) << "the actor request went before its TTL";
   ReplyCount(*request, 7);
   auto reply = actor_reply.get();
   ASSERT_TRUE(reply.ok()) << reply.status();
   EXPECT_EQ(reply->value, 7);
 }
 
-TEST_F(GatewayTest, AnInboundRequestReachesTheActorAndTheReplyIsRouted) {
+TEST_F(BridgeTest, AnInboundRequestReachesTheActorAndTheReplyIsRouted) {
   auto counter = system_.spawn(Counter, int64_t{10});
-  ActorRef ref = gateway_->RefOf(caf::actor_cast<caf::strong_actor_ptr>(counter));
-  gateway_->Publish(caf::actor_cast<caf::strong_actor_ptr>(counter));
+  ActorRef ref = bridge_->RefOf(caf::actor_cast<caf::strong_actor_ptr>(counter));
+  bridge_->Publish(caf::actor_cast<caf::strong_actor_ptr>(counter));
   EXPECT_EQ(runtime::IncarnationOf(ref.id()), kIncarnation);
   FrameHeader header;
   header.dst_actor = ref.id();
@@ -297,16 +297,16 @@ TEST_F(GatewayTest, AnInboundRequestReachesTheActorAndTheReplyIsRouted) {
   ASSERT_TRUE(reply) << "no reply frame";
   EXPECT_EQ(reply->header.request_id, 9u);
   EXPECT_EQ(reply->header.dst_node, kPeer);
-  auto decoded = codecs_.Decode(kCount, reply->payload, *gateway_);
+  auto decoded = codecs_.Decode(kCount, reply->payload, *bridge_);
   ASSERT_TRUE(decoded.ok());
   EXPECT_EQ(decoded->get_as<Count>(0).value, 15);
   caf::anon_send_exit(counter, caf::exit_reason::user_shutdown);
 }
 
-TEST_F(GatewayTest, BadInboundRequestsGetErrorReplies) {
+TEST_F(BridgeTest, BadInboundRequestsGetErrorReplies) {
   auto counter = system_.spawn(Counter, int64_t{0});
-  ActorRef ref = gateway_->RefOf(caf::actor_cast<caf::strong_actor_ptr>(counter));
-  gateway_->Publish(caf::actor_cast<caf::strong_actor_ptr>(counter));
+  ActorRef ref = bridge_->RefOf(caf::actor_cast<caf::strong_actor_ptr>(counter));
+  bridge_->Publish(caf::actor_cast<caf::strong_actor_ptr>(counter));
   struct Case {
     uint64_t dst;
     uint32_t type;
@@ -327,19 +327,19 @@ TEST_F(GatewayTest, BadInboundRequestsGetErrorReplies) {
     header.type_id = c.type;
     header.flags = runtime::kFlagRequest;
     transport_.Deliver(kPeer, header, Buffer::CopyOf(c.bytes));
-    // The gateway answers on the delivering thread: the reply is there already.
+    // The bridge answers on the delivering thread: the reply is there already.
     auto sent = transport_.TakeSent();
     ASSERT_EQ(sent.size(), 1u) << "type " << c.type;
     EXPECT_EQ(sent[0].header.type_id, runtime::kErrorReply);
     EXPECT_EQ(sent[0].header.request_id, id);
     EXPECT_EQ(ErrorIn(sent[0]).code(), c.want) << ErrorIn(sent[0]);
   }
-  EXPECT_EQ(gateway_->stats().error_replies_sent, cases.size());
+  EXPECT_EQ(bridge_->stats().error_replies_sent, cases.size());
   caf::anon_send_exit(counter, caf::exit_reason::user_shutdown);
 }
 
-TEST_F(GatewayTest, ADownNoticeKillsTheProxyWithTheRemoteReason) {
-  ActorRef ref = gateway_->RefTo(kPeer, 88);
+TEST_F(BridgeTest, ADownNoticeKillsTheProxyWithTheRemoteReason) {
+  ActorRef ref = bridge_->RefTo(kPeer, 88);
   std::promise<Status> down;
   auto fired = down.get_future();
   ref.Monitor([&down](const Status& s) { down.set_value(s); });
@@ -356,7 +356,7 @@ TEST_F(GatewayTest, ADownNoticeKillsTheProxyWithTheRemoteReason) {
   EXPECT_EQ(fired.get(), FailedPreconditionError("bye"));
 }
 
-TEST_F(GatewayTest, MonitoringAnActorThatDoesNotExistAnswersDownAtOnce) {
+TEST_F(BridgeTest, MonitoringAnActorThatDoesNotExistAnswersDownAtOnce) {
   FrameHeader header;
   header.type_id = runtime::kMonitorRequest;
   header.dst_actor = runtime::MakeWireActorId(kIncarnation, 424242);
@@ -367,10 +367,10 @@ TEST_F(GatewayTest, MonitoringAnActorThatDoesNotExistAnswersDownAtOnce) {
   EXPECT_EQ(sent[0].header.src_actor, header.dst_actor);
 }
 
-TEST_F(GatewayTest, AWatchedLocalActorThatExitsSendsItsReason) {
+TEST_F(BridgeTest, AWatchedLocalActorThatExitsSendsItsReason) {
   auto counter = system_.spawn(Counter, int64_t{0});
-  gateway_->Publish(caf::actor_cast<caf::strong_actor_ptr>(counter));
-  ActorRef ref = gateway_->RefOf(caf::actor_cast<caf::strong_actor_ptr>(counter));
+  bridge_->Publish(caf::actor_cast<caf::strong_actor_ptr>(counter));
+  ActorRef ref = bridge_->RefOf(caf::actor_cast<caf::strong_actor_ptr>(counter));
   FrameHeader header;
   header.type_id = runtime::kMonitorRequest;
   header.dst_actor = ref.id();

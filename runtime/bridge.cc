@@ -1,5 +1,5 @@
-// Gateway: CAF <-> transport.
-#include "runtime/gateway.h"
+// Bridge: CAF <-> transport.
+#include "runtime/bridge.h"
 
 #include <caf/all.hpp>
 #include <caf/forwarding_actor_proxy.hpp>
@@ -19,10 +19,10 @@ namespace {
 
 using transport::FrameHeader;
 
-/// The gateway's CAF face: an actor whose enqueue runs on the sender's thread.
-class GatewayActor final : public caf::monitorable_actor {
+/// The bridge's CAF face: an actor whose enqueue runs on the sender's thread.
+class BridgeActor final : public caf::monitorable_actor {
  public:
-  GatewayActor(caf::actor_config& cfg, std::weak_ptr<Gateway> core)
+  BridgeActor(caf::actor_config& cfg, std::weak_ptr<Bridge> core)
       : caf::monitorable_actor(cfg), core_(std::move(core)) {}
 
   void enqueue(caf::mailbox_element_ptr what, caf::execution_unit* context) override {
@@ -31,18 +31,18 @@ class GatewayActor final : public caf::monitorable_actor {
   }
 
  private:
-  std::weak_ptr<Gateway> core_;
+  std::weak_ptr<Bridge> core_;
 };
 
-/// A forwarding_actor_proxy that hands what is sent to it straight to the gateway (CAF's own
+/// A forwarding_actor_proxy that hands what is sent to it straight to the bridge (CAF's own
 /// proxy wraps each message in a forward_atom tuple and a second mailbox element for the
-/// gateway actor to unpack), and that, once killed (its node or actor is gone), answers requests
+/// bridge actor to unpack), and that, once killed (its node or actor is gone), answers requests
 /// at once with the kill reason instead of dropping them (CAF's own proxy drops them and the
 /// requester waits for its timeout). Links and unlinks still go through CAF's forwarding.
 class RemoteProxy final : public caf::forwarding_actor_proxy {
  public:
-  RemoteProxy(caf::actor_config& cfg, caf::actor gateway, std::weak_ptr<Gateway> core, NodeId node)
-      : caf::forwarding_actor_proxy(cfg, std::move(gateway)), core_(std::move(core)), node_(node) {}
+  RemoteProxy(caf::actor_config& cfg, caf::actor bridge, std::weak_ptr<Bridge> core, NodeId node)
+      : caf::forwarding_actor_proxy(cfg, std::move(bridge)), core_(std::move(core)), node_(node) {}
 
   void enqueue(caf::mailbox_element_ptr what, caf::execution_unit* context) override {
     if (!what) return;
@@ -75,7 +75,7 @@ class RemoteProxy final : public caf::forwarding_actor_proxy {
   }
 
  private:
-  const std::weak_ptr<Gateway> core_;
+  const std::weak_ptr<Bridge> core_;
   const NodeId node_;  // node() as a troupe node id
   std::atomic<bool> killed_{false};
   std::mutex mu_;
@@ -108,8 +108,8 @@ caf::message_id RequestMessageId(uint64_t request_id) {
 
 }  // namespace
 
-Gateway::Gateway(caf::actor_system& system, transport::Transport& transport, const CodecRegistry& codecs,
-                 GatewayConfig config, const Clock& clock, uint32_t incarnation)
+Bridge::Bridge(caf::actor_system& system, transport::Transport& transport, const CodecRegistry& codecs,
+                 BridgeConfig config, const Clock& clock, uint32_t incarnation)
     : system_(system),
       transport_(transport),
       codecs_(codecs),
@@ -118,11 +118,11 @@ Gateway::Gateway(caf::actor_system& system, transport::Transport& transport, con
       self_(transport.self()),
       incarnation_(incarnation) {}
 
-Gateway::~Gateway() = default;
+Bridge::~Bridge() = default;
 
-void Gateway::Start() {
+void Bridge::Start() {
   caf::actor_config cfg;
-  auto ptr = caf::make_actor<GatewayActor, caf::actor>(system_.next_actor_id(), system_.node(), &system_, cfg,
+  auto ptr = caf::make_actor<BridgeActor, caf::actor>(system_.next_actor_id(), system_.node(), &system_, cfg,
                                                       weak_from_this());
   actor_ = std::move(ptr);
   if (config_.run_actors_on_progress_thread) {
@@ -130,7 +130,7 @@ void Gateway::Start() {
   }
 }
 
-void Gateway::Shutdown() {
+void Bridge::Shutdown() {
   if (stopped_.exchange(true)) return;
   std::unordered_map<NodeId, NodeState> nodes;
   std::unordered_map<uint64_t, Pending> pending;
@@ -158,13 +158,13 @@ void Gateway::Shutdown() {
 // ---------------------------------------------------------------------------------------------
 // Local side
 
-bool Gateway::IsLocal(const caf::strong_actor_ptr& actor) const { return actor && actor->node() == system_.node(); }
+bool Bridge::IsLocal(const caf::strong_actor_ptr& actor) const { return actor && actor->node() == system_.node(); }
 
-uint64_t Gateway::WireIdOf(const caf::strong_actor_ptr& actor) const {
+uint64_t Bridge::WireIdOf(const caf::strong_actor_ptr& actor) const {
   return IsLocal(actor) ? MakeWireActorId(incarnation_, actor->id()) : actor->id();
 }
 
-void Gateway::OnLocalMessage(caf::mailbox_element& element, caf::execution_unit*) {
+void Bridge::OnLocalMessage(caf::mailbox_element& element, caf::execution_unit*) {
   auto& content = element.content();
   if (content.match_elements<caf::forward_atom, caf::strong_actor_ptr, std::vector<caf::strong_actor_ptr>,
                              caf::strong_actor_ptr, caf::message_id, caf::message>()) {
@@ -182,27 +182,27 @@ void Gateway::OnLocalMessage(caf::mailbox_element& element, caf::execution_unit*
     return;
   }
   // Links across nodes are not supported (use monitors); anything else is a bug elsewhere.
-  spdlog::debug("gateway: ignoring local message {}", caf::to_string(content));
+  spdlog::debug("bridge: ignoring local message {}", caf::to_string(content));
 }
 
-void Gateway::OnForward(caf::strong_actor_ptr src, const caf::node_id& dest_node, caf::actor_id dest_id,
+void Bridge::OnForward(caf::strong_actor_ptr src, const caf::node_id& dest_node, caf::actor_id dest_id,
                         caf::message_id mid, caf::message msg) {
   auto node = FromCafNode(dest_node);
   if (!node) {
-    spdlog::error("gateway: message for {} which is not a troupe proxy", caf::to_string(dest_node));
+    spdlog::error("bridge: message for {} which is not a troupe proxy", caf::to_string(dest_node));
     return;
   }
   OnForward(std::move(src), *node, dest_id, mid, std::move(msg));
 }
 
-void Gateway::OnForward(caf::strong_actor_ptr src, NodeId dest_node, caf::actor_id dest_id, caf::message_id mid,
+void Bridge::OnForward(caf::strong_actor_ptr src, NodeId dest_node, caf::actor_id dest_id, caf::message_id mid,
                         caf::message msg) {
   FrameHeader header;
   header.dst_node = dest_node;
   header.dst_actor = dest_id;
   header.src_actor = IsLocal(src) ? WireIdOf(src) : 0;
   if (spdlog::should_log(spdlog::level::trace)) {  // the arguments cost even when off
-    spdlog::trace("gateway: forward {} to node {} actor {:#x} ({})", caf::to_string(msg), dest_node, dest_id,
+    spdlog::trace("bridge: forward {} to node {} actor {:#x} ({})", caf::to_string(msg), dest_node, dest_id,
                   mid.is_response() ? "reply" : mid.is_request() ? "request" : "one-way");
   }
 
@@ -276,7 +276,7 @@ void Gateway::OnForward(caf::strong_actor_ptr src, NodeId dest_node, caf::actor_
     header.request_id = request_id;
     header.type_id = encoded->type_id;
     // `this` outlives every send callback: the runtime stops the transport (which completes
-    // them all) before it destroys the gateway. Two words fit std::function's inline storage.
+    // them all) before it destroys the bridge. Two words fit std::function's inline storage.
     SendFrame(dest_node, header, std::move(encoded->payload), [this, request_id](const Status& status) {
       if (!status.ok()) FailPending(request_id, status);
     });
@@ -285,7 +285,7 @@ void Gateway::OnForward(caf::strong_actor_ptr src, NodeId dest_node, caf::actor_
 
   if (!encoded.ok()) {
     ++dropped_;
-    spdlog::warn("gateway: dropped a message to {}: {}", ActorRef({}, dest_node, dest_id).ToString(),
+    spdlog::warn("bridge: dropped a message to {}: {}", ActorRef({}, dest_node, dest_id).ToString(),
                  encoded.status().message());
     return;
   }
@@ -293,7 +293,7 @@ void Gateway::OnForward(caf::strong_actor_ptr src, NodeId dest_node, caf::actor_
   SendFrame(dest_node, header, std::move(encoded->payload));
 }
 
-void Gateway::OnProxyCreated(const caf::strong_actor_ptr& proxy) {
+void Bridge::OnProxyCreated(const caf::strong_actor_ptr& proxy) {
   // Every proxy watches its remote actor from birth, so local monitors of it fire when the
   // actor exits, whether or not anyone ever sends to it.
   if (!proxy) return;
@@ -315,7 +315,7 @@ void Gateway::OnProxyCreated(const caf::strong_actor_ptr& proxy) {
   });
 }
 
-void Gateway::SendFrame(NodeId peer, FrameHeader header, Buffer payload, transport::SendCallback done) {
+void Bridge::SendFrame(NodeId peer, FrameHeader header, Buffer payload, transport::SendCallback done) {
   header.src_node = self_;
   if (stopped_) {
     if (done) done(CancelledError("the runtime stopped"));
@@ -328,12 +328,12 @@ void Gateway::SendFrame(NodeId peer, FrameHeader header, Buffer payload, transpo
       done(status);
     } else {
       ++dropped_;
-      spdlog::debug("gateway: send to node {} failed: {}", peer, status.ToString());
+      spdlog::debug("bridge: send to node {} failed: {}", peer, status.ToString());
     }
   }
 }
 
-void Gateway::Complete(Pending pending, const Status& status) {
+void Bridge::Complete(Pending pending, const Status& status) {
   if (pending.done) {
     pending.done(status);
     return;
@@ -341,7 +341,7 @@ void Gateway::Complete(Pending pending, const Status& status) {
   AnswerRequester(pending, nullptr, caf::make_message(ToCafError(status)), nullptr);
 }
 
-void Gateway::AnswerRequester(const Pending& pending, caf::strong_actor_ptr sender, caf::message reply,
+void Bridge::AnswerRequester(const Pending& pending, caf::strong_actor_ptr sender, caf::message reply,
                               caf::execution_unit* context) {
   if (!pending.src) return;
   // CAF 0.17 leaves a request's timer in its clock until it fires (the timeout it then sends is
@@ -353,7 +353,7 @@ void Gateway::AnswerRequester(const Pending& pending, caf::strong_actor_ptr send
                        context);
 }
 
-void Gateway::FailPending(uint64_t request_id, const Status& status) {
+void Bridge::FailPending(uint64_t request_id, const Status& status) {
   Pending pending;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -371,14 +371,14 @@ void Gateway::FailPending(uint64_t request_id, const Status& status) {
 // ---------------------------------------------------------------------------------------------
 // Transport side
 
-void Gateway::OnPeerConnected(NodeId peer) {
+void Bridge::OnPeerConnected(NodeId peer) {
   std::lock_guard<std::mutex> lock(mu_);
   auto& state = nodes_[peer];
   state.connected = true;
   state.last_seen = clock_.Now();
 }
 
-void Gateway::OnPeerFailed(NodeId peer, const Status& reason) {
+void Bridge::OnPeerFailed(NodeId peer, const Status& reason) {
   NodeState state;
   std::vector<Pending> failed;
   {
@@ -410,7 +410,7 @@ void Gateway::OnPeerFailed(NodeId peer, const Status& reason) {
   }
   ++nodes_lost_;
   Status why = UnavailableError(DescribeNode(peer) + " is lost: " + reason.message());
-  spdlog::info("gateway: {}; {} proxies killed, {} pending requests failed", why.message(), state.proxies.size(),
+  spdlog::info("bridge: {}; {} proxies killed, {} pending requests failed", why.message(), state.proxies.size(),
                failed.size());
   auto error = ToCafError(why);
   for (auto& [id, proxy] : state.proxies) KillProxy(proxy, error);
@@ -418,12 +418,12 @@ void Gateway::OnPeerFailed(NodeId peer, const Status& reason) {
   for (auto& p : failed) Complete(std::move(p), why);
 }
 
-void Gateway::Touch(NodeId peer) {
+void Bridge::Touch(NodeId peer) {
   std::lock_guard<std::mutex> lock(mu_);
   TouchLocked(peer);
 }
 
-Gateway::NodeState* Gateway::TouchLocked(NodeId peer) {
+Bridge::NodeState* Bridge::TouchLocked(NodeId peer) {
   auto it = nodes_.find(peer);
   if (it == nodes_.end()) return nullptr;
   // Heartbeat timeouts are hundreds of milliseconds and more: the coarse clock will do, and
@@ -432,7 +432,7 @@ Gateway::NodeState* Gateway::TouchLocked(NodeId peer) {
   return &it->second;
 }
 
-transport::TransportHandler Gateway::Handler() {
+transport::TransportHandler Bridge::Handler() {
   transport::TransportHandler handler;
   handler.on_frame = [this](NodeId peer, transport::Frame frame) { OnFrame(peer, std::move(frame)); };
   handler.on_peer_connected = [this](NodeId peer) { OnPeerConnected(peer); };
@@ -440,7 +440,7 @@ transport::TransportHandler Gateway::Handler() {
   return handler;
 }
 
-void Gateway::OnFrame(NodeId peer, transport::Frame frame) {
+void Bridge::OnFrame(NodeId peer, transport::Frame frame) {
   const FrameHeader& header = frame.header;
   if (stopped_) return;
   // Every frame counts as a sign of life. Messages and replies record it in the locked section
@@ -480,7 +480,7 @@ void Gateway::OnFrame(NodeId peer, transport::Frame frame) {
       int64_t now_s = std::chrono::duration_cast<std::chrono::seconds>(clock_.Now().time_since_epoch()).count();
       int64_t last = last_slow_warning_.load();
       if (now_s - last >= 10 && last_slow_warning_.compare_exchange_strong(last, now_s)) {
-        spdlog::warn("gateway: actors held the transport's progress thread for {} ms; spawn actors with long "
+        spdlog::warn("bridge: actors held the transport's progress thread for {} ms; spawn actors with long "
                      "handlers caf::detached (or turn off run_actors_on_progress_thread)",
                      held.count() / 1000);
       }
@@ -488,7 +488,7 @@ void Gateway::OnFrame(NodeId peer, transport::Frame frame) {
   }
 }
 
-StatusOr<caf::strong_actor_ptr> Gateway::LocalActor(uint64_t wire_id) const {
+StatusOr<caf::strong_actor_ptr> Bridge::LocalActor(uint64_t wire_id) const {
   if (IncarnationOf(wire_id) != incarnation_) {
     return NotFoundError("actor " + std::to_string(LocalIdOf(wire_id)) + " belongs to an earlier run of " +
                          DescribeNode(self_) + " (incarnation " + std::to_string(IncarnationOf(wire_id)) +
@@ -502,7 +502,7 @@ StatusOr<caf::strong_actor_ptr> Gateway::LocalActor(uint64_t wire_id) const {
   return actor;
 }
 
-void Gateway::Deliver(NodeId peer, const FrameHeader& header, const Buffer& payload) {
+void Bridge::Deliver(NodeId peer, const FrameHeader& header, const Buffer& payload) {
   // The sender's proxy, if it has one already, found in the same locked section that records
   // the frame as a sign of life.
   caf::strong_actor_ptr sender;
@@ -516,7 +516,7 @@ void Gateway::Deliver(NodeId peer, const FrameHeader& header, const Buffer& payl
   bool request = (header.flags & kFlagRequest) != 0;
   if (request && (header.request_id == 0 || header.request_id > caf::message_id::request_id_mask)) {
     ++dropped_;
-    spdlog::warn("gateway: dropped a request from node {} with invalid request id {}", peer, header.request_id);
+    spdlog::warn("bridge: dropped a request from node {} with invalid request id {}", peer, header.request_id);
     return;
   }
   auto dest = LocalActor(header.dst_actor);
@@ -525,7 +525,7 @@ void Gateway::Deliver(NodeId peer, const FrameHeader& header, const Buffer& payl
       ReplyError(peer, header, dest.status());
     } else {
       ++dropped_;
-      spdlog::debug("gateway: dropped a message from node {}: {}", peer, dest.status().message());
+      spdlog::debug("bridge: dropped a message from node {}: {}", peer, dest.status().message());
     }
     return;
   }
@@ -535,12 +535,12 @@ void Gateway::Deliver(NodeId peer, const FrameHeader& header, const Buffer& payl
       ReplyError(peer, header, msg.status());
     } else {
       ++dropped_;
-      spdlog::warn("gateway: dropped a message from node {}: {}", peer, msg.status().message());
+      spdlog::warn("bridge: dropped a message from node {}: {}", peer, msg.status().message());
     }
     return;
   }
   if (spdlog::should_log(spdlog::level::trace)) {  // the arguments cost even when off
-    spdlog::trace("gateway: deliver {} from node {} actor {:#x} to actor {:#x}{}", codecs_.NameOf(header.type_id), peer,
+    spdlog::trace("bridge: deliver {} from node {} actor {:#x} to actor {:#x}{}", codecs_.NameOf(header.type_id), peer,
                   header.src_actor, header.dst_actor, request ? " (request " + std::to_string(header.request_id) + ")" : "");
   }
   if (!sender && header.src_actor != 0) sender = ProxyFor(peer, header.src_actor);
@@ -549,9 +549,9 @@ void Gateway::Deliver(NodeId peer, const FrameHeader& header, const Buffer& payl
   (*dest)->enqueue(caf::make_mailbox_element(std::move(sender), mid, {}, std::move(msg).value()), executor_.get());
 }
 
-void Gateway::OnResponse(NodeId peer, const FrameHeader& header, const Buffer& payload) {
+void Bridge::OnResponse(NodeId peer, const FrameHeader& header, const Buffer& payload) {
   if (spdlog::should_log(spdlog::level::trace)) {  // the arguments cost even when off
-    spdlog::trace("gateway: reply {} from node {} to request {}", codecs_.NameOf(header.type_id), peer, header.request_id);
+    spdlog::trace("bridge: reply {} from node {} to request {}", codecs_.NameOf(header.type_id), peer, header.request_id);
   }
   Pending pending;
   caf::strong_actor_ptr sender;  // the responder's proxy, if it has one
@@ -608,7 +608,7 @@ void Gateway::OnResponse(NodeId peer, const FrameHeader& header, const Buffer& p
   AnswerRequester(pending, std::move(sender), std::move(reply), executor_.get());
 }
 
-void Gateway::ReplyError(NodeId peer, const FrameHeader& request, const Status& status) {
+void Bridge::ReplyError(NodeId peer, const FrameHeader& request, const Status& status) {
   ++error_replies_sent_;
   FrameHeader header;
   header.dst_node = peer;
@@ -621,7 +621,7 @@ void Gateway::ReplyError(NodeId peer, const FrameHeader& request, const Status& 
   SendFrame(peer, header, EncodeFlat<wire::ErrorInfo>([&](wire::ErrorInfo::Builder b) { FillErrorInfo(b, error); }));
 }
 
-void Gateway::OnControl(NodeId peer, const FrameHeader& header, const Buffer& payload) {
+void Bridge::OnControl(NodeId peer, const FrameHeader& header, const Buffer& payload) {
   StatusOr<ActorRef> result = FailedPreconditionError("node " + std::to_string(self_) + " serves no spawn or lookup");
   if (control_ != nullptr) {
     if (header.type_id == kSpawnRequest) {
@@ -654,7 +654,7 @@ void Gateway::OnControl(NodeId peer, const FrameHeader& header, const Buffer& pa
 // ---------------------------------------------------------------------------------------------
 // Remote monitoring
 
-void Gateway::OnMonitorRequest(NodeId peer, uint64_t wire_id) {
+void Bridge::OnMonitorRequest(NodeId peer, uint64_t wire_id) {
   auto actor = LocalActor(wire_id);
   if (!actor.ok()) {
     SendDown(peer, wire_id, ToCafError(actor.status()));
@@ -664,13 +664,13 @@ void Gateway::OnMonitorRequest(NodeId peer, uint64_t wire_id) {
     std::lock_guard<std::mutex> lock(mu_);
     if (!watches_.emplace(wire_id, peer).second) return;
   }
-  std::weak_ptr<Gateway> weak = weak_from_this();
+  std::weak_ptr<Bridge> weak = weak_from_this();
   (*actor)->get()->attach_functor([weak, peer, wire_id](const caf::error& reason) {
     if (auto self = weak.lock()) self->OnLocalActorDown(peer, wire_id, reason);
   });
 }
 
-void Gateway::OnLocalActorDown(NodeId watcher, uint64_t wire_id, const caf::error& reason) {
+void Bridge::OnLocalActorDown(NodeId watcher, uint64_t wire_id, const caf::error& reason) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (watches_.erase({wire_id, watcher}) == 0) return;
@@ -678,7 +678,7 @@ void Gateway::OnLocalActorDown(NodeId watcher, uint64_t wire_id, const caf::erro
   SendDown(watcher, wire_id, reason);
 }
 
-void Gateway::SendDown(NodeId watcher, uint64_t wire_id, const caf::error& reason) {
+void Bridge::SendDown(NodeId watcher, uint64_t wire_id, const caf::error& reason) {
   FrameHeader header;
   header.dst_node = watcher;
   header.src_actor = wire_id;
@@ -688,7 +688,7 @@ void Gateway::SendDown(NodeId watcher, uint64_t wire_id, const caf::error& reaso
             }));
 }
 
-void Gateway::OnDownNotice(NodeId peer, uint64_t wire_id, const Buffer& payload) {
+void Bridge::OnDownNotice(NodeId peer, uint64_t wire_id, const Buffer& payload) {
   caf::error reason;
   Status status = ReadFlat<wire::DownNotice>(payload.data(), payload.size(), "DownNotice", [&](wire::DownNotice::Reader r) {
     reason = ReadErrorInfo(r.getReason());
@@ -701,7 +701,7 @@ void Gateway::OnDownNotice(NodeId peer, uint64_t wire_id, const Buffer& payload)
 // ---------------------------------------------------------------------------------------------
 // Refs and proxies
 
-caf::strong_actor_ptr Gateway::TakeProxy(NodeId node, uint64_t wire_id) {
+caf::strong_actor_ptr Bridge::TakeProxy(NodeId node, uint64_t wire_id) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = nodes_.find(node);
   if (it == nodes_.end()) return nullptr;
@@ -712,7 +712,7 @@ caf::strong_actor_ptr Gateway::TakeProxy(NodeId node, uint64_t wire_id) {
   return proxy;
 }
 
-caf::strong_actor_ptr Gateway::ExistingProxy(NodeId node, uint64_t wire_id) {
+caf::strong_actor_ptr Bridge::ExistingProxy(NodeId node, uint64_t wire_id) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = nodes_.find(node);
   if (it == nodes_.end()) return nullptr;
@@ -720,7 +720,7 @@ caf::strong_actor_ptr Gateway::ExistingProxy(NodeId node, uint64_t wire_id) {
   return p == it->second.proxies.end() ? nullptr : p->second;
 }
 
-caf::strong_actor_ptr Gateway::ProxyFor(NodeId node, uint64_t wire_id) {
+caf::strong_actor_ptr Bridge::ProxyFor(NodeId node, uint64_t wire_id) {
   if (auto existing = ExistingProxy(node, wire_id)) return existing;
   // Made outside the lock: creating a proxy calls back into OnLocalMessage (monitor request).
   caf::actor_config cfg;
@@ -736,14 +736,14 @@ caf::strong_actor_ptr Gateway::ProxyFor(NodeId node, uint64_t wire_id) {
   return slot;
 }
 
-ActorRef Gateway::RefOf(const caf::strong_actor_ptr& actor) {
+ActorRef Bridge::RefOf(const caf::strong_actor_ptr& actor) {
   if (!actor) return {};
   if (IsLocal(actor)) return ActorRef(caf::actor_cast<caf::actor>(actor), self_, WireIdOf(actor));
   auto node = FromCafNode(actor->node());
   return ActorRef(caf::actor_cast<caf::actor>(actor), node.value_or(0), actor->id());
 }
 
-ActorRef Gateway::RefTo(NodeId node, uint64_t wire_id) {
+ActorRef Bridge::RefTo(NodeId node, uint64_t wire_id) {
   if (node == 0) return {};
   if (node == self_) {
     auto actor = LocalActor(wire_id);
@@ -753,7 +753,7 @@ ActorRef Gateway::RefTo(NodeId node, uint64_t wire_id) {
   return ActorRef(caf::actor_cast<caf::actor>(ProxyFor(node, wire_id)), node, wire_id);
 }
 
-void Gateway::Publish(const caf::strong_actor_ptr& actor) {
+void Bridge::Publish(const caf::strong_actor_ptr& actor) {
   if (!IsLocal(actor) || stopped_ || system_.registry().get(actor->id())) return;
   // CAF's registry keeps the actor until it exits (its own functor erases the entry). We
   // remember the ids too, to erase what is left at shutdown: an actor released by the
@@ -763,7 +763,7 @@ void Gateway::Publish(const caf::strong_actor_ptr& actor) {
     if (!published_.insert(actor->id()).second) return;
   }
   system_.registry().put(actor->id(), actor);
-  std::weak_ptr<Gateway> weak = weak_from_this();
+  std::weak_ptr<Bridge> weak = weak_from_this();
   caf::actor_id id = actor->id();
   actor->get()->attach_functor([weak, id] {
     if (auto self = weak.lock()) {
@@ -773,7 +773,7 @@ void Gateway::Publish(const caf::strong_actor_ptr& actor) {
   });
 }
 
-void Gateway::AddNode(NodeId node, const std::string& address) {
+void Bridge::AddNode(NodeId node, const std::string& address) {
   if (node == self_ || node == 0 || address.empty()) return;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -784,7 +784,7 @@ void Gateway::AddNode(NodeId node, const std::string& address) {
   transport_.AddPeer(node, address);
 }
 
-std::string Gateway::AddressOf(NodeId node) {
+std::string Bridge::AddressOf(NodeId node) {
   if (node == self_) return transport_.listen_address();
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -794,7 +794,7 @@ std::string Gateway::AddressOf(NodeId node) {
   return transport_.PeerAddress(node);
 }
 
-void Gateway::EncodeRef(const ActorRef& ref, wire::ActorAddress::Builder out) {
+void Bridge::EncodeRef(const ActorRef& ref, wire::ActorAddress::Builder out) {
   if (ref.node() == 0) return;
   // Peers will address it by id: keep it findable (until it exits).
   if (ref.valid()) Publish(caf::actor_cast<caf::strong_actor_ptr>(ref.handle()));
@@ -803,14 +803,14 @@ void Gateway::EncodeRef(const ActorRef& ref, wire::ActorAddress::Builder out) {
   out.setAddress(AddressOf(ref.node()));
 }
 
-ActorRef Gateway::DecodeRef(wire::ActorAddress::Reader in) {
+ActorRef Bridge::DecodeRef(wire::ActorAddress::Reader in) {
   NodeId node = in.getNode();
   if (node == 0) return {};
   if (node != self_ && in.hasAddress() && in.getAddress().size() > 0) AddNode(node, in.getAddress());
   return RefTo(node, in.getActor());
 }
 
-void Gateway::ControlRequest(NodeId node, uint32_t type_id, Buffer payload, Clock::Duration timeout,
+void Bridge::ControlRequest(NodeId node, uint32_t type_id, Buffer payload, Clock::Duration timeout,
                              RefCallback done) {
   uint64_t request_id = 0;
   {
@@ -825,7 +825,7 @@ void Gateway::ControlRequest(NodeId node, uint32_t type_id, Buffer payload, Cloc
   header.type_id = type_id;
   header.flags = kFlagRequest;
   header.request_id = request_id;
-  std::weak_ptr<Gateway> weak = weak_from_this();
+  std::weak_ptr<Bridge> weak = weak_from_this();
   SendFrame(node, header, std::move(payload), [weak, request_id](const Status& status) {
     if (status.ok()) return;
     if (auto self = weak.lock()) self->FailPending(request_id, status);
@@ -835,7 +835,7 @@ void Gateway::ControlRequest(NodeId node, uint32_t type_id, Buffer payload, Cloc
 // ---------------------------------------------------------------------------------------------
 // Time
 
-void Gateway::Tick() {
+void Bridge::Tick() {
   auto now = clock_.Now();
   std::vector<NodeId> alive, expired;
   std::vector<Pending> timed_out;
@@ -894,7 +894,7 @@ void Gateway::Tick() {
   for (auto& p : timed_out) p.done(DeadlineExceededError("no reply from " + DescribeNode(p.node) + " in time"));
 }
 
-void Gateway::RecordLatency(Clock::Duration d) {
+void Bridge::RecordLatency(Clock::Duration d) {
   double seconds = std::chrono::duration<double>(d).count();
   size_t bucket = 0;
   while (bucket < kLatencyBucketCount && seconds > kLatencyBuckets[bucket]) ++bucket;
@@ -903,15 +903,15 @@ void Gateway::RecordLatency(Clock::Duration d) {
                             std::memory_order_relaxed);
 }
 
-std::optional<Clock::Duration> Gateway::Silence(NodeId node) const {
+std::optional<Clock::Duration> Bridge::Silence(NodeId node) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = nodes_.find(node);
   if (it == nodes_.end() || !it->second.connected) return std::nullopt;
   return clock_.Now() - it->second.last_seen;
 }
 
-GatewayStats Gateway::stats() const {
-  GatewayStats s;
+BridgeStats Bridge::stats() const {
+  BridgeStats s;
   s.messages_out = messages_out_;
   s.messages_in = messages_in_;
   {
