@@ -8,7 +8,7 @@
 #include "cluster/messages.h"
 #include "common/buffer.h"
 #include "runtime/codec.h"
-#include "tests/fuzz/fake_ref_codec.h"
+#include "tests/fakes/fake_ref_codec.h"
 
 namespace {
 
@@ -29,7 +29,7 @@ struct Registry {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static Registry registry;
-  static troupe::fuzz::FakeRefCodec refs;
+  static troupe::testing::FakeRefCodec refs;
   if (size < 2) return 0;
   const uint32_t pick = (uint32_t{data[0]} << 8 | data[1]) % registry.type_ids.size();
   // A copy: the bridge hands decoders word-aligned buffers it owns.

@@ -8,7 +8,7 @@
 
 #include "cluster/messages.h"
 #include "runtime/codec.h"
-#include "tests/fuzz/fake_ref_codec.h"
+#include "tests/fakes/fake_ref_codec.h"
 #include "transport/envelope.h"
 
 namespace {
@@ -46,7 +46,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string dir = argv[1];
-  fuzz::FakeRefCodec refs;
+  testing::FakeRefCodec refs;
 
   // Envelopes: a data frame and each handshake kind.
   transport::FrameHeader header;

@@ -7,10 +7,10 @@
 
 #include "cluster/messages.h"
 #include "storage/table.h"
-#include "tests/fuzz/fake_ref_codec.h"
+#include "tests/fakes/fake_ref_codec.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static troupe::fuzz::FakeRefCodec refs;
+  static troupe::testing::FakeRefCodec refs;
   if (size < 1) return 0;
   const std::string_view bytes(reinterpret_cast<const char*>(data + 1), size - 1);
   switch (data[0] % 3) {
