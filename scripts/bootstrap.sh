@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 BUILD_DIR=${TROUPE_BUILD_DIR:-$ROOT/build}
 JOBS=${TROUPE_JOBS:-$(nproc)}
+# ccache keys on paths relative to the checkout, so a fresh clone in another folder (as CI makes)
+# reuses what an earlier build compiled; debug info then names relative paths.
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$ROOT}
+export CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1}
 
 # Everything troupe builds and tests with, as Debian bookworm packages.
 PACKAGES=(
