@@ -96,12 +96,11 @@ int KillLeftovers() {
       std::istringstream fields(text.substr(close + 2));
       std::string state, ppid;
       fields >> state >> ppid;
-      if (ppid == self) children.push_back(static_cast<pid_t>(std::stol(name)));
+      if (ppid != self) continue;
+      children.push_back(static_cast<pid_t>(std::stol(name)));
+      if (state != "Z" && kill(children.back(), SIGKILL) == 0) ++killed;  // a zombie is only reaped
     }
     if (children.empty()) break;
-    for (pid_t pid : children) {
-      if (kill(pid, SIGKILL) == 0) ++killed;
-    }
     for (pid_t pid : children) waitpid(pid, nullptr, 0);
   }
   return killed;
@@ -518,7 +517,12 @@ int RunOnSlice(RunOptions args) {
     std::string lease_lost;         // why the head ended the lease; empty while it holds
   };
   auto launch = std::make_shared<Launch>();
-  signals.Start([launch](const siginfo_t& info) {
+  // Unless it must read a terminal, the command leads a process group of its own, which a keeper
+  // process kills whole when this process ends, kill -9 included: nothing the command started
+  // outlives the lease. A command reading a terminal stays in the terminal's foreground group
+  // (a background group cannot read it); it still dies with this process, its children do not.
+  const bool own_group = isatty(STDIN_FILENO) == 0;
+  signals.Start([launch, own_group](const siginfo_t& info) {
     std::lock_guard<std::mutex> lock(launch->mu);
     if (launch->child == nullptr) {
       if (info.si_signo == SIGUSR1 || info.si_signo == SIGUSR2) return true;  // no command to tell yet
@@ -527,9 +531,10 @@ int RunOnSlice(RunOptions args) {
       std::fprintf(stderr, "troupe run: %s before the command started; not starting it\n", strsignal(info.si_signo));
       std::_Exit(128 + info.si_signo);
     }
-    // A signal from the terminal (Ctrl-C, a hang-up) went to the whole foreground process group,
-    // the command included: sent again, the command would see it twice.
-    if (info.si_code != SI_KERNEL) launch->child->Signal(info.si_signo);
+    // A signal from the terminal (Ctrl-C, a hang-up) went to the whole foreground process group:
+    // a command in it has it already, and would see it twice. A command in a group of its own
+    // gets every signal from here, to its whole group.
+    if (own_group || info.si_code != SI_KERNEL) launch->child->Signal(info.si_signo);
     return true;
   });
 
@@ -556,10 +561,17 @@ int RunOnSlice(RunOptions args) {
   options.drop_env_prefixes = actors::SliceEnvironmentPrefixes();
   options.inherit_stdio = true;
   options.die_with_parent = true;  // spawned from the main thread, which lives until the end
-  std::fprintf(stderr, "troupe run: lease %llu: %s GPU %u of node %s, %s, %u%% compute (waited %lld ms)\n",
-               static_cast<unsigned long long>(lease->grant.lease_id), w.simulated ? "simulated" : "", w.gpu_index,
-               w.node.c_str(), Bytes(w.memory_bytes).c_str(), w.compute_percent,
-               static_cast<long long>(lease->grant.waited_ms));
+  options.group_dies_with_parent = own_group;
+  if (w.gpu_index == cluster::kNoGpuIndex) {
+    std::fprintf(stderr, "troupe run: lease %llu: no GPU, node %s (waited %lld ms)\n",
+                 static_cast<unsigned long long>(lease->grant.lease_id), w.node.c_str(),
+                 static_cast<long long>(lease->grant.waited_ms));
+  } else {
+    std::fprintf(stderr, "troupe run: lease %llu: %sGPU %u of node %s, %s, %u%% compute (waited %lld ms)\n",
+                 static_cast<unsigned long long>(lease->grant.lease_id), w.simulated ? "simulated " : "", w.gpu_index,
+                 w.node.c_str(), Bytes(w.memory_bytes).c_str(), w.compute_percent,
+                 static_cast<long long>(lease->grant.waited_ms));
+  }
   std::unique_ptr<ChildProcess> child;
   {
     std::lock_guard<std::mutex> lock(launch->mu);  // a signal now waits for the command to exist
@@ -583,6 +595,7 @@ int RunOnSlice(RunOptions args) {
     lost = launch->lease_lost;
   }
   auto exit = child->Wait(std::chrono::seconds(10));
+  child.reset();  // its keeper kills what is left of its process group
   if (int left = KillLeftovers(); left > 0) {
     std::fprintf(stderr, "troupe run: killed %d process(es) the command left running\n", left);
   }

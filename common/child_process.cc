@@ -126,6 +126,7 @@ StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(const std::vector<st
       prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (getppid() != parent) _exit(127);  // the parent died before the line above
     }
+    if (options.group_dies_with_parent) setpgid(0, 0);
     if (!options.inherit_stdio) {
       dup2(in_pipe[0], STDIN_FILENO);
       dup2(out_pipe[1], STDOUT_FILENO);
@@ -161,6 +162,14 @@ StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(const std::vector<st
   }
   std::unique_ptr<ChildProcess> child(new ChildProcess());
   child->pid_ = pid;
+  if (options.group_dies_with_parent) {
+    setpgid(pid, pid);  // also here: whichever of the two runs first, the group exists before the keeper
+    Status kept = child->StartKeeper();
+    if (!kept.ok()) {
+      close_all();
+      return kept;  // the destructor kills and reaps the child
+    }
+  }
   if (!options.inherit_stdio) {
     close(in_pipe[0]);
     close(out_pipe[1]);
@@ -171,6 +180,39 @@ StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(const std::vector<st
   return child;
 }
 
+Status ChildProcess::StartKeeper() {
+  int pipe_fds[2];
+  if (pipe2(pipe_fds, O_CLOEXEC) != 0) return InternalError(std::string("pipe: ") + std::strerror(errno));
+  const pid_t group = pid_;
+  pid_t keeper = fork();
+  if (keeper < 0) {
+    close(pipe_fds[0]);
+    close(pipe_fds[1]);
+    return UnavailableError(std::string("cannot start the keeper of a child's process group: fork: ") +
+                            std::strerror(errno));
+  }
+  if (keeper == 0) {
+    // Async-signal-safe calls only (this process may have had other threads). A session of its
+    // own: no terminal signal, and no signal sent to the parent's group, reaches it. It reads
+    // until the write end closes (the parent let go of the child, or the parent is gone).
+    setsid();
+    const int read_fd = pipe_fds[0];
+    CloseFrom(0, read_fd - 1);
+    CloseFrom(read_fd + 1, ~0U >> 1);
+    char byte;
+    for (;;) {
+      const ssize_t n = read(read_fd, &byte, 1);
+      if (n == 0 || (n < 0 && errno != EINTR)) break;
+    }
+    kill(-group, SIGKILL);
+    _exit(0);
+  }
+  close(pipe_fds[0]);
+  keeper_pid_ = keeper;
+  keeper_fd_ = pipe_fds[1];
+  return OkStatus();
+}
+
 ChildProcess::~ChildProcess() {
   if (stdin_fd_ >= 0) close(stdin_fd_);
   if (stdout_fd_ >= 0) close(stdout_fd_);
@@ -178,6 +220,8 @@ ChildProcess::~ChildProcess() {
     kill(pid_, SIGKILL);
     waitpid(pid_, nullptr, 0);
   }
+  if (keeper_fd_ >= 0) close(keeper_fd_);  // the keeper kills what is left of the group, and exits
+  if (keeper_pid_ > 0) waitpid(keeper_pid_, nullptr, 0);
 }
 
 Status ChildProcess::WriteLine(const std::string& line) {
@@ -235,7 +279,7 @@ StatusOr<std::string> ChildProcess::ReadLineWithPrefix(const std::string& prefix
 }
 
 void ChildProcess::Signal(int sig) {
-  if (!reaped_ && pid_ > 0) kill(pid_, sig);
+  if (!reaped_ && pid_ > 0) kill(keeper_pid_ > 0 ? -pid_ : pid_, sig);
 }
 
 Status ChildProcess::Suspend() {

@@ -30,6 +30,12 @@ struct SpawnOptions {
   /// included (Linux's PR_SET_PDEATHSIG). Spawn from a thread that lives as long as the process
   /// (the main thread): the kernel ties this to the spawning thread, not the process.
   bool die_with_parent = false;
+  /// The child leads a process group of its own, and a keeper process (started with it, in a
+  /// session of its own) kills that whole group with SIGKILL as soon as this ChildProcess is
+  /// destroyed or this process ends, however it ends: nothing the child started outlives it.
+  /// Signal() then signals the group. Not for a child that must read a terminal (a background
+  /// process group cannot).
+  bool group_dies_with_parent = false;
   /// The file to execute. Empty: argv[0], searched in PATH. Set, argv[0] is only the name the child
   /// shows in `ps` (a `troupe up` member runs the troupe binary as "troupe head ...").
   std::string program;
@@ -62,7 +68,7 @@ class ChildProcess {
   StatusOr<std::string> ReadLine(std::chrono::milliseconds timeout);
   /// Skips lines until one starts with `prefix`; returns the rest of that line.
   StatusOr<std::string> ReadLineWithPrefix(const std::string& prefix, std::chrono::milliseconds timeout);
-  /// Sends `signal` to the child.
+  /// Sends `signal` to the child (to its process group with group_dies_with_parent).
   void Signal(int signal);
   /// Sends SIGSTOP and returns once the child has stopped (kill() alone returns before the
   /// child stops, and it may still run for a moment).
@@ -78,7 +84,11 @@ class ChildProcess {
 
  private:
   ChildProcess() = default;
+  // Forks the keeper of group_dies_with_parent.
+  Status StartKeeper();
   pid_t pid_ = -1;
+  pid_t keeper_pid_ = -1;  // group_dies_with_parent: kills the child's group when keeper_fd_ closes
+  int keeper_fd_ = -1;     // the write end of the keeper's pipe; nothing is ever written to it
   int stdin_fd_ = -1;
   int stdout_fd_ = -1;
   bool reaped_ = false;

@@ -1,5 +1,6 @@
 // ChildProcess: what a child inherits.
 #include "common/child_process.h"
+#include "tests/support/troupe_processes.h"
 
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -99,16 +100,6 @@ TEST(ChildProcess, AProgramThatCannotRunIsAnErrorNamingIt) {
   EXPECT_NE(not_executable.status().message().find("ermission"), std::string::npos) << not_executable.status();
 }
 
-// True once `pid` (not necessarily a child of this process) has exited, within `timeout`.
-bool ExitsWithin(pid_t pid, std::chrono::milliseconds timeout) {
-  int fd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
-  if (fd < 0) return errno == ESRCH;  // gone already
-  pollfd pfd{fd, POLLIN, 0};
-  int rc = poll(&pfd, 1, static_cast<int>(timeout.count()));
-  close(fd);
-  return rc == 1;
-}
-
 // Forks a parent that starts `sleep 60` with `die_with_parent` and reports its pid; kills the
 // parent with SIGKILL and returns the sleeper's pid.
 pid_t SleeperOfAKilledParent(bool die_with_parent) {
@@ -137,14 +128,85 @@ pid_t SleeperOfAKilledParent(bool die_with_parent) {
 TEST(ChildProcess, AChildThatDiesWithItsParentEndsWhenTheParentIsKilled) {
   pid_t sleeper = SleeperOfAKilledParent(/*die_with_parent=*/true);
   ASSERT_GT(sleeper, 0);
-  EXPECT_TRUE(ExitsWithin(sleeper, 10s)) << "sleep " << sleeper << " outlived its killed parent";
+  EXPECT_TRUE(testing::ExitsWithin(sleeper, 10s)) << "sleep " << sleeper << " outlived its killed parent";
   kill(sleeper, SIGKILL);
 
   // Without the option the child lives on (what the option is for).
   pid_t orphan = SleeperOfAKilledParent(/*die_with_parent=*/false);
   ASSERT_GT(orphan, 0);
-  EXPECT_FALSE(ExitsWithin(orphan, 100ms));
+  EXPECT_FALSE(testing::ExitsWithin(orphan, 100ms));
   kill(orphan, SIGKILL);
+}
+
+// Forks a parent that starts `sh` (which starts `sleep 60` and reports its pid) with `options`
+// and reports the sleeper's pid; kills the parent with SIGKILL and returns the sleeper's pid.
+pid_t GrandchildOfAKilledParent(const SpawnOptions& options) {
+  int report[2];
+  if (pipe(report) != 0) return -1;
+  pid_t parent = fork();
+  if (parent == 0) {
+    close(report[0]);
+    auto child = ChildProcess::Spawn({"sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!; wait"}, options);
+    pid_t pid = -1;
+    if (child.ok()) {
+      auto line = (*child)->ReadLine(10s);
+      if (line.ok()) pid = std::stoi(*line);
+    }
+    if (write(report[1], &pid, sizeof pid) != sizeof pid) _exit(1);
+    pause();
+    _exit(0);
+  }
+  close(report[1]);
+  pid_t grandchild = -1;
+  if (read(report[0], &grandchild, sizeof grandchild) != sizeof grandchild) grandchild = -1;
+  close(report[0]);
+  kill(parent, SIGKILL);
+  waitpid(parent, nullptr, 0);
+  return grandchild;
+}
+
+TEST(ChildProcess, AGroupThatDiesWithItsParentTakesTheChildsChildrenAlong) {
+  SpawnOptions options;
+  options.die_with_parent = true;
+  options.group_dies_with_parent = true;
+  pid_t grandchild = GrandchildOfAKilledParent(options);
+  ASSERT_GT(grandchild, 0);
+  EXPECT_TRUE(testing::ExitsWithin(grandchild, 10s)) << "sleep " << grandchild << " outlived its killed grandparent";
+  kill(grandchild, SIGKILL);
+
+  // The parent-death signal alone reaches the child only (what the group is for).
+  options.group_dies_with_parent = false;
+  pid_t orphan = GrandchildOfAKilledParent(options);
+  ASSERT_GT(orphan, 0);
+  EXPECT_FALSE(testing::ExitsWithin(orphan, 100ms));
+  kill(orphan, SIGKILL);
+}
+
+// Starts `sh` leading its own group, which starts `sleep 60`; returns the sleeper's pid.
+pid_t StartGroupWithASleeper(std::unique_ptr<ChildProcess>* out) {
+  SpawnOptions options;
+  options.group_dies_with_parent = true;
+  auto child = ChildProcess::Spawn({"sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!; wait"}, options);
+  if (!child.ok()) return -1;
+  auto line = (*child)->ReadLine(10s);
+  if (!line.ok()) return -1;
+  *out = std::move(*child);
+  return std::stoi(*line);
+}
+
+TEST(ChildProcess, AGroupsChildIsSignalledWithItAndEndsWithTheChildProcess) {
+  std::unique_ptr<ChildProcess> child;
+  pid_t sleeper = StartGroupWithASleeper(&child);
+  ASSERT_GT(sleeper, 0);
+  EXPECT_EQ(getpgid(sleeper), child->pid()) << "the child leads the group its children join";
+  child->Signal(SIGTERM);
+  EXPECT_TRUE(testing::ExitsWithin(sleeper, 10s)) << "SIGTERM reached the child only";
+  child.reset();
+
+  sleeper = StartGroupWithASleeper(&child);
+  ASSERT_GT(sleeper, 0);
+  child.reset();  // neither the child nor what it started outlives its ChildProcess
+  EXPECT_TRUE(testing::ExitsWithin(sleeper, 10s));
 }
 
 TEST(ChildProcess, AwaitExitLeavesTheChildUnreapedUntilWait) {

@@ -33,6 +33,20 @@ constexpr uint64_t kGiB = uint64_t{1} << 30;
 
 class HeadFaults : public ::testing::Test {
  protected:
+  // A head, node a, and `troupe run` holding a 4 GiB slice of a (run_).
+  void StartHeadNodeAndLease() {
+    head_ = Start({"head"}, "READY ");
+    ASSERT_TRUE(head_);
+    node_ = Start({"node", "--name", "a"}, "JOINED ");
+    ASSERT_TRUE(node_);
+    auto run = ChildProcess::Spawn({TROUPE_BIN, "run", "-c", config_, "--memory", "4GiB", "--", "sleep", "60"}, {},
+                                   /*merge_stderr=*/true);
+    ASSERT_TRUE(run.ok()) << run.status();
+    run_ = std::move(*run);
+    auto granted = run_->ReadLineWithPrefix("troupe run: lease", 20s);
+    ASSERT_TRUE(granted.ok()) << granted.status();
+    ASSERT_NE(granted->find("node a"), std::string::npos) << *granted;
+  }
   void SetUp() override {
     (void)InitLogging("warn");
     std::string templ = (std::filesystem::temp_directory_path() / "troupe-head-XXXXXX").string();
@@ -215,17 +229,7 @@ TEST_F(HeadFaults, ALeaseTheHeadCannotStoreIsRefusedAndEveryGrantedLeaseOutlives
 }
 
 TEST_F(HeadFaults, ANodeKilledWhileTheHeadWasDownIsDeclaredDeadAndItsLeasesEnd) {
-  head_ = Start({"head"}, "READY ");
-  ASSERT_TRUE(head_);
-  node_ = Start({"node", "--name", "a"}, "JOINED ");
-  ASSERT_TRUE(node_);
-  auto run = ChildProcess::Spawn({TROUPE_BIN, "run", "-c", config_, "--memory", "4GiB", "--", "sleep", "60"}, {},
-                                 /*merge_stderr=*/true);
-  ASSERT_TRUE(run.ok()) << run.status();
-  run_ = std::move(*run);
-  auto granted = run_->ReadLineWithPrefix("troupe run: lease", 20s);
-  ASSERT_TRUE(granted.ok()) << granted.status();
-  ASSERT_NE(granted->find("node a"), std::string::npos) << *granted;
+  ASSERT_NO_FATAL_FAILURE(StartHeadNodeAndLease());
 
   // Node a's metrics endpoint, as the targets file lists it.
   const std::string targets_file = head_dir_ + "/prometheus-targets.json";
@@ -291,17 +295,7 @@ TEST_F(HeadFaults, ANodeKilledWhileTheHeadWasDownIsDeclaredDeadAndItsLeasesEnd) 
 }
 
 TEST_F(HeadFaults, ANodeRestartedUnderItsNameBeforeItsLossWasNoticedIsSeenAtOnce) {
-  head_ = Start({"head"}, "READY ");
-  ASSERT_TRUE(head_);
-  node_ = Start({"node", "--name", "a"}, "JOINED ");
-  ASSERT_TRUE(node_);
-  auto run = ChildProcess::Spawn({TROUPE_BIN, "run", "-c", config_, "--memory", "4GiB", "--", "sleep", "60"}, {},
-                                 /*merge_stderr=*/true);
-  ASSERT_TRUE(run.ok()) << run.status();
-  run_ = std::move(*run);
-  auto granted = run_->ReadLineWithPrefix("troupe run: lease", 20s);
-  ASSERT_TRUE(granted.ok()) << granted.status();
-  ASSERT_NE(granted->find("node a"), std::string::npos) << *granted;
+  ASSERT_NO_FATAL_FAILURE(StartHeadNodeAndLease());
 
   // Node a's process hangs (SIGSTOP: its connections stay up, so nothing notices), and a new
   // process starts under its name, as systemd or `troupe up` would start it after a crash.
