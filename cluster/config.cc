@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -220,10 +221,16 @@ class Parser {
     return base_dir_ + "/" + path;
   }
 
-  // The first line of the token file, read with a size limit (a token_file of /dev/zero must
-  // not read until memory runs out).
+  // The first line of the token file, a regular file read with a size limit.
   void ReadTokenFile(const YAML::Node& node, const std::string& token_file, std::string* token) {
     const std::string path = Resolve(token_file);
+    // Only a regular file: a FIFO, a terminal or /dev/stdin could block the loader for ever, and a
+    // device such as /dev/zero never ends.
+    struct stat st {};
+    if (stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+      Error(node, "cluster.token_file", path + " is not a regular file (write the token into a file)");
+      return;
+    }
     std::ifstream in(path, std::ios::binary);
     if (!in) {
       Error(node, "cluster.token_file", "cannot read " + path);

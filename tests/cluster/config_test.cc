@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -236,9 +237,12 @@ TEST(ClusterConfig, TooManySlicesPerGpuAreRefusedWithWhatToWriteInstead) {
 }
 
 TEST(ClusterConfig, ATokenFileIsReadWithASizeLimit) {
-  ExpectError("cluster:\n  name: t\n  token_file: /dev/zero\n", "cluster.token_file", "longer than 4096 bytes");
+  ExpectError("cluster:\n  name: t\n  token_file: /dev/zero\n", "cluster.token_file", "/dev/zero is not a regular file");
   std::string templ = (std::filesystem::temp_directory_path() / "troupe-cfg-XXXXXX").string();
   ASSERT_NE(mkdtemp(templ.data()), nullptr);
+  // A FIFO nobody writes to would block the loader for ever.
+  ASSERT_EQ(mkfifo((templ + "/fifo").c_str(), 0600), 0);
+  ExpectError("cluster:\n  name: t\n  token_file: " + templ + "/fifo\n", "cluster.token_file", "is not a regular file");
   std::ofstream(templ + "/long.txt") << std::string(5000, 'x');
   std::ofstream(templ + "/c.yaml") << "cluster:\n  name: t\n  token_file: long.txt\n";
   auto c = LoadClusterConfig(templ + "/c.yaml");
