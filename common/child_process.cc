@@ -94,13 +94,17 @@ StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(const std::vector<st
   int in_pipe[2] = {-1, -1};
   int out_pipe[2] = {-1, -1};
   int err_pipe[2] = {-1, -1};  // exec failure: the child writes its errno here
+  // group_dies_with_parent: the child waits for a byte here before it runs the program, so that
+  // its keeper exists before anything of the program does (else a kill -9 of this process in
+  // between would leave the group without its keeper).
+  int go_pipe[2] = {-1, -1};
   auto close_all = [&] {
-    for (int fd : {in_pipe[0], in_pipe[1], out_pipe[0], out_pipe[1], err_pipe[0], err_pipe[1]}) {
+    for (int fd : {in_pipe[0], in_pipe[1], out_pipe[0], out_pipe[1], err_pipe[0], err_pipe[1], go_pipe[0], go_pipe[1]}) {
       if (fd >= 0) close(fd);
     }
   };
   if ((!options.inherit_stdio && (pipe2(in_pipe, O_CLOEXEC) != 0 || pipe2(out_pipe, O_CLOEXEC) != 0)) ||
-      pipe2(err_pipe, O_CLOEXEC) != 0) {
+      pipe2(err_pipe, O_CLOEXEC) != 0 || (options.group_dies_with_parent && pipe2(go_pipe, O_CLOEXEC) != 0)) {
     Status error = InternalError(std::string("pipe: ") + std::strerror(errno));
     close_all();
     return error;
@@ -136,6 +140,15 @@ StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(const std::vector<st
       sigaction(sig, &default_action, nullptr);
     }
     sigprocmask(SIG_SETMASK, &none, nullptr);
+    if (options.group_dies_with_parent) {
+      close(go_pipe[1]);
+      char go = 0;
+      ssize_t got = 0;
+      do {
+        got = read(go_pipe[0], &go, 1);
+      } while (got < 0 && errno == EINTR);
+      if (got != 1) _exit(127);  // no keeper: the parent failed to start one, or is gone
+    }
     // The child gets stdin, stdout and stderr and nothing else: an inherited listening socket
     // (UCX opens its own without O_CLOEXEC) would outlive this process in its children and
     // accept connections for it that nobody answers. err_pipe[1] closes itself on exec.
@@ -150,25 +163,29 @@ StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(const std::vector<st
 
   close(err_pipe[1]);
   err_pipe[1] = -1;
+  std::unique_ptr<ChildProcess> child(new ChildProcess());
+  child->pid_ = pid;
+  if (options.group_dies_with_parent) {
+    setpgid(pid, pid);  // also here: whichever of the two runs first, the group exists before the keeper
+    close(go_pipe[0]);
+    go_pipe[0] = -1;
+    Status kept = child->StartKeeper();
+    const char go = 1;
+    if (!kept.ok() || write(go_pipe[1], &go, 1) != 1) {
+      close_all();  // the child, never told to go, exits; the destructor reaps it
+      return kept.ok() ? InternalError(std::string("cannot start a child: ") + std::strerror(errno)) : kept;
+    }
+    close(go_pipe[1]);
+    go_pipe[1] = -1;
+  }
   int exec_errno = 0;
   ssize_t n = 0;
   do {
     n = read(err_pipe[0], &exec_errno, sizeof exec_errno);
   } while (n < 0 && errno == EINTR);
-  if (n > 0) {  // exec failed: the child exits at once
-    waitpid(pid, nullptr, 0);
+  if (n > 0) {  // exec failed: the child exits at once (the destructor reaps it and the keeper)
     close_all();
     return UnavailableError("cannot start '" + argv[0] + "': " + std::strerror(exec_errno));
-  }
-  std::unique_ptr<ChildProcess> child(new ChildProcess());
-  child->pid_ = pid;
-  if (options.group_dies_with_parent) {
-    setpgid(pid, pid);  // also here: whichever of the two runs first, the group exists before the keeper
-    Status kept = child->StartKeeper();
-    if (!kept.ok()) {
-      close_all();
-      return kept;  // the destructor kills and reaps the child
-    }
   }
   if (!options.inherit_stdio) {
     close(in_pipe[0]);
