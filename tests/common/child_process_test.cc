@@ -14,6 +14,7 @@
 #include <chrono>
 #include <fstream>
 #include <string>
+#include <vector>
 
 namespace troupe {
 namespace {
@@ -100,29 +101,41 @@ TEST(ChildProcess, AProgramThatCannotRunIsAnErrorNamingIt) {
   EXPECT_NE(not_executable.status().message().find("ermission"), std::string::npos) << not_executable.status();
 }
 
-// Forks a parent that starts `sleep 60` with `die_with_parent` and reports its pid; kills the
-// parent with SIGKILL and returns the sleeper's pid.
-pid_t SleeperOfAKilledParent(bool die_with_parent) {
+// Forks a parent that starts `argv` with `options` and reports a pid: the child's, or (with
+// `pid_from_child`) the first line the child prints. Kills the parent with SIGKILL and returns
+// that pid (-1 if none was reported).
+pid_t PidOfAKilledParentsChild(const std::vector<std::string>& argv, const SpawnOptions& options,
+                               bool pid_from_child) {
   int report[2];
   if (pipe(report) != 0) return -1;
   pid_t parent = fork();
   if (parent == 0) {
     close(report[0]);
-    SpawnOptions options;
-    options.die_with_parent = die_with_parent;
-    auto child = ChildProcess::Spawn({"sleep", "60"}, options);
-    pid_t pid = child.ok() ? (*child)->pid() : -1;
+    auto child = ChildProcess::Spawn(argv, options);
+    pid_t pid = -1;
+    if (child.ok() && !pid_from_child) pid = (*child)->pid();
+    if (child.ok() && pid_from_child) {
+      auto line = (*child)->ReadLine(10s);
+      if (line.ok()) pid = std::stoi(*line);
+    }
     if (write(report[1], &pid, sizeof pid) != sizeof pid) _exit(1);
     pause();
     _exit(0);
   }
   close(report[1]);
-  pid_t sleeper = -1;
-  if (read(report[0], &sleeper, sizeof sleeper) != sizeof sleeper) sleeper = -1;
+  pid_t reported = -1;
+  if (read(report[0], &reported, sizeof reported) != sizeof reported) reported = -1;
   close(report[0]);
   kill(parent, SIGKILL);
   waitpid(parent, nullptr, 0);
-  return sleeper;
+  return reported;
+}
+
+// A `sleep 60` started by a parent that was then killed.
+pid_t SleeperOfAKilledParent(bool die_with_parent) {
+  SpawnOptions options;
+  options.die_with_parent = die_with_parent;
+  return PidOfAKilledParentsChild({"sleep", "60"}, options, /*pid_from_child=*/false);
 }
 
 TEST(ChildProcess, AChildThatDiesWithItsParentEndsWhenTheParentIsKilled) {
@@ -138,31 +151,10 @@ TEST(ChildProcess, AChildThatDiesWithItsParentEndsWhenTheParentIsKilled) {
   kill(orphan, SIGKILL);
 }
 
-// Forks a parent that starts `sh` (which starts `sleep 60` and reports its pid) with `options`
-// and reports the sleeper's pid; kills the parent with SIGKILL and returns the sleeper's pid.
+// A `sleep 60` started by `sh`, started with `options` by a parent that was then killed.
 pid_t GrandchildOfAKilledParent(const SpawnOptions& options) {
-  int report[2];
-  if (pipe(report) != 0) return -1;
-  pid_t parent = fork();
-  if (parent == 0) {
-    close(report[0]);
-    auto child = ChildProcess::Spawn({"sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!; wait"}, options);
-    pid_t pid = -1;
-    if (child.ok()) {
-      auto line = (*child)->ReadLine(10s);
-      if (line.ok()) pid = std::stoi(*line);
-    }
-    if (write(report[1], &pid, sizeof pid) != sizeof pid) _exit(1);
-    pause();
-    _exit(0);
-  }
-  close(report[1]);
-  pid_t grandchild = -1;
-  if (read(report[0], &grandchild, sizeof grandchild) != sizeof grandchild) grandchild = -1;
-  close(report[0]);
-  kill(parent, SIGKILL);
-  waitpid(parent, nullptr, 0);
-  return grandchild;
+  return PidOfAKilledParentsChild({"sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!; wait"}, options,
+                                  /*pid_from_child=*/true);
 }
 
 TEST(ChildProcess, AGroupThatDiesWithItsParentTakesTheChildsChildrenAlong) {
