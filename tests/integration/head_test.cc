@@ -47,6 +47,17 @@ class HeadFaults : public ::testing::Test {
     ASSERT_TRUE(granted.ok()) << granted.status();
     ASSERT_NE(granted->find("node a"), std::string::npos) << *granted;
   }
+  // True once `troupe run` (run_) prints a line holding `text` (20 lines, 10 s each, at most);
+  // `last` is the last line it printed.
+  bool RunTold(const std::string& text, std::string* last) {
+    for (int i = 0; i < 20; ++i) {
+      auto line = run_->ReadLine(10s);
+      if (!line.ok()) return false;
+      *last = *line;
+      if (line->find(text) != std::string::npos) return true;
+    }
+    return false;
+  }
   void SetUp() override {
     (void)InitLogging("warn");
     std::string templ = (std::filesystem::temp_directory_path() / "troupe-head-XXXXXX").string();
@@ -141,7 +152,8 @@ TEST_F(HeadFaults, ALeaseTheHeadCannotStoreIsRefusedAndEveryGrantedLeaseOutlives
   std::filesystem::create_directories(head_dir_);
   if (mount("tmpfs", head_dir_.c_str(), "tmpfs", 0, "size=4m") != 0) {
     GTEST_SKIP() << "cannot mount a tmpfs at " << head_dir_ << " (" << std::strerror(errno)
-                 << "); this test needs root (CAP_SYS_ADMIN) to give the head a data_dir it can fill";
+                 << "); this test needs root (CAP_SYS_ADMIN) to give the head a data_dir it can fill. It runs in CI "
+                    "and under `bash scripts/bootstrap.sh test`, which run as root";
   }
   mounted_ = true;
   head_ = Start({"head"}, "READY ");
@@ -272,16 +284,9 @@ TEST_F(HeadFaults, ANodeKilledWhileTheHeadWasDownIsDeclaredDeadAndItsLeasesEnd) 
   EXPECT_NE(after.find("\"role\": \"head\""), std::string::npos) << "the head's own target is gone: " << after;
 
   // The lease's holder was told: `troupe run` reports it and stops its command.
-  bool told = false;
   std::string last;
-  for (int i = 0; i < 20 && !told; ++i) {
-    auto line = run_->ReadLine(10s);
-    if (!line.ok()) break;
-    last = *line;
-    told = line->find("ended: node 'a' did not rejoin within 1s after the head restarted; stopping the command") !=
-           std::string::npos;
-  }
-  EXPECT_TRUE(told) << "troupe run was not told its lease ended; last line: " << last;
+  EXPECT_TRUE(RunTold("ended: node 'a' did not rejoin within 1s after the head restarted; stopping the command", &last))
+      << "troupe run was not told its lease ended; last line: " << last;
   auto rc = run_->Wait(10s);
   ASSERT_TRUE(rc.ok()) << "troupe run did not stop its command";
   EXPECT_EQ(WEXITSTATUS(*rc), 128 + SIGTERM);
@@ -309,15 +314,9 @@ TEST_F(HeadFaults, ANodeRestartedUnderItsNameBeforeItsLossWasNoticedIsSeenAtOnce
   const auto joined_ms =
       std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - restarted).count();
 
-  bool told = false;
   std::string last;
-  for (int i = 0; i < 20 && !told; ++i) {
-    auto line = run_->ReadLine(10s);
-    if (!line.ok()) break;
-    last = *line;
-    told = line->find("ended: node 'a' was lost; stopping the command") != std::string::npos;
-  }
-  EXPECT_TRUE(told) << "troupe run was not told that its lease on the earlier process ended; last line: " << last;
+  EXPECT_TRUE(RunTold("ended: node 'a' was lost; stopping the command", &last))
+      << "troupe run was not told that its lease on the earlier process ended; last line: " << last;
   const auto told_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - restarted).count();
   std::printf("a new process under a's name joined %lld ms after it started; the earlier process's lease ended "
               "(holder told) by %lld ms\n",
