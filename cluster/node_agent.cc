@@ -22,6 +22,9 @@ StatusOr<std::unique_ptr<NodeAgent>> NodeAgent::Start(const ClusterConfig& confi
     return InvalidArgumentError("no node named '" + name + "' in " + config.source);
   }
   agent->head_override_ = head_address;
+  // The GPUs and their slice counts are checked before anything starts: a node that cannot cut
+  // its GPUs into slices opens no port and starts no actor system.
+  RETURN_IF_ERROR(agent->DiscoverGpus());
   ASSIGN_OR_RETURN(agent->runtime_,
                    runtime::Runtime::Start(RuntimeConfigFor(config, name, NodeIdOf(config, name),
                                                             agent->spec_->listen_address),
@@ -29,7 +32,6 @@ StatusOr<std::unique_ptr<NodeAgent>> NodeAgent::Start(const ClusterConfig& confi
   std::string host = agent->spec_->listen_address.substr(0, agent->spec_->listen_address.rfind(':'));
   ASSIGN_OR_RETURN(agent->metrics_, runtime::MetricsServer::Start(host, agent->spec_->metrics_port));
   agent->metrics_->AddSource(runtime::RuntimeMetrics(*agent->runtime_));
-  RETURN_IF_ERROR(agent->DiscoverGpus());
   RETURN_IF_ERROR(agent->SpawnSlices());
   RETURN_IF_ERROR(agent->runtime_->RegisterName("troupe.node_agent", agent->agent_));
   return agent;
@@ -62,20 +64,20 @@ Status NodeAgent::DiscoverGpus() {
     for (const auto& d : devices) gpus_.push_back(GpuInfo{d.name, d.memory_total_bytes, false, d.uuid, d.index});
     spdlog::info("node {}: {} GPU(s) found through NVML", spec_->name, gpus_.size());
   }
-  return OkStatus();
-}
-
-Status NodeAgent::SpawnSlices() {
-  slices_ = std::make_shared<Slices>();
-  auto slices = slices_;
   // GPUs found through NVML are seen only now: the same cap on slices per GPU as the config's
-  // check of simulated GPUs, before any slice actor starts.
+  // check of simulated GPUs.
   for (const auto& gpu : gpus_) {
     if (Status s = CheckSliceCount(gpu.name, gpu.memory_bytes, spec_->slice_memory_bytes); !s.ok()) {
       spdlog::error("node {}: slice_memory {}", spec_->name, s.message());
       return InvalidArgumentError("nodes[" + spec_->name + "].slice_memory: " + s.message());
     }
   }
+  return OkStatus();
+}
+
+Status NodeAgent::SpawnSlices() {
+  slices_ = std::make_shared<Slices>();
+  auto slices = slices_;
   for (const auto& gpu : gpus_) {
     const uint64_t size = SliceSize(gpu.memory_bytes, spec_->slice_memory_bytes);
     const uint32_t count = size == 0 ? 0 : static_cast<uint32_t>(gpu.memory_bytes / size);

@@ -40,7 +40,8 @@ class NodeAgent {
   bool WaitStop(std::chrono::milliseconds d);
 
   struct Slices;
-  /// The node's GPUs: NVML ("gpus: auto"), the config's simulated ones, or none.
+  /// The node's GPUs: NVML ("gpus: auto"), the config's simulated ones, or none. InvalidArgument
+  /// when one would be cut into more than kMaxSlicesPerGpu slices. Runs before the runtime starts.
   Status DiscoverGpus();
   /// One GpuSlice actor per slice of each GPU, and the agent actor that leases them.
   Status SpawnSlices();

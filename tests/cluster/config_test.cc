@@ -299,19 +299,32 @@ TEST(ClusterConfig, ValidatingAFileReportsAMissingOrHugeFile) {
 }
 
 // GPUs found through NVML are seen only by the node agent: it applies the same cap. A config
-// built in code (bypassing the file's check) stands in for such a GPU.
-TEST(NodeAgentSlices, AGpuCutIntoMoreSlicesThanTheCapStopsTheNodeBeforeAnySliceStarts) {
+// built in code (bypassing the file's check) stands in for such a GPU. The node's metrics port
+// is taken: a node that started its runtime or metrics server before the check would fail on the
+// port instead (and, with an actor system started and stopped at once, upset the TSan pass,
+// which cannot see inside Debian's uninstrumented CAF).
+TEST(NodeAgentSlices, AGpuCutIntoMoreSlicesThanTheCapStopsTheNodeBeforeAnythingStarts) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(listen(fd, 1), 0);
+  socklen_t len = sizeof addr;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
   auto c = ParseClusterConfig("cluster:\n  name: t\n  token: secret-token\nnodes:\n  - name: a\n    gpus:\n"
                               "      simulated:\n        - memory: 24GiB\n",
                               "agent.yaml");
   ASSERT_TRUE(c.ok()) << c.status();
   c->nodes[0].slice_memory_bytes = 4096;
+  c->nodes[0].metrics_port = ntohs(addr.sin_port);
   auto agent = NodeAgent::Start(*c, "a", "");
   ASSERT_FALSE(agent.ok());
   EXPECT_EQ(agent.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(agent.status().message().find("nodes[a].slice_memory: would make 6291456 slices of GPU sim-0"),
             std::string::npos)
       << agent.status();
+  close(fd);
 }
 
 }  // namespace
