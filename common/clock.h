@@ -1,11 +1,12 @@
-// Clock: the time source of time-based logic (heartbeats, request deadlines), injectable so
-// that unit tests can step time by hand instead of sleeping.
+// Clock: the time source of time-based logic (heartbeats, request deadlines) and of timestamps,
+// injectable so that unit tests can step time by hand instead of sleeping.
 #pragma once
 
 #include <time.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 
 namespace troupe {
 
@@ -18,7 +19,7 @@ inline std::chrono::steady_clock::time_point CoarseSteadyNow() {
   return std::chrono::steady_clock::time_point(std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec));
 }
 
-/// A monotonic time source. Implementations are thread-safe.
+/// A monotonic time source, and the wall clock beside it. Implementations are thread-safe.
 class Clock {
  public:
   using TimePoint = std::chrono::steady_clock::time_point;
@@ -28,6 +29,14 @@ class Clock {
   virtual TimePoint Now() const = 0;
   /// Now(), or up to a few milliseconds before it, read more cheaply (see CoarseSteadyNow).
   virtual TimePoint NowCoarse() const { return Now(); }
+  /// The wall clock: for timestamps that people read or that outlive the process (events,
+  /// stored records), never for timeouts (it jumps when the host's time is set).
+  virtual std::chrono::system_clock::time_point WallNow() const { return std::chrono::system_clock::now(); }
+  /// WallNow() as milliseconds since the Unix epoch (1970-01-01 00:00 UTC), the form of the
+  /// `unix_ms` fields of events and records.
+  int64_t UnixMs() const {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(WallNow().time_since_epoch()).count();
+  }
 };
 
 /// The real monotonic clock.
@@ -42,14 +51,23 @@ class SteadyClock final : public Clock {
   }
 };
 
-/// A clock that moves only when told to: for deterministic tests.
+/// A clock that moves only when told to: for deterministic tests. Its wall clock starts at
+/// kStartUnixMs and moves with Advance() too.
 class ManualClock final : public Clock {
  public:
+  /// 2026-01-01 00:00:00 UTC: a fixed date, so that timestamps in tests are reproducible.
+  static constexpr int64_t kStartUnixMs = 1767225600000;
+
   TimePoint Now() const override { return TimePoint(Duration(now_.load())); }
+  std::chrono::system_clock::time_point WallNow() const override {
+    return std::chrono::system_clock::time_point(std::chrono::duration_cast<std::chrono::system_clock::duration>(
+        std::chrono::milliseconds(kStartUnixMs) + (Now() - TimePoint(kStart))));
+  }
   void Advance(Duration d) { now_.fetch_add(d.count()); }
 
  private:
-  std::atomic<Duration::rep> now_{Duration(std::chrono::hours(1)).count()};
+  static constexpr Duration kStart = std::chrono::hours(1);
+  std::atomic<Duration::rep> now_{kStart.count()};
 };
 
 }  // namespace troupe
