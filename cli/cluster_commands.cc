@@ -28,6 +28,7 @@
 
 #include "actors/slice_environment.h"
 #include "cli/json_output.h"
+#include "cluster/bootstrap.h"
 #include "cluster/client.h"
 #include "cluster/config.h"
 #include "cluster/head.h"

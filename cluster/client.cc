@@ -8,7 +8,7 @@
 #include <algorithm>
 #include <chrono>
 
-#include "cluster/head.h"
+#include "cluster/bootstrap.h"
 #include "runtime/node_identity.h"
 
 namespace troupe::cluster {

@@ -498,10 +498,21 @@ uint64_t SliceSize(uint64_t gpu_memory_bytes, uint64_t slice_memory_bytes) {
   return slice_memory_bytes > 0 && slice_memory_bytes <= gpu_memory_bytes ? slice_memory_bytes : gpu_memory_bytes;
 }
 
-Status CheckSliceCount(const std::string& gpu_name, uint64_t gpu_memory_bytes, uint64_t slice_memory_bytes) {
+namespace {
+// The slices a GPU would make, before the cap.
+uint64_t UncappedSliceCount(uint64_t gpu_memory_bytes, uint64_t slice_memory_bytes) {
   const uint64_t size = SliceSize(gpu_memory_bytes, slice_memory_bytes);
-  if (size == 0) return OkStatus();
-  const uint64_t count = gpu_memory_bytes / size;
+  return size == 0 ? 0 : gpu_memory_bytes / size;
+}
+}  // namespace
+
+uint32_t SliceCount(uint64_t gpu_memory_bytes, uint64_t slice_memory_bytes) {
+  const uint64_t count = UncappedSliceCount(gpu_memory_bytes, slice_memory_bytes);
+  return count <= kMaxSlicesPerGpu ? static_cast<uint32_t>(count) : 0;
+}
+
+Status CheckSliceCount(const std::string& gpu_name, uint64_t gpu_memory_bytes, uint64_t slice_memory_bytes) {
+  const uint64_t count = UncappedSliceCount(gpu_memory_bytes, slice_memory_bytes);
   if (count <= kMaxSlicesPerGpu) return OkStatus();
   // The smallest slice that keeps within the cap, rounded up to whole MiB.
   const uint64_t least = (gpu_memory_bytes + kMaxSlicesPerGpu - 1) / kMaxSlicesPerGpu;

@@ -104,6 +104,11 @@ std::vector<ConfigError> ValidateClusterConfigText(const std::string& yaml, cons
 /// The size of each slice of a GPU of `gpu_memory_bytes` cut by `slice_memory_bytes` (0, or
 /// more than the GPU: the whole GPU is one slice).
 uint64_t SliceSize(uint64_t gpu_memory_bytes, uint64_t slice_memory_bytes);
+/// How many slices of SliceSize() a GPU of `gpu_memory_bytes` is cut into: the one rule the node
+/// agent (its slice actors), the head's scheduler and the head's metrics all follow. 0 for a GPU
+/// without memory, and for one that would make more than kMaxSlicesPerGpu (CheckSliceCount says
+/// why; such a GPU offers no slices).
+uint32_t SliceCount(uint64_t gpu_memory_bytes, uint64_t slice_memory_bytes);
 /// OK, or InvalidArgument saying how many slices `slice_memory_bytes` would make of GPU
 /// `gpu_name` and which slice_memory to write instead, when that is more than kMaxSlicesPerGpu.
 Status CheckSliceCount(const std::string& gpu_name, uint64_t gpu_memory_bytes, uint64_t slice_memory_bytes);

@@ -8,7 +8,6 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <mutex>
 #include <algorithm>
 #include <deque>
@@ -18,7 +17,6 @@
 #include "cluster/messages.h"
 #include "cluster/scheduler.h"
 #include "common/file_util.h"
-#include "runtime/node_identity.h"
 #include "storage/table.h"
 
 namespace troupe::storage {
@@ -128,9 +126,7 @@ struct ControllerState {
       sched::GpuState gpu;
       gpu.id = g.uuid.empty() ? g.name : g.uuid;
       gpu.index = g.index;
-      const uint64_t slice = record.slice_memory_bytes > 0 && record.slice_memory_bytes <= g.memory_bytes
-                                 ? record.slice_memory_bytes
-                                 : g.memory_bytes;
+      const uint64_t slice = SliceSize(g.memory_bytes, record.slice_memory_bytes);
       if (slice == 0) continue;
       // The node agent refuses such a GPU itself; a node record from elsewhere (an older or
       // hostile peer with the token) must not make the scheduler index millions of slices.
@@ -138,7 +134,7 @@ struct ControllerState {
         spdlog::error("head: node '{}': GPU {} not scheduled: {}", record.name, g.index, capped.message());
         continue;
       }
-      gpu.slices_total = gpu.slices_free = static_cast<uint32_t>(g.memory_bytes / slice);
+      gpu.slices_total = gpu.slices_free = SliceCount(g.memory_bytes, record.slice_memory_bytes);
       gpu.slice_memory_bytes = slice;
       gpu.memory_total_bytes = g.memory_bytes;
       gpu.simulated = g.simulated;
@@ -802,42 +798,6 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
 
 }  // namespace
 
-runtime::NodeId HeadNodeId(const ClusterConfig& config) { return runtime::NodeIdFromName("troupe-head/" + config.name); }
-runtime::NodeId NodeIdOf(const ClusterConfig& config, const std::string& node_name) {
-  return runtime::NodeIdFromName("troupe-node/" + config.name + "/" + node_name);
-}
-
-StatusOr<std::string> ResolveHeadAddress(const ClusterConfig& config, const std::string& override_address) {
-  if (!override_address.empty()) return override_address;
-  if (config.head.port != 0) return config.head.address + ":" + std::to_string(config.head.port);
-  std::string file = config.head.data_dir + "/head.address";
-  std::ifstream in(file);
-  std::string address;
-  if (!in || !std::getline(in, address) || address.empty()) {
-    return UnavailableError("head.port is 0 and " + file + " does not say where the head listens (is it running?)");
-  }
-  return address;
-}
-
-runtime::RuntimeConfig RuntimeConfigFor(const ClusterConfig& config, const std::string& name, runtime::NodeId id,
-                                        const std::string& listen_address) {
-  runtime::RuntimeConfig rc;
-  rc.node_name = name;
-  rc.node_id = id;
-  rc.transport.cluster_token = config.token;
-  rc.transport.listen_address = listen_address;
-  rc.heartbeat_interval = config.heartbeat_interval;
-  rc.heartbeat_timeout = config.failure_timeout;
-  return rc;
-}
-
-runtime::CodecRegistry ClusterCodecs() {
-  runtime::CodecRegistry codecs;
-  Status s = AddClusterCodecs(codecs);
-  if (!s.ok()) spdlog::critical("cluster codecs: {}", s.ToString());
-  return codecs;
-}
-
 StatusOr<std::unique_ptr<Head>> Head::Start(const ClusterConfig& config) {
   if (config.head.data_dir.empty()) {
     return InvalidArgumentError(config.source + ": head.data_dir is required (the head keeps its state there)");
@@ -935,7 +895,7 @@ StatusOr<std::unique_ptr<Head>> Head::Start(const ClusterConfig& config) {
       for (const auto& gpu : record.gpus) {
         (gpu.simulated ? gpus_sim : gpus_real) += 1;
         gpu_memory += gpu.memory_bytes;
-        if (record.slice_memory_bytes > 0) slices += gpu.memory_bytes / record.slice_memory_bytes;
+        slices += SliceCount(gpu.memory_bytes, record.slice_memory_bytes);
       }
     }
     auto states = runtime::GaugeFamily("troupe_cluster_nodes", "Nodes by membership state");

@@ -1,34 +1,18 @@
-// The head: membership of the cluster's nodes (join, alive -> suspect -> dead, rejoin), kept in
-// LMDB so that a restarted head knows its cluster; and what node agents and clients share
-// about finding it.
+// The head: membership of the cluster's nodes (join, alive -> suspect -> dead, rejoin) and the
+// slice leases, kept in LMDB so that a restarted head knows its cluster. What node agents and
+// clients share with it about finding it is in cluster/bootstrap.h.
 #pragma once
 
 #include <memory>
 #include <string>
 
+#include "cluster/bootstrap.h"
 #include "cluster/config.h"
 #include "runtime/metrics.h"
 #include "runtime/runtime.h"
 #include "storage/lmdb_env.h"
 
 namespace troupe::cluster {
-
-/// The name the head's controller is registered under on the head node.
-inline constexpr const char* kHeadActorName = "troupe.head";
-
-/// Node ids: stable functions of the cluster and node names, so restarts keep identities.
-runtime::NodeId HeadNodeId(const ClusterConfig& config);
-runtime::NodeId NodeIdOf(const ClusterConfig& config, const std::string& node_name);
-
-/// Where the head listens: `override_address` if given; else head.address:head.port; with
-/// port 0, the address the running head wrote to <head.data_dir>/head.address.
-StatusOr<std::string> ResolveHeadAddress(const ClusterConfig& config, const std::string& override_address);
-
-/// A runtime configured from the cluster file for one process.
-runtime::RuntimeConfig RuntimeConfigFor(const ClusterConfig& config, const std::string& name, runtime::NodeId id,
-                                        const std::string& listen_address);
-/// Every message type of the cluster protocol.
-runtime::CodecRegistry ClusterCodecs();
 
 /// The head process's core. Owns the runtime, the LMDB state and the controller actor.
 ///

@@ -7,7 +7,7 @@
 #include <map>
 
 #include "actors/gpu_slice.h"
-#include "cluster/head.h"
+#include "cluster/bootstrap.h"
 
 namespace troupe::cluster {
 
@@ -80,7 +80,7 @@ Status NodeAgent::SpawnSlices() {
   auto slices = slices_;
   for (const auto& gpu : gpus_) {
     const uint64_t size = SliceSize(gpu.memory_bytes, spec_->slice_memory_bytes);
-    const uint32_t count = size == 0 ? 0 : static_cast<uint32_t>(gpu.memory_bytes / size);
+    const uint32_t count = SliceCount(gpu.memory_bytes, spec_->slice_memory_bytes);
     const size_t g = slices->actors.size();
     slices->actors.emplace_back();
     slices->lease.emplace_back(count, 0);

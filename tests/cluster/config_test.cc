@@ -236,6 +236,18 @@ TEST(ClusterConfig, TooManySlicesPerGpuAreRefusedWithWhatToWriteInstead) {
   EXPECT_EQ(SliceSize(16ull << 30, 4ull << 30), 4ull << 30);
 }
 
+TEST(ClusterConfig, OneSliceCountRuleCoversWholeGpusOversizedSlicesAndTheCap) {
+  EXPECT_EQ(SliceCount(80ull << 30, 10ull << 30), 8u);
+  EXPECT_EQ(SliceCount(80ull << 30, 30ull << 30), 2u);  // the remainder is no slice
+  EXPECT_EQ(SliceCount(80ull << 30, 0), 1u);            // whole GPUs
+  EXPECT_EQ(SliceCount(16ull << 30, 32ull << 30), 1u);  // a slice larger than the GPU: the GPU
+  EXPECT_EQ(SliceCount(0, 1ull << 30), 0u);
+  EXPECT_EQ(SliceCount(80ull << 30, 80ull << 20), kMaxSlicesPerGpu);
+  // Over the cap a GPU offers nothing (CheckSliceCount says why) rather than millions of slices.
+  EXPECT_EQ(SliceCount(80ull << 30, (80ull << 30) / 1025), 0u);
+  EXPECT_FALSE(CheckSliceCount("gpu", 80ull << 30, (80ull << 30) / 1025).ok());
+}
+
 TEST(ClusterConfig, ATokenFileIsReadWithASizeLimit) {
   ExpectError("cluster:\n  name: t\n  token_file: /dev/zero\n", "cluster.token_file", "/dev/zero is not a regular file");
   std::string templ = (std::filesystem::temp_directory_path() / "troupe-cfg-XXXXXX").string();
