@@ -23,7 +23,9 @@
 
 #include "transport/address.h"
 #include "transport/auth.h"
+#include "transport/batch.h"
 #include "transport/envelope.h"
+#include "transport/handshake.h"
 
 namespace troupe::transport {
 namespace {
@@ -34,22 +36,6 @@ using Clock = std::chrono::steady_clock;
 constexpr unsigned kAmId = 0x7e;
 /// Largest handshake payload (a UCX worker address) accepted.
 constexpr size_t kMaxHandshakePayload = 64 * 1024;
-/// Batching: data frames queued for one peer in the same progress turn travel as one message
-/// (one UCX send, one syscall over TCP) when their payloads are at most kMaxBatchedPayload and
-/// the batch stays within kMaxBatchBytes (below UCX's rendezvous threshold: batches go eagerly).
-constexpr size_t kMaxBatchedPayload = 2048;
-constexpr size_t kMaxBatchBytes = 8192;
-constexpr size_t kMaxBatchFrames = 64;
-/// Largest batch a receiver accepts (a peer with other limits may send bigger ones).
-constexpr size_t kMaxBatchBytesAccepted = 256 * 1024;
-
-void PutU32(std::string& out, uint32_t v) {
-  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-uint32_t GetU32(const uint8_t* p) {
-  return static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 | static_cast<uint32_t>(p[2]) << 16 |
-         static_cast<uint32_t>(p[3]) << 24;
-}
 
 std::string UcsError(ucs_status_t status) { return ucs_status_string(status); }
 
@@ -111,22 +97,17 @@ class UcxTransport::Impl {
   };
 
   struct Connection {
+    Connection(Impl* owner, Handshake initial) : impl(owner), handshake(std::move(initial)) {}
+
     Impl* impl = nullptr;
     ucp_ep_h ep = nullptr;            // the listener (bootstrap) endpoint: handshakes
     ucp_ep_h direct_ep = nullptr;     // to the peer's worker address: data, once opened
     bool bootstrap_retired = false;   // `ep` closed after the move to `direct_ep`
-    std::string peer_worker_address;  // from the peer's hello/challenge payload
-    std::string peer_listen_address;  // from a client's hello; kept only once it has authenticated
+    // Authentication; kReady exactly when it is authenticated (until the connection closes).
+    Handshake handshake;
     ConnState state = ConnState::kHandshaking;
-    bool outbound = false;
-    bool hello_seen = false;     // server: the client's hello arrived
-    bool challenge_seen = false; // client: the server's challenge arrived
-    NodeId peer = 0;
-    uint64_t peer_instance = 0;  // the peer process's HandshakeInfo::instance (0: not sent)
-    std::string peer_name;
+    NodeId peer = 0;             // handshake.peer(), copied after every handshake step
     std::string remote_address;
-    std::string client_nonce;
-    std::string server_nonce;
     Clock::time_point deadline;
     std::deque<Command> queued;        // sends waiting for Ready
     std::vector<Command> batch;        // sends of this progress turn, flushed at its end
@@ -136,8 +117,8 @@ class UcxTransport::Impl {
 
     std::string Describe() const {
       if (peer != 0 && state == ConnState::kReady) {
-        return "peer " + std::to_string(peer) + (peer_name.empty() ? "" : " '" + peer_name + "'") +
-               " at " + remote_address;
+        const std::string& name = handshake.peer_name();
+        return "peer " + std::to_string(peer) + (name.empty() ? "" : " '" + name + "'") + " at " + remote_address;
       }
       return "unauthenticated peer at " + remote_address;
     }
@@ -229,7 +210,7 @@ class UcxTransport::Impl {
   void OpenDirectEndpoint(const ConnPtr& conn);
   void RetireBootstrap(const ConnPtr& conn, bool force);
   void CompleteSend(SendOp* op, ucs_status_t status);
-  void OnHandshake(const ConnPtr& conn, const DecodedEnvelope& env, const std::string& payload);
+  void OnHandshake(const ConnPtr& conn, const DecodedEnvelope& env, std::string_view payload);
   void BecomeReady(const ConnPtr& conn);
   void Fail(const ConnPtr& conn, const Status& reason, bool graceful = false);
   void CloseEndpoint(ucp_ep_h ep, const ConnPtr& conn, bool force);
@@ -255,6 +236,8 @@ class UcxTransport::Impl {
   UcxTransportConfig config_;
   // This process's HandshakeInfo::instance: random per start, never 0.
   uint64_t instance_ = 0;
+  // What every handshake says of this process; set once the worker and listener exist.
+  HandshakeConfig handshake_config_;
   TransportHandler handler_;
   Counters counters_;
 
@@ -433,6 +416,12 @@ Status UcxTransport::Impl::InitUcx() {
     if (advertised.empty()) advertised = bound;
     spdlog::info("transport: node {} listening on {}", config_.node_id, bound);
   }
+  handshake_config_.node_id = config_.node_id;
+  handshake_config_.node_name = config_.node_name;
+  handshake_config_.listen_address = advertised;
+  handshake_config_.cluster_token = config_.cluster_token;
+  handshake_config_.instance = instance_;
+  handshake_config_.worker_address = worker_address_;
   std::lock_guard<std::mutex> lock(mu_);
   advertised_address_ = advertised;
   settings_ = std::move(*settings);
@@ -766,7 +755,6 @@ void UcxTransport::Impl::FlushBatches() {
 }
 
 void UcxTransport::Impl::PostBatch(const ConnPtr& conn, std::vector<Command>& cmds, size_t begin, size_t end) {
-  // Records: u32 envelope size, envelope (a data envelope), u32 payload size, payload.
   // Built in a string that the send's buffer then owns (no second copy).
   auto bytes_owner = std::make_unique<std::string>();
   std::string& bytes = *bytes_owner;
@@ -783,10 +771,7 @@ void UcxTransport::Impl::PostBatch(const ConnPtr& conn, std::vector<Command>& cm
       if (cmd.done) cmd.done(encoded);
       continue;
     }
-    PutU32(bytes, static_cast<uint32_t>(env.size));
-    bytes.append(reinterpret_cast<const char*>(env.bytes), env.size);
-    PutU32(bytes, static_cast<uint32_t>(cmd.payload.size()));
-    bytes.append(reinterpret_cast<const char*>(cmd.payload.data()), cmd.payload.size());
+    AppendBatchRecord(env, cmd.payload.data(), cmd.payload.size(), &bytes);
     frame_bytes += cmd.payload.size();
     ++frames;
     if (cmd.done) dones.push_back(std::move(cmd.done));
@@ -871,13 +856,10 @@ UcxTransport::Impl::ConnPtr UcxTransport::Impl::Connect(NodeId peer, const std::
     spdlog::error("transport: cannot connect to node {}: {}", peer, addr.status().message());
     return nullptr;
   }
-  auto conn = std::make_shared<Connection>();
-  conn->impl = this;
-  conn->outbound = true;
+  auto conn = std::make_shared<Connection>(this, Handshake::Client(&handshake_config_, peer, RandomNonce()));
   conn->peer = peer;
   conn->remote_address = address;
   conn->deadline = Clock::now() + config_.handshake_timeout;
-  conn->client_nonce = RandomNonce();
 
   ucp_ep_params_t params{};
   params.field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR |
@@ -896,13 +878,8 @@ UcxTransport::Impl::ConnPtr UcxTransport::Impl::Connect(NodeId peer, const std::
   counters_.connections_opened.fetch_add(1, std::memory_order_relaxed);
   RegisterEndpoint(conn);
 
-  HandshakeInfo hello;
-  hello.node_id = config_.node_id;
-  hello.node_name = config_.node_name;
-  hello.listen_address = listen_address();
-  hello.nonce = conn->client_nonce;
-  hello.instance = instance_;
-  SendControl(conn, FrameKind::kHello, hello, worker_address_);
+  const HandshakeMessage hello = conn->handshake.Hello();
+  SendControl(conn, hello.kind, hello.info, hello.payload);
   return conn;
 }
 
@@ -922,9 +899,7 @@ void UcxTransport::Impl::HandleConnRequests() {
   requests.swap(conn_requests_);
   for (ucp_conn_request_h request : requests) {
     counters_.connections_accepted.fetch_add(1, std::memory_order_relaxed);
-    auto conn = std::make_shared<Connection>();
-    conn->impl = this;
-    conn->outbound = false;
+    auto conn = std::make_shared<Connection>(this, Handshake::Server(&handshake_config_, RandomNonce()));
     conn->deadline = Clock::now() + config_.handshake_timeout;
     ucp_conn_request_attr_t attr{};
     attr.field_mask = UCP_CONN_REQUEST_ATTR_FIELD_CLIENT_ADDR;
@@ -1004,7 +979,7 @@ void UcxTransport::Impl::OpenDirectEndpoint(const ConnPtr& conn) {
   params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                       UCP_EP_PARAM_FIELD_ERR_HANDLER;
   // The address came from a peer that has proved it holds the cluster token.
-  params.address = reinterpret_cast<const ucp_address_t*>(conn->peer_worker_address.data());
+  params.address = reinterpret_cast<const ucp_address_t*>(conn->handshake.peer_worker_address().data());
   params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
   params.err_handler.cb = &Impl::OnEpError;
   params.err_handler.arg = conn.get();
@@ -1285,11 +1260,11 @@ ucs_status_t UcxTransport::Impl::HandleAm(const void* header, size_t header_leng
                   "handshake frame with a " + std::to_string(length) + "-byte payload or on a direct endpoint");
       return refuse;
     }
-    OnHandshake(conn, *env, std::string(static_cast<const char*>(data), length));
+    OnHandshake(conn, *env, std::string_view(static_cast<const char*>(data), length));
     return UCS_OK;
   }
-  if (conn->state == ConnState::kHandshaking && conn->outbound && conn->challenge_seen &&
-      conn->direct_ep != nullptr && param->reply_ep == conn->direct_ep) {
+  if (conn->state == ConnState::kHandshaking && conn->direct_ep != nullptr && param->reply_ep == conn->direct_ep &&
+      conn->handshake.OnDirectData()) {
     // Data on our direct endpoint can only come from the server we authenticated, after
     // it accepted us; its accept may still be on its way over the listener connection.
     BecomeReady(conn);
@@ -1410,38 +1385,20 @@ bool UcxTransport::Impl::DeliverFrame(Connection* conn, const FrameHeader& heade
 }
 
 void UcxTransport::Impl::DeliverBatch(Connection* conn, const Buffer& batch) {
-  // Untrusted bytes: every size is checked before it is used; a bad record drops the rest of
-  // the batch (there is no way to find the next record) and counts as malformed.
-  const uint8_t* p = batch.data();
-  size_t left = batch.size();
-  auto malformed = [&](const std::string& what) {
-    RejectFrame("malformed", counters_.rejected_malformed, conn, "batch: " + what);
-  };
-  while (left > 0) {
-    if (left < 4) return malformed("truncated record");
-    uint32_t env_size = GetU32(p);
-    p += 4;
-    left -= 4;
-    if (env_size > left || env_size > kMaxEnvelopeBytes) return malformed("envelope size " + std::to_string(env_size));
-    auto env = DecodeEnvelope(p, env_size);
-    if (!env.ok()) return malformed(env.status().message());
-    if (env->kind != FrameKind::kData) return malformed("a record that is not a data frame");
-    p += env_size;
-    left -= env_size;
-    if (left < 4) return malformed("truncated record");
-    uint32_t size = GetU32(p);
-    p += 4;
-    left -= 4;
-    if (size > left) return malformed("payload size " + std::to_string(size) + " beyond the batch");
-    if (size > config_.max_frame_bytes) {
+  // Each frame is delivered as it is read: a bad record drops the rest of the batch (there is
+  // no way to find the next record) and counts as malformed once; the frames before it stay
+  // delivered.
+  BatchReader reader(batch.data(), batch.size(), config_.max_frame_bytes);
+  BatchRecord record;
+  while (reader.Next(&record)) {
+    const size_t size = record.payload_size;
+    if (record.oversized) {
       RejectFrame("oversized", counters_.rejected_oversized, conn,
                   "batched payload of " + std::to_string(size) + " bytes exceeds max_frame_bytes " +
                       std::to_string(config_.max_frame_bytes));
-      p += size;
-      left -= size;
       continue;
     }
-    FrameHeader header = env->header;
+    FrameHeader header = record.header;
     header.src_node = conn->peer;
     Buffer payload = handler_.allocate_payload(header, size);
     if (payload.size() < size) {
@@ -1449,143 +1406,40 @@ void UcxTransport::Impl::DeliverBatch(Connection* conn, const Buffer& batch) {
                     conn->Describe());
       return;
     }
-    if (size > 0) std::memcpy(payload.data(), p, size);
-    p += size;
-    left -= size;
+    if (size > 0) std::memcpy(payload.data(), record.payload, size);
     if (!DeliverFrame(conn, header, std::move(payload))) return;
+  }
+  if (!reader.status().ok()) {
+    RejectFrame("malformed", counters_.rejected_malformed, conn, "batch: " + reader.status().message());
   }
 }
 
 // ---- Handshake ------------------------------------------------------------------------
 
-void UcxTransport::Impl::OnHandshake(const ConnPtr& conn, const DecodedEnvelope& env,
-                                     const std::string& payload) {
-  const HandshakeInfo& hs = env.handshake;
-  auto refuse = [&](const std::string& why, bool tell_peer) {
+void UcxTransport::Impl::OnHandshake(const ConnPtr& conn, const DecodedEnvelope& env, std::string_view payload) {
+  HandshakeStep step = conn->handshake.OnMessage(env, payload);
+  conn->peer = conn->handshake.peer();
+  if (step.refused) {
     counters_.auth_failures.fetch_add(1, std::memory_order_relaxed);
-    spdlog::warn("transport: authentication with {} failed: {}", conn->Describe(), why);
-    if (tell_peer) {
-      HandshakeInfo reject;
-      reject.node_id = config_.node_id;
-      reject.reason = why;
-      SendControl(conn, FrameKind::kReject, reject);
-    }
+    spdlog::warn("transport: authentication with {} failed: {}", conn->Describe(), *step.refused);
+    const bool tell_peer = step.reply.has_value();
+    if (tell_peer) SendControl(conn, step.reply->kind, step.reply->info, step.reply->payload);
     Fail(conn, PermissionDeniedError("authentication with node " + std::to_string(conn->peer) +
-                                     " failed: " + why),
+                                     " failed: " + *step.refused),
          /*graceful=*/tell_peer);
-  };
-
-  if (env.kind == FrameKind::kReject) {
-    refuse("peer rejected us: " + hs.reason, false);
     return;
   }
-  if (env.kind == FrameKind::kAccept && conn->outbound && conn->state == ConnState::kReady) {
-    // Data on the direct endpoint already told us; the accept only retires the listener.
-    if (conn->direct_ep != nullptr) RetireBootstrap(conn, /*force=*/true);
-    return;
+  const std::string& learned_address = conn->handshake.peer_listen_address();
+  if (step.ready && !learned_address.empty()) {
+    // The client's advertised address lets us dial it again later; it has proven the token.
+    std::lock_guard<std::mutex> lock(mu_);
+    addresses_.emplace(conn->peer, learned_address);
+    counters_.addresses_known.store(addresses_.size(), std::memory_order_relaxed);
   }
-  if (conn->state != ConnState::kHandshaking || !env.has_handshake) {
-    refuse("unexpected handshake message (kind " + std::to_string(static_cast<int>(env.kind)) + ")", false);
-    return;
-  }
-
-  if (!conn->outbound) {
-    if (env.kind == FrameKind::kHello && !conn->hello_seen) {
-      if (hs.node_id == 0 || hs.node_id == config_.node_id) {
-        refuse("hello with invalid node id " + std::to_string(hs.node_id), true);
-        return;
-      }
-      if (hs.nonce.size() != kNonceBytes) {
-        refuse("hello with a nonce of " + std::to_string(hs.nonce.size()) + " bytes", true);
-        return;
-      }
-      if (env.header.dst_node != 0 && env.header.dst_node != config_.node_id) {
-        refuse("peer dialed node " + std::to_string(env.header.dst_node) + " but this is node " +
-                   std::to_string(config_.node_id),
-               true);
-        return;
-      }
-      conn->hello_seen = true;
-      conn->peer = hs.node_id;
-      conn->peer_instance = hs.instance;  // used only once the client has authenticated
-      conn->peer_name = hs.node_name;
-      conn->client_nonce = hs.nonce;
-      conn->server_nonce = RandomNonce();
-      conn->peer_worker_address = payload;  // used only once the client has authenticated
-      HandshakeInfo challenge;
-      challenge.node_id = config_.node_id;
-      challenge.node_name = config_.node_name;
-      challenge.listen_address = listen_address();
-      challenge.nonce = conn->server_nonce;
-      challenge.instance = instance_;
-      challenge.proof = ComputeProof(config_.cluster_token, AuthRole::kServer, conn->client_nonce,
-                                     conn->server_nonce, conn->peer, config_.node_id);
-      bool direct = config_.direct_endpoints && !payload.empty();
-      SendControl(conn, FrameKind::kChallenge, challenge, direct ? worker_address_ : std::string());
-      // The client's advertised address lets us dial it again later, once it has proven the token.
-      conn->peer_listen_address = hs.listen_address;
-      return;
-    }
-    if (env.kind == FrameKind::kAuth && conn->hello_seen) {
-      std::string expected = ComputeProof(config_.cluster_token, AuthRole::kClient, conn->client_nonce,
-                                          conn->server_nonce, conn->peer, config_.node_id);
-      if (!ProofsEqual(hs.proof, expected)) {
-        refuse("wrong cluster token (client proof did not verify)", true);
-        return;
-      }
-      if (!conn->peer_listen_address.empty()) {
-        std::lock_guard<std::mutex> lock(mu_);
-        addresses_.emplace(conn->peer, conn->peer_listen_address);
-        counters_.addresses_known.store(addresses_.size(), std::memory_order_relaxed);
-      }
-      // Open the direct endpoint before accepting, so data we send right after the accept
-      // already goes there; the client opened its own before sending auth.
-      if (config_.direct_endpoints && !conn->peer_worker_address.empty()) OpenDirectEndpoint(conn);
-      HandshakeInfo accept;
-      accept.node_id = config_.node_id;
-      SendControl(conn, FrameKind::kAccept, accept);
-      BecomeReady(conn);
-      return;
-    }
-  } else {
-    if (env.kind == FrameKind::kChallenge && !conn->challenge_seen) {
-      if (hs.node_id != conn->peer) {
-        refuse("dialed node " + std::to_string(conn->peer) + " but node " + std::to_string(hs.node_id) +
-                   " answered",
-               true);
-        return;
-      }
-      if (hs.nonce.size() != kNonceBytes) {
-        refuse("challenge with a nonce of " + std::to_string(hs.nonce.size()) + " bytes", true);
-        return;
-      }
-      std::string expected = ComputeProof(config_.cluster_token, AuthRole::kServer, conn->client_nonce,
-                                          hs.nonce, config_.node_id, conn->peer);
-      if (!ProofsEqual(hs.proof, expected)) {
-        refuse("wrong cluster token (server proof did not verify)", true);
-        return;
-      }
-      conn->challenge_seen = true;
-      conn->peer_instance = hs.instance;
-      conn->peer_name = hs.node_name;
-      conn->server_nonce = hs.nonce;
-      conn->peer_worker_address = payload;
-      if (config_.direct_endpoints && !payload.empty()) OpenDirectEndpoint(conn);
-      HandshakeInfo auth;
-      auth.node_id = config_.node_id;
-      auth.proof = ComputeProof(config_.cluster_token, AuthRole::kClient, conn->client_nonce,
-                                conn->server_nonce, config_.node_id, conn->peer);
-      SendControl(conn, FrameKind::kAuth, auth);
-      return;
-    }
-    if (env.kind == FrameKind::kAccept && conn->challenge_seen) {
-      BecomeReady(conn);
-      // Nothing is in flight on the listener endpoint any more: close it at once.
-      if (conn->direct_ep != nullptr) RetireBootstrap(conn, /*force=*/true);
-      return;
-    }
-  }
-  refuse("handshake message out of order (kind " + std::to_string(static_cast<int>(env.kind)) + ")", true);
+  if (step.open_direct_endpoint) OpenDirectEndpoint(conn);
+  if (step.reply) SendControl(conn, step.reply->kind, step.reply->info, step.reply->payload);
+  if (step.ready) BecomeReady(conn);
+  if (step.retire_bootstrap && conn->direct_ep != nullptr) RetireBootstrap(conn, /*force=*/true);
 }
 
 void UcxTransport::Impl::BecomeReady(const ConnPtr& conn) {
@@ -1595,11 +1449,12 @@ void UcxTransport::Impl::BecomeReady(const ConnPtr& conn) {
   // process is gone. Its connections fail first, so that the handler hears of the loss before
   // the new process's first frame, and nothing of the new one (heartbeats, replies) is ever
   // credited to or sent through the old.
-  if (conn->peer_instance != 0 && peer_entry->instance != 0 && peer_entry->instance != conn->peer_instance) {
+  const uint64_t instance = conn->handshake.peer_instance();
+  if (instance != 0 && peer_entry->instance != 0 && peer_entry->instance != instance) {
     Peer& peer = *peer_entry;
     std::vector<ConnPtr> earlier;
     for (auto& [ep, other] : conns_) {
-      if (other != conn && other->peer == conn->peer && other->peer_instance != conn->peer_instance &&
+      if (other != conn && other->peer == conn->peer && other->handshake.peer_instance() != instance &&
           std::find(earlier.begin(), earlier.end(), other) == earlier.end()) {
         earlier.push_back(other);
       }
@@ -1607,7 +1462,7 @@ void UcxTransport::Impl::BecomeReady(const ConnPtr& conn) {
     if (!earlier.empty()) {
       spdlog::info("transport: node {} restarted (process instance {:x}, was {:x}): closing {} connection(s) of "
                    "the earlier process",
-                   conn->peer, conn->peer_instance, peer.instance, earlier.size());
+                   conn->peer, instance, peer.instance, earlier.size());
       // The new connection is not the earlier process's way out: were it the send connection
       // (this side dialed the new process), the loss would not be reported.
       if (peer.send_conn == conn) peer.send_conn = nullptr;
@@ -1620,13 +1475,13 @@ void UcxTransport::Impl::BecomeReady(const ConnPtr& conn) {
   // and their handler may have sent, which can rehash peers_.
   Peer& peer = peers_[conn->peer];
   counters_.peers_known.store(peers_.size(), std::memory_order_relaxed);
-  if (conn->peer_instance != 0) peer.instance = conn->peer_instance;
+  if (instance != 0) peer.instance = instance;
   conn->state = ConnState::kReady;
   --handshaking_;
   if (peer.send_conn == nullptr) peer.send_conn = conn;
   bool first = ++peer.ready_conns == 1;
   if (first) counters_.peers_connected.fetch_add(1, std::memory_order_relaxed);
-  spdlog::info("transport: {} authenticated ({})", conn->Describe(), conn->outbound ? "outbound" : "inbound");
+  spdlog::info("transport: {} authenticated ({})", conn->Describe(), conn->handshake.is_client() ? "outbound" : "inbound");
   // What queued during the handshake goes now, batched like any other turn's sends.
   if (!conn->queued.empty()) {
     if (conn->batch.empty()) batching_.push_back(conn);
