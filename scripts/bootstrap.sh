@@ -76,7 +76,7 @@ run_fuzz() {
     -DTROUPE_FUZZ=ON -DTROUPE_BUILD_TESTS=OFF -DTROUPE_BUILD_BENCH=OFF -DTROUPE_WERROR=OFF
   cmake --build "$dir" -j "$JOBS" --target fuzz
   local target work
-  for target in config_fuzz envelope_fuzz codec_fuzz stored_record_fuzz; do
+  for target in config_fuzz envelope_fuzz batch_fuzz codec_fuzz stored_record_fuzz; do
     log "fuzzing $target for ${seconds}s"
     # New inputs go to a scratch directory; the checked-in corpus is only read. Stdin is
     # /dev/null: a generated config may name /dev/stdin as its token_file.
