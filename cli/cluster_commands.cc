@@ -407,6 +407,28 @@ StatusOr<std::unique_ptr<cluster::Client>> ConnectFor(ClusterOptions& args) {
   return cluster::Client::Connect(config, args.head, 3s);
 }
 
+// Waits until the command exits (not reaping it). On a terminal, a stop of the command (Ctrl-Z,
+// or reading the terminal from the background) is relayed the way a shell relays one of a job:
+// this process takes the terminal back and stops itself, so the shell that started it sees its
+// job stop; when continued (`fg` or `bg`), it hands the terminal on if it is in the foreground
+// again and continues the command's group.
+Status AwaitCommand(ChildProcess& command, bool on_terminal) {
+  for (;;) {
+    ASSIGN_OR_RETURN(bool exited, command.AwaitExitOrStop());
+    if (exited) break;
+    if (!on_terminal) continue;  // stopped by someone's SIGSTOP: it waits for their SIGCONT
+    // Stopped by Ctrl-Z, or by reading the terminal from the background (SIGTTIN).
+    if (tcgetpgrp(STDIN_FILENO) == command.pid()) SetForegroundGroup(STDIN_FILENO, getpgrp());
+    raise(SIGSTOP);
+    if (tcgetpgrp(STDIN_FILENO) == getpgrp()) SetForegroundGroup(STDIN_FILENO, command.pid());
+    command.Signal(SIGCONT);
+  }
+  // The terminal comes back to this process's group for what it prints last; the shell that
+  // started it takes it back when it exits.
+  if (on_terminal && tcgetpgrp(STDIN_FILENO) == command.pid()) SetForegroundGroup(STDIN_FILENO, getpgrp());
+  return OkStatus();
+}
+
 }  // namespace
 
 int RunSlices(ClusterOptions args) {
@@ -518,12 +540,13 @@ int RunOnSlice(RunOptions args) {
     std::string lease_lost;         // why the head ended the lease; empty while it holds
   };
   auto launch = std::make_shared<Launch>();
-  // Unless it must read a terminal, the command leads a process group of its own, which a keeper
-  // process kills whole when this process ends, kill -9 included: nothing the command started
-  // outlives the lease. A command reading a terminal stays in the terminal's foreground group
-  // (a background group cannot read it); it still dies with this process, its children do not.
-  const bool own_group = isatty(STDIN_FILENO) == 0;
-  signals.Start([launch, own_group](const siginfo_t& info) {
+  // The command leads a process group of its own, which a keeper process kills whole when this
+  // process ends, kill -9 included: nothing the command started outlives the lease. Run as a
+  // foreground job of a terminal, this process hands the terminal's foreground to the command's
+  // group, as a job-control shell does, so the command reads the terminal and the terminal's
+  // keys reach it; it takes the terminal back when the command stops (Ctrl-Z) or ends.
+  const bool on_terminal = isatty(STDIN_FILENO) != 0;
+  signals.Start([launch](const siginfo_t& info) {
     std::lock_guard<std::mutex> lock(launch->mu);
     if (launch->child == nullptr) {
       if (info.si_signo == SIGUSR1 || info.si_signo == SIGUSR2) return true;  // no command to tell yet
@@ -532,10 +555,9 @@ int RunOnSlice(RunOptions args) {
       std::fprintf(stderr, "troupe run: %s before the command started; not starting it\n", strsignal(info.si_signo));
       std::_Exit(128 + info.si_signo);
     }
-    // A signal from the terminal (Ctrl-C, a hang-up) went to the whole foreground process group:
-    // a command in it has it already, and would see it twice. A command in a group of its own
-    // gets every signal from here, to its whole group.
-    if (own_group || info.si_code != SI_KERNEL) launch->child->Signal(info.si_signo);
+    // The command's whole group gets every signal sent here. The terminal's keys do not come
+    // here: they signal the foreground group, the command's.
+    launch->child->Signal(info.si_signo);
     return true;
   });
 
@@ -562,7 +584,8 @@ int RunOnSlice(RunOptions args) {
   options.drop_env_prefixes = actors::SliceEnvironmentPrefixes();
   options.inherit_stdio = true;
   options.die_with_parent = true;  // spawned from the main thread, which lives until the end
-  options.group_dies_with_parent = own_group;
+  options.group_dies_with_parent = true;
+  options.foreground_terminal = on_terminal && tcgetpgrp(STDIN_FILENO) == getpgrp() ? STDIN_FILENO : -1;
   if (w.gpu_index == cluster::kNoGpuIndex) {
     std::fprintf(stderr, "troupe run: lease %llu: no GPU, node %s (waited %lld ms)\n",
                  static_cast<unsigned long long>(lease->grant.lease_id), w.node.c_str(),
@@ -585,8 +608,9 @@ int RunOnSlice(RunOptions args) {
     launch->child = child.get();
     if (!launch->lease_lost.empty()) child->Signal(SIGTERM);
   }
-  Status exited = child->AwaitExit(std::chrono::hours(1));
-  while (exited.code() == StatusCode::kDeadlineExceeded) exited = child->AwaitExit(std::chrono::hours(1));
+  if (Status waited = AwaitCommand(*child, on_terminal); !waited.ok()) {
+    std::fprintf(stderr, "troupe run: %s; stopping the command\n", waited.ToString().c_str());
+  }
   std::string lost;
   {
     // Reaped only here: until then its pid cannot belong to another process that a forwarded

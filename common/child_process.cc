@@ -7,6 +7,7 @@
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -66,6 +67,18 @@ void CloseFrom(int first, int last) {
 
 }  // namespace
 
+int SetForegroundGroup(int fd, pid_t group) {
+  sigset_t ttou, old;
+  sigemptyset(&ttou);
+  sigaddset(&ttou, SIGTTOU);
+  // pthread_sigmask, not sigprocmask: the launcher calling this may have other threads.
+  pthread_sigmask(SIG_BLOCK, &ttou, &old);
+  const int rc = tcsetpgrp(fd, group);
+  const int error = rc == 0 ? 0 : errno;
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  return error;
+}
+
 StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(const std::vector<std::string>& argv,
                                                             const std::vector<std::string>& extra_env,
                                                             bool merge_stderr) {
@@ -78,6 +91,9 @@ StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(const std::vector<st
 StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(const std::vector<std::string>& argv,
                                                             const SpawnOptions& options) {
   if (argv.empty()) return InvalidArgumentError("spawn: empty argv");
+  if (options.foreground_terminal >= 0 && !options.group_dies_with_parent) {
+    return InvalidArgumentError("spawn: foreground_terminal needs group_dies_with_parent (a group of its own)");
+  }
   ASSIGN_OR_RETURN(std::string program, ResolveProgram(options.program.empty() ? argv[0] : options.program));
 
   // Everything the child needs is built here: between fork() and exec() a child of a
@@ -131,12 +147,15 @@ StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(const std::vector<st
       if (getppid() != parent) _exit(127);  // the parent died before the line above
     }
     if (options.group_dies_with_parent) setpgid(0, 0);
+    // Before the program runs: it may read the terminal at once. The parent does the same after
+    // fork (as shells do), so whichever runs first, the group is foreground before exec.
+    if (options.foreground_terminal >= 0) SetForegroundGroup(options.foreground_terminal, getpid());
     if (!options.inherit_stdio) {
       dup2(in_pipe[0], STDIN_FILENO);
       dup2(out_pipe[1], STDOUT_FILENO);
       if (options.merge_stderr) dup2(out_pipe[1], STDERR_FILENO);
     }
-    for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGCHLD, SIGPIPE, SIGUSR1, SIGUSR2}) {
+    for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGCHLD, SIGPIPE, SIGUSR1, SIGUSR2, SIGTSTP, SIGTTIN, SIGTTOU}) {
       sigaction(sig, &default_action, nullptr);
     }
     sigprocmask(SIG_SETMASK, &none, nullptr);
@@ -167,6 +186,7 @@ StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(const std::vector<st
   child->pid_ = pid;
   if (options.group_dies_with_parent) {
     setpgid(pid, pid);  // also here: whichever of the two runs first, the group exists before the keeper
+    if (options.foreground_terminal >= 0) SetForegroundGroup(options.foreground_terminal, pid);
     close(go_pipe[0]);
     go_pipe[0] = -1;
     Status kept = child->StartKeeper();
@@ -329,6 +349,19 @@ Status ChildProcess::AwaitExit(std::chrono::milliseconds timeout) {
   if (rc < 0) return InternalError(std::string("poll: ") + std::strerror(errno));
   if (rc == 0) return DeadlineExceededError("child " + std::to_string(pid_) + " did not exit in time");
   return OkStatus();
+}
+
+StatusOr<bool> ChildProcess::AwaitExitOrStop() {
+  if (reaped_) return true;
+  siginfo_t info{};
+  while (waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WSTOPPED | WNOWAIT) != 0) {
+    if (errno != EINTR) return InternalError(std::string("waitid: ") + std::strerror(errno));
+  }
+  if (info.si_code != CLD_STOPPED && info.si_code != CLD_TRAPPED) return true;
+  // Consume the stop report (WSTOPPED alone never reaps an exit).
+  siginfo_t consumed{};
+  waitid(P_PID, static_cast<id_t>(pid_), &consumed, WSTOPPED | WNOHANG);
+  return false;
 }
 
 StatusOr<int> ChildProcess::Wait(std::chrono::milliseconds timeout) {

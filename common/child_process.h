@@ -33,13 +33,24 @@ struct SpawnOptions {
   /// The child leads a process group of its own, and a keeper process (started with it, in a
   /// session of its own) kills that whole group with SIGKILL as soon as this ChildProcess is
   /// destroyed or this process ends, however it ends: nothing the child started outlives it.
-  /// Signal() then signals the group. Not for a child that must read a terminal (a background
-  /// process group cannot).
+  /// Signal() then signals the group. A child that must read a terminal needs its group in the
+  /// terminal's foreground as well: foreground_terminal.
   bool group_dies_with_parent = false;
+  /// With group_dies_with_parent: a terminal (a descriptor of this process) whose foreground
+  /// process group the child's group becomes before the program runs, as a job-control shell runs
+  /// a foreground job (POSIX tcsetpgrp). The child may then read the terminal, and the terminal's
+  /// keys (Ctrl-C, Ctrl-\, Ctrl-Z) signal its group, not this process. -1: none.
+  int foreground_terminal = -1;
   /// The file to execute. Empty: argv[0], searched in PATH. Set, argv[0] is only the name the child
   /// shows in `ps` (a `troupe up` member runs the troupe binary as "troupe head ...").
   std::string program;
 };
+
+/// Makes `group` the foreground process group of the terminal `fd` (POSIX tcsetpgrp), with
+/// SIGTTOU blocked meanwhile: a process outside the foreground group (a launcher taking the
+/// terminal back from its stopped job) would otherwise be stopped by it. Async-signal-safe.
+/// Returns 0, or the errno of tcsetpgrp (ENOTTY: `fd` is not this process's controlling terminal).
+int SetForegroundGroup(int fd, pid_t group);
 
 /// A running child process. stdin and stdout are pipes (unless SpawnOptions::inherit_stdio);
 /// stderr is inherited unless merged. The destructor kills (SIGKILL) and reaps a child that is
@@ -79,6 +90,10 @@ class ChildProcess {
   /// reserved, so a Signal() from another thread meanwhile cannot reach another process that
   /// reused the pid. DeadlineExceeded after `timeout`.
   Status AwaitExit(std::chrono::milliseconds timeout);
+  /// Blocks until the child exits (returns true; not reaped, as AwaitExit) or stops (returns
+  /// false; the stop is consumed, so the next call waits for the next change). For a launcher
+  /// that relays a job-control stop (Ctrl-Z) to its own parent.
+  StatusOr<bool> AwaitExitOrStop();
   /// True once Wait() has returned the child's exit (it is gone and reaped).
   bool reaped() const { return reaped_; }
 

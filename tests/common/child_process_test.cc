@@ -217,5 +217,33 @@ TEST(ChildProcess, AwaitExitLeavesTheChildUnreapedUntilWait) {
   EXPECT_TRUE((*child)->reaped());
 }
 
+TEST(ChildProcess, AwaitExitOrStopReportsEachStopOnceAndTheExitUnreaped) {
+  auto child = ChildProcess::Spawn({"sh", "-c", "read line; exit 5"});
+  ASSERT_TRUE(child.ok()) << child.status();
+  ASSERT_EQ(kill((*child)->pid(), SIGSTOP), 0);
+  auto first = (*child)->AwaitExitOrStop();
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_FALSE(*first) << "a stop was reported as an exit";
+  ASSERT_EQ(kill((*child)->pid(), SIGCONT), 0);
+  ASSERT_TRUE((*child)->WriteLine("go").ok());
+  // The stop was consumed: the next report is the exit.
+  auto second = (*child)->AwaitExitOrStop();
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_TRUE(*second);
+  EXPECT_FALSE((*child)->reaped());
+  auto rc = (*child)->Wait(10s);
+  ASSERT_TRUE(rc.ok()) << rc.status();
+  EXPECT_EQ(WEXITSTATUS(*rc), 5);
+}
+
+TEST(ChildProcess, AForegroundTerminalNeedsAGroupOfItsOwn) {
+  SpawnOptions options;
+  options.foreground_terminal = STDIN_FILENO;
+  auto child = ChildProcess::Spawn({"true"}, options);
+  ASSERT_FALSE(child.ok());
+  EXPECT_EQ(child.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(child.status().message().find("group_dies_with_parent"), std::string::npos) << child.status();
+}
+
 }  // namespace
 }  // namespace troupe

@@ -19,6 +19,7 @@
 #include "common/child_process.h"
 #include "common/logging.h"
 #include "runtime/supervisor.h"
+#include "tests/support/pty_process.h"
 #include "tests/support/troupe_processes.h"
 
 #include <nlohmann/json.hpp>
@@ -198,6 +199,56 @@ TEST_F(Slices, WhatACommandStartedDiesWithItsKilledLauncherToo) {
   const bool gone = testing::ExitsWithin(grandchild, 10s);
   EXPECT_TRUE(gone) << "the command's child outlived its killed `troupe run`";
   if (!gone) kill(grandchild, SIGKILL);
+}
+
+// Typed at a terminal, `troupe run` is a foreground job of the user's shell. Its command's own
+// child ignores SIGHUP (as a nohup'd data loader does), so the hang-up that the terminal's
+// session sends its foreground group when `troupe run` dies does not end it: only the killed
+// group does.
+TEST_F(Slices, WhatACommandStartedOnATerminalDiesWithItsKilledLauncherToo) {
+  auto holder = testing::PtyProcess::Start({TROUPE_BIN, "run", "-c", config_, "--memory", "4GiB", "--", "sh", "-c",
+                                            "trap '' HUP; sleep 60 >/dev/null 2>&1 & echo child $!; wait"});
+  ASSERT_TRUE(holder.ok()) << holder.status();
+  auto child_line = (*holder)->ReadLineWithPrefix("child ", 20s);
+  ASSERT_TRUE(child_line.ok()) << child_line.status();
+  const pid_t grandchild = std::stoi(*child_line);
+  kill((*holder)->pid(), SIGKILL);
+  ASSERT_TRUE((*holder)->WaitForChange(5s).ok());
+  const bool gone = testing::ExitsWithin(grandchild, 10s);
+  EXPECT_TRUE(gone) << "the command's child outlived its killed `troupe run` on a terminal";
+  if (!gone) kill(grandchild, SIGKILL);
+  EXPECT_EQ(FreeSlices("a"), 4);
+}
+
+// On a terminal the command is the foreground job: it reads the terminal, Ctrl-Z stops it and
+// `troupe run` with it (the user's shell sees its job stop), continuing `troupe run` (the shell's
+// `fg`) gives the command the terminal back, and Ctrl-C ends it.
+TEST_F(Slices, OnATerminalTheCommandIsTheForegroundJobAndCtrlZAndCtrlCReachIt) {
+  auto run = testing::PtyProcess::Start({TROUPE_BIN, "run", "-c", config_, "--memory", "4GiB", "--", "sh", "-c",
+                                         "echo ready; read a; echo \"got $a\"; read b; echo \"got $b\"; sleep 60"});
+  ASSERT_TRUE(run.ok()) << run.status();
+  ASSERT_TRUE((*run)->ReadLineWithPrefix("ready", 20s).ok()) << "the command did not start";
+  ASSERT_TRUE((*run)->Type("one\n").ok());
+  auto first = (*run)->ReadLineWithPrefix("got ", 10s);
+  ASSERT_TRUE(first.ok()) << "the command could not read the terminal: " << first.status();
+  EXPECT_EQ(*first, "one");
+
+  ASSERT_TRUE((*run)->Type("\x1a").ok());  // Ctrl-Z
+  auto stopped = (*run)->WaitForChange(10s);
+  ASSERT_TRUE(stopped.ok()) << "troupe run did not stop with its command: " << stopped.status();
+  ASSERT_TRUE(WIFSTOPPED(*stopped)) << "troupe run ended instead of stopping: " << *stopped;
+  kill((*run)->pid(), SIGCONT);  // `fg`: troupe run leads the terminal's foreground group again
+  ASSERT_TRUE((*run)->Type("two\n").ok());
+  auto second = (*run)->ReadLineWithPrefix("got ", 10s);
+  ASSERT_TRUE(second.ok()) << "the continued command did not get the terminal back: " << second.status();
+  EXPECT_EQ(*second, "two");
+
+  ASSERT_TRUE((*run)->Type("\x03").ok());  // Ctrl-C
+  auto ended = (*run)->WaitForChange(10s);
+  ASSERT_TRUE(ended.ok()) << "Ctrl-C did not end the command: " << ended.status();
+  ASSERT_TRUE(WIFEXITED(*ended)) << *ended;
+  EXPECT_EQ(WEXITSTATUS(*ended), 128 + SIGINT) << "troupe run returns its command's exit";
+  EXPECT_EQ(FreeSlices("a"), 4);
 }
 
 TEST_F(Slices, ACommandDiesWithItsKilledLauncherAndItsSliceIsNeverLeasedTwice) {
