@@ -103,8 +103,6 @@ class UcxTransport::Impl {
     ucp_ep_h ep = nullptr;            // the listener (bootstrap) endpoint: handshakes
     ucp_ep_h direct_ep = nullptr;     // to the peer's worker address: data, once opened
     bool bootstrap_retired = false;   // `ep` closed after the move to `direct_ep`
-    // Authentication; kReady exactly when it is authenticated (until the connection closes).
-    Handshake handshake;
     ConnState state = ConnState::kHandshaking;
     NodeId peer = 0;             // handshake.peer(), copied after every handshake step
     std::string remote_address;
@@ -112,6 +110,9 @@ class UcxTransport::Impl {
     std::deque<Command> queued;        // sends waiting for Ready
     std::vector<Command> batch;        // sends of this progress turn, flushed at its end
     std::deque<Delivery> deliveries;   // received, in arrival order
+    // Authentication; kReady exactly when it is authenticated (until the connection closes).
+    // Last: the fields above are read for every frame, this only during the handshake.
+    Handshake handshake;
 
     ucp_ep_h data_ep() const { return direct_ep != nullptr ? direct_ep : ep; }
 
