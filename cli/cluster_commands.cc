@@ -33,6 +33,7 @@
 #include "cluster/config.h"
 #include "cluster/head.h"
 #include "cluster/node_agent.h"
+#include "common/backoff.h"
 #include "common/child_process.h"
 #include "common/logging.h"
 
@@ -279,7 +280,13 @@ int RunUp(ClusterOptions args) {
     std::string ready_prefix;
     std::unique_ptr<ChildProcess> process;
     int restarts = 0;
+    // A member that exits within kStableRun of its start waits longer each time before it is
+    // started again: 100 ms, doubling, at most 5 s (a crash loop does not spin); one that ran
+    // longer starts again after 100 ms.
+    Backoff backoff{BackoffPolicy{100ms, 2.0, 5000ms, 0.0}};
+    std::chrono::steady_clock::time_point started{};
   };
+  constexpr auto kStableRun = 10s;
   std::vector<Member> members;
   // Members run this program, shown by `ps` as "troupe head -c FILE" and "troupe node --name N
   // ...", and die with this process: a `troupe up` killed by SIGKILL leaves no cluster behind
@@ -300,6 +307,7 @@ int RunUp(ClusterOptions args) {
     SpawnOptions options;
     options.program = self_path;
     options.die_with_parent = true;  // spawned and restarted from this (the main) thread
+    m.started = std::chrono::steady_clock::now();
     ASSIGN_OR_RETURN(m.process, ChildProcess::Spawn(m.argv, options));
     return OkStatus();
   };
@@ -333,7 +341,8 @@ int RunUp(ClusterOptions args) {
   std::fflush(stdout);
 
   // Supervise: a member that exits is started again (with a bounded back-off).
-  while (true) {
+  bool stop = false;
+  while (!stop) {
     {
       std::unique_lock<std::mutex> lock(mu);
       if (cv.wait_for(lock, 1s, [&] { return stopping || child_exited; }) && stopping) break;
@@ -349,6 +358,12 @@ int RunUp(ClusterOptions args) {
                    m.restarts);
       std::printf("%s exited (%s); restarting (#%d)\n", m.label.c_str(), how.c_str(), m.restarts);
       std::fflush(stdout);
+      if (std::chrono::steady_clock::now() - m.started >= kStableRun) m.backoff.Reset();
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        stop = cv.wait_for(lock, m.backoff.Next(), [&] { return stopping; });
+      }
+      if (stop) break;
       Status s = start(m);
       if (!s.ok()) spdlog::error("up: {}", s.ToString());
     }

@@ -8,10 +8,15 @@
 
 #include "actors/gpu_slice.h"
 #include "cluster/bootstrap.h"
+#include "common/backoff.h"
 
 namespace troupe::cluster {
 
 using namespace std::chrono_literals;
+
+// Between failed joins: 100 ms, doubling, at most 2 s, without jitter. Jitter (say 0.5) would
+// spread out the rejoins of many nodes after a head restart.
+constexpr BackoffPolicy kRejoinBackoff{100ms, 2.0, 2000ms, 0.0};
 
 StatusOr<std::unique_ptr<NodeAgent>> NodeAgent::Start(const ClusterConfig& config, const std::string& name,
                                                       const std::string& head_address) {
@@ -234,18 +239,18 @@ void NodeAgent::Run(const std::function<void(const JoinReply&)>& on_joined) {
   record.pid = getpid();
   record.metrics_address = metrics_->address();
   const runtime::NodeId head_id = HeadNodeId(config_);
-  auto backoff = 100ms;
+  Backoff backoff(kRejoinBackoff);
   while (!WaitStop(0ms)) {
     JoinReply joined;
     auto head = Join(record, head_id, &joined);
     if (!head.ok()) {
+      const auto delay = backoff.Next();
       spdlog::warn("node {}: cannot join the head yet: {}; retrying in {} ms", spec_->name, head.status().ToString(),
-                   backoff.count());
-      if (WaitStop(backoff)) break;
-      backoff = std::min(backoff * 2, std::chrono::milliseconds(2000));
+                   delay.count());
+      if (WaitStop(delay)) break;
       continue;
     }
-    backoff = 100ms;
+    backoff.Reset();
     on_joined(joined);
     {
       std::lock_guard<std::mutex> lock(mu_);

@@ -96,6 +96,8 @@ class Runtime : private ControlHandler {
   std::string address() const { return transport_->listen_address(); }
   uint32_t incarnation() const { return incarnation_; }
   const CodecRegistry& codecs() const { return codecs_; }
+  /// The clock given to Start() (heartbeats, request deadlines, event timestamps).
+  const Clock& clock() const { return clock_; }
 
   /// Spawns a local actor (as caf::actor_system::spawn) and returns its ref.
   template <class... Ts>

@@ -5,9 +5,10 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <cmath>
 #include <deque>
+#include <optional>
 
+#include "common/backoff.h"
 #include "runtime/error.h"
 #include "runtime/runtime.h"
 
@@ -52,11 +53,6 @@ std::map<std::string, uint64_t> SupervisionCounters::escalations() const {
 
 namespace {
 
-int64_t UnixMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 // A child's lifecycle (docs/supervision.md):
 //   stopped -> running (start ok) -> [exits] -> waiting (backoff) -> running ...
 //   running -> stopping (orderly stop: exit sent) -> stopped (down received or killed)
@@ -77,6 +73,7 @@ struct SupervisorState {
   Runtime* runtime = nullptr;
   std::vector<Child> children;
   std::deque<std::chrono::steady_clock::time_point> recent;  // restarts within the window
+  std::optional<Backoff> backoff;                           // from the spec's backoff_* fields
   // An orderly stop in progress: children left to stop (in order), then what to do.
   std::deque<size_t> stop_queue;
   std::function<void()> after_stop;
@@ -95,7 +92,7 @@ void Emit(Self* self, const Child* child, std::string kind, const Status& reason
   e.kind = std::move(kind);
   e.reason = reason.ok() ? "" : reason.ToString();
   e.node = child && child->ref.valid() ? child->ref.node() : 0;
-  e.unix_ms = UnixMs();
+  e.unix_ms = st.runtime->clock().UnixMs();
   e.restarts = restarts;
   auto level = e.kind == "escalated" || e.kind == "start_failed"  ? spdlog::level::err
                : e.kind == "exited" || e.kind == "restarting" ? spdlog::level::warn
@@ -195,9 +192,7 @@ void ScheduleRestart(Self* self, size_t first, size_t last_plus_one, const Statu
     if (st.children[i].phase == Phase::kStopped) st.children[i].phase = Phase::kWaiting;
   }
   Emit(self, &st.children[failed], "restarting", why, n);
-  double delay_ms = st.spec.backoff_initial.count() * std::pow(st.spec.backoff_multiplier, n - 1);
-  auto delay = std::chrono::milliseconds(
-      static_cast<int64_t>(std::min<double>(delay_ms, static_cast<double>(st.spec.backoff_max.count()))));
+  const auto delay = st.backoff->Delay(n);
   const uint64_t gen = ++st.generation;
   if (delay.count() <= 0) {
     self->send(self, restart_atom::value, gen, uint64_t{first}, uint64_t{last_plus_one});
@@ -271,6 +266,8 @@ caf::behavior Supervisor(Self* self, SupervisorSpec spec, Runtime* runtime) {
   auto& st = self->state;
   st.runtime = runtime;
   st.spec = std::move(spec);
+  st.backoff.emplace(
+      BackoffPolicy{st.spec.backoff_initial, st.spec.backoff_multiplier, st.spec.backoff_max, st.spec.backoff_jitter});
   for (auto& c : st.spec.children) st.children.push_back(Child{c, Phase::kStopped, {}, {}, {}, 0});
   st.spec.children.clear();
 

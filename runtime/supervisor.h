@@ -75,10 +75,13 @@ struct SupervisorSpec {
   /// stops its children and exits with an error, which its own parent sees as a failure.
   int max_restarts = 3;
   std::chrono::milliseconds within{5000};
-  /// Delay before restart n (n = restarts in the window): initial * multiplier^(n-1), capped.
+  /// Delay before restart n (n = restarts in the window): initial * multiplier^(n-1), capped
+  /// at backoff_max, then shortened by up to the fraction backoff_jitter at random
+  /// (common/backoff.h). The default restarts at once.
   std::chrono::milliseconds backoff_initial{0};
   std::chrono::milliseconds backoff_max{5000};
   double backoff_multiplier = 2.0;
+  double backoff_jitter = 0.0;
   std::vector<ChildSpec> children;  ///< started in this order, stopped in reverse
   /// Called on the supervisor's thread for every event (may be empty).
   std::function<void(const SupervisorEvent&)> on_event;
