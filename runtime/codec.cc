@@ -178,6 +178,23 @@ StatusOr<caf::message> CodecRegistry::Decode(uint32_t type_id, const Buffer& pay
   return Decode(type_id, payload.data(), payload.size(), refs);
 }
 
+namespace {
+
+// Decodes actor references as plain values (node, actor id; the address is read, so a bad one
+// fails here as it would later) and changes nothing: no address is recorded, no proxy made.
+class PlainRefs final : public RefCodec {
+ public:
+  void EncodeRef(const ActorRef&, wire::ActorAddress::Builder) override {}
+  ActorRef DecodeRef(wire::ActorAddress::Reader in) override {
+    ++met;
+    if (in.hasAddress()) (void)in.getAddress();
+    return in.getNode() == 0 ? ActorRef() : ActorRef::Dangling(in.getNode(), in.getActor());
+  }
+  int met = 0;
+};
+
+}  // namespace
+
 StatusOr<caf::message> CodecRegistry::Decode(uint32_t type_id, const uint8_t* data, size_t size,
                                              RefCodec& refs) const {
   auto it = by_id_.find(type_id);
@@ -186,14 +203,23 @@ StatusOr<caf::message> CodecRegistry::Decode(uint32_t type_id, const uint8_t* da
                                 " (no codec registered on this node)");
   }
   const Entry& entry = *it->second;
+  auto what = [&] { return "'" + entry.name + "' (type id " + std::to_string(type_id) + ")"; };
+  // Decoding never changes state: the message is first decoded whole with its references as
+  // plain values. Only one that decodes is decoded again with `refs`, which records the
+  // addresses inside and makes proxies (a proxy sends a monitor request to its node). A message
+  // without references is decoded once.
+  PlainRefs plain;
   StatusOr<caf::message> out = InternalError("not decoded");
-  Status read = ReadFlatMessageNamed(
-      data, size, [&] { return "'" + entry.name + "' (type id " + std::to_string(type_id) + ")"; },
-      [&](capnp::MessageReader& reader) {
-        out = entry.decode(reader, refs);
-        return out.status();
-      });
-  if (!read.ok()) return read;
+  RETURN_IF_ERROR(ReadFlatMessageNamed(data, size, what, [&](capnp::MessageReader& reader) {
+    out = entry.decode(reader, plain);
+    return out.status();
+  }));
+  if (plain.met == 0) return out;
+  // A fresh reader: each pass has the whole traversal limit.
+  RETURN_IF_ERROR(ReadFlatMessageNamed(data, size, what, [&](capnp::MessageReader& reader) {
+    out = entry.decode(reader, refs);
+    return out.status();
+  }));
   return out;
 }
 

@@ -118,7 +118,9 @@ class CodecRegistry {
   /// codec for it.
   StatusOr<EncodedMessage> Encode(const caf::message& msg, RefCodec& refs) const;
   /// Decodes a payload of `type_id`. InvalidArgument for an unknown type id or bytes that
-  /// do not decode (never a crash: the bytes come from another process).
+  /// do not decode (never a crash: the bytes come from another process). `refs` is asked to
+  /// decode the message's actor references only once the whole message has decoded (with the
+  /// references as plain values): a message that fails changes nothing.
   StatusOr<caf::message> Decode(uint32_t type_id, const Buffer& payload, RefCodec& refs) const;
   StatusOr<caf::message> Decode(uint32_t type_id, const uint8_t* data, size_t size,
                                 RefCodec& refs) const;

@@ -37,6 +37,49 @@ TEST_F(Codec, RoundTripsAMessageWithARefInside) {
   EXPECT_EQ(via.target.id(), 9u);
 }
 
+// Counts the references it is asked to decode (the bridge records their addresses and makes
+// proxies for them).
+class CountingRefCodec final : public runtime::RefCodec {
+ public:
+  void EncodeRef(const ActorRef& ref, runtime::wire::ActorAddress::Builder out) override { fake.EncodeRef(ref, out); }
+  ActorRef DecodeRef(runtime::wire::ActorAddress::Reader in) override {
+    ++decoded;
+    return fake.DecodeRef(in);
+  }
+  FakeRefCodec fake;
+  int decoded = 0;
+};
+
+TEST(CodecDecoding, AMessageThatFailsToDecodeNeverHasItsReferencesDecoded) {
+  // A decoder that reads its reference first and refuses the message after.
+  CodecRegistry codecs;
+  ASSERT_TRUE((codecs.Add<CallVia, wire::CallVia>(
+                   kCallVia, "CallVia",
+                   [](const CallVia& m, wire::CallVia::Builder b, runtime::RefCodec& refs) {
+                     refs.EncodeRef(m.target, b.initTarget());
+                     b.setN(m.n);
+                   },
+                   [](wire::CallVia::Reader in, runtime::RefCodec& refs) -> StatusOr<CallVia> {
+                     ActorRef target = refs.DecodeRef(in.getTarget());
+                     if (in.getN() < 0) return InvalidArgumentError("CallVia: n must not be negative");
+                     return CallVia{target, in.getN()};
+                   }))
+                  .ok());
+  CountingRefCodec refs;
+  auto bad = codecs.Encode(caf::make_message(CallVia{ActorRef::Dangling(5, 9), -1}), refs);
+  ASSERT_TRUE(bad.ok()) << bad.status();
+  auto refused = codecs.Decode(bad->type_id, bad->payload, refs);
+  EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument) << refused.status();
+  EXPECT_EQ(refs.decoded, 0) << "a reference of a message that did not decode was decoded (a proxy made)";
+
+  auto good = codecs.Encode(caf::make_message(CallVia{ActorRef::Dangling(5, 9), 3}), refs);
+  ASSERT_TRUE(good.ok()) << good.status();
+  auto decoded = codecs.Decode(good->type_id, good->payload, refs);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(refs.decoded, 1) << "each reference of a good message is decoded once";
+  EXPECT_EQ(decoded->get_as<CallVia>(0).target.id(), 9u);
+}
+
 TEST_F(Codec, SmallMessagesAreExactlyTheirFlatBytesAndLargeOnesRoundTrip) {
   // A small message is built in place in its payload: a one-word segment table, then the root
   // pointer and the struct's data word, nothing more.
