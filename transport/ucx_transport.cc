@@ -1399,7 +1399,7 @@ void UcxTransport::Impl::DeliverBatch(Connection* conn, const Buffer& batch) {
                       std::to_string(config_.max_frame_bytes));
       continue;
     }
-    FrameHeader header = record.header;
+    FrameHeader& header = record.header;  // in place: Next() writes the whole header again
     header.src_node = conn->peer;
     Buffer payload = handler_.allocate_payload(header, size);
     if (payload.size() < size) {
