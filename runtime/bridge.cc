@@ -116,7 +116,9 @@ Bridge::Bridge(caf::actor_system& system, transport::Transport& transport, const
       config_(config),
       clock_(clock),
       self_(transport.self()),
-      incarnation_(incarnation) {}
+      incarnation_(incarnation),
+      pending_(clock, config.request_ttl, config.max_pending_requests),
+      detector_(clock, config.heartbeat_timeout) {}
 
 Bridge::~Bridge() = default;
 
@@ -133,14 +135,13 @@ void Bridge::Start() {
 void Bridge::Shutdown() {
   if (stopped_.exchange(true)) return;
   std::unordered_map<NodeId, NodeState> nodes;
-  std::unordered_map<uint64_t, Pending> pending;
+  std::vector<Pending> pending;
   {
     std::lock_guard<std::mutex> lock(mu_);
     nodes.swap(nodes_);
-    pending.swap(pending_);
+    detector_.Clear();
+    pending = pending_.TakeAll();
     watches_.clear();
-    deadlines_ = {};
-    request_deadlines_.clear();
   }
   std::unordered_set<caf::actor_id> published;
   {
@@ -152,7 +153,7 @@ void Bridge::Shutdown() {
   for (auto& [node, state] : nodes) {
     for (auto& [id, proxy] : state.proxies) KillProxy(proxy, reason);
   }
-  for (auto& [id, p] : pending) Complete(std::move(p), CancelledError("the runtime stopped"));
+  for (auto& p : pending) Complete(std::move(p), CancelledError("the runtime stopped"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -247,23 +248,7 @@ void Bridge::OnForward(caf::strong_actor_ptr src, NodeId dest_node, caf::actor_i
     {
       std::lock_guard<std::mutex> lock(mu_);
       published = !IsLocal(src) || published_.count(src->id()) > 0;
-      if (pending_.size() >= config_.max_pending_requests) {
-        request_id = 0;
-      } else {
-        request_id = ++next_request_id_;
-        auto now = clock_.Now();
-        auto deadline = now + config_.request_ttl;
-        if (spare_pending_.empty()) {
-          pending_.emplace(request_id, Pending{dest_node, src, mid, deadline, {}, now});
-        } else {
-          auto slot = std::move(spare_pending_.back());
-          spare_pending_.pop_back();
-          slot.key() = request_id;
-          slot.mapped() = Pending{dest_node, src, mid, deadline, {}, now};
-          pending_.insert(std::move(slot));
-        }
-        request_deadlines_.emplace_back(deadline, request_id);
-      }
+      request_id = pending_.AddActorRequest(dest_node, src, mid);  // 0: the table is full
     }
     if (request_id == 0) {
       Complete(Pending{dest_node, std::move(src), mid, {}, {}, {}},
@@ -357,12 +342,9 @@ void Bridge::FailPending(uint64_t request_id, const Status& status) {
   Pending pending;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = pending_.find(request_id);
-    if (it == pending_.end()) return;
-    pending = std::move(it->second);
-    pending_.erase(it);
+    if (!pending_.Take(request_id, &pending)) return;
   }
-  ++requests_failed_fast_;
+  ++requests_failed_send_;
   bool keep = status.code() == StatusCode::kUnavailable || status.code() == StatusCode::kCancelled;
   Status why = keep ? status : UnavailableError(DescribeNode(pending.node) + ": " + status.ToString());
   Complete(std::move(pending), why);
@@ -373,9 +355,8 @@ void Bridge::FailPending(uint64_t request_id, const Status& status) {
 
 void Bridge::OnPeerConnected(NodeId peer) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto& state = nodes_[peer];
-  state.connected = true;
-  state.last_seen = clock_.Now();
+  nodes_.try_emplace(peer);
+  detector_.Connected(peer);
 }
 
 void Bridge::OnPeerFailed(NodeId peer, const Status& reason) {
@@ -388,14 +369,8 @@ void Bridge::OnPeerFailed(NodeId peer, const Status& reason) {
       state = std::move(it->second);
       nodes_.erase(it);
     }
-    for (auto p = pending_.begin(); p != pending_.end();) {
-      if (p->second.node == peer) {
-        failed.push_back(std::move(p->second));
-        p = pending_.erase(p);
-      } else {
-        ++p;
-      }
-    }
+    detector_.Lost(peer);
+    pending_.TakeNode(peer, &failed);
     for (auto w = watches_.begin(); w != watches_.end();) {
       w = w->second == peer ? watches_.erase(w) : std::next(w);
     }
@@ -414,7 +389,7 @@ void Bridge::OnPeerFailed(NodeId peer, const Status& reason) {
                failed.size());
   auto error = ToCafError(why);
   for (auto& [id, proxy] : state.proxies) KillProxy(proxy, error);
-  requests_failed_fast_ += failed.size();
+  requests_failed_node_lost_ += failed.size();
   for (auto& p : failed) Complete(std::move(p), why);
 }
 
@@ -424,12 +399,9 @@ void Bridge::Touch(NodeId peer) {
 }
 
 Bridge::NodeState* Bridge::TouchLocked(NodeId peer) {
+  detector_.Touch(peer);
   auto it = nodes_.find(peer);
-  if (it == nodes_.end()) return nullptr;
-  // Heartbeat timeouts are hundreds of milliseconds and more: the coarse clock will do, and
-  // costs a few nanoseconds instead of a full clock read per frame.
-  it->second.last_seen = clock_.NowCoarse();
-  return &it->second;
+  return it == nodes_.end() ? nullptr : &it->second;
 }
 
 transport::TransportHandler Bridge::Handler() {
@@ -558,16 +530,9 @@ void Bridge::OnResponse(NodeId peer, const FrameHeader& header, const Buffer& pa
   {
     std::lock_guard<std::mutex> lock(mu_);
     NodeState* node = TouchLocked(peer);
-    auto it = pending_.find(header.request_id);
-    if (it == pending_.end() || it->second.node != peer) {
+    if (!pending_.TakeReply(header.request_id, peer, &pending)) {
       ++late_replies_;
       return;
-    }
-    pending = std::move(it->second);
-    auto slot = pending_.extract(it);
-    if (spare_pending_.size() < kSparePending) {
-      slot.mapped() = Pending{};
-      spare_pending_.push_back(std::move(slot));
     }
     if (node != nullptr) {
       if (auto proxy = node->proxies.find(header.src_actor); proxy != node->proxies.end()) sender = proxy->second;
@@ -815,10 +780,7 @@ void Bridge::ControlRequest(NodeId node, uint32_t type_id, Buffer payload, Clock
   uint64_t request_id = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    request_id = ++next_request_id_;
-    auto deadline = clock_.Now() + timeout;
-    pending_.emplace(request_id, Pending{node, nullptr, {}, deadline, std::move(done), clock_.Now()});
-    deadlines_.emplace(deadline, request_id);
+    request_id = pending_.AddControlRequest(node, timeout, std::move(done));
   }
   FrameHeader header;
   header.dst_node = node;
@@ -836,57 +798,20 @@ void Bridge::ControlRequest(NodeId node, uint32_t type_id, Buffer payload, Clock
 // Time
 
 void Bridge::Tick() {
-  auto now = clock_.Now();
-  std::vector<NodeId> alive, expired;
+  FailureDetector::Verdict verdict;
   std::vector<Pending> timed_out;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    // If this process itself did not run for a good part of the timeout (an overloaded or
-    // suspended host), silence proves nothing about the peers: start their clocks afresh.
-    bool stalled = last_tick_ != Clock::TimePoint() && now - last_tick_ > config_.heartbeat_timeout / 2;
-    last_tick_ = now;
-    for (auto& [node, state] : nodes_) {
-      if (!state.connected) continue;
-      if (stalled) state.last_seen = now;
-      (now - state.last_seen > config_.heartbeat_timeout ? expired : alive).push_back(node);
-    }
-    auto expire = [&](uint64_t request_id) {
-      auto it = pending_.find(request_id);
-      if (it != pending_.end() && it->second.deadline <= now) {
-        if (it->second.done) timed_out.push_back(std::move(it->second));
-        pending_.erase(it);
-      }
-    };
-    while (!request_deadlines_.empty() && request_deadlines_.front().first <= now) {
-      expire(request_deadlines_.front().second);
-      request_deadlines_.pop_front();
-    }
-    while (!deadlines_.empty() && deadlines_.top().first <= now) {
-      expire(deadlines_.top().second);
-      deadlines_.pop();
-    }
-    // Answered requests leave their deadline behind; drop those when they dominate (in place,
-    // keeping the order).
-    if (request_deadlines_.size() > 2 * pending_.size() + 1024) {
-      auto live = std::remove_if(request_deadlines_.begin(), request_deadlines_.end(),
-                                 [&](const Deadline& d) { return pending_.count(d.second) == 0; });
-      request_deadlines_.erase(live, request_deadlines_.end());
-    }
-    if (deadlines_.size() > 2 * pending_.size() + 1024) {
-      std::vector<Deadline> live;
-      for (auto& [id, p] : pending_) {
-        if (p.done) live.emplace_back(p.deadline, id);
-      }
-      deadlines_ = decltype(deadlines_)(std::greater<Deadline>(), std::move(live));
-    }
+    verdict = detector_.Check();
+    pending_.Expire(&timed_out);
   }
-  for (NodeId node : alive) {
+  for (NodeId node : verdict.alive) {
     FrameHeader header;
     header.dst_node = node;
     header.type_id = kHeartbeat;
     SendFrame(node, header, Buffer());
   }
-  for (NodeId node : expired) {
+  for (NodeId node : verdict.expired) {
     ++heartbeat_timeouts_;
     auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(config_.heartbeat_timeout).count();
     transport_.Disconnect(node, UnavailableError("no heartbeat for " + std::to_string(ms) + " ms"));
@@ -905,9 +830,7 @@ void Bridge::RecordLatency(Clock::Duration d) {
 
 std::optional<Clock::Duration> Bridge::Silence(NodeId node) const {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = nodes_.find(node);
-  if (it == nodes_.end() || !it->second.connected) return std::nullopt;
-  return clock_.Now() - it->second.last_seen;
+  return detector_.Silence(node);
 }
 
 BridgeStats Bridge::stats() const {
@@ -919,7 +842,8 @@ BridgeStats Bridge::stats() const {
     s.requests_pending = pending_.size();
     for (const auto& [node, state] : nodes_) s.proxies += state.proxies.size();
   }
-  s.requests_failed_fast = requests_failed_fast_;
+  s.requests_failed_node_lost = requests_failed_node_lost_;
+  s.requests_failed_send = requests_failed_send_;
   s.error_replies_sent = error_replies_sent_;
   s.dropped = dropped_;
   s.late_replies = late_replies_;

@@ -14,7 +14,6 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <queue>
 #include <set>
 #include <string>
 #include <unordered_map>
@@ -26,7 +25,9 @@
 #include "common/status.h"
 #include "runtime/actor_ref.h"
 #include "runtime/codec.h"
+#include "runtime/failure_detector.h"
 #include "runtime/internal/progress_executor.h"
+#include "runtime/pending_requests.h"
 #include "transport/transport.h"
 
 namespace troupe::runtime {
@@ -63,7 +64,10 @@ struct BridgeStats {
   uint64_t messages_out = 0;         ///< messages and replies handed to the transport
   uint64_t messages_in = 0;          ///< messages and replies delivered to local actors
   uint64_t requests_pending = 0;     ///< remote requests awaiting a reply now
-  uint64_t requests_failed_fast = 0; ///< pending requests failed because their node was lost
+  uint64_t requests_failed_node_lost = 0;  ///< pending requests failed because their node was lost
+  /// Pending requests failed because their frame could not be sent (the transport refused it or
+  /// reported it lost, often the first sign of a lost node; or the runtime stopped).
+  uint64_t requests_failed_send = 0;
   uint64_t error_replies_sent = 0;   ///< requests from peers answered with an error by the bridge
   uint64_t dropped = 0;              ///< one-way messages that could not be encoded, decoded or delivered
   uint64_t late_replies = 0;         ///< replies for requests no longer pending
@@ -148,7 +152,7 @@ class Bridge : public RefCodec, public std::enable_shared_from_this<Bridge> {
   /// Sends a runtime control request (spawn, lookup) to `node`; `done` runs once with the
   /// ActorRef of the reply or an error (Unavailable, DeadlineExceeded after `timeout`, or the
   /// peer's error).
-  using RefCallback = std::function<void(StatusOr<ActorRef>)>;
+  using RefCallback = PendingRequest::RefCallback;
   void ControlRequest(NodeId node, uint32_t type_id, Buffer payload, Clock::Duration timeout,
                       RefCallback done);
 
@@ -157,24 +161,14 @@ class Bridge : public RefCodec, public std::enable_shared_from_this<Bridge> {
   std::optional<Clock::Duration> Silence(NodeId node) const;
 
  private:
-  struct Pending {
-    NodeId node = 0;
-    caf::strong_actor_ptr src;   // the requester (actor requests)
-    caf::message_id mid;         // its request id
-    Clock::TimePoint deadline;
-    RefCallback done;            // control requests
-    Clock::TimePoint start;      // for the latency histogram
-  };
+  using Pending = PendingRequest;
   struct NodeState {
     std::unordered_map<uint64_t, caf::strong_actor_ptr> proxies;
-    bool connected = false;
-    Clock::TimePoint last_seen;
   };
-  using Deadline = std::pair<Clock::TimePoint, uint64_t>;
 
   void OnProxyCreated(const caf::strong_actor_ptr& proxy);
   /// Records a frame from `peer` as a sign of life (TouchLocked: with mu_ held; returns the
-  /// peer's state, or null if it is not connected).
+  /// peer's proxies, or null if it has none).
   void Touch(NodeId peer);
   NodeState* TouchLocked(NodeId peer);
   void Deliver(NodeId peer, const transport::FrameHeader& header, const Buffer& payload);
@@ -197,7 +191,8 @@ class Bridge : public RefCodec, public std::enable_shared_from_this<Bridge> {
                  transport::SendCallback done = {});
   void ReplyError(NodeId peer, const transport::FrameHeader& request, const Status& status);
   void SendDown(NodeId watcher, uint64_t wire_id, const caf::error& reason);
-  /// Completes pending request `request_id` with `status` (if it is still pending).
+  /// Completes pending request `request_id` with `status`, its send's failure (if it is still
+  /// pending).
   void FailPending(uint64_t request_id, const Status& status);
   void Complete(Pending pending, const Status& status);
   /// Delivers `reply` to the actor that made request `pending` and cancels its timeout.
@@ -222,26 +217,16 @@ class Bridge : public RefCodec, public std::enable_shared_from_this<Bridge> {
   std::unordered_map<NodeId, NodeState> nodes_;
   std::unordered_map<NodeId, std::string> addresses_;
   std::deque<NodeId> departed_;  // lost nodes, oldest first: their addresses go past max_departed_nodes
-  std::unordered_map<uint64_t, Pending> pending_;
-  // Nodes of answered requests, reused by the next ones: a request then costs the pending table
-  // no allocation (at most kSparePending are kept).
-  static constexpr size_t kSparePending = 256;
-  std::vector<std::unordered_map<uint64_t, Pending>::node_type> spare_pending_;
-  // When pending requests stop being remembered (request_ttl): actor requests in the order they
-  // were made (one TTL for all, so that order is also the order of their deadlines: appending is
-  // all a request costs), control requests (each with its own timeout) in a heap.
-  std::deque<Deadline> request_deadlines_;
-  std::priority_queue<Deadline, std::vector<Deadline>, std::greater<Deadline>> deadlines_;
+  PendingRequests pending_;    // requests to remote actors awaiting a reply
+  FailureDetector detector_;   // heartbeat timeouts of connected peers
   std::set<std::pair<uint64_t, NodeId>> watches_;  // (local wire id, watching node)
   std::unordered_set<caf::actor_id> published_;     // local actors put in CAF's registry
-  uint64_t next_request_id_ = 0;
-  Clock::TimePoint last_tick_{};
 
   void RecordLatency(Clock::Duration d);
   std::array<std::atomic<uint64_t>, kLatencyBucketCount + 1> latency_buckets_{};
   std::atomic<uint64_t> latency_sum_ns_{0};
-  std::atomic<uint64_t> messages_out_{0}, messages_in_{0}, requests_failed_fast_{0},
-      error_replies_sent_{0}, dropped_{0}, late_replies_{0}, nodes_lost_{0},
+  std::atomic<uint64_t> messages_out_{0}, messages_in_{0}, requests_failed_node_lost_{0},
+      requests_failed_send_{0}, error_replies_sent_{0}, dropped_{0}, late_replies_{0}, nodes_lost_{0},
       heartbeat_timeouts_{0};
 };
 

@@ -135,8 +135,11 @@ MetricsSource RuntimeMetrics(Runtime& runtime) {
     counter("troupe_runtime_messages_in_total", "Actor messages and replies received from other nodes",
             s.bridge.messages_in);
     gauge("troupe_runtime_requests_pending", "Requests to remote actors awaiting a reply", s.bridge.requests_pending);
-    counter("troupe_runtime_requests_failed_fast_total", "Pending requests failed because their node was lost",
-            s.bridge.requests_failed_fast);
+    counter("troupe_runtime_requests_failed_node_lost_total", "Pending requests failed because their node was lost",
+            s.bridge.requests_failed_node_lost);
+    counter("troupe_runtime_requests_failed_send_total",
+            "Pending requests failed because their frame could not be sent (often a lost node seen first by the transport)",
+            s.bridge.requests_failed_send);
     counter("troupe_runtime_error_replies_total", "Requests from peers answered with an error by the runtime",
             s.bridge.error_replies_sent);
     counter("troupe_runtime_dropped_messages_total", "One-way messages that could not be delivered", s.bridge.dropped);
