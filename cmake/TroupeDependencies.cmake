@@ -12,6 +12,10 @@ find_package(nlohmann_json REQUIRED)
 if(TROUPE_BUILD_TESTS)
   find_package(GTest REQUIRED)
 endif()
+# Google Benchmark times the benchmarks of pure functions (the scheduler's placement).
+if(TROUPE_BUILD_BENCH)
+  find_package(benchmark REQUIRED)
+endif()
 
 # CUDA and NCCL are optional: GPU paths build when they are found, everything else always.
 set(TROUPE_CUDA_ROOT "/usr/local/cuda" CACHE PATH "Where to look for CUDA and NCCL")

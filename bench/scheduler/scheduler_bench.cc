@@ -1,7 +1,8 @@
 // scheduler_bench: placement decisions per second on simulated clusters of 100, 1,000 and
 // 10,000 nodes with 8 GPUs each (8 slices per GPU), kept 90% full, for single-slice requests and
-// 8-worker gang requests. A decision here is a whole scheduler round trip: Submit, Schedule
-// (the grant) and the Release of an older grant that keeps the cluster at 90%.
+// 8-worker gang requests, timed by Google Benchmark (the scheduler is a pure function of its
+// state). A decision here is a whole scheduler round trip: Submit, Schedule (the grant) and the
+// Release of an older grant that keeps the cluster at 90%.
 //
 // Baselines printed beside, from the same run: a linear scan for the least-loaded fitting GPU
 // (what a scheduler without troupe's index does per decision), and Ray's published
@@ -9,6 +10,7 @@
 // through the head of a local cluster (`troupe up`, two nodes with simulated GPUs): a lease
 // request and its release from a client, beside a plain request to the head (ListNodes) in the
 // same run. --no-cluster skips that part.
+#include <benchmark/benchmark.h>
 #include <nlohmann/json.hpp>
 #include <signal.h>
 #include <stdlib.h>
@@ -19,6 +21,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -70,21 +73,16 @@ Snapshot MakeCluster(uint32_t nodes, std::mt19937_64& rng) {
   return s;
 }
 
-struct Result {
-  double decisions_per_s;
-  double ns_per_decision;
-};
-
-// Keeps the cluster 90% full with `workers`-worker requests (gang when > 1) and times
-// submit + schedule + release.
-Result TimeScheduler(uint32_t nodes, uint32_t workers, int decisions, std::mt19937_64& rng) {
-  Scheduler sched(MakeCluster(nodes, rng));
-  const uint64_t slices = uint64_t{nodes} * kGpusPerNode * kSlicesPerGpu;
-  const uint64_t target = slices * 9 / 10 / workers;  // grants held at 90%
-  Time now{};
-  uint64_t next = 1;
-  std::vector<uint64_t> live;
-  auto submit = [&]() {
+// A cluster whose grants are held at 90% by `workers`-worker requests (gang when > 1). Built
+// once per shape and kept: Google Benchmark calls a benchmark several times while it picks an
+// iteration count, and filling 10,000 nodes takes seconds. Each decision leaves it at 90%.
+struct PlacementBed {
+  PlacementBed(uint32_t nodes, uint32_t workers) : rng(42), sched(MakeCluster(nodes, rng)), workers(workers) {
+    const uint64_t slices = uint64_t{nodes} * kGpusPerNode * kSlicesPerGpu;
+    const uint64_t target = slices * 9 / 10 / workers;
+    while (live.size() < target) Submit();
+  }
+  void Submit() {
     Request r;
     r.id = next++;
     r.count = workers;
@@ -93,59 +91,95 @@ Result TimeScheduler(uint32_t nodes, uint32_t workers, int decisions, std::mt199
     r.policy = workers > 1 ? Policy::kPack : Policy::kSpread;
     (void)sched.Submit(r, now);
     for (auto& g : sched.Schedule(now)) live.push_back(g.request.id);
-  };
-  while (live.size() < target) submit();
-  auto start = Clock::now();
-  for (int i = 0; i < decisions; ++i) {
-    size_t victim = rng() % live.size();
+  }
+  // One decision: the release of a random older grant, then the submit and schedule of a new
+  // request.
+  void Decide() {
+    const size_t victim = rng() % live.size();
     sched.Release(live[victim]);
     live[victim] = live.back();
     live.pop_back();
-    submit();
+    Submit();
   }
-  double s = std::chrono::duration<double>(Clock::now() - start).count();
-  if (!sched.Pending(now).empty()) std::fprintf(stderr, "warning: %zu requests left waiting\n", sched.Pending(now).size());
-  return {decisions / s, s * 1e9 / decisions};
+  std::mt19937_64 rng;
+  Scheduler sched;
+  uint32_t workers;
+  Time now{};
+  uint64_t next = 1;
+  std::vector<uint64_t> live;
+};
+
+void BM_Placement(benchmark::State& state) {
+  static std::map<std::pair<int64_t, int64_t>, std::unique_ptr<PlacementBed>> beds;
+  auto& bed = beds[{state.range(0), state.range(1)}];
+  if (!bed) {
+    bed = std::make_unique<PlacementBed>(static_cast<uint32_t>(state.range(0)), static_cast<uint32_t>(state.range(1)));
+  }
+  for (auto _ : state) bed->Decide();
+  if (!bed->sched.Pending(bed->now).empty()) state.SkipWithError("requests were left waiting");
+  state.SetItemsProcessed(state.iterations());
 }
+BENCHMARK(BM_Placement)->ArgsProduct({{100, 1000, 10000}, {1, 8}})->ArgNames({"nodes", "workers"});
 
 // Baseline: the same single-slice workload decided by scanning every GPU for the least loaded
-// one that fits (no index).
-Result TimeLinearScan(uint32_t nodes, int decisions, std::mt19937_64& rng) {
+// one that fits (no index). Filled at random (scanning to fill 10,000 nodes would take
+// minutes); only decisions are timed.
+void BM_LinearScan(benchmark::State& state) {
+  const auto nodes = static_cast<uint32_t>(state.range(0));
+  std::mt19937_64 rng(42);
   Snapshot s = MakeCluster(nodes, rng);
   std::vector<GpuState> gpus = s.gpus();
   std::vector<uint32_t> live;
-  auto place = [&]() {
+  const uint64_t target = uint64_t{nodes} * kGpusPerNode * kSlicesPerGpu * 9 / 10;
+  while (live.size() < target) {
+    const auto g = static_cast<uint32_t>(rng() % gpus.size());
+    if (gpus[g].slices_free == 0) continue;
+    --gpus[g].slices_free;
+    live.push_back(g);
+  }
+  for (auto _ : state) {
+    const size_t victim = rng() % live.size();
+    ++gpus[live[victim]].slices_free;
+    live[victim] = live.back();
+    live.pop_back();
     uint32_t best = UINT32_MAX;
     double best_load = 2;
     for (uint32_t g = 0; g < gpus.size(); ++g) {
       if (gpus[g].slices_free == 0) continue;
-      double load = Snapshot::Load(gpus[g]);
+      const double load = Snapshot::Load(gpus[g]);
       if (load < best_load) best_load = load, best = g;
     }
     if (best != UINT32_MAX) {
       --gpus[best].slices_free;
       live.push_back(best);
     }
-  };
-  // Filled at random (scanning to fill 10,000 nodes would take minutes); only decisions are timed.
-  const uint64_t target = uint64_t{nodes} * kGpusPerNode * kSlicesPerGpu * 9 / 10;
-  while (live.size() < target) {
-    uint32_t g = static_cast<uint32_t>(rng() % gpus.size());
-    if (gpus[g].slices_free == 0) continue;
-    --gpus[g].slices_free;
-    live.push_back(g);
   }
-  auto start = Clock::now();
-  for (int i = 0; i < decisions; ++i) {
-    size_t victim = rng() % live.size();
-    ++gpus[live[victim]].slices_free;
-    live[victim] = live.back();
-    live.pop_back();
-    place();
-  }
-  double sec = std::chrono::duration<double>(Clock::now() - start).count();
-  return {decisions / sec, sec * 1e9 / decisions};
+  state.SetItemsProcessed(state.iterations());
 }
+BENCHMARK(BM_LinearScan)->Arg(100)->Arg(1000)->Arg(10000)->ArgNames({"nodes"});
+
+// Shows Google Benchmark's table as usual and keeps each benchmark's time per iteration (ns)
+// for the table of ratios.
+class Collector : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    for (const auto& run : runs) {
+      if (run.run_type != Run::RT_Iteration) continue;
+      if (run.error_occurred) {
+        failed = true;
+        continue;
+      }
+      ns[run.benchmark_name()] = run.GetAdjustedRealTime();
+    }
+    ConsoleReporter::ReportRuns(runs);
+  }
+  double NsOf(const std::string& name) const {
+    auto it = ns.find(name);
+    return it == ns.end() ? 0 : it->second;
+  }
+  std::map<std::string, double> ns;
+  bool failed = false;
+};
 
 // Lease + release through a real head, and a ListNodes round trip as the baseline (median of
 // `n` each, in microseconds). Returns false (with a message) if the cluster did not come up.
@@ -203,25 +237,29 @@ bool TimeLeases(int n, double* lease_us, double* rtt_us) {
 }
 
 int Run(bool quick, const std::string& json, bool cluster) {
-  std::mt19937_64 rng(42);
+  Collector collector;
+  benchmark::RunSpecifiedBenchmarks(&collector);
+  if (collector.failed) return 1;
   std::vector<Row> rows;
   const std::vector<uint32_t> sizes = {100, 1000, 10000};
   std::vector<double> single_ns, gang_ns;
   for (uint32_t nodes : sizes) {
-    const int n = quick ? 20000 : 200000;
-    Result single = TimeScheduler(nodes, 1, n, rng);
-    Result scan = TimeLinearScan(nodes, quick ? 2000 : 20000, rng);
-    Result gang = TimeScheduler(nodes, 8, n / 8, rng);
-    single_ns.push_back(single.ns_per_decision);
-    gang_ns.push_back(gang.ns_per_decision);
-    std::string label = std::to_string(nodes) + " nodes x 8 GPUs, 90% full";
+    const std::string n = std::to_string(nodes);
+    const double single = collector.NsOf("BM_Placement/nodes:" + n + "/workers:1");
+    const double gang = collector.NsOf("BM_Placement/nodes:" + n + "/workers:8");
+    const double scan = collector.NsOf("BM_LinearScan/nodes:" + n);
+    if (single <= 0 || gang <= 0 || scan <= 0) {
+      std::fprintf(stderr, "scheduler_bench: no figure for %u nodes (a --benchmark_filter left it out?)\n", nodes);
+      return 1;
+    }
+    single_ns.push_back(single);
+    gang_ns.push_back(gang);
+    const std::string label = n + " nodes x 8 GPUs, 90% full";
     const bool target_row = nodes == 1000;
-    rows.push_back({"single-slice placements/s, " + label, "1/s", single.decisions_per_s, scan.decisions_per_s,
-                    "linear scan", target_row ? ">= 100000" : "(info)",
-                    !target_row || single.decisions_per_s >= 100000});
-    rows.push_back({"single-slice placement cost, " + label, "ns", single.ns_per_decision, scan.ns_per_decision,
-                    "linear scan", "(info)", true});
-    rows.push_back({"8-worker gang placements/s, " + label, "1/s", gang.decisions_per_s, 800, "Ray PG create+remove",
+    rows.push_back({"single-slice placements/s, " + label, "1/s", 1e9 / single, 1e9 / scan, "linear scan",
+                    target_row ? ">= 100000" : "(info)", !target_row || 1e9 / single >= 100000});
+    rows.push_back({"single-slice placement cost, " + label, "ns", single, scan, "linear scan", "(info)", true});
+    rows.push_back({"8-worker gang placements/s, " + label, "1/s", 1e9 / gang, 800, "Ray PG create+remove",
                     "(info)", true});
   }
   // Growth: cost per decision from 100 to 10,000 nodes against linear growth (100x).
@@ -274,6 +312,10 @@ int main(int argc, char** argv) {
   bool quick = false;
   bool cluster = true;
   std::string json;
+  // troupe's own flags; the rest (--benchmark_filter=..., --benchmark_min_time=...) go to
+  // Google Benchmark.
+  std::vector<char*> rest = {argv[0]};
+  static char min_time[] = "--benchmark_min_time=0.05";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--quick") {
@@ -282,10 +324,15 @@ int main(int argc, char** argv) {
       json = argv[++i];
     } else if (a == "--no-cluster") {
       cluster = false;
+    } else if (a.rfind("--benchmark_", 0) == 0) {
+      rest.push_back(argv[i]);
     } else {
-      std::cerr << "usage: scheduler_bench [--quick] [--json PATH] [--no-cluster]\n";
+      std::cerr << "usage: scheduler_bench [--quick] [--json PATH] [--no-cluster] [--benchmark_...]\n";
       return 2;
     }
   }
+  if (quick) rest.insert(rest.begin() + 1, min_time);  // a later --benchmark_min_time still wins
+  int rest_argc = static_cast<int>(rest.size());
+  benchmark::Initialize(&rest_argc, rest.data());
   return troupe::bench::Run(quick, json, cluster);
 }
