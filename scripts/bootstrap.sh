@@ -59,7 +59,7 @@ build() {
   cmake --build "$dir" -j "$JOBS"
 }
 
-# The libFuzzer targets (tests/fuzz), each for TROUPE_FUZZ_SECONDS (default 15) on its seed
+# The libFuzzer targets (tests/fuzz), each for TROUPE_FUZZ_SECONDS (default 12: five targets, a minute) on its seed
 # corpus: a short run that catches regressions. A crash, leak or sanitizer report fails the
 # test command. Long runs: docs/fuzzing.md.
 run_fuzz() {
@@ -68,7 +68,7 @@ run_fuzz() {
     return
   fi
   local dir="$BUILD_DIR-fuzz"
-  local seconds=${TROUPE_FUZZ_SECONDS:-15}
+  local seconds=${TROUPE_FUZZ_SECONDS:-12}
   local generator=()
   command -v ninja >/dev/null && generator=(-G Ninja)
   log "configuring the fuzz targets in $dir (clang, libFuzzer, ASan/UBSan)"
