@@ -1,0 +1,132 @@
+// MembershipRegistry and HeadStore: node states and their transitions over a real LMDB file.
+#include "cluster/membership.h"
+
+#include <gtest/gtest.h>
+
+#include "tests/cluster/head_test_support.h"
+
+namespace troupe::cluster {
+namespace {
+
+using namespace std::chrono_literals;
+
+class Membership : public testing::HeadStoreTest {
+ protected:
+  std::unique_ptr<MembershipRegistry> Registry() {
+    return std::make_unique<MembershipRegistry>(config_, store_.get(), *node_table_, &clock_);
+  }
+  ManualClock clock_;
+};
+
+TEST_F(Membership, AJoinMakesANodeAliveAndCountsItsJoins) {
+  auto members = Registry();
+  auto first = members->Join(Node("a"));
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->state, "alive");
+  EXPECT_EQ(first->joins, 1u);
+  EXPECT_EQ(first->last_change_unix_ms, ManualClock::kStartUnixMs);
+  clock_.Advance(5s);
+  auto second = members->Join(Node("a"));
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ(second->joins, 2u);
+  EXPECT_EQ(second->last_change_unix_ms, ManualClock::kStartUnixMs + 5000);
+  // Not stored until the head says so (it ends a replaced process's leases first).
+  EXPECT_EQ(Rows(*node_table_), 0u);
+  members->Store(*second);
+  EXPECT_EQ(Rows(*node_table_), 1u);
+  EXPECT_FALSE(members->Join(NodeRecord{}).ok()) << "a node without a name joined";
+}
+
+TEST_F(Membership, ADeadNodeKeepsItsReasonAndLosesItsAgent) {
+  auto members = Registry();
+  ASSERT_TRUE(members->Join(Node("a")).ok());
+  members->AttachAgent("a", runtime::ActorRef::Dangling(7, 1));
+  ASSERT_NE(members->AgentOf("a"), nullptr);
+  NodeRecord dead = members->MarkDead("a", "connection reset");
+  EXPECT_EQ(dead.state, "dead");
+  EXPECT_EQ(dead.reason, "connection reset");
+  EXPECT_EQ(members->AgentOf("a"), nullptr);
+  // Alive again when it rejoins, without the reason.
+  auto back = members->Join(Node("a"));
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->state, "alive");
+  EXPECT_EQ(back->reason, "");
+}
+
+TEST_F(Membership, ARestartedHeadKnowsItsNodesAsUnknownUntilTheyRejoinOrTheDeadlinePasses) {
+  {
+    auto members = Registry();
+    for (const char* name : {"a", "b", "c"}) {
+      auto joined = members->Join(Node(name));
+      ASSERT_TRUE(joined.ok());
+      members->Store(*joined);
+    }
+    members->MarkDead("c", "killed");
+  }
+  Reopen();
+  auto members = Registry();
+  ASSERT_TRUE(members->Recover().ok());
+  ASSERT_EQ(members->nodes().size(), 3u);
+  EXPECT_EQ(members->FindNode("a")->state, "unknown");
+  EXPECT_EQ(members->FindNode("b")->state, "unknown");
+  EXPECT_EQ(members->FindNode("c")->state, "dead") << "a dead node stays dead across a restart";
+  EXPECT_TRUE(members->AwaitingRejoins());
+  ASSERT_TRUE(members->Join(Node("a")).ok());
+  auto dead = members->DeclareUnknownDead("did not rejoin");
+  ASSERT_EQ(dead.size(), 1u);
+  EXPECT_EQ(dead[0].name, "b");
+  EXPECT_EQ(members->FindNode("b")->reason, "did not rejoin");
+  EXPECT_EQ(members->FindNode("a")->state, "alive");
+  EXPECT_FALSE(members->AwaitingRejoins());
+}
+
+TEST_F(Membership, ANodeSilentForHalfTheFailureTimeoutIsListedSuspect) {
+  auto members = Registry();
+  for (const char* name : {"quiet", "talking", "gone"}) ASSERT_TRUE(members->Join(Node(name)).ok());
+  const uint64_t quiet = Node("quiet").node_id, talking = Node("talking").node_id;
+  NodeList list = members->List([&](uint64_t id) -> std::optional<Clock::Duration> {
+    if (id == quiet) return std::chrono::milliseconds(600);
+    if (id == talking) return std::chrono::milliseconds(400);
+    return std::nullopt;
+  });
+  ASSERT_EQ(list.nodes.size(), 3u);
+  EXPECT_EQ(list.cluster_name, "test");
+  std::map<std::string, NodeRecord> by_name;
+  for (const auto& n : list.nodes) by_name[n.name] = n;
+  EXPECT_EQ(by_name["quiet"].state, "suspect");
+  EXPECT_EQ(by_name["quiet"].heartbeat_age_ms, 600);
+  EXPECT_EQ(by_name["talking"].state, "alive");
+  EXPECT_EQ(by_name["gone"].state, "alive");
+  EXPECT_EQ(by_name["gone"].heartbeat_age_ms, -1);
+  // Suspect is derived, never stored.
+  EXPECT_EQ(members->FindNode("quiet")->state, "alive");
+}
+
+TEST(HeadStore, EveryWriteFirstRunsTheRetriesInOrderButTheRetriesDoNot) {
+  testing::TempDir dir;
+  {
+    storage::LmdbOptions options;
+    options.path = dir.path();
+    options.map_size = 16u << 20;
+    auto env = storage::LmdbEnv::Open(options);
+    ASSERT_TRUE(env.ok());
+    HeadStore store(env->get());
+    std::string order;
+    store.AddRetry([&] {
+      order += "n";
+      // A retry's own write must not run the retries again.
+      EXPECT_TRUE(store.Commit([](storage::Txn&) { return OkStatus(); }).ok());
+    });
+    store.AddRetry([&] { order += "l"; });
+    EXPECT_TRUE(store.Write([&](storage::Txn&) {
+      order += "w";
+      return OkStatus();
+    }).ok());
+    EXPECT_EQ(order, "nlw");
+    EXPECT_FALSE(store.Write([](storage::Txn&) { return InternalError("refused"); }).ok());
+    EXPECT_EQ(order, "nlwnl");
+  }
+}
+
+}  // namespace
+}  // namespace troupe::cluster

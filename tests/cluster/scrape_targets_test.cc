@@ -1,0 +1,89 @@
+// ScrapeTargetsWriter: the Prometheus file_sd list and what happens when it cannot be written.
+#include "cluster/scrape_targets.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+
+#include "tests/cluster/head_test_support.h"
+
+namespace troupe::cluster {
+namespace {
+
+std::map<std::string, NodeRecord> Nodes() {
+  std::map<std::string, NodeRecord> nodes;
+  auto add = [&](const std::string& name, const std::string& state, const std::string& metrics) {
+    NodeRecord r;
+    r.name = name;
+    r.state = state;
+    r.metrics_address = metrics;
+    nodes[name] = r;
+  };
+  add("a", "alive", "127.0.0.1:9101");
+  add("b", "dead", "127.0.0.1:9102");
+  add("c", "unknown", "127.0.0.1:9103");
+  add("d", "alive", "");
+  return nodes;
+}
+
+TEST(ScrapeTargets, ListTheHeadAndEveryNodeNotDeadWithAMetricsEndpoint) {
+  EXPECT_EQ(ScrapeTargetsJson("prod", "127.0.0.1:9100", Nodes()),
+            R"([
+  {
+    "targets": [
+      "127.0.0.1:9100"
+    ],
+    "labels": {
+      "cluster": "prod",
+      "role": "head",
+      "node": "head"
+    }
+  },
+  {
+    "targets": [
+      "127.0.0.1:9101"
+    ],
+    "labels": {
+      "cluster": "prod",
+      "role": "node",
+      "node": "a"
+    }
+  },
+  {
+    "targets": [
+      "127.0.0.1:9103"
+    ],
+    "labels": {
+      "cluster": "prod",
+      "role": "node",
+      "node": "c"
+    }
+  }
+]
+)");
+}
+
+TEST(ScrapeTargets, AFailedWriteIsRetriedOnceScheduledAndSucceedsWhenItCan) {
+  testing::TempDir temp;
+  const std::string dir = temp.path() + "/later";  // does not exist yet: writes fail
+  int scheduled = 0;
+  ScrapeTargetsWriter writer(dir + "/prometheus-targets.json", "prod", "127.0.0.1:9100", [&] { ++scheduled; });
+  writer.Write(Nodes());
+  EXPECT_TRUE(writer.failing());
+  writer.Write(Nodes());
+  EXPECT_EQ(scheduled, 1) << "one retry at a time";
+  std::filesystem::create_directories(dir);
+  ASSERT_TRUE(writer.RetryDue());
+  writer.Write(Nodes());
+  EXPECT_FALSE(writer.failing());
+  std::ifstream in(dir + "/prometheus-targets.json");
+  const std::string written{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  EXPECT_EQ(written, ScrapeTargetsJson("prod", "127.0.0.1:9100", Nodes()));
+  EXPECT_FALSE(writer.RetryDue());
+  EXPECT_EQ(scheduled, 1);
+}
+
+}  // namespace
+}  // namespace troupe::cluster
