@@ -234,17 +234,18 @@ TEST_F(Slices, OnATerminalTheCommandIsTheForegroundJobAndCtrlZAndCtrlCReachIt) {
   EXPECT_EQ(*first, "one");
 
   ASSERT_TRUE((*run)->Type("\x1a").ok());  // Ctrl-Z
-  auto stopped = (*run)->WaitForChange(10s);
+  auto stopped = (*run)->WaitForChange(20s);
   ASSERT_TRUE(stopped.ok()) << "troupe run did not stop with its command: " << stopped.status();
   ASSERT_TRUE(WIFSTOPPED(*stopped)) << "troupe run ended instead of stopping: " << *stopped;
   kill((*run)->pid(), SIGCONT);  // `fg`: troupe run leads the terminal's foreground group again
   ASSERT_TRUE((*run)->Type("two\n").ok());
-  auto second = (*run)->ReadLineWithPrefix("got ", 10s);
+  auto second = (*run)->ReadLineWithPrefix("got ", 20s);
   ASSERT_TRUE(second.ok()) << "the continued command did not get the terminal back: " << second.status();
   EXPECT_EQ(*second, "two");
 
   ASSERT_TRUE((*run)->Type("\x03").ok());  // Ctrl-C
-  auto ended = (*run)->WaitForChange(10s);
+  // troupe run ends once its command is gone and the lease is released (a request to the head).
+  auto ended = (*run)->WaitForChange(30s);
   ASSERT_TRUE(ended.ok()) << "Ctrl-C did not end the command: " << ended.status();
   ASSERT_TRUE(WIFEXITED(*ended)) << *ended;
   EXPECT_EQ(WEXITSTATUS(*ended), 128 + SIGINT) << "troupe run returns its command's exit";
