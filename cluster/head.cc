@@ -13,6 +13,7 @@
 #include <mutex>
 #include <set>
 
+#include "cluster/bootstrap.h"
 #include "cluster/event_log.h"
 #include "cluster/head_store.h"
 #include "cluster/lease_registry.h"

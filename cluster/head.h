@@ -6,7 +6,6 @@
 #include <memory>
 #include <string>
 
-#include "cluster/bootstrap.h"
 #include "cluster/config.h"
 #include "runtime/metrics.h"
 #include "runtime/runtime.h"
@@ -14,7 +13,8 @@
 
 namespace troupe::cluster {
 
-/// The head process's core. Owns the runtime, the LMDB state and the controller actor.
+/// The head process's core. Owns the runtime, the LMDB state and the controller actor, which
+/// composes the registries (membership.h, lease_registry.h, event_log.h, scrape_targets.h).
 ///
 /// Node states: a node is `alive` from its join; `suspect` while nothing has come from it for
 /// half the failure timeout; `dead` when its agent's monitor fires (process killed, link cut,
