@@ -143,12 +143,12 @@ void Bridge::Shutdown() {
     pending = pending_.TakeAll();
     watches_.clear();
   }
-  std::unordered_set<caf::actor_id> published;
+  std::unordered_set<caf::actor_id> addressable;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    published.swap(published_);
+    addressable.swap(addressable_);
   }
-  for (auto id : published) system_.registry().erase(id);
+  for (auto id : addressable) system_.registry().erase(id);
   auto reason = ToCafError(CancelledError("the runtime of node " + std::to_string(self_) + " stopped"));
   for (auto& [node, state] : nodes) {
     for (auto& [id, proxy] : state.proxies) KillProxy(proxy, reason);
@@ -236,7 +236,7 @@ void Bridge::OnForward(caf::strong_actor_ptr src, NodeId dest_node, caf::actor_i
   // The receiver sees the sender as a proxy, which watches it from birth (a monitor request
   // to this node): the sender must be findable here, or that proxy dies at once. A request
   // checks that in its pending-table section below, before its frame leaves.
-  if (!mid.is_request()) Publish(src);
+  if (!mid.is_request()) MakeAddressable(src);
   auto encoded = codecs_.Encode(msg, *this);
   if (mid.is_request()) {
     if (!encoded.ok()) {
@@ -244,10 +244,10 @@ void Bridge::OnForward(caf::strong_actor_ptr src, NodeId dest_node, caf::actor_i
       return;
     }
     uint64_t request_id = 0;
-    bool published = true;
+    bool addressable = true;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      published = !IsLocal(src) || published_.count(src->id()) > 0;
+      addressable = !IsLocal(src) || addressable_.count(src->id()) > 0;
       request_id = pending_.AddActorRequest(dest_node, src, mid);  // 0: the table is full
     }
     if (request_id == 0) {
@@ -256,7 +256,7 @@ void Bridge::OnForward(caf::strong_actor_ptr src, NodeId dest_node, caf::actor_i
                                       " remote requests are pending"));
       return;
     }
-    if (!published) Publish(src);
+    if (!addressable) MakeAddressable(src);
     header.flags = kFlagRequest;
     header.request_id = request_id;
     header.type_id = encoded->type_id;
@@ -718,14 +718,14 @@ ActorRef Bridge::RefTo(NodeId node, uint64_t wire_id) {
   return ActorRef(caf::actor_cast<caf::actor>(ProxyFor(node, wire_id)), node, wire_id);
 }
 
-void Bridge::Publish(const caf::strong_actor_ptr& actor) {
+void Bridge::MakeAddressable(const caf::strong_actor_ptr& actor) {
   if (!IsLocal(actor) || stopped_ || system_.registry().get(actor->id())) return;
   // CAF's registry keeps the actor until it exits (its own functor erases the entry). We
   // remember the ids too, to erase what is left at shutdown: an actor released by the
   // registry's destructor after CAF's scheduler has stopped crashes in its cleanup.
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!published_.insert(actor->id()).second) return;
+    if (!addressable_.insert(actor->id()).second) return;
   }
   system_.registry().put(actor->id(), actor);
   std::weak_ptr<Bridge> weak = weak_from_this();
@@ -733,7 +733,7 @@ void Bridge::Publish(const caf::strong_actor_ptr& actor) {
   actor->get()->attach_functor([weak, id] {
     if (auto self = weak.lock()) {
       std::lock_guard<std::mutex> lock(self->mu_);
-      self->published_.erase(id);
+      self->addressable_.erase(id);
     }
   });
 }
@@ -762,7 +762,7 @@ std::string Bridge::AddressOf(NodeId node) {
 void Bridge::EncodeRef(const ActorRef& ref, wire::ActorAddress::Builder out) {
   if (ref.node() == 0) return;
   // Peers will address it by id: keep it findable (until it exits).
-  if (ref.valid()) Publish(caf::actor_cast<caf::strong_actor_ptr>(ref.handle()));
+  if (ref.valid()) MakeAddressable(caf::actor_cast<caf::strong_actor_ptr>(ref.handle()));
   out.setNode(ref.node());
   out.setActor(ref.id());
   out.setAddress(AddressOf(ref.node()));

@@ -143,7 +143,7 @@ class Bridge : public RefCodec, public std::enable_shared_from_this<Bridge> {
   /// The ref of actor `wire_id` on `node` (a proxy unless node is this one).
   ActorRef RefTo(NodeId node, uint64_t wire_id);
   /// Makes a local actor addressable by peers (until it exits). Encoding a ref does this.
-  void Publish(const caf::strong_actor_ptr& actor);
+  void MakeAddressable(const caf::strong_actor_ptr& actor);
   /// Records where `node` accepts connections.
   void AddNode(NodeId node, const std::string& address);
   void EncodeRef(const ActorRef& ref, wire::ActorAddress::Builder out) override;
@@ -220,7 +220,7 @@ class Bridge : public RefCodec, public std::enable_shared_from_this<Bridge> {
   PendingRequests pending_;    // requests to remote actors awaiting a reply
   FailureDetector detector_;   // heartbeat timeouts of connected peers
   std::set<std::pair<uint64_t, NodeId>> watches_;  // (local wire id, watching node)
-  std::unordered_set<caf::actor_id> published_;     // local actors put in CAF's registry
+  std::unordered_set<caf::actor_id> addressable_;     // local actors put in CAF's registry
 
   void RecordLatency(Clock::Duration d);
   std::array<std::atomic<uint64_t>, kLatencyBucketCount + 1> latency_buckets_{};

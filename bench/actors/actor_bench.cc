@@ -330,7 +330,7 @@ double InProcessRoundTripUs(const Options& o) {
   });
   auto echo = server->system->spawn([]() -> caf::behavior { return {[](Ping& p) { return Pong{p.value}; }}; });
   auto echo_ptr = caf::actor_cast<caf::strong_actor_ptr>(echo);
-  server->bridge->Publish(echo_ptr);
+  server->bridge->MakeAddressable(echo_ptr);
   runtime::ActorRef remote = client->bridge->RefTo(2, server->bridge->RefOf(echo_ptr).id());
   uint64_t n = o.count ? o.count : o.quick ? 20000 : 200000;
   caf::actor target = remote.handle();

@@ -284,7 +284,7 @@ TEST_F(BridgeTest, AControlRequestTimesOutOnItsOwnTimeoutBehindLongerLivedActorR
 TEST_F(BridgeTest, AnInboundRequestReachesTheActorAndTheReplyIsRouted) {
   auto counter = system_.spawn(Counter, int64_t{10});
   ActorRef ref = bridge_->RefOf(caf::actor_cast<caf::strong_actor_ptr>(counter));
-  bridge_->Publish(caf::actor_cast<caf::strong_actor_ptr>(counter));
+  bridge_->MakeAddressable(caf::actor_cast<caf::strong_actor_ptr>(counter));
   EXPECT_EQ(runtime::IncarnationOf(ref.id()), kIncarnation);
   FrameHeader header;
   header.dst_actor = ref.id();
@@ -306,7 +306,7 @@ TEST_F(BridgeTest, AnInboundRequestReachesTheActorAndTheReplyIsRouted) {
 TEST_F(BridgeTest, BadInboundRequestsGetErrorReplies) {
   auto counter = system_.spawn(Counter, int64_t{0});
   ActorRef ref = bridge_->RefOf(caf::actor_cast<caf::strong_actor_ptr>(counter));
-  bridge_->Publish(caf::actor_cast<caf::strong_actor_ptr>(counter));
+  bridge_->MakeAddressable(caf::actor_cast<caf::strong_actor_ptr>(counter));
   struct Case {
     uint64_t dst;
     uint32_t type;
@@ -369,7 +369,7 @@ TEST_F(BridgeTest, MonitoringAnActorThatDoesNotExistAnswersDownAtOnce) {
 
 TEST_F(BridgeTest, AWatchedLocalActorThatExitsSendsItsReason) {
   auto counter = system_.spawn(Counter, int64_t{0});
-  bridge_->Publish(caf::actor_cast<caf::strong_actor_ptr>(counter));
+  bridge_->MakeAddressable(caf::actor_cast<caf::strong_actor_ptr>(counter));
   ActorRef ref = bridge_->RefOf(caf::actor_cast<caf::strong_actor_ptr>(counter));
   FrameHeader header;
   header.type_id = runtime::kMonitorRequest;

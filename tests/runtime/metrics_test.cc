@@ -53,7 +53,7 @@ TEST(RuntimeMetrics, TransportCountersAndBatchesAreExported) {
     }};
   });
   // What encoding the ref into a message would do: b publishes it, a makes a proxy of it.
-  b->bridge().Publish(caf::actor_cast<caf::strong_actor_ptr>(fan.handle()));
+  b->bridge().MakeAddressable(caf::actor_cast<caf::strong_actor_ptr>(fan.handle()));
   runtime::ActorRef remote_fan = a->bridge().RefTo(b->node_id(), fan.id());
   ASSERT_TRUE(remote_fan.valid());
   auto counter = a->Spawn(Counter, int64_t{0});
