@@ -110,6 +110,9 @@ class UcxTransport::Impl {
     std::deque<Command> queued;        // sends waiting for Ready
     std::vector<Command> batch;        // sends of this progress turn, flushed at its end
     std::deque<Delivery> deliveries;   // received, in arrival order
+    // Sends on this connection that UCX has not completed yet (SendOp::conn). While there are
+    // any, a handler's send does not take the direct path (TrySendNow).
+    size_t sends_in_flight = 0;
     // Authentication; kReady exactly when it is authenticated (until the connection closes).
     // Last: the fields above are read for every frame, this only during the handshake.
     Handshake handshake;
@@ -143,6 +146,7 @@ class UcxTransport::Impl {
     size_t frames = 1;        // data frames carried (more than one for a batch)
     size_t frame_bytes = 0;   // their payload bytes
     bool in_flight = false;   // in pending_sends_ (UCX completes it later)
+    ConnPtr conn;             // while in flight: counted in its sends_in_flight
   };
 
   // A rendezvous receive in flight. It owns the payload buffer UCX writes into, and hands
@@ -180,8 +184,9 @@ class UcxTransport::Impl {
   bool DrainCommands();
   // Progress thread: moves what other threads queued into local_, behind what is there.
   void AdoptIncoming();
-  // Progress thread: posts a send command at once when nothing queued could be overtaken
-  // (local_ empty; a ready connection with nothing batched or queued); false if it must queue.
+  // Progress thread, inside ucp_worker_progress: sends a command at once when nothing could be
+  // overtaken (local_ empty; a ready connection with nothing batched, queued or still in UCX's
+  // hands) and UCX completes the send on the spot; false (cmd untouched) if it must queue.
   bool TrySendNow(Command& cmd);
   // Other threads: queues a command for the progress thread and wakes it; false once the
   // transport is closed (or stopping, if asked).
@@ -205,12 +210,14 @@ class UcxTransport::Impl {
   void RegisterEndpoint(const ConnPtr& conn);
   void SendControl(const ConnPtr& conn, FrameKind kind, const HandshakeInfo& hs,
                    const std::string& payload = {});
-  void PostSend(ucp_ep_h ep, FrameKind kind, const FrameHeader& header, const HandshakeInfo* hs,
-                Buffer payload, SendCallback done, NodeId peer, size_t frames = 1,
+  void PostSend(const ConnPtr& conn, ucp_ep_h ep, FrameKind kind, const FrameHeader& header,
+                const HandshakeInfo* hs, Buffer payload, SendCallback done, NodeId peer, size_t frames = 1,
                 size_t frame_bytes = SIZE_MAX);
   void OpenDirectEndpoint(const ConnPtr& conn);
   void RetireBootstrap(const ConnPtr& conn, bool force);
   void CompleteSend(SendOp* op, ucs_status_t status);
+  // Counts data frames whose send completed.
+  void CountSent(NodeId peer, size_t frames, size_t frame_bytes);
   void OnHandshake(const ConnPtr& conn, const DecodedEnvelope& env, std::string_view payload);
   void BecomeReady(const ConnPtr& conn);
   void Fail(const ConnPtr& conn, const Status& reason, bool graceful = false);
@@ -545,6 +552,7 @@ void UcxTransport::Impl::Shutdown() {
       counters_.send_errors.fetch_add(1, std::memory_order_relaxed);
       if (op->done) op->done(CancelledError("transport stopped"));
       op->done = nullptr;
+      op->conn.reset();
     }
     pending_recvs_.clear();
   }
@@ -641,9 +649,28 @@ bool UcxTransport::Impl::TrySendNow(Command& cmd) {
   auto it = peers_.find(cmd.peer);
   if (it == peers_.end() || it->second.send_conn == nullptr) return false;
   Connection* conn = it->second.send_conn.get();
-  if (conn->state != ConnState::kReady || !conn->batch.empty() || !conn->queued.empty()) return false;
-  PostSend(conn->data_ep(), FrameKind::kData, cmd.header, nullptr, std::move(cmd.payload), std::move(cmd.done),
-           cmd.peer);
+  if (conn->state != ConnState::kReady || !conn->batch.empty() || !conn->queued.empty() ||
+      conn->sends_in_flight != 0) {
+    return false;
+  }
+  // UCX 1.13 does not keep the order of an active message posted from inside ucp_worker_progress
+  // against the sends it still holds for the endpoint: such a frame overtook earlier ones still
+  // in UCX's hands, or was itself overtaken by the next frame posted after the progress call
+  // (transport bench under load: a stream's last frame arrived ahead of up to 11 earlier ones).
+  // Hence the direct path only with nothing of this connection in flight, and only for a
+  // send UCX completes on the spot (its short path): the frame is then gone before anything
+  // after it is posted. Anything else queues and leaves at the end of the turn.
+  EncodedEnvelope envelope;
+  if (!EncodeEnvelope(FrameKind::kData, cmd.header, nullptr, &envelope).ok()) return false;  // the queue reports it
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS | UCP_OP_ATTR_FLAG_FORCE_IMM_CMPL;
+  param.flags = UCP_AM_SEND_FLAG_REPLY;  // see PostSend
+  ucs_status_ptr_t request = ucp_am_send_nbx(conn->data_ep(), kAmId, envelope.bytes, envelope.size,
+                                             cmd.payload.data(), cmd.payload.size(), &param);
+  // With FORCE_IMM_CMPL UCX returns no request: the send completed, or it did not start.
+  if (request != nullptr) return false;
+  CountSent(cmd.peer, 1, cmd.payload.size());
+  if (cmd.done) cmd.done(OkStatus());
   return true;
 }
 
@@ -746,8 +773,8 @@ void UcxTransport::Impl::FlushBatches() {
         i = end;
       } else {
         Command& cmd = cmds[i++];
-        PostSend(conn->data_ep(), FrameKind::kData, cmd.header, nullptr, std::move(cmd.payload), std::move(cmd.done),
-                 cmd.peer);
+        PostSend(conn, conn->data_ep(), FrameKind::kData, cmd.header, nullptr, std::move(cmd.payload),
+                 std::move(cmd.done), cmd.peer);
       }
     }
   }
@@ -791,8 +818,8 @@ void UcxTransport::Impl::PostBatch(const ConnPtr& conn, std::vector<Command>& cm
   std::string* owned = bytes_owner.release();
   Buffer payload(reinterpret_cast<uint8_t*>(owned->data()), owned->size(),
                  [owned](uint8_t*, size_t) { delete owned; });
-  PostSend(conn->data_ep(), FrameKind::kBatch, header, nullptr, std::move(payload), std::move(done), conn->peer,
-           frames, frame_bytes);
+  PostSend(conn, conn->data_ep(), FrameKind::kBatch, header, nullptr, std::move(payload), std::move(done),
+           conn->peer, frames, frame_bytes);
 }
 
 void UcxTransport::Impl::Disconnect(NodeId peer, const Status& reason) {
@@ -1076,11 +1103,11 @@ void UcxTransport::Impl::SendControl(const ConnPtr& conn, FrameKind kind, const 
   header.src_node = config_.node_id;
   header.dst_node = conn->peer;
   // Handshakes always travel on the listener endpoint.
-  PostSend(conn->ep, kind, header, &hs, Buffer::CopyOf(payload), nullptr, conn->peer);
+  PostSend(conn, conn->ep, kind, header, &hs, Buffer::CopyOf(payload), nullptr, conn->peer);
 }
 
-void UcxTransport::Impl::PostSend(ucp_ep_h ep, FrameKind kind, const FrameHeader& header,
-                                  const HandshakeInfo* hs, Buffer payload, SendCallback done,
+void UcxTransport::Impl::PostSend(const ConnPtr& conn, ucp_ep_h ep, FrameKind kind,
+                                  const FrameHeader& header, const HandshakeInfo* hs, Buffer payload, SendCallback done,
                                   NodeId peer, size_t frames, size_t frame_bytes) {
   SendOp* op;
   if (free_send_ops_.empty()) {
@@ -1119,6 +1146,8 @@ void UcxTransport::Impl::PostSend(ucp_ep_h ep, FrameKind kind, const FrameHeader
     CompleteSend(op, UCS_PTR_STATUS(request));
   } else {
     op->in_flight = true;
+    op->conn = conn;
+    ++conn->sends_in_flight;
     pending_sends_.insert(op);
   }
 }
@@ -1149,16 +1178,11 @@ void UcxTransport::Impl::CompleteSend(SendOp* op, ucs_status_t status) {
   if (op->in_flight) {
     pending_sends_.erase(op);
     op->in_flight = false;
+    --op->conn->sends_in_flight;
+    op->conn.reset();
   }
   if (status == UCS_OK) {
-    if (op->data) {
-      counters_.frames_sent.fetch_add(op->frames, std::memory_order_relaxed);
-      counters_.bytes_sent.fetch_add(op->frame_bytes, std::memory_order_relaxed);
-      auto it = peers_.find(op->peer);
-      PeerTraffic& traffic = it != peers_.end() ? it->second.traffic : departed_traffic_;
-      traffic.frames_out += op->frames;
-      traffic.bytes_out += op->frame_bytes;
-    }
+    if (op->data) CountSent(op->peer, op->frames, op->frame_bytes);
     if (op->done) op->done(OkStatus());
   } else {
     counters_.send_errors.fetch_add(1, std::memory_order_relaxed);
@@ -1171,6 +1195,15 @@ void UcxTransport::Impl::CompleteSend(SendOp* op, ucs_status_t status) {
   } else {
     delete op;
   }
+}
+
+void UcxTransport::Impl::CountSent(NodeId peer, size_t frames, size_t frame_bytes) {
+  counters_.frames_sent.fetch_add(frames, std::memory_order_relaxed);
+  counters_.bytes_sent.fetch_add(frame_bytes, std::memory_order_relaxed);
+  auto it = peers_.find(peer);
+  PeerTraffic& traffic = it != peers_.end() ? it->second.traffic : departed_traffic_;
+  traffic.frames_out += frames;
+  traffic.bytes_out += frame_bytes;
 }
 
 // ---- Receiving ------------------------------------------------------------------------
