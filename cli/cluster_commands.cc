@@ -553,6 +553,7 @@ int RunOnSlice(RunOptions args) {
     std::mutex mu;
     ChildProcess* child = nullptr;  // set while the command runs (exited or not, not yet reaped)
     std::string lease_lost;         // why the head ended the lease; empty while it holds
+    bool command_ended = false;     // the command has exited: the lease is being released
   };
   auto launch = std::make_shared<Launch>();
   // The command leads a process group of its own, which a keeper process kills whole when this
@@ -563,6 +564,9 @@ int RunOnSlice(RunOptions args) {
   const bool on_terminal = isatty(STDIN_FILENO) != 0;
   signals.Start([launch](const siginfo_t& info) {
     std::lock_guard<std::mutex> lock(launch->mu);
+    // After the command: this process only releases the lease (at most a few seconds) and exits
+    // with the command's status; a signal now (a second Ctrl-C) must not cut that short.
+    if (launch->command_ended) return true;
     if (launch->child == nullptr) {
       if (info.si_signo == SIGUSR1 || info.si_signo == SIGUSR2) return true;  // no command to tell yet
       // Before the command started: nothing runs on the slice; the head ends the lease request
@@ -632,6 +636,7 @@ int RunOnSlice(RunOptions args) {
     // signal would reach.
     std::lock_guard<std::mutex> lock(launch->mu);
     launch->child = nullptr;
+    launch->command_ended = true;
     lost = launch->lease_lost;
   }
   auto exit = child->Wait(std::chrono::seconds(10));
