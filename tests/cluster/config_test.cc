@@ -19,6 +19,23 @@
 namespace troupe::cluster {
 namespace {
 
+// A socket listening on 127.0.0.1 at a free port (written to *port), which holds the port until
+// closed; -1 if it cannot.
+int ListenOnLoopback(int* port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || listen(fd, 1) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    if (fd >= 0) close(fd);
+    return -1;
+  }
+  *port = ntohs(addr.sin_port);
+  return fd;
+}
+
 constexpr const char* kMinimal = R"(cluster:
   name: test
   token: secret-token
@@ -120,15 +137,9 @@ TEST(ClusterConfig, BadInputIsRefusedWithFileLineFieldAndExpectation) {
 }
 
 TEST(ClusterConfig, APortInUseIsFoundBeforeAnythingStarts) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-  ASSERT_EQ(listen(fd, 1), 0);
-  socklen_t len = sizeof addr;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  int port = ntohs(addr.sin_port);
+  int port = 0;
+  const int fd = ListenOnLoopback(&port);
+  ASSERT_GE(fd, 0) << "cannot listen on 127.0.0.1";
   auto c = ParseClusterConfig("cluster:\n  name: t\n  token: secret-token\nhead:\n  port: " + std::to_string(port) + "\n",
                               "ports.yaml");
   ASSERT_TRUE(c.ok()) << c.status();
@@ -316,20 +327,15 @@ TEST(ClusterConfig, ValidatingAFileReportsAMissingOrHugeFile) {
 // port instead (and, with an actor system started and stopped at once, upset the TSan pass,
 // which cannot see inside Debian's uninstrumented CAF).
 TEST(NodeAgentSlices, AGpuCutIntoMoreSlicesThanTheCapStopsTheNodeBeforeAnythingStarts) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-  ASSERT_EQ(listen(fd, 1), 0);
-  socklen_t len = sizeof addr;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  int port = 0;
+  const int fd = ListenOnLoopback(&port);
+  ASSERT_GE(fd, 0) << "cannot listen on 127.0.0.1";
   auto c = ParseClusterConfig("cluster:\n  name: t\n  token: secret-token\nnodes:\n  - name: a\n    gpus:\n"
                               "      simulated:\n        - memory: 24GiB\n",
                               "agent.yaml");
   ASSERT_TRUE(c.ok()) << c.status();
   c->nodes[0].slice_memory_bytes = 4096;
-  c->nodes[0].metrics_port = ntohs(addr.sin_port);
+  c->nodes[0].metrics_port = static_cast<uint16_t>(port);
   auto agent = NodeAgent::Start(*c, "a", "");
   ASSERT_FALSE(agent.ok());
   EXPECT_EQ(agent.status().code(), StatusCode::kInvalidArgument);
