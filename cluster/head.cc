@@ -15,6 +15,7 @@
 
 #include "cluster/bootstrap.h"
 #include "cluster/event_log.h"
+#include "cluster/head_metrics.h"
 #include "cluster/head_store.h"
 #include "cluster/lease_registry.h"
 #include "cluster/membership.h"
@@ -40,14 +41,6 @@ std::string DurationText(std::chrono::milliseconds d) {
   if (d.count() % 1000 == 0) return std::to_string(d.count() / 1000) + "s";
   return std::to_string(d.count()) + " ms";
 }
-
-// What the scrape thread sees of the controller's state (the controller writes it, the metrics
-// server's thread reads it).
-struct ClusterView {
-  std::mutex mu;
-  std::map<std::string, NodeRecord> nodes;
-  LeaseCounts leases;
-};
 
 // The controller actor's state: the registries, each owning one kind of state, composed here.
 // They are plain classes, not actors of their own: the controller's mailbox serialises them, and
@@ -244,59 +237,8 @@ StatusOr<std::unique_ptr<Head>> Head::Start(const ClusterConfig& config) {
   head->metrics_->AddSource(runtime::RuntimeMetrics(*head->runtime_));
   init.head_metrics_address = head->metrics_->address();
   runtime::Runtime* rt = head->runtime_.get();
-  std::chrono::milliseconds timeout = config.failure_timeout;
-  std::string cluster_name = config.name;
-  head->metrics_->AddSource([view, rt, timeout, cluster_name](std::vector<prometheus::MetricFamily>& out) {
-    std::map<std::string, NodeRecord> nodes;
-    {
-      std::lock_guard<std::mutex> lock(view->mu);
-      nodes = view->nodes;
-    }
-    std::map<std::string, int> by_state = {{"alive", 0}, {"suspect", 0}, {"dead", 0}, {"unknown", 0}};
-    auto age = runtime::GaugeFamily("troupe_cluster_node_heartbeat_age_seconds",
-                                    "Time since the head last heard from the node");
-    double gpus_real = 0, gpus_sim = 0, gpu_memory = 0, slices = 0;
-    for (const auto& [name, record] : nodes) {
-      auto silence = rt->bridge().Silence(record.node_id);
-      std::string state = StateNow(record, silence, timeout);
-      ++by_state[state];
-      if (silence) {
-        runtime::AddSample(age, std::chrono::duration<double>(*silence).count(), {{"cluster", cluster_name}, {"node", name}});
-      }
-      if (state == "dead") continue;
-      for (const auto& gpu : record.gpus) {
-        (gpu.simulated ? gpus_sim : gpus_real) += 1;
-        gpu_memory += gpu.memory_bytes;
-        slices += SliceCount(gpu.memory_bytes, record.slice_memory_bytes);
-      }
-    }
-    auto states = runtime::GaugeFamily("troupe_cluster_nodes", "Nodes by membership state");
-    for (const auto& [state, n] : by_state) runtime::AddSample(states, n, {{"cluster", cluster_name}, {"state", state}});
-    out.push_back(std::move(states));
-    out.push_back(std::move(age));
-    auto gpus = runtime::GaugeFamily("troupe_cluster_gpus", "GPUs of live nodes (simulated ones labelled)");
-    runtime::AddSample(gpus, gpus_real, {{"cluster", cluster_name}, {"simulated", "false"}});
-    runtime::AddSample(gpus, gpus_sim, {{"cluster", cluster_name}, {"simulated", "true"}});
-    out.push_back(std::move(gpus));
-    auto memory = runtime::GaugeFamily("troupe_cluster_gpu_memory_bytes", "GPU memory of live nodes");
-    runtime::AddSample(memory, gpu_memory, {{"cluster", cluster_name}});
-    out.push_back(std::move(memory));
-    auto slice_total = runtime::GaugeFamily("troupe_cluster_slices_total", "GPU slices of live nodes");
-    runtime::AddSample(slice_total, slices, {{"cluster", cluster_name}});
-    out.push_back(std::move(slice_total));
-    LeaseCounts leases;
-    {
-      std::lock_guard<std::mutex> lock(view->mu);
-      leases = view->leases;
-    }
-    auto slices_leased = runtime::GaugeFamily("troupe_cluster_slices_leased", "GPU slices leased now");
-    runtime::AddSample(slices_leased, static_cast<double>(leases.slices_leased), {{"cluster", cluster_name}});
-    out.push_back(std::move(slices_leased));
-    auto lease_states = runtime::GaugeFamily("troupe_cluster_leases", "Slice leases by state");
-    runtime::AddSample(lease_states, static_cast<double>(leases.granted), {{"cluster", cluster_name}, {"state", "granted"}});
-    runtime::AddSample(lease_states, static_cast<double>(leases.pending), {{"cluster", cluster_name}, {"state", "pending"}});
-    out.push_back(std::move(lease_states));
-  });
+  head->metrics_->AddSource(ClusterMetrics(
+      view, [rt](transport::NodeId node) { return rt->bridge().Silence(node); }, config.failure_timeout, config.name));
   // Detached: it writes LMDB (fsync) and must not hold the transport's progress thread.
   head->controller_ = head->runtime_->system().spawn<caf::detached>(Controller, std::move(init));
   RETURN_IF_ERROR(head->runtime_->RegisterName(kHeadActorName, head->runtime_->Ref(head->controller_)));
