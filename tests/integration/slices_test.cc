@@ -87,6 +87,16 @@ class Slices : public ::testing::Test {
     return -1;
   }
 
+  // True once `troupe slices` shows `n` free slices on node `node`'s GPU 0, within `timeout` (the
+  // head ends a killed owner's lease when it sees the owner gone, a moment after the kill).
+  bool FreeSlicesBecome(const std::string& node, int n, std::chrono::milliseconds timeout) {
+    const auto deadline = Clock::now() + timeout;
+    while (FreeSlices(node) != n) {
+      if (Clock::now() >= deadline) return false;
+    }
+    return true;
+  }
+
   // A gang of two 4 GiB workers spread strictly over both nodes (one on a, one on b).
   static cluster::LeaseRequest TwoNodeGang() {
     cluster::LeaseRequest gang;
@@ -217,7 +227,7 @@ TEST_F(Slices, WhatACommandStartedOnATerminalDiesWithItsKilledLauncherToo) {
   const bool gone = testing::ExitsWithin(grandchild, 10s);
   EXPECT_TRUE(gone) << "the command's child outlived its killed `troupe run` on a terminal";
   if (!gone) kill(grandchild, SIGKILL);
-  EXPECT_EQ(FreeSlices("a"), 4);
+  EXPECT_TRUE(FreeSlicesBecome("a", 4, 10s)) << "the killed holder's slice did not come back";
 }
 
 // On a terminal the command is the foreground job: it reads the terminal, Ctrl-Z stops it and
@@ -318,11 +328,9 @@ TEST_F(Slices, LeasesArePlacedShownAndReturnedWhenTheirHolderIsKilled) {
   auto killed = Clock::now();
   (*holder)->Signal(SIGKILL);
   (void)(*holder)->Wait(5s);
-  deadline = Clock::now() + 10s;
-  while (Clock::now() < deadline && FreeSlices("a") != 4) {
-  }
+  const bool came_back = FreeSlicesBecome("a", 4, 10s);
   auto back = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - killed);
-  EXPECT_EQ(FreeSlices("a"), 4) << "the killed holder's slices did not come back";
+  EXPECT_TRUE(came_back) << "the killed holder's slices did not come back";
   std::printf("slices returned %lld ms after kill -9 of their holder\n", static_cast<long long>(back.count()));
 
   // Leases come and go repeatedly under one owner (scheduler_bench times this path).
