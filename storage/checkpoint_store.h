@@ -1,0 +1,135 @@
+// CheckpointStore: the checkpoints of training jobs, as shard files on a file system plus one
+// LMDB record per committed step (the commit point). Knows nothing of actors. docs/checkpoints.md.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/status.h"
+#include "storage/lmdb_env.h"
+#include "storage/table.h"
+
+namespace troupe::storage {
+
+/// One file of a rank's shard, as the manifest records it.
+struct CheckpointFile {
+  /// Relative to the rank's shard directory (`rank-<r>/`), '/'-separated, e.g. "optim/state.bin".
+  std::string path;
+  /// In bytes.
+  uint64_t size = 0;
+  /// SHA-256 of the contents, 64 lower-case hex digits.
+  std::string sha256;
+};
+
+/// A committed checkpoint: one step of one job, every rank's shard.
+struct CheckpointRecord {
+  std::string job;
+  /// The training step the script saved.
+  uint64_t step = 0;
+  /// The attempt (worker-group start, from 0) whose staging directory it was committed from.
+  uint64_t attempt = 0;
+  /// How many ranks saved it; rank_files has this many entries.
+  uint32_t world_size = 0;
+  /// The sum of every file's size, in bytes (manifest.json not counted).
+  uint64_t total_bytes = 0;
+  /// When it was committed, in milliseconds since the Unix epoch.
+  int64_t unix_ms = 0;
+  /// The committed directory, absolute: `<root>/step-<step>` ($TROUPE_RESUME_DIR).
+  std::string dir;
+  /// SHA-256 of `<dir>/manifest.json`, 64 lower-case hex digits.
+  std::string manifest_sha256;
+  /// rank_files[r]: the files of rank r's shard (`<dir>/rank-<r>/`), sorted by path.
+  std::vector<std::vector<CheckpointFile>> rank_files;
+};
+
+/// The checkpoint store of every training job of a head. For the layout under a job's root
+/// directory R and the two-phase commit see docs/checkpoints.md; in short: ranks write
+/// `R/attempt-<A>/step-<S>/rank-<r>/...` and the marker `rank-<r>.done`, Commit() checksums the
+/// shards, writes manifest.json, renames the step directory to `R/step-<S>` and then puts the
+/// record in LMDB. Only the record makes a checkpoint exist: a kill -9 at any point leaves the
+/// previous committed checkpoint intact, and a directory without a record is garbage that the
+/// next Commit()/Retain() of the job removes (or, for the step being committed, completes).
+///
+/// Thread-safety: the LMDB parts are thread-safe, but calls for one job must not overlap (the
+/// job's one owner, its supervisor, makes them); calls for different jobs may. Every call does
+/// blocking file I/O (Commit() reads every byte of the shards): keep it off actor threads that
+/// must stay responsive. Errors: InvalidArgument for a bad job name, root, world size or a shard
+/// holding something other than regular files and directories; NotFound for a missing marker or
+/// file; Internal with "data loss" for a size or checksum that does not match (troupe's status
+/// codes have no DataLoss); Internal, Unavailable (EIO, ESTALE: a network file system may
+/// recover) or ResourceExhausted (disk full) for I/O, naming the path and errno's text.
+class CheckpointStore {
+ public:
+  /// The LMDB table of the records: key "<job>/<step, 20 zero-padded decimal digits>" (so keys
+  /// sort by step), value the record as JSON.
+  static constexpr const char* kTableName = "checkpoints";
+
+  /// A store over `env` (not owned; it must outlive the store), opening (creating) the table.
+  /// `clock` (not owned) stamps unix_ms; the default is the real clock.
+  static StatusOr<CheckpointStore> Open(LmdbEnv* env, const Clock* clock = &SteadyClock::Instance());
+
+  /// `<root>/attempt-<attempt>`: what the workers of that attempt see as $TROUPE_CHECKPOINT_DIR.
+  static std::string StagingDir(const std::string& root, uint64_t attempt);
+  /// `<root>/step-<step>`: where step `step` lives once committed ($TROUPE_RESUME_DIR).
+  static std::string CommittedDir(const std::string& root, uint64_t step);
+
+  /// The steps in the staging directory of `attempt` that every rank in [0, world_size) has
+  /// marked done (`step-<S>/rank-<r>.done` exists), ascending, without those that `job` already
+  /// has a record for. A missing staging directory has none (an empty list, not an error).
+  StatusOr<std::vector<uint64_t>> CompleteSteps(const std::string& job, const std::string& root,
+                                                uint64_t attempt, uint32_t world_size);
+
+  /// Commits step `step` of `attempt`. Phase 1: checks every rank's marker (NotFound naming the
+  /// first missing one), checksums and fsyncs every regular file of every shard (a symlink, a
+  /// device or a fifo is InvalidArgument), writes manifest.json atomically, renames the step
+  /// directory to CommittedDir(root, step) and fsyncs both parents. Phase 2: puts the record in
+  /// LMDB and commits; only then does the checkpoint exist. If the staging step directory is gone
+  /// and the committed directory is there (a crash between rename and record), the committed
+  /// directory is verified against its manifest and reused. AlreadyExists when `job` has a record
+  /// for `step`. Afterwards removes committed-looking directories without a record of steps
+  /// below `step` (garbage of earlier crashes).
+  StatusOr<CheckpointRecord> Commit(const std::string& job, const std::string& root, uint64_t attempt,
+                                    uint64_t step, uint32_t world_size);
+
+  /// Every committed checkpoint of `job`, ascending by step (empty when none).
+  StatusOr<std::vector<CheckpointRecord>> List(const std::string& job);
+  /// The committed checkpoint of `job` with the highest step; nullopt when none. Checks no file.
+  StatusOr<std::optional<CheckpointRecord>> Newest(const std::string& job);
+  /// The newest committed checkpoint of `job` whose manifest.json and files all exist as regular
+  /// files with the recorded sizes and SHA-256 (it reads every byte). Each newer one that fails is
+  /// skipped, not deleted, and one sentence naming its step, the file and what is wrong is
+  /// appended to `*fallbacks` (may be null). nullopt when none is valid or none exists. An error
+  /// only when the records themselves cannot be read.
+  StatusOr<std::optional<CheckpointRecord>> NewestValid(const std::string& job, std::vector<std::string>* fallbacks);
+
+  /// Keeps the newest `keep` (>= 1, else InvalidArgument) committed checkpoints of `job`: deletes
+  /// the older records in one transaction, then their directories. Then removes, under `root`,
+  /// every staging directory but the newest attempt's and every `step-<S>` directory without a
+  /// record whose S is below the newest committed step. Entries of other names are left alone.
+  Status Retain(const std::string& job, const std::string& root, uint32_t keep);
+
+  /// Deletes every record of `job` (one transaction), then the whole of `root`. A missing root
+  /// is fine.
+  Status DeleteJob(const std::string& job, const std::string& root);
+
+ private:
+  CheckpointStore(LmdbEnv* env, Table<std::string, std::string> table, const Clock* clock)
+      : env_(env), table_(std::move(table)), clock_(clock) {}
+
+  StatusOr<std::optional<CheckpointRecord>> Find(const std::string& job, uint64_t step);
+  // Removes `step-<S>` directories under `root` with S < `below` that `job` has no record for.
+  Status RemoveUnrecordedSteps(const std::string& job, const std::string& root, uint64_t below);
+
+  LmdbEnv* env_;
+  Table<std::string, std::string> table_;
+  const Clock* clock_;
+};
+
+/// Whether `job` can name a job's checkpoints: 1 to 128 characters of [A-Za-z0-9._-], starting
+/// with a letter or digit (so never "", "." or "..", and never a path). InvalidArgument if not.
+Status ValidateCheckpointJobName(const std::string& job);
+
+}  // namespace troupe::storage
