@@ -11,209 +11,27 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cmath>
 #include <cstdlib>
 #include <fstream>
-#include <map>
-#include <optional>
 #include <set>
 
 namespace troupe::cluster {
 
+using runtime::FormatBytes;
+
 namespace {
-
-std::string FormatBytes(uint64_t bytes) {
-  static const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-  size_t u = 0;
-  while (u + 1 < sizeof kUnits / sizeof kUnits[0] && bytes >= 1024 && bytes % 1024 == 0) {
-    bytes /= 1024;
-    ++u;
-  }
-  return std::to_string(bytes) + kUnits[u];
-}
-
-std::string FormatDuration(std::chrono::milliseconds d) {
-  const int64_t ms = d.count();
-  if (ms % 3600000 == 0 && ms > 0) return std::to_string(ms / 3600000) + "h";
-  if (ms % 60000 == 0 && ms > 0) return std::to_string(ms / 60000) + "m";
-  if (ms % 1000 == 0 && ms > 0) return std::to_string(ms / 1000) + "s";
-  return std::to_string(ms) + "ms";
-}
-
-// A plain decimal number at the start of `text`: digits with at most one '.', at least one
-// digit ("4096", "1.5", ".5", "2."). No sign, exponent, hex, inf or nan. `*used` is how many
-// characters it took; nullopt if there is no such number or it is out of double's range.
-std::optional<double> ParseDecimal(const std::string& text, size_t* used) {
-  size_t i = 0;
-  size_t digits = 0;
-  size_t dots = 0;
-  for (; i < text.size(); ++i) {
-    const char ch = text[i];
-    if (ch >= '0' && ch <= '9') {
-      ++digits;
-    } else if (ch == '.') {
-      if (++dots > 1) break;
-    } else {
-      break;
-    }
-  }
-  *used = i;
-  if (digits == 0) return std::nullopt;
-  // The prefix holds only digits and one '.', so strtod reads exactly it (the C locale's
-  // decimal point; troupe never calls setlocale).
-  const std::string number = text.substr(0, i);
-  errno = 0;
-  char* end = nullptr;
-  const double value = std::strtod(number.c_str(), &end);
-  if (end != number.c_str() + number.size() || errno == ERANGE || !std::isfinite(value)) return std::nullopt;
-  return value;
-}
 
 // Reads the cluster file's YAML tree; records every problem and keeps going where it can (a
 // subtree of the wrong shape is skipped). Errors carry "file:line:column: field: what".
-class Parser {
+class ClusterReader : public runtime::YamlReader {
  public:
-  Parser(std::string source, std::string base_dir) : source_(std::move(source)), base_dir_(std::move(base_dir)) {}
-
-  std::vector<ConfigError>& errors() { return errors_; }
-  /// Every error found, listed or not.
-  size_t count() const { return count_; }
-
-  void Error(const YAML::Node& node, const std::string& field, const std::string& what) {
-    ConfigError e;
-    e.file = source_;
-    if (node.IsDefined() && node.Mark().line >= 0) {
-      e.line = node.Mark().line + 1;
-      e.column = node.Mark().column + 1;
-    }
-    e.field = field;
-    e.message = what;
-    // A file of a megabyte can hold a hundred thousand errors; the first ones say enough.
-    if (++count_ <= kMaxConfigErrors) errors_.push_back(std::move(e));
-  }
-
-  // False (and an error) when `map` is not a mapping: the caller skips it. Unknown, duplicate
-  // and non-scalar keys are errors but the known keys are still read. `allowed` null: any key.
-  bool CheckKeys(const YAML::Node& map, const std::string& field, const std::set<std::string>* allowed) {
-    if (!map.IsMap()) {
-      Error(map, field.empty() ? "(file)" : field, "expected a mapping of keys");
-      return false;
-    }
-    std::map<std::string, int> lines;
-    for (const auto& kv : map) {
-      if (!kv.first.IsScalar()) {
-        Error(kv.first, field.empty() ? "(key)" : field, "expected a plain key, not a list or mapping");
-        continue;
-      }
-      const std::string key = kv.first.Scalar();
-      const std::string name = field.empty() ? key : field + "." + key;
-      const int line = kv.first.Mark().line + 1;
-      if (auto [it, fresh] = lines.emplace(key, line); !fresh) {
-        Error(kv.first, name,
-              "given twice, on line " + std::to_string(it->second) + " and line " + std::to_string(line) +
-                  " (remove one)");
-        continue;
-      }
-      if (allowed != nullptr && allowed->count(key) == 0) {
-        std::string list;
-        for (const auto& a : *allowed) list += (list.empty() ? "" : ", ") + a;
-        Error(kv.first, name, "unknown key (expected one of: " + list + ")");
-      }
-    }
-    return true;
-  }
-
-  bool CheckKeys(const YAML::Node& map, const std::string& field, const std::set<std::string>& allowed) {
-    return CheckKeys(map, field, &allowed);
-  }
-
-  bool String(const YAML::Node& node, const std::string& field, std::string* out) {
-    if (!node.IsDefined() || node.IsNull()) return true;
-    if (!node.IsScalar()) {
-      Error(node, field, "expected a string");
-      return false;
-    }
-    *out = node.Scalar();
-    return true;
-  }
-
-  template <class Int>
-  bool Integer(const YAML::Node& node, const std::string& field, Int* out, uint64_t max) {
-    if (!node.IsDefined() || node.IsNull()) return true;
-    if (!node.IsScalar()) {
-      Error(node, field, "expected a whole number");
-      return false;
-    }
-    const std::string& s = node.Scalar();
-    bool digits = !s.empty() && s.size() <= 20;
-    for (char ch : s) digits = digits && ch >= '0' && ch <= '9';
-    if (!digits) {
-      Error(node, field, "expected a whole number, got '" + s + "'");
-      return false;
-    }
-    // At most 20 digits: compare as text first so that the conversion cannot wrap.
-    const std::string kMax64 = "18446744073709551615";
-    if (s.size() == 20 && s > kMax64) {
-      Error(node, field, "must be at most " + std::to_string(max) + ", got " + s);
-      return false;
-    }
-    const uint64_t value = std::strtoull(s.c_str(), nullptr, 10);
-    if (value > max) {
-      Error(node, field, "must be at most " + std::to_string(max) + ", got " + s);
-      return false;
-    }
-    *out = static_cast<Int>(value);
-    return true;
-  }
-
-  bool Size(const YAML::Node& node, const std::string& field, uint64_t* out) {
-    if (!node.IsDefined() || node.IsNull()) return true;
-    if (!node.IsScalar()) {
-      Error(node, field, "expected a size such as 8GiB");
-      return false;
-    }
-    auto size = ParseSize(node.Scalar());
-    if (!size.ok()) {
-      Error(node, field, size.status().message());
-      return false;
-    }
-    if (*size > kMaxConfigBytes) {
-      Error(node, field, "must be at most " + FormatBytes(kMaxConfigBytes) + ", got '" + node.Scalar() + "'");
-      return false;
-    }
-    *out = *size;
-    return true;
-  }
-
-  bool Duration(const YAML::Node& node, const std::string& field, std::chrono::milliseconds max,
-                std::chrono::milliseconds* out) {
-    if (!node.IsDefined() || node.IsNull()) return true;
-    if (!node.IsScalar()) {
-      Error(node, field, "expected a duration such as 100ms or 1s");
-      return false;
-    }
-    auto d = ParseDuration(node.Scalar());
-    if (!d.ok()) {
-      Error(node, field, d.status().message());
-      return false;
-    }
-    if (*d > max) {
-      Error(node, field, "must be at most " + FormatDuration(max) + ", got '" + node.Scalar() + "'");
-      return false;
-    }
-    *out = *d;
-    return true;
-  }
+  ClusterReader(std::string source, std::string base_dir)
+      : YamlReader(std::move(source)), base_dir_(std::move(base_dir)) {}
 
   void LogLevel(const YAML::Node& node, const std::string& field, std::string* out) {
-    std::string level;
-    if (!String(node, field, &level) || level.empty()) return;
-    static const std::set<std::string> kLevels = {"trace", "debug", "info", "warn", "error", "off"};
-    if (kLevels.count(level) == 0) {
-      Error(node, field, "expected one of trace, debug, info, warn, error, off; got '" + level + "'");
-      return;
-    }
-    *out = level;
+    // An empty level is no level: a node's then is the cluster's.
+    if (node.IsDefined() && node.IsScalar() && node.Scalar().empty()) return;
+    OneOf(node, field, {"trace", "debug", "info", "warn", "error", "off"}, out);
   }
 
   std::string Resolve(const std::string& path) const {
@@ -269,7 +87,7 @@ class Parser {
       const std::string tenant = entry.first.Scalar();
       if (c->quotas.count(tenant) != 0) continue;  // a duplicate, reported by CheckKeys
       uint64_t bytes = 0;
-      if (Size(entry.second, "scheduler.quotas." + tenant, &bytes)) c->quotas[tenant] = bytes;
+      if (Size(entry.second, "scheduler.quotas." + tenant, kMaxConfigBytes, &bytes)) c->quotas[tenant] = bytes;
     }
   }
 
@@ -292,9 +110,9 @@ class Parser {
     if (!c->token.empty() && !token_file.empty()) {
       Error(cluster["token_file"], "cluster.token_file", "give token or token_file, not both");
     } else if (!token_file.empty()) {
-      const size_t before = count_;
+      const size_t before = count();
       ReadTokenFile(cluster["token_file"], token_file, &c->token);
-      if (count_ == before && c->token.size() < 8) {
+      if (count() == before && c->token.size() < 8) {
         Error(cluster["token_file"], "cluster.token_file", "the token is too short (at least 8 characters)");
       }
     } else if (token_ok && file_ok && c->token.empty()) {
@@ -349,9 +167,9 @@ class Parser {
     if (Integer(n["cpus"], f + ".cpus", &spec.cpus, 1u << 16) && spec.cpus == 0) {
       Error(n["cpus"], f + ".cpus", "must be at least 1");
     }
-    Size(n["memory"], f + ".memory", &spec.memory_bytes);
+    Size(n["memory"], f + ".memory", kMaxConfigBytes, &spec.memory_bytes);
     const bool gpus_ok = Gpus(n["gpus"], f + ".gpus", &spec);
-    if (Size(n["slice_memory"], f + ".slice_memory", &spec.slice_memory_bytes) && gpus_ok) {
+    if (Size(n["slice_memory"], f + ".slice_memory", kMaxConfigBytes, &spec.slice_memory_bytes) && gpus_ok) {
       for (const auto& gpu : spec.simulated_gpus) {
         if (spec.slice_memory_bytes > gpu.memory_bytes) {
           Error(n["slice_memory"], f + ".slice_memory", "is larger than GPU " + gpu.name + "'s memory");
@@ -397,7 +215,7 @@ class Parser {
       }
       GpuSpec gpu;
       gpu.name = "sim-" + std::to_string(i);
-      if (!Size(list[i]["memory"], f + ".memory", &gpu.memory_bytes)) {
+      if (!Size(list[i]["memory"], f + ".memory", kMaxConfigBytes, &gpu.memory_bytes)) {
         ok = false;
         continue;
       }
@@ -413,7 +231,7 @@ class Parser {
 
   ClusterConfig Parse(const YAML::Node& root) {
     ClusterConfig c;
-    c.source = source_;
+    c.source = source();
     if (!root.IsDefined() || root.IsNull()) {
       Error(root, "(file)", "is empty");
       return c;
@@ -435,57 +253,11 @@ class Parser {
   }
 
  private:
-  std::string source_;
   std::string base_dir_;
-  std::vector<ConfigError> errors_;
-  size_t count_ = 0;
 };
 
-ConfigError YamlError(const std::string& source, const YAML::Exception& e, const std::string& what) {
-  ConfigError error;
-  error.file = source;
-  if (e.mark.line >= 0) {
-    error.line = e.mark.line + 1;
-    error.column = e.mark.column + 1;
-  }
-  error.field = "(yaml)";
-  error.message = what + e.msg;
-  return error;
-}
-
-StatusOr<ClusterConfig> ToStatusOr(const std::vector<ConfigError>& errors, ClusterConfig config) {
-  if (errors.empty()) return config;
-  std::string message;
-  for (const auto& e : errors) message += (message.empty() ? "" : "\n") + e.ToString();
-  return InvalidArgumentError(message);
-}
-
-// The file's text, at most kMaxConfigFileBytes of it.
-StatusOr<std::string> ReadConfigFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return InvalidArgumentError("cannot read cluster config " + path + " (does it exist?)");
-  std::string text(kMaxConfigFileBytes + 1, '\0');
-  in.read(text.data(), static_cast<std::streamsize>(text.size()));
-  if (in.bad()) return InvalidArgumentError("cannot read cluster config " + path);
-  text.resize(static_cast<size_t>(in.gcount()));
-  if (text.size() > kMaxConfigFileBytes) {
-    return InvalidArgumentError("cluster config " + path + " is longer than " + FormatBytes(kMaxConfigFileBytes));
-  }
-  return text;
-}
-
-std::string BaseDir(const std::string& path) {
-  auto slash = path.find_last_of('/');
-  return slash == std::string::npos ? "." : path.substr(0, slash);
-}
 
 }  // namespace
-
-std::string ConfigError::ToString() const {
-  std::string where = file;
-  if (line > 0) where += ":" + std::to_string(line) + ":" + std::to_string(column);
-  return where + ": " + field + ": " + message;
-}
 
 const NodeSpec* ClusterConfig::FindNode(const std::string& node_name) const {
   for (const auto& n : nodes) {
@@ -524,80 +296,26 @@ Status CheckSliceCount(const std::string& gpu_name, uint64_t gpu_memory_bytes, u
                               FormatBytes(example));
 }
 
-StatusOr<uint64_t> ParseSize(const std::string& text) {
-  size_t i = 0;
-  const std::optional<double> number = ParseDecimal(text, &i);
-  if (!number) return InvalidArgumentError("expected a size such as 8GiB, got '" + text + "'");
-  std::string unit = text.substr(i);
-  while (!unit.empty() && unit.front() == ' ') unit.erase(unit.begin());
-  static const std::pair<const char*, double> kUnits[] = {
-      {"", 1},       {"B", 1},       {"KiB", 1024.0},  {"MiB", 1048576.0}, {"GiB", 1073741824.0},
-      {"TiB", 1099511627776.0},      {"KB", 1e3},      {"MB", 1e6},       {"GB", 1e9},
-      {"TB", 1e12},  {"K", 1024.0},  {"M", 1048576.0}, {"G", 1073741824.0}};
-  for (const auto& [name, factor] : kUnits) {
-    if (unit == name) {
-      // Compared before converting: 2^64 and above would wrap.
-      const double bytes = std::round(*number * factor);
-      if (!(bytes < 18446744073709551616.0)) return InvalidArgumentError("size '" + text + "' is too large");
-      return static_cast<uint64_t>(bytes);
-    }
-  }
-  return InvalidArgumentError("unknown size unit '" + unit + "' in '" + text + "' (use B, KiB, MiB, GiB, TiB, KB, MB, GB)");
-}
-
-StatusOr<std::chrono::milliseconds> ParseDuration(const std::string& text) {
-  size_t i = 0;
-  const std::optional<double> number = ParseDecimal(text, &i);
-  if (!number) return InvalidArgumentError("expected a duration such as 100ms or 1s, got '" + text + "'");
-  const std::string unit = text.substr(i);
-  double ms = 0;
-  if (unit == "us") ms = *number / 1000;
-  else if (unit == "ms") ms = *number;
-  else if (unit == "s") ms = *number * 1000;
-  else if (unit == "m") ms = *number * 60000;
-  else if (unit == "h") ms = *number * 3600000;
-  else return InvalidArgumentError("unknown duration unit '" + unit + "' in '" + text + "' (use us, ms, s, m, h)");
-  constexpr double kYearMs = 365.0 * 24 * 3600 * 1000;
-  if (!(ms <= kYearMs)) return InvalidArgumentError("duration '" + text + "' is too long (at most a year)");
-  if (*number > 0 && ms < 1) ms = 1;
-  return std::chrono::milliseconds(static_cast<int64_t>(std::llround(ms)));
-}
-
 std::vector<ConfigError> ValidateClusterConfigText(const std::string& yaml, const std::string& source,
                                                    const std::string& base_dir, ClusterConfig* config) {
-  YAML::Node root;
-  try {
-    root = YAML::Load(yaml);
-  } catch (const YAML::Exception& e) {
-    return {YamlError(source, e, "not valid YAML: ")};
-  }
-  Parser parser(source, base_dir);
-  try {
-    ClusterConfig parsed = parser.Parse(root);
-    if (config != nullptr && parser.errors().empty()) *config = std::move(parsed);
-  } catch (const YAML::Exception& e) {
-    parser.errors().push_back(YamlError(source, e, ""));
-  }
-  if (parser.count() > kMaxConfigErrors) {
-    parser.errors().push_back(ConfigError{source, 0, 0, "(file)",
-                                          std::to_string(parser.count() - kMaxConfigErrors) +
-                                              " more errors not listed (the first " +
-                                              std::to_string(kMaxConfigErrors) + " are)"});
-  }
-  return std::move(parser.errors());
+  ClusterReader reader(source, base_dir);
+  ClusterConfig parsed;
+  std::vector<ConfigError> errors = reader.Read(yaml, [&](const YAML::Node& root) { parsed = reader.Parse(root); });
+  if (config != nullptr && errors.empty()) *config = std::move(parsed);
+  return errors;
 }
 
 std::vector<ConfigError> ValidateClusterConfig(const std::string& path, ClusterConfig* config) {
-  auto text = ReadConfigFile(path);
+  auto text = runtime::ReadTextFile(path, kMaxConfigFileBytes, "cluster config");
   if (!text.ok()) return {ConfigError{path, 0, 0, "(file)", text.status().message()}};
-  return ValidateClusterConfigText(*text, path, BaseDir(path), config);
+  return ValidateClusterConfigText(*text, path, runtime::BaseDir(path), config);
 }
 
 StatusOr<ClusterConfig> ParseClusterConfig(const std::string& yaml, const std::string& source,
                                            const std::string& base_dir) {
   ClusterConfig config;
-  auto errors = ValidateClusterConfigText(yaml, source, base_dir, &config);
-  return ToStatusOr(errors, std::move(config));
+  RETURN_IF_ERROR(runtime::ErrorsToStatus(ValidateClusterConfigText(yaml, source, base_dir, &config)));
+  return config;
 }
 
 namespace {
@@ -640,8 +358,8 @@ Status CheckPortsFree(const ClusterConfig& config, bool include_nodes) {
 }
 
 StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
-  ASSIGN_OR_RETURN(std::string text, ReadConfigFile(path));
-  return ParseClusterConfig(text, path, BaseDir(path));
+  ASSIGN_OR_RETURN(std::string text, runtime::ReadTextFile(path, kMaxConfigFileBytes, "cluster config"));
+  return ParseClusterConfig(text, path, runtime::BaseDir(path));
 }
 
 }  // namespace troupe::cluster

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "runtime/yaml_reader.h"
 
 namespace troupe::cluster {
 
@@ -76,21 +77,12 @@ inline constexpr uint32_t kMaxSlicesPerGpu = 1024;
 inline constexpr size_t kMaxTokenFileBytes = 4096;
 /// The longest cluster file accepted.
 inline constexpr size_t kMaxConfigFileBytes = 1 << 20;
-/// The most errors listed for one file; a last line counts the rest.
-inline constexpr size_t kMaxConfigErrors = 100;
-
-/// One problem found in a cluster file: where (line and column from 1; 0 when the problem is
-/// the file as a whole), which field, and what is wrong.
-struct ConfigError {
-  std::string file;
-  int line = 0;
-  int column = 0;
-  std::string field;
-  std::string message;
-
-  /// "file:line:column: field: message" (without line and column when they are 0).
-  std::string ToString() const;
-};
+// The strict YAML machinery is runtime's (runtime/yaml_reader.h), shared with the job spec; these
+// keep its old names here.
+using runtime::ConfigError;
+using runtime::kMaxConfigErrors;
+using runtime::ParseDuration;
+using runtime::ParseSize;
 
 /// Every problem in the cluster file at `path`, in file order of discovery; empty when it is
 /// valid, and then `*config` (if given) holds it. Reads nothing else and contacts nothing:
@@ -114,8 +106,7 @@ uint32_t SliceCount(uint64_t gpu_memory_bytes, uint64_t slice_memory_bytes);
 Status CheckSliceCount(const std::string& gpu_name, uint64_t gpu_memory_bytes, uint64_t slice_memory_bytes);
 
 /// Reads and validates a cluster file. Relative token_file and data_dir paths are taken
-/// relative to the file's directory. InvalidArgument lists every problem, one per line. Relative token_file and data_dir paths are taken
-/// relative to the file's directory.
+/// relative to the file's directory. InvalidArgument lists every problem, one per line.
 StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path);
 /// The same from YAML text (`source` names it in errors).
 StatusOr<ClusterConfig> ParseClusterConfig(const std::string& yaml, const std::string& source,
@@ -125,12 +116,5 @@ StatusOr<ClusterConfig> ParseClusterConfig(const std::string& yaml, const std::s
 /// the head's port and metrics port and, with `include_nodes`, each node's listen and metrics
 /// port. FailedPrecondition naming the field and address if one is taken.
 Status CheckPortsFree(const ClusterConfig& config, bool include_nodes);
-
-/// "8GiB", "512MiB", "1.5GB", "4096" (bytes) -> bytes. The number is plain decimal (digits and
-/// at most one '.'); sizes of 2^64 bytes or more are refused.
-StatusOr<uint64_t> ParseSize(const std::string& text);
-/// "100ms", "1s", "2m", "1500us" -> milliseconds (at least 1 ms for a non-zero value). The
-/// number is plain decimal; more than a year is refused (fields have tighter bounds above).
-StatusOr<std::chrono::milliseconds> ParseDuration(const std::string& text);
 
 }  // namespace troupe::cluster
