@@ -413,14 +413,14 @@ int RunDown(ClusterOptions args) {
 }  // namespace troupe::cli
 
 namespace troupe::cli {
-namespace {
 
-// Connects a client for a command with the common arguments (log level warn unless given).
 StatusOr<std::unique_ptr<cluster::Client>> ConnectFor(ClusterOptions& args) {
   if (args.log_level.empty()) args.log_level = "warn";
   ASSIGN_OR_RETURN(auto config, Load(args));
   return cluster::Client::Connect(config, args.head, 3s);
 }
+
+namespace {
 
 // Waits until the command exits (not reaping it). On a terminal, a stop of the command (Ctrl-Z,
 // or reading the terminal from the background) is relayed the way a shell relays one of a job:

@@ -6,6 +6,9 @@
 #include <string>
 #include <vector>
 
+#include <memory>
+
+#include "cluster/client.h"
 #include "cluster/messages.h"
 
 namespace troupe::cli {
@@ -26,6 +29,9 @@ struct RunOptions {
   std::chrono::milliseconds timeout{std::chrono::seconds(60)};  // --timeout: how long to wait for the lease
   std::vector<std::string> command;  // everything after `--`, never empty
 };
+
+/// Connects a client for a command with the common arguments (log level warn unless given).
+StatusOr<std::unique_ptr<cluster::Client>> ConnectFor(ClusterOptions& args);
 
 int RunHead(ClusterOptions args);
 int RunNode(ClusterOptions args);

@@ -21,6 +21,7 @@
 
 #include "cli/check_command.h"
 #include "cli/cluster_commands.h"
+#include "cli/job_commands.h"
 #include "cli/json_output.h"
 #include "cluster/config.h"
 #include "cluster/scheduler.h"
@@ -309,6 +310,35 @@ int Main(int argc, char** argv) {
   add_client_flags(slices, &slices_options);
   add_client_flags(events, &events_options);
 
+  // troupe job ACTION: training jobs (docs/jobs.md).
+  JobOptions job_options;
+  CLI::App* job = app.add_subcommand("job", "training jobs: submit, list, show, events, logs, stop, resume, delete");
+  job->require_subcommand(1, 1);
+  const std::vector<std::pair<std::string, std::string>> job_actions = {
+      {"submit", "check the job spec FILE (docs/jobs.md) and submit it; --wait follows it to its end"},
+      {"list", "every job: state, attempt, newest checkpoint, reason"},
+      {"show", "one job: state, failures, checkpoint, workers"},
+      {"events", "a job's transitions and checkpoints, oldest first"},
+      {"logs", "a job's workers' output, through their nodes (-f follows, --worker R one rank)"},
+      {"stop", "stop a job: its workers are killed, its slices freed"},
+      {"resume", "start a stopped or failed job again from its newest committed checkpoint"},
+      {"delete", "forget a finished job, its events and its checkpoints"},
+  };
+  for (const auto& [name, help_text] : job_actions) {
+    CLI::App* sub = job->add_subcommand(name, help_text);
+    add_client_flags(sub, &job_options.cluster);
+    if (name == "submit") {
+      sub->add_option("spec", job_options.target, "the job spec (YAML)")->required()->type_name("FILE");
+      sub->add_flag("--wait", job_options.wait, "print each change of state until the job ends; exit 0 if it succeeded");
+    } else if (name != "list") {
+      sub->add_option("job", job_options.target, "the job's name")->required()->type_name("NAME");
+    }
+    if (name == "logs") {
+      sub->add_option("--worker", job_options.worker, "only this rank's output")->type_name("R");
+      sub->add_flag("-f,--follow", job_options.follow, "keep printing until the job ends");
+    }
+  }
+
   CLI::App* run = app.add_subcommand(
       "run", "lease a GPU slice and run CMD on it: troupe run -c FILE [OPTIONS] -- CMD [ARGS...]");
   run->footer(
@@ -459,6 +489,10 @@ int Main(int argc, char** argv) {
   if (chosen == status) return RunStatus(std::move(status_options));
   if (chosen == slices) return RunSlices(std::move(slices_options));
   if (chosen == events) return RunEvents(std::move(events_options));
+  if (chosen == job) {
+    job_options.action = job->get_subcommands().front()->get_name();
+    return RunJob(std::move(job_options));
+  }
   std::cerr << "troupe: " << chosen->get_name() << " has no handler\n";  // a subcommand added above without one
   return 1;
 }

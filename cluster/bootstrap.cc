@@ -5,6 +5,7 @@
 
 #include <fstream>
 
+#include "actors/training/messages.h"
 #include "cluster/messages.h"
 #include "runtime/node_identity.h"
 
@@ -42,6 +43,7 @@ runtime::RuntimeConfig RuntimeConfigFor(const ClusterConfig& config, const std::
 runtime::CodecRegistry ClusterCodecs() {
   runtime::CodecRegistry codecs;
   Status s = AddClusterCodecs(codecs);
+  if (s.ok()) s = training::AddTrainingCodecs(codecs);
   if (!s.ok()) spdlog::critical("cluster codecs: {}", s.ToString());
   return codecs;
 }

@@ -32,6 +32,7 @@ StatusOr<std::unique_ptr<Client>> Client::Connect(const ClusterConfig& config, c
   client->head_ = *head;
   client->head_id_ = head_id;
   client->name_ = name;
+  client->config_ = config;
   return client;
 }
 
@@ -128,6 +129,35 @@ StatusOr<EventList> Client::SupervisionEvents(std::chrono::milliseconds timeout)
 StatusOr<runtime::ActorRef> Client::Lookup(runtime::NodeId node, const std::string& name,
                                            std::chrono::milliseconds timeout) {
   return runtime_->LookupName(node, name, timeout);
+}
+
+StatusOr<training::JobStatus> Client::SubmitJob(const training::JobSpec& spec, std::chrono::milliseconds timeout) {
+  ASSIGN_OR_RETURN(std::string reply, JobCommand("submit", spec.name, training::JobSpecToJson(spec), timeout));
+  return training::JobStatusFromJson(reply);
+}
+
+StatusOr<std::string> Client::JobCommand(const std::string& op, const std::string& name, const std::string& body,
+                                         std::chrono::milliseconds timeout) {
+  // A submit sent again after a lost reply finds its own job (AlreadyExists): sent once only.
+  const bool resend = op != "submit" && op != "resume" && op != "delete";
+  ASSIGN_OR_RETURN(auto reply, (AskHead<training::JobCommandReply>(training::JobCommand{op, name, body}, timeout, resend)));
+  return std::move(reply.body);
+}
+
+StatusOr<training::WorkerLogChunk> Client::ReadWorkerLog(const std::string& node,
+                                                         const training::ReadWorkerLog& request,
+                                                         std::chrono::milliseconds timeout) {
+  NodeList nodes;
+  ASSIGN_OR_RETURN(nodes, ListNodes(timeout));
+  const NodeRecord* record = nullptr;
+  for (const auto& n : nodes.nodes) {
+    if (n.name == node) record = &n;
+  }
+  if (record == nullptr) return NotFoundError("no node '" + node + "' in the cluster");
+  if (record->state == "dead") return UnavailableError("node '" + node + "' is dead: " + record->reason);
+  runtime_->AddNode(record->node_id, record->address);
+  ASSIGN_OR_RETURN(auto agent, runtime_->LookupName(record->node_id, "troupe.node_agent", timeout));
+  return agent.Request<training::WorkerLogChunk>(request, timeout);
 }
 
 }  // namespace troupe::cluster

@@ -9,6 +9,9 @@
 #include <memory>
 #include <string>
 
+#include "actors/training/job_spec.h"
+#include "actors/training/job_status.h"
+#include "actors/training/messages.h"
 #include "cluster/config.h"
 #include "cluster/messages.h"
 #include "runtime/runtime.h"
@@ -56,6 +59,15 @@ class Client {
   StatusOr<SliceList> ListSlices(std::chrono::milliseconds timeout);
   /// The supervision events the head was sent (newest last).
   StatusOr<EventList> SupervisionEvents(std::chrono::milliseconds timeout);
+  /// Submits a training job (docs/jobs.md); its status once stored (pending). InvalidArgument,
+  /// AlreadyExists (a job of that name), ResourceExhausted (it can never fit the cluster).
+  StatusOr<training::JobStatus> SubmitJob(const training::JobSpec& spec, std::chrono::milliseconds timeout);
+  /// A job operation (`op`: list, show, events, stop, resume, delete, submit) with its JSON reply.
+  StatusOr<std::string> JobCommand(const std::string& op, const std::string& name, const std::string& body,
+                                   std::chrono::milliseconds timeout);
+  /// A chunk of a worker's log, read by the agent of the node it ran on.
+  StatusOr<training::WorkerLogChunk> ReadWorkerLog(const std::string& node, const training::ReadWorkerLog& request,
+                                                   std::chrono::milliseconds timeout);
   /// The head's controller (e.g. as a supervisor's event sink), as last looked up.
   runtime::ActorRef head() const;
   runtime::Runtime& runtime() { return *runtime_; }
@@ -69,6 +81,7 @@ class Client {
 
   std::unique_ptr<runtime::Runtime> runtime_;
   runtime::NodeId head_id_ = 0;
+  ClusterConfig config_;
   std::string name_;                     // this client's node name, the prefix of its lease keys
   std::atomic<uint64_t> next_key_{0};
   mutable std::mutex mu_;

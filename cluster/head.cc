@@ -17,6 +17,7 @@
 #include "cluster/event_log.h"
 #include "cluster/head_metrics.h"
 #include "cluster/head_store.h"
+#include "cluster/jobs_registry.h"
 #include "cluster/lease_registry.h"
 #include "cluster/membership.h"
 #include "cluster/messages.h"
@@ -54,6 +55,7 @@ struct ControllerState {
   std::unique_ptr<HeadStore> store;
   std::unique_ptr<MembershipRegistry> membership;
   std::unique_ptr<LeaseRegistry> leases;
+  std::unique_ptr<JobsRegistry> jobs;
   EventLog events;
   std::string head_metrics_address;
   ScrapeTargetsWriter targets;  // made by the controller: its retries are messages to itself
@@ -102,6 +104,11 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
   if (state.leases->HasRecovered() || state.membership->AwaitingRejoins()) {
     self->delayed_send(self, state.config.failure_timeout, rejoin_deadline_atom::value);
   }
+  // Jobs of an earlier head get their supervisors again; they talk to the registry through
+  // messages to this actor.
+  if (Status recovered = state.jobs->Recover(caf::actor_cast<caf::actor>(self)); !recovered.ok()) {
+    spdlog::error("head: the jobs table cannot be read: {}", recovered.ToString());
+  }
   runtime::MailboxDepths* depths = &state.runtime->mailbox_depths();
   runtime::StartMailboxSampling(self, depths, "head.controller");
   self->set_down_handler([self](caf::down_msg& msg) {
@@ -109,6 +116,7 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
     st.leases->EndLeasesOwnedBy(msg.source,
                                 CancelledError("lease owner gone: " + runtime::ToStatus(msg.reason).ToString()));
     st.membership->Unsubscribe(msg.source);
+    st.jobs->SupervisorGone(msg.source);
     if (auto name = st.membership->NodeOfAgent(msg.source)) {
       NodeRecord record = st.membership->MarkDead(*name, runtime::ToStatus(msg.reason).ToString());
       st.UpdateNodeMetricsAndTargets();
@@ -144,6 +152,7 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
         st.membership->Notify(record);
         st.leases->AddNodeToScheduler(record);
         st.leases->TakeBack(record.name, join.held, join.agent);
+        st.jobs->NodeJoined(join.agent);
         st.leases->RunScheduler();
         spdlog::info("head: node '{}' ({}) joined from {} (join #{})", record.name, record.node_id, record.address,
                      record.joins);
@@ -182,6 +191,14 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
       [self](ListSlices&) -> SliceList { return self->state.leases->ListSlices(); },
       [self](runtime::SupervisorEvent& event) { self->state.events.Add(std::move(event)); },
       [self](ListEvents&) -> EventList { return EventList{self->state.events.List()}; },
+      [self](training::JobCommand& command) -> caf::result<training::JobCommandReply> {
+        auto reply = self->state.jobs->Command(command);
+        if (!reply.ok()) return runtime::ToCafError(reply.status());
+        return training::JobCommandReply{std::move(*reply)};
+      },
+      [self](JobPlacementRequest& request) { (void)self->state.jobs->Place(request); },
+      [self](JobLeaseRelease& release) { self->state.jobs->Release(release.lease_id); },
+      [self](JobStatusUpdate& update) { self->state.jobs->Record(update); },
       [self](ListNodes&) -> NodeList {
         runtime::Runtime* rt = self->state.runtime;
         return self->state.membership->List([rt](uint64_t node_id) { return rt->bridge().Silence(node_id); });
@@ -233,6 +250,8 @@ StatusOr<std::unique_ptr<Head>> Head::Start(const ClusterConfig& config) {
         view->leases = counts;
       });
   RETURN_IF_ERROR(init.leases->Recover());
+  init.jobs = std::make_unique<JobsRegistry>(config, init.store.get(), init.leases.get(), init.membership.get(),
+                                             head->runtime_.get(), clock);
   ASSIGN_OR_RETURN(head->metrics_, runtime::MetricsServer::Start(config.head.address, config.head.metrics_port));
   head->metrics_->AddSource(runtime::RuntimeMetrics(*head->runtime_));
   init.head_metrics_address = head->metrics_->address();

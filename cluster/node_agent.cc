@@ -7,6 +7,8 @@
 #include <map>
 
 #include "actors/gpu_slice.h"
+#include "actors/slice_environment.h"
+#include "actors/training/messages.h"
 #include "cluster/bootstrap.h"
 #include "common/backoff.h"
 
@@ -105,9 +107,38 @@ Status NodeAgent::SpawnSlices() {
   // The agent actor is the node's identity at the head (the head monitors it) and hands the
   // node's slices to the owners the head's scheduler chose.
   runtime::MailboxDepths* depths = &runtime_->mailbox_depths();
-  agent_ = runtime_->Spawn([slices, depths](caf::event_based_actor* self) -> caf::behavior {
+  const std::string data_dir = spec_->data_dir.empty()
+                                   ? "/tmp/troupe-" + config_.name + "-" + spec_->name
+                                   : spec_->data_dir;
+  workers_ = std::make_shared<training::WorkerLauncher>(
+      data_dir + "/jobs", [](const training::StartWorker& started, const training::WorkerExited& exit) {
+        started.supervisor.Send(exit);
+      });
+  auto workers = workers_;
+  agent_ = runtime_->Spawn([slices, depths, workers](caf::event_based_actor* self) -> caf::behavior {
     runtime::StartMailboxSampling(self, depths, "node.agent");
     return {
+        [workers](training::StartWorker& start) -> caf::result<training::WorkerStarted> {
+          std::vector<std::string> slice_env;
+          if (start.gpu_index == training::kNoGpu) {
+            slice_env = actors::NoGpuEnvironment(start.lease_id);
+          } else {
+            actors::SliceAssignment slice{start.gpu_index, start.simulated ? "" : start.gpu_id, start.memory_bytes,
+                                          start.compute_percent, start.simulated, start.lease_id};
+            slice_env = actors::SliceEnvironment(slice, actors::FindMpsPipeDirectory());
+          }
+          auto started = workers->Start(start, slice_env);
+          if (!started.ok()) return runtime::ToCafError(started.status());
+          return std::move(*started);
+        },
+        [workers](training::StopWorkers& stop) -> training::WorkersStopped {
+          return training::WorkersStopped{workers->Stop(stop.job, stop.attempt)};
+        },
+        [workers](training::ReadWorkerLog& read) -> caf::result<training::WorkerLogChunk> {
+          auto chunk = workers->ReadLog(read);
+          if (!chunk.ok()) return runtime::ToCafError(chunk.status());
+          return std::move(*chunk);
+        },
         runtime::MailboxSampleHandler(self, depths, "node.agent"),
         [slices](AssignSlices& assign) {
           std::lock_guard<std::mutex> lock(slices->mu);
@@ -194,6 +225,8 @@ void NodeAgent::Shutdown() {
   for (const auto& a : actors) {
     if (a.handle()) caf::anon_send_exit(a.handle(), caf::exit_reason::user_shutdown);
   }
+  // The workers of training jobs go with their node (their supervisor sees the node lost).
+  if (workers_) workers_->StopAll();
   // Stopping the runtime kills its proxies, which ends the watchers of remote actors (the
   // head's, from Run) with a down message.
   runtime_->Stop();

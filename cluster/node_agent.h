@@ -10,6 +10,7 @@
 #include <string>
 
 #include "actors/gpu_discovery.h"
+#include "actors/training/worker_launcher.h"
 #include "cluster/config.h"
 #include "cluster/messages.h"
 #include "runtime/metrics.h"
@@ -60,6 +61,9 @@ class NodeAgent {
   std::string head_override_;
   std::unique_ptr<runtime::Runtime> runtime_;
   std::unique_ptr<runtime::MetricsServer> metrics_;
+  /// The process workers of training jobs on this node (docs/jobs.md); their logs under
+  /// `<data_dir>/jobs`.
+  std::shared_ptr<training::WorkerLauncher> workers_;
   runtime::ActorRef agent_;
   std::mutex mu_;
   std::condition_variable cv_;

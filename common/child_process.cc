@@ -173,6 +173,12 @@ StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(const std::vector<st
     // accept connections for it that nobody answers. err_pipe[1] closes itself on exec.
     CloseFrom(STDERR_FILENO + 1, err_pipe[1] - 1);
     CloseFrom(err_pipe[1] + 1, ~0U >> 1);
+    if (!options.working_dir.empty() && chdir(options.working_dir.c_str()) != 0) {
+      int error = errno;
+      ssize_t written = write(err_pipe[1], &error, sizeof error);
+      (void)written;
+      _exit(127);
+    }
     execve(program.c_str(), cargv.data(), envp.data());
     int error = errno;
     ssize_t written = write(err_pipe[1], &error, sizeof error);

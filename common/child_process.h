@@ -44,6 +44,10 @@ struct SpawnOptions {
   /// The file to execute. Empty: argv[0], searched in PATH. Set, argv[0] is only the name the child
   /// shows in `ps` (a `troupe up` member runs the troupe binary as "troupe head ...").
   std::string program;
+  /// The child's working directory (empty: this process's). A relative program path is taken
+  /// relative to it, as a shell does after `cd`. Check that it exists first: a chdir that fails
+  /// in the child is reported as the program failing to start.
+  std::string working_dir;
 };
 
 /// Makes `group` the foreground process group of the terminal `fd` (POSIX tcsetpgrp), with

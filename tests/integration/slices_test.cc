@@ -19,6 +19,7 @@
 #include "common/child_process.h"
 #include "common/logging.h"
 #include "runtime/supervisor.h"
+#include "tests/support/local_cluster.h"
 #include "tests/support/pty_process.h"
 #include "tests/support/troupe_processes.h"
 
@@ -35,40 +36,23 @@ class Slices : public ::testing::Test {
  protected:
   void SetUp() override {
     (void)InitLogging("warn");
-    std::string templ = (std::filesystem::temp_directory_path() / "troupe-slices-XXXXXX").string();
-    ASSERT_NE(mkdtemp(templ.data()), nullptr);
-    dir_ = templ;
-    config_ = dir_ + "/cluster.yaml";
-    std::ofstream(config_) << "cluster:\n  name: slices\n  token: slices-test-token\n  log_level: warn\n"
-                              "scheduler:\n  quotas:\n    team-a: 8GiB\n"
-                              "head:\n  address: 127.0.0.1\n  port: 0\n  data_dir: head\n"
-                              "nodes:\n"
-                              "  - name: a\n    cpus: 4\n    memory: 8GiB\n"
-                              "    gpus:\n      simulated:\n        - memory: 16GiB\n    slice_memory: 4GiB\n"
-                              "  - name: b\n    cpus: 4\n    memory: 8GiB\n"
-                              "    gpus:\n      simulated:\n        - memory: 8GiB\n";
-    auto up = ChildProcess::Spawn({TROUPE_BIN, "up", "-c", config_});
-    ASSERT_TRUE(up.ok()) << up.status();
-    up_ = std::move(*up);
-    auto head = up_->ReadLineWithPrefix("head ", 60s);  // "head           pid 1234"
-    ASSERT_TRUE(head.ok()) << "troupe up printed no head pid: " << head.status();
-    head_pid_ = std::stoi(head->substr(head->find("pid ") + 4));
-    auto line = up_->ReadLineWithPrefix("cluster slices up", 60s);
-    ASSERT_TRUE(line.ok()) << "troupe up did not come up: " << line.status();
-    auto config = cluster::LoadClusterConfig(config_);
-    ASSERT_TRUE(config.ok()) << config.status();
-    auto client = cluster::Client::Connect(*config, "", 5s);
-    ASSERT_TRUE(client.ok()) << client.status();
-    client_ = std::move(*client);
+    cluster_ = LocalCluster::Start("troupe-slices", "slices",
+                                   "cluster:\n  name: slices\n  token: slices-test-token\n  log_level: warn\n"
+                                   "scheduler:\n  quotas:\n    team-a: 8GiB\n"
+                                   "head:\n  address: 127.0.0.1\n  port: 0\n  data_dir: head\n"
+                                   "nodes:\n"
+                                   "  - name: a\n    cpus: 4\n    memory: 8GiB\n"
+                                   "    gpus:\n      simulated:\n        - memory: 16GiB\n    slice_memory: 4GiB\n"
+                                   "  - name: b\n    cpus: 4\n    memory: 8GiB\n"
+                                   "    gpus:\n      simulated:\n        - memory: 8GiB\n");
+    ASSERT_NE(cluster_, nullptr);
+    dir_ = cluster_->dir;
+    config_ = cluster_->config;
+    head_pid_ = cluster_->pids["head"];
+    ASSERT_GT(head_pid_, 0) << "troupe up printed no head pid";
+    client_ = std::move(cluster_->client);
   }
-  void TearDown() override {
-    client_.reset();
-    if (up_) {
-      up_->Signal(SIGTERM);
-      (void)up_->Wait(30s);
-    }
-    std::filesystem::remove_all(dir_);
-  }
+  void TearDown() override { client_.reset(); }
 
   std::string SlicesJson() {
     auto child = ChildProcess::Spawn({TROUPE_BIN, "slices", "-c", config_, "--json"});
@@ -107,9 +91,9 @@ class Slices : public ::testing::Test {
     return gang;
   }
 
+  std::unique_ptr<LocalCluster> cluster_;
   std::string dir_, config_;
   pid_t head_pid_ = 0;
-  std::unique_ptr<ChildProcess> up_;
   std::unique_ptr<cluster::Client> client_;
 };
 
@@ -419,7 +403,7 @@ TEST_F(Slices, LeasesOutliveARestartOfTheHead) {
   ASSERT_EQ(kill(head_pid_, SIGKILL), 0);
   (*holder)->Signal(SIGKILL);
   (void)(*holder)->Wait(5s);
-  auto restarted = up_->ReadLineWithPrefix("head exited", 10s);
+  auto restarted = cluster_->up->ReadLineWithPrefix("head exited", 10s);
   ASSERT_TRUE(restarted.ok()) << "troupe up did not restart the head: " << restarted.status();
   deadline = Clock::now() + 20s;
   while (Clock::now() < deadline && (FreeSlices("a") != 3 || FreeSlices("b") != 0)) {

@@ -1,0 +1,360 @@
+// The job supervisor.
+#include "actors/training/job_supervisor.h"
+
+#include <caf/all.hpp>
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include "actors/training/messages.h"
+#include "common/backoff.h"
+#include "runtime/error.h"
+
+namespace troupe::training {
+
+namespace {
+
+using tick_atom = caf::atom_constant<caf::atom("job_tick")>;
+using restart_atom = caf::atom_constant<caf::atom("job_rstrt")>;
+using quit_atom = caf::atom_constant<caf::atom("job_quit")>;
+
+struct SupervisorState {
+  JobSupervisorInit init;
+  JobStatus status;
+  Placement placement;
+  bool placed = false;
+  // The attempt whose placement was asked for and not answered yet (0: none).
+  uint64_t placing = 0;
+  std::set<uint32_t> started;
+  std::set<uint32_t> succeeded;
+  uint32_t master_port = 0;
+  std::optional<storage::CheckpointRecord> resume;
+  std::unique_ptr<Backoff> backoff;
+  bool ticking = false;
+};
+
+using Self = caf::stateful_actor<SupervisorState>;
+
+const char* const kSupervisorName = "job supervisor";
+
+void Update(Self* self, const std::string& message) {
+  auto& st = self->state;
+  JobEvent event{st.init.clock->UnixMs(), st.status.state, st.status.attempt, message};
+  if (!message.empty()) spdlog::info("job '{}': {} ({})", st.status.name, message, st.status.state);
+  st.init.host->Update(st.status, event);
+}
+
+std::string StagingDir(const SupervisorState& st) {
+  return storage::CheckpointStore::StagingDir(st.init.checkpoint_root, st.status.attempt);
+}
+
+// Commits every step that all ranks of the current attempt have marked done, then applies the
+// retention. Returns false if a commit failed (the job goes on; the step is tried again).
+void CommitReady(Self* self) {
+  auto& st = self->state;
+  if (st.status.attempt == 0 || !st.placed) return;
+  auto steps = st.init.checkpoints->CompleteSteps(st.status.name, st.init.checkpoint_root, st.status.attempt,
+                                                  st.init.spec.workers);
+  if (!steps.ok()) {
+    spdlog::warn("job '{}': cannot look for checkpoints: {}", st.status.name, steps.status().ToString());
+    return;
+  }
+  for (uint64_t step : *steps) {
+    auto record = st.init.checkpoints->Commit(st.status.name, st.init.checkpoint_root, st.status.attempt, step,
+                                              st.init.spec.workers);
+    if (!record.ok()) {
+      Update(self, "checkpoint of step " + std::to_string(step) + " not committed: " + record.status().ToString());
+      continue;
+    }
+    st.status.checkpoint_step = static_cast<int64_t>(step);
+    Update(self, "checkpoint committed: step " + std::to_string(step) + ", " + std::to_string(record->total_bytes) +
+                     " bytes");
+    Status kept = st.init.checkpoints->Retain(st.status.name, st.init.checkpoint_root, st.init.spec.checkpoints.keep);
+    if (!kept.ok()) spdlog::warn("job '{}': retention: {}", st.status.name, kept.ToString());
+  }
+}
+
+// Kills every worker of the current placement (all attempts up to the current one) and releases
+// its lease once every node has answered (or timed out): its slices are not handed out while a
+// worker of this job may still run on them.
+void StopGroup(Self* self) {
+  auto& st = self->state;
+  if (!st.placed) return;
+  st.placed = false;
+  std::map<uint64_t, runtime::ActorRef> agents;  // by wire id: one StopWorkers per node
+  for (const auto& w : st.placement.workers) agents.emplace(w.agent.id(), w.agent);
+  auto left = std::make_shared<size_t>(agents.size());
+  const uint64_t lease = st.placement.lease_id;
+  JobHost* host = st.init.host;
+  auto done = [left, lease, host] {
+    if (--*left == 0) host->ReleasePlacement(lease);
+  };
+  for (const auto& [id, agent] : agents) {
+    self->request(agent.handle(), st.init.node_timeout, StopWorkers{st.status.name, st.status.attempt})
+        .then([done](WorkersStopped&) { done(); }, [done](caf::error&) { done(); });
+  }
+  if (agents.empty()) host->ReleasePlacement(lease);
+  st.started.clear();
+  st.succeeded.clear();
+}
+
+void Finish(Self* self, const std::string& state, const std::string& reason) {
+  auto& st = self->state;
+  StopGroup(self);
+  st.status.state = state;
+  st.status.reason = reason;
+  st.status.finished_unix_ms = st.init.clock->UnixMs();
+  Update(self, state == kJobSucceeded ? "succeeded" : reason);
+  // The StopWorkers requests above are answered to this actor; it stays until they are (the
+  // node timeout at most), then exits. Its lease ends with it in any case.
+  self->delayed_send(self, st.init.node_timeout, quit_atom::value);
+  self->become([self](quit_atom) { self->quit(); }, [](WorkersStopped&) {});
+}
+
+void RequestPlacement(Self* self, const std::string& why) {
+  auto& st = self->state;
+  st.placing = st.status.attempt + 1;
+  st.status.state = kJobPending;
+  st.status.reason = why;
+  st.status.workers.clear();
+  st.status.lease_id = 0;
+  Update(self, why);
+  st.init.host->RequestPlacement(st.init.spec, st.placing, caf::actor_cast<caf::actor>(self));
+}
+
+// One failure of the group: counted against the restart policy; the group is stopped and, within
+// the policy, placed and started again after the backoff.
+void GroupFailed(Self* self, const std::string& cause, bool infra) {
+  auto& st = self->state;
+  if (IsFinal(st.status.state) || st.status.state == kJobRestarting) return;
+  const RestartPolicy& policy = st.init.spec.restart;
+  if (infra) {
+    ++st.status.infra_failures;
+  } else {
+    ++st.status.user_failures;
+  }
+  CommitReady(self);  // a checkpoint completed just before the failure still counts
+  if (st.status.user_failures > policy.max_user_failures) {
+    Finish(self, kJobFailed,
+           "restart policy exceeded: " + std::to_string(st.status.user_failures) + " worker failures (max_user_failures " +
+               std::to_string(policy.max_user_failures) + "); last: " + cause);
+    return;
+  }
+  if (st.status.infra_failures > policy.max_infra_failures) {
+    Finish(self, kJobFailed,
+           "restart policy exceeded: " + std::to_string(st.status.infra_failures) +
+               " infrastructure faults (max_infra_failures " + std::to_string(policy.max_infra_failures) +
+               "); last: " + cause);
+    return;
+  }
+  StopGroup(self);
+  st.status.state = kJobRestarting;
+  const auto delay = st.backoff->Delay(st.status.user_failures + st.status.infra_failures);
+  st.status.reason = "attempt " + std::to_string(st.status.attempt) + " failed (" +
+                     (infra ? "infrastructure" : "user") + "): " + cause + "; restarting in " +
+                     std::to_string(delay.count()) + " ms";
+  Update(self, st.status.reason);
+  self->delayed_send(self, delay, restart_atom::value, st.status.attempt);
+}
+
+void StartRank(Self* self, uint32_t rank);
+
+void AllStarted(Self* self) {
+  auto& st = self->state;
+  st.status.state = kJobRunning;
+  st.status.reason.clear();
+  Update(self, "running: " + std::to_string(st.init.spec.workers) + " workers started" +
+                   (st.resume ? ", resumed from step " + std::to_string(st.resume->step) : ""));
+}
+
+void StartRank(Self* self, uint32_t rank) {
+  auto& st = self->state;
+  const WorkerPlace& place = st.placement.workers[rank];
+  StartWorker msg;
+  msg.job = st.status.name;
+  msg.attempt = st.status.attempt;
+  msg.rank = rank;
+  msg.argv = st.init.spec.entry.command;
+  msg.env = WorkerEnvironment(st.init.spec, st.placement, rank, st.status.attempt, StagingDir(st), st.resume);
+  if (rank != 0) msg.env.push_back("MASTER_PORT=" + std::to_string(st.master_port));
+  msg.working_dir = st.init.spec.entry.working_dir;
+  msg.watchdog_ms = st.init.spec.step_watchdog.count();
+  msg.supervisor = st.init.runtime->Ref(caf::actor_cast<caf::actor>(self));
+  msg.lease_id = st.placement.lease_id;
+  msg.gpu_index = place.gpu_index;
+  msg.gpu_id = place.gpu_id;
+  msg.memory_bytes = place.memory_bytes;
+  msg.compute_percent = place.compute_percent;
+  msg.simulated = place.simulated;
+  msg.pick_master_port = rank == 0;
+  const uint64_t attempt = st.status.attempt;
+  self->request(place.agent.handle(), st.init.node_timeout, std::move(msg))
+      .then(
+          [self, rank, attempt](WorkerStarted& started) {
+            auto& st = self->state;
+            if (attempt != st.status.attempt || !st.placed) return;
+            st.started.insert(rank);
+            st.status.workers.push_back(WorkerStatus{rank, st.placement.workers[rank].node, started.pid, started.log_path});
+            if (rank == 0) {
+              st.master_port = started.master_port;
+              for (uint32_t r = 1; r < st.init.spec.workers; ++r) StartRank(self, r);
+            }
+            if (st.started.size() == st.init.spec.workers) AllStarted(self);
+          },
+          [self, rank, attempt](caf::error& error) {
+            auto& st = self->state;
+            if (attempt != st.status.attempt || !st.placed) return;
+            Status why = runtime::ToStatus(error);
+            // A program that cannot be executed is the job's fault; a node that does not answer is not.
+            const bool infra = why.code() == StatusCode::kDeadlineExceeded ||
+                               why.message().find("cannot start") == std::string::npos;
+            GroupFailed(self, "rank " + std::to_string(rank) + " on node '" + st.placement.workers[rank].node +
+                                  "' did not start: " + why.ToString(),
+                        infra);
+          });
+}
+
+void Placed(Self* self, PlacementAnswer& answer) {
+  auto& st = self->state;
+  if (answer.attempt != st.placing) {
+    if (answer.status.ok()) st.init.host->ReleasePlacement(answer.placement.lease_id);
+    return;
+  }
+  st.placing = 0;
+  if (!answer.status.ok()) {
+    Finish(self, kJobFailed, "cannot be placed: " + answer.status.ToString());
+    return;
+  }
+  st.placement = std::move(answer.placement);
+  st.placed = true;
+  st.status.attempt = answer.attempt;
+  st.status.lease_id = st.placement.lease_id;
+  st.status.state = kJobStarting;
+  st.status.started_unix_ms = st.init.clock->UnixMs();
+  std::vector<std::string> fallbacks;
+  auto resume = st.init.checkpoints->NewestValid(st.status.name, &fallbacks);
+  for (const auto& f : fallbacks) Update(self, "checkpoint skipped: " + f);
+  st.resume.reset();
+  if (resume.ok() && resume->has_value()) st.resume = **resume;
+  if (!resume.ok()) Update(self, "cannot read the checkpoints: " + resume.status().ToString());
+  std::error_code ec;
+  std::filesystem::create_directories(StagingDir(st), ec);
+  std::string nodes;
+  std::set<std::string> seen;
+  for (const auto& w : st.placement.workers) {
+    if (seen.insert(w.node).second) {
+      nodes += (nodes.empty() ? "" : ", ") + w.node;
+      self->monitor(w.agent.handle());
+    }
+  }
+  Update(self, "attempt " + std::to_string(st.status.attempt) + " placed on " + nodes + " (lease " +
+                   std::to_string(st.placement.lease_id) + ")" +
+                   (st.resume ? "; resuming from step " + std::to_string(st.resume->step) : "; starting fresh"));
+  StartRank(self, 0);
+  if (!st.ticking) {
+    st.ticking = true;
+    self->delayed_send(self, st.init.commit_interval, tick_atom::value);
+  }
+}
+
+caf::behavior Supervisor(Self* self, JobSupervisorInit init) {
+  auto& st = self->state;
+  st.status = init.status;
+  st.init = std::move(init);
+  st.backoff = std::make_unique<Backoff>(
+      BackoffPolicy{st.init.spec.restart.backoff_initial, 2.0, st.init.spec.restart.backoff_max, 0.2});
+  self->set_default_handler(caf::drop);  // e.g. the head's LeaseEnded: a lost node comes as a down message
+  self->set_down_handler([self](caf::down_msg& down) {
+    auto& st = self->state;
+    if (!st.placed || IsFinal(st.status.state)) return;
+    for (const auto& w : st.placement.workers) {
+      if (w.agent.handle().address() == down.source) {
+        GroupFailed(self, "node '" + w.node + "' was lost: " + runtime::ToStatus(down.reason).ToString(), true);
+        return;
+      }
+    }
+  });
+  if (st.init.placement_requested) {
+    st.placing = st.status.attempt + 1;
+  } else {
+    RequestPlacement(self, "waiting for " + std::to_string(st.init.spec.workers) + " workers' resources");
+  }
+  return {
+      [self](PlacementAnswer& answer) { Placed(self, answer); },
+      [self](WorkerExited& exit) {
+        auto& st = self->state;
+        if (exit.attempt != st.status.attempt || !st.placed) return;
+        if (exit.exit_code == 0 && exit.signal == 0 && !exit.hung) {
+          st.succeeded.insert(exit.rank);
+          if (st.succeeded.size() < st.init.spec.workers) return;
+          CommitReady(self);
+          Finish(self, kJobSucceeded, "every worker exited 0");
+          return;
+        }
+        const std::string node = exit.rank < st.placement.workers.size() ? st.placement.workers[exit.rank].node : "?";
+        GroupFailed(self, "rank " + std::to_string(exit.rank) + " on node '" + node + "' " + exit.reason,
+                    exit.hung || exit.signal != 0);
+      },
+      [self](tick_atom) {
+        auto& st = self->state;
+        if (st.placed && (st.status.state == kJobRunning || st.status.state == kJobStarting)) CommitReady(self);
+        self->delayed_send(self, st.init.commit_interval, tick_atom::value);
+      },
+      [self](restart_atom, uint64_t attempt) {
+        auto& st = self->state;
+        if (st.status.state != kJobRestarting || attempt != st.status.attempt) return;
+        RequestPlacement(self, "restarting: waiting for " + std::to_string(st.init.spec.workers) +
+                                   " workers' resources");
+      },
+      [self](StopJob& stop) { Finish(self, kJobStopped, stop.reason.empty() ? "stopped" : stop.reason); },
+      [](WorkersStopped&) {},
+  };
+}
+
+}  // namespace
+
+caf::actor SpawnJobSupervisor(caf::actor_system& system, JobSupervisorInit init) {
+  return system.spawn<caf::detached>(Supervisor, std::move(init));
+}
+
+std::vector<std::string> WorkerEnvironment(const JobSpec& spec, const Placement& placement, uint32_t rank,
+                                           uint64_t attempt, const std::string& checkpoint_dir,
+                                           const std::optional<storage::CheckpointRecord>& resume) {
+  std::vector<std::string> env;
+  for (const auto& [name, value] : spec.entry.env) env.push_back(name + "=" + value);
+  const std::string& node = placement.workers[rank].node;
+  uint32_t local_rank = 0;
+  uint32_t local_world = 0;
+  std::vector<std::string> groups;  // nodes in order of their first rank
+  for (uint32_t r = 0; r < placement.workers.size(); ++r) {
+    const std::string& n = placement.workers[r].node;
+    if (std::find(groups.begin(), groups.end(), n) == groups.end()) groups.push_back(n);
+    if (n != node) continue;
+    if (r < rank) ++local_rank;
+    ++local_world;
+  }
+  const auto group_rank = std::find(groups.begin(), groups.end(), node) - groups.begin();
+  const std::string world = std::to_string(placement.workers.size());
+  env.push_back("RANK=" + std::to_string(rank));
+  env.push_back("LOCAL_RANK=" + std::to_string(local_rank));
+  env.push_back("WORLD_SIZE=" + world);
+  env.push_back("LOCAL_WORLD_SIZE=" + std::to_string(local_world));
+  env.push_back("GROUP_RANK=" + std::to_string(group_rank));
+  env.push_back("ROLE_RANK=" + std::to_string(rank));
+  env.push_back("ROLE_WORLD_SIZE=" + world);
+  env.push_back("MASTER_ADDR=" + placement.workers[0].host);
+  env.push_back("TORCHELASTIC_RESTART_COUNT=" + std::to_string(attempt > 0 ? attempt - 1 : 0));
+  env.push_back("TORCHELASTIC_RUN_ID=" + spec.name);
+  env.push_back("TROUPE_JOB=" + spec.name);
+  env.push_back("TROUPE_ATTEMPT=" + std::to_string(attempt));
+  env.push_back("TROUPE_CHECKPOINT_DIR=" + checkpoint_dir);
+  if (resume) {
+    env.push_back("TROUPE_RESUME_DIR=" + resume->dir);
+    env.push_back("TROUPE_RESUME_STEP=" + std::to_string(resume->step));
+  }
+  return env;
+}
+
+}  // namespace troupe::training

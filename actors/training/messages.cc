@@ -1,0 +1,150 @@
+// Training protocol codecs.
+#include "actors/training/messages.h"
+
+#include "actors/training/training.capnp.h"
+
+namespace troupe::training {
+
+namespace {
+
+template <class Builder>
+void FillTexts(const std::vector<std::string>& in, Builder out) {
+  for (size_t i = 0; i < in.size(); ++i) out.set(static_cast<unsigned>(i), in[i]);
+}
+
+template <class Reader>
+std::vector<std::string> ReadTexts(Reader in) {
+  std::vector<std::string> out;
+  out.reserve(in.size());
+  for (auto t : in) out.emplace_back(t.cStr(), t.size());
+  return out;
+}
+
+}  // namespace
+
+Status AddTrainingCodecs(runtime::CodecRegistry& r) {
+  using runtime::RefCodec;
+  RETURN_IF_ERROR((r.Add<StartWorker, wire::StartWorker>(
+      kStartWorker, "training.StartWorker",
+      [](const StartWorker& m, wire::StartWorker::Builder b, RefCodec& refs) {
+        b.setJob(m.job);
+        b.setAttempt(m.attempt);
+        b.setRank(m.rank);
+        FillTexts(m.argv, b.initArgv(static_cast<unsigned>(m.argv.size())));
+        FillTexts(m.env, b.initEnv(static_cast<unsigned>(m.env.size())));
+        b.setWorkingDir(m.working_dir);
+        b.setWatchdogMs(m.watchdog_ms);
+        refs.EncodeRef(m.supervisor, b.initSupervisor());
+        b.setLeaseId(m.lease_id);
+        b.setGpuIndex(m.gpu_index);
+        b.setGpuId(m.gpu_id);
+        b.setMemoryBytes(m.memory_bytes);
+        b.setComputePercent(m.compute_percent);
+        b.setSimulated(m.simulated);
+        b.setPickMasterPort(m.pick_master_port);
+      },
+      [](wire::StartWorker::Reader in, RefCodec& refs) -> StatusOr<StartWorker> {
+        StartWorker m;
+        m.job = in.getJob();
+        m.attempt = in.getAttempt();
+        m.rank = in.getRank();
+        // A list of Text is a list of pointers: CheckedList's bound (one word each) holds.
+        m.argv = ReadTexts(in.getArgv());
+        m.env = ReadTexts(in.getEnv());
+        m.working_dir = in.getWorkingDir();
+        m.watchdog_ms = in.getWatchdogMs();
+        m.supervisor = refs.DecodeRef(in.getSupervisor());
+        m.lease_id = in.getLeaseId();
+        m.gpu_index = in.getGpuIndex();
+        m.gpu_id = in.getGpuId();
+        m.memory_bytes = in.getMemoryBytes();
+        m.compute_percent = in.getComputePercent();
+        m.simulated = in.getSimulated();
+        m.pick_master_port = in.getPickMasterPort();
+        return m;
+      })));
+  RETURN_IF_ERROR((r.Add<WorkerStarted, wire::WorkerStarted>(
+      kWorkerStarted, "training.WorkerStarted",
+      [](const WorkerStarted& m, wire::WorkerStarted::Builder b, RefCodec&) {
+        b.setRank(m.rank);
+        b.setPid(m.pid);
+        b.setMasterPort(m.master_port);
+        b.setLogPath(m.log_path);
+      },
+      [](wire::WorkerStarted::Reader in, RefCodec&) -> StatusOr<WorkerStarted> {
+        return WorkerStarted{in.getRank(), in.getPid(), in.getMasterPort(), in.getLogPath()};
+      })));
+  RETURN_IF_ERROR((r.Add<StopWorkers, wire::StopWorkers>(
+      kStopWorkers, "training.StopWorkers",
+      [](const StopWorkers& m, wire::StopWorkers::Builder b, RefCodec&) {
+        b.setJob(m.job);
+        b.setAttempt(m.attempt);
+      },
+      [](wire::StopWorkers::Reader in, RefCodec&) -> StatusOr<StopWorkers> {
+        return StopWorkers{in.getJob(), in.getAttempt()};
+      })));
+  RETURN_IF_ERROR((r.Add<WorkersStopped, wire::WorkersStopped>(
+      kWorkersStopped, "training.WorkersStopped",
+      [](const WorkersStopped& m, wire::WorkersStopped::Builder b, RefCodec&) { b.setCount(m.count); },
+      [](wire::WorkersStopped::Reader in, RefCodec&) -> StatusOr<WorkersStopped> {
+        return WorkersStopped{in.getCount()};
+      })));
+  RETURN_IF_ERROR((r.Add<WorkerExited, wire::WorkerExited>(
+      kWorkerExited, "training.WorkerExited",
+      [](const WorkerExited& m, wire::WorkerExited::Builder b, RefCodec&) {
+        b.setJob(m.job);
+        b.setAttempt(m.attempt);
+        b.setRank(m.rank);
+        b.setExitCode(m.exit_code);
+        b.setSignal(m.signal);
+        b.setHung(m.hung);
+        b.setReason(m.reason);
+      },
+      [](wire::WorkerExited::Reader in, RefCodec&) -> StatusOr<WorkerExited> {
+        return WorkerExited{in.getJob(),      in.getAttempt(), in.getRank(),  in.getExitCode(),
+                            in.getSignal(),   in.getHung(),    in.getReason()};
+      })));
+  RETURN_IF_ERROR((r.Add<JobCommand, wire::JobCommand>(
+      kJobCommand, "training.JobCommand",
+      [](const JobCommand& m, wire::JobCommand::Builder b, RefCodec&) {
+        b.setOp(m.op);
+        b.setName(m.name);
+        b.setBody(m.body);
+      },
+      [](wire::JobCommand::Reader in, RefCodec&) -> StatusOr<JobCommand> {
+        return JobCommand{in.getOp(), in.getName(), in.getBody()};
+      })));
+  RETURN_IF_ERROR((r.Add<JobCommandReply, wire::JobCommandReply>(
+      kJobCommandReply, "training.JobCommandReply",
+      [](const JobCommandReply& m, wire::JobCommandReply::Builder b, RefCodec&) { b.setBody(m.body); },
+      [](wire::JobCommandReply::Reader in, RefCodec&) -> StatusOr<JobCommandReply> {
+        return JobCommandReply{in.getBody()};
+      })));
+  RETURN_IF_ERROR((r.Add<ReadWorkerLog, wire::ReadWorkerLog>(
+      kReadWorkerLog, "training.ReadWorkerLog",
+      [](const ReadWorkerLog& m, wire::ReadWorkerLog::Builder b, RefCodec&) {
+        b.setJob(m.job);
+        b.setAttempt(m.attempt);
+        b.setRank(m.rank);
+        b.setOffset(m.offset);
+        b.setMaxBytes(m.max_bytes);
+      },
+      [](wire::ReadWorkerLog::Reader in, RefCodec&) -> StatusOr<ReadWorkerLog> {
+        return ReadWorkerLog{in.getJob(), in.getAttempt(), in.getRank(), in.getOffset(), in.getMaxBytes()};
+      })));
+  return r.Add<WorkerLogChunk, wire::WorkerLogChunk>(
+      kWorkerLogChunk, "training.WorkerLogChunk",
+      [](const WorkerLogChunk& m, wire::WorkerLogChunk::Builder b, RefCodec&) {
+        b.setData(kj::arrayPtr(reinterpret_cast<const kj::byte*>(m.data.data()), m.data.size()));
+        b.setNextOffset(m.next_offset);
+        b.setSize(m.size);
+        b.setRunning(m.running);
+      },
+      [](wire::WorkerLogChunk::Reader in, RefCodec&) -> StatusOr<WorkerLogChunk> {
+        auto data = in.getData();
+        return WorkerLogChunk{std::string(reinterpret_cast<const char*>(data.begin()), data.size()),
+                              in.getNextOffset(), in.getSize(), in.getRunning()};
+      });
+}
+
+}  // namespace troupe::training

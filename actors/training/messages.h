@@ -1,0 +1,102 @@
+// The training protocol's C++ messages and their codecs (type ids 1200-1299, training.capnp).
+#pragma once
+
+#include <caf/allowed_unsafe_message_type.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "runtime/actor_ref.h"
+#include "runtime/codec.h"
+
+namespace troupe::training {
+
+inline constexpr uint32_t kNoGpu = 0xFFFFFFFF;
+
+/// Supervisor -> node agent: start worker `rank` of the job's `attempt` as a child process in a
+/// process group of its own (docs/jobs.md: "Workers"). Reply: WorkerStarted, or an error
+/// (Unavailable: the program cannot be executed, with the reason). The agent later sends the
+/// supervisor a WorkerExited.
+struct StartWorker {
+  std::string job;
+  uint64_t attempt = 0;
+  uint32_t rank = 0;
+  std::vector<std::string> argv;
+  std::vector<std::string> env;  ///< NAME=value
+  std::string working_dir;
+  int64_t watchdog_ms = 0;
+  runtime::ActorRef supervisor;
+  uint64_t lease_id = 0;
+  uint32_t gpu_index = kNoGpu;
+  std::string gpu_id;
+  uint64_t memory_bytes = 0;
+  uint32_t compute_percent = 0;
+  bool simulated = false;
+  bool pick_master_port = false;
+};
+struct WorkerStarted {
+  uint32_t rank = 0;
+  int64_t pid = 0;
+  uint32_t master_port = 0;
+  std::string log_path;
+};
+struct StopWorkers {
+  std::string job;
+  uint64_t attempt = 0;
+};
+struct WorkersStopped {
+  uint32_t count = 0;
+};
+struct WorkerExited {
+  std::string job;
+  uint64_t attempt = 0;
+  uint32_t rank = 0;
+  int32_t exit_code = -1;
+  int32_t signal = 0;
+  bool hung = false;
+  std::string reason;
+};
+/// Client -> head: `op` on jobs with a JSON `body` (docs/jobs.md); the reply's body is JSON.
+struct JobCommand {
+  std::string op;
+  std::string name;
+  std::string body;
+};
+struct JobCommandReply {
+  std::string body;
+};
+struct ReadWorkerLog {
+  std::string job;
+  uint64_t attempt = 0;
+  uint32_t rank = 0;
+  uint64_t offset = 0;
+  uint32_t max_bytes = 64 * 1024;
+};
+struct WorkerLogChunk {
+  std::string data;
+  uint64_t next_offset = 0;
+  uint64_t size = 0;     ///< the file's size now
+  bool running = false;  ///< the worker still runs (more may come)
+};
+
+enum TrainingTypeId : uint32_t {
+  kStartWorker = 1200, kWorkerStarted, kStopWorkers, kWorkersStopped, kWorkerExited, kJobCommand,
+  kJobCommandReply, kReadWorkerLog, kWorkerLogChunk,
+};
+
+/// Registers the codecs of the training protocol.
+Status AddTrainingCodecs(runtime::CodecRegistry& registry);
+
+}  // namespace troupe::training
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::StartWorker)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::WorkerStarted)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::StopWorkers)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::WorkersStopped)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::WorkerExited)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::JobCommand)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::JobCommandReply)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::ReadWorkerLog)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::WorkerLogChunk)

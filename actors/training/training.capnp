@@ -1,0 +1,47 @@
+# The training protocol: the job supervisor (on the head) and node agents (process workers), and
+# clients and the head's jobs registry (type ids 1200-1299, actors/training/messages.h).
+@0xb7e4c2a19d3f5061;
+
+$import "/capnp/c++.capnp".namespace("troupe::training::wire");
+using Rt = import "/runtime/messages.capnp";
+
+# Supervisor -> node agent: start one worker process of a job's attempt on its lease's slice.
+struct StartWorker {
+  job @0 :Text;
+  attempt @1 :UInt64;
+  rank @2 :UInt32;
+  argv @3 :List(Text);
+  env @4 :List(Text);            # NAME=value: the spec's, the torchrun contract's, troupe's
+  workingDir @5 :Text;
+  watchdogMs @6 :Int64;          # silent (no output, no progress file) longer than this: hung; 0: never
+  supervisor @7 :Rt.ActorAddress;
+  leaseId @8 :UInt64;
+  gpuIndex @9 :UInt32;           # 0xFFFFFFFF: no GPU
+  gpuId @10 :Text;
+  memoryBytes @11 :UInt64;
+  computePercent @12 :UInt32;
+  simulated @13 :Bool;
+  pickMasterPort @14 :Bool;      # rank 0: the agent picks a free port, sets MASTER_PORT, replies with it
+}
+struct WorkerStarted { rank @0 :UInt32; pid @1 :Int64; masterPort @2 :UInt32; logPath @3 :Text; }
+# Supervisor -> node agent: stop (SIGKILL the process groups of) the job's workers of every
+# attempt up to `attempt`. Reply: WorkersStopped.
+struct StopWorkers { job @0 :Text; attempt @1 :UInt64; }
+struct WorkersStopped { count @0 :UInt32; }
+# Node agent -> supervisor: a worker ended (exited, was killed, or was found hung and killed).
+struct WorkerExited {
+  job @0 :Text;
+  attempt @1 :UInt64;
+  rank @2 :UInt32;
+  exitCode @3 :Int32;            # -1 when killed by a signal
+  signal @4 :Int32;              # 0 when it exited
+  hung @5 :Bool;
+  reason @6 :Text;
+}
+# Client -> head: an operation on jobs (submit, list, show, events, stop, resume, delete, models).
+# `body` is JSON (the job spec for submit); the reply's too (docs/jobs.md shows both).
+struct JobCommand { op @0 :Text; name @1 :Text; body @2 :Text; }
+struct JobCommandReply { body @0 :Text; }
+# Client -> node agent: a worker's log file from `offset` (bytes), at most `maxBytes`.
+struct ReadWorkerLog { job @0 :Text; attempt @1 :UInt64; rank @2 :UInt32; offset @3 :UInt64; maxBytes @4 :UInt32; }
+struct WorkerLogChunk { data @0 :Data; nextOffset @1 :UInt64; size @2 :UInt64; running @3 :Bool; }

@@ -1,0 +1,325 @@
+// WorkerLauncher.
+#include "actors/training/worker_launcher.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <spdlog/spdlog.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "actors/slice_environment.h"
+#include "common/child_process.h"
+
+namespace troupe::training {
+
+namespace fs = std::filesystem;
+using Steady = std::chrono::steady_clock;
+
+struct WorkerLauncher::Worker {
+  StartWorker request;
+  std::unique_ptr<ChildProcess> child;
+  std::string log_path;
+  std::string progress_path;
+  std::atomic<bool> stop{false};
+  std::thread watcher;
+  // Set (under mu_) by Stop()/StopAll(), which then join the watcher; otherwise the watcher
+  // detaches itself when it ends (it holds the last reference: a joinable std::thread must not be
+  // destroyed).
+  bool joined = false;
+};
+
+namespace {
+
+// The state letter of /proc/<pid>/stat ('T': stopped by a signal, 't': by a tracer); 0 if unknown.
+char ProcessState(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  if (!std::getline(in, stat)) return 0;
+  // "pid (comm) S ...": comm may hold spaces and parentheses; the state follows the last ')'.
+  const size_t close = stat.rfind(')');
+  if (close == std::string::npos || close + 2 >= stat.size()) return 0;
+  return stat[close + 2];
+}
+
+// The modification time of `path` in nanoseconds, 0 if it does not exist.
+int64_t ModifiedNs(const std::string& path) {
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0) return 0;
+  return int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec;
+}
+
+// Appends lines to a log file, rotating it at `max_bytes` (file -> file.1 -> file.2 ...).
+class RotatingLog {
+ public:
+  RotatingLog(std::string path, uint64_t max_bytes, int kept) : path_(std::move(path)), max_(max_bytes), kept_(kept) {
+    out_.open(path_, std::ios::app);
+    std::error_code ec;
+    size_ = fs::exists(path_, ec) ? fs::file_size(path_, ec) : 0;
+  }
+  void Write(const std::string& line) {
+    if (size_ + line.size() + 1 > max_ && size_ > 0) Rotate();
+    out_ << line << '\n';
+    out_.flush();
+    size_ += line.size() + 1;
+  }
+
+ private:
+  void Rotate() {
+    out_.close();
+    std::error_code ec;
+    for (int i = kept_; i >= 1; --i) {
+      const std::string from = i == 1 ? path_ : path_ + "." + std::to_string(i - 1);
+      fs::rename(from, path_ + "." + std::to_string(i), ec);
+    }
+    out_.open(path_, std::ios::trunc);
+    size_ = 0;
+  }
+  std::string path_;
+  uint64_t max_;
+  int kept_;
+  uint64_t size_ = 0;
+  std::ofstream out_;
+};
+
+std::string Describe(int status) {
+  if (WIFEXITED(status)) return "exited with code " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return std::string("killed by signal ") + strsignal(WTERMSIG(status));
+  return "ended with wait status " + std::to_string(status);
+}
+
+}  // namespace
+
+StatusOr<uint16_t> PickFreePort(const std::string& host) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return InternalError(std::string("socket: ") + std::strerror(errno));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = 0;
+  if (inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1) addr.sin_addr.s_addr = htonl(INADDR_ANY);
+  socklen_t len = sizeof addr;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    Status error = UnavailableError("no free port on " + host + ": " + std::strerror(errno));
+    close(fd);
+    return error;
+  }
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+WorkerLauncher::WorkerLauncher(std::string log_root,
+                               std::function<void(const StartWorker&, const WorkerExited&)> on_exit)
+    : log_root_(std::move(log_root)), on_exit_(std::move(on_exit)) {}
+
+WorkerLauncher::~WorkerLauncher() { StopAll(); }
+
+void WorkerLauncher::StopAll() {
+  std::map<Key, std::shared_ptr<Worker>> all;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    all.swap(workers_);
+    for (auto& [key, w] : all) w->joined = true;
+  }
+  for (auto& [key, w] : all) w->stop = true;
+  for (auto& [key, w] : all) {
+    if (w->watcher.joinable()) w->watcher.join();
+  }
+}
+
+std::string WorkerLauncher::LogPath(const std::string& job, uint64_t attempt, uint32_t rank) const {
+  return log_root_ + "/" + job + "/attempt-" + std::to_string(attempt) + "/rank-" + std::to_string(rank) + ".log";
+}
+
+size_t WorkerLauncher::running() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return workers_.size();
+}
+
+StatusOr<WorkerStarted> WorkerLauncher::Start(const StartWorker& request, const std::vector<std::string>& slice_env) {
+  if (request.argv.empty()) return InvalidArgumentError("worker of job '" + request.job + "': empty command");
+  if (request.job.empty() || request.job.find('/') != std::string::npos || request.job[0] == '.') {
+    return InvalidArgumentError("bad job name '" + request.job + "'");
+  }
+  const Key key{request.job, request.attempt, request.rank};
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (workers_.count(key) != 0) {
+      return AlreadyExistsError("job '" + request.job + "' attempt " + std::to_string(request.attempt) + " rank " +
+                                std::to_string(request.rank) + " runs already");
+    }
+  }
+  std::error_code ec;
+  if (!request.working_dir.empty() && !fs::is_directory(request.working_dir, ec)) {
+    return UnavailableError("cannot start the worker of job '" + request.job + "': working directory " +
+                            request.working_dir + " does not exist on this node");
+  }
+  auto worker = std::make_shared<Worker>();
+  worker->request = request;
+  worker->log_path = LogPath(request.job, request.attempt, request.rank);
+  worker->progress_path = fs::path(worker->log_path).replace_extension(".progress").string();
+  fs::create_directories(fs::path(worker->log_path).parent_path(), ec);
+  if (ec) return InternalError("cannot make the log directory of " + worker->log_path + ": " + ec.message());
+
+  SpawnOptions options;
+  options.env = request.env;
+  options.env.insert(options.env.end(), slice_env.begin(), slice_env.end());
+  options.env.push_back("TROUPE_PROGRESS_FILE=" + worker->progress_path);
+  WorkerStarted started{request.rank, 0, 0, worker->log_path};
+  if (request.pick_master_port) {
+    std::string host = "127.0.0.1";
+    for (const auto& e : request.env) {
+      if (e.rfind("MASTER_ADDR=", 0) == 0) host = e.substr(12);
+    }
+    ASSIGN_OR_RETURN(started.master_port, PickFreePort(host));
+    options.env.push_back("MASTER_PORT=" + std::to_string(started.master_port));
+  }
+  options.drop_env_prefixes = actors::SliceEnvironmentPrefixes();
+  options.merge_stderr = true;
+  options.group_dies_with_parent = true;
+  options.working_dir = request.working_dir;
+  ASSIGN_OR_RETURN(worker->child, ChildProcess::Spawn(request.argv, options));
+  started.pid = worker->child->pid();
+  {
+    // Under the lock: the watcher's last step (detaching itself) takes it too.
+    std::lock_guard<std::mutex> lock(mu_);
+    workers_[key] = worker;
+    worker->watcher = std::thread([this, worker] { Watch(worker); });
+  }
+  spdlog::info("job '{}' attempt {}: rank {} started (pid {}), log {}", request.job, request.attempt, request.rank,
+               started.pid, worker->log_path);
+  return started;
+}
+
+void WorkerLauncher::Watch(std::shared_ptr<Worker> w) {
+  RotatingLog log(w->log_path, kMaxLogFileBytes, kLogFilesKept);
+  const auto watchdog = std::chrono::milliseconds(w->request.watchdog_ms);
+  auto last_progress = Steady::now();
+  int64_t progress_mtime = ModifiedNs(w->progress_path);
+  Steady::time_point stopped_since{};  // when it was first seen stopped (epoch: running)
+  bool stopped = false;
+  bool eof = false;
+  bool hung = false;
+  std::string hung_reason;
+  while (!w->stop) {
+    if (!eof) {
+      auto line = w->child->ReadLine(kPollInterval);
+      if (line.ok()) {
+        log.Write(*line);
+        last_progress = Steady::now();
+        continue;
+      }
+      if (line.status().code() == StatusCode::kUnavailable) eof = true;
+    }
+    if (w->child->AwaitExit(eof ? kPollInterval : std::chrono::milliseconds(0)).ok()) break;
+    const auto now = Steady::now();
+    if (int64_t m = ModifiedNs(w->progress_path); m != progress_mtime) {
+      progress_mtime = m;
+      last_progress = now;
+    }
+    const char state = ProcessState(w->child->pid());
+    if (state == 'T' || state == 't') {
+      if (!stopped) stopped_since = now;
+      stopped = true;
+      if (now - stopped_since >= kStoppedGrace) {
+        hung = true;
+        hung_reason = "stopped (SIGSTOP) for " + std::to_string(kStoppedGrace.count()) + " ms";
+        break;
+      }
+    } else {
+      stopped = false;
+    }
+    if (watchdog.count() > 0 && now - last_progress >= watchdog) {
+      hung = true;
+      hung_reason = "no progress (no output, no touch of $TROUPE_PROGRESS_FILE) for " +
+                    std::to_string(watchdog.count()) + " ms";
+      break;
+    }
+  }
+  // Whatever ended the watch, nothing of the worker's group stays: the keeper kills the group.
+  w->child->Signal(SIGKILL);
+  auto status = w->child->Wait(std::chrono::seconds(30));
+  // Lines the worker wrote before it ended.
+  for (int i = 0; i < 1000 && !eof; ++i) {
+    auto line = w->child->ReadLine(std::chrono::milliseconds(0));
+    if (!line.ok()) break;
+    log.Write(*line);
+  }
+  const bool stopped_by_request = w->stop.load() && !hung;
+  if (!stopped_by_request) {
+    WorkerExited exit{w->request.job, w->request.attempt, w->request.rank, -1, 0, hung, ""};
+    if (hung) {
+      exit.reason = "hung: " + hung_reason + "; killed";
+      exit.signal = SIGKILL;
+    } else if (status.ok()) {
+      if (WIFEXITED(*status)) exit.exit_code = WEXITSTATUS(*status);
+      if (WIFSIGNALED(*status)) exit.signal = WTERMSIG(*status);
+      exit.reason = Describe(*status);
+    } else {
+      exit.reason = "could not be reaped: " + status.status().ToString();
+    }
+    spdlog::info("job '{}' attempt {}: rank {} {}", exit.job, exit.attempt, exit.rank, exit.reason);
+    log.Write("[troupe] worker " + exit.reason);
+    if (on_exit_) on_exit_(w->request, exit);
+  }
+  // The last step: the launcher may be destroyed once the worker is out of the map, unless a
+  // stopper joins this thread (then it waits for it).
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = workers_.find(Key{w->request.job, w->request.attempt, w->request.rank});
+  if (it != workers_.end() && it->second == w) workers_.erase(it);
+  if (!w->joined) w->watcher.detach();
+}
+
+uint32_t WorkerLauncher::Stop(const std::string& job, uint64_t up_to_attempt) {
+  std::vector<std::shared_ptr<Worker>> stopping;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [key, w] : workers_) {
+      if (std::get<0>(key) == job && std::get<1>(key) <= up_to_attempt) {
+        w->joined = true;
+        stopping.push_back(w);
+      }
+    }
+  }
+  // The watcher kills the group within kPollInterval: only it touches the child (ChildProcess is
+  // not thread-safe, and a signal after its reaping could reach a process that reused the pid).
+  for (auto& w : stopping) w->stop = true;
+  for (auto& w : stopping) {
+    if (w->watcher.joinable() && w->watcher.get_id() != std::this_thread::get_id()) w->watcher.join();
+  }
+  return static_cast<uint32_t>(stopping.size());
+}
+
+StatusOr<WorkerLogChunk> WorkerLauncher::ReadLog(const ReadWorkerLog& request) const {
+  if (request.job.empty() || request.job.find('/') != std::string::npos || request.job[0] == '.') {
+    return InvalidArgumentError("bad job name '" + request.job + "'");
+  }
+  const std::string path = LogPath(request.job, request.attempt, request.rank);
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return NotFoundError("no log " + path + " on this node");
+  in.seekg(0, std::ios::end);
+  const uint64_t size = static_cast<uint64_t>(in.tellg());
+  WorkerLogChunk chunk;
+  chunk.size = size;
+  // A rotated file is shorter than the offset: start again from its beginning.
+  const uint64_t offset = request.offset > size ? 0 : request.offset;
+  const uint64_t n = std::min<uint64_t>(size - offset, std::min<uint32_t>(request.max_bytes, 1 << 20));
+  chunk.data.resize(n);
+  in.seekg(static_cast<std::streamoff>(offset));
+  in.read(chunk.data.data(), static_cast<std::streamsize>(n));
+  chunk.next_offset = offset + n;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    chunk.running = workers_.count(Key{request.job, request.attempt, request.rank}) != 0;
+  }
+  return chunk;
+}
+
+}  // namespace troupe::training

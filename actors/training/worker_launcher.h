@@ -1,0 +1,83 @@
+// WorkerLauncher: the process workers of training jobs on one node, as the node agent runs them.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include "actors/training/messages.h"
+#include "common/status.h"
+
+namespace troupe::training {
+
+/// Starts, watches and stops the worker processes of jobs on this node (docs/jobs.md, "Workers").
+///
+/// Each worker is a child process leading a process group of its own; a keeper process kills that
+/// group with SIGKILL when the worker is stopped, when it exits (so DataLoader children and other
+/// leftovers go with it), and when this process ends however it ends, kill -9 included
+/// (SpawnOptions::group_dies_with_parent).
+///
+/// Its stdout and stderr (merged) go, line by line, to `<log_root>/<job>/attempt-<A>/rank-<R>.log`,
+/// rotated at kMaxLogFileBytes with kLogFilesKept older files (`.1`, `.2`), so a chatty worker
+/// cannot fill the disk.
+///
+/// A worker makes progress when it writes a line or touches $TROUPE_PROGRESS_FILE. It is hung
+/// when it has made none for its watchdog, or has been stopped (SIGSTOP, state T) for
+/// kStoppedGrace: it is then killed and reported with `hung` set. One thread per worker watches
+/// it, polling every kPollInterval.
+class WorkerLauncher {
+ public:
+  static constexpr uint64_t kMaxLogFileBytes = 16 << 20;
+  static constexpr int kLogFilesKept = 2;
+  static constexpr std::chrono::milliseconds kPollInterval{50};
+  /// How long a worker may stay stopped before it counts as hung: long enough for a debugger's
+  /// brief stop, far shorter than any watchdog.
+  static constexpr std::chrono::milliseconds kStoppedGrace{1000};
+
+  /// `on_exit` runs on the worker's watcher thread once per worker that ended by itself or was
+  /// found hung (not for workers stopped through Stop()).
+  WorkerLauncher(std::string log_root, std::function<void(const StartWorker&, const WorkerExited&)> on_exit);
+  /// Kills every worker's group and waits for the watcher threads.
+  ~WorkerLauncher();
+  /// The same, now: every worker is killed and gone when it returns (not reported).
+  void StopAll();
+  WorkerLauncher(const WorkerLauncher&) = delete;
+  WorkerLauncher& operator=(const WorkerLauncher&) = delete;
+
+  /// Starts `request`'s worker with `request.env` plus `slice_env` (the slice's CUDA_VISIBLE_DEVICES
+  /// and limits), TROUPE_PROGRESS_FILE and, with pick_master_port, MASTER_PORT (a port free on this
+  /// host now). AlreadyExists if that job's attempt already runs that rank; Unavailable if the
+  /// program cannot be executed (with the reason); Internal if the log directory cannot be made.
+  StatusOr<WorkerStarted> Start(const StartWorker& request, const std::vector<std::string>& slice_env);
+  /// Kills (SIGKILL, whole process group) the job's workers of attempts up to `up_to_attempt`
+  /// and waits until they are gone. Returns how many there were.
+  uint32_t Stop(const std::string& job, uint64_t up_to_attempt);
+  /// Up to `max_bytes` of a worker's current log file from `offset`. NotFound if there is no log.
+  StatusOr<WorkerLogChunk> ReadLog(const ReadWorkerLog& request) const;
+  /// The log file of a worker.
+  std::string LogPath(const std::string& job, uint64_t attempt, uint32_t rank) const;
+  /// How many workers run now.
+  size_t running() const;
+
+ private:
+  struct Worker;
+  using Key = std::tuple<std::string, uint64_t, uint32_t>;
+  void Watch(std::shared_ptr<Worker> worker);
+
+  const std::string log_root_;
+  const std::function<void(const StartWorker&, const WorkerExited&)> on_exit_;
+  mutable std::mutex mu_;
+  std::map<Key, std::shared_ptr<Worker>> workers_;
+};
+
+/// A TCP port free on `host` now (bound to port 0 and closed): MASTER_PORT for a new attempt.
+/// Another program may take it before the worker binds it; torchrun chooses the same way.
+StatusOr<uint16_t> PickFreePort(const std::string& host);
+
+}  // namespace troupe::training

@@ -1,0 +1,358 @@
+// JobsRegistry.
+#include "cluster/jobs_registry.h"
+
+#include <caf/all.hpp>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+
+namespace troupe::cluster {
+
+using training::JobEvent;
+using training::JobSpec;
+using training::JobStatus;
+
+struct JobsRegistry::Job {
+  JobSpec spec;
+  JobStatus status;
+  caf::actor supervisor;
+  uint64_t next_event = 0;
+};
+
+// The supervisors' JobHost: their calls become messages to the controller, which calls the
+// registry on its mailbox.
+class JobsRegistry::Host : public training::JobHost {
+ public:
+  explicit Host(caf::actor controller) : controller_(std::move(controller)) {}
+  void RequestPlacement(const JobSpec& spec, uint64_t attempt, const caf::actor& supervisor) override {
+    caf::anon_send(controller_, JobPlacementRequest{spec, attempt, supervisor});
+  }
+  void ReleasePlacement(uint64_t lease_id) override { caf::anon_send(controller_, JobLeaseRelease{lease_id}); }
+  void Update(const JobStatus& status, const JobEvent& event) override {
+    caf::anon_send(controller_, JobStatusUpdate{status, event});
+  }
+
+ private:
+  caf::actor controller_;
+};
+
+namespace {
+
+std::string EventKey(const std::string& job, uint64_t seq) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(seq));
+  return job + "/" + buf;
+}
+
+std::string JobRecord(const JobSpec& spec, const JobStatus& status) {
+  return nlohmann::json{{"spec", nlohmann::json::parse(training::JobSpecToJson(spec))},
+                        {"status", nlohmann::json::parse(training::JobStatusToJson(status))}}
+      .dump();
+}
+
+Status NoSuchJob(const std::string& name) {
+  return NotFoundError("no job named '" + name + "' (troupe job list shows the jobs)");
+}
+
+}  // namespace
+
+JobsRegistry::JobsRegistry(const ClusterConfig& config, HeadStore* store, LeaseRegistry* leases,
+                           const NodeDirectory* nodes, runtime::Runtime* runtime, const Clock* clock)
+    : config_(config), store_(store), leases_(leases), nodes_(nodes), runtime_(runtime), clock_(clock) {}
+
+JobsRegistry::~JobsRegistry() {
+  for (auto& [name, job] : jobs_) {
+    if (job->supervisor) caf::anon_send_exit(job->supervisor, caf::exit_reason::user_shutdown);
+  }
+}
+
+Status JobsRegistry::Recover(const caf::actor& controller) {
+  host_ = std::make_unique<Host>(controller);
+  ASSIGN_OR_RETURN(auto store, storage::CheckpointStore::Open(&store_->env(), clock_));
+  checkpoints_ = std::make_unique<storage::CheckpointStore>(std::move(store));
+  ASSIGN_OR_RETURN(jobs_table_, store_->env().OpenTable("jobs"));
+  ASSIGN_OR_RETURN(events_table_, store_->env().OpenTable("job_events"));
+  ASSIGN_OR_RETURN(auto txn, store_->env().BeginRead());
+  std::vector<std::pair<std::string, std::string>> rows;
+  RETURN_IF_ERROR(txn.ForEach(jobs_table_, "", [&](std::string_view key, std::string_view value) {
+    rows.emplace_back(std::string(key), std::string(value));
+    return true;
+  }));
+  for (const auto& [name, value] : rows) {
+    auto job = std::make_unique<Job>();
+    try {
+      auto json = nlohmann::json::parse(value);
+      ASSIGN_OR_RETURN(job->spec, training::JobSpecFromJson(json.at("spec").dump()));
+      ASSIGN_OR_RETURN(job->status, training::JobStatusFromJson(json.at("status").dump()));
+    } catch (const std::exception& e) {
+      spdlog::error("head: job record '{}' does not decode ({}); left out", name, e.what());
+      continue;
+    }
+    std::string last_key;
+    RETURN_IF_ERROR(txn.ForEach(events_table_, name + "/", [&](std::string_view key, std::string_view) {
+      if (key.substr(0, name.size() + 1) != name + "/") return false;
+      ++job->next_event;
+      return true;
+    }));
+    jobs_[name] = std::move(job);
+  }
+  txn.Abort();
+  for (auto& [name, job] : jobs_) {
+    if (training::IsFinal(job->status.state)) continue;
+    // Its supervisor went with the earlier head; the new one stops what may still run of the job
+    // and starts it again from its newest committed checkpoint.
+    job->status.reason = "the head restarted";
+    if (job->status.attempt > 0) {
+      ++job->status.infra_failures;
+      stale_attempts_[name] = job->status.attempt;
+    }
+    Status started = StartSupervisor(*job, false);
+    if (!started.ok()) spdlog::error("head: job '{}' cannot be taken back: {}", name, started.ToString());
+  }
+  return OkStatus();
+}
+
+std::string JobsRegistry::CheckpointRoot(const JobSpec& spec) const {
+  const std::string dir = spec.checkpoints.dir.empty() ? config_.head.data_dir + "/checkpoints" : spec.checkpoints.dir;
+  return dir + "/" + spec.name;
+}
+
+LeaseRequest JobsRegistry::LeaseRequestOf(const JobSpec& spec, uint64_t attempt, const caf::actor& supervisor) const {
+  LeaseRequest r;
+  r.tenant = spec.tenant;
+  r.count = spec.workers;
+  r.slice_memory_bytes = spec.resources.slice_memory_bytes;
+  r.compute_percent = spec.resources.compute_percent;
+  r.cpus = spec.resources.cpus;
+  r.host_memory_bytes = spec.resources.host_memory_bytes;
+  r.priority = spec.priority;
+  r.policy = spec.placement;
+  r.gang = true;
+  r.owner = runtime_->Ref(supervisor);
+  r.key = "job/" + spec.name + "/attempt-" + std::to_string(attempt);
+  return r;
+}
+
+Status JobsRegistry::Store(const Job& job) {
+  return store_->Write([&](storage::Txn& txn) { return txn.Put(jobs_table_, job.spec.name, JobRecord(job.spec, job.status)); });
+}
+
+Status JobsRegistry::StoreEvent(const std::string& name, const JobEvent& event) {
+  auto it = jobs_.find(name);
+  if (it == jobs_.end()) return NoSuchJob(name);
+  Job& job = *it->second;
+  const uint64_t seq = job.next_event++;
+  return store_->Write([&](storage::Txn& txn) {
+    RETURN_IF_ERROR(txn.Put(jobs_table_, name, JobRecord(job.spec, job.status)));
+    RETURN_IF_ERROR(txn.Put(events_table_, EventKey(name, seq), training::JobEventToJson(event)));
+    if (seq >= kMaxEventsPerJob) {
+      Status gone = txn.Delete(events_table_, EventKey(name, seq - kMaxEventsPerJob));
+      if (!gone.ok() && gone.code() != StatusCode::kNotFound) return gone;
+    }
+    return OkStatus();
+  });
+}
+
+Status JobsRegistry::StartSupervisor(Job& job, bool first) {
+  training::JobSupervisorInit init;
+  init.spec = job.spec;
+  init.status = job.status;
+  init.checkpoint_root = CheckpointRoot(job.spec);
+  init.host = host_.get();
+  init.checkpoints = checkpoints_.get();
+  init.runtime = runtime_;
+  init.clock = clock_;
+  init.placement_requested = first;
+  job.supervisor = training::SpawnJobSupervisor(runtime_->system(), std::move(init));
+  if (!first) return OkStatus();
+  Status placed = Place(JobPlacementRequest{job.spec, job.status.attempt + 1, job.supervisor});
+  if (!placed.ok()) {
+    caf::anon_send_exit(job.supervisor, caf::exit_reason::user_shutdown);
+    job.supervisor = nullptr;
+  }
+  return placed;
+}
+
+Status JobsRegistry::Place(const JobPlacementRequest& request) {
+  const NodeDirectory* nodes = nodes_;
+  const caf::actor supervisor = request.supervisor;
+  const uint64_t attempt = request.attempt;
+  auto answer = [nodes, supervisor, attempt](StatusOr<LeaseGrant> grant) {
+    training::PlacementAnswer out;
+    out.attempt = attempt;
+    if (!grant.ok()) {
+      out.status = grant.status();
+    } else {
+      out.placement.lease_id = grant->lease_id;
+      for (const auto& w : grant->workers) {
+        training::WorkerPlace place;
+        place.node = w.node;
+        const runtime::ActorRef* agent = nodes->AgentOf(w.node);
+        const NodeRecord* record = nodes->FindNode(w.node);
+        if (agent == nullptr || record == nullptr) {
+          out.status = UnavailableError("node '" + w.node + "' has no agent at the head");
+          break;
+        }
+        place.agent = *agent;
+        place.host = record->address.substr(0, record->address.rfind(':'));
+        place.gpu_index = w.gpu_index;
+        place.gpu_id = w.gpu_id;
+        place.memory_bytes = w.memory_bytes;
+        place.compute_percent = w.compute_percent;
+        place.simulated = w.simulated;
+        out.placement.workers.push_back(std::move(place));
+      }
+    }
+    caf::anon_send(supervisor, std::move(out));
+  };
+  auto now = leases_->Request(LeaseRequestOf(request.spec, attempt, supervisor), [&]() -> LeaseReply { return answer; });
+  if (!now) return OkStatus();
+  Status status = now->status();
+  answer(std::move(*now));
+  return status;
+}
+
+void JobsRegistry::Release(uint64_t lease_id) {
+  auto released = leases_->Release(lease_id);
+  if (!released.ok() && released.status().code() != StatusCode::kNotFound) {
+    spdlog::warn("head: job lease {}: {}", lease_id, released.status().ToString());
+  }
+}
+
+void JobsRegistry::Record(const JobStatusUpdate& update) {
+  auto it = jobs_.find(update.status.name);
+  if (it == jobs_.end()) return;  // deleted meanwhile
+  it->second->status = update.status;
+  Status stored = update.event.message.empty() ? Store(*it->second) : StoreEvent(update.status.name, update.event);
+  if (!stored.ok()) spdlog::error("head: job '{}': status not stored: {}", update.status.name, stored.ToString());
+}
+
+void JobsRegistry::NodeJoined(const runtime::ActorRef& agent) const {
+  for (const auto& [name, attempt] : stale_attempts_) agent.Send(training::StopWorkers{name, attempt});
+}
+
+void JobsRegistry::SupervisorGone(const caf::actor_addr& who) {
+  for (auto& [name, job] : jobs_) {
+    if (job->supervisor && job->supervisor.address() == who) job->supervisor = nullptr;
+  }
+}
+
+StatusOr<std::string> JobsRegistry::Submit(const std::string& body) {
+  ASSIGN_OR_RETURN(JobSpec spec, training::JobSpecFromJson(body));
+  RETURN_IF_ERROR(storage::ValidateCheckpointJobName(spec.name));
+  if (spec.workers == 0 || spec.entry.command.empty()) {
+    return InvalidArgumentError("job '" + spec.name + "': needs workers >= 1 and a command");
+  }
+  if (auto it = jobs_.find(spec.name); it != jobs_.end()) {
+    return AlreadyExistsError("a job named '" + spec.name + "' exists (" + it->second->status.state +
+                              "); delete it first (troupe job delete " + spec.name + ") or choose another name");
+  }
+  auto job = std::make_unique<Job>();
+  job->spec = spec;
+  job->status.name = spec.name;
+  job->status.state = training::kJobPending;
+  job->status.reason = "waiting for " + std::to_string(spec.workers) + " workers' resources";
+  job->status.submitted_unix_ms = clock_->UnixMs();
+  Job& ref = *job;
+  jobs_[spec.name] = std::move(job);
+  // The first placement is asked for here, before anything is stored: a job that can never fit
+  // the live nodes or its tenant's quota is refused at once (the scheduler says so), nothing kept.
+  Status started = StartSupervisor(ref, true);
+  if (started.ok()) {
+    started = StoreEvent(spec.name, JobEvent{clock_->UnixMs(), training::kJobPending, 0, "submitted"});
+    if (!started.ok()) caf::anon_send_exit(ref.supervisor, caf::exit_reason::user_shutdown);
+  }
+  if (!started.ok()) {
+    jobs_.erase(spec.name);
+    return started;
+  }
+  return training::JobStatusToJson(ref.status);
+}
+
+StatusOr<std::string> JobsRegistry::Resume(const std::string& name) {
+  auto it = jobs_.find(name);
+  if (it == jobs_.end()) return NoSuchJob(name);
+  Job& job = *it->second;
+  if (job.status.state != training::kJobStopped && job.status.state != training::kJobFailed) {
+    return FailedPreconditionError("job '" + name + "' is " + job.status.state +
+                                   "; only a stopped or failed job can be resumed");
+  }
+  job.status.state = training::kJobPending;
+  job.status.reason = "resumed";
+  job.status.user_failures = 0;
+  job.status.infra_failures = 0;
+  job.status.finished_unix_ms = 0;
+  RETURN_IF_ERROR(StoreEvent(name, JobEvent{clock_->UnixMs(), training::kJobPending, job.status.attempt,
+                                            "resumed from its newest committed checkpoint"}));
+  RETURN_IF_ERROR(StartSupervisor(job, true));
+  return training::JobStatusToJson(job.status);
+}
+
+StatusOr<std::string> JobsRegistry::Delete(const std::string& name) {
+  auto it = jobs_.find(name);
+  if (it == jobs_.end()) return NoSuchJob(name);
+  Job& job = *it->second;
+  if (!training::IsFinal(job.status.state)) {
+    return FailedPreconditionError("job '" + name + "' is " + job.status.state + "; stop it first (troupe job stop " +
+                                   name + ")");
+  }
+  RETURN_IF_ERROR(checkpoints_->DeleteJob(name, CheckpointRoot(job.spec)));
+  RETURN_IF_ERROR(store_->Write([&](storage::Txn& txn) {
+    RETURN_IF_ERROR(txn.Delete(jobs_table_, name));
+    std::vector<std::string> keys;
+    RETURN_IF_ERROR(txn.ForEach(events_table_, name + "/", [&](std::string_view key, std::string_view) {
+      if (key.substr(0, name.size() + 1) != name + "/") return false;
+      keys.emplace_back(key);
+      return true;
+    }));
+    for (const auto& k : keys) RETURN_IF_ERROR(txn.Delete(events_table_, k));
+    return OkStatus();
+  }));
+  std::string out = training::JobStatusToJson(job.status);
+  jobs_.erase(it);
+  return out;
+}
+
+StatusOr<std::string> JobsRegistry::Command(const training::JobCommand& command) {
+  const std::string& op = command.op;
+  if (op == "submit") return Submit(command.body);
+  if (op == "list") {
+    nlohmann::json list = nlohmann::json::array();
+    for (const auto& [name, job] : jobs_) {
+      list.push_back({{"spec", nlohmann::json::parse(training::JobSpecToJson(job->spec))},
+                      {"status", nlohmann::json::parse(training::JobStatusToJson(job->status))}});
+    }
+    return list.dump();
+  }
+  if (op == "resume") return Resume(command.name);
+  if (op == "delete") return Delete(command.name);
+  auto it = jobs_.find(command.name);
+  if (it == jobs_.end()) {
+    if (op == "show" || op == "events" || op == "stop") return NoSuchJob(command.name);
+    return InvalidArgumentError("unknown job operation '" + op +
+                                "' (expected submit, list, show, events, stop, resume or delete)");
+  }
+  Job& job = *it->second;
+  if (op == "show") return JobRecord(job.spec, job.status);
+  if (op == "events") {
+    nlohmann::json events = nlohmann::json::array();
+    ASSIGN_OR_RETURN(auto txn, store_->env().BeginRead());
+    const std::string prefix = command.name + "/";
+    RETURN_IF_ERROR(txn.ForEach(events_table_, prefix, [&](std::string_view key, std::string_view value) {
+      if (key.substr(0, prefix.size()) != prefix) return false;
+      events.push_back(nlohmann::json::parse(value, nullptr, false));
+      return true;
+    }));
+    return events.dump();
+  }
+  if (op == "stop") {
+    if (training::IsFinal(job.status.state)) return training::JobStatusToJson(job.status);
+    if (job.supervisor) caf::anon_send(job.supervisor, training::StopJob{"stopped by request"});
+    return training::JobStatusToJson(job.status);
+  }
+  return InvalidArgumentError("unknown job operation '" + op +
+                              "' (expected submit, list, show, events, stop, resume or delete)");
+}
+
+}  // namespace troupe::cluster

@@ -1,0 +1,110 @@
+// JobsRegistry: the training jobs the head knows (their specs, states and events, in the LMDB
+// tables `jobs` and `job_events`), one job supervisor actor per job that runs, and the jobs'
+// checkpoint records (storage/checkpoint_store.h).
+#pragma once
+
+#include <caf/actor.hpp>
+#include <caf/allowed_unsafe_message_type.hpp>
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "actors/training/job_supervisor.h"
+#include "actors/training/messages.h"
+#include "cluster/config.h"
+#include "cluster/head_store.h"
+#include "cluster/lease_registry.h"
+#include "cluster/membership.h"
+#include "storage/checkpoint_store.h"
+
+namespace troupe::cluster {
+
+/// Supervisor -> controller (local messages; JobHost as messages): a placement for an attempt,
+/// a lease to end, a status to store.
+struct JobPlacementRequest {
+  training::JobSpec spec;
+  uint64_t attempt = 0;
+  caf::actor supervisor;
+};
+struct JobLeaseRelease {
+  uint64_t lease_id = 0;
+};
+struct JobStatusUpdate {
+  training::JobStatus status;
+  training::JobEvent event;
+};
+
+/// The jobs of the cluster (docs/jobs.md). Owned by the head's controller actor and used only on
+/// its mailbox, like the other registries; the supervisors reach it through messages to the
+/// controller (JobPlacementRequest, JobLeaseRelease, JobStatusUpdate).
+///
+/// Durability: a job is acknowledged (submit's reply) only once its record is stored; a status
+/// change is stored before the next one is handled. A job's events are kept (the newest
+/// kMaxEventsPerJob) until the job is deleted.
+class JobsRegistry {
+ public:
+  static constexpr size_t kMaxEventsPerJob = 1000;
+
+  JobsRegistry(const ClusterConfig& config, HeadStore* store, LeaseRegistry* leases, const NodeDirectory* nodes,
+               runtime::Runtime* runtime, const Clock* clock);
+  ~JobsRegistry();
+
+  /// Opens the tables and loads the jobs an earlier head stored. Call once the controller runs
+  /// (`controller` receives the supervisors' messages): a job that was not final gets a supervisor
+  /// again, which starts it again from its newest committed checkpoint (counted as an
+  /// infrastructure fault: "the head restarted").
+  Status Recover(const caf::actor& controller);
+
+  /// A client's JobCommand: submit, list, show, events, stop, resume, delete. The reply's JSON
+  /// (docs/jobs.md), or an error: InvalidArgument (bad spec or op), AlreadyExists (a job of that
+  /// name), NotFound (no such job), FailedPrecondition (an operation the job's state does not
+  /// allow), ResourceExhausted (the job can never fit the cluster or its tenant's quota).
+  StatusOr<std::string> Command(const training::JobCommand& command);
+
+  /// Asks the lease registry; the answer goes to the supervisor. Returns the refusal if the
+  /// request was refused at once (it can never fit, or is malformed).
+  Status Place(const JobPlacementRequest& request);
+  void Release(uint64_t lease_id);
+  void Record(const JobStatusUpdate& update);
+  /// A node's agent joined (again): workers of attempts that an earlier head ran, which the new
+  /// supervisors do not know, are stopped there (StopWorkers up to that attempt).
+  void NodeJoined(const runtime::ActorRef& agent) const;
+  /// The supervisor `who` ended; its job (if any) is not running any more.
+  void SupervisorGone(const caf::actor_addr& who);
+
+ private:
+  struct Job;
+  class Host;
+  StatusOr<std::string> Submit(const std::string& body);
+  StatusOr<std::string> Resume(const std::string& name);
+  StatusOr<std::string> Delete(const std::string& name);
+  // Spawns the job's supervisor; with `first` it asks for the first placement itself and fails
+  // (stopping the supervisor) if the cluster can never hold the job.
+  Status StartSupervisor(Job& job, bool first);
+  Status Store(const Job& job);
+  Status StoreEvent(const std::string& name, const training::JobEvent& event);
+  std::string CheckpointRoot(const training::JobSpec& spec) const;
+  LeaseRequest LeaseRequestOf(const training::JobSpec& spec, uint64_t attempt, const caf::actor& supervisor) const;
+
+  const ClusterConfig config_;
+  HeadStore* store_;
+  LeaseRegistry* leases_;
+  const NodeDirectory* nodes_;
+  runtime::Runtime* runtime_;
+  const Clock* clock_;
+  std::unique_ptr<Host> host_;
+  std::unique_ptr<storage::CheckpointStore> checkpoints_;
+  storage::TableId jobs_table_;
+  storage::TableId events_table_;
+  std::map<std::string, std::unique_ptr<Job>> jobs_;
+  // Jobs that were running when an earlier head stopped, and their attempt then: what may still
+  // run of them on a node is stopped when the node joins (NodeJoined).
+  std::map<std::string, uint64_t> stale_attempts_;
+};
+
+}  // namespace troupe::cluster
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::JobPlacementRequest)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::JobLeaseRelease)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::JobStatusUpdate)

@@ -1,0 +1,265 @@
+// Training jobs on a real local cluster (`troupe up`, two CPU nodes): real worker processes that
+// follow troupe's checkpoint protocol (a small shell trainer), killed with -9 and stopped with
+// SIGSTOP; the job resumes from its newest committed checkpoint and ends with the result of an
+// uninterrupted run. The PyTorch example runs in tests/integration/jobs_torch_test.cc.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <stdlib.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "cluster/client.h"
+#include "common/child_process.h"
+#include "common/logging.h"
+#include "tests/support/local_cluster.h"
+
+namespace troupe {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+// The trainer: step s adds s*(RANK+1) to its sum; every 2 steps it saves the sum by the protocol
+// (files, then the rank's marker); on resume it loads the sum of the committed step. Its final sum
+// is 1+2+...+N times (RANK+1) whatever failures it went through, if and only if it resumed from
+// a committed checkpoint of its own rank and lost or repeated no step. It paces itself with a
+// short sleep per step (STEP_SLEEP) so that a test can hit it mid-run.
+constexpr const char* kTrainer = R"(#!/bin/sh
+set -e
+total=$1
+step=${TROUPE_RESUME_STEP:-0}
+sum=0
+if [ -n "$TROUPE_RESUME_DIR" ]; then read sum < "$TROUPE_RESUME_DIR/rank-$RANK/sum"; echo "resumed from step $step"; fi
+while [ "$step" -lt "$total" ]; do
+  step=$((step + 1))
+  sum=$((sum + step * (RANK + 1)))
+  echo "rank $RANK step $step sum $sum"
+  if [ $((step % 2)) -eq 0 ]; then
+    d="$TROUPE_CHECKPOINT_DIR/step-$step"
+    mkdir -p "$d/rank-$RANK"
+    echo "$sum" > "$d/rank-$RANK/sum"
+    : > "$d/rank-$RANK.done"
+  fi
+  sleep "${STEP_SLEEP:-0}"
+done
+echo "$sum" > "$OUT_DIR/final-$RANK"
+)";
+
+int64_t Expected(int steps, int rank) { return int64_t{steps} * (steps + 1) / 2 * (rank + 1); }
+
+class Jobs : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    (void)InitLogging("warn");
+    cluster_ = LocalCluster::Start("troupe-jobs", "jobs",
+                                   "cluster:\n  name: jobs\n  token: jobs-test-token\n  log_level: warn\n"
+                                   "  heartbeat_interval: 100ms\n  failure_timeout: 1s\n"
+                                   "head:\n  address: 127.0.0.1\n  port: 0\n  data_dir: head\n"
+                                   "nodes:\n"
+                                   "  - name: a\n    cpus: 2\n    memory: 4GiB\n    data_dir: node-a\n"
+                                   "  - name: b\n    cpus: 2\n    memory: 4GiB\n    data_dir: node-b\n");
+    ASSERT_NE(cluster_, nullptr);
+    dir_ = cluster_->dir;
+    config_ = cluster_->config;
+    client_ = cluster_->client.get();
+    std::ofstream(dir_ + "/trainer.sh") << kTrainer;
+    std::filesystem::create_directories(dir_ + "/out");
+  }
+
+  // A job of `workers` CPU workers, one per node, running the trainer for `steps` steps.
+  training::JobSpec Trainer(const std::string& name, int workers, int steps, const std::string& step_sleep) {
+    training::JobSpec spec;
+    spec.name = name;
+    spec.workers = workers;
+    spec.resources.cpus = 1;
+    spec.placement = "spread";
+    spec.entry.command = {"sh", dir_ + "/trainer.sh", std::to_string(steps)};
+    spec.entry.env = {{"OUT_DIR", dir_ + "/out"}, {"STEP_SLEEP", step_sleep}};
+    spec.entry.working_dir = dir_;
+    spec.restart.backoff_initial = 100ms;
+    spec.restart.backoff_max = 500ms;
+    spec.step_watchdog = 30s;
+    return spec;
+  }
+
+  StatusOr<training::JobStatus> Show(const std::string& name) {
+    ASSIGN_OR_RETURN(std::string body, client_->JobCommand("show", name, "", 5s));
+    return training::JobStatusFromJson(nlohmann::json::parse(body).at("status").dump());
+  }
+
+  // Polls the job until `done` holds (true) or `timeout` passes (false); `last` gets the status.
+  bool AwaitJob(const std::string& name, std::chrono::milliseconds timeout,
+                const std::function<bool(const training::JobStatus&)>& done, training::JobStatus* last) {
+    const auto deadline = Clock::now() + timeout;
+    while (Clock::now() < deadline) {
+      auto st = Show(name);
+      if (st.ok()) {
+        *last = *st;
+        if (done(*st)) return true;
+      }
+    }
+    return false;
+  }
+
+  std::string Events(const std::string& name) {
+    auto body = client_->JobCommand("events", name, "", 5s);
+    return body.ok() ? *body : body.status().ToString();
+  }
+
+  int64_t Final(int rank) {
+    std::ifstream in(dir_ + "/out/final-" + std::to_string(rank));
+    int64_t v = -1;
+    in >> v;
+    return v;
+  }
+
+  static bool Gone(int64_t pid) { return kill(static_cast<pid_t>(pid), 0) != 0; }
+
+  std::unique_ptr<LocalCluster> cluster_;
+  std::string dir_, config_;
+  cluster::Client* client_ = nullptr;
+};
+
+TEST_F(Jobs, AJobOfTwoWorkersRunsToItsEndAndCommitsItsCheckpoints) {
+  auto st = client_->SubmitJob(Trainer("plain", 2, 10, "0"), 10s);
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_EQ(st->state, training::kJobPending);
+  training::JobStatus last;
+  ASSERT_TRUE(AwaitJob("plain", 60s, [](const auto& s) { return training::IsFinal(s.state); }, &last))
+      << last.state << ": " << last.reason;
+  EXPECT_EQ(last.state, training::kJobSucceeded) << last.reason << "\n" << Events("plain");
+  EXPECT_EQ(last.attempt, 1u);
+  EXPECT_EQ(last.checkpoint_step, 10);
+  EXPECT_EQ(Final(0), Expected(10, 0));
+  EXPECT_EQ(Final(1), Expected(10, 1));
+  const std::string events = Events("plain");
+  EXPECT_NE(events.find("checkpoint committed: step 10"), std::string::npos) << events;
+  // Retention (keep 3): steps 6, 8 and 10 are kept.
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/head/checkpoints/plain/step-4"));
+  EXPECT_TRUE(std::filesystem::exists(dir_ + "/head/checkpoints/plain/step-10/manifest.json"));
+}
+
+TEST_F(Jobs, AWorkerKilledWithMinus9RestartsTheGroupFromTheNewestCheckpoint) {
+  ASSERT_TRUE(client_->SubmitJob(Trainer("kill9", 2, 60, "0.05"), 10s).ok());
+  training::JobStatus last;
+  ASSERT_TRUE(AwaitJob("kill9", 60s, [](const auto& s) { return s.state == training::kJobRunning && s.checkpoint_step >= 10; },
+                       &last))
+      << last.state << ": " << last.reason;
+  ASSERT_EQ(last.workers.size(), 2u);
+  const int64_t victim = last.workers[1].pid;
+  ASSERT_EQ(kill(static_cast<pid_t>(victim), SIGKILL), 0);
+  ASSERT_TRUE(AwaitJob("kill9", 90s, [](const auto& s) { return training::IsFinal(s.state); }, &last))
+      << last.state << ": " << last.reason;
+  const std::string events = Events("kill9");
+  EXPECT_EQ(last.state, training::kJobSucceeded) << last.reason << "\n" << events;
+  EXPECT_EQ(last.attempt, 2u) << events;
+  EXPECT_EQ(last.infra_failures, 1u) << events;
+  EXPECT_NE(events.find("resuming from step"), std::string::npos) << events;
+  // Both ranks end with the sums of an uninterrupted run: resumed from their own committed state,
+  // no step lost or counted twice.
+  EXPECT_EQ(Final(0), Expected(60, 0));
+  EXPECT_EQ(Final(1), Expected(60, 1));
+}
+
+TEST_F(Jobs, AStoppedWorkerIsHungAndTheGroupRestarts) {
+  ASSERT_TRUE(client_->SubmitJob(Trainer("sigstop", 2, 40, "0.05"), 10s).ok());
+  training::JobStatus last;
+  ASSERT_TRUE(AwaitJob("sigstop", 60s, [](const auto& s) { return s.state == training::kJobRunning && s.checkpoint_step >= 4; },
+                       &last))
+      << last.state << ": " << last.reason;
+  const int64_t victim = last.workers[0].pid;
+  const auto stopped_at = Clock::now();
+  ASSERT_EQ(kill(static_cast<pid_t>(victim), SIGSTOP), 0);
+  ASSERT_TRUE(AwaitJob("sigstop", 30s, [](const auto& s) { return s.attempt >= 2; }, &last)) << Events("sigstop");
+  const auto detected = Clock::now() - stopped_at;
+  EXPECT_LT(detected, 10s);
+  EXPECT_TRUE(Gone(victim));
+  ASSERT_TRUE(AwaitJob("sigstop", 90s, [](const auto& s) { return training::IsFinal(s.state); }, &last));
+  const std::string events = Events("sigstop");
+  EXPECT_EQ(last.state, training::kJobSucceeded) << events;
+  EXPECT_NE(events.find("hung: stopped"), std::string::npos) << events;
+  EXPECT_EQ(Final(0), Expected(40, 0));
+  EXPECT_EQ(Final(1), Expected(40, 1));
+}
+
+TEST_F(Jobs, PastItsRestartPolicyAJobFailsWithTheReason) {
+  training::JobSpec spec = Trainer("exit3", 2, 1, "0");
+  spec.entry.command = {"sh", "-c", "echo failing; exit 3"};
+  spec.restart.max_user_failures = 1;
+  ASSERT_TRUE(client_->SubmitJob(spec, 10s).ok());
+  training::JobStatus last;
+  ASSERT_TRUE(AwaitJob("exit3", 60s, [](const auto& s) { return training::IsFinal(s.state); }, &last));
+  EXPECT_EQ(last.state, training::kJobFailed);
+  EXPECT_NE(last.reason.find("restart policy exceeded: 2 worker failures (max_user_failures 1)"), std::string::npos)
+      << last.reason;
+  EXPECT_NE(last.reason.find("exited with code 3"), std::string::npos) << last.reason;
+  EXPECT_EQ(last.attempt, 2u);
+}
+
+TEST_F(Jobs, AJobTheClusterCanNeverHoldIsRefusedAndNothingIsKept) {
+  training::JobSpec spec = Trainer("toobig", 2, 1, "0");
+  spec.resources.cpus = 64;
+  auto st = client_->SubmitJob(spec, 10s);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.status().code(), StatusCode::kResourceExhausted) << st.status();
+  auto list = client_->JobCommand("list", "", "", 5s);
+  ASSERT_TRUE(list.ok()) << list.status();
+  EXPECT_EQ(*list, "[]");
+  auto again = client_->SubmitJob(Trainer("toobig", 2, 1, "0"), 10s);
+  EXPECT_TRUE(again.ok()) << again.status();
+}
+
+TEST_F(Jobs, StopKillsEveryWorkerAndDeleteForgetsTheJob) {
+  ASSERT_TRUE(client_->SubmitJob(Trainer("stopme", 2, 100000, "0.05"), 10s).ok());
+  training::JobStatus last;
+  ASSERT_TRUE(AwaitJob("stopme", 60s, [](const auto& s) { return s.state == training::kJobRunning; }, &last));
+  const auto workers = last.workers;
+  auto deleted_early = client_->JobCommand("delete", "stopme", "", 5s);
+  EXPECT_EQ(deleted_early.status().code(), StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(client_->JobCommand("stop", "stopme", "", 5s).ok());
+  ASSERT_TRUE(AwaitJob("stopme", 30s, [](const auto& s) { return training::IsFinal(s.state); }, &last));
+  EXPECT_EQ(last.state, training::kJobStopped);
+  const auto deadline = Clock::now() + 10s;
+  for (const auto& w : workers) {
+    while (!Gone(w.pid) && Clock::now() < deadline) {
+    }
+    EXPECT_TRUE(Gone(w.pid)) << "rank " << w.rank << " pid " << w.pid << " still runs";
+  }
+  ASSERT_TRUE(client_->JobCommand("delete", "stopme", "", 5s).ok());
+  EXPECT_EQ(Show("stopme").status().code(), StatusCode::kNotFound);
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/head/checkpoints/stopme"));
+}
+
+TEST_F(Jobs, TheCliSubmitsWaitsAndShowsTheLogs) {
+  std::ofstream(dir_ + "/job.yaml") << "name: cli-job\nworkers: 2\nplacement: spread\n"
+                                       "entry:\n  command: [sh, trainer.sh, \"4\"]\n"
+                                       "  env: {OUT_DIR: out}\n  working_dir: .\n";
+  auto submit = ChildProcess::Spawn({TROUPE_BIN, "job", "submit", "-c", config_, dir_ + "/job.yaml", "--wait"});
+  ASSERT_TRUE(submit.ok());
+  auto done = (*submit)->ReadLineWithPrefix("job cli-job: succeeded", 60s);
+  EXPECT_TRUE(done.ok()) << done.status();
+  auto code = (*submit)->Wait(10s);
+  ASSERT_TRUE(code.ok());
+  EXPECT_EQ(*code, 0);
+  auto logs = ChildProcess::Spawn({TROUPE_BIN, "job", "logs", "-c", config_, "cli-job", "--worker", "1"});
+  ASSERT_TRUE(logs.ok());
+  auto line = (*logs)->ReadLineWithPrefix("rank 1 step 4 sum", 20s);
+  EXPECT_TRUE(line.ok()) << line.status();
+  auto bad = ChildProcess::Spawn({TROUPE_BIN, "job", "submit", "-c", config_, dir_ + "/nope.yaml"}, {}, true);
+  ASSERT_TRUE(bad.ok());
+  auto err = (*bad)->ReadLine(20s);
+  EXPECT_TRUE(err.ok() && err->find("nope.yaml") != std::string::npos) << (err.ok() ? *err : err.status().ToString());
+  auto bad_code = (*bad)->Wait(10s);
+  ASSERT_TRUE(bad_code.ok());
+  EXPECT_NE(*bad_code, 0);
+}
+
+}  // namespace
+}  // namespace troupe
