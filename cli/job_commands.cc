@@ -182,4 +182,31 @@ int RunJob(JobOptions args) {
   return 0;
 }
 
+int RunModel(JobOptions args) {
+  auto client = ConnectFor(args.cluster);
+  if (!client.ok()) return Fail("model", client.status());
+  auto reply = (*client)->JobCommand("models", args.target, "", 10s);
+  if (!reply.ok()) {
+    std::cerr << "troupe model " << args.action << ": " << reply.status().message() << "\n";
+    return 1;
+  }
+  if (args.cluster.json) {
+    std::cout << OneLineJson(nlohmann::ordered_json::parse(*reply)) << std::endl;
+    return 0;
+  }
+  auto list = Json::parse(*reply);
+  std::printf("%-24s %7s %-24s %8s %12s  %s\n", "MODEL", "VERSION", "JOB", "STEP", "BYTES", "REGISTERED");
+  for (const auto& v : list) {
+    std::printf("%-24s %7llu %-24s %8llu %12llu  %s\n", v.value("model", "").c_str(),
+                static_cast<unsigned long long>(v.value("version", uint64_t{0})), v.value("job", "").c_str(),
+                static_cast<unsigned long long>(v.value("step", uint64_t{0})),
+                static_cast<unsigned long long>(v.value("total_bytes", uint64_t{0})),
+                Ago(v.value("unix_ms", int64_t{0})).c_str());
+    if (args.action == "show") std::printf("  files: %s (manifest sha256 %s)\n", v.value("dir", "").c_str(),
+                                           v.value("manifest_sha256", "").c_str());
+  }
+  if (list.empty()) std::printf("no models\n");
+  return 0;
+}
+
 }  // namespace troupe::cli

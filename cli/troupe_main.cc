@@ -322,6 +322,7 @@ int Main(int argc, char** argv) {
       {"logs", "a job's workers' output, through their nodes (-f follows, --worker R one rank)"},
       {"stop", "stop a job: its workers are killed, its slices freed"},
       {"resume", "start a stopped or failed job again from its newest committed checkpoint"},
+      {"resubmit", "start a finished job again from scratch (its checkpoints are deleted)"},
       {"delete", "forget a finished job, its events and its checkpoints"},
   };
   for (const auto& [name, help_text] : job_actions) {
@@ -338,6 +339,16 @@ int Main(int argc, char** argv) {
       sub->add_flag("-f,--follow", job_options.follow, "keep printing until the job ends");
     }
   }
+
+  // troupe model list|show: the model repository (versions registered by jobs' output_model).
+  JobOptions model_options;
+  CLI::App* model = app.add_subcommand("model", "the model repository: list, show (versions registered by jobs)");
+  model->require_subcommand(1, 1);
+  CLI::App* model_list = model->add_subcommand("list", "every model version: source job, step, size, time");
+  add_client_flags(model_list, &model_options.cluster);
+  CLI::App* model_show = model->add_subcommand("show", "one model's versions");
+  add_client_flags(model_show, &model_options.cluster);
+  model_show->add_option("model", model_options.target, "the model's name")->required()->type_name("NAME");
 
   CLI::App* run = app.add_subcommand(
       "run", "lease a GPU slice and run CMD on it: troupe run -c FILE [OPTIONS] -- CMD [ARGS...]");
@@ -489,6 +500,10 @@ int Main(int argc, char** argv) {
   if (chosen == status) return RunStatus(std::move(status_options));
   if (chosen == slices) return RunSlices(std::move(slices_options));
   if (chosen == events) return RunEvents(std::move(events_options));
+  if (chosen == model) {
+    model_options.action = model->get_subcommands().front()->get_name();
+    return RunModel(std::move(model_options));
+  }
   if (chosen == job) {
     job_options.action = job->get_subcommands().front()->get_name();
     return RunJob(std::move(job_options));

@@ -20,6 +20,7 @@
 #include "cluster/jobs_registry.h"
 #include "cluster/lease_registry.h"
 #include "cluster/membership.h"
+#include "cluster/model_registry.h"
 #include "cluster/messages.h"
 #include "cluster/scrape_targets.h"
 #include "common/clock.h"
@@ -55,6 +56,7 @@ struct ControllerState {
   std::unique_ptr<HeadStore> store;
   std::unique_ptr<MembershipRegistry> membership;
   std::unique_ptr<LeaseRegistry> leases;
+  std::unique_ptr<ModelRegistry> models;
   std::unique_ptr<JobsRegistry> jobs;
   EventLog events;
   std::string head_metrics_address;
@@ -250,8 +252,10 @@ StatusOr<std::unique_ptr<Head>> Head::Start(const ClusterConfig& config) {
         view->leases = counts;
       });
   RETURN_IF_ERROR(init.leases->Recover());
+  init.models = std::make_unique<ModelRegistry>(init.store.get(), config.head.data_dir + "/models", clock);
+  RETURN_IF_ERROR(init.models->Open());
   init.jobs = std::make_unique<JobsRegistry>(config, init.store.get(), init.leases.get(), init.membership.get(),
-                                             head->runtime_.get(), clock);
+                                             init.models.get(), head->runtime_.get(), clock);
   ASSIGN_OR_RETURN(head->metrics_, runtime::MetricsServer::Start(config.head.address, config.head.metrics_port));
   head->metrics_->AddSource(runtime::RuntimeMetrics(*head->runtime_));
   init.head_metrics_address = head->metrics_->address();

@@ -58,8 +58,15 @@ Status NoSuchJob(const std::string& name) {
 }  // namespace
 
 JobsRegistry::JobsRegistry(const ClusterConfig& config, HeadStore* store, LeaseRegistry* leases,
-                           const NodeDirectory* nodes, runtime::Runtime* runtime, const Clock* clock)
-    : config_(config), store_(store), leases_(leases), nodes_(nodes), runtime_(runtime), clock_(clock) {}
+                           const NodeDirectory* nodes, ModelRegistry* models, runtime::Runtime* runtime,
+                           const Clock* clock)
+    : config_(config),
+      store_(store),
+      leases_(leases),
+      nodes_(nodes),
+      models_(models),
+      runtime_(runtime),
+      clock_(clock) {}
 
 JobsRegistry::~JobsRegistry() {
   for (auto& [name, job] : jobs_) {
@@ -223,9 +230,48 @@ void JobsRegistry::Release(uint64_t lease_id) {
 void JobsRegistry::Record(const JobStatusUpdate& update) {
   auto it = jobs_.find(update.status.name);
   if (it == jobs_.end()) return;  // deleted meanwhile
-  it->second->status = update.status;
-  Status stored = update.event.message.empty() ? Store(*it->second) : StoreEvent(update.status.name, update.event);
+  Job& job = *it->second;
+  const std::string model_version = job.status.model_version;
+  job.status = update.status;
+  job.status.model_version = model_version;  // the registry's, not the supervisor's
+  Status stored = update.event.message.empty() ? Store(job) : StoreEvent(update.status.name, update.event);
   if (!stored.ok()) spdlog::error("head: job '{}': status not stored: {}", update.status.name, stored.ToString());
+  if (job.status.state == training::kJobSucceeded && !job.spec.output_model.empty() && model_version.empty()) {
+    RegisterOutputModel(job);
+  }
+}
+
+void JobsRegistry::RegisterOutputModel(Job& job) {
+  const std::string& model = job.spec.output_model;
+  std::string message;
+  auto newest = checkpoints_->Newest(job.spec.name);
+  if (!newest.ok()) {
+    message = "not registered as model '" + model + "': " + newest.status().ToString();
+  } else if (!newest->has_value()) {
+    message = "not registered as model '" + model + "': the job committed no checkpoint";
+  } else {
+    auto version = models_->Register(model, **newest);
+    if (version.ok()) {
+      job.status.model_version = model + ":" + std::to_string(version->version);
+      message = "registered as model " + model + " version " + std::to_string(version->version) + " (step " +
+                std::to_string(version->step) + ", " + std::to_string(version->total_bytes) + " bytes)";
+    } else {
+      message = "not registered as model '" + model + "': " + version.status().ToString();
+    }
+  }
+  Status stored = StoreEvent(job.spec.name, JobEvent{clock_->UnixMs(), job.status.state, job.status.attempt, message});
+  if (!stored.ok()) spdlog::error("head: job '{}': {}", job.spec.name, stored.ToString());
+}
+
+training::JobStatus JobsRegistry::WithQueueState(const Job& job) const {
+  training::JobStatus st = job.status;
+  if (st.state != training::kJobPending) return st;
+  auto waiting = leases_->WaitingByKey("job/" + job.spec.name + "/attempt-" + std::to_string(st.attempt + 1));
+  if (waiting) {
+    st.reason = "waiting for " + std::to_string(job.spec.workers) + " workers (queue position " +
+                std::to_string(waiting->second) + ", " + waiting->first.priority + "): " + waiting->first.reason;
+  }
+  return st;
 }
 
 void JobsRegistry::NodeJoined(const runtime::ActorRef& agent) const {
@@ -289,6 +335,30 @@ StatusOr<std::string> JobsRegistry::Resume(const std::string& name) {
   return training::JobStatusToJson(job.status);
 }
 
+StatusOr<std::string> JobsRegistry::Resubmit(const std::string& name) {
+  auto it = jobs_.find(name);
+  if (it == jobs_.end()) return NoSuchJob(name);
+  Job& job = *it->second;
+  if (!training::IsFinal(job.status.state)) {
+    return FailedPreconditionError("job '" + name + "' is " + job.status.state + "; stop it first (troupe job stop " +
+                                   name + ")");
+  }
+  // From scratch: its checkpoints go (attempts keep counting, so attempt directories never clash).
+  RETURN_IF_ERROR(checkpoints_->DeleteJob(name, CheckpointRoot(job.spec)));
+  job.status.state = training::kJobPending;
+  job.status.reason = "resubmitted";
+  job.status.user_failures = 0;
+  job.status.infra_failures = 0;
+  job.status.checkpoint_step = -1;
+  job.status.finished_unix_ms = 0;
+  job.status.model_version.clear();
+  job.status.submitted_unix_ms = clock_->UnixMs();
+  RETURN_IF_ERROR(StoreEvent(name, JobEvent{clock_->UnixMs(), training::kJobPending, job.status.attempt,
+                                            "resubmitted: starts from scratch, its checkpoints deleted"}));
+  RETURN_IF_ERROR(StartSupervisor(job, true));
+  return training::JobStatusToJson(job.status);
+}
+
 StatusOr<std::string> JobsRegistry::Delete(const std::string& name) {
   auto it = jobs_.find(name);
   if (it == jobs_.end()) return NoSuchJob(name);
@@ -321,20 +391,30 @@ StatusOr<std::string> JobsRegistry::Command(const training::JobCommand& command)
     nlohmann::json list = nlohmann::json::array();
     for (const auto& [name, job] : jobs_) {
       list.push_back({{"spec", nlohmann::json::parse(training::JobSpecToJson(job->spec))},
-                      {"status", nlohmann::json::parse(training::JobStatusToJson(job->status))}});
+                      {"status", nlohmann::json::parse(training::JobStatusToJson(WithQueueState(*job)))}});
     }
     return list.dump();
   }
   if (op == "resume") return Resume(command.name);
+  if (op == "resubmit") return Resubmit(command.name);
+  if (op == "models") {
+    ASSIGN_OR_RETURN(auto versions, models_->List(command.name));
+    if (!command.name.empty() && versions.empty()) {
+      return NotFoundError("no model named '" + command.name + "' (troupe model list shows the models)");
+    }
+    nlohmann::json list = nlohmann::json::array();
+    for (const auto& v : versions) list.push_back(nlohmann::json::parse(ModelVersionToJson(v)));
+    return list.dump();
+  }
   if (op == "delete") return Delete(command.name);
   auto it = jobs_.find(command.name);
   if (it == jobs_.end()) {
     if (op == "show" || op == "events" || op == "stop") return NoSuchJob(command.name);
     return InvalidArgumentError("unknown job operation '" + op +
-                                "' (expected submit, list, show, events, stop, resume or delete)");
+                                "' (expected submit, list, show, events, stop, resume, resubmit, delete or models)");
   }
   Job& job = *it->second;
-  if (op == "show") return JobRecord(job.spec, job.status);
+  if (op == "show") return JobRecord(job.spec, WithQueueState(job));
   if (op == "events") {
     nlohmann::json events = nlohmann::json::array();
     ASSIGN_OR_RETURN(auto txn, store_->env().BeginRead());
@@ -352,7 +432,7 @@ StatusOr<std::string> JobsRegistry::Command(const training::JobCommand& command)
     return training::JobStatusToJson(job.status);
   }
   return InvalidArgumentError("unknown job operation '" + op +
-                              "' (expected submit, list, show, events, stop, resume or delete)");
+                              "' (expected submit, list, show, events, stop, resume, resubmit, delete or models)");
 }
 
 }  // namespace troupe::cluster

@@ -16,6 +16,7 @@
 #include "cluster/head_store.h"
 #include "cluster/lease_registry.h"
 #include "cluster/membership.h"
+#include "cluster/model_registry.h"
 #include "storage/checkpoint_store.h"
 
 namespace troupe::cluster {
@@ -46,8 +47,9 @@ class JobsRegistry {
  public:
   static constexpr size_t kMaxEventsPerJob = 1000;
 
+  /// `models` (not owned): where a job with an output model registers its final checkpoint.
   JobsRegistry(const ClusterConfig& config, HeadStore* store, LeaseRegistry* leases, const NodeDirectory* nodes,
-               runtime::Runtime* runtime, const Clock* clock);
+               ModelRegistry* models, runtime::Runtime* runtime, const Clock* clock);
   ~JobsRegistry();
 
   /// Opens the tables and loads the jobs an earlier head stored. Call once the controller runs
@@ -56,7 +58,8 @@ class JobsRegistry {
   /// infrastructure fault: "the head restarted").
   Status Recover(const caf::actor& controller);
 
-  /// A client's JobCommand: submit, list, show, events, stop, resume, delete. The reply's JSON
+  /// A client's JobCommand: submit, list, show, events, stop, resume, resubmit, delete, and
+  /// models (the model repository; `name`: one model or all). The reply's JSON
   /// (docs/jobs.md), or an error: InvalidArgument (bad spec or op), AlreadyExists (a job of that
   /// name), NotFound (no such job), FailedPrecondition (an operation the job's state does not
   /// allow), ResourceExhausted (the job can never fit the cluster or its tenant's quota).
@@ -79,6 +82,12 @@ class JobsRegistry {
   StatusOr<std::string> Submit(const std::string& body);
   StatusOr<std::string> Resume(const std::string& name);
   StatusOr<std::string> Delete(const std::string& name);
+  StatusOr<std::string> Resubmit(const std::string& name);
+  // A pending job's reason from the scheduler's queue: what it waits for and its place.
+  training::JobStatus WithQueueState(const Job& job) const;
+  // A job that just succeeded with an output model: its newest checkpoint becomes the model's
+  // next version (an event says which, or why not).
+  void RegisterOutputModel(Job& job);
   // Spawns the job's supervisor; with `first` it asks for the first placement itself and fails
   // (stopping the supervisor) if the cluster can never hold the job.
   Status StartSupervisor(Job& job, bool first);
@@ -91,6 +100,7 @@ class JobsRegistry {
   HeadStore* store_;
   LeaseRegistry* leases_;
   const NodeDirectory* nodes_;
+  ModelRegistry* models_;
   runtime::Runtime* runtime_;
   const Clock* clock_;
   std::unique_ptr<Host> host_;

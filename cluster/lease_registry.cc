@@ -151,6 +151,16 @@ void LeaseRegistry::ReportLoad(const GpuReport& report) {
   }
 }
 
+std::optional<std::pair<PendingLease, size_t>> LeaseRegistry::WaitingByKey(const std::string& key) const {
+  auto known = by_key_.find(key);
+  if (key.empty() || known == by_key_.end()) return std::nullopt;
+  const SliceList list = ListSlices();
+  for (size_t i = 0; i < list.pending.size(); ++i) {
+    if (list.pending[i].lease_id == known->second) return std::make_pair(list.pending[i], i + 1);
+  }
+  return std::nullopt;
+}
+
 SliceList LeaseRegistry::ListSlices() const {
   const auto& snap = scheduler_.snapshot();
   std::map<uint32_t, std::vector<SliceLeaseInfo>> by_gpu;

@@ -80,6 +80,9 @@ class LeaseRegistry {
   void ReportLoad(const GpuReport& report);
   /// Every GPU's slices, who holds them, and the requests waiting.
   SliceList ListSlices() const;
+  /// The request waiting under `key` (LeaseRequest::key) and its place in the queue (from 1;
+  /// urgent requests first, then by arrival), or nullopt if none waits under that key.
+  std::optional<std::pair<PendingLease, size_t>> WaitingByKey(const std::string& key) const;
 
   /// Adds a joining node's CPUs, memory and GPU slices to the scheduler's snapshot, or makes a
   /// node it knows schedulable again.

@@ -30,7 +30,8 @@ using Clock = std::chrono::steady_clock;
 // (files, then the rank's marker); on resume it loads the sum of the committed step. Its final sum
 // is 1+2+...+N times (RANK+1) whatever failures it went through, if and only if it resumed from
 // a committed checkpoint of its own rank and lost or repeated no step. It paces itself with a
-// short sleep per step (STEP_SLEEP) so that a test can hit it mid-run.
+// short sleep per step (STEP_SLEEP) so that a test can hit it mid-run, and while $OUT_DIR/pause
+// exists it waits after its step (writing the step to $OUT_DIR/paused-RANK), still printing.
 constexpr const char* kTrainer = R"(#!/bin/sh
 set -e
 total=$1
@@ -48,6 +49,8 @@ while [ "$step" -lt "$total" ]; do
     : > "$d/rank-$RANK.done"
   fi
   sleep "${STEP_SLEEP:-0}"
+  while [ -f "$OUT_DIR/pause" ]; do echo "$step" > "$OUT_DIR/paused-$RANK"; echo paused; sleep 0.05; done
+  rm -f "$OUT_DIR/paused-$RANK"
 done
 echo "$sum" > "$OUT_DIR/final-$RANK"
 )";
@@ -259,6 +262,108 @@ TEST_F(Jobs, TheCliSubmitsWaitsAndShowsTheLogs) {
   auto bad_code = (*bad)->Wait(10s);
   ASSERT_TRUE(bad_code.ok());
   EXPECT_NE(*bad_code, 0);
+}
+
+TEST_F(Jobs, ASucceededJobRegistersItsFinalCheckpointAsTheNextModelVersion) {
+  training::JobSpec spec = Trainer("modeljob", 2, 6, "0");
+  spec.output_model = "sums";
+  ASSERT_TRUE(client_->SubmitJob(spec, 10s).ok());
+  training::JobStatus last;
+  ASSERT_TRUE(AwaitJob("modeljob", 60s, [](const auto& s) { return !s.model_version.empty(); }, &last))
+      << last.state << ": " << last.reason << "\n" << Events("modeljob");
+  EXPECT_EQ(last.model_version, "sums:1");
+  auto models = client_->JobCommand("models", "sums", "", 5s);
+  ASSERT_TRUE(models.ok()) << models.status();
+  auto list = nlohmann::json::parse(*models);
+  ASSERT_EQ(list.size(), 1u) << *models;
+  EXPECT_EQ(list[0]["job"], "modeljob");
+  EXPECT_EQ(list[0]["step"], 6);
+  const std::string dir = list[0]["dir"];
+  std::ifstream sum(dir + "/rank-1/sum");
+  int64_t v = 0;
+  sum >> v;
+  EXPECT_EQ(v, Expected(6, 1));
+  // Resubmitted, it runs again from scratch and becomes version 2; deleting the job keeps both.
+  ASSERT_TRUE(client_->JobCommand("resubmit", "modeljob", "", 5s).ok());
+  ASSERT_TRUE(AwaitJob("modeljob", 60s, [](const auto& s) { return s.model_version == "sums:2"; }, &last))
+      << last.state << ": " << last.reason << "\n" << Events("modeljob");
+  EXPECT_EQ(last.attempt, 2u);
+  ASSERT_TRUE(client_->JobCommand("delete", "modeljob", "", 5s).ok());
+  models = client_->JobCommand("models", "", "", 5s);
+  ASSERT_TRUE(models.ok());
+  EXPECT_EQ(nlohmann::json::parse(*models).size(), 2u);
+  EXPECT_TRUE(std::filesystem::exists(dir + "/rank-1/sum"));
+  EXPECT_EQ(client_->JobCommand("models", "nosuch", "", 5s).status().code(), StatusCode::kNotFound);
+}
+
+TEST_F(Jobs, AnUrgentJobStartsBeforeEveryWaitingNormalOne) {
+  // Each job needs the whole cluster (2 workers of 2 CPUs on 2 nodes of 2 CPUs).
+  auto whole = [this](const std::string& name, const std::string& priority) {
+    training::JobSpec spec = Trainer(name, 2, 100000, "0.05");
+    spec.resources.cpus = 2;
+    spec.priority = priority;
+    return spec;
+  };
+  ASSERT_TRUE(client_->SubmitJob(whole("hog", "normal"), 10s).ok());
+  training::JobStatus last;
+  ASSERT_TRUE(AwaitJob("hog", 60s, [](const auto& s) { return s.state == training::kJobRunning; }, &last));
+  ASSERT_TRUE(client_->SubmitJob(whole("normal", "normal"), 10s).ok());
+  ASSERT_TRUE(client_->SubmitJob(whole("urgent", "urgent"), 10s).ok());
+  auto normal = Show("normal");
+  auto urgent = Show("urgent");
+  ASSERT_TRUE(normal.ok() && urgent.ok());
+  EXPECT_EQ(normal->state, training::kJobPending);
+  EXPECT_NE(urgent->reason.find("queue position 1, urgent"), std::string::npos) << urgent->reason;
+  EXPECT_NE(normal->reason.find("queue position 2, normal"), std::string::npos) << normal->reason;
+  ASSERT_TRUE(client_->JobCommand("stop", "hog", "", 5s).ok());
+  ASSERT_TRUE(AwaitJob("urgent", 30s, [](const auto& s) { return s.state == training::kJobRunning; }, &last))
+      << last.state << ": " << last.reason;
+  normal = Show("normal");
+  ASSERT_TRUE(normal.ok());
+  EXPECT_EQ(normal->state, training::kJobPending) << "the normal job started before the urgent one";
+  ASSERT_TRUE(client_->JobCommand("stop", "urgent", "", 5s).ok());
+  ASSERT_TRUE(AwaitJob("normal", 30s, [](const auto& s) { return s.state == training::kJobRunning; }, &last))
+      << last.state << ": " << last.reason;
+  ASSERT_TRUE(client_->JobCommand("stop", "normal", "", 5s).ok());
+}
+
+TEST_F(Jobs, ACorruptedCheckpointIsSkippedWithAnEventAndTheOneBeforeIsUsed) {
+  ASSERT_TRUE(client_->SubmitJob(Trainer("corrupt", 2, 30, "0.02"), 10s).ok());
+  training::JobStatus last;
+  ASSERT_TRUE(AwaitJob("corrupt", 60s, [](const auto& s) { return s.checkpoint_step >= 6; }, &last));
+  // Both ranks wait after their step; the newest committed checkpoint is then the newest even step
+  // both have passed.
+  std::ofstream(dir_ + "/out/pause").close();
+  auto paused_at = [this](int rank) {
+    std::ifstream in(dir_ + "/out/paused-" + std::to_string(rank));
+    int step = -1;
+    in >> step;
+    return step;
+  };
+  const auto deadline = Clock::now() + 30s;
+  while ((paused_at(0) < 0 || paused_at(1) < 0) && Clock::now() < deadline) {
+  }
+  const int newest = std::min(paused_at(0), paused_at(1)) / 2 * 2;
+  ASSERT_GE(newest, 6);
+  ASSERT_TRUE(AwaitJob("corrupt", 30s, [newest](const auto& s) { return s.checkpoint_step == newest; }, &last))
+      << "newest committed " << last.checkpoint_step << ", expected " << newest;
+  {
+    std::ofstream corrupt(dir_ + "/head/checkpoints/corrupt/step-" + std::to_string(newest) + "/rank-0/sum",
+                          std::ios::app);
+    corrupt << "garbage\n";
+  }
+  ASSERT_EQ(kill(static_cast<pid_t>(last.workers[1].pid), SIGKILL), 0);
+  ASSERT_TRUE(AwaitJob("corrupt", 30s, [](const auto& s) { return s.attempt == 2 && s.state == training::kJobRunning; },
+                       &last))
+      << last.state << ": " << last.reason;
+  std::filesystem::remove(dir_ + "/out/pause");
+  ASSERT_TRUE(AwaitJob("corrupt", 60s, [](const auto& s) { return training::IsFinal(s.state); }, &last));
+  const std::string events = Events("corrupt");
+  EXPECT_EQ(last.state, training::kJobSucceeded) << events;
+  EXPECT_NE(events.find("checkpoint skipped: "), std::string::npos) << events;
+  EXPECT_NE(events.find("resuming from step " + std::to_string(newest - 2)), std::string::npos) << events;
+  EXPECT_EQ(Final(0), Expected(30, 0));
+  EXPECT_EQ(Final(1), Expected(30, 1));
 }
 
 }  // namespace
