@@ -116,8 +116,9 @@ StatusOr<uint16_t> PickFreePort(const std::string& host) {
 }
 
 WorkerLauncher::WorkerLauncher(std::string log_root,
-                               std::function<void(const StartWorker&, const WorkerExited&)> on_exit)
-    : log_root_(std::move(log_root)), on_exit_(std::move(on_exit)) {}
+                               std::function<void(const StartWorker&, const WorkerExited&)> on_exit,
+                               uint64_t max_log_bytes)
+    : log_root_(std::move(log_root)), on_exit_(std::move(on_exit)), max_log_bytes_(max_log_bytes) {}
 
 WorkerLauncher::~WorkerLauncher() { StopAll(); }
 
@@ -199,7 +200,7 @@ StatusOr<WorkerStarted> WorkerLauncher::Start(const StartWorker& request, const 
 }
 
 void WorkerLauncher::Watch(std::shared_ptr<Worker> w) {
-  RotatingLog log(w->log_path, kMaxLogFileBytes, kLogFilesKept);
+  RotatingLog log(w->log_path, max_log_bytes_, kLogFilesKept);
   const auto watchdog = std::chrono::milliseconds(w->request.watchdog_ms);
   auto last_progress = Steady::now();
   int64_t progress_mtime = ModifiedNs(w->progress_path);

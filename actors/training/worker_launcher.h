@@ -42,7 +42,9 @@ class WorkerLauncher {
 
   /// `on_exit` runs on the worker's watcher thread once per worker that ended by itself or was
   /// found hung (not for workers stopped through Stop()).
-  WorkerLauncher(std::string log_root, std::function<void(const StartWorker&, const WorkerExited&)> on_exit);
+  /// `max_log_bytes`: where a worker's log file is rotated (tests make it small).
+  WorkerLauncher(std::string log_root, std::function<void(const StartWorker&, const WorkerExited&)> on_exit,
+                 uint64_t max_log_bytes = kMaxLogFileBytes);
   /// Kills every worker's group and waits for the watcher threads.
   ~WorkerLauncher();
   /// The same, now: every worker is killed and gone when it returns (not reported).
@@ -72,6 +74,7 @@ class WorkerLauncher {
 
   const std::string log_root_;
   const std::function<void(const StartWorker&, const WorkerExited&)> on_exit_;
+  const uint64_t max_log_bytes_;
   mutable std::mutex mu_;
   std::map<Key, std::shared_ptr<Worker>> workers_;
 };
