@@ -33,6 +33,7 @@ StatusOr<std::unique_ptr<Client>> Client::Connect(const ClusterConfig& config, c
   client->head_id_ = head_id;
   client->name_ = name;
   client->config_ = config;
+  client->head_override_ = head_address;
   return client;
 }
 
@@ -54,8 +55,15 @@ StatusOr<Reply> Client::AskHead(const Msg& msg, std::chrono::milliseconds timeou
                      reply.status().code() != StatusCode::kNotFound)) {
     return reply;
   }
-  // The head may have restarted: its name leads to the new one.
-  runtime_->AddNode(head_id_, head_address_);
+  // The head may have restarted, on another port if head.port is 0 (head.address says where):
+  // its name leads to the new one.
+  if (head_override_.empty()) {
+    if (auto address = ResolveHeadAddress(config_, ""); address.ok()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      head_address_ = *address;
+    }
+  }
+  runtime_->AddNode(head_id_, head_address());
   auto again = runtime_->LookupName(head_id_, kHeadActorName, left());
   if (!again.ok() || again->id() == first.id()) return reply;
   const runtime::ActorRef fresh = *again;

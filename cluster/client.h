@@ -23,7 +23,8 @@ class Client {
   /// Connects to the head of `config`'s cluster (at `head_address` if given) with its token.
   /// Unavailable, naming the address, if the head cannot be reached within `timeout`.
   /// A request that finds the head gone (Unavailable or NotFound: it restarted) looks the head
-  /// up again and is sent once more within its timeout. Lease requests carry a key
+  /// up again (at the address head.address gives now, when head.port is 0 and no address was
+  /// given) and is sent once more within its timeout. Lease requests carry a key
   /// (LeaseRequest::key, made here if empty), so one sent again gets the lease the old head may
   /// have granted, never a second one. Leases granted before survive a head restart
   /// (docs/scheduling.md). Membership subscriptions do not: subscribe again.
@@ -71,7 +72,10 @@ class Client {
   /// The head's controller (e.g. as a supervisor's event sink), as last looked up.
   runtime::ActorRef head() const;
   runtime::Runtime& runtime() { return *runtime_; }
-  const std::string& head_address() const { return head_address_; }
+  std::string head_address() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return head_address_;
+  }
 
  private:
   Client() = default;
@@ -82,6 +86,7 @@ class Client {
   std::unique_ptr<runtime::Runtime> runtime_;
   runtime::NodeId head_id_ = 0;
   ClusterConfig config_;
+  std::string head_override_;            // the head address given to Connect (empty: from the config)
   std::string name_;                     // this client's node name, the prefix of its lease keys
   std::atomic<uint64_t> next_key_{0};
   mutable std::mutex mu_;

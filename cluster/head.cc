@@ -154,7 +154,7 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
         st.membership->Notify(record);
         st.leases->AddNodeToScheduler(record);
         st.leases->TakeBack(record.name, join.held, join.agent);
-        st.jobs->NodeJoined(join.agent);
+        st.jobs->NodeJoined(record.name, join.agent, join.workers);
         st.leases->RunScheduler();
         spdlog::info("head: node '{}' ({}) joined from {} (join #{})", record.name, record.node_id, record.address,
                      record.joins);

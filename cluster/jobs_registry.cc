@@ -107,14 +107,19 @@ Status JobsRegistry::Recover(const caf::actor& controller) {
   txn.Abort();
   for (auto& [name, job] : jobs_) {
     if (training::IsFinal(job->status.state)) continue;
-    // Its supervisor went with the earlier head; the new one stops what may still run of the job
-    // and starts it again from its newest committed checkpoint.
-    job->status.reason = "the head restarted";
-    if (job->status.attempt > 0) {
-      ++job->status.infra_failures;
-      stale_attempts_[name] = job->status.attempt;
+    // Its supervisor went with the earlier head. A running job's workers keep training: the new
+    // supervisor takes them back as their nodes rejoin (and the lease they hold, taken back by
+    // the lease registry, becomes its own). Any other job is placed and started again from its
+    // newest committed checkpoint; what may still run of it is stopped as its nodes rejoin.
+    const bool take_back = job->status.state == training::kJobRunning && job->status.attempt > 0;
+    if (!take_back) {
+      job->status.reason = "the head restarted";
+      if (job->status.attempt > 0) ++job->status.infra_failures;
     }
-    Status started = StartSupervisor(*job, false);
+    Status started = StartSupervisor(*job, false, take_back);
+    if (started.ok() && take_back && !leases_->AdoptRecovered(job->status.lease_id, runtime_->Ref(job->supervisor))) {
+      spdlog::warn("head: job '{}': its lease {} is not among those to take back", name, job->status.lease_id);
+    }
     if (!started.ok()) spdlog::error("head: job '{}' cannot be taken back: {}", name, started.ToString());
   }
   return OkStatus();
@@ -161,7 +166,7 @@ Status JobsRegistry::StoreEvent(const std::string& name, const JobEvent& event) 
   });
 }
 
-Status JobsRegistry::StartSupervisor(Job& job, bool first) {
+Status JobsRegistry::StartSupervisor(Job& job, bool first, bool take_back) {
   training::JobSupervisorInit init;
   init.spec = job.spec;
   init.status = job.status;
@@ -171,6 +176,9 @@ Status JobsRegistry::StartSupervisor(Job& job, bool first) {
   init.runtime = runtime_;
   init.clock = clock_;
   init.placement_requested = first;
+  init.take_back = take_back;
+  // The nodes rejoin within the failure timeout of the head's start (else they are dead).
+  init.take_back_timeout = 2 * config_.failure_timeout + std::chrono::milliseconds(1000);
   job.supervisor = training::SpawnJobSupervisor(runtime_->system(), std::move(init));
   if (!first) return OkStatus();
   Status placed = Place(JobPlacementRequest{job.spec, job.status.attempt + 1, job.supervisor});
@@ -274,8 +282,26 @@ training::JobStatus JobsRegistry::WithQueueState(const Job& job) const {
   return st;
 }
 
-void JobsRegistry::NodeJoined(const runtime::ActorRef& agent) const {
-  for (const auto& [name, attempt] : stale_attempts_) agent.Send(training::StopWorkers{name, attempt});
+void JobsRegistry::NodeJoined(const std::string& node, const runtime::ActorRef& agent,
+                              const std::vector<training::RunningWorker>& workers) const {
+  std::map<std::string, std::vector<training::RunningWorker>> by_job;
+  for (const auto& w : workers) by_job[w.job].push_back(w);
+  for (const auto& [name, reported] : by_job) {
+    auto it = jobs_.find(name);
+    const Job* job = it == jobs_.end() ? nullptr : it->second.get();
+    const bool live = job != nullptr && !training::IsFinal(job->status.state) && job->supervisor;
+    uint64_t stale = 0;  // the newest attempt to stop there (0: none)
+    bool current = false;
+    for (const auto& w : reported) {
+      if (live && w.attempt == job->status.attempt) {
+        current = true;
+      } else if (w.pid != 0) {
+        stale = std::max(stale, w.attempt);
+      }
+    }
+    if (stale > 0) agent.Send(training::StopWorkers{name, stale});
+    if (current) caf::anon_send(job->supervisor, training::WorkersFound{node, agent, reported});
+  }
 }
 
 void JobsRegistry::SupervisorGone(const caf::actor_addr& who) {

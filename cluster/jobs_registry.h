@@ -70,9 +70,12 @@ class JobsRegistry {
   Status Place(const JobPlacementRequest& request);
   void Release(uint64_t lease_id);
   void Record(const JobStatusUpdate& update);
-  /// A node's agent joined (again): workers of attempts that an earlier head ran, which the new
-  /// supervisors do not know, are stopped there (StopWorkers up to that attempt).
-  void NodeJoined(const runtime::ActorRef& agent) const;
+  /// A node's agent joined (again) reporting the training workers it runs (and recent exits):
+  /// those of a live job's current attempt go to its supervisor (WorkersFound: after a head
+  /// restart it takes them back); those of unknown or finished jobs, and of older attempts, are
+  /// stopped there.
+  void NodeJoined(const std::string& node, const runtime::ActorRef& agent,
+                  const std::vector<training::RunningWorker>& workers) const;
   /// The supervisor `who` ended; its job (if any) is not running any more.
   void SupervisorGone(const caf::actor_addr& who);
 
@@ -90,7 +93,8 @@ class JobsRegistry {
   void RegisterOutputModel(Job& job);
   // Spawns the job's supervisor; with `first` it asks for the first placement itself and fails
   // (stopping the supervisor) if the cluster can never hold the job.
-  Status StartSupervisor(Job& job, bool first);
+  // With `take_back`, the supervisor takes the running workers of an earlier head back.
+  Status StartSupervisor(Job& job, bool first, bool take_back = false);
   Status Store(const Job& job);
   Status StoreEvent(const std::string& name, const training::JobEvent& event);
   std::string CheckpointRoot(const training::JobSpec& spec) const;
@@ -108,9 +112,6 @@ class JobsRegistry {
   storage::TableId jobs_table_;
   storage::TableId events_table_;
   std::map<std::string, std::unique_ptr<Job>> jobs_;
-  // Jobs that were running when an earlier head stopped, and their attempt then: what may still
-  // run of them on a node is stopped when the node joins (NodeJoined).
-  std::map<std::string, uint64_t> stale_attempts_;
 };
 
 }  // namespace troupe::cluster

@@ -395,6 +395,13 @@ void LeaseRegistry::DropRecovered(const std::function<bool(uint64_t, const Lease
   }
 }
 
+bool LeaseRegistry::AdoptRecovered(uint64_t id, const runtime::ActorRef& owner) {
+  auto rec = recovered_.find(id);
+  if (rec == recovered_.end()) return false;
+  rec->second.first.owner = owner;
+  return true;
+}
+
 void LeaseRegistry::TakeBack(const std::string& node, const std::vector<AssignSlices>& held,
                              const runtime::ActorRef& agent) {
   std::set<uint64_t> reported;

@@ -64,6 +64,10 @@ class LeaseRegistry {
   /// Loads the granted leases an earlier head stored; they come back as their nodes rejoin
   /// (TakeBack). Those that used a node known to be dead end at once.
   Status Recover();
+  /// A lease of an earlier head, not taken back yet, gets a new owner (the new supervisor of
+  /// the job that held it): it is watched instead of the earlier head's owner, which is gone.
+  /// False if no such lease waits to be taken back.
+  bool AdoptRecovered(uint64_t id, const runtime::ActorRef& owner);
   /// Whether leases of an earlier head wait for their nodes.
   bool HasRecovered() const { return !recovered_.empty(); }
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "actors/training/messages.h"
 #include "runtime/actor_ref.h"
 #include "runtime/codec.h"
 #include "runtime/supervisor.h"
@@ -113,6 +114,7 @@ struct JoinRequest {
   NodeRecord node;
   runtime::ActorRef agent;
   std::vector<AssignSlices> held;  ///< the leases the agent holds now, its part of each
+  std::vector<training::RunningWorker> workers;  ///< training workers running there (and recent exits, pid 0)
 };
 struct GpuLoad {
   uint32_t index = 0;

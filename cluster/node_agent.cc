@@ -131,6 +131,9 @@ Status NodeAgent::SpawnSlices() {
           if (!started.ok()) return runtime::ToCafError(started.status());
           return std::move(*started);
         },
+        [workers](training::AdoptWorkers& adopt) -> training::WorkersAdopted {
+          return workers->Adopt(adopt.job, adopt.attempt, adopt.supervisor);
+        },
         [workers](training::StopWorkers& stop) -> training::WorkersStopped {
           return training::WorkersStopped{workers->Stop(stop.job, stop.attempt)};
         },
@@ -250,12 +253,13 @@ StatusOr<runtime::ActorRef> NodeAgent::Join(const NodeRecord& record, runtime::N
   ASSIGN_OR_RETURN(std::string address, ResolveHeadAddress(config_, head_override_));
   runtime_->AddNode(head_id, address);
   ASSIGN_OR_RETURN(runtime::ActorRef head, runtime_->LookupName(head_id, kHeadActorName, 2s));
-  JoinRequest join{record, agent_, {}};
+  JoinRequest join{record, agent_, {}, {}};
   {
     // What this node holds goes with every join: a restarted head takes it back from here.
     std::lock_guard<std::mutex> lock(slices_->mu);
     for (const auto& [id, assign] : slices_->held) join.held.push_back(assign);
   }
+  join.workers = workers_->List();
   ASSIGN_OR_RETURN(*reply, head.Request<JoinReply>(join, 5s));
   return head;
 }

@@ -3,6 +3,7 @@
 
 $import "/capnp/c++.capnp".namespace("troupe::cluster::wire");
 using Rt = import "/runtime/messages.capnp";
+using Tr = import "/actors/training/training.capnp";
 
 struct Gpu {
   name @0 :Text;
@@ -31,8 +32,11 @@ struct NodeRecord {
 }
 
 # `held`: the leases the node's agent holds now (its part of each), so that a restarted head
-# takes them back instead of handing their slices out again.
-struct JoinRequest { node @0 :NodeRecord; agent @1 :Rt.ActorAddress; held @2 :List(AssignSlices); }
+# takes them back instead of handing their slices out again; `workers`: the training jobs'
+# workers it runs (and recent exits, pid 0), which a restarted head's supervisors take back.
+struct JoinRequest {
+  node @0 :NodeRecord; agent @1 :Rt.ActorAddress; held @2 :List(AssignSlices); workers @3 :List(Tr.RunningWorker);
+}
 struct JoinReply { clusterName @0 :Text; nodeId @1 :UInt64; }
 struct ListNodes {}
 struct NodeList { clusterName @0 :Text; nodes @1 :List(NodeRecord); }

@@ -19,6 +19,7 @@ namespace {
 using tick_atom = caf::atom_constant<caf::atom("job_tick")>;
 using restart_atom = caf::atom_constant<caf::atom("job_rstrt")>;
 using quit_atom = caf::atom_constant<caf::atom("job_quit")>;
+using take_back_atom = caf::atom_constant<caf::atom("job_tkbk")>;
 
 struct SupervisorState {
   JobSupervisorInit init;
@@ -33,6 +34,13 @@ struct SupervisorState {
   std::optional<storage::CheckpointRecord> resume;
   std::unique_ptr<Backoff> backoff;
   bool ticking = false;
+  // Taking the workers of an earlier head back (JobSupervisorInit::take_back): the ranks found
+  // running, and the agents asked.
+  // Failures since the group last made progress (a committed checkpoint): the backoff's count.
+  uint32_t consecutive_failures = 0;
+  bool taking_back = false;
+  std::set<uint32_t> taken_back;
+  std::set<uint64_t> adopting_agents;
 };
 
 using Self = caf::stateful_actor<SupervisorState>;
@@ -69,6 +77,7 @@ void CommitReady(Self* self) {
       continue;
     }
     st.status.checkpoint_step = static_cast<int64_t>(step);
+    st.consecutive_failures = 0;
     Update(self, "checkpoint committed: step " + std::to_string(step) + ", " + std::to_string(record->total_bytes) +
                      " bytes");
     Status kept = st.init.checkpoints->Retain(st.status.name, st.init.checkpoint_root, st.init.spec.checkpoints.keep);
@@ -84,7 +93,9 @@ void StopGroup(Self* self) {
   if (!st.placed) return;
   st.placed = false;
   std::map<uint64_t, runtime::ActorRef> agents;  // by wire id: one StopWorkers per node
-  for (const auto& w : st.placement.workers) agents.emplace(w.agent.id(), w.agent);
+  for (const auto& w : st.placement.workers) {
+    if (w.agent.valid()) agents.emplace(w.agent.id(), w.agent);
+  }
   auto left = std::make_shared<size_t>(agents.size());
   const uint64_t lease = st.placement.lease_id;
   JobHost* host = st.init.host;
@@ -129,6 +140,7 @@ void RequestPlacement(Self* self, const std::string& why) {
 void GroupFailed(Self* self, const std::string& cause, bool infra) {
   auto& st = self->state;
   if (IsFinal(st.status.state) || st.status.state == kJobRestarting) return;
+  st.taking_back = false;
   const RestartPolicy& policy = st.init.spec.restart;
   if (infra) {
     ++st.status.infra_failures;
@@ -151,7 +163,11 @@ void GroupFailed(Self* self, const std::string& cause, bool infra) {
   }
   StopGroup(self);
   st.status.state = kJobRestarting;
-  const auto delay = st.backoff->Delay(st.status.user_failures + st.status.infra_failures);
+  // The first restart after progress is immediate (a lost worker costs only its restart);
+  // failures with no committed checkpoint in between back off, jittered and doubling.
+  ++st.consecutive_failures;
+  const auto delay = st.consecutive_failures == 1 ? std::chrono::milliseconds(0)
+                                                   : st.backoff->Delay(st.consecutive_failures - 1);
   st.status.reason = "attempt " + std::to_string(st.status.attempt) + " failed (" +
                      (infra ? "infrastructure" : "user") + "): " + cause + "; restarting in " +
                      std::to_string(delay.count()) + " ms";
@@ -160,6 +176,7 @@ void GroupFailed(Self* self, const std::string& cause, bool infra) {
 }
 
 void StartRank(Self* self, uint32_t rank);
+void StartTicking(Self* self);
 
 void AllStarted(Self* self) {
   auto& st = self->state;
@@ -253,10 +270,97 @@ void Placed(Self* self, PlacementAnswer& answer) {
                    std::to_string(st.placement.lease_id) + ")" +
                    (st.resume ? "; resuming from step " + std::to_string(st.resume->step) : "; starting fresh"));
   StartRank(self, 0);
-  if (!st.ticking) {
-    st.ticking = true;
-    self->delayed_send(self, st.init.commit_interval, tick_atom::value);
+  StartTicking(self);
+}
+
+void WorkerEnded(Self* self, const WorkerExited& exit) {
+  auto& st = self->state;
+  st.taken_back.erase(exit.rank);
+  if (exit.exit_code == 0 && exit.signal == 0 && !exit.hung) {
+    st.succeeded.insert(exit.rank);
+    if (st.taking_back || st.succeeded.size() < st.init.spec.workers) return;
+    CommitReady(self);
+    Finish(self, kJobSucceeded, "every worker exited 0");
+    return;
   }
+  const std::string node = exit.rank < st.placement.workers.size() ? st.placement.workers[exit.rank].node : "?";
+  GroupFailed(self, "rank " + std::to_string(exit.rank) + " on node '" + node + "' " + exit.reason,
+              exit.hung || exit.signal != 0);
+}
+
+void StartTicking(Self* self) {
+  auto& st = self->state;
+  if (st.ticking) return;
+  st.ticking = true;
+  self->delayed_send(self, st.init.commit_interval, tick_atom::value);
+}
+
+
+// Every rank of the attempt is accounted for: running again under this supervisor, or ended.
+void MaybeTakenBack(Self* self) {
+  auto& st = self->state;
+  if (!st.taking_back) return;
+  if (st.taken_back.size() + st.succeeded.size() < st.init.spec.workers) return;
+  st.taking_back = false;
+  st.placed = true;
+  st.status.state = kJobRunning;
+  st.status.reason.clear();
+  Update(self, "took back " + std::to_string(st.taken_back.size()) + " running workers of attempt " +
+                   std::to_string(st.status.attempt) + " after the head restarted");
+  StartTicking(self);
+  if (st.succeeded.size() == st.init.spec.workers) {
+    CommitReady(self);
+    Finish(self, kJobSucceeded, "every worker exited 0");
+  }
+}
+
+void Found(Self* self, WorkersFound& found) {
+  auto& st = self->state;
+  if (!found.agent.valid()) return;
+  if (!st.taking_back) {
+    // Not taking back: what runs there of this job and is not the group placed now is left over
+    // (an attempt this supervisor gave up on); it goes.
+    uint64_t stale = 0;
+    for (const auto& w : found.workers) {
+      if (w.pid != 0 && !(st.placed && w.attempt == st.status.attempt)) stale = std::max(stale, w.attempt);
+    }
+    if (stale > 0) found.agent.Send(StopWorkers{st.status.name, stale});
+    return;
+  }
+  if (st.adopting_agents.count(found.agent.id()) != 0) return;
+  bool ours = false;
+  for (const auto& w : found.workers) ours = ours || w.attempt == st.status.attempt;
+  if (!ours) return;
+  st.adopting_agents.insert(found.agent.id());
+  const std::string node = found.node;
+  const runtime::ActorRef agent = found.agent;
+  self->monitor(agent.handle());
+  AdoptWorkers adopt{st.status.name, st.status.attempt, st.init.runtime->Ref(caf::actor_cast<caf::actor>(self))};
+  self->request(agent.handle(), st.init.node_timeout, std::move(adopt))
+      .then(
+          [self, node, agent](WorkersAdopted& adopted) {
+            auto& st = self->state;
+            if (!st.taking_back) return;
+            for (const auto& w : adopted.running) {
+              if (w.rank >= st.placement.workers.size()) continue;
+              st.placement.workers[w.rank].node = node;
+              st.placement.workers[w.rank].agent = agent;
+              st.taken_back.insert(w.rank);
+            }
+            for (const auto& e : adopted.exited) {
+              if (e.rank >= st.placement.workers.size()) continue;
+              st.placement.workers[e.rank].node = node;
+              st.placement.workers[e.rank].agent = agent;
+              WorkerEnded(self, e);
+              if (!st.taking_back) return;  // a failure: the group restarts
+            }
+            MaybeTakenBack(self);
+          },
+          [self, node](caf::error& error) {
+            if (!self->state.taking_back) return;
+            GroupFailed(self, "node '" + node + "' did not hand back its workers: " + runtime::ToStatus(error).ToString(),
+                        true);
+          });
 }
 
 caf::behavior Supervisor(Self* self, JobSupervisorInit init) {
@@ -276,7 +380,15 @@ caf::behavior Supervisor(Self* self, JobSupervisorInit init) {
       }
     }
   });
-  if (st.init.placement_requested) {
+  if (st.init.take_back) {
+    st.taking_back = true;
+    st.placement.lease_id = st.status.lease_id;
+    st.placement.workers.assign(st.init.spec.workers, WorkerPlace{});
+    st.status.reason = "taking back " + std::to_string(st.init.spec.workers) + " workers of attempt " +
+                       std::to_string(st.status.attempt) + " after the head restarted";
+    Update(self, st.status.reason);
+    self->delayed_send(self, st.init.take_back_timeout, take_back_atom::value);
+  } else if (st.init.placement_requested) {
     st.placing = st.status.attempt + 1;
   } else {
     RequestPlacement(self, "waiting for " + std::to_string(st.init.spec.workers) + " workers' resources");
@@ -285,17 +397,19 @@ caf::behavior Supervisor(Self* self, JobSupervisorInit init) {
       [self](PlacementAnswer& answer) { Placed(self, answer); },
       [self](WorkerExited& exit) {
         auto& st = self->state;
-        if (exit.attempt != st.status.attempt || !st.placed) return;
-        if (exit.exit_code == 0 && exit.signal == 0 && !exit.hung) {
-          st.succeeded.insert(exit.rank);
-          if (st.succeeded.size() < st.init.spec.workers) return;
-          CommitReady(self);
-          Finish(self, kJobSucceeded, "every worker exited 0");
-          return;
-        }
-        const std::string node = exit.rank < st.placement.workers.size() ? st.placement.workers[exit.rank].node : "?";
-        GroupFailed(self, "rank " + std::to_string(exit.rank) + " on node '" + node + "' " + exit.reason,
-                    exit.hung || exit.signal != 0);
+        if (exit.attempt != st.status.attempt || (!st.placed && !st.taking_back)) return;
+        WorkerEnded(self, exit);
+        MaybeTakenBack(self);
+      },
+      [self](WorkersFound& found) { Found(self, found); },
+      [self](take_back_atom) {
+        auto& st = self->state;
+        if (!st.taking_back) return;
+        GroupFailed(self,
+                    "only " + std::to_string(st.taken_back.size() + st.succeeded.size()) + " of " +
+                        std::to_string(st.init.spec.workers) + " workers came back within " +
+                        std::to_string(st.init.take_back_timeout.count()) + " ms of the head's restart",
+                    true);
       },
       [self](tick_atom) {
         auto& st = self->state;

@@ -47,6 +47,14 @@ struct PlacementAnswer {
   Placement placement;
 };
 
+/// Head -> supervisor, after a head restart: a node that joined runs (or ran) workers of the
+/// job (RunningWorker, pid 0 for those that exited). A supervisor taking its job back adopts them.
+struct WorkersFound {
+  std::string node;
+  runtime::ActorRef agent;
+  std::vector<RunningWorker> workers;
+};
+
 /// Head -> supervisor: stop the job (its workers are killed, its lease released), then exit.
 struct StopJob {
   std::string reason;
@@ -79,6 +87,11 @@ struct JobSupervisorInit {
   const Clock* clock = nullptr;
   /// How often complete checkpoint steps are looked for and committed.
   std::chrono::milliseconds commit_interval{200};
+  /// The job was running when an earlier head stopped: take its workers of `status.attempt` back
+  /// as their nodes report them (WorkersFound), within `take_back_timeout`; if some never come
+  /// back, the group restarts from the newest committed checkpoint (an infrastructure fault).
+  bool take_back = false;
+  std::chrono::milliseconds take_back_timeout{5000};
   /// The head already asked for this attempt's placement (the first, at submit): the supervisor
   /// waits for its answer instead of asking.
   bool placement_requested = false;
@@ -103,3 +116,4 @@ std::vector<std::string> WorkerEnvironment(const JobSpec& spec, const Placement&
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::PlacementAnswer)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::StopJob)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::WorkersFound)

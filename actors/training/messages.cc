@@ -1,7 +1,6 @@
 // Training protocol codecs.
 #include "actors/training/messages.h"
 
-#include "actors/training/training.capnp.h"
 
 namespace troupe::training {
 
@@ -20,7 +19,41 @@ std::vector<std::string> ReadTexts(Reader in) {
   return out;
 }
 
+void FillExit(const WorkerExited& m, wire::WorkerExited::Builder b) {
+  b.setJob(m.job);
+  b.setAttempt(m.attempt);
+  b.setRank(m.rank);
+  b.setExitCode(m.exit_code);
+  b.setSignal(m.signal);
+  b.setHung(m.hung);
+  b.setReason(m.reason);
+}
+
+WorkerExited ReadExit(wire::WorkerExited::Reader in) {
+  return WorkerExited{in.getJob(), in.getAttempt(), in.getRank(), in.getExitCode(),
+                      in.getSignal(), in.getHung(), in.getReason()};
+}
+
 }  // namespace
+
+void FillRunningWorkers(const std::vector<RunningWorker>& in, capnp::List<wire::RunningWorker>::Builder out) {
+  for (size_t i = 0; i < in.size(); ++i) {
+    auto b = out[static_cast<unsigned>(i)];
+    b.setJob(in[i].job);
+    b.setAttempt(in[i].attempt);
+    b.setRank(in[i].rank);
+    b.setPid(in[i].pid);
+    b.setLogPath(in[i].log_path);
+  }
+}
+
+std::vector<RunningWorker> ReadRunningWorkers(capnp::List<wire::RunningWorker>::Reader in) {
+  std::vector<RunningWorker> out;
+  for (auto w : runtime::CheckedList(in)) {
+    out.push_back(RunningWorker{w.getJob(), w.getAttempt(), w.getRank(), w.getPid(), w.getLogPath()});
+  }
+  return out;
+}
 
 Status AddTrainingCodecs(runtime::CodecRegistry& r) {
   using runtime::RefCodec;
@@ -91,18 +124,30 @@ Status AddTrainingCodecs(runtime::CodecRegistry& r) {
       })));
   RETURN_IF_ERROR((r.Add<WorkerExited, wire::WorkerExited>(
       kWorkerExited, "training.WorkerExited",
-      [](const WorkerExited& m, wire::WorkerExited::Builder b, RefCodec&) {
+      [](const WorkerExited& m, wire::WorkerExited::Builder b, RefCodec&) { FillExit(m, b); },
+      [](wire::WorkerExited::Reader in, RefCodec&) -> StatusOr<WorkerExited> { return ReadExit(in); })));
+  RETURN_IF_ERROR((r.Add<AdoptWorkers, wire::AdoptWorkers>(
+      kAdoptWorkers, "training.AdoptWorkers",
+      [](const AdoptWorkers& m, wire::AdoptWorkers::Builder b, RefCodec& refs) {
         b.setJob(m.job);
         b.setAttempt(m.attempt);
-        b.setRank(m.rank);
-        b.setExitCode(m.exit_code);
-        b.setSignal(m.signal);
-        b.setHung(m.hung);
-        b.setReason(m.reason);
+        refs.EncodeRef(m.supervisor, b.initSupervisor());
       },
-      [](wire::WorkerExited::Reader in, RefCodec&) -> StatusOr<WorkerExited> {
-        return WorkerExited{in.getJob(),      in.getAttempt(), in.getRank(),  in.getExitCode(),
-                            in.getSignal(),   in.getHung(),    in.getReason()};
+      [](wire::AdoptWorkers::Reader in, RefCodec& refs) -> StatusOr<AdoptWorkers> {
+        return AdoptWorkers{in.getJob(), in.getAttempt(), refs.DecodeRef(in.getSupervisor())};
+      })));
+  RETURN_IF_ERROR((r.Add<WorkersAdopted, wire::WorkersAdopted>(
+      kWorkersAdopted, "training.WorkersAdopted",
+      [](const WorkersAdopted& m, wire::WorkersAdopted::Builder b, RefCodec&) {
+        FillRunningWorkers(m.running, b.initRunning(static_cast<unsigned>(m.running.size())));
+        auto exited = b.initExited(static_cast<unsigned>(m.exited.size()));
+        for (size_t i = 0; i < m.exited.size(); ++i) FillExit(m.exited[i], exited[static_cast<unsigned>(i)]);
+      },
+      [](wire::WorkersAdopted::Reader in, RefCodec&) -> StatusOr<WorkersAdopted> {
+        WorkersAdopted out;
+        out.running = ReadRunningWorkers(in.getRunning());
+        for (auto e : runtime::CheckedList(in.getExited())) out.exited.push_back(ReadExit(e));
+        return out;
       })));
   RETURN_IF_ERROR((r.Add<JobCommand, wire::JobCommand>(
       kJobCommand, "training.JobCommand",

@@ -9,6 +9,7 @@
 
 #include "common/status.h"
 #include "runtime/actor_ref.h"
+#include "actors/training/training.capnp.h"
 #include "runtime/codec.h"
 
 namespace troupe::training {
@@ -81,13 +82,37 @@ struct WorkerLogChunk {
   bool running = false;  ///< the worker still runs (more may come)
 };
 
+/// A worker as its node reports it (in a join, and to an adopting supervisor).
+struct RunningWorker {
+  std::string job;
+  uint64_t attempt = 0;
+  uint32_t rank = 0;
+  int64_t pid = 0;
+  std::string log_path;
+};
+/// Supervisor -> node agent, after a head restart: the job's workers of `attempt` report to
+/// `supervisor` from now on. Reply: WorkersAdopted.
+struct AdoptWorkers {
+  std::string job;
+  uint64_t attempt = 0;
+  runtime::ActorRef supervisor;
+};
+struct WorkersAdopted {
+  std::vector<RunningWorker> running;
+  std::vector<WorkerExited> exited;  ///< exits of that attempt that no live supervisor was told of
+};
+
 enum TrainingTypeId : uint32_t {
   kStartWorker = 1200, kWorkerStarted, kStopWorkers, kWorkersStopped, kWorkerExited, kJobCommand,
-  kJobCommandReply, kReadWorkerLog, kWorkerLogChunk,
+  kJobCommandReply, kReadWorkerLog, kWorkerLogChunk, kAdoptWorkers, kWorkersAdopted,
 };
 
 /// Registers the codecs of the training protocol.
 Status AddTrainingCodecs(runtime::CodecRegistry& registry);
+
+/// RunningWorker lists in other protocols' messages (the cluster's JoinRequest).
+void FillRunningWorkers(const std::vector<RunningWorker>& in, capnp::List<wire::RunningWorker>::Builder out);
+std::vector<RunningWorker> ReadRunningWorkers(capnp::List<wire::RunningWorker>::Reader in);
 
 }  // namespace troupe::training
 
@@ -100,3 +125,5 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::JobCommand)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::JobCommandReply)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::ReadWorkerLog)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::WorkerLogChunk)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::AdoptWorkers)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::WorkersAdopted)

@@ -268,7 +268,18 @@ void WorkerLauncher::Watch(std::shared_ptr<Worker> w) {
     }
     spdlog::info("job '{}' attempt {}: rank {} {}", exit.job, exit.attempt, exit.rank, exit.reason);
     log.Write("[troupe] worker " + exit.reason);
-    if (on_exit_) on_exit_(w->request, exit);
+    StartWorker request;
+    {
+      // Remembered for a supervisor that adopts the attempt later, and read with the supervisor
+      // that Adopt() may have changed.
+      std::lock_guard<std::mutex> lock(mu_);
+      auto& [attempt, exits] = exits_[exit.job];
+      if (attempt != exit.attempt) exits.clear();
+      attempt = exit.attempt;
+      exits.push_back(exit);
+      request = w->request;
+    }
+    if (on_exit_) on_exit_(request, exit);
   }
   // The last step: the launcher may be destroyed once the worker is out of the map, unless a
   // stopper joins this thread (then it waits for it).
@@ -276,6 +287,38 @@ void WorkerLauncher::Watch(std::shared_ptr<Worker> w) {
   auto it = workers_.find(Key{w->request.job, w->request.attempt, w->request.rank});
   if (it != workers_.end() && it->second == w) workers_.erase(it);
   if (!w->joined) w->watcher.detach();
+}
+
+std::vector<RunningWorker> WorkerLauncher::List() const {
+  std::vector<RunningWorker> out;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [key, w] : workers_) {
+    out.push_back(RunningWorker{std::get<0>(key), std::get<1>(key), std::get<2>(key), w->child->pid(), w->log_path});
+  }
+  for (const auto& [job, entry] : exits_) {
+    for (const auto& e : entry.second) {
+      if (workers_.count(Key{job, e.attempt, e.rank}) == 0) {
+        out.push_back(RunningWorker{job, e.attempt, e.rank, 0, LogPath(job, e.attempt, e.rank)});
+      }
+    }
+  }
+  return out;
+}
+
+WorkersAdopted WorkerLauncher::Adopt(const std::string& job, uint64_t attempt, const runtime::ActorRef& supervisor) {
+  WorkersAdopted out;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& [key, w] : workers_) {
+    if (std::get<0>(key) != job || std::get<1>(key) != attempt) continue;
+    w->request.supervisor = supervisor;
+    out.running.push_back(RunningWorker{job, attempt, std::get<2>(key), w->child->pid(), w->log_path});
+  }
+  if (auto it = exits_.find(job); it != exits_.end() && it->second.first == attempt) {
+    for (const auto& e : it->second.second) {
+      if (workers_.count(Key{job, attempt, e.rank}) == 0) out.exited.push_back(e);
+    }
+  }
+  return out;
 }
 
 uint32_t WorkerLauncher::Stop(const std::string& job, uint64_t up_to_attempt) {
@@ -288,6 +331,7 @@ uint32_t WorkerLauncher::Stop(const std::string& job, uint64_t up_to_attempt) {
         stopping.push_back(w);
       }
     }
+    if (auto it = exits_.find(job); it != exits_.end() && it->second.first <= up_to_attempt) exits_.erase(it);
   }
   // The watcher kills the group within kPollInterval: only it touches the child (ChildProcess is
   // not thread-safe, and a signal after its reaping could reach a process that reused the pid).

@@ -60,6 +60,13 @@ class WorkerLauncher {
   /// Kills (SIGKILL, whole process group) the job's workers of attempts up to `up_to_attempt`
   /// and waits until they are gone. Returns how many there were.
   uint32_t Stop(const std::string& job, uint64_t up_to_attempt);
+  /// The workers running now, and those of each job's newest attempt that exited since (pid 0),
+  /// as a node reports them when it joins a head.
+  std::vector<RunningWorker> List() const;
+  /// From now on the job's workers of `attempt` report their exits to `supervisor` (after a head
+  /// restart, its new supervisor takes them back). Returns those running and the exits of that
+  /// attempt seen so far (whoever was told of them).
+  WorkersAdopted Adopt(const std::string& job, uint64_t attempt, const runtime::ActorRef& supervisor);
   /// Up to `max_bytes` of a worker's current log file from `offset`. NotFound if there is no log.
   StatusOr<WorkerLogChunk> ReadLog(const ReadWorkerLog& request) const;
   /// The log file of a worker.
@@ -77,6 +84,8 @@ class WorkerLauncher {
   const uint64_t max_log_bytes_;
   mutable std::mutex mu_;
   std::map<Key, std::shared_ptr<Worker>> workers_;
+  // The exits of each job's newest attempt (job -> attempt, exits), for Adopt() and List().
+  std::map<std::string, std::pair<uint64_t, std::vector<WorkerExited>>> exits_;
 };
 
 /// A TCP port free on `host` now (bound to port 0 and closed): MASTER_PORT for a new attempt.

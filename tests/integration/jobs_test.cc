@@ -366,5 +366,27 @@ TEST_F(Jobs, ACorruptedCheckpointIsSkippedWithAnEventAndTheOneBeforeIsUsed) {
   EXPECT_EQ(Final(1), Expected(30, 1));
 }
 
+TEST_F(Jobs, AJobKeepsTrainingThroughAHeadKilledWithMinus9AndTheNewHeadTakesItsWorkersBack) {
+  ASSERT_TRUE(client_->SubmitJob(Trainer("headkill", 2, 60, "0.05"), 10s).ok());
+  training::JobStatus last;
+  ASSERT_TRUE(AwaitJob("headkill", 60s, [](const auto& s) { return s.state == training::kJobRunning && s.checkpoint_step >= 6; },
+                       &last));
+  const auto workers = last.workers;
+  const pid_t head = cluster_->pids["head"];
+  ASSERT_GT(head, 0);
+  ASSERT_EQ(kill(head, SIGKILL), 0);
+  // `troupe up` starts the head again; the nodes rejoin with their workers, which never stopped.
+  ASSERT_TRUE(AwaitJob("headkill", 60s, [](const auto& s) { return training::IsFinal(s.state); }, &last))
+      << last.state << ": " << last.reason;
+  const std::string events = Events("headkill");
+  EXPECT_EQ(last.state, training::kJobSucceeded) << events;
+  EXPECT_EQ(last.attempt, 1u) << "the job was restarted, not taken back\n" << events;
+  EXPECT_EQ(last.infra_failures, 0u) << events;
+  EXPECT_NE(events.find("took back 2 running workers of attempt 1"), std::string::npos) << events;
+  EXPECT_EQ(Final(0), Expected(60, 0));
+  EXPECT_EQ(Final(1), Expected(60, 1));
+  EXPECT_EQ(last.checkpoint_step, 60) << "checkpoints after the head restart were not committed\n" << events;
+}
+
 }  // namespace
 }  // namespace troupe
