@@ -134,8 +134,11 @@ LeaseRequest JobsRegistry::LeaseRequestOf(const JobSpec& spec, uint64_t attempt,
   LeaseRequest r;
   r.tenant = spec.tenant;
   r.count = spec.workers;
-  r.slice_memory_bytes = spec.resources.slice_memory_bytes;
-  r.compute_percent = spec.resources.compute_percent;
+  // GPU memory per worker: `slices` slices of at least `slice_memory` each (one byte: a slice of
+  // whatever size the GPU is cut into); none for a CPU-only worker.
+  const auto& res = spec.resources;
+  r.slice_memory_bytes = res.slices == 0 ? 0 : uint64_t{res.slices} * std::max<uint64_t>(res.slice_memory_bytes, 1);
+  r.compute_percent = res.slices == 0 ? 0 : res.compute_percent;
   r.cpus = spec.resources.cpus;
   r.host_memory_bytes = spec.resources.host_memory_bytes;
   r.priority = spec.priority;
@@ -315,6 +318,10 @@ StatusOr<std::string> JobsRegistry::Submit(const std::string& body) {
   RETURN_IF_ERROR(storage::ValidateCheckpointJobName(spec.name));
   if (spec.workers == 0 || spec.entry.command.empty()) {
     return InvalidArgumentError("job '" + spec.name + "': needs workers >= 1 and a command");
+  }
+  if (spec.resources.slices > 1 && spec.resources.slice_memory_bytes == 0) {
+    return InvalidArgumentError("job '" + spec.name + "': resources.slices " + std::to_string(spec.resources.slices) +
+                                " needs resources.slice_memory (the size of each slice)");
   }
   if (auto it = jobs_.find(spec.name); it != jobs_.end()) {
     return AlreadyExistsError("a job named '" + spec.name + "' exists (" + it->second->status.state +

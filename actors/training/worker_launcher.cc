@@ -188,14 +188,16 @@ StatusOr<WorkerStarted> WorkerLauncher::Start(const StartWorker& request, const 
   options.working_dir = request.working_dir;
   ASSIGN_OR_RETURN(worker->child, ChildProcess::Spawn(request.argv, options));
   started.pid = worker->child->pid();
+  // Logged before the watcher exists: the first use of spdlog's registry (a static local inside
+  // uninstrumented libspdlog) then happens before the thread's.
+  spdlog::info("job '{}' attempt {}: rank {} started (pid {}), log {}", request.job, request.attempt, request.rank,
+               started.pid, worker->log_path);
   {
     // Under the lock: the watcher's last step (detaching itself) takes it too.
     std::lock_guard<std::mutex> lock(mu_);
     workers_[key] = worker;
     worker->watcher = std::thread([this, worker] { Watch(worker); });
   }
-  spdlog::info("job '{}' attempt {}: rank {} started (pid {}), log {}", request.job, request.attempt, request.rank,
-               started.pid, worker->log_path);
   return started;
 }
 

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "actors/training/job_supervisor.h"
+#include "common/logging.h"
 
 namespace troupe::training {
 namespace {
@@ -24,6 +25,7 @@ using namespace std::chrono_literals;
 class WorkerLauncherTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    (void)InitLogging("warn");
     std::string templ = (std::filesystem::temp_directory_path() / "troupe-launcher-XXXXXX").string();
     ASSERT_NE(mkdtemp(templ.data()), nullptr);
     dir_ = templ;

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <set>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -386,6 +387,54 @@ TEST_F(Jobs, AJobKeepsTrainingThroughAHeadKilledWithMinus9AndTheNewHeadTakesItsW
   EXPECT_EQ(Final(0), Expected(60, 0));
   EXPECT_EQ(Final(1), Expected(60, 1));
   EXPECT_EQ(last.checkpoint_step, 60) << "checkpoints after the head restart were not committed\n" << events;
+}
+
+// A cluster with simulated GPUs: a job's workers get their slice's GPU and limits.
+TEST(JobsOnGpus, EachWorkerGetsItsSliceOfAGpu) {
+  (void)InitLogging("warn");
+  auto cluster = LocalCluster::Start("troupe-jobs-gpu", "jobsgpu",
+                                     "cluster:\n  name: jobsgpu\n  token: jobs-gpu-token\n  log_level: warn\n"
+                                     "head:\n  address: 127.0.0.1\n  port: 0\n  data_dir: head\n"
+                                     "nodes:\n"
+                                     "  - name: g\n    cpus: 4\n    memory: 8GiB\n"
+                                     "    gpus:\n      simulated:\n        - memory: 16GiB\n        - memory: 16GiB\n"
+                                     "    slice_memory: 4GiB\n");
+  ASSERT_NE(cluster, nullptr);
+  training::JobSpec spec;
+  spec.name = "gpujob";
+  spec.workers = 2;
+  spec.resources.slices = 2;
+  spec.resources.slice_memory_bytes = uint64_t{4} << 30;
+  spec.placement = "spread";
+  spec.entry.command = {"sh", "-c", "echo \"$CUDA_VISIBLE_DEVICES $TROUPE_SLICE_MEMORY_BYTES $TROUPE_GPU_SIMULATED\" > gpu-$RANK"};
+  spec.entry.working_dir = cluster->dir;
+  ASSERT_TRUE(cluster->client->SubmitJob(spec, 10s).ok());
+  const auto deadline = Clock::now() + 60s;
+  std::string state;
+  while (Clock::now() < deadline) {
+    auto body = cluster->client->JobCommand("show", "gpujob", "", 5s);
+    if (!body.ok()) continue;
+    state = nlohmann::json::parse(*body)["status"]["state"];
+    if (training::IsFinal(state)) break;
+  }
+  ASSERT_EQ(state, training::kJobSucceeded);
+  std::set<std::string> gpus;
+  for (int rank = 0; rank < 2; ++rank) {
+    std::ifstream in(cluster->dir + "/gpu-" + std::to_string(rank));
+    std::string gpu, memory, simulated;
+    ASSERT_TRUE(in >> gpu >> memory >> simulated) << "rank " << rank;
+    EXPECT_EQ(memory, std::to_string(uint64_t{8} << 30)) << "two 4 GiB slices";
+    EXPECT_EQ(simulated, "1");
+    gpus.insert(gpu);
+  }
+  EXPECT_EQ(gpus.size(), 2u) << "spread: one worker per GPU";
+  // Five 4 GiB slices per worker cannot fit a 16 GiB GPU: refused at submit. More than one slice
+  // without a slice size is a bad spec.
+  spec.name = "toomany";
+  spec.resources.slices = 5;
+  EXPECT_EQ(cluster->client->SubmitJob(spec, 10s).status().code(), StatusCode::kResourceExhausted);
+  spec.resources.slice_memory_bytes = 0;
+  EXPECT_EQ(cluster->client->SubmitJob(spec, 10s).status().code(), StatusCode::kInvalidArgument);
 }
 
 }  // namespace
