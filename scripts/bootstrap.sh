@@ -21,6 +21,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   prometheus iproute2
   clang libclang-rt-14-dev
+  python3-torch
 )
 
 log() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
@@ -105,21 +106,23 @@ run_tests() {
     return
   fi
   # The same unit and integration tests (bad input from hostile peers included) under
-  # AddressSanitizer and UndefinedBehaviorSanitizer; the benchmark is left out.
+  # AddressSanitizer and UndefinedBehaviorSanitizer; the benchmark is left out, and so are the
+  # end-to-end tests with PyTorch (label e2e): they run once, in the release pass above.
   build "$BUILD_DIR-asan" -DCMAKE_BUILD_TYPE=Debug -DTROUPE_ASAN=ON -DTROUPE_BUILD_BENCH=OFF
   log "running the unit and integration tests under ASan/UBSan"
   # tests/ubsan.supp names the third-party (CAF header) reports it silences, and why.
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:suppressions=$ROOT/tests/ubsan.supp \
-    ctest --test-dir "$BUILD_DIR-asan" --output-on-failure --timeout 600 -LE bench
+    ctest --test-dir "$BUILD_DIR-asan" --output-on-failure --timeout 600 -LE "bench|e2e"
   # And under ThreadSanitizer. UCX's memory-event hooks patch mmap/malloc, which TSan's
   # interceptors cannot share a process with; troupe does not use UCX memory events.
   # Tests labelled "caf" are left out: Debian's libcaf_core is not instrumented, so TSan
-  # cannot see the synchronisation inside CAF's mailboxes.
+  # cannot see the synchronisation inside CAF's mailboxes. End-to-end tests with PyTorch (label
+  # e2e) run once, in the release pass.
   build "$BUILD_DIR-tsan" -DCMAKE_BUILD_TYPE=Debug -DTROUPE_TSAN=ON -DTROUPE_BUILD_BENCH=OFF
   log "running the unit and integration tests under TSan"
   UCX_MEM_EVENTS=no UCX_MEM_MALLOC_HOOKS=no UCX_MEM_MMAP_HOOK_MODE=none TSAN_OPTIONS=halt_on_error=1 \
-    ctest --test-dir "$BUILD_DIR-tsan" --output-on-failure --timeout 900 -LE "bench|caf"
+    ctest --test-dir "$BUILD_DIR-tsan" --output-on-failure --timeout 900 -LE "bench|caf|e2e"
 }
 
 command=${1:-}
