@@ -20,6 +20,7 @@ using tick_atom = caf::atom_constant<caf::atom("job_tick")>;
 using restart_atom = caf::atom_constant<caf::atom("job_rstrt")>;
 using quit_atom = caf::atom_constant<caf::atom("job_quit")>;
 using take_back_atom = caf::atom_constant<caf::atom("job_tkbk")>;
+using replace_atom = caf::atom_constant<caf::atom("job_place")>;
 
 struct SupervisorState {
   JobSupervisorInit init;
@@ -36,6 +37,8 @@ struct SupervisorState {
   bool ticking = false;
   // Taking the workers of an earlier head back (JobSupervisorInit::take_back): the ranks found
   // running, and the agents asked.
+  // Placement requests refused in a row since the last placement (they are asked again).
+  uint32_t placement_refusals = 0;
   // Failures since the group last made progress (a committed checkpoint): the backoff's count.
   uint32_t consecutive_failures = 0;
   bool taking_back = false;
@@ -241,9 +244,21 @@ void Placed(Self* self, PlacementAnswer& answer) {
   }
   st.placing = 0;
   if (!answer.status.ok()) {
-    Finish(self, kJobFailed, "cannot be placed: " + answer.status.ToString());
+    // At submit the head refuses a job the cluster can never hold. Later the cluster may be
+    // short of nodes for a while (a restarted head before they rejoin, nodes lost): the job
+    // waits and asks again, as a Kubernetes pod stays Pending, rather than fail.
+    if (answer.status.code() != StatusCode::kResourceExhausted) {
+      Finish(self, kJobFailed, "cannot be placed: " + answer.status.ToString());
+      return;
+    }
+    const auto delay = st.backoff->Delay(++st.placement_refusals);
+    st.status.reason = "cannot be placed now (" + answer.status.message() + "); asking again in " +
+                       std::to_string(delay.count()) + " ms";
+    Update(self, st.status.reason);
+    self->delayed_send(self, delay, replace_atom::value);
     return;
   }
+  st.placement_refusals = 0;
   st.placement = std::move(answer.placement);
   st.placed = true;
   st.status.attempt = answer.attempt;
@@ -421,6 +436,12 @@ caf::behavior Supervisor(Self* self, JobSupervisorInit init) {
         if (st.status.state != kJobRestarting || attempt != st.status.attempt) return;
         RequestPlacement(self, "restarting: waiting for " + std::to_string(st.init.spec.workers) +
                                    " workers' resources");
+      },
+      [self](replace_atom) {
+        auto& st = self->state;
+        if (st.status.state != kJobPending || st.placing != 0 || st.placed) return;
+        st.placing = st.status.attempt + 1;
+        st.init.host->RequestPlacement(st.init.spec, st.placing, caf::actor_cast<caf::actor>(self));
       },
       [self](StopJob& stop) { Finish(self, kJobStopped, stop.reason.empty() ? "stopped" : stop.reason); },
       [](WorkersStopped&) {},

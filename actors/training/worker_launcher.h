@@ -88,8 +88,10 @@ class WorkerLauncher {
   std::map<std::string, std::pair<uint64_t, std::vector<WorkerExited>>> exits_;
 };
 
-/// A TCP port free on `host` now (bound to port 0 and closed): MASTER_PORT for a new attempt.
-/// Another program may take it before the worker binds it; torchrun chooses the same way.
+/// A TCP port free on `host` now (bound and closed): MASTER_PORT for a new attempt. Chosen at
+/// random below Linux's ephemeral range, so that no outgoing connection is given it before the
+/// worker binds it (torchrun binds port 0, which an outgoing connection can then take); another
+/// program binding it meanwhile is still possible.
 StatusOr<uint16_t> PickFreePort(const std::string& host);
 
 }  // namespace troupe::training

@@ -389,6 +389,30 @@ TEST_F(Jobs, AJobKeepsTrainingThroughAHeadKilledWithMinus9AndTheNewHeadTakesItsW
   EXPECT_EQ(last.checkpoint_step, 60) << "checkpoints after the head restart were not committed\n" << events;
 }
 
+TEST_F(Jobs, AJobWaitingWhenTheHeadRestartsWaitsOnForItsNodesAndRuns) {
+  // The restarted head asks for the waiting job's placement before any node has rejoined: the
+  // scheduler says no node could hold it; the job must wait, not fail.
+  training::JobSpec hog = Trainer("hog2", 2, 100000, "0.05");
+  hog.resources.cpus = 2;
+  ASSERT_TRUE(client_->SubmitJob(hog, 10s).ok());
+  training::JobStatus last;
+  ASSERT_TRUE(AwaitJob("hog2", 60s, [](const auto& s) { return s.state == training::kJobRunning; }, &last));
+  training::JobSpec waiting = Trainer("waiter", 2, 4, "0");
+  waiting.resources.cpus = 2;
+  ASSERT_TRUE(client_->SubmitJob(waiting, 10s).ok());
+  ASSERT_EQ(kill(cluster_->pids["head"], SIGKILL), 0);
+  ASSERT_TRUE(AwaitJob("hog2", 60s, [](const auto& s) { return s.reason.empty() && s.state == training::kJobRunning; },
+                       &last))
+      << last.state << ": " << last.reason << "\n" << Events("hog2");
+  auto st = Show("waiter");
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_EQ(st->state, training::kJobPending) << st->reason << "\n" << Events("waiter");
+  ASSERT_TRUE(client_->JobCommand("stop", "hog2", "", 5s).ok());
+  ASSERT_TRUE(AwaitJob("waiter", 60s, [](const auto& s) { return training::IsFinal(s.state); }, &last))
+      << last.state << ": " << last.reason;
+  EXPECT_EQ(last.state, training::kJobSucceeded) << last.reason << "\n" << Events("waiter");
+}
+
 // A cluster with simulated GPUs: a job's workers get their slice's GPU and limits.
 TEST(JobsOnGpus, EachWorkerGetsItsSliceOfAGpu) {
   (void)InitLogging("warn");
