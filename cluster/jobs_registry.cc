@@ -349,57 +349,54 @@ StatusOr<std::string> JobsRegistry::Submit(const std::string& body) {
   return training::JobStatusToJson(ref.status);
 }
 
-StatusOr<std::string> JobsRegistry::Resume(const std::string& name) {
+StatusOr<JobsRegistry::Job*> JobsRegistry::FinishedJob(const std::string& name, bool stopped_or_failed) {
   auto it = jobs_.find(name);
   if (it == jobs_.end()) return NoSuchJob(name);
   Job& job = *it->second;
-  if (job.status.state != training::kJobStopped && job.status.state != training::kJobFailed) {
-    return FailedPreconditionError("job '" + name + "' is " + job.status.state +
-                                   "; only a stopped or failed job can be resumed");
+  const std::string& state = job.status.state;
+  if (stopped_or_failed && state != training::kJobStopped && state != training::kJobFailed) {
+    return FailedPreconditionError("job '" + name + "' is " + state + "; only a stopped or failed job can be resumed");
   }
-  job.status.state = training::kJobPending;
-  job.status.reason = "resumed";
-  job.status.user_failures = 0;
-  job.status.infra_failures = 0;
-  job.status.finished_unix_ms = 0;
-  RETURN_IF_ERROR(StoreEvent(name, JobEvent{clock_->UnixMs(), training::kJobPending, job.status.attempt,
-                                            "resumed from its newest committed checkpoint"}));
-  RETURN_IF_ERROR(StartSupervisor(job, true));
-  return training::JobStatusToJson(job.status);
+  if (!training::IsFinal(state)) {
+    return FailedPreconditionError("job '" + name + "' is " + state + "; stop it first (troupe job stop " + name + ")");
+  }
+  return &job;
 }
 
-StatusOr<std::string> JobsRegistry::Resubmit(const std::string& name) {
-  auto it = jobs_.find(name);
-  if (it == jobs_.end()) return NoSuchJob(name);
-  Job& job = *it->second;
-  if (!training::IsFinal(job.status.state)) {
-    return FailedPreconditionError("job '" + name + "' is " + job.status.state + "; stop it first (troupe job stop " +
-                                   name + ")");
+StatusOr<std::string> JobsRegistry::StartAgain(const std::string& name, bool from_scratch) {
+  ASSIGN_OR_RETURN(Job * job, FinishedJob(name, /*stopped_or_failed=*/!from_scratch));
+  const JobStatus before = job->status;
+  // From scratch, its checkpoints go (attempts keep counting, so attempt directories never clash).
+  if (from_scratch) RETURN_IF_ERROR(checkpoints_->DeleteJob(name, CheckpointRoot(job->spec)));
+  JobStatus& st = job->status;
+  st.state = training::kJobPending;
+  st.reason = from_scratch ? "resubmitted" : "resumed";
+  st.user_failures = 0;
+  st.infra_failures = 0;
+  st.finished_unix_ms = 0;
+  if (from_scratch) {
+    st.checkpoint_step = -1;
+    st.model_version.clear();
+    st.submitted_unix_ms = clock_->UnixMs();
   }
-  // From scratch: its checkpoints go (attempts keep counting, so attempt directories never clash).
-  RETURN_IF_ERROR(checkpoints_->DeleteJob(name, CheckpointRoot(job.spec)));
-  job.status.state = training::kJobPending;
-  job.status.reason = "resubmitted";
-  job.status.user_failures = 0;
-  job.status.infra_failures = 0;
-  job.status.checkpoint_step = -1;
-  job.status.finished_unix_ms = 0;
-  job.status.model_version.clear();
-  job.status.submitted_unix_ms = clock_->UnixMs();
-  RETURN_IF_ERROR(StoreEvent(name, JobEvent{clock_->UnixMs(), training::kJobPending, job.status.attempt,
-                                            "resubmitted: starts from scratch, its checkpoints deleted"}));
-  RETURN_IF_ERROR(StartSupervisor(job, true));
-  return training::JobStatusToJson(job.status);
+  // As at submit: placed (or refused) first, stored only then.
+  Status started = StartSupervisor(*job, true);
+  if (started.ok()) {
+    started = StoreEvent(name, JobEvent{clock_->UnixMs(), training::kJobPending, st.attempt,
+                                        from_scratch ? "resubmitted: starts from scratch, its checkpoints deleted"
+                                                     : "resumed from its newest committed checkpoint"});
+    if (!started.ok()) caf::anon_send_exit(job->supervisor, caf::exit_reason::user_shutdown);
+  }
+  if (!started.ok()) {
+    job->status = before;
+    return started;
+  }
+  return training::JobStatusToJson(st);
 }
 
 StatusOr<std::string> JobsRegistry::Delete(const std::string& name) {
-  auto it = jobs_.find(name);
-  if (it == jobs_.end()) return NoSuchJob(name);
-  Job& job = *it->second;
-  if (!training::IsFinal(job.status.state)) {
-    return FailedPreconditionError("job '" + name + "' is " + job.status.state + "; stop it first (troupe job stop " +
-                                   name + ")");
-  }
+  ASSIGN_OR_RETURN(Job * finished, FinishedJob(name, /*stopped_or_failed=*/false));
+  Job& job = *finished;
   RETURN_IF_ERROR(checkpoints_->DeleteJob(name, CheckpointRoot(job.spec)));
   RETURN_IF_ERROR(store_->Write([&](storage::Txn& txn) {
     RETURN_IF_ERROR(txn.Delete(jobs_table_, name));
@@ -413,7 +410,7 @@ StatusOr<std::string> JobsRegistry::Delete(const std::string& name) {
     return OkStatus();
   }));
   std::string out = training::JobStatusToJson(job.status);
-  jobs_.erase(it);
+  jobs_.erase(name);
   return out;
 }
 
@@ -428,8 +425,8 @@ StatusOr<std::string> JobsRegistry::Command(const training::JobCommand& command)
     }
     return list.dump();
   }
-  if (op == "resume") return Resume(command.name);
-  if (op == "resubmit") return Resubmit(command.name);
+  if (op == "resume") return StartAgain(command.name, /*from_scratch=*/false);
+  if (op == "resubmit") return StartAgain(command.name, /*from_scratch=*/true);
   if (op == "models") {
     ASSIGN_OR_RETURN(auto versions, models_->List(command.name));
     if (!command.name.empty() && versions.empty()) {

@@ -83,9 +83,12 @@ class JobsRegistry {
   struct Job;
   class Host;
   StatusOr<std::string> Submit(const std::string& body);
-  StatusOr<std::string> Resume(const std::string& name);
   StatusOr<std::string> Delete(const std::string& name);
-  StatusOr<std::string> Resubmit(const std::string& name);
+  // Resume (from the newest committed checkpoint) or resubmit (`from_scratch`) a finished job.
+  StatusOr<std::string> StartAgain(const std::string& name, bool from_scratch);
+  // The job `name` if it is finished (with `stopped_or_failed`: stopped or failed); NotFound or
+  // FailedPrecondition saying what to do otherwise.
+  StatusOr<Job*> FinishedJob(const std::string& name, bool stopped_or_failed);
   // A pending job's reason from the scheduler's queue: what it waits for and its place.
   training::JobStatus WithQueueState(const Job& job) const;
   // A job that just succeeded with an output model: its newest checkpoint becomes the model's

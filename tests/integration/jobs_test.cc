@@ -389,6 +389,24 @@ TEST_F(Jobs, AJobKeepsTrainingThroughAHeadKilledWithMinus9AndTheNewHeadTakesItsW
   EXPECT_EQ(last.checkpoint_step, 60) << "checkpoints after the head restart were not committed\n" << events;
 }
 
+TEST_F(Jobs, AStoppedJobResumesFromItsNewestCheckpoint) {
+  ASSERT_TRUE(client_->SubmitJob(Trainer("resumable", 2, 30, "0.05"), 10s).ok());
+  training::JobStatus last;
+  ASSERT_TRUE(AwaitJob("resumable", 60s, [](const auto& s) { return s.checkpoint_step >= 6; }, &last));
+  EXPECT_EQ(client_->JobCommand("resume", "resumable", "", 5s).status().code(), StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(client_->JobCommand("stop", "resumable", "", 5s).ok());
+  ASSERT_TRUE(AwaitJob("resumable", 30s, [](const auto& s) { return s.state == training::kJobStopped; }, &last));
+  const int64_t stopped_at = last.checkpoint_step;
+  ASSERT_TRUE(client_->JobCommand("resume", "resumable", "", 5s).ok());
+  ASSERT_TRUE(AwaitJob("resumable", 60s, [](const auto& s) { return s.state == training::kJobSucceeded; }, &last))
+      << last.state << ": " << last.reason;
+  const std::string events = Events("resumable");
+  EXPECT_EQ(last.attempt, 2u);
+  EXPECT_NE(events.find("resuming from step " + std::to_string(stopped_at)), std::string::npos) << events;
+  EXPECT_EQ(Final(0), Expected(30, 0));
+  EXPECT_EQ(Final(1), Expected(30, 1));
+}
+
 TEST_F(Jobs, AJobWaitingWhenTheHeadRestartsWaitsOnForItsNodesAndRuns) {
   // The restarted head asks for the waiting job's placement before any node has rejoined: the
   // scheduler says no node could hold it; the job must wait, not fail.
