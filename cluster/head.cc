@@ -265,6 +265,12 @@ StatusOr<std::unique_ptr<Head>> Head::Start(const ClusterConfig& config) {
   // Detached: it writes LMDB (fsync) and must not hold the transport's progress thread.
   head->controller_ = head->runtime_->system().spawn<caf::detached>(Controller, std::move(init));
   RETURN_IF_ERROR(head->runtime_->RegisterName(kHeadActorName, head->runtime_->Ref(head->controller_)));
+  // A detached actor initializes on its own thread: the head is ready (and says READY) only once
+  // the controller has written the scrape list and taken back the jobs of an earlier head, which
+  // its first answer proves (READY used to come first, and a test reading the list right after
+  // READY found none under ASan).
+  auto serving = head->runtime_->Ref(head->controller_).Request<NodeList>(ListNodes{}, std::chrono::seconds(60));
+  if (!serving.ok()) return UnavailableError("the head's controller did not start: " + serving.status().ToString());
   head->address_ = head->runtime_->address();
   head->address_file_ = config.head.data_dir + "/head.address";
   RETURN_IF_ERROR(WriteFileAtomically(head->address_file_, head->address_ + "\n"));
