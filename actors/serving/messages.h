@@ -1,0 +1,127 @@
+// The serving protocol's C++ messages (type ids 1300-1399; their Cap'n Proto schema and codecs
+// are serving.capnp and messages.cc). Who sends what (docs/serving.md, "The protocol"):
+//
+//   client (HTTP gateway, bench, test) --InferenceRequest--> router --InferenceRequest--> replica
+//   replica --ResponseChunk--> request.stream_to (streamed requests only)
+//   replica --InferenceResponse (the reply)--> router --InferenceResponse--> client
+//   deployment actor --ReplicaSet--> routers (which replicas are ready, their version and weight)
+//   routers, replicas --LoadReport--> autoscaler (at least every 100 ms)
+//   autoscaler --ScaleDecision--> deployment actor
+#pragma once
+
+#include <caf/allowed_unsafe_message_type.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/actor_ref.h"
+
+namespace troupe::serving {
+
+/// One inference request. The body is the OpenAI JSON body exactly as the client sent it, so a
+/// process backend (vLLM and the like) gets it unchanged; the in-process test model reads
+/// max_tokens (and the prompt's length) from it.
+///
+/// Errors a router or replica replies with (as Status codes, docs/serving.md "Errors"):
+///   ResourceExhausted: the router's queue is full (HTTP 503 at the gateway);
+///   DeadlineExceeded: the deadline passed while queued or running (HTTP 504);
+///   FailedPrecondition: the replica refused it before starting it (draining, stopping, not
+///     ready): the router retries it once on another replica;
+///   Unavailable: the replica died while serving it (HTTP 502), or no replica exists;
+///   InvalidArgument: the body is not what the backend takes (HTTP 400).
+struct InferenceRequest {
+  /// Unique among the requests of one sender (a router numbers what it forwards itself).
+  uint64_t id = 0;
+  std::string deployment;
+  /// "/v1/chat/completions" or "/v1/completions".
+  std::string path;
+  std::string body;
+  bool stream = false;
+  /// Wall-clock deadline, Unix milliseconds (0: the router's default).
+  int64_t deadline_unix_ms = 0;
+  /// Streamed requests: where the replica sends ResponseChunks (empty: not streamed).
+  runtime::ActorRef stream_to;
+};
+
+/// Part of a streamed response: `data` is the bytes to pass to the client as they are (for the
+/// OpenAI API, whole server-sent events: "data: {...}\n\n"). Chunks of one request carry
+/// `index` 0, 1, 2, ... (the receiver can tell a gap).
+struct ResponseChunk {
+  uint64_t request_id = 0;
+  uint64_t index = 0;
+  std::string data;
+};
+
+/// The reply to an InferenceRequest: the whole body (not streamed) or empty (streamed: the body
+/// went as chunks, and this marks the end), with the usage counts.
+struct InferenceResponse {
+  uint64_t request_id = 0;
+  uint32_t http_status = 200;
+  std::string body;
+  uint32_t prompt_tokens = 0;
+  uint32_t completion_tokens = 0;
+  /// Time to first token inside the replica, microseconds (0: unknown).
+  int64_t first_token_us = 0;
+  /// The replica that served it ("deployment/version/replica-N").
+  std::string replica;
+};
+
+/// One replica as routers see it.
+struct ReplicaInfo {
+  runtime::ActorRef replica;
+  /// "deployment/version/replica-N".
+  std::string name;
+  std::string version;
+  /// The version's traffic weight (weighted routing and traffic split), >= 0.
+  double weight = 1.0;
+  /// Requests the replica may hold at once; beyond it the router queues.
+  uint32_t max_ongoing_requests = 1;
+};
+
+/// Deployment actor -> routers: the ready replicas (draining and starting ones are never listed:
+/// a router stops sending to a replica the moment a ReplicaSet without it arrives).
+/// `generation` grows with every change; a router ignores an older one.
+struct ReplicaSet {
+  std::string deployment;
+  uint64_t generation = 0;
+  std::vector<ReplicaInfo> replicas;
+};
+
+/// Router or replica -> autoscaler: its load now. The autoscaler sums the newest report of every
+/// source.
+struct LoadReport {
+  std::string deployment;
+  /// "router/<id>" or a replica's name.
+  std::string source;
+  int64_t at_unix_ms = 0;
+  /// Requests being served (at a replica) or sent and not answered (at a router).
+  uint32_t ongoing = 0;
+  /// Requests waiting at a router for a replica with room.
+  uint32_t queued = 0;
+  /// Requests completed per second since the source's previous report.
+  double completed_per_second = 0;
+};
+
+/// Autoscaler -> deployment actor: run `desired` replicas (the decision is also an event and a
+/// metric).
+struct ScaleDecision {
+  std::string deployment;
+  uint32_t desired = 0;
+  uint32_t current = 0;
+  bool panic = false;
+  std::string reason;
+};
+
+enum ServingTypeId : uint32_t {
+  kInferenceRequest = 1300, kResponseChunk, kInferenceResponse, kReplicaSet, kLoadReport, kScaleDecision,
+};
+
+}  // namespace troupe::serving
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::InferenceRequest)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ResponseChunk)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::InferenceResponse)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ReplicaSet)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::LoadReport)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ScaleDecision)
