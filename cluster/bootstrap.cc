@@ -5,6 +5,7 @@
 
 #include <fstream>
 
+#include "actors/serving/messages.h"
 #include "actors/training/messages.h"
 #include "cluster/messages.h"
 #include "runtime/node_identity.h"
@@ -44,6 +45,7 @@ runtime::CodecRegistry ClusterCodecs() {
   runtime::CodecRegistry codecs;
   Status s = AddClusterCodecs(codecs);
   if (s.ok()) s = training::AddTrainingCodecs(codecs);
+  if (s.ok()) s = serving::AddServingCodecs(codecs);
   if (!s.ok()) spdlog::critical("cluster codecs: {}", s.ToString());
   return codecs;
 }

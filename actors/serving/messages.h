@@ -15,7 +15,10 @@
 #include <string>
 #include <vector>
 
+#include "actors/serving/replica_state.h"
+#include "common/status.h"
 #include "runtime/actor_ref.h"
+#include "runtime/codec.h"
 
 namespace troupe::serving {
 
@@ -117,6 +120,76 @@ enum ServingTypeId : uint32_t {
   kInferenceRequest = 1300, kResponseChunk, kInferenceResponse, kReplicaSet, kLoadReport, kScaleDecision,
 };
 
+// ---- Replica control (type ids 1340-1359): deployment actor, routers and gateway -> replica ----
+
+/// Router or HTTP gateway -> replica: stop serving request `request_id` (the client went away).
+/// It matches the request of that id from the same sender; an anonymous CancelRequest (no
+/// sender, as ActorRef::Send sends) matches every request of that id. The replica stops
+/// producing tokens and answers the request with Cancelled. No reply; an id the replica does not
+/// hold (finished already, never arrived) is ignored.
+struct CancelRequest {
+  uint64_t request_id = 0;
+};
+
+/// Deployment actor -> replica: take no new request (they get FailedPrecondition "draining; the
+/// request did not start"), finish those in flight, then stop. Requests still in flight after
+/// `timeout_ms` (0: the replica's configured drain timeout) fail with Unavailable. Reply:
+/// DrainReply, once the replica has stopped (the asker's timeout must exceed the drain timeout;
+/// a monitor on the replica tells the same). A replica still starting stops at once.
+struct Drain {
+  int64_t timeout_ms = 0;
+};
+struct DrainReply {
+  /// Requests that ended normally while draining, and those failed at the drain timeout.
+  uint32_t finished = 0;
+  uint32_t abandoned = 0;
+};
+
+/// Deployment actor -> replica: a health check through the real request path: the replica runs
+/// a one-token request through its backend (outside max_ongoing_requests, and counted in no
+/// load), so a stuck backend fails the probe, where a plain ping would pass (Ray Serve's health
+/// check). Reply: HealthProbeReply, or DeadlineExceeded once `timeout_ms` passed (0: 1000 ms)
+/// with the probe request stopped, or the backend's error.
+struct HealthProbe {
+  int64_t timeout_ms = 0;
+};
+struct HealthProbeReply {
+  std::string replica;
+  ReplicaState state = ReplicaState::kStarting;
+  /// How long the probe request took, microseconds.
+  int64_t latency_us = 0;
+  uint32_t ongoing = 0;
+};
+
+/// Anyone -> replica: its state and counts now (reply ReplicaStatus). Answered by the actor
+/// itself, not the backend: a liveness check only.
+struct ReplicaQuery {};
+struct ReplicaStatus {
+  std::string name;
+  ReplicaState state = ReplicaState::kStarting;
+  uint32_t ongoing = 0;
+  /// Requests answered with a response, and with an error (refusals included), since it started.
+  uint64_t completed = 0;
+  uint64_t failed = 0;
+};
+
+/// Replica -> its owner (the deployment actor), at every state change; `reason` says why (empty
+/// for starting -> ready).
+struct ReplicaStateChanged {
+  std::string name;
+  ReplicaState state = ReplicaState::kStarting;
+  std::string reason;
+};
+
+enum ReplicaControlTypeId : uint32_t {
+  kCancelRequest = 1340, kDrain, kDrainReply, kHealthProbe, kHealthProbeReply, kReplicaQuery, kReplicaStatus,
+  kReplicaStateChanged,
+};
+
+/// Registers the codecs of the serving protocol (every message above). A peer's bytes that do
+/// not decode (or name an unknown replica state) give InvalidArgument, never a crash.
+Status AddServingCodecs(runtime::CodecRegistry& registry);
+
 }  // namespace troupe::serving
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::InferenceRequest)
@@ -125,3 +198,11 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::InferenceResponse)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ReplicaSet)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::LoadReport)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ScaleDecision)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::CancelRequest)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::Drain)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::DrainReply)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::HealthProbe)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::HealthProbeReply)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ReplicaQuery)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ReplicaStatus)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ReplicaStateChanged)

@@ -1,10 +1,12 @@
-// Fuzz target: every registered payload decoder (the runtime's own types and the cluster
-// protocol's) on arbitrary bytes. The first two input bytes choose the type id among those
-// registered; the rest is the payload. A decoder must return a message or InvalidArgument.
+// Fuzz target: every registered payload decoder (the runtime's own types, the cluster protocol's
+// and the serving protocol's) on arbitrary bytes. The first two input bytes choose the type id
+// among those registered; the rest is the payload. A decoder must return a message or
+// InvalidArgument.
 #include <cstddef>
 #include <cstdint>
 #include <vector>
 
+#include "actors/serving/messages.h"
 #include "cluster/messages.h"
 #include "common/buffer.h"
 #include "runtime/codec.h"
@@ -17,7 +19,10 @@ struct Registry {
   std::vector<uint32_t> type_ids;
 
   Registry() {
-    if (!codecs.AddRuntimeTypes().ok() || !troupe::cluster::AddClusterCodecs(codecs).ok()) __builtin_trap();
+    if (!codecs.AddRuntimeTypes().ok() || !troupe::cluster::AddClusterCodecs(codecs).ok() ||
+        !troupe::serving::AddServingCodecs(codecs).ok()) {
+      __builtin_trap();
+    }
     for (uint32_t id = 0; id < 100000; ++id) {
       if (codecs.Has(id)) type_ids.push_back(id);
     }

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "actors/serving/messages.h"
 #include "cluster/messages.h"
 #include "runtime/codec.h"
 #include "tests/fakes/fake_ref_codec.h"
@@ -74,7 +75,10 @@ int main(int argc, char** argv) {
   // Payloads of registered types, each prefixed with its index among the registered ids (the
   // order codec_fuzz.cc picks them in).
   runtime::CodecRegistry codecs;
-  if (!codecs.AddRuntimeTypes().ok() || !cluster::AddClusterCodecs(codecs).ok()) return 1;
+  if (!codecs.AddRuntimeTypes().ok() || !cluster::AddClusterCodecs(codecs).ok() ||
+      !serving::AddServingCodecs(codecs).ok()) {
+    return 1;
+  }
   std::vector<uint32_t> ids;
   for (uint32_t id = 0; id < 100000; ++id) {
     if (codecs.Has(id)) ids.push_back(id);
@@ -124,6 +128,21 @@ int main(int argc, char** argv) {
   grant.tenant = "team";
   seed("lease_grant", caf::make_message(grant));
   seed("assign_slices", caf::make_message(assign));
+  serving::InferenceRequest inference;
+  inference.id = 7;
+  inference.deployment = "chat";
+  inference.path = "/v1/chat/completions";
+  inference.body = R"({"messages":[{"role":"user","content":"hi"}],"stream":true})";
+  inference.stream = true;
+  inference.stream_to = runtime::ActorRef::Dangling(42, 7);
+  seed("inference_request", caf::make_message(inference));
+  serving::ReplicaSet replicas;
+  replicas.deployment = "chat";
+  replicas.generation = 3;
+  replicas.replicas = {serving::ReplicaInfo{runtime::ActorRef::Dangling(42, 8), "chat/v1/replica-0", "v1", 1.0, 4}};
+  seed("replica_set", caf::make_message(replicas));
+  serving::ReplicaStatus status{"chat/v1/replica-0", serving::ReplicaState::kReady, 1, 2, 0};
+  seed("replica_status", caf::make_message(status));
 
   // Stored records: the first byte chooses the decoder (stored_record_fuzz.cc).
   Write(dir + "/stored_record_fuzz/node_record", std::string(1, '\0') + cluster::EncodeNodeRecord(SampleNode()));

@@ -1,0 +1,168 @@
+// The serving protocol's codecs: every message comes back as it went, and what a bad peer could
+// send (truncated bytes, an unknown replica state, a list of empty records) is refused.
+#include <gtest/gtest.h>
+
+#include <caf/all.hpp>
+
+#include <cstring>
+
+#include "actors/serving/messages.h"
+#include "actors/serving/serving.capnp.h"
+#include "runtime/codec.h"
+#include "tests/fakes/fake_ref_codec.h"
+
+namespace troupe::serving {
+namespace {
+
+class ServingMessages : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(AddServingCodecs(codecs_).ok()); }
+
+  // Encodes `m`, checks its type id, decodes it again.
+  template <class T>
+  T RoundTrip(const T& m, uint32_t type_id) {
+    auto encoded = codecs_.Encode(caf::make_message(m), refs_);
+    EXPECT_TRUE(encoded.ok()) << encoded.status();
+    if (!encoded.ok()) return T{};
+    EXPECT_EQ(encoded->type_id, type_id);
+    auto decoded = codecs_.Decode(encoded->type_id, encoded->payload, refs_);
+    EXPECT_TRUE(decoded.ok()) << decoded.status();
+    if (!decoded.ok()) return T{};
+    return decoded->template get_as<T>(0);
+  }
+
+  runtime::CodecRegistry codecs_;
+  testing::FakeRefCodec refs_;
+};
+
+TEST_F(ServingMessages, RequestsChunksAndResponsesRoundTripWithTheirBytesAndRefs) {
+  InferenceRequest req;
+  req.id = 42;
+  req.deployment = "chat";
+  req.path = "/v1/chat/completions";
+  req.body = std::string("{\"model\":\"m\"}\0\xff", 15);  // any bytes survive
+  req.stream = true;
+  req.deadline_unix_ms = 1767225600123;
+  req.stream_to = runtime::ActorRef::Dangling(7, 99);
+  auto back = RoundTrip(req, kInferenceRequest);
+  EXPECT_EQ(back.id, 42u);
+  EXPECT_EQ(back.deployment, "chat");
+  EXPECT_EQ(back.path, req.path);
+  EXPECT_EQ(back.body, req.body);
+  EXPECT_TRUE(back.stream);
+  EXPECT_EQ(back.deadline_unix_ms, req.deadline_unix_ms);
+  EXPECT_EQ(back.stream_to, req.stream_to);
+
+  auto chunk = RoundTrip(ResponseChunk{42, 3, "data: {}\n\n"}, kResponseChunk);
+  EXPECT_EQ(chunk.request_id, 42u);
+  EXPECT_EQ(chunk.index, 3u);
+  EXPECT_EQ(chunk.data, "data: {}\n\n");
+
+  auto resp = RoundTrip(InferenceResponse{42, 200, "{}", 5, 16, 1234, "chat/v1/replica-0"}, kInferenceResponse);
+  EXPECT_EQ(resp.request_id, 42u);
+  EXPECT_EQ(resp.http_status, 200u);
+  EXPECT_EQ(resp.body, "{}");
+  EXPECT_EQ(resp.prompt_tokens, 5u);
+  EXPECT_EQ(resp.completion_tokens, 16u);
+  EXPECT_EQ(resp.first_token_us, 1234);
+  EXPECT_EQ(resp.replica, "chat/v1/replica-0");
+}
+
+TEST_F(ServingMessages, ReplicaSetsLoadsAndDecisionsRoundTrip) {
+  ReplicaSet set{"chat", 9, {}};
+  set.replicas.push_back(ReplicaInfo{runtime::ActorRef::Dangling(3, 4), "chat/v1/replica-0", "v1", 0.9, 4});
+  set.replicas.push_back(ReplicaInfo{});  // every field at its default: an empty ref stays empty
+  auto back = RoundTrip(set, kReplicaSet);
+  EXPECT_EQ(back.deployment, "chat");
+  EXPECT_EQ(back.generation, 9u);
+  ASSERT_EQ(back.replicas.size(), 2u);
+  EXPECT_EQ(back.replicas[0].replica, set.replicas[0].replica);
+  EXPECT_EQ(back.replicas[0].name, "chat/v1/replica-0");
+  EXPECT_EQ(back.replicas[0].version, "v1");
+  EXPECT_DOUBLE_EQ(back.replicas[0].weight, 0.9);
+  EXPECT_EQ(back.replicas[0].max_ongoing_requests, 4u);
+  EXPECT_EQ(back.replicas[1].replica.node(), 0u);
+
+  auto load = RoundTrip(LoadReport{"chat", "router/1", 1767225600000, 3, 2, 12.5}, kLoadReport);
+  EXPECT_EQ(load.source, "router/1");
+  EXPECT_EQ(load.at_unix_ms, 1767225600000);
+  EXPECT_EQ(load.ongoing, 3u);
+  EXPECT_EQ(load.queued, 2u);
+  EXPECT_DOUBLE_EQ(load.completed_per_second, 12.5);
+
+  auto decision = RoundTrip(ScaleDecision{"chat", 5, 2, true, "panic: 5 > 2 x 2"}, kScaleDecision);
+  EXPECT_EQ(decision.desired, 5u);
+  EXPECT_EQ(decision.current, 2u);
+  EXPECT_TRUE(decision.panic);
+  EXPECT_EQ(decision.reason, "panic: 5 > 2 x 2");
+}
+
+TEST_F(ServingMessages, ReplicaControlRoundTrips) {
+  EXPECT_EQ(RoundTrip(CancelRequest{77}, kCancelRequest).request_id, 77u);
+  EXPECT_EQ(RoundTrip(Drain{2500}, kDrain).timeout_ms, 2500);
+  auto drained = RoundTrip(DrainReply{3, 1}, kDrainReply);
+  EXPECT_EQ(drained.finished, 3u);
+  EXPECT_EQ(drained.abandoned, 1u);
+  EXPECT_EQ(RoundTrip(HealthProbe{300}, kHealthProbe).timeout_ms, 300);
+  auto probe = RoundTrip(HealthProbeReply{"r", ReplicaState::kDraining, 55, 2}, kHealthProbeReply);
+  EXPECT_EQ(probe.replica, "r");
+  EXPECT_EQ(probe.state, ReplicaState::kDraining);
+  EXPECT_EQ(probe.latency_us, 55);
+  EXPECT_EQ(probe.ongoing, 2u);
+  RoundTrip(ReplicaQuery{}, kReplicaQuery);
+  auto status = RoundTrip(ReplicaStatus{"r", ReplicaState::kReady, 1, 10, 2}, kReplicaStatus);
+  EXPECT_EQ(status.state, ReplicaState::kReady);
+  EXPECT_EQ(status.completed, 10u);
+  EXPECT_EQ(status.failed, 2u);
+  auto changed = RoundTrip(ReplicaStateChanged{"r", ReplicaState::kStopped, "drained"}, kReplicaStateChanged);
+  EXPECT_EQ(changed.state, ReplicaState::kStopped);
+  EXPECT_EQ(changed.reason, "drained");
+}
+
+TEST_F(ServingMessages, AnUnknownReplicaStateFromAPeerIsRefused) {
+  Buffer bytes = runtime::EncodeFlat<wire::ReplicaStatus>([](wire::ReplicaStatus::Builder b) {
+    b.setName("r");
+    b.setState(static_cast<wire::ReplicaState>(9));
+  });
+  auto decoded = codecs_.Decode(kReplicaStatus, bytes, refs_);
+  ASSERT_FALSE(decoded.ok());
+  EXPECT_EQ(decoded.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(decoded.status().message().find("unknown replica state 9"), std::string::npos) << decoded.status();
+}
+
+TEST_F(ServingMessages, TruncatedAndGarbageBytesAreRefusedNotCrashed) {
+  InferenceRequest req;
+  req.body = std::string(200, 'x');
+  auto encoded = codecs_.Encode(caf::make_message(req), refs_);
+  ASSERT_TRUE(encoded.ok()) << encoded.status();
+  for (size_t cut : {size_t{0}, size_t{8}, encoded->payload.size() / 2, encoded->payload.size() - 8}) {
+    Buffer part = Buffer::CopyOf(encoded->payload.data(), cut);
+    auto decoded = codecs_.Decode(kInferenceRequest, part, refs_);
+    ASSERT_FALSE(decoded.ok()) << "cut at " << cut;
+    EXPECT_EQ(decoded.status().code(), StatusCode::kInvalidArgument) << decoded.status();
+  }
+  std::string garbage(64, '\xff');
+  auto decoded = codecs_.Decode(kReplicaSet, reinterpret_cast<const uint8_t*>(garbage.data()), garbage.size(), refs_);
+  EXPECT_FALSE(decoded.ok());
+}
+
+TEST_F(ServingMessages, AReplicaListOfEmptyRecordsIsRefused) {
+  // A composite list claiming 100,000 zero-word records in a few words of payload: an honest
+  // encoder writes each ReplicaInfo at its full size.
+  const size_t words = 16;
+  Buffer hostile = Buffer::Allocate(words * 8);
+  std::memset(hostile.data(), 0, hostile.size());
+  uint64_t* w = reinterpret_cast<uint64_t*>(hostile.data());
+  w[0] = uint64_t{words - 1} << 32;             // one segment
+  w[1] = (uint64_t{1} << 32) | (uint64_t{2} << 48);  // root: 1 data word (generation), 2 pointers, right after
+  w[2] = 0;                                      // generation
+  w[3] = 0;                                      // deployment: null
+  w[4] = 1 | (uint64_t{7} << 32);                // replicas: composite list of 0 words, tag right after
+  w[5] = uint64_t{100000} << 2;                  // tag: 100,000 elements of 0 words
+  auto decoded = codecs_.Decode(kReplicaSet, hostile, refs_);
+  ASSERT_FALSE(decoded.ok()) << "decoded into " << decoded->get_as<ReplicaSet>(0).replicas.size() << " records";
+  EXPECT_EQ(decoded.status().code(), StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace troupe::serving
