@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cerrno>
 #include <cinttypes>
@@ -14,8 +15,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <set>
+#include <thread>
 #include <utility>
 
 #include <nlohmann/json.hpp>
@@ -29,6 +32,7 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
+// Reads of 1 MiB: the chunk is still in the core's cache when it is hashed (4 MiB measured slower).
 constexpr size_t kChunkBytes = size_t{1} << 20;
 constexpr size_t kMaxManifestBytes = size_t{64} << 20;
 constexpr int kManifestFormat = 1;
@@ -82,9 +86,15 @@ std::string Sha256Hex(std::string_view bytes) {
   return sha.HexDigest();
 }
 
-// Reads the regular file at `path` (never through a symlink) in 1 MiB chunks: its size and
-// SHA-256, and with `sync` fsyncs it. `contents`, if given, receives the bytes (small files only).
-Status HashFile(const std::string& path, bool sync, CheckpointFile* out, std::string* contents = nullptr) {
+// Reads the regular file at `path` (never through a symlink) in kChunkBytes chunks: its size
+// and SHA-256. With `sync` it first starts the writeback of the file's dirty pages
+// (sync_file_range, a hint whose failure is ignored) so that the disk writes while the bytes are
+// hashed, and at the end waits for them with fdatasync: the contents and the size are durable
+// then (fdatasync skips only metadata that reading the data does not need, such as mtime).
+// `contents`, if given, receives the bytes (small files only). A set `*stop` (another file of the
+// same commit failed) ends the read early with Cancelled.
+Status HashFile(const std::string& path, bool sync, CheckpointFile* out, std::string* contents = nullptr,
+                const std::atomic<bool>* stop = nullptr) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0 && errno == ELOOP) {
     return InvalidArgumentError(path + " is a symlink (a checkpoint holds only regular files and directories)");
@@ -97,28 +107,64 @@ Status HashFile(const std::string& path, bool sync, CheckpointFile* out, std::st
   struct stat st {};
   if (::fstat(fd, &st) != 0) return fail(IoError("stat", path, errno));
   if (!S_ISREG(st.st_mode)) return fail(InvalidArgumentError(path + " is not a regular file"));
+  if (sync) (void)::sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+  (void)::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
   Sha256 sha;
-  std::string buffer(kChunkBytes, '\0');
+  std::unique_ptr<char[]> buffer(new char[kChunkBytes]);
   uint64_t size = 0;
   for (;;) {
-    const ssize_t n = ::read(fd, buffer.data(), buffer.size());
+    if (stop != nullptr && stop->load(std::memory_order_relaxed)) {
+      return fail(CancelledError("reading " + path + " stopped: another file of the checkpoint failed"));
+    }
+    const ssize_t n = ::read(fd, buffer.get(), kChunkBytes);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return fail(IoError("read", path, errno));
     if (n == 0) break;
-    sha.Update(buffer.data(), static_cast<size_t>(n));
+    sha.Update(buffer.get(), static_cast<size_t>(n));
     size += static_cast<uint64_t>(n);
     if (contents != nullptr) {
       if (contents->size() + static_cast<size_t>(n) > kMaxManifestBytes) {
         return fail(InvalidArgumentError(path + " is larger than " + std::to_string(kMaxManifestBytes) + " bytes"));
       }
-      contents->append(buffer.data(), static_cast<size_t>(n));
+      contents->append(buffer.get(), static_cast<size_t>(n));
     }
   }
-  if (sync && ::fsync(fd) != 0) return fail(IoError("fsync", path, errno));
+  if (sync && ::fdatasync(fd) != 0) return fail(IoError("fsync", path, errno));
   ::close(fd);
   out->size = size;
   out->sha256 = sha.HexDigest();
   return OkStatus();
+}
+
+// Runs `work(i, stop)` for every i in [0, n) on a bounded pool: the calling thread and up to
+// min(hardware_concurrency, kMaxCommitThreads, n) - 1 more, each taking the next index. Once a
+// call fails, `stop` is set (calls in flight may end early; no new one starts) and the result is
+// the failure of the lowest index that did not merely stop (Cancelled from `stop`); else OK.
+// Shards are independent files: hashing several at once uses every core (SHA-256 is the CPU
+// part of a commit) and keeps several fsyncs in flight for the disk to merge.
+Status ForEachParallel(size_t n, const std::function<Status(size_t, const std::atomic<bool>&)>& work) {
+  const size_t hardware = std::max<unsigned>(1, std::thread::hardware_concurrency());
+  const size_t threads = std::min({hardware, CheckpointStore::kMaxCommitThreads, n});
+  std::vector<Status> results(n);
+  std::atomic<size_t> next{0};
+  std::atomic<bool> stop{false};
+  auto run = [&] {
+    for (size_t i; !stop.load() && (i = next.fetch_add(1)) < n;) {
+      results[i] = work(i, stop);
+      if (!results[i].ok()) stop.store(true);
+    }
+  };
+  std::vector<std::thread> pool;
+  for (size_t t = 1; t < threads; ++t) pool.emplace_back(run);
+  run();
+  for (std::thread& t : pool) t.join();
+  const Status* first_stopped = nullptr;
+  for (const Status& status : results) {
+    if (status.ok()) continue;
+    if (status.code() != StatusCode::kCancelled) return status;
+    if (first_stopped == nullptr) first_stopped = &status;
+  }
+  return first_stopped != nullptr ? *first_stopped : OkStatus();
 }
 
 Status FsyncDir(const std::string& dir) {
@@ -181,25 +227,36 @@ std::optional<uint64_t> ParseNumbered(const std::string& name, const std::string
 std::string RankDir(const std::string& step_dir, uint32_t rank) { return step_dir + "/rank-" + std::to_string(rank); }
 std::string Marker(const std::string& step_dir, uint32_t rank) { return RankDir(step_dir, rank) + ".done"; }
 
-// Adds every regular file under `dir` (its path relative to the shard is `rel` + name) to
-// `files`, checksummed and fsynced; fsyncs every directory. Refuses anything else.
-Status WalkShard(const std::string& dir, const std::string& rel, std::vector<CheckpointFile>* files) {
+// A regular file of a shard being committed: where it is, whose it is, and (once read) what the
+// manifest records of it.
+struct ShardFile {
+  std::string path;
+  uint32_t rank = 0;
+  CheckpointFile file;
+};
+
+// Adds every regular file under `dir` (rank `rank`'s; its path relative to the shard is `rel` +
+// name) to `files`, and `dir` and every directory under it to `dirs`. Refuses anything else.
+Status ListShard(const std::string& dir, const std::string& rel, uint32_t rank, std::vector<ShardFile>* files,
+                 std::vector<std::string>* dirs) {
   ASSIGN_OR_RETURN(auto entries, ListDir(dir));
+  dirs->push_back(dir);
   for (const auto& [name, kind] : entries) {
     const std::string path = dir + "/" + name;
     if (kind == Kind::kDirectory) {
-      RETURN_IF_ERROR(WalkShard(path, rel + name + "/", files));
+      RETURN_IF_ERROR(ListShard(path, rel + name + "/", rank, files, dirs));
     } else if (kind == Kind::kRegular) {
-      CheckpointFile file;
-      file.path = rel + name;
-      RETURN_IF_ERROR(HashFile(path, /*sync=*/true, &file));
+      ShardFile file;
+      file.path = path;
+      file.rank = rank;
+      file.file.path = rel + name;
       files->push_back(std::move(file));
     } else {
       return InvalidArgumentError(path + " is a symlink, device, fifo or socket: a checkpoint shard holds only " +
                                   "regular files and directories");
     }
   }
-  return FsyncDir(dir);
+  return OkStatus();
 }
 
 // The manifest: the record without what only the store knows (dir, manifest_sha256).
@@ -291,24 +348,27 @@ Status Verify(const CheckpointRecord& record, const std::string& dir) {
     return InternalError("data loss: " + manifest_path + " has SHA-256 " + manifest.sha256 + ", the record says " +
                          record.manifest_sha256);
   }
+  std::vector<std::pair<uint32_t, const CheckpointFile*>> files;  // (rank, as the manifest lists it)
   for (size_t r = 0; r < record.rank_files.size(); ++r) {
-    for (const CheckpointFile& expected : record.rank_files[r]) {
-      const std::string path = RankDir(dir, static_cast<uint32_t>(r)) + "/" + expected.path;
-      if (!IsContainedPath(expected.path)) return InternalError("the manifest names " + path + ", outside its shard");
-      struct stat st {};
-      if (::lstat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) != expected.size) {
-        return InternalError("data loss: " + path + " has " + std::to_string(st.st_size) + " bytes, the manifest says " +
-                             std::to_string(expected.size));
-      }
-      CheckpointFile actual;
-      RETURN_IF_ERROR(HashFile(path, /*sync=*/false, &actual));
-      if (actual.size != expected.size || actual.sha256 != expected.sha256) {
-        return InternalError("data loss: " + path + " has SHA-256 " + actual.sha256 + ", the manifest says " +
-                             expected.sha256);
-      }
-    }
+    for (const CheckpointFile& expected : record.rank_files[r]) files.emplace_back(static_cast<uint32_t>(r), &expected);
   }
-  return OkStatus();
+  return ForEachParallel(files.size(), [&](size_t i, const std::atomic<bool>& stop) {
+    const CheckpointFile& expected = *files[i].second;
+    const std::string path = RankDir(dir, files[i].first) + "/" + expected.path;
+    if (!IsContainedPath(expected.path)) return InternalError("the manifest names " + path + ", outside its shard");
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) != expected.size) {
+      return InternalError("data loss: " + path + " has " + std::to_string(st.st_size) + " bytes, the manifest says " +
+                           std::to_string(expected.size));
+    }
+    CheckpointFile actual;
+    RETURN_IF_ERROR(HashFile(path, /*sync=*/false, &actual, nullptr, &stop));
+    if (actual.size != expected.size || actual.sha256 != expected.sha256) {
+      return InternalError("data loss: " + path + " has SHA-256 " + actual.sha256 + ", the manifest says " +
+                           expected.sha256);
+    }
+    return OkStatus();
+  });
 }
 
 Status RemoveTree(const std::string& path) {
@@ -380,6 +440,8 @@ StatusOr<CheckpointRecord> CommitFiles(const std::string& job, const std::string
   record.world_size = world_size;
   record.unix_ms = unix_ms;
   record.dir = committed;
+  std::vector<ShardFile> files;
+  std::vector<std::string> dirs;
   for (uint32_t r = 0; r < world_size; ++r) {
     const std::string shard = RankDir(staged, r);
     ASSIGN_OR_RETURN(Kind kind, KindOf(shard));
@@ -387,10 +449,20 @@ StatusOr<CheckpointRecord> CommitFiles(const std::string& job, const std::string
     if (kind != Kind::kMissing && kind != Kind::kDirectory) {
       return InvalidArgumentError(shard + " is not a directory (a symlink?): a rank's shard must be one");
     }
-    std::vector<CheckpointFile>& files = record.rank_files.emplace_back();
-    RETURN_IF_ERROR(WalkShard(shard, "", &files));
-    std::sort(files.begin(), files.end(), [](const auto& a, const auto& b) { return a.path < b.path; });
-    for (const CheckpointFile& f : files) record.total_bytes += f.size;
+    RETURN_IF_ERROR(ListShard(shard, "", r, &files, &dirs));
+  }
+  // Every file of every shard, checksummed and durable, then every directory holding them.
+  RETURN_IF_ERROR(ForEachParallel(files.size(), [&](size_t i, const std::atomic<bool>& stop) {
+    return HashFile(files[i].path, /*sync=*/true, &files[i].file, nullptr, &stop);
+  }));
+  RETURN_IF_ERROR(ForEachParallel(dirs.size(), [&](size_t i, const std::atomic<bool>&) { return FsyncDir(dirs[i]); }));
+  record.rank_files.resize(world_size);
+  for (ShardFile& f : files) {
+    record.total_bytes += f.file.size;
+    record.rank_files[f.rank].push_back(std::move(f.file));
+  }
+  for (auto& rank_files : record.rank_files) {
+    std::sort(rank_files.begin(), rank_files.end(), [](const auto& a, const auto& b) { return a.path < b.path; });
   }
   ASSIGN_OR_RETURN(std::string manifest, Dump(ManifestJson(record), 2));
   manifest += "\n";

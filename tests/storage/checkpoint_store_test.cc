@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -92,6 +93,17 @@ class CheckpointStoreTest : public ::testing::Test {
     EXPECT_TRUE(valid.ok()) << valid.status();
     if (!valid.ok() || !*valid) return std::nullopt;
     return (*valid)->step;
+  }
+  // What a crash between the rename and the LMDB put leaves: step `step`'s record is gone.
+  void DropRecord(uint64_t step) {
+    auto table = Table<std::string, std::string>::Open(*env_, CheckpointStore::kTableName);
+    ASSERT_TRUE(table.ok());
+    auto txn = env_->BeginWrite();
+    ASSERT_TRUE(txn.ok());
+    char key[32];
+    std::snprintf(key, sizeof key, "job1/%020llu", static_cast<unsigned long long>(step));
+    ASSERT_TRUE(table->Delete(*txn, key).ok()) << key;
+    ASSERT_TRUE(txn->Commit().ok());
   }
   std::optional<uint64_t> NewestStep() {
     auto newest = store_->Newest("job1");
@@ -252,14 +264,7 @@ TEST_F(CheckpointStoreTest, NewestValidFallsBackPastACorruptedShardAndADeletedFi
 TEST_F(CheckpointStoreTest, AStepRenamedBeforeItsRecordIsCompletedByTheNextCommit) {
   const CheckpointRecord first = SaveAndCommit(10, 2);
   // The state a crash between rename and LMDB put leaves: the directory, its manifest, no record.
-  {
-    auto table = Table<std::string, std::string>::Open(*env_, CheckpointStore::kTableName);
-    ASSERT_TRUE(table.ok());
-    auto txn = env_->BeginWrite();
-    ASSERT_TRUE(txn.ok());
-    ASSERT_TRUE(table->Delete(*txn, "job1/00000000000000000010").ok());
-    ASSERT_TRUE(txn->Commit().ok());
-  }
+  DropRecord(10);
   EXPECT_EQ(NewestStep(), std::nullopt);
   auto steps = store_->CompleteSteps("job1", root_, 2, 2);
   ASSERT_TRUE(steps.ok()) << steps.status();
@@ -308,6 +313,73 @@ TEST_F(CheckpointStoreTest, ASymlinkInAShardIsRefused) {
   fs::create_directory_symlink(dir_ + "/elsewhere", StagedStep(0, 6) + "/rank-1");
   WriteAll(StagedStep(0, 6) + "/rank-1.done", "");
   EXPECT_EQ(store_->Commit("job1", root_, 0, 6, 2).status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST_F(CheckpointStoreTest, ManyShardsCommitInParallelAndOneCorruptedFileAmongThemIsNamed) {
+  // More files than kMaxCommitThreads, one of several read chunks (1 MiB each), checked when
+  // verified and when a renamed step is completed after a crash.
+  constexpr uint32_t kRanks = 12;
+  const std::string big(5u << 19, 'w');  // 2.5 MiB
+  SaveAndCommit(1);
+  auto save_all = [&](uint64_t step) {
+    for (uint32_t r = 0; r < kRanks; ++r) {
+      Save(0, step, r,
+           {{"model.bin", r == 7 ? big : "weights of rank " + std::to_string(r)},
+            {"optim/state.bin", "state " + std::to_string(r)},
+            {"meta.json", r == 9 ? "hello" : "{}"}});
+    }
+  };
+  save_all(2);
+  auto record = store_->Commit("job1", root_, 0, 2, kRanks);
+  ASSERT_TRUE(record.ok()) << record.status();
+  ASSERT_EQ(record->rank_files.size(), kRanks);
+  uint64_t total = 0;
+  for (uint32_t r = 0; r < kRanks; ++r) {
+    const auto& files = record->rank_files[r];
+    ASSERT_EQ(files.size(), 3u) << "rank " << r;
+    EXPECT_EQ(files[0].path, "meta.json");
+    EXPECT_EQ(files[1].path, "model.bin");
+    EXPECT_EQ(files[2].path, "optim/state.bin");
+    EXPECT_EQ(files[2].size, ("state " + std::to_string(r)).size());
+    for (const auto& f : files) total += f.size;
+  }
+  EXPECT_EQ(record->total_bytes, total);
+  EXPECT_EQ(record->rank_files[7][1].size, big.size());
+  EXPECT_EQ(record->rank_files[9][0].sha256, kHelloSha256);
+  std::vector<std::string> fallbacks;
+  EXPECT_EQ(NewestValidStep(&fallbacks), 2u);
+  EXPECT_TRUE(fallbacks.empty());
+
+  // One byte flipped in the third chunk of rank 7's model: step 2 is skipped, naming the file.
+  const std::string corrupted = record->dir + "/rank-7/model.bin";
+  std::string bytes = ReadAll(corrupted);
+  bytes[(2u << 20) + 5] ^= 0x01;
+  WriteAll(corrupted, bytes);
+  EXPECT_EQ(NewestValidStep(&fallbacks), 1u);
+  ASSERT_EQ(fallbacks.size(), 1u);
+  EXPECT_NE(fallbacks[0].find("step 2"), std::string::npos) << fallbacks[0];
+  EXPECT_NE(fallbacks[0].find(corrupted), std::string::npos) << fallbacks[0];
+  EXPECT_NE(fallbacks[0].find("SHA-256"), std::string::npos) << fallbacks[0];
+
+  // A renamed step without a record (a crash before it) with the same corruption is not
+  // completed: the commit names the file and records nothing.
+  save_all(3);
+  ASSERT_TRUE(store_->Commit("job1", root_, 0, 3, kRanks).ok());
+  DropRecord(3);
+  const std::string corrupted3 = root_ + "/step-3/rank-7/model.bin";
+  WriteAll(corrupted3, bytes);
+  auto adopted = store_->Commit("job1", root_, 0, 3, kRanks);
+  EXPECT_EQ(adopted.status().code(), StatusCode::kInternal) << adopted.status();
+  EXPECT_NE(adopted.status().message().find("data loss: " + corrupted3), std::string::npos) << adopted.status();
+  EXPECT_EQ(ListedSteps(), (std::vector<uint64_t>{1, 2}));
+
+  // A symlink in one shard of many refuses the whole step, naming it.
+  save_all(4);
+  fs::create_symlink(dir_ + "/nowhere", StagedStep(0, 4) + "/rank-10/optim/link.bin");
+  auto refused = store_->Commit("job1", root_, 0, 4, kRanks);
+  EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument) << refused.status();
+  EXPECT_NE(refused.status().message().find("rank-10/optim/link.bin"), std::string::npos) << refused.status();
+  EXPECT_EQ(ListedSteps(), (std::vector<uint64_t>{1, 2}));
 }
 
 TEST_F(CheckpointStoreTest, BadJobNamesAreRefused) {
