@@ -1,26 +1,24 @@
 // YamlReader and the size and duration syntax of troupe's YAML files.
 #include "runtime/yaml_reader.h"
 
+#include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
+
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <optional>
+#include <system_error>
 
 namespace troupe::runtime {
 
 namespace {
-
-std::string FormatDuration(std::chrono::milliseconds d) {
-  const int64_t ms = d.count();
-  if (ms % 3600000 == 0 && ms > 0) return std::to_string(ms / 3600000) + "h";
-  if (ms % 60000 == 0 && ms > 0) return std::to_string(ms / 60000) + "m";
-  if (ms % 1000 == 0 && ms > 0) return std::to_string(ms / 1000) + "s";
-  return std::to_string(ms) + "ms";
-}
 
 // A plain decimal number at the start of `text`: digits with at most one '.', at least one
 // digit ("4096", "1.5", ".5", "2."). No sign, exponent, hex, inf or nan. `*used` is how many
@@ -64,6 +62,13 @@ ConfigError YamlError(const std::string& source, const YAML::Exception& e, const
 }
 
 bool Absent(const YAML::Node& node) { return !node.IsDefined() || node.IsNull(); }
+
+bool IsLowerAlnum(char ch) { return (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9'); }
+
+bool IsExecutableFile(const std::string& path) {
+  struct stat st {};
+  return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && access(path.c_str(), X_OK) == 0;
+}
 
 }  // namespace
 
@@ -217,6 +222,178 @@ bool YamlReader::Duration(const YAML::Node& node, const std::string& field, std:
   return Bounded(node, field, "a duration such as 100ms or 1s", ParseDuration, max, FormatDuration, out);
 }
 
+bool YamlReader::Bool(const YAML::Node& node, const std::string& field, bool* out) {
+  if (Absent(node)) return true;
+  if (node.IsScalar() && (node.Scalar() == "true" || node.Scalar() == "false")) {
+    *out = node.Scalar() == "true";
+    return true;
+  }
+  Error(node, field, "expected true or false" + (node.IsScalar() ? ", got '" + node.Scalar() + "'" : std::string()));
+  return false;
+}
+
+bool YamlReader::Number(const YAML::Node& node, const std::string& field, double min, double max, double* out) {
+  if (Absent(node)) return true;
+  if (!node.IsScalar()) {
+    Error(node, field, "expected a number");
+    return false;
+  }
+  const std::string& s = node.Scalar();
+  size_t used = 0;
+  const std::optional<double> value = ParseDecimal(s, &used);
+  if (!value || used != s.size()) {
+    Error(node, field, "expected a number such as 2 or 0.5, got '" + s + "'");
+    return false;
+  }
+  if (*value < min || *value > max) {
+    Error(node, field, "must be between " + fmt::format("{}", min) + " and " + fmt::format("{}", max) + ", got " + s);
+    return false;
+  }
+  *out = *value;
+  return true;
+}
+
+bool YamlReader::DnsLabel(const YAML::Node& node, const std::string& field, std::string* out) {
+  std::string name;
+  if (!String(node, field, &name)) return false;
+  if (name.empty()) return true;
+  if (!IsDnsLabel(name)) {
+    Error(node, field,
+          "'" + name + "' is not a valid name: lower-case letters, digits and '-', at most 63, starting and "
+          "ending with a letter or digit");
+    return false;
+  }
+  *out = name;
+  return true;
+}
+
+bool YamlReader::WorkingDir(const YAML::Node& node, const std::string& field, const std::string& base_dir,
+                            std::string* out) {
+  *out = base_dir;
+  std::string dir;
+  if (!String(node, field, &dir)) return false;
+  if (dir.empty()) return true;
+  *out = AbsolutePath(base_dir, dir);
+  struct stat st {};
+  if (stat(out->c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    Error(node, field, "no such directory: " + *out);
+    return false;
+  }
+  return true;
+}
+
+bool YamlReader::Command(const YAML::Node& node, const std::string& field, const std::string& working_dir,
+                         std::vector<std::string>* out) {
+  if (!StringList(node, field, out)) return false;
+  if (out->empty()) {
+    Error(node, field, "must not be empty (the program and its arguments)");
+    return false;
+  }
+  return Program(node[0], field, out->front(), working_dir);
+}
+
+// argv[0] must be there to run: a path (relative to the working directory) to an executable
+// file, or a name found in PATH, as execvp looks it up.
+bool YamlReader::Program(const YAML::Node& node, const std::string& field, const std::string& program,
+                         const std::string& working_dir) {
+  if (program.empty()) {
+    Error(node, field, "the program (the first item) is empty");
+    return false;
+  }
+  if (program.find('/') != std::string::npos) {
+    const std::string path = AbsolutePath(working_dir, program);
+    struct stat st {};
+    if (stat(path.c_str(), &st) != 0) {
+      Error(node, field, "no such file: " + path);
+      return false;
+    }
+    if (!IsExecutableFile(path)) {
+      Error(node, field, path + " is not executable" + (S_ISDIR(st.st_mode) ? " (a directory)" : ""));
+      return false;
+    }
+    return true;
+  }
+  const char* env_path = std::getenv("PATH");
+  const std::string search = env_path != nullptr ? env_path : "";
+  for (size_t start = 0; start <= search.size();) {
+    size_t end = search.find(':', start);
+    if (end == std::string::npos) end = search.size();
+    // An empty entry is the current directory, as for execvp.
+    const std::string dir = search.substr(start, end - start);
+    if (IsExecutableFile(AbsolutePath(working_dir, dir.empty() ? "." : dir) + "/" + program)) return true;
+    start = end + 1;
+  }
+  Error(node, field,
+        "'" + program + "' not found in PATH (" + (search.empty() ? "unset" : search) + "); give its path");
+  return false;
+}
+
+bool YamlReader::Environment(const YAML::Node& node, const std::string& field,
+                             std::map<std::string, std::string>* out) {
+  if (Absent(node)) return true;
+  if (!CheckKeys(node, field, nullptr)) return false;
+  std::set<std::string> seen;
+  bool ok = true;
+  for (const auto& kv : node) {
+    if (!kv.first.IsScalar()) continue;  // reported by CheckKeys
+    const std::string name = kv.first.Scalar();
+    const std::string item = field + "." + name;
+    if (!seen.insert(name).second) continue;  // a duplicate, reported by CheckKeys
+    if (!IsEnvName(name)) {
+      Error(kv.first, item, "not a variable name (letters, digits and '_', not starting with a digit)");
+      ok = false;
+      continue;
+    }
+    std::string value;
+    if (String(kv.second, item, &value) && Expand(kv.second, item, &value)) {
+      (*out)[name] = value;
+    } else {
+      ok = false;
+    }
+  }
+  return ok;
+}
+
+// `${VAR}` in `*text` -> VAR's value in this process's environment; `$${` -> a literal `${`.
+// False (every unset variable named) when one cannot be expanded.
+bool YamlReader::Expand(const YAML::Node& node, const std::string& field, std::string* text) {
+  const std::string& in = *text;
+  std::string out;
+  bool ok = true;
+  for (size_t i = 0; i < in.size();) {
+    if (in.compare(i, 3, "$${") == 0) {
+      out += "${";
+      i += 3;
+      continue;
+    }
+    if (in.compare(i, 2, "${") != 0) {
+      out += in[i++];
+      continue;
+    }
+    const size_t close = in.find('}', i + 2);
+    if (close == std::string::npos) {
+      Error(node, field, "unterminated ${ in '" + in + "' (write $${ for a literal ${)");
+      return false;
+    }
+    const std::string name = in.substr(i + 2, close - i - 2);
+    const char* value = IsEnvName(name) ? std::getenv(name.c_str()) : nullptr;
+    if (!IsEnvName(name)) {
+      Error(node, field, "'${" + name + "}' does not name a variable (write $${ for a literal ${)");
+      ok = false;
+    } else if (value == nullptr) {
+      Error(node, field,
+            "environment variable " + name + " is not set (set it, or write $${" + name + "} for a literal ${" + name +
+                "})");
+      ok = false;
+    } else {
+      out += value;
+    }
+    i = close + 1;
+  }
+  *text = std::move(out);
+  return ok;
+}
+
 template <class T, class Parse, class Format>
 bool YamlReader::Bounded(const YAML::Node& node, const std::string& field, const char* example, Parse parse, T max,
                          Format format, T* out) {
@@ -246,6 +423,42 @@ std::string FormatBytes(uint64_t bytes) {
     ++u;
   }
   return std::to_string(bytes) + kUnits[u];
+}
+
+std::string FormatDuration(std::chrono::milliseconds duration) {
+  const int64_t ms = duration.count();
+  if (ms % 3600000 == 0 && ms > 0) return std::to_string(ms / 3600000) + "h";
+  if (ms % 60000 == 0 && ms > 0) return std::to_string(ms / 60000) + "m";
+  if (ms % 1000 == 0 && ms > 0) return std::to_string(ms / 1000) + "s";
+  return std::to_string(ms) + "ms";
+}
+
+bool IsDnsLabel(const std::string& s) {
+  if (s.empty() || s.size() > 63 || !IsLowerAlnum(s.front()) || !IsLowerAlnum(s.back())) return false;
+  for (char ch : s) {
+    if (!IsLowerAlnum(ch) && ch != '-') return false;
+  }
+  return true;
+}
+
+bool IsEnvName(const std::string& s) {
+  if (s.empty() || (s[0] >= '0' && s[0] <= '9')) return false;
+  for (char ch : s) {
+    if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '_')) return false;
+  }
+  return true;
+}
+
+std::string AbsolutePath(const std::string& base, const std::string& path) {
+  std::string s = (std::filesystem::path(base) / path).lexically_normal().string();
+  if (s.size() > 1 && s.back() == '/') s.pop_back();
+  return s;
+}
+
+std::string AbsoluteDir(const std::string& dir) {
+  std::error_code ec;
+  const std::filesystem::path cwd = std::filesystem::current_path(ec);
+  return AbsolutePath(ec ? "/" : cwd.string(), dir.empty() ? "/" : dir);
 }
 
 StatusOr<uint64_t> ParseSize(const std::string& text) {

@@ -1,4 +1,4 @@
-// YamlReader: strict reading of troupe's YAML files (the cluster file, job specs): every problem
+// YamlReader: strict reading of troupe's YAML files (the cluster file, job and deployment specs): every problem
 // is recorded with file, line, column and field, and reading goes on where it can.
 #pragma once
 
@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -86,12 +87,38 @@ class YamlReader {
   /// A duration (ParseDuration) of at most `max`.
   bool Duration(const YAML::Node& node, const std::string& field, std::chrono::milliseconds max,
                 std::chrono::milliseconds* out);
+  /// `true` or `false` (YAML 1.2's booleans; not yes/no/on/off, which YAML 1.1 took for them).
+  bool Bool(const YAML::Node& node, const std::string& field, bool* out);
+  /// A plain decimal number ("2", "0.5", "1.5"; no sign, exponent, inf or nan) in [min, max].
+  bool Number(const YAML::Node& node, const std::string& field, double min, double max, double* out);
+  /// An optional name: a DNS label (IsDnsLabel). An empty string leaves `*out` as it is.
+  bool DnsLabel(const YAML::Node& node, const std::string& field, std::string* out);
+
+  // For specs that start programs (job and deployment specs): a command, its working directory
+  // and its environment.
+
+  /// `*out` = `base_dir` (absolute), or the directory the node names, taken relative to
+  /// `base_dir` and made absolute; it must be a directory on this host.
+  bool WorkingDir(const YAML::Node& node, const std::string& field, const std::string& base_dir, std::string* out);
+  /// A command (argv as a list of strings; the caller says when it is missing): not empty, and
+  /// argv[0] runnable as execvp would look it up: a path with a '/' (relative to `working_dir`)
+  /// to an executable file, or a bare name found in PATH.
+  bool Command(const YAML::Node& node, const std::string& field, const std::string& working_dir,
+               std::vector<std::string>* out);
+  /// A mapping of environment variable names ([A-Za-z_][A-Za-z0-9_]*) to strings, with `${VAR}`
+  /// in the values expanded from this process's environment (an unset VAR is an error naming
+  /// it; `$${` is a literal `${`; any other `$` stays as it is).
+  bool Environment(const YAML::Node& node, const std::string& field, std::map<std::string, std::string>* out);
 
  private:
   // A scalar read by `parse` (ParseSize, ParseDuration), at most `max` (written by `format`).
   template <class T, class Parse, class Format>
   bool Bounded(const YAML::Node& node, const std::string& field, const char* example, Parse parse, T max,
                Format format, T* out);
+
+  bool Program(const YAML::Node& node, const std::string& field, const std::string& program,
+               const std::string& working_dir);
+  bool Expand(const YAML::Node& node, const std::string& field, std::string* text);
 
   std::string source_;
   std::vector<ConfigError> errors_;
@@ -106,6 +133,17 @@ StatusOr<uint64_t> ParseSize(const std::string& text);
 StatusOr<std::chrono::milliseconds> ParseDuration(const std::string& text);
 /// 8589934592 -> "8GiB": the largest binary unit that divides it exactly.
 std::string FormatBytes(uint64_t bytes);
+/// 60000 ms -> "1m", 1500 ms -> "1500ms": the largest unit (h, m, s, ms) that divides it exactly.
+std::string FormatDuration(std::chrono::milliseconds duration);
+
+/// A DNS label (RFC 1123, as Kubernetes names objects): [a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?
+bool IsDnsLabel(const std::string& s);
+/// An environment variable's name: [A-Za-z_][A-Za-z0-9_]*
+bool IsEnvName(const std::string& s);
+/// `path` made absolute against the directory `base` (itself absolute), without "." and "..".
+std::string AbsolutePath(const std::string& base, const std::string& path);
+/// `dir` made absolute against the current directory ("" is the root: BaseDir("/spec.yaml")).
+std::string AbsoluteDir(const std::string& dir);
 
 /// The text of the file at `path`, at most `max_bytes` of it; InvalidArgument naming `what`
 /// ("cluster config") and the path when it cannot be read or is longer.
