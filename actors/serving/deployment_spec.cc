@@ -67,12 +67,6 @@ class Rules {
       Name("name", spec.name);
     }
     if (spec.tenant.empty()) report_("tenant", "must not be empty");
-    const auto& policies = RoutingPolicyNames();
-    if (std::find(policies.begin(), policies.end(), spec.routing) == policies.end()) {
-      std::string list;
-      for (const auto& name : policies) list += (list.empty() ? "" : ", ") + name;
-      report_("routing", "expected one of " + list + "; got '" + spec.routing + "'");
-    }
     Versions(spec);
     Replicas(spec.autoscaling);
     Autoscaling(spec.autoscaling);
@@ -299,8 +293,17 @@ class DeploymentSpecReader : public runtime::YamlReader {
     if (const YAML::Node a = Section(root, "autoscaling", "autoscaling", kAutoscalingKeys); Given(a)) {
       Autoscaling(a, &spec->autoscaling);
     }
-    Field(root, "routing", "routing",
-         [&](auto& n, auto& f) { return OneOf(n, f, RoutingPolicyNames(), &spec->routing); });
+    Field(root, "routing", "routing", [&](auto& n, auto& f) {
+      std::string name;
+      if (!String(n, f, &name) || name.empty()) return true;
+      auto policy = ParseRoutingPolicy(name);
+      if (!policy.ok()) {
+        Error(n, f, policy.status().message());
+        return false;
+      }
+      spec->routing = *policy;
+      return true;
+    });
     U32(root, "max_ongoing_requests", "max_ongoing_requests", &spec->max_ongoing_requests);
     U32(root, "max_queued_requests", "max_queued_requests", &spec->max_queued_requests);
     Time(root, "request_timeout", "request_timeout", &spec->request_timeout);
@@ -575,6 +578,7 @@ struct JsonWriter {
     out[key] = value;
   }
   void operator()(const char* key, const milliseconds& d) { out[key] = runtime::FormatDuration(d); }
+  void operator()(const char* key, const RoutingPolicyKind& kind) { out[key] = RoutingPolicyName(kind); }
   void operator()(const char* key, const CountOrPercent& a) {
     out[key] = a.percent ? json(a.ToString()) : json(a.value);
   }
@@ -598,6 +602,12 @@ struct JsonReader {
     auto parsed = runtime::ParseDuration(in.at(key).get<std::string>());
     if (!parsed.ok()) throw std::invalid_argument(std::string(key) + ": " + parsed.status().message());
     d = *parsed;
+  }
+  void operator()(const char* key, RoutingPolicyKind& kind) {
+    if (!in.contains(key)) return;
+    auto parsed = ParseRoutingPolicy(in.at(key).get<std::string>());
+    if (!parsed.ok()) throw std::invalid_argument(std::string(key) + ": " + parsed.status().message());
+    kind = *parsed;
   }
   void operator()(const char* key, CountOrPercent& a) {
     if (!in.contains(key)) return;
@@ -732,12 +742,6 @@ VersionSpec VersionFrom(const json& in) {
 }
 
 }  // namespace
-
-const std::vector<std::string>& RoutingPolicyNames() {
-  static const std::vector<std::string> kNames = {"round_robin", "random", "weighted", "least_outstanding",
-                                                  "power_of_two_choices"};
-  return kNames;
-}
 
 const char* BackendKindName(BackendKind kind) { return kind == BackendKind::kTest ? "test" : "process"; }
 

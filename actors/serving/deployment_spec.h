@@ -10,14 +10,11 @@
 #include <vector>
 
 #include "actors/serving/autoscaling_config.h"
+#include "actors/serving/routing_policy.h"
 #include "common/status.h"
 #include "runtime/yaml_reader.h"
 
 namespace troupe::serving {
-
-/// The routing policies a spec may name (routing_policy.h implements them): "round_robin",
-/// "random", "weighted", "least_outstanding", "power_of_two_choices".
-const std::vector<std::string>& RoutingPolicyNames();
 
 /// What one replica of a version needs (the head's scheduler places each replica on a node
 /// that has it). The same meanings and bounds as a training job's worker resources.
@@ -162,11 +159,10 @@ struct DeploymentSpec {
   /// The `replicas` section fills min_replicas, max_replicas, initial_replicas; the
   /// `autoscaling` section the rest. With min == max the deployment does not autoscale.
   AutoscalingConfig autoscaling;
-  /// How a router picks a replica, one of RoutingPolicyNames(): the version first by the
-  /// versions' weights, then a ready replica of it with room (fewer than max_ongoing_requests in
-  /// flight). Power of two choices (Mitzenmacher 2001) is Ray Serve's default router: two
-  /// replicas at random, the one with fewer requests in flight.
-  std::string routing = "power_of_two_choices";
+  /// How a router picks a replica with room (fewer than max_ongoing_requests in flight;
+  /// routing_policy.h). Power of two choices (Mitzenmacher 2001) is Ray Serve's default router:
+  /// two replicas at random, the one with fewer requests in flight.
+  RoutingPolicyKind routing = RoutingPolicyKind::kPowerOfTwoChoices;
   /// Requests in flight at one replica at most (Ray Serve's max_ongoing_requests, default 5
   /// since Ray 2.32, which leaves room above its target of 2 per replica for the autoscaler to
   /// see load before the router queues). At least autoscaling.target_ongoing_requests.
@@ -218,8 +214,8 @@ StatusOr<DeploymentSpec> ParseDeploymentSpec(const std::string& text, const std:
 Status ValidateDeploymentSpec(const DeploymentSpec& spec);
 
 /// The spec as JSON (`troupe serve show --json`, the head's records): durations as text ("60s",
-/// "100ms"), sizes in bytes, the backend by its name, max_surge and max_unavailable as "25%" or a
-/// number.
+/// "100ms"), sizes in bytes, the backend and the routing policy by their names, max_surge and
+/// max_unavailable as "25%" or a number.
 std::string DeploymentSpecToJson(const DeploymentSpec& spec);
 /// DeploymentSpecToJson's output back; a key left out takes its default. InvalidArgument when
 /// it is not such JSON or the spec breaks a rule (ValidateDeploymentSpec).

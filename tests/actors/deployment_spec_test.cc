@@ -182,7 +182,7 @@ class DeploymentSpecTest : public testing::Test {
     EXPECT_DOUBLE_EQ(a.max_scale_down_rate, 4);
     EXPECT_EQ(a.scale_down_delay, std::chrono::minutes(1));
     EXPECT_EQ(a.scale_to_zero_grace, std::chrono::seconds(45));
-    EXPECT_EQ(spec.routing, "least_outstanding");
+    EXPECT_EQ(spec.routing, RoutingPolicyKind::kLeastOutstanding);
     EXPECT_EQ(spec.max_ongoing_requests, 8u);
     EXPECT_EQ(spec.max_queued_requests, 250u);
     EXPECT_EQ(spec.request_timeout, std::chrono::minutes(2));
@@ -245,7 +245,7 @@ TEST_F(DeploymentSpecTest, WhatIsLeftOutTakesItsDefault) {
   EXPECT_EQ(spec.autoscaling.panic_window, autoscaling.panic_window);
   EXPECT_EQ(spec.autoscaling.tick, autoscaling.tick);
   EXPECT_DOUBLE_EQ(spec.autoscaling.target_ongoing_requests, autoscaling.target_ongoing_requests);
-  EXPECT_EQ(spec.routing, "power_of_two_choices");
+  EXPECT_EQ(spec.routing, RoutingPolicyKind::kPowerOfTwoChoices);
   EXPECT_EQ(spec.max_ongoing_requests, 5u) << "Ray Serve's default since 2.32";
   EXPECT_EQ(spec.max_queued_requests, 1000u);
   EXPECT_EQ(spec.request_timeout, std::chrono::minutes(5));
@@ -341,8 +341,8 @@ TEST_F(DeploymentSpecTest, AValueOfTheWrongTypeIsRefused) {
   ExpectError(kMinimal + "health_check: {probe_request_path: yes}\n",
               "svc.yaml:5:36: health_check.probe_request_path: expected true or false, got 'yes'");
   ExpectError(kMinimal + "routing: fastest\n",
-              "svc.yaml:5:10: routing: expected one of round_robin, random, weighted, least_outstanding, "
-              "power_of_two_choices; got 'fastest'");
+              "svc.yaml:5:10: routing: unknown routing policy 'fastest': use round_robin, random, weighted, "
+              "least_outstanding or power_of_two_choices");
   ExpectError("name: e\nversions: {name: v1}\n",
               "svc.yaml:2:11: versions: expected a list of versions, such as [{name: v1, backend: {test: {}}}]");
   ExpectError("name: e\nversions: [v1]\n", "svc.yaml:2:12: versions[0]: expected a mapping of keys");
@@ -523,8 +523,8 @@ TEST_F(DeploymentSpecTest, EveryProblemIsListedAtOnce) {
   std::vector<std::string> lines;
   for (const auto& e : errors) lines.push_back(e.ToString());
   EXPECT_EQ(lines, (std::vector<std::string>{
-                       "svc.yaml:5:10: routing: expected one of round_robin, random, weighted, least_outstanding, "
-                       "power_of_two_choices; got 'fastest'",
+                       "svc.yaml:5:10: routing: unknown routing policy 'fastest': use round_robin, random, "
+                       "weighted, least_outstanding or power_of_two_choices",
                        "svc.yaml:7:22: rollout.max_surge: expected a number of replicas or a percentage, such as 1 or "
                        "25%, got 'x'",
                        "svc.yaml:8:17: replicas.min: must not be above replicas.max (1), got 2",
@@ -574,7 +574,6 @@ TEST(DeploymentSpecInCode, TheSameRulesHoldForASpecBuiltInCode) {
 
   spec.versions[0].resources.slices = 4;
   spec.autoscaling.min_replicas = 3;
-  spec.routing = "fastest";
   spec.versions.push_back(spec.versions[0]);
   spec.versions[1].name = "v2";
   spec.versions[1].backend = BackendKind::kProcess;
@@ -583,8 +582,6 @@ TEST(DeploymentSpecInCode, TheSameRulesHoldForASpecBuiltInCode) {
   ASSERT_EQ(status.code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(status.message(),
             "deployment spec echo:\n"
-            "routing: expected one of round_robin, random, weighted, least_outstanding, power_of_two_choices; got "
-            "'fastest'\n"
             "versions[v1].resources.slice_memory: required when slices is above 1 (the scheduler places slices x "
             "slice_memory on one GPU)\n"
             "versions[v2].backend.process.command: missing (the server and its arguments, such as [vllm, serve, "
@@ -596,9 +593,17 @@ TEST(DeploymentSpecInCode, TheSameRulesHoldForASpecBuiltInCode) {
             "nor remove a replica");
 }
 
-TEST(DeploymentSpecInCode, RoutingPolicyNamesAreTheFiveDocumented) {
-  EXPECT_EQ(RoutingPolicyNames(), (std::vector<std::string>{"round_robin", "random", "weighted", "least_outstanding",
-                                                            "power_of_two_choices"}));
+TEST(DeploymentSpecInCode, TheRoutingPolicyRoundTripsThroughJsonByName) {
+  DeploymentSpec spec;
+  spec.name = "echo";
+  spec.versions.resize(1);
+  spec.versions[0].name = "v1";
+  spec.routing = RoutingPolicyKind::kWeighted;
+  const std::string json = DeploymentSpecToJson(spec);
+  EXPECT_NE(json.find(R"("routing":"weighted")"), std::string::npos) << json;
+  auto back = DeploymentSpecFromJson(json);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->routing, RoutingPolicyKind::kWeighted);
 }
 
 }  // namespace
