@@ -174,7 +174,7 @@ Decision AutoscalerPolicy::Decide(TimePoint now, uint32_t current_replicas) {
     d.panic = true;
     ScaleReason panic_why = ScaleReason::kPanic;
     uint32_t panic_want = limited(d.panic_replicas, panic_why);
-    if (panic_want > want) {
+    if (panic_want >= want) {  // a tie is panic's too: without panic a burst waits for the stable window
       want = panic_want;
       why = panic_why;
     }

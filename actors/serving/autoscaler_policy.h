@@ -33,7 +33,7 @@ struct Load {
 enum class ScaleReason {
   kNoData,            ///< nothing observed yet: the current count, within the bounds
   kStable,            ///< the stable window's average against the target per replica
-  kPanic,             ///< the panic window asked for more, or panic holds the highest count it asked for
+  kPanic,             ///< panicking: the panic window asked for at least the stable one, or panic holds its highest count
   kScaleUpLimit,      ///< capped at max_scale_up_rate x current
   kScaleDownLimit,    ///< held at current / max_scale_down_rate
   kScaleDownDelay,    ///< a higher decision within scale_down_delay still holds

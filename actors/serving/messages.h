@@ -118,6 +118,7 @@ struct ScaleDecision {
 
 enum ServingTypeId : uint32_t {
   kInferenceRequest = 1300, kResponseChunk, kInferenceResponse, kReplicaSet, kLoadReport, kScaleDecision,
+  kReplicaCount,
 };
 
 // ---- Replica control (type ids 1340-1359): deployment actor, routers and gateway -> replica ----
@@ -190,6 +191,15 @@ enum ReplicaControlTypeId : uint32_t {
 /// not decode (or name an unknown replica state) give InvalidArgument, never a crash.
 Status AddServingCodecs(runtime::CodecRegistry& registry);
 
+/// Deployment actor -> its autoscaler, after every change of the count: the replicas the
+/// deployment runs now, starting and ready ones (draining and stopped ones do not count: they
+/// serve nothing new). Scale decisions compare against it. It never leaves the process (the
+/// autoscaler runs beside its deployment actor), so it has no codec.
+struct ReplicaCount {
+  std::string deployment;
+  uint32_t current = 0;
+};
+
 }  // namespace troupe::serving
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::InferenceRequest)
@@ -206,3 +216,4 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::HealthProbeReply)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ReplicaQuery)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ReplicaStatus)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ReplicaStateChanged)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ReplicaCount)
