@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "actors/serving/autoscaler_policy.h"
 #include "actors/serving/deployment_spec.h"
 
 namespace troupe::serving {
@@ -198,7 +199,13 @@ class DeploymentSpecTest : public testing::Test {
   std::string dir_;
 };
 
-TEST_F(DeploymentSpecTest, AFullSpecReadsEveryField) { ExpectFull(Parse(kFull)); }
+TEST_F(DeploymentSpecTest, AFullSpecReadsEveryField) {
+  const DeploymentSpec spec = Parse(kFull);
+  ExpectFull(spec);
+  // The spec's rules are at least as strict as what the autoscaler's policy needs.
+  EXPECT_TRUE(ValidateAutoscalingConfig(spec.autoscaling).ok()) << ValidateAutoscalingConfig(spec.autoscaling);
+  EXPECT_TRUE(ValidateAutoscalingConfig(Parse(kMinimal + "replicas: {min: 0, max: 3}\n").autoscaling).ok());
+}
 
 TEST_F(DeploymentSpecTest, AFullSpecRoundTripsThroughJson) {
   const DeploymentSpec spec = Parse(kFull);
