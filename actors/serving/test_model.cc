@@ -178,12 +178,16 @@ StatusOr<TestRequest> ParseTestRequest(const std::string& path, const std::strin
   out.prompt_tokens = CountWords(out.prompt);
   ASSIGN_OR_RETURN(out.max_tokens, MaxTokens(j, config));
   if (j.contains("stream") && !j["stream"].is_null()) {
-    if (!j["stream"].is_boolean()) return InvalidArgumentError("stream: must be true or false, got " + Describe(j["stream"]));
+    if (!j["stream"].is_boolean()) {
+      return InvalidArgumentError("stream: must be true or false, got " + Describe(j["stream"]));
+    }
     out.stream = j["stream"].get<bool>();
   }
   if (j.contains("stream_options") && !j["stream_options"].is_null()) {
     const Json& options = j["stream_options"];
-    if (!options.is_object()) return InvalidArgumentError("stream_options: must be an object, got " + Describe(options));
+    if (!options.is_object()) {
+      return InvalidArgumentError("stream_options: must be an object, got " + Describe(options));
+    }
     if (!out.stream) return InvalidArgumentError("stream_options: only allowed when stream is true");
     if (options.contains("include_usage")) {
       if (!options["include_usage"].is_boolean()) {

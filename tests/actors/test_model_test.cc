@@ -142,7 +142,8 @@ TEST(TestModel, TokensFollowTheFirstTokenLatencyAndTheRate) {
 TEST(TestModel, ResponsesHaveTheOpenAIShapes) {
   const ResponseMeta meta{ResponseId(ApiKind::kChat, 0xab), 1767225600};
   EXPECT_EQ(meta.id, "chatcmpl-00000000000000ab");
-  TestRequest chat = Parse(kChatPath, R"({"model":"m","messages":[{"role":"user","content":"hi you"}],"max_tokens":3})");
+  TestRequest chat =
+      Parse(kChatPath, R"({"model":"m","messages":[{"role":"user","content":"hi you"}],"max_tokens":3})");
   Json body = Json::parse(CompletionBody(chat, meta, {"a", " b", " c"}));
   EXPECT_EQ(body["id"], meta.id);
   EXPECT_EQ(body["object"], "chat.completion");
