@@ -302,7 +302,14 @@ void JobsRegistry::NodeJoined(const std::string& node, const runtime::ActorRef& 
         stale = std::max(stale, w.attempt);
       }
     }
-    if (stale > 0) agent.Send(training::StopWorkers{name, stale});
+    if (!live) {
+      // The job runs no more: its workers, exited or not, and its standbys there go.
+      uint64_t newest = 0;
+      for (const auto& w : reported) newest = std::max(newest, w.attempt);
+      agent.Send(training::StopWorkers{name, newest, /*final=*/true});
+    } else if (stale > 0) {
+      agent.Send(training::StopWorkers{name, stale});
+    }
     if (current) caf::anon_send(job->supervisor, training::WorkersFound{node, agent, reported});
   }
 }

@@ -135,7 +135,7 @@ Status NodeAgent::SpawnSlices() {
           return workers->Adopt(adopt.job, adopt.attempt, adopt.supervisor);
         },
         [workers](training::StopWorkers& stop) -> training::WorkersStopped {
-          return training::WorkersStopped{workers->Stop(stop.job, stop.attempt)};
+          return training::WorkersStopped{workers->Stop(stop.job, stop.attempt, stop.final)};
         },
         [workers](training::ReadWorkerLog& read) -> caf::result<training::WorkerLogChunk> {
           auto chunk = workers->ReadLog(read);

@@ -23,22 +23,6 @@ namespace {
 
 std::string NameOf(const std::string& entry) { return entry.substr(0, entry.find('=')); }
 
-// The child's environment: this process's, less the dropped prefixes and the names `env` sets,
-// then `env`.
-std::vector<std::string> ChildEnvironment(const SpawnOptions& options) {
-  std::vector<std::string> names;
-  for (const auto& e : options.env) names.push_back(NameOf(e));
-  std::vector<std::string> out;
-  for (char** e = environ; *e != nullptr; ++e) {
-    std::string entry(*e);
-    const std::string name = NameOf(entry);
-    bool dropped = std::find(names.begin(), names.end(), name) != names.end();
-    for (const auto& prefix : options.drop_env_prefixes) dropped = dropped || name.rfind(prefix, 0) == 0;
-    if (!dropped) out.push_back(std::move(entry));
-  }
-  out.insert(out.end(), options.env.begin(), options.env.end());
-  return out;
-}
 
 // The file execve() should run for `name`: itself if it holds a '/', else the first executable
 // match in PATH (as execvp searches). Resolved before fork(): the child may only make
@@ -66,6 +50,21 @@ void CloseFrom(int first, int last) {
 }
 
 }  // namespace
+
+std::vector<std::string> ChildEnvironment(const SpawnOptions& options) {
+  std::vector<std::string> names;
+  for (const auto& e : options.env) names.push_back(NameOf(e));
+  std::vector<std::string> out;
+  for (char** e = environ; *e != nullptr; ++e) {
+    std::string entry(*e);
+    const std::string name = NameOf(entry);
+    bool dropped = std::find(names.begin(), names.end(), name) != names.end();
+    for (const auto& prefix : options.drop_env_prefixes) dropped = dropped || name.rfind(prefix, 0) == 0;
+    if (!dropped) out.push_back(std::move(entry));
+  }
+  out.insert(out.end(), options.env.begin(), options.env.end());
+  return out;
+}
 
 int SetForegroundGroup(int fd, pid_t group) {
   sigset_t ttou, old;
@@ -292,12 +291,16 @@ StatusOr<std::string> ChildProcess::ReadLine(std::chrono::milliseconds timeout) 
       buffered_.erase(0, newline + 1);
       return line;
     }
+    // Polled at least once, even with no time left: ReadLine(0ms) returns what the child has
+    // written already (it used to return DeadlineExceeded without looking).
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0) return DeadlineExceededError("no line from child within the timeout");
     pollfd pfd{stdout_fd_, POLLIN, 0};
-    int rc = poll(&pfd, 1, static_cast<int>(left.count()));
+    int rc = poll(&pfd, 1, static_cast<int>(std::max<int64_t>(left.count(), 0)));
     if (rc < 0 && errno != EINTR) return InternalError(std::string("poll: ") + std::strerror(errno));
-    if (rc <= 0) continue;
+    if (rc <= 0) {
+      if (left.count() <= 0) return DeadlineExceededError("no line from child within the timeout");
+      continue;
+    }
     char chunk[4096];
     ssize_t n = read(stdout_fd_, chunk, sizeof(chunk));
     if (n == 0) return UnavailableError("child closed its stdout");

@@ -50,6 +50,10 @@ struct SpawnOptions {
   std::string working_dir;
 };
 
+/// The environment a child spawned with `options` gets: this process's, less the variables
+/// named by options.drop_env_prefixes and those options.env sets, then options.env.
+std::vector<std::string> ChildEnvironment(const SpawnOptions& options);
+
 /// Makes `group` the foreground process group of the terminal `fd` (POSIX tcsetpgrp), with
 /// SIGTTOU blocked meanwhile: a process outside the foreground group (a launcher taking the
 /// terminal back from its stopped job) would otherwise be stopped by it. Async-signal-safe.

@@ -1,5 +1,6 @@
 // JobSpec parsing (docs/jobs.md, "The job spec").
 #include "actors/training/job_spec.h"
+#include "actors/training/standby.h"
 
 #include <yaml-cpp/yaml.h>
 
@@ -79,7 +80,7 @@ class JobSpecReader : public runtime::YamlReader {
       Error(root, "entry", "missing (the command every worker runs)");
       return;
     }
-    if (!CheckKeys(entry, "entry", {"command", "env", "working_dir"})) return;
+    if (!CheckKeys(entry, "entry", {"command", "env", "working_dir", "preload"})) return;
     WorkingDir(entry["working_dir"], "entry.working_dir", base_dir_, &e->working_dir);
     const YAML::Node command = entry["command"];
     if (!Given(command)) {
@@ -88,6 +89,17 @@ class JobSpecReader : public runtime::YamlReader {
       Command(command, "entry.command", e->working_dir, &e->command);
     }
     Environment(entry["env"], "entry.env", &e->env);
+    if (Given(entry["preload"]) && StringList(entry["preload"], "entry.preload", &e->preload)) {
+      for (const auto& module : e->preload) {
+        if (!IsPythonModuleName(module)) {
+          Error(entry["preload"], "entry.preload", "'" + module + "' is not a Python module name (such as torch or torch.distributed)");
+        }
+      }
+      if (!e->preload.empty() && !e->command.empty()) {
+        auto python = ParsePythonCommand(e->command);
+        if (!python.ok()) Error(entry["preload"], "entry.preload", python.status().message());
+      }
+    }
   }
 
   void Checkpoints(const YAML::Node& node, CheckpointPolicy* c) {

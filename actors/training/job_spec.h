@@ -36,6 +36,12 @@ struct EntryPoint {
   std::map<std::string, std::string> env;
   /// The worker's working directory (empty: the spec file's directory).
   std::string working_dir;
+  /// Python modules that standby worker processes import ahead of time (docs/jobs.md, "Standby
+  /// workers"): with any, the command must be `python [-u] SCRIPT ...` or `python [-u] -m MODULE
+  /// ...`, and each node keeps, per worker of the job it ran, an interpreter that has imported
+  /// them and waits, so that a restarted attempt starts without paying the import (about 1.4 s
+  /// for torch here). Empty: workers start cold, as torchrun starts them.
+  std::vector<std::string> preload;
 };
 
 /// How many committed checkpoints are kept (retention runs after each commit).

@@ -91,7 +91,7 @@ void CommitReady(Self* self) {
 // Kills every worker of the current placement (all attempts up to the current one) and releases
 // its lease once every node has answered (or timed out): its slices are not handed out while a
 // worker of this job may still run on them.
-void StopGroup(Self* self) {
+void StopGroup(Self* self, bool final = false) {
   auto& st = self->state;
   if (!st.placed) return;
   st.placed = false;
@@ -106,7 +106,7 @@ void StopGroup(Self* self) {
     if (--*left == 0) host->ReleasePlacement(lease);
   };
   for (const auto& [id, agent] : agents) {
-    self->request(agent.handle(), st.init.node_timeout, StopWorkers{st.status.name, st.status.attempt})
+    self->request(agent.handle(), st.init.node_timeout, StopWorkers{st.status.name, st.status.attempt, final})
         .then([done](WorkersStopped&) { done(); }, [done](caf::error&) { done(); });
   }
   if (agents.empty()) host->ReleasePlacement(lease);
@@ -116,7 +116,7 @@ void StopGroup(Self* self) {
 
 void Finish(Self* self, const std::string& state, const std::string& reason) {
   auto& st = self->state;
-  StopGroup(self);
+  StopGroup(self, /*final=*/true);
   st.status.state = state;
   st.status.reason = reason;
   st.status.finished_unix_ms = st.init.clock->UnixMs();
@@ -209,6 +209,7 @@ void StartRank(Self* self, uint32_t rank) {
   msg.compute_percent = place.compute_percent;
   msg.simulated = place.simulated;
   msg.pick_master_port = rank == 0;
+  msg.preload = st.init.spec.entry.preload;
   const uint64_t attempt = st.status.attempt;
   self->request(place.agent.handle(), st.init.node_timeout, std::move(msg))
       .then(

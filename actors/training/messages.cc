@@ -75,6 +75,7 @@ Status AddTrainingCodecs(runtime::CodecRegistry& r) {
         b.setComputePercent(m.compute_percent);
         b.setSimulated(m.simulated);
         b.setPickMasterPort(m.pick_master_port);
+        FillTexts(m.preload, b.initPreload(static_cast<unsigned>(m.preload.size())));
       },
       [](wire::StartWorker::Reader in, RefCodec& refs) -> StatusOr<StartWorker> {
         StartWorker m;
@@ -94,6 +95,7 @@ Status AddTrainingCodecs(runtime::CodecRegistry& r) {
         m.compute_percent = in.getComputePercent();
         m.simulated = in.getSimulated();
         m.pick_master_port = in.getPickMasterPort();
+        m.preload = ReadTexts(in.getPreload());
         return m;
       })));
   RETURN_IF_ERROR((r.Add<WorkerStarted, wire::WorkerStarted>(
@@ -103,18 +105,20 @@ Status AddTrainingCodecs(runtime::CodecRegistry& r) {
         b.setPid(m.pid);
         b.setMasterPort(m.master_port);
         b.setLogPath(m.log_path);
+        b.setStandby(m.standby);
       },
       [](wire::WorkerStarted::Reader in, RefCodec&) -> StatusOr<WorkerStarted> {
-        return WorkerStarted{in.getRank(), in.getPid(), in.getMasterPort(), in.getLogPath()};
+        return WorkerStarted{in.getRank(), in.getPid(), in.getMasterPort(), in.getLogPath(), in.getStandby()};
       })));
   RETURN_IF_ERROR((r.Add<StopWorkers, wire::StopWorkers>(
       kStopWorkers, "training.StopWorkers",
       [](const StopWorkers& m, wire::StopWorkers::Builder b, RefCodec&) {
         b.setJob(m.job);
         b.setAttempt(m.attempt);
+        b.setFinal(m.final);
       },
       [](wire::StopWorkers::Reader in, RefCodec&) -> StatusOr<StopWorkers> {
-        return StopWorkers{in.getJob(), in.getAttempt()};
+        return StopWorkers{in.getJob(), in.getAttempt(), in.getFinal()};
       })));
   RETURN_IF_ERROR((r.Add<WorkersStopped, wire::WorkersStopped>(
       kWorkersStopped, "training.WorkersStopped",

@@ -36,16 +36,23 @@ struct StartWorker {
   uint32_t compute_percent = 0;
   bool simulated = false;
   bool pick_master_port = false;
+  /// entry.preload: Python modules a standby interpreter of this job imports ahead of time.
+  std::vector<std::string> preload;
 };
 struct WorkerStarted {
   uint32_t rank = 0;
   int64_t pid = 0;
   uint32_t master_port = 0;
   std::string log_path;
+  /// The worker runs in a standby interpreter that had imported entry.preload already.
+  bool standby = false;
 };
+/// Kills the job's workers of every attempt up to `attempt`; with `final` (the job runs no more)
+/// its standby interpreters too.
 struct StopWorkers {
   std::string job;
   uint64_t attempt = 0;
+  bool final = false;
 };
 struct WorkersStopped {
   uint32_t count = 0;

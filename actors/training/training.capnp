@@ -22,11 +22,13 @@ struct StartWorker {
   computePercent @12 :UInt32;
   simulated @13 :Bool;
   pickMasterPort @14 :Bool;      # rank 0: the agent picks a free port, sets MASTER_PORT, replies with it
+  preload @15 :List(Text);       # Python modules a standby interpreter imports ahead (entry.preload)
 }
-struct WorkerStarted { rank @0 :UInt32; pid @1 :Int64; masterPort @2 :UInt32; logPath @3 :Text; }
+struct WorkerStarted { rank @0 :UInt32; pid @1 :Int64; masterPort @2 :UInt32; logPath @3 :Text; standby @4 :Bool; }
 # Supervisor -> node agent: stop (SIGKILL the process groups of) the job's workers of every
-# attempt up to `attempt`. Reply: WorkersStopped.
-struct StopWorkers { job @0 :Text; attempt @1 :UInt64; }
+# attempt up to `attempt`; `final`: the job runs no more, and its standby interpreters go too.
+# Reply: WorkersStopped.
+struct StopWorkers { job @0 :Text; attempt @1 :UInt64; final @2 :Bool; }
 struct WorkersStopped { count @0 :UInt32; }
 # Node agent -> supervisor: a worker ended (exited, was killed, or was found hung and killed).
 struct WorkerExited {

@@ -17,6 +17,7 @@
 #include <random>
 
 #include "actors/slice_environment.h"
+#include "actors/training/standby.h"
 #include "common/child_process.h"
 
 namespace troupe::training {
@@ -26,6 +27,7 @@ using Steady = std::chrono::steady_clock;
 
 struct WorkerLauncher::Worker {
   StartWorker request;
+  SpawnOptions options;  // how it was started: its standby starts the same way
   std::unique_ptr<ChildProcess> child;
   std::string log_path;
   std::string progress_path;
@@ -35,6 +37,27 @@ struct WorkerLauncher::Worker {
   // detaches itself when it ends (it holds the last reference: a joinable std::thread must not be
   // destroyed).
   bool joined = false;
+};
+
+struct WorkerLauncher::Standby {
+  std::string command;  // StandbyKey of the workers it can become
+  std::unique_ptr<ChildProcess> child;
+  bool ready = false;  // it printed kStandbyReadyLine: every module is imported
+  std::string said;    // what else it printed (an import's warnings or error), the last lines
+
+  // Reads what it printed so far (never waits); true once it is ready.
+  bool CheckReady() {
+    while (!ready) {
+      auto line = child->ReadLine(std::chrono::milliseconds(0));
+      if (!line.ok()) break;
+      if (*line == kStandbyReadyLine) {
+        ready = true;
+      } else if (said.size() < 4096) {
+        said += "\n  " + *line;
+      }
+    }
+    return ready;
+  }
 };
 
 namespace {
@@ -90,6 +113,24 @@ class RotatingLog {
   std::ofstream out_;
 };
 
+// What a standby must share with a worker to become it: the interpreter and its options, the
+// preloaded modules and the working directory.
+std::string StandbyKey(const StartWorker& request) {
+  auto python = ParsePythonCommand(request.argv);
+  if (!python.ok()) return "";
+  std::string key = python->interpreter;
+  for (const auto& o : python->options) key += "\n" + o;
+  key += "\n--";
+  for (const auto& m : request.preload) key += "\n" + m;
+  return key + "\n--\n" + request.working_dir;
+}
+
+std::string Joined(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
 std::string Describe(int status) {
   if (WIFEXITED(status)) return "exited with code " + std::to_string(WEXITSTATUS(status));
   if (WIFSIGNALED(status)) return std::string("killed by signal ") + strsignal(WTERMSIG(status));
@@ -143,10 +184,15 @@ WorkerLauncher::~WorkerLauncher() { StopAll(); }
 
 void WorkerLauncher::StopAll() {
   std::map<Key, std::shared_ptr<Worker>> all;
+  std::map<std::string, std::vector<std::unique_ptr<Standby>>> standbys;  // killed as they go
   {
     std::lock_guard<std::mutex> lock(mu_);
     all.swap(workers_);
-    for (auto& [key, w] : all) w->joined = true;
+    standbys.swap(standbys_);
+    for (auto& [key, w] : all) {
+      w->joined = true;
+      w->stop = true;  // under the lock: AddStandby then keeps no standby for it
+    }
   }
   for (auto& [key, w] : all) w->stop = true;
   for (auto& [key, w] : all) {
@@ -205,12 +251,28 @@ StatusOr<WorkerStarted> WorkerLauncher::Start(const StartWorker& request, const 
   options.merge_stderr = true;
   options.group_dies_with_parent = true;
   options.working_dir = request.working_dir;
-  ASSIGN_OR_RETURN(worker->child, ChildProcess::Spawn(request.argv, options));
+  if (auto standby = TakeStandby(request)) {
+    auto python = ParsePythonCommand(request.argv);
+    Status activated = python.ok() ? standby->WriteLine(ActivationLine(*python, ChildEnvironment(options),
+                                                                        request.working_dir))
+                                   : python.status();
+    if (activated.ok()) {
+      worker->child = std::move(standby);
+      started.standby = true;
+    } else {
+      spdlog::warn("job '{}': the standby could not take rank {} ({}); starting it cold", request.job, request.rank,
+                   activated.ToString());
+    }
+  }
+  if (!worker->child) {
+    ASSIGN_OR_RETURN(worker->child, ChildProcess::Spawn(request.argv, options));
+  }
+  worker->options = std::move(options);
   started.pid = worker->child->pid();
   // Logged before the watcher exists: the first use of spdlog's registry (a static local inside
   // uninstrumented libspdlog) then happens before the thread's.
-  spdlog::info("job '{}' attempt {}: rank {} started (pid {}), log {}", request.job, request.attempt, request.rank,
-               started.pid, worker->log_path);
+  spdlog::info("job '{}' attempt {}: rank {} started (pid {}{}), log {}", request.job, request.attempt, request.rank,
+               started.pid, started.standby ? ", in a standby" : "", worker->log_path);
   {
     // Under the lock: the watcher's last step (detaching itself) takes it too.
     std::lock_guard<std::mutex> lock(mu_);
@@ -226,6 +288,8 @@ void WorkerLauncher::Watch(std::shared_ptr<Worker> w) {
   auto last_progress = Steady::now();
   int64_t progress_mtime = ModifiedNs(w->progress_path);
   Steady::time_point stopped_since{};  // when it was first seen stopped (epoch: running)
+  const auto start = Steady::now();
+  bool standby_asked = w->request.preload.empty();
   bool stopped = false;
   bool eof = false;
   bool hung = false;
@@ -236,12 +300,20 @@ void WorkerLauncher::Watch(std::shared_ptr<Worker> w) {
       if (line.ok()) {
         log.Write(*line);
         last_progress = Steady::now();
+        if (!standby_asked) {
+          standby_asked = true;
+          AddStandby(w);
+        }
         continue;
       }
       if (line.status().code() == StatusCode::kUnavailable) eof = true;
     }
     if (w->child->AwaitExit(eof ? kPollInterval : std::chrono::milliseconds(0)).ok()) break;
     const auto now = Steady::now();
+    if (!standby_asked && now - start >= kStandbyDelay) {
+      standby_asked = true;
+      AddStandby(w);
+    }
     if (int64_t m = ModifiedNs(w->progress_path); m != progress_mtime) {
       progress_mtime = m;
       last_progress = now;
@@ -342,25 +414,127 @@ WorkersAdopted WorkerLauncher::Adopt(const std::string& job, uint64_t attempt, c
   return out;
 }
 
-uint32_t WorkerLauncher::Stop(const std::string& job, uint64_t up_to_attempt) {
+uint32_t WorkerLauncher::Stop(const std::string& job, uint64_t up_to_attempt, bool final) {
   std::vector<std::shared_ptr<Worker>> stopping;
+  std::vector<std::unique_ptr<Standby>> standbys;  // killed as they go, after the lock
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& [key, w] : workers_) {
       if (std::get<0>(key) == job && std::get<1>(key) <= up_to_attempt) {
         w->joined = true;
+        w->stop = true;  // under the lock: AddStandby then keeps no standby for it
         stopping.push_back(w);
       }
+    }
+    if (auto it = standbys_.find(job); final && it != standbys_.end()) {
+      standbys = std::move(it->second);
+      standbys_.erase(it);
     }
     if (auto it = exits_.find(job); it != exits_.end() && it->second.first <= up_to_attempt) exits_.erase(it);
   }
   // The watcher kills the group within kPollInterval: only it touches the child (ChildProcess is
   // not thread-safe, and a signal after its reaping could reach a process that reused the pid).
-  for (auto& w : stopping) w->stop = true;
   for (auto& w : stopping) {
     if (w->watcher.joinable() && w->watcher.get_id() != std::this_thread::get_id()) w->watcher.join();
   }
   return static_cast<uint32_t>(stopping.size());
+}
+
+void WorkerLauncher::ReapStandbys(const std::string& job, std::vector<std::unique_ptr<Standby>>& dead) {
+  for (auto& s : dead) {
+    // What it printed says why (an import that failed, for instance).
+    auto status = s->child->Wait(std::chrono::seconds(5));
+    spdlog::warn("job '{}': a standby interpreter had ended ({}); workers of the job start cold until another is ready{}",
+                 job, status.ok() ? Describe(*status) : status.status().ToString(), s->said);
+  }
+  dead.clear();
+}
+
+size_t WorkerLauncher::ready_standbys(const std::string& job) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = standbys_.find(job);
+  if (it == standbys_.end()) return 0;
+  size_t ready = 0;
+  for (auto& s : it->second) ready += s->CheckReady() ? 1 : 0;
+  return ready;
+}
+
+void WorkerLauncher::AddStandby(const std::shared_ptr<Worker>& w) {
+  const StartWorker& request = w->request;
+  auto python = ParsePythonCommand(request.argv);
+  if (!python.ok()) return;
+  const std::string command = StandbyKey(request);
+  std::vector<std::unique_ptr<Standby>> dead;  // reaped after the lock
+  // Under mu_: one live standby for this command per running worker of the job is enough.
+  auto has_enough = [&] {
+    if (w->stop.load()) return true;
+    size_t running = 0;
+    for (const auto& [key, other] : workers_) running += std::get<0>(key) == request.job ? 1 : 0;
+    size_t alive = 0;
+    auto it = standbys_.find(request.job);
+    if (it == standbys_.end()) return running == 0;
+    for (auto s = it->second.begin(); s != it->second.end();) {
+      if ((*s)->child->AwaitExit(std::chrono::milliseconds(0)).ok()) {
+        (*s)->CheckReady();  // what it printed, for the log
+        dead.push_back(std::move(*s));
+        s = it->second.erase(s);
+        continue;
+      }
+      alive += (*s)->command == command ? 1 : 0;
+      ++s;
+    }
+    return alive >= running;
+  };
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (has_enough()) return;
+  }
+  ReapStandbys(request.job, dead);
+  auto child = ChildProcess::Spawn(StandbyArgv(*python, request.preload), w->options);
+  if (!child.ok()) {
+    spdlog::warn("job '{}': no standby: {}", request.job, child.status().ToString());
+    return;
+  }
+  auto standby = std::make_unique<Standby>();
+  standby->command = command;
+  standby->child = std::move(*child);
+  std::lock_guard<std::mutex> lock(mu_);
+  // Checked again: the job may have been stopped (final) while the standby started.
+  if (has_enough()) return;  // the standby is killed as it goes
+  spdlog::info("job '{}': standby interpreter started (pid {}), importing {}", request.job, standby->child->pid(),
+               Joined(request.preload));
+  standbys_[request.job].push_back(std::move(standby));
+}
+
+std::unique_ptr<ChildProcess> WorkerLauncher::TakeStandby(const StartWorker& request) {
+  if (request.preload.empty()) return nullptr;
+  const std::string command = StandbyKey(request);
+  std::vector<std::unique_ptr<Standby>> dead;  // killed and reaped after the lock
+  std::unique_ptr<ChildProcess> out;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = standbys_.find(request.job);
+    if (it == standbys_.end()) return nullptr;
+    auto& list = it->second;
+    for (auto s = list.begin(); s != list.end() && !out;) {
+      const bool ready = (*s)->CheckReady();
+      if ((*s)->command != command) {
+        ++s;
+      } else if ((*s)->child->AwaitExit(std::chrono::milliseconds(0)).ok()) {
+        (*s)->CheckReady();  // the rest of what it printed
+        dead.push_back(std::move(*s));
+        s = list.erase(s);
+      } else if (!ready) {
+        ++s;  // still importing: the worker starts cold, the standby serves a later one
+      } else {
+        out = std::move((*s)->child);
+        s = list.erase(s);
+      }
+    }
+    if (list.empty()) standbys_.erase(it);
+  }
+  ReapStandbys(request.job, dead);
+  return out;
 }
 
 StatusOr<WorkerLogChunk> WorkerLauncher::ReadLog(const ReadWorkerLog& request) const {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "actors/training/messages.h"
+#include "common/child_process.h"
 #include "common/status.h"
 
 namespace troupe::training {
@@ -31,6 +32,15 @@ namespace troupe::training {
 /// when it has made none for its watchdog, or has been stopped (SIGSTOP, state T) for
 /// kStoppedGrace: it is then killed and reported with `hung` set. One thread per worker watches
 /// it, polling every kPollInterval.
+///
+/// Standby workers (StartWorker::preload, docs/jobs.md "Standby workers"): once a worker of such
+/// a job has made its first progress (or kStandbyDelay passed), the launcher starts a standby
+/// interpreter for the job, unless the job already has one per worker here: the same
+/// interpreter in its own process group, with the worker's environment, that imports the
+/// modules and waits. The next worker of the job started here (a restarted attempt, any rank)
+/// runs in a ready one (ActivationLine) instead of a new process; while it is still importing,
+/// or if it died (logged with what it printed), the worker starts cold: Start() never waits. Standbys go with Stop(..., final), StopAll() and this
+/// process.
 class WorkerLauncher {
  public:
   static constexpr uint64_t kMaxLogFileBytes = 16 << 20;
@@ -39,6 +49,9 @@ class WorkerLauncher {
   /// How long a worker may stay stopped before it counts as hung: long enough for a debugger's
   /// brief stop, far shorter than any watchdog.
   static constexpr std::chrono::milliseconds kStoppedGrace{1000};
+  /// How long after its start a quiet worker waits for its standby: the standby's import then
+  /// competes less with the worker's own start.
+  static constexpr std::chrono::milliseconds kStandbyDelay{2000};
 
   /// `on_exit` runs on the worker's watcher thread once per worker that ended by itself or was
   /// found hung (not for workers stopped through Stop()).
@@ -58,8 +71,12 @@ class WorkerLauncher {
   /// program cannot be executed (with the reason); Internal if the log directory cannot be made.
   StatusOr<WorkerStarted> Start(const StartWorker& request, const std::vector<std::string>& slice_env);
   /// Kills (SIGKILL, whole process group) the job's workers of attempts up to `up_to_attempt`
-  /// and waits until they are gone. Returns how many there were.
-  uint32_t Stop(const std::string& job, uint64_t up_to_attempt);
+  /// and waits until they are gone; with `final` (the job runs no more) its standbys too.
+  /// Returns how many workers there were.
+  uint32_t Stop(const std::string& job, uint64_t up_to_attempt, bool final = false);
+  /// The job's standby interpreters here that have imported their modules (a standby that died
+  /// since may count until a Start() finds it dead).
+  size_t ready_standbys(const std::string& job);
   /// The workers running now, and those of each job's newest attempt that exited since (pid 0),
   /// as a node reports them when it joins a head.
   std::vector<RunningWorker> List() const;
@@ -76,8 +93,15 @@ class WorkerLauncher {
 
  private:
   struct Worker;
+  struct Standby;
   using Key = std::tuple<std::string, uint64_t, uint32_t>;
   void Watch(std::shared_ptr<Worker> worker);
+  // Starts a standby for `worker`'s job if it has fewer than one per running worker here.
+  void AddStandby(const std::shared_ptr<Worker>& worker);
+  // A live standby of `request`'s job for its command (taken out of standbys_), or null.
+  std::unique_ptr<ChildProcess> TakeStandby(const StartWorker& request);
+  // Reaps standbys found dead (outside mu_) and logs what they printed; empties `dead`.
+  static void ReapStandbys(const std::string& job, std::vector<std::unique_ptr<Standby>>& dead);
 
   const std::string log_root_;
   const std::function<void(const StartWorker&, const WorkerExited&)> on_exit_;
@@ -86,6 +110,8 @@ class WorkerLauncher {
   std::map<Key, std::shared_ptr<Worker>> workers_;
   // The exits of each job's newest attempt (job -> attempt, exits), for Adopt() and List().
   std::map<std::string, std::pair<uint64_t, std::vector<WorkerExited>>> exits_;
+  // Standby interpreters by job.
+  std::map<std::string, std::vector<std::unique_ptr<Standby>>> standbys_;
 };
 
 /// A TCP port free on `host` now (bound and closed): MASTER_PORT for a new attempt. Chosen at

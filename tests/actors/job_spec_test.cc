@@ -196,6 +196,23 @@ TEST_F(JobSpecTest, TheCommandMustBeGivenAndRunnable) {
   EXPECT_TRUE(Errors("name: tiny\nentry:\n  command: [../train.sh]\n  working_dir: work\n").empty());
 }
 
+TEST_F(JobSpecTest, PreloadNeedsAPythonScriptOrModuleCommandAndModuleNames) {
+  JobSpec spec;
+  ASSERT_TRUE(Errors("name: tiny\nentry:\n  command: [python3, -u, train.py]\n  preload: [torch, torch.distributed]\n",
+                     &spec)
+                  .empty());
+  EXPECT_EQ(spec.entry.preload, std::vector<std::string>({"torch", "torch.distributed"}));
+  EXPECT_TRUE(Errors("name: tiny\nentry:\n  command: [python3, -m, pkg.train]\n  preload: [torch]\n").empty());
+  ExpectError("name: tiny\nentry:\n  command: [./train.sh]\n  preload: [torch]\n", 4, "entry.preload",
+              "'./train.sh' is not a Python interpreter");
+  ExpectError("name: tiny\nentry:\n  command: [python3, -O, train.py]\n  preload: [torch]\n", 4, "entry.preload",
+              "the interpreter option '-O'");
+  ExpectError("name: tiny\nentry:\n  command: [python3, t.py]\n  preload: [\"os; import x\"]\n", 4, "entry.preload",
+              "not a Python module name");
+  ExpectError("name: tiny\nentry:\n  command: [python3, t.py]\n  preload: torch\n", 4, "entry.preload",
+              "expected a list of strings");
+}
+
 TEST_F(JobSpecTest, EnvValuesExpandVariablesFromTheEnvironment) {
   JobSpec spec;
   const auto errors = Errors(kMinimal + R"(  env:

@@ -4,6 +4,7 @@
 #include "actors/training/worker_launcher.h"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 #include <signal.h>
 #include <stdlib.h>
 
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "actors/training/job_supervisor.h"
+#include "actors/training/standby.h"
 #include "common/logging.h"
 
 namespace troupe::training {
@@ -238,6 +240,139 @@ TEST(WorkerEnvironmentTest, TheTorchrunContractForTwoNodes) {
   auto fresh = WorkerEnvironment(spec, p, 1, 1, "/ckpt/attempt-1", std::nullopt);
   EXPECT_TRUE(std::find(fresh.begin(), fresh.end(), "GROUP_RANK=1") != fresh.end());
   EXPECT_TRUE(std::none_of(fresh.begin(), fresh.end(), [](const std::string& e) { return e.rfind("TROUPE_RESUME", 0) == 0; }));
+}
+
+// ---- standby workers (entry.preload) ----
+
+// A Python worker that shows what it was given: its argv, working directory, RANK, whether json
+// was imported before it ran (a standby preloads it) and its __name__; then it waits (rank 0) or
+// exits 3.
+const char* kShowScript = R"PY(
+import sys
+preloaded = "json" in sys.modules
+import os
+print("argv=%s" % sys.argv, flush=True)
+print("cwd=%s rank=%s preloaded=%s name=%s" % (os.getcwd(), os.environ.get("RANK"), preloaded, __name__), flush=True)
+print("path0=%s" % sys.path[0], flush=True)
+if os.environ["RANK"] == "0":
+    import time
+    time.sleep(600)
+sys.exit(3)
+)PY";
+
+class StandbyTest : public WorkerLauncherTest {
+ protected:
+  void SetUp() override {
+    WorkerLauncherTest::SetUp();
+    if (access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "no /usr/bin/python3 (scripts/bootstrap.sh installs it)";
+    std::filesystem::create_directories(dir_ + "/work");
+    std::ofstream(dir_ + "/work/show.py") << kShowScript;
+  }
+  StartWorker PythonWorker(uint64_t attempt, uint32_t rank, std::vector<std::string> preload = {"json"}) {
+    StartWorker w;
+    w.job = "job";
+    w.attempt = attempt;
+    w.rank = rank;
+    w.argv = {"/usr/bin/python3", "-u", "show.py", "one arg", "two"};
+    w.env = {"RANK=" + std::to_string(rank)};
+    w.working_dir = dir_ + "/work";
+    w.preload = std::move(preload);
+    return w;
+  }
+  bool AwaitStandbys(size_t n, std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (launcher_->ready_standbys("job") != n) {
+      if (std::chrono::steady_clock::now() >= deadline) return false;
+    }
+    return true;
+  }
+  std::string LogOf(uint64_t attempt, uint32_t rank) {
+    std::ifstream in(launcher_->LogPath("job", attempt, rank));
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
+};
+
+TEST_F(StandbyTest, ARestartedWorkerRunsInTheStandbyExactlyAsItWouldStartCold) {
+  Make();
+  auto first = launcher_->Start(PythonWorker(1, 0), {});
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_FALSE(first->standby);
+  ASSERT_TRUE(AwaitStandbys(1, 20s)) << "no standby after the worker's first line; its log:\n" << LogOf(1, 0);
+  // A restart: the attempt's workers go, the standby stays for the next.
+  EXPECT_EQ(launcher_->Stop("job", 1), 1u);
+  EXPECT_EQ(launcher_->ready_standbys("job"), 1u);
+
+  auto second = launcher_->Start(PythonWorker(2, 1), {});
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_TRUE(second->standby);
+  auto exit = AwaitExit(20s);
+  ASSERT_TRUE(exit.has_value());
+  EXPECT_EQ(exit->exit_code, 3) << exit->reason;
+  const std::string cold = LogOf(1, 0);
+  const std::string warm = LogOf(2, 1);
+  // What `python3 -u show.py 'one arg' two` sees, cold or in a standby, but for the preload.
+  for (const std::string& log : {cold, warm}) {
+    EXPECT_NE(log.find("argv=['show.py', 'one arg', 'two']"), std::string::npos) << log;
+    EXPECT_NE(log.find("path0=" + dir_ + "/work"), std::string::npos) << log;
+    EXPECT_NE(log.find("name=__main__"), std::string::npos) << log;
+  }
+  EXPECT_NE(cold.find("cwd=" + dir_ + "/work rank=0 preloaded=False"), std::string::npos) << cold;
+  EXPECT_NE(warm.find("cwd=" + dir_ + "/work rank=1 preloaded=True"), std::string::npos) << warm;
+  EXPECT_NE(warm.find("[troupe] worker exited with code 3"), std::string::npos) << warm;
+}
+
+TEST_F(StandbyTest, AStandbyThatCannotImportIsNeverUsedAndAFinalStopTakesTheStandbys) {
+  Make();
+  ASSERT_TRUE(launcher_->Start(PythonWorker(1, 0, {"no_such_module_for_troupe"}), {}).ok());
+  EXPECT_EQ(launcher_->Stop("job", 1), 1u);
+  // Its import fails, so it is never ready: the next worker starts cold, and runs.
+  auto second = launcher_->Start(PythonWorker(2, 1, {"no_such_module_for_troupe"}), {});
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_FALSE(second->standby);
+  auto exit = AwaitExit(20s);
+  ASSERT_TRUE(exit.has_value());
+  EXPECT_EQ(exit->exit_code, 3) << exit->reason;
+  EXPECT_EQ(launcher_->ready_standbys("job"), 0u);
+
+  // A job that runs no more takes its standbys with it.
+  exits_.clear();
+  ASSERT_TRUE(launcher_->Start(PythonWorker(3, 0), {}).ok());
+  ASSERT_TRUE(AwaitStandbys(1, 20s));
+  EXPECT_EQ(launcher_->Stop("job", 3, /*final=*/true), 1u);
+  EXPECT_EQ(launcher_->ready_standbys("job"), 0u);
+  auto cold = launcher_->Start(PythonWorker(4, 1), {});
+  ASSERT_TRUE(cold.ok()) << cold.status();
+  EXPECT_FALSE(cold->standby);
+}
+
+TEST(StandbyCommand, OnlyScriptsAndModulesWithOptionsTheyCanTakeLater) {
+  auto script = ParsePythonCommand({"/usr/bin/python3", "-u", "train.py", "--steps", "5"});
+  ASSERT_TRUE(script.ok()) << script.status();
+  EXPECT_FALSE(script->module);
+  EXPECT_EQ(script->target, "train.py");
+  EXPECT_EQ(script->options, std::vector<std::string>({"-u"}));
+  EXPECT_EQ(script->args, std::vector<std::string>({"--steps", "5"}));
+  auto module = ParsePythonCommand({"python3.11", "-m", "pkg.train", "-x"});
+  ASSERT_TRUE(module.ok()) << module.status();
+  EXPECT_TRUE(module->module);
+  EXPECT_EQ(module->target, "pkg.train");
+  EXPECT_EQ(module->args, std::vector<std::string>({"-x"}));
+  EXPECT_EQ(ParsePythonCommand({"bash", "train.sh"}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(ParsePythonCommand({"python3", "-O", "t.py"}).status().message().find("'-O'"), std::string::npos);
+  EXPECT_EQ(ParsePythonCommand({"python3", "-u"}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParsePythonCommand({"python3", "-m"}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE(IsPythonModuleName("torch.distributed"));
+  EXPECT_FALSE(IsPythonModuleName("torch..x"));
+  EXPECT_FALSE(IsPythonModuleName("1torch"));
+  EXPECT_FALSE(IsPythonModuleName("os; import x"));
+  // The activation line is one line of JSON, whatever the values hold.
+  const std::string line = ActivationLine(*script, {"A=1", "B=two\nlines", "bad"}, "/w");
+  EXPECT_EQ(line.find('\n'), std::string::npos) << line;
+  auto json = nlohmann::json::parse(line);
+  EXPECT_EQ(json["env"]["B"], "two\nlines");
+  EXPECT_FALSE(json["env"].contains("bad"));
+  EXPECT_EQ(json["cwd"], "/w");
+  EXPECT_EQ(json["args"], nlohmann::json({"--steps", "5"}));
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <string>
@@ -62,6 +63,36 @@ TEST(ChildProcess, AVariableGivenToTheChildReplacesTheCallersOwn) {
   ASSERT_TRUE(line.ok()) << line.status();
   EXPECT_EQ(*line, "1 child");
   EXPECT_TRUE((*child)->Wait(10s).ok());
+}
+
+TEST(ChildProcess, ReadLineWithNoTimeLeftReturnsWhatTheChildWroteAlready) {
+  auto child = ChildProcess::Spawn({"sh", "-c", "echo written; exec sleep 30"});
+  ASSERT_TRUE(child.ok()) << child.status();
+  // The line is in the pipe once the child has exited or waits; wait for it without reading.
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  StatusOr<std::string> line = DeadlineExceededError("not yet");
+  while (!line.ok() && std::chrono::steady_clock::now() < deadline) {
+    line = (*child)->ReadLine(std::chrono::milliseconds(0));  // returned "no line" without looking before
+  }
+  ASSERT_TRUE(line.ok()) << line.status();
+  EXPECT_EQ(*line, "written");
+  EXPECT_EQ((*child)->ReadLine(std::chrono::milliseconds(0)).status().code(), StatusCode::kDeadlineExceeded);
+  (*child)->Signal(SIGKILL);
+  EXPECT_TRUE((*child)->Wait(10s).ok());
+}
+
+TEST(ChildProcess, ChildEnvironmentIsWhatASpawnedChildGets) {
+  ASSERT_EQ(setenv("TROUPE_ENV_TEST_DROP", "x", 1), 0);
+  ASSERT_EQ(setenv("ENV_TEST_REPLACED", "caller", 1), 0);
+  SpawnOptions options;
+  options.env = {"ENV_TEST_REPLACED=child"};
+  options.drop_env_prefixes = {"TROUPE_ENV_TEST"};
+  auto env = ChildEnvironment(options);
+  unsetenv("TROUPE_ENV_TEST_DROP");
+  unsetenv("ENV_TEST_REPLACED");
+  EXPECT_EQ(std::count(env.begin(), env.end(), "ENV_TEST_REPLACED=child"), 1);
+  EXPECT_EQ(std::count(env.begin(), env.end(), "ENV_TEST_REPLACED=caller"), 0);
+  EXPECT_EQ(std::count(env.begin(), env.end(), "TROUPE_ENV_TEST_DROP=x"), 0);
 }
 
 TEST(ChildProcess, VariablesWithADroppedPrefixAreNotPassedOn) {
