@@ -129,6 +129,15 @@ Status AddDataMessages(runtime::CodecRegistry& r) {
         return LoadReport{in.getDeployment(), in.getSource(), in.getAtUnixMs(),
                           in.getOngoing(),    in.getQueued(), in.getCompletedPerSecond()};
       })));
+  RETURN_IF_ERROR((r.Add<ReplicaCount, wire::ReplicaCount>(
+      kReplicaCount, "serving.ReplicaCount",
+      [](const ReplicaCount& m, wire::ReplicaCount::Builder b, RefCodec&) {
+        b.setDeployment(m.deployment);
+        b.setCurrent(m.current);
+      },
+      [](wire::ReplicaCount::Reader in, RefCodec&) -> StatusOr<ReplicaCount> {
+        return ReplicaCount{in.getDeployment(), in.getCurrent()};
+      })));
   return r.Add<ScaleDecision, wire::ScaleDecision>(
       kScaleDecision, "serving.ScaleDecision",
       [](const ScaleDecision& m, wire::ScaleDecision::Builder b, RefCodec&) {

@@ -187,14 +187,15 @@ enum ReplicaControlTypeId : uint32_t {
   kReplicaStateChanged,
 };
 
-/// Registers the codecs of the serving protocol (every message above). A peer's bytes that do
+/// Registers the codecs of the serving protocol (every message in this file). A peer's bytes that do
 /// not decode (or name an unknown replica state) give InvalidArgument, never a crash.
 Status AddServingCodecs(runtime::CodecRegistry& registry);
 
 /// Deployment actor -> its autoscaler, after every change of the count: the replicas the
 /// deployment runs now, starting and ready ones (draining and stopped ones do not count: they
-/// serve nothing new). Scale decisions compare against it. It never leaves the process (the
-/// autoscaler runs beside its deployment actor), so it has no codec.
+/// serve nothing new). Scale decisions compare against it. It normally stays in the process (the
+/// autoscaler runs beside its deployment actor); its codec lets the two run apart all the same,
+/// and puts it in the codec fuzz target with the rest of the protocol.
 struct ReplicaCount {
   std::string deployment;
   uint32_t current = 0;

@@ -95,6 +95,10 @@ TEST_F(ServingMessages, ReplicaSetsLoadsAndDecisionsRoundTrip) {
   EXPECT_EQ(decision.current, 2u);
   EXPECT_TRUE(decision.panic);
   EXPECT_EQ(decision.reason, "panic: 5 > 2 x 2");
+
+  auto count = RoundTrip(ReplicaCount{"chat", 4}, kReplicaCount);
+  EXPECT_EQ(count.deployment, "chat");
+  EXPECT_EQ(count.current, 4u);
 }
 
 TEST_F(ServingMessages, ReplicaControlRoundTrips) {
