@@ -1,0 +1,597 @@
+// The router against fake replicas (actors written here that answer, hold, refuse or die on
+// request): routing per policy, the queue and its bound, deadlines while queued, one retry after a
+// refusal, replica death, scale from zero, generations of replica sets, load reports, streaming.
+#include "actors/serving/router.h"
+
+#include <caf/all.hpp>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "runtime/error.h"
+
+namespace troupe::serving {
+namespace {
+
+using namespace std::chrono_literals;
+using release_atom = caf::atom_constant<caf::atom("release")>;
+using die_atom = caf::atom_constant<caf::atom("die")>;
+using submit_atom = caf::atom_constant<caf::atom("submit")>;
+using query_atom = caf::atom_constant<caf::atom("query")>;
+
+constexpr auto kWait = 10s;  // every wait is bounded by this
+
+// A value guarded by a mutex, and waits for conditions on it.
+template <class T>
+class Watched {
+ public:
+  template <class F>
+  void Update(F&& f) {
+    std::lock_guard<std::mutex> lock(mu_);
+    f(value_);
+    cv_.notify_all();
+  }
+  // Waits until `pred(value)` holds, at most kWait; false if it never did.
+  template <class P>
+  bool WaitFor(P&& pred) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, kWait, [&] { return pred(value_); });
+  }
+  T Get() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return value_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  T value_{};
+};
+
+enum class Mode { kAnswer, kHold, kRefuse };
+
+// What a fake replica saw: the router's ids of the requests it received, in order.
+using Received = Watched<std::vector<uint64_t>>;
+
+struct FakeState {
+  std::vector<std::pair<caf::typed_response_promise<InferenceResponse>, uint64_t>> held;
+};
+
+// A replica: answers at once with its name (and one chunk to stream_to, if set), holds requests
+// until a release_atom, or refuses them as a draining replica does. die_atom ends it.
+caf::behavior FakeReplica(caf::stateful_actor<FakeState>* self, std::string name, Mode mode,
+                          std::shared_ptr<Received> received) {
+  return {
+      [=](InferenceRequest& request) -> caf::result<InferenceResponse> {
+        received->Update([&](auto& ids) { ids.push_back(request.id); });
+        if (mode == Mode::kRefuse) {
+          return runtime::ToCafError(FailedPreconditionError(name + " is draining; the request did not start"));
+        }
+        if (mode == Mode::kHold) {
+          auto promise = self->make_response_promise<InferenceResponse>();
+          self->state.held.emplace_back(promise, request.id);
+          return promise;
+        }
+        if (request.stream_to.valid()) {
+          self->send(request.stream_to.handle(), ResponseChunk{request.id, 0, "data: {}\n\n"});
+        }
+        InferenceResponse response;
+        response.request_id = request.id;
+        response.body = "ok";
+        response.replica = name;
+        return response;
+      },
+      [=](release_atom) {
+        for (auto& [promise, id] : self->state.held) {
+          InferenceResponse response;
+          response.request_id = id;
+          response.body = "ok";
+          response.replica = name;
+          promise.deliver(std::move(response));
+        }
+        self->state.held.clear();
+      },
+      [=](die_atom) { self->quit(runtime::ToCafError(InternalError(name + " crashed (test)"))); },
+  };
+}
+
+// The outcome of each request a Client sent, by the client's id.
+using Outcomes = Watched<std::map<uint64_t, StatusOr<InferenceResponse>>>;
+
+// The test's client: it sends requests, replica sets and queries to the router, so that they reach
+// it in the order the test wrote them (one sender), and records each request's outcome.
+caf::behavior Client(caf::event_based_actor* self, caf::actor router, std::shared_ptr<Outcomes> outcomes) {
+  return {
+      [=](submit_atom, InferenceRequest& request) {
+        const uint64_t id = request.id;
+        self->request(router, 60s, std::move(request))
+            .then(
+                [=](InferenceResponse& response) {
+                  outcomes->Update([&](auto& m) { m.emplace(id, std::move(response)); });
+                },
+                [=](caf::error& error) {
+                  outcomes->Update([&](auto& m) { m.emplace(id, runtime::ToStatus(error)); });
+                });
+      },
+      [=](ReplicaSet& set) { self->send(router, std::move(set)); },
+      [=](query_atom) -> caf::result<RouterStats> {
+        auto promise = self->make_response_promise<RouterStats>();
+        self->request(router, 10s, RouterQuery{})
+            .then([promise](RouterStats& stats) mutable { promise.deliver(stats); },
+                  [promise](caf::error& error) mutable { promise.deliver(std::move(error)); });
+        return promise;
+      },
+  };
+}
+
+caf::actor_system_config& Config() {
+  static caf::actor_system_config config = [] {
+    caf::actor_system_config c;
+    c.set("scheduler.policy", caf::atom("sharing"));
+    c.set("scheduler.max-threads", 2);
+    return c;
+  }();
+  return config;
+}
+
+class RouterTest : public ::testing::Test {
+ protected:
+  RouterTest() : system_(Config()) { system_.await_actors_before_shutdown(false); }
+
+  ~RouterTest() override {
+    for (auto& actor : spawned_) caf::anon_send_exit(actor, caf::exit_reason::user_shutdown);
+  }
+
+  // Spawns the router and this test's client for it.
+  void StartRouter(RoutingPolicyKind policy, size_t max_queued = 100, const Clock* clock = nullptr,
+                   runtime::ActorRef autoscaler = {}) {
+    RouterConfig config;
+    config.deployment = "chat";
+    config.name = "r1";
+    config.policy = policy;
+    config.seed = 7;
+    config.max_queued = max_queued;
+    config.clock = clock;
+    config.autoscaler = autoscaler;
+    router_ = Keep(SpawnRouter(system_, config));
+    client_ = Keep(system_.spawn(Client, router_, outcomes_));
+  }
+
+  struct Fake {
+    caf::actor actor;
+    std::string name;
+    std::shared_ptr<Received> received;
+  };
+  Fake Replica(const std::string& name, Mode mode) {
+    auto received = std::make_shared<Received>();
+    return {Keep(system_.spawn(FakeReplica, name, mode, received)), name, received};
+  }
+
+  static ReplicaInfo Info(const Fake& fake, uint32_t max_ongoing = 100, double weight = 1.0) {
+    ReplicaInfo info;
+    info.replica = runtime::ActorRef(fake.actor, 1, fake.actor.id());
+    info.name = fake.name;
+    info.version = "v1";
+    info.weight = weight;
+    info.max_ongoing_requests = max_ongoing;
+    return info;
+  }
+
+  void SendSet(uint64_t generation, std::vector<ReplicaInfo> replicas) {
+    caf::anon_send(client_, ReplicaSet{"chat", generation, std::move(replicas)});
+  }
+
+  void Submit(uint64_t id, int64_t deadline_unix_ms = 0, runtime::ActorRef stream_to = {}) {
+    InferenceRequest request;
+    request.id = id;
+    request.deployment = "chat";
+    request.path = "/v1/completions";
+    request.body = R"({"prompt":"hi","max_tokens":1})";
+    request.deadline_unix_ms = deadline_unix_ms;
+    request.stream = stream_to.valid();
+    request.stream_to = stream_to;
+    caf::anon_send(client_, submit_atom::value, std::move(request));
+  }
+
+  // The outcome of request `id`, waiting for it at most kWait.
+  StatusOr<InferenceResponse> Outcome(uint64_t id) {
+    if (!outcomes_->WaitFor([id](auto& m) { return m.count(id) != 0; })) {
+      return InternalError("request " + std::to_string(id) + " got no answer within 10 s");
+    }
+    return outcomes_->Get().at(id);
+  }
+
+  // The replica that served each of requests 1..n, counted by name.
+  std::map<std::string, int> ServedBy(uint64_t n) {
+    std::map<std::string, int> by;
+    for (uint64_t id = 1; id <= n; ++id) {
+      auto outcome = Outcome(id);
+      EXPECT_TRUE(outcome.ok()) << "request " << id << ": " << outcome.status();
+      if (!outcome.ok()) continue;
+      EXPECT_EQ(outcome->request_id, id) << "the reply carries the client's id again";
+      ++by[outcome->replica];
+    }
+    return by;
+  }
+
+  bool Answered(uint64_t id) { return outcomes_->Get().count(id) != 0; }
+
+  // The router's counts after everything the test sent before.
+  RouterStats Stats() {
+    RouterStats stats;
+    caf::scoped_actor self{system_};
+    self->request(client_, kWait, query_atom::value)
+        .receive([&](RouterStats& s) { stats = s; },
+                 [&](caf::error& e) { ADD_FAILURE() << "router query: " << runtime::ToStatus(e); });
+    return stats;
+  }
+
+  // Asks the router again until `pred(stats)` holds, at most kWait (for what the router learns from
+  // a replica, not from the test's client); the last stats seen.
+  template <class P>
+  RouterStats WaitForStats(P&& pred) {
+    const auto deadline = std::chrono::steady_clock::now() + kWait;
+    RouterStats stats = Stats();
+    while (!pred(stats) && std::chrono::steady_clock::now() < deadline) stats = Stats();
+    return stats;
+  }
+
+  static bool WaitReceived(const Fake& fake, size_t n) {
+    return fake.received->WaitFor([n](auto& ids) { return ids.size() >= n; });
+  }
+
+  caf::actor Keep(caf::actor actor) {
+    spawned_.push_back(actor);
+    return actor;
+  }
+
+  caf::actor_system system_;
+  std::vector<caf::actor> spawned_;
+  std::shared_ptr<Outcomes> outcomes_ = std::make_shared<Outcomes>();
+  caf::actor router_;
+  caf::actor client_;
+};
+
+TEST_F(RouterTest, RoundRobinSendsToEachReplicaInTurn) {
+  StartRouter(RoutingPolicyKind::kRoundRobin);
+  auto a = Replica("chat/v1/replica-0", Mode::kAnswer);
+  auto b = Replica("chat/v1/replica-1", Mode::kAnswer);
+  auto c = Replica("chat/v1/replica-2", Mode::kAnswer);
+  SendSet(1, {Info(a), Info(b), Info(c)});
+  for (uint64_t id = 1; id <= 9; ++id) Submit(id);
+  auto by = ServedBy(9);
+  EXPECT_EQ(by, (std::map<std::string, int>{{a.name, 3}, {b.name, 3}, {c.name, 3}}));
+  // The router numbers what it sends on itself: 1..9 in order of arrival.
+  std::vector<uint64_t> all;
+  for (const auto* f : {&a, &b, &c}) {
+    auto ids = f->received->Get();
+    all.insert(all.end(), ids.begin(), ids.end());
+  }
+  std::sort(all.begin(), all.end());
+  EXPECT_EQ(all, (std::vector<uint64_t>{1, 2, 3, 4, 5, 6, 7, 8, 9}));
+  EXPECT_EQ(Stats().completed, 9u);
+}
+
+TEST_F(RouterTest, WeightedSplitsByTheVersionsWeights) {
+  StartRouter(RoutingPolicyKind::kWeighted);
+  auto stable = Replica("chat/v1/replica-0", Mode::kAnswer);
+  auto canary = Replica("chat/v2/replica-0", Mode::kAnswer);
+  SendSet(1, {Info(stable, 100, 90), Info(canary, 100, 10)});
+  for (uint64_t id = 1; id <= 100; ++id) Submit(id);
+  auto by = ServedBy(100);
+  EXPECT_EQ(by, (std::map<std::string, int>{{stable.name, 90}, {canary.name, 10}}));
+}
+
+TEST_F(RouterTest, RandomReachesEveryReplica) {
+  StartRouter(RoutingPolicyKind::kRandom);
+  auto a = Replica("chat/v1/replica-0", Mode::kAnswer);
+  auto b = Replica("chat/v1/replica-1", Mode::kAnswer);
+  SendSet(1, {Info(a), Info(b)});
+  for (uint64_t id = 1; id <= 64; ++id) Submit(id);
+  auto by = ServedBy(64);
+  EXPECT_GT(by[a.name], 8);  // p(<= 8 of 64) is below 1e-9
+  EXPECT_GT(by[b.name], 8);
+}
+
+// A holds one request; every later one, sent one at a time, goes to B, the less loaded (least outstanding, and power of
+// two choices, which with two replicas always compares both).
+TEST_F(RouterTest, LoadAwarePoliciesAvoidTheBusyReplica) {
+  for (auto policy : {RoutingPolicyKind::kLeastOutstanding, RoutingPolicyKind::kPowerOfTwoChoices}) {
+    SCOPED_TRACE(RoutingPolicyName(policy));
+    outcomes_ = std::make_shared<Outcomes>();
+    StartRouter(policy);
+    auto busy = Replica("chat/v1/replica-0", Mode::kHold);
+    auto idle = Replica("chat/v1/replica-1", Mode::kAnswer);
+    SendSet(1, {Info(busy)});
+    Submit(100);
+    ASSERT_TRUE(WaitReceived(busy, 1));
+    SendSet(2, {Info(busy), Info(idle)});
+    for (uint64_t id = 1; id <= 20; ++id) {  // one at a time: the idle replica is idle again each time
+      Submit(id);
+      ASSERT_TRUE(Outcome(id).ok());
+    }
+    auto by = ServedBy(20);
+    EXPECT_EQ(by, (std::map<std::string, int>{{idle.name, 20}}));
+    EXPECT_EQ(busy.received->Get().size(), 1u);
+    caf::anon_send(busy.actor, release_atom::value);
+    EXPECT_TRUE(Outcome(100).ok());
+  }
+}
+
+TEST_F(RouterTest, QueuesBeyondMaxOngoingInOrderAndRefusesPastTheBound) {
+  StartRouter(RoutingPolicyKind::kRoundRobin, /*max_queued=*/2);
+  auto a = Replica("chat/v1/replica-0", Mode::kHold);
+  SendSet(1, {Info(a, /*max_ongoing=*/1)});
+  for (uint64_t id = 1; id <= 4; ++id) Submit(id);
+  auto refused = Outcome(4);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kResourceExhausted) << refused.status();
+  EXPECT_NE(refused.status().message().find("queue is full"), std::string::npos) << refused.status();
+  RouterStats stats = Stats();
+  EXPECT_EQ(stats.ongoing, 1u);
+  EXPECT_EQ(stats.queued, 2u);
+  // Each release answers the one in flight; the next queued one goes on, first come first served.
+  for (size_t k = 1; k <= 3; ++k) {
+    ASSERT_TRUE(WaitReceived(a, k)) << "the replica got " << a.received->Get().size() << " of " << k;
+    EXPECT_EQ(a.received->Get().size(), k) << "max_ongoing_requests 1 was exceeded";
+    caf::anon_send(a.actor, release_atom::value);
+    auto outcome = Outcome(k);
+    EXPECT_TRUE(outcome.ok()) << outcome.status();
+  }
+  EXPECT_EQ(a.received->Get(), (std::vector<uint64_t>{1, 2, 3}));
+  stats = Stats();
+  EXPECT_EQ(stats.ongoing, 0u);
+  EXPECT_EQ(stats.queued, 0u);
+  EXPECT_EQ(stats.completed, 3u);
+  EXPECT_EQ(stats.failed, 1u);
+}
+
+TEST_F(RouterTest, AQueuedRequestFailsAtItsDeadline) {
+  ManualClock clock;
+  StartRouter(RoutingPolicyKind::kRoundRobin, 100, &clock);
+  auto a = Replica("chat/v1/replica-0", Mode::kHold);
+  SendSet(1, {Info(a, /*max_ongoing=*/1)});
+  Submit(1, clock.UnixMs() + 3600 * 1000);
+  Submit(2, clock.UnixMs() + 1000);
+  ASSERT_TRUE(WaitReceived(a, 1));
+  EXPECT_EQ(Stats().queued, 1u);
+  EXPECT_FALSE(Answered(2)) << "request 2 failed before its deadline";
+  clock.Advance(1001ms);
+  auto late = Outcome(2);
+  ASSERT_FALSE(late.ok());
+  EXPECT_EQ(late.status().code(), StatusCode::kDeadlineExceeded) << late.status();
+  EXPECT_NE(late.status().message().find("in the router's queue"), std::string::npos) << late.status();
+  RouterStats stats = Stats();
+  EXPECT_EQ(stats.queued, 0u);
+  EXPECT_EQ(stats.ongoing, 1u);
+  caf::anon_send(a.actor, release_atom::value);
+  EXPECT_TRUE(Outcome(1).ok());
+  EXPECT_EQ(a.received->Get().size(), 1u) << "the expired request was sent on anyway";
+}
+
+TEST_F(RouterTest, ADeadlineAlreadyPastFailsAtOnce) {
+  StartRouter(RoutingPolicyKind::kRoundRobin);
+  auto a = Replica("chat/v1/replica-0", Mode::kAnswer);
+  SendSet(1, {Info(a)});
+  Submit(1, 1000);  // 1970
+  auto outcome = Outcome(1);
+  ASSERT_FALSE(outcome.ok());
+  EXPECT_EQ(outcome.status().code(), StatusCode::kDeadlineExceeded) << outcome.status();
+  EXPECT_TRUE(a.received->Get().empty());
+}
+
+TEST_F(RouterTest, ARefusedRequestIsRetriedOnceOnAnotherReplica) {
+  StartRouter(RoutingPolicyKind::kRoundRobin);
+  auto draining = Replica("chat/v1/replica-0", Mode::kRefuse);
+  auto ready = Replica("chat/v1/replica-1", Mode::kAnswer);
+  SendSet(1, {Info(draining), Info(ready)});
+  Submit(1);  // round robin: the draining replica first
+  auto outcome = Outcome(1);
+  ASSERT_TRUE(outcome.ok()) << outcome.status();
+  EXPECT_EQ(outcome->replica, ready.name);
+  EXPECT_EQ(draining.received->Get().size(), 1u);
+  EXPECT_EQ(Stats().retried, 1u);
+}
+
+TEST_F(RouterTest, ARequestRefusedTwiceFailsWithTheRefusal) {
+  StartRouter(RoutingPolicyKind::kRoundRobin);
+  auto a = Replica("chat/v1/replica-0", Mode::kRefuse);
+  auto b = Replica("chat/v1/replica-1", Mode::kRefuse);
+  auto c = Replica("chat/v1/replica-2", Mode::kRefuse);
+  SendSet(1, {Info(a), Info(b), Info(c)});
+  Submit(1);
+  auto outcome = Outcome(1);
+  ASSERT_FALSE(outcome.ok());
+  EXPECT_EQ(outcome.status().code(), StatusCode::kFailedPrecondition) << outcome.status();
+  EXPECT_NE(outcome.status().message().find("after one retry"), std::string::npos) << outcome.status();
+  // Once on a, once on b; never a third time.
+  EXPECT_EQ(a.received->Get().size() + b.received->Get().size() + c.received->Get().size(), 2u);
+  EXPECT_EQ(a.received->Get().size(), 1u);
+}
+
+TEST_F(RouterTest, ARefusedRequestWaitsForAnotherReplicaRatherThanGoBack) {
+  StartRouter(RoutingPolicyKind::kRoundRobin);
+  auto draining = Replica("chat/v1/replica-0", Mode::kRefuse);
+  SendSet(1, {Info(draining)});
+  Submit(1);
+  // The refusal comes back and the request waits: no other replica, and not the one that refused.
+  EXPECT_EQ(WaitForStats([](const RouterStats& s) { return s.retried == 1; }).queued, 1u);
+  auto fresh = Replica("chat/v1/replica-1", Mode::kAnswer);
+  SendSet(2, {Info(draining), Info(fresh)});
+  auto outcome = Outcome(1);
+  ASSERT_TRUE(outcome.ok()) << outcome.status();
+  EXPECT_EQ(outcome->replica, fresh.name);
+  EXPECT_EQ(draining.received->Get().size(), 1u);
+}
+
+TEST_F(RouterTest, AReplicaThatDiesFailsItsRequestsInFlightAndIsDropped) {
+  StartRouter(RoutingPolicyKind::kRoundRobin);
+  auto doomed = Replica("chat/v1/replica-0", Mode::kHold);
+  auto healthy = Replica("chat/v1/replica-1", Mode::kAnswer);
+  SendSet(1, {Info(doomed), Info(healthy)});
+  Submit(1);
+  ASSERT_TRUE(WaitReceived(doomed, 1));
+  caf::anon_send(doomed.actor, die_atom::value);
+  auto outcome = Outcome(1);
+  ASSERT_FALSE(outcome.ok());
+  EXPECT_EQ(outcome.status().code(), StatusCode::kUnavailable) << outcome.status();
+  EXPECT_NE(outcome.status().message().find("replica chat/v1/replica-0 died while serving the request"),
+            std::string::npos)
+      << outcome.status();
+  // A later set that still lists it (the deployment had not heard yet) does not bring it back.
+  SendSet(2, {Info(doomed), Info(healthy)});
+  for (uint64_t id = 2; id <= 5; ++id) Submit(id);
+  for (uint64_t id = 2; id <= 5; ++id) {
+    auto later = Outcome(id);
+    ASSERT_TRUE(later.ok()) << later.status();
+    EXPECT_EQ(later->replica, healthy.name);
+  }
+  RouterStats stats = Stats();
+  EXPECT_EQ(stats.replicas, 1u);
+  EXPECT_EQ(stats.ongoing, 0u);
+}
+
+TEST_F(RouterTest, ARequestSentToAReplicaAlreadyGoneIsRetried) {
+  StartRouter(RoutingPolicyKind::kRoundRobin);
+  auto gone = Replica("chat/v1/replica-0", Mode::kAnswer);
+  auto healthy = Replica("chat/v1/replica-1", Mode::kAnswer);
+  {
+    caf::scoped_actor self{system_};
+    self->monitor(gone.actor);
+    caf::anon_send_exit(gone.actor, caf::exit_reason::kill);
+    bool down = false;
+    self->receive([&](caf::down_msg&) { down = true; }, caf::after(kWait) >> [] {});
+    ASSERT_TRUE(down) << "the fake replica did not end";
+  }
+  SendSet(1, {Info(gone), Info(healthy)});
+  for (uint64_t id = 1; id <= 4; ++id) Submit(id);
+  for (uint64_t id = 1; id <= 4; ++id) {
+    auto outcome = Outcome(id);
+    ASSERT_TRUE(outcome.ok()) << outcome.status();
+    EXPECT_EQ(outcome->replica, healthy.name);
+  }
+}
+
+TEST_F(RouterTest, RequestsWaitForTheFirstReplicaWhenScaledToZero) {
+  StartRouter(RoutingPolicyKind::kPowerOfTwoChoices);
+  Submit(1);
+  Submit(2);
+  RouterStats stats = Stats();
+  EXPECT_EQ(stats.replicas, 0u);
+  EXPECT_EQ(stats.queued, 2u);
+  EXPECT_FALSE(Answered(1));
+  auto first = Replica("chat/v1/replica-0", Mode::kAnswer);
+  SendSet(1, {Info(first)});
+  for (uint64_t id : {1, 2}) {
+    auto outcome = Outcome(id);
+    ASSERT_TRUE(outcome.ok()) << outcome.status();
+    EXPECT_EQ(outcome->replica, first.name);
+  }
+}
+
+TEST_F(RouterTest, ScaledToZeroARequestStillFailsAtItsDeadline) {
+  ManualClock clock;
+  StartRouter(RoutingPolicyKind::kRoundRobin, 100, &clock);
+  Submit(1, clock.UnixMs() + 500);
+  EXPECT_EQ(Stats().queued, 1u);
+  clock.Advance(501ms);
+  auto outcome = Outcome(1);
+  ASSERT_FALSE(outcome.ok());
+  EXPECT_EQ(outcome.status().code(), StatusCode::kDeadlineExceeded) << outcome.status();
+  EXPECT_NE(outcome.status().message().find("no replica of the deployment is ready"), std::string::npos)
+      << outcome.status();
+}
+
+TEST_F(RouterTest, OlderGenerationsAreIgnoredAndRemovedReplicasFinishTheirRequests) {
+  StartRouter(RoutingPolicyKind::kRoundRobin);
+  auto old_version = Replica("chat/v1/replica-0", Mode::kHold);
+  auto new_version = Replica("chat/v2/replica-0", Mode::kAnswer);
+  SendSet(2, {Info(old_version)});
+  SendSet(1, {Info(new_version)});  // late and older: ignored
+  Submit(1);
+  ASSERT_TRUE(WaitReceived(old_version, 1));
+  EXPECT_EQ(Stats().generation, 2u);
+  SendSet(3, {Info(new_version)});
+  for (uint64_t id = 2; id <= 4; ++id) Submit(id);
+  for (uint64_t id = 2; id <= 4; ++id) {
+    auto outcome = Outcome(id);
+    ASSERT_TRUE(outcome.ok()) << outcome.status();
+    EXPECT_EQ(outcome->replica, new_version.name);
+  }
+  EXPECT_FALSE(Answered(1));
+  RouterStats stats = Stats();
+  EXPECT_EQ(stats.generation, 3u);
+  EXPECT_EQ(stats.ongoing, 1u);  // still at the removed replica
+  caf::anon_send(old_version.actor, release_atom::value);
+  auto outcome = Outcome(1);
+  ASSERT_TRUE(outcome.ok()) << outcome.status();
+  EXPECT_EQ(outcome->replica, old_version.name);
+  EXPECT_EQ(old_version.received->Get().size(), 1u);
+  EXPECT_EQ(Stats().ongoing, 0u);
+}
+
+TEST_F(RouterTest, ReportsOngoingAndQueuedToTheAutoscaler) {
+  auto reports = std::make_shared<Watched<std::vector<LoadReport>>>();
+  auto autoscaler = Keep(system_.spawn([reports]() -> caf::behavior {
+    return {[reports](LoadReport& r) { reports->Update([&](auto& v) { v.push_back(r); }); }};
+  }));
+  StartRouter(RoutingPolicyKind::kRoundRobin, 100, nullptr, runtime::ActorRef(autoscaler, 1, autoscaler.id()));
+  auto a = Replica("chat/v1/replica-0", Mode::kHold);
+  SendSet(1, {Info(a, /*max_ongoing=*/1)});
+  for (uint64_t id = 1; id <= 3; ++id) Submit(id);
+  ASSERT_TRUE(reports->WaitFor([](auto& v) { return !v.empty() && v.back().ongoing == 1 && v.back().queued == 2; }))
+      << "no report of 1 ongoing and 2 queued";
+  const LoadReport last = reports->Get().back();
+  EXPECT_EQ(last.deployment, "chat");
+  EXPECT_EQ(last.source, "router/r1");
+  EXPECT_GT(last.at_unix_ms, 0);
+  for (size_t k = 1; k <= 3; ++k) {
+    ASSERT_TRUE(WaitReceived(a, k));
+    caf::anon_send(a.actor, release_atom::value);
+  }
+  for (uint64_t id = 1; id <= 3; ++id) EXPECT_TRUE(Outcome(id).ok());
+  ASSERT_TRUE(reports->WaitFor([](auto& v) {
+    return !v.empty() && v.back().ongoing == 0 && v.back().queued == 0 && v.back().completed_per_second > 0;
+  })) << "no report of the completed requests";
+}
+
+TEST_F(RouterTest, StreamedChunksGoStraightToTheStreamAndTheRouterRelaysTheEnd) {
+  StartRouter(RoutingPolicyKind::kRoundRobin);
+  auto a = Replica("chat/v1/replica-0", Mode::kAnswer);
+  SendSet(1, {Info(a)});
+  auto chunks = std::make_shared<Watched<std::vector<ResponseChunk>>>();
+  auto stream = Keep(system_.spawn([chunks]() -> caf::behavior {
+    return {[chunks](ResponseChunk& c) { chunks->Update([&](auto& v) { v.push_back(c); }); }};
+  }));
+  Submit(1, 0, runtime::ActorRef(stream, 1, stream.id()));
+  auto outcome = Outcome(1);
+  ASSERT_TRUE(outcome.ok()) << outcome.status();
+  ASSERT_TRUE(chunks->WaitFor([](auto& v) { return v.size() == 1; }));
+  EXPECT_EQ(chunks->Get()[0].data, "data: {}\n\n");
+}
+
+TEST_F(RouterTest, AStoppedRouterFailsWhatItHolds) {
+  StartRouter(RoutingPolicyKind::kRoundRobin);
+  auto a = Replica("chat/v1/replica-0", Mode::kHold);
+  SendSet(1, {Info(a, 1)});
+  Submit(1);
+  Submit(2);
+  ASSERT_TRUE(WaitReceived(a, 1));
+  EXPECT_EQ(Stats().queued, 1u);
+  caf::anon_send_exit(router_, caf::exit_reason::user_shutdown);
+  for (uint64_t id : {1, 2}) {
+    auto outcome = Outcome(id);
+    ASSERT_FALSE(outcome.ok());
+    EXPECT_EQ(outcome.status().code(), StatusCode::kUnavailable) << outcome.status();
+  }
+}
+
+}  // namespace
+}  // namespace troupe::serving
