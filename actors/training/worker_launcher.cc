@@ -1,10 +1,7 @@
 // WorkerLauncher.
 #include "actors/training/worker_launcher.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -14,11 +11,12 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <random>
 
 #include "actors/slice_environment.h"
 #include "actors/training/standby.h"
 #include "common/child_process.h"
+#include "common/free_port.h"
+#include "common/rotating_log.h"
 
 namespace troupe::training {
 
@@ -80,39 +78,6 @@ int64_t ModifiedNs(const std::string& path) {
   return int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec;
 }
 
-// Appends lines to a log file, rotating it at `max_bytes` (file -> file.1 -> file.2 ...).
-class RotatingLog {
- public:
-  RotatingLog(std::string path, uint64_t max_bytes, int kept) : path_(std::move(path)), max_(max_bytes), kept_(kept) {
-    out_.open(path_, std::ios::app);
-    std::error_code ec;
-    size_ = fs::exists(path_, ec) ? fs::file_size(path_, ec) : 0;
-  }
-  void Write(const std::string& line) {
-    if (size_ + line.size() + 1 > max_ && size_ > 0) Rotate();
-    out_ << line << '\n';
-    out_.flush();
-    size_ += line.size() + 1;
-  }
-
- private:
-  void Rotate() {
-    out_.close();
-    std::error_code ec;
-    for (int i = kept_; i >= 1; --i) {
-      const std::string from = i == 1 ? path_ : path_ + "." + std::to_string(i - 1);
-      fs::rename(from, path_ + "." + std::to_string(i), ec);
-    }
-    out_.open(path_, std::ios::trunc);
-    size_ = 0;
-  }
-  std::string path_;
-  uint64_t max_;
-  int kept_;
-  uint64_t size_ = 0;
-  std::ofstream out_;
-};
-
 // What a standby must share with a worker to become it: the interpreter and its options, the
 // preloaded modules and the working directory.
 std::string StandbyKey(const StartWorker& request) {
@@ -139,42 +104,6 @@ std::string Describe(int status) {
 
 }  // namespace
 
-namespace {
-
-// Binds `port` (0: any) on `host` and returns the port bound, or an error.
-StatusOr<uint16_t> BindAndRelease(const std::string& host, uint16_t port) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return InternalError(std::string("socket: ") + std::strerror(errno));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  if (inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1) addr.sin_addr.s_addr = htonl(INADDR_ANY);
-  socklen_t len = sizeof addr;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    Status error = UnavailableError("no free port on " + host + ": " + std::strerror(errno));
-    close(fd);
-    return error;
-  }
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
-}  // namespace
-
-StatusOr<uint16_t> PickFreePort(const std::string& host) {
-  // Below Linux's ephemeral range (32768-60999 by default): a port the kernel hands to some
-  // outgoing connection (the workers' own gloo or NCCL sockets among them) between this check
-  // and the worker's bind cannot be this one.
-  static thread_local std::mt19937 rng{std::random_device{}()};
-  std::uniform_int_distribution<int> pick(20000, 32767);
-  for (int i = 0; i < 64; ++i) {
-    auto port = BindAndRelease(host, static_cast<uint16_t>(pick(rng)));
-    if (port.ok()) return port;
-  }
-  return BindAndRelease(host, 0);
-}
-
 WorkerLauncher::WorkerLauncher(std::string log_root,
                                std::function<void(const StartWorker&, const WorkerExited&)> on_exit,
                                uint64_t max_log_bytes)
@@ -185,19 +114,21 @@ WorkerLauncher::~WorkerLauncher() { StopAll(); }
 void WorkerLauncher::StopAll() {
   std::map<Key, std::shared_ptr<Worker>> all;
   std::map<std::string, std::vector<std::unique_ptr<Standby>>> standbys;  // killed as they go
+  std::vector<std::thread> reapers;
   {
     std::lock_guard<std::mutex> lock(mu_);
     all.swap(workers_);
     standbys.swap(standbys_);
+    reapers.swap(reapers_);
     for (auto& [key, w] : all) {
       w->joined = true;
       w->stop = true;  // under the lock: AddStandby then keeps no standby for it
     }
   }
-  for (auto& [key, w] : all) w->stop = true;
   for (auto& [key, w] : all) {
     if (w->watcher.joinable()) w->watcher.join();
   }
+  for (auto& r : reapers) r.join();
 }
 
 std::string WorkerLauncher::LogPath(const std::string& job, uint64_t attempt, uint32_t rank) const {
@@ -436,6 +367,18 @@ uint32_t WorkerLauncher::Stop(const std::string& job, uint64_t up_to_attempt, bo
   // not thread-safe, and a signal after its reaping could reach a process that reused the pid).
   for (auto& w : stopping) {
     if (w->watcher.joinable() && w->watcher.get_id() != std::this_thread::get_id()) w->watcher.join();
+  }
+  if (!standbys.empty()) {
+    // Killed now, reaped by a thread of their own: an interpreter that imported torch takes
+    // 100-200 ms to go, and Stop() runs on the node agent's actor thread.
+    for (auto& s : standbys) s->child->Signal(SIGKILL);
+    std::vector<std::thread> done;  // earlier reapers, long finished as a rule: joined after the lock
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done.swap(reapers_);
+      reapers_.emplace_back([gone = std::move(standbys)]() mutable { gone.clear(); });
+    }
+    for (auto& r : done) r.join();
   }
   return static_cast<uint32_t>(stopping.size());
 }

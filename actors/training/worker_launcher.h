@@ -13,6 +13,7 @@
 
 #include "actors/training/messages.h"
 #include "common/child_process.h"
+#include "common/free_port.h"
 #include "common/status.h"
 
 namespace troupe::training {
@@ -112,12 +113,9 @@ class WorkerLauncher {
   std::map<std::string, std::pair<uint64_t, std::vector<WorkerExited>>> exits_;
   // Standby interpreters by job.
   std::map<std::string, std::vector<std::unique_ptr<Standby>>> standbys_;
+  // Threads reaping the standbys of jobs that ended (joined by the next Stop() that kills
+  // standbys, and by StopAll()).
+  std::vector<std::thread> reapers_;
 };
-
-/// A TCP port free on `host` now (bound and closed): MASTER_PORT for a new attempt. Chosen at
-/// random below Linux's ephemeral range, so that no outgoing connection is given it before the
-/// worker binds it (torchrun binds port 0, which an outgoing connection can then take); another
-/// program binding it meanwhile is still possible.
-StatusOr<uint16_t> PickFreePort(const std::string& host);
 
 }  // namespace troupe::training
