@@ -310,7 +310,8 @@ void DrainOver(Self* self, int64_t timeout_ms) {
   auto& st = self->state;
   if (st.replica_state != ReplicaState::kDraining) return;
   const std::string timeout = "the drain timeout (" + std::to_string(timeout_ms) + " ms)";
-  Stop(self, timeout + " passed with " + std::to_string(st.ongoing) + " requests in flight",
+  Stop(self, timeout + " passed with " + std::to_string(st.ongoing) + (st.ongoing == 1 ? " request" : " requests") +
+                 " in flight",
        UnavailableError("replica '" + st.config.name + "' was drained and the request was still running after " +
                         timeout));
 }
