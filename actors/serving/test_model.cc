@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <random>
@@ -217,7 +218,9 @@ std::vector<std::string> CompletionTokens(const TestRequest& request, uint64_t s
 
 std::chrono::microseconds TokenOffset(const TestModelConfig& config, uint32_t k) {
   if (k == 0 || config.tokens_per_second <= 0) return config.first_token_latency;
-  const double us = std::ceil(static_cast<double>(k) * 1e6 / config.tokens_per_second);
+  // At most a year: a rate near zero must not overflow the conversion.
+  constexpr double kMaxUs = 365.0 * 24 * 3600 * 1e6;
+  const double us = std::min(kMaxUs, std::ceil(static_cast<double>(k) * 1e6 / config.tokens_per_second));
   return config.first_token_latency + std::chrono::microseconds(static_cast<int64_t>(us));
 }
 
@@ -227,8 +230,9 @@ uint32_t TokensDue(const TestModelConfig& config, std::chrono::microseconds elap
   const double after_first = static_cast<double>((elapsed - config.first_token_latency).count());
   // Token k is due at ceil(k * 1e6 / rate) us after the first: the largest such k, then checked
   // against TokenOffset so that rounding never lets a token out early.
-  uint64_t k = static_cast<uint64_t>(std::floor(after_first * config.tokens_per_second / 1e6));
-  if (k >= total) return total;
+  const double whole = std::floor(after_first * config.tokens_per_second / 1e6);
+  if (!(whole < static_cast<double>(total))) return total;  // (a huge rate: also inf)
+  uint64_t k = static_cast<uint64_t>(whole);
   while (k > 0 && TokenOffset(config, static_cast<uint32_t>(k)) > elapsed) --k;
   while (k + 1 < total && TokenOffset(config, static_cast<uint32_t>(k + 1)) <= elapsed) ++k;
   return static_cast<uint32_t>(k + 1);

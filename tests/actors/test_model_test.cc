@@ -134,6 +134,12 @@ TEST(TestModel, TokensFollowTheFirstTokenLatencyAndTheRate) {
     EXPECT_EQ(TokensDue(config, TokenOffset(config, k), 100), k + 1) << k;
     EXPECT_EQ(TokensDue(config, TokenOffset(config, k) - 1us, 100), k) << k;
   }
+  config.tokens_per_second = 1e300;  // extreme rates neither overflow nor let tokens out early
+  EXPECT_EQ(TokensDue(config, 50ms + 1us, 8), 8u) << "every later token 1 us after the first (rounded up)";
+  EXPECT_EQ(TokensDue(config, 49ms, 8), 0u);
+  config.tokens_per_second = 1e-300;
+  EXPECT_EQ(TokensDue(config, 10s, 8), 1u);
+  EXPECT_GT(TokenOffset(config, 1), std::chrono::hours(24 * 300));
   config.tokens_per_second = 0;  // unpaced: all with the first
   EXPECT_EQ(TokenOffset(config, 7), 50ms);
   EXPECT_EQ(TokensDue(config, 50ms, 8), 8u);
