@@ -141,6 +141,8 @@ void Failed(Self* self, uint64_t id, caf::error& error) {
   if (error != caf::sec::request_timeout) self->home_system().clock().cancel_request_timeout(self, p.mid);
   Release(self, p);
   if (error == caf::sec::request_timeout) {
+    // The replica may still be at it: it stops (and answers Cancelled, which nobody waits for).
+    if (auto replica = caf::actor_cast<caf::actor>(p.replica)) self->send(replica, CancelRequest{p.request.id});
     Fail(self, p,
          DeadlineExceededError(RequestName(st, p) + ": replica " + p.replica_name + " did not answer within its deadline (" +
                                std::to_string(p.deadline_unix_ms - p.admitted_unix_ms) +
@@ -269,6 +271,7 @@ void Admit(Self* self, InferenceRequest& request, caf::typed_response_promise<In
                                                       : p.admitted_unix_ms + st.config.default_deadline.count();
   p.request = std::move(request);
   p.request.id = ++st.next_id;
+  p.request.deadline_unix_ms = p.deadline_unix_ms;  // the replica stops the work there too
   if (p.deadline_unix_ms <= p.admitted_unix_ms) {
     Fail(self, p, DeadlineExceededError(RequestName(st, p) + ": its deadline had passed when it reached the router"));
     return;

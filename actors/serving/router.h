@@ -72,7 +72,9 @@ struct RouterStats {
 /// Messages it takes:
 ///   InferenceRequest (a request; reply InferenceResponse or an error): sent on to a replica with
 ///     room picked by the policy, as a CAF request with the request's deadline as its timeout and
-///     the router's own request id; the reply goes back with the client's id again. Streamed
+///     the router's own request id (and the deadline in deadline_unix_ms, default_deadline's when
+///     the client gave none); the reply goes back with the client's id again. A replica that has
+///     not answered by the deadline gets a CancelRequest for it. Streamed
 ///     requests: the replica sends the ResponseChunks straight to request.stream_to (they carry
 ///     the router's id for the request, not the client's); the router relays only the final
 ///     reply. While no replica has room (all at max_ongoing_requests, or none ready: scale from

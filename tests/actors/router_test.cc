@@ -65,9 +65,10 @@ struct FakeState {
 };
 
 // A replica: answers at once with its name (and one chunk to stream_to, if set), holds requests
-// until a release_atom, or refuses them as a draining replica does. die_atom ends it.
+// until a release_atom, or refuses them as a draining replica does; it notes CancelRequests.
+// die_atom ends it.
 caf::behavior FakeReplica(caf::stateful_actor<FakeState>* self, std::string name, Mode mode,
-                          std::shared_ptr<Received> received) {
+                          std::shared_ptr<Received> received, std::shared_ptr<Received> cancelled) {
   return {
       [=](InferenceRequest& request) -> caf::result<InferenceResponse> {
         received->Update([&](auto& ids) { ids.push_back(request.id); });
@@ -98,6 +99,7 @@ caf::behavior FakeReplica(caf::stateful_actor<FakeState>* self, std::string name
         }
         self->state.held.clear();
       },
+      [=](CancelRequest& cancel) { cancelled->Update([&](auto& ids) { ids.push_back(cancel.request_id); }); },
       [=](die_atom) { self->quit(runtime::ToCafError(InternalError(name + " crashed (test)"))); },
   };
 }
@@ -168,10 +170,12 @@ class RouterTest : public ::testing::Test {
     caf::actor actor;
     std::string name;
     std::shared_ptr<Received> received;
+    std::shared_ptr<Received> cancelled;
   };
   Fake Replica(const std::string& name, Mode mode) {
     auto received = std::make_shared<Received>();
-    return {Keep(system_.spawn(FakeReplica, name, mode, received)), name, received};
+    auto cancelled = std::make_shared<Received>();
+    return {Keep(system_.spawn(FakeReplica, name, mode, received, cancelled)), name, received, cancelled};
   }
 
   static ReplicaInfo Info(const Fake& fake, uint32_t max_ongoing = 100, double weight = 1.0) {
@@ -374,6 +378,41 @@ TEST_F(RouterTest, AQueuedRequestFailsAtItsDeadline) {
   caf::anon_send(a.actor, release_atom::value);
   EXPECT_TRUE(Outcome(1).ok());
   EXPECT_EQ(a.received->Get().size(), 1u) << "the expired request was sent on anyway";
+}
+
+TEST_F(RouterTest, ARequestTheReplicaHoldsPastItsDeadlineFailsAndIsCancelledThere) {
+  StartRouter(RoutingPolicyKind::kRoundRobin);
+  auto a = Replica("chat/v1/replica-0", Mode::kHold);
+  SendSet(1, {Info(a)});
+  const int64_t deadline = SteadyClock::Instance().UnixMs() + 200;
+  Submit(1, deadline);
+  auto outcome = Outcome(1);
+  ASSERT_FALSE(outcome.ok());
+  EXPECT_EQ(outcome.status().code(), StatusCode::kDeadlineExceeded) << outcome.status();
+  EXPECT_NE(outcome.status().message().find("did not answer within its deadline"), std::string::npos)
+      << outcome.status();
+  ASSERT_TRUE(a.cancelled->WaitFor([](auto& ids) { return ids.size() == 1; })) << "no CancelRequest came";
+  EXPECT_EQ(a.cancelled->Get(), a.received->Get()) << "the cancel names the router's id for the request";
+  EXPECT_EQ(Stats().ongoing, 0u);
+}
+
+TEST_F(RouterTest, TheReplicaGetsTheDeadlineEvenWhenTheClientGaveNone) {
+  StartRouter(RoutingPolicyKind::kRoundRobin);
+  auto deadlines = std::make_shared<Watched<std::vector<int64_t>>>();
+  auto replica = Keep(system_.spawn([deadlines]() -> caf::behavior {
+    return {[deadlines](InferenceRequest& r) {
+      deadlines->Update([&](auto& v) { v.push_back(r.deadline_unix_ms); });
+      InferenceResponse response;
+      response.request_id = r.id;
+      return response;
+    }};
+  }));
+  const int64_t before = SteadyClock::Instance().UnixMs();
+  SendSet(1, {Info(Fake{replica, "chat/v1/replica-0", nullptr, nullptr})});
+  Submit(1);
+  ASSERT_TRUE(Outcome(1).ok());
+  ASSERT_EQ(deadlines->Get().size(), 1u);
+  EXPECT_GE(deadlines->Get()[0], before + 60000) << "RouterConfig::default_deadline is 60 s";
 }
 
 TEST_F(RouterTest, ADeadlineAlreadyPastFailsAtOnce) {
