@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "actors/serving/replica.h"
 #include "runtime/error.h"
 
 namespace troupe::serving {
@@ -630,6 +631,49 @@ TEST_F(RouterTest, AStoppedRouterFailsWhatItHolds) {
     ASSERT_FALSE(outcome.ok());
     EXPECT_EQ(outcome.status().code(), StatusCode::kUnavailable) << outcome.status();
   }
+}
+
+// With the real replica actor (the test model, 200 ms to a first token): a replica drained while it
+// holds requests finishes them, refuses new ones (FailedPrecondition, "draining"), which the router
+// sends to the other replica instead, then stops; no request fails.
+TEST_F(RouterTest, WithRealReplicasADrainLosesNoRequest) {
+  StartRouter(RoutingPolicyKind::kRoundRobin);
+  auto states = std::make_shared<Watched<std::map<std::string, ReplicaState>>>();
+  auto owner = Keep(system_.spawn([states]() -> caf::behavior {
+    return {[states](ReplicaStateChanged& c) { states->Update([&](auto& m) { m[c.name] = c.state; }); }};
+  }));
+  std::vector<Fake> replicas;
+  for (const char* name : {"chat/v1/replica-0", "chat/v1/replica-1"}) {
+    ReplicaConfig config;
+    config.deployment = "chat";
+    config.name = name;
+    config.max_ongoing_requests = 4;
+    config.owner = runtime::ActorRef(owner, 1, owner.id());
+    config.model.first_token_latency = 200ms;
+    replicas.push_back(Fake{Keep(SpawnServingReplica(system_, config)), name, nullptr, nullptr});
+  }
+  ASSERT_TRUE(states->WaitFor([](auto& m) {
+    return m.size() == 2 && m.begin()->second == ReplicaState::kReady && m.rbegin()->second == ReplicaState::kReady;
+  })) << "the replicas did not become ready";
+  SendSet(1, {Info(replicas[0], 4), Info(replicas[1], 4)});
+  for (uint64_t id = 1; id <= 4; ++id) Submit(id);
+  EXPECT_EQ(WaitForStats([](const RouterStats& s) { return s.ongoing == 4; }).ongoing, 4u);
+  caf::anon_send(replicas[0].actor, Drain{});
+  ASSERT_TRUE(states->WaitFor([&](auto& m) { return m[replicas[0].name] == ReplicaState::kDraining; }));
+  for (uint64_t id = 5; id <= 8; ++id) Submit(id);
+  for (uint64_t id = 1; id <= 8; ++id) {
+    auto outcome = Outcome(id);
+    ASSERT_TRUE(outcome.ok()) << "request " << id << ": " << outcome.status();
+    if (id >= 5) {
+      EXPECT_EQ(outcome->replica, replicas[1].name) << "request " << id;
+    }
+  }
+  RouterStats stats = Stats();
+  EXPECT_GE(stats.retried, 1u);
+  EXPECT_EQ(stats.failed, 0u);
+  ASSERT_TRUE(states->WaitFor([&](auto& m) { return m[replicas[0].name] == ReplicaState::kStopped; }));
+  // The drained replica exited normally; the router dropped it.
+  EXPECT_EQ(WaitForStats([](const RouterStats& s) { return s.replicas == 1; }).replicas, 1u);
 }
 
 }  // namespace
