@@ -35,6 +35,7 @@ struct WorkerLauncher::Worker {
   // detaches itself when it ends (it holds the last reference: a joinable std::thread must not be
   // destroyed).
   bool joined = false;
+  bool from_standby = false;  // it runs in a standby interpreter
 };
 
 struct WorkerLauncher::Standby {
@@ -190,6 +191,7 @@ StatusOr<WorkerStarted> WorkerLauncher::Start(const StartWorker& request, const 
     if (activated.ok()) {
       worker->child = std::move(standby);
       started.standby = true;
+      worker->from_standby = true;
     } else {
       spdlog::warn("job '{}': the standby could not take rank {} ({}); starting it cold", request.job, request.rank,
                    activated.ToString());
@@ -221,6 +223,18 @@ void WorkerLauncher::Watch(std::shared_ptr<Worker> w) {
   Steady::time_point stopped_since{};  // when it was first seen stopped (epoch: running)
   const auto start = Steady::now();
   bool standby_asked = w->request.preload.empty();
+  // Both said in the worker's log (`troupe job logs` shows them; tests wait for them).
+  if (w->from_standby) log.Write(kStartedInStandbyLogLine);
+  bool standby_ready_said = w->request.preload.empty();
+  auto standby_checked = start;
+  auto check_standby = [&](Steady::time_point now) {
+    if (!standby_asked || standby_ready_said || now - standby_checked < kPollInterval) return;
+    standby_checked = now;
+    if (HasReadyStandby(w->request)) {
+      log.Write(kStandbyReadyLogLine);
+      standby_ready_said = true;
+    }
+  };
   bool stopped = false;
   bool eof = false;
   bool hung = false;
@@ -235,6 +249,7 @@ void WorkerLauncher::Watch(std::shared_ptr<Worker> w) {
           standby_asked = true;
           AddStandby(w);
         }
+        check_standby(last_progress);
         continue;
       }
       if (line.status().code() == StatusCode::kUnavailable) eof = true;
@@ -245,6 +260,7 @@ void WorkerLauncher::Watch(std::shared_ptr<Worker> w) {
       standby_asked = true;
       AddStandby(w);
     }
+    check_standby(now);
     if (int64_t m = ModifiedNs(w->progress_path); m != progress_mtime) {
       progress_mtime = m;
       last_progress = now;
@@ -391,6 +407,17 @@ void WorkerLauncher::ReapStandbys(const std::string& job, std::vector<std::uniqu
                  job, status.ok() ? Describe(*status) : status.status().ToString(), s->said);
   }
   dead.clear();
+}
+
+bool WorkerLauncher::HasReadyStandby(const StartWorker& request) {
+  const std::string command = StandbyKey(request);
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = standbys_.find(request.job);
+  if (it == standbys_.end()) return false;
+  for (auto& s : it->second) {
+    if (s->command == command && s->CheckReady()) return true;
+  }
+  return false;
 }
 
 size_t WorkerLauncher::ready_standbys(const std::string& job) {

@@ -53,6 +53,12 @@ class WorkerLauncher {
   /// How long after its start a quiet worker waits for its standby: the standby's import then
   /// competes less with the worker's own start.
   static constexpr std::chrono::milliseconds kStandbyDelay{2000};
+  /// Written to a worker's log when a standby for its job is ready on its node, and as the first
+  /// line of a worker that runs in a standby.
+  static constexpr const char* kStandbyReadyLogLine =
+      "[troupe] a standby interpreter for the job's next attempt is ready on this node (entry.preload imported)";
+  static constexpr const char* kStartedInStandbyLogLine =
+      "[troupe] started in a standby interpreter (entry.preload imported before)";
 
   /// `on_exit` runs on the worker's watcher thread once per worker that ended by itself or was
   /// found hung (not for workers stopped through Stop()).
@@ -101,6 +107,8 @@ class WorkerLauncher {
   void AddStandby(const std::shared_ptr<Worker>& worker);
   // A live standby of `request`'s job for its command (taken out of standbys_), or null.
   std::unique_ptr<ChildProcess> TakeStandby(const StartWorker& request);
+  // True if a standby for `request`'s job and command is ready here.
+  bool HasReadyStandby(const StartWorker& request);
   // Reaps standbys found dead (outside mu_) and logs what they printed; empties `dead`.
   static void ReapStandbys(const std::string& job, std::vector<std::unique_ptr<Standby>>& dead);
 

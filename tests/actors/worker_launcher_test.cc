@@ -319,6 +319,10 @@ TEST_F(StandbyTest, ARestartedWorkerRunsInTheStandbyExactlyAsItWouldStartCold) {
   EXPECT_NE(cold.find("cwd=" + dir_ + "/work rank=0 preloaded=False"), std::string::npos) << cold;
   EXPECT_NE(warm.find("cwd=" + dir_ + "/work rank=1 preloaded=True"), std::string::npos) << warm;
   EXPECT_NE(warm.find("[troupe] worker exited with code 3"), std::string::npos) << warm;
+  // The logs say it: the first worker's when its standby was ready, the second's first line.
+  EXPECT_NE(cold.find(WorkerLauncher::kStandbyReadyLogLine), std::string::npos) << cold;
+  EXPECT_EQ(warm.rfind(WorkerLauncher::kStartedInStandbyLogLine, 0), 0u) << warm;
+  EXPECT_EQ(cold.find(WorkerLauncher::kStartedInStandbyLogLine), std::string::npos) << cold;
 }
 
 TEST_F(StandbyTest, AStandbyThatCannotImportIsNeverUsedAndAFinalStopTakesTheStandbys) {
