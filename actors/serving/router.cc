@@ -457,6 +457,9 @@ caf::behavior Router(Self* self, RouterConfig config) {
 }  // namespace
 
 caf::actor SpawnRouter(caf::actor_system& system, RouterConfig config) {
+  // A zero interval would make the timers spin; 1 ms is finer than any deadline needs.
+  config.queue_check_interval = std::max(config.queue_check_interval, std::chrono::milliseconds(1));
+  config.load_report_interval = std::max(config.load_report_interval, std::chrono::milliseconds(1));
   return system.spawn(Router, std::move(config));
 }
 

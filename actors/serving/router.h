@@ -34,7 +34,7 @@ struct RouterConfig {
   /// request waits forever. troupe's choice.
   std::chrono::milliseconds default_deadline{60000};
   /// How often queued requests are checked against their deadlines (while any are queued): a
-  /// queued request fails at most this long after its deadline.
+  /// queued request fails at most this long after its deadline. Intervals below 1 ms count as 1 ms.
   std::chrono::milliseconds queue_check_interval{10};
   /// How often a LoadReport goes to the autoscaler (the issue: at least every 100 ms).
   std::chrono::milliseconds load_report_interval{100};
