@@ -9,6 +9,8 @@ find_package(OpenSSL REQUIRED)
 # Header-only: CLI11 parses the troupe command line, nlohmann-json writes and reads JSON.
 find_package(CLI11 REQUIRED)
 find_package(nlohmann_json REQUIRED)
+# Header-only: Boost.Beast (with Boost.Asio) is troupe's HTTP, client and server (Debian libboost-dev).
+find_package(Boost 1.74 REQUIRED)
 if(TROUPE_BUILD_TESTS)
   find_package(GTest REQUIRED)
 endif()

@@ -17,7 +17,7 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config ccache coreutils
   libcaf-dev libucx-dev ucx-utils libcapnp-dev capnproto liblmdb-dev prometheus-cpp-dev
   libyaml-cpp-dev libspdlog-dev libfmt-dev libssl-dev
-  libcli11-dev nlohmann-json3-dev
+  libcli11-dev nlohmann-json3-dev libboost-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   prometheus iproute2
   clang libclang-rt-14-dev

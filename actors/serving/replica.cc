@@ -1,10 +1,11 @@
-// The serving replica actor, with the test model as its backend.
+// The serving replica actor, with the test model or a Backend (the process backend).
 #include "actors/serving/replica.h"
 
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
 
 #include <map>
+#include <memory>
 #include <vector>
 
 #include "runtime/error.h"
@@ -19,6 +20,12 @@ using token_atom = caf::atom_constant<caf::atom("rep_token")>;
 using deadline_atom = caf::atom_constant<caf::atom("rep_dline")>;
 using report_atom = caf::atom_constant<caf::atom("rep_report")>;
 using drain_over_atom = caf::atom_constant<caf::atom("rep_drain")>;
+// A Backend's events (BackendEvents), sent from its threads.
+using backend_ready_atom = caf::atom_constant<caf::atom("rep_bready")>;
+using backend_chunk_atom = caf::atom_constant<caf::atom("rep_bchunk")>;
+using backend_done_atom = caf::atom_constant<caf::atom("rep_bdone")>;
+using backend_error_atom = caf::atom_constant<caf::atom("rep_berror")>;
+using backend_failed_atom = caf::atom_constant<caf::atom("rep_bfail")>;
 
 // The default probe timeout when HealthProbe gives none.
 constexpr milliseconds kDefaultProbeTimeout{1000};
@@ -42,11 +49,18 @@ struct Flight {
   uint64_t next_chunk = 0;
   std::string events;  // a stream's events when there is no stream_to
   bool stalled = false;
+  // With a Backend: the request as sent (then cleared), and its end.
+  std::string path;
+  std::string body;
+  BackendResponse result;
 };
 
 struct ReplicaActorState {
   ReplicaConfig config;
   const Clock* clock = nullptr;
+  // Set: requests go to it (the process backend); null: the test model.
+  std::unique_ptr<Backend> backend;
+  uint64_t start_probe = 0;  // the flight that ends when the backend is ready
   ReplicaState replica_state = ReplicaState::kStarting;
   // By a sequence number of the replica's own: request ids are unique per sender only.
   std::map<uint64_t, Flight> flights;
@@ -85,6 +99,7 @@ void Fail(Self* self, uint64_t seq, const Status& status) {
   if (it == st.flights.end()) return;
   Flight flight = std::move(it->second);
   st.flights.erase(it);
+  if (st.backend) st.backend->Cancel(seq);
   if (flight.promise.pending()) flight.promise.deliver(runtime::ToCafError(status));
   if (flight.kind == FlightKind::kRequest) {
     --st.ongoing;
@@ -120,13 +135,20 @@ void Complete(Self* self, uint64_t seq) {
   InferenceResponse response;
   response.request_id = flight.request_id;
   response.http_status = 200;
-  if (!flight.request.stream) {
-    response.body = CompletionBody(flight.request, flight.meta, flight.tokens);
-  } else if (!flight.stream_to) {
-    response.body = std::move(flight.events);
+  if (st.backend) {
+    response.http_status = flight.result.http_status;
+    response.body = std::move(flight.result.body);
+    response.prompt_tokens = flight.result.prompt_tokens;
+    response.completion_tokens = flight.result.completion_tokens;
+  } else {
+    if (!flight.request.stream) {
+      response.body = CompletionBody(flight.request, flight.meta, flight.tokens);
+    } else if (!flight.stream_to) {
+      response.body = std::move(flight.events);
+    }
+    response.prompt_tokens = flight.request.prompt_tokens;
+    response.completion_tokens = flight.emitted;
   }
-  response.prompt_tokens = flight.request.prompt_tokens;
-  response.completion_tokens = flight.emitted;
   response.first_token_us = flight.first_token_us;
   response.replica = st.config.name;
   flight.promise.deliver(std::move(response));
@@ -174,6 +196,18 @@ uint64_t StartFlight(Self* self, Flight flight) {
   auto& st = self->state;
   const uint64_t seq = st.next_seq++;
   flight.started = st.clock->Now();
+  if (st.backend) {
+    // The start probe's flight ends with the backend's ready event.
+    if (flight.kind == FlightKind::kRequest) {
+      ++st.ongoing;
+      st.backend->Send(seq, flight.path, flight.body, flight.request.stream);
+      flight.body.clear();
+    } else if (flight.kind == FlightKind::kProbe) {
+      st.backend->Probe(seq);
+    }
+    st.flights.emplace(seq, std::move(flight));
+    return seq;
+  }
   flight.tokens = CompletionTokens(flight.request, st.config.model.seed);
   flight.meta = ResponseMeta{ResponseId(flight.request.kind, seq), st.clock->UnixMs() / 1000};
   ++st.started_requests;
@@ -219,7 +253,13 @@ caf::result<InferenceResponse> Serve(Self* self, InferenceRequest& req) {
   auto& st = self->state;
   int64_t left_ms = 0;
   Status admitted = Admit(st, req, &left_ms);
-  auto parsed = admitted.ok() ? ParseTestRequest(req.path, req.body, st.config.model) : StatusOr<TestRequest>(admitted);
+  StatusOr<TestRequest> parsed = admitted;
+  if (admitted.ok() && st.backend) {
+    parsed = TestRequest{};  // the backend takes the body as it is
+    parsed->stream = req.stream;
+  } else if (admitted.ok()) {
+    parsed = ParseTestRequest(req.path, req.body, st.config.model);
+  }
   if (!parsed.ok()) {
     ++st.failed;
     return runtime::ToCafError(parsed.status());
@@ -231,6 +271,10 @@ caf::result<InferenceResponse> Serve(Self* self, InferenceRequest& req) {
   flight.promise = self->make_response_promise();
   flight.request = std::move(*parsed);
   flight.stream_to = req.stream_to.handle();
+  if (st.backend) {
+    flight.path = req.path;
+    flight.body = std::move(req.body);
+  }
   const uint64_t seq = StartFlight(self, std::move(flight));
   if (left_ms > 0 && st.flights.count(seq) != 0) {
     self->delayed_send(self, milliseconds(left_ms), deadline_atom::value, seq);
@@ -260,6 +304,7 @@ void Stop(Self* self, const std::string& reason, const Status& in_flight, const 
   for (uint64_t seq : left) Fail(self, seq, in_flight);
   for (auto& promise : st.drain_promises) promise.deliver(DrainReply{st.drain_finished, st.drain_abandoned});
   st.drain_promises.clear();
+  st.backend.reset();  // a process backend's whole process group is killed
   self->quit(exit_reason);
 }
 
@@ -332,6 +377,44 @@ void Cancel(Self* self, const CancelRequest& cancel) {
   }
 }
 
+// Starts the process backend, its events sent to this actor as messages.
+void StartBackend(Self* self) {
+  auto& st = self->state;
+  const caf::actor_addr me = self->address();
+  auto send = [me](auto&&... xs) {
+    if (auto actor = caf::actor_cast<caf::actor>(me)) caf::anon_send(actor, std::forward<decltype(xs)>(xs)...);
+  };
+  BackendEvents events;
+  events.ready = [send](const Status& s) {
+    send(backend_ready_atom::value, static_cast<int32_t>(s.code()), s.message());
+  };
+  events.chunk = [send](uint64_t seq, std::string data) { send(backend_chunk_atom::value, seq, std::move(data)); };
+  events.done = [send](uint64_t seq, StatusOr<BackendResponse> r) {
+    if (!r.ok()) {
+      send(backend_error_atom::value, seq, static_cast<int32_t>(r.status().code()), r.status().message());
+      return;
+    }
+    send(backend_done_atom::value, seq, r->http_status, std::move(r->body), r->prompt_tokens, r->completion_tokens);
+  };
+  events.failed = [send](const Status& s) { send(backend_failed_atom::value, s.message()); };
+  st.backend = std::make_unique<ProcessServerBackend>(st.config.name, *st.config.process, std::move(events));
+  st.backend->Start();
+}
+
+// A streamed request's events from the backend.
+void BackendChunk(Self* self, uint64_t seq, std::string& data) {
+  auto& st = self->state;
+  auto it = st.flights.find(seq);
+  if (it == st.flights.end()) return;
+  Flight& f = it->second;
+  if (f.first_token_us == 0) f.first_token_us = Micros(st.clock->Now() - f.started);
+  if (f.stream_to) {
+    self->send(f.stream_to, ResponseChunk{f.request_id, f.next_chunk++, std::move(data)});
+  } else {
+    f.events += data;
+  }
+}
+
 caf::behavior Replica(Self* self, ReplicaConfig config) {
   auto& st = self->state;
   st.config = std::move(config);
@@ -345,8 +428,11 @@ caf::behavior Replica(Self* self, ReplicaConfig config) {
   if (st.config.owner.valid()) {
     self->send(st.config.owner.handle(), ReplicaStateChanged{st.config.name, st.replica_state, "spawned"});
   }
+  if (st.config.process) StartBackend(self);
   const uint64_t start_probe = Probe(self, FlightKind::kStartProbe, caf::response_promise());
-  if (st.flights.count(start_probe) != 0) {
+  st.start_probe = start_probe;
+  // The process backend's ready_timeout bounds its start instead.
+  if (!st.backend && st.flights.count(start_probe) != 0) {
     self->delayed_send(self, st.config.start_timeout, deadline_atom::value, start_probe);
   }
   if (st.config.autoscaler.valid()) self->delayed_send(self, st.config.load_report_interval, report_atom::value);
@@ -394,6 +480,30 @@ caf::behavior Replica(Self* self, ReplicaConfig config) {
         self->delayed_send(self, st.config.load_report_interval, report_atom::value);
       },
       [self](drain_over_atom, int64_t timeout_ms) { DrainOver(self, timeout_ms); },
+      [self](backend_ready_atom, int32_t code, std::string& message) {
+        const Status status(static_cast<StatusCode>(code), message);
+        if (status.ok()) {
+          Complete(self, self->state.start_probe);
+        } else {
+          Fail(self, self->state.start_probe, status);
+        }
+      },
+      [self](backend_chunk_atom, uint64_t seq, std::string& data) { BackendChunk(self, seq, data); },
+      [self](backend_done_atom, uint64_t seq, uint32_t http_status, std::string& body, uint32_t prompt_tokens,
+             uint32_t completion_tokens) {
+        auto it = self->state.flights.find(seq);
+        if (it == self->state.flights.end()) return;
+        it->second.result = BackendResponse{http_status, std::move(body), prompt_tokens, completion_tokens};
+        Complete(self, seq);
+      },
+      [self](backend_error_atom, uint64_t seq, int32_t code, std::string& message) {
+        Fail(self, seq, Status(static_cast<StatusCode>(code), message));
+      },
+      [self](backend_failed_atom, std::string& message) {
+        const std::string reason = "its backend failed: " + message;
+        Stop(self, reason,
+             UnavailableError("replica '" + self->state.config.name + "' stopped while serving it: " + message));
+      },
   };
 }
 

@@ -1,7 +1,8 @@
 // ServingReplica: the actor that serves one replica of a deployment version: it takes
-// InferenceRequests from routers, runs them on its backend (today the in-process test model,
-// test_model.h), streams their chunks and answers with their usage (docs/serving.md, "Replicas
-// and the test backend").
+// InferenceRequests from routers, runs them on its backend (the in-process test model,
+// test_model.h, or an OpenAI-compatible server as a child process, process_backend.h), streams
+// their chunks and answers with their usage (docs/serving.md, "Replicas and the test backend",
+// "The process backend").
 #pragma once
 
 #include <caf/actor.hpp>
@@ -9,9 +10,11 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "actors/serving/messages.h"
+#include "actors/serving/process_backend.h"
 #include "actors/serving/test_model.h"
 #include "common/clock.h"
 #include "runtime/actor_ref.h"
@@ -40,8 +43,15 @@ struct ReplicaConfig {
   runtime::ActorRef autoscaler;
   /// Who hears of every state change (ReplicaStateChanged; empty: nobody): the deployment actor.
   runtime::ActorRef owner;
-  /// The backend: the test model.
+  /// The backend: the test model, unless `process` is set.
   TestModelConfig model;
+  /// Set: the process backend (process_backend.h): an OpenAI-compatible server started as a
+  /// child process, ready once its health path answers 200 within its ready_timeout (which then
+  /// replaces start_timeout); its HealthProbe is a GET of that path; the process exiting fails
+  /// the requests in flight with Unavailable and stops the replica (ReplicaStateChanged stopped,
+  /// the reason naming the exit and the log: its deployment replaces it). `model` and
+  /// stall_after_requests are unused.
+  std::optional<ProcessBackendConfig> process;
   /// For tests of a stuck backend: after this many requests (health probes included, the first
   /// one at start among them) the test model produces no more tokens; its requests end only by
   /// their deadline, a cancel, or a drain's timeout. 0: never.
