@@ -26,6 +26,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "actors/training/worker_launcher.h"
 #include "cluster/client.h"
 #include "common/child_process.h"
 #include "common/logging.h"
@@ -209,18 +210,13 @@ class JobsTorch : public ::testing::Test {
     return false;
   }
 
-  // Rank 0's final-weights-sha256 of the job's current attempt, read from its log through the
-  // agent of its node (as `troupe job logs`).
-  StatusOr<std::string> FinalSha(const std::string& name, const training::JobStatus& st) {
-    std::string node;
-    for (const auto& w : st.workers) {
-      if (w.rank == 0) node = w.node;
-    }
-    if (node.empty()) return Status(StatusCode::kNotFound, "job " + name + " has no rank 0 in its status");
+  // The log of `rank` of the job's `attempt` (on `node`), read through the agent of its node (as
+  // `troupe job logs`).
+  StatusOr<std::string> RankLog(const std::string& name, const std::string& node, uint64_t attempt, uint32_t rank) {
     training::ReadWorkerLog request;
     request.job = name;
-    request.attempt = st.attempt;
-    request.rank = 0;
+    request.attempt = attempt;
+    request.rank = rank;
     request.offset = 0;
     request.max_bytes = 64 * 1024;
     std::string log;
@@ -230,6 +226,17 @@ class JobsTorch : public ::testing::Test {
       if (chunk.next_offset >= chunk.size || chunk.data.empty()) break;
       request.offset = chunk.next_offset;
     }
+    return log;
+  }
+
+  // Rank 0's final-weights-sha256 of the job's current attempt, from its log.
+  StatusOr<std::string> FinalSha(const std::string& name, const training::JobStatus& st) {
+    std::string node;
+    for (const auto& w : st.workers) {
+      if (w.rank == 0) node = w.node;
+    }
+    if (node.empty()) return Status(StatusCode::kNotFound, "job " + name + " has no rank 0 in its status");
+    ASSIGN_OR_RETURN(std::string log, RankLog(name, node, st.attempt, 0));
     const std::string key = "final-weights-sha256 ";
     const auto at = log.rfind(key);
     if (at == std::string::npos) {
@@ -279,7 +286,11 @@ class JobsTorch : public ::testing::Test {
 
   // Submits `name` and waits until it runs with a committed checkpoint of step 20 or later.
   bool StartAndAwaitCheckpoint(const std::string& name, training::JobStatus* last) {
-    auto submitted = client_->SubmitJob(TrainPy(name), 10s);
+    return StartAndAwaitCheckpoint(TrainPy(name), last);
+  }
+  bool StartAndAwaitCheckpoint(const training::JobSpec& spec, training::JobStatus* last) {
+    const std::string& name = spec.name;
+    auto submitted = client_->SubmitJob(spec, 10s);
     EXPECT_TRUE(submitted.ok()) << "submit " << name << ": " << submitted.status();
     if (!submitted.ok()) return false;
     std::string why;
@@ -355,6 +366,51 @@ TEST_F(JobsTorch, AWorkerKilledWithMinus9ResumesToTheSameWeights) {
   EXPECT_EQ(last.attempt, 2u) << Describe(last) << "\n" << Report("kill9");
   const std::string events = Events("kill9");
   EXPECT_NE(events.find("resuming from step"), std::string::npos) << events;
+}
+
+// docs/jobs.md, "Standby workers": with entry.preload: [torch] each node keeps an interpreter that
+// imported torch; the restarted group runs in them and ends with the same weights.
+TEST_F(JobsTorch, AWorkerKilledWithMinus9RestartsInStandbysWithTheSameWeights) {
+  ASSERT_NO_FATAL_FAILURE(StartCluster());
+  const std::string reference = Reference();
+  ASSERT_FALSE(reference.empty());
+  training::JobSpec spec = TrainPy("standby");
+  spec.entry.preload = {"torch"};
+  // 100 ms a step instead of 20 (the weights do not depend on it): the standbys import torch
+  // while the first attempt still runs.
+  for (auto& arg : spec.entry.command) {
+    if (arg == "0.02") arg = "0.1";
+  }
+  training::JobStatus last;
+  ASSERT_TRUE(StartAndAwaitCheckpoint(spec, &last));
+  // Each rank's log says when a standby is ready on its node.
+  const auto deadline = Clock::now() + 60s;
+  std::string missing;
+  do {
+    missing.clear();
+    for (const auto& w : last.workers) {
+      auto log = RankLog("standby", w.node, last.attempt, w.rank);
+      if (!log.ok() || log->find(training::WorkerLauncher::kStandbyReadyLogLine) == std::string::npos) {
+        missing += " rank " + std::to_string(w.rank) + " on " + w.node;
+      }
+    }
+    if (!missing.empty()) std::this_thread::sleep_for(50ms);
+  } while (!missing.empty() && Clock::now() < deadline);
+  ASSERT_TRUE(missing.empty()) << "no ready standby for" << missing << "\n" << Report("standby");
+  auto now = Show("standby");
+  ASSERT_TRUE(now.ok() && now->state == training::kJobRunning && now->attempt == 1u)
+      << "the job did not run long enough to be killed: " << (now.ok() ? Describe(*now) : now.status().ToString());
+  const int64_t victim = PidOf(last, 1);
+  ASSERT_GT(victim, 0) << Describe(last);
+  ASSERT_EQ(kill(static_cast<pid_t>(victim), SIGKILL), 0);
+  ASSERT_NO_FATAL_FAILURE(ExpectSucceedsWithTheReferenceWeights("standby", reference, &last));
+  EXPECT_EQ(last.attempt, 2u) << Describe(last) << "\n" << Report("standby");
+  for (const auto& w : last.workers) {
+    auto log = RankLog("standby", w.node, last.attempt, w.rank);
+    ASSERT_TRUE(log.ok()) << log.status();
+    EXPECT_EQ(log->rfind(training::WorkerLauncher::kStartedInStandbyLogLine, 0), 0u)
+        << "rank " << w.rank << " of attempt 2 on " << w.node << " did not start in a standby:\n" << *log;
+  }
 }
 
 TEST_F(JobsTorch, AStoppedWorkerIsHungAndTheGroupResumesToTheSameWeights) {
