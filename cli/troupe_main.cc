@@ -19,9 +19,11 @@
 #include <string>
 #include <vector>
 
+#include "actors/serving/deployment_spec.h"
 #include "cli/check_command.h"
 #include "cli/cluster_commands.h"
 #include "cli/job_commands.h"
+#include "cli/serve_commands.h"
 #include "cli/json_output.h"
 #include "cluster/config.h"
 #include "cluster/scheduler.h"
@@ -350,6 +352,44 @@ int Main(int argc, char** argv) {
   add_client_flags(model_show, &model_options.cluster);
   model_show->add_option("model", model_options.target, "the model's name")->required()->type_name("NAME");
 
+  // troupe serve ACTION: serving deployments (docs/serving.md, "Deployments").
+  ServeOptions serve_options;
+  CLI::App* serve =
+      app.add_subcommand("serve", "serving deployments: deploy, list, show, events, scale, delete, request");
+  serve->require_subcommand(1, 1);
+  const std::vector<std::pair<std::string, std::string>> serve_actions = {
+      {"deploy", "check the deployment spec FILE (docs/serving.md) and deploy it; --wait until its replicas are ready"},
+      {"list", "every deployment: state, desired replicas, replicas by state"},
+      {"show", "one deployment: state, versions, replicas (state, node, lease), router"},
+      {"events", "a deployment's changes (replicas started, ready, replaced, drained; scale decisions), oldest first"},
+      {"scale", "run exactly N replicas from now on (the autoscaler's decisions are ignored afterwards)"},
+      {"delete", "stop every replica of a deployment, free their leases and forget it"},
+      {"request", "send one inference request through the deployment's router and print the response body"},
+  };
+  for (const auto& [name, help_text] : serve_actions) {
+    CLI::App* sub = serve->add_subcommand(name, help_text);
+    add_client_flags(sub, &serve_options.cluster);
+    if (name == "deploy") {
+      sub->add_option("spec", serve_options.target, "the deployment spec (YAML)")->required()->type_name("FILE");
+      sub->add_flag("--wait", serve_options.wait, "print each change until every desired replica is ready");
+      sub->add_option("--wait-timeout", serve_options.wait_seconds, "how long --wait waits (seconds, default 120)")
+          ->type_name("S");
+    } else if (name != "list") {
+      sub->add_option("deployment", serve_options.target, "the deployment's name")->required()->type_name("NAME");
+    }
+    if (name == "scale") {
+      sub->add_option("replicas", serve_options.replicas, "the replica count")->required()->type_name("N")
+          ->check(CLI::Range(0, static_cast<int>(serving::kMaxDeploymentReplicas)));
+    }
+    if (name == "request") {
+      sub->add_option("--body", serve_options.body, "the OpenAI JSON request body")->required()->type_name("JSON");
+      sub->add_option("--path", serve_options.path, "/v1/chat/completions (default) or /v1/completions")
+          ->type_name("PATH");
+      sub->add_option("--timeout", serve_options.timeout_seconds, "the request's deadline (seconds, default 60)")
+          ->type_name("S");
+    }
+  }
+
   CLI::App* run = app.add_subcommand(
       "run", "lease a GPU slice and run CMD on it: troupe run -c FILE [OPTIONS] -- CMD [ARGS...]");
   run->footer(
@@ -503,6 +543,10 @@ int Main(int argc, char** argv) {
   if (chosen == model) {
     model_options.action = model->get_subcommands().front()->get_name();
     return RunModel(std::move(model_options));
+  }
+  if (chosen == serve) {
+    serve_options.action = serve->get_subcommands().front()->get_name();
+    return RunServe(std::move(serve_options));
   }
   if (chosen == job) {
     job_options.action = job->get_subcommands().front()->get_name();

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 
+#include "actors/serving/deployment.h"
 #include "cluster/bootstrap.h"
 #include "runtime/node_identity.h"
 
@@ -150,6 +151,66 @@ StatusOr<std::string> Client::JobCommand(const std::string& op, const std::strin
   const bool resend = op != "submit" && op != "resume" && op != "delete";
   ASSIGN_OR_RETURN(auto reply, (AskHead<training::JobCommandReply>(training::JobCommand{op, name, body}, timeout, resend)));
   return std::move(reply.body);
+}
+
+StatusOr<std::string> Client::Deploy(const serving::DeploymentSpec& spec, std::chrono::milliseconds timeout) {
+  return DeploymentCommand("deploy", spec.name, serving::DeploymentSpecToJson(spec), timeout);
+}
+
+StatusOr<std::string> Client::DeploymentCommand(const std::string& op, const std::string& name,
+                                                const std::string& body, std::chrono::milliseconds timeout) {
+  // A deploy or delete sent again after a lost reply would find its own work done: sent once only.
+  const bool resend = op != "deploy" && op != "delete";
+  ASSIGN_OR_RETURN(auto reply,
+                   (AskHead<serving::DeploymentCommandReply>(serving::DeploymentCommand{op, name, body}, timeout, resend)));
+  return std::move(reply.body);
+}
+
+StatusOr<serving::InferenceResponse> Client::Infer(const std::string& deployment, const std::string& path,
+                                                   const std::string& body, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto left = [&] {
+    return std::max(std::chrono::milliseconds(1), std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                      deadline - std::chrono::steady_clock::now()));
+  };
+  serving::InferenceRequest request;
+  request.id = ++next_request_;
+  request.deployment = deployment;
+  request.path = path;
+  request.body = body;
+  request.deadline_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                 (std::chrono::system_clock::now() + timeout).time_since_epoch())
+                                 .count();
+  for (int attempt = 0;; ++attempt) {
+    runtime::ActorRef router;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (auto it = routers_.find(deployment); it != routers_.end()) router = it->second;
+    }
+    const bool cached = router.valid();
+    if (!cached) {
+      auto found = runtime_->LookupName(head_id_, serving::RouterName(deployment), left());
+      if (!found.ok()) {
+        if (found.status().code() == StatusCode::kNotFound) {
+          return NotFoundError("deployment '" + deployment + "' has no router on the head (" +
+                               found.status().message() + "); is it deployed? (troupe serve list)");
+        }
+        return found.status();
+      }
+      router = *found;
+      std::lock_guard<std::mutex> lock(mu_);
+      routers_[deployment] = router;
+    }
+    auto reply = router.Request<serving::InferenceResponse>(request, left());
+    const bool stale = !reply.ok() && (reply.status().code() == StatusCode::kNotFound ||
+                                       (reply.status().code() == StatusCode::kUnavailable &&
+                                        reply.status().message().find("died while serving") == std::string::npos));
+    if (!stale || !cached || attempt > 0) return reply;
+    // The router looked up before is gone (the deployment was deployed again, or the head
+    // restarted): look it up again, once.
+    std::lock_guard<std::mutex> lock(mu_);
+    routers_.erase(deployment);
+  }
 }
 
 StatusOr<training::WorkerLogChunk> Client::ReadWorkerLog(const std::string& node,

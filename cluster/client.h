@@ -5,10 +5,13 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <memory>
 #include <string>
 
+#include "actors/serving/deployment_spec.h"
+#include "actors/serving/messages.h"
 #include "actors/training/job_spec.h"
 #include "actors/training/job_status.h"
 #include "actors/training/messages.h"
@@ -66,6 +69,22 @@ class Client {
   /// A job operation (`op`: list, show, events, stop, resume, delete, submit) with its JSON reply.
   StatusOr<std::string> JobCommand(const std::string& op, const std::string& name, const std::string& body,
                                    std::chrono::milliseconds timeout);
+  /// Deploys a serving deployment (docs/serving.md, "Deployments"); the head's JSON record
+  /// ({"spec", "status"}) once stored. InvalidArgument (bad spec), AlreadyExists (a deployment of
+  /// that name), FailedPrecondition (a backend the cluster does not run yet).
+  StatusOr<std::string> Deploy(const serving::DeploymentSpec& spec, std::chrono::milliseconds timeout);
+  /// A deployment operation (`op`: deploy, list, show, events, scale, delete) with its JSON reply;
+  /// `body` is the spec's JSON for deploy and the replica count for scale.
+  StatusOr<std::string> DeploymentCommand(const std::string& op, const std::string& name, const std::string& body,
+                                          std::chrono::milliseconds timeout);
+  /// Sends one inference request (`path`: "/v1/chat/completions" or "/v1/completions", `body`:
+  /// the OpenAI JSON body) to the router of `deployment` (named serving::RouterName on the head)
+  /// and waits up to `timeout` (also the request's deadline) for the response. Errors: NotFound
+  /// (no such deployment's router), the router's and replicas' errors (messages.h: Unavailable,
+  /// ResourceExhausted, DeadlineExceeded, InvalidArgument, ...). The router is looked up once
+  /// and again after an Unavailable or NotFound (a deployment deployed again).
+  StatusOr<serving::InferenceResponse> Infer(const std::string& deployment, const std::string& path,
+                                             const std::string& body, std::chrono::milliseconds timeout);
   /// A chunk of a worker's log, read by the agent of the node it ran on.
   StatusOr<training::WorkerLogChunk> ReadWorkerLog(const std::string& node, const training::ReadWorkerLog& request,
                                                    std::chrono::milliseconds timeout);
@@ -92,6 +111,8 @@ class Client {
   mutable std::mutex mu_;
   runtime::ActorRef head_;
   std::string head_address_;
+  std::map<std::string, runtime::ActorRef> routers_;  // by deployment, as last looked up (under mu_)
+  std::atomic<uint64_t> next_request_{0};
 };
 
 }  // namespace troupe::cluster

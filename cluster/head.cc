@@ -14,6 +14,7 @@
 #include <set>
 
 #include "cluster/bootstrap.h"
+#include "cluster/deployments_registry.h"
 #include "cluster/event_log.h"
 #include "cluster/head_metrics.h"
 #include "cluster/head_store.h"
@@ -58,6 +59,7 @@ struct ControllerState {
   std::unique_ptr<LeaseRegistry> leases;
   std::unique_ptr<ModelRegistry> models;
   std::unique_ptr<JobsRegistry> jobs;
+  std::unique_ptr<DeploymentsRegistry> deployments;
   EventLog events;
   std::string head_metrics_address;
   ScrapeTargetsWriter targets;  // made by the controller: its retries are messages to itself
@@ -111,6 +113,10 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
   if (Status recovered = state.jobs->Recover(caf::actor_cast<caf::actor>(self)); !recovered.ok()) {
     spdlog::error("head: the jobs table cannot be read: {}", recovered.ToString());
   }
+  // Deployments of an earlier head get their deployment actors again (new replicas).
+  if (Status recovered = state.deployments->Recover(caf::actor_cast<caf::actor>(self)); !recovered.ok()) {
+    spdlog::error("head: the deployments table cannot be read: {}", recovered.ToString());
+  }
   runtime::MailboxDepths* depths = &state.runtime->mailbox_depths();
   runtime::StartMailboxSampling(self, depths, "head.controller");
   self->set_down_handler([self](caf::down_msg& msg) {
@@ -119,6 +125,7 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
                                 CancelledError("lease owner gone: " + runtime::ToStatus(msg.reason).ToString()));
     st.membership->Unsubscribe(msg.source);
     st.jobs->SupervisorGone(msg.source);
+    st.deployments->ActorGone(msg.source);
     if (auto name = st.membership->NodeOfAgent(msg.source)) {
       NodeRecord record = st.membership->MarkDead(*name, runtime::ToStatus(msg.reason).ToString());
       st.UpdateNodeMetricsAndTargets();
@@ -201,6 +208,14 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
       [self](JobPlacementRequest& request) { (void)self->state.jobs->Place(request); },
       [self](JobLeaseRelease& release) { self->state.jobs->Release(release.lease_id); },
       [self](JobStatusUpdate& update) { self->state.jobs->Record(update); },
+      [self](serving::DeploymentCommand& command) -> caf::result<serving::DeploymentCommandReply> {
+        auto reply = self->state.deployments->Command(command);
+        if (!reply.ok()) return runtime::ToCafError(reply.status());
+        return serving::DeploymentCommandReply{std::move(*reply)};
+      },
+      [self](ReplicaPlacementRequest& request) { self->state.deployments->Place(request); },
+      [self](ReplicaLeaseRelease& release) { self->state.deployments->Release(release.lease_id); },
+      [self](DeploymentStatusUpdate& update) { self->state.deployments->Record(update); },
       [self](ListNodes&) -> NodeList {
         runtime::Runtime* rt = self->state.runtime;
         return self->state.membership->List([rt](uint64_t node_id) { return rt->bridge().Silence(node_id); });
@@ -256,6 +271,8 @@ StatusOr<std::unique_ptr<Head>> Head::Start(const ClusterConfig& config) {
   RETURN_IF_ERROR(init.models->Open());
   init.jobs = std::make_unique<JobsRegistry>(config, init.store.get(), init.leases.get(), init.membership.get(),
                                              init.models.get(), head->runtime_.get(), clock);
+  init.deployments = std::make_unique<DeploymentsRegistry>(config, init.store.get(), init.leases.get(),
+                                                           init.membership.get(), head->runtime_.get(), clock);
   ASSIGN_OR_RETURN(head->metrics_, runtime::MetricsServer::Start(config.head.address, config.head.metrics_port));
   head->metrics_->AddSource(runtime::RuntimeMetrics(*head->runtime_));
   init.head_metrics_address = head->metrics_->address();

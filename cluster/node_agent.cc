@@ -7,6 +7,7 @@
 #include <map>
 
 #include "actors/gpu_slice.h"
+#include "actors/serving/replica.h"
 #include "actors/slice_environment.h"
 #include "actors/training/messages.h"
 #include "cluster/bootstrap.h"
@@ -15,6 +16,37 @@
 namespace troupe::cluster {
 
 using namespace std::chrono_literals;
+
+namespace {
+
+// The serving replicas this node runs (docs/serving.md, "Deployments"), kept by the agent actor.
+struct NodeReplicas {
+  struct Entry {
+    caf::actor actor;
+    caf::actor_addr owner;
+  };
+  std::map<std::string, Entry> by_name;
+};
+
+// A replica of a deployment on this node's actor system, with the test backend.
+caf::actor SpawnReplicaHere(caf::actor_system& system, const serving::StartReplica& start) {
+  serving::ReplicaConfig config;
+  config.deployment = start.deployment;
+  config.name = start.name;
+  config.max_ongoing_requests = std::max<uint32_t>(start.max_ongoing_requests, 1);
+  config.drain_timeout = std::chrono::milliseconds(std::max<int64_t>(start.drain_timeout_ms, 1));
+  config.start_timeout = std::chrono::milliseconds(std::max<int64_t>(start.start_timeout_ms, 1));
+  config.autoscaler = start.autoscaler;
+  config.owner = start.owner;
+  config.model.tokens_per_second = start.tokens_per_second;
+  config.model.first_token_latency = std::chrono::microseconds(std::max<int64_t>(start.first_token_latency_us, 0));
+  config.model.default_max_tokens = start.max_tokens;
+  config.model.seed = start.seed;
+  config.stall_after_requests = start.stall_after;
+  return serving::SpawnServingReplica(system, std::move(config));
+}
+
+}  // namespace
 
 // Between failed joins: 100 ms, doubling, at most 2 s, without jitter. Jitter (say 0.5) would
 // spread out the rejoins of many nodes after a head restart.
@@ -115,9 +147,52 @@ Status NodeAgent::SpawnSlices() {
         started.supervisor.Send(exit);
       });
   auto workers = workers_;
-  agent_ = runtime_->Spawn([slices, depths, workers](caf::event_based_actor* self) -> caf::behavior {
+  runtime::Runtime* rt = runtime_.get();
+  agent_ = runtime_->Spawn([slices, depths, workers, rt](caf::event_based_actor* self) -> caf::behavior {
     runtime::StartMailboxSampling(self, depths, "node.agent");
+    // Serving replicas: each is monitored (an exited one leaves the table) and so is its owner,
+    // the deployment actor on the head: the replicas of an owner that is gone (it ended, or the
+    // head was lost) are stopped, so no replica outlives its deployment. They end with the agent.
+    auto replicas = std::make_shared<NodeReplicas>();
+    self->attach_functor([replicas] {
+      for (auto& [name, entry] : replicas->by_name) caf::anon_send_exit(entry.actor, caf::exit_reason::user_shutdown);
+    });
+    self->set_down_handler([self, replicas](caf::down_msg& down) {
+      for (auto it = replicas->by_name.begin(); it != replicas->by_name.end();) {
+        if (it->second.actor.address() == down.source) {
+          it = replicas->by_name.erase(it);
+        } else if (it->second.owner == down.source) {
+          spdlog::warn("node agent: replica {} stopped: its deployment actor is gone ({})", it->first,
+                       runtime::ToStatus(down.reason).ToString());
+          self->send_exit(it->second.actor, caf::exit_reason::user_shutdown);
+          it = replicas->by_name.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    });
     return {
+        [self, rt, replicas](serving::StartReplica& start) -> caf::result<serving::ReplicaStarted> {
+          if (start.name.empty() || !start.owner.valid()) {
+            return runtime::ToCafError(InvalidArgumentError("StartReplica needs a replica name and an owner"));
+          }
+          if (auto it = replicas->by_name.find(start.name); it != replicas->by_name.end()) {
+            // Sent again (a lost reply): the replica already running answers.
+            return serving::ReplicaStarted{start.name, rt->Ref(it->second.actor)};
+          }
+          caf::actor replica = SpawnReplicaHere(self->home_system(), start);
+          self->monitor(replica);
+          self->monitor(start.owner.handle());
+          replicas->by_name[start.name] = NodeReplicas::Entry{replica, start.owner.handle().address()};
+          spdlog::info("node agent: replica {} started (lease {})", start.name, start.lease_id);
+          return serving::ReplicaStarted{start.name, rt->Ref(replica)};
+        },
+        [self, replicas](serving::StopReplica& stop) {
+          auto it = replicas->by_name.find(stop.name);
+          if (it == replicas->by_name.end()) return;
+          self->send_exit(it->second.actor, caf::exit_reason::user_shutdown);
+          replicas->by_name.erase(it);
+        },
         [workers](training::StartWorker& start) -> caf::result<training::WorkerStarted> {
           std::vector<std::string> slice_env;
           if (start.gpu_index == training::kNoGpu) {

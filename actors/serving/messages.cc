@@ -218,10 +218,81 @@ Status AddReplicaControl(runtime::CodecRegistry& r) {
       });
 }
 
+Status AddDeploymentMessages(runtime::CodecRegistry& r) {
+  RETURN_IF_ERROR((r.Add<StartReplica, wire::StartReplica>(
+      kStartReplica, "serving.StartReplica",
+      [](const StartReplica& m, wire::StartReplica::Builder b, RefCodec& refs) {
+        b.setDeployment(m.deployment);
+        b.setVersion(m.version);
+        b.setName(m.name);
+        b.setLeaseId(m.lease_id);
+        b.setMaxOngoingRequests(m.max_ongoing_requests);
+        b.setDrainTimeoutMs(m.drain_timeout_ms);
+        b.setStartTimeoutMs(m.start_timeout_ms);
+        b.setTokensPerSecond(m.tokens_per_second);
+        b.setFirstTokenLatencyUs(m.first_token_latency_us);
+        b.setMaxTokens(m.max_tokens);
+        b.setStallAfter(m.stall_after);
+        b.setSeed(m.seed);
+        refs.EncodeRef(m.owner, b.initOwner());
+        refs.EncodeRef(m.autoscaler, b.initAutoscaler());
+      },
+      [](wire::StartReplica::Reader in, RefCodec& refs) -> StatusOr<StartReplica> {
+        StartReplica m;
+        m.deployment = in.getDeployment();
+        m.version = in.getVersion();
+        m.name = in.getName();
+        m.lease_id = in.getLeaseId();
+        m.max_ongoing_requests = in.getMaxOngoingRequests();
+        m.drain_timeout_ms = in.getDrainTimeoutMs();
+        m.start_timeout_ms = in.getStartTimeoutMs();
+        m.tokens_per_second = in.getTokensPerSecond();
+        m.first_token_latency_us = in.getFirstTokenLatencyUs();
+        m.max_tokens = in.getMaxTokens();
+        m.stall_after = in.getStallAfter();
+        m.seed = in.getSeed();
+        m.owner = refs.DecodeRef(in.getOwner());
+        m.autoscaler = refs.DecodeRef(in.getAutoscaler());
+        return m;
+      })));
+  RETURN_IF_ERROR((r.Add<ReplicaStarted, wire::ReplicaStarted>(
+      kReplicaStarted, "serving.ReplicaStarted",
+      [](const ReplicaStarted& m, wire::ReplicaStarted::Builder b, RefCodec& refs) {
+        b.setName(m.name);
+        refs.EncodeRef(m.replica, b.initReplica());
+      },
+      [](wire::ReplicaStarted::Reader in, RefCodec& refs) -> StatusOr<ReplicaStarted> {
+        return ReplicaStarted{in.getName(), refs.DecodeRef(in.getReplica())};
+      })));
+  RETURN_IF_ERROR((r.Add<StopReplica, wire::StopReplica>(
+      kStopReplica, "serving.StopReplica",
+      [](const StopReplica& m, wire::StopReplica::Builder b, RefCodec&) { b.setName(m.name); },
+      [](wire::StopReplica::Reader in, RefCodec&) -> StatusOr<StopReplica> { return StopReplica{in.getName()}; })));
+  RETURN_IF_ERROR((r.Add<DeploymentCommand, wire::DeploymentCommand>(
+      kDeploymentCommand, "serving.DeploymentCommand",
+      [](const DeploymentCommand& m, wire::DeploymentCommand::Builder b, RefCodec&) {
+        b.setOp(m.op);
+        b.setName(m.name);
+        b.setBody(Bytes(m.body));
+      },
+      [](wire::DeploymentCommand::Reader in, RefCodec&) -> StatusOr<DeploymentCommand> {
+        return DeploymentCommand{in.getOp(), in.getName(), String(in.getBody())};
+      })));
+  return r.Add<DeploymentCommandReply, wire::DeploymentCommandReply>(
+      kDeploymentCommandReply, "serving.DeploymentCommandReply",
+      [](const DeploymentCommandReply& m, wire::DeploymentCommandReply::Builder b, RefCodec&) {
+        b.setBody(Bytes(m.body));
+      },
+      [](wire::DeploymentCommandReply::Reader in, RefCodec&) -> StatusOr<DeploymentCommandReply> {
+        return DeploymentCommandReply{String(in.getBody())};
+      });
+}
+
 }  // namespace
 
 Status AddServingCodecs(runtime::CodecRegistry& registry) {
   RETURN_IF_ERROR(AddDataMessages(registry));
+  RETURN_IF_ERROR(AddDeploymentMessages(registry));
   return AddReplicaControl(registry);
 }
 

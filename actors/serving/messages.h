@@ -201,6 +201,60 @@ struct ReplicaCount {
   uint32_t current = 0;
 };
 
+// ---- Deployments on the cluster (type ids 1360-1379): deployment actor -> node agents, clients
+// -> the head (docs/serving.md, "Deployments") ----
+
+/// Deployment actor -> the node agent of the node its scheduler lease placed the replica on:
+/// spawn a replica actor there (SpawnServingReplica, the test backend) for lease `lease_id`.
+/// Reply: ReplicaStarted. The agent monitors `owner` and stops the node's replicas of an owner
+/// that is gone (a deployment actor that ended, a head that was lost: taking replicas back after
+/// a head restart is not done yet), so no replica outlives its deployment.
+struct StartReplica {
+  std::string deployment;
+  std::string version;
+  /// "deployment/version/replica-N", unique on the cluster.
+  std::string name;
+  uint64_t lease_id = 0;
+  uint32_t max_ongoing_requests = 5;
+  int64_t drain_timeout_ms = 20000;
+  int64_t start_timeout_ms = 60000;
+  /// The test backend (deployment_spec.h TestBackend): tokens per second after the first (0: all
+  /// at once), the first token's latency in microseconds, completion tokens when the request names
+  /// none, stall after this many requests (0: never), the words' seed.
+  double tokens_per_second = 0;
+  int64_t first_token_latency_us = 0;
+  uint32_t max_tokens = 16;
+  uint32_t stall_after = 0;
+  uint64_t seed = 0;
+  /// Hears the replica's ReplicaStateChanged (the deployment actor).
+  runtime::ActorRef owner;
+  /// Where the replica's LoadReports go (empty: none).
+  runtime::ActorRef autoscaler;
+};
+struct ReplicaStarted {
+  std::string name;
+  runtime::ActorRef replica;
+};
+/// Deployment actor -> node agent: end the replica `name` now (an exit, no drain: a drained
+/// replica has ended by itself). No reply; an unknown name is ignored.
+struct StopReplica {
+  std::string name;
+};
+/// Client -> head: a deployment operation (`op`: deploy, list, show, events, scale, delete; `body`:
+/// the spec's JSON for deploy, the count for scale). Reply: DeploymentCommandReply with JSON.
+struct DeploymentCommand {
+  std::string op;
+  std::string name;
+  std::string body;
+};
+struct DeploymentCommandReply {
+  std::string body;
+};
+
+enum DeploymentTypeId : uint32_t {
+  kStartReplica = 1360, kReplicaStarted, kStopReplica, kDeploymentCommand, kDeploymentCommandReply,
+};
+
 }  // namespace troupe::serving
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::InferenceRequest)
@@ -218,3 +272,8 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ReplicaQuery)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ReplicaStatus)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ReplicaStateChanged)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ReplicaCount)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::StartReplica)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ReplicaStarted)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::StopReplica)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::DeploymentCommand)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::DeploymentCommandReply)

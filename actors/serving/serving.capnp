@@ -56,3 +56,25 @@ struct HealthProbeReply { replica @0 :Text; state @1 :ReplicaState; latencyUs @2
 struct ReplicaQuery {}
 struct ReplicaStatus { name @0 :Text; state @1 :ReplicaState; ongoing @2 :UInt32; completed @3 :UInt64; failed @4 :UInt64; }
 struct ReplicaStateChanged { name @0 :Text; state @1 :ReplicaState; reason @2 :Text; }
+
+# Deployments on the cluster (1360-1379).
+struct StartReplica {
+  deployment @0 :Text;
+  version @1 :Text;
+  name @2 :Text;
+  leaseId @3 :UInt64;
+  maxOngoingRequests @4 :UInt32;
+  drainTimeoutMs @5 :Int64;
+  startTimeoutMs @6 :Int64;
+  tokensPerSecond @7 :Float64;
+  firstTokenLatencyUs @8 :Int64;
+  maxTokens @9 :UInt32;
+  stallAfter @10 :UInt32;
+  seed @11 :UInt64;
+  owner @12 :Rt.ActorAddress;
+  autoscaler @13 :Rt.ActorAddress;
+}
+struct ReplicaStarted { name @0 :Text; replica @1 :Rt.ActorAddress; }
+struct StopReplica { name @0 :Text; }
+struct DeploymentCommand { op @0 :Text; name @1 :Text; body @2 :Data; }
+struct DeploymentCommandReply { body @0 :Data; }

@@ -220,5 +220,46 @@ TEST_F(ServingMessages, AReplicaListOfEmptyRecordsIsRefused) {
   EXPECT_EQ(decoded.status().code(), StatusCode::kInvalidArgument);
 }
 
+TEST_F(ServingMessages, DeploymentMessagesRoundTrip) {
+  StartReplica start;
+  start.deployment = "chat";
+  start.version = "v2";
+  start.name = "chat/v2/replica-3";
+  start.lease_id = 17;
+  start.max_ongoing_requests = 7;
+  start.drain_timeout_ms = 1500;
+  start.start_timeout_ms = 9000;
+  start.tokens_per_second = 250.5;
+  start.first_token_latency_us = 12000;
+  start.max_tokens = 8;
+  start.stall_after = 3;
+  start.seed = 99;
+  start.owner = runtime::ActorRef::Dangling(3, 4);
+  auto back = RoundTrip(start, kStartReplica);
+  EXPECT_EQ(back.name, "chat/v2/replica-3");
+  EXPECT_EQ(back.version, "v2");
+  EXPECT_EQ(back.lease_id, 17u);
+  EXPECT_EQ(back.max_ongoing_requests, 7u);
+  EXPECT_EQ(back.drain_timeout_ms, 1500);
+  EXPECT_EQ(back.start_timeout_ms, 9000);
+  EXPECT_DOUBLE_EQ(back.tokens_per_second, 250.5);
+  EXPECT_EQ(back.first_token_latency_us, 12000);
+  EXPECT_EQ(back.max_tokens, 8u);
+  EXPECT_EQ(back.stall_after, 3u);
+  EXPECT_EQ(back.seed, 99u);
+  EXPECT_EQ(back.owner, start.owner);
+  EXPECT_EQ(back.autoscaler.node(), 0u);
+
+  auto started = RoundTrip(ReplicaStarted{"chat/v2/replica-3", runtime::ActorRef::Dangling(5, 6)}, kReplicaStarted);
+  EXPECT_EQ(started.name, "chat/v2/replica-3");
+  EXPECT_EQ(started.replica, runtime::ActorRef::Dangling(5, 6));
+  EXPECT_EQ(RoundTrip(StopReplica{"chat/v1/replica-0"}, kStopReplica).name, "chat/v1/replica-0");
+  auto command = RoundTrip(DeploymentCommand{"scale", "chat", std::string("3\0", 2)}, kDeploymentCommand);
+  EXPECT_EQ(command.op, "scale");
+  EXPECT_EQ(command.name, "chat");
+  EXPECT_EQ(command.body, std::string("3\0", 2));
+  EXPECT_EQ(RoundTrip(DeploymentCommandReply{"{}"}, kDeploymentCommandReply).body, "{}");
+}
+
 }  // namespace
 }  // namespace troupe::serving

@@ -18,6 +18,17 @@
 
 namespace troupe {
 
+/// The cluster file of a cluster `name` with a head and two CPU nodes `a` and `b` (2 CPUs, 4 GiB
+/// each) on loopback, a 100 ms heartbeat and a 1 s failure timeout: nodes lost fast, for tests.
+inline std::string TwoNodeClusterYaml(const std::string& name) {
+  return "cluster:\n  name: " + name + "\n  token: " + name + "-test-token\n  log_level: warn\n"
+         "  heartbeat_interval: 100ms\n  failure_timeout: 1s\n"
+         "head:\n  address: 127.0.0.1\n  port: 0\n  data_dir: head\n"
+         "nodes:\n"
+         "  - name: a\n    cpus: 2\n    memory: 4GiB\n    data_dir: node-a\n"
+         "  - name: b\n    cpus: 2\n    memory: 4GiB\n    data_dir: node-b\n";
+}
+
 class LocalCluster {
  public:
   /// Writes `yaml` (a cluster file whose cluster is called `name`; relative data_dirs land in the

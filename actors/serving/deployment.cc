@@ -1,0 +1,524 @@
+// The deployment actor.
+#include "actors/serving/deployment.h"
+
+#include <caf/all.hpp>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <map>
+#include <optional>
+
+#include "actors/serving/autoscaler.h"
+#include "actors/serving/router.h"
+
+namespace troupe::serving {
+
+namespace {
+
+using Json = nlohmann::json;
+
+// Sent by the deployment actor to itself when a replacement's backoff has passed.
+using reconcile_atom = caf::atom_constant<caf::atom("reconcile")>;
+
+constexpr const char* kPending = "pending";
+constexpr const char* kStarting = "starting";
+constexpr const char* kReady = "ready";
+constexpr const char* kDraining = "draining";
+
+struct Replica {
+  std::string name;
+  std::string version;
+  std::string state = kPending;
+  uint64_t index = 0;
+  ReplicaPlace place;
+  runtime::ActorRef ref;
+  // Its ReplicaStateChanged(ready) came before the agent's ReplicaStarted (two senders: no order).
+  bool ready_seen = false;
+};
+
+struct DeploymentState {
+  DeploymentInit init;
+  DeploymentStatus status;
+  std::map<std::string, Replica> replicas;
+  uint64_t next_index = 0;
+  caf::actor router;
+  caf::actor autoscaler;
+  runtime::ActorRef self_ref;
+  runtime::ActorRef autoscaler_ref;
+  std::optional<Backoff> backoff;
+  bool replacement_due = false;  // a backoff timer runs: no replica is added until it fires
+  bool reached_desired = false;
+  bool stopping = false;
+
+  const DeploymentSpec& spec() const { return init.spec; }
+  const VersionSpec* Version(const std::string& name) const {
+    for (const auto& v : init.spec.versions) {
+      if (v.name == name) return &v;
+    }
+    return nullptr;
+  }
+  Replica* ByAddress(const caf::actor_addr& addr) {
+    for (auto& [name, r] : replicas) {
+      if (r.ref.valid() && r.ref.handle().address() == addr) return &r;
+    }
+    return nullptr;
+  }
+  // Pending, starting and ready replicas: those that serve, or will.
+  uint32_t Live(const std::string& version = "") const {
+    uint32_t n = 0;
+    for (const auto& [name, r] : replicas) {
+      if (r.state != kDraining && (version.empty() || r.version == version)) ++n;
+    }
+    return n;
+  }
+};
+
+using Self = caf::stateful_actor<DeploymentState>;
+
+// Replicas per version for `desired` in all: one for each version of weight > 0 (the heaviest
+// first while there are fewer replicas than versions), the rest by largest remainder of the
+// weight shares.
+std::map<std::string, uint32_t> VersionTargets(const DeploymentSpec& spec, uint32_t desired) {
+  std::map<std::string, uint32_t> out;
+  std::vector<const VersionSpec*> weighted;
+  uint64_t total = 0;
+  for (const auto& v : spec.versions) {
+    out[v.name] = 0;
+    if (v.weight > 0) {
+      weighted.push_back(&v);
+      total += v.weight;
+    }
+  }
+  std::stable_sort(weighted.begin(), weighted.end(),
+                   [](const VersionSpec* a, const VersionSpec* b) { return a->weight > b->weight; });
+  uint32_t left = desired;
+  for (const VersionSpec* v : weighted) {
+    if (left == 0) break;
+    out[v->name] = 1;
+    --left;
+  }
+  if (left == 0 || total == 0) return out;
+  const uint32_t extra = left;
+  std::vector<std::pair<double, std::string>> remainders;
+  for (const VersionSpec* v : weighted) {
+    const double share = static_cast<double>(extra) * v->weight / static_cast<double>(total);
+    const auto whole = static_cast<uint32_t>(share);
+    out[v->name] += whole;
+    left -= whole;
+    remainders.emplace_back(share - whole, v->name);
+  }
+  std::stable_sort(remainders.begin(), remainders.end(),
+                   [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (size_t i = 0; left > 0 && i < remainders.size(); ++i, --left) ++out[remainders[i].second];
+  return out;
+}
+
+void Publish(Self* self, const std::string& what, const std::string& why);
+
+// The router gets the ready replicas, each version's weight divided over its ready replicas.
+void PushReplicaSet(Self* self) {
+  auto& st = self->state;
+  std::map<std::string, uint32_t> ready_of;
+  for (const auto& [name, r] : st.replicas) {
+    if (r.state == kReady) ++ready_of[r.version];
+  }
+  ReplicaSet set;
+  set.deployment = st.spec().name;
+  set.generation = ++st.status.generation;
+  for (const auto& [name, r] : st.replicas) {
+    if (r.state != kReady) continue;
+    const VersionSpec* v = st.Version(r.version);
+    const double weight = v == nullptr ? 0.0 : static_cast<double>(v->weight) / ready_of[r.version];
+    set.replicas.push_back(ReplicaInfo{r.ref, r.name, r.version, weight, st.spec().max_ongoing_requests});
+  }
+  if (st.router) self->send(st.router, std::move(set));
+}
+
+void SendCount(Self* self) {
+  auto& st = self->state;
+  if (st.autoscaler) self->send(st.autoscaler, ReplicaCount{st.spec().name, st.Live()});
+}
+
+void Publish(Self* self, const std::string& what, const std::string& why) {
+  auto& st = self->state;
+  std::map<std::string, uint32_t> by_state;
+  st.status.replicas.clear();
+  for (const auto& [name, r] : st.replicas) {
+    ++by_state[r.state];
+    st.status.replicas.push_back(ReplicaView{r.name, r.version, r.state, r.place.node, r.place.lease_id});
+  }
+  if (st.stopping) {
+    st.status.state = "deleting";
+  } else if (by_state[kReady] == st.status.desired && st.replicas.size() == st.status.desired) {
+    st.status.state = "running";
+    st.reached_desired = true;
+  } else {
+    st.status.state = st.reached_desired ? "reconciling" : "deploying";
+  }
+  st.status.reason = std::to_string(by_state[kReady]) + " of " + std::to_string(st.status.desired) + " replicas ready";
+  if (!what.empty()) spdlog::info("deployment {}: {}{}{}", st.spec().name, what, why.empty() ? "" : ": ", why);
+  st.init.host->Update(caf::actor_cast<caf::actor>(self), st.status,
+                       DeploymentEvent{what.empty() ? 0 : st.init.clock->UnixMs(), what, why});
+}
+
+void Release(Self* self, Replica& r) {
+  if (r.place.lease_id != 0) self->state.init.host->ReleaseReplicaPlacement(r.place.lease_id);
+  r.place.lease_id = 0;
+}
+
+// Ends a replica that is not draining: the node agent stops its actor; its lease is released.
+void StopNow(Self* self, Replica& r) {
+  if (r.ref.valid() && r.place.agent.valid()) self->send(r.place.agent.handle(), StopReplica{r.name});
+  if (r.ref.valid()) self->demonitor(r.ref.handle());
+  Release(self, r);
+}
+
+void Reconcile(Self* self);
+
+// A replica is gone (exited, its node lost, its start failed): it is replaced after the backoff.
+void ReplaceLater(Self* self) {
+  auto& st = self->state;
+  if (st.replacement_due || st.stopping) return;
+  st.replacement_due = true;
+  self->delayed_send(self, st.backoff->Next(), reconcile_atom::value);
+}
+
+void StartReplicaOn(Self* self, const std::string& name) {
+  auto& st = self->state;
+  Replica& r = st.replicas.at(name);
+  const VersionSpec* v = st.Version(r.version);
+  StartReplica start;
+  start.deployment = st.spec().name;
+  start.version = r.version;
+  start.name = r.name;
+  start.lease_id = r.place.lease_id;
+  start.max_ongoing_requests = st.spec().max_ongoing_requests;
+  start.drain_timeout_ms = st.spec().drain_timeout.count();
+  if (v != nullptr) {
+    start.tokens_per_second = v->test.tokens_per_second;
+    start.first_token_latency_us = v->test.first_token_latency.count() * 1000;
+    start.max_tokens = v->test.max_tokens;
+    start.stall_after = v->test.stall_after;
+  }
+  start.seed = r.index;
+  start.owner = st.self_ref;
+  start.autoscaler = st.autoscaler_ref;
+  self->request(r.place.agent.handle(), st.init.node_timeout, std::move(start))
+      .then(
+          [self, name](ReplicaStarted& started) {
+            auto& st = self->state;
+            auto it = st.replicas.find(name);
+            if (it == st.replicas.end() || st.stopping) {
+              // Removed while it started: the agent stops it (its lease went with the removal).
+              if (started.replica.valid()) self->send_exit(started.replica.handle(), caf::exit_reason::user_shutdown);
+              return;
+            }
+            Replica& r = it->second;
+            r.ref = started.replica;
+            self->monitor(r.ref.handle());
+            if (r.ready_seen) {
+              r.state = kReady;
+              st.backoff->Reset();
+              PushReplicaSet(self);
+              Publish(self, "replica " + name + " ready on node " + r.place.node, "");
+            } else {
+              Publish(self, "replica " + name + " starting on node " + r.place.node, "");
+            }
+          },
+          [self, name](caf::error& error) {
+            auto& st = self->state;
+            auto it = st.replicas.find(name);
+            if (it == st.replicas.end()) return;
+            Replica& r = it->second;
+            const std::string node = r.place.node;
+            Release(self, r);
+            st.replicas.erase(it);
+            Publish(self, "replica " + name + " failed to start on node " + node,
+                    runtime::ToStatus(error).ToString() + "; another replica replaces it");
+            SendCount(self);
+            ReplaceLater(self);
+          });
+}
+
+void AddReplica(Self* self, const VersionSpec& version) {
+  auto& st = self->state;
+  Replica r;
+  r.index = st.next_index++;
+  r.name = st.spec().name + "/" + version.name + "/replica-" + std::to_string(r.index);
+  r.version = version.name;
+  const std::string name = r.name;
+  st.replicas.emplace(name, std::move(r));
+  st.init.host->RequestReplicaPlacement(st.spec(), version, name, caf::actor_cast<caf::actor>(self));
+}
+
+// Removes one replica of `version`: pending first, then starting, then ready (drained); the
+// newest of a kind first.
+bool RemoveOne(Self* self, const std::string& version, std::string* what) {
+  auto& st = self->state;
+  for (const char* state : {kPending, kStarting, kReady}) {
+    Replica* victim = nullptr;
+    for (auto& [name, r] : st.replicas) {
+      if (r.version == version && r.state == state && (victim == nullptr || r.index > victim->index)) victim = &r;
+    }
+    if (victim == nullptr) continue;
+    const std::string name = victim->name;
+    if (victim->state != kReady) {
+      StopNow(self, *victim);
+      st.replicas.erase(name);
+      *what = "replica " + name + " (" + state + ") removed";
+      return true;
+    }
+    // Ready: routers stop sending to it first, then it drains and stops; its lease goes then.
+    victim->state = kDraining;
+    PushReplicaSet(self);
+    const auto drain = st.spec().drain_timeout;
+    self->request(victim->ref.handle(), drain + st.init.node_timeout, Drain{drain.count()})
+        .then(
+            [self, name](DrainReply& reply) {
+              if (self->state.replicas.count(name) == 0) return;
+              Publish(self, "replica " + name + " drained",
+                      std::to_string(reply.finished) + " request(s) finished, " + std::to_string(reply.abandoned) +
+                          " failed at the drain timeout");
+            },
+            [self, name](caf::error& error) {
+              auto& st = self->state;
+              auto it = st.replicas.find(name);
+              if (it == st.replicas.end()) return;
+              // No answer: it is stopped by its node agent, and its lease goes.
+              StopNow(self, it->second);
+              st.replicas.erase(it);
+              Publish(self, "replica " + name + " stopped without draining", runtime::ToStatus(error).ToString());
+            });
+    *what = "replica " + name + " draining";
+    return true;
+  }
+  return false;
+}
+
+void Reconcile(Self* self) {
+  auto& st = self->state;
+  if (st.stopping) return;
+  const auto targets = VersionTargets(st.spec(), st.status.desired);
+  for (const auto& v : st.spec().versions) {
+    const uint32_t want = targets.at(v.name);
+    uint32_t live = st.Live(v.name);
+    while (live > want) {
+      std::string what;
+      if (!RemoveOne(self, v.name, &what)) break;
+      --live;
+      Publish(self, what, "scaling " + v.name + " to " + std::to_string(want));
+    }
+    if (st.replacement_due) continue;
+    while (live < want) {
+      AddReplica(self, v);
+      ++live;
+    }
+  }
+  SendCount(self);
+  Publish(self, "", "");
+}
+
+caf::behavior Deployment(Self* self, DeploymentInit init) {
+  auto& st = self->state;
+  st.init = std::move(init);
+  if (st.init.clock == nullptr) st.init.clock = &SteadyClock::Instance();
+  st.backoff.emplace(st.init.restart_backoff);
+  st.status = st.init.status;
+  st.status.name = st.spec().name;
+  st.status.router = RouterName(st.spec().name);
+  if (st.status.deployed_unix_ms == 0) st.status.deployed_unix_ms = st.init.clock->UnixMs();
+  // A count set by hand stays; otherwise the autoscaler starts again from the initial count.
+  const bool again = st.status.desired != 0;
+  if (!st.status.scaled_by_hand) st.status.desired = st.spec().autoscaling.initial_replicas;
+  runtime::Runtime* rt = st.init.runtime;
+  st.self_ref = rt->Ref(caf::actor_cast<caf::actor>(self));
+  const auto& auto_cfg = st.spec().autoscaling;
+  if (auto_cfg.min_replicas != auto_cfg.max_replicas) {
+    AutoscalerInit a;
+    a.deployment = st.spec().name;
+    a.config = auto_cfg;
+    a.target = st.self_ref;
+    a.clock = st.init.clock;
+    auto spawned = SpawnAutoscaler(self->home_system(), std::move(a));
+    if (spawned.ok()) {
+      st.autoscaler = *spawned;
+      st.autoscaler_ref = rt->Ref(st.autoscaler);
+      self->link_to(st.autoscaler);
+    } else {
+      spdlog::error("deployment {}: no autoscaler: {}", st.spec().name, spawned.status().ToString());
+    }
+  }
+  RouterConfig rc;
+  rc.deployment = st.spec().name;
+  rc.policy = st.spec().routing;
+  rc.seed = static_cast<uint64_t>(st.status.deployed_unix_ms);
+  rc.max_queued = st.spec().max_queued_requests;
+  rc.default_deadline = st.spec().request_timeout;
+  rc.autoscaler = st.autoscaler_ref;
+  rc.clock = st.init.clock;
+  st.router = SpawnRouter(self->home_system(), std::move(rc));
+  self->link_to(st.router);
+  const std::string router_name = RouterName(st.spec().name);
+  // A router of an earlier actor of the same deployment (deleted and deployed again) may hold the
+  // name for a moment: the new one takes it.
+  rt->UnregisterName(router_name);
+  if (Status named = rt->RegisterName(router_name, rt->Ref(st.router)); !named.ok()) {
+    spdlog::error("deployment {}: router not named: {}", st.spec().name, named.ToString());
+  }
+  // The name goes when the router exits (with this actor: they are linked).
+  // A lease that ends without asking (LeaseEnded: its node was lost) shows as the replica's down
+  // message; other unknown messages are dropped too.
+  self->set_default_handler(caf::drop);
+  self->set_down_handler([self](caf::down_msg& down) {
+    auto& st = self->state;
+    Replica* r = st.ByAddress(down.source);
+    if (r == nullptr) return;
+    const std::string name = r->name;
+    const std::string why = runtime::ToStatus(down.reason).ToString();
+    if (r->state == kDraining) {
+      Release(self, *r);
+      st.replicas.erase(name);
+      Publish(self, "replica " + name + " stopped after draining", "lease released");
+      SendCount(self);
+      return;
+    }
+    const bool was_ready = r->state == kReady;
+    Release(self, *r);
+    st.replicas.erase(name);
+    if (was_ready) PushReplicaSet(self);
+    Publish(self, "replica " + name + " exited", why + "; it is replaced (one_for_one)");
+    SendCount(self);
+    ReplaceLater(self);
+  });
+  Publish(self, again ? "started again after a head restart (its earlier replicas are not taken back)" : "deployed",
+          std::to_string(st.status.desired) + " replica(s) desired");
+  Reconcile(self);
+  return {
+      [self](reconcile_atom) {
+        self->state.replacement_due = false;
+        Reconcile(self);
+      },
+      [self](ReplicaPlacementAnswer& answer) {
+        auto& st = self->state;
+        auto it = st.replicas.find(answer.replica);
+        if (it == st.replicas.end() || st.stopping || it->second.state != kPending) {
+          if (answer.status.ok()) st.init.host->ReleaseReplicaPlacement(answer.place.lease_id);
+          return;
+        }
+        Replica& r = it->second;
+        if (!answer.status.ok()) {
+          st.replicas.erase(it);
+          Publish(self, "replica " + answer.replica + " cannot be placed", answer.status.ToString());
+          ReplaceLater(self);
+          return;
+        }
+        r.place = answer.place;
+        r.state = kStarting;
+        StartReplicaOn(self, answer.replica);
+      },
+      [self](ReplicaStateChanged& changed) {
+        auto& st = self->state;
+        auto it = st.replicas.find(changed.name);
+        if (it == st.replicas.end()) return;
+        Replica& r = it->second;
+        if (changed.state != ReplicaState::kReady || r.state != kStarting) return;
+        if (!r.ref.valid()) {
+          r.ready_seen = true;
+          return;
+        }
+        r.state = kReady;
+        st.backoff->Reset();
+        PushReplicaSet(self);
+        Publish(self, "replica " + r.name + " ready on node " + r.place.node, "");
+      },
+      [self](ScaleDecision& decision) {
+        auto& st = self->state;
+        if (st.status.scaled_by_hand || st.stopping) return;
+        const auto& a = st.spec().autoscaling;
+        const uint32_t desired = std::clamp(decision.desired, a.min_replicas, a.max_replicas);
+        if (desired == st.status.desired) return;
+        const uint32_t before = st.status.desired;
+        st.status.desired = desired;
+        Publish(self, "autoscaler: " + std::to_string(before) + " -> " + std::to_string(desired) + " replicas",
+                decision.reason + (decision.panic ? " (panic)" : ""));
+        Reconcile(self);
+      },
+      [self](ScaleDeployment& scale) {
+        auto& st = self->state;
+        if (st.stopping) return;
+        const uint32_t before = st.status.desired;
+        st.status.desired = scale.replicas;
+        st.status.scaled_by_hand = true;
+        Publish(self, "scaled by hand: " + std::to_string(before) + " -> " + std::to_string(scale.replicas) + " replicas",
+                "troupe serve scale (the autoscaler's decisions are ignored from now on)");
+        Reconcile(self);
+      },
+      [self](StopDeployment& stop) {
+        auto& st = self->state;
+        st.stopping = true;
+        PushReplicaSet(self);  // none is ready any more for the router: empty set
+        for (auto& [name, r] : st.replicas) StopNow(self, r);
+        st.replicas.clear();
+        Publish(self, "deleted", stop.reason);
+        self->quit(caf::exit_reason::user_shutdown);
+      },
+  };
+}
+
+}  // namespace
+
+std::string RouterName(const std::string& deployment) { return "serving.router." + deployment; }
+
+std::string DeploymentStatusToJson(const DeploymentStatus& s) {
+  Json replicas = Json::array();
+  Json by_state = {{kPending, 0}, {kStarting, 0}, {kReady, 0}, {kDraining, 0}};
+  for (const auto& r : s.replicas) {
+    replicas.push_back({{"name", r.name}, {"version", r.version}, {"state", r.state}, {"node", r.node},
+                        {"lease_id", r.lease_id}});
+    by_state[r.state] = by_state.value(r.state, 0) + 1;
+  }
+  return Json{{"name", s.name},
+              {"state", s.state},
+              {"reason", s.reason},
+              {"desired", s.desired},
+              {"scaled_by_hand", s.scaled_by_hand},
+              {"generation", s.generation},
+              {"router", s.router},
+              {"deployed_unix_ms", s.deployed_unix_ms},
+              {"replicas", replicas},
+              {"replicas_by_state", by_state}}
+      .dump();
+}
+
+StatusOr<DeploymentStatus> DeploymentStatusFromJson(const std::string& json) {
+  try {
+    const Json j = Json::parse(json);
+    DeploymentStatus s;
+    s.name = j.at("name").get<std::string>();
+    s.state = j.value("state", "deploying");
+    s.reason = j.value("reason", "");
+    s.desired = j.value("desired", 0u);
+    s.scaled_by_hand = j.value("scaled_by_hand", false);
+    s.generation = j.value("generation", uint64_t{0});
+    s.router = j.value("router", "");
+    s.deployed_unix_ms = j.value("deployed_unix_ms", int64_t{0});
+    for (const auto& r : j.value("replicas", Json::array())) {
+      s.replicas.push_back(ReplicaView{r.at("name").get<std::string>(), r.value("version", ""), r.value("state", ""),
+                                       r.value("node", ""), r.value("lease_id", uint64_t{0})});
+    }
+    return s;
+  } catch (const std::exception& e) {
+    return InvalidArgumentError(std::string("deployment status: not the JSON troupe writes: ") + e.what());
+  }
+}
+
+std::string DeploymentEventToJson(const DeploymentEvent& e) {
+  return Json{{"unix_ms", e.unix_ms}, {"what", e.what}, {"why", e.why}}.dump();
+}
+
+caf::actor SpawnDeployment(caf::actor_system& system, DeploymentInit init) {
+  return system.spawn(Deployment, std::move(init));
+}
+
+}  // namespace troupe::serving

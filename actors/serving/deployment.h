@@ -1,0 +1,158 @@
+// The deployment actor: one per serving deployment, on the head. It runs the deployment's replicas
+// on the nodes its scheduler leases give it, supervises them one_for_one, keeps the deployment's
+// router and autoscaler, and applies scale decisions with drains (docs/serving.md, "Deployments").
+// It talks to the head through DeploymentHost (implemented by cluster/deployments_registry.cc), so
+// it depends on neither the cluster nor training.
+#pragma once
+
+#include <caf/actor.hpp>
+#include <caf/actor_system.hpp>
+#include <caf/allowed_unsafe_message_type.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "actors/serving/deployment_spec.h"
+#include "actors/serving/messages.h"
+#include "common/backoff.h"
+#include "common/clock.h"
+#include "common/status.h"
+#include "runtime/actor_ref.h"
+#include "runtime/runtime.h"
+
+namespace troupe::serving {
+
+/// The name the deployment's router is registered under on the head's runtime (clients and the
+/// HTTP gateway look it up there): "serving.router.<deployment>".
+std::string RouterName(const std::string& deployment);
+
+/// Where one replica may run: a scheduler lease of one worker's resources (the version's slices,
+/// CPUs, memory) on `node`, whose agent starts the replica.
+struct ReplicaPlace {
+  uint64_t lease_id = 0;
+  std::string node;
+  runtime::ActorRef agent;
+};
+
+/// The head's answer to DeploymentHost::RequestReplicaPlacement, sent to the deployment actor.
+struct ReplicaPlacementAnswer {
+  std::string replica;
+  Status status;  ///< OK with `place`, or why it cannot be placed (ResourceExhausted: it never fits)
+  ReplicaPlace place;
+};
+
+/// One replica as `troupe serve show` lists it. States: "pending" (waiting for its lease),
+/// "starting", "ready", "draining".
+struct ReplicaView {
+  std::string name;
+  std::string version;
+  std::string state;
+  std::string node;
+  uint64_t lease_id = 0;
+};
+
+/// A deployment's status (stored by the head with its spec; `troupe serve show`).
+struct DeploymentStatus {
+  std::string name;
+  /// "deploying" (not all desired replicas were ready yet), "running" (desired == ready, nothing
+  /// else in flight), "reconciling" (replicas being added, replaced or drained), "deleting".
+  std::string state = "deploying";
+  std::string reason;
+  /// The replicas it aims for now (the autoscaler's last decision, or `troupe serve scale`).
+  uint32_t desired = 0;
+  /// True once `troupe serve scale` fixed the count: the autoscaler's decisions are ignored.
+  bool scaled_by_hand = false;
+  /// The ReplicaSet generation the router has.
+  uint64_t generation = 0;
+  std::string router;
+  std::vector<ReplicaView> replicas;
+  int64_t deployed_unix_ms = 0;
+};
+
+/// One change of a deployment: when, what, why.
+struct DeploymentEvent {
+  int64_t unix_ms = 0;
+  std::string what;
+  std::string why;
+};
+
+/// JSON: {"name", "state", "reason", "desired", "scaled_by_hand", "generation", "router",
+/// "deployed_unix_ms", "replicas": [{"name","version","state","node","lease_id"}],
+/// "replicas_by_state": {"pending": n, "starting": n, "ready": n, "draining": n}}.
+std::string DeploymentStatusToJson(const DeploymentStatus& status);
+/// Back from DeploymentStatusToJson (replicas_by_state is derived); InvalidArgument otherwise.
+StatusOr<DeploymentStatus> DeploymentStatusFromJson(const std::string& json);
+/// {"unix_ms", "what", "why"}.
+std::string DeploymentEventToJson(const DeploymentEvent& event);
+
+/// What a deployment actor needs of the head; the deployments registry implements it. Called on
+/// the deployment actor's thread: implementations post messages, never block.
+class DeploymentHost {
+ public:
+  virtual ~DeploymentHost() = default;
+  /// Asks the scheduler for a lease of one replica of `version` (its resources) owned by
+  /// `deployment` (so it ends when the deployment actor does). The answer comes as a
+  /// ReplicaPlacementAnswer for `replica`; while capacity is short the request waits.
+  virtual void RequestReplicaPlacement(const DeploymentSpec& spec, const VersionSpec& version,
+                                       const std::string& replica, const caf::actor& deployment) = 0;
+  /// Ends a lease the deployment no longer uses.
+  virtual void ReleaseReplicaPlacement(uint64_t lease_id) = 0;
+  /// The deployment's new status and the event that made it (empty `what`: none), stored in order.
+  virtual void Update(const caf::actor& deployment, const DeploymentStatus& status, const DeploymentEvent& event) = 0;
+};
+
+/// Anyone -> deployment actor: run exactly `replicas` replicas from now on (the autoscaler's
+/// decisions are ignored afterwards: `troupe serve scale`). No reply; the status says it.
+struct ScaleDeployment {
+  uint32_t replicas = 0;
+};
+/// Anyone -> deployment actor: stop every replica at once (no drain), release every lease,
+/// unregister the router and exit (`troupe serve delete`).
+struct StopDeployment {
+  std::string reason;
+};
+
+/// How a deployment actor is set up (SpawnDeployment's argument).
+struct DeploymentInit {
+  DeploymentSpec spec;
+  /// The status stored before (a head restart: its desired count and scaled_by_hand are kept;
+  /// its replicas are not taken back, new ones start). A new deployment: name only.
+  DeploymentStatus status;
+  DeploymentHost* host = nullptr;
+  /// The head's runtime: the router's name is registered there.
+  runtime::Runtime* runtime = nullptr;
+  const Clock* clock = nullptr;
+  /// How long a node agent may take to answer StartReplica before the start counts as failed.
+  std::chrono::milliseconds node_timeout{10000};
+  /// Between replacements of failed replicas (one_for_one): jittered exponential, reset when a
+  /// replica becomes ready (common/backoff.h; 100 ms doubling to 5 s, equal jitter).
+  BackoffPolicy restart_backoff{std::chrono::milliseconds(100), 2.0, std::chrono::milliseconds(5000), 0.5};
+};
+
+/// Spawns the deployment actor (and, beside it on the same actor system, its router, registered
+/// as RouterName(spec.name) on `runtime`, and its autoscaler unless min_replicas == max_replicas).
+///
+/// It keeps `desired` replicas (status.desired, else autoscaling.initial_replicas) split over
+/// the versions by weight (each version of weight > 0 gets one while there are enough, the rest
+/// by largest remainder of weight shares), each on its own scheduler lease:
+///   pending  -> RequestReplicaPlacement; the answer's node agent gets StartReplica;
+///   starting -> the replica says ready (ReplicaStateChanged) -> ready: the router gets a
+///               ReplicaSet of the ready replicas (weight: the version's weight divided over its
+///               ready replicas) with a new generation;
+///   a replica that exits or whose node is lost (its monitor), or whose lease ends, is dropped
+///   from the ReplicaSet, its lease released, and replaced after the restart backoff.
+/// ScaleDecision (from its autoscaler, bounded by min and max) and ScaleDeployment change the
+/// desired count. Scaling down removes pending replicas first, then starting ones (stopped at
+/// once), then ready ones: the router gets a ReplicaSet without it first, then the replica gets
+/// Drain (the spec's drain timeout) and its lease is released once it has stopped.
+/// ReplicaCount goes to the autoscaler after every change. Every change is a DeploymentEvent and
+/// a status Update to the host.
+caf::actor SpawnDeployment(caf::actor_system& system, DeploymentInit init);
+
+}  // namespace troupe::serving
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ReplicaPlacementAnswer)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ScaleDeployment)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::StopDeployment)

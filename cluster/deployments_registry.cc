@@ -1,0 +1,330 @@
+// DeploymentsRegistry.
+#include "cluster/deployments_registry.h"
+
+#include <caf/all.hpp>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstdio>
+
+namespace troupe::cluster {
+
+using serving::DeploymentEvent;
+using serving::DeploymentSpec;
+using serving::DeploymentStatus;
+using Json = nlohmann::json;
+
+struct DeploymentsRegistry::Deployment {
+  DeploymentSpec spec;
+  DeploymentStatus status;
+  caf::actor actor;
+  uint64_t next_event = 0;
+};
+
+// The deployment actors' DeploymentHost: their calls become messages to the controller, which
+// calls the registry on its mailbox.
+class DeploymentsRegistry::Host : public serving::DeploymentHost {
+ public:
+  explicit Host(caf::actor controller) : controller_(std::move(controller)) {}
+  void RequestReplicaPlacement(const DeploymentSpec& spec, const serving::VersionSpec& version,
+                               const std::string& replica, const caf::actor& deployment) override {
+    caf::anon_send(controller_, ReplicaPlacementRequest{spec, version, replica, deployment});
+  }
+  void ReleaseReplicaPlacement(uint64_t lease_id) override { caf::anon_send(controller_, ReplicaLeaseRelease{lease_id}); }
+  void Update(const caf::actor& deployment, const DeploymentStatus& status, const DeploymentEvent& event) override {
+    caf::anon_send(controller_, DeploymentStatusUpdate{status, event, deployment.address()});
+  }
+
+ private:
+  caf::actor controller_;
+};
+
+namespace {
+
+std::string EventKey(const std::string& name, uint64_t seq) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(seq));
+  return name + "/" + buf;
+}
+
+std::string RecordJson(const DeploymentSpec& spec, const DeploymentStatus& status) {
+  return Json{{"spec", Json::parse(serving::DeploymentSpecToJson(spec))},
+              {"status", Json::parse(serving::DeploymentStatusToJson(status))}}
+      .dump();
+}
+
+Status NoSuchDeployment(const std::string& name) {
+  return NotFoundError("no deployment named '" + name + "' (troupe serve list shows the deployments)");
+}
+
+}  // namespace
+
+DeploymentsRegistry::DeploymentsRegistry(const ClusterConfig& config, HeadStore* store, LeaseRegistry* leases,
+                                         const NodeDirectory* nodes, runtime::Runtime* runtime, const Clock* clock)
+    : config_(config), store_(store), leases_(leases), nodes_(nodes), runtime_(runtime), clock_(clock) {}
+
+DeploymentsRegistry::~DeploymentsRegistry() {
+  for (auto& [name, d] : deployments_) {
+    if (d->actor) caf::anon_send_exit(d->actor, caf::exit_reason::user_shutdown);
+  }
+}
+
+Status DeploymentsRegistry::Recover(const caf::actor& controller) {
+  host_ = std::make_unique<Host>(controller);
+  ASSIGN_OR_RETURN(deployments_table_, store_->env().OpenTable("deployments"));
+  ASSIGN_OR_RETURN(events_table_, store_->env().OpenTable("deployment_events"));
+  ASSIGN_OR_RETURN(auto txn, store_->env().BeginRead());
+  std::vector<std::pair<std::string, std::string>> rows;
+  RETURN_IF_ERROR(txn.ForEach(deployments_table_, "", [&](std::string_view key, std::string_view value) {
+    rows.emplace_back(std::string(key), std::string(value));
+    return true;
+  }));
+  for (const auto& [name, value] : rows) {
+    auto d = std::make_unique<Deployment>();
+    try {
+      auto json = Json::parse(value);
+      auto spec = serving::DeploymentSpecFromJson(json.at("spec").dump());
+      auto status = serving::DeploymentStatusFromJson(json.at("status").dump());
+      if (!spec.ok() || !status.ok()) {
+        spdlog::error("head: deployment record '{}' does not decode ({}); left out",
+                      name, (!spec.ok() ? spec.status() : status.status()).ToString());
+        continue;
+      }
+      d->spec = std::move(*spec);
+      d->status = std::move(*status);
+    } catch (const std::exception& e) {
+      spdlog::error("head: deployment record '{}' does not decode ({}); left out", name, e.what());
+      continue;
+    }
+    const std::string prefix = name + "/";
+    RETURN_IF_ERROR(txn.ForEach(events_table_, prefix, [&](std::string_view key, std::string_view) {
+      if (key.substr(0, prefix.size()) != prefix) return false;
+      ++d->next_event;
+      return true;
+    }));
+    deployments_[name] = std::move(d);
+  }
+  txn.Abort();
+  for (auto& [name, d] : deployments_) {
+    // Its replicas of the earlier head are not taken back: their node agents stop them when they
+    // lose the earlier deployment actor; this one starts new ones.
+    d->status.replicas.clear();
+    StartActor(*d);
+  }
+  return OkStatus();
+}
+
+void DeploymentsRegistry::StartActor(Deployment& d) {
+  serving::DeploymentInit init;
+  init.spec = d.spec;
+  init.status = d.status;
+  init.host = host_.get();
+  init.runtime = runtime_;
+  init.clock = clock_;
+  d.actor = serving::SpawnDeployment(runtime_->system(), std::move(init));
+}
+
+LeaseRequest DeploymentsRegistry::LeaseRequestOf(const DeploymentSpec& spec, const serving::VersionSpec& version,
+                                                 const caf::actor& deployment) const {
+  LeaseRequest r;
+  r.tenant = spec.tenant;
+  r.count = 1;
+  // As a training worker's: `slices` slices of at least `slice_memory` each (one byte: any slice
+  // size); none for a CPU-only replica.
+  const auto& res = version.resources;
+  r.slice_memory_bytes = res.slices == 0 ? 0 : uint64_t{res.slices} * std::max<uint64_t>(res.slice_memory_bytes, 1);
+  r.compute_percent = res.slices == 0 ? 0 : res.compute_percent;
+  r.cpus = res.cpus;
+  r.host_memory_bytes = res.host_memory_bytes;
+  // Spread: a replica goes to the least loaded node, so one node's loss takes as few as it can.
+  r.policy = "spread";
+  r.gang = false;
+  r.owner = runtime_->Ref(deployment);
+  return r;
+}
+
+void DeploymentsRegistry::Place(const ReplicaPlacementRequest& request) {
+  const NodeDirectory* nodes = nodes_;
+  const caf::actor deployment = request.deployment;
+  const std::string replica = request.replica;
+  auto answer = [nodes, deployment, replica](StatusOr<LeaseGrant> grant) {
+    serving::ReplicaPlacementAnswer out;
+    out.replica = replica;
+    if (!grant.ok()) {
+      out.status = grant.status();
+    } else if (grant->workers.empty()) {
+      out.status = InternalError("lease " + std::to_string(grant->lease_id) + " names no node");
+      out.place.lease_id = grant->lease_id;
+    } else {
+      const auto& w = grant->workers.front();
+      out.place.lease_id = grant->lease_id;
+      out.place.node = w.node;
+      const runtime::ActorRef* agent = nodes->AgentOf(w.node);
+      if (agent == nullptr) {
+        out.status = UnavailableError("node '" + w.node + "' has no agent at the head");
+      } else {
+        out.place.agent = *agent;
+      }
+    }
+    caf::anon_send(deployment, std::move(out));
+  };
+  auto now = leases_->Request(LeaseRequestOf(request.spec, request.version, deployment),
+                              [&]() -> LeaseReply { return answer; });
+  if (now) answer(std::move(*now));
+}
+
+void DeploymentsRegistry::Release(uint64_t lease_id) {
+  auto released = leases_->Release(lease_id);
+  if (!released.ok() && released.status().code() != StatusCode::kNotFound) {
+    spdlog::warn("head: replica lease {}: {}", lease_id, released.status().ToString());
+  }
+}
+
+Status DeploymentsRegistry::Store(const Deployment& d) {
+  return store_->Write(
+      [&](storage::Txn& txn) { return txn.Put(deployments_table_, d.spec.name, RecordJson(d.spec, d.status)); });
+}
+
+Status DeploymentsRegistry::StoreEvent(const std::string& name, const DeploymentEvent& event) {
+  auto it = deployments_.find(name);
+  if (it == deployments_.end()) return NoSuchDeployment(name);
+  Deployment& d = *it->second;
+  const uint64_t seq = d.next_event++;
+  return store_->Write([&](storage::Txn& txn) {
+    RETURN_IF_ERROR(txn.Put(deployments_table_, name, RecordJson(d.spec, d.status)));
+    RETURN_IF_ERROR(txn.Put(events_table_, EventKey(name, seq), serving::DeploymentEventToJson(event)));
+    if (seq >= kMaxEventsPerDeployment) {
+      Status gone = txn.Delete(events_table_, EventKey(name, seq - kMaxEventsPerDeployment));
+      if (!gone.ok() && gone.code() != StatusCode::kNotFound) return gone;
+    }
+    return OkStatus();
+  });
+}
+
+void DeploymentsRegistry::Record(const DeploymentStatusUpdate& update) {
+  auto it = deployments_.find(update.status.name);
+  // Deleted meanwhile, or an actor that is no longer the deployment's (deleted and deployed again).
+  if (it == deployments_.end() || !it->second->actor || it->second->actor.address() != update.deployment) return;
+  Deployment& d = *it->second;
+  d.status = update.status;
+  Status stored = update.event.what.empty() ? Store(d) : StoreEvent(d.spec.name, update.event);
+  if (!stored.ok()) spdlog::error("head: deployment '{}': status not stored: {}", d.spec.name, stored.ToString());
+}
+
+void DeploymentsRegistry::ActorGone(const caf::actor_addr& who) {
+  for (auto& [name, d] : deployments_) {
+    if (d->actor && d->actor.address() == who) {
+      spdlog::warn("head: the deployment actor of '{}' ended; it runs no replica until the head restarts", name);
+      d->actor = nullptr;
+    }
+  }
+}
+
+StatusOr<std::string> DeploymentsRegistry::Deploy(const std::string& body) {
+  ASSIGN_OR_RETURN(DeploymentSpec spec, serving::DeploymentSpecFromJson(body));
+  for (const auto& v : spec.versions) {
+    if (v.backend != serving::BackendKind::kTest) {
+      return FailedPreconditionError("deployment '" + spec.name + "', version '" + v.name + "': backend " +
+                                serving::BackendKindName(v.backend) +
+                                " is not run on the cluster yet; use backend: test (docs/serving.md)");
+    }
+  }
+  if (auto it = deployments_.find(spec.name); it != deployments_.end()) {
+    return AlreadyExistsError("a deployment named '" + spec.name + "' exists (" + it->second->status.state +
+                              "); delete it first (troupe serve delete " + spec.name + ") or choose another name");
+  }
+  auto d = std::make_unique<Deployment>();
+  d->spec = spec;
+  d->status.name = spec.name;
+  d->status.router = serving::RouterName(spec.name);
+  d->status.deployed_unix_ms = clock_->UnixMs();
+  d->status.reason = "deployed";
+  Deployment& ref = *d;
+  deployments_[spec.name] = std::move(d);
+  // Stored before it is acknowledged or started: a deploy the client saw succeed survives a head
+  // restart.
+  Status stored = StoreEvent(spec.name, DeploymentEvent{clock_->UnixMs(), "deploy requested",
+                                                         std::to_string(spec.versions.size()) + " version(s)"});
+  if (!stored.ok()) {
+    deployments_.erase(spec.name);
+    return stored;
+  }
+  StartActor(ref);
+  return RecordJson(ref.spec, ref.status);
+}
+
+StatusOr<std::string> DeploymentsRegistry::Delete(const std::string& name) {
+  auto it = deployments_.find(name);
+  if (it == deployments_.end()) return NoSuchDeployment(name);
+  Deployment& d = *it->second;
+  // Its actor stops every replica and releases every lease (and they end with it in any case: it
+  // owns them).
+  if (d.actor) caf::anon_send(d.actor, serving::StopDeployment{"troupe serve delete"});
+  RETURN_IF_ERROR(store_->Write([&](storage::Txn& txn) {
+    RETURN_IF_ERROR(txn.Delete(deployments_table_, name));
+    std::vector<std::string> keys;
+    const std::string prefix = name + "/";
+    RETURN_IF_ERROR(txn.ForEach(events_table_, prefix, [&](std::string_view key, std::string_view) {
+      if (key.substr(0, prefix.size()) != prefix) return false;
+      keys.emplace_back(key);
+      return true;
+    }));
+    for (const auto& k : keys) RETURN_IF_ERROR(txn.Delete(events_table_, k));
+    return OkStatus();
+  }));
+  d.status.state = "deleted";
+  std::string out = RecordJson(d.spec, d.status);
+  deployments_.erase(it);
+  return out;
+}
+
+StatusOr<std::string> DeploymentsRegistry::Events(const std::string& name) {
+  if (deployments_.count(name) == 0) return NoSuchDeployment(name);
+  Json events = Json::array();
+  ASSIGN_OR_RETURN(auto txn, store_->env().BeginRead());
+  const std::string prefix = name + "/";
+  RETURN_IF_ERROR(txn.ForEach(events_table_, prefix, [&](std::string_view key, std::string_view value) {
+    if (key.substr(0, prefix.size()) != prefix) return false;
+    events.push_back(Json::parse(value, nullptr, false));
+    return true;
+  }));
+  return events.dump();
+}
+
+StatusOr<std::string> DeploymentsRegistry::Command(const serving::DeploymentCommand& command) {
+  const std::string& op = command.op;
+  if (op == "deploy") return Deploy(command.body);
+  if (op == "list") {
+    Json list = Json::array();
+    for (const auto& [name, d] : deployments_) list.push_back(Json::parse(RecordJson(d->spec, d->status)));
+    return list.dump();
+  }
+  if (op == "delete") return Delete(command.name);
+  if (op == "events") return Events(command.name);
+  if (op == "show" || op == "scale") {
+    auto it = deployments_.find(command.name);
+    if (it == deployments_.end()) return NoSuchDeployment(command.name);
+    Deployment& d = *it->second;
+    if (op == "show") return RecordJson(d.spec, d.status);
+    uint32_t count = 0;
+    try {
+      size_t used = 0;
+      const long long n = std::stoll(command.body, &used);
+      if (used != command.body.size() || n < 0 || n > serving::kMaxDeploymentReplicas) throw std::out_of_range("");
+      count = static_cast<uint32_t>(n);
+    } catch (const std::exception&) {
+      return InvalidArgumentError("scale " + command.name + ": '" + command.body + "' is not a replica count (0.." +
+                                  std::to_string(serving::kMaxDeploymentReplicas) + ")");
+    }
+    if (!d.actor) {
+      return UnavailableError("deployment '" + command.name + "' has no deployment actor (it ended); restart the head");
+    }
+    caf::anon_send(d.actor, serving::ScaleDeployment{count});
+    return RecordJson(d.spec, d.status);
+  }
+  return InvalidArgumentError("unknown deployment operation '" + op +
+                              "' (expected deploy, list, show, events, scale or delete)");
+}
+
+}  // namespace troupe::cluster

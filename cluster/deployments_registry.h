@@ -1,0 +1,102 @@
+// DeploymentsRegistry: the serving deployments the head knows (their specs and statuses in the
+// LMDB table `deployments`, their events in `deployment_events`), and one deployment actor per
+// deployment (actors/serving/deployment.h), composed by the head's controller like JobsRegistry.
+#pragma once
+
+#include <caf/actor.hpp>
+#include <caf/allowed_unsafe_message_type.hpp>
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "actors/serving/deployment.h"
+#include "actors/serving/deployment_spec.h"
+#include "actors/serving/messages.h"
+#include "cluster/config.h"
+#include "cluster/head_store.h"
+#include "cluster/lease_registry.h"
+#include "cluster/membership.h"
+
+namespace troupe::cluster {
+
+/// Deployment actor -> controller (local messages; DeploymentHost as messages): a lease for one
+/// replica, a lease to end, a status (and event) to store.
+struct ReplicaPlacementRequest {
+  serving::DeploymentSpec spec;
+  serving::VersionSpec version;
+  std::string replica;
+  caf::actor deployment;
+};
+struct ReplicaLeaseRelease {
+  uint64_t lease_id = 0;
+};
+struct DeploymentStatusUpdate {
+  serving::DeploymentStatus status;
+  serving::DeploymentEvent event;
+  caf::actor_addr deployment;  ///< who sends it
+};
+
+/// The deployments of the cluster (docs/serving.md, "Deployments"). Owned by the head's controller
+/// actor and used only on its mailbox; the deployment actors reach it through messages to the
+/// controller (ReplicaPlacementRequest, ReplicaLeaseRelease, DeploymentStatusUpdate).
+///
+/// Durability: a deployment is acknowledged (deploy's reply) only once its record is stored; its
+/// status and events are stored in the order its actor sends them. The newest
+/// kMaxEventsPerDeployment events are kept until it is deleted. After a head restart every stored
+/// deployment gets a deployment actor again, which starts new replicas (those of the earlier head
+/// are stopped by their node agents when they lose their owner: taking them back is not done yet).
+class DeploymentsRegistry {
+ public:
+  static constexpr size_t kMaxEventsPerDeployment = 1000;
+
+  DeploymentsRegistry(const ClusterConfig& config, HeadStore* store, LeaseRegistry* leases,
+                      const NodeDirectory* nodes, runtime::Runtime* runtime, const Clock* clock);
+  ~DeploymentsRegistry();
+
+  /// Opens the tables and starts a deployment actor for every stored deployment. Call once the
+  /// controller runs (`controller` receives the deployment actors' messages).
+  Status Recover(const caf::actor& controller);
+
+  /// A client's DeploymentCommand: deploy (body: the spec's JSON), list, show, events, scale
+  /// (body: the count), delete. The reply's JSON (docs/serving.md), or an error: InvalidArgument
+  /// (bad spec, count or op), AlreadyExists (a deployment of that name), NotFound (no such
+  /// deployment), ResourceExhausted (a replica of a version can never fit the cluster).
+  StatusOr<std::string> Command(const serving::DeploymentCommand& command);
+
+  /// Asks the lease registry for one replica's lease; the answer goes to the deployment actor.
+  void Place(const ReplicaPlacementRequest& request);
+  void Release(uint64_t lease_id);
+  void Record(const DeploymentStatusUpdate& update);
+  /// The actor `who` ended (a deployment actor: its deployment runs no actor any more).
+  void ActorGone(const caf::actor_addr& who);
+
+ private:
+  struct Deployment;
+  class Host;
+  StatusOr<std::string> Deploy(const std::string& body);
+  StatusOr<std::string> Delete(const std::string& name);
+  StatusOr<std::string> Events(const std::string& name);
+  void StartActor(Deployment& d);
+  Status Store(const Deployment& d);
+  Status StoreEvent(const std::string& name, const serving::DeploymentEvent& event);
+  LeaseRequest LeaseRequestOf(const serving::DeploymentSpec& spec, const serving::VersionSpec& version,
+                              const caf::actor& deployment) const;
+
+  const ClusterConfig config_;
+  HeadStore* store_;
+  LeaseRegistry* leases_;
+  const NodeDirectory* nodes_;
+  runtime::Runtime* runtime_;
+  const Clock* clock_;
+  std::unique_ptr<Host> host_;
+  storage::TableId deployments_table_;
+  storage::TableId events_table_;
+  std::map<std::string, std::unique_ptr<Deployment>> deployments_;
+};
+
+}  // namespace troupe::cluster
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::ReplicaPlacementRequest)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::ReplicaLeaseRelease)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::DeploymentStatusUpdate)

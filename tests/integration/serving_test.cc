@@ -1,0 +1,285 @@
+// Serving deployments on a real local cluster (`troupe up`, two CPU nodes on loopback): replicas
+// of the test backend placed through the scheduler and started by the node agents, requests
+// through the deployment's router, a node killed with -9, scaling under load, a weighted traffic
+// split and a delete (docs/serving.md, "Deployments").
+#include <gtest/gtest.h>
+
+#include <signal.h>
+
+#include <atomic>
+#include <cstdio>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "actors/serving/deployment_spec.h"
+#include "cluster/client.h"
+#include "common/child_process.h"
+#include "common/logging.h"
+#include "tests/support/local_cluster.h"
+
+namespace troupe {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+using Json = nlohmann::json;
+
+// A short completion: 4 tokens at 100 tokens/s after a 10 ms first token (about 40 ms).
+constexpr const char* kBody = R"({"prompt": "hello there", "max_tokens": 4})";
+
+// Counts of a load run.
+struct LoadResult {
+  uint64_t ok = 0;
+  std::vector<Status> failures;
+  std::map<std::string, uint64_t> by_replica;
+};
+
+// `threads` clients sending requests back to back until stopped.
+class Load {
+ public:
+  Load(cluster::Client* client, const std::string& deployment, int threads) {
+    for (int i = 0; i < threads; ++i) {
+      threads_.emplace_back([this, client, deployment] {
+        while (!stop_.load()) {
+          auto response = client->Infer(deployment, "/v1/completions", kBody, 20s);
+          std::lock_guard<std::mutex> lock(mu_);
+          if (response.ok()) {
+            ++result_.ok;
+            ++result_.by_replica[response->replica];
+          } else {
+            result_.failures.push_back(response.status());
+          }
+        }
+      });
+    }
+  }
+  ~Load() { Stop(); }
+  LoadResult Stop() {
+    stop_ = true;
+    for (auto& t : threads_) {
+      if (t.joinable()) t.join();
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    return result_;
+  }
+  uint64_t ok() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return result_.ok;
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  LoadResult result_;
+  std::vector<std::thread> threads_;
+};
+
+class Serving : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    (void)InitLogging("warn");
+    cluster_ = LocalCluster::Start("troupe-serving", "serving", TwoNodeClusterYaml("serving"));
+    ASSERT_NE(cluster_, nullptr);
+    client_ = cluster_->client.get();
+  }
+
+  // A test-backend deployment of `replicas` fixed replicas (one CPU each), routed round robin.
+  static std::string Spec(const std::string& name, int replicas, const std::string& extra = "") {
+    return "name: " + name + "\nversions:\n  - name: v1\n    backend: {test: {tokens_per_second: 100, "
+           "first_token_latency: 10ms}}\n" + extra + "replicas: {min: " + std::to_string(replicas) +
+           ", max: " + std::to_string(replicas) + ", initial: " + std::to_string(replicas) +
+           "}\nrouting: round_robin\ndrain_timeout: 10s\n";
+  }
+
+  void Deploy(const std::string& yaml) {
+    auto spec = serving::ParseDeploymentSpec(yaml, "test spec");
+    ASSERT_TRUE(spec.ok()) << spec.status();
+    auto deployed = client_->Deploy(*spec, 10s);
+    ASSERT_TRUE(deployed.ok()) << deployed.status();
+  }
+
+  Json Show(const std::string& name) {
+    auto body = client_->DeploymentCommand("show", name, "", 5s);
+    return body.ok() ? Json::parse(*body).at("status") : Json{{"error", body.status().ToString()}};
+  }
+
+  std::string Events(const std::string& name) {
+    auto body = client_->DeploymentCommand("events", name, "", 5s);
+    return body.ok() ? *body : body.status().ToString();
+  }
+
+  static int Count(const Json& status, const std::string& state) {
+    return status.value("replicas_by_state", Json::object()).value(state, 0);
+  }
+
+  // Polls the deployment until `done` holds (true) or `timeout` passes (false); `last` keeps the
+  // status last seen.
+  bool Await(const std::string& name, std::chrono::milliseconds timeout, const std::function<bool(const Json&)>& done,
+             Json* last) {
+    const auto deadline = Clock::now() + timeout;
+    while (Clock::now() < deadline) {
+      *last = Show(name);
+      if (done(*last)) return true;
+    }
+    return false;
+  }
+
+  // Running with exactly `n` ready replicas and nothing else.
+  bool AwaitReady(const std::string& name, int n, Json* last, std::chrono::milliseconds timeout = 30s) {
+    return Await(name, timeout, [n](const Json& s) {
+      return s.value("state", "") == "running" && Count(s, "ready") == n &&
+             static_cast<int>(s.value("replicas", Json::array()).size()) == n;
+    }, last);
+  }
+
+  std::unique_ptr<LocalCluster> cluster_;
+  cluster::Client* client_ = nullptr;
+};
+
+TEST_F(Serving, TwoReplicasOnTwoNodesAnswerThroughTheRouter) {
+  ASSERT_NO_FATAL_FAILURE(Deploy(Spec("echo", 2)));
+  Json st;
+  ASSERT_TRUE(AwaitReady("echo", 2, &st)) << st.dump() << "\n" << Events("echo");
+  std::set<std::string> nodes;
+  for (const auto& r : st.at("replicas")) nodes.insert(r.value("node", ""));
+  EXPECT_EQ(nodes, (std::set<std::string>{"a", "b"})) << st.dump();  // spread: one per node
+  std::map<std::string, int> by_replica;
+  for (int i = 0; i < 20; ++i) {
+    auto response = client_->Infer("echo", "/v1/completions", kBody, 10s);
+    ASSERT_TRUE(response.ok()) << response.status();
+    EXPECT_EQ(response->completion_tokens, 4u);
+    EXPECT_NE(response->body.find("text_completion"), std::string::npos) << response->body;
+    ++by_replica[response->replica];
+  }
+  ASSERT_EQ(by_replica.size(), 2u);  // round robin over both
+  EXPECT_EQ(by_replica.begin()->second, 10);
+
+  // The CLI: list, show --json and request (the HTTP gateway's stand-in).
+  auto request = ChildProcess::Spawn({TROUPE_BIN, "serve", "request", "-c", cluster_->config, "echo", "--path",
+                                      "/v1/chat/completions", "--body",
+                                      R"({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})"});
+  ASSERT_TRUE(request.ok());
+  auto line = (*request)->ReadLine(20s);
+  ASSERT_TRUE(line.ok()) << line.status();
+  EXPECT_NE(line->find("chat.completion"), std::string::npos) << *line;
+  auto code = (*request)->Wait(10s);
+  ASSERT_TRUE(code.ok());
+  EXPECT_EQ(*code, 0);
+  auto list = ChildProcess::Spawn({TROUPE_BIN, "serve", "list", "-c", cluster_->config});
+  ASSERT_TRUE(list.ok());
+  auto row = (*list)->ReadLineWithPrefix("echo", 20s);
+  ASSERT_TRUE(row.ok()) << row.status();
+  EXPECT_NE(row->find("2 ready"), std::string::npos) << *row;
+  auto missing = ChildProcess::Spawn({TROUPE_BIN, "serve", "show", "-c", cluster_->config, "nope"}, {}, true);
+  ASSERT_TRUE(missing.ok());
+  auto err = (*missing)->ReadLine(20s);
+  EXPECT_TRUE(err.ok() && err->find("troupe serve list") != std::string::npos) << (err.ok() ? *err : "");
+}
+
+TEST_F(Serving, AKilledNodesReplicaIsReplacedAndRequestsKeepBeingAnswered) {
+  ASSERT_NO_FATAL_FAILURE(Deploy(Spec("survivor", 2)));
+  Json st;
+  ASSERT_TRUE(AwaitReady("survivor", 2, &st)) << st.dump() << "\n" << Events("survivor");
+  std::string on_b;
+  for (const auto& r : st.at("replicas")) {
+    if (r.value("node", "") == "b") on_b = r.value("name", "");
+  }
+  ASSERT_FALSE(on_b.empty()) << st.dump();
+  Load load(client_, "survivor", 4);
+  const auto warm_deadline = Clock::now() + 20s;
+  while (load.ok() < 20 && Clock::now() < warm_deadline) std::this_thread::yield();
+  ASSERT_GE(load.ok(), 20u);
+  ASSERT_EQ(kill(cluster_->pids.at("node b"), SIGKILL), 0);
+  // The replica on b is replaced (on a, or on b once `troupe up` has restarted it).
+  ASSERT_TRUE(Await("survivor", 30s, [&](const Json& s) {
+    if (s.value("state", "") != "running" || Count(s, "ready") != 2) return false;
+    for (const auto& r : s.at("replicas")) {
+      if (r.value("name", "") == on_b) return false;
+    }
+    return true;
+  }, &st)) << st.dump() << "\n" << Events("survivor");
+  const uint64_t after_replacement = load.ok();
+  const auto more_deadline = Clock::now() + 20s;
+  while (load.ok() < after_replacement + 20 && Clock::now() < more_deadline) std::this_thread::yield();
+  LoadResult result = load.Stop();
+  EXPECT_GE(result.ok, after_replacement + 20);
+  std::printf("node b killed: %llu requests answered, %zu failed%s%s\n", static_cast<unsigned long long>(result.ok),
+              result.failures.size(), result.failures.empty() ? "" : "; first: ",
+              result.failures.empty() ? "" : result.failures.front().ToString().c_str());
+  // Only requests inside the dead replica fail (at most one per client thread), cleanly.
+  EXPECT_LE(result.failures.size(), 4u);
+  for (const auto& f : result.failures) {
+    EXPECT_EQ(f.code(), StatusCode::kUnavailable) << f;
+  }
+  EXPECT_NE(Events("survivor").find(on_b + " exited"), std::string::npos) << Events("survivor");
+}
+
+TEST_F(Serving, ScalingUpAndDownUnderLoadFailsNoRequest) {
+  ASSERT_NO_FATAL_FAILURE(Deploy(Spec("elastic", 1)));
+  Json st;
+  ASSERT_TRUE(AwaitReady("elastic", 1, &st)) << st.dump() << "\n" << Events("elastic");
+  Load load(client_, "elastic", 4);
+  ASSERT_TRUE(client_->DeploymentCommand("scale", "elastic", "3", 5s).ok());
+  ASSERT_TRUE(AwaitReady("elastic", 3, &st)) << st.dump() << "\n" << Events("elastic");
+  const uint64_t at_three = load.ok();
+  const auto deadline = Clock::now() + 20s;
+  while (load.ok() < at_three + 30 && Clock::now() < deadline) std::this_thread::yield();
+  ASSERT_TRUE(client_->DeploymentCommand("scale", "elastic", "1", 5s).ok());
+  ASSERT_TRUE(AwaitReady("elastic", 1, &st)) << st.dump() << "\n" << Events("elastic");
+  LoadResult result = load.Stop();
+  EXPECT_TRUE(result.failures.empty()) << result.failures.size() << " failed, first: " << result.failures.front();
+  EXPECT_GE(result.by_replica.size(), 3u);  // all three served
+  const std::string events = Events("elastic");
+  EXPECT_NE(events.find("stopped after draining"), std::string::npos) << events;
+  EXPECT_TRUE(st.value("scaled_by_hand", false));
+}
+
+TEST_F(Serving, TwoVersionsWeightedNinetyTenSplitTheTraffic) {
+  ASSERT_NO_FATAL_FAILURE(Deploy("name: split\nversions:\n"
+                                 "  - name: stable\n    weight: 90\n    backend: {test: {tokens_per_second: 0, "
+                                 "first_token_latency: 1ms}}\n"
+                                 "  - name: canary\n    weight: 10\n    backend: {test: {tokens_per_second: 0, "
+                                 "first_token_latency: 1ms}}\n"
+                                 "replicas: {min: 2, max: 2, initial: 2}\nrouting: weighted\n"));
+  Json st;
+  ASSERT_TRUE(AwaitReady("split", 2, &st)) << st.dump() << "\n" << Events("split");
+  std::map<std::string, int> by_version;
+  for (int i = 0; i < 200; ++i) {
+    auto response = client_->Infer("split", "/v1/completions", kBody, 10s);
+    ASSERT_TRUE(response.ok()) << response.status();
+    ++by_version[response->replica.substr(0, response->replica.rfind('/'))];
+  }
+  EXPECT_NEAR(by_version["split/stable"], 180, 10);
+  EXPECT_NEAR(by_version["split/canary"], 20, 10);
+}
+
+TEST_F(Serving, DeleteStopsEveryReplicaAndFreesEveryLease) {
+  ASSERT_NO_FATAL_FAILURE(Deploy(Spec("doomed", 2)));
+  Json st;
+  ASSERT_TRUE(AwaitReady("doomed", 2, &st)) << st.dump() << "\n" << Events("doomed");
+  ASSERT_TRUE(client_->Infer("doomed", "/v1/completions", kBody, 10s).ok());
+  auto deleted = client_->DeploymentCommand("delete", "doomed", "", 5s);
+  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  EXPECT_EQ(client_->DeploymentCommand("show", "doomed", "", 5s).status().code(), StatusCode::kNotFound);
+  // Its router is gone with it.
+  StatusOr<serving::InferenceResponse> after = UnavailableError("not sent");
+  const auto deadline = Clock::now() + 10s;
+  do {
+    after = client_->Infer("doomed", "/v1/completions", kBody, 2s);
+  } while (after.ok() && Clock::now() < deadline);
+  EXPECT_FALSE(after.ok());
+  // Every lease is free: two replicas of two CPUs each need both nodes whole.
+  ASSERT_NO_FATAL_FAILURE(Deploy(Spec("whole", 2, "    resources: {cpus: 2}\n")));
+  ASSERT_TRUE(AwaitReady("whole", 2, &st)) << st.dump() << "\n" << Events("whole");
+}
+
+}  // namespace
+}  // namespace troupe
