@@ -35,6 +35,8 @@ struct Pending {
   caf::actor_addr replica;
   std::string replica_name;
   caf::message_id mid;
+  Clock::TimePoint admitted_at;    // for the latency histogram
+  VersionTally* tally = nullptr;  // its replica's version's (set when sent)
 };
 
 // A replica that left the table with requests still in flight there.
@@ -61,14 +63,22 @@ struct RouterState {
   bool queue_ticking = false;
   bool load_ticking = false;
   RouterStats stats;
+  RequestTally tally;  // published to config.metrics every load_report_interval
   uint64_t completed_at_last_report = 0;
   Clock::TimePoint last_report;
 };
 
 using Self = caf::stateful_actor<RouterState>;
 
+// Counts `p`'s end in its version's tally ("" when it never reached a replica).
+void Count(RouterState& st, const Pending& p, StatusCode code) {
+  VersionTally* tally = p.tally != nullptr ? p.tally : &st.tally.versions[""];
+  tally->Record(code, std::chrono::duration<double>(st.clock->Now() - p.admitted_at).count());
+}
+
 void Fail(Self* self, Pending& p, const Status& status) {
   ++self->state.stats.failed;
+  Count(self->state, p, status.code());
   p.promise.deliver(runtime::ToCafError(status));
 }
 
@@ -112,6 +122,7 @@ void Answered(Self* self, uint64_t id, InferenceResponse& response) {
   self->home_system().clock().cancel_request_timeout(self, p.mid);
   Release(self, p);
   ++st.stats.completed;
+  Count(st, p, StatusCode::kOk);
   response.request_id = p.client_id;
   p.promise.deliver(std::move(response));
   st.in_flight.erase(it);
@@ -176,6 +187,7 @@ void Send(Self* self, Pending p, size_t slot_index) {
   ++slot.outstanding;
   p.replica = AddrOf(slot);
   p.replica_name = slot.info.name;
+  p.tally = &st.tally.versions[slot.info.version];  // unordered_map: the element stays where it is
   const uint64_t id = p.request.id;
   auto handle = self->request(slot.info.replica.handle(), std::chrono::milliseconds(p.deadline_unix_ms - now), p.request);
   p.mid = handle.id();
@@ -267,6 +279,7 @@ void Admit(Self* self, InferenceRequest& request, caf::typed_response_promise<In
   p.promise = std::move(promise);
   p.client_id = request.id;
   p.admitted_unix_ms = st.clock->UnixMs();
+  p.admitted_at = st.clock->Now();
   p.deadline_unix_ms = request.deadline_unix_ms != 0 ? request.deadline_unix_ms
                                                       : p.admitted_unix_ms + st.config.default_deadline.count();
   p.request = std::move(request);
@@ -372,10 +385,22 @@ void FailInFlight(Self* self, const caf::actor_addr& replica, const std::string&
   DrainQueue(self);
 }
 
+std::string MetricsKey(const RouterConfig& config) { return config.deployment + "/" + config.name; }
+
 void Report(Self* self) {
   auto& st = self->state;
+  if (st.config.metrics) {
+    st.tally.ongoing = static_cast<uint32_t>(st.in_flight.size());
+    st.tally.queued = static_cast<uint32_t>(st.queue.size());
+    st.tally.retries = st.stats.retried;
+    st.config.metrics->Publish(MetricsKey(st.config), st.config.deployment, st.tally);
+  }
   if (!st.config.autoscaler.valid()) {
-    st.load_ticking = false;
+    if (st.config.metrics) {
+      self->delayed_send(self, st.config.load_report_interval, load_tick_atom::value);
+    } else {
+      st.load_ticking = false;
+    }
     return;
   }
   const auto now = st.clock->Now();
@@ -396,7 +421,7 @@ void Report(Self* self) {
 
 void StartReports(Self* self) {
   auto& st = self->state;
-  if (st.load_ticking || !st.config.autoscaler.valid()) return;
+  if (st.load_ticking || (!st.config.autoscaler.valid() && !st.config.metrics)) return;
   st.load_ticking = true;
   st.last_report = st.clock->Now();
   st.completed_at_last_report = st.stats.completed;
@@ -417,6 +442,7 @@ caf::behavior Router(Self* self, RouterConfig config) {
     for (auto& p : st.queue) Fail(self, p, why);
     st.in_flight.clear();
     st.queue.clear();
+    if (st.config.metrics) st.config.metrics->Remove(MetricsKey(st.config));
     self->quit(exit.reason);
   });
   StartReports(self);

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "actors/serving/messages.h"
+#include "actors/serving/router_metrics.h"
 #include "actors/serving/routing_policy.h"
 #include "common/clock.h"
 #include "runtime/actor_ref.h"
@@ -42,6 +43,9 @@ struct RouterConfig {
   runtime::ActorRef autoscaler;
   /// Deadlines (wall clock, Unix ms) and report times; SteadyClock::Instance() when null.
   const Clock* clock = nullptr;
+  /// Where the router publishes its counts every load_report_interval (router_metrics.h; null:
+  /// nowhere), under "<deployment>/<name>".
+  std::shared_ptr<RouterMetrics> metrics;
 };
 
 /// Anyone -> router: send LoadReports to `autoscaler` from now on (an empty ref: stop sending).

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <map>
 #include <memory>
@@ -154,7 +155,7 @@ class RouterTest : public ::testing::Test {
 
   // Spawns the router and this test's client for it.
   void StartRouter(RoutingPolicyKind policy, size_t max_queued = 100, const Clock* clock = nullptr,
-                   runtime::ActorRef autoscaler = {}) {
+                   runtime::ActorRef autoscaler = {}, std::shared_ptr<RouterMetrics> metrics = nullptr) {
     RouterConfig config;
     config.deployment = "chat";
     config.name = "r1";
@@ -163,6 +164,7 @@ class RouterTest : public ::testing::Test {
     config.max_queued = max_queued;
     config.clock = clock;
     config.autoscaler = autoscaler;
+    config.metrics = std::move(metrics);
     router_ = Keep(SpawnRouter(system_, config));
     client_ = Keep(system_.spawn(Client, router_, outcomes_));
   }
@@ -356,6 +358,103 @@ TEST_F(RouterTest, QueuesBeyondMaxOngoingInOrderAndRefusesPastTheBound) {
   EXPECT_EQ(stats.queued, 0u);
   EXPECT_EQ(stats.completed, 3u);
   EXPECT_EQ(stats.failed, 1u);
+}
+
+// The value of the sample of `family` whose labels include every one of `labels` (-1: none), or
+// for a histogram its sample count.
+double SampleOf(const std::vector<prometheus::MetricFamily>& families, const std::string& family,
+                const std::map<std::string, std::string>& labels) {
+  for (const auto& f : families) {
+    if (f.name != family) continue;
+    for (const auto& m : f.metric) {
+      size_t matched = 0;
+      for (const auto& l : m.label) matched += labels.count(l.name) != 0 && labels.at(l.name) == l.value ? 1 : 0;
+      if (matched != labels.size()) continue;
+      if (f.type == prometheus::MetricType::Histogram) return static_cast<double>(m.histogram.sample_count);
+      return f.type == prometheus::MetricType::Counter ? m.counter.value : m.gauge.value;
+    }
+  }
+  return -1;
+}
+
+TEST_F(RouterTest, RequestsAreCountedByVersionAndOutcomeForPrometheus) {
+  auto metrics = std::make_shared<RouterMetrics>();
+  StartRouter(RoutingPolicyKind::kRoundRobin, /*max_queued=*/1, nullptr, {}, metrics);
+  auto a = Replica("chat/v1/replica-0", Mode::kHold);
+  SendSet(1, {Info(a, /*max_ongoing=*/1)});
+  for (uint64_t id = 1; id <= 3; ++id) Submit(id);  // 1 at the replica, 2 queued, 3 refused
+  auto refused = Outcome(3);
+  ASSERT_EQ(refused.status().code(), StatusCode::kResourceExhausted) << refused.status();
+  for (size_t k = 1; k <= 2; ++k) {
+    ASSERT_TRUE(WaitReceived(a, k));
+    caf::anon_send(a.actor, release_atom::value);
+    ASSERT_TRUE(Outcome(k).ok());
+  }
+  // Published every load_report_interval (100 ms): wait for the counts, at most kWait.
+  std::vector<prometheus::MetricFamily> families;
+  const auto deadline = std::chrono::steady_clock::now() + kWait;
+  do {
+    families.clear();
+    metrics->Collect(families);
+  } while (SampleOf(families, "troupe_serving_requests_total", {{"version", "v1"}, {"outcome", "ok"}}) != 2 &&
+           std::chrono::steady_clock::now() < deadline);
+  EXPECT_EQ(SampleOf(families, "troupe_serving_requests_total",
+                     {{"deployment", "chat"}, {"version", "v1"}, {"outcome", "ok"}}),
+            2);
+  EXPECT_EQ(SampleOf(families, "troupe_serving_requests_total",
+                     {{"deployment", "chat"}, {"version", "none"}, {"outcome", "resource_exhausted"}}),
+            1)
+      << "a request refused at the router counts under version \"none\"";
+  EXPECT_EQ(SampleOf(families, "troupe_serving_request_duration_seconds", {{"version", "v1"}}), 2);
+  EXPECT_EQ(SampleOf(families, "troupe_serving_router_queued_requests", {{"deployment", "chat"}}), 0);
+  // A router that ends takes its series with it.
+  caf::anon_send_exit(router_, caf::exit_reason::user_shutdown);
+  const auto gone_by = std::chrono::steady_clock::now() + kWait;
+  do {
+    families.clear();
+    metrics->Collect(families);
+  } while (SampleOf(families, "troupe_serving_requests_total", {{"version", "v1"}}) >= 0 &&
+           std::chrono::steady_clock::now() < gone_by);
+  EXPECT_EQ(SampleOf(families, "troupe_serving_requests_total", {{"version", "v1"}}), -1);
+}
+
+TEST(RouterMetrics, TalliesBucketAndSumOverRoutersAndCumulateInTheHistogram) {
+  RequestTally one;
+  one.versions["v1"].Record(StatusCode::kOk, 0.0001);   // first bucket (0.5 ms)
+  one.versions["v1"].Record(StatusCode::kOk, 0.003);    // 5 ms
+  one.versions["v1"].Record(StatusCode::kUnavailable, 100);  // +Inf
+  one.ongoing = 2;
+  RequestTally two;
+  two.versions["v1"].Record(StatusCode::kOk, 0.003);
+  two.queued = 5;
+  two.retries = 1;
+  RouterMetrics metrics;
+  metrics.Publish("chat/r1", "chat", one);
+  metrics.Publish("chat/r2", "chat", two);
+  std::vector<prometheus::MetricFamily> families;
+  metrics.Collect(families);
+  EXPECT_EQ(SampleOf(families, "troupe_serving_requests_total", {{"version", "v1"}, {"outcome", "ok"}}), 3);
+  EXPECT_EQ(SampleOf(families, "troupe_serving_requests_total", {{"version", "v1"}, {"outcome", "unavailable"}}), 1);
+  EXPECT_EQ(SampleOf(families, "troupe_serving_router_ongoing_requests", {{"deployment", "chat"}}), 2);
+  EXPECT_EQ(SampleOf(families, "troupe_serving_router_queued_requests", {{"deployment", "chat"}}), 5);
+  EXPECT_EQ(SampleOf(families, "troupe_serving_router_retries_total", {{"deployment", "chat"}}), 1);
+  for (const auto& f : families) {
+    if (f.name != "troupe_serving_request_duration_seconds") continue;
+    ASSERT_EQ(f.metric.size(), 1u);
+    const auto& h = f.metric[0].histogram;
+    EXPECT_EQ(h.sample_count, 4u);
+    EXPECT_NEAR(h.sample_sum, 100.0061, 1e-9);
+    ASSERT_EQ(h.bucket.size(), kLatencyBuckets.size() + 1);
+    EXPECT_EQ(h.bucket[0].cumulative_count, 1u);  // <= 0.5 ms
+    EXPECT_EQ(h.bucket[3].cumulative_count, 3u);  // <= 5 ms
+    EXPECT_EQ(h.bucket[kLatencyBuckets.size() - 1].cumulative_count, 3u);  // <= 60 s
+    EXPECT_EQ(h.bucket.back().cumulative_count, 4u);
+    EXPECT_TRUE(std::isinf(h.bucket.back().upper_bound));
+  }
+  metrics.Remove("chat/r1");
+  families.clear();
+  metrics.Collect(families);
+  EXPECT_EQ(SampleOf(families, "troupe_serving_requests_total", {{"version", "v1"}, {"outcome", "ok"}}), 1);
 }
 
 TEST_F(RouterTest, AQueuedRequestFailsAtItsDeadline) {
