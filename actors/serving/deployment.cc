@@ -20,6 +20,8 @@ using Json = nlohmann::json;
 
 // Sent by the deployment actor to itself when a replacement's backoff has passed.
 using reconcile_atom = caf::atom_constant<caf::atom("reconcile")>;
+// Sent by the deployment actor to itself every health_check.interval: probe the ready replicas.
+using health_atom = caf::atom_constant<caf::atom("health")>;
 
 constexpr const char* kPending = "pending";
 constexpr const char* kStarting = "starting";
@@ -35,6 +37,9 @@ struct Replica {
   runtime::ActorRef ref;
   // Its ReplicaStateChanged(ready) came before the agent's ReplicaStarted (two senders: no order).
   bool ready_seen = false;
+  // Health checks failed in a row, and whether one is in flight (checks never overlap).
+  uint32_t failed_checks = 0;
+  bool checking = false;
 };
 
 struct DeploymentState {
@@ -76,10 +81,9 @@ struct DeploymentState {
 
 using Self = caf::stateful_actor<DeploymentState>;
 
-// Replicas per version for `desired` in all: one for each version of weight > 0 (the heaviest
-// first while there are fewer replicas than versions), the rest by largest remainder of the
-// weight shares.
-std::map<std::string, uint32_t> VersionTargets(const DeploymentSpec& spec, uint32_t desired) {
+}  // namespace
+
+std::map<std::string, uint32_t> ReplicasPerVersion(const DeploymentSpec& spec, uint32_t desired) {
   std::map<std::string, uint32_t> out;
   std::vector<const VersionSpec*> weighted;
   uint64_t total = 0;
@@ -113,6 +117,8 @@ std::map<std::string, uint32_t> VersionTargets(const DeploymentSpec& spec, uint3
   for (size_t i = 0; left > 0 && i < remainders.size(); ++i, --left) ++out[remainders[i].second];
   return out;
 }
+
+namespace {
 
 void Publish(Self* self, const std::string& what, const std::string& why);
 
@@ -204,14 +210,15 @@ void StartReplicaOn(Self* self, const std::string& name) {
   start.seed = r.index;
   start.owner = st.self_ref;
   start.autoscaler = st.autoscaler_ref;
-  self->request(r.place.agent.handle(), st.init.node_timeout, std::move(start))
+  const runtime::ActorRef agent = r.place.agent;
+  self->request(agent.handle(), st.init.node_timeout, std::move(start))
       .then(
-          [self, name](ReplicaStarted& started) {
+          [self, name, agent](ReplicaStarted& started) {
             auto& st = self->state;
             auto it = st.replicas.find(name);
             if (it == st.replicas.end() || st.stopping) {
-              // Removed while it started: the agent stops it (its lease went with the removal).
-              if (started.replica.valid()) self->send_exit(started.replica.handle(), caf::exit_reason::user_shutdown);
+              // Removed while it started: its agent stops it (its lease went with the removal).
+              self->send(agent.handle(), StopReplica{name});
               return;
             }
             Replica& r = it->second;
@@ -296,10 +303,57 @@ bool RemoveOne(Self* self, const std::string& version, std::string* what) {
   return false;
 }
 
+// A ready replica failed `failure_threshold` health checks in a row: it leaves the router's set,
+// is stopped by its agent, and is replaced (one_for_one).
+void ReplaceUnhealthy(Self* self, const std::string& name, const std::string& why) {
+  auto& st = self->state;
+  auto it = st.replicas.find(name);
+  if (it == st.replicas.end() || it->second.state != kReady) return;
+  StopNow(self, it->second);
+  st.replicas.erase(it);
+  PushReplicaSet(self);
+  Publish(self, "replica " + name + " failed " + std::to_string(st.spec().health_check.failure_threshold) +
+                    " health checks in a row", why + "; it is replaced (one_for_one)");
+  SendCount(self);
+  ReplaceLater(self);
+}
+
+// One health check of every ready replica not being checked: a HealthProbe through its backend's
+// request path (probe_request_path), else a ReplicaQuery (the actor answers: liveness only).
+void CheckHealth(Self* self) {
+  auto& st = self->state;
+  const HealthCheckConfig& hc = st.spec().health_check;
+  for (auto& [name, r] : st.replicas) {
+    if (r.state != kReady || r.checking || !r.ref.valid()) continue;
+    r.checking = true;
+    auto passed = [self, name = name] {
+      auto it = self->state.replicas.find(name);
+      if (it == self->state.replicas.end()) return;
+      it->second.checking = false;
+      it->second.failed_checks = 0;
+    };
+    auto failed = [self, name = name](caf::error& error) {
+      auto& st = self->state;
+      auto it = st.replicas.find(name);
+      if (it == st.replicas.end()) return;
+      it->second.checking = false;
+      if (++it->second.failed_checks >= st.spec().health_check.failure_threshold) {
+        ReplaceUnhealthy(self, name, "the last: " + runtime::ToStatus(error).ToString());
+      }
+    };
+    if (hc.probe_request_path) {
+      self->request(r.ref.handle(), hc.timeout, HealthProbe{hc.timeout.count()})
+          .then([passed](HealthProbeReply&) { passed(); }, failed);
+    } else {
+      self->request(r.ref.handle(), hc.timeout, ReplicaQuery{}).then([passed](ReplicaStatus&) { passed(); }, failed);
+    }
+  }
+}
+
 void Reconcile(Self* self) {
   auto& st = self->state;
   if (st.stopping) return;
-  const auto targets = VersionTargets(st.spec(), st.status.desired);
+  const auto targets = ReplicasPerVersion(st.spec(), st.status.desired);
   for (const auto& v : st.spec().versions) {
     const uint32_t want = targets.at(v.name);
     uint32_t live = st.Live(v.name);
@@ -394,10 +448,16 @@ caf::behavior Deployment(Self* self, DeploymentInit init) {
   Publish(self, again ? "started again after a head restart (its earlier replicas are not taken back)" : "deployed",
           std::to_string(st.status.desired) + " replica(s) desired");
   Reconcile(self);
+  self->delayed_send(self, st.spec().health_check.interval, health_atom::value);
   return {
       [self](reconcile_atom) {
         self->state.replacement_due = false;
         Reconcile(self);
+      },
+      [self](health_atom) {
+        if (self->state.stopping) return;
+        CheckHealth(self);
+        self->delayed_send(self, self->state.spec().health_check.interval, health_atom::value);
       },
       [self](ReplicaPlacementAnswer& answer) {
         auto& st = self->state;

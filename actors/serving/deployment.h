@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,12 @@ namespace troupe::serving {
 /// The name the deployment's router is registered under on the head's runtime (clients and the
 /// HTTP gateway look it up there): "serving.router.<deployment>".
 std::string RouterName(const std::string& deployment);
+
+/// How `desired` replicas are divided among the spec's versions (every version is in the map):
+/// one for each version of weight > 0 while there are enough (the heaviest first, ties in spec
+/// order), the rest by largest remainder of the weight shares (ties in the same order); a version
+/// of weight 0 gets none. 4 at 90/10: 3 and 1; 1 at 90/10: 1 and 0.
+std::map<std::string, uint32_t> ReplicasPerVersion(const DeploymentSpec& spec, uint32_t desired);
 
 /// Where one replica may run: a scheduler lease of one worker's resources (the version's slices,
 /// CPUs, memory) on `node`, whose agent starts the replica.
@@ -141,8 +148,11 @@ struct DeploymentInit {
 ///   starting -> the replica says ready (ReplicaStateChanged) -> ready: the router gets a
 ///               ReplicaSet of the ready replicas (weight: the version's weight divided over its
 ///               ready replicas) with a new generation;
-///   a replica that exits or whose node is lost (its monitor), or whose lease ends, is dropped
-///   from the ReplicaSet, its lease released, and replaced after the restart backoff.
+///   a replica that exits or whose node is lost (its monitor), or that fails
+///   health_check.failure_threshold checks in a row (every health_check.interval a HealthProbe
+///   through its request path, or a ReplicaQuery without probe_request_path, each bounded by
+///   health_check.timeout), is dropped from the ReplicaSet, stopped, its lease released, and
+///   replaced after the restart backoff.
 /// ScaleDecision (from its autoscaler, bounded by min and max) and ScaleDeployment change the
 /// desired count. Scaling down removes pending replicas first, then starting ones (stopped at
 /// once), then ready ones: the router gets a ReplicaSet without it first, then the replica gets

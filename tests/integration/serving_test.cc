@@ -197,6 +197,7 @@ TEST_F(Serving, AKilledNodesReplicaIsReplacedAndRequestsKeepBeingAnswered) {
   const auto warm_deadline = Clock::now() + 20s;
   while (load.ok() < 20 && Clock::now() < warm_deadline) std::this_thread::yield();
   ASSERT_GE(load.ok(), 20u);
+  const auto killed_at = Clock::now();
   ASSERT_EQ(kill(cluster_->pids.at("node b"), SIGKILL), 0);
   // The replica on b is replaced (on a, or on b once `troupe up` has restarted it).
   ASSERT_TRUE(Await("survivor", 30s, [&](const Json& s) {
@@ -206,12 +207,14 @@ TEST_F(Serving, AKilledNodesReplicaIsReplacedAndRequestsKeepBeingAnswered) {
     }
     return true;
   }, &st)) << st.dump() << "\n" << Events("survivor");
+  const auto replaced_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - killed_at).count();
   const uint64_t after_replacement = load.ok();
   const auto more_deadline = Clock::now() + 20s;
   while (load.ok() < after_replacement + 20 && Clock::now() < more_deadline) std::this_thread::yield();
   LoadResult result = load.Stop();
   EXPECT_GE(result.ok, after_replacement + 20);
-  std::printf("node b killed: %llu requests answered, %zu failed%s%s\n", static_cast<unsigned long long>(result.ok),
+  std::printf("node b killed: replaced and running again after %lld ms; %llu requests answered, %zu failed%s%s\n",
+              static_cast<long long>(replaced_ms), static_cast<unsigned long long>(result.ok),
               result.failures.size(), result.failures.empty() ? "" : "; first: ",
               result.failures.empty() ? "" : result.failures.front().ToString().c_str());
   // Only requests inside the dead replica fail (at most one per client thread), cleanly.
@@ -220,6 +223,29 @@ TEST_F(Serving, AKilledNodesReplicaIsReplacedAndRequestsKeepBeingAnswered) {
     EXPECT_EQ(f.code(), StatusCode::kUnavailable) << f;
   }
   EXPECT_NE(Events("survivor").find(on_b + " exited"), std::string::npos) << Events("survivor");
+}
+
+TEST_F(Serving, AReplicaWhoseRequestPathIsStuckFailsItsHealthChecksAndIsReplaced) {
+  // The test model stops producing tokens at its 4th request (health probes count, the first at
+  // its start among them) while the actor still answers: only a probe through the request path
+  // sees it.
+  ASSERT_NO_FATAL_FAILURE(Deploy("name: stuck\nversions:\n  - name: v1\n    backend: {test: {stall_after: 4}}\n"
+                                 "replicas: {min: 1, max: 1, initial: 1}\n"
+                                 "health_check: {interval: 200ms, timeout: 100ms, failure_threshold: 2}\n"));
+  Json st;
+  ASSERT_TRUE(AwaitReady("stuck", 1, &st)) << st.dump() << "\n" << Events("stuck");
+  const std::string first = st.at("replicas").at(0).value("name", "");
+  const auto deadline = Clock::now() + 30s;
+  std::string events;
+  while (Clock::now() < deadline) {
+    events = Events("stuck");
+    if (events.find(first + " failed 2 health checks in a row") != std::string::npos &&
+        events.find("replica stuck/v1/replica-1 ready") != std::string::npos) {
+      break;
+    }
+  }
+  EXPECT_NE(events.find(first + " failed 2 health checks in a row"), std::string::npos) << events;
+  EXPECT_NE(events.find("replica stuck/v1/replica-1 ready"), std::string::npos) << events;  // its replacement
 }
 
 TEST_F(Serving, ScalingUpAndDownUnderLoadFailsNoRequest) {

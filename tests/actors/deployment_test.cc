@@ -1,0 +1,72 @@
+// The deployment actor's pure parts: replicas per version, the status as JSON (no actor system).
+#include "actors/serving/deployment.h"
+
+#include <gtest/gtest.h>
+
+namespace troupe::serving {
+namespace {
+
+DeploymentSpec Versions(std::vector<std::pair<std::string, uint32_t>> weights) {
+  DeploymentSpec spec;
+  spec.name = "chat";
+  for (const auto& [name, weight] : weights) {
+    VersionSpec v;
+    v.name = name;
+    v.weight = weight;
+    spec.versions.push_back(v);
+  }
+  return spec;
+}
+
+TEST(ReplicasPerVersion, EachWeightedVersionGetsOneThenTheRestByLargestRemainder) {
+  const DeploymentSpec split = Versions({{"stable", 90}, {"canary", 10}});
+  EXPECT_EQ(ReplicasPerVersion(split, 0), (std::map<std::string, uint32_t>{{"stable", 0}, {"canary", 0}}));
+  EXPECT_EQ(ReplicasPerVersion(split, 1), (std::map<std::string, uint32_t>{{"stable", 1}, {"canary", 0}}));
+  EXPECT_EQ(ReplicasPerVersion(split, 2), (std::map<std::string, uint32_t>{{"stable", 1}, {"canary", 1}}));
+  EXPECT_EQ(ReplicasPerVersion(split, 4), (std::map<std::string, uint32_t>{{"stable", 3}, {"canary", 1}}));
+  EXPECT_EQ(ReplicasPerVersion(split, 12), (std::map<std::string, uint32_t>{{"stable", 10}, {"canary", 2}}));
+  // The canary first while there is one replica only when it is the heavier.
+  EXPECT_EQ(ReplicasPerVersion(Versions({{"a", 1}, {"b", 3}}), 1), (std::map<std::string, uint32_t>{{"a", 0}, {"b", 1}}));
+  // Weight 0 (a standby version) gets none, however many there are.
+  EXPECT_EQ(ReplicasPerVersion(Versions({{"live", 1}, {"standby", 0}}), 5),
+            (std::map<std::string, uint32_t>{{"live", 5}, {"standby", 0}}));
+  // The counts always add up to the desired count.
+  const DeploymentSpec three = Versions({{"a", 1}, {"b", 1}, {"c", 1}});
+  for (uint32_t n = 0; n < 20; ++n) {
+    uint32_t sum = 0;
+    for (const auto& [name, count] : ReplicasPerVersion(three, n)) sum += count;
+    EXPECT_EQ(sum, n);
+  }
+}
+
+TEST(DeploymentStatusJson, RoundTripsWithCountsByState) {
+  DeploymentStatus st;
+  st.name = "chat";
+  st.state = "reconciling";
+  st.reason = "1 of 2 replicas ready";
+  st.desired = 2;
+  st.scaled_by_hand = true;
+  st.generation = 7;
+  st.router = RouterName("chat");
+  st.deployed_unix_ms = 1767225600000;
+  st.replicas = {{"chat/v1/replica-0", "v1", "ready", "a", 11}, {"chat/v1/replica-1", "v1", "pending", "", 0}};
+  const std::string json = DeploymentStatusToJson(st);
+  EXPECT_NE(json.find(R"("replicas_by_state":{"draining":0,"pending":1,"ready":1,"starting":0})"), std::string::npos)
+      << json;
+  auto back = DeploymentStatusFromJson(json);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->router, "serving.router.chat");
+  EXPECT_EQ(back->desired, 2u);
+  EXPECT_TRUE(back->scaled_by_hand);
+  EXPECT_EQ(back->generation, 7u);
+  EXPECT_EQ(back->deployed_unix_ms, 1767225600000);
+  ASSERT_EQ(back->replicas.size(), 2u);
+  EXPECT_EQ(back->replicas[0].node, "a");
+  EXPECT_EQ(back->replicas[0].lease_id, 11u);
+  EXPECT_EQ(back->replicas[1].state, "pending");
+  EXPECT_FALSE(DeploymentStatusFromJson("[]").ok());
+  EXPECT_NE(DeploymentEventToJson({5, "replica x ready", ""}).find(R"("what":"replica x ready")"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace troupe::serving
