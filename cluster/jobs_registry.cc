@@ -29,8 +29,8 @@ class JobsRegistry::Host : public training::JobHost {
     caf::anon_send(controller_, JobPlacementRequest{spec, attempt, supervisor});
   }
   void ReleasePlacement(uint64_t lease_id) override { caf::anon_send(controller_, JobLeaseRelease{lease_id}); }
-  void Update(const JobStatus& status, const JobEvent& event) override {
-    caf::anon_send(controller_, JobStatusUpdate{status, event});
+  void Update(const caf::actor& supervisor, const JobStatus& status, const JobEvent& event) override {
+    caf::anon_send(controller_, JobStatusUpdate{status, event, supervisor.address()});
   }
 
  private:
@@ -242,6 +242,14 @@ void JobsRegistry::Record(const JobStatusUpdate& update) {
   auto it = jobs_.find(update.status.name);
   if (it == jobs_.end()) return;  // deleted meanwhile
   Job& job = *it->second;
+  if (job.supervisor && update.supervisor && job.supervisor.address() != update.supervisor) {
+    // A stopped job's supervisor whose last commit ended after the job was resumed: the
+    // checkpoint is committed (the new supervisor resumes from it), the status is not its own.
+    if (update.event.message.empty()) return;
+    Status stored = StoreEvent(update.status.name, update.event);
+    if (!stored.ok()) spdlog::error("head: job '{}': event not stored: {}", update.status.name, stored.ToString());
+    return;
+  }
   const std::string model_version = job.status.model_version;
   job.status = update.status;
   job.status.model_version = model_version;  // the registry's, not the supervisor's

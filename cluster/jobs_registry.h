@@ -34,6 +34,7 @@ struct JobLeaseRelease {
 struct JobStatusUpdate {
   training::JobStatus status;
   training::JobEvent event;
+  caf::actor_addr supervisor;  ///< who sends it
 };
 
 /// The jobs of the cluster (docs/jobs.md). Owned by the head's controller actor and used only on

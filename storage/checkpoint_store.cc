@@ -16,7 +16,9 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <thread>
 #include <utility>
@@ -86,15 +88,24 @@ std::string Sha256Hex(std::string_view bytes) {
   return sha.HexDigest();
 }
 
+// What ends a read early: another file of the same call failed, or the job's checkpoints are
+// being deleted (DeleteJob waits for the call; it need not finish reading).
+struct StopFlags {
+  const std::atomic<bool>* failed = nullptr;
+  const std::atomic<int>* deleting = nullptr;
+  bool Deleting() const { return deleting != nullptr && deleting->load(std::memory_order_relaxed) > 0; }
+  bool Set() const { return Deleting() || (failed != nullptr && failed->load(std::memory_order_relaxed)); }
+};
+
 // Reads the regular file at `path` (never through a symlink) in kChunkBytes chunks: its size
 // and SHA-256. With `sync` it first starts the writeback of the file's dirty pages
 // (sync_file_range, a hint whose failure is ignored) so that the disk writes while the bytes are
 // hashed, and at the end waits for them with fdatasync: the contents and the size are durable
 // then (fdatasync skips only metadata that reading the data does not need, such as mtime).
-// `contents`, if given, receives the bytes (small files only). A set `*stop` (another file of the
-// same commit failed) ends the read early with Cancelled.
+// `contents`, if given, receives the bytes (small files only). `stop` ends the read early with
+// Cancelled.
 Status HashFile(const std::string& path, bool sync, CheckpointFile* out, std::string* contents = nullptr,
-                const std::atomic<bool>* stop = nullptr) {
+                StopFlags stop = {}) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0 && errno == ELOOP) {
     return InvalidArgumentError(path + " is a symlink (a checkpoint holds only regular files and directories)");
@@ -113,8 +124,10 @@ Status HashFile(const std::string& path, bool sync, CheckpointFile* out, std::st
   std::unique_ptr<char[]> buffer(new char[kChunkBytes]);
   uint64_t size = 0;
   for (;;) {
-    if (stop != nullptr && stop->load(std::memory_order_relaxed)) {
-      return fail(CancelledError("reading " + path + " stopped: another file of the checkpoint failed"));
+    if (stop.Set()) {
+      return fail(CancelledError("reading " + path + " stopped: " +
+                                 (stop.Deleting() ? "the job's checkpoints are being deleted"
+                                                  : "another file of the checkpoint failed")));
     }
     const ssize_t n = ::read(fd, buffer.get(), kChunkBytes);
     if (n < 0 && errno == EINTR) continue;
@@ -138,20 +151,23 @@ Status HashFile(const std::string& path, bool sync, CheckpointFile* out, std::st
 
 // Runs `work(i, stop)` for every i in [0, n) on a bounded pool: the calling thread and up to
 // min(hardware_concurrency, kMaxCommitThreads, n) - 1 more, each taking the next index. Once a
-// call fails, `stop` is set (calls in flight may end early; no new one starts) and the result is
-// the failure of the lowest index that did not merely stop (Cancelled from `stop`); else OK.
+// call fails or `*deleting` (may be null) is above 0, `stop` is set (calls in flight may end
+// early; no new one starts) and the result is the failure of the lowest index that did not merely
+// stop (Cancelled from `stop`), else that Cancelled; else OK.
 // Shards are independent files: hashing several at once uses every core (SHA-256 is the CPU
 // part of a commit) and keeps several fsyncs in flight for the disk to merge.
-Status ForEachParallel(size_t n, const std::function<Status(size_t, const std::atomic<bool>&)>& work) {
+Status ForEachParallel(size_t n, const std::atomic<int>* deleting,
+                       const std::function<Status(size_t, const StopFlags&)>& work) {
   const size_t hardware = std::max<unsigned>(1, std::thread::hardware_concurrency());
   const size_t threads = std::min({hardware, CheckpointStore::kMaxCommitThreads, n});
   std::vector<Status> results(n);
   std::atomic<size_t> next{0};
-  std::atomic<bool> stop{false};
+  std::atomic<bool> failed{false};
+  const StopFlags stop{&failed, deleting};
   auto run = [&] {
-    for (size_t i; !stop.load() && (i = next.fetch_add(1)) < n;) {
+    for (size_t i; !stop.Set() && (i = next.fetch_add(1)) < n;) {
       results[i] = work(i, stop);
-      if (!results[i].ok()) stop.store(true);
+      if (!results[i].ok()) failed.store(true);
     }
   };
   std::vector<std::thread> pool;
@@ -164,7 +180,9 @@ Status ForEachParallel(size_t n, const std::function<Status(size_t, const std::a
     if (status.code() != StatusCode::kCancelled) return status;
     if (first_stopped == nullptr) first_stopped = &status;
   }
-  return first_stopped != nullptr ? *first_stopped : OkStatus();
+  if (first_stopped != nullptr) return *first_stopped;
+  if (stop.Deleting()) return CancelledError("stopped: the job's checkpoints are being deleted");
+  return OkStatus();
 }
 
 Status FsyncDir(const std::string& dir) {
@@ -340,7 +358,7 @@ bool IsContainedPath(const std::string& path) {
 
 // OK when manifest.json and every file of `record` (under `dir`) are there as recorded; else
 // the status says which file and what is wrong.
-Status Verify(const CheckpointRecord& record, const std::string& dir) {
+Status Verify(const CheckpointRecord& record, const std::string& dir, const std::atomic<int>* deleting = nullptr) {
   const std::string manifest_path = dir + "/manifest.json";
   CheckpointFile manifest;
   RETURN_IF_ERROR(HashFile(manifest_path, /*sync=*/false, &manifest));
@@ -352,7 +370,7 @@ Status Verify(const CheckpointRecord& record, const std::string& dir) {
   for (size_t r = 0; r < record.rank_files.size(); ++r) {
     for (const CheckpointFile& expected : record.rank_files[r]) files.emplace_back(static_cast<uint32_t>(r), &expected);
   }
-  return ForEachParallel(files.size(), [&](size_t i, const std::atomic<bool>& stop) {
+  return ForEachParallel(files.size(), deleting, [&](size_t i, const StopFlags& stop) {
     const CheckpointFile& expected = *files[i].second;
     const std::string path = RankDir(dir, files[i].first) + "/" + expected.path;
     if (!IsContainedPath(expected.path)) return InternalError("the manifest names " + path + ", outside its shard");
@@ -362,7 +380,7 @@ Status Verify(const CheckpointRecord& record, const std::string& dir) {
                            std::to_string(expected.size));
     }
     CheckpointFile actual;
-    RETURN_IF_ERROR(HashFile(path, /*sync=*/false, &actual, nullptr, &stop));
+    RETURN_IF_ERROR(HashFile(path, /*sync=*/false, &actual, nullptr, stop));
     if (actual.size != expected.size || actual.sha256 != expected.sha256) {
       return InternalError("data loss: " + path + " has SHA-256 " + actual.sha256 + ", the manifest says " +
                            expected.sha256);
@@ -422,7 +440,8 @@ Status ValidateWorldSize(uint32_t world_size) {
 // manifest.json and renames the step directory into place. A committed directory without a
 // record already there is garbage of another attempt or a crash; the staged one replaces it.
 StatusOr<CheckpointRecord> CommitFiles(const std::string& job, const std::string& root, uint64_t attempt,
-                                       uint64_t step, uint32_t world_size, int64_t unix_ms) {
+                                       uint64_t step, uint32_t world_size, int64_t unix_ms,
+                                       const std::atomic<int>* deleting) {
   const std::string staging = CheckpointStore::StagingDir(root, attempt);
   const std::string staged = staging + "/step-" + std::to_string(step);
   const std::string committed = CheckpointStore::CommittedDir(root, step);
@@ -452,10 +471,10 @@ StatusOr<CheckpointRecord> CommitFiles(const std::string& job, const std::string
     RETURN_IF_ERROR(ListShard(shard, "", r, &files, &dirs));
   }
   // Every file of every shard, checksummed and durable, then every directory holding them.
-  RETURN_IF_ERROR(ForEachParallel(files.size(), [&](size_t i, const std::atomic<bool>& stop) {
-    return HashFile(files[i].path, /*sync=*/true, &files[i].file, nullptr, &stop);
+  RETURN_IF_ERROR(ForEachParallel(files.size(), deleting, [&](size_t i, const StopFlags& stop) {
+    return HashFile(files[i].path, /*sync=*/true, &files[i].file, nullptr, stop);
   }));
-  RETURN_IF_ERROR(ForEachParallel(dirs.size(), [&](size_t i, const std::atomic<bool>&) { return FsyncDir(dirs[i]); }));
+  RETURN_IF_ERROR(ForEachParallel(dirs.size(), deleting, [&](size_t i, const StopFlags&) { return FsyncDir(dirs[i]); }));
   record.rank_files.resize(world_size);
   for (ShardFile& f : files) {
     record.total_bytes += f.file.size;
@@ -480,7 +499,7 @@ StatusOr<CheckpointRecord> CommitFiles(const std::string& job, const std::string
 // Phase 1 after a crash between rename and record: the committed directory is complete if it is
 // this commit's and matches its manifest.
 StatusOr<CheckpointRecord> AdoptCommitted(const std::string& job, const std::string& root, uint64_t attempt,
-                                          uint64_t step, uint32_t world_size) {
+                                          uint64_t step, uint32_t world_size, const std::atomic<int>* deleting) {
   const std::string committed = CheckpointStore::CommittedDir(root, step);
   CheckpointFile manifest;
   std::string text;
@@ -495,7 +514,7 @@ StatusOr<CheckpointRecord> AdoptCommitted(const std::string& job, const std::str
   }
   record.dir = committed;
   record.manifest_sha256 = manifest.sha256;
-  RETURN_IF_ERROR(Verify(record, committed));
+  RETURN_IF_ERROR(Verify(record, committed, deleting));
   return record;
 }
 
@@ -516,6 +535,28 @@ Status ValidateCheckpointJobName(const std::string& job) {
   return OkStatus();
 }
 
+// One job's calls, one at a time.
+struct CheckpointStore::JobLock {
+  std::mutex mutex;
+  // DeleteJobs waiting for `mutex`: a Commit or verification holding it stops reading.
+  std::atomic<int> deleting{0};
+};
+
+struct CheckpointStore::Locks {
+  std::mutex mutex;
+  std::map<std::string, std::shared_ptr<JobLock>> jobs;
+};
+
+CheckpointStore::CheckpointStore(LmdbEnv* env, Table<std::string, std::string> table, const Clock* clock)
+    : env_(env), table_(std::move(table)), clock_(clock), locks_(std::make_shared<Locks>()) {}
+
+std::shared_ptr<CheckpointStore::JobLock> CheckpointStore::LockOf(const std::string& job) {
+  std::lock_guard<std::mutex> guard(locks_->mutex);
+  std::shared_ptr<JobLock>& lock = locks_->jobs[job];
+  if (!lock) lock = std::make_shared<JobLock>();
+  return lock;
+}
+
 StatusOr<CheckpointStore> CheckpointStore::Open(LmdbEnv* env, const Clock* clock) {
   ASSIGN_OR_RETURN(auto table, (Table<std::string, std::string>::Open(*env, kTableName)));
   return CheckpointStore(env, std::move(table), clock);
@@ -534,6 +575,8 @@ StatusOr<std::vector<uint64_t>> CheckpointStore::CompleteSteps(const std::string
   RETURN_IF_ERROR(ValidateCheckpointJobName(job));
   RETURN_IF_ERROR(ValidateWorldSize(world_size));
   ASSIGN_OR_RETURN(const std::string dir, NormalRoot(root));
+  const std::shared_ptr<JobLock> lock = LockOf(job);
+  std::lock_guard<std::mutex> guard(lock->mutex);
   ASSIGN_OR_RETURN(auto records, List(job));
   std::set<uint64_t> committed;
   for (const CheckpointRecord& record : records) committed.insert(record.step);
@@ -572,6 +615,8 @@ StatusOr<CheckpointRecord> CheckpointStore::Commit(const std::string& job, const
   RETURN_IF_ERROR(ValidateCheckpointJobName(job));
   RETURN_IF_ERROR(ValidateWorldSize(world_size));
   ASSIGN_OR_RETURN(const std::string dir, NormalRoot(root));
+  const std::shared_ptr<JobLock> lock = LockOf(job);
+  std::lock_guard<std::mutex> guard(lock->mutex);
   ASSIGN_OR_RETURN(auto existing, Find(job, step));
   if (existing) {
     return AlreadyExistsError("step " + std::to_string(step) + " of job '" + job + "' is already committed in " +
@@ -588,9 +633,13 @@ StatusOr<CheckpointRecord> CheckpointStore::Commit(const std::string& job, const
   StatusOr<CheckpointRecord> record = NotFoundError("step " + std::to_string(step) + " of job '" + job +
                                                     "' is neither staged in " + staged + " nor renamed to " + committed);
   if (staged_kind == Kind::kDirectory) {
-    record = CommitFiles(job, dir, attempt, step, world_size, clock_->UnixMs());
+    record = CommitFiles(job, dir, attempt, step, world_size, clock_->UnixMs(), &lock->deleting);
   } else if (committed_kind == Kind::kDirectory) {
-    record = AdoptCommitted(job, dir, attempt, step, world_size);
+    record = AdoptCommitted(job, dir, attempt, step, world_size, &lock->deleting);
+  }
+  if (lock->deleting.load() > 0) {
+    return CancelledError("the commit of step " + std::to_string(step) + " of job '" + job +
+                          "' was cancelled: the job's checkpoints are being deleted");
   }
   if (!record.ok()) return record.status();
   // Phase 2: the record is the commit point.
@@ -634,9 +683,13 @@ StatusOr<std::optional<CheckpointRecord>> CheckpointStore::Newest(const std::str
 
 StatusOr<std::optional<CheckpointRecord>> CheckpointStore::NewestValid(const std::string& job,
                                                                        std::vector<std::string>* fallbacks) {
+  RETURN_IF_ERROR(ValidateCheckpointJobName(job));
+  const std::shared_ptr<JobLock> lock = LockOf(job);
+  std::lock_guard<std::mutex> guard(lock->mutex);
   ASSIGN_OR_RETURN(auto records, List(job));
   for (auto it = records.rbegin(); it != records.rend(); ++it) {
-    const Status verified = Verify(*it, it->dir);
+    const Status verified = Verify(*it, it->dir, &lock->deleting);
+    if (verified.code() == StatusCode::kCancelled) return verified;
     if (verified.ok()) return std::optional<CheckpointRecord>(std::move(*it));
     if (fallbacks != nullptr) {
       fallbacks->push_back("Skipped checkpoint step " + std::to_string(it->step) + " of job '" + job +
@@ -652,6 +705,9 @@ Status CheckpointStore::Retain(const std::string& job, const std::string& root, 
                                 "deletes a job's checkpoints");
   }
   ASSIGN_OR_RETURN(const std::string dir, NormalRoot(root));
+  RETURN_IF_ERROR(ValidateCheckpointJobName(job));
+  const std::shared_ptr<JobLock> lock = LockOf(job);
+  std::lock_guard<std::mutex> guard(lock->mutex);
   ASSIGN_OR_RETURN(auto records, List(job));
   Status result;
   if (records.size() > keep) {
@@ -685,6 +741,15 @@ Status CheckpointStore::Retain(const std::string& job, const std::string& root, 
 
 Status CheckpointStore::DeleteJob(const std::string& job, const std::string& root) {
   ASSIGN_OR_RETURN(const std::string dir, NormalRoot(root));
+  RETURN_IF_ERROR(ValidateCheckpointJobName(job));
+  const std::shared_ptr<JobLock> lock = LockOf(job);
+  // A commit or verification of the job running now stops at its next chunk instead of finishing.
+  lock->deleting.fetch_add(1);
+  std::lock_guard<std::mutex> guard(lock->mutex);
+  struct Done {
+    JobLock* lock;
+    ~Done() { lock->deleting.fetch_sub(1); }
+  } done{lock.get()};
   ASSIGN_OR_RETURN(auto records, List(job));
   if (!records.empty()) {
     ASSIGN_OR_RETURN(Txn txn, env_->BeginWrite());

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -54,10 +55,14 @@ struct CheckpointRecord {
 /// previous committed checkpoint intact, and a directory without a record is garbage that the
 /// next Commit()/Retain() of the job removes (or, for the step being committed, completes).
 ///
-/// Thread-safety: the LMDB parts are thread-safe, but calls for one job must not overlap (the
-/// job's one owner, its supervisor, makes them); calls for different jobs may. Every call does
-/// blocking file I/O (Commit() reads every byte of the shards): keep it off actor threads that
-/// must stay responsive. Errors: InvalidArgument for a bad job name, root, world size or a shard
+/// Thread-safety: every method may be called from any thread. The calls for one job that touch
+/// its files (CompleteSteps, Commit, NewestValid, Retain, DeleteJob) run one at a time (a lock per
+/// job name), so an old supervisor's late commit and a resumed job's new supervisor, or a commit
+/// and a delete, never interleave; calls for different jobs run at once. DeleteJob cancels a
+/// running Commit or NewestValid of the job (it stops at its next 1 MiB read with Cancelled, and
+/// records nothing) instead of waiting for it to read everything. Every call does blocking file
+/// I/O (Commit() reads every byte of the shards): keep it off actor threads that must stay
+/// responsive (actors/training/checkpoint_committer.h). Errors: InvalidArgument for a bad job name, root, world size or a shard
 /// holding something other than regular files and directories; NotFound for a missing marker or
 /// file; Internal with "data loss" for a size or checksum that does not match (troupe's status
 /// codes have no DataLoss); Internal, Unavailable (EIO, ESTALE: a network file system may
@@ -98,7 +103,8 @@ class CheckpointStore {
   /// and the committed directory is there (a crash between rename and record), the committed
   /// directory is verified against its manifest and reused. AlreadyExists when `job` has a record
   /// for `step`. Afterwards removes committed-looking directories without a record of steps
-  /// below `step` (garbage of earlier crashes).
+  /// below `step` (garbage of earlier crashes). Cancelled (nothing recorded) when DeleteJob of the
+  /// job began meanwhile.
   StatusOr<CheckpointRecord> Commit(const std::string& job, const std::string& root, uint64_t attempt,
                                     uint64_t step, uint32_t world_size);
 
@@ -110,7 +116,8 @@ class CheckpointStore {
   /// files with the recorded sizes and SHA-256 (it reads every byte). Each newer one that fails is
   /// skipped, not deleted, and one sentence naming its step, the file and what is wrong is
   /// appended to `*fallbacks` (may be null). nullopt when none is valid or none exists. An error
-  /// only when the records themselves cannot be read.
+  /// only when the records themselves cannot be read, or Cancelled when DeleteJob of the job
+  /// began meanwhile.
   StatusOr<std::optional<CheckpointRecord>> NewestValid(const std::string& job, std::vector<std::string>* fallbacks);
 
   /// Keeps the newest `keep` (>= 1, else InvalidArgument) committed checkpoints of `job`: deletes
@@ -124,8 +131,12 @@ class CheckpointStore {
   Status DeleteJob(const std::string& job, const std::string& root);
 
  private:
-  CheckpointStore(LmdbEnv* env, Table<std::string, std::string> table, const Clock* clock)
-      : env_(env), table_(std::move(table)), clock_(clock) {}
+  struct JobLock;
+  struct Locks;
+  CheckpointStore(LmdbEnv* env, Table<std::string, std::string> table, const Clock* clock);
+
+  // The lock of `job`'s calls (made on first use and kept: a few bytes a job name).
+  std::shared_ptr<JobLock> LockOf(const std::string& job);
 
   StatusOr<std::optional<CheckpointRecord>> Find(const std::string& job, uint64_t step);
   // Removes `step-<S>` directories under `root` with S < `below` that `job` has no record for.
@@ -134,6 +145,7 @@ class CheckpointStore {
   LmdbEnv* env_;
   Table<std::string, std::string> table_;
   const Clock* clock_;
+  std::shared_ptr<Locks> locks_;  // shared: a moved-from store keeps none, the moved-to all
 };
 
 /// Whether `job` can name a job's checkpoints: 1 to 128 characters of [A-Za-z0-9._-], starting

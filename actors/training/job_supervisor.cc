@@ -8,6 +8,7 @@
 #include <map>
 #include <set>
 
+#include "actors/training/checkpoint_committer.h"
 #include "actors/training/messages.h"
 #include "common/backoff.h"
 #include "runtime/error.h"
@@ -44,6 +45,17 @@ struct SupervisorState {
   bool taking_back = false;
   std::set<uint32_t> taken_back;
   std::set<uint64_t> adopting_agents;
+  // The checkpoint file I/O runs there (checkpoint_committer.h), never on this mailbox.
+  caf::actor committer;
+  // A CommitSteps pass is in flight. One at a time, so no step is committed twice; the attempts
+  // whose pass was asked for meanwhile go next, lowest first.
+  bool committing = false;
+  std::set<uint64_t> commit_next;
+  // Every worker exited 0: the job succeeds once the steps they completed are committed.
+  bool succeeding = false;
+  // StopWorkers not answered yet; once finished, it waits for them for the node timeout at most.
+  size_t stops_pending = 0;
+  bool stop_timeout_passed = false;
 };
 
 using Self = caf::stateful_actor<SupervisorState>;
@@ -54,38 +66,44 @@ void Update(Self* self, const std::string& message) {
   auto& st = self->state;
   JobEvent event{st.init.clock->UnixMs(), st.status.state, st.status.attempt, message};
   if (!message.empty()) spdlog::info("job '{}': {} ({})", st.status.name, message, st.status.state);
-  st.init.host->Update(st.status, event);
+  st.init.host->Update(caf::actor_cast<caf::actor>(self), st.status, event);
 }
 
 std::string StagingDir(const SupervisorState& st) {
   return storage::CheckpointStore::StagingDir(st.init.checkpoint_root, st.status.attempt);
 }
 
-// Commits every step that all ranks of the current attempt have marked done, then applies the
-// retention. Returns false if a commit failed (the job goes on; the step is tried again).
-void CommitReady(Self* self) {
+void PassDone(Self* self, const CommitPassDone& done);
+
+// Asks the committer to commit every step that all ranks of `attempt` have marked done (and to
+// apply the retention after each); the answer comes back as a CommitPassDone. One pass at a time:
+// with `queue`, a pass asked for while one runs follows it (a failure or the end of the group must
+// not miss a step completed meanwhile); without, it is skipped (the next tick asks again).
+void CommitReady(Self* self, uint64_t attempt, bool queue) {
   auto& st = self->state;
-  if (st.status.attempt == 0 || !st.placed) return;
-  auto steps = st.init.checkpoints->CompleteSteps(st.status.name, st.init.checkpoint_root, st.status.attempt,
-                                                  st.init.spec.workers);
-  if (!steps.ok()) {
-    spdlog::warn("job '{}': cannot look for checkpoints: {}", st.status.name, steps.status().ToString());
+  if (attempt == 0) return;
+  if (st.committing) {
+    if (queue) st.commit_next.insert(attempt);
     return;
   }
-  for (uint64_t step : *steps) {
-    auto record = st.init.checkpoints->Commit(st.status.name, st.init.checkpoint_root, st.status.attempt, step,
-                                              st.init.spec.workers);
-    if (!record.ok()) {
-      Update(self, "checkpoint of step " + std::to_string(step) + " not committed: " + record.status().ToString());
-      continue;
-    }
-    st.status.checkpoint_step = static_cast<int64_t>(step);
-    st.consecutive_failures = 0;
-    Update(self, "checkpoint committed: step " + std::to_string(step) + ", " + std::to_string(record->total_bytes) +
-                     " bytes");
-    Status kept = st.init.checkpoints->Retain(st.status.name, st.init.checkpoint_root, st.init.spec.checkpoints.keep);
-    if (!kept.ok()) spdlog::warn("job '{}': retention: {}", st.status.name, kept.ToString());
-  }
+  st.committing = true;
+  self->request(st.committer, caf::infinite, CommitSteps{attempt})
+      .then([self](CommitPassDone& done) { PassDone(self, done); },
+            [self, attempt](caf::error& error) {
+              CommitPassDone failed;
+              failed.attempt = attempt;
+              failed.lookup = runtime::ToStatus(error);
+              PassDone(self, failed);
+            });
+}
+
+// A finished supervisor quits once every node has answered its StopWorkers (or the node timeout
+// passed) and no commit is in flight or queued.
+void MaybeQuit(Self* self) {
+  auto& st = self->state;
+  if (!IsFinal(st.status.state) || st.committing) return;
+  if (st.stops_pending > 0 && !st.stop_timeout_passed) return;
+  self->quit();
 }
 
 // Kills every worker of the current placement (all attempts up to the current one) and releases
@@ -102,8 +120,11 @@ void StopGroup(Self* self, bool final = false) {
   auto left = std::make_shared<size_t>(agents.size());
   const uint64_t lease = st.placement.lease_id;
   JobHost* host = st.init.host;
-  auto done = [left, lease, host] {
+  st.stops_pending += agents.size();
+  auto done = [self, left, lease, host] {
+    --self->state.stops_pending;
     if (--*left == 0) host->ReleasePlacement(lease);
+    MaybeQuit(self);
   };
   for (const auto& [id, agent] : agents) {
     self->request(agent.handle(), st.init.node_timeout, StopWorkers{st.status.name, st.status.attempt, final})
@@ -123,8 +144,74 @@ void Finish(Self* self, const std::string& state, const std::string& reason) {
   Update(self, state == kJobSucceeded ? "succeeded" : reason);
   // The StopWorkers requests above are answered to this actor; it stays until they are (the
   // node timeout at most), then exits. Its lease ends with it in any case.
+  // A commit in flight is not waited for, but its answer is: what it committed is recorded (a
+  // committed checkpoint is committed, stopped job or not), so the actor quits only after it
+  // (MaybeQuit), and after the nodes' answers to StopWorkers (the node timeout at most).
   self->delayed_send(self, st.init.node_timeout, quit_atom::value);
-  self->become([self](quit_atom) { self->quit(); }, [](WorkersStopped&) {});
+  // Every message of the running behaviour is handled (and ignored) here: one left to the
+  // default handler comes back as an error, which would end the actor at once (a tick did).
+  self->become(
+      [self](quit_atom) {
+        self->state.stop_timeout_passed = true;
+        MaybeQuit(self);
+      },
+      [self](PlacementAnswer& answer) {
+        if (answer.status.ok()) self->state.init.host->ReleasePlacement(answer.placement.lease_id);
+      },
+      [](WorkersStopped&) {}, [](tick_atom) {}, [](restart_atom, uint64_t) {}, [](replace_atom) {},
+      [](take_back_atom) {}, [](WorkerExited&) {}, [](WorkersFound&) {}, [](StopJob&) {});
+  MaybeQuit(self);
+}
+
+// The end of a commit pass, whenever it comes: after the attempt it was for failed, or after the
+// job finished (the checkpoints it committed count all the same).
+void PassDone(Self* self, const CommitPassDone& done) {
+  auto& st = self->state;
+  st.committing = false;
+  const bool final = IsFinal(st.status.state);
+  if (!done.lookup.ok()) {
+    spdlog::warn("job '{}': cannot look for checkpoints: {}", st.status.name, done.lookup.ToString());
+  }
+  bool progress = false;
+  for (const StepCommit& step : done.steps) {
+    if (!step.status.ok()) {
+      // Cancelled: the finished job is being deleted; its events go with it.
+      if (final && step.status.code() == StatusCode::kCancelled) continue;
+      Update(self, "checkpoint of step " + std::to_string(step.step) + " not committed: " + step.status.ToString());
+      continue;
+    }
+    progress = true;
+    st.status.checkpoint_step = std::max<int64_t>(st.status.checkpoint_step, static_cast<int64_t>(step.step));
+    Update(self, "checkpoint committed: step " + std::to_string(step.step) + ", " + std::to_string(step.total_bytes) +
+                     " bytes" + (final ? " (after the job was " + st.status.state + ")" : ""));
+  }
+  if (progress && !final) {
+    // The backoff counts failures since the last progress. The attempt of this pass may have
+    // failed since (counted before the pass ended): that one failure stays, and a restart waiting
+    // out a longer backoff goes now, as it would have had the commit been quicker.
+    const bool running_it = st.placed && done.attempt == st.status.attempt;
+    st.consecutive_failures = running_it ? 0 : std::min<uint32_t>(st.consecutive_failures, 1);
+    if (st.status.state == kJobRestarting) self->send(self, restart_atom::value, st.status.attempt);
+  }
+  if (!st.commit_next.empty()) {
+    const uint64_t attempt = *st.commit_next.begin();
+    st.commit_next.erase(st.commit_next.begin());
+    CommitReady(self, attempt, /*queue=*/true);
+  }
+  if (st.committing) return;
+  if (st.succeeding && !final) {
+    Finish(self, kJobSucceeded, "every worker exited 0");
+  } else {
+    MaybeQuit(self);
+  }
+}
+
+// Every worker exited 0: the job succeeds once what they saved last is committed (the final
+// checkpoint is what an output model registers). Failures meanwhile change nothing.
+void Succeed(Self* self) {
+  auto& st = self->state;
+  st.succeeding = true;
+  CommitReady(self, st.status.attempt, /*queue=*/true);
 }
 
 void RequestPlacement(Self* self, const std::string& why) {
@@ -142,7 +229,7 @@ void RequestPlacement(Self* self, const std::string& why) {
 // the policy, placed and started again after the backoff.
 void GroupFailed(Self* self, const std::string& cause, bool infra) {
   auto& st = self->state;
-  if (IsFinal(st.status.state) || st.status.state == kJobRestarting) return;
+  if (IsFinal(st.status.state) || st.status.state == kJobRestarting || st.succeeding) return;
   st.taking_back = false;
   const RestartPolicy& policy = st.init.spec.restart;
   if (infra) {
@@ -150,7 +237,9 @@ void GroupFailed(Self* self, const std::string& cause, bool infra) {
   } else {
     ++st.status.user_failures;
   }
-  CommitReady(self);  // a checkpoint completed just before the failure still counts
+  // A checkpoint completed just before the failure still counts: the restart's FindResume waits
+  // for this pass in the committer's mailbox.
+  if (st.placed) CommitReady(self, st.status.attempt, /*queue=*/true);
   if (st.status.user_failures > policy.max_user_failures) {
     Finish(self, kJobFailed,
            "restart policy exceeded: " + std::to_string(st.status.user_failures) + " worker failures (max_user_failures " +
@@ -237,6 +326,8 @@ void StartRank(Self* self, uint32_t rank) {
           });
 }
 
+void Resumed(Self* self, ResumePoint& point, const std::string& nodes);
+
 void Placed(Self* self, PlacementAnswer& answer) {
   auto& st = self->state;
   if (answer.attempt != st.placing) {
@@ -266,12 +357,7 @@ void Placed(Self* self, PlacementAnswer& answer) {
   st.status.lease_id = st.placement.lease_id;
   st.status.state = kJobStarting;
   st.status.started_unix_ms = st.init.clock->UnixMs();
-  std::vector<std::string> fallbacks;
-  auto resume = st.init.checkpoints->NewestValid(st.status.name, &fallbacks);
-  for (const auto& f : fallbacks) Update(self, "checkpoint skipped: " + f);
   st.resume.reset();
-  if (resume.ok() && resume->has_value()) st.resume = **resume;
-  if (!resume.ok()) Update(self, "cannot read the checkpoints: " + resume.status().ToString());
   std::error_code ec;
   std::filesystem::create_directories(StagingDir(st), ec);
   std::string nodes;
@@ -282,11 +368,33 @@ void Placed(Self* self, PlacementAnswer& answer) {
       self->monitor(w.agent.handle());
     }
   }
+  // The committer reads the newest checkpoints (every byte) after any pass asked for before.
+  const uint64_t attempt = st.status.attempt;
+  self->request(st.committer, caf::infinite, FindResume{attempt})
+      .then([self, nodes](ResumePoint& point) { Resumed(self, point, nodes); },
+            [self, attempt](caf::error& error) {
+              auto& st = self->state;
+              if (attempt != st.status.attempt || !st.placed) return;
+              GroupFailed(self, "cannot find the checkpoint to resume from: " + runtime::ToStatus(error).ToString(),
+                          true);
+            });
+  StartTicking(self);
+}
+
+// The checkpoint the placed attempt resumes from is known: rank 0 starts (then the others).
+void Resumed(Self* self, ResumePoint& point, const std::string& nodes) {
+  auto& st = self->state;
+  if (point.attempt != st.status.attempt || !st.placed) return;  // the attempt failed or stopped meanwhile
+  for (const auto& f : point.fallbacks) Update(self, "checkpoint skipped: " + f);
+  if (point.status.ok() && point.record) {
+    st.resume = std::move(point.record);
+    st.status.checkpoint_step = std::max<int64_t>(st.status.checkpoint_step, static_cast<int64_t>(st.resume->step));
+  }
+  if (!point.status.ok()) Update(self, "cannot read the checkpoints: " + point.status.ToString());
   Update(self, "attempt " + std::to_string(st.status.attempt) + " placed on " + nodes + " (lease " +
                    std::to_string(st.placement.lease_id) + ")" +
                    (st.resume ? "; resuming from step " + std::to_string(st.resume->step) : "; starting fresh"));
   StartRank(self, 0);
-  StartTicking(self);
 }
 
 void WorkerEnded(Self* self, const WorkerExited& exit) {
@@ -295,8 +403,7 @@ void WorkerEnded(Self* self, const WorkerExited& exit) {
   if (exit.exit_code == 0 && exit.signal == 0 && !exit.hung) {
     st.succeeded.insert(exit.rank);
     if (st.taking_back || st.succeeded.size() < st.init.spec.workers) return;
-    CommitReady(self);
-    Finish(self, kJobSucceeded, "every worker exited 0");
+    Succeed(self);
     return;
   }
   const std::string node = exit.rank < st.placement.workers.size() ? st.placement.workers[exit.rank].node : "?";
@@ -324,10 +431,7 @@ void MaybeTakenBack(Self* self) {
   Update(self, "took back " + std::to_string(st.taken_back.size()) + " running workers of attempt " +
                    std::to_string(st.status.attempt) + " after the head restarted");
   StartTicking(self);
-  if (st.succeeded.size() == st.init.spec.workers) {
-    CommitReady(self);
-    Finish(self, kJobSucceeded, "every worker exited 0");
-  }
+  if (st.succeeded.size() == st.init.spec.workers) Succeed(self);
 }
 
 void Found(Self* self, WorkersFound& found) {
@@ -385,6 +489,10 @@ caf::behavior Supervisor(Self* self, JobSupervisorInit init) {
   st.init = std::move(init);
   st.backoff = std::make_unique<Backoff>(
       BackoffPolicy{st.init.spec.restart.backoff_initial, 2.0, st.init.spec.restart.backoff_max, 0.2});
+  st.committer = SpawnCheckpointCommitter(
+      self->system(), CheckpointCommitterInit{st.status.name, st.init.checkpoint_root, st.init.spec.workers,
+                                              st.init.spec.checkpoints.keep, st.init.checkpoints,
+                                              caf::actor_cast<caf::actor>(self)});
   self->set_default_handler(caf::drop);  // e.g. the head's LeaseEnded: a lost node comes as a down message
   self->set_down_handler([self](caf::down_msg& down) {
     auto& st = self->state;
@@ -429,7 +537,9 @@ caf::behavior Supervisor(Self* self, JobSupervisorInit init) {
       },
       [self](tick_atom) {
         auto& st = self->state;
-        if (st.placed && (st.status.state == kJobRunning || st.status.state == kJobStarting)) CommitReady(self);
+        if (st.placed && !st.succeeding && (st.status.state == kJobRunning || st.status.state == kJobStarting)) {
+          CommitReady(self, st.status.attempt, /*queue=*/false);
+        }
         self->delayed_send(self, st.init.commit_interval, tick_atom::value);
       },
       [self](restart_atom, uint64_t attempt) {

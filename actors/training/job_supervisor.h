@@ -71,9 +71,10 @@ class JobHost {
   virtual void RequestPlacement(const JobSpec& spec, uint64_t attempt, const caf::actor& supervisor) = 0;
   /// Ends a lease the supervisor no longer uses.
   virtual void ReleasePlacement(uint64_t lease_id) = 0;
-  /// The job's new status, and the event that made it (empty message: no event). Stored in the
-  /// head's LMDB in order.
-  virtual void Update(const JobStatus& status, const JobEvent& event) = 0;
+  /// The job's new status, and the event that made it (empty message: no event), from
+  /// `supervisor`. Stored in the head's LMDB in order. A supervisor that is no longer the job's (a
+  /// stopped job's, whose last commit ended after the job was resumed) adds only its event.
+  virtual void Update(const caf::actor& supervisor, const JobStatus& status, const JobEvent& event) = 0;
 };
 
 /// How the supervisor is set up (JobSupervisor's argument).
@@ -99,7 +100,10 @@ struct JobSupervisorInit {
   std::chrono::milliseconds node_timeout{10000};
 };
 
-/// Spawns the supervisor (detached: it commits checkpoints, which reads every byte of them).
+/// Spawns the supervisor (detached). Its checkpoint file I/O (commits, retention, finding the
+/// checkpoint to resume from) runs in a committer actor of its own (checkpoint_committer.h), so a
+/// stop, a worker's exit or a lost node never waits behind a commit; it stays after the job
+/// finished until a commit in flight has answered, to record what it committed.
 caf::actor SpawnJobSupervisor(caf::actor_system& system, JobSupervisorInit init);
 
 /// The environment of rank `rank` of a placement: the torchrun contract (RANK, LOCAL_RANK,

@@ -8,11 +8,13 @@
 #include <stdlib.h>
 
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <set>
 #include <string>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -239,6 +241,65 @@ TEST_F(Jobs, StopKillsEveryWorkerAndDeleteForgetsTheJob) {
   ASSERT_TRUE(client_->JobCommand("delete", "stopme", "", 5s).ok());
   EXPECT_EQ(Show("stopme").status().code(), StatusCode::kNotFound);
   EXPECT_FALSE(std::filesystem::exists(dir_ + "/head/checkpoints/stopme"));
+}
+
+// Whether process `pid` has the file `path` open (one of its /proc/<pid>/fd links).
+bool HasOpen(int pid, const std::string& path) {
+  std::error_code ec;
+  for (const auto& fd : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec)) {
+    std::error_code link_ec;
+    if (std::filesystem::read_symlink(fd.path(), link_ec) == path) return true;
+  }
+  return false;
+}
+
+TEST_F(Jobs, AStopDoesNotWaitForACommitInFlightWhichStillCountsForTheResumedJob) {
+  // Each rank saves step 2 as a sparse 1 GiB file (no disk space, but every byte is read and
+  // hashed: seconds of commit), marks it done and runs on, printing.
+  training::JobSpec spec = Trainer("bigsave", 2, 0, "0");
+  spec.entry.command = {"sh", "-c",
+                        "d=$TROUPE_CHECKPOINT_DIR/step-2; mkdir -p $d/rank-$RANK; truncate -s 1G $d/rank-$RANK/model.bin; "
+                        ": > $d/rank-$RANK.done; while true; do echo alive; sleep 0.1; done"};
+  ASSERT_TRUE(client_->SubmitJob(spec, 10s).ok());
+  const int head = cluster_->pids.at("head");
+  const std::string shard =
+      std::filesystem::weakly_canonical(dir_ + "/head/checkpoints/bigsave/attempt-1/step-2/rank-0/model.bin").string();
+  // The commit is in flight once the head has rank 0's shard open.
+  const auto deadline = Clock::now() + 60s;
+  while (!HasOpen(head, shard) && Clock::now() < deadline) std::this_thread::yield();
+  ASSERT_TRUE(HasOpen(head, shard)) << "the head never read " << shard << "\n" << Events("bigsave");
+
+  const auto stop_sent = Clock::now();
+  ASSERT_TRUE(client_->JobCommand("stop", "bigsave", "", 5s).ok());
+  training::JobStatus last;
+  ASSERT_TRUE(AwaitJob("bigsave", 10s, [](const auto& s) { return s.state == training::kJobStopped; }, &last))
+      << last.state;
+  const auto stop_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - stop_sent).count();
+  EXPECT_TRUE(HasOpen(head, shard)) << "the commit had ended by the time the job showed stopped (" << stop_ms
+                                    << " ms after the stop): the stop waited for it\n"
+                                    << Events("bigsave");
+  std::fprintf(stderr, "stop -> stopped with a commit of 2 x 1 GiB in flight: %lld ms\n",
+               static_cast<long long>(stop_ms));
+
+  // Resumed at once, the new attempt resumes from the step the old supervisor's commit records
+  // (after the job was stopped), and that late record does not turn the resumed job back to stopped.
+  ASSERT_TRUE(client_->JobCommand("resume", "bigsave", "", 5s).ok());
+  ASSERT_TRUE(AwaitJob("bigsave", 120s, [](const auto& s) { return s.state == training::kJobRunning; }, &last))
+      << last.state << ": " << last.reason << "\n"
+      << Events("bigsave");
+  // The old supervisor's event comes once its committer has also applied the retention (which
+  // waits for the new one's verification of step 2).
+  const std::string committed = "checkpoint committed: step 2, 2147483648 bytes (after the job was stopped)";
+  std::string events = Events("bigsave");
+  const auto event_deadline = Clock::now() + 60s;
+  while (events.find(committed) == std::string::npos && Clock::now() < event_deadline) events = Events("bigsave");
+  EXPECT_NE(events.find(committed), std::string::npos) << events;
+  EXPECT_NE(events.find("resuming from step 2"), std::string::npos) << events;
+  auto now = Show("bigsave");
+  ASSERT_TRUE(now.ok()) << now.status();
+  EXPECT_EQ(now->state, training::kJobRunning);
+  EXPECT_EQ(now->checkpoint_step, 2);
+  ASSERT_TRUE(client_->JobCommand("stop", "bigsave", "", 5s).ok());
 }
 
 TEST_F(Jobs, TheCliSubmitsWaitsAndShowsTheLogs) {

@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -380,6 +381,28 @@ TEST_F(CheckpointStoreTest, ManyShardsCommitInParallelAndOneCorruptedFileAmongTh
   EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument) << refused.status();
   EXPECT_NE(refused.status().message().find("rank-10/optim/link.bin"), std::string::npos) << refused.status();
   EXPECT_EQ(ListedSteps(), (std::vector<uint64_t>{1, 2}));
+}
+
+TEST_F(CheckpointStoreTest, DeleteJobDuringACommitLeavesNoRecordAndNoFiles) {
+  // Whichever call takes the job's lock first, they do not interleave: a commit running when the
+  // delete begins is cancelled (or had finished), one starting after it finds nothing staged.
+  SaveAndCommit(1);
+  const std::string big(16u << 20, 'x');
+  Save(0, 2, 0, {{"model.bin", big}});
+  Save(0, 2, 1, {{"model.bin", big}});
+  StatusOr<CheckpointRecord> commit = InternalError("the commit did not run");
+  std::thread committer([&] { commit = store_->Commit("job1", root_, 0, 2, 2); });
+  const Status deleted = store_->DeleteJob("job1", root_);
+  committer.join();
+  EXPECT_TRUE(deleted.ok()) << deleted;
+  const StatusCode code = commit.status().code();
+  EXPECT_TRUE(code == StatusCode::kOk || code == StatusCode::kCancelled || code == StatusCode::kNotFound)
+      << commit.status();
+  if (code == StatusCode::kCancelled) {
+    EXPECT_NE(commit.status().message().find("being deleted"), std::string::npos) << commit.status();
+  }
+  EXPECT_TRUE(ListedSteps().empty());
+  EXPECT_FALSE(fs::exists(root_));
 }
 
 TEST_F(CheckpointStoreTest, BadJobNamesAreRefused) {
