@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdio>
 #include <chrono>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -246,6 +247,53 @@ TEST_F(Serving, AReplicaWhoseRequestPathIsStuckFailsItsHealthChecksAndIsReplaced
   }
   EXPECT_NE(events.find(first + " failed 2 health checks in a row"), std::string::npos) << events;
   EXPECT_NE(events.find("replica stuck/v1/replica-1 ready"), std::string::npos) << events;  // its replacement
+}
+
+TEST_F(Serving, TheAutoscalerAddsReplicasUnderLoadFromTheReplicasAndRoutersReports) {
+  // The CLI deploys and waits; one replica, up to three, a target of one request in flight each.
+  std::ofstream(cluster_->dir + "/auto.yaml")
+      << "name: auto\nversions:\n  - name: v1\n    backend: {test: {tokens_per_second: 100}}\n"
+         "replicas: {min: 1, max: 3, initial: 1}\nautoscaling: {target_ongoing_requests: 1}\n"
+         "max_ongoing_requests: 2\n";
+  auto deploy = ChildProcess::Spawn({TROUPE_BIN, "serve", "deploy", "-c", cluster_->config, cluster_->dir + "/auto.yaml",
+                                     "--wait"});
+  ASSERT_TRUE(deploy.ok());
+  auto running = (*deploy)->ReadLineWithPrefix("deployment auto: running", 60s);
+  ASSERT_TRUE(running.ok()) << running.status() << "\n" << Events("auto");
+  auto code = (*deploy)->Wait(10s);
+  ASSERT_TRUE(code.ok());
+  EXPECT_EQ(*code, 0);
+  Load load(client_, "auto", 4);
+  Json st;
+  EXPECT_TRUE(Await("auto", 30s, [](const Json& s) { return Count(s, "ready") == 3; }, &st))
+      << st.dump() << "\n" << Events("auto");
+  LoadResult result = load.Stop();
+  EXPECT_TRUE(result.failures.empty()) << result.failures.size() << " failed, first: " << result.failures.front();
+  const std::string events = Events("auto");
+  // Panic mode: 1 -> 2 -> 3 (or straight to 3), a tick or two after the load rose.
+  EXPECT_NE(events.find("autoscaler: 1 -> "), std::string::npos) << events;
+  EXPECT_NE(events.find(" -> 3 replicas"), std::string::npos) << events;
+}
+
+TEST_F(Serving, ADeploymentStartsAgainAfterTheHeadIsKilledWithMinus9) {
+  // Two CPUs per replica: the new replicas fit only once the earlier head's leases are gone.
+  ASSERT_NO_FATAL_FAILURE(Deploy(Spec("phoenix", 2, "    resources: {cpus: 2}\n")));
+  Json st;
+  ASSERT_TRUE(AwaitReady("phoenix", 2, &st)) << st.dump() << "\n" << Events("phoenix");
+  ASSERT_TRUE(client_->Infer("phoenix", "/v1/completions", kBody, 10s).ok());
+  ASSERT_EQ(kill(cluster_->pids.at("head"), SIGKILL), 0);
+  // `troupe up` starts the head again; it reads the deployment back and starts new replicas.
+  ASSERT_TRUE(Await("phoenix", 60s, [](const Json& s) {
+    if (s.value("state", "") != "running" || Count(s, "ready") != 2) return false;
+    for (const auto& r : s.at("replicas")) {
+      if (r.value("name", "") == "phoenix/v1/replica-0" || r.value("name", "") == "phoenix/v1/replica-1") return false;
+    }
+    return true;
+  }, &st)) << st.dump() << "\n" << Events("phoenix");
+  auto response = client_->Infer("phoenix", "/v1/completions", kBody, 10s);
+  ASSERT_TRUE(response.ok()) << response.status();
+  const std::string events = Events("phoenix");
+  EXPECT_NE(events.find("started again after a head restart"), std::string::npos) << events;
 }
 
 TEST_F(Serving, ScalingUpAndDownUnderLoadFailsNoRequest) {
