@@ -31,6 +31,9 @@ class DeploymentsRegistry::Host : public serving::DeploymentHost {
                                const std::string& replica, const caf::actor& deployment) override {
     caf::anon_send(controller_, ReplicaPlacementRequest{spec, version, replica, deployment});
   }
+  void WithdrawReplicaPlacement(const std::string& replica, const caf::actor& deployment) override {
+    caf::anon_send(controller_, ReplicaPlacementWithdraw{replica, deployment});
+  }
   void ReleaseReplicaPlacement(uint64_t lease_id) override { caf::anon_send(controller_, ReplicaLeaseRelease{lease_id}); }
   void Update(const caf::actor& deployment, const DeploymentStatus& status, const DeploymentEvent& event) override {
     caf::anon_send(controller_, DeploymentStatusUpdate{status, event, deployment.address()});
@@ -63,6 +66,10 @@ Status NoSuchDeployment(const std::string& name) {
 DeploymentsRegistry::DeploymentsRegistry(const ClusterConfig& config, HeadStore* store, LeaseRegistry* leases,
                                          const NodeDirectory* nodes, runtime::Runtime* runtime, const Clock* clock)
     : config_(config), store_(store), leases_(leases), nodes_(nodes), runtime_(runtime), clock_(clock) {}
+
+std::vector<runtime::MetricsSource> DeploymentsRegistry::MetricsSources() const {
+  return {serving::RouterMetricsSource(router_metrics_), serving::AutoscalerMetricsSource(autoscaler_metrics_)};
+}
 
 DeploymentsRegistry::~DeploymentsRegistry() {
   for (auto& [name, d] : deployments_) {
@@ -122,11 +129,17 @@ void DeploymentsRegistry::StartActor(Deployment& d) {
   init.host = host_.get();
   init.runtime = runtime_;
   init.clock = clock_;
+  init.router_metrics = router_metrics_;
+  init.autoscaler_metrics = autoscaler_metrics_;
   d.actor = serving::SpawnDeployment(runtime_->system(), std::move(init));
 }
 
+std::string DeploymentsRegistry::LeaseKey(const std::string& replica, const caf::actor& deployment) const {
+  return "serving/" + replica + "/" + std::to_string(runtime_->Ref(deployment).id());
+}
+
 LeaseRequest DeploymentsRegistry::LeaseRequestOf(const DeploymentSpec& spec, const serving::VersionSpec& version,
-                                                 const caf::actor& deployment) const {
+                                                 const std::string& replica, const caf::actor& deployment) const {
   LeaseRequest r;
   r.tenant = spec.tenant;
   r.count = 1;
@@ -141,6 +154,7 @@ LeaseRequest DeploymentsRegistry::LeaseRequestOf(const DeploymentSpec& spec, con
   r.policy = "spread";
   r.gang = false;
   r.owner = runtime_->Ref(deployment);
+  r.key = LeaseKey(replica, deployment);
   return r;
 }
 
@@ -169,9 +183,13 @@ void DeploymentsRegistry::Place(const ReplicaPlacementRequest& request) {
     }
     caf::anon_send(deployment, std::move(out));
   };
-  auto now = leases_->Request(LeaseRequestOf(request.spec, request.version, deployment),
+  auto now = leases_->Request(LeaseRequestOf(request.spec, request.version, replica, deployment),
                               [&]() -> LeaseReply { return answer; });
   if (now) answer(std::move(*now));
+}
+
+void DeploymentsRegistry::Withdraw(const ReplicaPlacementWithdraw& withdraw) {
+  (void)leases_->Withdraw(LeaseKey(withdraw.replica, withdraw.deployment));
 }
 
 void DeploymentsRegistry::Release(uint64_t lease_id) {

@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "actors/serving/deployment.h"
 #include "actors/serving/deployment_spec.h"
@@ -17,6 +18,7 @@
 #include "cluster/head_store.h"
 #include "cluster/lease_registry.h"
 #include "cluster/membership.h"
+#include "runtime/metrics.h"
 
 namespace troupe::cluster {
 
@@ -30,6 +32,10 @@ struct ReplicaPlacementRequest {
 };
 struct ReplicaLeaseRelease {
   uint64_t lease_id = 0;
+};
+struct ReplicaPlacementWithdraw {
+  std::string replica;
+  caf::actor deployment;
 };
 struct DeploymentStatusUpdate {
   serving::DeploymentStatus status;
@@ -67,9 +73,14 @@ class DeploymentsRegistry {
   /// Asks the lease registry for one replica's lease; the answer goes to the deployment actor.
   void Place(const ReplicaPlacementRequest& request);
   void Release(uint64_t lease_id);
+  /// The replica's lease request leaves the scheduler's queue if it still waits.
+  void Withdraw(const ReplicaPlacementWithdraw& withdraw);
   void Record(const DeploymentStatusUpdate& update);
   /// The actor `who` ended (a deployment actor: its deployment runs no actor any more).
   void ActorGone(const caf::actor_addr& who);
+  /// The scrape sources of the deployments' routers and autoscalers (docs/metrics.md, "Serving"),
+  /// for the head's metrics server.
+  std::vector<runtime::MetricsSource> MetricsSources() const;
 
  private:
   struct Deployment;
@@ -81,7 +92,11 @@ class DeploymentsRegistry {
   Status Store(const Deployment& d);
   Status StoreEvent(const std::string& name, const serving::DeploymentEvent& event);
   LeaseRequest LeaseRequestOf(const serving::DeploymentSpec& spec, const serving::VersionSpec& version,
-                              const caf::actor& deployment) const;
+                              const std::string& replica, const caf::actor& deployment) const;
+  // The key of a replica's lease request: its name and its deployment actor's wire id (unique on
+  // the head across restarts, so a replica of the same name under a new actor never gets an
+  // earlier head's lease).
+  std::string LeaseKey(const std::string& replica, const caf::actor& deployment) const;
 
   const ClusterConfig config_;
   HeadStore* store_;
@@ -90,6 +105,8 @@ class DeploymentsRegistry {
   runtime::Runtime* runtime_;
   const Clock* clock_;
   std::unique_ptr<Host> host_;
+  std::shared_ptr<serving::RouterMetrics> router_metrics_ = std::make_shared<serving::RouterMetrics>();
+  std::shared_ptr<serving::AutoscalerMetrics> autoscaler_metrics_ = std::make_shared<serving::AutoscalerMetrics>();
   storage::TableId deployments_table_;
   storage::TableId events_table_;
   std::map<std::string, std::unique_ptr<Deployment>> deployments_;
@@ -99,4 +116,5 @@ class DeploymentsRegistry {
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::ReplicaPlacementRequest)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::ReplicaLeaseRelease)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::ReplicaPlacementWithdraw)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::DeploymentStatusUpdate)

@@ -215,6 +215,7 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
       },
       [self](ReplicaPlacementRequest& request) { self->state.deployments->Place(request); },
       [self](ReplicaLeaseRelease& release) { self->state.deployments->Release(release.lease_id); },
+      [self](ReplicaPlacementWithdraw& withdraw) { self->state.deployments->Withdraw(withdraw); },
       [self](DeploymentStatusUpdate& update) { self->state.deployments->Record(update); },
       [self](ListNodes&) -> NodeList {
         runtime::Runtime* rt = self->state.runtime;
@@ -279,6 +280,7 @@ StatusOr<std::unique_ptr<Head>> Head::Start(const ClusterConfig& config) {
   runtime::Runtime* rt = head->runtime_.get();
   head->metrics_->AddSource(ClusterMetrics(
       view, [rt](transport::NodeId node) { return rt->bridge().Silence(node); }, config.failure_timeout, config.name));
+  for (auto& source : init.deployments->MetricsSources()) head->metrics_->AddSource(std::move(source));
   // Detached: it writes LMDB (fsync) and must not hold the transport's progress thread.
   head->controller_ = head->runtime_->system().spawn<caf::detached>(Controller, std::move(init));
   RETURN_IF_ERROR(head->runtime_->RegisterName(kHeadActorName, head->runtime_->Ref(head->controller_)));

@@ -131,6 +131,15 @@ StatusOr<LeaseGrant> LeaseRegistry::Release(uint64_t id) {
   return grant;
 }
 
+bool LeaseRegistry::Withdraw(const std::string& key) {
+  auto known = by_key_.find(key);
+  if (key.empty() || known == by_key_.end()) return false;
+  auto it = leases_.find(known->second);
+  if (it == leases_.end() || it->second.granted) return false;
+  EndLease(it->first, CancelledError("withdrawn by its requester"));
+  return true;
+}
+
 void LeaseRegistry::EndLeasesOwnedBy(const caf::actor_addr& owner, const Status& why) {
   std::vector<uint64_t> owned;
   for (const auto& [id, lease] : leases_) {

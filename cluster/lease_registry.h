@@ -78,6 +78,10 @@ class LeaseRegistry {
                                               const std::function<LeaseReply()>& open_reply);
   /// Its holder ends a granted lease; NotFound if there is none by that id.
   StatusOr<LeaseGrant> Release(uint64_t id);
+  /// Its requester no longer wants the request waiting under `key` (LeaseRequest::key): it
+  /// leaves the queue and is answered Cancelled. False if none waits under that key (never
+  /// made, or granted already: Release that one).
+  bool Withdraw(const std::string& key);
   /// The owner `owner` is gone: its leases, granted or waiting, end.
   void EndLeasesOwnedBy(const caf::actor_addr& owner, const Status& why);
   /// A node's GPU load, for placement.

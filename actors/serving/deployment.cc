@@ -270,6 +270,9 @@ bool RemoveOne(Self* self, const std::string& version, std::string* what) {
     }
     if (victim == nullptr) continue;
     const std::string name = victim->name;
+    if (victim->state == kPending) {
+      st.init.host->WithdrawReplicaPlacement(name, caf::actor_cast<caf::actor>(self));
+    }
     if (victim->state != kReady) {
       StopNow(self, *victim);
       st.replicas.erase(name);
@@ -394,6 +397,7 @@ caf::behavior Deployment(Self* self, DeploymentInit init) {
     a.config = auto_cfg;
     a.target = st.self_ref;
     a.clock = st.init.clock;
+    a.metrics = st.init.autoscaler_metrics;
     auto spawned = SpawnAutoscaler(self->home_system(), std::move(a));
     if (spawned.ok()) {
       st.autoscaler = *spawned;
@@ -411,6 +415,7 @@ caf::behavior Deployment(Self* self, DeploymentInit init) {
   rc.default_deadline = st.spec().request_timeout;
   rc.autoscaler = st.autoscaler_ref;
   rc.clock = st.init.clock;
+  rc.metrics = st.init.router_metrics;
   st.router = SpawnRouter(self->home_system(), std::move(rc));
   self->link_to(st.router);
   const std::string router_name = RouterName(st.spec().name);

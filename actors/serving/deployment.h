@@ -12,11 +12,14 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "actors/serving/autoscaler.h"
 #include "actors/serving/deployment_spec.h"
 #include "actors/serving/messages.h"
+#include "actors/serving/router_metrics.h"
 #include "common/backoff.h"
 #include "common/clock.h"
 #include "common/status.h"
@@ -104,6 +107,10 @@ class DeploymentHost {
   /// ReplicaPlacementAnswer for `replica`; while capacity is short the request waits.
   virtual void RequestReplicaPlacement(const DeploymentSpec& spec, const VersionSpec& version,
                                        const std::string& replica, const caf::actor& deployment) = 0;
+  /// Withdraws the request for `replica`'s lease while it waits (a pending replica removed by
+  /// a scale-down): it leaves the scheduler's queue. Nothing if it was granted meanwhile (the
+  /// answer still comes, and the deployment releases that lease).
+  virtual void WithdrawReplicaPlacement(const std::string& replica, const caf::actor& deployment) = 0;
   /// Ends a lease the deployment no longer uses.
   virtual void ReleaseReplicaPlacement(uint64_t lease_id) = 0;
   /// The deployment's new status and the event that made it (empty `what`: none), stored in order.
@@ -136,6 +143,9 @@ struct DeploymentInit {
   /// Between replacements of failed replicas (one_for_one): jittered exponential, reset when a
   /// replica becomes ready (common/backoff.h; 100 ms doubling to 5 s, equal jitter).
   BackoffPolicy restart_backoff{std::chrono::milliseconds(100), 2.0, std::chrono::milliseconds(5000), 0.5};
+  /// Where its router and autoscaler publish their metrics (the head's scrape; null: nowhere).
+  std::shared_ptr<RouterMetrics> router_metrics;
+  std::shared_ptr<AutoscalerMetrics> autoscaler_metrics;
 };
 
 /// Spawns the deployment actor (and, beside it on the same actor system, its router, registered

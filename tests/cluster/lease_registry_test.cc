@@ -139,6 +139,28 @@ TEST_F(Leases, AWaitingRequestSentAgainCancelsItsFirstReplyAndIsGrantedOnce) {
   EXPECT_EQ(first.got.size(), 1u);
 }
 
+TEST_F(Leases, AWaitingRequestWithdrawnByItsKeyLeavesTheQueueAndAGrantedOneStays) {
+  StartHead();
+  LeaseGrant holder = Grant(4);
+  LeaseGrant granted = Grant(2, "replica-0");
+  Replies waiting, behind;
+  ASSERT_FALSE(leases_->Request(Slices(4, "replica-1"), waiting.Opener()).has_value());
+  ASSERT_FALSE(leases_->Request(Slices(2, "other"), behind.Opener()).has_value());
+  EXPECT_EQ(counts_.pending, 2u);
+  EXPECT_TRUE(leases_->Withdraw("replica-1"));
+  ASSERT_EQ(waiting.got.size(), 1u);
+  EXPECT_EQ(waiting.got[0].status().code(), StatusCode::kCancelled);
+  // The request behind it is placed now that nothing is ahead of it.
+  ASSERT_EQ(behind.got.size(), 1u);
+  EXPECT_TRUE(behind.got[0].ok()) << behind.got[0].status();
+  EXPECT_FALSE(leases_->Withdraw("replica-1")) << "withdrawn already";
+  EXPECT_FALSE(leases_->Withdraw("replica-0")) << "granted: released, not withdrawn";
+  EXPECT_FALSE(leases_->Withdraw(""));
+  EXPECT_TRUE(leases_->Release(granted.lease_id).ok());
+  EXPECT_TRUE(leases_->Release(holder.lease_id).ok());
+  EXPECT_EQ(waiting.got.size(), 1u) << "a withdrawn request is never granted";
+}
+
 TEST_F(Leases, AMalformedRequestIsRefusedBeforeItsKeyIsLookedAt) {
   StartHead();
   Grant(1, "k");

@@ -355,5 +355,65 @@ TEST_F(Serving, DeleteStopsEveryReplicaAndFreesEveryLease) {
   ASSERT_TRUE(AwaitReady("whole", 2, &st)) << st.dump() << "\n" << Events("whole");
 }
 
+// A cluster with one simulated GPU of two slices: each replica holds its own slice, a third one
+// waits in the scheduler's queue, and a scale-down removes the waiting one first.
+TEST(ServingOnGpus, EachReplicaHoldsItsOwnSliceAndAWaitingOneIsRemovedFirst) {
+  (void)InitLogging("warn");
+  auto cluster = LocalCluster::Start("troupe-serving-gpu", "servinggpu",
+                                     "cluster:\n  name: servinggpu\n  token: serving-gpu-token\n  log_level: warn\n"
+                                     "head:\n  address: 127.0.0.1\n  port: 0\n  data_dir: head\n"
+                                     "nodes:\n"
+                                     "  - name: g\n    cpus: 4\n    memory: 8GiB\n"
+                                     "    gpus:\n      simulated:\n        - memory: 8GiB\n"
+                                     "    slice_memory: 4GiB\n");
+  ASSERT_NE(cluster, nullptr);
+  cluster::Client* client = cluster->client.get();
+  auto spec = serving::ParseDeploymentSpec("name: sliced\nversions:\n  - name: v1\n    backend: {test: {}}\n"
+                                           "    resources: {slices: 1, slice_memory: 4GiB}\n"
+                                           "replicas: {min: 3, max: 3, initial: 3}\n",
+                                           "test spec");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  ASSERT_TRUE(client->Deploy(*spec, 10s).ok());
+  auto status = [&] {
+    auto body = client->DeploymentCommand("show", "sliced", "", 5s);
+    return body.ok() ? Json::parse(*body).at("status") : Json::object();
+  };
+  auto count = [](const Json& st, const char* state) {
+    return st.value("replicas_by_state", Json::object()).value(state, 0);
+  };
+  Json st;
+  auto deadline = Clock::now() + 30s;
+  while (Clock::now() < deadline && !(count(st = status(), "ready") == 2 && count(st, "pending") == 1)) {
+  }
+  ASSERT_EQ(count(st, "ready"), 2) << st.dump();
+  ASSERT_EQ(count(st, "pending"), 1) << st.dump();
+  auto slices = client->ListSlices(5s);
+  ASSERT_TRUE(slices.ok()) << slices.status();
+  ASSERT_EQ(slices->gpus.size(), 1u);
+  EXPECT_EQ(slices->gpus[0].slices_free, 0u);
+  ASSERT_EQ(slices->gpus[0].leases.size(), 2u);
+  EXPECT_NE(slices->gpus[0].leases[0].lease_id, slices->gpus[0].leases[1].lease_id);  // one slice each
+  EXPECT_EQ(slices->pending.size(), 1u);
+  // Down to 2: the replica still waiting for its slice goes, the ready ones stay.
+  ASSERT_TRUE(client->DeploymentCommand("scale", "sliced", "2", 5s).ok());
+  deadline = Clock::now() + 30s;
+  while (Clock::now() < deadline && (st = status()).value("state", "") != "running") {
+  }
+  EXPECT_EQ(st.value("state", ""), "running") << st.dump();
+  EXPECT_EQ(count(st, "ready"), 2) << st.dump();
+  slices = client->ListSlices(5s);
+  ASSERT_TRUE(slices.ok());
+  EXPECT_TRUE(slices->pending.empty());
+  // Deleted: both slices are free again.
+  ASSERT_TRUE(client->DeploymentCommand("delete", "sliced", "", 5s).ok());
+  deadline = Clock::now() + 30s;
+  while (Clock::now() < deadline) {
+    slices = client->ListSlices(5s);
+    if (slices.ok() && slices->gpus.size() == 1 && slices->gpus[0].slices_free == 2) break;
+  }
+  ASSERT_TRUE(slices.ok());
+  EXPECT_EQ(slices->gpus[0].slices_free, 2u);
+}
+
 }  // namespace
 }  // namespace troupe
