@@ -7,14 +7,16 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
 #include <fstream>
-#include <regex>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "common/child_process.h"
 #include "tests/support/http_get.h"
@@ -53,13 +55,19 @@ int FreePort() {
   return ntohs(addr.sin_port);
 }
 
+// Every panel target's query of every shipped dashboard, as Grafana sends it (JSON unescaped).
 std::vector<std::string> DashboardQueries() {
   std::vector<std::string> out;
   for (const auto& entry : std::filesystem::directory_iterator(TROUPE_SOURCE_DIR "/configs/grafana/dashboards")) {
     std::ifstream in(entry.path());
-    std::string text((std::istreambuf_iterator<char>(in)), {});
-    std::regex expr("\"expr\": \"((?:[^\"\\\\]|\\\\.)*)\"");
-    for (std::sregex_iterator it(text.begin(), text.end(), expr), end; it != end; ++it) out.push_back((*it)[1]);
+    auto dashboard = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    EXPECT_FALSE(dashboard.is_discarded()) << entry.path() << " is not JSON";
+    if (dashboard.is_discarded()) continue;
+    for (const auto& panel : dashboard.value("panels", nlohmann::json::array())) {
+      for (const auto& target : panel.value("targets", nlohmann::json::array())) {
+        if (target.contains("expr")) out.push_back(target["expr"].get<std::string>());
+      }
+    }
   }
   return out;
 }
@@ -79,6 +87,21 @@ TEST(Prometheus, EveryDashboardQueryReturnsDataFromARealCluster) {
                            "    slice_memory: 4GiB\n  - name: b\n";
   auto up = testing::StartUntilReady({TROUPE_BIN, "up", "-c", config}, "cluster prom up");
   ASSERT_TRUE(up) << "the cluster did not come up";
+  // A deployment with an autoscaler, and requests through its router: the serving dashboard's
+  // series exist.
+  std::ofstream(dir + "/chat.yaml") << "name: chat\nversions:\n  - name: v1\n    backend: {test: {}}\n"
+                                       "replicas: {min: 1, max: 2}\n";
+  auto deploy = ChildProcess::Spawn({TROUPE_BIN, "serve", "deploy", "-c", config, dir + "/chat.yaml", "--wait"});
+  ASSERT_TRUE(deploy.ok()) << deploy.status();
+  auto deployed = (*deploy)->Wait(60s);
+  ASSERT_TRUE(deployed.ok() && WIFEXITED(*deployed) && WEXITSTATUS(*deployed) == 0) << "troupe serve deploy failed";
+  for (int i = 0; i < 3; ++i) {
+    auto request = ChildProcess::Spawn({TROUPE_BIN, "serve", "request", "-c", config, "chat", "--path", "/v1/completions", "--body",
+                                        R"({"prompt": "hello", "max_tokens": 2})"});
+    ASSERT_TRUE(request.ok()) << request.status();
+    auto answered = (*request)->Wait(30s);
+    ASSERT_TRUE(answered.ok() && WIFEXITED(*answered) && WEXITSTATUS(*answered) == 0) << "troupe serve request failed";
+  }
 
   int port = FreePort();
   std::ofstream(dir + "/prometheus.yml") << "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
