@@ -51,6 +51,7 @@ void PrintShow(const Json& record) {
     std::printf("  %-40s %-9s node %-12s lease %llu\n", r.value("name", "").c_str(), r.value("state", "").c_str(),
                 r.value("node", "").empty() ? "-" : r.value("node", "").c_str(),
                 static_cast<unsigned long long>(r.value("lease_id", uint64_t{0})));
+    if (r.contains("waiting")) std::printf("    waiting for its lease: %s\n", r.value("waiting", "").c_str());
   }
 }
 

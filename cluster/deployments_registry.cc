@@ -188,6 +188,19 @@ void DeploymentsRegistry::Place(const ReplicaPlacementRequest& request) {
   if (now) answer(std::move(*now));
 }
 
+std::string DeploymentsRegistry::WithQueueState(const Deployment& d) const {
+  Json record = Json::parse(RecordJson(d.spec, d.status));
+  if (!d.actor) return record.dump();
+  for (auto& r : record["status"]["replicas"]) {
+    if (r.value("state", "") != "pending") continue;
+    auto waiting = leases_->WaitingByKey(LeaseKey(r.value("name", ""), d.actor));
+    if (!waiting) continue;
+    r["waiting"] = "queue position " + std::to_string(waiting->second) + " (" + waiting->first.priority +
+                   "), waited " + std::to_string(waiting->first.waited_ms) + " ms: " + waiting->first.reason;
+  }
+  return record.dump();
+}
+
 void DeploymentsRegistry::Withdraw(const ReplicaPlacementWithdraw& withdraw) {
   (void)leases_->Withdraw(LeaseKey(withdraw.replica, withdraw.deployment));
 }
@@ -315,7 +328,7 @@ StatusOr<std::string> DeploymentsRegistry::Command(const serving::DeploymentComm
   if (op == "deploy") return Deploy(command.body);
   if (op == "list") {
     Json list = Json::array();
-    for (const auto& [name, d] : deployments_) list.push_back(Json::parse(RecordJson(d->spec, d->status)));
+    for (const auto& [name, d] : deployments_) list.push_back(Json::parse(WithQueueState(*d)));
     return list.dump();
   }
   if (op == "delete") return Delete(command.name);
@@ -324,7 +337,7 @@ StatusOr<std::string> DeploymentsRegistry::Command(const serving::DeploymentComm
     auto it = deployments_.find(command.name);
     if (it == deployments_.end()) return NoSuchDeployment(command.name);
     Deployment& d = *it->second;
-    if (op == "show") return RecordJson(d.spec, d.status);
+    if (op == "show") return WithQueueState(d);
     uint32_t count = 0;
     try {
       size_t used = 0;

@@ -89,6 +89,9 @@ class DeploymentsRegistry {
   StatusOr<std::string> Delete(const std::string& name);
   StatusOr<std::string> Events(const std::string& name);
   void StartActor(Deployment& d);
+  // The record as show and list give it: a pending replica's lease request's place in the
+  // scheduler's queue and why it waits, as "waiting".
+  std::string WithQueueState(const Deployment& d) const;
   Status Store(const Deployment& d);
   Status StoreEvent(const std::string& name, const serving::DeploymentEvent& event);
   LeaseRequest LeaseRequestOf(const serving::DeploymentSpec& spec, const serving::VersionSpec& version,

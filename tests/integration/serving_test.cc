@@ -387,6 +387,11 @@ TEST(ServingOnGpus, EachReplicaHoldsItsOwnSliceAndAWaitingOneIsRemovedFirst) {
   }
   ASSERT_EQ(count(st, "ready"), 2) << st.dump();
   ASSERT_EQ(count(st, "pending"), 1) << st.dump();
+  for (const auto& r : st.at("replicas")) {
+    if (r.value("state", "") != "pending") continue;
+    // Why it waits, from the scheduler's queue.
+    EXPECT_EQ(r.value("waiting", "").rfind("queue position 1 (normal)", 0), 0u) << r.dump();
+  }
   auto slices = client->ListSlices(5s);
   ASSERT_TRUE(slices.ok()) << slices.status();
   ASSERT_EQ(slices->gpus.size(), 1u);
