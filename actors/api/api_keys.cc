@@ -3,13 +3,16 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/params.h>
 #include <openssl/rand.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cstdlib>
 #include <nlohmann/json.hpp>
 
 namespace troupe::api {
@@ -41,6 +44,29 @@ StatusOr<std::string> RandomBase62(size_t n) {
     }
   }
   return out;
+}
+
+std::string Hex(const unsigned char* data, size_t size) {
+  constexpr char kDigits[] = "0123456789abcdef";
+  std::string hex(2 * size, '0');
+  for (size_t i = 0; i < size; ++i) {
+    hex[2 * i] = kDigits[data[i] >> 4];
+    hex[2 * i + 1] = kDigits[data[i] & 0xf];
+  }
+  return hex;
+}
+
+bool SameHash(const std::string& a, const std::string& b) {
+  return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+Status ValidatePepper(std::string_view pepper) {
+  if (pepper.size() < kMinPepperBytes) {
+    return InvalidArgumentError(fmt::format(
+        "API key pepper is {} bytes, fewer than {}: set the gateway's key pepper to 32 random bytes", pepper.size(),
+        kMinPepperBytes));
+  }
+  return OkStatus();
 }
 
 Status FieldError(std::string_view field, std::string_view what) {
@@ -190,16 +216,49 @@ std::string HashKey(std::string_view key, std::string_view pepper) {
   unsigned int size = 0;
   HMAC(EVP_sha256(), pepper.data(), static_cast<int>(pepper.size()), reinterpret_cast<const unsigned char*>(key.data()),
        key.size(), mac, &size);
-  std::string hex;
-  hex.reserve(2 * size);
-  for (unsigned int i = 0; i < size; ++i) hex += fmt::format("{:02x}", mac[i]);
-  return hex;
+  return Hex(mac, size);
 }
 
 bool KeyMatches(std::string_view key, const KeyRecord& record, std::string_view pepper) {
-  std::string hash = HashKey(key, pepper);
-  return hash.size() == record.hash.size() && CRYPTO_memcmp(hash.data(), record.hash.data(), hash.size()) == 0;
+  return SameHash(HashKey(key, pepper), record.hash);
 }
+
+struct KeyHasher::Keyed {
+  EVP_MAC* mac = nullptr;
+  EVP_MAC_CTX* ctx = nullptr;
+  ~Keyed() {
+    EVP_MAC_CTX_free(ctx);
+    EVP_MAC_free(mac);
+  }
+};
+
+StatusOr<KeyHasher> KeyHasher::Create(std::string_view pepper) {
+  RETURN_IF_ERROR(ValidatePepper(pepper));
+  auto keyed = std::make_shared<Keyed>();
+  keyed->mac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
+  if (keyed->mac != nullptr) keyed->ctx = EVP_MAC_CTX_new(keyed->mac);
+  char digest[] = "SHA256";
+  OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0), OSSL_PARAM_construct_end()};
+  if (keyed->ctx == nullptr ||
+      EVP_MAC_init(keyed->ctx, reinterpret_cast<const unsigned char*>(pepper.data()), pepper.size(), params) != 1) {
+    return InternalError("api keys: OpenSSL could not make an HMAC-SHA256 context (is the default provider loaded?)");
+  }
+  return KeyHasher(std::move(keyed));
+}
+
+std::string KeyHasher::Hash(std::string_view key) const {
+  std::unique_ptr<EVP_MAC_CTX, decltype(&EVP_MAC_CTX_free)> ctx(EVP_MAC_CTX_dup(keyed_->ctx), &EVP_MAC_CTX_free);
+  unsigned char mac[EVP_MAX_MD_SIZE];
+  size_t size = 0;
+  // A failure here is a broken OpenSSL, not bad input: crash rather than compare against garbage.
+  if (ctx == nullptr || EVP_MAC_update(ctx.get(), reinterpret_cast<const unsigned char*>(key.data()), key.size()) != 1 ||
+      EVP_MAC_final(ctx.get(), mac, &size, sizeof mac) != 1) {
+    std::abort();
+  }
+  return Hex(mac, size);
+}
+
+bool KeyHasher::Matches(std::string_view key, const KeyRecord& record) const { return SameHash(Hash(key), record.hash); }
 
 StatusOr<std::string> KeyIdOf(std::string_view key) {
   if (key.size() != kKeyChars || key.substr(0, kKeyPrefix.size()) != kKeyPrefix ||
@@ -215,11 +274,7 @@ StatusOr<std::string> KeyIdOf(std::string_view key) {
 StatusOr<NewKey> CreateKey(const KeySpec& spec, std::string_view pepper, const Clock& clock) {
   RETURN_IF_ERROR(ValidateTenantName(spec.tenant));
   if (spec.ttl.count() < 0) return InvalidArgumentError("key ttl is negative: give 0 (never expires) or a duration");
-  if (pepper.size() < kMinPepperBytes) {
-    return InvalidArgumentError(fmt::format(
-        "API key pepper is {} bytes, fewer than {}: set the gateway's key pepper to 32 random bytes", pepper.size(),
-        kMinPepperBytes));
-  }
+  RETURN_IF_ERROR(ValidatePepper(pepper));
   ASSIGN_OR_RETURN(std::string id, RandomBase62(kKeyIdChars));
   ASSIGN_OR_RETURN(std::string secret, RandomBase62(kKeySecretChars));
   NewKey made;

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -123,6 +124,27 @@ std::string HashKey(std::string_view key, std::string_view pepper);
 /// True if `key` hashes to `record.hash` under `pepper`, compared in constant time
 /// (CRYPTO_memcmp), so timing tells nothing of how much of the hash matched.
 bool KeyMatches(std::string_view key, const KeyRecord& record, std::string_view pepper);
+
+/// HashKey and KeyMatches with the pepper keyed once: what the gateway keeps for its request
+/// path. OpenSSL 3's one-shot HMAC() looks the algorithm up and keys it on every call; a keyed
+/// context copied per call takes less than half as long (bench/api/api_core_bench.cc: 1.3 us
+/// against 3.0 us on a loaded 2-core machine).
+/// Thread-safe: each call works on its own copy. Cheap to copy (the keyed context is shared).
+class KeyHasher {
+ public:
+  /// InvalidArgument for a pepper under kMinPepperBytes; Internal if OpenSSL cannot make an
+  /// HMAC-SHA256 context.
+  static StatusOr<KeyHasher> Create(std::string_view pepper);
+  /// The same hex digest as HashKey(key, pepper).
+  std::string Hash(std::string_view key) const;
+  /// The same answer as KeyMatches(key, record, pepper), in constant time.
+  bool Matches(std::string_view key, const KeyRecord& record) const;
+
+ private:
+  struct Keyed;
+  explicit KeyHasher(std::shared_ptr<const Keyed> keyed) : keyed_(std::move(keyed)) {}
+  std::shared_ptr<const Keyed> keyed_;
+};
 
 /// Why Authorize said no.
 enum class Denial {

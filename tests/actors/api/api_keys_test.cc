@@ -61,6 +61,19 @@ TEST(ApiKeys, StoredHashMatchesOnlyTheKeyUnderThePepper) {
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
 }
 
+TEST(ApiKeys, KeyHasherAgreesWithHashKey) {
+  ManualClock clock;
+  NewKey k = MakeKey({"acme", Role::kUser, {}, {}}, clock);
+  StatusOr<KeyHasher> hasher = KeyHasher::Create(kPepper);
+  ASSERT_TRUE(hasher.ok()) << hasher.status();
+  EXPECT_EQ(hasher->Hash(k.key), k.record.hash);
+  EXPECT_TRUE(hasher->Matches(k.key, k.record));
+  KeyHasher copy = *hasher;
+  EXPECT_FALSE(copy.Matches(k.key.substr(0, k.key.size() - 1) + "!", k.record));
+  EXPECT_EQ(copy.Hash(k.key), k.record.hash) << "a call leaves the keyed context as it was";
+  EXPECT_EQ(KeyHasher::Create("short").status().code(), StatusCode::kInvalidArgument);
+}
+
 TEST(ApiKeys, CreateRefusesBadTenantShortPepperAndNegativeTtl) {
   ManualClock clock;
   EXPECT_EQ(CreateKey({"Acme_Corp", Role::kUser, {}, {}}, kPepper, clock).status().code(), StatusCode::kInvalidArgument);

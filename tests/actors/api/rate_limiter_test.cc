@@ -230,7 +230,8 @@ TEST(FormatResetDuration, WritesOpenAIsDurations) {
 // The property: for every bucket and every window [a, b] between two admissions, the tokens
 // (settled, or reserved if still held) of the requests admitted in it are at most
 // capacity + rate * (b - a) plus the charges beyond their reservations of the requests held at b,
-// and the requests admitted are at most capacity + rate * (b - a). Random interleavings of
+// and the requests admitted are at most capacity + rate * (b - a); no key ever has more than its
+// cap in flight. Random interleavings of
 // reserves and settles over 3 tenants x 2 keys with many reservations held at once.
 TEST(RateLimiterProperty, NoWindowExceedsTheBucketBound) {
   struct Admission {
@@ -282,6 +283,7 @@ TEST(RateLimiterProperty, NoWindowExceedsTheBucketBound) {
         size_t index = admissions.size();
         admissions.push_back({now_ms, outcome.reservation->tokens, static_cast<double>(outcome.reservation->tokens), ++seq});
         held.emplace_back(*outcome.reservation, index);
+        ASSERT_LE(limiter.InFlight(key_name), key.max_concurrent) << "seed " << seed << " key " << key_name;
         for (const std::string& bucket : {std::string("g"), "t:" + tenant_name, "k:" + key_name}) {
           by_bucket[bucket].push_back(index);
         }
