@@ -522,9 +522,9 @@ caf::behavior Deployment(Self* self, DeploymentInit init) {
       [self](StopDeployment& stop) {
         auto& st = self->state;
         st.stopping = true;
-        PushReplicaSet(self);  // none is ready any more for the router: empty set
         for (auto& [name, r] : st.replicas) StopNow(self, r);
         st.replicas.clear();
+        PushReplicaSet(self);  // empty: the router sends nothing more before it ends with this actor
         Publish(self, "deleted", stop.reason);
         self->quit(caf::exit_reason::user_shutdown);
       },
