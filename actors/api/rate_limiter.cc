@@ -170,7 +170,10 @@ std::optional<Refusal> RateLimiter::Check(Level& level, LimitLevel which, uint32
 
 RateLimiter::Outcome RateLimiter::Reserve(const Request& request) {
   Clock::TimePoint now = clock_.Now();
-  uint64_t tokens = request.prompt_tokens + request.max_tokens;
+  // Saturating: the counts come from clients; a sum that wraps must not look small.
+  uint64_t tokens = request.max_tokens > std::numeric_limits<uint64_t>::max() - request.prompt_tokens
+                        ? std::numeric_limits<uint64_t>::max()
+                        : request.prompt_tokens + request.max_tokens;
   Level& tenant = LevelFor(tenants_, request.tenant, request.tenant_limits, now);
   Level& key = LevelFor(keys_, request.key_id, request.key_limits, now);
   struct Step {

@@ -136,6 +136,24 @@ TEST(RateLimiter, ARequestLargerThanABucketIsRefusedAtOnceAsNever) {
       << refused.refusal->message;
 }
 
+TEST(RateLimiter, TokenCountsThatWouldWrapAreRefusedAsNever) {
+  ManualClock clock;
+  RateLimiter limiter({}, clock);
+  auto refused = limiter.Reserve(Req("k", "t", 10, UINT64_MAX - 5, Limits{0, 1000, 0}));
+  ASSERT_FALSE(refused.ok()) << "10 + (2^64 - 6) must not wrap to 4 tokens";
+  EXPECT_TRUE(refused.refusal->never);
+}
+
+TEST(RateLimiter, HeadersAreZeroWhereEveryLevelIsUnlimited) {
+  ManualClock clock;
+  RateLimiter limiter({}, clock);
+  ASSERT_TRUE(limiter.Reserve(Req("k", "t", 1, 1)).ok());
+  auto h = limiter.Headers("k", "t");
+  EXPECT_EQ(h.limit_requests, 0u);
+  EXPECT_EQ(h.limit_tokens, 0u);
+  EXPECT_EQ(h.reset_tokens, "0s");
+}
+
 TEST(RateLimiter, AChargeBeyondTheReservationMakesLaterRequestsWait) {
   ManualClock clock;
   RateLimiter limiter({}, clock);
