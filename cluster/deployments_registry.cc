@@ -174,6 +174,11 @@ void DeploymentsRegistry::Place(const ReplicaPlacementRequest& request) {
       const auto& w = grant->workers.front();
       out.place.lease_id = grant->lease_id;
       out.place.node = w.node;
+      out.place.gpu_index = w.gpu_index == kNoGpuIndex ? serving::kNoReplicaGpu : w.gpu_index;
+      out.place.gpu_id = w.gpu_id;
+      out.place.memory_bytes = w.memory_bytes;
+      out.place.compute_percent = w.compute_percent;
+      out.place.simulated = w.simulated;
       const runtime::ActorRef* agent = nodes->AgentOf(w.node);
       if (agent == nullptr) {
         out.status = UnavailableError("node '" + w.node + "' has no agent at the head");
@@ -254,13 +259,6 @@ void DeploymentsRegistry::ActorGone(const caf::actor_addr& who) {
 
 StatusOr<std::string> DeploymentsRegistry::Deploy(const std::string& body) {
   ASSIGN_OR_RETURN(DeploymentSpec spec, serving::DeploymentSpecFromJson(body));
-  for (const auto& v : spec.versions) {
-    if (v.backend != serving::BackendKind::kTest) {
-      return FailedPreconditionError("deployment '" + spec.name + "', version '" + v.name + "': backend " +
-                                serving::BackendKindName(v.backend) +
-                                " is not run on the cluster yet; use backend: test (docs/serving.md)");
-    }
-  }
   if (auto it = deployments_.find(spec.name); it != deployments_.end()) {
     return AlreadyExistsError("a deployment named '" + spec.name + "' exists (" + it->second->status.state +
                               "); delete it first (troupe serve delete " + spec.name + ") or choose another name");

@@ -4,6 +4,7 @@
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
+#include <filesystem>
 #include <map>
 
 #include "actors/gpu_slice.h"
@@ -28,8 +29,22 @@ struct NodeReplicas {
   std::map<std::string, Entry> by_name;
 };
 
-// A replica of a deployment on this node's actor system, with the test backend.
-caf::actor SpawnReplicaHere(caf::actor_system& system, const serving::StartReplica& start) {
+// The environment of a child on a lease's slice (a training worker, a replica's server), from the
+// slice fields that StartWorker and StartReplica share: actors/slice_environment.h.
+template <typename Start>
+std::vector<std::string> ChildEnvironment(const Start& start, bool no_gpu) {
+  if (no_gpu) return actors::NoGpuEnvironment(start.lease_id);
+  actors::SliceAssignment slice{start.gpu_index, start.simulated ? "" : start.gpu_id, start.memory_bytes,
+                                start.compute_percent, start.simulated, start.lease_id};
+  return actors::SliceEnvironment(slice, actors::FindMpsPipeDirectory());
+}
+
+// A replica of a deployment on this node's actor system: with the test backend, or with the
+// process backend when StartReplica names a command: its server gets the slice's environment
+// (after the version's env, so the slice's CUDA_VISIBLE_DEVICES and MPS limits win, and none of
+// the node's own) and logs to <data_dir>/serving/<deployment>/<version>/replica-N.log.
+caf::actor SpawnReplicaHere(caf::actor_system& system, const serving::StartReplica& start,
+                            const std::string& data_dir) {
   serving::ReplicaConfig config;
   config.deployment = start.deployment;
   config.name = start.name;
@@ -43,6 +58,32 @@ caf::actor SpawnReplicaHere(caf::actor_system& system, const serving::StartRepli
   config.model.default_max_tokens = start.max_tokens;
   config.model.seed = start.seed;
   config.stall_after_requests = start.stall_after;
+  if (!start.process_command.empty()) {
+    serving::ProcessBackend spec;
+    spec.command = start.process_command;
+    for (const auto& entry : start.process_env) {
+      auto eq = entry.find('=');
+      if (eq == std::string::npos) continue;
+      spec.env[entry.substr(0, eq)] = entry.substr(eq + 1);
+    }
+    spec.working_dir = start.process_working_dir;
+    spec.port_env = start.process_port_env;
+    spec.health_path = start.process_health_path;
+    spec.ready_timeout = std::chrono::milliseconds(std::max<int64_t>(start.process_ready_timeout_ms, 1));
+    serving::ProcessBackendConfig process = serving::ProcessBackendConfigFromSpec(spec);
+    std::vector<std::string> slice_env = ChildEnvironment(start, start.gpu_index == serving::kNoReplicaGpu);
+    process.env.insert(process.env.end(), slice_env.begin(), slice_env.end());
+    process.drop_env_prefixes = actors::SliceEnvironmentPrefixes();
+    // The replica's name is deployment/version/replica-N; its log sits in the same folders.
+    process.log_path = data_dir + "/serving/" + start.name + ".log";
+    std::error_code ec;
+    std::filesystem::create_directories(std::filesystem::path(process.log_path).parent_path(), ec);
+    if (ec) {
+      spdlog::warn("node agent: replica {}: cannot create the folder of its log {}: {}", start.name,
+                   process.log_path, ec.message());
+    }
+    config.process = std::move(process);
+  }
   return serving::SpawnServingReplica(system, std::move(config));
 }
 
@@ -148,7 +189,7 @@ Status NodeAgent::SpawnSlices() {
       });
   auto workers = workers_;
   runtime::Runtime* rt = runtime_.get();
-  agent_ = runtime_->Spawn([slices, depths, workers, rt](caf::event_based_actor* self) -> caf::behavior {
+  agent_ = runtime_->Spawn([slices, depths, workers, rt, data_dir](caf::event_based_actor* self) -> caf::behavior {
     runtime::StartMailboxSampling(self, depths, "node.agent");
     // Serving replicas: each is monitored (an exited one leaves the table) and so is its owner,
     // the deployment actor on the head: the replicas of an owner that is gone (it ended, or the
@@ -172,7 +213,7 @@ Status NodeAgent::SpawnSlices() {
       }
     });
     return {
-        [self, rt, replicas](serving::StartReplica& start) -> caf::result<serving::ReplicaStarted> {
+        [self, rt, replicas, data_dir](serving::StartReplica& start) -> caf::result<serving::ReplicaStarted> {
           if (start.name.empty() || !start.owner.valid()) {
             return runtime::ToCafError(InvalidArgumentError("StartReplica needs a replica name and an owner"));
           }
@@ -180,7 +221,7 @@ Status NodeAgent::SpawnSlices() {
             // Sent again (a lost reply): the replica already running answers.
             return serving::ReplicaStarted{start.name, rt->Ref(it->second.actor)};
           }
-          caf::actor replica = SpawnReplicaHere(self->home_system(), start);
+          caf::actor replica = SpawnReplicaHere(self->home_system(), start, data_dir);
           self->monitor(replica);
           self->monitor(start.owner.handle());
           replicas->by_name[start.name] = NodeReplicas::Entry{replica, start.owner.handle().address()};
@@ -194,15 +235,7 @@ Status NodeAgent::SpawnSlices() {
           replicas->by_name.erase(it);
         },
         [workers](training::StartWorker& start) -> caf::result<training::WorkerStarted> {
-          std::vector<std::string> slice_env;
-          if (start.gpu_index == training::kNoGpu) {
-            slice_env = actors::NoGpuEnvironment(start.lease_id);
-          } else {
-            actors::SliceAssignment slice{start.gpu_index, start.simulated ? "" : start.gpu_id, start.memory_bytes,
-                                          start.compute_percent, start.simulated, start.lease_id};
-            slice_env = actors::SliceEnvironment(slice, actors::FindMpsPipeDirectory());
-          }
-          auto started = workers->Start(start, slice_env);
+          auto started = workers->Start(start, ChildEnvironment(start, start.gpu_index == training::kNoGpu));
           if (!started.ok()) return runtime::ToCafError(started.status());
           return std::move(*started);
         },

@@ -206,7 +206,20 @@ void StartReplicaOn(Self* self, const std::string& name) {
     start.first_token_latency_us = v->test.first_token_latency.count() * 1000;
     start.max_tokens = v->test.max_tokens;
     start.stall_after = v->test.stall_after;
+    if (v->backend == BackendKind::kProcess) {
+      start.process_command = v->process.command;
+      for (const auto& [env_name, value] : v->process.env) start.process_env.push_back(env_name + "=" + value);
+      start.process_working_dir = v->process.working_dir;
+      start.process_port_env = v->process.port_env;
+      start.process_health_path = v->process.health_path;
+      start.process_ready_timeout_ms = v->process.ready_timeout.count();
+    }
   }
+  start.gpu_index = r.place.gpu_index;
+  start.gpu_id = r.place.gpu_id;
+  start.memory_bytes = r.place.memory_bytes;
+  start.compute_percent = r.place.compute_percent;
+  start.simulated = r.place.simulated;
   start.seed = r.index;
   start.owner = st.self_ref;
   start.autoscaler = st.autoscaler_ref;

@@ -44,6 +44,13 @@ struct ReplicaPlace {
   uint64_t lease_id = 0;
   std::string node;
   runtime::ActorRef agent;
+  /// The lease's slice on `node` (StartReplica's fields of the same names): gpu_index
+  /// kNoReplicaGpu for a CPU-only replica.
+  uint32_t gpu_index = kNoReplicaGpu;
+  std::string gpu_id;
+  uint64_t memory_bytes = 0;
+  uint32_t compute_percent = 0;
+  bool simulated = false;
 };
 
 /// The head's answer to DeploymentHost::RequestReplicaPlacement, sent to the deployment actor.

@@ -236,6 +236,19 @@ Status AddDeploymentMessages(runtime::CodecRegistry& r) {
         b.setSeed(m.seed);
         refs.EncodeRef(m.owner, b.initOwner());
         refs.EncodeRef(m.autoscaler, b.initAutoscaler());
+        auto command = b.initProcessCommand(static_cast<unsigned>(m.process_command.size()));
+        for (unsigned i = 0; i < m.process_command.size(); ++i) command.set(i, m.process_command[i]);
+        auto env = b.initProcessEnv(static_cast<unsigned>(m.process_env.size()));
+        for (unsigned i = 0; i < m.process_env.size(); ++i) env.set(i, m.process_env[i]);
+        b.setProcessWorkingDir(m.process_working_dir);
+        b.setProcessPortEnv(m.process_port_env);
+        b.setProcessHealthPath(m.process_health_path);
+        b.setProcessReadyTimeoutMs(m.process_ready_timeout_ms);
+        b.setGpuIndex(m.gpu_index);
+        b.setGpuId(m.gpu_id);
+        b.setMemoryBytes(m.memory_bytes);
+        b.setComputePercent(m.compute_percent);
+        b.setSimulated(m.simulated);
       },
       [](wire::StartReplica::Reader in, RefCodec& refs) -> StatusOr<StartReplica> {
         StartReplica m;
@@ -253,6 +266,17 @@ Status AddDeploymentMessages(runtime::CodecRegistry& r) {
         m.seed = in.getSeed();
         m.owner = refs.DecodeRef(in.getOwner());
         m.autoscaler = refs.DecodeRef(in.getAutoscaler());
+        for (auto arg : in.getProcessCommand()) m.process_command.emplace_back(arg);
+        for (auto entry : in.getProcessEnv()) m.process_env.emplace_back(entry);
+        m.process_working_dir = in.getProcessWorkingDir();
+        m.process_port_env = in.getProcessPortEnv();
+        m.process_health_path = in.getProcessHealthPath();
+        m.process_ready_timeout_ms = in.getProcessReadyTimeoutMs();
+        m.gpu_index = in.getGpuIndex();
+        m.gpu_id = in.getGpuId();
+        m.memory_bytes = in.getMemoryBytes();
+        m.compute_percent = in.getComputePercent();
+        m.simulated = in.getSimulated();
         return m;
       })));
   RETURN_IF_ERROR((r.Add<ReplicaStarted, wire::ReplicaStarted>(

@@ -205,10 +205,14 @@ struct ReplicaCount {
 // -> the head (docs/serving.md, "Deployments") ----
 
 /// Deployment actor -> the node agent of the node its scheduler lease placed the replica on:
-/// spawn a replica actor there (SpawnServingReplica, the test backend) for lease `lease_id`.
+/// spawn a replica actor there (SpawnServingReplica) for lease `lease_id`, with the test backend,
+/// or with the process backend when `process_command` is not empty: the agent starts that server
+/// with the slice's environment (actors/slice_environment.h, as training workers get it) and its
+/// log at <node data_dir>/serving/<deployment>/<replica, '/' as '_'>.log.
 /// Reply: ReplicaStarted. The agent monitors `owner` and stops the node's replicas of an owner
 /// that is gone (a deployment actor that ended, a head that was lost: taking replicas back after
 /// a head restart is not done yet), so no replica outlives its deployment.
+inline constexpr uint32_t kNoReplicaGpu = 0xFFFFFFFF;
 struct StartReplica {
   std::string deployment;
   std::string version;
@@ -226,6 +230,23 @@ struct StartReplica {
   uint32_t max_tokens = 16;
   uint32_t stall_after = 0;
   uint64_t seed = 0;
+  /// The process backend (deployment_spec.h ProcessBackend; empty command: the test backend):
+  /// argv, "NAME=value" entries, working directory, the port's variable, the health path and
+  /// the ready timeout in milliseconds.
+  std::vector<std::string> process_command;
+  std::vector<std::string> process_env;
+  std::string process_working_dir;
+  std::string process_port_env = "PORT";
+  std::string process_health_path = "/health";
+  int64_t process_ready_timeout_ms = 10 * 60 * 1000;
+  /// The replica's slice from its lease (as training's StartWorker): the GPU's index on the node
+  /// (kNoReplicaGpu: a CPU-only replica), its UUID, the slice's memory in bytes, its compute
+  /// share in percent, whether the GPU is simulated.
+  uint32_t gpu_index = kNoReplicaGpu;
+  std::string gpu_id;
+  uint64_t memory_bytes = 0;
+  uint32_t compute_percent = 0;
+  bool simulated = false;
   /// Hears the replica's ReplicaStateChanged (the deployment actor).
   runtime::ActorRef owner;
   /// Where the replica's LoadReports go (empty: none).

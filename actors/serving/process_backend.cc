@@ -172,6 +172,7 @@ struct ProcessServerBackend::Impl : std::enable_shared_from_this<ProcessServerBa
   void Watch() {
     SpawnOptions options;
     options.env = config.env;
+    options.drop_env_prefixes = config.drop_env_prefixes;
     options.env.push_back(config.port_env + "=" + std::to_string(port.load()));
     options.merge_stderr = true;
     options.group_dies_with_parent = true;

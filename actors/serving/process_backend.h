@@ -23,6 +23,10 @@ struct ProcessBackendConfig {
   std::vector<std::string> command;
   /// "NAME=value" entries added to (replacing in) the node's environment.
   std::vector<std::string> env;
+  /// Variables of the node's environment whose names start with one of these are not passed on
+  /// (a replica on a slice: actors::SliceEnvironmentPrefixes(), so the slice's entries in `env`
+  /// are the only CUDA_VISIBLE_DEVICES, MPS limits and TROUPE_ variables the server sees).
+  std::vector<std::string> drop_env_prefixes;
   /// The server's working directory (empty: this process's). Must exist.
   std::string working_dir;
   /// The variable that tells the server its port: a free loopback port (PickFreePort) is passed

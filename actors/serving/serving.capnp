@@ -73,6 +73,17 @@ struct StartReplica {
   seed @11 :UInt64;
   owner @12 :Rt.ActorAddress;
   autoscaler @13 :Rt.ActorAddress;
+  processCommand @14 :List(Text);
+  processEnv @15 :List(Text);
+  processWorkingDir @16 :Text;
+  processPortEnv @17 :Text;
+  processHealthPath @18 :Text;
+  processReadyTimeoutMs @19 :Int64;
+  gpuIndex @20 :UInt32 = 0xFFFFFFFF;
+  gpuId @21 :Text;
+  memoryBytes @22 :UInt64;
+  computePercent @23 :UInt32;
+  simulated @24 :Bool;
 }
 struct ReplicaStarted { name @0 :Text; replica @1 :Rt.ActorAddress; }
 struct StopReplica { name @0 :Text; }

@@ -249,6 +249,11 @@ TEST_F(ServingMessages, DeploymentMessagesRoundTrip) {
   EXPECT_EQ(back.seed, 99u);
   EXPECT_EQ(back.owner, start.owner);
   EXPECT_EQ(back.autoscaler.node(), 0u);
+  // A test-backend replica without a GPU: no process, no slice.
+  EXPECT_TRUE(back.process_command.empty());
+  EXPECT_EQ(back.gpu_index, kNoReplicaGpu);
+  EXPECT_EQ(back.process_port_env, "PORT");
+  EXPECT_EQ(back.process_health_path, "/health");
 
   auto started = RoundTrip(ReplicaStarted{"chat/v2/replica-3", runtime::ActorRef::Dangling(5, 6)}, kReplicaStarted);
   EXPECT_EQ(started.name, "chat/v2/replica-3");
@@ -259,6 +264,36 @@ TEST_F(ServingMessages, DeploymentMessagesRoundTrip) {
   EXPECT_EQ(command.name, "chat");
   EXPECT_EQ(command.body, std::string("3\0", 2));
   EXPECT_EQ(RoundTrip(DeploymentCommandReply{"{}"}, kDeploymentCommandReply).body, "{}");
+}
+
+TEST_F(ServingMessages, StartReplicaCarriesTheProcessBackendAndTheSlice) {
+  StartReplica start;
+  start.deployment = "chat";
+  start.name = "chat/v1/replica-0";
+  start.owner = runtime::ActorRef::Dangling(3, 4);
+  start.process_command = {"python3", "server.py", "--checkpoint", "/ckpt dir/step-10"};
+  start.process_env = {"A=1", "HF_HOME=/data/hf"};
+  start.process_working_dir = "/srv/models";
+  start.process_port_env = "SERVER_PORT";
+  start.process_health_path = "/v1/health";
+  start.process_ready_timeout_ms = 7200000;
+  start.gpu_index = 1;
+  start.gpu_id = "GPU-5d2b1c3e-0000-1111-2222-333344445555";
+  start.memory_bytes = uint64_t{40} << 30;
+  start.compute_percent = 50;
+  start.simulated = true;
+  auto back = RoundTrip(start, kStartReplica);
+  EXPECT_EQ(back.process_command, start.process_command);
+  EXPECT_EQ(back.process_env, start.process_env);
+  EXPECT_EQ(back.process_working_dir, "/srv/models");
+  EXPECT_EQ(back.process_port_env, "SERVER_PORT");
+  EXPECT_EQ(back.process_health_path, "/v1/health");
+  EXPECT_EQ(back.process_ready_timeout_ms, 7200000);
+  EXPECT_EQ(back.gpu_index, 1u);
+  EXPECT_EQ(back.gpu_id, start.gpu_id);
+  EXPECT_EQ(back.memory_bytes, uint64_t{40} << 30);
+  EXPECT_EQ(back.compute_percent, 50u);
+  EXPECT_TRUE(back.simulated);
 }
 
 }  // namespace

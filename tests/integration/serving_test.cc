@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdio>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -353,6 +354,102 @@ TEST_F(Serving, DeleteStopsEveryReplicaAndFreesEveryLease) {
   // Every lease is free: two replicas of two CPUs each need both nodes whole.
   ASSERT_NO_FATAL_FAILURE(Deploy(Spec("whole", 2, "    resources: {cpus: 2}\n")));
   ASSERT_TRUE(AwaitReady("whole", 2, &st)) << st.dump() << "\n" << Events("whole");
+}
+
+// The process backend on the cluster: each replica's server is tests/fakes/fake_openai_server.py,
+// started by its node's agent through a shell that records its pid and the slice environment it
+// got (a CPU-only lease: CUDA_VISIBLE_DEVICES empty, TROUPE_LEASE_ID set) and then becomes the
+// server (exec: the same pid).
+class ServingProcess : public Serving {
+ protected:
+  // Pid -> the line its shell wrote ("<pid> lease=<id> cuda=<CUDA_VISIBLE_DEVICES>").
+  std::map<int, std::string> Servers() {
+    std::map<int, std::string> out;
+    std::ifstream in(cluster_->dir + "/servers");
+    std::string line;
+    while (std::getline(in, line)) {
+      if (!line.empty()) out[std::stoi(line)] = line;
+    }
+    return out;
+  }
+  static bool Alive(int pid) { return kill(pid, 0) == 0; }
+
+  std::string ProcessSpec(const std::string& name, int replicas) {
+    return "name: " + name + "\nversions:\n  - name: v1\n    backend:\n      process:\n        command: [/bin/sh, -c, "
+           "'echo \"$$ lease=$TROUPE_LEASE_ID cuda=[$CUDA_VISIBLE_DEVICES]\" >> " + cluster_->dir +
+           "/servers && exec /usr/bin/python3 " + std::string(TROUPE_SOURCE_DIR) +
+           "/tests/fakes/fake_openai_server.py']\n        env: {FAKE_READY_AFTER: \"2\"}\n"
+           "        ready_timeout: 30s\nreplicas: {min: " + std::to_string(replicas) + ", max: " +
+           std::to_string(replicas) + ", initial: " + std::to_string(replicas) +
+           "}\nrouting: round_robin\ndrain_timeout: 5s\n";
+  }
+};
+
+TEST_F(ServingProcess, ServersStartedByTheNodeAgentsAnswerAreReplacedAfterKillAndDieWithTheDeployment) {
+  ASSERT_NO_FATAL_FAILURE(Deploy(ProcessSpec("proc", 2)));
+  Json st;
+  ASSERT_TRUE(AwaitReady("proc", 2, &st)) << st.dump() << "\n" << Events("proc");
+  std::map<int, std::string> servers = Servers();
+  ASSERT_EQ(servers.size(), 2u) << st.dump();
+  for (const auto& [pid, line] : servers) {
+    EXPECT_TRUE(Alive(pid)) << line;
+    EXPECT_NE(line.find("cuda=[]"), std::string::npos) << line;  // a CPU-only lease sees no GPU
+    EXPECT_EQ(line.find("lease= "), std::string::npos) << line;  // TROUPE_LEASE_ID is set
+  }
+  // Each replica's server logs under its node's data dir.
+  for (const auto& r : st.at("replicas")) {
+    const std::string log = cluster_->dir + "/node-" + r.value("node", "") + "/serving/" + r.value("name", "") + ".log";
+    EXPECT_TRUE(std::filesystem::exists(log)) << log;
+  }
+
+  // Requests through the router, answered by the fake server (its tokens are t0, t1, ...).
+  std::map<std::string, int> by_replica;
+  for (int i = 0; i < 10; ++i) {
+    auto response = client_->Infer("proc", "/v1/completions", R"({"prompt": "hello there", "max_tokens": 3})", 10s);
+    ASSERT_TRUE(response.ok()) << response.status();
+    EXPECT_EQ(response->completion_tokens, 3u);
+    EXPECT_EQ(response->prompt_tokens, 2u);
+    EXPECT_NE(response->body.find("t0 t1 t2"), std::string::npos) << response->body;
+    ++by_replica[response->replica];
+  }
+  EXPECT_EQ(by_replica.size(), 2u);
+  auto chat = client_->Infer("proc", "/v1/chat/completions",
+                             R"({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})", 10s);
+  ASSERT_TRUE(chat.ok()) << chat.status();
+  EXPECT_NE(chat->body.find("chat.completion"), std::string::npos) << chat->body;
+
+  // kill -9 of one server under load: its replica stops, is replaced by a new server, and the
+  // requests keep being answered.
+  Load load(client_, "proc", 2);
+  const auto warm_deadline = Clock::now() + 20s;
+  while (load.ok() < 10 && Clock::now() < warm_deadline) std::this_thread::yield();
+  ASSERT_GE(load.ok(), 10u);
+  const int victim = servers.begin()->first;
+  ASSERT_EQ(kill(victim, SIGKILL), 0);
+  ASSERT_TRUE(Await("proc", 30s, [&](const Json& s) {
+    return s.value("state", "") == "running" && Count(s, "ready") == 2 && Servers().size() == 3;
+  }, &st)) << st.dump() << "\n" << Events("proc");
+  const uint64_t after_replacement = load.ok();
+  const auto more_deadline = Clock::now() + 20s;
+  while (load.ok() < after_replacement + 10 && Clock::now() < more_deadline) std::this_thread::yield();
+  LoadResult result = load.Stop();
+  EXPECT_GE(result.ok, after_replacement + 10);
+  EXPECT_LE(result.failures.size(), 2u);  // at most the requests inside the killed server
+  for (const auto& f : result.failures) EXPECT_EQ(f.code(), StatusCode::kUnavailable) << f;
+  servers = Servers();
+  EXPECT_FALSE(Alive(victim));
+
+  // Delete: every server process is gone.
+  ASSERT_TRUE(client_->DeploymentCommand("delete", "proc", "", 5s).ok());
+  const auto gone_deadline = Clock::now() + 20s;
+  auto any_alive = [&] {
+    for (const auto& [pid, line] : servers) {
+      if (Alive(pid)) return true;
+    }
+    return false;
+  };
+  while (any_alive() && Clock::now() < gone_deadline) std::this_thread::yield();
+  for (const auto& [pid, line] : servers) EXPECT_FALSE(Alive(pid)) << line << " still runs after the delete";
 }
 
 // A cluster with one simulated GPU of two slices: each replica holds its own slice, a third one
