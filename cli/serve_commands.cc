@@ -85,10 +85,10 @@ int WaitReady(cluster::Client& client, const std::string& name, bool json, std::
 
 int RunServe(ServeOptions args) {
   serving::DeploymentSpec spec;
-  if (args.action == "deploy") {
+  if (args.action == "deploy" || args.action == "update") {
     // The spec is checked before the cluster is contacted: a bad one starts nothing.
     auto loaded = serving::LoadDeploymentSpec(args.target);
-    if (!loaded.ok()) return Fail("deploy", loaded.status());
+    if (!loaded.ok()) return Fail(args.action, loaded.status());
     spec = std::move(*loaded);
   }
   if (args.action == "request") {
@@ -120,11 +120,15 @@ int RunServe(ServeOptions args) {
     return 0;
   }
   StatusOr<std::string> reply = args.action == "deploy" ? c.Deploy(spec, 10s)
+                                : args.action == "update" ? c.Update(spec, 10s)
                                 : args.action == "scale"
                                     ? c.DeploymentCommand("scale", args.target, std::to_string(args.replicas), 10s)
                                     : c.DeploymentCommand(args.action, args.target, "", 10s);
   if (!reply.ok()) return Fail(args.action, reply.status());
-  if (args.action == "deploy" && args.wait) return WaitReady(c, spec.name, json, std::chrono::seconds(args.wait_seconds));
+  if (args.action == "rollback") spec.name = args.target;
+  if ((args.action == "deploy" || args.action == "update" || args.action == "rollback") && args.wait) {
+    return WaitReady(c, spec.name, json, std::chrono::seconds(args.wait_seconds));
+  }
   if (json) {
     std::cout << OneLineJson(nlohmann::ordered_json::parse(*reply)) << std::endl;
     return 0;
@@ -156,6 +160,9 @@ int RunServe(ServeOptions args) {
   if (args.action == "deploy") {
     std::printf("deployment %s deployed (%u replica(s) starting); `troupe serve show %s` follows it\n",
                 st.value("name", "").c_str(), spec.autoscaling.initial_replicas, spec.name.c_str());
+  } else if (args.action == "update" || args.action == "rollback") {
+    std::printf("deployment %s: %s accepted (stored); `troupe serve events %s` follows the rollout\n",
+                st.value("name", "").c_str(), args.action.c_str(), st.value("name", "").c_str());
   } else if (args.action == "scale") {
     std::printf("deployment %s: scaling to %d replica(s) (from %u)\n", args.target.c_str(), args.replicas,
                 st.value("desired", 0u));

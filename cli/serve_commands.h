@@ -10,10 +10,10 @@ namespace troupe::cli {
 /// `troupe serve ACTION [TARGET] [N]`'s flags.
 struct ServeOptions {
   ClusterOptions cluster;
-  std::string action;  ///< deploy, list, show, events, scale, delete, request
-  std::string target;  ///< the spec file (deploy) or the deployment's name
+  std::string action;  ///< deploy, update, rollback, list, show, events, scale, delete, request
+  std::string target;  ///< the spec file (deploy, update) or the deployment's name
   int replicas = -1;   ///< scale N
-  bool wait = false;   ///< deploy --wait: until every desired replica is ready
+  bool wait = false;   ///< deploy/update/rollback --wait: until every desired replica is ready (state running)
   int wait_seconds = 120;  ///< deploy --wait's bound
   std::string body;    ///< request --body JSON
   std::string path = "/v1/chat/completions";  ///< request --path

@@ -355,10 +355,13 @@ int Main(int argc, char** argv) {
   // troupe serve ACTION: serving deployments (docs/serving.md, "Deployments").
   ServeOptions serve_options;
   CLI::App* serve =
-      app.add_subcommand("serve", "serving deployments: deploy, list, show, events, scale, delete, request");
+      app.add_subcommand("serve", "serving deployments: deploy, update, rollback, list, show, events, scale, delete, request");
   serve->require_subcommand(1, 1);
   const std::vector<std::pair<std::string, std::string>> serve_actions = {
       {"deploy", "check the deployment spec FILE (docs/serving.md) and deploy it; --wait until its replicas are ready"},
+      {"update", "replace a running deployment's spec with FILE (same name): changed versions roll out within "
+                 "rollout.max_surge/max_unavailable; --wait until the rollout is complete"},
+      {"rollback", "go back to the spec the last update replaced, rolled out the same way; --wait as update"},
       {"list", "every deployment: state, desired replicas, replicas by state"},
       {"show", "one deployment: state, versions, replicas (state, node, lease), router"},
       {"events", "a deployment's changes (replicas started, ready, replaced, drained; scale decisions), oldest first"},
@@ -369,13 +372,15 @@ int Main(int argc, char** argv) {
   for (const auto& [name, help_text] : serve_actions) {
     CLI::App* sub = serve->add_subcommand(name, help_text);
     add_client_flags(sub, &serve_options.cluster);
-    if (name == "deploy") {
+    if (name == "deploy" || name == "update") {
       sub->add_option("spec", serve_options.target, "the deployment spec (YAML)")->required()->type_name("FILE");
+    } else if (name != "list") {
+      sub->add_option("deployment", serve_options.target, "the deployment's name")->required()->type_name("NAME");
+    }
+    if (name == "deploy" || name == "update" || name == "rollback") {
       sub->add_flag("--wait", serve_options.wait, "print each change until every desired replica is ready");
       sub->add_option("--wait-timeout", serve_options.wait_seconds, "how long --wait waits (seconds, default 120)")
           ->type_name("S");
-    } else if (name != "list") {
-      sub->add_option("deployment", serve_options.target, "the deployment's name")->required()->type_name("NAME");
     }
     if (name == "scale") {
       sub->add_option("replicas", serve_options.replicas, "the replica count")->required()->type_name("N")

@@ -157,6 +157,10 @@ StatusOr<std::string> Client::Deploy(const serving::DeploymentSpec& spec, std::c
   return DeploymentCommand("deploy", spec.name, serving::DeploymentSpecToJson(spec), timeout);
 }
 
+StatusOr<std::string> Client::Update(const serving::DeploymentSpec& spec, std::chrono::milliseconds timeout) {
+  return DeploymentCommand("update", spec.name, serving::DeploymentSpecToJson(spec), timeout);
+}
+
 StatusOr<std::string> Client::DeploymentCommand(const std::string& op, const std::string& name,
                                                 const std::string& body, std::chrono::milliseconds timeout) {
   // A deploy or delete sent again after a lost reply would find its own work done: sent once only.

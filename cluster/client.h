@@ -73,6 +73,11 @@ class Client {
   /// ({"spec", "status"}) once stored. InvalidArgument (bad spec), AlreadyExists (a deployment of
   /// that name), FailedPrecondition (a backend the cluster does not run yet).
   StatusOr<std::string> Deploy(const serving::DeploymentSpec& spec, std::chrono::milliseconds timeout);
+  /// Replaces the running deployment `spec.name`'s spec (docs/serving.md, "Updates and
+  /// rollbacks"): the head's JSON record once the update is stored; NotFound (no such
+  /// deployment), InvalidArgument (a bad spec), ResourceExhausted (a version's replica can never
+  /// fit). `troupe serve rollback` is DeploymentCommand("rollback", name, "", timeout).
+  StatusOr<std::string> Update(const serving::DeploymentSpec& spec, std::chrono::milliseconds timeout);
   /// A deployment operation (`op`: deploy, list, show, events, scale, delete) with its JSON reply;
   /// `body` is the spec's JSON for deploy and the replica count for scale.
   StatusOr<std::string> DeploymentCommand(const std::string& op, const std::string& name, const std::string& body,

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <optional>
 
 namespace troupe::cluster {
 
@@ -18,6 +19,8 @@ using Json = nlohmann::json;
 struct DeploymentsRegistry::Deployment {
   DeploymentSpec spec;
   DeploymentStatus status;
+  // The spec an update replaced (troupe serve rollback goes back to it).
+  std::optional<DeploymentSpec> previous;
   caf::actor actor;
   uint64_t next_event = 0;
 };
@@ -51,10 +54,12 @@ std::string EventKey(const std::string& name, uint64_t seq) {
   return name + "/" + buf;
 }
 
-std::string RecordJson(const DeploymentSpec& spec, const DeploymentStatus& status) {
-  return Json{{"spec", Json::parse(serving::DeploymentSpecToJson(spec))},
-              {"status", Json::parse(serving::DeploymentStatusToJson(status))}}
-      .dump();
+std::string RecordJson(const DeploymentSpec& spec, const DeploymentStatus& status,
+                       const std::optional<DeploymentSpec>& previous = std::nullopt) {
+  Json record{{"spec", Json::parse(serving::DeploymentSpecToJson(spec))},
+              {"status", Json::parse(serving::DeploymentStatusToJson(status))}};
+  if (previous) record["previous_spec"] = Json::parse(serving::DeploymentSpecToJson(*previous));
+  return record.dump();
 }
 
 Status NoSuchDeployment(const std::string& name) {
@@ -100,6 +105,15 @@ Status DeploymentsRegistry::Recover(const caf::actor& controller) {
       }
       d->spec = std::move(*spec);
       d->status = std::move(*status);
+      if (json.contains("previous_spec")) {
+        auto previous = serving::DeploymentSpecFromJson(json.at("previous_spec").dump());
+        if (previous.ok()) {
+          d->previous = std::move(*previous);
+        } else {
+          spdlog::error("head: deployment '{}': its previous spec does not decode ({}); no rollback to it",
+                        name, previous.status().ToString());
+        }
+      }
     } catch (const std::exception& e) {
       spdlog::error("head: deployment record '{}' does not decode ({}); left out", name, e.what());
       continue;
@@ -194,7 +208,7 @@ void DeploymentsRegistry::Place(const ReplicaPlacementRequest& request) {
 }
 
 std::string DeploymentsRegistry::WithQueueState(const Deployment& d) const {
-  Json record = Json::parse(RecordJson(d.spec, d.status));
+  Json record = Json::parse(RecordJson(d.spec, d.status, d.previous));
   if (!d.actor) return record.dump();
   for (auto& r : record["status"]["replicas"]) {
     if (r.value("state", "") != "pending") continue;
@@ -219,7 +233,7 @@ void DeploymentsRegistry::Release(uint64_t lease_id) {
 
 Status DeploymentsRegistry::Store(const Deployment& d) {
   return store_->Write(
-      [&](storage::Txn& txn) { return txn.Put(deployments_table_, d.spec.name, RecordJson(d.spec, d.status)); });
+      [&](storage::Txn& txn) { return txn.Put(deployments_table_, d.spec.name, RecordJson(d.spec, d.status, d.previous)); });
 }
 
 Status DeploymentsRegistry::StoreEvent(const std::string& name, const DeploymentEvent& event) {
@@ -228,7 +242,7 @@ Status DeploymentsRegistry::StoreEvent(const std::string& name, const Deployment
   Deployment& d = *it->second;
   const uint64_t seq = d.next_event++;
   return store_->Write([&](storage::Txn& txn) {
-    RETURN_IF_ERROR(txn.Put(deployments_table_, name, RecordJson(d.spec, d.status)));
+    RETURN_IF_ERROR(txn.Put(deployments_table_, name, RecordJson(d.spec, d.status, d.previous)));
     RETURN_IF_ERROR(txn.Put(events_table_, EventKey(name, seq), serving::DeploymentEventToJson(event)));
     if (seq >= kMaxEventsPerDeployment) {
       Status gone = txn.Delete(events_table_, EventKey(name, seq - kMaxEventsPerDeployment));
@@ -257,6 +271,59 @@ void DeploymentsRegistry::ActorGone(const caf::actor_addr& who) {
   }
 }
 
+Status DeploymentsRegistry::CheckFits(const DeploymentSpec& spec, const caf::actor& deployment) const {
+  for (const auto& v : spec.versions) {
+    auto request = SchedRequestOf(0, LeaseRequestOf(spec, v, spec.name + "/" + v.name + "/fit-check", deployment));
+    if (!request.ok()) return request.status();
+    if (!leases_->scheduler().snapshot().EverFits(*request)) {
+      return ResourceExhaustedError("deployment '" + spec.name + "', version '" + v.name + "': one replica (" +
+                                    std::to_string(v.resources.cpus) + " CPU(s), " +
+                                    std::to_string(v.resources.slices) +
+                                    " slice(s)) can never fit a node of the cluster; ask for less, or add a node");
+    }
+  }
+  return OkStatus();
+}
+
+StatusOr<std::string> DeploymentsRegistry::Update(const std::string& name, const std::string& body, bool rollback) {
+  auto it = deployments_.find(name);
+  if (it == deployments_.end()) return NoSuchDeployment(name);
+  Deployment& d = *it->second;
+  if (!d.actor) {
+    return UnavailableError("deployment '" + name + "' has no deployment actor (it ended); restart the head");
+  }
+  DeploymentSpec spec;
+  if (rollback) {
+    if (!d.previous) {
+      return FailedPreconditionError("rollback of deployment '" + name +
+                                     "': there is no earlier spec (no update was accepted since it was deployed)");
+    }
+    spec = *d.previous;
+  } else {
+    ASSIGN_OR_RETURN(spec, serving::DeploymentSpecFromJson(body));
+    if (spec.name != name) {
+      return InvalidArgumentError("update of deployment '" + name + "': the spec is named '" + spec.name +
+                                  "'; an update keeps the name (deploy a new deployment for a new name)");
+    }
+  }
+  RETURN_IF_ERROR(CheckFits(spec, d.actor));
+  // Stored before the actor hears of it or the client is answered: an accepted update survives a
+  // head restart; a refused or failed one leaves the record as it was.
+  const DeploymentSpec before = d.spec;
+  const std::optional<DeploymentSpec> previous_before = d.previous;
+  d.previous = d.spec;
+  d.spec = spec;
+  Status stored = StoreEvent(name, DeploymentEvent{clock_->UnixMs(), rollback ? "rollback requested" : "update requested",
+                                                    std::to_string(spec.versions.size()) + " version(s)"});
+  if (!stored.ok()) {
+    d.spec = before;
+    d.previous = previous_before;
+    return stored;
+  }
+  caf::anon_send(d.actor, serving::UpdateDeployment{spec, rollback ? "troupe serve rollback" : "troupe serve update"});
+  return RecordJson(d.spec, d.status, d.previous);
+}
+
 StatusOr<std::string> DeploymentsRegistry::Deploy(const std::string& body) {
   ASSIGN_OR_RETURN(DeploymentSpec spec, serving::DeploymentSpecFromJson(body));
   if (auto it = deployments_.find(spec.name); it != deployments_.end()) {
@@ -280,7 +347,7 @@ StatusOr<std::string> DeploymentsRegistry::Deploy(const std::string& body) {
     return stored;
   }
   StartActor(ref);
-  return RecordJson(ref.spec, ref.status);
+  return RecordJson(ref.spec, ref.status, ref.previous);
 }
 
 StatusOr<std::string> DeploymentsRegistry::Delete(const std::string& name) {
@@ -303,7 +370,7 @@ StatusOr<std::string> DeploymentsRegistry::Delete(const std::string& name) {
     return OkStatus();
   }));
   d.status.state = "deleted";
-  std::string out = RecordJson(d.spec, d.status);
+  std::string out = RecordJson(d.spec, d.status, d.previous);
   deployments_.erase(it);
   return out;
 }
@@ -324,6 +391,8 @@ StatusOr<std::string> DeploymentsRegistry::Events(const std::string& name) {
 StatusOr<std::string> DeploymentsRegistry::Command(const serving::DeploymentCommand& command) {
   const std::string& op = command.op;
   if (op == "deploy") return Deploy(command.body);
+  if (op == "update") return Update(command.name, command.body, false);
+  if (op == "rollback") return Update(command.name, "", true);
   if (op == "list") {
     Json list = Json::array();
     for (const auto& [name, d] : deployments_) list.push_back(Json::parse(WithQueueState(*d)));
@@ -350,10 +419,10 @@ StatusOr<std::string> DeploymentsRegistry::Command(const serving::DeploymentComm
       return UnavailableError("deployment '" + command.name + "' has no deployment actor (it ended); restart the head");
     }
     caf::anon_send(d.actor, serving::ScaleDeployment{count});
-    return RecordJson(d.spec, d.status);
+    return RecordJson(d.spec, d.status, d.previous);
   }
   return InvalidArgumentError("unknown deployment operation '" + op +
-                              "' (expected deploy, list, show, events, scale or delete)");
+                              "' (expected deploy, update, rollback, list, show, events, scale or delete)");
 }
 
 }  // namespace troupe::cluster

@@ -64,10 +64,15 @@ class DeploymentsRegistry {
   /// controller runs (`controller` receives the deployment actors' messages).
   Status Recover(const caf::actor& controller);
 
-  /// A client's DeploymentCommand: deploy (body: the spec's JSON), list, show, events, scale
-  /// (body: the count), delete. The reply's JSON (docs/serving.md), or an error: InvalidArgument
-  /// (bad spec, count or op), AlreadyExists (a deployment of that name), NotFound (no such
-  /// deployment), ResourceExhausted (a replica of a version can never fit the cluster).
+  /// A client's DeploymentCommand: deploy (body: the spec's JSON), update (name, body: the new
+  /// spec's JSON), rollback (name: back to the spec the last update replaced), list, show,
+  /// events, scale (body: the count), delete. The reply's JSON (docs/serving.md; with
+  /// "previous_spec" once an update was accepted), or an error: InvalidArgument (bad spec, count
+  /// or op, an update under another name), AlreadyExists (a deployment of that name), NotFound
+  /// (no such deployment), ResourceExhausted (a replica of a version can never fit the cluster),
+  /// FailedPrecondition (a rollback with no earlier spec). An update or rollback is stored
+  /// before it is acknowledged (docs/serving.md, "Updates and rollbacks"); a refused one changes
+  /// nothing.
   StatusOr<std::string> Command(const serving::DeploymentCommand& command);
 
   /// Asks the lease registry for one replica's lease; the answer goes to the deployment actor.
@@ -86,6 +91,12 @@ class DeploymentsRegistry {
   struct Deployment;
   class Host;
   StatusOr<std::string> Deploy(const std::string& body);
+  // update (body: the new spec's JSON) or rollback (to the stored previous spec): checked, stored
+  // with the replaced spec as the new previous one, then sent to the deployment actor.
+  StatusOr<std::string> Update(const std::string& name, const std::string& body, bool rollback);
+  // ResourceExhausted for a version whose replica can never fit a node of the cluster
+  // (`deployment`: the existing deployment's actor, for the lease request's key).
+  Status CheckFits(const serving::DeploymentSpec& spec, const caf::actor& deployment) const;
   StatusOr<std::string> Delete(const std::string& name);
   StatusOr<std::string> Events(const std::string& name);
   void StartActor(Deployment& d);

@@ -40,6 +40,8 @@ struct Replica {
   // Health checks failed in a row, and whether one is in flight (checks never overlap).
   uint32_t failed_checks = 0;
   bool checking = false;
+  // Of a version an update changed or removed: replaced by a rollout (UpdateDeployment).
+  bool outdated = false;
 };
 
 struct DeploymentState {
@@ -55,6 +57,13 @@ struct DeploymentState {
   bool replacement_due = false;  // a backoff timer runs: no replica is added until it fires
   bool reached_desired = false;
   bool stopping = false;
+  // An update's rollout runs: some replicas are outdated.
+  bool rolling = false;
+  // Versions of weight 0 that keep the replicas they had when an update set their weight to 0
+  // (blue-green standby): how many.
+  std::map<std::string, uint32_t> standby;
+  // The weights of versions an update removed, for their outdated replicas until they leave.
+  std::map<std::string, uint32_t> retired_weight;
 
   const DeploymentSpec& spec() const { return init.spec; }
   const VersionSpec* Version(const std::string& name) const {
@@ -69,13 +78,31 @@ struct DeploymentState {
     }
     return nullptr;
   }
-  // Pending, starting and ready replicas: those that serve, or will.
+  // Pending, starting and ready replicas: those that serve, or will. Of one version: those not
+  // outdated.
   uint32_t Live(const std::string& version = "") const {
     uint32_t n = 0;
     for (const auto& [name, r] : replicas) {
-      if (r.state != kDraining && (version.empty() || r.version == version)) ++n;
+      if (r.state != kDraining && (version.empty() || (r.version == version && !r.outdated))) ++n;
     }
     return n;
+  }
+  // A replica of a weight-0 version that is not outdated: kept, out of the router's set.
+  bool Standby(const Replica& r) const {
+    const VersionSpec* v = Version(r.version);
+    return !r.outdated && v != nullptr && v->weight == 0;
+  }
+  // The router's weight of a replica's version (a removed version's: its last weight).
+  uint32_t WeightOf(const Replica& r) const {
+    if (const VersionSpec* v = Version(r.version); v != nullptr) return v->weight;
+    auto it = retired_weight.find(r.version);
+    return it == retired_weight.end() ? 0 : it->second;
+  }
+  bool AnyOutdated() const {
+    for (const auto& [name, r] : replicas) {
+      if (r.outdated) return true;
+    }
+    return false;
   }
 };
 
@@ -125,17 +152,17 @@ void Publish(Self* self, const std::string& what, const std::string& why);
 // The router gets the ready replicas, each version's weight divided over its ready replicas.
 void PushReplicaSet(Self* self) {
   auto& st = self->state;
+  // A weight-0 version's replicas (standby) are left out: no policy sends them anything.
   std::map<std::string, uint32_t> ready_of;
   for (const auto& [name, r] : st.replicas) {
-    if (r.state == kReady) ++ready_of[r.version];
+    if (r.state == kReady && st.WeightOf(r) > 0) ++ready_of[r.version];
   }
   ReplicaSet set;
   set.deployment = st.spec().name;
   set.generation = ++st.status.generation;
   for (const auto& [name, r] : st.replicas) {
-    if (r.state != kReady) continue;
-    const VersionSpec* v = st.Version(r.version);
-    const double weight = v == nullptr ? 0.0 : static_cast<double>(v->weight) / ready_of[r.version];
+    if (r.state != kReady || st.WeightOf(r) == 0) continue;
+    const double weight = static_cast<double>(st.WeightOf(r)) / ready_of[r.version];
     set.replicas.push_back(ReplicaInfo{r.ref, r.name, r.version, weight, st.spec().max_ongoing_requests});
   }
   if (st.router) self->send(st.router, std::move(set));
@@ -150,19 +177,26 @@ void Publish(Self* self, const std::string& what, const std::string& why) {
   auto& st = self->state;
   std::map<std::string, uint32_t> by_state;
   st.status.replicas.clear();
+  uint32_t outdated = 0;
   for (const auto& [name, r] : st.replicas) {
     ++by_state[r.state];
+    if (r.outdated) ++outdated;
     st.status.replicas.push_back(ReplicaView{r.name, r.version, r.state, r.place.node, r.place.lease_id});
   }
+  uint32_t want = st.status.desired;
+  for (const auto& [version, n] : st.standby) want += n;
   if (st.stopping) {
     st.status.state = "deleting";
-  } else if (by_state[kReady] == st.status.desired && st.replicas.size() == st.status.desired) {
+  } else if (outdated > 0) {
+    st.status.state = "updating";
+  } else if (by_state[kReady] == want && st.replicas.size() == want) {
     st.status.state = "running";
     st.reached_desired = true;
   } else {
     st.status.state = st.reached_desired ? "reconciling" : "deploying";
   }
-  st.status.reason = std::to_string(by_state[kReady]) + " of " + std::to_string(st.status.desired) + " replicas ready";
+  st.status.reason = std::to_string(by_state[kReady]) + " of " + std::to_string(want) + " replicas ready";
+  if (outdated > 0) st.status.reason += ", " + std::to_string(outdated) + " outdated replica(s) to replace";
   if (!what.empty()) spdlog::info("deployment {}: {}{}{}", st.spec().name, what, why.empty() ? "" : ": ", why);
   st.init.host->Update(caf::actor_cast<caf::actor>(self), st.status,
                        DeploymentEvent{what.empty() ? 0 : st.init.clock->UnixMs(), what, why});
@@ -242,6 +276,7 @@ void StartReplicaOn(Self* self, const std::string& name) {
               st.backoff->Reset();
               PushReplicaSet(self);
               Publish(self, "replica " + name + " ready on node " + r.place.node, "");
+              if (st.rolling) Reconcile(self);
             } else {
               Publish(self, "replica " + name + " starting on node " + r.place.node, "");
             }
@@ -272,17 +307,13 @@ void AddReplica(Self* self, const VersionSpec& version) {
   st.init.host->RequestReplicaPlacement(st.spec(), version, name, caf::actor_cast<caf::actor>(self));
 }
 
-// Removes one replica of `version`: pending first, then starting, then ready (drained); the
-// newest of a kind first.
-bool RemoveOne(Self* self, const std::string& version, std::string* what) {
+// Removes `victim`: a pending or starting one at once, a ready one drained (the router's set
+// without it first, then Drain, its lease released once it stopped). `what` says which.
+void RemoveReplica(Self* self, Replica* victim, std::string* what) {
   auto& st = self->state;
-  for (const char* state : {kPending, kStarting, kReady}) {
-    Replica* victim = nullptr;
-    for (auto& [name, r] : st.replicas) {
-      if (r.version == version && r.state == state && (victim == nullptr || r.index > victim->index)) victim = &r;
-    }
-    if (victim == nullptr) continue;
+  {
     const std::string name = victim->name;
+    const std::string state = victim->state;
     if (victim->state == kPending) {
       st.init.host->WithdrawReplicaPlacement(name, caf::actor_cast<caf::actor>(self));
     }
@@ -290,7 +321,7 @@ bool RemoveOne(Self* self, const std::string& version, std::string* what) {
       StopNow(self, *victim);
       st.replicas.erase(name);
       *what = "replica " + name + " (" + state + ") removed";
-      return true;
+      return;
     }
     // Ready: routers stop sending to it first, then it drains and stops; its lease goes then.
     victim->state = kDraining;
@@ -314,6 +345,23 @@ bool RemoveOne(Self* self, const std::string& version, std::string* what) {
               Publish(self, "replica " + name + " stopped without draining", runtime::ToStatus(error).ToString());
             });
     *what = "replica " + name + " draining";
+  }
+}
+
+// Removes one replica of `version` that is not outdated (`outdated`: one that is): pending
+// first, then starting, then ready (drained); the newest of a kind first.
+bool RemoveOne(Self* self, const std::string& version, std::string* what, bool outdated = false) {
+  auto& st = self->state;
+  for (const char* state : {kPending, kStarting, kReady}) {
+    Replica* victim = nullptr;
+    for (auto& [name, r] : st.replicas) {
+      if (r.outdated == outdated && (version.empty() || r.version == version) && r.state == state &&
+          (victim == nullptr || r.index > victim->index)) {
+        victim = &r;
+      }
+    }
+    if (victim == nullptr) continue;
+    RemoveReplica(self, victim, what);
     return true;
   }
   return false;
@@ -366,10 +414,51 @@ void CheckHealth(Self* self) {
   }
 }
 
+// The rollout's part of Reconcile: outdated pending and starting replicas go at once; an outdated
+// ready one leaves while the ready replicas that serve stay above desired - max_unavailable.
+void RollOutdated(Self* self, const RolloutStep& step) {
+  auto& st = self->state;
+  std::string what;
+  std::vector<std::string> unready;
+  for (const auto& [name, r] : st.replicas) {
+    if (r.outdated && (r.state == kPending || r.state == kStarting)) unready.push_back(name);
+  }
+  for (const auto& name : unready) {
+    RemoveReplica(self, &st.replicas.at(name), &what);
+    Publish(self, what, "rollout: an outdated replica that served nothing yet");
+  }
+  const uint32_t floor = st.status.desired > step.unavailable ? st.status.desired - step.unavailable : 0;
+  for (;;) {
+    uint32_t ready = 0;
+    Replica* oldest = nullptr;
+    Replica* idle = nullptr;  // an outdated ready one of weight 0: it serves nothing
+    for (auto& [name, r] : st.replicas) {
+      if (r.state != kReady || st.Standby(r)) continue;
+      if (r.outdated && st.WeightOf(r) == 0) {
+        idle = &r;
+        continue;
+      }
+      ++ready;
+      if (r.outdated && (oldest == nullptr || r.index < oldest->index)) oldest = &r;
+    }
+    if (idle != nullptr) {
+      RemoveReplica(self, idle, &what);
+      Publish(self, what, "rollout: an outdated replica of weight 0");
+      continue;
+    }
+    if (oldest == nullptr || ready <= floor) return;
+    RemoveReplica(self, oldest, &what);
+    Publish(self, what, "rollout: " + std::to_string(ready - 1) + " ready replica(s) serve (at least " +
+                            std::to_string(floor) + ", desired " + std::to_string(st.status.desired) +
+                            " - max_unavailable " + std::to_string(step.unavailable) + ")");
+  }
+}
+
 void Reconcile(Self* self) {
   auto& st = self->state;
   if (st.stopping) return;
-  const auto targets = ReplicasPerVersion(st.spec(), st.status.desired);
+  auto targets = ReplicasPerVersion(st.spec(), st.status.desired);
+  for (const auto& [version, n] : st.standby) targets[version] = n;
   for (const auto& v : st.spec().versions) {
     const uint32_t want = targets.at(v.name);
     uint32_t live = st.Live(v.name);
@@ -379,14 +468,99 @@ void Reconcile(Self* self) {
       --live;
       Publish(self, what, "scaling " + v.name + " to " + std::to_string(want));
     }
-    if (st.replacement_due) continue;
-    while (live < want) {
-      AddReplica(self, v);
-      ++live;
+  }
+  const RolloutStep step = ResolveRollout(st.spec().rollout, st.status.desired);
+  if (st.rolling) RollOutdated(self, step);
+  if (!st.replacement_due) {
+    // Live replicas that serve (standby ones aside) stay within desired + max_surge while
+    // outdated ones remain; without them, the sum of the targets is desired.
+    uint32_t counted = 0;
+    for (const auto& [name, r] : st.replicas) {
+      if (r.state != kDraining && !st.Standby(r)) ++counted;
     }
+    const uint32_t ceiling = st.status.desired + step.surge;
+    for (const auto& v : st.spec().versions) {
+      const uint32_t want = targets.at(v.name);
+      for (uint32_t live = st.Live(v.name); live < want; ++live) {
+        if (v.weight > 0 && counted >= ceiling) break;
+        AddReplica(self, v);
+        if (v.weight > 0) ++counted;
+      }
+    }
+  }
+  if (st.rolling && !st.AnyOutdated()) {
+    st.rolling = false;
+    st.retired_weight.clear();
+    Publish(self, "rollout complete", "every outdated replica was replaced");
   }
   SendCount(self);
   Publish(self, "", "");
+}
+
+// Runs `spec` from now on (UpdateDeployment): versions unchanged but for their weight keep their
+// replicas; those of changed or removed versions become outdated and are rolled out by Reconcile.
+void ApplyUpdate(Self* self, UpdateDeployment& update) {
+  auto& st = self->state;
+  // A version's settings as JSON, its weight aside (with the deployment's max_ongoing_requests,
+  // which its replicas were started with).
+  auto settings = [](const DeploymentSpec& spec) {
+    std::map<std::string, std::string> out;
+    const Json j = Json::parse(DeploymentSpecToJson(spec));
+    for (Json v : j.value("versions", Json::array())) {
+      v.erase("weight");
+      v["max_ongoing_requests"] = spec.max_ongoing_requests;
+      out[v.value("name", "")] = v.dump();
+    }
+    return out;
+  };
+  const auto before = settings(st.init.spec);
+  const auto after = settings(update.spec);
+  std::string kept, rolled, removed;
+  for (const auto& [name, json] : before) {
+    auto it = after.find(name);
+    if (it == after.end()) {
+      removed += (removed.empty() ? "" : ", ") + name;
+      if (const VersionSpec* v = st.Version(name); v != nullptr) st.retired_weight[name] = v->weight;
+    } else if (it->second != json) {
+      rolled += (rolled.empty() ? "" : ", ") + name;
+    } else {
+      kept += (kept.empty() ? "" : ", ") + name;
+    }
+  }
+  for (const auto& [name, json] : after) {
+    if (before.count(name) == 0) rolled += (rolled.empty() ? "" : ", ") + name + " (new)";
+  }
+  for (auto& [name, r] : st.replicas) {
+    auto it = after.find(r.version);
+    if (it == after.end() || it->second != before.at(r.version)) r.outdated = true;
+  }
+  // Standby (blue-green): an unchanged version that had replicas and now has weight 0 keeps them.
+  std::map<std::string, uint32_t> standby;
+  for (const auto& v : update.spec.versions) {
+    if (v.weight != 0 || before.count(v.name) == 0 || before.at(v.name) != after.at(v.name)) continue;
+    const uint32_t live = st.Live(v.name);
+    if (live > 0) standby[v.name] = live;
+  }
+  st.standby = std::move(standby);
+  st.init.spec = std::move(update.spec);
+  const auto& a = st.spec().autoscaling;
+  if (!st.status.scaled_by_hand) {
+    st.status.desired = a.min_replicas == a.max_replicas ? a.initial_replicas
+                                                         : std::clamp(st.status.desired, a.min_replicas, a.max_replicas);
+  }
+  st.rolling = st.AnyOutdated();
+  const RolloutStep step = ResolveRollout(st.spec().rollout, st.status.desired);
+  std::string standby_text;
+  for (const auto& [name, n] : st.standby) {
+    standby_text += (standby_text.empty() ? "" : ", ") + name + " (" + std::to_string(n) + ")";
+  }
+  Publish(self, "updated (" + update.why + ")",
+          "versions kept: " + (kept.empty() ? "none" : kept) + "; rolled out: " + (rolled.empty() ? "none" : rolled) +
+              "; removed: " + (removed.empty() ? "none" : removed) +
+              (standby_text.empty() ? "" : "; weight 0, kept as standby: " + standby_text) + "; desired " +
+              std::to_string(st.status.desired) + ", max surge " + std::to_string(step.surge) +
+              ", max unavailable " + std::to_string(step.unavailable));
+  Reconcile(self);
 }
 
 caf::behavior Deployment(Self* self, DeploymentInit init) {
@@ -453,6 +627,7 @@ caf::behavior Deployment(Self* self, DeploymentInit init) {
       st.replicas.erase(name);
       Publish(self, "replica " + name + " stopped after draining", "lease released");
       SendCount(self);
+      if (st.rolling) Reconcile(self);  // the rollout completes once its last outdated one is gone
       return;
     }
     const bool was_ready = r->state == kReady;
@@ -509,6 +684,7 @@ caf::behavior Deployment(Self* self, DeploymentInit init) {
         st.backoff->Reset();
         PushReplicaSet(self);
         Publish(self, "replica " + r.name + " ready on node " + r.place.node, "");
+        if (st.rolling) Reconcile(self);
       },
       [self](ScaleDecision& decision) {
         auto& st = self->state;
@@ -531,6 +707,10 @@ caf::behavior Deployment(Self* self, DeploymentInit init) {
         Publish(self, "scaled by hand: " + std::to_string(before) + " -> " + std::to_string(scale.replicas) + " replicas",
                 "troupe serve scale (the autoscaler's decisions are ignored from now on)");
         Reconcile(self);
+      },
+      [self](UpdateDeployment& update) {
+        if (self->state.stopping) return;
+        ApplyUpdate(self, update);
       },
       [self](StopDeployment& stop) {
         auto& st = self->state;

@@ -129,6 +129,20 @@ class DeploymentHost {
 struct ScaleDeployment {
   uint32_t replicas = 0;
 };
+/// Registry -> deployment actor: run `spec` from now on (same name; `troupe serve update` and
+/// `rollback`, docs/serving.md "Updates and rollbacks"). A version whose settings other than its
+/// weight are unchanged keeps its replicas (their count follows the new weights); the replicas
+/// of a changed or removed version are replaced Kubernetes-style: new ones start while the
+/// deployment's live replicas stay within desired + max_surge, and an old ready one leaves
+/// (router set without it, Drain, lease released) only while the ready replicas stay at least
+/// desired - max_unavailable (ResolveRollout). A version that had replicas and gets weight 0
+/// keeps them out of the router's set (blue-green standby) until an update removes it. The
+/// router and autoscaler keep the configuration of the first deploy. No reply; events say each
+/// step and "rollout complete" at the end.
+struct UpdateDeployment {
+  DeploymentSpec spec;
+  std::string why;  ///< "troupe serve update" or "troupe serve rollback"
+};
 /// Anyone -> deployment actor: stop every replica at once (no drain), release every lease,
 /// unregister the router and exit (`troupe serve delete`).
 struct StopDeployment {
@@ -183,3 +197,4 @@ caf::actor SpawnDeployment(caf::actor_system& system, DeploymentInit init);
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ReplicaPlacementAnswer)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ScaleDeployment)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::StopDeployment)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::UpdateDeployment)

@@ -517,5 +517,137 @@ TEST(ServingOnGpus, EachReplicaHoldsItsOwnSliceAndAWaitingOneIsRemovedFirst) {
   EXPECT_EQ(slices->gpus[0].slices_free, 2u);
 }
 
+// Updates and rollbacks (docs/serving.md, "Updates and rollbacks"). A version spec of the test
+// backend, `weight` as given.
+std::string UpdateVersion(const std::string& name, int weight) {
+  return "  - name: " + name + "\n    weight: " + std::to_string(weight) +
+         "\n    backend: {test: {tokens_per_second: 100, first_token_latency: 10ms}}\n";
+}
+
+std::string UpdateSpec(const std::string& name, const std::string& versions, const std::string& routing) {
+  return "name: " + name + "\nversions:\n" + versions +
+         "replicas: {min: 2, max: 2, initial: 2}\nrouting: " + routing + "\ndrain_timeout: 10s\n";
+}
+
+// Every replica of the status is of `version` (its name: <deployment>/<version>/replica-N).
+bool AllOf(const Json& st, const std::string& version) {
+  for (const auto& r : st.value("replicas", Json::array())) {
+    if (r.value("version", "") != version) return false;
+  }
+  return true;
+}
+
+TEST_F(Serving, ARollingUpdateAndItsRollbackUnderLoadLoseNoRequest) {
+  ASSERT_NO_FATAL_FAILURE(Deploy(UpdateSpec("roll", UpdateVersion("v1", 100), "round_robin")));
+  Json st;
+  ASSERT_TRUE(AwaitReady("roll", 2, &st)) << st.dump() << "\n" << Events("roll");
+  const std::string dir = cluster_->config.substr(0, cluster_->config.rfind('/') + 1);
+  const std::string v2_file = dir + "roll-v2.yaml";
+  std::ofstream(v2_file) << UpdateSpec("roll", UpdateVersion("v2", 100), "round_robin");
+
+  // Refused updates change nothing: a replica that can never fit, another name, no earlier spec.
+  auto too_big = serving::ParseDeploymentSpec(
+      UpdateSpec("roll", UpdateVersion("v2", 100) + "    resources: {cpus: 64}\n", "round_robin"), "test spec");
+  ASSERT_TRUE(too_big.ok()) << too_big.status();
+  auto refused = client_->Update(*too_big, 10s);
+  ASSERT_EQ(refused.status().code(), StatusCode::kResourceExhausted) << refused.status();
+  auto no_rollback = client_->DeploymentCommand("rollback", "roll", "", 10s);
+  ASSERT_EQ(no_rollback.status().code(), StatusCode::kFailedPrecondition) << no_rollback.status();
+  auto record = client_->DeploymentCommand("show", "roll", "", 5s);
+  ASSERT_TRUE(record.ok());
+  EXPECT_EQ(Json::parse(*record).at("spec").at("versions").at(0).value("name", ""), "v1") << *record;
+  EXPECT_FALSE(Json::parse(*record).contains("previous_spec")) << *record;
+
+  for (const auto& [step, want] : std::vector<std::pair<std::string, std::string>>{{"update", "v2"},
+                                                                                   {"rollback", "v1"}}) {
+    Load load(client_, "roll", 4);
+    const auto warm_deadline = Clock::now() + 20s;
+    while (load.ok() < 20 && Clock::now() < warm_deadline) std::this_thread::yield();
+    ASSERT_GE(load.ok(), 20u);
+    std::vector<std::string> argv = {TROUPE_BIN, "serve", step, "-c", cluster_->config,
+                                     step == "update" ? v2_file : std::string("roll"), "--wait"};
+    auto cli = ChildProcess::Spawn(argv);
+    ASSERT_TRUE(cli.ok()) << cli.status();
+    auto code = (*cli)->Wait(60s);
+    ASSERT_TRUE(code.ok()) << code.status();
+    EXPECT_EQ(*code, 0) << step << "\n" << Events("roll");
+    ASSERT_TRUE(Await("roll", 30s, [&](const Json& s) {
+      return s.value("state", "") == "running" && Count(s, "ready") == 2 && AllOf(s, want);
+    }, &st)) << step << ": " << st.dump() << "\n" << Events("roll");
+    const uint64_t before_stop = load.ok();
+    const LoadResult result = load.Stop();
+    EXPECT_TRUE(result.failures.empty()) << step << ": " << result.failures.size() << " of "
+                                         << result.ok + result.failures.size() << " failed, first: "
+                                         << result.failures.front() << "\n" << Events("roll");
+    std::printf("%s under load: %llu requests answered, %zu failed\n", step.c_str(),
+                static_cast<unsigned long long>(result.ok), result.failures.size());
+    EXPECT_GT(result.ok, before_stop / 2);
+    // Only the new version answers now.
+    for (int i = 0; i < 10; ++i) {
+      auto response = client_->Infer("roll", "/v1/completions", kBody, 10s);
+      ASSERT_TRUE(response.ok()) << response.status();
+      EXPECT_EQ(response->replica.find("roll/" + want + "/"), 0u) << response->replica;
+    }
+  }
+  const std::string events = Events("roll");
+  EXPECT_NE(events.find("updated (troupe serve update)"), std::string::npos) << events;
+  EXPECT_NE(events.find("updated (troupe serve rollback)"), std::string::npos) << events;
+  EXPECT_NE(events.find("rollout complete"), std::string::npos) << events;
+  EXPECT_NE(events.find("stopped after draining"), std::string::npos) << events;
+  // The record keeps the spec the rollback replaced: a second rollback goes to v2 again.
+  record = client_->DeploymentCommand("show", "roll", "", 5s);
+  ASSERT_TRUE(record.ok());
+  EXPECT_EQ(Json::parse(*record).at("previous_spec").at("versions").at(0).value("name", ""), "v2") << *record;
+}
+
+TEST_F(Serving, ACanaryUpdateSplitsTrafficAndABlueGreenSwitchKeepsTheOldVersionAsStandby) {
+  ASSERT_NO_FATAL_FAILURE(Deploy(UpdateSpec("canary", UpdateVersion("stable", 100), "weighted")));
+  Json st;
+  ASSERT_TRUE(AwaitReady("canary", 2, &st)) << st.dump() << "\n" << Events("canary");
+  auto update = [&](const std::string& versions) {
+    auto spec = serving::ParseDeploymentSpec(UpdateSpec("canary", versions, "weighted"), "test spec");
+    ASSERT_TRUE(spec.ok()) << spec.status();
+    auto updated = client_->Update(*spec, 10s);
+    ASSERT_TRUE(updated.ok()) << updated.status();
+  };
+  auto split = [&](int n) {
+    std::map<std::string, int> by_version;
+    for (int i = 0; i < n; ++i) {
+      auto response = client_->Infer("canary", "/v1/completions", kBody, 10s);
+      EXPECT_TRUE(response.ok()) << response.status();
+      if (response.ok()) ++by_version[response->replica.substr(0, response->replica.rfind('/'))];
+    }
+    return by_version;
+  };
+  // 90/10: stable keeps one of its replicas (unchanged: not restarted), the canary gets one.
+  ASSERT_NO_FATAL_FAILURE(update(UpdateVersion("stable", 90) + UpdateVersion("next", 10)));
+  ASSERT_TRUE(Await("canary", 30s, [](const Json& s) {
+    return s.value("state", "") == "running" && Count(s, "ready") == 2 && !AllOf(s, "stable") && !AllOf(s, "next");
+  }, &st)) << st.dump() << "\n" << Events("canary");
+  auto by_version = split(200);
+  EXPECT_NEAR(by_version["canary/stable"], 180, 10);
+  EXPECT_NEAR(by_version["canary/next"], 20, 10);
+  EXPECT_EQ(Events("canary").find("replica canary/stable/replica-0 draining"), std::string::npos)
+      << "the oldest stable replica is kept\n" << Events("canary");
+
+  // Blue-green: next to 100, stable to 0. Stable keeps its replica (standby, out of the router's
+  // set) until an update removes the version.
+  ASSERT_NO_FATAL_FAILURE(update(UpdateVersion("stable", 0) + UpdateVersion("next", 100)));
+  ASSERT_TRUE(Await("canary", 30s, [](const Json& s) {
+    int stable = 0, next = 0;
+    for (const auto& r : s.value("replicas", Json::array())) {
+      (r.value("version", "") == "stable" ? stable : next) += r.value("state", "") == "ready";
+    }
+    return s.value("state", "") == "running" && stable == 1 && next == 2;
+  }, &st)) << st.dump() << "\n" << Events("canary");
+  by_version = split(40);
+  EXPECT_EQ(by_version["canary/next"], 40) << Events("canary");
+  ASSERT_NO_FATAL_FAILURE(update(UpdateVersion("next", 100)));
+  ASSERT_TRUE(Await("canary", 30s, [](const Json& s) {
+    return s.value("state", "") == "running" && Count(s, "ready") == 2 && AllOf(s, "next") &&
+           s.value("replicas", Json::array()).size() == 2;
+  }, &st)) << st.dump() << "\n" << Events("canary");
+}
+
 }  // namespace
 }  // namespace troupe
