@@ -74,7 +74,8 @@ struct ReplicaView {
 struct DeploymentStatus {
   std::string name;
   /// "deploying" (not all desired replicas were ready yet), "running" (desired == ready, nothing
-  /// else in flight), "reconciling" (replicas being added, replaced or drained), "deleting".
+  /// else in flight), "reconciling" (replicas being added, replaced or drained), "updating" (an
+  /// update's rollout: outdated replicas left), "deleting".
   std::string state = "deploying";
   std::string reason;
   /// The replicas it aims for now (the autoscaler's last decision, or `troupe serve scale`).
