@@ -55,13 +55,15 @@ void PrintShow(const Json& record) {
   }
 }
 
-// Until every desired replica is ready (state running), at most `bound`.
-int WaitReady(cluster::Client& client, const std::string& name, bool json, std::chrono::seconds bound) {
+// Until every desired replica is ready (state running; after an update or rollback also no
+// outdated replica left), at most `bound`.
+int WaitReady(cluster::Client& client, const std::string& action, const std::string& name, bool json,
+              std::chrono::seconds bound) {
   const auto deadline = std::chrono::steady_clock::now() + bound;
   std::string last;
   for (;;) {
     auto reply = client.DeploymentCommand("show", name, "", 5s);
-    if (!reply.ok()) return Fail("deploy", reply.status());
+    if (!reply.ok()) return Fail(action, reply.status());
     const Json record = Json::parse(*reply);
     const Json& st = record.at("status");
     const std::string line = st.value("state", "") + ": " + Counts(st);
@@ -73,7 +75,7 @@ int WaitReady(cluster::Client& client, const std::string& name, bool json, std::
       return 0;
     }
     if (std::chrono::steady_clock::now() > deadline) {
-      std::cerr << "troupe serve deploy: deployment " << name << " not ready after " << bound.count()
+      std::cerr << "troupe serve " << action << ": deployment " << name << " not ready after " << bound.count()
                 << " s (" << line << "); `troupe serve events " << name << "` says why\n";
       return 1;
     }
@@ -127,7 +129,7 @@ int RunServe(ServeOptions args) {
   if (!reply.ok()) return Fail(args.action, reply.status());
   if (args.action == "rollback") spec.name = args.target;
   if ((args.action == "deploy" || args.action == "update" || args.action == "rollback") && args.wait) {
-    return WaitReady(c, spec.name, json, std::chrono::seconds(args.wait_seconds));
+    return WaitReady(c, args.action, spec.name, json, std::chrono::seconds(args.wait_seconds));
   }
   if (json) {
     std::cout << OneLineJson(nlohmann::ordered_json::parse(*reply)) << std::endl;
