@@ -71,7 +71,7 @@ class Client {
                                    std::chrono::milliseconds timeout);
   /// Deploys a serving deployment (docs/serving.md, "Deployments"); the head's JSON record
   /// ({"spec", "status"}) once stored. InvalidArgument (bad spec), AlreadyExists (a deployment of
-  /// that name), FailedPrecondition (a backend the cluster does not run yet).
+  /// that name), ResourceExhausted (a replica of a version can never fit the cluster).
   StatusOr<std::string> Deploy(const serving::DeploymentSpec& spec, std::chrono::milliseconds timeout);
   /// Replaces the running deployment `spec.name`'s spec (docs/serving.md, "Updates and
   /// rollbacks"): the head's JSON record once the update is stored; NotFound (no such
