@@ -219,6 +219,7 @@ int RunStatus(ClusterOptions args) {
                        {"slices_free", slices[n.name].first},
                        {"joins", n.joins},
                        {"heartbeat_age_ms", n.heartbeat_age_ms},
+                       {"state_since_unix_ms", n.last_change_unix_ms},
                        {"reason", n.reason},
                        {"gpus", std::move(gpus)}});
     }
