@@ -253,11 +253,15 @@ caf::result<InferenceResponse> Serve(Self* self, InferenceRequest& req) {
   auto& st = self->state;
   int64_t left_ms = 0;
   Status admitted = Admit(st, req, &left_ms);
-  StatusOr<TestRequest> parsed = admitted;
-  if (admitted.ok() && st.backend) {
-    parsed = TestRequest{};  // the backend takes the body as it is
-    parsed->stream = req.stream;
-  } else if (admitted.ok()) {
+  if (!admitted.ok()) {
+    ++st.failed;
+    return runtime::ToCafError(admitted);
+  }
+  // (A StatusOr is never made from an OK Status: it asserts in debug builds.)
+  StatusOr<TestRequest> parsed = TestRequest{};
+  if (st.backend) {
+    parsed->stream = req.stream;  // the backend takes the body as it is
+  } else {
     parsed = ParseTestRequest(req.path, req.body, st.config.model);
   }
   if (!parsed.ok()) {
