@@ -13,7 +13,11 @@ elseif(TROUPE_FUZZ)
   add_compile_options(-fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer)
   add_link_options(-fsanitize=address,undefined)
 elseif(TROUPE_TSAN)
-  add_compile_options(-fsanitize=thread -fno-omit-frame-pointer)
+  # -Wno-tsan: Boost.Asio (the serving process backend's HTTP client) uses
+  # std::atomic_thread_fence, which GCC warns TSan cannot model; with -Werror that stopped the
+  # TSan build. The tests that run that code start actor systems (label caf) and are not in the
+  # TSan pass.
+  add_compile_options(-fsanitize=thread -fno-omit-frame-pointer -Wno-tsan)
   add_link_options(-fsanitize=thread)
 endif()
 
