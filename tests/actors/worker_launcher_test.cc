@@ -298,6 +298,11 @@ TEST_F(StandbyTest, ARestartedWorkerRunsInTheStandbyExactlyAsItWouldStartCold) {
   ASSERT_TRUE(first.ok()) << first.status();
   EXPECT_FALSE(first->standby);
   ASSERT_TRUE(AwaitStandbys(1, 20s)) << "no standby after the worker's first line; its log:\n" << LogOf(1, 0);
+  // The worker's watcher says so in its log within a poll or two.
+  const auto said_by = std::chrono::steady_clock::now() + 20s;
+  while (LogOf(1, 0).find(WorkerLauncher::kStandbyReadyLogLine) == std::string::npos &&
+         std::chrono::steady_clock::now() < said_by) {
+  }
   // A restart: the attempt's workers go, the standby stays for the next.
   EXPECT_EQ(launcher_->Stop("job", 1), 1u);
   EXPECT_EQ(launcher_->ready_standbys("job"), 1u);
