@@ -91,6 +91,61 @@ class ClusterReader : public runtime::YamlReader {
     }
   }
 
+  void Gateway(const YAML::Node& gw, ClusterConfig* c) {
+    GatewaySpec& g = c->gateway;
+    g.enabled = true;
+    if (gw.IsNull()) return;  // `gateway:` alone: every default
+    if (!CheckKeys(gw, "gateway",
+                   {"listen", "max_body", "max_header", "read_timeout", "idle_timeout", "request_timeout",
+                    "prompt_bytes_per_token", "limits", "usage_flush_interval", "audit_retention"})) {
+      return;
+    }
+    if (String(gw["listen"], "gateway.listen", &g.listen)) {
+      const auto colon = g.listen.rfind(':');
+      if (colon == std::string::npos || colon == 0) {
+        Error(gw["listen"], "gateway.listen", "expected host:port, e.g. 127.0.0.1:8000 (port 0: any free port)");
+      } else {
+        uint64_t port = 0;
+        const std::string digits = g.listen.substr(colon + 1);
+        bool ok = !digits.empty() && digits.size() <= 5;
+        for (char ch : digits) ok = ok && ch >= '0' && ch <= '9';
+        if (ok) port = std::stoull(digits);
+        if (!ok || port > 65535) Error(gw["listen"], "gateway.listen", "port must be a number from 0 to 65535");
+      }
+    }
+    if (Size(gw["max_body"], "gateway.max_body", kMaxGatewayBodyBytes, &g.max_body_bytes) && g.max_body_bytes == 0) {
+      Error(gw["max_body"], "gateway.max_body", "must be positive");
+    }
+    if (Size(gw["max_header"], "gateway.max_header", kMaxGatewayHeaderBytes, &g.max_header_bytes) &&
+        g.max_header_bytes < 1024) {
+      Error(gw["max_header"], "gateway.max_header", "must be at least 1KiB");
+    }
+    const std::pair<const char*, std::chrono::milliseconds*> timeouts[] = {
+        {"read_timeout", &g.read_timeout},
+        {"idle_timeout", &g.idle_timeout},
+        {"request_timeout", &g.request_timeout},
+        {"usage_flush_interval", &g.usage_flush_interval}};
+    for (const auto& [key, out] : timeouts) {
+      const std::string field = std::string("gateway.") + key;
+      if (Duration(gw[key], field, kMaxGatewayTimeout, out) && out->count() == 0) {
+        Error(gw[key], field, "must be positive");
+      }
+    }
+    Duration(gw["audit_retention"], "gateway.audit_retention", kMaxAuditRetention, &g.audit_retention);
+    if (Integer(gw["prompt_bytes_per_token"], "gateway.prompt_bytes_per_token", &g.prompt_bytes_per_token, 64) &&
+        g.prompt_bytes_per_token == 0) {
+      Error(gw["prompt_bytes_per_token"], "gateway.prompt_bytes_per_token", "must be from 1 to 64");
+    }
+    const YAML::Node limits = gw["limits"];
+    if (limits.IsDefined() && !limits.IsNull() &&
+        CheckKeys(limits, "gateway.limits", {"requests_per_minute", "tokens_per_minute", "max_concurrent"})) {
+      constexpr uint64_t kMaxRate = uint64_t{1} << 40;
+      Integer(limits["requests_per_minute"], "gateway.limits.requests_per_minute", &g.requests_per_minute, kMaxRate);
+      Integer(limits["tokens_per_minute"], "gateway.limits.tokens_per_minute", &g.tokens_per_minute, kMaxRate);
+      Integer(limits["max_concurrent"], "gateway.limits.max_concurrent", &g.max_concurrent, 1u << 30);
+    }
+  }
+
   void Cluster(const YAML::Node& root, ClusterConfig* c) {
     const YAML::Node cluster = root["cluster"];
     if (!cluster.IsDefined()) {
@@ -236,8 +291,9 @@ class ClusterReader : public runtime::YamlReader {
       Error(root, "(file)", "is empty");
       return c;
     }
-    if (!CheckKeys(root, "", {"cluster", "head", "nodes", "scheduler"})) return c;
+    if (!CheckKeys(root, "", {"cluster", "head", "nodes", "scheduler", "gateway"})) return c;
     if (const YAML::Node sched = root["scheduler"]; sched.IsDefined() && !sched.IsNull()) Scheduler(sched, &c);
+    if (const YAML::Node gw = root["gateway"]; gw.IsDefined()) Gateway(gw, &c);
     Cluster(root, &c);
     if (const YAML::Node head = root["head"]; head.IsDefined()) Head(head, &c);
     const YAML::Node nodes = root["nodes"];

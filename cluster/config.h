@@ -43,6 +43,41 @@ struct HeadSpec {
   std::string data_dir;
 };
 
+/// The cluster file's optional `gateway:` section: the OpenAI-compatible HTTP gateway
+/// (docs/gateway.md). `troupe up` starts one gateway when the section is present; `troupe gateway
+/// -c FILE` starts one more (several gateways of one cluster share its limits, which the head
+/// holds).
+struct GatewaySpec {
+  bool enabled = false;  ///< the section is present
+  /// host:port the HTTP server listens on (port 0: any free port, printed at start).
+  std::string listen = "127.0.0.1:0";
+  /// max_body: a larger request body gets 413 (OpenAI's own limit is larger; 1 MiB holds a
+  /// 200k-token prompt of plain text only with a coarse tokenizer: raise it for long contexts).
+  uint64_t max_body_bytes = uint64_t{1} << 20;
+  /// max_header: a larger request head gets 431 (Envoy's default max_request_headers_kb is 60).
+  uint64_t max_header_bytes = uint64_t{16} << 10;
+  /// A request's head and body must arrive within read_timeout (slowloris): 408, then closed.
+  std::chrono::milliseconds read_timeout{10000};
+  /// A keep-alive connection with no request for idle_timeout is closed.
+  std::chrono::milliseconds idle_timeout{60000};
+  /// The deadline of a request at the router and replica (504 past it).
+  std::chrono::milliseconds request_timeout{60000};
+  /// The prompt's token estimate for reservations: ceil(UTF-8 bytes / this). 1 is an upper bound
+  /// for byte-level BPE tokenizers (every token is at least one byte), so no prompt is
+  /// under-reserved; 4 is OpenAI's rule of thumb (about 4 characters a token), which admits
+  /// more and settles the difference afterwards.
+  uint32_t prompt_bytes_per_token = 1;
+  /// gateway.limits: the cluster's global limits, summed over every gateway (0: unlimited).
+  uint64_t requests_per_minute = 0;
+  uint64_t tokens_per_minute = 0;
+  uint32_t max_concurrent = 0;
+  /// How often the head writes metered usage to its store: a crash loses at most this much.
+  std::chrono::milliseconds usage_flush_interval{1000};
+  /// Audit records older than this are pruned (the chain stays verifiable from its anchor);
+  /// written in hours (4320h is the default 180 days).
+  std::chrono::milliseconds audit_retention{std::chrono::hours(180 * 24)};
+};
+
 struct ClusterConfig {
   std::string source;  ///< the file it came from ("<string>" when parsed from text)
   std::string name;
@@ -57,6 +92,7 @@ struct ClusterConfig {
   /// scheduler.backfill_limit: how long a request may wait for capacity while later requests of
   /// its priority are placed ahead of it; after that they wait behind it (0: never overtaken).
   std::chrono::milliseconds backfill_limit{60000};
+  GatewaySpec gateway;
 
   /// The node called `name`, or nullptr.
   const NodeSpec* FindNode(const std::string& name) const;
@@ -68,6 +104,12 @@ struct ClusterConfig {
 inline constexpr std::chrono::milliseconds kMaxHeartbeatInterval{60 * 1000};       ///< 1 min
 inline constexpr std::chrono::milliseconds kMaxFailureTimeout{10 * 60 * 1000};     ///< 10 min
 inline constexpr std::chrono::milliseconds kMaxBackfillLimit{24 * 60 * 60 * 1000};  ///< 24 h
+/// gateway.max_body and max_header: 1 GiB and 1 MiB.
+inline constexpr uint64_t kMaxGatewayBodyBytes = uint64_t{1} << 30;
+inline constexpr uint64_t kMaxGatewayHeaderBytes = uint64_t{1} << 20;
+/// gateway timeouts: 1 h; audit retention: 10 years.
+inline constexpr std::chrono::milliseconds kMaxGatewayTimeout{60 * 60 * 1000};
+inline constexpr std::chrono::milliseconds kMaxAuditRetention{std::chrono::hours(10 * 366 * 24)};
 /// Any size in the file (node memory, GPU memory, slice_memory, quotas): 1 PiB.
 inline constexpr uint64_t kMaxConfigBytes = uint64_t{1} << 50;
 /// The most slices one GPU is cut into; the config (simulated GPUs) and the node agent (GPUs

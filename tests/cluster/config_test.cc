@@ -259,6 +259,40 @@ TEST(ClusterConfig, OneSliceCountRuleCoversWholeGpusOversizedSlicesAndTheCap) {
   EXPECT_FALSE(CheckSliceCount("gpu", 80ull << 30, (80ull << 30) / 1025).ok());
 }
 
+TEST(ClusterConfig, TheGatewaySectionHasDefaultsAndBounds) {
+  auto none = ParseClusterConfig(kMinimal, "none.yaml");
+  ASSERT_TRUE(none.ok()) << none.status().ToString();
+  EXPECT_FALSE(none->gateway.enabled);
+  auto bare = ParseClusterConfig(std::string(kMinimal) + "gateway:\n", "bare.yaml");
+  ASSERT_TRUE(bare.ok()) << bare.status().ToString();
+  EXPECT_TRUE(bare->gateway.enabled);
+  EXPECT_EQ(bare->gateway.listen, "127.0.0.1:0");
+  EXPECT_EQ(bare->gateway.max_body_bytes, uint64_t{1} << 20);
+  EXPECT_EQ(bare->gateway.prompt_bytes_per_token, 1u);
+  auto full = ParseClusterConfig(std::string(kMinimal) +
+                                     "gateway:\n  listen: 127.0.0.1:8000\n  max_body: 64KiB\n  read_timeout: 2s\n"
+                                     "  prompt_bytes_per_token: 4\n  limits:\n    requests_per_minute: 600\n"
+                                     "    tokens_per_minute: 100000\n    max_concurrent: 8\n"
+                                     "  audit_retention: 720h\n",
+                                 "full.yaml");
+  ASSERT_TRUE(full.ok()) << full.status().ToString();
+  EXPECT_EQ(full->gateway.listen, "127.0.0.1:8000");
+  EXPECT_EQ(full->gateway.max_body_bytes, uint64_t{64} << 10);
+  EXPECT_EQ(full->gateway.read_timeout, std::chrono::seconds(2));
+  EXPECT_EQ(full->gateway.prompt_bytes_per_token, 4u);
+  EXPECT_EQ(full->gateway.requests_per_minute, 600u);
+  EXPECT_EQ(full->gateway.tokens_per_minute, 100000u);
+  EXPECT_EQ(full->gateway.max_concurrent, 8u);
+  EXPECT_EQ(full->gateway.audit_retention, std::chrono::hours(30 * 24));
+  ExpectError(std::string(kMinimal) + "gateway:\n  listen: 8000\n", "gateway.listen", "host:port");
+  ExpectError(std::string(kMinimal) + "gateway:\n  listen: 127.0.0.1:70000\n", "gateway.listen", "65535");
+  ExpectError(std::string(kMinimal) + "gateway:\n  max_body: 0\n", "gateway.max_body", "positive");
+  ExpectError(std::string(kMinimal) + "gateway:\n  prompt_bytes_per_token: 0\n", "gateway.prompt_bytes_per_token",
+              "1 to 64");
+  ExpectError(std::string(kMinimal) + "gateway:\n  limits:\n    rpm: 5\n", "gateway.limits", "rpm");
+  ExpectError(std::string(kMinimal) + "gateway:\n  read_timeout: 2h\n", "gateway.read_timeout", "1h");
+}
+
 TEST(ClusterConfig, ATokenFileIsReadWithASizeLimit) {
   ExpectError("cluster:\n  name: t\n  token_file: /dev/zero\n", "cluster.token_file", "/dev/zero is not a regular file");
   std::string templ = (std::filesystem::temp_directory_path() / "troupe-cfg-XXXXXX").string();
