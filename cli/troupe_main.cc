@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "actors/serving/deployment_spec.h"
+#include "cli/audit_commands.h"
 #include "cli/check_command.h"
 #include "cli/cluster_commands.h"
 #include "cli/job_commands.h"
@@ -395,6 +396,16 @@ int Main(int argc, char** argv) {
     }
   }
 
+  // troupe audit: the head's audit log of admin actions (docs/gateway.md, "Audit log").
+  AuditOptions audit_options;
+  CLI::App* audit = app.add_subcommand(
+      "audit", "the admin actions the head performed (who, what, when, result); --verify checks the hash chain");
+  add_client_flags(audit, &audit_options.cluster);
+  audit->add_option("--since", audit_options.since, "only the last D (24h, 7d) or from a UTC date (2026-11-30)")
+      ->type_name("D");
+  audit->add_flag("--verify", audit_options.verify,
+                  "check every record's hash and link; exit 1 naming the first changed or removed record");
+
   CLI::App* run = app.add_subcommand(
       "run", "lease a GPU slice and run CMD on it: troupe run -c FILE [OPTIONS] -- CMD [ARGS...]");
   run->footer(
@@ -549,6 +560,7 @@ int Main(int argc, char** argv) {
     model_options.action = model->get_subcommands().front()->get_name();
     return RunModel(std::move(model_options));
   }
+  if (chosen == audit) return RunAudit(std::move(audit_options));
   if (chosen == serve) {
     serve_options.action = serve->get_subcommands().front()->get_name();
     return RunServe(std::move(serve_options));

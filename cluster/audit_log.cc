@@ -296,4 +296,35 @@ std::string AuditDetail(const std::string& op, const std::string& body) {
   return "";
 }
 
+Status AuditCommand(AuditLog& log, const std::string& who, const std::string& kind, const std::string& op,
+                    const std::string& target, const std::string& body, const Status& result) {
+  std::optional<std::string> action = AuditedAction(kind, op);
+  if (!action) return OkStatus();
+  AuditRecord record;
+  record.who = who;
+  record.action = std::move(*action);
+  record.target = target;
+  record.detail = AuditDetail(op, body);
+  record.result = result.ok() ? "ok" : result.ToString();
+  return log.Append(std::move(record)).status();
+}
+
+std::string AuditReplyJson(const std::vector<AuditRecord>& records, const AuditVerification* verification) {
+  nlohmann::ordered_json out;
+  out["records"] = nlohmann::ordered_json::array();
+  for (const auto& r : records) out["records"].push_back(nlohmann::ordered_json::parse(EncodeAuditRecord(r)));
+  if (verification == nullptr) {
+    out["verification"] = nullptr;
+  } else {
+    const AuditVerification& v = *verification;
+    out["verification"] = {{"ok", v.ok},
+                           {"records", v.records},
+                           {"position", v.position},
+                           {"problem", v.problem},
+                           {"anchor", {{"seq", v.anchor.seq}, {"hash", v.anchor.hash}}},
+                           {"tip", {{"seq", v.tip.seq}, {"hash", v.tip.hash}}}};
+  }
+  return out.dump();
+}
+
 }  // namespace troupe::cluster

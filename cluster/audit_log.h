@@ -133,4 +133,14 @@ std::optional<std::string> AuditedAction(const std::string& kind, const std::str
 /// environment variables with secrets), empty otherwise.
 std::string AuditDetail(const std::string& op, const std::string& body);
 
+/// Appends the record of a client's `kind` command (AuditedAction: "deployment" or "job") `op`
+/// on `target` with `body`, asked by `who`, that ended with `result` ("ok" or its error as the
+/// client was told it). OK without a record for an op that changes nothing; else Append's result.
+Status AuditCommand(AuditLog& log, const std::string& who, const std::string& kind, const std::string& op,
+                    const std::string& target, const std::string& body, const Status& result);
+
+/// `troupe audit`'s JSON (cluster/messages.h, AuditReply): `records`, and `verification` (null
+/// when not asked for).
+std::string AuditReplyJson(const std::vector<AuditRecord>& records, const AuditVerification* verification);
+
 }  // namespace troupe::cluster

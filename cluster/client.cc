@@ -149,7 +149,8 @@ StatusOr<std::string> Client::JobCommand(const std::string& op, const std::strin
                                          std::chrono::milliseconds timeout) {
   // A submit sent again after a lost reply finds its own job (AlreadyExists): sent once only.
   const bool resend = op != "submit" && op != "resume" && op != "delete";
-  ASSIGN_OR_RETURN(auto reply, (AskHead<training::JobCommandReply>(training::JobCommand{op, name, body}, timeout, resend)));
+  ASSIGN_OR_RETURN(auto reply, (AskHead<training::JobCommandReply>(training::JobCommand{op, name, body, "cli@" + name_},
+                                                                    timeout, resend)));
   return std::move(reply.body);
 }
 
@@ -166,7 +167,8 @@ StatusOr<std::string> Client::DeploymentCommand(const std::string& op, const std
   // A deploy or delete sent again after a lost reply would find its own work done: sent once only.
   const bool resend = op != "deploy" && op != "delete";
   ASSIGN_OR_RETURN(auto reply,
-                   (AskHead<serving::DeploymentCommandReply>(serving::DeploymentCommand{op, name, body}, timeout, resend)));
+                   (AskHead<serving::DeploymentCommandReply>(serving::DeploymentCommand{op, name, body, "cli@" + name_},
+                                                                           timeout, resend)));
   return std::move(reply.body);
 }
 
@@ -215,6 +217,11 @@ StatusOr<serving::InferenceResponse> Client::Infer(const std::string& deployment
     std::lock_guard<std::mutex> lock(mu_);
     routers_.erase(deployment);
   }
+}
+
+StatusOr<std::string> Client::Audit(int64_t since_unix_ms, bool verify, std::chrono::milliseconds timeout) {
+  ASSIGN_OR_RETURN(auto reply, AskHead<AuditReply>(AuditQuery{since_unix_ms, verify}, timeout));
+  return std::move(reply.json);
 }
 
 StatusOr<training::WorkerLogChunk> Client::ReadWorkerLog(const std::string& node,

@@ -90,6 +90,10 @@ class Client {
   /// and again after an Unavailable or NotFound (a deployment deployed again).
   StatusOr<serving::InferenceResponse> Infer(const std::string& deployment, const std::string& path,
                                              const std::string& body, std::chrono::milliseconds timeout);
+  /// The head's audit log (docs/gateway.md, "Audit log"): the records from `since_unix_ms` on,
+  /// and with `verify` the whole chain checked; AuditReply's JSON (cluster/messages.h). The
+  /// deployment and job commands of this client are recorded as "cli@<this client's node name>".
+  StatusOr<std::string> Audit(int64_t since_unix_ms, bool verify, std::chrono::milliseconds timeout);
   /// A chunk of a worker's log, read by the agent of the node it ran on.
   StatusOr<training::WorkerLogChunk> ReadWorkerLog(const std::string& node, const training::ReadWorkerLog& request,
                                                    std::chrono::milliseconds timeout);

@@ -13,6 +13,7 @@
 #include <mutex>
 #include <set>
 
+#include "cluster/audit_log.h"
 #include "cluster/bootstrap.h"
 #include "cluster/deployments_registry.h"
 #include "cluster/event_log.h"
@@ -38,6 +39,10 @@ using rejoin_deadline_atom = caf::atom_constant<caf::atom("rejoin_dl")>;
 // Sent by the controller to itself a while after a write of the targets file failed: it tries again.
 using retry_targets_atom = caf::atom_constant<caf::atom("retry_tgts")>;
 constexpr std::chrono::seconds kTargetsRetryInterval{1};
+// Sent by the controller to itself once a day: audit records past their retention are pruned
+// (also at every start, by AuditLog::Open).
+using audit_prune_atom = caf::atom_constant<caf::atom("audit_prn")>;
+constexpr std::chrono::hours kAuditPruneInterval{24};
 
 // "1s", "1500 ms": a duration as the config would say it.
 std::string DurationText(std::chrono::milliseconds d) {
@@ -61,6 +66,7 @@ struct ControllerState {
   std::unique_ptr<JobsRegistry> jobs;
   std::unique_ptr<DeploymentsRegistry> deployments;
   EventLog events;
+  std::shared_ptr<AuditLog> audit;  // shared with the head's api actor (it locks itself)
   std::string head_metrics_address;
   ScrapeTargetsWriter targets;  // made by the controller: its retries are messages to itself
   // How the lease registry has the controller monitor an owner (set once the actor runs).
@@ -73,6 +79,30 @@ struct ControllerState {
       view->nodes = membership->nodes();
     }
     targets.Write(membership->nodes());
+  }
+
+  // Who sent the command being handled, for the audit log: the caller it names (the CLI says
+  // "cli@<its node name>"), else the member node it came from, else the cluster token, which
+  // every process that reaches the head holds.
+  std::string CallerOf(const std::string& caller, const caf::strong_actor_ptr& sender) const {
+    if (!caller.empty()) return caller;
+    if (sender) {
+      const runtime::NodeId node = runtime->Ref(sender).node();
+      if (node == runtime->node_id()) return "head";
+      for (const auto& [name, record] : membership->nodes()) {
+        if (record.node_id == node) return "node@" + name;
+      }
+    }
+    return "cluster-token";
+  }
+  // Records a client's command that changes something. The command has already taken effect:
+  // a record that cannot be written is an error in the head's log, not a refusal.
+  void Audit(const std::string& who, const std::string& kind, const std::string& op, const std::string& target,
+             const std::string& body, const Status& result) {
+    if (Status s = AuditCommand(*audit, who, kind, op, target, body, result); !s.ok()) {
+      spdlog::error("head: the audit record of {} {} '{}' by {} was not written: {}", kind, op, target, who,
+                    s.ToString());
+    }
   }
 
   // `failure_timeout` after the head started: a node of the earlier head that has not rejoined
@@ -117,6 +147,7 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
   if (Status recovered = state.deployments->Recover(caf::actor_cast<caf::actor>(self)); !recovered.ok()) {
     spdlog::error("head: the deployments table cannot be read: {}", recovered.ToString());
   }
+  self->delayed_send(self, kAuditPruneInterval, audit_prune_atom::value);
   runtime::MailboxDepths* depths = &state.runtime->mailbox_depths();
   runtime::StartMailboxSampling(self, depths, "head.controller");
   self->set_down_handler([self](caf::down_msg& msg) {
@@ -137,6 +168,12 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
   return {
       runtime::MailboxSampleHandler(self, depths, "head.controller"),
       [self](rejoin_deadline_atom) { self->state.DeclareUnrejoinedDead(); },
+      [self](audit_prune_atom) {
+        auto pruned = self->state.audit->Prune();
+        if (!pruned.ok()) spdlog::error("head: audit records past their retention were not pruned: {}",
+                                        pruned.status().ToString());
+        self->delayed_send(self, kAuditPruneInterval, audit_prune_atom::value);
+      },
       [self](retry_targets_atom) {
         if (self->state.targets.RetryDue()) self->state.UpdateNodeMetricsAndTargets();
       },
@@ -202,6 +239,8 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
       [self](ListEvents&) -> EventList { return EventList{self->state.events.List()}; },
       [self](training::JobCommand& command) -> caf::result<training::JobCommandReply> {
         auto reply = self->state.jobs->Command(command);
+        self->state.Audit(self->state.CallerOf(command.caller, self->current_sender()), "job", command.op,
+                          command.name, command.body, reply.status());
         if (!reply.ok()) return runtime::ToCafError(reply.status());
         return training::JobCommandReply{std::move(*reply)};
       },
@@ -210,6 +249,8 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
       [self](JobStatusUpdate& update) { self->state.jobs->Record(update); },
       [self](serving::DeploymentCommand& command) -> caf::result<serving::DeploymentCommandReply> {
         auto reply = self->state.deployments->Command(command);
+        self->state.Audit(self->state.CallerOf(command.caller, self->current_sender()), "deployment", command.op,
+                          command.name, command.body, reply.status());
         if (!reply.ok()) return runtime::ToCafError(reply.status());
         return serving::DeploymentCommandReply{std::move(*reply)};
       },
@@ -217,6 +258,15 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
       [self](ReplicaLeaseRelease& release) { self->state.deployments->Release(release.lease_id); },
       [self](ReplicaPlacementWithdraw& withdraw) { self->state.deployments->Withdraw(withdraw); },
       [self](DeploymentStatusUpdate& update) { self->state.deployments->Record(update); },
+      [self](AuditQuery& query) -> caf::result<AuditReply> {
+        AuditLog& audit = *self->state.audit;
+        auto records = audit.List(query.since_unix_ms);
+        if (!records.ok()) return runtime::ToCafError(records.status());
+        if (!query.verify) return AuditReply{AuditReplyJson(*records, nullptr)};
+        auto verified = audit.Verify();
+        if (!verified.ok()) return runtime::ToCafError(verified.status());
+        return AuditReply{AuditReplyJson(*records, &*verified)};
+      },
       [self](ListNodes&) -> NodeList {
         runtime::Runtime* rt = self->state.runtime;
         return self->state.membership->List([rt](uint64_t node_id) { return rt->bridge().Silence(node_id); });
@@ -240,10 +290,16 @@ StatusOr<std::unique_ptr<Head>> Head::Start(const ClusterConfig& config) {
   ASSIGN_OR_RETURN(head->env_, storage::LmdbEnv::Open(options));
   ASSIGN_OR_RETURN(auto node_table, (storage::Table<std::string, NodeRecord>::Open(*head->env_, "nodes")));
   ASSIGN_OR_RETURN(auto lease_table, (storage::Table<uint64_t, std::string>::Open(*head->env_, "leases")));
+  // The audit log: shared by the controller and the api actor (Head::audit_log); opening it
+  // prunes the records past gateway.audit_retention.
+  ASSIGN_OR_RETURN(std::unique_ptr<AuditLog> audit,
+                   AuditLog::Open(head->env_.get(), &SteadyClock::Instance(), config.gateway.audit_retention));
+  head->audit_ = std::move(audit);
 
   const Clock* clock = &SteadyClock::Instance();
   ControllerState init;
   init.config = config;
+  init.audit = head->audit_;
   init.view = std::make_shared<ClusterView>();
   init.monitor = std::make_shared<std::function<void(const caf::actor&)>>();
   init.store = std::make_unique<HeadStore>(head->env_.get());

@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "cluster/audit_log.h"
 #include "cluster/config.h"
 #include "runtime/metrics.h"
 #include "runtime/runtime.h"
@@ -40,10 +41,14 @@ class Head {
   const std::string& metrics_address() const { return metrics_->address(); }
   runtime::NodeId node_id() const { return runtime_->node_id(); }
   runtime::Runtime& runtime() { return *runtime_; }
+  /// The head's audit log (cluster/audit_log.h), for the head's actors that record admin
+  /// actions (the controller: deployments and jobs; the api actor: keys and tenants).
+  std::shared_ptr<AuditLog> audit_log() const { return audit_; }
 
  private:
   Head() = default;
   std::unique_ptr<storage::LmdbEnv> env_;
+  std::shared_ptr<AuditLog> audit_;  // uses env_
   std::unique_ptr<runtime::Runtime> runtime_;
   std::unique_ptr<runtime::MetricsServer> metrics_;
   caf::actor controller_;

@@ -334,6 +334,19 @@ Status AddClusterCodecs(runtime::CodecRegistry& r) {
       [](wire::LeaseEnded::Reader in, RefCodec&) -> StatusOr<LeaseEnded> {
         return LeaseEnded{in.getLeaseId(), in.getReason()};
       })));
+  RETURN_IF_ERROR((r.Add<AuditQuery, wire::AuditQuery>(
+      kAuditQuery, "cluster.AuditQuery",
+      [](const AuditQuery& m, wire::AuditQuery::Builder b, RefCodec&) {
+        b.setSinceUnixMs(m.since_unix_ms);
+        b.setVerify(m.verify);
+      },
+      [](wire::AuditQuery::Reader in, RefCodec&) -> StatusOr<AuditQuery> {
+        return AuditQuery{in.getSinceUnixMs(), in.getVerify()};
+      })));
+  RETURN_IF_ERROR((r.Add<AuditReply, wire::AuditReply>(
+      kAuditReply, "cluster.AuditReply",
+      [](const AuditReply& m, wire::AuditReply::Builder b, RefCodec&) { b.setJson(m.json); },
+      [](wire::AuditReply::Reader in, RefCodec&) -> StatusOr<AuditReply> { return AuditReply{in.getJson()}; })));
   return r.Add<NodeList, wire::NodeList>(
       kNodeList, "cluster.NodeList",
       [](const NodeList& m, wire::NodeList::Builder b, RefCodec&) {

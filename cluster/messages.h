@@ -167,11 +167,26 @@ struct LeaseEnded {
   std::string reason;
 };
 
+/// Client -> head: the audit log (`troupe audit`, docs/gateway.md "Audit log"): the records
+/// with at_unix_ms >= since_unix_ms, oldest first, and with `verify` the whole chain checked.
+/// Reply: AuditReply.
+struct AuditQuery {
+  int64_t since_unix_ms = 0;
+  bool verify = false;
+};
+/// {"records": [{seq, at_unix_ms, who, action, target, detail, result, prev_hash, hash}...],
+///  "verification": null, or {ok, records, position, problem, anchor: {seq, hash}, tip: {seq, hash}}}
+struct AuditReply {
+  std::string json;
+};
+
 enum ClusterTypeId : uint32_t {
   kJoinRequest = 1100, kJoinReply, kListNodes, kNodeList, kSubscribeMembership, kMembershipEvent,
   kLeaseRequest, kLeaseGrant, kReleaseLease, kAssignSlices, kReleaseSlices, kGpuReport, kListSlices, kSliceList,
   kListEvents, kEventList, kLeaseEnded,
 };
+/// The audit log's messages (1550-1569, issue 21's share).
+enum AuditTypeId : uint32_t { kAuditQuery = 1550, kAuditReply };
 
 /// Registers the codecs of the cluster protocol.
 Status AddClusterCodecs(runtime::CodecRegistry& registry);
@@ -202,3 +217,5 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::SliceList)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::ListEvents)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::EventList)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::LeaseEnded)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::AuditQuery)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::AuditReply)

@@ -108,3 +108,6 @@ struct ListEvents {}
 struct EventList { events @0 :List(Rt.SupervisorEvent); }
 # Head -> lease owner: the lease ended without the owner asking.
 struct LeaseEnded { leaseId @0 :UInt64; reason @1 :Text; }
+# `troupe audit`: the head's audit log (cluster/audit_log.h).
+struct AuditQuery { sinceUnixMs @0 :Int64; verify @1 :Bool; }
+struct AuditReply { json @0 :Text; }

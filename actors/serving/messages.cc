@@ -298,9 +298,10 @@ Status AddDeploymentMessages(runtime::CodecRegistry& r) {
         b.setOp(m.op);
         b.setName(m.name);
         b.setBody(Bytes(m.body));
+        b.setCaller(m.caller);
       },
       [](wire::DeploymentCommand::Reader in, RefCodec&) -> StatusOr<DeploymentCommand> {
-        return DeploymentCommand{in.getOp(), in.getName(), String(in.getBody())};
+        return DeploymentCommand{in.getOp(), in.getName(), String(in.getBody()), in.getCaller()};
       })));
   return r.Add<DeploymentCommandReply, wire::DeploymentCommandReply>(
       kDeploymentCommandReply, "serving.DeploymentCommandReply",

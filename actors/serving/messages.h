@@ -267,6 +267,9 @@ struct DeploymentCommand {
   std::string op;
   std::string name;
   std::string body;
+  /// Who asks, for the head's audit log ("cli@<client node name>"); empty from older senders
+  /// (the head then names the sender's node, or "cluster-token").
+  std::string caller;
 };
 struct DeploymentCommandReply {
   std::string body;

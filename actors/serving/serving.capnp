@@ -87,5 +87,5 @@ struct StartReplica {
 }
 struct ReplicaStarted { name @0 :Text; replica @1 :Rt.ActorAddress; }
 struct StopReplica { name @0 :Text; }
-struct DeploymentCommand { op @0 :Text; name @1 :Text; body @2 :Data; }
+struct DeploymentCommand { op @0 :Text; name @1 :Text; body @2 :Data; caller @3 :Text; }
 struct DeploymentCommandReply { body @0 :Data; }

@@ -159,9 +159,10 @@ Status AddTrainingCodecs(runtime::CodecRegistry& r) {
         b.setOp(m.op);
         b.setName(m.name);
         b.setBody(m.body);
+        b.setCaller(m.caller);
       },
       [](wire::JobCommand::Reader in, RefCodec&) -> StatusOr<JobCommand> {
-        return JobCommand{in.getOp(), in.getName(), in.getBody()};
+        return JobCommand{in.getOp(), in.getName(), in.getBody(), in.getCaller()};
       })));
   RETURN_IF_ERROR((r.Add<JobCommandReply, wire::JobCommandReply>(
       kJobCommandReply, "training.JobCommandReply",

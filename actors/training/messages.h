@@ -71,6 +71,9 @@ struct JobCommand {
   std::string op;
   std::string name;
   std::string body;
+  /// Who asks, for the head's audit log ("cli@<client node name>"); empty from older senders
+  /// (the head then names the sender's node, or "cluster-token").
+  std::string caller;
 };
 struct JobCommandReply {
   std::string body;

@@ -42,7 +42,7 @@ struct WorkerExited {
 }
 # Client -> head: an operation on jobs (submit, list, show, events, stop, resume, delete, models).
 # `body` is JSON (the job spec for submit); the reply's too (docs/jobs.md shows both).
-struct JobCommand { op @0 :Text; name @1 :Text; body @2 :Text; }
+struct JobCommand { op @0 :Text; name @1 :Text; body @2 :Text; caller @3 :Text; }
 struct JobCommandReply { body @0 :Text; }
 # Client -> node agent: a worker's log file from `offset` (bytes), at most `maxBytes`.
 struct ReadWorkerLog { job @0 :Text; attempt @1 :UInt64; rank @2 :UInt32; offset @3 :UInt64; maxBytes @4 :UInt32; }
