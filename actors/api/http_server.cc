@@ -166,9 +166,8 @@ namespace {
 // strand). `mu` orders a handler's posts against the connection closing.
 class Responder final : public HttpResponder {
  public:
-  Responder(std::weak_ptr<Connection> connection, asio::strand<asio::io_context::executor_type> strand,
-            uint64_t seq)
-      : connection_(std::move(connection)), strand_(std::move(strand)), seq_(seq) {}
+  // Holds the connection weakly and nothing of Asio's: a responder may outlive the server.
+  Responder(std::weak_ptr<Connection> connection, uint64_t seq) : connection_(std::move(connection)), seq_(seq) {}
 
   void Respond(unsigned status, HttpHeaders headers, std::string body) override;
   void StartStream(unsigned status, HttpHeaders headers) override;
@@ -214,7 +213,6 @@ class Responder final : public HttpResponder {
   bool finished_ = false;  // Respond or End was called: later calls do nothing
   std::function<void()> on_close_;
   std::weak_ptr<Connection> connection_;
-  asio::strand<asio::io_context::executor_type> strand_;
   uint64_t seq_;  // the request's number on its connection
 };
 
@@ -497,7 +495,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     phase_ = Phase::kHandling;
     answered_ = streaming_ = end_pending_ = false;
     ++seq_;
-    auto responder = std::make_shared<Responder>(weak_from_this(), strand_, seq_);
+    auto responder = std::make_shared<Responder>(weak_from_this(), seq_);
     responder_ = responder;
     {
       std::lock_guard<std::mutex> lock(server_->mu);
@@ -606,7 +604,8 @@ void Responder::Post(F f, bool last) {
   finished_ = last;
   auto connection = connection_.lock();
   if (!connection) return;
-  asio::post(strand_, [connection = std::move(connection), f = std::move(f)]() mutable { f(*connection); });
+  auto& strand = connection->strand();
+  asio::post(strand, [connection = std::move(connection), f = std::move(f)]() mutable { f(*connection); });
 }
 
 void Responder::Respond(unsigned status, HttpHeaders headers, std::string body) {
