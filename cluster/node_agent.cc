@@ -58,6 +58,9 @@ caf::actor SpawnReplicaHere(caf::actor_system& system, const serving::StartRepli
   config.model.default_max_tokens = start.max_tokens;
   config.model.seed = start.seed;
   config.stall_after_requests = start.stall_after;
+  config.startup_delay = std::chrono::milliseconds(std::max<int64_t>(start.startup_delay_ms, 0));
+  config.fail_every_requests = start.fail_every;
+  config.crash_after_requests = start.crash_after;
   if (!start.process_command.empty()) {
     serving::ProcessBackend spec;
     spec.command = start.process_command;

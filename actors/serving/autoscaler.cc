@@ -87,6 +87,21 @@ caf::behavior Autoscaler(Self* self, AutoscalerInit init) {
         st.current = count.current;
         st.sent.reset();  // a decision sent for another count may be needed again
       },
+      [self](ConfigureAutoscaler& update) {
+        auto& st = self->state;
+        if (Status valid = ValidateAutoscalingConfig(update.config); !valid.ok()) {
+          spdlog::error("autoscaler '{}': the new configuration is refused, the old one stays: {}", st.init.deployment,
+                        valid.ToString());
+          return;
+        }
+        st.init.config = update.config;
+        st.policy->Reconfigure(update.config);
+        st.sent.reset();  // the same count may need a decision under the new targets
+        spdlog::info("autoscaler '{}': reconfigured: target {} ongoing, {}/s per replica, {} to {} replicas",
+                     st.init.deployment, update.config.target_ongoing_requests,
+                     update.config.target_requests_per_second, update.config.min_replicas,
+                     update.config.max_replicas);
+      },
       [self](tick_atom) {
         Tick(self);
         self->delayed_send(self, self->state.init.config.tick, tick_atom::value);

@@ -5,6 +5,7 @@
 
 #include <caf/actor.hpp>
 #include <caf/actor_system.hpp>
+#include <caf/allowed_unsafe_message_type.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -77,6 +78,14 @@ struct AutoscalerInit {
   std::shared_ptr<AutoscalerMetrics> metrics;
 };
 
+/// Deployment actor -> autoscaler: decide by `config` from now on (`troupe serve update` and
+/// `rollback`: targets, windows, rates, bounds, tick), keeping the load history
+/// (AutoscalerPolicy::Reconfigure). A config that fails ValidateAutoscalingConfig is refused with
+/// an error log line and the old one stays (the head validated the spec before). No reply.
+struct ConfigureAutoscaler {
+  AutoscalingConfig config;
+};
+
 /// Spawns the autoscaler of one deployment (on the actor system's scheduler; it never blocks).
 /// InvalidArgument (naming the field) if init.config is not valid, or if it has no target.
 ///
@@ -85,6 +94,7 @@ struct AutoscalerInit {
 ///     another deployment are dropped.
 ///   ReplicaCount (from the deployment actor): the replicas running now. Until the first one, the
 ///     count is config.initial_replicas (what the deployment starts with).
+///   ConfigureAutoscaler (above).
 ///   caf::exit_msg / a down target: it ends (it monitors the target).
 ///
 /// Every tick it sums the live sources' load and feeds it to the policy: routers and replicas see
@@ -106,3 +116,5 @@ StatusOr<caf::actor> SpawnAutoscaler(caf::actor_system& system, AutoscalerInit i
 Load CombineLoad(const std::map<std::string, LoadReport>& reports);
 
 }  // namespace troupe::serving
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ConfigureAutoscaler)

@@ -88,6 +88,13 @@ const char* ScaleReasonName(ScaleReason reason) {
 
 AutoscalerPolicy::AutoscalerPolicy(const AutoscalingConfig& config) : config_(config) {}
 
+void AutoscalerPolicy::Reconfigure(const AutoscalingConfig& config) {
+  config_ = config;
+  if (samples_.empty()) return;
+  const auto horizon = samples_.back().at - std::max(config_.stable_window, config_.panic_window);
+  while (!samples_.empty() && samples_.front().at <= horizon) samples_.pop_front();
+}
+
 void AutoscalerPolicy::Observe(TimePoint now, const Load& load) {
   if (!samples_.empty() && now < samples_.back().at) now = samples_.back().at;
   if (!first_sample_) first_sample_ = now;

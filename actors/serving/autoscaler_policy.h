@@ -108,6 +108,12 @@ class AutoscalerPolicy {
   /// The replica count for `now`, given that `current_replicas` run (or start) now.
   Decision Decide(TimePoint now, uint32_t current_replicas);
 
+  /// Decides by `config` from now on (`troupe serve update`; must be valid), keeping the load
+  /// history, the panic state and the scale-down delay's recent decisions: an update is no reason
+  /// to forget the load, and a policy started afresh would start in panic (rule above) and hold
+  /// the count for a stable window. Samples older than the new windows are dropped.
+  void Reconfigure(const AutoscalingConfig& config);
+
   const AutoscalingConfig& config() const { return config_; }
 
  private:

@@ -168,20 +168,32 @@ void PushReplicaSet(Self* self) {
   if (st.router) self->send(st.router, std::move(set));
 }
 
+// The status's replicas and standby counts as the actor has them now.
+void RefreshView(Self* self) {
+  auto& st = self->state;
+  st.status.replicas.clear();
+  for (const auto& [name, r] : st.replicas) {
+    st.status.replicas.push_back(
+        ReplicaView{r.name, r.version, r.state, r.place.node, r.place.lease_id, r.outdated, st.Standby(r)});
+  }
+  st.status.standby = st.standby;
+}
+
 void SendCount(Self* self) {
   auto& st = self->state;
-  if (st.autoscaler) self->send(st.autoscaler, ReplicaCount{st.spec().name, st.Live()});
+  if (!st.autoscaler) return;
+  RefreshView(self);
+  self->send(st.autoscaler, ReplicaCount{st.spec().name, AutoscalerReplicaCount(st.status)});
 }
 
 void Publish(Self* self, const std::string& what, const std::string& why) {
   auto& st = self->state;
+  RefreshView(self);
   std::map<std::string, uint32_t> by_state;
-  st.status.replicas.clear();
   uint32_t outdated = 0;
-  for (const auto& [name, r] : st.replicas) {
+  for (const auto& r : st.status.replicas) {
     ++by_state[r.state];
     if (r.outdated) ++outdated;
-    st.status.replicas.push_back(ReplicaView{r.name, r.version, r.state, r.place.node, r.place.lease_id});
   }
   uint32_t want = st.status.desired;
   for (const auto& [version, n] : st.standby) want += n;
@@ -240,6 +252,9 @@ void StartReplicaOn(Self* self, const std::string& name) {
     start.first_token_latency_us = v->test.first_token_latency.count() * 1000;
     start.max_tokens = v->test.max_tokens;
     start.stall_after = v->test.stall_after;
+    start.startup_delay_ms = v->test.startup_delay.count();
+    start.fail_every = v->test.fail_every;
+    start.crash_after = v->test.crash_after;
     if (v->backend == BackendKind::kProcess) {
       start.process_command = v->process.command;
       for (const auto& [env_name, value] : v->process.env) start.process_env.push_back(env_name + "=" + value);
@@ -497,6 +512,56 @@ void Reconcile(Self* self) {
   Publish(self, "", "");
 }
 
+bool Autoscaled(const DeploymentSpec& spec) {
+  return spec.autoscaling.min_replicas != spec.autoscaling.max_replicas;
+}
+
+// The spec's settings of the router.
+ConfigureRouter RoutingOf(const DeploymentSpec& spec) {
+  return ConfigureRouter{spec.routing, spec.max_queued_requests, spec.request_timeout};
+}
+
+// Spawns the deployment's autoscaler (linked: it ends with this actor) for the spec's autoscaling.
+void StartAutoscaler(Self* self) {
+  auto& st = self->state;
+  AutoscalerInit a;
+  a.deployment = st.spec().name;
+  a.config = st.spec().autoscaling;
+  a.target = st.self_ref;
+  a.clock = st.init.clock;
+  a.metrics = st.init.autoscaler_metrics;
+  auto spawned = SpawnAutoscaler(self->home_system(), std::move(a));
+  if (!spawned.ok()) {
+    spdlog::error("deployment {}: no autoscaler: {}", st.spec().name, spawned.status().ToString());
+    return;
+  }
+  st.autoscaler = *spawned;
+  st.autoscaler_ref = st.init.runtime->Ref(st.autoscaler);
+  self->link_to(st.autoscaler);
+}
+
+// The router and the autoscaler outlive an update: they take the new spec's settings. An
+// autoscaler starts when the spec now autoscales (min != max) and stops when it no longer does.
+void ApplyRoutingAndAutoscaling(Self* self) {
+  auto& st = self->state;
+  if (st.router) self->send(st.router, RoutingOf(st.spec()));
+  if (Autoscaled(st.spec())) {
+    if (st.autoscaler) {
+      self->send(st.autoscaler, ConfigureAutoscaler{st.spec().autoscaling});
+      return;
+    }
+    StartAutoscaler(self);
+  } else if (st.autoscaler) {
+    self->unlink_from(st.autoscaler);
+    self->send_exit(st.autoscaler, caf::exit_reason::user_shutdown);
+    st.autoscaler = nullptr;
+    st.autoscaler_ref = runtime::ActorRef();
+  } else {
+    return;
+  }
+  if (st.router) self->send(st.router, SetAutoscaler{st.autoscaler_ref});
+}
+
 // Runs `spec` from now on (UpdateDeployment): versions unchanged but for their weight keep their
 // replicas; those of changed or removed versions become outdated and are rolled out by Reconcile.
 void ApplyUpdate(Self* self, UpdateDeployment& update) {
@@ -548,6 +613,7 @@ void ApplyUpdate(Self* self, UpdateDeployment& update) {
     st.status.desired = a.min_replicas == a.max_replicas ? a.initial_replicas
                                                          : std::clamp(st.status.desired, a.min_replicas, a.max_replicas);
   }
+  ApplyRoutingAndAutoscaling(self);
   st.rolling = st.AnyOutdated();
   const RolloutStep step = ResolveRollout(st.spec().rollout, st.status.desired);
   std::string standby_text;
@@ -575,31 +641,20 @@ caf::behavior Deployment(Self* self, DeploymentInit init) {
   // A count set by hand stays; otherwise the autoscaler starts again from the initial count.
   const bool again = st.status.desired != 0;
   if (!st.status.scaled_by_hand) st.status.desired = st.spec().autoscaling.initial_replicas;
+  // Blue-green standby counts (stored): the versions still of weight 0 run them again.
+  for (const auto& [version, n] : st.status.standby) {
+    if (const VersionSpec* v = st.Version(version); v != nullptr && v->weight == 0 && n > 0) st.standby[version] = n;
+  }
   runtime::Runtime* rt = st.init.runtime;
   st.self_ref = rt->Ref(caf::actor_cast<caf::actor>(self));
-  const auto& auto_cfg = st.spec().autoscaling;
-  if (auto_cfg.min_replicas != auto_cfg.max_replicas) {
-    AutoscalerInit a;
-    a.deployment = st.spec().name;
-    a.config = auto_cfg;
-    a.target = st.self_ref;
-    a.clock = st.init.clock;
-    a.metrics = st.init.autoscaler_metrics;
-    auto spawned = SpawnAutoscaler(self->home_system(), std::move(a));
-    if (spawned.ok()) {
-      st.autoscaler = *spawned;
-      st.autoscaler_ref = rt->Ref(st.autoscaler);
-      self->link_to(st.autoscaler);
-    } else {
-      spdlog::error("deployment {}: no autoscaler: {}", st.spec().name, spawned.status().ToString());
-    }
-  }
+  if (Autoscaled(st.spec())) StartAutoscaler(self);
   RouterConfig rc;
   rc.deployment = st.spec().name;
-  rc.policy = st.spec().routing;
+  const ConfigureRouter routing = RoutingOf(st.spec());
+  rc.policy = routing.policy;
   rc.seed = static_cast<uint64_t>(st.status.deployed_unix_ms);
-  rc.max_queued = st.spec().max_queued_requests;
-  rc.default_deadline = st.spec().request_timeout;
+  rc.max_queued = routing.max_queued;
+  rc.default_deadline = routing.default_deadline;
   rc.autoscaler = st.autoscaler_ref;
   rc.clock = st.init.clock;
   rc.metrics = st.init.router_metrics;
@@ -733,7 +788,7 @@ std::string DeploymentStatusToJson(const DeploymentStatus& s) {
   Json by_state = {{kPending, 0}, {kStarting, 0}, {kReady, 0}, {kDraining, 0}};
   for (const auto& r : s.replicas) {
     replicas.push_back({{"name", r.name}, {"version", r.version}, {"state", r.state}, {"node", r.node},
-                        {"lease_id", r.lease_id}});
+                        {"lease_id", r.lease_id}, {"outdated", r.outdated}, {"standby", r.standby}});
     by_state[r.state] = by_state.value(r.state, 0) + 1;
   }
   return Json{{"name", s.name},
@@ -745,7 +800,8 @@ std::string DeploymentStatusToJson(const DeploymentStatus& s) {
               {"router", s.router},
               {"deployed_unix_ms", s.deployed_unix_ms},
               {"replicas", replicas},
-              {"replicas_by_state", by_state}}
+              {"replicas_by_state", by_state},
+              {"standby", s.standby}}
       .dump();
 }
 
@@ -763,12 +819,25 @@ StatusOr<DeploymentStatus> DeploymentStatusFromJson(const std::string& json) {
     s.deployed_unix_ms = j.value("deployed_unix_ms", int64_t{0});
     for (const auto& r : j.value("replicas", Json::array())) {
       s.replicas.push_back(ReplicaView{r.at("name").get<std::string>(), r.value("version", ""), r.value("state", ""),
-                                       r.value("node", ""), r.value("lease_id", uint64_t{0})});
+                                       r.value("node", ""), r.value("lease_id", uint64_t{0}),
+                                       r.value("outdated", false), r.value("standby", false)});
     }
+    const Json standby = j.value("standby", Json::object());
+    for (const auto& [version, n] : standby.items()) s.standby[version] = n.get<uint32_t>();
     return s;
   } catch (const std::exception& e) {
     return InvalidArgumentError(std::string("deployment status: not the JSON troupe writes: ") + e.what());
   }
+}
+
+uint32_t AutoscalerReplicaCount(const DeploymentStatus& status) {
+  uint32_t serving = 0;
+  bool rolling = false;
+  for (const auto& r : status.replicas) {
+    rolling = rolling || r.outdated;
+    if (r.state != kDraining && !r.standby) ++serving;
+  }
+  return rolling ? std::min(serving, status.desired) : serving;
 }
 
 std::string DeploymentEventToJson(const DeploymentEvent& e) {

@@ -68,6 +68,11 @@ struct ReplicaView {
   std::string state;
   std::string node;
   uint64_t lease_id = 0;
+  /// Of a version an update changed or removed: an update's rollout replaces it.
+  bool outdated = false;
+  /// Of a version whose weight an update set to 0 (blue-green standby): kept out of the router's
+  /// set, and not counted for the autoscaler.
+  bool standby = false;
 };
 
 /// A deployment's status (stored by the head with its spec; `troupe serve show`).
@@ -87,7 +92,19 @@ struct DeploymentStatus {
   std::string router;
   std::vector<ReplicaView> replicas;
   int64_t deployed_unix_ms = 0;
+  /// The versions of weight 0 that keep replicas as a blue-green standby, and how many (an update
+  /// set their weight to 0 while they ran them). Stored, so a head restart starts them again.
+  std::map<std::string, uint32_t> standby;
 };
+
+/// The replica count a deployment actor reports to its autoscaler (ReplicaCount): the replicas
+/// that serve or will serve (pending, starting, ready), standby replicas aside (they serve
+/// nothing). During an update's rollout (any replica outdated) at most `desired`: the surge
+/// replicas above it are a passing overlap of old and new replicas, not capacity the autoscaler
+/// ordered. Not only the new version's replicas: at the start of a rollout there are none yet,
+/// while the old ones still carry the whole load, and a count of 0 or 1 would make the
+/// autoscaler panic (panic_threshold x current) and hold the count for a stable window.
+uint32_t AutoscalerReplicaCount(const DeploymentStatus& status);
 
 /// One change of a deployment: when, what, why.
 struct DeploymentEvent {
@@ -97,8 +114,9 @@ struct DeploymentEvent {
 };
 
 /// JSON: {"name", "state", "reason", "desired", "scaled_by_hand", "generation", "router",
-/// "deployed_unix_ms", "replicas": [{"name","version","state","node","lease_id"}],
-/// "replicas_by_state": {"pending": n, "starting": n, "ready": n, "draining": n}}.
+/// "deployed_unix_ms", "replicas": [{"name","version","state","node","lease_id","outdated",
+/// "standby"}], "replicas_by_state": {"pending": n, "starting": n, "ready": n, "draining": n},
+/// "standby": {"<version>": n}}.
 std::string DeploymentStatusToJson(const DeploymentStatus& status);
 /// Back from DeploymentStatusToJson (replicas_by_state is derived); InvalidArgument otherwise.
 StatusOr<DeploymentStatus> DeploymentStatusFromJson(const std::string& json);
@@ -138,8 +156,9 @@ struct ScaleDeployment {
 /// (router set without it, Drain, lease released) only while the ready replicas stay at least
 /// desired - max_unavailable (ResolveRollout). A version that had replicas and gets weight 0
 /// keeps them out of the router's set (blue-green standby) until an update removes it. The
-/// router and autoscaler keep the configuration of the first deploy. No reply; events say each
-/// step and "rollout complete" at the end.
+/// router takes the new routing, max_queued_requests and request_timeout (ConfigureRouter), the
+/// autoscaler the new autoscaling settings (ConfigureAutoscaler; it starts or stops when min ==
+/// max changes). No reply; events say each step and "rollout complete" at the end.
 struct UpdateDeployment {
   DeploymentSpec spec;
   std::string why;  ///< "troupe serve update" or "troupe serve rollback"
@@ -153,8 +172,9 @@ struct StopDeployment {
 /// How a deployment actor is set up (SpawnDeployment's argument).
 struct DeploymentInit {
   DeploymentSpec spec;
-  /// The status stored before (a head restart: its desired count and scaled_by_hand are kept;
-  /// its replicas are not taken back, new ones start). A new deployment: name only.
+  /// The status stored before (a head restart: its desired count, scaled_by_hand and standby
+  /// counts are kept; its replicas are not taken back, new ones start). A new deployment: name
+  /// only.
   DeploymentStatus status;
   DeploymentHost* host = nullptr;
   /// The head's runtime: the router's name is registered there.

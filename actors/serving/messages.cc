@@ -249,6 +249,9 @@ Status AddDeploymentMessages(runtime::CodecRegistry& r) {
         b.setMemoryBytes(m.memory_bytes);
         b.setComputePercent(m.compute_percent);
         b.setSimulated(m.simulated);
+        b.setStartupDelayMs(m.startup_delay_ms);
+        b.setFailEvery(m.fail_every);
+        b.setCrashAfter(m.crash_after);
       },
       [](wire::StartReplica::Reader in, RefCodec& refs) -> StatusOr<StartReplica> {
         StartReplica m;
@@ -263,6 +266,9 @@ Status AddDeploymentMessages(runtime::CodecRegistry& r) {
         m.first_token_latency_us = in.getFirstTokenLatencyUs();
         m.max_tokens = in.getMaxTokens();
         m.stall_after = in.getStallAfter();
+        m.startup_delay_ms = in.getStartupDelayMs();
+        m.fail_every = in.getFailEvery();
+        m.crash_after = in.getCrashAfter();
         m.seed = in.getSeed();
         m.owner = refs.DecodeRef(in.getOwner());
         m.autoscaler = refs.DecodeRef(in.getAutoscaler());

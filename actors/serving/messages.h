@@ -230,6 +230,11 @@ struct StartReplica {
   uint32_t max_tokens = 16;
   uint32_t stall_after = 0;
   uint64_t seed = 0;
+  /// The test backend's cold-start and failure knobs (ReplicaConfig's startup_delay, in
+  /// milliseconds, fail_every_requests, crash_after_requests; 0: off).
+  int64_t startup_delay_ms = 0;
+  uint32_t fail_every = 0;
+  uint32_t crash_after = 0;
   /// The process backend (deployment_spec.h ProcessBackend; empty command: the test backend):
   /// argv, "NAME=value" entries, working directory, the port's variable, the health path and
   /// the ready timeout in milliseconds.
@@ -268,9 +273,8 @@ struct DeploymentCommand {
   std::string name;
   std::string body;
   /// Who asks, for the head's audit log ("cli@<client node name>"); empty from older senders
-  /// (the head then names the sender's node, or "cluster-token"). Initialized here so that code
-  /// written before it ({op, name, body}) builds without a missing-initializer warning.
-  std::string caller = {};
+  /// (the head then names the sender's node, or "cluster-token").
+  std::string caller;
 };
 struct DeploymentCommandReply {
   std::string body;

@@ -26,6 +26,8 @@ using backend_chunk_atom = caf::atom_constant<caf::atom("rep_bchunk")>;
 using backend_done_atom = caf::atom_constant<caf::atom("rep_bdone")>;
 using backend_error_atom = caf::atom_constant<caf::atom("rep_berror")>;
 using backend_failed_atom = caf::atom_constant<caf::atom("rep_bfail")>;
+// ReplicaConfig::startup_delay has passed: the start probe begins.
+using startup_atom = caf::atom_constant<caf::atom("rep_start")>;
 
 // The default probe timeout when HealthProbe gives none.
 constexpr milliseconds kDefaultProbeTimeout{1000};
@@ -67,6 +69,7 @@ struct ReplicaActorState {
   uint64_t next_seq = 1;
   uint32_t ongoing = 0;  // flights of kind kRequest
   uint64_t started_requests = 0;  // for stall_after_requests (probes included)
+  uint64_t admitted_requests = 0;  // for fail_every_requests and crash_after_requests
   uint64_t completed = 0;
   uint64_t failed = 0;
   uint64_t completed_at_report = 0;
@@ -268,6 +271,24 @@ caf::result<InferenceResponse> Serve(Self* self, InferenceRequest& req) {
     ++st.failed;
     return runtime::ToCafError(parsed.status());
   }
+  if (!st.backend) {
+    // The test backend's failure knobs (tests of crashes and errors).
+    const uint64_t n = ++st.admitted_requests;
+    if (st.config.crash_after_requests != 0 && n == st.config.crash_after_requests) {
+      const std::string reason = "crash_after " + std::to_string(n) + ": request " + std::to_string(n) +
+                                 " arrived (the test backend's crash knob)";
+      const Status crashed = UnavailableError("replica '" + st.config.name + "' crashed (" + reason + ")");
+      ++st.failed;
+      Stop(self, reason, crashed, runtime::ToCafError(InternalError("replica '" + st.config.name + "': " + reason)));
+      return runtime::ToCafError(crashed);
+    }
+    if (st.config.fail_every_requests != 0 && n % st.config.fail_every_requests == 0) {
+      ++st.failed;
+      return runtime::ToCafError(InternalError("replica '" + st.config.name + "': request " + std::to_string(n) +
+                                               " failed: the test backend fails every " +
+                                               std::to_string(st.config.fail_every_requests) + "th (fail_every)"));
+    }
+  }
   Flight flight;
   flight.kind = FlightKind::kRequest;
   flight.request_id = req.id;
@@ -419,6 +440,17 @@ void BackendChunk(Self* self, uint64_t seq, std::string& data) {
   }
 }
 
+// The first health probe: the replica is ready when it passes.
+void StartProbe(Self* self) {
+  auto& st = self->state;
+  const uint64_t start_probe = Probe(self, FlightKind::kStartProbe, caf::response_promise());
+  st.start_probe = start_probe;
+  // The process backend's ready_timeout bounds its start instead.
+  if (!st.backend && st.flights.count(start_probe) != 0) {
+    self->delayed_send(self, st.config.start_timeout, deadline_atom::value, start_probe);
+  }
+}
+
 caf::behavior Replica(Self* self, ReplicaConfig config) {
   auto& st = self->state;
   st.config = std::move(config);
@@ -433,11 +465,10 @@ caf::behavior Replica(Self* self, ReplicaConfig config) {
     self->send(st.config.owner.handle(), ReplicaStateChanged{st.config.name, st.replica_state, "spawned"});
   }
   if (st.config.process) StartBackend(self);
-  const uint64_t start_probe = Probe(self, FlightKind::kStartProbe, caf::response_promise());
-  st.start_probe = start_probe;
-  // The process backend's ready_timeout bounds its start instead.
-  if (!st.backend && st.flights.count(start_probe) != 0) {
-    self->delayed_send(self, st.config.start_timeout, deadline_atom::value, start_probe);
+  if (!st.backend && st.config.startup_delay.count() > 0) {
+    self->delayed_send(self, st.config.startup_delay, startup_atom::value);
+  } else {
+    StartProbe(self);
   }
   if (st.config.autoscaler.valid()) self->delayed_send(self, st.config.load_report_interval, report_atom::value);
   return {
@@ -453,6 +484,9 @@ caf::behavior Replica(Self* self, ReplicaConfig config) {
       [self](ReplicaQuery&) -> ReplicaStatus {
         auto& st = self->state;
         return ReplicaStatus{st.config.name, st.replica_state, st.ongoing, st.completed, st.failed};
+      },
+      [self](startup_atom) {
+        if (self->state.replica_state == ReplicaState::kStarting) StartProbe(self);
       },
       [self](token_atom, uint64_t seq) { Advance(self, seq); },
       [self](deadline_atom, uint64_t seq) {

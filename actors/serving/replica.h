@@ -56,6 +56,16 @@ struct ReplicaConfig {
   /// one at start among them) the test model produces no more tokens; its requests end only by
   /// their deadline, a cancel, or a drain's timeout. 0: never.
   uint32_t stall_after_requests = 0;
+  /// Test-backend knobs of the spec's `test:` section (deployment_spec.h TestBackend), for tests
+  /// of cold starts and failures; the process backend ignores them. startup_delay: the start
+  /// probe begins this long after the spawn, so the replica is `starting` (and refuses requests
+  /// as starting) that long at least. fail_every_requests: every n-th request the replica admits
+  /// fails with Internal (a 500-class error; probes never fail). crash_after_requests: when the
+  /// n-th request it admits arrives, the replica stops with an error exit (its owner sees it
+  /// exit and replaces it), failing that request and those in flight with Unavailable. 0: off.
+  std::chrono::milliseconds startup_delay{0};
+  uint32_t fail_every_requests = 0;
+  uint32_t crash_after_requests = 0;
   /// Elapsed times (token pacing, first-token and probe latencies) and wall-clock deadlines
   /// (InferenceRequest::deadline_unix_ms); SteadyClock::Instance() if null. Timers are CAF's, so
   /// a manual clock does not move them: tests use the real clock with short times.

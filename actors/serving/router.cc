@@ -457,6 +457,18 @@ caf::behavior Router(Self* self, RouterConfig config) {
         self->state.config.autoscaler = std::move(msg.autoscaler);
         StartReports(self);
       },
+      [self](ConfigureRouter& settings) {
+        auto& st = self->state;
+        if (settings.policy != st.config.policy) {
+          st.config.policy = settings.policy;
+          st.policy = MakeRoutingPolicy(st.config.policy, st.config.seed);
+        }
+        st.config.max_queued = settings.max_queued;
+        st.config.default_deadline = settings.default_deadline;
+        spdlog::info("router '{}' of deployment '{}': routing {}, max_queued {}, default deadline {} ms",
+                     st.config.name, st.config.deployment, RoutingPolicyName(st.config.policy), st.config.max_queued,
+                     st.config.default_deadline.count());
+      },
       [self](RouterQuery&) {
         auto& st = self->state;
         RouterStats stats = st.stats;

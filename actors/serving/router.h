@@ -53,6 +53,19 @@ struct SetAutoscaler {
   runtime::ActorRef autoscaler;
 };
 
+/// Deployment actor -> router: the deployment's routing settings from now on (`troupe serve
+/// update` and `rollback`: the router outlives updates, so it must take the new spec's routing,
+/// max_queued_requests and request_timeout). The policy is a new one of `policy`, seeded as the
+/// first (its rotation and counts start again, as after any new ReplicaSet); requests already
+/// queued stay queued even above a lower `max_queued` (only new ones past it are refused); the
+/// deadline of requests already admitted stays, `default_deadline` applies to those that come
+/// from now on. No reply.
+struct ConfigureRouter {
+  RoutingPolicyKind policy = RoutingPolicyKind::kPowerOfTwoChoices;
+  size_t max_queued = 1000;
+  std::chrono::milliseconds default_deadline{60000};
+};
+
 /// Anyone -> router: RouterQuery, reply RouterStats (its counts now; for tests and `troupe serve
 /// show`).
 struct RouterQuery {};
@@ -86,7 +99,7 @@ struct RouterStats {
 ///   ReplicaSet: replaces the replicas if its generation is newer than the one in use (older or
 ///     equal ones are ignored). A replica missing from the new set gets no new request; those in
 ///     flight there finish.
-///   SetAutoscaler, RouterQuery (above).
+///   SetAutoscaler, ConfigureRouter, RouterQuery (above).
 ///
 /// Errors a client gets (docs/serving.md "Errors"):
 ///   ResourceExhausted: max_queued requests were waiting already;
@@ -108,5 +121,6 @@ caf::actor SpawnRouter(caf::actor_system& system, RouterConfig config);
 }  // namespace troupe::serving
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::SetAutoscaler)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ConfigureRouter)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::RouterQuery)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::RouterStats)

@@ -84,6 +84,9 @@ struct StartReplica {
   memoryBytes @22 :UInt64;
   computePercent @23 :UInt32;
   simulated @24 :Bool;
+  startupDelayMs @25 :Int64;
+  failEvery @26 :UInt32;
+  crashAfter @27 :UInt32;
 }
 struct ReplicaStarted { name @0 :Text; replica @1 :Rt.ActorAddress; }
 struct StopReplica { name @0 :Text; }

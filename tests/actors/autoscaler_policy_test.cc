@@ -340,6 +340,25 @@ TEST(AutoscalerPolicy, StartsInPanicWithSeveralReplicasRunning) {
   EXPECT_FALSE(single.Decide(kStart, 1).panic);
 }
 
+// An update's settings (Reconfigure) apply to the load already observed: a new target per replica
+// and new bounds change the next decision at once, with no window to fill again.
+TEST(AutoscalerPolicy, ReconfigureKeepsTheHistoryAndAppliesTheNewTargetAndBounds) {
+  AutoscalingConfig config = Scalable(1, 10, 1);
+  config.target_ongoing_requests = 10;
+  AutoscalerPolicy policy(config);
+  for (int64_t ms = 0; ms <= 1000; ms += 100) policy.Observe(kStart + milliseconds(ms), Load{4, 0, 0});
+  Decision d = policy.Decide(kStart + milliseconds(1000), 1);
+  ASSERT_EQ(d.desired, 1u) << d.reason_text;
+  config.target_ongoing_requests = 1;
+  config.max_replicas = 3;
+  policy.Reconfigure(config);
+  EXPECT_EQ(policy.config().target_ongoing_requests, 1);
+  d = policy.Decide(kStart + milliseconds(1000), 1);
+  EXPECT_EQ(d.stable_replicas, 4u) << "4 requests at 1 per replica, from the samples before: " << d.reason_text;
+  EXPECT_EQ(d.desired, 3u) << "the new max_replicas: " << d.reason_text;
+  EXPECT_EQ(d.reason, ScaleReason::kMaxReplicas);
+}
+
 // Without any load observed the count stays, within the bounds.
 TEST(AutoscalerPolicy, NoDataKeepsTheCurrentCount) {
   AutoscalerPolicy policy(Scalable(2, 5, 2));

@@ -126,6 +126,14 @@ class AutoscalerTest : public ::testing::Test {
     return config;
   }
 
+  // Whether a tick saw load in its stable window (bounded wait).
+  bool TickObservedLoad() {
+    return Eventually([&] {
+      auto load = Metric(*metrics_, "troupe_serving_autoscaler_load_requests", {{"window", "stable"}});
+      return load && *load > 0;
+    });
+  }
+
   caf::actor_system_config config_;
   caf::actor_system system_;
   caf::actor probe_;
@@ -140,10 +148,7 @@ TEST_F(AutoscalerTest, LoadStepOrdersReplicasWithinOneSecond) {
   // The reports are sent once: they must outlive the test's waits.
   caf::actor autoscaler = Spawn(Config(), 30s);
   caf::anon_send(autoscaler, LoadReport{"chat", "router/0", 0, 1, 0, 2});
-  ASSERT_TRUE(Eventually([&] {
-    auto load = Metric(*metrics_, "troupe_serving_autoscaler_load_requests", {{"window", "stable"}});
-    return load && *load > 0;
-  })) << "no tick observed the base load";
+  ASSERT_TRUE(TickObservedLoad()) << "no tick observed the base load";
   EXPECT_EQ(Metric(*metrics_, "troupe_serving_autoscaler_desired_replicas", {}), 1.0);
 
   const auto step = std::chrono::steady_clock::now();
@@ -171,6 +176,30 @@ TEST_F(AutoscalerTest, LoadStepOrdersReplicasWithinOneSecond) {
   EXPECT_TRUE(Eventually([&] {
     return Metric(*metrics_, "troupe_serving_autoscaler_current_replicas", {{"deployment", "chat"}}) == 10.0;
   }));
+}
+
+// ConfigureAutoscaler (an update) replaces the targets and bounds the autoscaler decides by: the
+// same load that needed 1 replica at 10 per replica asks for 3 (the new max) at 1 per replica.
+TEST_F(AutoscalerTest, ConfigureAutoscalerAppliesTheNewTargetAndBounds) {
+  caf::actor autoscaler = Spawn(Config(), 30s);
+  caf::anon_send(autoscaler, LoadReport{"chat", "router/0", 0, 4, 0, 2});
+  ASSERT_TRUE(TickObservedLoad()) << "no tick observed the load";
+  EXPECT_EQ(Metric(*metrics_, "troupe_serving_autoscaler_desired_replicas", {}), 1.0);
+  AutoscalingConfig config = Config();
+  config.target_ongoing_requests = 1;
+  config.max_replicas = 3;
+  caf::anon_send(autoscaler, ConfigureAutoscaler{config});
+  auto decided = decisions_->WaitFor([](const ScaleDecision& d) { return d.desired > 1; });
+  ASSERT_TRUE(decided.has_value()) << "the first target (10 per replica) still decides";
+  EXPECT_EQ(decided->decision.desired, 3u) << decided->decision.reason;
+  // An invalid configuration is refused; the one before stays.
+  config.min_replicas = 5;
+  caf::anon_send(autoscaler, ConfigureAutoscaler{config});
+  caf::anon_send(autoscaler, ReplicaCount{"chat", 3});
+  EXPECT_TRUE(Eventually([&] {
+    return Metric(*metrics_, "troupe_serving_autoscaler_current_replicas", {{"deployment", "chat"}}) == 3.0;
+  }));
+  EXPECT_EQ(Metric(*metrics_, "troupe_serving_autoscaler_desired_replicas", {}), 3.0);
 }
 
 // A source silent for longer than source_timeout no longer counts (a stopped replica's last load

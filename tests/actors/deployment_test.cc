@@ -64,8 +64,52 @@ TEST(DeploymentStatusJson, RoundTripsWithCountsByState) {
   EXPECT_EQ(back->replicas[0].node, "a");
   EXPECT_EQ(back->replicas[0].lease_id, 11u);
   EXPECT_EQ(back->replicas[1].state, "pending");
+  EXPECT_FALSE(back->replicas[0].outdated);
+  EXPECT_TRUE(back->standby.empty());
   EXPECT_FALSE(DeploymentStatusFromJson("[]").ok());
   EXPECT_NE(DeploymentEventToJson({5, "replica x ready", ""}).find(R"("what":"replica x ready")"), std::string::npos);
+}
+
+// The blue-green standby counts are part of the stored status (a head restart starts them
+// again), with each replica's outdated and standby marks.
+TEST(DeploymentStatusJson, KeepsTheStandbyCountsAndEachReplicasMarks) {
+  DeploymentStatus st;
+  st.name = "chat";
+  st.desired = 1;
+  st.standby = {{"blue", 2}};
+  st.replicas = {{"chat/blue/replica-0", "blue", "ready", "a", 1, false, true},
+                 {"chat/green/replica-2", "green", "ready", "b", 3, true, false}};
+  const std::string json = DeploymentStatusToJson(st);
+  EXPECT_NE(json.find(R"("standby":{"blue":2})"), std::string::npos) << json;
+  auto back = DeploymentStatusFromJson(json);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->standby, (std::map<std::string, uint32_t>{{"blue", 2}}));
+  ASSERT_EQ(back->replicas.size(), 2u);
+  EXPECT_TRUE(back->replicas[0].standby);
+  EXPECT_FALSE(back->replicas[0].outdated);
+  EXPECT_TRUE(back->replicas[1].outdated);
+}
+
+// The autoscaler is told the replicas that serve: standby and draining ones aside, and during a
+// rollout at most the desired count (the surge replicas are not capacity it ordered).
+TEST(AutoscalerReplicaCount, LeavesOutStandbyDrainingAndSurgeReplicas) {
+  DeploymentStatus st;
+  st.desired = 2;
+  st.replicas = {{"d/v1/replica-0", "v1", "ready", "a", 1}, {"d/v1/replica-1", "v1", "starting", "b", 2},
+                 {"d/v1/replica-2", "v1", "pending", "", 0}, {"d/v1/replica-3", "v1", "draining", "a", 4}};
+  EXPECT_EQ(AutoscalerReplicaCount(st), 3u) << "pending, starting and ready count; draining does not";
+  // Blue-green: a standby replica serves nothing.
+  st.replicas = {{"d/blue/replica-0", "blue", "ready", "a", 1, false, true},
+                 {"d/green/replica-1", "green", "ready", "b", 2}, {"d/green/replica-2", "green", "ready", "a", 3}};
+  EXPECT_EQ(AutoscalerReplicaCount(st), 2u);
+  // A rollout at desired 2 with max_surge 1: two outdated ready, one new starting.
+  st.replicas = {{"d/v1/replica-0", "v1", "ready", "a", 1, true, false},
+                 {"d/v1/replica-1", "v1", "ready", "b", 2, true, false},
+                 {"d/v2/replica-2", "v2", "starting", "a", 3}};
+  EXPECT_EQ(AutoscalerReplicaCount(st), 2u) << "the surge replica is not counted";
+  st.replicas.back().state = "ready";
+  st.replicas[0].state = "draining";
+  EXPECT_EQ(AutoscalerReplicaCount(st), 2u);
 }
 
 }  // namespace

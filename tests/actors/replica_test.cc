@@ -428,5 +428,65 @@ TEST_F(ReplicaTest, LoadReportsCarryTheOngoingRequests) {
   (void)stuck;
 }
 
+// The test backend's knobs of the spec (startup_delay, fail_every, crash_after) take effect on
+// the replica: it is starting for the delay, fails every n-th request with Internal, and exits
+// with an error when its n-th request arrives.
+TEST_F(ReplicaTest, StartupDelayKeepsTheReplicaStartingThatLong) {
+  ReplicaConfig config;
+  config.name = "d/v1/slow";
+  config.startup_delay = 300ms;
+  const auto spawned = std::chrono::steady_clock::now();
+  caf::actor replica = SpawnServingReplica(system_, [&] {
+    ReplicaConfig c = config;
+    c.deployment = "d";
+    c.owner = Ref(collector_);
+    return c;
+  }());
+  replicas_.push_back(replica);
+  auto early = Call(replica, Completion(1, R"({"prompt": "hi", "max_tokens": 1})"));
+  ASSERT_FALSE(early.ok());
+  EXPECT_EQ(early.status().code(), StatusCode::kFailedPrecondition) << early.status();
+  EXPECT_NE(early.status().message().find("is starting"), std::string::npos) << early.status();
+  ASSERT_TRUE(inbox_->WaitFor([&] { return inbox_->SawState(config.name, ReplicaState::kReady); }));
+  const auto took = std::chrono::steady_clock::now() - spawned;
+  EXPECT_GE(took, 300ms) << "ready before its startup_delay";
+  EXPECT_TRUE(Call(replica, Completion(2, R"({"prompt": "hi", "max_tokens": 1})")).ok());
+}
+
+TEST_F(ReplicaTest, FailEveryFailsEachNthRequestWithInternal) {
+  ReplicaConfig config;
+  config.name = "d/v1/flaky";
+  config.fail_every_requests = 3;
+  caf::actor replica = Start(config);
+  std::vector<StatusCode> codes;
+  for (uint64_t id = 1; id <= 6; ++id) {
+    codes.push_back(Call(replica, Completion(id, R"({"prompt": "hi", "max_tokens": 1})")).status().code());
+  }
+  EXPECT_EQ(codes, (std::vector<StatusCode>{StatusCode::kOk, StatusCode::kOk, StatusCode::kInternal, StatusCode::kOk,
+                                            StatusCode::kOk, StatusCode::kInternal}));
+  // Health probes never fail: the replica stays ready.
+  EXPECT_EQ(Query(replica).state, ReplicaState::kReady);
+}
+
+TEST_F(ReplicaTest, CrashAfterStopsTheReplicaWithAnErrorAtItsNthRequest) {
+  ReplicaConfig config;
+  config.name = "d/v1/crashy";
+  config.crash_after_requests = 2;
+  caf::actor replica = Start(config);
+  self_->monitor(replica);
+  EXPECT_TRUE(Call(replica, Completion(1, R"({"prompt": "hi", "max_tokens": 1})")).ok());
+  auto crashed = Call(replica, Completion(2, R"({"prompt": "hi", "max_tokens": 1})"));
+  ASSERT_FALSE(crashed.ok());
+  EXPECT_EQ(crashed.status().code(), StatusCode::kUnavailable) << crashed.status();
+  bool down = false;
+  self_->receive([&](caf::down_msg& msg) {
+    down = true;
+    EXPECT_TRUE(static_cast<bool>(msg.reason)) << "an error exit, so its deployment replaces it";
+    EXPECT_NE(runtime::ErrorText(msg.reason).find("crash_after 2"), std::string::npos) << runtime::ErrorText(msg.reason);
+  }, caf::after(kLimit) >> [] {});
+  EXPECT_TRUE(down) << "the replica did not exit";
+  EXPECT_TRUE(inbox_->WaitFor([&] { return inbox_->SawState(config.name, ReplicaState::kStopped); }));
+}
+
 }  // namespace
 }  // namespace troupe::serving

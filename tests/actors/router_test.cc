@@ -125,6 +125,7 @@ caf::behavior Client(caf::event_based_actor* self, caf::actor router, std::share
                 });
       },
       [=](ReplicaSet& set) { self->send(router, std::move(set)); },
+      [=](ConfigureRouter& settings) { self->send(router, std::move(settings)); },
       [=](query_atom) -> caf::result<RouterStats> {
         auto promise = self->make_response_promise<RouterStats>();
         self->request(router, 10s, RouterQuery{})
@@ -478,6 +479,44 @@ TEST_F(RouterTest, AQueuedRequestFailsAtItsDeadline) {
   caf::anon_send(a.actor, release_atom::value);
   EXPECT_TRUE(Outcome(1).ok());
   EXPECT_EQ(a.received->Get().size(), 1u) << "the expired request was sent on anyway";
+}
+
+// An update's routing settings (ConfigureRouter) replace those the router started with: the queue
+// bound and the default deadline apply to the requests that come next, and the policy changes.
+TEST_F(RouterTest, ConfigureRouterAppliesTheNewQueueBoundDeadlineAndPolicy) {
+  ManualClock clock;
+  StartRouter(RoutingPolicyKind::kWeighted, /*max_queued=*/100, &clock);
+  auto a = Replica("chat/v1/replica-0", Mode::kHold);
+  auto b = Replica("chat/v2/replica-0", Mode::kAnswer);
+  SendSet(1, {Info(a, /*max_ongoing=*/1, /*weight=*/1), Info(b, 100, /*weight=*/0)});
+  caf::anon_send(client_, ConfigureRouter{RoutingPolicyKind::kWeighted, /*max_queued=*/1, 500ms});
+  Submit(1, clock.UnixMs() + 3600 * 1000);
+  ASSERT_TRUE(WaitReceived(a, 1));
+  Submit(2);  // no deadline of its own: the new default, 500 ms
+  Submit(3, clock.UnixMs() + 3600 * 1000);
+  auto refused = Outcome(3);
+  ASSERT_FALSE(refused.ok()) << "a queue bound of 1 was not applied (the first bound was 100)";
+  EXPECT_EQ(refused.status().code(), StatusCode::kResourceExhausted) << refused.status();
+  EXPECT_NE(refused.status().message().find("(1 requests wait"), std::string::npos) << refused.status();
+  EXPECT_FALSE(Answered(2));
+  clock.Advance(501ms);
+  auto late = Outcome(2);
+  ASSERT_FALSE(late.ok());
+  EXPECT_EQ(late.status().code(), StatusCode::kDeadlineExceeded) << late.status();
+  caf::anon_send(a.actor, release_atom::value);
+  ASSERT_TRUE(Outcome(1).ok());
+  // weighted sends a weight-0 replica nothing; round robin takes each in turn.
+  auto c = Replica("chat/v1/replica-1", Mode::kAnswer);
+  SendSet(2, {Info(c, 100, /*weight=*/1), Info(b, 100, /*weight=*/0)});
+  caf::anon_send(client_, ConfigureRouter{RoutingPolicyKind::kRoundRobin, 100, 60s});
+  std::map<std::string, int> by;
+  for (uint64_t id = 10; id < 14; ++id) Submit(id, clock.UnixMs() + 3600 * 1000);
+  for (uint64_t id = 10; id < 14; ++id) {
+    auto outcome = Outcome(id);
+    ASSERT_TRUE(outcome.ok()) << outcome.status();
+    ++by[outcome->replica];
+  }
+  EXPECT_EQ(by, (std::map<std::string, int>{{b.name, 2}, {c.name, 2}})) << "still the first policy, weighted";
 }
 
 TEST_F(RouterTest, ARequestTheReplicaHoldsPastItsDeadlineFailsAndIsCancelledThere) {

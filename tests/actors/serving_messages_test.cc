@@ -234,6 +234,9 @@ TEST_F(ServingMessages, DeploymentMessagesRoundTrip) {
   start.max_tokens = 8;
   start.stall_after = 3;
   start.seed = 99;
+  start.startup_delay_ms = 2500;
+  start.fail_every = 4;
+  start.crash_after = 6;
   start.owner = runtime::ActorRef::Dangling(3, 4);
   auto back = RoundTrip(start, kStartReplica);
   EXPECT_EQ(back.name, "chat/v2/replica-3");
@@ -247,6 +250,9 @@ TEST_F(ServingMessages, DeploymentMessagesRoundTrip) {
   EXPECT_EQ(back.max_tokens, 8u);
   EXPECT_EQ(back.stall_after, 3u);
   EXPECT_EQ(back.seed, 99u);
+  EXPECT_EQ(back.startup_delay_ms, 2500);
+  EXPECT_EQ(back.fail_every, 4u);
+  EXPECT_EQ(back.crash_after, 6u);
   EXPECT_EQ(back.owner, start.owner);
   EXPECT_EQ(back.autoscaler.node(), 0u);
   // A test-backend replica without a GPU: no process, no slice.
@@ -259,7 +265,11 @@ TEST_F(ServingMessages, DeploymentMessagesRoundTrip) {
   EXPECT_EQ(started.name, "chat/v2/replica-3");
   EXPECT_EQ(started.replica, runtime::ActorRef::Dangling(5, 6));
   EXPECT_EQ(RoundTrip(StopReplica{"chat/v1/replica-0"}, kStopReplica).name, "chat/v1/replica-0");
-  auto command = RoundTrip(DeploymentCommand{"scale", "chat", std::string("3\0", 2)}, kDeploymentCommand);
+  DeploymentCommand scale;
+  scale.op = "scale";
+  scale.name = "chat";
+  scale.body = std::string("3\0", 2);
+  auto command = RoundTrip(scale, kDeploymentCommand);
   EXPECT_EQ(command.op, "scale");
   EXPECT_EQ(command.name, "chat");
   EXPECT_EQ(command.body, std::string("3\0", 2));

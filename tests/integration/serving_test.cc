@@ -649,5 +649,97 @@ TEST_F(Serving, ACanaryUpdateSplitsTrafficAndABlueGreenSwitchKeepsTheOldVersionA
   }, &st)) << st.dump() << "\n" << Events("canary");
 }
 
+// An update's router and autoscaler settings apply (they outlive updates): a new autoscaling
+// target scales the deployment under the same load, and a queue bound of 0 refuses at once what
+// the first bound (1000) queued. Neither change restarts a replica.
+TEST_F(Serving, AnUpdateAppliesItsRoutingAndAutoscalingSettings) {
+  auto spec = [](const std::string& replicas, const std::string& extra) {
+    return "name: tune\nversions:\n  - name: v1\n    backend: {test: {tokens_per_second: 100, "
+           "first_token_latency: 10ms}}\nreplicas: " + replicas +
+           "\nmax_ongoing_requests: 5\nrouting: round_robin\ndrain_timeout: 10s\n" + extra;
+  };
+  auto update = [&](const std::string& yaml) {
+    auto parsed = serving::ParseDeploymentSpec(yaml, "test spec");
+    ASSERT_TRUE(parsed.ok()) << parsed.status();
+    auto updated = client_->Update(*parsed, 10s);
+    ASSERT_TRUE(updated.ok()) << updated.status();
+  };
+  ASSERT_NO_FATAL_FAILURE(
+      Deploy(spec("{min: 1, max: 3, initial: 1}", "autoscaling: {target_ongoing_requests: 5}\n")));
+  Json st;
+  ASSERT_TRUE(AwaitReady("tune", 1, &st)) << st.dump() << "\n" << Events("tune");
+  {
+    // 4 clients at a target of 5 per replica need 1 replica; at a target of 1, 4 (at most 3).
+    Load load(client_, "tune", 4);
+    ASSERT_NO_FATAL_FAILURE(
+        update(spec("{min: 1, max: 3, initial: 1}", "autoscaling: {target_ongoing_requests: 1}\n")));
+    EXPECT_TRUE(Await("tune", 30s, [](const Json& s) { return s.value("desired", 0) == 3 && Count(s, "ready") == 3; },
+                      &st))
+        << "the first target still decides: " << st.dump() << "\n" << Events("tune");
+    const LoadResult result = load.Stop();
+    EXPECT_TRUE(result.failures.empty()) << result.failures.size() << " failed, first: " << result.failures.front();
+  }
+  // A fixed size of 1 (the autoscaler stops) and no queue: of 8 requests of 0.5 s sent at once,
+  // the replica holds 5 and the router refuses the rest at once.
+  ASSERT_NO_FATAL_FAILURE(update(spec("{min: 1, max: 1, initial: 1}", "max_queued_requests: 0\n")));
+  ASSERT_TRUE(AwaitReady("tune", 1, &st)) << st.dump() << "\n" << Events("tune");
+  std::vector<std::thread> threads;
+  std::mutex mu;
+  std::vector<Status> outcomes;
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&] {
+      auto response = client_->Infer("tune", "/v1/completions", R"({"prompt": "slow", "max_tokens": 50})", 20s);
+      std::lock_guard<std::mutex> lock(mu);
+      outcomes.push_back(response.status());
+    });
+  }
+  for (auto& t : threads) t.join();
+  int ok = 0, refused = 0;
+  for (const auto& status : outcomes) {
+    if (status.ok()) ++ok;
+    if (status.code() == StatusCode::kResourceExhausted &&
+        status.message().find("queue is full") != std::string::npos) {
+      ++refused;
+    }
+  }
+  EXPECT_EQ(ok, 5) << "max_ongoing_requests 5";
+  EXPECT_EQ(refused, 3) << "max_queued_requests 0 was not applied (the first bound, 1000, queues them)";
+  EXPECT_EQ(Events("tune").find("outdated"), std::string::npos) << "no replica was rolled out\n" << Events("tune");
+}
+
+// A blue-green standby (a version set to weight 0 that keeps its replicas) is stored: after kill -9
+// of the head the new deployment actor runs it again, out of the router's set.
+TEST_F(Serving, ABlueGreenStandbyRunsAgainAfterAHeadRestart) {
+  auto spec = [](const std::string& versions) {
+    return "name: bg\nversions:\n" + versions + "replicas: {min: 1, max: 1, initial: 1}\nrouting: weighted\n";
+  };
+  ASSERT_NO_FATAL_FAILURE(Deploy(spec(UpdateVersion("blue", 100))));
+  Json st;
+  ASSERT_TRUE(AwaitReady("bg", 1, &st)) << st.dump() << "\n" << Events("bg");
+  auto parsed = serving::ParseDeploymentSpec(spec(UpdateVersion("blue", 0) + UpdateVersion("green", 100)), "test spec");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  ASSERT_TRUE(client_->Update(*parsed, 10s).ok());
+  auto blue_and_green = [](const Json& s, bool fresh) {
+    int blue = 0, green = 0;
+    for (const auto& r : s.value("replicas", Json::array())) {
+      if (r.value("state", "") != "ready") continue;
+      if (fresh && r.value("name", "") == "bg/blue/replica-0") return false;
+      (r.value("version", "") == "blue" ? blue : green) += 1;
+    }
+    return s.value("state", "") == "running" && blue == 1 && green == 1;
+  };
+  ASSERT_TRUE(Await("bg", 30s, [&](const Json& s) { return blue_and_green(s, false); }, &st))
+      << st.dump() << "\n" << Events("bg");
+  EXPECT_EQ(st.value("standby", Json::object()).value("blue", 0), 1) << st.dump();
+  ASSERT_EQ(kill(cluster_->pids.at("head"), SIGKILL), 0);
+  ASSERT_TRUE(Await("bg", 60s, [&](const Json& s) { return blue_and_green(s, true); }, &st))
+      << "the standby replica was not started again: " << st.dump() << "\n" << Events("bg");
+  for (int i = 0; i < 10; ++i) {
+    auto response = client_->Infer("bg", "/v1/completions", kBody, 10s);
+    ASSERT_TRUE(response.ok()) << response.status();
+    EXPECT_EQ(response->replica.find("bg/green/"), 0u) << "the standby got a request: " << response->replica;
+  }
+}
+
 }  // namespace
 }  // namespace troupe
