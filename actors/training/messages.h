@@ -72,8 +72,9 @@ struct JobCommand {
   std::string name;
   std::string body;
   /// Who asks, for the head's audit log ("cli@<client node name>"); empty from older senders
-  /// (the head then names the sender's node, or "cluster-token").
-  std::string caller;
+  /// (the head then names the sender's node, or "cluster-token"). Initialized here so that code
+  /// written before it ({op, name, body}) builds without a missing-initializer warning.
+  std::string caller = {};
 };
 struct JobCommandReply {
   std::string body;
