@@ -60,7 +60,7 @@ build() {
   cmake --build "$dir" -j "$JOBS"
 }
 
-# The libFuzzer targets (tests/fuzz), each for TROUPE_FUZZ_SECONDS (default 12: five targets, a minute) on its seed
+# The libFuzzer targets (tests/fuzz), each for TROUPE_FUZZ_SECONDS (default 12: six targets, 72 s) on its seed
 # corpus: a short run that catches regressions. A crash, leak or sanitizer report fails the
 # test command. Long runs: docs/fuzzing.md.
 run_fuzz() {
@@ -77,7 +77,7 @@ run_fuzz() {
     -DTROUPE_FUZZ=ON -DTROUPE_BUILD_TESTS=OFF -DTROUPE_BUILD_BENCH=OFF -DTROUPE_WERROR=OFF
   cmake --build "$dir" -j "$JOBS" --target fuzz
   local target work
-  for target in config_fuzz envelope_fuzz batch_fuzz codec_fuzz stored_record_fuzz; do
+  for target in config_fuzz envelope_fuzz batch_fuzz codec_fuzz stored_record_fuzz openai_fuzz; do
     log "fuzzing $target for ${seconds}s"
     # New inputs go to a scratch directory; the checked-in corpus is only read. Stdin is
     # /dev/null: a generated config may name /dev/stdin as its token_file.

@@ -280,7 +280,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     if (res.result_int() != 204 && res.result_int() != 304) res.body() = std::move(body);
     res.prepare_payload();
     res.keep_alive(KeepAlive());
-    Enqueue(Serialize(res, false));
+    // A HEAD request gets the head alone, with the length the body would have (RFC 9110 9.3.2).
+    Enqueue(Serialize(res, head_request_));
     end_pending_ = true;
     MaybeFlush();
   }
@@ -470,6 +471,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     streaming_ = false;
     end_pending_ = false;
     keep_alive_ = false;
+    head_request_ = false;
     DoRespond(seq_, status, {{"content-type", "application/json"}},
               OpenAiError::ForStatus(status, std::move(message)).Json());
   }
@@ -491,6 +493,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       request.headers.emplace_back(Lower(std::string_view(name.data(), name.size())), std::string(field.value()));
     }
     keep_alive_ = message.keep_alive();
+    head_request_ = message.method() == http::verb::head;
 
     phase_ = Phase::kHandling;
     answered_ = streaming_ = end_pending_ = false;
@@ -585,6 +588,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool reading_ = false;    // a ReadSome is pending
   bool timed_out_ = false;  // the read timer cancelled the request's read
   bool keep_alive_ = true;
+  bool head_request_ = false;
   uint64_t seq_ = 0;  // requests read on this connection
   // The response in flight.
   std::shared_ptr<Responder> responder_;

@@ -236,6 +236,30 @@ TEST(HttpServer, ConnectionCloseIsHonoured) {
   EXPECT_TRUE(client.WaitClosed());
 }
 
+TEST(HttpServer, ExpectContinueAndHead) {
+  auto server = StartOrDie({}, Echo);
+  ASSERT_TRUE(server);
+  RawClient client(server->port());
+  // curl sends Expect: 100-continue before a large body and waits for the interim answer.
+  ASSERT_TRUE(client.Send("POST /e HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"));
+  ASSERT_TRUE(client.ReadUntil("HTTP/1.1 100 Continue\r\n\r\n"));
+  client.pending().clear();
+  ASSERT_TRUE(client.Send("xyz"));
+  auto res = client.ReadResponse();
+  ASSERT_TRUE(res);
+  EXPECT_EQ(nlohmann::json::parse(res->body())["body"], "xyz");
+  // HEAD: the head alone, with the length the body would have; the connection stays usable.
+  ASSERT_TRUE(client.Send("HEAD /h HTTP/1.1\r\nHost: t\r\n\r\n"));
+  ASSERT_TRUE(client.ReadUntil("\r\n\r\n"));
+  EXPECT_NE(client.pending().find("Content-Length: "), std::string::npos) << client.pending();
+  EXPECT_EQ(client.pending().substr(client.pending().size() - 4), "\r\n\r\n") << "no body after a HEAD";
+  client.pending().clear();
+  ASSERT_TRUE(client.Send(Get("/after")));
+  auto after = client.ReadResponse();
+  ASSERT_TRUE(after);
+  EXPECT_EQ(nlohmann::json::parse(after->body())["target"], "/after");
+}
+
 TEST(HttpServer, AServerSentEventStreamArrivesEventByEvent) {
   Parked parked;
   auto server = StartOrDie({}, parked.Handler());
