@@ -73,7 +73,8 @@ DeploymentsRegistry::DeploymentsRegistry(const ClusterConfig& config, HeadStore*
     : config_(config), store_(store), leases_(leases), nodes_(nodes), runtime_(runtime), clock_(clock) {}
 
 std::vector<runtime::MetricsSource> DeploymentsRegistry::MetricsSources() const {
-  return {serving::RouterMetricsSource(router_metrics_), serving::AutoscalerMetricsSource(autoscaler_metrics_)};
+  return {serving::RouterMetricsSource(router_metrics_), serving::AutoscalerMetricsSource(autoscaler_metrics_),
+          serving::ReplicaMetricsSource(replica_metrics_)};
 }
 
 DeploymentsRegistry::~DeploymentsRegistry() {
@@ -145,6 +146,7 @@ void DeploymentsRegistry::StartActor(Deployment& d) {
   init.clock = clock_;
   init.router_metrics = router_metrics_;
   init.autoscaler_metrics = autoscaler_metrics_;
+  init.replica_metrics = replica_metrics_;
   d.actor = serving::SpawnDeployment(runtime_->system(), std::move(init));
 }
 

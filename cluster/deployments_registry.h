@@ -121,6 +121,7 @@ class DeploymentsRegistry {
   std::unique_ptr<Host> host_;
   std::shared_ptr<serving::RouterMetrics> router_metrics_ = std::make_shared<serving::RouterMetrics>();
   std::shared_ptr<serving::AutoscalerMetrics> autoscaler_metrics_ = std::make_shared<serving::AutoscalerMetrics>();
+  std::shared_ptr<serving::ReplicaMetrics> replica_metrics_ = std::make_shared<serving::ReplicaMetrics>();
   storage::TableId deployments_table_;
   storage::TableId events_table_;
   std::map<std::string, std::unique_ptr<Deployment>> deployments_;

@@ -190,10 +190,17 @@ void Publish(Self* self, const std::string& what, const std::string& why) {
   auto& st = self->state;
   RefreshView(self);
   std::map<std::string, uint32_t> by_state;
+  std::map<std::pair<std::string, std::string>, uint32_t> by_version_state;
   uint32_t outdated = 0;
   for (const auto& r : st.status.replicas) {
     ++by_state[r.state];
+    ++by_version_state[{r.version, r.state}];
     if (r.outdated) ++outdated;
+  }
+  if (st.init.replica_metrics) {
+    std::vector<std::string> versions;
+    for (const auto& v : st.spec().versions) versions.push_back(v.name);
+    st.init.replica_metrics->Publish(st.spec().name, versions, by_version_state);
   }
   uint32_t want = st.status.desired;
   for (const auto& [version, n] : st.standby) want += n;
@@ -671,6 +678,9 @@ caf::behavior Deployment(Self* self, DeploymentInit init) {
   // A lease that ends without asking (LeaseEnded: its node was lost) shows as the replica's down
   // message; other unknown messages are dropped too.
   self->set_default_handler(caf::drop);
+  self->attach_functor([metrics = st.init.replica_metrics, name = st.spec().name] {
+    if (metrics) metrics->Remove(name);
+  });
   self->set_down_handler([self](caf::down_msg& down) {
     auto& st = self->state;
     Replica* r = st.ByAddress(down.source);

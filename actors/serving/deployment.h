@@ -188,6 +188,8 @@ struct DeploymentInit {
   /// Where its router and autoscaler publish their metrics (the head's scrape; null: nowhere).
   std::shared_ptr<RouterMetrics> router_metrics;
   std::shared_ptr<AutoscalerMetrics> autoscaler_metrics;
+  /// Where the deployment publishes its replicas by version and state (null: nowhere).
+  std::shared_ptr<ReplicaMetrics> replica_metrics;
 };
 
 /// Spawns the deployment actor (and, beside it on the same actor system, its router, registered

@@ -2,6 +2,8 @@
 #include "actors/serving/router.h"
 
 #include <caf/all.hpp>
+
+#include <optional>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -66,6 +68,8 @@ struct RouterState {
   RequestTally tally;  // published to config.metrics every load_report_interval
   uint64_t completed_at_last_report = 0;
   Clock::TimePoint last_report;
+  // A cold start runs: since when a request found no replica in the table (nullopt: none runs).
+  std::optional<Clock::TimePoint> cold_since;
 };
 
 using Self = caf::stateful_actor<RouterState>;
@@ -298,6 +302,7 @@ void Admit(Self* self, InferenceRequest& request, caf::typed_response_promise<In
                                 "); retry later, or raise max_ongoing_requests or the replica count"));
     return;
   }
+  if (st.slots.empty() && !st.cold_since) st.cold_since = st.clock->Now();
   st.queue.push_back(std::move(p));
   StartQueueTicks(self);
 }
@@ -344,6 +349,14 @@ void UseSet(Self* self, ReplicaSet& set) {
   st.policy->Reset();
   st.has_set = true;
   st.generation = set.generation;
+  if (!st.slots.empty() && st.cold_since) {
+    const double seconds = std::chrono::duration<double>(st.clock->Now() - *st.cold_since).count();
+    st.cold_since.reset();
+    st.tally.RecordColdStart(seconds);
+    spdlog::info("router '{}' of deployment '{}': cold start: {:.3f} s from a request that found no replica to "
+                 "the first ready one",
+                 st.config.name, st.config.deployment, seconds);
+  }
   spdlog::debug("router '{}' of deployment '{}': generation {}, {} replicas", st.config.name, st.config.deployment,
                 st.generation, st.slots.size());
   DrainQueue(self);

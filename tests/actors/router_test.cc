@@ -419,6 +419,60 @@ TEST_F(RouterTest, RequestsAreCountedByVersionAndOutcomeForPrometheus) {
   EXPECT_EQ(SampleOf(families, "troupe_serving_requests_total", {{"version", "v1"}}), -1);
 }
 
+// A cold start: from the first request that found no replica to the first set with one, once per
+// such wait (a set while nothing waits for a replica is no cold start), exported as a histogram.
+TEST_F(RouterTest, AColdStartIsTimedFromARequestWithoutAReplicaToTheFirstReplica) {
+  ManualClock clock;
+  auto metrics = std::make_shared<RouterMetrics>();
+  StartRouter(RoutingPolicyKind::kRoundRobin, 100, &clock, {}, metrics);
+  Submit(1, clock.UnixMs() + 3600 * 1000);
+  Submit(2, clock.UnixMs() + 3600 * 1000);
+  EXPECT_EQ(Stats().queued, 2u);
+  clock.Advance(2500ms);
+  auto a = Replica("chat/v1/replica-0", Mode::kAnswer);
+  SendSet(1, {Info(a)});
+  ASSERT_TRUE(Outcome(1).ok());
+  ASSERT_TRUE(Outcome(2).ok());
+  SendSet(2, {Info(a)});  // replicas again, nobody waited: no cold start
+  ASSERT_EQ(Stats().generation, 2u);
+  std::vector<prometheus::MetricFamily> families;
+  const auto deadline = std::chrono::steady_clock::now() + kWait;
+  do {
+    families.clear();
+    metrics->Collect(families);
+  } while (SampleOf(families, "troupe_serving_cold_start_seconds", {{"deployment", "chat"}}) != 1 &&
+           std::chrono::steady_clock::now() < deadline);
+  ASSERT_EQ(SampleOf(families, "troupe_serving_cold_start_seconds", {{"deployment", "chat"}}), 1);
+  for (const auto& f : families) {
+    if (f.name != "troupe_serving_cold_start_seconds") continue;
+    ASSERT_EQ(f.metric.size(), 1u);
+    const auto& h = f.metric[0].histogram;
+    EXPECT_DOUBLE_EQ(h.sample_sum, 2.5);
+    for (const auto& b : h.bucket) EXPECT_EQ(b.cumulative_count, b.upper_bound >= 2.5 ? 1u : 0u) << b.upper_bound;
+  }
+}
+
+// Replicas by version and state: every state of every version listed, 0 included; a deployment
+// that ended has no series.
+TEST(ReplicaMetrics, ExportsEveryStateOfEveryVersionAndForgetsARemovedDeployment) {
+  ReplicaMetrics metrics;
+  metrics.Publish("chat", {"v1", "v2"}, {{{"v1", "ready"}, 2}, {{"v2", "starting"}, 1}, {{"old", "draining"}, 1}});
+  std::vector<prometheus::MetricFamily> families;
+  metrics.Collect(families);
+  EXPECT_EQ(SampleOf(families, "troupe_serving_replicas", {{"deployment", "chat"}, {"version", "v1"}, {"state", "ready"}}), 2);
+  EXPECT_EQ(SampleOf(families, "troupe_serving_replicas", {{"version", "v1"}, {"state", "pending"}}), 0);
+  EXPECT_EQ(SampleOf(families, "troupe_serving_replicas", {{"version", "v2"}, {"state", "starting"}}), 1);
+  EXPECT_EQ(SampleOf(families, "troupe_serving_replicas", {{"version", "v2"}, {"state", "draining"}}), 0);
+  EXPECT_EQ(SampleOf(families, "troupe_serving_replicas", {{"version", "old"}, {"state", "draining"}}), 1)
+      << "a removed version's replicas still draining count";
+  ASSERT_EQ(families.size(), 1u);
+  EXPECT_EQ(families[0].metric.size(), 9u);
+  metrics.Remove("chat");
+  families.clear();
+  metrics.Collect(families);
+  EXPECT_EQ(SampleOf(families, "troupe_serving_replicas", {{"deployment", "chat"}}), -1);
+}
+
 TEST(RouterMetrics, TalliesBucketAndSumOverRoutersAndCumulateInTheHistogram) {
   RequestTally one;
   one.versions["v1"].Record(StatusCode::kOk, 0.0001);   // first bucket (0.5 ms)

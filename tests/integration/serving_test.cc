@@ -741,5 +741,35 @@ TEST_F(Serving, ABlueGreenStandbyRunsAgainAfterAHeadRestart) {
   }
 }
 
+// Scale to zero and back on the cluster: with replicas.min 0 an idle deployment goes to no replica;
+// a request then waits at the router, the autoscaler orders one replica at once (scale from zero),
+// and the request is answered once it is ready. The replica's startup_delay (the test backend's
+// cold-start knob) is part of the cold start the client sees.
+TEST_F(Serving, ScalesToZeroWhenIdleAndBackForARequest) {
+  ASSERT_NO_FATAL_FAILURE(Deploy(
+      "name: cold\nversions:\n  - name: v1\n    backend: {test: {tokens_per_second: 100, first_token_latency: 10ms, "
+      "startup_delay: 300ms}}\nreplicas: {min: 0, max: 2, initial: 1}\nautoscaling: {target_ongoing_requests: 1, "
+      "stable_window: 1s, panic_window: 1s, scale_to_zero_grace: 500ms}\n"));
+  Json st;
+  ASSERT_TRUE(AwaitReady("cold", 1, &st)) << st.dump() << "\n" << Events("cold");
+  const auto idle_since = Clock::now();
+  ASSERT_TRUE(Await("cold", 30s, [](const Json& s) {
+    return s.value("desired", -1) == 0 && s.value("replicas", Json::array()).empty();
+  }, &st)) << "never scaled to zero: " << st.dump() << "\n" << Events("cold");
+  const double to_zero_s = std::chrono::duration<double>(Clock::now() - idle_since).count();
+  const auto asked = Clock::now();
+  auto response = client_->Infer("cold", "/v1/completions", kBody, 30s);
+  const double cold_s = std::chrono::duration<double>(Clock::now() - asked).count();
+  ASSERT_TRUE(response.ok()) << response.status() << "\n" << Events("cold");
+  EXPECT_EQ(response->replica.find("cold/v1/"), 0u) << response->replica;
+  EXPECT_GE(cold_s, 0.3) << "the replica's startup_delay (300 ms) is part of the cold start";
+  std::printf("scale to zero: idle -> 0 replicas in %.2f s (scale_to_zero_grace 0.5 s); cold start: a request "
+              "with no replica answered in %.3f s (startup_delay 0.3 s, a 40 ms completion)\n",
+              to_zero_s, cold_s);
+  const std::string events = Events("cold");
+  EXPECT_NE(events.find("autoscaler: 1 -> 0 replicas"), std::string::npos) << events;
+  EXPECT_NE(events.find("autoscaler: 0 -> 1 replicas"), std::string::npos) << events;
+}
+
 }  // namespace
 }  // namespace troupe
