@@ -81,6 +81,9 @@ int RunAudit(AuditOptions args) {
                 r.value("action", "").c_str(), r.value("target", "").c_str(), r.value("result", "").c_str());
   }
   if (j["records"].empty()) std::printf("no records%s\n", args.since.empty() ? "" : " in that time");
+  if (const uint64_t omitted = j.value("omitted", uint64_t{0}); omitted > 0) {
+    std::printf("(%llu older records not shown: ask for fewer with --since)\n", static_cast<unsigned long long>(omitted));
+  }
   if (!args.verify) return 0;
   const auto& v = j["verification"];
   if (broken) {

@@ -309,10 +309,13 @@ Status AuditCommand(AuditLog& log, const std::string& who, const std::string& ki
   return log.Append(std::move(record)).status();
 }
 
-std::string AuditReplyJson(const std::vector<AuditRecord>& records, const AuditVerification* verification) {
+std::string AuditReplyJson(std::vector<AuditRecord> records, const AuditVerification* verification) {
+  const size_t omitted = records.size() > kMaxAuditReplyRecords ? records.size() - kMaxAuditReplyRecords : 0;
+  records.erase(records.begin(), records.begin() + static_cast<std::ptrdiff_t>(omitted));
   nlohmann::ordered_json out;
   out["records"] = nlohmann::ordered_json::array();
   for (const auto& r : records) out["records"].push_back(nlohmann::ordered_json::parse(EncodeAuditRecord(r)));
+  out["omitted"] = omitted;
   if (verification == nullptr) {
     out["verification"] = nullptr;
   } else {

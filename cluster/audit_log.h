@@ -139,8 +139,13 @@ std::string AuditDetail(const std::string& op, const std::string& body);
 Status AuditCommand(AuditLog& log, const std::string& who, const std::string& kind, const std::string& op,
                     const std::string& target, const std::string& body, const Status& result);
 
-/// `troupe audit`'s JSON (cluster/messages.h, AuditReply): `records`, and `verification` (null
-/// when not asked for).
-std::string AuditReplyJson(const std::vector<AuditRecord>& records, const AuditVerification* verification);
+/// The most records one AuditReply carries (about 4 MB of JSON; a frame holds 64 MiB): the newest
+/// of those asked for; `omitted` says how many older ones were left out (ask with a later since).
+inline constexpr size_t kMaxAuditReplyRecords = 10000;
+
+/// `troupe audit`'s JSON (cluster/messages.h, AuditReply): `records` (the newest
+/// kMaxAuditReplyRecords of them), `omitted` (how many older ones were left out) and
+/// `verification` (null when not asked for).
+std::string AuditReplyJson(std::vector<AuditRecord> records, const AuditVerification* verification);
 
 }  // namespace troupe::cluster

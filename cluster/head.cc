@@ -262,10 +262,10 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
         AuditLog& audit = *self->state.audit;
         auto records = audit.List(query.since_unix_ms);
         if (!records.ok()) return runtime::ToCafError(records.status());
-        if (!query.verify) return AuditReply{AuditReplyJson(*records, nullptr)};
+        if (!query.verify) return AuditReply{AuditReplyJson(std::move(*records), nullptr)};
         auto verified = audit.Verify();
         if (!verified.ok()) return runtime::ToCafError(verified.status());
-        return AuditReply{AuditReplyJson(*records, &*verified)};
+        return AuditReply{AuditReplyJson(std::move(*records), &*verified)};
       },
       [self](ListNodes&) -> NodeList {
         runtime::Runtime* rt = self->state.runtime;

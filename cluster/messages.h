@@ -174,8 +174,9 @@ struct AuditQuery {
   int64_t since_unix_ms = 0;
   bool verify = false;
 };
-/// {"records": [{seq, at_unix_ms, who, action, target, detail, result, prev_hash, hash}...],
-///  "verification": null, or {ok, records, position, problem, anchor: {seq, hash}, tip: {seq, hash}}}
+/// {"records": [{seq, at_unix_ms, who, action, target, detail, result, prev_hash, hash}...] (the
+///  newest 10,000 at most), "omitted": older ones left out, "verification": null, or {ok,
+///  records, position, problem, anchor: {seq, hash}, tip: {seq, hash}}}
 struct AuditReply {
   std::string json;
 };

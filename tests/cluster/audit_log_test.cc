@@ -3,6 +3,7 @@
 #include "cluster/audit_log.h"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 #include <stdlib.h>
 
 #include <filesystem>
@@ -246,6 +247,25 @@ TEST(AuditFormat, FieldsCannotBleedIntoEachOther) {
   auto back = DecodeAuditRecord(EncodeAuditRecord(a));
   ASSERT_TRUE(back.ok());
   EXPECT_EQ(AuditCanonicalBytes(*back), AuditCanonicalBytes(a));
+}
+
+TEST(AuditFormat, AReplyCarriesTheNewestRecordsAndSaysHowManyItLeftOut) {
+  std::vector<AuditRecord> records(kMaxAuditReplyRecords + 1);
+  for (size_t i = 0; i < records.size(); ++i) records[i].seq = i + 1;
+  auto j = nlohmann::json::parse(AuditReplyJson(records, nullptr));
+  EXPECT_EQ(j["omitted"], 1);
+  ASSERT_EQ(j["records"].size(), kMaxAuditReplyRecords);
+  EXPECT_EQ(j["records"][0]["seq"], 2);
+  EXPECT_TRUE(j["verification"].is_null());
+  records.resize(3);
+  AuditVerification v;
+  v.ok = false;
+  v.position = 2;
+  v.problem = "record 2 changed";
+  j = nlohmann::json::parse(AuditReplyJson(records, &v));
+  EXPECT_EQ(j["omitted"], 0);
+  EXPECT_EQ(j["verification"]["position"], 2);
+  EXPECT_EQ(j["verification"]["problem"], "record 2 changed");
 }
 
 TEST(AuditFormat, OnlyChangingCommandsAreRecordedAndSpecsOnlyByDigest) {

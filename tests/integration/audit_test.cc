@@ -1,6 +1,6 @@
 // The head's audit log with real `troupe head`, `troupe node` and CLI processes: the admin
 // actions done through the CLI (a deployment deployed and scaled, a refused delete, a job
-// submitted) are listed by `troupe audit --json` with who did them and how they ended, the chain
+// submitted) and one sent by an older sender naming no caller are listed by `troupe audit --json` with who did them and how they ended, the chain
 // verifies, it still does after kill -9 of the head and a restart, and a record edited in the
 // head's LMDB file while the head is down is named by its position.
 #include <gtest/gtest.h>
@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cluster/audit_log.h"
+#include "cluster/client.h"
 #include "common/child_process.h"
 #include "common/logging.h"
 #include "storage/lmdb_env.h"
@@ -145,14 +146,29 @@ TEST_F(Audit, CliActionsAreRecordedVerifiedAfterKillAndAnEditedRecordIsNamed) {
   EXPECT_NE(table.out.find("deployment.scale"), std::string::npos) << table.out;
   EXPECT_NE(table.out.find("chain verified: 4 records"), std::string::npos) << table.out;
 
+  // A command that names no caller (an older sender's): recorded as the cluster token's.
+  {
+    auto config = cluster::LoadClusterConfig(config_);
+    ASSERT_TRUE(config.ok()) << config.status();
+    auto client = cluster::Client::Connect(*config, "", 10s);
+    ASSERT_TRUE(client.ok()) << client.status();
+    auto reply = (*client)->head().Request<serving::DeploymentCommandReply>(
+        serving::DeploymentCommand{"scale", "echo", "2"}, 10s);
+    ASSERT_TRUE(reply.ok()) << reply.status();
+  }
+  j = AuditJson(/*verify=*/false);
+  ASSERT_EQ(j["records"].size(), 5u) << j.dump();
+  EXPECT_EQ(j["records"][4].value("who", ""), "cluster-token") << j["records"][4].dump();
+  EXPECT_TRUE(j["verification"].is_null()) << j.dump();
+
   // kill -9 of the head, then a restart: the chain still verifies and goes on from record 4.
   ASSERT_NO_FATAL_FAILURE(KillHead());
   ASSERT_NO_FATAL_FAILURE(StartHead());
   CliResult again = Cli({"serve", "scale", "echo", "1"});
   ASSERT_EQ(again.code, 0) << again.out;
   j = AuditJson(/*verify=*/true);
-  ASSERT_EQ(j["records"].size(), 5u) << j.dump();
-  EXPECT_EQ(j["records"][4].value("prev_hash", ""), j["records"][3].value("hash", ""));
+  ASSERT_EQ(j["records"].size(), 6u) << j.dump();
+  EXPECT_EQ(j["records"][5].value("prev_hash", ""), j["records"][4].value("hash", ""));
   EXPECT_TRUE(j["verification"].value("ok", false)) << j.dump();
 
   // Record 2 edited in the head's LMDB file while the head is down: --verify names it.
