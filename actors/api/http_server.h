@@ -65,7 +65,8 @@ class HttpResponder {
   /// stops before the response ended; never after the response ended. A later call replaces
   /// an earlier callback. Use it to cancel the request's work.
   virtual void OnClose(std::function<void()> on_close) = 0;
-  /// True once nothing more can be sent: the client is gone or the response ended.
+  /// True once nothing more can be sent: Respond or End was called, the response ended, or the
+  /// client is gone.
   virtual bool closed() const = 0;
 };
 
@@ -111,7 +112,7 @@ struct HttpServerStats {
   uint64_t read_timeout = 0;         ///< 408
   uint64_t idle_closed = 0;          ///< keep-alive connections closed by the idle timeout
   uint64_t client_gone = 0;          ///< responses not ended when the client went (OnClose)
-  uint64_t write_timeout = 0;        ///< clients that stopped reading
+  uint64_t write_timeout = 0;        ///< clients that stopped reading (or fell 64 MiB behind)
 };
 
 /// The server: an acceptor and its connections on `io_threads` threads, each connection on a

@@ -434,6 +434,26 @@ TEST(HttpServer, ClientDisconnectMidStreamCallsOnCloseWithoutAWrite) {
   EXPECT_EQ(server->stats().client_gone, 1u);
 }
 
+TEST(HttpServer, AClientThatStopsReadingIsClosedByTheWriteTimeout) {
+  Parked parked;
+  HttpServerConfig config;
+  config.write_timeout = milliseconds(200);
+  auto server = StartOrDie(config, parked.Handler());
+  ASSERT_TRUE(server);
+  RawClient client(server->port());
+  ASSERT_TRUE(client.Send(Get("/stream")));
+  auto res = parked.Take(0);
+  ASSERT_TRUE(res);
+  std::promise<void> closed;
+  res->OnClose([&closed] { closed.set_value(); });
+  res->StartStream(200, {{"content-type", "text/event-stream"}});
+  // 32 MiB: far more than loopback's socket buffers hold while the client reads nothing.
+  res->Write(std::string(32 << 20, 'x'));
+  ASSERT_EQ(closed.get_future().wait_for(kWait), std::future_status::ready) << "a stalled write was not cut";
+  EXPECT_EQ(server->stats().write_timeout, 1u);
+  EXPECT_EQ(server->stats().client_gone, 1u);
+}
+
 TEST(HttpServer, OnCloseIsNotCalledForAResponseThatEnded) {
   Parked parked;
   auto server = StartOrDie({}, parked.Handler());
