@@ -24,6 +24,7 @@
 #include "cli/check_command.h"
 #include "cli/cluster_commands.h"
 #include "cli/job_commands.h"
+#include "cli/api_commands.h"
 #include "cli/serve_commands.h"
 #include "cli/json_output.h"
 #include "cluster/config.h"
@@ -406,6 +407,58 @@ int Main(int argc, char** argv) {
   audit->add_flag("--verify", audit_options.verify,
                   "check every record's hash and link; exit 1 naming the first changed or removed record");
 
+  // troupe key|tenant ACTION and troupe usage: the API gateway's keys, tenants and metered usage
+  // (docs/gateway.md, "Keys, tenants and usage from the command line").
+  ApiOptions key_options, tenant_options, usage_options;
+  auto add_limits = [](CLI::App* sub, ApiOptions* o) {
+    AddCount(sub, "--rpm", &o->rpm, 0, uint64_t{1} << 40, "requests per minute (default 0: unlimited)");
+    AddCount(sub, "--tpm", &o->tpm, 0, uint64_t{1} << 50,
+             "tokens per minute, prompt plus completion (default 0: unlimited)");
+    AddCount(sub, "--max-concurrent", &o->max_concurrent, 0, uint64_t{1} << 30,
+             "requests in flight at once (default 0: unlimited)");
+  };
+  CLI::App* key = app.add_subcommand("key", "API keys of the gateway: create, list, revoke");
+  key->require_subcommand(1, 1);
+  CLI::App* key_create = key->add_subcommand("create", "make a key for a tenant; it is printed once and never again");
+  add_client_flags(key_create, &key_options.cluster);
+  key_create->add_option("--tenant", key_options.tenant, "the key's tenant (troupe tenant create)")
+      ->required()
+      ->type_name("T");
+  key_create->add_option("--role", key_options.role, "user (default), operator or admin (docs/gateway.md, roles)")
+      ->check(CLI::IsMember({"user", "operator", "admin"}))
+      ->type_name("ROLE");
+  key_create->add_option("--expires-in", key_options.expires_in, "how long it works: 90d, 12h (default: never)")
+      ->type_name("D");
+  key_create->add_option("--deployments", key_options.deployments,
+                         "the deployments it may call, comma-separated (default: all of the tenant's)")
+      ->type_name("A,B");
+  add_limits(key_create, &key_options);
+  CLI::App* key_list = key->add_subcommand("list", "every key (never the key itself): tenant, role, state, expiry, limits");
+  add_client_flags(key_list, &key_options.cluster);
+  key_list->add_option("--tenant", key_options.tenant, "only this tenant's keys")->type_name("T");
+  CLI::App* key_revoke = key->add_subcommand("revoke", "revoke a key by id: its requests get 401 from now on");
+  add_client_flags(key_revoke, &key_options.cluster);
+  key_revoke->add_option("id", key_options.target, "the key's id (troupe key list)")->required()->type_name("ID");
+
+  CLI::App* tenant = app.add_subcommand("tenant", "tenants of the gateway's keys: create, list");
+  tenant->require_subcommand(1, 1);
+  CLI::App* tenant_create = tenant->add_subcommand("create", "make a tenant, with its limits (shared by its keys)");
+  add_client_flags(tenant_create, &tenant_options.cluster);
+  tenant_create->add_option("name", tenant_options.target, "the tenant's name (a DNS label: a-z, 0-9, -)")
+      ->required()
+      ->type_name("NAME");
+  add_limits(tenant_create, &tenant_options);
+  CLI::App* tenant_list = tenant->add_subcommand("list", "every tenant and its limits");
+  add_client_flags(tenant_list, &tenant_options.cluster);
+
+  CLI::App* usage = app.add_subcommand(
+      "usage", "tokens, requests and errors through the gateway per key, tenant, model and hour (UTC)");
+  add_client_flags(usage, &usage_options.cluster);
+  usage->add_option("--key", usage_options.key, "only this key (its id)")->type_name("ID");
+  usage->add_option("--tenant", usage_options.tenant, "only this tenant")->type_name("T");
+  usage->add_option("--model", usage_options.model, "only this model (deployment)")->type_name("M");
+  usage->add_option("--since", usage_options.since, "only the last D: 24h, 7d (default: everything)")->type_name("D");
+
   CLI::App* run = app.add_subcommand(
       "run", "lease a GPU slice and run CMD on it: troupe run -c FILE [OPTIONS] -- CMD [ARGS...]");
   run->footer(
@@ -561,6 +614,15 @@ int Main(int argc, char** argv) {
     return RunModel(std::move(model_options));
   }
   if (chosen == audit) return RunAudit(std::move(audit_options));
+  if (chosen == key) {
+    key_options.action = key->get_subcommands().front()->get_name();
+    return RunKey(std::move(key_options));
+  }
+  if (chosen == tenant) {
+    tenant_options.action = tenant->get_subcommands().front()->get_name();
+    return RunTenant(std::move(tenant_options));
+  }
+  if (chosen == usage) return RunUsage(std::move(usage_options));
   if (chosen == serve) {
     serve_options.action = serve->get_subcommands().front()->get_name();
     return RunServe(std::move(serve_options));

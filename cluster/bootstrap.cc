@@ -5,6 +5,7 @@
 
 #include <fstream>
 
+#include "actors/api/messages.h"
 #include "actors/serving/messages.h"
 #include "actors/training/messages.h"
 #include "cluster/messages.h"
@@ -46,6 +47,7 @@ runtime::CodecRegistry ClusterCodecs() {
   Status s = AddClusterCodecs(codecs);
   if (s.ok()) s = training::AddTrainingCodecs(codecs);
   if (s.ok()) s = serving::AddServingCodecs(codecs);
+  if (s.ok()) s = api::AddApiCodecs(codecs);
   if (!s.ok()) spdlog::critical("cluster codecs: {}", s.ToString());
   return codecs;
 }

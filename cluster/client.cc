@@ -219,6 +219,55 @@ StatusOr<serving::InferenceResponse> Client::Infer(const std::string& deployment
   }
 }
 
+StatusOr<runtime::ActorRef> Client::ApiActor(std::chrono::milliseconds timeout, bool refresh) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (api_.valid() && !refresh) return api_;
+  }
+  auto found = runtime_->LookupName(head_id_, api::kApiActorName, timeout);
+  if (!found.ok()) {
+    if (found.status().code() == StatusCode::kNotFound) {
+      return NotFoundError("the head runs no api actor (" + found.status().message() +
+                           "): is it older than this client?");
+    }
+    return found.status();
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  api_ = *found;
+  return api_;
+}
+
+StatusOr<std::string> Client::ApiCommand(const std::string& op, const std::string& name, const std::string& body,
+                                         std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto left = [&] {
+    return std::max(std::chrono::milliseconds(1), std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                      deadline - std::chrono::steady_clock::now()));
+  };
+  const api::ApiCommand command{op, name, body, "", "cli@" + name_};
+  // A change sent again after a lost reply could be made twice (a second key): sent once only.
+  const bool resend = op == "key.list" || op == "tenant.list" || op == "usage";
+  for (int attempt = 0;; ++attempt) {
+    ASSIGN_OR_RETURN(runtime::ActorRef api, ApiActor(left(), attempt > 0));
+    auto reply = api.Request<api::ApiCommandReply>(command, left());
+    if (reply.ok()) return std::move(reply->json);
+    // A ref to an api actor that is gone (the head restarted) is looked up again, once; NotFound
+    // from the actor itself (no such key or tenant) is its answer.
+    const Status& s = reply.status();
+    const bool gone = s.code() == StatusCode::kUnavailable ||
+                      (s.code() == StatusCode::kNotFound && (s.message().find("earlier run of") != std::string::npos ||
+                                                             s.message().rfind("no actor ", 0) == 0));
+    if (attempt > 0 || !gone || (s.code() == StatusCode::kUnavailable && !resend)) return s;
+    if (head_override_.empty()) {
+      if (auto address = ResolveHeadAddress(config_, ""); address.ok()) {
+        std::lock_guard<std::mutex> lock(mu_);
+        head_address_ = *address;
+      }
+    }
+    runtime_->AddNode(head_id_, head_address());
+  }
+}
+
 StatusOr<std::string> Client::Audit(int64_t since_unix_ms, bool verify, std::chrono::milliseconds timeout) {
   ASSIGN_OR_RETURN(auto reply, AskHead<AuditReply>(AuditQuery{since_unix_ms, verify}, timeout));
   return std::move(reply.json);

@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 
+#include "actors/api/messages.h"
 #include "actors/serving/deployment_spec.h"
 #include "actors/serving/messages.h"
 #include "actors/training/job_spec.h"
@@ -90,6 +91,17 @@ class Client {
   /// and again after an Unavailable or NotFound (a deployment deployed again).
   StatusOr<serving::InferenceResponse> Infer(const std::string& deployment, const std::string& path,
                                              const std::string& body, std::chrono::milliseconds timeout);
+  /// The head's api actor (api::kApiActorName: keys, tenants, limits, usage; docs/gateway.md),
+  /// as last looked up; looked up again when `refresh` (after it answered Unavailable or NotFound:
+  /// the head restarted). NotFound if the head runs none.
+  StatusOr<runtime::ActorRef> ApiActor(std::chrono::milliseconds timeout, bool refresh = false);
+  /// An api operation (`op`: key.create, key.list, key.revoke, tenant.create, tenant.list, usage;
+  /// api::ApiCommand) as the cluster's admin (this client holds the cluster token; the audit log
+  /// names it "cli@<this client's node name>"), with its JSON reply. Errors as the api actor gives
+  /// them (InvalidArgument, NotFound, AlreadyExists, Unavailable). Sent again to a restarted head
+  /// only if it changes nothing (list, usage).
+  StatusOr<std::string> ApiCommand(const std::string& op, const std::string& name, const std::string& body,
+                                   std::chrono::milliseconds timeout);
   /// The head's audit log (docs/gateway.md, "Audit log"): the records from `since_unix_ms` on,
   /// and with `verify` the whole chain checked; AuditReply's JSON (cluster/messages.h). The
   /// deployment and job commands of this client are recorded as "cli@<this client's node name>".
@@ -121,6 +133,7 @@ class Client {
   runtime::ActorRef head_;
   std::string head_address_;
   std::map<std::string, runtime::ActorRef> routers_;  // by deployment, as last looked up (under mu_)
+  runtime::ActorRef api_;                             // the head's api actor, as last looked up (under mu_)
   std::atomic<uint64_t> next_request_{0};
 };
 

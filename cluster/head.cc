@@ -13,6 +13,7 @@
 #include <mutex>
 #include <set>
 
+#include "cluster/api_registry.h"
 #include "cluster/audit_log.h"
 #include "cluster/bootstrap.h"
 #include "cluster/deployments_registry.h"
@@ -337,9 +338,32 @@ StatusOr<std::unique_ptr<Head>> Head::Start(const ClusterConfig& config) {
   head->metrics_->AddSource(ClusterMetrics(
       view, [rt](transport::NodeId node) { return rt->bridge().Silence(node); }, config.failure_timeout, config.name));
   for (auto& source : init.deployments->MetricsSources()) head->metrics_->AddSource(std::move(source));
+  // The API gateways' keys, tenants, limits and usage: the api actor (cluster/api_registry.h).
+  ApiRegistry::Options api_options;
+  api_options.global = api::Limits{config.gateway.requests_per_minute, config.gateway.tokens_per_minute,
+                                   config.gateway.max_concurrent};
+  api_options.meter.flush_interval = config.gateway.usage_flush_interval;
+  ASSIGN_OR_RETURN(auto api_registry,
+                   ApiRegistry::Open(init.store.get(), config.head.data_dir, api_options, head->runtime_->clock()));
+  head->metrics_->AddSource(api_registry->MetricsSource());
+  // Key and tenant changes, and refused commands, go to the audit log as they are answered.
+  api_registry->SetAuditHook([audit = head->audit_](const ApiAdminAction& a) {
+    AuditRecord record;
+    record.who = a.who;
+    record.action = a.action;
+    record.target = a.target;
+    record.detail = a.detail;
+    record.result = a.result;
+    if (auto appended = audit->Append(std::move(record)); !appended.ok()) {
+      spdlog::error("head: the audit record of {} '{}' by {} was not written: {}", a.action, a.target, a.who,
+                    appended.status().ToString());
+    }
+  });
   // Detached: it writes LMDB (fsync) and must not hold the transport's progress thread.
   head->controller_ = head->runtime_->system().spawn<caf::detached>(Controller, std::move(init));
   RETURN_IF_ERROR(head->runtime_->RegisterName(kHeadActorName, head->runtime_->Ref(head->controller_)));
+  ASSIGN_OR_RETURN(head->api_,
+                   StartApiActor(*head->runtime_, std::move(api_registry), config.gateway.usage_flush_interval));
   // A detached actor initializes on its own thread: the head is ready (and says READY) only once
   // the controller has written the scrape list and taken back the jobs of an earlier head, which
   // its first answer proves (READY used to come first, and a test reading the list right after
@@ -356,6 +380,15 @@ Head::~Head() { Stop(); }
 
 void Head::Stop() {
   if (!runtime_) return;
+  if (api_) {
+    // What was metered since the last flush is written before the head goes.
+    auto flushed = runtime_->Ref(api_).Request<ApiFlushed>(ApiFlush{}, std::chrono::seconds(5));
+    if (!flushed.ok() || !flushed->error.empty()) {
+      spdlog::error("head: the last usage batch was not written: {}",
+                    flushed.ok() ? flushed->error : flushed.status().ToString());
+    }
+    caf::anon_send_exit(api_, caf::exit_reason::user_shutdown);
+  }
   if (controller_) caf::anon_send_exit(controller_, caf::exit_reason::user_shutdown);
   runtime_->Stop();
   std::remove(address_file_.c_str());

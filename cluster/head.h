@@ -52,6 +52,7 @@ class Head {
   std::unique_ptr<runtime::Runtime> runtime_;
   std::unique_ptr<runtime::MetricsServer> metrics_;
   caf::actor controller_;
+  caf::actor api_;  ///< the API gateways' keys, limits and usage (cluster/api_registry.h)
   std::string address_;
   std::string address_file_;
 };

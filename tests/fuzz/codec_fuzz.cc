@@ -1,11 +1,12 @@
-// Fuzz target: every registered payload decoder (the runtime's own types, the cluster protocol's
-// and the serving protocol's) on arbitrary bytes. The first two input bytes choose the type id
-// among those registered; the rest is the payload. A decoder must return a message or
-// InvalidArgument.
+// Fuzz target: every registered payload decoder (the runtime's own types, the cluster protocol's,
+// the serving protocol's and the api protocol's) on arbitrary bytes. The first two input bytes
+// choose the type id among those registered; the rest is the payload. A decoder must return a
+// message or InvalidArgument.
 #include <cstddef>
 #include <cstdint>
 #include <vector>
 
+#include "actors/api/messages.h"
 #include "actors/serving/messages.h"
 #include "cluster/messages.h"
 #include "common/buffer.h"
@@ -20,7 +21,7 @@ struct Registry {
 
   Registry() {
     if (!codecs.AddRuntimeTypes().ok() || !troupe::cluster::AddClusterCodecs(codecs).ok() ||
-        !troupe::serving::AddServingCodecs(codecs).ok()) {
+        !troupe::serving::AddServingCodecs(codecs).ok() || !troupe::api::AddApiCodecs(codecs).ok()) {
       __builtin_trap();
     }
     for (uint32_t id = 0; id < 100000; ++id) {

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "actors/api/messages.h"
 #include "actors/serving/messages.h"
 #include "cluster/messages.h"
 #include "runtime/codec.h"
@@ -76,7 +77,7 @@ int main(int argc, char** argv) {
   // order codec_fuzz.cc picks them in).
   runtime::CodecRegistry codecs;
   if (!codecs.AddRuntimeTypes().ok() || !cluster::AddClusterCodecs(codecs).ok() ||
-      !serving::AddServingCodecs(codecs).ok()) {
+      !serving::AddServingCodecs(codecs).ok() || !api::AddApiCodecs(codecs).ok()) {
     return 1;
   }
   std::vector<uint32_t> ids;
@@ -143,6 +144,12 @@ int main(int argc, char** argv) {
   seed("replica_set", caf::make_message(replicas));
   serving::ReplicaStatus status{"chat/v1/replica-0", serving::ReplicaState::kReady, 1, 2, 0};
   seed("replica_status", caf::make_message(status));
+  api::AdmitReply admit_reply;
+  admit_reply.admitted = true;
+  admit_reply.reservation = 7;
+  admit_reply.deployments = {"chat"};
+  admit_reply.headers = {{"x-ratelimit-limit-requests", "60"}};
+  seed("api_admit_reply", caf::make_message(admit_reply));
 
   // Stored records: the first byte chooses the decoder (stored_record_fuzz.cc).
   Write(dir + "/stored_record_fuzz/node_record", std::string(1, '\0') + cluster::EncodeNodeRecord(SampleNode()));
