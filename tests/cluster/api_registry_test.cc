@@ -14,6 +14,7 @@
 #include "runtime/codec.h"
 #include "tests/cluster/head_test_support.h"
 #include "tests/fakes/fake_ref_codec.h"
+#include "tests/support/metric_sample.h"
 
 namespace troupe::cluster {
 namespace {
@@ -318,6 +319,39 @@ TEST_F(ApiRegistryTest, EveryChangeAndEveryRefusalReachesTheAuditHookWithoutTheK
     EXPECT_EQ(a.detail.find(key.substr(16)), std::string::npos);
     EXPECT_EQ(a.detail.find("hash"), std::string::npos);
   }
+}
+
+using ::troupe::testing::MetricSample;
+
+TEST_F(ApiRegistryTest, MetricsCountTokensRequestsAndRefusalsAsFlushed) {
+  Tenant("acme", {{"requests_per_minute", 1}});
+  const std::string key = Key({{"tenant", "acme"}})["key"];
+  const std::string id = key.substr(3, api::kKeyIdChars);
+  auto admitted = Admit(key, "chat");
+  ASSERT_TRUE(admitted.admitted);
+  EXPECT_EQ(Admit(key, "chat").http_status, 429u);
+  EXPECT_EQ(Admit("tk-bad").http_status, 401u);
+  auto source = registry_->MetricsSource();
+  std::vector<prometheus::MetricFamily> out;
+  source(out);
+  EXPECT_EQ(MetricSample(out, "troupe_api_reservations_open", {}), 1);
+  EXPECT_EQ(MetricSample(out, "troupe_api_rate_limited_total", {{"level", "tenant"}, {"kind", "requests"}}), 1);
+  EXPECT_EQ(MetricSample(out, "troupe_api_refused_total", {{"reason", "malformed_key"}}), 1);
+  registry_->Settle(api::Settle{admitted.reservation, "chat", 30, 12, false});
+  ASSERT_TRUE(registry_->FlushUsage().ok());
+  out.clear();
+  source(out);
+  const std::map<std::string, std::string> series = {{"key_id", id}, {"tenant", "acme"}, {"model", "chat"}};
+  auto with = [&](const char* kind) {
+    auto labels = series;
+    labels["kind"] = kind;
+    return labels;
+  };
+  EXPECT_EQ(MetricSample(out, "troupe_api_requests_total", series), 1);
+  EXPECT_EQ(MetricSample(out, "troupe_api_errors_total", series), 0);
+  EXPECT_EQ(MetricSample(out, "troupe_api_tokens_total", with("input")), 30);
+  EXPECT_EQ(MetricSample(out, "troupe_api_tokens_total", with("output")), 12);
+  EXPECT_EQ(MetricSample(out, "troupe_api_reservations_open", {}), 0);
 }
 
 }  // namespace

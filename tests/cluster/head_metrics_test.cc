@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "cluster/head_metrics.h"
+#include "tests/support/metric_sample.h"
 
 namespace troupe::cluster {
 namespace {
@@ -13,21 +14,9 @@ namespace {
 using namespace std::chrono_literals;
 constexpr uint64_t kGiB = uint64_t{1} << 30;
 
-// The value of the sample of `family` whose labels include all of `labels`; -1 if none.
 double Sample(const std::vector<prometheus::MetricFamily>& out, const std::string& family,
               const std::map<std::string, std::string>& labels) {
-  for (const auto& f : out) {
-    if (f.name != family) continue;
-    for (const auto& m : f.metric) {
-      size_t matched = 0;
-      for (const auto& l : m.label) {
-        auto it = labels.find(l.name);
-        if (it != labels.end() && it->second == l.value) ++matched;
-      }
-      if (matched == labels.size()) return m.gauge.value;
-    }
-  }
-  return -1;
+  return ::troupe::testing::MetricSample(out, family, labels);
 }
 
 NodeRecord Node(const std::string& name, uint64_t id, const std::string& state, std::vector<GpuInfo> gpus,
