@@ -30,6 +30,7 @@
 #include "cli/json_output.h"
 #include "cluster/bootstrap.h"
 #include "cluster/client.h"
+#include "gateway/gateway.h"
 #include "cluster/config.h"
 #include "cluster/head.h"
 #include "cluster/node_agent.h"
@@ -162,6 +163,40 @@ int RunHead(ClusterOptions args) {
   int sig = stop.get_future().get();
   spdlog::info("head: stopping ({})", strsignal(sig));
   (*head)->Stop();
+  return 0;
+}
+
+int RunGateway(ClusterOptions args) {
+  SignalWaiter signals;
+  auto config = Load(args);
+  if (!config.ok()) return Fail("gateway", config.status());
+  config->gateway.enabled = true;  // without the section: its defaults
+  if (!args.listen.empty()) config->gateway.listen = args.listen;
+  // The head may still be starting (troupe up starts the gateway right after it): Connect waits.
+  auto client = cluster::Client::Connect(*config, args.head, 30s);
+  if (!client.ok()) return Fail("gateway", client.status());
+  auto gateway = gateway::Gateway::Start(*config, client->get(), 30s);
+  if (!gateway.ok()) return Fail("gateway", gateway.status());
+  std::cout << "GATEWAY " << (*gateway)->url() << std::endl;
+  spdlog::info("gateway of cluster '{}' serving the OpenAI API on {}", config->name, (*gateway)->url());
+  if (!config->head.data_dir.empty()) {
+    // Where `troupe up`'s gateway serves, for scripts (scripts/bootstrap.sh run prints a curl
+    // line from it). Written only when the head's data directory exists (troupe up made it).
+    std::error_code ec;
+    if (std::filesystem::is_directory(config->head.data_dir, ec)) {
+      const std::string path = config->head.data_dir + "/gateway.url";
+      std::ofstream(path + ".tmp") << (*gateway)->url() << "\n";
+      std::rename((path + ".tmp").c_str(), path.c_str());
+    }
+  }
+  std::promise<int> stop;
+  signals.Start([&stop](const siginfo_t& info) {
+    stop.set_value(info.si_signo);
+    return false;
+  });
+  int sig = stop.get_future().get();
+  spdlog::info("gateway: stopping ({})", strsignal(sig));
+  (*gateway)->Stop();
   return 0;
 }
 
@@ -303,6 +338,12 @@ int RunUp(ClusterOptions args) {
     m.argv.insert(m.argv.end(), common.begin(), common.end());
     members.push_back(std::move(m));
   }
+  if (config->gateway.enabled) {
+    // The gateway last: it asks the head for its api actor at start.
+    Member m{"gateway", {"troupe", "gateway"}, "GATEWAY ", nullptr, 0};
+    m.argv.insert(m.argv.end(), common.begin(), common.end());
+    members.push_back(std::move(m));
+  }
 
   auto spawn = [&](Member& m) -> Status {
     SpawnOptions options;
@@ -312,9 +353,11 @@ int RunUp(ClusterOptions args) {
     ASSIGN_OR_RETURN(m.process, ChildProcess::Spawn(m.argv, options));
     return OkStatus();
   };
+  std::string gateway_url;
   auto await_ready = [&](Member& m) -> Status {
     auto line = m.process->ReadLineWithPrefix(m.ready_prefix, 30s);
     if (!line.ok()) return Status(line.status().code(), m.label + " did not start: " + line.status().message());
+    if (m.label == "gateway") gateway_url = *line;  // the line after its prefix
     return OkStatus();
   };
   auto start = [&](Member& m) -> Status {
@@ -339,6 +382,10 @@ int RunUp(ClusterOptions args) {
   std::printf("cluster %s up: head at %s, %zu node(s) joined in %lld ms (Ctrl-C stops it; `troupe status -c %s`)\n",
               config->name.c_str(), head_address.ok() ? head_address->c_str() : "?", config->nodes.size(),
               static_cast<long long>(ms), args.config_path.c_str());
+  if (!gateway_url.empty()) {
+    std::printf("gateway serving the OpenAI API at %s (keys: `troupe key create -c %s --tenant T`)\n",
+                gateway_url.c_str(), args.config_path.c_str());
+  }
   std::fflush(stdout);
 
   // Supervise: a member that exits is started again (with a bounded back-off).

@@ -20,6 +20,7 @@ struct ClusterOptions {
   std::string head;         // --head HOST:PORT; empty: from the config (docs/cli.md)
   std::string log_level;    // --log-level; empty: the config's (warn for the client commands)
   bool json = false;        // --json
+  std::string listen;       // --listen HOST:PORT (troupe gateway); empty: the config's gateway.listen
 };
 
 /// `troupe run`'s flags: the lease to ask for and the command to run on it.
@@ -34,6 +35,9 @@ struct RunOptions {
 StatusOr<std::unique_ptr<cluster::Client>> ConnectFor(ClusterOptions& args);
 
 int RunHead(ClusterOptions args);
+/// `troupe gateway -c FILE [--listen HOST:PORT]`: the OpenAI-compatible HTTP gateway in front of
+/// the cluster (docs/gateway.md); prints "GATEWAY http://HOST:PORT" once it serves.
+int RunGateway(ClusterOptions args);
 int RunNode(ClusterOptions args);
 int RunUp(ClusterOptions args);
 int RunDown(ClusterOptions args);

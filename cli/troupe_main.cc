@@ -284,7 +284,8 @@ int Main(int argc, char** argv) {
   app.require_subcommand(0, 1);
   app.set_version_flag("--version", std::string("troupe ") + TROUPE_VERSION, "print the version");
 
-  ClusterOptions up_options, down_options, status_options, slices_options, events_options, head_options, node_options;
+  ClusterOptions up_options, down_options, status_options, slices_options, events_options, head_options, node_options,
+      gateway_options;
   RunOptions run_options;
   run_options.request.slice_memory_bytes = 1;  // one slice of whatever size, unless --memory says more
   CheckOptions check_options;
@@ -397,16 +398,6 @@ int Main(int argc, char** argv) {
     }
   }
 
-  // troupe audit: the head's audit log of admin actions (docs/gateway.md, "Audit log").
-  AuditOptions audit_options;
-  CLI::App* audit = app.add_subcommand(
-      "audit", "the admin actions the head performed (who, what, when, result); --verify checks the hash chain");
-  add_client_flags(audit, &audit_options.cluster);
-  audit->add_option("--since", audit_options.since, "only the last D (24h, 7d) or from a UTC date (2026-11-30)")
-      ->type_name("D");
-  audit->add_flag("--verify", audit_options.verify,
-                  "check every record's hash and link; exit 1 naming the first changed or removed record");
-
   // troupe key|tenant ACTION and troupe usage: the API gateway's keys, tenants and metered usage
   // (docs/gateway.md, "Keys, tenants and usage from the command line").
   ApiOptions key_options, tenant_options, usage_options;
@@ -459,6 +450,16 @@ int Main(int argc, char** argv) {
   usage->add_option("--model", usage_options.model, "only this model (deployment)")->type_name("M");
   usage->add_option("--since", usage_options.since, "only the last D: 24h, 7d (default: everything)")->type_name("D");
 
+  // troupe audit: the head's audit log of admin actions (docs/gateway.md, "Audit log").
+  AuditOptions audit_options;
+  CLI::App* audit = app.add_subcommand(
+      "audit", "the admin actions the head performed (who, what, when, result); --verify checks the hash chain");
+  add_client_flags(audit, &audit_options.cluster);
+  audit->add_option("--since", audit_options.since, "only the last D (24h, 7d) or from a UTC date (2026-11-30)")
+      ->type_name("D");
+  audit->add_flag("--verify", audit_options.verify,
+                  "check every record's hash and link; exit 1 naming the first changed or removed record");
+
   CLI::App* run = app.add_subcommand(
       "run", "lease a GPU slice and run CMD on it: troupe run -c FILE [OPTIONS] -- CMD [ARGS...]");
   run->footer(
@@ -502,6 +503,14 @@ int Main(int argc, char** argv) {
   CLI::App* head = app.add_subcommand("head", "run the head of the cluster in FILE");
   AddConfig(head, &head_options.config_path);
   AddLogLevel(head, &head_options.log_level, kLogLevelHelp);
+
+  CLI::App* gateway = app.add_subcommand(
+      "gateway", "run an OpenAI-compatible HTTP gateway for the cluster in FILE (docs/gateway.md)");
+  AddConfig(gateway, &gateway_options.config_path);
+  gateway->add_option("--listen", gateway_options.listen, "host:port to serve on (default: FILE's gateway.listen)")
+      ->type_name("HOST:PORT");
+  gateway->add_option("--head", gateway_options.head, kHeadHelp)->type_name("HOST:PORT");
+  AddLogLevel(gateway, &gateway_options.log_level, kLogLevelHelp);
 
   CLI::App* node = app.add_subcommand("node", "run node N of the cluster in FILE");
   AddConfig(node, &node_options.config_path);
@@ -603,6 +612,7 @@ int Main(int argc, char** argv) {
   if (chosen == demo_peer) return RunDemoPeer(demo_peer_args);
   if (chosen == check) return RunCheck(check_options);
   if (chosen == head) return RunHead(std::move(head_options));
+  if (chosen == gateway) return RunGateway(std::move(gateway_options));
   if (chosen == node) return RunNode(std::move(node_options));
   if (chosen == up) return RunUp(std::move(up_options));
   if (chosen == down) return RunDown(std::move(down_options));
@@ -613,7 +623,6 @@ int Main(int argc, char** argv) {
     model_options.action = model->get_subcommands().front()->get_name();
     return RunModel(std::move(model_options));
   }
-  if (chosen == audit) return RunAudit(std::move(audit_options));
   if (chosen == key) {
     key_options.action = key->get_subcommands().front()->get_name();
     return RunKey(std::move(key_options));
@@ -623,6 +632,7 @@ int Main(int argc, char** argv) {
     return RunTenant(std::move(tenant_options));
   }
   if (chosen == usage) return RunUsage(std::move(usage_options));
+  if (chosen == audit) return RunAudit(std::move(audit_options));
   if (chosen == serve) {
     serve_options.action = serve->get_subcommands().front()->get_name();
     return RunServe(std::move(serve_options));

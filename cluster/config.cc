@@ -403,6 +403,13 @@ Status CheckPortsFree(const ClusterConfig& config, bool include_nodes) {
   RETURN_IF_ERROR(check("head.port", config.head.address, config.head.port));
   RETURN_IF_ERROR(check("head.metrics_port", config.head.address, config.head.metrics_port));
   if (!include_nodes) return OkStatus();
+  if (config.gateway.enabled) {
+    auto colon = config.gateway.listen.rfind(':');
+    std::string host = config.gateway.listen.substr(0, colon);
+    if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+    const auto port = static_cast<uint16_t>(std::atoi(config.gateway.listen.substr(colon + 1).c_str()));
+    RETURN_IF_ERROR(check("gateway.listen", host, port));
+  }
   for (const auto& n : config.nodes) {
     auto colon = n.listen_address.rfind(':');
     std::string host = n.listen_address.substr(0, colon);

@@ -155,7 +155,7 @@ StatusOr<ClusterConfig> ParseClusterConfig(const std::string& yaml, const std::s
                                            const std::string& base_dir = ".");
 
 /// Checks, before anything starts, that every fixed port this machine would listen on is free:
-/// the head's port and metrics port and, with `include_nodes`, each node's listen and metrics
+/// the head's port and metrics port and, with `include_nodes`, the gateway's and each node's listen and metrics
 /// port. FailedPrecondition naming the field and address if one is taken.
 Status CheckPortsFree(const ClusterConfig& config, bool include_nodes);
 

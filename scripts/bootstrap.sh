@@ -22,6 +22,7 @@ PACKAGES=(
   prometheus iproute2
   clang libclang-rt-14-dev
   python3-torch
+  nodejs npm
 )
 
 log() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
@@ -96,7 +97,21 @@ run_fuzz() {
   done
 }
 
+# The Node.js packages of the end-to-end tests (tests/node: the official OpenAI client), at the
+# versions package-lock.json pins, from the npm registry; again only when the lock changed.
+install_node_packages() {
+  local dir="$ROOT/tests/node"
+  if [ -f "$dir/node_modules/.package-lock.json" ] && cmp -s "$dir/package-lock.json" "$dir/node_modules/.troupe-lock"; then
+    log "the Node.js test packages are installed"
+    return
+  fi
+  log "installing the Node.js test packages (npm ci in tests/node)"
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  cp "$dir/package-lock.json" "$dir/node_modules/.troupe-lock"
+}
+
 run_tests() {
+  install_node_packages
   log "running every test"
   # Integration tests start real processes and time failure detection: run them one at a time.
   ctest --test-dir "$BUILD_DIR" --output-on-failure --timeout 600
@@ -125,15 +140,53 @@ run_tests() {
     ctest --test-dir "$BUILD_DIR-tsan" --output-on-failure --timeout 900 -LE "bench|caf|e2e"
 }
 
+# troupe's main job on the embedded default: the local cluster of configs/local.yaml (a head, two
+# nodes with simulated GPUs, the OpenAI-compatible gateway), a sample deployment of the test
+# model (examples/serving/service.yaml), a tenant and an API key; prints a working curl line,
+# then stays in the foreground until Ctrl-C stops the cluster.
+run_main_job() {
+  local troupe="$BUILD_DIR/cli/troupe" config="$ROOT/configs/local.yaml"
+  log "running troupe's main job: a local cluster from configs/local.yaml with a gateway (Ctrl-C stops it)"
+  local data_dir
+  data_dir=$(sed -n 's/^  data_dir: //p' "$config" | head -n 1)
+  rm -f "$data_dir/gateway.url"
+  "$troupe" up -c "$config" "$@" &
+  local up=$!
+  trap 'kill -TERM $up 2>/dev/null; wait $up; exit 0' INT TERM
+  local i
+  for i in $(seq 600); do
+    [ -s "$data_dir/gateway.url" ] && break
+    kill -0 "$up" 2>/dev/null || { log "troupe up exited before the gateway started"; exit 1; }
+    sleep 0.1
+  done
+  [ -s "$data_dir/gateway.url" ] || { log "the gateway did not start within 60 s"; kill -TERM $up; exit 1; }
+  local url
+  url=$(cat "$data_dir/gateway.url")
+  # A deployment, tenant and key of an earlier run are kept in the head's data: deploying or
+  # creating again says they exist, which is fine.
+  "$troupe" serve deploy -c "$config" "$ROOT/examples/serving/service.yaml" 2>&1 | grep -v "already exists" >&2 || true
+  "$troupe" tenant create default -c "$config" 2>&1 | grep -v "already exists" >&2 || true
+  local key
+  key=$("$troupe" key create -c "$config" --tenant default 2>/dev/null | grep -o 'tk-[A-Za-z0-9-]*' | head -n 1)
+  [ -n "$key" ] || { log "could not create an API key"; kill -TERM $up; exit 1; }
+  for i in $(seq 300); do
+    "$troupe" serve show echo -c "$config" --json 2>/dev/null | grep -q '"state": *"running"' && break
+    sleep 0.1
+  done
+  log "the gateway serves the OpenAI API at $url; model 'echo' (the test model); your key: $key"
+  log "try:"
+  printf "curl -s %s/v1/chat/completions -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' -d '{\"model\": \"echo\", \"messages\": [{\"role\": \"user\", \"content\": \"hello\"}], \"max_tokens\": 8}'\n" "$url" "$key"
+  log "then: $troupe usage -c $config   and   $troupe audit -c $config --verify"
+  wait $up
+}
+
 command=${1:-}
 shift || true
 case "$command" in
   run)
     install_packages
     build "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo
-    log "running troupe's main job: a local cluster from configs/local.yaml (Ctrl-C stops it)"
-    log "in another terminal: $BUILD_DIR/cli/troupe status -c configs/local.yaml"
-    exec "$BUILD_DIR/cli/troupe" up -c "$ROOT/configs/local.yaml" "$@"
+    run_main_job "$@"
     ;;
   test)
     install_packages

@@ -1,0 +1,368 @@
+// gateway_bench: what the HTTP gateway adds to a request (issue 21's benchmark). A real local
+// cluster (`troupe up`: head, one node, the gateway process) serves a no-op deployment of the
+// test model (one token, no pacing); a key with limits at every level (global, tenant, key)
+// makes every request pass the key check, the three reservations, the settle and the meter.
+//
+//   baseline: the same chat completion sent straight to the deployment's router by a cluster
+//             client (Client::Infer: this process -> head's router -> replica and back), one at
+//             a time at a fixed rate;
+//   gateway:  POST /v1/chat/completions over a keep-alive HTTP/1.1 connection, at the same rate
+//             (this process -> gateway -> head's api actor (Admit) -> router -> replica, back,
+//             then Settle off the request path).
+// Overhead = gateway - baseline at p50 and p99, both measured in this run, alternating rounds.
+// Then the highest rate the gateway sustains with p99 under 10 ms (closed loop, 1..16
+// connections), and the gateway process's CPU time per request from /proc: requests per second
+// per gateway core = requests / CPU seconds of the gateway process.
+//
+// Usage: gateway_bench [--quick] [--json PATH]
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <nlohmann/json.hpp>
+
+#include "actors/serving/deployment_spec.h"
+#include "cluster/client.h"
+#include "cluster/config.h"
+#include "common/child_process.h"
+#include "common/logging.h"
+
+namespace troupe::bench {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+using Json = nlohmann::json;
+namespace beast = boost::beast;
+namespace http = beast::http;
+
+constexpr const char* kBody = R"({"model":"noop","messages":[{"role":"user","content":"hi"}],"max_tokens":1})";
+
+struct Options {
+  bool quick = false;
+  std::string json;
+};
+
+// One keep-alive HTTP/1.1 connection to the gateway.
+class Connection {
+ public:
+  Connection(int port, std::string key) : stream_(io_), key_(std::move(key)) {
+    stream_.connect(boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"),
+                                                   static_cast<unsigned short>(port)));
+    stream_.socket().set_option(boost::asio::ip::tcp::no_delay(true));
+  }
+  // The status of one chat completion (0: the connection failed).
+  int Post() {
+    http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+    req.set(http::field::host, "127.0.0.1");
+    req.set(http::field::authorization, "Bearer " + key_);
+    req.set(http::field::content_type, "application/json");
+    req.keep_alive(true);
+    req.body() = kBody;
+    req.prepare_payload();
+    beast::error_code ec;
+    stream_.expires_after(10s);
+    http::write(stream_, req, ec);
+    if (ec) return 0;
+    http::response<http::string_body> res;
+    http::read(stream_, buffer_, res, ec);
+    if (ec) return 0;
+    if (res.result_int() != 200 && last_error_.empty()) last_error_ = std::to_string(res.result_int()) + " " + res.body();
+    return static_cast<int>(res.result_int());
+  }
+  // The first answer that was not 200, "" if none.
+  const std::string& last_error() const { return last_error_; }
+
+ private:
+  boost::asio::io_context io_;
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  std::string key_;
+  std::string last_error_;
+};
+
+double Percentile(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(q * static_cast<double>(v.size())))];
+}
+
+// CPU seconds (user + system) of process `pid` so far, from /proc/PID/stat.
+double CpuSeconds(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto close = stat.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::istringstream fields(stat.substr(close + 2));
+  std::string field;
+  unsigned long long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && fields >> field; ++i) {
+    if (i == 14) utime = std::stoull(field);
+    if (i == 15) stime = std::stoull(field);
+  }
+  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// `n` calls of `call` one at a time, each started on a fixed schedule (`rate` per second; a call
+// that runs late starts the next at once); their latencies in us.
+std::vector<double> FixedRate(int n, double rate, const std::function<bool()>& call, int* failures) {
+  std::vector<double> out;
+  out.reserve(static_cast<size_t>(n));
+  const auto interval = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(1.0 / rate));
+  auto next = Clock::now();
+  for (int i = 0; i < n; ++i) {
+    std::this_thread::sleep_until(next);  // the load generator's pacing, not a test's wait
+    next += interval;
+    const auto t0 = Clock::now();
+    if (!call()) ++*failures;
+    out.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+  }
+  return out;
+}
+
+struct Row {
+  std::string metric, unit;
+  double troupe = 0, baseline = 0;
+  std::string baseline_name, target;
+  bool met = false;
+};
+
+int Main(const Options& o) {
+  char templ[] = "/tmp/troupe-gateway-bench-XXXXXX";
+  if (mkdtemp(templ) == nullptr) {
+    std::cerr << "gateway_bench: mkdtemp failed\n";
+    return 1;
+  }
+  const std::string dir = templ;
+  const std::string config_path = dir + "/cluster.yaml";
+  std::ofstream(config_path)
+      << "cluster:\n  name: gwbench\n  token: gateway-bench-token\n  log_level: warn\n"
+         "head:\n  address: 127.0.0.1\n  port: 0\n  data_dir: head\n"
+         "nodes:\n  - name: a\n    cpus: 4\n    memory: 4GiB\n    data_dir: node-a\n"
+         "gateway:\n  listen: 127.0.0.1:0\n  limits:\n    requests_per_minute: 100000000\n"
+         "    tokens_per_minute: 10000000000\n    max_concurrent: 100000\n";
+  auto up = ChildProcess::Spawn({TROUPE_BIN, "up", "-c", config_path});
+  if (!up.ok()) {
+    std::cerr << "gateway_bench: " << up.status() << "\n";
+    return 1;
+  }
+  int gateway_pid = 0;
+  for (;;) {
+    auto line = (*up)->ReadLine(120s);
+    if (!line.ok()) {
+      std::cerr << "gateway_bench: troupe up did not come up: " << line.status() << "\n";
+      return 1;
+    }
+    if (line->rfind("gateway ", 0) == 0 && line->find(" pid ") != std::string::npos) {
+      gateway_pid = std::atoi(line->c_str() + line->find(" pid ") + 5);
+    }
+    if (line->rfind("cluster gwbench up", 0) == 0) break;
+  }
+  auto cleanup = [&] {
+    (*up)->Signal(SIGTERM);
+    (void)(*up)->Wait(20s);
+    std::filesystem::remove_all(dir);
+  };
+  auto config = cluster::LoadClusterConfig(config_path);
+  auto client = config.ok() ? cluster::Client::Connect(*config, "", 10s) : StatusOr<std::unique_ptr<cluster::Client>>(config.status());
+  if (!client.ok()) {
+    std::cerr << "gateway_bench: " << client.status() << "\n";
+    cleanup();
+    return 1;
+  }
+  auto fail = [&](const std::string& what, const Status& s) {
+    std::cerr << "gateway_bench: " << what << ": " << s << "\n";
+    client->reset();
+    cleanup();
+    return 1;
+  };
+  auto spec = serving::ParseDeploymentSpec(
+      "name: noop\ntenant: bench\nversions:\n  - name: v1\n    backend: {test: {tokens_per_second: 0, first_token_latency: 0ms}}\n"
+      "replicas: {min: 1, max: 1, initial: 1}\nmax_ongoing_requests: 64\nautoscaling: {target_ongoing_requests: 2}\n",
+      "bench spec");
+  if (!spec.ok()) return fail("spec", spec.status());
+  if (auto d = (*client)->Deploy(*spec, 10s); !d.ok()) return fail("deploy", d.status());
+  const auto ready_by = Clock::now() + 60s;
+  bool ready = false;
+  while (!ready && Clock::now() < ready_by) {
+    auto shown = (*client)->DeploymentCommand("show", "noop", "", 5s);
+    ready = shown.ok() && Json::parse(*shown)["status"]["replicas_by_state"].value("ready", 0) == 1;
+  }
+  if (!ready) return fail("deploy", DeadlineExceededError("no ready replica within 60 s"));
+  if (auto t = (*client)->ApiCommand("tenant.create", "bench",
+                                     R"({"limits": {"requests_per_minute": 100000000, "tokens_per_minute": 10000000000, "max_concurrent": 100000}})",
+                                     5s);
+      !t.ok()) {
+    return fail("tenant", t.status());
+  }
+  auto made = (*client)->ApiCommand(
+      "key.create", "",
+      R"({"tenant": "bench", "limits": {"requests_per_minute": 100000000, "tokens_per_minute": 10000000000, "max_concurrent": 100000}})",
+      5s);
+  if (!made.ok()) return fail("key", made.status());
+  const std::string key = Json::parse(*made)["key"];
+  std::string url;
+  std::getline(std::ifstream(dir + "/head/gateway.url"), url);
+  const int port = std::atoi(url.substr(url.rfind(':') + 1).c_str());
+
+  // Warm both paths (connections, lookups, caches).
+  Connection conn(port, key);
+  for (int i = 0; i < 200; ++i) {
+    (void)conn.Post();
+    (void)(*client)->Infer("noop", "/v1/chat/completions", kBody, 5s);
+  }
+
+  // Fixed rate, alternating rounds.
+  const double rate = 200;
+  const int per_round = o.quick ? 200 : 1000;
+  const int rounds = o.quick ? 1 : 3;
+  std::vector<double> direct, gateway;
+  int direct_failed = 0, gateway_failed = 0;
+  for (int r = 0; r < rounds; ++r) {
+    auto d = FixedRate(per_round, rate, [&] { return (*client)->Infer("noop", "/v1/chat/completions", kBody, 5s).ok(); },
+                       &direct_failed);
+    auto g = FixedRate(per_round, rate, [&] { return conn.Post() == 200; }, &gateway_failed);
+    direct.insert(direct.end(), d.begin(), d.end());
+    gateway.insert(gateway.end(), g.begin(), g.end());
+  }
+  if (!conn.last_error().empty()) std::cerr << "gateway_bench: a request through the gateway got " << conn.last_error() << "\n";
+  const double d50 = Percentile(direct, 0.5), d99 = Percentile(direct, 0.99);
+  const double g50 = Percentile(gateway, 0.5), g99 = Percentile(gateway, 0.99);
+
+  // The highest closed-loop rate with p99 under 10 ms, and the gateway's CPU per request.
+  double best_rate = 0, best_p99 = 0, best_cpu_rate = 0;
+  int best_connections = 0;
+  const auto window = o.quick ? 1s : 3s;
+  for (int connections : {1, 2, 4, 8, 16}) {
+    std::vector<std::unique_ptr<Connection>> conns;
+    for (int i = 0; i < connections; ++i) conns.push_back(std::make_unique<Connection>(port, key));
+    std::mutex mu;
+    std::vector<double> latencies;
+    std::atomic<uint64_t> done{0}, failed{0};
+    std::atomic<bool> stop{false};
+    const double cpu0 = CpuSeconds(gateway_pid);
+    const auto t0 = Clock::now();
+    std::vector<std::thread> threads;
+    for (auto& c : conns) {
+      threads.emplace_back([&, c = c.get()] {
+        std::vector<double> mine;
+        while (!stop.load()) {
+          const auto s = Clock::now();
+          if (c->Post() == 200) {
+            ++done;
+          } else {
+            ++failed;
+          }
+          mine.push_back(std::chrono::duration<double, std::micro>(Clock::now() - s).count());
+        }
+        std::lock_guard<std::mutex> lock(mu);
+        latencies.insert(latencies.end(), mine.begin(), mine.end());
+      });
+    }
+    std::this_thread::sleep_for(window);  // the measurement window of a load generator
+    stop = true;
+    for (auto& t : threads) t.join();
+    const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    const double cpu = CpuSeconds(gateway_pid) - cpu0;
+    const double rate_now = static_cast<double>(done.load()) / seconds;
+    const double p99 = Percentile(latencies, 0.99);
+    const double per_core = cpu > 0 ? static_cast<double>(done.load()) / cpu : 0;
+    std::printf("closed loop, %2d connection(s): %8.0f req/s, p99 %8.0f us, %llu failed, gateway CPU %.2f s "
+                "(%.0f req per CPU-second)\n",
+                connections, rate_now, p99, static_cast<unsigned long long>(failed.load()), cpu, per_core);
+    if (p99 < 10000 && rate_now > best_rate) {
+      best_rate = rate_now;
+      best_p99 = p99;
+      best_connections = connections;
+      best_cpu_rate = per_core;
+    }
+  }
+
+  std::vector<Row> rows = {
+      {"request p50", "us", g50, d50, "direct to the router", "", true},
+      {"request p99", "us", g99, d99, "direct to the router", "", true},
+      {"gateway overhead p50", "us", g50 - d50, 2000, "LiteLLM median (published)", "<= 200", g50 - d50 <= 200},
+      {"gateway overhead p99", "us", g99 - d99, 13000, "LiteLLM p99 (published)", "<= 1000", g99 - d99 <= 1000},
+      {"rate, p99 < 10 ms", "req/s", best_rate, 1170, "LiteLLM, 4 instances", "", true},
+      {"req per gateway core", "req/s", best_cpu_rate, 1170.0 / 4, "LiteLLM per instance", ">= 20000",
+       best_cpu_rate >= 20000},
+  };
+  std::printf("\n%-22s %-6s %12s  %-30s %12s %8s %10s %4s\n", "metric", "unit", "gateway", "baseline", "value", "ratio",
+              "target", "met");
+  for (const auto& r : rows) {
+    std::printf("%-22s %-6s %12.1f  %-30s %12.1f %8.3f %10s %4s\n", r.metric.c_str(), r.unit.c_str(), r.troupe,
+                r.baseline_name.c_str(), r.baseline, r.baseline > 0 ? r.troupe / r.baseline : 0, r.target.c_str(),
+                r.target.empty() ? "" : (r.met ? "yes" : "no"));
+  }
+  std::printf("(%zu requests a path at %.0f req/s in %d alternating round(s), %d + %d failed; the best closed-loop "
+              "rate with %d connection(s), p99 %.0f us; keys, three limit levels and metering on; every process of "
+              "the cluster and this load generator share this machine's %u cores)\n",
+              direct.size(), rate, rounds, direct_failed, gateway_failed, best_connections, best_p99,
+              std::thread::hardware_concurrency());
+  int rc = 0;
+  if (!o.json.empty()) {
+    nlohmann::ordered_json report = {{"benchmark", "gateway"}, {"quick", o.quick}, {"rows", nlohmann::ordered_json::array()}};
+    for (const auto& r : rows) {
+      report["rows"].push_back({{"metric", r.metric},
+                                {"unit", r.unit},
+                                {"troupe", r.troupe},
+                                {"baseline", r.baseline_name},
+                                {"baseline_value", r.baseline},
+                                {"ratio", r.baseline > 0 ? r.troupe / r.baseline : 0},
+                                {"target", r.target},
+                                {"met", r.target.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(r.met)}});
+    }
+    std::ofstream out(o.json);
+    out << report.dump(2) << "\n";
+    if (!out) {
+      std::cerr << "gateway_bench: cannot write " << o.json << "\n";
+      rc = 1;
+    }
+  }
+  if (direct_failed + gateway_failed > 0) {
+    std::cerr << "gateway_bench: " << direct_failed + gateway_failed << " requests failed\n";
+    rc = 1;
+  }
+  client->reset();
+  cleanup();
+  return rc;
+}
+
+}  // namespace
+}  // namespace troupe::bench
+
+int main(int argc, char** argv) {
+  using namespace troupe::bench;
+  (void)troupe::InitLogging("warn");
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--quick") {
+      o.quick = true;
+    } else if (arg == "--json" && i + 1 < argc) {
+      o.json = argv[++i];
+    } else {
+      std::cerr << "usage: gateway_bench [--quick] [--json PATH]\n";
+      return 2;
+    }
+  }
+  return Main(o);
+}
