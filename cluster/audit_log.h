@@ -75,8 +75,8 @@ AuditVerification VerifyAuditChain(const std::vector<std::pair<uint64_t, AuditRe
 /// with who asked and how it ended, each record linked to the one before by its hash.
 ///
 /// Shared by the head's controller actor (deployments, jobs) and the head's api actor (keys,
-/// tenants): Append, List, Verify and Prune take a mutex and each uses its own LMDB
-/// transaction (not HeadStore's: that one belongs to the controller's mailbox). A plain class
+/// tenants): Append and Prune take a mutex, List and Verify read one snapshot without it, and each
+/// uses its own LMDB transaction (not HeadStore's: that one belongs to the controller's mailbox). A plain class
 /// with a lock rather than an actor of its own: an append is one small write transaction that
 /// the caller waits for anyway (the action is acknowledged only after its record is durable),
 /// so a mailbox would add a hop and a second copy of the record for nothing.

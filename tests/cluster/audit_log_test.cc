@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <stdlib.h>
 
+#include <atomic>
 #include <filesystem>
 #include <thread>
 
@@ -224,11 +225,22 @@ TEST_F(AuditLogTest, OpeningPrunesAndEverythingMayGo) {
   EXPECT_TRUE(Verify().ok);
 }
 
-TEST_F(AuditLogTest, ConcurrentAppendsMakeOneChain) {
+TEST_F(AuditLogTest, ConcurrentAppendsMakeOneChainThatAConcurrentReaderSeesWhole) {
   OpenLog();
   std::vector<std::thread> threads;
   for (int t = 0; t < 4; ++t) threads.emplace_back([this] { AppendN(25); });
+  // A reader meanwhile (no lock: one snapshot per check) always sees a whole chain.
+  std::atomic<bool> done{false};
+  std::thread reader([&] {
+    while (!done.load()) {
+      auto v = log_->Verify();
+      ASSERT_TRUE(v.ok()) << v.status().ToString();
+      EXPECT_TRUE(v->ok) << v->problem;
+    }
+  });
   for (auto& t : threads) t.join();
+  done = true;
+  reader.join();
   AuditVerification v = Verify();
   EXPECT_TRUE(v.ok) << v.problem;
   EXPECT_EQ(v.records, 100u);
