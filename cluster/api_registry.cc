@@ -306,7 +306,8 @@ api::AdmitReply ApiRegistry::Admit(const api::Admit& admit, uint64_t owner) {
     return reply;
   }
   const uint64_t reservation = outcome.reservation->id;
-  reservations_[reservation] = OpenReservation{std::move(*outcome.reservation), owner, admit.deployment};
+  reservations_[reservation] =
+      OpenReservation{std::move(*outcome.reservation), owner, admit.deployment, clock_.Now()};
   owners_[owner].insert(reservation);
   reply.admitted = true;
   reply.reservation = reservation;
@@ -360,6 +361,21 @@ size_t ApiRegistry::OwnerGone(uint64_t owner) {
   const std::vector<uint64_t> ids(it->second.begin(), it->second.end());
   for (uint64_t id : ids) Finish(id, 0, 0, /*error=*/true, "");
   return ids.size();
+}
+
+size_t ApiRegistry::ExpireReservations() {
+  const Clock::TimePoint cutoff = clock_.Now() - options_.reservation_ttl;
+  std::vector<uint64_t> expired;
+  for (const auto& [id, open] : reservations_) {
+    if (open.admitted_at <= cutoff) expired.push_back(id);
+  }
+  for (uint64_t id : expired) Finish(id, 0, 0, /*error=*/true, "");
+  if (!expired.empty()) {
+    spdlog::warn("head: api: {} reservation(s) open for {} s or more were settled as cancelled (their Settle was "
+                 "lost, or a gateway holds requests past its deadline)",
+                 expired.size(), std::chrono::duration_cast<std::chrono::seconds>(options_.reservation_ttl).count());
+  }
+  return expired.size();
 }
 
 Status ApiRegistry::FlushUsage() {
@@ -723,6 +739,7 @@ caf::behavior ApiActor(caf::stateful_actor<ApiActorState>* self, std::unique_ptr
         return ApiFlushed{s.ok() ? "" : s.ToString()};
       },
       [self](api_flush_atom) {
+        self->state.registry->ExpireReservations();
         if (self->state.registry->FlushDue()) Flush(*self->state.registry);
         self->delayed_send(self, self->state.flush_interval, api_flush_atom::value);
       },

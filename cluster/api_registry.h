@@ -78,6 +78,11 @@ class ApiRegistry {
     api::Limits global;
     /// usage_flush_interval and the batch bound.
     api::UsageMeterConfig meter;
+    /// A reservation still open this long after its Admit is settled as cancelled
+    /// (ExpireReservations): Settle is one-way and delivery is at most once, so a lost Settle
+    /// would otherwise hold its concurrency slot and tokens for good. The head sets it to twice
+    /// gateway.request_timeout (a request's deadline), at least a minute.
+    std::chrono::milliseconds reservation_ttl{std::chrono::minutes(10)};
   };
 
   /// Opens the tables (call before any actor runs: LMDB opens tables outside concurrent
@@ -95,6 +100,9 @@ class ApiRegistry {
   void Settle(const api::Settle& settle);
   /// Settles every open reservation of `owner` as cancelled; returns how many there were.
   size_t OwnerGone(uint64_t owner);
+  /// Settles as cancelled every reservation admitted reservation_ttl ago or earlier (by the
+  /// clock's Now); returns how many. The api actor calls it at every flush tick.
+  size_t ExpireReservations();
   /// True while `owner` holds an open reservation.
   bool HasReservations(uint64_t owner) const { return owners_.count(owner) != 0; }
   size_t open_reservations() const { return reservations_.size(); }
@@ -129,6 +137,7 @@ class ApiRegistry {
     api::Reservation reservation;
     uint64_t owner = 0;
     std::string deployment;
+    Clock::TimePoint admitted_at;
   };
   struct Metrics;
 

@@ -343,6 +343,9 @@ StatusOr<std::unique_ptr<Head>> Head::Start(const ClusterConfig& config) {
   api_options.global = api::Limits{config.gateway.requests_per_minute, config.gateway.tokens_per_minute,
                                    config.gateway.max_concurrent};
   api_options.meter.flush_interval = config.gateway.usage_flush_interval;
+  // A reservation outlives its request's deadline only if its Settle was lost: twice the deadline, at least a minute.
+  api_options.reservation_ttl = 2 * config.gateway.request_timeout;
+  if (api_options.reservation_ttl < std::chrono::minutes(1)) api_options.reservation_ttl = std::chrono::minutes(1);
   ASSIGN_OR_RETURN(auto api_registry,
                    ApiRegistry::Open(init.store.get(), config.head.data_dir, api_options, head->runtime_->clock()));
   head->metrics_->AddSource(api_registry->MetricsSource());

@@ -240,6 +240,23 @@ TEST_F(ApiRegistryTest, AnOwnersReservationsAreCancelledWhenItGoesAndFreeTheConc
   EXPECT_EQ(usage["totals"]["input_tokens"], 0);
 }
 
+TEST_F(ApiRegistryTest, AReservationNeverSettledIsCancelledAfterItsTtl) {
+  ApiRegistry::Options options;
+  options.reservation_ttl = 2min;
+  Open(options);
+  Tenant("acme");
+  const std::string key = Key({{"tenant", "acme"}, {"limits", {{"max_concurrent", 1}}}})["key"];
+  auto lost = Admit(key);  // its Settle never comes
+  ASSERT_TRUE(lost.admitted);
+  EXPECT_EQ(Admit(key).http_status, 429u);
+  clock_.Advance(2min - 1ms);
+  EXPECT_EQ(registry_->ExpireReservations(), 0u);
+  clock_.Advance(1ms);
+  EXPECT_EQ(registry_->ExpireReservations(), 1u);
+  EXPECT_TRUE(Admit(key).admitted);
+  EXPECT_EQ(Usage()["totals"]["errors"], 1);
+}
+
 TEST_F(ApiRegistryTest, CommandsByKeyFollowTheirRoleAndTenant) {
   Tenant("acme");
   Tenant("other");
