@@ -359,6 +359,44 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
     admit.prompt_tokens = parsed.PromptTokenEstimate(config.gateway.prompt_bytes_per_token);
     admit.max_tokens = parsed.CompletionTokenBound();
     auto self = shared_from_this();
+    // The model must name a deployment before anything is reserved or metered under its name
+    // (usage rows and metric labels are per model: a client must not make up new ones). A
+    // missing one is a 404 once the key is known to be good, so an unknown caller learns
+    // nothing of what is deployed.
+    WithRouter(parsed.model, false, [self, req = std::move(req), out, parsed, endpoint, start,
+                                     admit = std::move(admit)](StatusOr<Route> route) mutable {
+      if (!route.ok() && route.status().code() == StatusCode::kNotFound) {
+        api::Admit check;
+        check.api_key = admit.api_key;
+        check.action = static_cast<uint32_t>(api::Action::kListModels);
+        self->AskApi(std::move(check), [self, out, parsed, endpoint, start](StatusOr<api::AdmitReply> reply) {
+          if (reply.ok() && reply->admitted && reply->reservation != 0) {
+            ++self->in_flight;
+            self->Settle(*reply, "", 0, 0, false);
+          }
+          if (reply.ok() && !reply->admitted) {
+            ++self->refused;
+            RespondError(out, OpenAiError::ForStatus(reply->http_status, reply->message, reply->error_type),
+                         RefusalHeaders(*reply));
+            self->Count(endpoint, reply->http_status, start);
+            return;
+          }
+          RespondError(out, OpenAiError::ForStatus(404,
+                                                   "The model '" + parsed.model +
+                                                       "' does not exist (no deployment of that name; GET /v1/models "
+                                                       "lists what this key may call)",
+                                                   "model_not_found"));
+          self->Count(endpoint, 404, start);
+        });
+        return;
+      }
+      self->AdmitAndDispatch(std::move(req), out, std::move(parsed), std::move(admit), endpoint, start);
+    });
+  }
+
+  void AdmitAndDispatch(HttpRequest req, std::shared_ptr<HttpResponder> out, api::CompletionRequest parsed,
+                        api::Admit admit, std::string endpoint, std::chrono::steady_clock::time_point start) {
+    auto self = shared_from_this();
     AskApi(std::move(admit), [self, req = std::move(req), out, parsed, endpoint,
                                                start](StatusOr<api::AdmitReply> reply) mutable {
       if (!reply.ok()) {
@@ -735,12 +773,11 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
     else if (rest == "tenants" && req.method == "POST" && name.empty()) op = "tenant.create";
     else if (rest == "tenants" && req.method == "GET" && name.empty()) op = "tenant.list";
     else if (rest == "usage" && req.method == "GET") op = "usage";
-    else if (rest == "audit" && req.method == "GET") op = "audit";
     if (op.empty()) {
       RespondError(out, OpenAiError::ForStatus(404, "no admin endpoint " + req.method + " " + path +
                                                         " (POST|GET /v1/admin/keys, DELETE /v1/admin/keys/ID, "
-                                                        "POST|GET /v1/admin/tenants, GET /v1/admin/usage, "
-                                                        "GET /v1/admin/audit)",
+                                                        "POST|GET /v1/admin/tenants, GET /v1/admin/usage; the "
+                                                        "audit log is read with `troupe audit`)",
                                                "not_found"));
       Count("admin", 404, start);
       return;
@@ -762,7 +799,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
         return;
       }
     }
-    if ((op == "usage" || op == "audit") && body.empty()) body = "{}";
+    if (op == "usage" && body.empty()) body = "{}";
     api::ApiCommand command;
     command.op = op;
     command.name = name;

@@ -188,6 +188,34 @@ TEST_F(Gateway, AKeyCallsItsModelWholeAndStreamedAndSeesOnlyWhatItMayCall) {
   EXPECT_NE(usage.dump().find("\"requests\":3"), std::string::npos) << usage.dump();
 }
 
+TEST_F(Gateway, TheAdminApiActsWithTheCallersRole) {
+  Deploy("echo");
+  Tenant("default");
+  const std::string admin = Key({{"tenant", "default"}, {"role", "admin"}});
+  const std::string user = Key({{"tenant", "default"}});
+  HttpReply made = Post(port_, "/v1/admin/keys", admin, Json{{"tenant", "default"}});
+  ASSERT_EQ(made.status, 200) << made.body;
+  const std::string minted = Json::parse(made.body).value("key", "");
+  ASSERT_FALSE(minted.empty()) << made.body;
+  EXPECT_EQ(Post(port_, "/v1/chat/completions", minted, Chat("echo", 1)).status, 200) << "the key made over HTTP works";
+  HttpReply listed = HttpCall(port_, "GET", "/v1/admin/keys", {{"authorization", "Bearer " + admin}});
+  EXPECT_EQ(listed.status, 200) << listed.body;
+  EXPECT_EQ(listed.body.find(minted), std::string::npos) << "a listing never shows a key";
+  HttpReply refused = Post(port_, "/v1/admin/keys", user, Json{{"tenant", "default"}});
+  EXPECT_EQ(refused.status, 403) << refused.body;
+  const std::string minted_id = minted.substr(3, 12);
+  HttpReply revoked =
+      HttpCall(port_, "DELETE", "/v1/admin/keys/" + minted_id, {{"authorization", "Bearer " + admin}});
+  EXPECT_EQ(revoked.status, 200) << revoked.body;
+  EXPECT_EQ(Post(port_, "/v1/chat/completions", minted, Chat("echo", 1)).status, 401) << "revoked over HTTP";
+  EXPECT_EQ(HttpCall(port_, "GET", "/v1/admin/usage", {{"authorization", "Bearer " + admin}}).status, 200);
+  EXPECT_EQ(HttpCall(port_, "GET", "/v1/admin/nothing", {{"authorization", "Bearer " + admin}}).status, 404);
+  // The admin actions over HTTP are in the audit log, by key id.
+  auto audit = client_->Audit(0, true, 5s);
+  ASSERT_TRUE(audit.ok()) << audit.status();
+  EXPECT_NE(audit->find("key.revoke"), std::string::npos) << *audit;
+}
+
 TEST_F(Gateway, BadRequestsGetOpenAiErrorsAndTheGatewayKeepsServing) {
   Deploy("echo");
   Tenant("default");
