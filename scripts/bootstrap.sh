@@ -22,7 +22,6 @@ PACKAGES=(
   prometheus iproute2
   clang libclang-rt-14-dev
   python3-torch
-  nodejs npm
 )
 
 log() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
@@ -101,6 +100,13 @@ run_fuzz() {
 # versions package-lock.json pins, from the npm registry; again only when the lock changed.
 install_node_packages() {
   local dir="$ROOT/tests/node"
+  # Node.js and npm: the machine's own if it has them (a nodejs build that bundles npm conflicts
+  # with Debian's npm package), else Debian's.
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    log "installing Node.js and npm (Debian's nodejs, npm)"
+    as_root apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm
+  fi
   if [ -f "$dir/node_modules/.package-lock.json" ] && cmp -s "$dir/package-lock.json" "$dir/node_modules/.troupe-lock"; then
     log "the Node.js test packages are installed"
     return
