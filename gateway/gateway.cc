@@ -13,6 +13,7 @@
 #include <atomic>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "actors/api/api_keys.h"
@@ -185,9 +186,13 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
   // `done` (on a pool thread, or at once from the cache) with the deployment's route, or NotFound.
   void WithRouter(const std::string& deployment, bool refresh, std::function<void(StatusOr<Route>)> done) {
     if (!refresh) {
-      std::lock_guard<std::mutex> lock(mu);
-      if (auto it = routes.find(deployment); it != routes.end()) {
-        done(it->second);
+      std::optional<Route> cached;
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        if (auto it = routes.find(deployment); it != routes.end()) cached = it->second;
+      }
+      if (cached) {
+        done(std::move(*cached));  // outside the lock: `done` may take it (ForgetRouter)
         return;
       }
     }

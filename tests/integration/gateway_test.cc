@@ -294,6 +294,94 @@ TEST_F(Gateway, AKeysRequestLimitHoldsAcrossTwoGatewaysAndA429SaysWhenToRetry) {
   EXPECT_GE(std::atoi(retry_after.c_str()), 1);
 }
 
+// Sends requests for `model` back to back, turn by turn through `ports` and with `keys`, until
+// the first 429 (the bucket's burst is spent), then for `window`: the rate admitted after that
+// first 429, per second (-1 if no 429 came within a minute).
+double AdmittedRateAfterTheBurst(const std::vector<int>& ports, const std::vector<std::string>& keys,
+                                 const std::string& model, std::chrono::milliseconds window) {
+  size_t turn = 0;
+  const std::string body =
+      Json{{"model", model}, {"messages", Json::array({Json{{"role", "user"}, {"content", "hi"}}})}, {"max_tokens", 1}}
+          .dump();
+  auto post = [&] {
+    const size_t i = turn++;
+    return HttpCall(ports[i % ports.size()], "POST", "/v1/chat/completions",
+                    {{"authorization", "Bearer " + keys[i % keys.size()]}}, body)
+        .status;
+  };
+  const auto give_up = Clock::now() + 60s;
+  int status = 0;
+  while (Clock::now() < give_up && (status = post()) == 200) {
+  }
+  EXPECT_EQ(status, 429) << "the burst did not end in a 429";
+  if (status != 429) return -1;
+  const auto t0 = Clock::now();
+  int admitted = 0;
+  while (Clock::now() - t0 < window) {
+    if (post() == 200) ++admitted;
+  }
+  return admitted / std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// 300 requests a minute is 5 a second after a burst of 300; over 8 s that is 40 requests, and 5%
+// of it is 2 (one more or less comes from where the window's edges fall between refills).
+constexpr double kRatePerSecond = 5.0;
+constexpr auto kRateWindow = 8s;
+
+TEST_F(Gateway, TheKeyAndTenantLevelsHoldTheirRatesToWithinFivePercent) {
+  Deploy("echo");
+  Tenant("default");
+  Tenant("limited", {{"requests_per_minute", 300}});
+  Deploy("echo2", "limited");
+  // Key level: one key with the limit, its tenant without.
+  const std::string key = Key({{"tenant", "default"}, {"limits", {{"requests_per_minute", 300}}}});
+  const double key_rate = AdmittedRateAfterTheBurst({port_}, {key}, "echo", kRateWindow);
+  EXPECT_NEAR(key_rate, kRatePerSecond, kRatePerSecond * 0.05 + 1.0 / 8) << "key level";
+  // Tenant level: two unlimited keys of the limited tenant share its rate.
+  const std::string a = Key({{"tenant", "limited"}});
+  const std::string b = Key({{"tenant", "limited"}});
+  const double tenant_rate = AdmittedRateAfterTheBurst({port_}, {a, b}, "echo2", kRateWindow);
+  EXPECT_NEAR(tenant_rate, kRatePerSecond, kRatePerSecond * 0.05 + 1.0 / 8) << "tenant level";
+  std::printf("admitted after the burst: key %.3f/s, tenant %.3f/s (limit %.1f/s)\n", key_rate, tenant_rate,
+              kRatePerSecond);
+}
+
+TEST(GatewayGlobalLimit, TheClusterLevelHoldsItsRateToWithinFivePercentAcrossTwoGateways) {
+  (void)InitLogging("warn");
+  auto cluster = LocalCluster::Start("troupe-gateway-global", "gwg",
+                                     TwoNodeClusterYaml("gwg") +
+                                         "gateway:\n  listen: 127.0.0.1:0\n  limits:\n    requests_per_minute: 300\n");
+  ASSERT_NE(cluster, nullptr);
+  auto* client = cluster->client.get();
+  auto spec = serving::ParseDeploymentSpec(
+      "name: echo\nversions:\n  - name: v1\n    backend: {test: {tokens_per_second: 0}}\n"
+      "replicas: {min: 1, max: 1, initial: 1}\n",
+      "spec");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  ASSERT_TRUE(client->Deploy(*spec, 10s).ok());
+  const auto deadline = Clock::now() + 30s;
+  bool ready = false;
+  while (!ready && Clock::now() < deadline) {
+    auto shown = client->DeploymentCommand("show", "echo", "", 5s);
+    ready = shown.ok() && Json::parse(*shown)["status"]["replicas_by_state"].value("ready", 0) == 1;
+  }
+  ASSERT_TRUE(ready);
+  ASSERT_TRUE(client->ApiCommand("tenant.create", "default", "{}", 5s).ok());
+  auto made = client->ApiCommand("key.create", "", R"({"tenant": "default"})", 5s);
+  ASSERT_TRUE(made.ok()) << made.status();
+  const std::string key = Json::parse(*made)["key"];
+  std::string url;
+  std::getline(std::ifstream(cluster->dir + "/head/gateway.url"), url);
+  int second_port = 0;
+  auto second = StartGateway(cluster->config, &second_port);
+  ASSERT_NE(second, nullptr);
+  // Half the requests through each gateway: one cluster-wide bucket.
+  const double rate = AdmittedRateAfterTheBurst({PortOf(url), second_port}, {key}, "echo", kRateWindow);
+  EXPECT_NEAR(rate, kRatePerSecond, kRatePerSecond * 0.05 + 1.0 / 8) << "global level";
+  std::printf("admitted after the burst, global level over two gateways: %.3f/s (limit %.1f/s)\n", rate,
+              kRatePerSecond);
+}
+
 TEST_F(Gateway, AStreamedRequestCannotOvershootASmallTokenLimit) {
   Deploy("echo");
   Tenant("default");
