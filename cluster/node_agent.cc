@@ -92,9 +92,11 @@ caf::actor SpawnReplicaHere(caf::actor_system& system, const serving::StartRepli
 
 }  // namespace
 
-// Between failed joins: 100 ms, doubling, at most 2 s, without jitter. Jitter (say 0.5) would
-// spread out the rejoins of many nodes after a head restart.
-constexpr BackoffPolicy kRejoinBackoff{100ms, 2.0, 2000ms, 0.0};
+BackoffPolicy RejoinBackoff(std::chrono::milliseconds failure_timeout) {
+  const auto cap = std::max<std::chrono::milliseconds>(std::chrono::milliseconds(10), failure_timeout / 2);
+  const auto max = std::min<std::chrono::milliseconds>(2000ms, cap);
+  return BackoffPolicy{std::min<std::chrono::milliseconds>(100ms, max), 2.0, max, 0.0};
+}
 
 StatusOr<std::unique_ptr<NodeAgent>> NodeAgent::Start(const ClusterConfig& config, const std::string& name,
                                                       const std::string& head_address) {
@@ -387,7 +389,7 @@ void NodeAgent::Run(const std::function<void(const JoinReply&)>& on_joined) {
   record.pid = getpid();
   record.metrics_address = metrics_->address();
   const runtime::NodeId head_id = HeadNodeId(config_);
-  Backoff backoff(kRejoinBackoff);
+  Backoff backoff(RejoinBackoff(config_.failure_timeout));
   while (!WaitStop(0ms)) {
     JoinReply joined;
     auto head = Join(record, head_id, &joined);

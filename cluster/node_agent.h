@@ -12,11 +12,21 @@
 #include "actors/gpu_discovery.h"
 #include "actors/training/worker_launcher.h"
 #include "cluster/config.h"
+#include "common/backoff.h"
 #include "cluster/messages.h"
 #include "runtime/metrics.h"
 #include "runtime/runtime.h"
 
 namespace troupe::cluster {
+
+/// Between a node agent's failed joins: 100 ms, doubling, without jitter, at most 2 s and at most
+/// half of `failure_timeout`. A restarted head declares dead every node of the earlier head that
+/// has not rejoined within failure_timeout of its start (docs/scheduling.md), so a node still
+/// backing off from the head's downtime must try again well inside that window: with a 2 s cap
+/// and a 1 s failure_timeout, a head that took 2.5 s to come back (ASan) found a healthy node
+/// retrying 1.6 s later and declared it dead. Jitter (say 0.5) would spread out the rejoins of
+/// many nodes after a head restart.
+BackoffPolicy RejoinBackoff(std::chrono::milliseconds failure_timeout);
 
 class NodeAgent {
  public:

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include "cluster/node_agent.h"
 #include "tests/cluster/head_test_support.h"
 
 namespace troupe::cluster {
@@ -126,6 +127,24 @@ TEST(HeadStore, EveryWriteFirstRunsTheRetriesInOrderButTheRetriesDoNot) {
     EXPECT_FALSE(store.Write([](storage::Txn&) { return InternalError("refused"); }).ok());
     EXPECT_EQ(order, "nlwnl");
   }
+}
+
+// A node still backing off from the head's downtime must rejoin a restarted head within its
+// failure_timeout, or the head declares it dead (the ASan pass saw a 1.6 s retry against a 1 s
+// window). Every delay of the rejoin back-off stays at or below half of failure_timeout.
+TEST(RejoinBackoff, EveryDelayFitsTwiceInTheHeadsRejoinWindow) {
+  using std::chrono::milliseconds;
+  for (const milliseconds failure_timeout : {milliseconds(150), milliseconds(1000), milliseconds(3000),
+                                             milliseconds(60000)}) {
+    const BackoffPolicy policy = RejoinBackoff(failure_timeout);
+    for (uint32_t attempt = 1; attempt <= 20; ++attempt) {
+      EXPECT_LE(policy.Delay(attempt, 0.0) * 2, failure_timeout) << "attempt " << attempt;
+      EXPECT_GT(policy.Delay(attempt, 0.0).count(), 0);
+    }
+  }
+  // Long windows keep the 2 s cap (a restarted head is not flooded with joins).
+  EXPECT_EQ(RejoinBackoff(milliseconds(60000)).max, milliseconds(2000));
+  EXPECT_EQ(RejoinBackoff(milliseconds(60000)).initial, milliseconds(100));
 }
 
 }  // namespace

@@ -15,7 +15,6 @@
 #include <chrono>
 #include <fstream>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -48,6 +47,33 @@ int ConnectRaw(int port) {
   if (fd >= 0 && connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
     close(fd);
     return -1;
+  }
+  return fd;
+}
+
+// Sends a streamed request with `key` on a raw connection to `port` and reads until its first
+// event arrived (the request was admitted and is running); the open socket, or -1 (with `*seen`
+// saying what came instead) if no event came within 10 s.
+int StartStream(int port, const std::string& key, const std::string& body, std::string* seen) {
+  const int fd = ConnectRaw(port);
+  if (fd < 0) return -1;
+  const std::string request = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key +
+                              "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+                              "\r\n\r\n" + body;
+  if (write(fd, request.data(), request.size()) != static_cast<ssize_t>(request.size())) {
+    close(fd);
+    return -1;
+  }
+  timeval tv{10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char buf[4096];
+  while (seen->find("data: ") == std::string::npos) {
+    const ssize_t n = read(fd, buf, sizeof buf);
+    if (n <= 0) {
+      close(fd);
+      return -1;
+    }
+    seen->append(buf, static_cast<size_t>(n));
   }
   return fd;
 }
@@ -403,22 +429,9 @@ TEST_F(Gateway, AClientThatDisconnectsMidStreamHasItsRequestCancelledAtTheReplic
   Deploy("slow", "default", "{tokens_per_second: 5, first_token_latency: 5ms}", 1);
   Tenant("default");
   const std::string key = Key({{"tenant", "default"}});
-  const int fd = ConnectRaw(port_);
-  ASSERT_GE(fd, 0) << "cannot connect to the gateway";
-  const std::string body = Chat("slow", 200, true).dump();
-  const std::string request = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key +
-                              "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
-                              "\r\n\r\n" + body;
-  ASSERT_EQ(write(fd, request.data(), request.size()), static_cast<ssize_t>(request.size()));
-  timeval tv{10, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   std::string seen;
-  char buf[4096];
-  while (seen.find("data: ") == std::string::npos) {
-    const ssize_t n = read(fd, buf, sizeof buf);
-    ASSERT_GT(n, 0) << "no event within 10 s: " << seen;
-    seen.append(buf, static_cast<size_t>(n));
-  }
+  const int fd = StartStream(port_, key, Chat("slow", 200, true).dump(), &seen);
+  ASSERT_GE(fd, 0) << "no event within 10 s: " << seen;
   close(fd);
   // The replica holds one request: the next is answered only once the stream was cancelled.
   const auto t0 = Clock::now();
@@ -437,22 +450,16 @@ TEST_F(Gateway, AGatewayKilledWithMinus9HasItsReservationsFreedByTheHead) {
   int second_port = 0;
   auto second = StartGateway(cluster_->config, &second_port);
   ASSERT_NE(second, nullptr);
-  // A long stream through the second gateway holds the key's one slot.
-  std::thread holder([&] {
-    (void)HttpCall(second_port, "POST", "/v1/chat/completions", {{"authorization", "Bearer " + key}},
-                   Chat("slow", 200, true).dump(), 60s);
-  });
-  // Bounded wait for the slot to be taken (the first gateway is refused).
-  const auto taken_by = Clock::now() + 10s;
-  int status = 0;
-  while (Clock::now() < taken_by) {
-    status = Post(port_, "/v1/chat/completions", key, Chat("slow", 1)).status;
-    if (status == 429) break;
-  }
-  ASSERT_EQ(status, 429) << "the stream through the second gateway did not take the key's slot";
+  // A long stream through the second gateway holds the key's one slot once its first event came.
+  std::string seen;
+  const int fd = StartStream(second_port, key, Chat("slow", 200, true).dump(), &seen);
+  ASSERT_GE(fd, 0) << "the stream through the second gateway did not start: " << seen;
+  EXPECT_EQ(Post(port_, "/v1/chat/completions", key, Chat("slow", 1)).status, 429)
+      << "the stream through the second gateway does not hold the key's slot";
   second->Signal(SIGKILL);
   (void)second->Wait(10s);
-  holder.join();
+  close(fd);
+  int status = 0;
   // The head sees the gateway gone (its failure detector) and frees the slot.
   const auto t0 = Clock::now();
   const auto deadline = t0 + 15s;
