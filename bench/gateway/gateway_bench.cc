@@ -40,6 +40,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/serving/deployment_spec.h"
+#include "bench/common/report.h"
 #include "cluster/client.h"
 #include "cluster/config.h"
 #include "common/child_process.h"
@@ -137,13 +138,6 @@ std::vector<double> FixedRate(int n, double rate, const std::function<bool()>& c
   }
   return out;
 }
-
-struct Row {
-  std::string metric, unit;
-  double troupe = 0, baseline = 0;
-  std::string baseline_name, target;
-  bool met = false;
-};
 
 int Main(const Options& o) {
   char templ[] = "/tmp/troupe-gateway-bench-XXXXXX";
@@ -296,7 +290,7 @@ int Main(const Options& o) {
     }
   }
 
-  std::vector<Row> rows = {
+  std::vector<ReportRow> rows = {
       {"request p50", "us", g50, d50, "direct to the router", "", true},
       {"request p99", "us", g99, d99, "direct to the router", "", true},
       {"gateway overhead p50", "us", g50 - d50, 2000, "LiteLLM median (published)", "<= 200", g50 - d50 <= 200},
@@ -305,38 +299,14 @@ int Main(const Options& o) {
       {"req per gateway core", "req/s", best_cpu_rate, 1170.0 / 4, "LiteLLM per instance", ">= 20000",
        best_cpu_rate >= 20000},
   };
-  std::printf("\n%-22s %-6s %12s  %-30s %12s %8s %10s %4s\n", "metric", "unit", "gateway", "baseline", "value", "ratio",
-              "target", "met");
-  for (const auto& r : rows) {
-    std::printf("%-22s %-6s %12.1f  %-30s %12.1f %8.3f %10s %4s\n", r.metric.c_str(), r.unit.c_str(), r.troupe,
-                r.baseline_name.c_str(), r.baseline, r.baseline > 0 ? r.troupe / r.baseline : 0, r.target.c_str(),
-                r.target.empty() ? "" : (r.met ? "yes" : "no"));
-  }
+  PrintReport("gateway", rows);
   std::printf("(%zu requests a path at %.0f req/s in %d alternating round(s), %d + %d failed; the best closed-loop "
               "rate with %d connection(s), p99 %.0f us; keys, three limit levels and metering on; every process of "
               "the cluster and this load generator share this machine's %u cores)\n",
               direct.size(), rate, rounds, direct_failed, gateway_failed, best_connections, best_p99,
               std::thread::hardware_concurrency());
   int rc = 0;
-  if (!o.json.empty()) {
-    nlohmann::ordered_json report = {{"benchmark", "gateway"}, {"quick", o.quick}, {"rows", nlohmann::ordered_json::array()}};
-    for (const auto& r : rows) {
-      report["rows"].push_back({{"metric", r.metric},
-                                {"unit", r.unit},
-                                {"troupe", r.troupe},
-                                {"baseline", r.baseline_name},
-                                {"baseline_value", r.baseline},
-                                {"ratio", r.baseline > 0 ? r.troupe / r.baseline : 0},
-                                {"target", r.target},
-                                {"met", r.target.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(r.met)}});
-    }
-    std::ofstream out(o.json);
-    out << report.dump(2) << "\n";
-    if (!out) {
-      std::cerr << "gateway_bench: cannot write " << o.json << "\n";
-      rc = 1;
-    }
-  }
+  if (!o.json.empty() && !WriteReportJson(o.json, "gateway", o.quick, rows)) rc = 1;
   if (direct_failed + gateway_failed > 0) {
     std::cerr << "gateway_bench: " << direct_failed + gateway_failed << " requests failed\n";
     rc = 1;

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "actors/serving/router.h"
+#include "bench/common/report.h"
 #include "common/logging.h"
 #include "runtime/internal/lazy_clock.h"
 
@@ -113,12 +114,6 @@ double Percentile(std::vector<int64_t> v, double q) {
   return static_cast<double>(v[i]) / 1000.0;  // us
 }
 
-struct Row {
-  std::string metric, unit;
-  double troupe = 0, baseline = 0;
-  std::string baseline_name, target;
-  bool met = false;
-};
 
 int Main(const Options& o) {
   caf::actor_system_config config;
@@ -185,43 +180,19 @@ int Main(const Options& o) {
 
   const double r50 = Percentile(via_router, 0.5), d50 = Percentile(direct, 0.5);
   const double r99 = Percentile(via_router, 0.99), d99 = Percentile(direct, 0.99);
-  std::vector<Row> rows = {
+  std::vector<ReportRow> rows = {
       {"round trip p50", "us", r50, d50, "direct", "", true},
       {"round trip p99", "us", r99, d99, "direct", "", true},
       {"router overhead p50", "us", r50 - d50, 1000, "Ray Serve (documented, low end)", "<= 50", r50 - d50 <= 50},
       {"router overhead p99", "us", r99 - d99, 1000, "Ray Serve (documented, low end)", "<= 200", r99 - d99 <= 200},
       {"no-op requests", "req/s", router_rate, direct_rate, "direct", ">= 50000", router_rate >= 50000},
   };
-  std::printf("\n%-22s %-6s %12s  %-32s %12s %8s %10s %4s\n", "metric", "unit", "router", "baseline", "value", "ratio",
-              "target", "met");
-  for (const auto& r : rows) {
-    std::printf("%-22s %-6s %12.2f  %-32s %12.2f %8.3f %10s %4s\n", r.metric.c_str(), r.unit.c_str(), r.troupe,
-                r.baseline_name.c_str(), r.baseline, r.baseline > 0 ? r.troupe / r.baseline : 0, r.target.c_str(),
-                r.target.empty() ? "" : (r.met ? "yes" : "no"));
-  }
+  PrintReport("router", rows);
   std::printf("(%zu timed round trips per path, one at a time; the rate: the best of %d runs of %llu requests, %llu "
               "in flight. Ray Serve documents 1-2 ms of router overhead and 3-4k QPS per router on 8 cores)\n",
               via_router.size(), rounds, static_cast<unsigned long long>(rate_n / rounds),
               static_cast<unsigned long long>(window));
-  if (!o.json.empty()) {
-    nlohmann::ordered_json report = {{"benchmark", "serving"}, {"quick", o.quick}, {"rows", nlohmann::ordered_json::array()}};
-    for (const auto& r : rows) {
-      report["rows"].push_back({{"metric", r.metric},
-                                {"unit", r.unit},
-                                {"troupe", r.troupe},
-                                {"baseline", r.baseline_name},
-                                {"baseline_value", r.baseline},
-                                {"ratio", r.baseline > 0 ? r.troupe / r.baseline : 0},
-                                {"target", r.target},
-                                {"met", r.target.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(r.met)}});
-    }
-    std::ofstream out(o.json);
-    out << report.dump(2) << "\n";
-    if (!out) {
-      std::cerr << "serving_bench: cannot write " << o.json << "\n";
-      return 1;
-    }
-  }
+  if (!o.json.empty() && !WriteReportJson(o.json, "serving", o.quick, rows)) return 1;
   return 0;
 }
 
