@@ -375,11 +375,17 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
         check.api_key = admit.api_key;
         check.action = static_cast<uint32_t>(api::Action::kListModels);
         self->AskApi(std::move(check), [self, out, parsed, endpoint, start](StatusOr<api::AdmitReply> reply) {
-          if (reply.ok() && reply->admitted && reply->reservation != 0) {
+          if (!reply.ok()) {
+            RespondError(out, OpenAiError::ForStatus(503, "the gateway cannot reach the cluster's key and limit "
+                                                          "service (" + reply.status().ToString() + "); retry shortly"));
+            self->Count(endpoint, 503, start);
+            return;
+          }
+          if (reply->admitted && reply->reservation != 0) {
             ++self->in_flight;
             self->Settle(*reply, "", 0, 0, false);
           }
-          if (reply.ok() && !reply->admitted) {
+          if (!reply->admitted) {
             ++self->refused;
             RespondError(out, OpenAiError::ForStatus(reply->http_status, reply->message, reply->error_type),
                          RefusalHeaders(*reply));
