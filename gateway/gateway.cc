@@ -326,6 +326,18 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
     caf::anon_send(session, CommandCall{std::move(msg), std::move(done)});
   }
 
+  // True (and 401 answered) when the request carries no key: nothing to ask the head.
+  bool NoKey(const std::string& key, const std::shared_ptr<HttpResponder>& out, const std::string& endpoint,
+             std::chrono::steady_clock::time_point start) {
+    if (!key.empty()) return false;
+    RespondError(out, OpenAiError::ForStatus(401,
+                                             "no API key: send it as 'Authorization: Bearer KEY' (troupe key create "
+                                             "makes one)",
+                                             "invalid_api_key"));
+    Count(endpoint, 401, start);
+    return true;
+  }
+
   static HttpHeaders RefusalHeaders(const api::AdmitReply& reply) {
     HttpHeaders headers(reply.headers.begin(), reply.headers.end());
     if (reply.http_status == 429 && reply.retry_after_s > 0) {
@@ -339,14 +351,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
     ++requests;
     const std::string endpoint = path == "/v1/completions" ? "completions" : "chat";
     const std::string key = BearerKey(req);
-    if (key.empty()) {
-      RespondError(out, OpenAiError::ForStatus(401,
-                                               "no API key: send it as 'Authorization: Bearer KEY' (troupe key "
-                                               "create makes one)",
-                                               "invalid_api_key"));
-      Count(endpoint, 401, start);
-      return;
-    }
+    if (NoKey(key, out, endpoint, start)) return;
     api::CompletionRequest parsed;
     const auto kind = path == "/v1/completions" ? api::CompletionEndpoint::kCompletions : api::CompletionEndpoint::kChat;
     // OpenAI's /v1/completions default max_tokens is 16; chat has none: the model's context
@@ -693,12 +698,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
 
   void Models(HttpRequest req, std::shared_ptr<HttpResponder> out, std::chrono::steady_clock::time_point start) {
     const std::string key = BearerKey(req);
-    if (key.empty()) {
-      RespondError(out, OpenAiError::ForStatus(401, "no API key: send it as 'Authorization: Bearer KEY'",
-                                               "invalid_api_key"));
-      Count("models", 401, start);
-      return;
-    }
+    if (NoKey(key, out, "models", start)) return;
     api::Admit admit;
     admit.api_key = key;
     admit.action = static_cast<uint32_t>(api::Action::kListModels);
@@ -764,12 +764,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
   // caller's key and role at the head (docs/gateway.md "Admin API").
   void Admin(HttpRequest req, std::shared_ptr<HttpResponder> out, std::chrono::steady_clock::time_point start) {
     const std::string key = BearerKey(req);
-    if (key.empty()) {
-      RespondError(out, OpenAiError::ForStatus(401, "no API key: send an admin key as 'Authorization: Bearer KEY'",
-                                               "invalid_api_key"));
-      Count("admin", 401, start);
-      return;
-    }
+    if (NoKey(key, out, "admin", start)) return;
     const std::string path(req.Path());
     std::string rest = path.substr(std::string("/v1/admin/").size());
     std::string name;
