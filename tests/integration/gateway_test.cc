@@ -23,6 +23,7 @@
 #include "cluster/client.h"
 #include "common/child_process.h"
 #include "common/logging.h"
+#include "tests/support/gateway_calls.h"
 #include "tests/support/http_client.h"
 #include "tests/support/local_cluster.h"
 
@@ -35,48 +36,10 @@ using Json = nlohmann::json;
 using testing::HttpCall;
 using testing::HttpReply;
 
-int PortOf(const std::string& url) { return std::atoi(url.substr(url.rfind(':') + 1).c_str()); }
-
-// A plain TCP connection to 127.0.0.1:`port` (for clients that misbehave), or -1.
-int ConnectRaw(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (fd >= 0 && connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
-
-// Sends a streamed request with `key` on a raw connection to `port` and reads until its first
-// event arrived (the request was admitted and is running); the open socket, or -1 (with `*seen`
-// saying what came instead) if no event came within 10 s.
-int StartStream(int port, const std::string& key, const std::string& body, std::string* seen) {
-  const int fd = ConnectRaw(port);
-  if (fd < 0) return -1;
-  const std::string request = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key +
-                              "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
-                              "\r\n\r\n" + body;
-  if (write(fd, request.data(), request.size()) != static_cast<ssize_t>(request.size())) {
-    close(fd);
-    return -1;
-  }
-  timeval tv{10, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  char buf[4096];
-  while (seen->find("data: ") == std::string::npos) {
-    const ssize_t n = read(fd, buf, sizeof buf);
-    if (n <= 0) {
-      close(fd);
-      return -1;
-    }
-    seen->append(buf, static_cast<size_t>(n));
-  }
-  return fd;
-}
+using testing::ConnectRaw;
+using testing::PortOf;
+using testing::StartGateway;
+using testing::StartStream;
 
 class Gateway : public ::testing::Test {
  protected:
@@ -99,19 +62,7 @@ class Gateway : public ::testing::Test {
                                                                                   "{tokens_per_second: 200, "
                                                                                   "first_token_latency: 5ms}",
               int max_ongoing = 4) {
-    const std::string yaml = "name: " + name + "\ntenant: " + tenant + "\nversions:\n  - name: v1\n    backend: {test: " +
-                             backend + "}\nreplicas: {min: 1, max: 1, initial: 1}\nmax_ongoing_requests: " +
-                             std::to_string(max_ongoing) + "\nautoscaling: {target_ongoing_requests: 1}\n";
-    auto spec = serving::ParseDeploymentSpec(yaml, "test spec");
-    ASSERT_TRUE(spec.ok()) << spec.status();
-    auto deployed = client_->Deploy(*spec, 10s);
-    ASSERT_TRUE(deployed.ok()) << deployed.status();
-    const auto deadline = Clock::now() + 30s;
-    while (Clock::now() < deadline) {
-      auto shown = client_->DeploymentCommand("show", name, "", 5s);
-      if (shown.ok() && Json::parse(*shown)["status"]["replicas_by_state"].value("ready", 0) == 1) return;
-    }
-    FAIL() << "deployment " << name << " has no ready replica within 30 s";
+    testing::DeployTestModel(*client_, name, tenant, backend, max_ongoing);
   }
 
   void Tenant(const std::string& name, const Json& limits = Json::object()) {
@@ -141,19 +92,6 @@ class Gateway : public ::testing::Test {
   cluster::Client* client_ = nullptr;
   int port_ = 0;
 };
-
-// Starts `troupe gateway` for the cluster in `config`; its port via `*port` (0 on failure).
-std::unique_ptr<ChildProcess> StartGateway(const std::string& config, int* port) {
-  *port = 0;
-  auto child = ChildProcess::Spawn({TROUPE_BIN, "gateway", "-c", config, "--listen", "127.0.0.1:0"});
-  EXPECT_TRUE(child.ok()) << child.status();
-  if (!child.ok()) return nullptr;
-  auto line = (*child)->ReadLineWithPrefix("GATEWAY ", 30s);
-  EXPECT_TRUE(line.ok()) << "troupe gateway did not start: " << line.status();
-  if (!line.ok()) return nullptr;
-  *port = PortOf(*line);
-  return std::move(*child);
-}
 
 TEST_F(Gateway, AKeyCallsItsModelWholeAndStreamedAndSeesOnlyWhatItMayCall) {
   Deploy("echo");
