@@ -273,6 +273,11 @@ StatusOr<std::string> Client::Audit(int64_t since_unix_ms, bool verify, std::chr
   return std::move(reply.json);
 }
 
+StatusOr<GatewayRegistered> Client::RegisterGateway(const cluster::RegisterGateway& registration,
+                                                    std::chrono::milliseconds timeout) {
+  return AskHead<GatewayRegistered>(registration, timeout);
+}
+
 StatusOr<training::WorkerLogChunk> Client::ReadWorkerLog(const std::string& node,
                                                          const training::ReadWorkerLog& request,
                                                          std::chrono::milliseconds timeout) {

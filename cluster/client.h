@@ -106,6 +106,11 @@ class Client {
   /// and with `verify` the whole chain checked; AuditReply's JSON (cluster/messages.h). The
   /// deployment and job commands of this client are recorded as "cli@<this client's node name>".
   StatusOr<std::string> Audit(int64_t since_unix_ms, bool verify, std::chrono::milliseconds timeout);
+  /// Lists a gateway's Prometheus endpoint in the head's scrape targets while `registration.gateway`
+  /// lives (RegisterGateway, cluster/messages.h); sent again to a restarted head (registering twice
+  /// makes one entry). Errors: InvalidArgument (an empty field), Unavailable, DeadlineExceeded.
+  StatusOr<GatewayRegistered> RegisterGateway(const cluster::RegisterGateway& registration,
+                                              std::chrono::milliseconds timeout);
   /// A chunk of a worker's log, read by the agent of the node it ran on.
   StatusOr<training::WorkerLogChunk> ReadWorkerLog(const std::string& node, const training::ReadWorkerLog& request,
                                                    std::chrono::milliseconds timeout);

@@ -70,6 +70,9 @@ struct ControllerState {
   std::shared_ptr<AuditLog> audit;  // shared with the head's api actor (it locks itself)
   std::string head_metrics_address;
   ScrapeTargetsWriter targets;  // made by the controller: its retries are messages to itself
+  // The gateways listed in `targets`, by the actor each registered with (monitored: the entry
+  // goes when the actor does). Not stored: a gateway registers again with a restarted head.
+  std::map<caf::actor_addr, std::string> gateways;
   // How the lease registry has the controller monitor an owner (set once the actor runs).
   std::shared_ptr<std::function<void(const caf::actor&)>> monitor;
 
@@ -158,6 +161,13 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
     st.membership->Unsubscribe(msg.source);
     st.jobs->SupervisorGone(msg.source);
     st.deployments->ActorGone(msg.source);
+    if (auto gw = st.gateways.find(msg.source); gw != st.gateways.end()) {
+      spdlog::info("head: gateway '{}' gone ({}); no longer scraped", gw->second,
+                   runtime::ToStatus(msg.reason).ToString());
+      st.targets.RemoveGateway(gw->second);
+      st.gateways.erase(gw);
+      st.UpdateNodeMetricsAndTargets();
+    }
     if (auto name = st.membership->NodeOfAgent(msg.source)) {
       NodeRecord record = st.membership->MarkDead(*name, runtime::ToStatus(msg.reason).ToString());
       st.UpdateNodeMetricsAndTargets();
@@ -267,6 +277,29 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
         auto verified = audit.Verify();
         if (!verified.ok()) return runtime::ToCafError(verified.status());
         return AuditReply{AuditReplyJson(std::move(*records), &*verified)};
+      },
+      [self](RegisterGateway& reg) -> caf::result<GatewayRegistered> {
+        auto& st = self->state;
+        if (reg.name.empty() || reg.metrics_address.empty() || !reg.gateway.valid()) {
+          return runtime::ToCafError(InvalidArgumentError(
+              "register gateway: name, metrics address and actor are required (got name '" + reg.name +
+              "', address '" + reg.metrics_address + "')"));
+        }
+        // The same gateway again (it lost this head's answer, or the head it knew): one entry.
+        for (auto it = st.gateways.begin(); it != st.gateways.end();) {
+          if (it->second == reg.name && it->first != reg.gateway.handle().address()) {
+            self->demonitor(it->first);
+            it = st.gateways.erase(it);
+          } else {
+            ++it;
+          }
+        }
+        st.gateways[reg.gateway.handle().address()] = reg.name;
+        self->monitor(reg.gateway.handle());
+        st.targets.AddGateway(reg.name, reg.metrics_address);
+        st.UpdateNodeMetricsAndTargets();
+        spdlog::info("head: gateway '{}' scraped at {}", reg.name, reg.metrics_address);
+        return GatewayRegistered{st.config.name};
       },
       [self](ListNodes&) -> NodeList {
         runtime::Runtime* rt = self->state.runtime;

@@ -347,6 +347,22 @@ Status AddClusterCodecs(runtime::CodecRegistry& r) {
       kAuditReply, "cluster.AuditReply",
       [](const AuditReply& m, wire::AuditReply::Builder b, RefCodec&) { b.setJson(m.json); },
       [](wire::AuditReply::Reader in, RefCodec&) -> StatusOr<AuditReply> { return AuditReply{in.getJson()}; })));
+  RETURN_IF_ERROR((r.Add<RegisterGateway, wire::RegisterGateway>(
+      kRegisterGateway, "cluster.RegisterGateway",
+      [](const RegisterGateway& m, wire::RegisterGateway::Builder b, RefCodec& refs) {
+        b.setName(m.name);
+        b.setMetricsAddress(m.metrics_address);
+        refs.EncodeRef(m.gateway, b.initGateway());
+      },
+      [](wire::RegisterGateway::Reader in, RefCodec& refs) -> StatusOr<RegisterGateway> {
+        return RegisterGateway{in.getName(), in.getMetricsAddress(), refs.DecodeRef(in.getGateway())};
+      })));
+  RETURN_IF_ERROR((r.Add<GatewayRegistered, wire::GatewayRegistered>(
+      kGatewayRegistered, "cluster.GatewayRegistered",
+      [](const GatewayRegistered& m, wire::GatewayRegistered::Builder b, RefCodec&) { b.setClusterName(m.cluster_name); },
+      [](wire::GatewayRegistered::Reader in, RefCodec&) -> StatusOr<GatewayRegistered> {
+        return GatewayRegistered{in.getClusterName()};
+      })));
   return r.Add<NodeList, wire::NodeList>(
       kNodeList, "cluster.NodeList",
       [](const NodeList& m, wire::NodeList::Builder b, RefCodec&) {

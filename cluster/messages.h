@@ -181,6 +181,21 @@ struct AuditReply {
   std::string json;
 };
 
+/// A gateway process -> head: list the gateway's Prometheus endpoint (`metrics_address`, host:port
+/// of its GET /metrics) in the head's scrape targets under `name` while `gateway` lives. The head
+/// monitors `gateway` and drops the entry when it exits or its process is lost (kill -9: after
+/// the runtime's heartbeat_timeout). Registering again under the same name replaces the entry
+/// (a gateway that lost the head registers with the new one). Reply: GatewayRegistered;
+/// InvalidArgument for an empty name, address or actor.
+struct RegisterGateway {
+  std::string name;
+  std::string metrics_address;
+  runtime::ActorRef gateway;
+};
+struct GatewayRegistered {
+  std::string cluster_name;
+};
+
 enum ClusterTypeId : uint32_t {
   kJoinRequest = 1100, kJoinReply, kListNodes, kNodeList, kSubscribeMembership, kMembershipEvent,
   kLeaseRequest, kLeaseGrant, kReleaseLease, kAssignSlices, kReleaseSlices, kGpuReport, kListSlices, kSliceList,
@@ -188,6 +203,8 @@ enum ClusterTypeId : uint32_t {
 };
 /// The audit log's messages (1550-1569, issue 21's share).
 enum AuditTypeId : uint32_t { kAuditQuery = 1550, kAuditReply };
+/// A gateway's scrape registration (1560-1561, also issue 21's share).
+enum GatewayTypeId : uint32_t { kRegisterGateway = 1560, kGatewayRegistered };
 
 /// Registers the codecs of the cluster protocol.
 Status AddClusterCodecs(runtime::CodecRegistry& registry);
@@ -220,3 +237,5 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::EventList)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::LeaseEnded)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::AuditQuery)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::AuditReply)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::RegisterGateway)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::cluster::GatewayRegistered)

@@ -111,3 +111,6 @@ struct LeaseEnded { leaseId @0 :UInt64; reason @1 :Text; }
 # `troupe audit`: the head's audit log (cluster/audit_log.h).
 struct AuditQuery { sinceUnixMs @0 :Int64; verify @1 :Bool; }
 struct AuditReply { json @0 :Text; }
+# A gateway process asks to be scraped: listed in the head's Prometheus targets while `gateway` lives.
+struct RegisterGateway { name @0 :Text; metricsAddress @1 :Text; gateway @2 :Rt.ActorAddress; }
+struct GatewayRegistered { clusterName @0 :Text; }

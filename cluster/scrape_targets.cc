@@ -11,7 +11,8 @@
 namespace troupe::cluster {
 
 std::string ScrapeTargetsJson(const std::string& cluster_name, const std::string& head_metrics_address,
-                              const std::map<std::string, NodeRecord>& nodes) {
+                              const std::map<std::string, NodeRecord>& nodes,
+                              const std::map<std::string, std::string>& gateways) {
   nlohmann::ordered_json targets = nlohmann::ordered_json::array();
   targets.push_back({{"targets", nlohmann::ordered_json::array({head_metrics_address})},
                      {"labels", {{"cluster", cluster_name}, {"role", "head"}, {"node", "head"}}}});
@@ -19,6 +20,11 @@ std::string ScrapeTargetsJson(const std::string& cluster_name, const std::string
     if (record.metrics_address.empty() || record.state == "dead") continue;
     targets.push_back({{"targets", nlohmann::ordered_json::array({record.metrics_address})},
                        {"labels", {{"cluster", cluster_name}, {"role", "node"}, {"node", name}}}});
+  }
+  for (const auto& [name, address] : gateways) {
+    if (address.empty()) continue;
+    targets.push_back({{"targets", nlohmann::ordered_json::array({address})},
+                       {"labels", {{"cluster", cluster_name}, {"role", "gateway"}, {"node", name}}}});
   }
   return targets.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
 }
@@ -31,7 +37,7 @@ ScrapeTargetsWriter::ScrapeTargetsWriter(std::string path, std::string cluster_n
       schedule_retry_(std::move(schedule_retry)) {}
 
 void ScrapeTargetsWriter::Write(const std::map<std::string, NodeRecord>& nodes) {
-  Status written = WriteFileAtomically(path_, ScrapeTargetsJson(cluster_name_, head_metrics_address_, nodes));
+  Status written = WriteFileAtomically(path_, ScrapeTargetsJson(cluster_name_, head_metrics_address_, nodes, gateways_));
   if (!written.ok() && !failing_) {
     spdlog::error("head: {}; Prometheus keeps the previous list until a write succeeds", written.ToString());
   } else if (written.ok() && failing_) {

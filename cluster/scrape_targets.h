@@ -1,5 +1,6 @@
-// ScrapeTargetsWriter: the head's Prometheus file-service-discovery list (the head's and every
-// live node's metrics endpoint), written to <head.data_dir>/prometheus-targets.json.
+// ScrapeTargetsWriter: the head's Prometheus file-service-discovery list (the head's, every live
+// node's and every running gateway's metrics endpoint), written to
+// <head.data_dir>/prometheus-targets.json.
 #pragma once
 
 #include <functional>
@@ -10,10 +11,14 @@
 
 namespace troupe::cluster {
 
-/// Prometheus's file-SD format for the head at `head_metrics_address` and the nodes of `nodes`
-/// that are not dead and have a metrics endpoint: [{"targets": [host:port], "labels": {...}}, ...].
+/// Prometheus's file-SD format for the head at `head_metrics_address`, the nodes of `nodes` that
+/// are not dead and have a metrics endpoint, and the gateways of `gateways` (name -> host:port of
+/// its GET /metrics, as each registered itself: RegisterGateway):
+/// [{"targets": [host:port], "labels": {"cluster", "role": head|node|gateway, "node": name}}, ...],
+/// head first, then nodes and gateways by name.
 std::string ScrapeTargetsJson(const std::string& cluster_name, const std::string& head_metrics_address,
-                              const std::map<std::string, NodeRecord>& nodes);
+                              const std::map<std::string, NodeRecord>& nodes,
+                              const std::map<std::string, std::string>& gateways = {});
 
 /// Writes the targets file whenever membership changes, and again later when a write failed.
 ///
@@ -28,8 +33,13 @@ class ScrapeTargetsWriter {
   ScrapeTargetsWriter(std::string path, std::string cluster_name, std::string head_metrics_address,
                       std::function<void()> schedule_retry);
 
-  /// Writes the list for `nodes`.
+  /// Writes the list for `nodes` and the gateways added and not removed.
   void Write(const std::map<std::string, NodeRecord>& nodes);
+  /// The gateway `name` serves its metrics on `metrics_address` (replaces an entry of that name);
+  /// listed from the next Write.
+  void AddGateway(const std::string& name, const std::string& metrics_address) { gateways_[name] = metrics_address; }
+  /// The gateway `name` is gone (stopped, or its process lost); false if it was not listed.
+  bool RemoveGateway(const std::string& name) { return gateways_.erase(name) > 0; }
   /// The retry asked for has come: true if the last write failed (the head writes again).
   bool RetryDue();
 
@@ -41,6 +51,7 @@ class ScrapeTargetsWriter {
   std::string cluster_name_;
   std::string head_metrics_address_;
   std::function<void()> schedule_retry_;
+  std::map<std::string, std::string> gateways_;  // name -> metrics host:port
   bool failing_ = false;
   bool retry_scheduled_ = false;
 };

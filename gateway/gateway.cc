@@ -22,6 +22,7 @@
 #include "actors/api/openai.h"
 #include "actors/serving/deployment.h"
 #include "actors/serving/messages.h"
+#include "gateway/scrape_registration.h"
 
 namespace troupe::gateway {
 
@@ -117,6 +118,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
   cluster::ClusterConfig config;
   cluster::Client* client = nullptr;
   std::unique_ptr<api::HttpServer> server;
+  std::unique_ptr<ScrapeRegistration> scrape;  // in the head's Prometheus targets while serving
   std::string host;
   // Blocking cluster calls (name lookups, deployment lists) run here, never on an io thread.
   boost::asio::thread_pool pool{2};
@@ -853,6 +855,8 @@ StatusOr<std::unique_ptr<Gateway>> Gateway::Start(const cluster::ClusterConfig& 
     return Status(server.status().code(), "gateway.listen " + config.gateway.listen + ": " + server.status().message());
   }
   impl->server = std::move(*server);
+  impl->scrape = ScrapeRegistration::Start(client, client->runtime().node_name(),
+                                           MetricsAddressFor(http.host, impl->server->port()), config.failure_timeout);
   return std::unique_ptr<Gateway>(new Gateway(std::move(impl)));
 }
 
@@ -868,6 +872,7 @@ std::string Gateway::url() const {
 
 void Gateway::Stop() {
   if (impl_->stopping.exchange(true)) return;
+  if (impl_->scrape) impl_->scrape->Stop();
   impl_->server->Stop();
   impl_->pool.join();
   caf::anon_send_exit(impl_->session, caf::exit_reason::user_shutdown);

@@ -7,6 +7,8 @@
 #include <fstream>
 #include <iterator>
 
+#include <nlohmann/json.hpp>
+
 #include "tests/cluster/head_test_support.h"
 
 namespace troupe::cluster {
@@ -63,6 +65,37 @@ TEST(ScrapeTargets, ListTheHeadAndEveryNodeNotDeadWithAMetricsEndpoint) {
   }
 ]
 )");
+}
+
+TEST(ScrapeTargets, ListEveryGatewayAfterTheNodesWithRoleGateway) {
+  const auto list = nlohmann::json::parse(ScrapeTargetsJson(
+      "prod", "127.0.0.1:9100", Nodes(), {{"client-7-1", "127.0.0.1:8080"}, {"client-8-2", "gw.example:8081"}, {"no-address", ""}}));
+  ASSERT_EQ(list.size(), 5u) << list.dump(2);  // head, nodes a and c, two gateways (one without an address is not listed)
+  EXPECT_EQ(list[0]["labels"]["role"], "head");
+  EXPECT_EQ(list[2]["labels"]["node"], "c");
+  EXPECT_EQ(list[3], nlohmann::json::parse(R"({"targets": ["127.0.0.1:8080"],
+                                               "labels": {"cluster": "prod", "role": "gateway", "node": "client-7-1"}})"));
+  EXPECT_EQ(list[4], nlohmann::json::parse(R"({"targets": ["gw.example:8081"],
+                                               "labels": {"cluster": "prod", "role": "gateway", "node": "client-8-2"}})"));
+}
+
+TEST(ScrapeTargets, AGatewayIsWrittenOnceAddedAndLeavesTheFileWhenRemoved) {
+  testing::TempDir temp;
+  const std::string path = temp.path() + "/prometheus-targets.json";
+  ScrapeTargetsWriter writer(path, "prod", "127.0.0.1:9100", nullptr);
+  auto read = [&] {
+    std::ifstream in(path);
+    return std::string{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  };
+  writer.AddGateway("gw1", "127.0.0.1:8080");
+  writer.AddGateway("gw1", "127.0.0.1:8081");  // registered again (a new port): one entry, the latest
+  writer.Write(Nodes());
+  EXPECT_EQ(read(), ScrapeTargetsJson("prod", "127.0.0.1:9100", Nodes(), {{"gw1", "127.0.0.1:8081"}}));
+  EXPECT_TRUE(writer.RemoveGateway("gw1"));
+  EXPECT_FALSE(writer.RemoveGateway("gw1")) << "removed already";
+  writer.Write(Nodes());
+  EXPECT_EQ(read(), ScrapeTargetsJson("prod", "127.0.0.1:9100", Nodes()));
+  EXPECT_EQ(read().find("gateway"), std::string::npos) << read();
 }
 
 TEST(ScrapeTargets, AFailedWriteIsRetriedOnceScheduledAndSucceedsWhenItCan) {
