@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <map>
 #include <optional>
 
 namespace troupe::cluster {
@@ -129,12 +130,46 @@ Status DeploymentsRegistry::Recover(const caf::actor& controller) {
   }
   txn.Abort();
   for (auto& [name, d] : deployments_) {
-    // Its replicas of the earlier head are not taken back: their node agents stop them when they
-    // lose the earlier deployment actor; this one starts new ones.
-    d->status.replicas.clear();
+    // The replicas of the earlier head kept running on their nodes: the new deployment actor
+    // takes back those whose lease the lease registry takes back too (the leases become its own
+    // here, before any node rejoins, so TakeBack watches it and not the earlier actor), and each
+    // node's join tells it which of them still run (NodeJoined). A replica whose lease is gone
+    // (its node died under the earlier head) is not waited for.
+    std::vector<serving::ReplicaView> kept;
+    for (const auto& r : d->status.replicas) {
+      if (r.state == "pending" || (r.lease_id != 0 && leases_->IsRecovered(r.lease_id))) kept.push_back(r);
+    }
+    d->status.replicas = std::move(kept);
     StartActor(*d);
+    for (const auto& r : d->status.replicas) {
+      if (r.lease_id != 0) (void)leases_->AdoptRecovered(r.lease_id, runtime_->Ref(d->actor));
+    }
   }
   return OkStatus();
+}
+
+void DeploymentsRegistry::NodeJoined(const std::string& node, const runtime::ActorRef& agent,
+                                     const std::vector<serving::RunningReplica>& replicas) const {
+  std::map<std::string, std::vector<serving::RunningReplica>> by_deployment;
+  for (const auto& r : replicas) by_deployment[r.deployment].push_back(r);
+  for (const auto& [name, d] : deployments_) {
+    // Every deployment actor hears of the join, with none of its replicas too: the replicas it
+    // waits for on that node and that the node no longer runs are replaced at once.
+    if (!d->actor) continue;
+    auto it = by_deployment.find(name);
+    serving::ReplicasFound found{node, agent, it == by_deployment.end() ? std::vector<serving::RunningReplica>{}
+                                                                         : std::move(it->second)};
+    if (it != by_deployment.end()) by_deployment.erase(it);
+    caf::anon_send(d->actor, std::move(found));
+  }
+  // Replicas of deployments that are gone (deleted just before the head died) or run no actor.
+  for (const auto& [name, rs] : by_deployment) {
+    for (const auto& r : rs) {
+      spdlog::warn("head: node '{}' runs replica {} of deployment '{}', which {}; stopping it", node, r.name, name,
+                   deployments_.count(name) == 0 ? "the head does not know" : "has no deployment actor");
+      agent.Send(serving::StopReplica{r.name});
+    }
+  }
 }
 
 void DeploymentsRegistry::StartActor(Deployment& d) {
@@ -147,6 +182,9 @@ void DeploymentsRegistry::StartActor(Deployment& d) {
   init.router_metrics = router_metrics_;
   init.autoscaler_metrics = autoscaler_metrics_;
   init.replica_metrics = replica_metrics_;
+  // The head declares a node of the earlier head dead once failure_timeout passed without its
+  // join, and a join reports the node's replicas: by twice that, every live node has reported.
+  init.recovery_timeout = 2 * std::chrono::duration_cast<std::chrono::milliseconds>(config_.failure_timeout);
   d.actor = serving::SpawnDeployment(runtime_->system(), std::move(init));
 }
 

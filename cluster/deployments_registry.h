@@ -50,8 +50,9 @@ struct DeploymentStatusUpdate {
 /// Durability: a deployment is acknowledged (deploy's reply) only once its record is stored; its
 /// status and events are stored in the order its actor sends them. The newest
 /// kMaxEventsPerDeployment events are kept until it is deleted. After a head restart every stored
-/// deployment gets a deployment actor again, which starts new replicas (those of the earlier head
-/// are stopped by their node agents when they lose their owner: taking them back is not done yet).
+/// deployment gets a deployment actor again, which takes back the replicas of the earlier head
+/// that still run (their node agents keep them while the head is lost and report them when they
+/// join: NodeJoined) and replaces only those that are gone.
 class DeploymentsRegistry {
  public:
   static constexpr size_t kMaxEventsPerDeployment = 1000;
@@ -81,6 +82,12 @@ class DeploymentsRegistry {
   /// The replica's lease request leaves the scheduler's queue if it still waits.
   void Withdraw(const ReplicaPlacementWithdraw& withdraw);
   void Record(const DeploymentStatusUpdate& update);
+  /// Node `node` joined (its agent `agent`) running `replicas` (JoinRequest::replicas): each
+  /// deployment actor gets its own (ReplicasFound, also when there are none), and a replica of a
+  /// deployment the head does not have (deleted just before a head restart) or that runs no actor
+  /// is stopped (StopReplica).
+  void NodeJoined(const std::string& node, const runtime::ActorRef& agent,
+                  const std::vector<serving::RunningReplica>& replicas) const;
   /// The actor `who` ended (a deployment actor: its deployment runs no actor any more).
   void ActorGone(const caf::actor_addr& who);
   /// The scrape sources of the deployments' routers and autoscalers (docs/metrics.md, "Serving"),

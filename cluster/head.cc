@@ -147,7 +147,8 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
   if (Status recovered = state.jobs->Recover(caf::actor_cast<caf::actor>(self)); !recovered.ok()) {
     spdlog::error("head: the jobs table cannot be read: {}", recovered.ToString());
   }
-  // Deployments of an earlier head get their deployment actors again (new replicas).
+  // Deployments of an earlier head get their deployment actors again, which take back the
+  // replicas still running on the nodes as the nodes rejoin.
   if (Status recovered = state.deployments->Recover(caf::actor_cast<caf::actor>(self)); !recovered.ok()) {
     spdlog::error("head: the deployments table cannot be read: {}", recovered.ToString());
   }
@@ -210,6 +211,7 @@ caf::behavior Controller(caf::stateful_actor<ControllerState>* self, ControllerS
         st.leases->AddNodeToScheduler(record);
         st.leases->TakeBack(record.name, join.held, join.agent);
         st.jobs->NodeJoined(record.name, join.agent, join.workers);
+        st.deployments->NodeJoined(record.name, join.agent, join.replicas);
         st.leases->RunScheduler();
         spdlog::info("head: node '{}' ({}) joined from {} (join #{})", record.name, record.node_id, record.address,
                      record.joins);

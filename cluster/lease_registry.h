@@ -68,6 +68,8 @@ class LeaseRegistry {
   /// the job that held it): it is watched instead of the earlier head's owner, which is gone.
   /// False if no such lease waits to be taken back.
   bool AdoptRecovered(uint64_t id, const runtime::ActorRef& owner);
+  /// Whether lease `id` of an earlier head waits to be taken back (AdoptRecovered would take it).
+  bool IsRecovered(uint64_t id) const { return recovered_.count(id) != 0; }
   /// Whether leases of an earlier head wait for their nodes.
   bool HasRecovered() const { return !recovered_.empty(); }
 

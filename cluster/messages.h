@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "actors/serving/messages.h"
 #include "actors/training/messages.h"
 #include "runtime/actor_ref.h"
 #include "runtime/codec.h"
@@ -115,6 +116,10 @@ struct JoinRequest {
   runtime::ActorRef agent;
   std::vector<AssignSlices> held;  ///< the leases the agent holds now, its part of each
   std::vector<training::RunningWorker> workers;  ///< training workers running there (and recent exits, pid 0)
+  /// Serving replicas running there (a restarted head's deployment actors take them back or stop
+  /// them: DeploymentsRegistry::NodeJoined). Initialized here so that {node, agent, held, workers}
+  /// builds without a missing-initializer warning.
+  std::vector<serving::RunningReplica> replicas = {};
 };
 struct GpuLoad {
   uint32_t index = 0;

@@ -18,16 +18,21 @@ namespace troupe::cluster {
 
 using namespace std::chrono_literals;
 
-namespace {
-
-// The serving replicas this node runs (docs/serving.md, "Deployments"), kept by the agent actor.
+// The serving replicas this node runs (docs/serving.md, "Deployments"), kept by the agent actor
+// and read by Join (another thread) for the head: under `mu`.
 struct NodeReplicas {
   struct Entry {
     caf::actor actor;
+    // The deployment actor that owns it; none while it is orphaned (its owner could not be reached:
+    // the head was lost) until a restarted head's deployment actor takes it back.
     caf::actor_addr owner;
+    serving::RunningReplica report;
   };
+  std::mutex mu;
   std::map<std::string, Entry> by_name;
 };
+
+namespace {
 
 // The environment of a child on a lease's slice (a training worker, a replica's server), from the
 // slice fields that StartWorker and StartReplica share: actors/slice_environment.h.
@@ -194,22 +199,36 @@ Status NodeAgent::SpawnSlices() {
       });
   auto workers = workers_;
   runtime::Runtime* rt = runtime_.get();
-  agent_ = runtime_->Spawn([slices, depths, workers, rt, data_dir](caf::event_based_actor* self) -> caf::behavior {
+  replicas_ = std::make_shared<NodeReplicas>();
+  auto replicas = replicas_;
+  agent_ = runtime_->Spawn([slices, replicas, depths, workers, rt, data_dir](caf::event_based_actor* self)
+                               -> caf::behavior {
     runtime::StartMailboxSampling(self, depths, "node.agent");
     // Serving replicas: each is monitored (an exited one leaves the table) and so is its owner,
-    // the deployment actor on the head: the replicas of an owner that is gone (it ended, or the
-    // head was lost) are stopped, so no replica outlives its deployment. They end with the agent.
-    auto replicas = std::make_shared<NodeReplicas>();
+    // the deployment actor on the head. The replicas of an owner that ended (its deployment was
+    // deleted, its actor failed) are stopped, so no replica outlives its deployment. Those of an
+    // owner that cannot be reached (Unavailable: the head was lost, kill -9 included) keep running
+    // and serving, orphaned, and go with every join: a restarted head takes them back or stops
+    // them (as a Kubernetes kubelet keeps its pods while the API server is down). They end with
+    // the agent.
     self->attach_functor([replicas] {
+      std::lock_guard<std::mutex> lock(replicas->mu);
       for (auto& [name, entry] : replicas->by_name) caf::anon_send_exit(entry.actor, caf::exit_reason::user_shutdown);
     });
     self->set_down_handler([self, replicas](caf::down_msg& down) {
+      const Status why = runtime::ToStatus(down.reason);
+      std::lock_guard<std::mutex> lock(replicas->mu);
       for (auto it = replicas->by_name.begin(); it != replicas->by_name.end();) {
         if (it->second.actor.address() == down.source) {
           it = replicas->by_name.erase(it);
+        } else if (it->second.owner == down.source && why.code() == StatusCode::kUnavailable) {
+          spdlog::warn("node agent: replica {} keeps running without its deployment actor, which cannot be "
+                       "reached ({}); a restarted head takes it back",
+                       it->first, why.ToString());
+          it->second.owner = caf::actor_addr();
+          ++it;
         } else if (it->second.owner == down.source) {
-          spdlog::warn("node agent: replica {} stopped: its deployment actor is gone ({})", it->first,
-                       runtime::ToStatus(down.reason).ToString());
+          spdlog::warn("node agent: replica {} stopped: its deployment actor is gone ({})", it->first, why.ToString());
           self->send_exit(it->second.actor, caf::exit_reason::user_shutdown);
           it = replicas->by_name.erase(it);
         } else {
@@ -222,6 +241,7 @@ Status NodeAgent::SpawnSlices() {
           if (start.name.empty() || !start.owner.valid()) {
             return runtime::ToCafError(InvalidArgumentError("StartReplica needs a replica name and an owner"));
           }
+          std::lock_guard<std::mutex> lock(replicas->mu);
           if (auto it = replicas->by_name.find(start.name); it != replicas->by_name.end()) {
             // Sent again (a lost reply): the replica already running answers.
             return serving::ReplicaStarted{start.name, rt->Ref(it->second.actor)};
@@ -229,15 +249,37 @@ Status NodeAgent::SpawnSlices() {
           caf::actor replica = SpawnReplicaHere(self->home_system(), start, data_dir);
           self->monitor(replica);
           self->monitor(start.owner.handle());
-          replicas->by_name[start.name] = NodeReplicas::Entry{replica, start.owner.handle().address()};
+          const runtime::ActorRef ref = rt->Ref(replica);
+          replicas->by_name[start.name] = NodeReplicas::Entry{
+              replica, start.owner.handle().address(), serving::RunningReplica{start.name, start.deployment,
+                                                                                start.lease_id, ref}};
           spdlog::info("node agent: replica {} started (lease {})", start.name, start.lease_id);
-          return serving::ReplicaStarted{start.name, rt->Ref(replica)};
+          return serving::ReplicaStarted{start.name, ref};
         },
         [self, replicas](serving::StopReplica& stop) {
+          std::lock_guard<std::mutex> lock(replicas->mu);
           auto it = replicas->by_name.find(stop.name);
           if (it == replicas->by_name.end()) return;
           self->send_exit(it->second.actor, caf::exit_reason::user_shutdown);
           replicas->by_name.erase(it);
+        },
+        [self, replicas](serving::AdoptReplica& adopt) -> caf::result<serving::ReplicaStatus> {
+          if (!adopt.owner.valid()) {
+            return runtime::ToCafError(InvalidArgumentError("AdoptReplica of '" + adopt.name + "' names no owner"));
+          }
+          std::lock_guard<std::mutex> lock(replicas->mu);
+          auto it = replicas->by_name.find(adopt.name);
+          if (it == replicas->by_name.end()) {
+            return runtime::ToCafError(NotFoundError("node agent: no replica named '" + adopt.name +
+                                                     "' runs here (it exited); start another one"));
+          }
+          if (it->second.owner != adopt.owner.handle().address()) {
+            self->monitor(adopt.owner.handle());
+            it->second.owner = adopt.owner.handle().address();
+          }
+          // The replica answers with its state now; later changes go to the new owner.
+          self->delegate(it->second.actor, std::move(adopt));
+          return caf::delegated<serving::ReplicaStatus>();
         },
         [workers](training::StartWorker& start) -> caf::result<training::WorkerStarted> {
           auto started = workers->Start(start, ChildEnvironment(start, start.gpu_index == training::kNoGpu));
@@ -373,6 +415,10 @@ StatusOr<runtime::ActorRef> NodeAgent::Join(const NodeRecord& record, runtime::N
     for (const auto& [id, assign] : slices_->held) join.held.push_back(assign);
   }
   join.workers = workers_->List();
+  {
+    std::lock_guard<std::mutex> lock(replicas_->mu);
+    for (const auto& [name, entry] : replicas_->by_name) join.replicas.push_back(entry.report);
+  }
   ASSIGN_OR_RETURN(*reply, head.Request<JoinReply>(join, 5s));
   return head;
 }

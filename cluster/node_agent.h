@@ -28,6 +28,8 @@ namespace troupe::cluster {
 /// many nodes after a head restart.
 BackoffPolicy RejoinBackoff(std::chrono::milliseconds failure_timeout);
 
+struct NodeReplicas;
+
 class NodeAgent {
  public:
   /// Starts the node's runtime (listening on its configured address). `head_address` overrides
@@ -51,6 +53,8 @@ class NodeAgent {
   bool WaitStop(std::chrono::milliseconds d);
 
   struct Slices;
+  /// The serving replicas running here (the agent actor keeps them; every join reports them).
+  std::shared_ptr<NodeReplicas> replicas_;
   /// The node's GPUs: NVML ("gpus: auto"), the config's simulated ones, or none. InvalidArgument
   /// when one would be cut into more than kMaxSlicesPerGpu slices. Runs before the runtime starts.
   Status DiscoverGpus();

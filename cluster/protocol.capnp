@@ -4,6 +4,7 @@
 $import "/capnp/c++.capnp".namespace("troupe::cluster::wire");
 using Rt = import "/runtime/messages.capnp";
 using Tr = import "/actors/training/training.capnp";
+using Sv = import "/actors/serving/serving.capnp";
 
 struct Gpu {
   name @0 :Text;
@@ -36,6 +37,7 @@ struct NodeRecord {
 # workers it runs (and recent exits, pid 0), which a restarted head's supervisors take back.
 struct JoinRequest {
   node @0 :NodeRecord; agent @1 :Rt.ActorAddress; held @2 :List(AssignSlices); workers @3 :List(Tr.RunningWorker);
+  replicas @4 :List(Sv.RunningReplica);
 }
 struct JoinReply { clusterName @0 :Text; nodeId @1 :UInt64; }
 struct ListNodes {}

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <map>
 #include <optional>
+#include <set>
 
 #include "actors/serving/autoscaler.h"
 #include "actors/serving/router.h"
@@ -22,11 +23,28 @@ using Json = nlohmann::json;
 using reconcile_atom = caf::atom_constant<caf::atom("reconcile")>;
 // Sent by the deployment actor to itself every health_check.interval: probe the ready replicas.
 using health_atom = caf::atom_constant<caf::atom("health")>;
+// Sent by a restarted head's deployment actor to itself recovery_timeout after it started: the
+// replicas still recovering (their node never reported them) are lost.
+using recovered_atom = caf::atom_constant<caf::atom("recovered")>;
 
 constexpr const char* kPending = "pending";
 constexpr const char* kStarting = "starting";
 constexpr const char* kReady = "ready";
 constexpr const char* kDraining = "draining";
+// Taken back after a head restart: stored by the earlier head, not reported by its node yet.
+constexpr const char* kRecovering = "recovering";
+
+// The index of "<deployment>/<version>/replica-<index>"; nullopt for another name.
+std::optional<uint64_t> ReplicaIndexOf(const std::string& name) {
+  const auto at = name.rfind("/replica-");
+  if (at == std::string::npos) return std::nullopt;
+  const std::string digits = name.substr(at + 9);
+  if (digits.empty() || digits.size() > 18 ||
+      !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    return std::nullopt;
+  }
+  return std::stoull(digits);
+}
 
 struct Replica {
   std::string name;
@@ -177,6 +195,7 @@ void RefreshView(Self* self) {
         ReplicaView{r.name, r.version, r.state, r.place.node, r.place.lease_id, r.outdated, st.Standby(r)});
   }
   st.status.standby = st.standby;
+  st.status.next_replica = st.next_index;
 }
 
 void SendCount(Self* self) {
@@ -519,6 +538,90 @@ void Reconcile(Self* self) {
   Publish(self, "", "");
 }
 
+// A replica to take back after a head restart that is gone, or that its node could not hand
+// over: it is stopped there if it runs, its lease goes, and another replica replaces it.
+void LoseRecovering(Self* self, const std::string& name, const std::string& why) {
+  auto& st = self->state;
+  auto it = st.replicas.find(name);
+  if (it == st.replicas.end()) return;
+  StopNow(self, it->second);
+  st.replicas.erase(it);
+  Publish(self, "replica " + name + " was not taken back", why + "; another replica replaces it");
+  SendCount(self);
+  ReplaceLater(self);
+}
+
+// Takes back replica `name`, which `found.node`'s agent reports running as `reported`: the agent
+// watches this actor as its owner from now on and the replica reports to it (AdoptReplica). A
+// recovering one is then put back in the state the replica answers (ready ones behind the
+// router); any other one (the node had lost the head for a while) only gets watched again.
+void TakeBack(Self* self, const RunningReplica& reported, const ReplicasFound& found) {
+  auto& st = self->state;
+  Replica& r = st.replicas.at(reported.name);
+  const bool recovering = r.state == kRecovering;
+  if (recovering) {
+    if (r.ref.valid()) self->demonitor(r.ref.handle());
+    r.ref = reported.replica;
+    r.place.agent = found.agent;
+    self->monitor(r.ref.handle());
+  }
+  const std::string name = reported.name;
+  self->request(found.agent.handle(), st.init.node_timeout, AdoptReplica{name, st.self_ref, st.autoscaler_ref})
+      .then(
+          [self, name, recovering](ReplicaStatus& status) {
+            auto& st = self->state;
+            auto it = st.replicas.find(name);
+            if (!recovering || it == st.replicas.end() || it->second.state != kRecovering) return;
+            Replica& r = it->second;
+            switch (status.state) {
+              case ReplicaState::kStarting:
+                r.state = kStarting;
+                break;
+              case ReplicaState::kReady:
+                r.state = kReady;
+                break;
+              default:  // draining (or stopped): it ends by itself, and its lease goes then
+                r.state = kDraining;
+                break;
+            }
+            if (r.state == kReady) PushReplicaSet(self);
+            Publish(self, "replica " + name + " taken back on node " + r.place.node + " (" + r.state + ")",
+                    "it kept running while the head was down");
+            SendCount(self);
+            Reconcile(self);
+          },
+          [self, name, recovering](caf::error& error) {
+            auto it = self->state.replicas.find(name);
+            if (!recovering || it == self->state.replicas.end() || it->second.state != kRecovering) return;
+            LoseRecovering(self, name, "its node could not hand it over: " + runtime::ToStatus(error).ToString());
+          });
+}
+
+// A node joined with `found.replicas` of this deployment: those it expects there are taken back,
+// the others stopped, and those it expected there and the node no longer runs are replaced.
+void OnReplicasFound(Self* self, const ReplicasFound& found) {
+  auto& st = self->state;
+  RefreshView(self);
+  const ReplicaTakeBack plan = PlanTakeBack(st.status.replicas, found.node, found.replicas);
+  std::string stopped;
+  for (const auto& name : plan.stop) {
+    self->send(found.agent.handle(), StopReplica{name});
+    stopped += (stopped.empty() ? "" : ", ") + name;
+  }
+  if (!stopped.empty()) {
+    Publish(self, "stopped replica(s) " + stopped + " on node " + found.node,
+            "the node still ran them, and the deployment no longer has them (removed while the head was down)");
+  }
+  for (const auto& name : plan.lost) {
+    LoseRecovering(self, name, "node " + found.node + " joined the head without it (it ended while the head was down)");
+  }
+  for (const auto& name : plan.adopt) {
+    for (const auto& reported : found.replicas) {
+      if (reported.name == name) TakeBack(self, reported, found);
+    }
+  }
+}
+
 bool Autoscaled(const DeploymentSpec& spec) {
   return spec.autoscaling.min_replicas != spec.autoscaling.max_replicas;
 }
@@ -645,9 +748,30 @@ caf::behavior Deployment(Self* self, DeploymentInit init) {
   st.status.name = st.spec().name;
   st.status.router = RouterName(st.spec().name);
   if (st.status.deployed_unix_ms == 0) st.status.deployed_unix_ms = st.init.clock->UnixMs();
-  // A count set by hand stays; otherwise the autoscaler starts again from the initial count.
-  const bool again = st.status.desired != 0;
-  if (!st.status.scaled_by_hand) st.status.desired = st.spec().autoscaling.initial_replicas;
+  // A head restart: a count set by hand stays, and so does the autoscaler's last decision (within
+  // the bounds) while the replicas are taken back: starting from the initial count would drain
+  // the replicas it had ordered. A new deployment starts from the initial count.
+  const bool again = st.status.desired != 0 || !st.status.replicas.empty();
+  const auto& bounds = st.spec().autoscaling;
+  if (!st.status.scaled_by_hand) {
+    st.status.desired = again ? std::clamp(st.status.desired, bounds.min_replicas, bounds.max_replicas)
+                              : bounds.initial_replicas;
+  }
+  // The replicas of the earlier head that had a lease wait, recovering, for their nodes to report
+  // them (ReplicasFound); they count as live meanwhile, so none is started in their place.
+  for (const auto& v : ReplicasToTakeBack(st.status, &st.next_index)) {
+    Replica r;
+    r.name = v.name;
+    r.version = v.version;
+    r.state = kRecovering;
+    r.index = ReplicaIndexOf(v.name).value_or(0);
+    r.place.node = v.node;
+    r.place.lease_id = v.lease_id;
+    r.outdated = v.outdated || st.Version(v.version) == nullptr;
+    st.replicas.emplace(r.name, std::move(r));
+  }
+  st.rolling = st.AnyOutdated();
+  const size_t to_take_back = st.replicas.size();
   // Blue-green standby counts (stored): the versions still of weight 0 run them again.
   for (const auto& [version, n] : st.status.standby) {
     if (const VersionSpec* v = st.Version(version); v != nullptr && v->weight == 0 && n > 0) st.standby[version] = n;
@@ -703,14 +827,32 @@ caf::behavior Deployment(Self* self, DeploymentInit init) {
     SendCount(self);
     ReplaceLater(self);
   });
-  Publish(self, again ? "started again after a head restart (its earlier replicas are not taken back)" : "deployed",
-          std::to_string(st.status.desired) + " replica(s) desired");
+  Publish(self, again ? "started again after a head restart" : "deployed",
+          std::to_string(st.status.desired) + " replica(s) desired" +
+              (again ? "; " + std::to_string(to_take_back) + " to take back from their nodes" : ""));
   Reconcile(self);
   self->delayed_send(self, st.spec().health_check.interval, health_atom::value);
+  if (to_take_back > 0) self->delayed_send(self, st.init.recovery_timeout, recovered_atom::value);
   return {
       [self](reconcile_atom) {
         self->state.replacement_due = false;
         Reconcile(self);
+      },
+      [self](recovered_atom) {
+        auto& st = self->state;
+        std::vector<std::pair<std::string, std::string>> lost;  // name, node
+        for (const auto& [name, r] : st.replicas) {
+          if (r.state == kRecovering && !r.ref.valid()) lost.emplace_back(name, r.place.node);
+        }
+        for (const auto& [name, node] : lost) {
+          LoseRecovering(self, name, "node " + node + " did not report it within " +
+                                         std::to_string(st.init.recovery_timeout.count()) +
+                                         " ms of the head's restart");
+        }
+      },
+      [self](ReplicasFound& found) {
+        if (self->state.stopping) return;
+        OnReplicasFound(self, found);
       },
       [self](health_atom) {
         if (self->state.stopping) return;
@@ -793,9 +935,46 @@ caf::behavior Deployment(Self* self, DeploymentInit init) {
 
 std::string RouterName(const std::string& deployment) { return "serving.router." + deployment; }
 
+ReplicaTakeBack PlanTakeBack(const std::vector<ReplicaView>& known, const std::string& node,
+                             const std::vector<RunningReplica>& reported) {
+  ReplicaTakeBack plan;
+  std::map<std::string, const ReplicaView*> by_name;
+  for (const auto& r : known) by_name[r.name] = &r;
+  std::set<std::string> seen;
+  for (const auto& r : reported) {
+    seen.insert(r.name);
+    auto it = by_name.find(r.name);
+    // A pending replica has no node yet: one reported under its name is an earlier one.
+    if (it != by_name.end() && it->second->node == node && it->second->state != kPending) {
+      plan.adopt.push_back(r.name);
+    } else {
+      plan.stop.push_back(r.name);
+    }
+  }
+  for (const auto& r : known) {
+    if (r.state == kRecovering && r.node == node && seen.count(r.name) == 0) plan.lost.push_back(r.name);
+  }
+  return plan;
+}
+
+std::vector<ReplicaView> ReplicasToTakeBack(const DeploymentStatus& stored, uint64_t* next_replica) {
+  std::vector<ReplicaView> out;
+  uint64_t next = stored.next_replica;
+  for (const auto& r : stored.replicas) {
+    // A new replica is never named like a stored one.
+    if (auto index = ReplicaIndexOf(r.name)) next = std::max<uint64_t>(next, *index + 1);
+    if (r.state == kPending || r.lease_id == 0 || r.node.empty()) continue;
+    ReplicaView back = r;
+    back.state = kRecovering;
+    out.push_back(std::move(back));
+  }
+  if (next_replica != nullptr) *next_replica = next;
+  return out;
+}
+
 std::string DeploymentStatusToJson(const DeploymentStatus& s) {
   Json replicas = Json::array();
-  Json by_state = {{kPending, 0}, {kStarting, 0}, {kReady, 0}, {kDraining, 0}};
+  Json by_state = {{kPending, 0}, {kStarting, 0}, {kReady, 0}, {kDraining, 0}, {kRecovering, 0}};
   for (const auto& r : s.replicas) {
     replicas.push_back({{"name", r.name}, {"version", r.version}, {"state", r.state}, {"node", r.node},
                         {"lease_id", r.lease_id}, {"outdated", r.outdated}, {"standby", r.standby}});
@@ -809,6 +988,7 @@ std::string DeploymentStatusToJson(const DeploymentStatus& s) {
               {"generation", s.generation},
               {"router", s.router},
               {"deployed_unix_ms", s.deployed_unix_ms},
+              {"next_replica", s.next_replica},
               {"replicas", replicas},
               {"replicas_by_state", by_state},
               {"standby", s.standby}}
@@ -827,6 +1007,7 @@ StatusOr<DeploymentStatus> DeploymentStatusFromJson(const std::string& json) {
     s.generation = j.value("generation", uint64_t{0});
     s.router = j.value("router", "");
     s.deployed_unix_ms = j.value("deployed_unix_ms", int64_t{0});
+    s.next_replica = j.value("next_replica", uint64_t{0});
     for (const auto& r : j.value("replicas", Json::array())) {
       s.replicas.push_back(ReplicaView{r.at("name").get<std::string>(), r.value("version", ""), r.value("state", ""),
                                        r.value("node", ""), r.value("lease_id", uint64_t{0}),

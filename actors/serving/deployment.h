@@ -61,7 +61,8 @@ struct ReplicaPlacementAnswer {
 };
 
 /// One replica as `troupe serve show` lists it. States: "pending" (waiting for its lease),
-/// "starting", "ready", "draining".
+/// "starting", "ready", "draining", and "recovering" (after a head restart: stored by the earlier
+/// head, not reported by its node yet; Ray Serve's RECOVERING).
 struct ReplicaView {
   std::string name;
   std::string version;
@@ -95,6 +96,9 @@ struct DeploymentStatus {
   /// The versions of weight 0 that keep replicas as a blue-green standby, and how many (an update
   /// set their weight to 0 while they ran them). Stored, so a head restart starts them again.
   std::map<std::string, uint32_t> standby;
+  /// The index the next new replica gets ("<deployment>/<version>/replica-<index>"). Stored, so a
+  /// restarted head never names a new replica like one of the earlier head's still running.
+  uint64_t next_replica = 0;
 };
 
 /// The replica count a deployment actor reports to its autoscaler (ReplicaCount): the replicas
@@ -114,14 +118,39 @@ struct DeploymentEvent {
 };
 
 /// JSON: {"name", "state", "reason", "desired", "scaled_by_hand", "generation", "router",
-/// "deployed_unix_ms", "replicas": [{"name","version","state","node","lease_id","outdated",
-/// "standby"}], "replicas_by_state": {"pending": n, "starting": n, "ready": n, "draining": n},
-/// "standby": {"<version>": n}}.
+/// "deployed_unix_ms", "next_replica", "replicas": [{"name","version","state","node","lease_id",
+/// "outdated","standby"}], "replicas_by_state": {"pending": n, "starting": n, "ready": n,
+/// "draining": n, "recovering": n}, "standby": {"<version>": n}}.
 std::string DeploymentStatusToJson(const DeploymentStatus& status);
 /// Back from DeploymentStatusToJson (replicas_by_state is derived); InvalidArgument otherwise.
 StatusOr<DeploymentStatus> DeploymentStatusFromJson(const std::string& json);
 /// {"unix_ms", "what", "why"}.
 std::string DeploymentEventToJson(const DeploymentEvent& event);
+
+/// What a deployment actor does with the replicas a node reports when it joins the head (after a
+/// head restart, or after the node lost the head for a while), given the replicas it knows
+/// (`known`: its status's replicas, with their nodes). Kubernetes' ReplicaSet adopts the pods its
+/// selector matches; here the match is exact: the replica's stored name on the stored node.
+struct ReplicaTakeBack {
+  /// Reported, and the deployment has a replica of that name on that node: AdoptReplica (a
+  /// "recovering" one is put back in the state the replica reports; any other is only watched
+  /// again by the agent).
+  std::vector<std::string> adopt;
+  /// Reported, and the deployment has no replica of that name there (deleted, scaled down or
+  /// replaced while the head was down): StopReplica.
+  std::vector<std::string> stop;
+  /// "recovering" on that node and not reported: gone while the head was down; replaced.
+  std::vector<std::string> lost;
+};
+ReplicaTakeBack PlanTakeBack(const std::vector<ReplicaView>& known, const std::string& node,
+                             const std::vector<RunningReplica>& reported);
+
+/// The replicas of a stored status that a restarted head's deployment actor takes back: those
+/// that had a lease (starting, ready, draining; a pending one is asked for again), as
+/// "recovering", each keeping its name, version, node, lease and `outdated`; and the index for
+/// the next new replica, above every stored name's ("<deployment>/<version>/replica-<index>")
+/// and at least the stored next_replica.
+std::vector<ReplicaView> ReplicasToTakeBack(const DeploymentStatus& stored, uint64_t* next_replica);
 
 /// What a deployment actor needs of the head; the deployments registry implements it. Called on
 /// the deployment actor's thread: implementations post messages, never block.
@@ -163,6 +192,14 @@ struct UpdateDeployment {
   DeploymentSpec spec;
   std::string why;  ///< "troupe serve update" or "troupe serve rollback"
 };
+/// Registry -> deployment actor: node `node` joined the head (its agent `agent`) running
+/// `replicas` of this deployment (maybe none). The actor takes back the replicas it expects
+/// there (PlanTakeBack; AdoptReplica to the agent), and stops the others.
+struct ReplicasFound {
+  std::string node;
+  runtime::ActorRef agent;
+  std::vector<RunningReplica> replicas;
+};
 /// Anyone -> deployment actor: stop every replica at once (no drain), release every lease,
 /// unregister the router and exit (`troupe serve delete`).
 struct StopDeployment {
@@ -173,9 +210,14 @@ struct StopDeployment {
 struct DeploymentInit {
   DeploymentSpec spec;
   /// The status stored before (a head restart: its desired count, scaled_by_hand and standby
-  /// counts are kept; its replicas are not taken back, new ones start). A new deployment: name
-  /// only.
+  /// counts are kept, and its replicas that had a lease are taken back: ReplicasToTakeBack,
+  /// ReplicasFound). A new deployment: name only.
   DeploymentStatus status;
+  /// After a head restart: how long a replica to take back waits for its node to report it
+  /// before it counts as lost and is replaced. The head declares a node of the earlier head dead
+  /// when it has not rejoined within failure_timeout, and a node reports its replicas in its join,
+  /// so the registry gives twice failure_timeout.
+  std::chrono::milliseconds recovery_timeout{10000};
   DeploymentHost* host = nullptr;
   /// The head's runtime: the router's name is registered there.
   runtime::Runtime* runtime = nullptr;
@@ -220,4 +262,5 @@ caf::actor SpawnDeployment(caf::actor_system& system, DeploymentInit init);
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ReplicaPlacementAnswer)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ScaleDeployment)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::StopDeployment)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ReplicasFound)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::UpdateDeployment)

@@ -298,6 +298,16 @@ Status AddDeploymentMessages(runtime::CodecRegistry& r) {
       kStopReplica, "serving.StopReplica",
       [](const StopReplica& m, wire::StopReplica::Builder b, RefCodec&) { b.setName(m.name); },
       [](wire::StopReplica::Reader in, RefCodec&) -> StatusOr<StopReplica> { return StopReplica{in.getName()}; })));
+  RETURN_IF_ERROR((r.Add<AdoptReplica, wire::AdoptReplica>(
+      kAdoptReplica, "serving.AdoptReplica",
+      [](const AdoptReplica& m, wire::AdoptReplica::Builder b, RefCodec& refs) {
+        b.setName(m.name);
+        refs.EncodeRef(m.owner, b.initOwner());
+        refs.EncodeRef(m.autoscaler, b.initAutoscaler());
+      },
+      [](wire::AdoptReplica::Reader in, RefCodec& refs) -> StatusOr<AdoptReplica> {
+        return AdoptReplica{in.getName(), refs.DecodeRef(in.getOwner()), refs.DecodeRef(in.getAutoscaler())};
+      })));
   RETURN_IF_ERROR((r.Add<DeploymentCommand, wire::DeploymentCommand>(
       kDeploymentCommand, "serving.DeploymentCommand",
       [](const DeploymentCommand& m, wire::DeploymentCommand::Builder b, RefCodec&) {
@@ -320,6 +330,25 @@ Status AddDeploymentMessages(runtime::CodecRegistry& r) {
 }
 
 }  // namespace
+
+void FillRunningReplicas(const std::vector<RunningReplica>& in, capnp::List<wire::RunningReplica>::Builder out,
+                         RefCodec& refs) {
+  for (size_t i = 0; i < in.size(); ++i) {
+    auto b = out[static_cast<unsigned>(i)];
+    b.setName(in[i].name);
+    b.setDeployment(in[i].deployment);
+    b.setLeaseId(in[i].lease_id);
+    refs.EncodeRef(in[i].replica, b.initReplica());
+  }
+}
+
+std::vector<RunningReplica> ReadRunningReplicas(capnp::List<wire::RunningReplica>::Reader in, RefCodec& refs) {
+  std::vector<RunningReplica> out;
+  for (auto r : runtime::CheckedList(in)) {
+    out.push_back(RunningReplica{r.getName(), r.getDeployment(), r.getLeaseId(), refs.DecodeRef(r.getReplica())});
+  }
+  return out;
+}
 
 Status AddServingCodecs(runtime::CodecRegistry& registry) {
   RETURN_IF_ERROR(AddDataMessages(registry));

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "actors/serving/replica_state.h"
+#include "actors/serving/serving.capnp.h"
 #include "common/status.h"
 #include "runtime/actor_ref.h"
 #include "runtime/codec.h"
@@ -209,9 +210,11 @@ struct ReplicaCount {
 /// or with the process backend when `process_command` is not empty: the agent starts that server
 /// with the slice's environment (actors/slice_environment.h, as training workers get it) and its
 /// log at <node data_dir>/serving/<deployment>/<replica, '/' as '_'>.log.
-/// Reply: ReplicaStarted. The agent monitors `owner` and stops the node's replicas of an owner
-/// that is gone (a deployment actor that ended, a head that was lost: taking replicas back after
-/// a head restart is not done yet), so no replica outlives its deployment.
+/// Reply: ReplicaStarted. The agent monitors `owner`: when the owner ends (its deployment was
+/// deleted, or its actor failed) the agent stops its replicas, so no replica outlives its
+/// deployment; when the owner only cannot be reached (the head was lost: an Unavailable down
+/// reason) the replicas keep running and serving, and the agent reports them (RunningReplica) in
+/// its next JoinRequest, where a restarted head takes them back (AdoptReplica) or stops them.
 inline constexpr uint32_t kNoReplicaGpu = 0xFFFFFFFF;
 struct StartReplica {
   std::string deployment;
@@ -266,6 +269,31 @@ struct ReplicaStarted {
 struct StopReplica {
   std::string name;
 };
+/// A replica as its node agent reports it in a JoinRequest (after a head restart the new
+/// deployment actor takes it back with AdoptReplica, or stops it).
+struct RunningReplica {
+  std::string name;        ///< "deployment/version/replica-N"
+  std::string deployment;
+  uint64_t lease_id = 0;   ///< the lease it was started on (StartReplica::lease_id)
+  runtime::ActorRef replica;
+};
+/// Deployment actor -> node agent, after a head restart (or after the agent lost the head for a
+/// while): replica `name` belongs to `owner` from now on. The agent watches `owner` instead of the
+/// earlier one, and passes the message on to the replica, which sends its ReplicaStateChanged to
+/// `owner` and its LoadReports to `autoscaler` (empty: none) from then on. Reply: the replica's
+/// ReplicaStatus (its state now: later changes go to `owner`), or NotFound when the node runs no
+/// replica of that name (it exited meanwhile).
+struct AdoptReplica {
+  std::string name;
+  runtime::ActorRef owner;
+  runtime::ActorRef autoscaler;
+};
+/// RunningReplica lists in other protocols' messages (the cluster's JoinRequest).
+void FillRunningReplicas(const std::vector<RunningReplica>& in, capnp::List<wire::RunningReplica>::Builder out,
+                         runtime::RefCodec& refs);
+std::vector<RunningReplica> ReadRunningReplicas(capnp::List<wire::RunningReplica>::Reader in,
+                                                runtime::RefCodec& refs);
+
 /// Client -> head: a deployment operation (`op`: deploy, list, show, events, scale, delete; `body`:
 /// the spec's JSON for deploy, the count for scale). Reply: DeploymentCommandReply with JSON.
 struct DeploymentCommand {
@@ -282,7 +310,7 @@ struct DeploymentCommandReply {
 };
 
 enum DeploymentTypeId : uint32_t {
-  kStartReplica = 1360, kReplicaStarted, kStopReplica, kDeploymentCommand, kDeploymentCommandReply,
+  kStartReplica = 1360, kReplicaStarted, kStopReplica, kDeploymentCommand, kDeploymentCommandReply, kAdoptReplica,
 };
 
 }  // namespace troupe::serving
@@ -305,5 +333,6 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ReplicaCount)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::StartReplica)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::ReplicaStarted)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::StopReplica)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::AdoptReplica)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::DeploymentCommand)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::serving::DeploymentCommandReply)

@@ -485,6 +485,20 @@ caf::behavior Replica(Self* self, ReplicaConfig config) {
         auto& st = self->state;
         return ReplicaStatus{st.config.name, st.replica_state, st.ongoing, st.completed, st.failed};
       },
+      [self](AdoptReplica& adopt) -> ReplicaStatus {
+        // A restarted head's deployment actor (through the node agent): state changes and load
+        // go to it from now on; the state now is the reply, so none falls between the two owners.
+        auto& st = self->state;
+        const bool reporting = st.config.autoscaler.valid();
+        st.config.owner = adopt.owner;
+        st.config.autoscaler = adopt.autoscaler;
+        if (!reporting && st.config.autoscaler.valid()) {
+          self->delayed_send(self, st.config.load_report_interval, report_atom::value);
+        }
+        spdlog::info("replica '{}': taken back by {} ({})", st.config.name, adopt.owner.ToString(),
+                     ReplicaStateName(st.replica_state));
+        return ReplicaStatus{st.config.name, st.replica_state, st.ongoing, st.completed, st.failed};
+      },
       [self](startup_atom) {
         if (self->state.replica_state == ReplicaState::kStarting) StartProbe(self);
       },
@@ -513,7 +527,7 @@ caf::behavior Replica(Self* self, ReplicaConfig config) {
       },
       [self](report_atom) {
         auto& st = self->state;
-        if (st.replica_state == ReplicaState::kStopped) return;
+        if (st.replica_state == ReplicaState::kStopped || !st.config.autoscaler.valid()) return;
         ReportLoad(self);
         self->delayed_send(self, st.config.load_report_interval, report_atom::value);
       },

@@ -92,6 +92,8 @@ struct ReplicaConfig {
 ///   CancelRequest -> no reply; the request's tokens stop and it is answered Cancelled.
 ///   Drain -> DrainReply when stopped.  HealthProbe -> HealthProbeReply.
 ///   ReplicaQuery -> ReplicaStatus.
+///   AdoptReplica -> ReplicaStatus: `owner` and `autoscaler` are replaced by the message's (a
+///     restarted head's deployment actor took the replica back); the reply is the state now.
 /// LoadReports (ongoing requests, completed requests per second since the previous report) go
 /// to `autoscaler` every load_report_interval.
 caf::actor SpawnServingReplica(caf::actor_system& system, ReplicaConfig config);

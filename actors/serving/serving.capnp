@@ -90,5 +90,7 @@ struct StartReplica {
 }
 struct ReplicaStarted { name @0 :Text; replica @1 :Rt.ActorAddress; }
 struct StopReplica { name @0 :Text; }
+struct RunningReplica { name @0 :Text; deployment @1 :Text; leaseId @2 :UInt64; replica @3 :Rt.ActorAddress; }
+struct AdoptReplica { name @0 :Text; owner @1 :Rt.ActorAddress; autoscaler @2 :Rt.ActorAddress; }
 struct DeploymentCommand { op @0 :Text; name @1 :Text; body @2 :Data; caller @3 :Text; }
 struct DeploymentCommandReply { body @0 :Data; }

@@ -1,4 +1,5 @@
-// The deployment actor's pure parts: replicas per version, the status as JSON (no actor system).
+// The deployment actor's pure parts: replicas per version, the status as JSON, taking replicas
+// back after a head restart (no actor system).
 #include "actors/serving/deployment.h"
 
 #include <gtest/gtest.h>
@@ -51,7 +52,7 @@ TEST(DeploymentStatusJson, RoundTripsWithCountsByState) {
   st.deployed_unix_ms = 1767225600000;
   st.replicas = {{"chat/v1/replica-0", "v1", "ready", "a", 11}, {"chat/v1/replica-1", "v1", "pending", "", 0}};
   const std::string json = DeploymentStatusToJson(st);
-  EXPECT_NE(json.find(R"("replicas_by_state":{"draining":0,"pending":1,"ready":1,"starting":0})"), std::string::npos)
+  EXPECT_NE(json.find(R"("replicas_by_state":{"draining":0,"pending":1,"ready":1,"recovering":0,"starting":0})"), std::string::npos)
       << json;
   auto back = DeploymentStatusFromJson(json);
   ASSERT_TRUE(back.ok()) << back.status();
@@ -110,6 +111,77 @@ TEST(AutoscalerReplicaCount, LeavesOutStandbyDrainingAndSurgeReplicas) {
   st.replicas.back().state = "ready";
   st.replicas[0].state = "draining";
   EXPECT_EQ(AutoscalerReplicaCount(st), 2u);
+}
+
+
+// After a head restart: the stored replicas that had a lease wait as "recovering" (a pending one
+// is asked for again), and a new replica is never named like a stored one.
+TEST(ReplicasToTakeBack, TakesBackLeasedReplicasAsRecoveringAndNamesNewOnesAfterThem) {
+  DeploymentStatus stored;
+  stored.name = "chat";
+  stored.replicas = {{"chat/v1/replica-3", "v1", "ready", "a", 11},
+                     {"chat/v1/replica-7", "v1", "starting", "b", 12},
+                     {"chat/v1/replica-8", "v1", "draining", "a", 13, /*outdated=*/true},
+                     {"chat/v1/replica-9", "v1", "pending", "", 0}};
+  uint64_t next = 0;
+  const auto back = ReplicasToTakeBack(stored, &next);
+  ASSERT_EQ(back.size(), 3u);
+  for (const auto& r : back) EXPECT_EQ(r.state, "recovering") << r.name;
+  EXPECT_EQ(back[0].name, "chat/v1/replica-3");
+  EXPECT_EQ(back[0].node, "a");
+  EXPECT_EQ(back[0].lease_id, 11u);
+  EXPECT_EQ(back[1].node, "b");
+  EXPECT_TRUE(back[2].outdated);
+  EXPECT_EQ(next, 10u) << "after every stored name, the pending one's included";
+  // The stored next index wins when it is higher (replicas named before were removed since).
+  stored.next_replica = 42;
+  (void)ReplicasToTakeBack(stored, &next);
+  EXPECT_EQ(next, 42u);
+  // A name not of the form <deployment>/<version>/replica-<n> is taken back but names nothing.
+  DeploymentStatus odd;
+  odd.replicas = {{"chat/v1/replica-x", "v1", "ready", "a", 5}, {"chat/v1/replica-", "v1", "ready", "a", 6}};
+  EXPECT_EQ(ReplicasToTakeBack(odd, &next).size(), 2u);
+  EXPECT_EQ(next, 0u);
+  // A status without replicas (a new deployment) takes back none.
+  EXPECT_TRUE(ReplicasToTakeBack(DeploymentStatus{}, &next).empty());
+}
+
+// A node joins with what it runs: the replicas expected there are adopted, those the deployment
+// no longer has (or has elsewhere) are stopped, and those still recovering there but not reported
+// are lost (replaced).
+TEST(PlanTakeBack, AdoptsTheExpectedStopsTheUnwantedAndFindsTheLost) {
+  const std::vector<ReplicaView> known = {
+      {"chat/v1/replica-0", "v1", "recovering", "a", 10},  // reported by a: adopted
+      {"chat/v1/replica-1", "v1", "recovering", "a", 11},  // not reported by a: lost
+      {"chat/v1/replica-2", "v1", "recovering", "b", 12},  // on b: nothing to say about it at a's join
+      {"chat/v1/replica-3", "v1", "ready", "a", 13},       // a lost the head for a while: watched again
+      {"chat/v1/replica-4", "v1", "ready", "b", 14},       // a runs one of that name: not this one
+      {"chat/v1/replica-5", "v1", "pending", "", 0},       // pending: an earlier one of that name goes
+  };
+  auto running = [](const std::string& name) { return RunningReplica{name, "chat", 0, {}}; };
+  const ReplicaTakeBack plan =
+      PlanTakeBack(known, "a",
+                   {running("chat/v1/replica-0"), running("chat/v1/replica-3"), running("chat/v1/replica-4"),
+                    running("chat/v1/replica-5"), running("chat/v1/replica-9")});
+  EXPECT_EQ(plan.adopt, (std::vector<std::string>{"chat/v1/replica-0", "chat/v1/replica-3"}));
+  EXPECT_EQ(plan.stop,
+            (std::vector<std::string>{"chat/v1/replica-4", "chat/v1/replica-5", "chat/v1/replica-9"}));
+  EXPECT_EQ(plan.lost, (std::vector<std::string>{"chat/v1/replica-1"}));
+  // A node that reports nothing loses every replica still recovering there, and only those.
+  const ReplicaTakeBack empty = PlanTakeBack(known, "b", {});
+  EXPECT_TRUE(empty.adopt.empty());
+  EXPECT_TRUE(empty.stop.empty());
+  EXPECT_EQ(empty.lost, (std::vector<std::string>{"chat/v1/replica-2"}));
+  // The status JSON keeps the next index and counts recovering replicas by state.
+  DeploymentStatus st;
+  st.name = "chat";
+  st.next_replica = 6;
+  st.replicas = known;
+  const std::string json = DeploymentStatusToJson(st);
+  EXPECT_NE(json.find(R"("recovering":3)"), std::string::npos) << json;
+  auto back = DeploymentStatusFromJson(json);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->next_replica, 6u);
 }
 
 }  // namespace

@@ -265,6 +265,10 @@ TEST_F(ServingMessages, DeploymentMessagesRoundTrip) {
   EXPECT_EQ(started.name, "chat/v2/replica-3");
   EXPECT_EQ(started.replica, runtime::ActorRef::Dangling(5, 6));
   EXPECT_EQ(RoundTrip(StopReplica{"chat/v1/replica-0"}, kStopReplica).name, "chat/v1/replica-0");
+  auto adopt = RoundTrip(AdoptReplica{"chat/v1/replica-0", runtime::ActorRef::Dangling(7, 8), {}}, kAdoptReplica);
+  EXPECT_EQ(adopt.name, "chat/v1/replica-0");
+  EXPECT_EQ(adopt.owner, runtime::ActorRef::Dangling(7, 8));
+  EXPECT_EQ(adopt.autoscaler.node(), 0u);  // none: a deployment without an autoscaler
   DeploymentCommand scale;
   scale.op = "scale";
   scale.name = "chat";

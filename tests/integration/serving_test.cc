@@ -134,6 +134,50 @@ class Serving : public ::testing::Test {
     return false;
   }
 
+  // Each replica's name and node.
+  static std::map<std::string, std::string> ReplicaNodes(const Json& status) {
+    std::map<std::string, std::string> out;
+    for (const auto& r : status.value("replicas", Json::array())) out[r.value("name", "")] = r.value("node", "");
+    return out;
+  }
+
+  // The events' `what` since the last head restart (none: the head did not restart yet).
+  std::vector<std::string> EventsSinceRestart(const std::string& name) {
+    const Json events = Json::parse(Events(name), nullptr, false);
+    std::vector<std::string> out;
+    bool restarted = false;
+    for (const auto& e : events.is_array() ? events : Json::array()) {
+      const std::string what = e.value("what", "");
+      if (what.rfind("started again after a head restart", 0) == 0) {
+        restarted = true;
+        out.clear();
+      } else if (restarted) {
+        out.push_back(what);
+      }
+    }
+    return out;
+  }
+
+  // After a head restart: running with exactly the replicas of `before` (name -> node), each
+  // taken back, and no replica started, exited or lost since the restart. The stored status
+  // shows the earlier head's replicas at once, so the events say when the new head has them.
+  bool AwaitTakenBack(const std::string& name, const std::map<std::string, std::string>& before, Json* last) {
+    return Await(name, 30s, [&](const Json& s) {
+      if (s.value("state", "") != "running" || Count(s, "ready") != static_cast<int>(before.size()) ||
+          ReplicaNodes(s) != before) {
+        return false;
+      }
+      size_t taken = 0;
+      for (const auto& what : EventsSinceRestart(name)) {
+        if (what.find(" taken back on node ") != std::string::npos) ++taken;
+        EXPECT_EQ(what.find(" starting on node "), std::string::npos) << what;
+        EXPECT_EQ(what.find(" exited"), std::string::npos) << what;
+        EXPECT_EQ(what.find("not taken back"), std::string::npos) << what;
+      }
+      return taken == before.size();
+    }, last);
+  }
+
   // Running with exactly `n` ready replicas and nothing else.
   bool AwaitReady(const std::string& name, int n, Json* last, std::chrono::milliseconds timeout = 30s) {
     return Await(name, timeout, [n](const Json& s) {
@@ -276,25 +320,39 @@ TEST_F(Serving, TheAutoscalerAddsReplicasUnderLoadFromTheReplicasAndRoutersRepor
   EXPECT_NE(events.find(" -> 3 replicas"), std::string::npos) << events;
 }
 
-TEST_F(Serving, ADeploymentStartsAgainAfterTheHeadIsKilledWithMinus9) {
-  // Two CPUs per replica: the new replicas fit only once the earlier head's leases are gone.
+// kill -9 of the head: the node agents keep its replicas running, and the restarted head's
+// deployment actor takes them back (the same replicas on the same nodes, their leases with them:
+// two CPUs each, so a second pair would not fit beside them) instead of starting new ones.
+TEST_F(Serving, ARestartedHeadTakesBackTheRunningReplicasAndStartsNone) {
   ASSERT_NO_FATAL_FAILURE(Deploy(Spec("phoenix", 2, "    resources: {cpus: 2}\n")));
   Json st;
   ASSERT_TRUE(AwaitReady("phoenix", 2, &st)) << st.dump() << "\n" << Events("phoenix");
+  const std::map<std::string, std::string> before = ReplicaNodes(st);
   ASSERT_TRUE(client_->Infer("phoenix", "/v1/completions", kBody, 10s).ok());
   ASSERT_EQ(kill(cluster_->pids.at("head"), SIGKILL), 0);
-  // `troupe up` starts the head again; it reads the deployment back and starts new replicas.
-  ASSERT_TRUE(Await("phoenix", 60s, [](const Json& s) {
-    if (s.value("state", "") != "running" || Count(s, "ready") != 2) return false;
-    for (const auto& r : s.at("replicas")) {
-      if (r.value("name", "") == "phoenix/v1/replica-0" || r.value("name", "") == "phoenix/v1/replica-1") return false;
-    }
-    return true;
-  }, &st)) << st.dump() << "\n" << Events("phoenix");
-  auto response = client_->Infer("phoenix", "/v1/completions", kBody, 10s);
-  ASSERT_TRUE(response.ok()) << response.status();
-  const std::string events = Events("phoenix");
-  EXPECT_NE(events.find("started again after a head restart"), std::string::npos) << events;
+  const auto killed_at = Clock::now();
+  // `troupe up` starts the head again; its deployment actor takes both replicas back.
+  ASSERT_TRUE(AwaitTakenBack("phoenix", before, &st)) << st.dump() << "\n" << Events("phoenix");
+  const double back_s = std::chrono::duration<double>(Clock::now() - killed_at).count();
+  std::map<std::string, int> by_replica;
+  for (int i = 0; i < 10; ++i) {
+    auto response = client_->Infer("phoenix", "/v1/completions", kBody, 10s);
+    ASSERT_TRUE(response.ok()) << response.status();
+    ++by_replica[response->replica];
+  }
+  EXPECT_EQ(by_replica.size(), 2u);
+  for (const auto& [name, n] : by_replica) EXPECT_EQ(before.count(name), 1u) << name << " is not a replica of before";
+  // As operators see it: `troupe serve show --json`.
+  auto show = ChildProcess::Spawn({TROUPE_BIN, "serve", "show", "-c", cluster_->config, "phoenix", "--json"});
+  ASSERT_TRUE(show.ok()) << show.status();
+  auto line = (*show)->ReadLine(20s);
+  ASSERT_TRUE(line.ok()) << line.status();
+  const Json shown = Json::parse(*line, nullptr, false);
+  const Json& status = shown.contains("status") ? shown.at("status") : shown;
+  EXPECT_EQ(Count(status, "ready"), 2) << *line;
+  EXPECT_EQ(ReplicaNodes(status), before) << *line;
+  std::printf("head killed: both replicas taken back and running %.2f s after the kill (the restart included)\n",
+              back_s);
 }
 
 TEST_F(Serving, ScalingUpAndDownUnderLoadFailsNoRequest) {
@@ -450,6 +508,29 @@ TEST_F(ServingProcess, ServersStartedByTheNodeAgentsAnswerAreReplacedAfterKillAn
   };
   while (any_alive() && Clock::now() < gone_deadline) std::this_thread::yield();
   for (const auto& [pid, line] : servers) EXPECT_FALSE(Alive(pid)) << line << " still runs after the delete";
+}
+
+// kill -9 of the head: the servers of a process-backend deployment keep running (the same pids),
+// the restarted head takes their replicas back, and no server is started.
+TEST_F(ServingProcess, AHeadRestartKeepsTheServersRunningAndStartsNone) {
+  ASSERT_NO_FATAL_FAILURE(Deploy(ProcessSpec("procs", 2)));
+  Json st;
+  ASSERT_TRUE(AwaitReady("procs", 2, &st)) << st.dump() << "\n" << Events("procs");
+  const std::map<int, std::string> servers = Servers();
+  ASSERT_EQ(servers.size(), 2u) << st.dump();
+  const std::map<std::string, std::string> before = ReplicaNodes(st);
+  ASSERT_EQ(kill(cluster_->pids.at("head"), SIGKILL), 0);
+  ASSERT_TRUE(AwaitTakenBack("procs", before, &st)) << st.dump() << "\n" << Events("procs");
+  std::map<std::string, int> by_replica;
+  for (int i = 0; i < 10; ++i) {
+    auto response = client_->Infer("procs", "/v1/completions", R"({"prompt": "hello there", "max_tokens": 3})", 10s);
+    ASSERT_TRUE(response.ok()) << response.status();
+    ++by_replica[response->replica];
+  }
+  EXPECT_EQ(by_replica.size(), 2u);
+  // The same two server processes, and no third one started.
+  EXPECT_EQ(Servers(), servers);
+  for (const auto& [pid, line] : servers) EXPECT_TRUE(Alive(pid)) << line;
 }
 
 // A cluster with one simulated GPU of two slices: each replica holds its own slice, a third one
@@ -708,7 +789,7 @@ TEST_F(Serving, AnUpdateAppliesItsRoutingAndAutoscalingSettings) {
 }
 
 // A blue-green standby (a version set to weight 0 that keeps its replicas) is stored: after kill -9
-// of the head the new deployment actor runs it again, out of the router's set.
+// of the head the new deployment actor takes it back, out of the router's set.
 TEST_F(Serving, ABlueGreenStandbyRunsAgainAfterAHeadRestart) {
   auto spec = [](const std::string& versions) {
     return "name: bg\nversions:\n" + versions + "replicas: {min: 1, max: 1, initial: 1}\nrouting: weighted\n";
@@ -719,21 +800,22 @@ TEST_F(Serving, ABlueGreenStandbyRunsAgainAfterAHeadRestart) {
   auto parsed = serving::ParseDeploymentSpec(spec(UpdateVersion("blue", 0) + UpdateVersion("green", 100)), "test spec");
   ASSERT_TRUE(parsed.ok()) << parsed.status();
   ASSERT_TRUE(client_->Update(*parsed, 10s).ok());
-  auto blue_and_green = [](const Json& s, bool fresh) {
+  auto blue_and_green = [](const Json& s) {
     int blue = 0, green = 0;
     for (const auto& r : s.value("replicas", Json::array())) {
       if (r.value("state", "") != "ready") continue;
-      if (fresh && r.value("name", "") == "bg/blue/replica-0") return false;
       (r.value("version", "") == "blue" ? blue : green) += 1;
     }
     return s.value("state", "") == "running" && blue == 1 && green == 1;
   };
-  ASSERT_TRUE(Await("bg", 30s, [&](const Json& s) { return blue_and_green(s, false); }, &st))
-      << st.dump() << "\n" << Events("bg");
+  ASSERT_TRUE(Await("bg", 30s, blue_and_green, &st)) << st.dump() << "\n" << Events("bg");
   EXPECT_EQ(st.value("standby", Json::object()).value("blue", 0), 1) << st.dump();
+  const std::map<std::string, std::string> before = ReplicaNodes(st);
   ASSERT_EQ(kill(cluster_->pids.at("head"), SIGKILL), 0);
-  ASSERT_TRUE(Await("bg", 60s, [&](const Json& s) { return blue_and_green(s, true); }, &st))
-      << "the standby replica was not started again: " << st.dump() << "\n" << Events("bg");
+  // Both replicas are taken back, the standby one (bg/blue/replica-0) among them.
+  ASSERT_TRUE(AwaitTakenBack("bg", before, &st)) << "the standby replica was not taken back: " << st.dump()
+                                                   << "\n" << Events("bg");
+  EXPECT_EQ(st.value("standby", Json::object()).value("blue", 0), 1) << st.dump();
   for (int i = 0; i < 10; ++i) {
     auto response = client_->Infer("bg", "/v1/completions", kBody, 10s);
     ASSERT_TRUE(response.ok()) << response.status();
