@@ -53,6 +53,12 @@ std::string EnsureTcpAllowed(const std::string& tls) {
   return JoinComma(items);
 }
 
+std::chrono::microseconds ResolveBusyPoll(std::chrono::microseconds configured, unsigned hardware_threads) {
+  using std::chrono::microseconds;
+  if (configured != kBusyPollAuto) return configured < microseconds(0) ? microseconds(0) : configured;
+  return hardware_threads >= kBusyPollMinCores ? microseconds(200) : microseconds(0);
+}
+
 StatusOr<std::vector<UcxSetting>> ResolveUcxSettings(
     const UcxTransportConfig& config,
     const std::function<const char*(const char*)>& getenv_fn) {

@@ -43,7 +43,9 @@ std::string UcsError(ucs_status_t status) { return ucs_status_string(status); }
 
 class UcxTransport::Impl {
  public:
-  explicit Impl(UcxTransportConfig config) : config_(std::move(config)) {}
+  explicit Impl(UcxTransportConfig config) : config_(std::move(config)) {
+    config_.busy_poll = ResolveBusyPoll(config_.busy_poll, std::thread::hardware_concurrency());
+  }
 
   // ---- Called from any thread --------------------------------------------------------
 

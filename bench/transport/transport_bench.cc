@@ -99,6 +99,9 @@ UcxTransportConfig MakeConfig(NodeId id, const std::string& tls) {
   config.cluster_token = kToken;
   config.ucx_tls = tls;
   config.max_frame_bytes = 64u << 20;
+  // Raw UCX, the baseline, spins in its ping-pong loop: troupe polls too (the default does not
+  // below kBusyPollMinCores cores, where more processes than cores share the machine).
+  config.busy_poll = std::chrono::microseconds(200);
   return config;
 }
 

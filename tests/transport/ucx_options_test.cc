@@ -70,6 +70,20 @@ TEST(UcxOptions, EnvironmentWinsOverDefaultsAndConfigWinsOverEnvironment) {
   EXPECT_EQ(by["ZCOPY_THRESH"].value, "32K");
 }
 
+TEST(UcxOptions, BusyPollOnlyWhereCoresOutnumberTheSpinningProcesses) {
+  using std::chrono::microseconds;
+  // The default: poll 200 us on a host with cores to spare, sleep at once on a small one.
+  EXPECT_EQ(UcxTransportConfig{}.busy_poll, kBusyPollAuto);
+  EXPECT_EQ(ResolveBusyPoll(kBusyPollAuto, 2), microseconds(0));
+  EXPECT_EQ(ResolveBusyPoll(kBusyPollAuto, kBusyPollMinCores - 1), microseconds(0));
+  EXPECT_EQ(ResolveBusyPoll(kBusyPollAuto, kBusyPollMinCores), microseconds(200));
+  EXPECT_EQ(ResolveBusyPoll(kBusyPollAuto, 64), microseconds(200));
+  // An explicit value wins on any host; a negative one means none.
+  EXPECT_EQ(ResolveBusyPoll(microseconds(50), 2), microseconds(50));
+  EXPECT_EQ(ResolveBusyPoll(microseconds(0), 64), microseconds(0));
+  EXPECT_EQ(ResolveBusyPoll(microseconds(-7), 64), microseconds(0));
+}
+
 TEST(UcxOptions, EmptyOptionNameIsRefused) {
   UcxTransportConfig config;
   config.ucx_options["UCX_"] = "1";
