@@ -1,5 +1,5 @@
-// Debian's real Prometheus scrapes a real local cluster through the head's file-SD list, and
-// every panel query of every shipped Grafana dashboard returns data.
+// Debian's real Prometheus scrapes a real local cluster (head, two nodes, the API gateway) through
+// the head's file-SD list, and every panel query of every shipped Grafana dashboard returns data.
 #include <gtest/gtest.h>
 
 #include <arpa/inet.h>
@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/child_process.h"
+#include "tests/support/http_client.h"
 #include "tests/support/http_get.h"
 #include "tests/support/troupe_processes.h"
 
@@ -84,7 +85,8 @@ TEST(Prometheus, EveryDashboardQueryReturnsDataFromARealCluster) {
   std::ofstream(config) << "cluster:\n  name: prom\n  token: prometheus-test-token\n  log_level: warn\n"
                            "head:\n  address: 127.0.0.1\n  port: 0\n  data_dir: head\n"
                            "nodes:\n  - name: a\n    gpus:\n      simulated:\n        - memory: 16GiB\n"
-                           "    slice_memory: 4GiB\n  - name: b\n";
+                           "    slice_memory: 4GiB\n  - name: b\n"
+                           "gateway:\n  listen: 127.0.0.1:0\n";
   auto up = testing::StartUntilReady({TROUPE_BIN, "up", "-c", config}, "cluster prom up");
   ASSERT_TRUE(up) << "the cluster did not come up";
   // A deployment with an autoscaler, and requests through its router: the serving dashboard's
@@ -102,6 +104,37 @@ TEST(Prometheus, EveryDashboardQueryReturnsDataFromARealCluster) {
     auto answered = (*request)->Wait(30s);
     ASSERT_TRUE(answered.ok() && WIFEXITED(*answered) && WEXITSTATUS(*answered) == 0) << "troupe serve request failed";
   }
+  // Requests through the gateway with a key of 3 requests a minute: whole, streamed and
+  // completions answered, then a 429 at the key level and a 401 for a made-up key: the gateway
+  // dashboard's series (troupe_gateway_* on the gateway, troupe_api_* on the head) exist.
+  auto cli = [&](std::vector<std::string> args) -> std::string {
+    args.insert(args.begin(), TROUPE_BIN);
+    args.insert(args.end(), {"-c", config});
+    auto child = ChildProcess::Spawn(args);
+    if (!child.ok()) return "";
+    auto line = (*child)->ReadLine(30s);
+    auto exited = (*child)->Wait(30s);
+    EXPECT_TRUE(exited.ok() && WIFEXITED(*exited) && WEXITSTATUS(*exited) == 0) << args[1] << " failed";
+    return line.ok() ? *line : "";
+  };
+  (void)cli({"tenant", "create", "default"});
+  const auto made = nlohmann::json::parse(cli({"key", "create", "--tenant", "default", "--rpm", "3", "--json"}), nullptr,
+                                          /*allow_exceptions=*/false);
+  ASSERT_TRUE(made.is_object() && made.contains("key")) << made.dump();
+  const std::string bearer = "Bearer " + made["key"].get<std::string>();
+  std::string url;
+  std::getline(std::ifstream(dir + "/head/gateway.url"), url);
+  const int gateway = std::atoi(url.substr(url.rfind(':') + 1).c_str());
+  auto post = [&](const std::string& path, const std::string& auth, const std::string& body) {
+    return testing::HttpCall(gateway, "POST", path, {{"authorization", auth}, {"content-type", "application/json"}}, body)
+        .status;
+  };
+  const std::string chat = R"({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2)";
+  EXPECT_EQ(post("/v1/chat/completions", bearer, chat + "}"), 200);
+  EXPECT_EQ(post("/v1/chat/completions", bearer, chat + R"(, "stream": true})"), 200);
+  EXPECT_EQ(post("/v1/completions", bearer, R"({"model": "chat", "prompt": "hello", "max_tokens": 2})"), 200);
+  EXPECT_EQ(post("/v1/chat/completions", bearer, chat + "}"), 429);
+  EXPECT_EQ(post("/v1/chat/completions", "Bearer not-a-key", chat + "}"), 401);
 
   int port = FreePort();
   std::ofstream(dir + "/prometheus.yml") << "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
@@ -113,14 +146,14 @@ TEST(Prometheus, EveryDashboardQueryReturnsDataFromARealCluster) {
                                          "--web.listen-address=127.0.0.1:" + std::to_string(port), "--log.level=error"});
   ASSERT_TRUE(prometheus.ok()) << prometheus.status();
 
-  // All three processes (head, a, b) scraped and up.
+  // All four processes (head, a, b, the gateway) scraped and up: the gateway through the head's list.
   auto deadline = Clock::now() + 90s;
   std::string up_result;
   while (Clock::now() < deadline) {
     up_result = testing::HttpGet(port, "/api/v1/query?query=" + UrlEncode("sum(up{job=\"troupe\"})"));
-    if (up_result.find("\"3\"]") != std::string::npos) break;
+    if (up_result.find("\"4\"]") != std::string::npos) break;
   }
-  ASSERT_NE(up_result.find("\"3\"]"), std::string::npos) << "Prometheus does not see 3 healthy targets: " << up_result;
+  ASSERT_NE(up_result.find("\"4\"]"), std::string::npos) << "Prometheus does not see 4 healthy targets: " << up_result;
 
   auto queries = DashboardQueries();
   ASSERT_GE(queries.size(), 10u) << "no dashboard queries found";
