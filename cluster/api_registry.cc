@@ -184,7 +184,7 @@ ApiRegistry::ApiRegistry(HeadStore* store, Options options, const Clock& clock, 
       pepper_(std::move(pepper)),
       hasher_(std::move(hasher)),
       usage_(store),
-      limiter_(options.global, clock),
+      limiter_(options.global, clock, api::RateLimiter::NewRunFirstId()),
       meter_(clock, options.meter),
       metrics_(std::make_shared<Metrics>()) {}
 

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <random>
 #include <vector>
 
 namespace troupe::api {
@@ -119,8 +120,15 @@ std::string FormatResetDuration(std::chrono::milliseconds d) {
   return seconds;
 }
 
-RateLimiter::RateLimiter(Limits global, const Clock& clock)
-    : clock_(clock), global_limits_(global), global_(global, clock.Now()) {}
+RateLimiter::RateLimiter(Limits global, const Clock& clock, uint64_t first_id)
+    : clock_(clock), global_limits_(global), global_(global, clock.Now()), next_id_(first_id == 0 ? 1 : first_id) {}
+
+uint64_t RateLimiter::NewRunFirstId() {
+  std::random_device random;
+  uint64_t block = 0;
+  while (block == 0) block = random() & 0x7FFFFFFFu;
+  return (block << 32) + 1;
+}
 
 RateLimiter::Level& RateLimiter::LevelFor(std::unordered_map<std::string, Level>& levels, const std::string& name,
                                           const Limits& limits, Clock::TimePoint now) {

@@ -143,8 +143,17 @@ std::string FormatResetDuration(std::chrono::milliseconds d);
 /// an edit takes effect on the next request. Buckets of keys and tenants are made on first use.
 class RateLimiter {
  public:
-  /// `clock` outlives the limiter.
-  RateLimiter(Limits global, const Clock& clock);
+  /// `clock` outlives the limiter. Reservations are numbered `first_id`, `first_id + 1`, ...
+  /// (`first_id` 0 counts as 1; 0 is never an id).
+  RateLimiter(Limits global, const Clock& clock, uint64_t first_id = 1);
+
+  /// A first id for a limiter whose reservations must not be mistaken for those of an earlier
+  /// run of the same service: 2^32 times a random number in [1, 2^31), plus 1 (4 billion
+  /// reservations a run before ids could meet another run's; two runs draw the same block once
+  /// in 2^31). The head's api actor uses it: a gateway's request in flight across a head restart
+  /// settles a reservation of the earlier run, which with ids from 1 at every start matched one
+  /// of the new run (another request, perhaps of another key, settled with its counts).
+  static uint64_t NewRunFirstId();
 
   struct Request {
     std::string key_id;

@@ -240,6 +240,31 @@ TEST_F(ApiRegistryTest, AnOwnersReservationsAreCancelledWhenItGoesAndFreeTheConc
   EXPECT_EQ(usage["totals"]["input_tokens"], 0);
 }
 
+// A gateway's request admitted by a head that is then killed ends after the restart, and its
+// Settle reaches the new head: it must match nothing there (reservation ids that started at 1
+// again settled another key's request with its counts, and that request's own Settle was lost).
+TEST_F(ApiRegistryTest, ASettleFromBeforeARestartMatchesNoReservationOfTheRestartedHead) {
+  Tenant("acme");
+  Tenant("beta");
+  const std::string a = Key({{"tenant", "acme"}})["key"];
+  const std::string b = Key({{"tenant", "beta"}})["key"];
+  auto before = Admit(a);  // in flight at the kill
+  ASSERT_TRUE(before.admitted);
+  Restart();
+  auto after = Admit(b);
+  ASSERT_TRUE(after.admitted);
+  EXPECT_NE(after.reservation, before.reservation) << "a restarted head numbers reservations as the last run did";
+  registry_->Settle(api::Settle{before.reservation, "chat", 50, 50, false});  // the old request ends: ignored
+  registry_->Settle(api::Settle{after.reservation, "chat", 3, 4, false});
+  const Json usage = Usage();
+  ASSERT_EQ(usage["rows"].size(), 1u) << usage.dump();
+  EXPECT_EQ(usage["rows"][0]["key_id"], after.key_id);
+  EXPECT_EQ(usage["totals"]["requests"], 1);
+  EXPECT_EQ(usage["totals"]["input_tokens"], 3) << "another run's Settle was metered under this run's reservation";
+  EXPECT_EQ(usage["totals"]["output_tokens"], 4);
+  EXPECT_EQ(registry_->open_reservations(), 0u);
+}
+
 TEST_F(ApiRegistryTest, AReservationNeverSettledIsCancelledAfterItsTtl) {
   ApiRegistry::Options options;
   options.reservation_ttl = 2min;

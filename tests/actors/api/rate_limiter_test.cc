@@ -196,6 +196,21 @@ TEST(RateLimiter, SettlingTwiceIsRefused) {
   EXPECT_EQ(limiter.InFlight("k"), 0u);
 }
 
+TEST(RateLimiter, ReservationsAreNumberedFromTheFirstIdAndEachRunDrawsItsOwnBlock) {
+  ManualClock clock;
+  const uint64_t first = RateLimiter::NewRunFirstId();
+  RateLimiter limiter({}, clock, first);
+  auto a = limiter.Reserve(Req("k", "t", 1, 1));
+  auto b = limiter.Reserve(Req("k", "t", 1, 1));
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a.reservation->id, first);
+  EXPECT_EQ(b.reservation->id, first + 1);
+  EXPECT_EQ(first % (uint64_t{1} << 32), 1u) << "a block of 2^32 ids, from its first";
+  EXPECT_GE(first, (uint64_t{1} << 32) + 1);
+  EXPECT_NE(RateLimiter::NewRunFirstId(), first) << "two runs drew the same block (once in 2^31)";
+  EXPECT_EQ(RateLimiter({}, clock).Reserve(Req("k", "t", 1, 1)).reservation->id, 1u) << "the default";
+}
+
 TEST(RateLimiter, HeadersGiveOpenAIValuesOfTheTightestLevel) {
   ManualClock clock;
   RateLimiter limiter({60, 100000, 0}, clock);
