@@ -20,6 +20,7 @@ PACKAGES=(
   libcli11-dev nlohmann-json3-dev libboost-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   prometheus iproute2
+  wrk
   clang libclang-rt-14-dev
   python3-torch
 )

@@ -13,9 +13,15 @@
 // Then the highest rate the gateway sustains with p99 under 10 ms (closed loop, 1..16
 // connections), and the gateway process's CPU time per request from /proc: requests per second
 // per gateway core = requests / CPU seconds of the gateway process.
+// Then wrk (Debian's `wrk`, the load generator the issue names; skipped, with the reason printed,
+// where it is not installed) at the connection count of that best rate, one wrk thread, with a
+// Lua script for the POST (JSON body, Authorization header) written to a temporary file: its
+// rate, p50 and p99 (from --latency's distribution) beside this bench's own client at the same
+// connections, and its requests per gateway CPU-second.
 //
 // Usage: gateway_bench [--quick] [--json PATH]
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -28,6 +34,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -120,6 +127,105 @@ double CpuSeconds(int pid) {
     if (i == 15) stime = std::stoull(field);
   }
   return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// What one wrk run measured (wrk --latency's report).
+struct WrkResult {
+  double rate = 0;           // Requests/sec
+  double p50_us = 0, p99_us = 0;
+  uint64_t requests = 0;     // "N requests in ..."
+  uint64_t non_2xx = 0;      // "Non-2xx or 3xx responses: N"
+  std::string socket_errors; // "Socket errors: ..." as printed, "" if none
+};
+
+// "612.00us", "1.23ms", "1.00s", "2.00m" in microseconds; -1 if it is none of these.
+double WrkDurationUs(const std::string& text) {
+  size_t used = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &used);
+  } catch (const std::exception&) {
+    return -1;
+  }
+  const std::string unit = text.substr(used);
+  if (unit == "us") return value;
+  if (unit == "ms") return value * 1e3;
+  if (unit == "s") return value * 1e6;
+  if (unit == "m") return value * 60e6;
+  return -1;
+}
+
+// Parses wrk's report (run with --latency): the rate, the request count, errors, and p50 and p99
+// of the "Latency Distribution" block. InvalidArgument, quoting the report, if a figure is missing.
+StatusOr<WrkResult> ParseWrkReport(const std::string& report) {
+  WrkResult r;
+  bool have_rate = false, have_p50 = false, have_p99 = false;
+  std::istringstream lines(report);
+  std::string line;
+  while (std::getline(lines, line)) {
+    std::istringstream words(line);
+    std::string first, second;
+    words >> first >> second;
+    if (first == "Requests/sec:") {
+      r.rate = std::strtod(second.c_str(), nullptr);
+      have_rate = true;
+    }
+    if (first == "50%") have_p50 = (r.p50_us = WrkDurationUs(second)) >= 0;
+    if (first == "99%") have_p99 = (r.p99_us = WrkDurationUs(second)) >= 0;
+    if (second == "requests") r.requests = std::strtoull(first.c_str(), nullptr, 10);
+    if (line.find("Non-2xx or 3xx responses:") != std::string::npos) {
+      r.non_2xx = std::strtoull(line.substr(line.find(':') + 1).c_str(), nullptr, 10);
+    }
+    if (line.find("Socket errors:") != std::string::npos) r.socket_errors = line.substr(line.find(':') + 2);
+  }
+  if (!have_rate || !have_p50 || !have_p99) {
+    return InvalidArgumentError("wrk's report has no Requests/sec or no 50%/99% latency line (was it run with "
+                                "--latency?):\n" + report);
+  }
+  return r;
+}
+
+// wrk's path, or "" if it is not on PATH.
+std::string FindWrk() {
+  const char* path = std::getenv("PATH");
+  std::istringstream dirs(path != nullptr ? path : "/usr/bin:/bin");
+  std::string dir;
+  while (std::getline(dirs, dir, ':')) {
+    const std::string candidate = (dir.empty() ? "." : dir) + "/wrk";
+    if (access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return "";
+}
+
+// Runs `wrk` against the gateway on `port`: POST /v1/chat/completions with kBody and `key` from a
+// Lua script written to a file in `dir`, `connections` connections on one thread for `window`.
+StatusOr<WrkResult> RunWrk(const std::string& wrk, const std::string& dir, int port, const std::string& key,
+                           int connections, std::chrono::seconds window) {
+  const std::string script = dir + "/gateway_post.lua";
+  {
+    std::ofstream lua(script);
+    // Long brackets: the JSON body's quotes need no escaping.
+    lua << "wrk.method = \"POST\"\nwrk.body = [[" << kBody << "]]\n"
+        << "wrk.headers[\"Content-Type\"] = \"application/json\"\n"
+        << "wrk.headers[\"Authorization\"] = \"Bearer " << key << "\"\n";
+    if (!lua) return InternalError("cannot write the wrk script " + script);
+  }
+  auto child = ChildProcess::Spawn({wrk, "-t1", "-c" + std::to_string(connections),
+                                    "-d" + std::to_string(window.count()) + "s", "--timeout", "10s", "--latency",
+                                    "-s", script, "http://127.0.0.1:" + std::to_string(port) + "/v1/chat/completions"});
+  if (!child.ok()) return child.status();
+  std::string report;
+  for (;;) {
+    auto line = (*child)->ReadLine(window + 30s);
+    if (!line.ok()) break;  // end of output (or wrk hung: its exit status says)
+    report += *line + "\n";
+  }
+  auto exited = (*child)->Wait(10s);
+  if (!exited.ok() || !WIFEXITED(*exited) || WEXITSTATUS(*exited) != 0) {
+    return UnavailableError("wrk did not finish cleanly: " + (exited.ok() ? std::to_string(*exited) : exited.status().ToString()) +
+                            "\n" + report);
+  }
+  return ParseWrkReport(report);
 }
 
 // `n` calls of `call` one at a time, each started on a fixed schedule (`rate` per second; a call
@@ -244,6 +350,7 @@ int Main(const Options& o) {
   // The highest closed-loop rate with p99 under 10 ms, and the gateway's CPU per request.
   double best_rate = 0, best_p99 = 0, best_cpu_rate = 0;
   int best_connections = 0;
+  std::map<int, std::pair<double, double>> own_p50_p99;  // by connections, for wrk's baseline
   const auto window = o.quick ? 1s : 3s;
   for (int connections : {1, 2, 4, 8, 16}) {
     std::vector<std::unique_ptr<Connection>> conns;
@@ -278,6 +385,7 @@ int Main(const Options& o) {
     const double cpu = CpuSeconds(gateway_pid) - cpu0;
     const double rate_now = static_cast<double>(done.load()) / seconds;
     const double p99 = Percentile(latencies, 0.99);
+    own_p50_p99[connections] = {Percentile(latencies, 0.5), p99};
     const double per_core = cpu > 0 ? static_cast<double>(done.load()) / cpu : 0;
     std::printf("closed loop, %2d connection(s): %8.0f req/s, p99 %8.0f us, %llu failed, gateway CPU %.2f s "
                 "(%.0f req per CPU-second)\n",
@@ -290,6 +398,35 @@ int Main(const Options& o) {
     }
   }
 
+  // wrk at the connections of the best closed-loop rate (1 if none had p99 under 10 ms).
+  const int wrk_connections = best_connections > 0 ? best_connections : 1;
+  std::optional<WrkResult> wrk_result;
+  double wrk_per_core = 0;
+  int wrk_failed = 0;
+  if (const std::string wrk = FindWrk(); wrk.empty()) {
+    std::printf("wrk rows skipped: wrk is not installed (Debian's package wrk; `bash scripts/bootstrap.sh test` "
+                "installs it)\n");
+  } else {
+    const double cpu0 = CpuSeconds(gateway_pid);
+    auto measured = RunWrk(wrk, dir, port, key, wrk_connections, o.quick ? 1s : 5s);
+    const double cpu = CpuSeconds(gateway_pid) - cpu0;
+    if (!measured.ok()) {
+      std::cerr << "gateway_bench: wrk: " << measured.status() << "\n";
+      wrk_failed = 1;
+    } else {
+      wrk_result = *measured;
+      wrk_per_core = cpu > 0 ? static_cast<double>(measured->requests) / cpu : 0;
+      wrk_failed = static_cast<int>(measured->non_2xx);
+      std::printf("wrk, %2d connection(s), 1 thread: %8.0f req/s, p50 %6.0f us, p99 %8.0f us, %llu requests, %llu "
+                  "not 2xx%s%s, gateway CPU %.2f s (%.0f req per CPU-second)\n",
+                  wrk_connections, measured->rate, measured->p50_us, measured->p99_us,
+                  static_cast<unsigned long long>(measured->requests),
+                  static_cast<unsigned long long>(measured->non_2xx),
+                  measured->socket_errors.empty() ? "" : ", socket errors: ", measured->socket_errors.c_str(), cpu,
+                  wrk_per_core);
+    }
+  }
+
   std::vector<ReportRow> rows = {
       {"request p50", "us", g50, d50, "direct to the router", "", true},
       {"request p99", "us", g99, d99, "direct to the router", "", true},
@@ -299,6 +436,18 @@ int Main(const Options& o) {
       {"req per gateway core", "req/s", best_cpu_rate, 1170.0 / 4, "LiteLLM per instance", ">= 20000",
        best_cpu_rate >= 20000},
   };
+  if (wrk_result) {
+    const auto& own = own_p50_p99[wrk_connections];
+    const std::string conns = std::to_string(wrk_connections) + " conn";
+    rows.push_back({"wrk rate, " + conns, "req/s", wrk_result->rate, best_connections > 0 ? best_rate : 0,
+                    "this bench's client, same conns", "", true});
+    rows.push_back({"wrk p50, " + conns, "us", wrk_result->p50_us, own.first, "this bench's client, same conns", "",
+                    true});
+    rows.push_back({"wrk p99, " + conns, "us", wrk_result->p99_us, own.second, "this bench's client, same conns",
+                    "< 10000", wrk_result->p99_us < 10000});
+    rows.push_back({"wrk req per gw core", "req/s", wrk_per_core, best_cpu_rate, "this bench's client, same conns",
+                    ">= 20000", wrk_per_core >= 20000});
+  }
   PrintReport("gateway", rows);
   std::printf("(%zu requests a path at %.0f req/s in %d alternating round(s), %d + %d failed; the best closed-loop "
               "rate with %d connection(s), p99 %.0f us; keys, three limit levels and metering on; every process of "
@@ -307,8 +456,8 @@ int Main(const Options& o) {
               std::thread::hardware_concurrency());
   int rc = 0;
   if (!o.json.empty() && !WriteReportJson(o.json, "gateway", o.quick, rows)) rc = 1;
-  if (direct_failed + gateway_failed > 0) {
-    std::cerr << "gateway_bench: " << direct_failed + gateway_failed << " requests failed\n";
+  if (direct_failed + gateway_failed + wrk_failed > 0) {
+    std::cerr << "gateway_bench: " << direct_failed + gateway_failed + wrk_failed << " requests failed\n";
     rc = 1;
   }
   client->reset();
