@@ -141,12 +141,14 @@ void ReplicaMetrics::Collect(std::vector<prometheus::MetricFamily>& out) const {
     std::lock_guard<std::mutex> lock(mu_);
     deployments = deployments_;
   }
-  auto replicas = runtime::GaugeFamily("troupe_serving_replicas",
-                                       "Replicas of the deployment by version and state (pending, starting, ready, draining)");
+  auto replicas = runtime::GaugeFamily(
+      "troupe_serving_replicas",
+      "Replicas of the deployment by version and state (pending, starting, ready, draining, recovering)");
   for (const auto& [deployment, entry] : deployments) {
     std::map<std::pair<std::string, std::string>, uint32_t> all;
     for (const auto& version : entry.versions) {
-      for (const char* state : {"pending", "starting", "ready", "draining"}) all[{version, state}] = 0;
+      // recovering: after a head restart, a replica its node has not reported yet.
+      for (const char* state : {"pending", "starting", "ready", "draining", "recovering"}) all[{version, state}] = 0;
     }
     for (const auto& [key, n] : entry.counts) all[key] += n;
     for (const auto& [key, n] : all) {

@@ -93,7 +93,8 @@ runtime::MetricsSource RouterMetricsSource(std::shared_ptr<RouterMetrics> metric
 class ReplicaMetrics {
  public:
   /// Deployment `deployment` runs these replicas now: (version, state) -> count. States are
-  /// "pending", "starting", "ready", "draining"; `versions` lists the versions to export even at 0.
+  /// "pending", "starting", "ready", "draining", "recovering"; `versions` lists the versions to
+  /// export even at 0.
   void Publish(const std::string& deployment, const std::vector<std::string>& versions,
                const std::map<std::pair<std::string, std::string>, uint32_t>& counts);
   /// The deployment ended: its series go.

@@ -465,8 +465,9 @@ TEST(ReplicaMetrics, ExportsEveryStateOfEveryVersionAndForgetsARemovedDeployment
   EXPECT_EQ(SampleOf(families, "troupe_serving_replicas", {{"version", "v2"}, {"state", "draining"}}), 0);
   EXPECT_EQ(SampleOf(families, "troupe_serving_replicas", {{"version", "old"}, {"state", "draining"}}), 1)
       << "a removed version's replicas still draining count";
+  EXPECT_EQ(SampleOf(families, "troupe_serving_replicas", {{"version", "v1"}, {"state", "recovering"}}), 0);
   ASSERT_EQ(families.size(), 1u);
-  EXPECT_EQ(families[0].metric.size(), 9u);
+  EXPECT_EQ(families[0].metric.size(), 11u);  // 5 states of v1 and v2, and old's draining
   metrics.Remove("chat");
   families.clear();
   metrics.Collect(families);
