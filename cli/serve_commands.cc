@@ -27,7 +27,7 @@ int Fail(const std::string& what, const Status& status) {
 // "2 ready, 1 starting" from replicas_by_state.
 std::string Counts(const Json& status) {
   std::string out;
-  for (const char* state : {"ready", "starting", "pending", "draining"}) {
+  for (const char* state : {"ready", "starting", "pending", "draining", "recovering"}) {
     const int n = status.value("replicas_by_state", Json::object()).value(state, 0);
     if (n == 0) continue;
     out += (out.empty() ? "" : ", ") + std::to_string(n) + " " + state;
