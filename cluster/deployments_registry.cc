@@ -151,7 +151,18 @@ Status DeploymentsRegistry::Recover(const caf::actor& controller) {
 void DeploymentsRegistry::NodeJoined(const std::string& node, const runtime::ActorRef& agent,
                                      const std::vector<serving::RunningReplica>& replicas) const {
   std::map<std::string, std::vector<serving::RunningReplica>> by_deployment;
-  for (const auto& r : replicas) by_deployment[r.deployment].push_back(r);
+  for (const auto& r : replicas) {
+    // A replica runs on its lease: one whose lease the head no longer has (its node was declared
+    // dead before this join, and the lease ended) is stopped, and its deployment, not hearing of
+    // it, replaces it. The join took back the node's leases just before (LeaseRegistry::TakeBack).
+    if (!leases_->IsGranted(r.lease_id)) {
+      spdlog::warn("head: node '{}' runs replica {} on lease {}, which the head does not hold; stopping it", node,
+                   r.name, r.lease_id);
+      agent.Send(serving::StopReplica{r.name});
+      continue;
+    }
+    by_deployment[r.deployment].push_back(r);
+  }
   for (const auto& [name, d] : deployments_) {
     // Every deployment actor hears of the join, with none of its replicas too: the replicas it
     // waits for on that node and that the node no longer runs are replaced at once.

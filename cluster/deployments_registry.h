@@ -82,10 +82,11 @@ class DeploymentsRegistry {
   /// The replica's lease request leaves the scheduler's queue if it still waits.
   void Withdraw(const ReplicaPlacementWithdraw& withdraw);
   void Record(const DeploymentStatusUpdate& update);
-  /// Node `node` joined (its agent `agent`) running `replicas` (JoinRequest::replicas): each
-  /// deployment actor gets its own (ReplicasFound, also when there are none), and a replica of a
-  /// deployment the head does not have (deleted just before a head restart) or that runs no actor
-  /// is stopped (StopReplica).
+  /// Node `node` joined (its agent `agent`) running `replicas` (JoinRequest::replicas); call after
+  /// the join's LeaseRegistry::TakeBack. Each deployment actor gets its own (ReplicasFound, also
+  /// when there are none); a replica of a deployment the head does not have (deleted just before
+  /// a head restart) or that runs no actor, or whose lease the head does not hold (its node was
+  /// declared dead meanwhile), is stopped (StopReplica).
   void NodeJoined(const std::string& node, const runtime::ActorRef& agent,
                   const std::vector<serving::RunningReplica>& replicas) const;
   /// The actor `who` ended (a deployment actor: its deployment runs no actor any more).

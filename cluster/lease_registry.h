@@ -70,6 +70,11 @@ class LeaseRegistry {
   bool AdoptRecovered(uint64_t id, const runtime::ActorRef& owner);
   /// Whether lease `id` of an earlier head waits to be taken back (AdoptRecovered would take it).
   bool IsRecovered(uint64_t id) const { return recovered_.count(id) != 0; }
+  /// Whether lease `id` is granted now (taken back from an earlier head included).
+  bool IsGranted(uint64_t id) const {
+    auto it = leases_.find(id);
+    return it != leases_.end() && it->second.granted;
+  }
   /// Whether leases of an earlier head wait for their nodes.
   bool HasRecovered() const { return !recovered_.empty(); }
 
