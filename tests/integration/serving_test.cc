@@ -533,6 +533,48 @@ TEST_F(ServingProcess, AHeadRestartKeepsTheServersRunningAndStartsNone) {
   for (const auto& [pid, line] : servers) EXPECT_TRUE(Alive(pid)) << line;
 }
 
+// A node that comes back only after the restarted head declared it dead (it was stopped, SIGSTOP,
+// across the head's kill -9): its replica was replaced meanwhile, and the one it still runs, on a
+// lease the head ended, is stopped when it rejoins, its server process with it.
+TEST_F(ServingProcess, AReplicaOfANodeBackAfterItWasDeclaredDeadIsStoppedWhenItRejoins) {
+  ASSERT_NO_FATAL_FAILURE(Deploy(ProcessSpec("late", 2)));
+  Json st;
+  ASSERT_TRUE(AwaitReady("late", 2, &st)) << st.dump() << "\n" << Events("late");
+  // The server of the replica on node a, found by its lease.
+  std::string stale;
+  int victim = 0;
+  for (const auto& r : st.at("replicas")) {
+    if (r.value("node", "") != "a") continue;
+    stale = r.value("name", "");
+    const std::string lease = "lease=" + std::to_string(r.value("lease_id", uint64_t{0})) + " ";
+    for (const auto& [pid, line] : Servers()) {
+      if (line.find(lease) != std::string::npos) victim = pid;
+    }
+  }
+  ASSERT_NE(victim, 0) << st.dump();
+  const pid_t node_a = cluster_->pids.at("node a");
+  ASSERT_EQ(kill(node_a, SIGSTOP), 0);
+  ASSERT_EQ(kill(cluster_->pids.at("head"), SIGKILL), 0);
+  // The restarted head declares a dead after failure_timeout (1 s) and replaces its replica on b.
+  const bool replaced = Await("late", 30s, [&](const Json& s) {
+    if (s.value("state", "") != "running" || Count(s, "ready") != 2) return false;
+    for (const auto& r : s.value("replicas", Json::array())) {
+      if (r.value("name", "") == stale || r.value("node", "") == "a") return false;
+    }
+    return true;
+  }, &st);
+  ASSERT_EQ(kill(node_a, SIGCONT), 0);
+  ASSERT_TRUE(replaced) << st.dump() << "\n" << Events("late");
+  EXPECT_TRUE(Alive(victim)) << "node a's replica was stopped before its node came back";
+  // Node a rejoins with its replica; the head does not hold its lease any more and stops it.
+  const auto deadline = Clock::now() + 20s;
+  while (Alive(victim) && Clock::now() < deadline) std::this_thread::yield();
+  EXPECT_FALSE(Alive(victim)) << stale << " outlived its lease: its server " << victim << " still runs";
+  auto response = client_->Infer("late", "/v1/completions", R"({"prompt": "hello there", "max_tokens": 3})", 10s);
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_NE(response->replica, stale);
+}
+
 // A cluster with one simulated GPU of two slices: each replica holds its own slice, a third one
 // waits in the scheduler's queue, and a scale-down removes the waiting one first.
 TEST(ServingOnGpus, EachReplicaHoldsItsOwnSliceAndAWaitingOneIsRemovedFirst) {
