@@ -255,6 +255,13 @@ struct DeploymentInit {
 /// Drain (the spec's drain timeout) and its lease is released once it has stopped.
 /// ReplicaCount goes to the autoscaler after every change. Every change is a DeploymentEvent and
 /// a status Update to the host.
+///
+/// After a head restart (a stored status) it keeps the stored desired count within min and max
+/// and starts with the stored replicas that had a lease as
+///   recovering -> ReplicasFound from their node's join -> AdoptReplica to its agent -> the state
+///                 the replica answers (ready: behind the router again);
+///   recovering and not reported by its node (or not within recovery_timeout) -> replaced.
+/// A replica a node reports that the deployment does not have there is stopped (StopReplica).
 caf::actor SpawnDeployment(caf::actor_system& system, DeploymentInit init);
 
 }  // namespace troupe::serving
