@@ -16,6 +16,7 @@
 #include <sstream>
 #include <utility>
 
+#include "cluster/admission.h"
 #include "runtime/error.h"
 #include "runtime/yaml_reader.h"
 
@@ -338,6 +339,11 @@ void ApiRegistry::Finish(uint64_t id, uint64_t prompt, uint64_t completion, bool
   if (due && meter_.pending_rows() >= options_.meter.max_batch_rows) {
     if (Status flushed = FlushUsage(); !flushed.ok()) spdlog::error("head: api: {}", flushed.ToString());
   }
+}
+
+bool ApiRegistry::Holds(uint64_t reservation, uint64_t owner) const {
+  auto it = reservations_.find(reservation);
+  return it != reservations_.end() && it->second.owner == owner;
 }
 
 void ApiRegistry::Settle(const api::Settle& settle) {
@@ -714,19 +720,75 @@ caf::behavior ApiActor(caf::stateful_actor<ApiActorState>* self, std::unique_ptr
                    runtime::ToStatus(msg.reason).ToString(), n);
     }
   });
+  // Admits for the current sender, the reservation's owner.
+  auto admit_for_sender = [self](const api::Admit& admit) {
+    auto& st = self->state;
+    const auto sender = caf::actor_cast<caf::actor_addr>(self->current_sender());
+    auto known = sender ? st.owners.find(sender) : st.owners.end();
+    const uint64_t owner = known != st.owners.end() ? known->second : (sender ? st.next_owner + 1 : 0);
+    api::AdmitReply reply = st.registry->Admit(admit, owner);
+    if (reply.admitted && sender && known == st.owners.end()) {
+      // Watched from its first admitted request until it ends; its node's loss kills its proxy.
+      st.owners[sender] = ++st.next_owner;
+      self->monitor(self->current_sender());
+    }
+    return reply;
+  };
   return {
-      [self](api::Admit& admit) -> api::AdmitReply {
+      [admit_for_sender](api::Admit& admit) -> api::AdmitReply { return admit_for_sender(admit); },
+      [self, admit_for_sender](AdmitAndInfer& call) -> caf::result<AdmitAndInferReply> {
         auto& st = self->state;
-        const auto sender = caf::actor_cast<caf::actor_addr>(self->current_sender());
-        auto known = sender ? st.owners.find(sender) : st.owners.end();
-        const uint64_t owner = known != st.owners.end() ? known->second : (sender ? st.next_owner + 1 : 0);
-        api::AdmitReply reply = st.registry->Admit(admit, owner);
-        if (reply.admitted && sender && known == st.owners.end()) {
-          // Watched from its first admitted request until it ends; its node's loss kills its proxy.
-          st.owners[sender] = ++st.next_owner;
-          self->monitor(self->current_sender());
+        AdmitAndInferReply reply;
+        if (call.reservation != 0) {
+          const auto sender = caf::actor_cast<caf::actor_addr>(self->current_sender());
+          auto known = sender ? st.owners.find(sender) : st.owners.end();
+          if (known == st.owners.end() || !st.registry->Holds(call.reservation, known->second)) {
+            reply.error_code = static_cast<uint32_t>(StatusCode::kFailedPrecondition);
+            reply.error_message = "reservation " + std::to_string(call.reservation) +
+                                  " is not open for this sender (settled, cancelled, or another's)";
+            return reply;
+          }
+          reply.admit.admitted = true;
+          reply.admit.reservation = call.reservation;
+        } else {
+          reply.admit = admit_for_sender(call.admit);
+          if (!reply.admit.admitted) return reply;
+          // A deployment of another tenant is, to this key, a model that does not exist.
+          if (reply.admit.tenant != call.deployment_tenant) {
+            reply.error_code = static_cast<uint32_t>(StatusCode::kNotFound);
+            reply.error_message = "another tenant's deployment";
+            return reply;
+          }
         }
-        return reply;
+        if (!call.router.valid()) {
+          // No such actor here: the head restarted (or the deployment was deployed again) since
+          // the gateway looked the router up. It looks it up again and retries.
+          reply.error_code = static_cast<uint32_t>(StatusCode::kUnavailable);
+          reply.error_message = "the router named in the call is not on this head any more";
+          return reply;
+        }
+        reply.dispatched = true;
+        // The router's own deadline answers first (the gateway waits a little longer).
+        const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count();
+        const int64_t left_ms = call.request.deadline_unix_ms == 0 ? 60000 : call.request.deadline_unix_ms - now_ms;
+        const auto timeout = std::chrono::milliseconds(std::max<int64_t>(left_ms, 0) + 1000);
+        auto promise = self->make_response_promise<AdmitAndInferReply>();
+        self->request(call.router.handle(), timeout, std::move(call.request))
+            .then(
+                [promise, reply](serving::InferenceResponse& response) mutable {
+                  reply.response = std::move(response);
+                  promise.deliver(std::move(reply));
+                },
+                [promise, reply](caf::error& error) mutable {
+                  Status status = runtime::ToStatus(error);
+                  if (status.ok()) status = InternalError("the router failed without a reason");
+                  reply.error_code = static_cast<uint32_t>(status.code());
+                  reply.error_message = status.message();
+                  promise.deliver(std::move(reply));
+                });
+        return promise;
       },
       [self](api::Settle& settle) { self->state.registry->Settle(settle); },
       [self](api::ApiCommand& command) -> caf::result<api::ApiCommandReply> {

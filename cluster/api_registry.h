@@ -98,6 +98,8 @@ class ApiRegistry {
   /// Settles a reservation and meters it. Unknown reservations (settled already, cancelled with
   /// their owner, or never made) are ignored: the first one is logged, all are counted.
   void Settle(const api::Settle& settle);
+  /// True if `reservation` is open and belongs to `owner` (a retry of AdmitAndInfer with it).
+  bool Holds(uint64_t reservation, uint64_t owner) const;
   /// Settles every open reservation of `owner` as cancelled; returns how many there were.
   size_t OwnerGone(uint64_t owner);
   /// Settles as cancelled every reservation admitted reservation_ttl ago or earlier (by the
@@ -181,7 +183,9 @@ class ApiRegistry {
 };
 
 /// Spawns the head's api actor (detached: it writes LMDB) around `registry`, names it
-/// api::kApiActorName, and returns it. It answers Admit, Settle, ApiCommand and ApiFlush, flushes
+/// api::kApiActorName, and returns it. It answers Admit, AdmitAndInfer (cluster/admission.h:
+/// admitted, the request goes on to the router and its reply comes back in the answer), Settle,
+/// ApiCommand and ApiFlush, flushes
 /// usage every `flush_interval` (a timer on the actor), and monitors each Admit's sender: when it
 /// ends or its node is lost, the sender's open reservations are settled as cancelled.
 StatusOr<caf::actor> StartApiActor(runtime::Runtime& runtime, std::unique_ptr<ApiRegistry> registry,

@@ -8,6 +8,7 @@
 #include "actors/api/messages.h"
 #include "actors/serving/messages.h"
 #include "actors/training/messages.h"
+#include "cluster/admission.h"
 #include "cluster/messages.h"
 #include "runtime/node_identity.h"
 
@@ -48,6 +49,7 @@ runtime::CodecRegistry ClusterCodecs() {
   if (s.ok()) s = training::AddTrainingCodecs(codecs);
   if (s.ok()) s = serving::AddServingCodecs(codecs);
   if (s.ok()) s = api::AddApiCodecs(codecs);
+  if (s.ok()) s = AddAdmissionCodecs(codecs);
   if (!s.ok()) spdlog::critical("cluster codecs: {}", s.ToString());
   return codecs;
 }

@@ -22,6 +22,7 @@
 #include "actors/api/openai.h"
 #include "actors/serving/deployment.h"
 #include "actors/serving/messages.h"
+#include "cluster/admission.h"
 #include "gateway/scrape_registration.h"
 
 namespace troupe::gateway {
@@ -47,6 +48,11 @@ struct CommandCall {
 struct SettleCall {
   api::Settle settle;
 };
+struct InferCall {
+  cluster::AdmitAndInfer call;
+  std::chrono::milliseconds timeout;
+  std::function<void(StatusOr<cluster::AdmitAndInferReply>)> done;
+};
 
 }  // namespace
 }  // namespace troupe::gateway
@@ -54,6 +60,7 @@ struct SettleCall {
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::gateway::AdmitCall)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::gateway::CommandCall)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::gateway::SettleCall)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::gateway::InferCall)
 
 namespace troupe::gateway {
 namespace {
@@ -285,7 +292,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
   void StartSession() {
     std::weak_ptr<Impl> weak = shared_from_this();
     session = client->runtime().system().spawn([weak](caf::event_based_actor* self) -> caf::behavior {
-      auto ask = [self, weak](auto msg, auto done) {
+      auto ask = [self, weak](auto msg, auto done, std::chrono::milliseconds timeout = kApiTimeout) {
         using Reply = typename ReplyOf<std::decay_t<decltype(done)>>::type;
         auto impl = weak.lock();
         runtime::ActorRef actor = impl ? impl->ApiActor() : runtime::ActorRef();
@@ -294,7 +301,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
           done(UnavailableError("the head's api actor is not reachable yet; retry shortly"));
           return;
         }
-        self->request(actor.handle(), kApiTimeout, std::move(msg))
+        self->request(actor.handle(), timeout, std::move(msg))
             .then([done](Reply& reply) { done(std::move(reply)); },
                   [weak, done](caf::error& error) {
                     Status status = runtime::ToStatus(error);
@@ -311,6 +318,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
       return {
           [ask](AdmitCall& call) { ask(std::move(call.admit), std::move(call.done)); },
           [ask](CommandCall& call) { ask(std::move(call.command), std::move(call.done)); },
+          [ask](InferCall& call) { ask(std::move(call.call), std::move(call.done), call.timeout); },
           [self, weak](SettleCall& call) {
             auto impl = weak.lock();
             runtime::ActorRef actor = impl ? impl->ApiActor() : runtime::ActorRef();
@@ -326,6 +334,11 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
   }
   void AskApi(api::ApiCommand msg, std::function<void(StatusOr<api::ApiCommandReply>)> done) {
     caf::anon_send(session, CommandCall{std::move(msg), std::move(done)});
+  }
+  void AskApi(cluster::AdmitAndInfer msg, std::function<void(StatusOr<cluster::AdmitAndInferReply>)> done) {
+    // The router's deadline (request_timeout) answers first; this one only if the head is gone.
+    const Ms timeout = config.gateway.request_timeout + Ms(2000);
+    caf::anon_send(session, InferCall{std::move(msg), timeout, std::move(done)});
   }
 
   // True (and 401 answered) when the request carries no key: nothing to ask the head.
@@ -399,13 +412,14 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
             self->Count(endpoint, reply->http_status, start);
             return;
           }
-          RespondError(out, OpenAiError::ForStatus(404,
-                                                   "The model '" + parsed.model +
-                                                       "' does not exist (no deployment of that name; GET /v1/models "
-                                                       "lists what this key may call)",
-                                                   "model_not_found"));
+          RespondError(out, ModelNotFound(parsed.model));
           self->Count(endpoint, 404, start);
         });
+        return;
+      }
+      if (route.ok() && !parsed.stream) {
+        self->AdmitAndCall(std::move(req), out, std::move(parsed), std::move(admit), std::move(*route), endpoint,
+                           start, std::nullopt);
         return;
       }
       self->AdmitAndDispatch(std::move(req), out, std::move(parsed), std::move(admit), endpoint, start);
@@ -432,7 +446,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
       }
       ++self->admitted;
       ++self->in_flight;
-      self->Dispatch(std::move(req), out, std::move(parsed), std::move(*reply), endpoint, start, /*retried=*/false);
+      self->Dispatch(std::move(req), out, std::move(parsed), std::move(*reply), endpoint, start);
     });
   }
 
@@ -449,33 +463,23 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
     caf::anon_send(session, SettleCall{std::move(settle)});
   }
 
+  // A streamed completion, admitted: to the deployment's router, the replica's chunks to this
+  // gateway (Stream).
   void Dispatch(HttpRequest req, std::shared_ptr<HttpResponder> out, api::CompletionRequest parsed,
-                api::AdmitReply admit, std::string endpoint, std::chrono::steady_clock::time_point start,
-                bool retried) {
+                api::AdmitReply admit, std::string endpoint, std::chrono::steady_clock::time_point start) {
     auto self = shared_from_this();
     const std::string deployment = parsed.model;
-    WithRouter(deployment, retried, [self, req = std::move(req), out, parsed = std::move(parsed),
-                                     admit = std::move(admit), endpoint, start,
-                                     retried](StatusOr<Route> route) mutable {
-      // A deployment of another tenant is, to this key, a model that does not exist (OpenAI
-      // answers 404 for a model an organization cannot see).
+    WithRouter(deployment, false, [self, req = std::move(req), out, parsed = std::move(parsed),
+                                   admit = std::move(admit), endpoint, start](StatusOr<Route> route) mutable {
       if (route.ok() && route->tenant != admit.tenant) route = NotFoundError("another tenant's deployment");
       StatusOr<runtime::ActorRef> router = route.ok() ? StatusOr<runtime::ActorRef>(route->router)
                                                       : StatusOr<runtime::ActorRef>(route.status());
       if (!router.ok()) {
-        const bool missing = router.status().code() == StatusCode::kNotFound;
-        const unsigned status = missing ? 404 : 503;
-        RespondError(out, OpenAiError::ForStatus(status,
-                                                 missing ? "The model '" + parsed.model +
-                                                               "' does not exist (no deployment of that name; "
-                                                               "GET /v1/models lists what this key may call)"
-                                                         : "the router of '" + parsed.model +
-                                                               "' cannot be reached: " + router.status().message(),
-                                                 missing ? "model_not_found" : ""),
-                     HttpHeaders(admit.headers.begin(), admit.headers.end()));
+        const OpenAiError e = RouteError(parsed.model, router.status());
+        RespondError(out, e, HttpHeaders(admit.headers.begin(), admit.headers.end()));
         ++self->failed;
         self->Settle(admit, parsed.model, 0, 0, /*error=*/true);
-        self->Count(endpoint, status, start);
+        self->Count(endpoint, e.http_status, start);
         return;
       }
       serving::InferenceRequest request;
@@ -485,67 +489,133 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
       request.body = std::move(req.body);
       request.stream = parsed.stream;
       request.deadline_unix_ms = UnixMs() + self->config.gateway.request_timeout.count();
-      if (parsed.stream) {
-        self->Stream(std::move(request), *router, out, std::move(parsed), std::move(admit), endpoint, start);
-      } else {
-        self->Whole(std::move(request), *router, out, std::move(parsed), std::move(admit), endpoint, start, retried,
-                    std::move(req));
-      }
+      self->Stream(std::move(request), *router, out, std::move(parsed), std::move(admit), endpoint, start);
     });
   }
 
-  void Whole(serving::InferenceRequest request, runtime::ActorRef router, std::shared_ptr<HttpResponder> out,
-             api::CompletionRequest parsed, api::AdmitReply admit, std::string endpoint,
-             std::chrono::steady_clock::time_point start, bool retried, HttpRequest req) {
+  static OpenAiError ModelNotFound(const std::string& model) {
+    return OpenAiError::ForStatus(404,
+                                  "The model '" + model +
+                                      "' does not exist (no deployment of that name; GET /v1/models lists what "
+                                      "this key may call)",
+                                  "model_not_found");
+  }
+  // The answer for a deployment whose route failed: 404 (no such deployment, or another
+  // tenant's: OpenAI answers 404 for a model an organization cannot see) or 503 (its router
+  // cannot be reached).
+  static OpenAiError RouteError(const std::string& model, const Status& status) {
+    if (status.code() == StatusCode::kNotFound) return ModelNotFound(model);
+    return OpenAiError::ForStatus(503, "the router of '" + model + "' cannot be reached: " + status.message());
+  }
+
+  // A whole (not streamed) completion: admitted at the head and sent on to the deployment's
+  // router there, in one message (cluster/admission.h). `admitted`: a retry, after the router
+  // moved, of a call admitted before (its reservation is reused, not admitted again).
+  void AdmitAndCall(HttpRequest req, std::shared_ptr<HttpResponder> out, api::CompletionRequest parsed,
+                    api::Admit admit, Route route, std::string endpoint, std::chrono::steady_clock::time_point start,
+                    std::optional<api::AdmitReply> admitted) {
+    cluster::AdmitAndInfer call;
+    call.admit = admit;
+    call.deployment_tenant = route.tenant;
+    call.router = route.router;
+    call.reservation = admitted ? admitted->reservation : 0;
+    call.request.id = ++next_request;
+    call.request.deployment = parsed.model;
+    call.request.path = std::string(req.Path());
+    call.request.body = req.body;  // the request keeps its body for a retry
+    call.request.deadline_unix_ms = UnixMs() + config.gateway.request_timeout.count();
+    const bool retry = admitted.has_value();
     auto self = shared_from_this();
-    const Ms timeout = config.gateway.request_timeout + Ms(1000);
-    auto body = request.body;
-    router.Request<serving::InferenceResponse>(
-        std::move(request), timeout,
-        [self, out, parsed, admit, endpoint, start, retried, req = std::move(req),
-         body = std::move(body)](StatusOr<serving::InferenceResponse> reply) mutable {
-          HttpHeaders headers(admit.headers.begin(), admit.headers.end());
-          if (!reply.ok()) {
-            // A router looked up before and gone since (the deployment was deployed again, or
-            // the head restarted): look it up again, once.
-            const auto code = reply.status().code();
-            if (!retried && (code == StatusCode::kNotFound ||
-                             (code == StatusCode::kUnavailable &&
-                              reply.status().message().find("died while serving") == std::string::npos))) {
-              self->ForgetRouter(parsed.model);
-              req.body = std::move(body);
-              self->Dispatch(std::move(req), out, std::move(parsed), std::move(admit), endpoint, start, true);
+    AskApi(std::move(call), [self, req = std::move(req), out, parsed = std::move(parsed), admit = std::move(admit),
+                             endpoint, start, admitted, retry](StatusOr<cluster::AdmitAndInferReply> reply) mutable {
+      if (!reply.ok()) {
+        // The head did not answer: an admission it may have made is settled there, as
+        // cancelled, when this gateway's session ends or the reservation expires.
+        if (admitted) {
+          ++self->failed;
+          self->Settle(*admitted, parsed.model, 0, 0, /*error=*/true);
+        }
+        RespondError(out, OpenAiError::ForStatus(503, "the gateway cannot reach the cluster's key and limit service (" +
+                                                          reply.status().ToString() + "); retry shortly"));
+        self->Count(endpoint, 503, start);
+        return;
+      }
+      if (!admitted) {
+        if (!reply->admit.admitted) {
+          ++self->refused;
+          RespondError(out, OpenAiError::ForStatus(reply->admit.http_status, reply->admit.message,
+                                                   reply->admit.error_type),
+                       RefusalHeaders(reply->admit));
+          self->Count(endpoint, reply->admit.http_status, start);
+          return;
+        }
+        ++self->admitted;
+        ++self->in_flight;
+        admitted = std::move(reply->admit);
+      }
+      HttpHeaders headers(admitted->headers.begin(), admitted->headers.end());
+      const Status error = reply->error();
+      if (!error.ok()) {
+        // A router looked up before and gone since (the deployment was deployed again, or the
+        // head restarted): look it up again, once, and call it with the same reservation.
+        const auto code = error.code();
+        const bool router_gone =
+            reply->dispatched ? code == StatusCode::kNotFound ||
+                                    (code == StatusCode::kUnavailable &&
+                                     error.message().find("died while serving") == std::string::npos)
+                              : code == StatusCode::kUnavailable;
+        if (router_gone && !retry) {
+          self->ForgetRouter(parsed.model);
+          const std::string model = parsed.model;
+          self->WithRouter(model, true, [self, req = std::move(req), out, parsed = std::move(parsed),
+                                         admit = std::move(admit), endpoint, start,
+                                         admitted](StatusOr<Route> route) mutable {
+            if (route.ok() && route->tenant != admitted->tenant) route = NotFoundError("another tenant's deployment");
+            if (!route.ok()) {
+              const OpenAiError e = RouteError(parsed.model, route.status());
+              RespondError(out, e, HttpHeaders(admitted->headers.begin(), admitted->headers.end()));
+              ++self->failed;
+              self->Settle(*admitted, parsed.model, 0, 0, /*error=*/true);
+              self->Count(endpoint, e.http_status, start);
               return;
             }
-            const OpenAiError error = api::ErrorFromStatus(reply.status());
-            RespondError(out, error, std::move(headers));
-            ++self->failed;
-            self->Settle(admit, parsed.model, 0, 0, /*error=*/true);
-            self->Count(endpoint, error.http_status, start);
-            return;
-          }
-          uint32_t prompt = reply->prompt_tokens, completion = reply->completion_tokens;
-          if (prompt == 0 && completion == 0) {
-            if (auto usage = api::UsageFromBody(reply->body)) {
-              prompt = usage->prompt_tokens;
-              completion = usage->completion_tokens;
-            } else {
-              // No count from the backend: charge what was reserved.
-              prompt = parsed.PromptTokenEstimate(self->config.gateway.prompt_bytes_per_token);
-              completion = parsed.CompletionTokenBound();
-            }
-          }
-          const unsigned status = reply->http_status == 0 ? 200 : reply->http_status;
-          if (!reply->replica.empty()) headers.emplace_back("x-troupe-replica", reply->replica);
-          RespondJson(out, status, std::move(reply->body), std::move(headers));
-          if (status < 400) {
-            ++self->completed;
-          } else {
-            ++self->failed;
-          }
-          self->Settle(admit, parsed.model, prompt, completion, status >= 400);
-          self->Count(endpoint, status, start);
-        });
+            self->AdmitAndCall(std::move(req), out, std::move(parsed), std::move(admit), std::move(*route), endpoint,
+                               start, std::move(admitted));
+          });
+          return;
+        }
+        // Not dispatched and NotFound: a deployment of another tenant (to this key, no such model).
+        const OpenAiError e =
+            !reply->dispatched && code == StatusCode::kNotFound ? ModelNotFound(parsed.model) : api::ErrorFromStatus(error);
+        RespondError(out, e, std::move(headers));
+        ++self->failed;
+        self->Settle(*admitted, parsed.model, 0, 0, /*error=*/true);
+        self->Count(endpoint, e.http_status, start);
+        return;
+      }
+      serving::InferenceResponse& response = reply->response;
+      uint32_t prompt = response.prompt_tokens, completion = response.completion_tokens;
+      if (prompt == 0 && completion == 0) {
+        if (auto usage = api::UsageFromBody(response.body)) {
+          prompt = usage->prompt_tokens;
+          completion = usage->completion_tokens;
+        } else {
+          // No count from the backend: charge what was reserved.
+          prompt = parsed.PromptTokenEstimate(self->config.gateway.prompt_bytes_per_token);
+          completion = parsed.CompletionTokenBound();
+        }
+      }
+      const unsigned status = response.http_status == 0 ? 200 : response.http_status;
+      if (!response.replica.empty()) headers.emplace_back("x-troupe-replica", response.replica);
+      RespondJson(out, status, std::move(response.body), std::move(headers));
+      if (status < 400) {
+        ++self->completed;
+      } else {
+        ++self->failed;
+      }
+      self->Settle(*admitted, parsed.model, prompt, completion, status >= 400);
+      self->Count(endpoint, status, start);
+    });
   }
 
   // A streamed request: an actor of this process receives the replica's chunks (stream_to) and

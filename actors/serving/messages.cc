@@ -2,6 +2,7 @@
 #include "actors/serving/messages.h"
 
 #include "actors/serving/serving.capnp.h"
+#include "actors/serving/wire_codecs.h"
 
 namespace troupe::serving {
 
@@ -40,28 +41,56 @@ StatusOr<ReplicaState> FromWire(wire::ReplicaState state, const char* message) {
                               " (this build knows starting, ready, draining, stopped)");
 }
 
+}  // namespace
+
+void EncodeInferenceRequest(const InferenceRequest& m, wire::InferenceRequest::Builder b, RefCodec& refs) {
+  b.setId(m.id);
+  b.setDeployment(m.deployment);
+  b.setPath(m.path);
+  b.setBody(Bytes(m.body));
+  b.setStream(m.stream);
+  b.setDeadlineUnixMs(m.deadline_unix_ms);
+  refs.EncodeRef(m.stream_to, b.initStreamTo());
+}
+
+InferenceRequest DecodeInferenceRequest(wire::InferenceRequest::Reader in, RefCodec& refs) {
+  InferenceRequest m;
+  m.id = in.getId();
+  m.deployment = in.getDeployment();
+  m.path = in.getPath();
+  m.body = String(in.getBody());
+  m.stream = in.getStream();
+  m.deadline_unix_ms = in.getDeadlineUnixMs();
+  m.stream_to = refs.DecodeRef(in.getStreamTo());
+  return m;
+}
+
+void EncodeInferenceResponse(const InferenceResponse& m, wire::InferenceResponse::Builder b) {
+  b.setRequestId(m.request_id);
+  b.setHttpStatus(m.http_status);
+  b.setBody(Bytes(m.body));
+  b.setPromptTokens(m.prompt_tokens);
+  b.setCompletionTokens(m.completion_tokens);
+  b.setFirstTokenUs(m.first_token_us);
+  b.setReplica(m.replica);
+}
+
+InferenceResponse DecodeInferenceResponse(wire::InferenceResponse::Reader in) {
+  return InferenceResponse{in.getRequestId(),    in.getHttpStatus(),       String(in.getBody()),
+                           in.getPromptTokens(), in.getCompletionTokens(), in.getFirstTokenUs(),
+                           in.getReplica()};
+}
+
+namespace {
+
 Status AddDataMessages(runtime::CodecRegistry& r) {
   RETURN_IF_ERROR((r.Add<InferenceRequest, wire::InferenceRequest>(
       kInferenceRequest, "serving.InferenceRequest",
       [](const InferenceRequest& m, wire::InferenceRequest::Builder b, RefCodec& refs) {
-        b.setId(m.id);
-        b.setDeployment(m.deployment);
-        b.setPath(m.path);
-        b.setBody(Bytes(m.body));
-        b.setStream(m.stream);
-        b.setDeadlineUnixMs(m.deadline_unix_ms);
-        refs.EncodeRef(m.stream_to, b.initStreamTo());
+        EncodeInferenceRequest(m, b, refs);
       },
       [](wire::InferenceRequest::Reader in, RefCodec& refs) -> StatusOr<InferenceRequest> {
-        InferenceRequest m;
-        m.id = in.getId();
-        m.deployment = in.getDeployment();
-        m.path = in.getPath();
-        m.body = String(in.getBody());
-        m.stream = in.getStream();
-        m.deadline_unix_ms = in.getDeadlineUnixMs();
-        m.stream_to = refs.DecodeRef(in.getStreamTo());
-        return m;
+        return DecodeInferenceRequest(in, refs);
       })));
   RETURN_IF_ERROR((r.Add<ResponseChunk, wire::ResponseChunk>(
       kResponseChunk, "serving.ResponseChunk",
@@ -75,19 +104,9 @@ Status AddDataMessages(runtime::CodecRegistry& r) {
       })));
   RETURN_IF_ERROR((r.Add<InferenceResponse, wire::InferenceResponse>(
       kInferenceResponse, "serving.InferenceResponse",
-      [](const InferenceResponse& m, wire::InferenceResponse::Builder b, RefCodec&) {
-        b.setRequestId(m.request_id);
-        b.setHttpStatus(m.http_status);
-        b.setBody(Bytes(m.body));
-        b.setPromptTokens(m.prompt_tokens);
-        b.setCompletionTokens(m.completion_tokens);
-        b.setFirstTokenUs(m.first_token_us);
-        b.setReplica(m.replica);
-      },
+      [](const InferenceResponse& m, wire::InferenceResponse::Builder b, RefCodec&) { EncodeInferenceResponse(m, b); },
       [](wire::InferenceResponse::Reader in, RefCodec&) -> StatusOr<InferenceResponse> {
-        return InferenceResponse{in.getRequestId(),        in.getHttpStatus(),   String(in.getBody()),
-                                 in.getPromptTokens(),     in.getCompletionTokens(), in.getFirstTokenUs(),
-                                 in.getReplica()};
+        return DecodeInferenceResponse(in);
       })));
   RETURN_IF_ERROR((r.Add<ReplicaSet, wire::ReplicaSet>(
       kReplicaSet, "serving.ReplicaSet",
