@@ -432,14 +432,28 @@ class ServingProcess : public Serving {
   }
   static bool Alive(int pid) { return kill(pid, 0) == 0; }
 
-  std::string ProcessSpec(const std::string& name, int replicas) {
+  // `extra`: more top-level fields (a health_check, say).
+  std::string ProcessSpec(const std::string& name, int replicas, const std::string& routing = "round_robin",
+                          const std::string& extra = "") {
     return "name: " + name + "\nversions:\n  - name: v1\n    backend:\n      process:\n        command: [/bin/sh, -c, "
            "'echo \"$$ lease=$TROUPE_LEASE_ID cuda=[$CUDA_VISIBLE_DEVICES]\" >> " + cluster_->dir +
            "/servers && exec /usr/bin/python3 " + std::string(TROUPE_SOURCE_DIR) +
            "/tests/fakes/fake_openai_server.py']\n        env: {FAKE_READY_AFTER: \"2\"}\n"
            "        ready_timeout: 30s\nreplicas: {min: " + std::to_string(replicas) + ", max: " +
-           std::to_string(replicas) + ", initial: " + std::to_string(replicas) +
-           "}\nrouting: round_robin\ndrain_timeout: 5s\n";
+           std::to_string(replicas) + ", initial: " + std::to_string(replicas) + "}\nrouting: " + routing +
+           "\ndrain_timeout: 5s\n" + extra;
+  }
+
+  // The pid of the server of replica `replica` (status `st`), found by its lease; 0: none.
+  int ServerOf(const Json& st, const std::string& replica) {
+    for (const auto& r : st.value("replicas", Json::array())) {
+      if (r.value("name", "") != replica) continue;
+      const std::string lease = "lease=" + std::to_string(r.value("lease_id", uint64_t{0})) + " ";
+      for (const auto& [pid, line] : Servers()) {
+        if (line.find(lease) != std::string::npos) return pid;
+      }
+    }
+    return 0;
   }
 };
 
@@ -573,6 +587,60 @@ TEST_F(ServingProcess, AReplicaOfANodeBackAfterItWasDeclaredDeadIsStoppedWhenItR
   auto response = client_->Infer("late", "/v1/completions", R"({"prompt": "hello there", "max_tokens": 3})", 10s);
   ASSERT_TRUE(response.ok()) << response.status();
   EXPECT_NE(response->replica, stale);
+}
+
+// A stuck server (SIGSTOP: its socket still accepts connections, nothing answers) under load of 4
+// clients: the health checks (every 500 ms, timeout 500 ms, 2 in a row) find it, its replica is
+// replaced by a new server, and requests keep being answered by the other replica meanwhile
+// (least_outstanding routing: the stuck one holds the most). Only the requests inside the stuck
+// server fail, Unavailable, when its replica stops and kills it.
+TEST_F(ServingProcess, AStoppedServerFailsItsHealthChecksAndIsReplacedWhileTheOtherReplicaServes) {
+  ASSERT_NO_FATAL_FAILURE(Deploy(ProcessSpec("frozen", 2, "least_outstanding",
+                                             "health_check: {interval: 500ms, timeout: 500ms, failure_threshold: 2}\n")));
+  Json st;
+  ASSERT_TRUE(AwaitReady("frozen", 2, &st)) << st.dump() << "\n" << Events("frozen");
+  const std::string stuck = st.at("replicas").at(0).value("name", "");
+  const int victim = ServerOf(st, stuck);
+  ASSERT_NE(victim, 0) << st.dump();
+  Load load(client_, "frozen", 4);
+  const auto warm_deadline = Clock::now() + 20s;
+  while (load.ok() < 10 && Clock::now() < warm_deadline) std::this_thread::yield();
+  ASSERT_GE(load.ok(), 10u);
+  ASSERT_EQ(kill(victim, SIGSTOP), 0);
+  const auto stopped_at = Clock::now();
+  const uint64_t ok_at_stop = load.ok();
+  const std::string found = "replica " + stuck + " failed 2 health checks in a row";
+  const bool replaced = Await("frozen", 30s, [&](const Json& s) {
+    if (s.value("state", "") != "running" || Count(s, "ready") != 2) return false;
+    for (const auto& r : s.value("replicas", Json::array())) {
+      if (r.value("name", "") == stuck) return false;
+    }
+    return Events("frozen").find(found) != std::string::npos;
+  }, &st);
+  const auto replaced_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - stopped_at).count();
+  const uint64_t ok_while_stuck = load.ok() - ok_at_stop;
+  if (!replaced && Alive(victim)) kill(victim, SIGCONT);  // leave no stopped process behind
+  ASSERT_TRUE(replaced) << st.dump() << "\n" << Events("frozen");
+  const uint64_t after_replacement = load.ok();
+  const auto more_deadline = Clock::now() + 20s;
+  while (load.ok() < after_replacement + 10 && Clock::now() < more_deadline) std::this_thread::yield();
+  LoadResult result = load.Stop();
+  std::printf("server %d stopped: its replica %s replaced and 2 ready again after %lld ms; %llu requests answered "
+              "meanwhile, %llu in all, %zu failed%s%s\n",
+              victim, stuck.c_str(), static_cast<long long>(replaced_ms), static_cast<unsigned long long>(ok_while_stuck),
+              static_cast<unsigned long long>(result.ok), result.failures.size(),
+              result.failures.empty() ? "" : "; first: ",
+              result.failures.empty() ? "" : result.failures.front().ToString().c_str());
+  EXPECT_GT(ok_while_stuck, 0u) << "no request was answered while " << stuck << "'s server was stopped";
+  EXPECT_GE(result.ok, after_replacement + 10);
+  // At most the requests inside the stuck server fail (the 4 clients' at most), cleanly.
+  EXPECT_LE(result.failures.size(), 4u);
+  for (const auto& f : result.failures) EXPECT_EQ(f.code(), StatusCode::kUnavailable) << f;
+  // The stopped server was killed with its replica (SIGKILL ends a stopped process too).
+  const auto gone_deadline = Clock::now() + 20s;
+  while (Alive(victim) && Clock::now() < gone_deadline) std::this_thread::yield();
+  EXPECT_FALSE(Alive(victim)) << "the stuck server " << victim << " outlived its replica";
+  EXPECT_EQ(Servers().size(), 3u);  // one new server in its place
 }
 
 // A cluster with one simulated GPU of two slices: each replica holds its own slice, a third one
