@@ -426,8 +426,12 @@ void Head::Stop() {
                     flushed.ok() ? flushed->error : flushed.status().ToString());
     }
     caf::anon_send_exit(api_, caf::exit_reason::user_shutdown);
+    // Stop runs again from the destructor: the api actor is gone by then, and asking it to
+    // flush again only logged a failed flush after every good one.
+    api_ = caf::actor();
   }
   if (controller_) caf::anon_send_exit(controller_, caf::exit_reason::user_shutdown);
+  controller_ = caf::actor();
   runtime_->Stop();
   std::remove(address_file_.c_str());
 }

@@ -180,15 +180,27 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
     return api_actor;
   }
   // Looks the api actor up again, off the io threads (after a failed ask: the head restarted).
+  // One lookup at a time, however many requests failed meanwhile; logged once per outage.
+  std::atomic<bool> refreshing{false};
+  std::atomic<bool> api_lost_logged{false};
   void RefreshApiActor() {
+    if (refreshing.exchange(true)) return;
     boost::asio::post(pool, [self = shared_from_this()] {
       auto found = self->client->ApiActor(kApiTimeout, /*refresh=*/true);
       if (!found.ok()) {
-        spdlog::warn("gateway: the head's api actor cannot be reached: {}", found.status().ToString());
+        if (!self->api_lost_logged.exchange(true)) {
+          spdlog::warn("gateway: the head's api actor cannot be reached: {} (requests get 503 until it is back)",
+                       found.status().ToString());
+        }
+        self->refreshing = false;
         return;
       }
-      std::lock_guard<std::mutex> lock(self->mu);
-      self->api_actor = *found;
+      {
+        std::lock_guard<std::mutex> lock(self->mu);
+        self->api_actor = *found;
+      }
+      if (self->api_lost_logged.exchange(false)) spdlog::info("gateway: the head's api actor is reachable again");
+      self->refreshing = false;
     });
   }
 
