@@ -23,6 +23,7 @@
 #include <mutex>
 #include <thread>
 
+#include "actors/serving/test_model.h"
 #include "common/child_process.h"
 #include "common/free_port.h"
 #include "common/rotating_log.h"
@@ -120,7 +121,9 @@ ProcessBackendConfig ProcessBackendConfigFromSpec(const ProcessBackend& spec) {
 // Everything lives here, shared with the threads' handlers; the io thread owns `calls` and the
 // start state, the watcher thread owns the child.
 struct ProcessServerBackend::Impl : std::enable_shared_from_this<ProcessServerBackend::Impl> {
-  enum class Kind { kRequest, kProbe, kHealthPoll };
+  // kProbe: a HealthProbe's GET health_path; kProbeRequest: its second step, a one-token
+  // completion through the request path.
+  enum class Kind { kRequest, kProbe, kProbeRequest, kHealthPoll };
 
   // One HTTP exchange on a connection of its own.
   struct Call {
@@ -409,6 +412,21 @@ struct ProcessServerBackend::Impl : std::enable_shared_from_this<ProcessServerBa
     if (call->kind == Kind::kProbe && status != 200) {
       return End(call, UnavailableError(Where() + ": health check GET " + config.health_path + " of " + Server() +
                                         " answered HTTP " + std::to_string(status)));
+    }
+    if (call->kind == Kind::kProbe) {
+      // The health endpoint answers; now the request path (a server can answer /health while its
+      // completions hang: Ray Serve's pings pass then). Same sequence number: a Cancel (the
+      // probe's timeout) finds this call.
+      Forget(call);
+      StartCall(std::make_shared<Call>(io, call->seq, Kind::kProbeRequest), http::verb::post, kCompletionPath,
+                ProbeBody());
+      return;
+    }
+    if (call->kind == Kind::kProbeRequest && status >= 500) {
+      // A 4xx passes: the path answered, only our body was refused (a server that wants `model`).
+      return End(call, UnavailableError(Where() + ": health check POST " + std::string(kCompletionPath) +
+                                        " (one token) of " + Server() + " answered HTTP " + std::to_string(status) +
+                                        ": " + response.body.substr(0, 200)));
     }
     if (call->usage) {
       response.prompt_tokens = call->usage->prompt_tokens;

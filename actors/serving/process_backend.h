@@ -32,8 +32,11 @@ struct ProcessBackendConfig {
   /// The variable that tells the server its port: a free loopback port (PickFreePort) is passed
   /// as port_env=PORT, and requests go to 127.0.0.1:PORT.
   std::string port_env = "PORT";
-  /// GET this path answers 200 once the server is ready (vLLM's and SGLang's /health); it is
-  /// also the replica's HealthProbe.
+  /// GET this path answers 200 once the server is ready (vLLM's and SGLang's /health). The
+  /// replica's HealthProbe is a GET of it (200 needed) and then a one-token POST /v1/completions
+  /// (test_model.h ProbeBody; any answer below 500 passes: the request path answers), so a
+  /// server whose health endpoint answers while its completions hang fails the probe by its
+  /// timeout.
   std::string health_path = "/health";
   /// From the process's start to its first 200 on health_path; past it the start fails with
   /// DeadlineExceeded (the spec's ready_timeout: 10 min, model loads take minutes).

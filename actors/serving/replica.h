@@ -47,7 +47,7 @@ struct ReplicaConfig {
   TestModelConfig model;
   /// Set: the process backend (process_backend.h): an OpenAI-compatible server started as a
   /// child process, ready once its health path answers 200 within its ready_timeout (which then
-  /// replaces start_timeout); its HealthProbe is a GET of that path; the process exiting fails
+  /// replaces start_timeout); its HealthProbe is a GET of that path and then a one-token completion (process_backend.h); the process exiting fails
   /// the requests in flight with Unavailable and stops the replica (ReplicaStateChanged stopped,
   /// the reason naming the exit and the log: its deployment replaces it). `model` and
   /// stall_after_requests are unused.

@@ -108,12 +108,24 @@ TEST_F(ProcessBackendTest, ReadyAfterHealthThenServesWithUsage) {
   EXPECT_EQ(bad->http_status, 400u);
   EXPECT_NE(bad->body.find("max_tokens: must be an integer"), std::string::npos);
 
-  // The health probe is a GET of the health path.
+  // The health probe is a GET of the health path, then a one-token completion.
   bool probed = false;
   harness_->self()->request(harness_->replica(), kLimit, HealthProbe{5000})
       .receive([&](HealthProbeReply& reply) { probed = reply.state == ReplicaState::kReady; },
                [&](caf::error& e) { ADD_FAILURE() << runtime::ErrorText(e); });
   EXPECT_TRUE(probed);
+}
+
+// A server whose /health answers while its completions hang (a stuck request path): the replica
+// is ready (its health polls pass) but a HealthProbe fails, DeadlineExceeded, at its timeout.
+TEST_F(ProcessBackendTest, AHealthProbeFailsWhenCompletionsHangWhileTheHealthEndpointAnswers) {
+  harness_->Spawn(Fake({"FAKE_HANG_COMPLETIONS=1"}));
+  ASSERT_TRUE(harness_->AwaitState(ReplicaState::kReady)) << "never ready";
+  Status probed = OkStatus();
+  harness_->self()->request(harness_->replica(), kLimit, HealthProbe{300})
+      .receive([&](HealthProbeReply&) {}, [&](caf::error& e) { probed = runtime::ToStatus(e); });
+  EXPECT_EQ(probed.code(), StatusCode::kDeadlineExceeded) << probed.ToString();
+  EXPECT_NE(probed.message().find("the request path is stuck"), std::string::npos) << probed.ToString();
 }
 
 TEST_F(ProcessBackendTest, AStreamComesInOrderAsWholeEventsEndingWithDone) {

@@ -6,7 +6,9 @@ forever with FAKE_NEVER_READY=1). POST /v1/completions and /v1/chat/completions 
 max_tokens (default 4) tokens "t0", "t1", ... with usage (prompt tokens: the prompt's words), or,
 with "stream": true, one server-sent event per token, each written and flushed alone, then the
 finish chunk, the usage chunk (stream_options.include_usage) and "data: [DONE]". The prompt "hang"
-streams its first event and then never answers more (the tests kill the server meanwhile).
+streams its first event and then never answers more (the tests kill the server meanwhile). With
+FAKE_HANG_COMPLETIONS=1 no completion is ever answered while /health still answers 200 (a stuck
+request path).
 Writes its pid to $FAKE_PID_FILE when set, first thing.
 """
 import http.server
@@ -43,6 +45,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
+        if os.environ.get("FAKE_HANG_COMPLETIONS") == "1":
+            never.wait()
         chat = self.path == "/v1/chat/completions"
         if not chat and self.path != "/v1/completions":
             return self.send_json(404, {"error": {"message": "no " + self.path}})
