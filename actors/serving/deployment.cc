@@ -27,6 +27,13 @@ using health_atom = caf::atom_constant<caf::atom("health")>;
 // replicas still recovering (their node never reported them) are lost.
 using recovered_atom = caf::atom_constant<caf::atom("recovered")>;
 
+// A HealthProbe's replica fails it itself at health_check.timeout, with why ("no answer from its
+// backend in 500 ms: the request path is stuck"); the deployment actor waits this much longer for
+// that answer, so the event says why, not only that its own wait ran out. A replica actor that
+// does not answer at all still fails the check, at timeout + this. troupe's choice: a message's
+// round trip to a node is well under it.
+constexpr std::chrono::milliseconds kProbeAnswerGrace{100};
+
 constexpr const char* kPending = "pending";
 constexpr const char* kStarting = "starting";
 constexpr const char* kReady = "ready";
@@ -447,7 +454,7 @@ void CheckHealth(Self* self) {
       }
     };
     if (hc.probe_request_path) {
-      self->request(r.ref.handle(), hc.timeout, HealthProbe{hc.timeout.count()})
+      self->request(r.ref.handle(), hc.timeout + kProbeAnswerGrace, HealthProbe{hc.timeout.count()})
           .then([passed](HealthProbeReply&) { passed(); }, failed);
     } else {
       self->request(r.ref.handle(), hc.timeout, ReplicaQuery{}).then([passed](ReplicaStatus&) { passed(); }, failed);

@@ -291,6 +291,7 @@ TEST_F(Serving, AReplicaWhoseRequestPathIsStuckFailsItsHealthChecksAndIsReplaced
     }
   }
   EXPECT_NE(events.find(first + " failed 2 health checks in a row"), std::string::npos) << events;
+  EXPECT_NE(events.find("the request path is stuck"), std::string::npos) << events;  // the replica's reason
   EXPECT_NE(events.find("replica stuck/v1/replica-1 ready"), std::string::npos) << events;  // its replacement
 }
 
@@ -632,6 +633,8 @@ TEST_F(ServingProcess, AStoppedServerFailsItsHealthChecksAndIsReplacedWhileTheOt
               result.failures.empty() ? "" : "; first: ",
               result.failures.empty() ? "" : result.failures.front().ToString().c_str());
   EXPECT_GT(ok_while_stuck, 0u) << "no request was answered while " << stuck << "'s server was stopped";
+  // The event says why: the replica's own probe timed out (not only the deployment's wait).
+  EXPECT_NE(Events("frozen").find("the request path is stuck"), std::string::npos) << Events("frozen");
   EXPECT_GE(result.ok, after_replacement + 10);
   // At most the requests inside the stuck server fail (the 4 clients' at most), cleanly.
   EXPECT_LE(result.failures.size(), 4u);
