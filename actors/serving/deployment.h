@@ -246,8 +246,9 @@ struct DeploymentInit {
 ///               ready replicas) with a new generation;
 ///   a replica that exits or whose node is lost (its monitor), or that fails
 ///   health_check.failure_threshold checks in a row (every health_check.interval a HealthProbe
-///   through its request path, or a ReplicaQuery without probe_request_path, each bounded by
-///   health_check.timeout), is dropped from the ReplicaSet, stopped, its lease released, and
+///   through its request path, or a ReplicaQuery without probe_request_path; the replica fails
+///   a probe at health_check.timeout and the deployment waits 100 ms more for that answer, so
+///   the event says why), is dropped from the ReplicaSet, stopped, its lease released, and
 ///   replaced after the restart backoff.
 /// ScaleDecision (from its autoscaler, bounded by min and max) and ScaleDeployment change the
 /// desired count. Scaling down removes pending replicas first, then starting ones (stopped at
