@@ -1,11 +1,18 @@
 // Admit-and-call codecs (admission.capnp).
 #include "cluster/admission.h"
 
+#include <algorithm>
+
 #include "actors/api/wire_codecs.h"
 #include "actors/serving/wire_codecs.h"
 #include "cluster/admission.capnp.h"
 
 namespace troupe::cluster {
+
+std::chrono::milliseconds RouterReplyTimeout(int64_t deadline_unix_ms, int64_t now_unix_ms) {
+  const int64_t left_ms = deadline_unix_ms == 0 ? 60000 : std::max<int64_t>(deadline_unix_ms - now_unix_ms, 0);
+  return std::chrono::milliseconds(left_ms + 1000);
+}
 
 Status AddAdmissionCodecs(runtime::CodecRegistry& r) {
   RETURN_IF_ERROR((r.Add<AdmitAndInfer, wire::AdmitAndInfer>(

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <caf/allowed_unsafe_message_type.hpp>
+#include <chrono>
 #include <cstdint>
 #include <string>
 
@@ -64,6 +65,11 @@ struct AdmitAndInferReply {
     return Status(code, error_message);
   }
 };
+
+/// How long the api actor waits for the router's reply to a request due at `deadline_unix_ms`
+/// (0: none given), at `now_unix_ms`: the time left (60 s without a deadline, 0 once past it)
+/// plus 1 s, so that the router's own deadline error, which names the replica, answers first.
+std::chrono::milliseconds RouterReplyTimeout(int64_t deadline_unix_ms, int64_t now_unix_ms);
 
 enum AdmissionTypeId : uint32_t { kAdmitAndInfer = 1570, kAdmitAndInferReply };
 

@@ -768,25 +768,22 @@ caf::behavior ApiActor(caf::stateful_actor<ApiActorState>* self, std::unique_ptr
           return reply;
         }
         reply.dispatched = true;
-        // The router's own deadline answers first (the gateway waits a little longer).
-        const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                                   std::chrono::system_clock::now().time_since_epoch())
-                                   .count();
-        const int64_t left_ms = call.request.deadline_unix_ms == 0 ? 60000 : call.request.deadline_unix_ms - now_ms;
-        const auto timeout = std::chrono::milliseconds(std::max<int64_t>(left_ms, 0) + 1000);
+        const auto timeout = RouterReplyTimeout(call.request.deadline_unix_ms, st.registry->clock().UnixMs());
         auto promise = self->make_response_promise<AdmitAndInferReply>();
+        // One copy of the admission for whichever handler runs (it carries the headers).
+        auto pending = std::make_shared<AdmitAndInferReply>(std::move(reply));
         self->request(call.router.handle(), timeout, std::move(call.request))
             .then(
-                [promise, reply](serving::InferenceResponse& response) mutable {
-                  reply.response = std::move(response);
-                  promise.deliver(std::move(reply));
+                [promise, pending](serving::InferenceResponse& response) mutable {
+                  pending->response = std::move(response);
+                  promise.deliver(std::move(*pending));
                 },
-                [promise, reply](caf::error& error) mutable {
+                [promise, pending](caf::error& error) mutable {
                   Status status = runtime::ToStatus(error);
                   if (status.ok()) status = InternalError("the router failed without a reason");
-                  reply.error_code = static_cast<uint32_t>(status.code());
-                  reply.error_message = status.message();
-                  promise.deliver(std::move(reply));
+                  pending->error_code = static_cast<uint32_t>(status.code());
+                  pending->error_message = status.message();
+                  promise.deliver(std::move(*pending));
                 });
         return promise;
       },

@@ -98,6 +98,8 @@ class ApiRegistry {
   /// Settles a reservation and meters it. Unknown reservations (settled already, cancelled with
   /// their owner, or never made) are ignored: the first one is logged, all are counted.
   void Settle(const api::Settle& settle);
+  /// The clock the registry reads (the head's: injectable).
+  const Clock& clock() const { return clock_; }
   /// True if `reservation` is open and belongs to `owner` (a retry of AdmitAndInfer with it).
   bool Holds(uint64_t reservation, uint64_t owner) const;
   /// Settles every open reservation of `owner` as cancelled; returns how many there were.

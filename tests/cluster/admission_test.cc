@@ -67,5 +67,12 @@ TEST(Admission, AReplyCarriesTheAdmissionTheResponseAndTheError) {
   EXPECT_EQ(ClusterRoundTrip(reply).error().code(), StatusCode::kInternal);
 }
 
+TEST(Admission, TheRoutersReplyIsAwaitedForTheTimeLeftPlusASecond) {
+  using std::chrono::milliseconds;
+  EXPECT_EQ(RouterReplyTimeout(10'000, 7'500), milliseconds(3'500));
+  EXPECT_EQ(RouterReplyTimeout(10'000, 12'000), milliseconds(1'000));  // past its deadline
+  EXPECT_EQ(RouterReplyTimeout(0, 12'000), milliseconds(61'000));      // no deadline given
+}
+
 }  // namespace
 }  // namespace troupe::cluster
