@@ -19,6 +19,7 @@ PACKAGES=(
   libyaml-cpp-dev libspdlog-dev libfmt-dev libssl-dev
   libcli11-dev nlohmann-json3-dev libboost-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libgloo-dev
   prometheus iproute2
   wrk
   clang libclang-rt-14-dev

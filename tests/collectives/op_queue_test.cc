@@ -1,0 +1,146 @@
+// OpQueue and Work: the order, timeout and failure rules every Communicator shares.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <vector>
+
+#include "collectives/communicator.h"
+
+namespace troupe::collectives {
+namespace {
+
+using std::chrono::milliseconds;
+
+// A latch an op blocks on until the test (or the queue's on_abort) opens it.
+class Gate {
+ public:
+  void Open() {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+  void Pass() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return open_; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = false;
+};
+
+TEST(Work, CompletesOnceAndRunsCallbacksRegisteredBeforeAndAfter) {
+  Work work = Work::Pending();
+  std::vector<Status> seen;
+  work.OnComplete([&](const Status& s) { seen.push_back(s); });
+  EXPECT_FALSE(work.done());
+  EXPECT_FALSE(work.WaitFor(milliseconds(0)).has_value());
+  EXPECT_TRUE(work.Complete(UnavailableError("rank 2 lost")));
+  EXPECT_FALSE(work.Complete(OkStatus()));
+  work.OnComplete([&](const Status& s) { seen.push_back(s); });
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0].code(), StatusCode::kUnavailable);
+  EXPECT_EQ(seen[1].code(), StatusCode::kUnavailable);
+  EXPECT_EQ(work.Wait().code(), StatusCode::kUnavailable);
+}
+
+TEST(OpQueue, RunsOpsInSubmissionOrder) {
+  OpQueue queue([](const Status&) {});
+  std::vector<int> order;
+  std::vector<Work> works;
+  for (int i = 0; i < 20; ++i) {
+    works.push_back(queue.Submit([&order, i] { order.push_back(i); return OkStatus(); }, milliseconds(10000), "op"));
+  }
+  for (auto& work : works) EXPECT_TRUE(work.Wait().ok());
+  ASSERT_EQ(order.size(), 20u);
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(order[i], i);
+  EXPECT_TRUE(queue.health().ok());
+}
+
+TEST(OpQueue, AFailedOpFailsEveryQueuedAndLaterOpWithItsStatus) {
+  std::atomic<int> aborts{0};
+  OpQueue queue([&](const Status&) { ++aborts; });
+  Gate gate;
+  Work first = queue.Submit([&] { gate.Pass(); return UnavailableError("connection reset by rank 1"); },
+                            milliseconds(10000), "allreduce");
+  std::atomic<bool> ran{false};
+  Work second = queue.Submit([&] { ran = true; return OkStatus(); }, milliseconds(10000), "broadcast");
+  gate.Open();
+  Status status = first.Wait();
+  EXPECT_EQ(status.code(), StatusCode::kUnavailable);
+  EXPECT_NE(status.message().find("allreduce: connection reset by rank 1"), std::string::npos) << status;
+  EXPECT_EQ(second.Wait().code(), StatusCode::kUnavailable);
+  EXPECT_FALSE(ran);
+  EXPECT_EQ(queue.Submit([] { return OkStatus(); }, milliseconds(10000), "barrier").Wait().code(),
+            StatusCode::kUnavailable);
+  EXPECT_EQ(aborts.load(), 1);
+}
+
+TEST(OpQueue, AbortFailsTheOpInFlightAtOnceAndCallsOnAbortOnce) {
+  Gate gate;
+  std::vector<Status> reasons;
+  OpQueue queue([&](const Status& reason) {
+    reasons.push_back(reason);
+    gate.Open();  // as ncclCommAbort makes the blocked library call return
+  });
+  Work blocked = queue.Submit([&] { gate.Pass(); return InternalError("library call returned after abort"); },
+                              milliseconds(600000), "allreduce");
+  Work queued = queue.Submit([] { return OkStatus(); }, milliseconds(600000), "barrier");
+  queue.Abort(UnavailableError("rank 3 (node b) lost"));
+  queue.Abort(UnavailableError("second reason"));
+  EXPECT_EQ(blocked.Wait(), UnavailableError("rank 3 (node b) lost"));
+  EXPECT_EQ(queued.Wait(), UnavailableError("rank 3 (node b) lost"));
+  ASSERT_EQ(reasons.size(), 1u);
+  EXPECT_EQ(queue.health(), UnavailableError("rank 3 (node b) lost"));
+}
+
+TEST(OpQueue, AnOpPastItsTimeoutFailsWithDeadlineExceededAndAbortsTheQueue) {
+  Gate gate;
+  OpQueue queue([&](const Status&) { gate.Open(); });
+  Work slow = queue.Submit([&] { gate.Pass(); return OkStatus(); }, milliseconds(20), "allgather");
+  Status status = slow.Wait();
+  EXPECT_EQ(status.code(), StatusCode::kDeadlineExceeded) << status;
+  EXPECT_NE(status.message().find("allgather"), std::string::npos) << status;
+  EXPECT_EQ(queue.Submit([] { return OkStatus(); }, milliseconds(1000), "barrier").Wait().code(),
+            StatusCode::kDeadlineExceeded);
+}
+
+TEST(OpQueue, TheTimeoutCountsFromWhenTheOpStarts) {
+  Gate gate;
+  OpQueue queue([&](const Status&) { gate.Open(); });
+  Work first = queue.Submit([&] { gate.Pass(); return OkStatus(); }, milliseconds(600000), "first");
+  // Queued behind `first` for longer than its own timeout: it must not expire while queued.
+  Work second = queue.Submit([] { return OkStatus(); }, milliseconds(50), "second");
+  EXPECT_FALSE(second.WaitFor(milliseconds(150)).has_value());
+  gate.Open();
+  EXPECT_TRUE(first.Wait().ok());
+  EXPECT_TRUE(second.Wait().ok());
+}
+
+TEST(OpQueue, DestroyingAQueueCancelsWhatIsQueued) {
+  Gate gate;
+  Work queued = Work::Pending();
+  {
+    OpQueue queue([&](const Status&) { gate.Open(); });
+    queue.Submit([&] { gate.Pass(); return OkStatus(); }, milliseconds(600000), "first");
+    queued = queue.Submit([] { return OkStatus(); }, milliseconds(600000), "second");
+  }
+  EXPECT_EQ(queued.Wait().code(), StatusCode::kCancelled);
+}
+
+TEST(CheckBuffer, RefusesNullAndOverflowingBuffersButAcceptsEmptyOnes) {
+  EXPECT_TRUE(CheckBuffer(nullptr, 0, DataType::kFloat32, "send").ok());
+  EXPECT_EQ(CheckBuffer(nullptr, 4, DataType::kFloat32, "send").code(), StatusCode::kInvalidArgument);
+  int x = 0;
+  EXPECT_EQ(CheckBuffer(&x, SIZE_MAX / 2, DataType::kInt64, "recv").code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(SizeOf(DataType::kBFloat16), 2u);
+  EXPECT_EQ(DataTypeName(DataType::kFloat64), "float64");
+  EXPECT_EQ(ReduceOpName(ReduceOp::kMax), "max");
+}
+
+}  // namespace
+}  // namespace troupe::collectives
