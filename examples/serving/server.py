@@ -79,6 +79,15 @@ class Model:
             torch.manual_seed(seed)
             self.model = train.CharMLP(len(self.vocab))
             self.source = "freshly seeded weights (seed %d): no --checkpoint given, the text is noise" % seed
+        # The replica's slice (CUDA_VISIBLE_DEVICES, set by troupe's node agent) if it has one, as
+        # train.py decides; the CPU otherwise. Sampling stays on the CPU (its generator is seeded
+        # per request), so a request's text does not depend on where the model runs but for the
+        # logits' rounding.
+        use_cuda = torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES", "") != ""
+        self.device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
+        self.model.to(self.device)
+        if use_cuda:
+            self.source += " on %s" % torch.cuda.get_device_name(0)
         self.model.eval()
         self.index = {c: i for i, c in enumerate(self.vocab)}
         self.pad = self.index.get(" ", 0)
@@ -92,7 +101,7 @@ class Model:
         g.manual_seed(seed)
         for _ in range(max_tokens):
             with self.lock, torch.no_grad():
-                logits = self.model(torch.tensor([ids[-self.context:]]))[0]
+                logits = self.model(torch.tensor([ids[-self.context:]], device=self.device))[0].float().cpu()
                 if temperature <= 0:
                     nxt = int(torch.argmax(logits))
                 else:
