@@ -77,14 +77,19 @@ class JobSpecReader : public runtime::YamlReader {
   void Entry(const YAML::Node& root, EntryPoint* e) {
     const YAML::Node entry = root["entry"];
     if (!Given(entry)) {
-      Error(root, "entry", "missing (the command every worker runs)");
+      Error(root, "entry", "missing (the command every worker runs, or the actor worker type: actor: NAME)");
       return;
     }
-    if (!CheckKeys(entry, "entry", {"command", "env", "working_dir", "preload"})) return;
+    if (!CheckKeys(entry, "entry", {"command", "actor", "env", "working_dir", "preload"})) return;
+    if (Given(entry["actor"])) {
+      ActorEntry(entry, e);
+      return;
+    }
     WorkingDir(entry["working_dir"], "entry.working_dir", base_dir_, &e->working_dir);
     const YAML::Node command = entry["command"];
     if (!Given(command)) {
-      Error(entry, "entry.command", "missing (the program and its arguments, such as [python3, train.py])");
+      Error(entry, "entry.command",
+            "missing (the program and its arguments, such as [python3, train.py], or actor: NAME for actor workers)");
     } else {
       Command(command, "entry.command", e->working_dir, &e->command);
     }
@@ -100,6 +105,21 @@ class JobSpecReader : public runtime::YamlReader {
         if (!python.ok()) Error(entry["preload"], "entry.preload", python.status().message());
       }
     }
+  }
+
+  // entry.actor: the workers are actors of a registered type; a process's fields do not apply.
+  void ActorEntry(const YAML::Node& entry, EntryPoint* e) {
+    if (DnsLabel(entry["actor"], "entry.actor", &e->actor) && e->actor.empty()) {
+      Error(entry["actor"], "entry.actor", "must name an actor worker type (such as example-linear)");
+    }
+    for (const char* field : {"command", "working_dir", "preload"}) {
+      if (Given(entry[field])) {
+        Error(entry[field], std::string("entry.") + field,
+              "not allowed with entry.actor (an actor worker runs in its node's troupe process, not as a "
+              "program); give either command or actor");
+      }
+    }
+    Environment(entry["env"], "entry.env", &e->env);
   }
 
   void Checkpoints(const YAML::Node& node, CheckpointPolicy* c) {

@@ -27,10 +27,16 @@ struct WorkerResources {
   uint64_t host_memory_bytes = 0;
 };
 
-/// The program every worker runs (a torchrun-style script, for instance).
+/// The program every worker runs (a torchrun-style script, for instance), or the actor worker
+/// type every worker is (docs/jobs.md, "Actor workers"): exactly one of `command` and `actor`.
 struct EntryPoint {
-  /// argv[0] and the rest; argv[0] is searched in PATH on the worker's node.
+  /// argv[0] and the rest; argv[0] is searched in PATH on the worker's node. Empty with `actor`.
   std::vector<std::string> command;
+  /// A registered actor worker type (actors/training/actor_worker.h, e.g. "example-linear"):
+  /// the workers are actors spawned in the node agents' processes (Runtime::SpawnOn), not
+  /// processes. [a-z0-9][a-z0-9-]{0,62}. `env` is then the worker's configuration (each
+  /// type documents what it reads); `working_dir` and `preload` are not allowed.
+  std::string actor;
   /// NAME -> value, with ${VAR} expanded at submit time from the submitter's environment
   /// (an unset VAR is an error naming it; `$${` is a literal `${`).
   std::map<std::string, std::string> env;

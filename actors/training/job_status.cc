@@ -15,7 +15,7 @@ namespace troupe::training {
 
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(WorkerResources, slices, slice_memory_bytes, compute_percent, cpus,
                                                 host_memory_bytes)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(EntryPoint, command, env, working_dir, preload)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(EntryPoint, command, env, working_dir, preload, actor)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(CheckpointPolicy, keep, dir)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(RestartPolicy, max_user_failures, max_infra_failures, backoff_initial,
                                                 backoff_max)

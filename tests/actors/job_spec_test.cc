@@ -301,5 +301,35 @@ TEST_F(JobSpecTest, AMissingOrHugeFileIsNamed) {
   EXPECT_NE(huge[0].message.find("longer than 1MiB"), std::string::npos) << huge[0].ToString();
 }
 
+// docs/jobs.md, "Actor workers": entry.actor names a registered worker type instead of a command.
+TEST_F(JobSpecTest, AnActorEntryNamesTheWorkerTypeAndItsConfiguration) {
+  JobSpec spec;
+  const std::vector<ConfigError> errors = Errors(R"(name: linear
+workers: 4
+entry:
+  actor: example-linear
+  env: {STEPS: "40", HOME_DIR: "${TROUPE_JOB_SPEC_TEST_HOME}"}
+)", &spec);
+  ASSERT_TRUE(errors.empty()) << errors.front().ToString();
+  EXPECT_EQ(spec.entry.actor, "example-linear");
+  EXPECT_TRUE(spec.entry.command.empty());
+  EXPECT_TRUE(spec.entry.working_dir.empty());
+  EXPECT_EQ(spec.entry.env["STEPS"], "40");
+  EXPECT_EQ(spec.entry.env["HOME_DIR"], "/home/tester");
+}
+
+TEST_F(JobSpecTest, AnActorEntryRefusesTheFieldsOfAProcessAndABadName) {
+  ExpectError("name: tiny\nentry:\n  actor: example-linear\n  command: [sh]\n", 4, "entry.command",
+              "not allowed with entry.actor");
+  ExpectError("name: tiny\nentry:\n  actor: example-linear\n  working_dir: work\n", 4, "entry.working_dir",
+              "give either command or actor");
+  ExpectError("name: tiny\nentry:\n  actor: example-linear\n  preload: [torch]\n", 4, "entry.preload",
+              "not allowed with entry.actor");
+  ExpectError("name: tiny\nentry:\n  actor: Example_Linear\n", 3, "entry.actor", "not a valid name");
+  ExpectError("name: tiny\nentry:\n  actor: \"\"\n", 3, "entry.actor", "must name an actor worker type");
+  ExpectError("name: tiny\nentry:\n  actor: [a]\n", 3, "entry.actor", "");
+  ExpectError("name: tiny\nentry:\n  env: {A: b}\n", 3, "entry.command", "or actor: NAME for actor workers");
+}
+
 }  // namespace
 }  // namespace troupe::training
