@@ -8,6 +8,7 @@
 #include <map>
 
 #include "actors/gpu_slice.h"
+#include "actors/training/actor_worker.h"
 #include "actors/serving/replica.h"
 #include "actors/slice_environment.h"
 #include "actors/training/messages.h"
@@ -124,6 +125,10 @@ StatusOr<std::unique_ptr<NodeAgent>> NodeAgent::Start(const ClusterConfig& confi
   agent->metrics_->AddSource(runtime::RuntimeMetrics(*agent->runtime_));
   RETURN_IF_ERROR(agent->SpawnSlices());
   RETURN_IF_ERROR(agent->runtime_->RegisterName("troupe.node_agent", agent->agent_));
+  // Actor workers of training jobs (docs/jobs.md): spawned here by their job's supervisor.
+  // No communicator factory yet: groups of more than one worker need collectives/gloo's.
+  RETURN_IF_ERROR(training::RegisterActorWorkers(*agent->runtime_,
+                                                 training::ActorWorkerDeps{&training::BuiltinWorkerTypes(), {}, {}}));
   return agent;
 }
 

@@ -153,6 +153,50 @@ Status AddTrainingCodecs(runtime::CodecRegistry& r) {
         for (auto e : runtime::CheckedList(in.getExited())) out.exited.push_back(ReadExit(e));
         return out;
       })));
+  RETURN_IF_ERROR((r.Add<ActorWorkerStart, wire::ActorWorkerStart>(
+      kActorWorkerStart, "training.ActorWorkerStart",
+      [](const ActorWorkerStart& m, wire::ActorWorkerStart::Builder b, RefCodec& refs) {
+        b.setJob(m.job);
+        b.setType(m.type);
+        b.setAttempt(m.attempt);
+        b.setRank(m.rank);
+        b.setWorldSize(m.world_size);
+        FillTexts(m.env, b.initEnv(static_cast<unsigned>(m.env.size())));
+        b.setCheckpointDir(m.checkpoint_dir);
+        b.setResumeDir(m.resume_dir);
+        b.setResumeStep(m.resume_step);
+        refs.EncodeRef(m.supervisor, b.initSupervisor());
+        refs.EncodeRef(m.rendezvous, b.initRendezvous());
+        b.setGpuIndex(m.gpu_index);
+        b.setGpuId(m.gpu_id);
+        b.setMemoryBytes(m.memory_bytes);
+        b.setSimulated(m.simulated);
+      },
+      [](wire::ActorWorkerStart::Reader in, RefCodec& refs) -> StatusOr<ActorWorkerStart> {
+        ActorWorkerStart m;
+        m.job = in.getJob();
+        m.type = in.getType();
+        m.attempt = in.getAttempt();
+        m.rank = in.getRank();
+        m.world_size = in.getWorldSize();
+        m.env = ReadTexts(in.getEnv());
+        m.checkpoint_dir = in.getCheckpointDir();
+        m.resume_dir = in.getResumeDir();
+        m.resume_step = in.getResumeStep();
+        m.supervisor = refs.DecodeRef(in.getSupervisor());
+        m.rendezvous = refs.DecodeRef(in.getRendezvous());
+        m.gpu_index = in.getGpuIndex();
+        m.gpu_id = in.getGpuId();
+        m.memory_bytes = in.getMemoryBytes();
+        m.simulated = in.getSimulated();
+        return m;
+      })));
+  RETURN_IF_ERROR((r.Add<StopActorWorker, wire::StopActorWorker>(
+      kStopActorWorker, "training.StopActorWorker",
+      [](const StopActorWorker& m, wire::StopActorWorker::Builder b, RefCodec&) { b.setReason(m.reason); },
+      [](wire::StopActorWorker::Reader in, RefCodec&) -> StatusOr<StopActorWorker> {
+        return StopActorWorker{in.getReason()};
+      })));
   RETURN_IF_ERROR((r.Add<JobCommand, wire::JobCommand>(
       kJobCommand, "training.JobCommand",
       [](const JobCommand& m, wire::JobCommand::Builder b, RefCodec&) {

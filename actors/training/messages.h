@@ -113,6 +113,34 @@ struct WorkersAdopted {
   std::vector<WorkerExited> exited;  ///< exits of that attempt that no live supervisor was told of
 };
 
+/// Supervisor -> node (the arguments of Runtime::SpawnOn of kActorWorkerActorType): worker `rank`
+/// of the job's `attempt` as an actor of worker type `type` (entry.actor; docs/jobs.md, "Actor
+/// workers"). The worker reports its end to `supervisor` as a WorkerExited.
+struct ActorWorkerStart {
+  std::string job;
+  std::string type;
+  uint64_t attempt = 0;
+  uint32_t rank = 0;
+  uint32_t world_size = 1;
+  std::vector<std::string> env;  ///< entry.env, NAME=value: the worker type's configuration
+  std::string checkpoint_dir;    ///< the attempt's staging directory
+  std::string resume_dir;        ///< the committed checkpoint to resume from; empty: fresh
+  uint64_t resume_step = 0;
+  runtime::ActorRef supervisor;
+  runtime::ActorRef rendezvous;  ///< the attempt's rendezvous store; empty for one worker
+  uint32_t gpu_index = kNoGpu;
+  std::string gpu_id;
+  uint64_t memory_bytes = 0;
+  bool simulated = false;
+};
+/// Supervisor -> worker actor: stop (its communicator is aborted, its loop ends, it exits).
+struct StopActorWorker {
+  std::string reason;
+};
+
+/// The actor workers' wire types (1650-1679).
+enum ActorWorkerTypeId : uint32_t { kActorWorkerStart = 1650, kStopActorWorker };
+
 enum TrainingTypeId : uint32_t {
   kStartWorker = 1200, kWorkerStarted, kStopWorkers, kWorkersStopped, kWorkerExited, kJobCommand,
   kJobCommandReply, kReadWorkerLog, kWorkerLogChunk, kAdoptWorkers, kWorkersAdopted,
@@ -127,6 +155,8 @@ std::vector<RunningWorker> ReadRunningWorkers(capnp::List<wire::RunningWorker>::
 
 }  // namespace troupe::training
 
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::ActorWorkerStart)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::StopActorWorker)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::StartWorker)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::WorkerStarted)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::StopWorkers)

@@ -54,3 +54,25 @@ struct RunningWorker { job @0 :Text; attempt @1 :UInt64; rank @2 :UInt32; pid @3
 # Reply: WorkersAdopted, the ranks still running and the exits not reported to anyone yet.
 struct AdoptWorkers { job @0 :Text; attempt @1 :UInt64; supervisor @2 :Rt.ActorAddress; }
 struct WorkersAdopted { running @0 :List(RunningWorker); exited @1 :List(WorkerExited); }
+
+# Actor workers (type ids 1650-1679; docs/jobs.md, "Actor workers").
+# Supervisor -> node: the arguments of a remote spawn of one worker actor of a job's attempt.
+struct ActorWorkerStart {
+  job @0 :Text;
+  type @1 :Text;                 # entry.actor: the registered worker type
+  attempt @2 :UInt64;
+  rank @3 :UInt32;
+  worldSize @4 :UInt32;
+  env @5 :List(Text);            # entry.env, NAME=value
+  checkpointDir @6 :Text;        # the attempt's staging directory
+  resumeDir @7 :Text;            # empty: start fresh
+  resumeStep @8 :UInt64;
+  supervisor @9 :Rt.ActorAddress;
+  rendezvous @10 :Rt.ActorAddress;  # the attempt's rendezvous store (empty for one worker)
+  gpuIndex @11 :UInt32;          # 0xFFFFFFFF: no GPU
+  gpuId @12 :Text;
+  memoryBytes @13 :UInt64;
+  simulated @14 :Bool;
+}
+# Supervisor -> worker actor: stop.
+struct StopActorWorker { reason @0 :Text; }

@@ -1,0 +1,337 @@
+// Actor workers: the checkpoint handle, the worker context, the type registry and the actor.
+#include "actors/training/actor_worker.h"
+
+#include <caf/all.hpp>
+#include <spdlog/spdlog.h>
+
+#include <cstdlib>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "actors/training/example_trainer.h"
+#include "common/file_util.h"
+#include "runtime/error.h"
+#include "runtime/yaml_reader.h"
+
+namespace troupe::training {
+
+namespace fs = std::filesystem;
+
+// ---------------------------------------------------------------------------------------------
+// CheckpointHandle
+
+CheckpointHandle::CheckpointHandle(std::string staging_dir, uint32_t rank, std::string resume_dir,
+                                   uint64_t resume_step)
+    : staging_dir_(std::move(staging_dir)),
+      rank_(rank),
+      resume_dir_(std::move(resume_dir)),
+      resume_step_(resume_step) {}
+
+namespace {
+
+// A shard path as docs/checkpoints.md allows it: relative, '/'-separated, no "." or "..".
+Status CheckShardPath(const std::string& path) {
+  if (path.empty() || path.front() == '/') {
+    return InvalidArgumentError("checkpoint file '" + path + "': give a relative path inside the rank's shard");
+  }
+  std::stringstream parts(path);
+  for (std::string part; std::getline(parts, part, '/');) {
+    if (part.empty() || part == "." || part == "..") {
+      return InvalidArgumentError("checkpoint file '" + path + "': empty, '.' or '..' parts are not allowed");
+    }
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
+Status CheckpointHandle::Save(uint64_t step, const std::map<std::string, std::string>& files) {
+  const std::string step_dir = staging_dir_ + "/step-" + std::to_string(step);
+  const std::string shard = step_dir + "/rank-" + std::to_string(rank_);
+  const std::string marker = shard + ".done";
+  std::error_code ec;
+  if (fs::exists(marker, ec)) {
+    return AlreadyExistsError("rank " + std::to_string(rank_) + " has saved step " + std::to_string(step) +
+                              " already (" + marker + " exists); a shard is never touched after its marker");
+  }
+  for (const auto& [path, bytes] : files) RETURN_IF_ERROR(CheckShardPath(path));
+  fs::create_directories(shard, ec);
+  if (ec) return InternalError("cannot create checkpoint directory " + shard + ": " + ec.message());
+  for (const auto& [path, bytes] : files) {
+    const std::string file = shard + "/" + path;
+    fs::create_directories(fs::path(file).parent_path(), ec);
+    if (ec) return InternalError("cannot create checkpoint directory for " + file + ": " + ec.message());
+    RETURN_IF_ERROR(WriteFileAtomically(file, bytes));
+  }
+  return WriteFileAtomically(marker, "");
+}
+
+std::optional<uint64_t> CheckpointHandle::resume_step() const {
+  if (resume_dir_.empty()) return std::nullopt;
+  return resume_step_;
+}
+
+StatusOr<std::string> CheckpointHandle::Read(const std::string& path) const {
+  if (resume_dir_.empty()) {
+    return FailedPreconditionError("no committed checkpoint to read '" + path + "' from: the job starts fresh");
+  }
+  RETURN_IF_ERROR(CheckShardPath(path));
+  const std::string file = resume_dir_ + "/rank-" + std::to_string(rank_) + "/" + path;
+  std::ifstream in(file, std::ios::binary);
+  if (!in) return NotFoundError("checkpoint file " + file + " cannot be opened");
+  std::ostringstream out;
+  out << in.rdbuf();
+  if (in.bad()) return InternalError("cannot read checkpoint file " + file);
+  return out.str();
+}
+
+// ---------------------------------------------------------------------------------------------
+// WorkerContext
+
+namespace {
+
+std::map<std::string, std::string> ConfigOf(const std::vector<std::string>& env) {
+  std::map<std::string, std::string> out;
+  for (const auto& kv : env) {
+    const auto eq = kv.find('=');
+    if (eq == std::string::npos) continue;
+    out[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  return out;
+}
+
+std::string SliceName(const ActorWorkerStart& start) {
+  return start.gpu_id.empty() ? "GPU " + std::to_string(start.gpu_index) : start.gpu_id;
+}
+
+}  // namespace
+
+WorkerContext::WorkerContext(ActorWorkerStart start, std::unique_ptr<collectives::Communicator> communicator,
+                             std::unique_ptr<actors::GpuMemoryDevice> device)
+    : start_(std::move(start)),
+      config_(ConfigOf(start_.env)),
+      communicator_(std::move(communicator)),
+      device_(std::move(device)),
+      checkpoints_(start_.checkpoint_dir, start_.rank, start_.resume_dir, start_.resume_step) {
+  if (device_) {
+    allocator_ = std::make_unique<actors::CappedAllocator>(
+        *device_, start_.memory_bytes,
+        "slice of " + SliceName(start_) + " (rank " + std::to_string(start_.rank) + " of job '" + start_.job + "')");
+  }
+}
+
+WorkerContext::~WorkerContext() {
+  // The allocator frees what is left through the device: it goes first.
+  allocator_.reset();
+  device_.reset();
+}
+
+StatusOr<actors::CappedAllocator*> WorkerContext::allocator() {
+  if (!allocator_) {
+    return FailedPreconditionError("rank " + std::to_string(start_.rank) + " of job '" + start_.job +
+                                   "' has no GPU slice (resources.slices: 0): nothing to allocate from");
+  }
+  return allocator_.get();
+}
+
+StatusOr<uint64_t> WorkerContext::ConfigNumber(const std::string& name, uint64_t fallback) const {
+  auto it = config_.find(name);
+  if (it == config_.end() || it->second.empty()) return fallback;
+  const std::string& text = it->second;
+  if (text.size() > 19 || text.find_first_not_of("0123456789") != std::string::npos) {
+    return InvalidArgumentError("entry.env." + name + " of job '" + start_.job + "' is '" + text +
+                                "': expected a whole number of at most 19 digits");
+  }
+  return std::stoull(text);
+}
+
+void WorkerContext::Stop(const std::string& reason) {
+  stopping_.store(true);
+  if (communicator_) communicator_->Abort(UnavailableError("rank " + std::to_string(start_.rank) + " stopped: " + reason));
+}
+
+Status RunWorkerMain(const WorkerMain& main, WorkerContext& context) {
+  try {
+    return main(context);
+  } catch (const std::exception& e) {
+    return InternalError("rank " + std::to_string(context.rank()) + " threw: " + e.what());
+  } catch (...) {
+    return InternalError("rank " + std::to_string(context.rank()) + " threw an exception that is not a std::exception");
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// WorkerTypeRegistry
+
+Status WorkerTypeRegistry::Register(const std::string& name, WorkerMain main) {
+  if (!runtime::IsDnsLabel(name)) {
+    return InvalidArgumentError("actor worker type '" + name + "' is not a name entry.actor can give ([a-z0-9-])");
+  }
+  if (!main) return InvalidArgumentError("actor worker type '" + name + "' has no body");
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!types_.emplace(name, std::move(main)).second) {
+    return AlreadyExistsError("actor worker type '" + name + "' is registered already");
+  }
+  return OkStatus();
+}
+
+StatusOr<WorkerMain> WorkerTypeRegistry::Find(const std::string& name) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = types_.find(name);
+  if (it != types_.end()) return it->second;
+  std::string known;
+  for (const auto& [n, main] : types_) known += (known.empty() ? "" : ", ") + n;
+  return NotFoundError("no actor worker type '" + name + "' (entry.actor) in this troupe; known: " +
+                       (known.empty() ? "none" : known));
+}
+
+std::vector<std::string> WorkerTypeRegistry::Names() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::string> out;
+  for (const auto& [n, main] : types_) out.push_back(n);
+  return out;
+}
+
+WorkerTypeRegistry& BuiltinWorkerTypes() {
+  static WorkerTypeRegistry* registry = [] {
+    auto* r = new WorkerTypeRegistry;
+    r->Register(kExampleLinearType, ExampleLinearMain).IgnoreError();
+    return r;
+  }();
+  return *registry;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The worker actor
+
+namespace {
+
+using worker_done_atom = caf::atom_constant<caf::atom("aw_done")>;
+
+// Host memory standing in for a simulated slice's GPU memory (capped by the same allocator).
+class HostMemoryDevice : public actors::GpuMemoryDevice {
+ public:
+  StatusOr<void*> Allocate(uint64_t bytes) override {
+    void* p = std::malloc(bytes == 0 ? 1 : bytes);
+    if (p == nullptr) return ResourceExhaustedError("host memory: cannot allocate " + std::to_string(bytes) + " bytes");
+    return p;
+  }
+  void Free(void* ptr) override { std::free(ptr); }
+};
+
+StatusOr<std::unique_ptr<actors::GpuMemoryDevice>> OpenDevice(const ActorWorkerDeps& deps, const ActorWorkerStart& start) {
+  if (start.gpu_index == kNoGpu) return std::unique_ptr<actors::GpuMemoryDevice>();
+  if (deps.devices) return deps.devices(start.gpu_index, start.simulated);
+  if (start.simulated) return std::unique_ptr<actors::GpuMemoryDevice>(std::make_unique<HostMemoryDevice>());
+  ASSIGN_OR_RETURN(auto device, actors::CudaDevice::Open(static_cast<int>(start.gpu_index)));
+  return std::unique_ptr<actors::GpuMemoryDevice>(std::move(device));
+}
+
+// What the worker's thread shares with its actor: the context once made, and a stop asked for
+// before it was.
+struct WorkerShared {
+  std::mutex mu;
+  std::shared_ptr<WorkerContext> context;
+  std::string stop_reason;  // non-empty: stop asked
+};
+
+struct WorkerState {
+  ActorWorkerStart start;
+  std::shared_ptr<WorkerShared> shared = std::make_shared<WorkerShared>();
+  std::thread thread;
+  bool reported = false;
+
+  ~WorkerState() {
+    if (!thread.joinable()) return;
+    {
+      std::lock_guard<std::mutex> lock(shared->mu);
+      if (shared->stop_reason.empty()) shared->stop_reason = "the worker actor ended";
+      if (shared->context) shared->context->Stop(shared->stop_reason);
+    }
+    thread.join();
+  }
+};
+
+using WorkerSelf = caf::stateful_actor<WorkerState>;
+
+// The worker's thread: makes the communicator and the context, runs the type's main.
+Status RunWorker(runtime::Runtime* rt, const ActorWorkerDeps& deps, const ActorWorkerStart& start,
+                 const std::shared_ptr<WorkerShared>& shared) {
+  ASSIGN_OR_RETURN(WorkerMain main, deps.types->Find(start.type));
+  std::unique_ptr<collectives::Communicator> communicator;
+  if (start.world_size > 1) {
+    if (!deps.communicators) {
+      return FailedPreconditionError("this troupe has no collectives backend for a group of " +
+                                     std::to_string(start.world_size) +
+                                     " actor workers (built without collectives/gloo); run one worker");
+    }
+    ASSIGN_OR_RETURN(communicator, deps.communicators(*rt, start.rank, start.world_size, start.rendezvous));
+  }
+  ASSIGN_OR_RETURN(auto device, OpenDevice(deps, start));
+  auto context = std::make_shared<WorkerContext>(start, std::move(communicator), std::move(device));
+  {
+    std::lock_guard<std::mutex> lock(shared->mu);
+    shared->context = context;
+    if (!shared->stop_reason.empty()) context->Stop(shared->stop_reason);
+  }
+  Status result = RunWorkerMain(main, *context);
+  std::lock_guard<std::mutex> lock(shared->mu);
+  shared->context.reset();
+  return result;
+}
+
+caf::behavior WorkerActor(WorkerSelf* self, runtime::Runtime* rt, ActorWorkerDeps deps, ActorWorkerStart start) {
+  self->state.start = start;
+  auto shared = self->state.shared;
+  caf::actor me = caf::actor_cast<caf::actor>(self);
+  self->state.thread = std::thread([rt, deps, start, shared, me] {
+    Status result = RunWorker(rt, deps, start, shared);
+    caf::anon_send(me, worker_done_atom::value, static_cast<uint8_t>(result.code()), result.message());
+  });
+  return {
+      [self](worker_done_atom, uint8_t code, const std::string& message) {
+        auto& st = self->state;
+        if (st.thread.joinable()) st.thread.join();
+        const Status result(static_cast<StatusCode>(code), message);
+        WorkerExited exit;
+        exit.job = st.start.job;
+        exit.attempt = st.start.attempt;
+        exit.rank = st.start.rank;
+        exit.exit_code = result.ok() ? 0 : 1;
+        exit.reason = result.ok() ? "finished" : "failed: " + result.ToString();
+        if (!result.ok()) spdlog::warn("job '{}' attempt {}: actor worker rank {} {}", st.start.job, st.start.attempt, st.start.rank, exit.reason);
+        st.start.supervisor.Send(std::move(exit));
+        st.reported = true;
+        self->quit(result.ok() ? caf::error{} : runtime::ToCafError(result));
+      },
+      [self](StopActorWorker& stop) {
+        auto& shared = *self->state.shared;
+        std::lock_guard<std::mutex> lock(shared.mu);
+        shared.stop_reason = stop.reason.empty() ? "stopped by the job supervisor" : stop.reason;
+        if (shared.context) shared.context->Stop(shared.stop_reason);
+      },
+  };
+}
+
+}  // namespace
+
+Status RegisterActorWorkers(runtime::Runtime& runtime, ActorWorkerDeps deps) {
+  if (deps.types == nullptr) return InvalidArgumentError("RegisterActorWorkers: no worker type registry");
+  runtime::Runtime* rt = &runtime;
+  return runtime.RegisterActorType<ActorWorkerStart>(
+      kActorWorkerActorType,
+      [rt, deps](caf::actor_system& system, const ActorWorkerStart& start) -> StatusOr<caf::actor> {
+        // An unknown type is refused at the spawn, so the supervisor sees it at once.
+        RETURN_IF_ERROR(deps.types->Find(start.type).status());
+        if (start.world_size == 0 || start.rank >= start.world_size) {
+          return InvalidArgumentError("actor worker rank " + std::to_string(start.rank) + " of a world of " +
+                                      std::to_string(start.world_size));
+        }
+        return system.spawn(WorkerActor, rt, deps, start);
+      });
+}
+
+}  // namespace troupe::training

@@ -1,0 +1,158 @@
+// Actor workers (docs/jobs.md, "Actor workers"): training workers that are actors in the node
+// agents' processes instead of processes. A job spec names a registered worker type
+// (`entry: actor: NAME`); the job supervisor spawns one worker actor per rank on the placement's
+// nodes (Runtime::SpawnOn of kActorWorkerActorType with an ActorWorkerStart) and supervises them
+// as it does process workers. Each worker runs its type's WorkerMain on a thread of its own with
+// a WorkerContext: rank, world size, communicator, the slice's capped allocator and a checkpoint
+// handle. Modelled on torch.distributed's per-rank process group and Ray Train's worker group.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "actors/gpu_allocator.h"
+#include "actors/training/messages.h"
+#include "collectives/communicator.h"
+#include "common/status.h"
+#include "runtime/runtime.h"
+
+namespace troupe::training {
+
+/// The runtime actor type (Runtime::RegisterActorType) that every worker type is spawned as; the
+/// worker type itself is ActorWorkerStart::type.
+inline constexpr const char* kActorWorkerActorType = "troupe.training.actor_worker";
+
+/// A rank's checkpoints in the layout process workers use (docs/checkpoints.md), so the job's
+/// committer commits them unchanged: Save writes `<staging>/step-<S>/rank-<r>/<path>` and then
+/// the marker `<staging>/step-<S>/rank-<r>.done`; the resume side reads `<resume>/rank-<r>/`.
+/// Thread-compatible (one worker thread uses it).
+class CheckpointHandle {
+ public:
+  /// `staging_dir`: the attempt's ($TROUPE_CHECKPOINT_DIR); `resume_dir` empty: nothing to resume.
+  CheckpointHandle(std::string staging_dir, uint32_t rank, std::string resume_dir, uint64_t resume_step);
+
+  /// Writes this rank's shard of `step`: each (relative '/'-separated path, bytes) as a regular
+  /// file, fsynced, then the done marker. InvalidArgument for an empty, absolute or ".." path;
+  /// Internal (or ResourceExhausted when the disk is full) naming the file and errno's text.
+  /// Never touches a step after its marker: a second Save of the same step is AlreadyExists.
+  Status Save(uint64_t step, const std::map<std::string, std::string>& files);
+  /// The step of the newest committed checkpoint the supervisor resumes this attempt from
+  /// (its NewestValid); nullopt when the job starts fresh.
+  std::optional<uint64_t> resume_step() const;
+  /// A file of this rank's shard of that checkpoint. FailedPrecondition when there is none to
+  /// resume from; NotFound (the path) when the file is missing.
+  StatusOr<std::string> Read(const std::string& path) const;
+
+  const std::string& staging_dir() const { return staging_dir_; }
+
+ private:
+  std::string staging_dir_;
+  uint32_t rank_;
+  std::string resume_dir_;
+  uint64_t resume_step_;
+};
+
+/// What one worker gets. Made by the worker actor (or a test); the WorkerMain runs on its own
+/// thread and may call everything here from it.
+class WorkerContext {
+ public:
+  /// `communicator` may be null only when `start.world_size` is 1; `allocator` null for a worker
+  /// without a GPU slice.
+  WorkerContext(ActorWorkerStart start, std::unique_ptr<collectives::Communicator> communicator,
+                std::unique_ptr<actors::GpuMemoryDevice> device);
+  ~WorkerContext();
+
+  const std::string& job() const { return start_.job; }
+  /// The attempt (worker-group start, from 1) this worker belongs to.
+  uint64_t attempt() const { return start_.attempt; }
+  uint32_t rank() const { return start_.rank; }
+  uint32_t world_size() const { return start_.world_size; }
+  /// The group's communicator; null when world_size() is 1.
+  collectives::Communicator* communicator() { return communicator_.get(); }
+  /// The slice's capped allocator (ResourceExhausted beyond the slice's memory, naming it);
+  /// FailedPrecondition for a worker without a GPU slice (resources.slices: 0).
+  StatusOr<actors::CappedAllocator*> allocator();
+  CheckpointHandle& checkpoints() { return checkpoints_; }
+  /// entry.env of the job spec: the worker type's configuration.
+  const std::map<std::string, std::string>& config() const { return config_; }
+  /// config()[name] as an unsigned number, `fallback` when unset. InvalidArgument naming the
+  /// variable when it is not a decimal number.
+  StatusOr<uint64_t> ConfigNumber(const std::string& name, uint64_t fallback) const;
+
+  /// Whether the supervisor asked this worker to stop: a WorkerMain checks it between steps and
+  /// returns Cancelled.
+  bool stopping() const { return stopping_.load(); }
+  /// Asks the worker to stop and aborts its communicator (a collective in flight fails at once
+  /// with Unavailable). Any thread.
+  void Stop(const std::string& reason);
+
+ private:
+  ActorWorkerStart start_;
+  std::map<std::string, std::string> config_;
+  std::unique_ptr<collectives::Communicator> communicator_;
+  std::unique_ptr<actors::GpuMemoryDevice> device_;
+  std::unique_ptr<actors::CappedAllocator> allocator_;
+  CheckpointHandle checkpoints_;
+  std::atomic<bool> stopping_{false};
+};
+
+/// A worker type's body: trains to the end and returns OK (the worker "exits 0"), or the error
+/// that ends the worker (a user failure, as a process worker's non-zero exit). An exception is
+/// caught and counts the same. Runs on a thread of its own; blocking calls are fine there.
+using WorkerMain = std::function<Status(WorkerContext&)>;
+
+/// Makes a rank's communicator: `store` is the attempt's rendezvous store actor
+/// (collectives/rendezvous.h). Blocks until the group is formed or fails.
+using CommunicatorFactory = std::function<StatusOr<std::unique_ptr<collectives::Communicator>>(
+    runtime::Runtime& runtime, uint32_t rank, uint32_t world_size, const runtime::ActorRef& store)>;
+
+/// Opens the memory of a worker's GPU (gpu_index; simulated slices included).
+using GpuDeviceOpener =
+    std::function<StatusOr<std::unique_ptr<actors::GpuMemoryDevice>>(uint32_t gpu_index, bool simulated)>;
+
+/// The worker types a node can spawn, by name ([a-z0-9][a-z0-9-]*, as entry.actor).
+/// Thread-safe.
+class WorkerTypeRegistry {
+ public:
+  /// AlreadyExists for a name registered before; InvalidArgument for a name entry.actor cannot give.
+  Status Register(const std::string& name, WorkerMain main);
+  /// NotFound naming the type and the registered ones.
+  StatusOr<WorkerMain> Find(const std::string& name) const;
+  std::vector<std::string> Names() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::map<std::string, WorkerMain> types_;
+};
+
+/// The registry of every troupe binary: the built-in types (example_trainer.h's "example-linear").
+WorkerTypeRegistry& BuiltinWorkerTypes();
+
+/// How a node makes its workers' parts.
+struct ActorWorkerDeps {
+  const WorkerTypeRegistry* types = nullptr;
+  /// Empty: jobs of more than one worker fail at their start with FailedPrecondition (no
+  /// collectives backend in this build).
+  CommunicatorFactory communicators;
+  /// Empty: CudaDevice::Open for real GPUs; simulated slices get host memory (malloc) capped
+  /// the same way.
+  GpuDeviceOpener devices;
+};
+
+/// Registers kActorWorkerActorType with `runtime` (every node agent does, so SpawnOn works on
+/// every node). The spawned actor runs the worker on a thread, reports its end to the supervisor
+/// as a WorkerExited (exit_code 0, or 1 with the error), then exits; a StopActorWorker stops it.
+/// `runtime` must outlive the actors.
+Status RegisterActorWorkers(runtime::Runtime& runtime, ActorWorkerDeps deps);
+
+/// Runs `main` with `context`, turning an exception into Internal ("threw <what>").
+Status RunWorkerMain(const WorkerMain& main, WorkerContext& context);
+
+}  // namespace troupe::training
