@@ -1,0 +1,420 @@
+#include "collectives/gloo_communicator.h"
+
+#include <gloo/allgather.h>
+#include <gloo/allreduce.h>
+#include <gloo/barrier.h>
+#include <gloo/broadcast.h>
+#include <gloo/common/error.h>
+#include <gloo/math.h>
+#include <gloo/rendezvous/context.h>
+#include <gloo/rendezvous/store.h>
+#include <gloo/transport/context.h>
+#include <gloo/transport/tcp/device.h>
+
+#include <dlfcn.h>
+
+#include <cmath>
+#include <cstring>
+#include <exception>
+#include <utility>
+
+namespace troupe::collectives {
+namespace {
+
+using ReduceFn = void (*)(void*, const void*, const void*, size_t);
+
+// --- float16 / bfloat16: reduced in float32, rounded to nearest even ---
+
+float HalfToFloat(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1fu;
+  uint32_t mantissa = h & 0x3ffu;
+  uint32_t bits;
+  if (exponent == 0x1f) {
+    bits = sign | 0x7f800000u | (mantissa << 13);  // inf, nan
+  } else if (exponent != 0) {
+    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+  } else if (mantissa == 0) {
+    bits = sign;
+  } else {  // subnormal: normalise
+    int e = -1;
+    do {
+      ++e;
+      mantissa <<= 1;
+    } while ((mantissa & 0x400u) == 0);
+    bits = sign | (static_cast<uint32_t>(112 - e) << 23) | ((mantissa & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+uint16_t FloatToHalf(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof(bits));
+  const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
+  const uint32_t abs = bits & 0x7fffffffu;
+  if (abs >= 0x7f800000u) {  // inf or nan (nan stays a quiet nan)
+    return static_cast<uint16_t>(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0u));
+  }
+  if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // rounds to >= 65520: inf
+  const int32_t exponent = static_cast<int32_t>(abs >> 23) - 127;
+  if (exponent >= -14) {  // normal half
+    uint32_t mantissa = abs & 0x7fffffu;
+    uint32_t half = (static_cast<uint32_t>(exponent + 15) << 10) | (mantissa >> 13);
+    const uint32_t rest = mantissa & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (half & 1u))) ++half;  // carries into the exponent
+    return static_cast<uint16_t>(sign | half);
+  }
+  if (exponent < -25) return sign;  // below half the smallest subnormal: +-0
+  // Subnormal half: value = m * 2^-24, m = (1.mantissa) * 2^(exponent + 24).
+  const uint32_t mantissa = (abs & 0x7fffffu) | 0x800000u;
+  const int shift = -exponent - 1;  // 14..24: bits dropped from the 24-bit significand
+  uint32_t half = mantissa >> shift;
+  const uint32_t rest = mantissa & ((1u << shift) - 1);
+  const uint32_t halfway = 1u << (shift - 1);
+  if (rest > halfway || (rest == halfway && (half & 1u))) ++half;
+  return static_cast<uint16_t>(sign | half);
+}
+
+float BFloatToFloat(uint16_t b) {
+  const uint32_t bits = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+uint16_t FloatToBFloat(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof(bits));
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);  // quiet nan
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+struct Sum {
+  float operator()(float a, float b) const { return a + b; }
+};
+struct Min {
+  float operator()(float a, float b) const { return std::fmin(a, b); }
+};
+struct Max {
+  float operator()(float a, float b) const { return std::fmax(a, b); }
+};
+
+template <float (*ToFloat)(uint16_t), uint16_t (*FromFloat)(float), typename Op>
+void ReduceHalf(void* c, const void* a, const void* b, size_t n) {
+  auto* out = static_cast<uint16_t*>(c);
+  const auto* x = static_cast<const uint16_t*>(a);
+  const auto* y = static_cast<const uint16_t*>(b);
+  for (size_t i = 0; i < n; ++i) out[i] = FromFloat(Op()(ToFloat(x[i]), ToFloat(y[i])));
+}
+
+template <typename T>
+ReduceFn GlooReduce(ReduceOp op) {
+  // gloo::sum etc. are overloaded (a 3-argument in-place form too): pick the 4-argument one.
+  switch (op) {
+    case ReduceOp::kSum: return static_cast<ReduceFn>(&gloo::sum<T>);
+    case ReduceOp::kMin: return static_cast<ReduceFn>(&gloo::min<T>);
+    case ReduceOp::kMax: return static_cast<ReduceFn>(&gloo::max<T>);
+  }
+  return nullptr;
+}
+
+template <float (*ToFloat)(uint16_t), uint16_t (*FromFloat)(float)>
+ReduceFn HalfReduce(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum: return &ReduceHalf<ToFloat, FromFloat, Sum>;
+    case ReduceOp::kMin: return &ReduceHalf<ToFloat, FromFloat, Min>;
+    case ReduceOp::kMax: return &ReduceHalf<ToFloat, FromFloat, Max>;
+  }
+  return nullptr;
+}
+
+ReduceFn ReduceFunction(DataType type, ReduceOp op) {
+  switch (type) {
+    case DataType::kFloat32: return GlooReduce<float>(op);
+    case DataType::kFloat64: return GlooReduce<double>(op);
+    case DataType::kInt32: return GlooReduce<int32_t>(op);
+    case DataType::kInt64: return GlooReduce<int64_t>(op);
+    case DataType::kFloat16: return HalfReduce<&HalfToFloat, &FloatToHalf>(op);
+    case DataType::kBFloat16: return HalfReduce<&BFloatToFloat, &FloatToBFloat>(op);
+  }
+  return nullptr;
+}
+
+Status CheckOp(ReduceOp op, std::string_view what) {
+  if (op == ReduceOp::kSum || op == ReduceOp::kMin || op == ReduceOp::kMax) return OkStatus();
+  return InvalidArgumentError(std::string(what) + ": unknown reduce op " + std::to_string(static_cast<int>(op)));
+}
+
+// Gloo's element size only matters for the buffer sizes it checks; the reduction function
+// knows the real type. An unsigned type of the same width keeps the template count small.
+template <size_t kSize>
+struct Element;
+template <>
+struct Element<2> { using type = uint16_t; };
+template <>
+struct Element<4> { using type = uint32_t; };
+template <>
+struct Element<8> { using type = uint64_t; };
+
+template <typename T>
+void GlooAllreduce(const std::shared_ptr<gloo::Context>& context, void* data, size_t count, ReduceFn reduce,
+                   std::chrono::milliseconds timeout, uint32_t tag) {
+  gloo::AllreduceOptions options(context);
+  options.setOutput(static_cast<T*>(data), count);
+  options.setReduceFunction(reduce);
+  options.setTag(tag);
+  options.setTimeout(timeout);
+  gloo::allreduce(options);
+}
+
+// Gloo's own timeout is a backstop behind the OpQueue's: the queue fails the op with
+// DeadlineExceeded at its deadline and aborts the context; Gloo's would say Unavailable.
+constexpr std::chrono::milliseconds kGlooTimeoutSlack{5000};
+
+// Gloo's way to fail a whole TCP context at once is tcp::Context::signalException(message): it
+// fails every pair (waking every buffer waiting on it, with IoException(message)) and closes
+// their sockets, so the peers' pending ops fail too; Gloo calls it itself when an op times out.
+// It is protected, and Debian's libgloo-dev cannot even include gloo/transport/tcp/context.h (it
+// lacks gloo/common/memory.h), so it is looked up by its exported symbol. A non-virtual member
+// function with a void result is called as a function whose first argument is `this` (Itanium
+// C++ ABI); tcp::Context's first base, transport::Context, is polymorphic, so it sits at offset 0
+// and the transport::Context pointer is the tcp::Context pointer.
+using SignalContextFn = void (*)(void* tcp_context, const std::string& message);
+
+SignalContextFn FindSignalContext() {
+  static const SignalContextFn fn = reinterpret_cast<SignalContextFn>(dlsym(
+      RTLD_DEFAULT,
+      "_ZN4gloo9transport3tcp7Context15signalExceptionERKNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE"));
+  return fn;
+}
+
+}  // namespace
+
+class GlooCommunicator::Context : public gloo::rendezvous::Context {
+ public:
+  using gloo::rendezvous::Context::Context;
+
+  /// Fails every pair with `message` (Gloo's IoException in the op in flight and in every later
+  /// op). Safe from any thread, concurrently with an op; idempotent per pair.
+  /// Without the symbol (another Gloo build) it falls back to closing the connections: the peers
+  /// still fail at once, this rank's op thread only at Gloo's own timeout (its Work fails at once).
+  void FailAllPairs(const std::string& message) {
+    if (transportContext_ == nullptr) return;
+    if (SignalContextFn signal = FindSignalContext()) {
+      signal(transportContext_.get(), message);
+    } else {
+      closeConnections();
+    }
+  }
+};
+
+StatusOr<std::unique_ptr<GlooCommunicator>> GlooCommunicator::Create(
+    int rank, int world_size, std::shared_ptr<gloo::rendezvous::Store> store, GlooOptions options) {
+  const std::string where = "GlooCommunicator::Create(rank " + std::to_string(rank) + " of " +
+                            std::to_string(world_size) + ")";
+  if (world_size < 1) return InvalidArgumentError(where + ": world size must be at least 1");
+  if (rank < 0 || rank >= world_size) {
+    return InvalidArgumentError(where + ": rank must be in [0, " + std::to_string(world_size) + ")");
+  }
+  if (store == nullptr) return InvalidArgumentError(where + ": null rendezvous store");
+  if (options.connect_timeout.count() <= 0) {
+    return InvalidArgumentError(where + ": connect_timeout must be positive");
+  }
+  if (options.hostname.empty() && options.interface.empty()) {
+    return InvalidArgumentError(where + ": give a hostname or an interface for Gloo's TCP device");
+  }
+  gloo::transport::tcp::attr attr;
+  if (!options.interface.empty()) {
+    attr.iface = options.interface;
+  } else {
+    attr.hostname = options.hostname;
+  }
+  const std::string bind = options.interface.empty() ? "host " + options.hostname : "interface " + options.interface;
+  std::shared_ptr<gloo::transport::Device> device;
+  try {
+    device = gloo::transport::tcp::CreateDevice(attr);
+  } catch (const std::exception& e) {
+    return UnavailableError(where + ": Gloo's TCP device could not bind " + bind + ": " + e.what() +
+                            " (check GlooOptions.hostname / interface)");
+  } catch (...) {
+    return UnavailableError(where + ": Gloo's TCP device could not bind " + bind);
+  }
+  auto context = std::make_shared<Context>(rank, world_size);
+  context->setTimeout(options.connect_timeout);
+  try {
+    context->connectFullMesh(*store, device);
+  } catch (const std::exception& e) {
+    return UnavailableError(where + ": connecting the group failed within " +
+                            std::to_string(options.connect_timeout.count()) + " ms (" + e.what() +
+                            "); every rank must call Create with the same store and world size");
+  } catch (...) {
+    return UnavailableError(where + ": connecting the group failed");
+  }
+  return std::unique_ptr<GlooCommunicator>(
+      new GlooCommunicator(rank, world_size, std::move(device), std::move(context)));
+}
+
+GlooCommunicator::GlooCommunicator(int rank, int world_size, std::shared_ptr<gloo::transport::Device> device,
+                                   std::shared_ptr<Context> context)
+    : rank_(rank),
+      world_size_(world_size),
+      device_(std::move(device)),
+      context_(std::move(context)),
+      queue_([this](const Status& reason) {
+        context_->FailAllPairs("troupe aborted the Gloo group at rank " + std::to_string(rank_) + ": " +
+                               reason.message());
+      }) {}
+
+GlooCommunicator::~GlooCommunicator() = default;  // queue_ first: aborts, fails the pairs, joins
+
+Status GlooCommunicator::Guard(const std::string& what, const std::function<void()>& call) {
+  const std::string where = "gloo " + what + " (rank " + std::to_string(rank_) + " of " +
+                            std::to_string(world_size_) + ")";
+  try {
+    call();
+    return OkStatus();
+  } catch (const gloo::IoException& e) {
+    return UnavailableError(where + ": connection to a peer failed: " + e.what());
+  } catch (const gloo::Exception& e) {
+    return InternalError(where + ": " + e.what());
+  } catch (const std::exception& e) {  // gloo::EnforceNotMet and the like
+    return InternalError(where + ": " + e.what());
+  } catch (...) {
+    return InternalError(where + ": unknown exception");
+  }
+}
+
+void GlooCommunicator::RunAllReduce(void* data, size_t count, DataType type, ReduceOp op,
+                                    std::chrono::milliseconds timeout) {
+  const ReduceFn reduce = ReduceFunction(type, op);
+  const uint32_t tag = NextTag();
+  switch (SizeOf(type)) {
+    case 2: GlooAllreduce<Element<2>::type>(context_, data, count, reduce, timeout, tag); break;
+    case 4: GlooAllreduce<Element<4>::type>(context_, data, count, reduce, timeout, tag); break;
+    case 8: GlooAllreduce<Element<8>::type>(context_, data, count, reduce, timeout, tag); break;
+    default: throw std::logic_error("no element type of size " + std::to_string(SizeOf(type)));
+  }
+}
+
+Work GlooCommunicator::AllReduce(void* data, size_t count, DataType type, ReduceOp op,
+                                 std::chrono::milliseconds timeout) {
+  Status check = CheckBuffer(data, count, type, "GlooCommunicator::AllReduce data");
+  if (check.ok()) check = CheckOp(op, "GlooCommunicator::AllReduce");
+  if (!check.ok()) return Work::Done(check);
+  std::string name = "allreduce(" + std::to_string(count) + " x " + std::string(DataTypeName(type)) + ", " +
+                     std::string(ReduceOpName(op)) + ")";
+  return queue_.Submit(
+      [this, data, count, type, op, timeout, name] {
+        if (count == 0) return OkStatus();
+        return Guard(name, [&] { RunAllReduce(data, count, type, op, timeout + kGlooTimeoutSlack); });
+      },
+      timeout, name);
+}
+
+Work GlooCommunicator::Broadcast(void* data, size_t count, DataType type, int root,
+                                 std::chrono::milliseconds timeout) {
+  Status check = CheckBuffer(data, count, type, "GlooCommunicator::Broadcast data");
+  if (check.ok() && (root < 0 || root >= world_size_)) {
+    check = InvalidArgumentError("GlooCommunicator::Broadcast: root " + std::to_string(root) + " is not in [0, " +
+                                 std::to_string(world_size_) + ")");
+  }
+  if (!check.ok()) return Work::Done(check);
+  std::string name = "broadcast(" + std::to_string(count) + " x " + std::string(DataTypeName(type)) +
+                     ", root " + std::to_string(root) + ")";
+  return queue_.Submit(
+      [this, data, count, type, root, timeout, name] {
+        if (count == 0) return OkStatus();
+        return Guard(name, [&] {
+          gloo::BroadcastOptions options(context_);
+          options.setOutput(static_cast<uint8_t*>(data), count * SizeOf(type));
+          options.setRoot(root);
+          options.setTag(NextTag());
+          options.setTimeout(timeout + kGlooTimeoutSlack);
+          gloo::broadcast(options);
+        });
+      },
+      timeout, name);
+}
+
+Work GlooCommunicator::AllGather(const void* send, void* recv, size_t count, DataType type,
+                                 std::chrono::milliseconds timeout) {
+  Status check = CheckBuffer(send, count, type, "GlooCommunicator::AllGather send");
+  if (check.ok()) check = CheckBuffer(recv, count, type, "GlooCommunicator::AllGather recv");
+  const size_t bytes = check.ok() ? count * SizeOf(type) : 0;
+  if (check.ok() && bytes > 0 && bytes > SIZE_MAX / static_cast<size_t>(world_size_)) {
+    check = InvalidArgumentError("GlooCommunicator::AllGather: recv of world size x " + std::to_string(count) +
+                                 " elements overflows the address space");
+  }
+  if (check.ok() && bytes > 0) {
+    const auto* s = static_cast<const uint8_t*>(send);
+    const auto* r = static_cast<const uint8_t*>(recv);
+    if (s < r + bytes * world_size_ && r < s + bytes) {
+      check = InvalidArgumentError("GlooCommunicator::AllGather: send and recv overlap");
+    }
+  }
+  if (!check.ok()) return Work::Done(check);
+  std::string name = "allgather(" + std::to_string(count) + " x " + std::string(DataTypeName(type)) + ")";
+  return queue_.Submit(
+      [this, send, recv, bytes, timeout, name] {
+        if (bytes == 0) return OkStatus();
+        return Guard(name, [&] {
+          gloo::AllgatherOptions options(context_);
+          // Gloo's input pointer is not const, but allgather only reads it.
+          options.setInput(const_cast<uint8_t*>(static_cast<const uint8_t*>(send)), bytes);
+          options.setOutput(static_cast<uint8_t*>(recv), bytes * world_size_);
+          options.setTag(NextTag());
+          options.setTimeout(timeout + kGlooTimeoutSlack);
+          gloo::allgather(options);
+        });
+      },
+      timeout, name);
+}
+
+Work GlooCommunicator::ReduceScatter(const void* send, void* recv, size_t count, DataType type, ReduceOp op,
+                                     std::chrono::milliseconds timeout) {
+  Status check = CheckBuffer(recv, count, type, "GlooCommunicator::ReduceScatter recv");
+  if (check.ok() && count > SIZE_MAX / static_cast<size_t>(world_size_)) {
+    check = InvalidArgumentError("GlooCommunicator::ReduceScatter: send of world size x " + std::to_string(count) +
+                                 " elements overflows the address space");
+  }
+  if (check.ok()) check = CheckBuffer(send, count * world_size_, type, "GlooCommunicator::ReduceScatter send");
+  if (check.ok()) check = CheckOp(op, "GlooCommunicator::ReduceScatter");
+  if (!check.ok()) return Work::Done(check);
+  std::string name = "reducescatter(" + std::to_string(count) + " x " + std::string(DataTypeName(type)) + ", " +
+                     std::string(ReduceOpName(op)) + ")";
+  return queue_.Submit(
+      [this, send, recv, count, type, op, timeout, name] {
+        if (count == 0) return OkStatus();
+        const size_t block = count * SizeOf(type);
+        return Guard(name, [&] {
+          // Allreduce of a copy, then this rank's block (no reduce-scatter function in this Gloo).
+          scratch_.resize(block * world_size_);
+          std::memcpy(scratch_.data(), send, scratch_.size());
+          RunAllReduce(scratch_.data(), count * world_size_, type, op, timeout + kGlooTimeoutSlack);
+          std::memcpy(recv, scratch_.data() + block * rank_, block);
+        });
+      },
+      timeout, name);
+}
+
+Work GlooCommunicator::Barrier(std::chrono::milliseconds timeout) {
+  return queue_.Submit(
+      [this, timeout] {
+        return Guard("barrier", [&] {
+          gloo::BarrierOptions options(context_);
+          options.setTag(NextTag());
+          options.setTimeout(timeout + kGlooTimeoutSlack);
+          gloo::barrier(options);
+        });
+      },
+      timeout, "barrier");
+}
+
+void GlooCommunicator::Abort(const Status& reason) { queue_.Abort(reason); }
+
+Status GlooCommunicator::health() const { return queue_.health(); }
+
+}  // namespace troupe::collectives
