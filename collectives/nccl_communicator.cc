@@ -170,9 +170,10 @@ NcclCommunicator::~NcclCommunicator() {
           RETURN_IF_ERROR(WaitForComm("ncclCommFinalize", /*stream=*/false));
           std::lock_guard<std::mutex> lock(comm_mu_);
           if (comm_ == nullptr) return CancelledError("aborted");
+          // Non-blocking: NCCL may free the rest on a thread of its own (ncclInProgress).
           ncclResult_t result = ncclCommDestroy(comm_);
           comm_ = nullptr;
-          if (result != ncclSuccess) return NcclError("ncclCommDestroy", result, nullptr);
+          if (result != ncclSuccess && result != ncclInProgress) return NcclError("ncclCommDestroy", result, nullptr);
           return OkStatus();
         },
         kFinalizeTimeout, "ncclCommFinalize");
@@ -192,8 +193,10 @@ void NcclCommunicator::AbortComm() {
   aborted_ = true;
   std::lock_guard<std::mutex> lock(comm_mu_);
   if (comm_ == nullptr) return;
-  // Sets NCCL's abort flag (its kernels and proxy threads stop) and frees the communicator; the
-  // op thread polling under comm_mu_ sees comm_ == null and returns.
+  // Sets NCCL's abort flag (its kernels, proxy and init threads stop) and frees the communicator
+  // (in non-blocking mode possibly on NCCL's own thread, returning ncclInProgress; NCCL frees a
+  // process's ranks of one group once all of them are destroyed or aborted); the op thread polling
+  // under comm_mu_ sees comm_ == null and returns.
   ncclCommAbort(comm_);
   comm_ = nullptr;
 }

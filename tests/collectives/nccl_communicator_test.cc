@@ -330,6 +330,18 @@ bool AbortWithin(std::unique_ptr<NcclCommunicator>& comm, const Status& reason, 
   return false;
 }
 
+// Destroys `comm` on a thread of its own and waits at most `limit` (the destructor joins the
+// queue's threads, one of which may be in ncclCommAbort). Returns false (and leaks it) if not.
+bool DestroyWithin(std::unique_ptr<NcclCommunicator>& comm, milliseconds limit) {
+  auto done = std::make_shared<std::promise<void>>();
+  auto finished = done->get_future();
+  std::thread([raw = comm.release(), done] {
+    delete raw;
+    done->set_value();
+  }).detach();
+  return finished.wait_for(limit) == std::future_status::ready;
+}
+
 TEST(NcclCommunicator, NewUniqueIdIsNcclsBytes) {
   TROUPE_GPUS_OR_SKIP(gpus);
   auto a = NcclCommunicator::NewUniqueId();
@@ -428,7 +440,7 @@ TEST(NcclCommunicator, InitWhoseSecondRankNeverJoinsEndsWithAbort) {
   EXPECT_EQ((*comm)->health(), reason);
   std::printf("initialisation ended %.1f ms after Abort: %s\n", Ms(Clock::now() - start), ready->ToString().c_str());
   start = Clock::now();
-  comm->reset();
+  ASSERT_TRUE(DestroyWithin(*comm, milliseconds(20000))) << "the aborted communicator's destructor blocked for 20 s";
   std::printf("destroyed in %.1f ms\n", Ms(Clock::now() - start));
 }
 
@@ -455,7 +467,10 @@ TEST(NcclCommunicator, InitWhoseSecondRankNeverJoinsEndsAtItsTimeout) {
   ASSERT_TRUE(after.has_value());
   EXPECT_EQ(after->code(), StatusCode::kDeadlineExceeded) << *after;
   start = Clock::now();
-  comm->reset();  // the comm was aborted at the timeout: the destructor must not block
+  // The comm was aborted at the timeout (ncclCommAbort on the queue's watchdog thread, which the
+  // destructor joins): the destructor must not block.
+  ASSERT_TRUE(DestroyWithin(*comm, milliseconds(20000)))
+      << "the destructor blocked for 20 s: ncclCommAbort of the initialising communicator did not return";
   std::printf("destroyed in %.1f ms\n", Ms(Clock::now() - start));
 }
 
