@@ -147,5 +147,50 @@ TEST(RejoinBackoff, EveryDelayFitsTwiceInTheHeadsRejoinWindow) {
   EXPECT_EQ(RejoinBackoff(milliseconds(60000)).initial, milliseconds(100));
 }
 
+
+// The write-retry path (issue 18): a node record whose write failed (here the LMDB map is full, as a
+// full disk would make it) is not lost: the next write of the head writes it first.
+TEST_F(Membership, ANodeRecordWhoseWriteFailedIsWrittenByTheHeadsNextWrite) {
+  auto members = Registry();
+  auto joined = members->Join(Node("a"));
+  ASSERT_TRUE(joined.ok());
+  members->Store(*joined);
+  auto stored_state = [&]() -> std::string {
+    auto txn = env_->BeginRead();
+    if (!txn.ok()) return "read failed: " + txn.status().ToString();
+    auto record = node_table_->Get(*txn, "a");
+    return record.ok() ? record->state : record.status().ToString();
+  };
+  ASSERT_EQ(stored_state(), "alive");
+
+  // Fill the map (64 MiB) until no write fits (MDB_MAP_FULL), while a reader holds the snapshot of
+  // before: the pages each commit frees stay pinned by it, so not even a small update finds a page.
+  // 1 MiB values, then smaller ones into the space left, down to 16 bytes.
+  auto filler = storage::Table<std::string, std::string>::Open(*env_, "filler");
+  ASSERT_TRUE(filler.ok()) << filler.status();
+  auto reader = env_->BeginRead();
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  int written = 0;
+  for (size_t size = 1 << 20; size >= 16; size /= 4) {
+    const std::string chunk(size, 'x');
+    while (store_->Commit([&](storage::Txn& txn) { return filler->Put(txn, std::to_string(written), chunk); }).ok()) {
+      ASSERT_LT(++written, 100000) << "the 64 MiB map never filled";
+    }
+  }
+
+  NodeRecord dead = members->MarkDead("a", "connection reset");
+  EXPECT_EQ(dead.state, "dead");
+  // The reader ends: its pages are free again (as when an operator frees a disk).
+  reader->Abort();
+  EXPECT_EQ(stored_state(), "alive") << "the write was expected to fail with the map full";
+
+  // Any later write of the head runs the retry first, which stores the dead record.
+  auto b = members->Join(Node("b"));
+  ASSERT_TRUE(b.ok());
+  members->Store(*b);
+  EXPECT_EQ(stored_state(), "dead");
+  EXPECT_EQ(Rows(*node_table_), 2u);
+}
+
 }  // namespace
 }  // namespace troupe::cluster
