@@ -391,6 +391,10 @@ void Bridge::OnPeerFailed(NodeId peer, const Status& reason) {
   for (auto& [id, proxy] : state.proxies) KillProxy(proxy, error);
   requests_failed_node_lost_ += failed.size();
   for (auto& p : failed) Complete(std::move(p), why);
+  if (has_tap_.load(std::memory_order_acquire)) {
+    std::lock_guard<std::mutex> lock(tap_mu_);
+    if (tap_ != nullptr) tap_->on_peer_failed(peer, why);
+  }
 }
 
 void Bridge::Touch(NodeId peer) {
@@ -404,8 +408,23 @@ Bridge::NodeState* Bridge::TouchLocked(NodeId peer) {
   return it == nodes_.end() ? nullptr : &it->second;
 }
 
+void Bridge::SetFrameTap(std::shared_ptr<FrameTap> tap) {
+  std::lock_guard<std::mutex> lock(tap_mu_);
+  tap_ = std::move(tap);
+  has_tap_ = tap_ != nullptr;
+}
+
 transport::TransportHandler Bridge::Handler() {
   transport::TransportHandler handler;
+  handler.allocate_payload = [this](const FrameHeader& header, size_t size) {
+    if (has_tap_.load(std::memory_order_acquire)) {
+      std::lock_guard<std::mutex> lock(tap_mu_);
+      if (tap_ != nullptr && header.type_id >= tap_->first_type && header.type_id <= tap_->last_type) {
+        return tap_->allocate(header, size);
+      }
+    }
+    return Buffer::Allocate(size);
+  };
   handler.on_frame = [this](NodeId peer, transport::Frame frame) { OnFrame(peer, std::move(frame)); };
   handler.on_peer_connected = [this](NodeId peer) { OnPeerConnected(peer); };
   handler.on_peer_failed = [this](NodeId peer, const Status& reason) { OnPeerFailed(peer, reason); };
@@ -415,6 +434,14 @@ transport::TransportHandler Bridge::Handler() {
 void Bridge::OnFrame(NodeId peer, transport::Frame frame) {
   const FrameHeader& header = frame.header;
   if (stopped_) return;
+  if (has_tap_.load(std::memory_order_acquire)) {
+    std::unique_lock<std::mutex> lock(tap_mu_);
+    if (tap_ != nullptr && header.type_id >= tap_->first_type && header.type_id <= tap_->last_type) {
+      Touch(peer);
+      tap_->on_frame(peer, std::move(frame));
+      return;
+    }
+  }
   // Every frame counts as a sign of life. Messages and replies record it in the locked section
   // they need anyway (Deliver, OnResponse), the runtime's own frames here: one lock per frame.
   switch (header.type_id) {

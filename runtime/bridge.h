@@ -81,6 +81,20 @@ struct BridgeStats {
   double latency_sum_seconds = 0;
 };
 
+/// Frames of type ids [first_type, last_type] that bypass the actor layer (no codec, no mailbox):
+/// the bulk path (runtime/bulk.h) receives payloads by rendezvous straight into buffers it
+/// provides. Every function runs on the transport's progress thread and must not block.
+struct FrameTap {
+  uint32_t first_type = 0;
+  uint32_t last_type = 0;
+  /// The buffer a tapped frame's payload of `size` bytes lands in (an empty Buffer refuses it).
+  std::function<Buffer(const transport::FrameHeader& header, size_t size)> allocate;
+  /// A tapped frame (it counts as a sign of life of `peer`).
+  std::function<void(NodeId peer, transport::Frame frame)> on_frame;
+  /// `peer` is lost (after the bridge's own handling).
+  std::function<void(NodeId peer, const Status& reason)> on_peer_failed;
+};
+
 /// What the bridge asks its runtime to do for peers: spawn and name lookup.
 class ControlHandler {
  public:
@@ -107,6 +121,9 @@ class Bridge : public RefCodec, public std::enable_shared_from_this<Bridge> {
   void Start();
   void Shutdown();
   void set_control_handler(ControlHandler* handler) { control_ = handler; }
+  /// Installs (or, with null, removes) the one frame tap. After a removal returns no call of the
+  /// old tap is running or will start.
+  void SetFrameTap(std::shared_ptr<FrameTap> tap);
 
   /// The actor every proxy forwards to.
   caf::actor actor() const { return actor_; }
@@ -212,6 +229,10 @@ class Bridge : public RefCodec, public std::enable_shared_from_this<Bridge> {
   ControlHandler* control_ = nullptr;
   std::atomic<int64_t> last_slow_warning_{0};
   std::atomic<bool> stopped_{false};
+  // The frame tap: tap_mu_ is held while the tap runs, so SetFrameTap(nullptr) waits for it.
+  std::atomic<bool> has_tap_{false};
+  std::mutex tap_mu_;
+  std::shared_ptr<FrameTap> tap_;
 
   mutable std::mutex mu_;  // guards everything below; never held while calling CAF or the transport
   std::unordered_map<NodeId, NodeState> nodes_;

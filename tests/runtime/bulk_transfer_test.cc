@@ -1,0 +1,192 @@
+// The bulk path between two real processes: this test process (node A, the shard writer) and a
+// bulk_peer child (node B, the node that holds the checkpoint store).
+#include <gtest/gtest.h>
+
+#include <signal.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "actors/training/shard_transfer.h"
+#include "common/child_process.h"
+#include "runtime/bulk.h"
+#include "runtime/runtime.h"
+#include "storage/checkpoint_store.h"
+#include "storage/lmdb_env.h"
+#include "tests/runtime/bulk_test_util.h"
+
+namespace troupe::testing {
+namespace {
+
+using namespace std::chrono_literals;
+using runtime::BulkEndpoint;
+using runtime::BulkSource;
+using runtime::NodeId;
+using training::ShardTarget;
+
+constexpr const char* kToken = "bulk-test-token";
+constexpr NodeId kWriter = 201, kStore = 202;
+
+// Bytes from a seeded generator: they differ at every offset, so a shifted copy would not match.
+Buffer Pattern(size_t size, uint64_t seed) {
+  Buffer b = Buffer::Allocate(size);
+  std::mt19937_64 gen(seed);
+  for (size_t off = 0; off < size; off += sizeof(uint64_t)) {
+    const uint64_t word = gen();
+    std::memcpy(b.data() + off, &word, std::min(sizeof(word), size - off));
+  }
+  return b;
+}
+
+bool SameBytes(const std::string& path, const Buffer& expected) {
+  auto mapped = BulkSource::MapFile(path);
+  return mapped.ok() && mapped->size == expected.size() &&
+         (expected.size() == 0 || std::memcmp(mapped->data, expected.data(), expected.size()) == 0);
+}
+
+class BulkTransfer : public ::testing::Test {
+ protected:
+  void StartStore(std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv = {TROUPE_BULK_PEER_BIN, "--node-id", std::to_string(kStore), "--token", kToken,
+                                     "--root", store_dir_.path()};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    auto child = ChildProcess::Spawn(argv);
+    ASSERT_TRUE(child.ok()) << child.status();
+    auto ready = (*child)->ReadLineWithPrefix("READY ", 20s);
+    ASSERT_TRUE(ready.ok()) << "bulk_peer did not start: " << ready.status();
+    std::stringstream ss(*ready);
+    NodeId id = 0;
+    ss >> id >> store_address_;
+    ASSERT_EQ(id, kStore);
+    store_ = std::move(*child);
+
+    runtime::RuntimeConfig config;
+    config.node_name = "writer";
+    config.node_id = kWriter;
+    config.transport.cluster_token = kToken;
+    auto rt = runtime::Runtime::Start(config);
+    ASSERT_TRUE(rt.ok()) << rt.status();
+    runtime_ = std::move(*rt);
+    runtime_->AddNode(kStore, store_address_);
+    auto endpoint = BulkEndpoint::Attach(*runtime_);
+    ASSERT_TRUE(endpoint.ok()) << endpoint.status();
+    endpoint_ = std::move(*endpoint);
+  }
+
+  void TearDown() override {
+    endpoint_.reset();
+    if (runtime_) {
+      runtime_->Stop();
+      runtime_->AwaitActors(5s);
+    }
+    if (store_ && !store_killed_) {
+      store_->WriteLine("quit").IgnoreError();
+      if (!store_->AwaitExit(10s).ok()) store_->Signal(SIGKILL);
+    }
+  }
+
+  TempDir store_dir_;
+  TempDir local_dir_;
+  std::string store_address_;
+  std::unique_ptr<ChildProcess> store_;
+  bool store_killed_ = false;
+  std::unique_ptr<runtime::Runtime> runtime_;
+  std::unique_ptr<BulkEndpoint> endpoint_;
+};
+
+TEST_F(BulkTransfer, ShardLandsByteIdenticalAndCommits) {
+  ASSERT_NO_FATAL_FAILURE(StartStore());
+  // 64 MiB + 1 byte (not a multiple of the chunk), a small file in a subdirectory, an empty file.
+  Buffer model = Pattern((64u << 20) + 1, 1);
+  Buffer optim = Pattern(300 * 1024 + 3, 2);
+  std::vector<training::ShardFile> files;
+  files.push_back({"model.bin", BulkSource{model.data(), model.size(), nullptr}});
+  files.push_back({"optim/state.bin", BulkSource{optim.data(), optim.size(), nullptr}});
+  files.push_back({"empty", BulkSource{}});
+  const ShardTarget target{"job1", 3, 40, 0};
+  const auto start = std::chrono::steady_clock::now();
+  Status written = training::WriteShard(*endpoint_, kStore, target, files, 60s);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_TRUE(written.ok()) << written;
+  std::printf("64 MiB shard written to the other process's staging dir in %.3f s\n", seconds);
+
+  const std::string root = store_dir_.path() + "/job1";
+  EXPECT_TRUE(SameBytes(training::ShardFilePath(root, target, "model.bin"), model));
+  EXPECT_TRUE(SameBytes(training::ShardFilePath(root, target, "optim/state.bin"), optim));
+  EXPECT_TRUE(SameBytes(training::ShardFilePath(root, target, "empty"), Buffer()));
+  EXPECT_TRUE(std::filesystem::exists(training::ShardMarkerPath(root, target)));
+  auto stats = endpoint_->stats();
+  EXPECT_EQ(stats.transfers_sent, 4u);  // three files and the marker
+  EXPECT_EQ(stats.bytes_sent, model.size() + optim.size());
+
+  // The store node's CheckpointStore commits what arrived, unchanged.
+  storage::LmdbOptions options;
+  options.path = local_dir_.path() + "/lmdb";
+  auto env = storage::LmdbEnv::Open(options);
+  ASSERT_TRUE(env.ok()) << env.status();
+  auto store = storage::CheckpointStore::Open(env->get());
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto record = store->Commit("job1", root, 3, 40, 1);
+  ASSERT_TRUE(record.ok()) << record.status();
+  EXPECT_EQ(record->total_bytes, model.size() + optim.size());
+  ASSERT_EQ(record->rank_files.size(), 1u);
+  EXPECT_EQ(record->rank_files[0].size(), 3u);
+  EXPECT_TRUE(SameBytes(storage::CheckpointStore::CommittedDir(root, 40) + "/rank-0/model.bin", model));
+}
+
+TEST_F(BulkTransfer, ToAKilledReceiverFailsUnavailableWithoutAHang) {
+  ASSERT_NO_FATAL_FAILURE(StartStore());
+  Buffer small = Pattern(1024, 3);
+  ASSERT_TRUE(endpoint_
+                  ->SendAndWait(kStore, training::ShardDescriptor({"job1", 0, 1, 0}, "warmup"),
+                                BulkSource{small.data(), small.size(), nullptr}, 30s)
+                  .ok());
+  store_->Signal(SIGKILL);
+  store_killed_ = true;
+  ASSERT_TRUE(store_->AwaitExit(10s).ok());
+  Buffer data = Pattern(16u << 20, 4);
+  const auto start = std::chrono::steady_clock::now();
+  Status s = endpoint_->SendAndWait(kStore, training::ShardDescriptor({"job1", 0, 1, 0}, "model.bin"),
+                                    BulkSource{data.data(), data.size(), nullptr}, 60s);
+  const auto waited = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s;
+  EXPECT_NE(s.message().find("node"), std::string::npos) << s;
+  // Well inside the 60 s deadline: the transport or the heartbeats (1 s) found the loss.
+  EXPECT_LT(waited, 15s);
+}
+
+TEST_F(BulkTransfer, OversizeOfferIsRefusedBeforeAnyBuffer) {
+  ASSERT_NO_FATAL_FAILURE(StartStore({"--max-transfer-bytes", std::to_string(1u << 20)}));
+  Buffer data = Pattern((1u << 20) + 1, 5);
+  const ShardTarget target{"job1", 0, 7, 0};
+  Status s = endpoint_->SendAndWait(kStore, training::ShardDescriptor(target, "big.bin"),
+                                    BulkSource{data.data(), data.size(), nullptr}, 30s);
+  EXPECT_EQ(s.code(), StatusCode::kResourceExhausted) << s;
+  EXPECT_NE(s.message().find("max_transfer_bytes"), std::string::npos) << s;
+  EXPECT_FALSE(std::filesystem::exists(training::ShardFilePath(store_dir_.path() + "/job1", target, "big.bin")));
+  // A shard with an oversize file never gets its marker.
+  std::vector<training::ShardFile> files = {{"big.bin", BulkSource{data.data(), data.size(), nullptr}}};
+  EXPECT_EQ(training::WriteShard(*endpoint_, kStore, target, files, 30s).code(), StatusCode::kResourceExhausted);
+  EXPECT_FALSE(std::filesystem::exists(training::ShardMarkerPath(store_dir_.path() + "/job1", target)));
+  // An unknown kind is refused with NotFound; the endpoint keeps working.
+  runtime::BulkDescriptor unknown;
+  unknown.kind = "no-such-kind";
+  EXPECT_EQ(endpoint_->SendAndWait(kStore, unknown, BulkSource{data.data(), 10, nullptr}, 30s).code(),
+            StatusCode::kNotFound);
+  Buffer ok = Pattern(1000, 6);
+  EXPECT_TRUE(endpoint_
+                  ->SendAndWait(kStore, training::ShardDescriptor(target, "small.bin"),
+                                BulkSource{ok.data(), ok.size(), nullptr}, 30s)
+                  .ok());
+}
+
+}  // namespace
+}  // namespace troupe::testing

@@ -1,0 +1,158 @@
+// The bulk path's pure parts: descriptors and statuses on the wire, the receiver's limits, the
+// file sink and mapped sources, and the checkpoint-shard layout. No actor system.
+#include <gtest/gtest.h>
+
+#include <sys/stat.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "actors/training/shard_transfer.h"
+#include "runtime/bulk.h"
+#include "tests/runtime/bulk_test_util.h"
+
+namespace troupe::runtime {
+namespace {
+
+TEST(BulkDescriptor, RoundTrips) {
+  BulkDescriptor d;
+  d.transfer_id = (uint64_t{7} << 32) | 5;
+  d.size = uint64_t{1} << 40;
+  d.kind = "checkpoint-file";
+  d.attrs = {{"job", "llama"}, {"path", "optim/state.bin"}};
+  auto back = DecodeDescriptor(EncodeDescriptor(d));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->transfer_id, d.transfer_id);
+  EXPECT_EQ(back->size, d.size);
+  EXPECT_EQ(back->kind, d.kind);
+  EXPECT_EQ(back->attrs, d.attrs);
+}
+
+TEST(BulkDescriptor, RefusesMalformedAndOversized) {
+  EXPECT_EQ(DecodeDescriptor("not json").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(DecodeDescriptor(R"({"id":1,"size":-4,"kind":"x"})").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(DecodeDescriptor(R"({"id":1,"size":4})").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(DecodeDescriptor(R"({"id":1,"size":4,"kind":"x","attrs":{"a":1}})").status().code(),
+            StatusCode::kInvalidArgument);
+  std::string huge = R"({"id":1,"size":4,"kind":")" + std::string(kMaxDescriptorBytes, 'k') + R"("})";
+  auto big = DecodeDescriptor(huge);
+  EXPECT_EQ(big.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(big.status().message().find("exceeds"), std::string::npos) << big.status();
+}
+
+TEST(BulkStatus, RoundTrips) {
+  EXPECT_TRUE(DecodeStatus(EncodeStatus(OkStatus())).ok());
+  Status s = DecodeStatus(EncodeStatus(ResourceExhaustedError("disk full at /x")));
+  EXPECT_EQ(s.code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(s.message(), "disk full at /x");
+  EXPECT_EQ(DecodeStatus(R"({"code":99,"message":"?"})").code(), StatusCode::kInternal);
+  EXPECT_EQ(DecodeStatus("").code(), StatusCode::kInternal);
+}
+
+TEST(BulkLimits, OfferCheckedBeforeAnyBuffer) {
+  BulkLimits limits;
+  limits.max_transfer_bytes = 100;
+  limits.max_bytes_accepted = 150;
+  limits.max_transfers_accepted = 2;
+  EXPECT_TRUE(CheckOffer(limits, 100, 0, 0, 7).ok());
+  Status too_big = CheckOffer(limits, 101, 0, 0, 7);
+  EXPECT_EQ(too_big.code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(too_big.message().find("max_transfer_bytes 100"), std::string::npos) << too_big;
+  EXPECT_EQ(CheckOffer(limits, 60, 100, 1, 7).code(), StatusCode::kResourceExhausted);
+  EXPECT_TRUE(CheckOffer(limits, 50, 100, 1, 7).ok());
+  EXPECT_EQ(CheckOffer(limits, 1, 0, 2, 7).code(), StatusCode::kResourceExhausted);
+}
+
+TEST(BulkFileSink, BytesLandInTheFileAndAFailureRemovesIt) {
+  testing::TempDir dir;
+  const std::string path = dir.path() + "/a/b/file.bin";
+  auto sink = MakeFileSink(path, 4096);
+  ASSERT_TRUE(sink.ok()) << sink.status();
+  for (int i = 0; i < 4096; ++i) sink->data[i] = static_cast<uint8_t>(i * 7);
+  ASSERT_TRUE(sink->finish(OkStatus()).ok());
+  sink->keep.reset();
+  auto source = BulkSource::MapFile(path);
+  ASSERT_TRUE(source.ok()) << source.status();
+  ASSERT_EQ(source->size, 4096u);
+  for (int i = 0; i < 4096; ++i) ASSERT_EQ(source->data[i], static_cast<uint8_t>(i * 7)) << i;
+
+  const std::string failed = dir.path() + "/failed.bin";
+  auto sink2 = MakeFileSink(failed, 10);
+  ASSERT_TRUE(sink2.ok());
+  EXPECT_TRUE(std::filesystem::exists(failed));
+  ASSERT_TRUE(sink2->finish(UnavailableError("peer lost")).ok());
+  EXPECT_FALSE(std::filesystem::exists(failed));
+
+  auto empty = MakeFileSink(dir.path() + "/empty", 0);
+  ASSERT_TRUE(empty.ok());
+  EXPECT_EQ(empty->data, nullptr);
+  EXPECT_TRUE(empty->finish(OkStatus()).ok());
+  EXPECT_EQ(BulkSource::MapFile(dir.path() + "/missing").status().code(), StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace troupe::runtime
+
+namespace troupe::training {
+namespace {
+
+TEST(ShardTransfer, ValidatesPaths) {
+  EXPECT_TRUE(ValidateShardPath("model.pt").ok());
+  EXPECT_TRUE(ValidateShardPath("optim/state.bin").ok());
+  for (const char* bad : {"", "/etc/passwd", "../x", "a/../b", "a//b", "a/", "./a", "a\\b"}) {
+    EXPECT_EQ(ValidateShardPath(bad).code(), StatusCode::kInvalidArgument) << bad;
+  }
+}
+
+TEST(ShardTransfer, LayoutIsTheCheckpointStoresStaging) {
+  ShardTarget t{"llama", 2, 300, 5};
+  EXPECT_EQ(ShardFilePath("/ckpt/llama", t, "optim/s.bin"), "/ckpt/llama/attempt-2/step-300/rank-5/optim/s.bin");
+  EXPECT_EQ(ShardMarkerPath("/ckpt/llama", t), "/ckpt/llama/attempt-2/step-300/rank-5.done");
+}
+
+TEST(ShardTransfer, DescriptorRoundTripsAndRefusesBadAttrs) {
+  ShardTarget t{"llama", 2, 300, 5};
+  std::string path;
+  auto back = ParseShardDescriptor(ShardDescriptor(t, "m.pt"), &path);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->job, "llama");
+  EXPECT_EQ(back->attempt, 2u);
+  EXPECT_EQ(back->step, 300u);
+  EXPECT_EQ(back->rank, 5u);
+  EXPECT_EQ(path, "m.pt");
+  auto marker = ShardDescriptor(t, "");
+  EXPECT_EQ(marker.kind, kShardMarkerKind);
+  ASSERT_TRUE(ParseShardDescriptor(marker, &path).ok());
+  EXPECT_EQ(path, "");
+
+  auto bad = ShardDescriptor(t, "m.pt");
+  bad.attrs["step"] = "3x";
+  EXPECT_EQ(ParseShardDescriptor(bad, &path).status().code(), StatusCode::kInvalidArgument);
+  bad = ShardDescriptor(t, "m.pt");
+  bad.attrs["path"] = "../../etc/cron.d/x";
+  EXPECT_EQ(ParseShardDescriptor(bad, &path).status().code(), StatusCode::kInvalidArgument);
+  bad = ShardDescriptor(t, "m.pt");
+  bad.attrs.erase("job");
+  EXPECT_EQ(ParseShardDescriptor(bad, &path).status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(ShardTransfer, FilesFromDirAreRelativeAndSorted) {
+  testing::TempDir dir;
+  std::filesystem::create_directories(dir.path() + "/optim");
+  std::ofstream(dir.path() + "/model.pt") << "weights";
+  std::ofstream(dir.path() + "/optim/state.bin") << "adam";
+  auto files = ShardFilesFromDir(dir.path());
+  ASSERT_TRUE(files.ok()) << files.status();
+  ASSERT_EQ(files->size(), 2u);
+  EXPECT_EQ((*files)[0].path, "model.pt");
+  EXPECT_EQ((*files)[1].path, "optim/state.bin");
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>((*files)[1].data.data), (*files)[1].data.size), "adam");
+  std::filesystem::create_symlink("model.pt", dir.path() + "/link");
+  EXPECT_EQ(ShardFilesFromDir(dir.path()).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ShardFilesFromDir(dir.path() + "/none").status().code(), StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace troupe::training
