@@ -1,0 +1,266 @@
+// The rendezvous store actor, its blocking client, the Gloo adapter and PeerWatch, in one
+// process with a Runtime (label caf). Across processes: rendezvous_process_test.cc.
+#include <gtest/gtest.h>
+
+#include <caf/all.hpp>
+#if defined(TROUPE_HAVE_GLOO)
+#include <gloo/common/error.h>
+#endif
+
+#include <atomic>
+#include <future>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "collectives/communicator.h"
+#include "collectives/peer_watch.h"
+#include "collectives/rendezvous.h"
+#include "runtime/runtime.h"
+#include "tests/collectives/rendezvous_group.h"
+
+namespace troupe::collectives {
+namespace {
+
+using namespace std::chrono_literals;
+using runtime::ActorRef;
+
+std::unique_ptr<runtime::Runtime> StartRuntime() {
+  runtime::RuntimeConfig config;
+  config.node_name = "rendezvous-test";
+  config.transport.cluster_token = "rendezvous-test";
+  runtime::CodecRegistry codecs;
+  EXPECT_TRUE(AddRendezvousCodecs(codecs).ok());
+  auto rt = runtime::Runtime::Start(config, std::move(codecs));
+  EXPECT_TRUE(rt.ok()) << rt.status();
+  return rt.ok() ? std::move(*rt) : nullptr;
+}
+
+class RendezvousTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    rt_ = StartRuntime();
+    ASSERT_TRUE(rt_);
+  }
+  void TearDown() override {
+    for (auto& ref : spawned_) caf::anon_send_exit(ref.handle(), caf::exit_reason::user_shutdown);
+    rt_->Stop();
+    EXPECT_TRUE(rt_->AwaitActors(5s));
+  }
+  ActorRef Store(RendezvousLimits limits = {}) {
+    ActorRef ref = rt_->Ref(SpawnRendezvousStore(rt_->system(), limits));
+    spawned_.push_back(ref);
+    return ref;
+  }
+
+  std::unique_ptr<runtime::Runtime> rt_;
+  std::vector<ActorRef> spawned_;
+};
+
+TEST_F(RendezvousTest, SetThenGetReturnsTheValuesInTheOrderAsked) {
+  RendezvousClient client(Store());
+  ASSERT_TRUE(client.Set("a", "alpha").ok());
+  ASSERT_TRUE(client.Set("b", std::string("\0\1\2", 3)).ok());
+  auto values = client.Get(std::vector<std::string>{"b", "a"}, 1s);
+  ASSERT_TRUE(values.ok()) << values.status();
+  EXPECT_EQ(*values, (std::vector<std::string>{std::string("\0\1\2", 3), "alpha"}));
+  ASSERT_TRUE(client.Set("a", "replaced").ok());
+  auto one = client.Get("a", 1s);
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_EQ(*one, "replaced");
+  EXPECT_TRUE(client.Wait({"a", "b"}, 0ms).ok());
+}
+
+TEST_F(RendezvousTest, GetWaitsForAKeySetLater) {
+  ActorRef store = Store();
+  RendezvousClient client(store);
+  auto pending = std::async(std::launch::async, [&] { return client.Get(std::vector<std::string>{"x", "y"}, 10s); });
+  ASSERT_TRUE(client.Set("x", "1").ok());
+  EXPECT_EQ(pending.wait_for(0ms), std::future_status::timeout) << "answered before 'y' was set";
+  ASSERT_TRUE(RendezvousClient(store).Set("y", "2").ok());
+  ASSERT_EQ(pending.wait_for(10s), std::future_status::ready);
+  auto values = pending.get();
+  ASSERT_TRUE(values.ok()) << values.status();
+  EXPECT_EQ(*values, (std::vector<std::string>{"1", "2"}));
+}
+
+TEST_F(RendezvousTest, AGetThatTimesOutNamesTheMissingKeys) {
+  RendezvousClient client(Store());
+  ASSERT_TRUE(client.Set("rank/0", "here").ok());
+  const auto start = std::chrono::steady_clock::now();
+  auto values = client.Get(std::vector<std::string>{"rank/0", "rank/1", "rank/2"}, 200ms);
+  const auto waited = std::chrono::steady_clock::now() - start;
+  ASSERT_FALSE(values.ok());
+  EXPECT_EQ(values.status().code(), StatusCode::kDeadlineExceeded) << values.status();
+  EXPECT_NE(values.status().message().find("'rank/1', 'rank/2'"), std::string::npos) << values.status();
+  EXPECT_EQ(values.status().message().find("'rank/0'"), std::string::npos) << values.status();
+  EXPECT_GE(waited, 200ms);
+  EXPECT_LT(waited, 200ms + RendezvousClient::kReplyGrace) << "the store's own answer did not come first";
+  // Without a wait, at once.
+  Status now = client.Wait({"rank/3"}, 0ms);
+  EXPECT_EQ(now.code(), StatusCode::kDeadlineExceeded) << now;
+  EXPECT_NE(now.message().find("'rank/3'"), std::string::npos) << now;
+}
+
+TEST_F(RendezvousTest, LimitsRefuseWhatWouldGrowTheStoreWithResourceExhausted) {
+  RendezvousLimits limits;
+  limits.max_keys = 3;
+  limits.max_key_bytes = 8;
+  limits.max_value_bytes = 16;
+  limits.max_total_bytes = 40;
+  limits.max_waiting = 2;
+  ActorRef store = Store(limits);
+  RendezvousClient client(store);
+  auto expect_exhausted = [](const Status& s, const std::string& names) {
+    EXPECT_EQ(s.code(), StatusCode::kResourceExhausted) << s;
+    EXPECT_NE(s.message().find(names), std::string::npos) << s;
+  };
+  expect_exhausted(client.Set("k", std::string(17, 'v')), "max_value_bytes 16");
+  expect_exhausted(client.Set("123456789", "v"), "max_key_bytes 8");
+  EXPECT_EQ(client.Set("", "v").code(), StatusCode::kInvalidArgument);
+  ASSERT_TRUE(client.Set("a", std::string(16, 'v')).ok());  // 17 bytes
+  ASSERT_TRUE(client.Set("b", std::string(16, 'v')).ok());  // 34 bytes
+  expect_exhausted(client.Set("c", std::string(16, 'v')), "max_total_bytes 40");
+  ASSERT_TRUE(client.Set("c", "v").ok());  // 36 bytes, 3 keys
+  expect_exhausted(client.Set("d", ""), "max_keys 3");
+  ASSERT_TRUE(client.Set("a", "").ok()) << "replacing a key is not a new key";
+  expect_exhausted(client.Get(std::vector<std::string>{"1", "2", "3", "4"}, 1s).status(), "max_keys 3");
+  // Two Gets may wait; a third is refused rather than queued.
+  auto w1 = std::async(std::launch::async, [&] { return client.Wait({"late"}, 10s); });
+  auto w2 = std::async(std::launch::async, [&] { return client.Wait({"late"}, 10s); });
+  // Until both wait in the store (each asks on its own thread): a set tells how many wait.
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  uint32_t waiting = 0;
+  while (waiting < 2 && std::chrono::steady_clock::now() < deadline) {
+    auto reply = store.Request<RendezvousSetReply>(RendezvousSet{"a", ""}, 5s);
+    ASSERT_TRUE(reply.ok()) << reply.status();
+    waiting = reply->waiting;
+  }
+  ASSERT_EQ(waiting, 2u);
+  Status third = client.Wait({"late"}, 10s);
+  expect_exhausted(third, "max_waiting 2");
+  // Ending the store ends the waiting ones too (their receiver is gone), at once.
+  caf::anon_send_exit(store.handle(), caf::exit_reason::user_shutdown);
+  ASSERT_EQ(w1.wait_for(10s), std::future_status::ready);
+  ASSERT_EQ(w2.wait_for(10s), std::future_status::ready);
+  EXPECT_FALSE(w1.get().ok());
+  EXPECT_FALSE(w2.get().ok());
+}
+
+TEST_F(RendezvousTest, ManyConcurrentClientsFormAGroup) {
+  constexpr int kRanks = 32;
+  ActorRef store = Store();
+  std::vector<std::string> keys;
+  for (int r = 0; r < kRanks; ++r) keys.push_back("rank/" + std::to_string(r));
+  std::vector<std::future<StatusOr<std::vector<std::string>>>> ranks;
+  for (int r = 0; r < kRanks; ++r) {
+    ranks.push_back(std::async(std::launch::async, [&, r] {
+      RendezvousClient client(store);
+      Status s = client.Set(keys[r], "address of " + std::to_string(r));
+      if (!s.ok()) return StatusOr<std::vector<std::string>>(s);
+      return client.Get(keys, 10s);
+    }));
+  }
+  for (int r = 0; r < kRanks; ++r) {
+    ASSERT_EQ(ranks[r].wait_for(15s), std::future_status::ready);
+    auto values = ranks[r].get();
+    ASSERT_TRUE(values.ok()) << "rank " << r << ": " << values.status();
+    ASSERT_EQ(values->size(), static_cast<size_t>(kRanks));
+    for (int p = 0; p < kRanks; ++p) EXPECT_EQ((*values)[p], "address of " + std::to_string(p));
+  }
+}
+
+TEST_F(RendezvousTest, AClientOfAnEndedStoreFailsAtOnceInsteadOfWaiting) {
+  ActorRef store = Store();
+  RendezvousClient client(store);
+  auto pending = std::async(std::launch::async, [&] { return client.Wait({"never"}, 30s); });
+  ASSERT_EQ(client.Wait({"never"}, 0ms).code(), StatusCode::kDeadlineExceeded);
+  caf::anon_send_exit(store.handle(), caf::exit_reason::user_shutdown);
+  ASSERT_EQ(pending.wait_for(10s), std::future_status::ready) << "a Get outlived its store";
+  Status waited = pending.get();
+  EXPECT_EQ(waited.code(), StatusCode::kUnavailable) << waited;
+  EXPECT_NE(waited.message().find("rendezvous store"), std::string::npos) << waited;
+  EXPECT_FALSE(client.Set("k", "v").ok());
+}
+
+#if defined(TROUPE_HAVE_GLOO)
+TEST_F(RendezvousTest, TheGlooAdapterSetsGetsWaitsAndThrowsTheStatus) {
+  GlooRendezvousStore gloo_store(RendezvousClient(Store()), 200ms);
+  gloo_store.set("addr", std::vector<char>{'h', 'i', '\0'});
+  gloo_store.wait({"addr"});
+  gloo_store.wait({"addr"}, std::chrono::milliseconds(0));
+  EXPECT_EQ(gloo_store.get("addr"), (std::vector<char>{'h', 'i', '\0'}));
+  try {
+    gloo_store.get("missing");
+    FAIL() << "get of a key never set returned";
+  } catch (const gloo::IoException& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("deadline_exceeded"), std::string::npos) << what;
+    EXPECT_NE(what.find("'missing'"), std::string::npos) << what;
+  }
+  EXPECT_THROW(gloo_store.wait({"missing"}, std::chrono::milliseconds(10)), gloo::IoException);
+  EXPECT_THROW(gloo_store.set("", {}), gloo::IoException);
+}
+#endif  // TROUPE_HAVE_GLOO
+
+// ---- PeerWatch ----
+
+using testing::BlockingCommunicator;
+using testing::IdleWorker;
+
+TEST_F(RendezvousTest, APeerThatExitsAbortsThePendingCollectiveNamingTheRank) {
+  BlockingCommunicator comm(0, 3);
+  ActorRef one = rt_->Spawn(IdleWorker);
+  ActorRef two = rt_->Spawn(IdleWorker);
+  spawned_ = {one, two};
+  std::promise<Status> told;
+  PeerWatch watch(*rt_, comm, {{1, one}, {2, two}}, [&](const Status& s) { told.set_value(s); });
+  Work work = comm.AllReduce(nullptr, 0, DataType::kFloat32, ReduceOp::kSum, 30s);
+  EXPECT_FALSE(work.WaitFor(0ms).has_value());
+  caf::anon_send_exit(two.handle(), caf::exit_reason::kill);
+  auto failed = work.WaitFor(10s);
+  ASSERT_TRUE(failed.has_value()) << "the collective did not fail after its peer exited";
+  EXPECT_EQ(failed->code(), StatusCode::kUnavailable) << *failed;
+  EXPECT_NE(failed->message().find("rank 2 (" + two.ToString() + ") lost"), std::string::npos) << *failed;
+  EXPECT_EQ(comm.health(), *failed);
+  EXPECT_EQ(watch.lost(), *failed);
+  auto future = told.get_future();
+  ASSERT_EQ(future.wait_for(10s), std::future_status::ready);
+  EXPECT_EQ(future.get(), *failed);
+  // A second loss changes nothing.
+  caf::anon_send_exit(one.handle(), caf::exit_reason::kill);
+  EXPECT_EQ(comm.AllReduce(nullptr, 0, DataType::kFloat32, ReduceOp::kSum, 30s).Wait(), *failed);
+}
+
+TEST_F(RendezvousTest, APeerThatExitsNormallyStillAbortsAndAnEmptyRefAtOnce) {
+  {
+    BlockingCommunicator comm(0, 3);
+    ActorRef one = rt_->Spawn(IdleWorker);
+    PeerWatch watch(*rt_, comm, {{1, one}});
+    caf::anon_send_exit(one.handle(), caf::exit_reason::user_shutdown);
+    Work work = comm.Barrier(30s);
+    auto failed = work.WaitFor(10s);
+    ASSERT_TRUE(failed.has_value());
+    EXPECT_EQ(failed->code(), StatusCode::kUnavailable) << *failed;
+  }
+  BlockingCommunicator comm(0, 3);
+  PeerWatch watch(*rt_, comm, {{4, ActorRef()}});
+  EXPECT_EQ(comm.health().code(), StatusCode::kUnavailable);
+  EXPECT_NE(comm.health().message().find("rank 4"), std::string::npos) << comm.health();
+}
+
+TEST_F(RendezvousTest, ADestroyedWatchNoLongerAborts) {
+  BlockingCommunicator comm(0, 3);
+  ActorRef one = rt_->Spawn(IdleWorker);
+  { PeerWatch watch(*rt_, comm, {{1, one}}); }
+  std::promise<Status> down;
+  one.Monitor([&](const Status& s) { down.set_value(s); });
+  caf::anon_send_exit(one.handle(), caf::exit_reason::kill);
+  auto future = down.get_future();
+  ASSERT_EQ(future.wait_for(10s), std::future_status::ready);
+  EXPECT_TRUE(comm.health().ok()) << comm.health();
+}
+
+}  // namespace
+}  // namespace troupe::collectives
