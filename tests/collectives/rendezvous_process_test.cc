@@ -4,6 +4,7 @@
 // stopped (SIGSTOP) while the others are blocked in an allreduce, and their Work must fail with
 // Unavailable within the failure-detection time (the runtime's heartbeat_timeout, 300 ms here),
 // not after Gloo's own timeout. The time from the signal to each rank's failure is printed.
+// RendezvousProcessWatchOnly repeats the two with a communicator only the peer watch can end.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <time.h>
@@ -60,7 +61,7 @@ class RendezvousProcess : public ::testing::Test {
           {TROUPE_RENDEZVOUS_PEER_BIN, "--rank", std::to_string(rank), "--world", std::to_string(kWorld), "--node-id",
            std::to_string(kFirstNode + rank), "--token", kToken, "--store-node", std::to_string(kFirstNode),
            "--store-address", rt_->address(), "--heartbeat-ms", std::to_string(kHeartbeatMs),
-           "--heartbeat-timeout-ms", std::to_string(kHeartbeatTimeoutMs), "--backend", kGloo ? "gloo" : "blocking"});
+           "--heartbeat-timeout-ms", std::to_string(kHeartbeatTimeoutMs), "--backend", gloo_ ? "gloo" : "blocking"});
       ASSERT_TRUE(child.ok()) << child.status();
       auto ready = (*child)->ReadLineWithPrefix("READY ", 20s);
       ASSERT_TRUE(ready.ok()) << "rank " << rank << " did not start: " << ready.status();
@@ -68,7 +69,7 @@ class RendezvousProcess : public ::testing::Test {
     }
     // Rank 0 forms the group here while the children do in theirs.
     auto member = std::async(std::launch::async,
-                             [&] { return testing::FormGroup(*rt_, store_, 0, kWorld, kGloo, 15s); });
+                             [&] { return testing::FormGroup(*rt_, store_, 0, kWorld, gloo_, 15s); });
     for (int rank = 1; rank < kWorld; ++rank) {
       auto group = peers_[rank - 1]->ReadLine(20s);
       ASSERT_TRUE(group.ok()) << group.status();
@@ -119,13 +120,15 @@ class RendezvousProcess : public ::testing::Test {
     const double ms0 = (t_rank0 - t0) / 1e6, ms1 = (t_rank1 - t0) / 1e6;
     std::printf("%s of rank 2 (%s, heartbeat timeout %d ms): rank 0 failed after %.1f ms (%s), rank 1 after %.1f "
                 "ms (%s)\n",
-                what, kGloo ? "gloo" : "blocking communicator", kHeartbeatTimeoutMs, ms0, failed->ToString().c_str(),
+                what, gloo_ ? "gloo" : "blocking communicator (the watch alone)", kHeartbeatTimeoutMs, ms0, failed->ToString().c_str(),
                 ms1, status.c_str());
     // The failure-detection time plus a margin for a loaded 2-core CI machine (ASan).
     EXPECT_LT(ms0, kHeartbeatTimeoutMs + 2000);
     EXPECT_LT(ms1, kHeartbeatTimeoutMs + 2000);
   }
 
+  // Gloo where built; the blocking fake (only the peer watch ends an op) in RendezvousProcessWatchOnly.
+  bool gloo_ = kGloo;
   std::unique_ptr<runtime::Runtime> rt_;
   runtime::ActorRef store_;
   std::vector<std::unique_ptr<ChildProcess>> peers_;
@@ -136,7 +139,7 @@ TEST_F(RendezvousProcess, ThreeProcessesFormAGroupThroughTheStoreAndAllreduce) {
   ASSERT_EQ(member_->peers.size(), 2u);
   EXPECT_EQ(member_->peers[0].ref.node(), kFirstNode + 1);
   EXPECT_EQ(member_->peers[1].ref.node(), kFirstNode + 2);
-  if (!kGloo) GTEST_SKIP() << "GlooCommunicator is not built here (no libgloo-dev): the group formed, no allreduce";
+  if (!gloo_) GTEST_SKIP() << "GlooCommunicator is not built here (no libgloo-dev): the group formed, no allreduce";
   constexpr size_t kCount = 4096;
   for (auto& peer : peers_) ASSERT_TRUE(peer->WriteLine("allreduce " + std::to_string(kCount)).ok());
   std::vector<float> data(kCount, 1.0f);
@@ -171,6 +174,26 @@ TEST_F(RendezvousProcess, SigstopOfARankFailsTheOthersAfterTheHeartbeatTimeout) 
   EXPECT_EQ(why.code(), StatusCode::kUnavailable) << why;
   EXPECT_NE(why.message().find("rank 2 (actor"), std::string::npos) << why;
   EXPECT_NE(why.message().find("node " + std::to_string(kFirstNode + 2)), std::string::npos) << why;
+}
+
+// The same group with a communicator that nothing but the peer watch ends (as an NCCL op that
+// does not see a peer's socket close): the time the runtime takes to see each loss.
+class RendezvousProcessWatchOnly : public RendezvousProcess {
+ protected:
+  RendezvousProcessWatchOnly() { gloo_ = false; }
+};
+
+TEST_F(RendezvousProcessWatchOnly, KillMinus9OfARankIsSeenByEveryWatch) {
+  ExpectTheOthersFailFast([](ChildProcess& rank2) { rank2.Signal(SIGKILL); }, "kill -9");
+}
+
+TEST_F(RendezvousProcessWatchOnly, SigstopOfARankIsSeenByEveryWatchAtTheHeartbeatTimeout) {
+  ExpectTheOthersFailFast(
+      [](ChildProcess& rank2) {
+        Status s = rank2.Suspend();
+        EXPECT_TRUE(s.ok()) << s;
+      },
+      "SIGSTOP");
 }
 
 TEST_F(RendezvousProcess, AGetWaitingOnAStoreWhoseNodeIsKilledFailsWithUnavailable) {
