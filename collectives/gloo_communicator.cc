@@ -9,6 +9,8 @@
 #include <gloo/rendezvous/context.h>
 #include <gloo/rendezvous/store.h>
 #include <gloo/transport/context.h>
+#include <gloo/transport/unbound_buffer.h>
+#include <gloo/types.h>
 #include <gloo/transport/tcp/device.h>
 
 #include <dlfcn.h>
@@ -170,6 +172,10 @@ void GlooAllreduce(const std::shared_ptr<gloo::Context>& context, void* data, si
   gloo::allreduce(options);
 }
 
+// The slot prefix of RunReduceScatter's transfers: beside Gloo's own (types.h uses 0x01-0x08), so
+// they never match another collective's.
+constexpr uint8_t kReduceScatterSlotPrefix = 0x40;
+
 // Gloo's own timeout is a backstop behind the OpQueue's: the queue fails the op with
 // DeadlineExceeded at its deadline and aborts the context; Gloo's would say Unavailable.
 constexpr std::chrono::milliseconds kGlooTimeoutSlack{5000};
@@ -299,6 +305,44 @@ void GlooCommunicator::RunAllReduce(void* data, size_t count, DataType type, Red
   }
 }
 
+// A ring reduce-scatter over Gloo's unbound buffers (this Gloo has no reduce-scatter function):
+// n-1 steps; at step s this rank sends its partial block (rank - s - 1) mod n to the right and
+// receives the left's partial block (rank - s - 2) mod n, which it reduces into its own copy. After
+// the last step block `rank` holds every rank's contribution. Each rank sends and receives
+// (n-1)/n of `send`, as NCCL's ring does. Scratch: n + 1 blocks (the working copy, a landing block).
+void GlooCommunicator::RunReduceScatter(const void* send, void* recv, size_t count, DataType type, ReduceOp op,
+                                        std::chrono::milliseconds timeout) {
+  const size_t block = count * SizeOf(type);
+  const int n = world_size_;
+  if (n == 1) {
+    std::memcpy(recv, send, block);
+    return;
+  }
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  scratch_.resize(block * (n + 1));
+  uint8_t* work = scratch_.data();
+  uint8_t* landing = work + block * n;
+  std::memcpy(work, send, block * n);
+  auto work_buffer = context_->createUnboundBuffer(work, block * n);
+  auto landing_buffer = context_->createUnboundBuffer(landing, block);
+  const ReduceFn reduce = ReduceFunction(type, op);
+  const uint64_t slot = gloo::Slot::build(kReduceScatterSlotPrefix, NextTag());
+  const int right = (rank_ + 1) % n;
+  const int left = (rank_ + n - 1) % n;
+  for (int step = 0; step < n - 1; ++step) {
+    const size_t send_block = static_cast<size_t>(((rank_ - step - 1) % n + n) % n);
+    const size_t recv_block = static_cast<size_t>(((rank_ - step - 2) % n + n) % n);
+    landing_buffer->recv(left, slot, 0, block);
+    work_buffer->send(right, slot, send_block * block, block);
+    if (!landing_buffer->waitRecv(deadline) || !work_buffer->waitSend(deadline)) {
+      throw std::runtime_error("reduce-scatter step " + std::to_string(step) + " was aborted");
+    }
+    uint8_t* into = work + recv_block * block;
+    reduce(into, into, landing, count);
+  }
+  std::memcpy(recv, work + static_cast<size_t>(rank_) * block, block);
+}
+
 Work GlooCommunicator::AllReduce(void* data, size_t count, DataType type, ReduceOp op,
                                  std::chrono::milliseconds timeout) {
   Status check = CheckBuffer(data, count, type, "GlooCommunicator::AllReduce data");
@@ -388,14 +432,7 @@ Work GlooCommunicator::ReduceScatter(const void* send, void* recv, size_t count,
   return queue_.Submit(
       [this, send, recv, count, type, op, timeout, name] {
         if (count == 0) return OkStatus();
-        const size_t block = count * SizeOf(type);
-        return Guard(name, [&] {
-          // Allreduce of a copy, then this rank's block (no reduce-scatter function in this Gloo).
-          scratch_.resize(block * world_size_);
-          std::memcpy(scratch_.data(), send, scratch_.size());
-          RunAllReduce(scratch_.data(), count * world_size_, type, op, timeout + kGlooTimeoutSlack);
-          std::memcpy(recv, scratch_.data() + block * rank_, block);
-        });
+        return Guard(name, [&] { RunReduceScatter(send, recv, count, type, op, timeout + kGlooTimeoutSlack); });
       },
       timeout, name);
 }

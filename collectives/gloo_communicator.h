@@ -48,9 +48,8 @@ struct GlooOptions {
 ///
 /// Reductions: float32, float64, int32 and int64 use Gloo's own gloo::sum/min/max; float16 and
 /// bfloat16 are reduced pairwise in float32 and rounded to nearest even (Gloo has no bfloat16,
-/// and its half conversion is not RNE for every input). ReduceScatter is an allreduce of a copy
-/// of `send` followed by a copy of this rank's block (this Gloo has no reduce-scatter function):
-/// it moves 2(n-1)/n of the buffer per rank instead of (n-1)/n.
+/// and its half conversion is not RNE for every input). ReduceScatter is troupe's own ring over
+/// Gloo's unbound buffers (this Gloo has no reduce-scatter function): (n-1)/n of `send` per rank.
 ///
 /// States: working (health() OK) -> broken (health() the first failure) for good; a job forms a
 /// new group with a new communicator. Thread-safety: every method may be called from any thread.
@@ -95,6 +94,8 @@ class GlooCommunicator final : public Communicator {
   /// Runs `call` (Gloo calls) and turns any exception into a Status naming `what`.
   Status Guard(const std::string& what, const std::function<void()>& call);
   void RunAllReduce(void* data, size_t count, DataType type, ReduceOp op, std::chrono::milliseconds timeout);
+  void RunReduceScatter(const void* send, void* recv, size_t count, DataType type, ReduceOp op,
+                        std::chrono::milliseconds timeout);
   uint32_t NextTag() { return next_tag_++; }
 
   const int rank_;
@@ -102,7 +103,7 @@ class GlooCommunicator final : public Communicator {
   std::shared_ptr<gloo::transport::Device> device_;
   std::shared_ptr<Context> context_;
   uint32_t next_tag_ = 0;               // op thread only
-  std::vector<uint8_t> scratch_;        // op thread only: ReduceScatter's copy of `send`
+  std::vector<uint8_t> scratch_;        // op thread only: ReduceScatter's working copy
   OpQueue queue_;                       // last: destroyed (joined) before the context it aborts
 };
 

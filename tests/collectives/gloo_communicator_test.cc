@@ -313,6 +313,29 @@ void AllReduce64MiB(int world) {
 TEST(GlooCommunicator, AllReduce64MiBFloat32SumAtTwoRanks) { AllReduce64MiB(2); }
 TEST(GlooCommunicator, AllReduce64MiBFloat32SumAtFourRanks) { AllReduce64MiB(4); }
 
+// A reduce-scatter of 4 MiB blocks at 4 ranks (troupe's own ring over Gloo's unbound buffers).
+TEST(GlooCommunicator, ReduceScatterOfLargeBlocksAtFourRanks) {
+  constexpr int kWorld = 4;
+  constexpr size_t kCount = (size_t{4} << 20) / sizeof(int32_t);
+  Group group = MakeGroup(kWorld);
+  ASSERT_EQ(group.size(), static_cast<size_t>(kWorld));
+  std::vector<std::vector<int32_t>> sends(kWorld, std::vector<int32_t>(kCount * kWorld));
+  std::vector<std::vector<int32_t>> recvs(kWorld, std::vector<int32_t>(kCount));
+  for (int rank = 0; rank < kWorld; ++rank) {
+    for (size_t i = 0; i < kCount * kWorld; ++i) sends[rank][i] = static_cast<int32_t>(Value(rank, i));
+  }
+  ASSERT_TRUE(OnEveryRank(group, "reducescatter 4 MiB blocks", [&](int rank) {
+    return group[rank]->ReduceScatter(sends[rank].data(), recvs[rank].data(), kCount, DataType::kInt32,
+                                      ReduceOp::kSum);
+  }));
+  for (int rank = 0; rank < kWorld; ++rank) {
+    for (size_t i = 0; i < kCount; ++i) {
+      ASSERT_EQ(recvs[rank][i], Reference(ReduceOp::kSum, kWorld, static_cast<size_t>(rank) * kCount + i))
+          << "rank " << rank << ", element " << i;
+    }
+  }
+}
+
 // The half types are reduced in float32 and rounded to nearest even: a sum exactly halfway
 // between two representable values goes to the one with the even mantissa.
 TEST(GlooCommunicator, HalfTypesRoundSumsToNearestEven) {
@@ -442,6 +465,23 @@ TEST(GlooCommunicator, AbortReleasesARankBlockedInAnAllReduce) {
   Work after = group[1]->AllReduce(other.data(), other.size(), DataType::kFloat32, ReduceOp::kSum);
   Status peer = WaitBounded(after);
   EXPECT_EQ(peer.code(), StatusCode::kUnavailable) << peer.ToString();
+}
+
+// The same for troupe's own reduce-scatter ring: Abort wakes its waits on Gloo's buffers.
+TEST(GlooCommunicator, AbortReleasesARankBlockedInAReduceScatter) {
+  Group group = MakeGroup(2);
+  ASSERT_EQ(group.size(), 2u);
+  std::vector<float> send(2048, 1.0f), recv(1024);
+  Work blocked = group[0]->ReduceScatter(send.data(), recv.data(), recv.size(), DataType::kFloat32, ReduceOp::kSum);
+  EXPECT_FALSE(blocked.WaitFor(milliseconds(50)).has_value()) << "rank 1 never joined; it cannot complete";
+  const Status reason = UnavailableError("rank 1 lost (test)");
+  group[0]->Abort(reason);
+  auto status = blocked.WaitFor(milliseconds(1000));
+  ASSERT_TRUE(status.has_value());
+  EXPECT_EQ(*status, reason);
+  const auto destroy_at = Clock::now();
+  group[0].reset();
+  EXPECT_LT(Clock::now() - destroy_at, milliseconds(2000));
 }
 
 // A peer destroyed while the others wait in an allreduce: its closed connections fail their op
