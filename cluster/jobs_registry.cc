@@ -331,8 +331,8 @@ void JobsRegistry::SupervisorGone(const caf::actor_addr& who) {
 StatusOr<std::string> JobsRegistry::Submit(const std::string& body) {
   ASSIGN_OR_RETURN(JobSpec spec, training::JobSpecFromJson(body));
   RETURN_IF_ERROR(storage::ValidateCheckpointJobName(spec.name));
-  if (spec.workers == 0 || spec.entry.command.empty()) {
-    return InvalidArgumentError("job '" + spec.name + "': needs workers >= 1 and a command");
+  if (spec.workers == 0 || spec.entry.command.empty() == spec.entry.actor.empty()) {
+    return InvalidArgumentError("job '" + spec.name + "': needs workers >= 1 and either a command or an actor");
   }
   if (spec.resources.slices > 1 && spec.resources.slice_memory_bytes == 0) {
     return InvalidArgumentError("job '" + spec.name + "': resources.slices " + std::to_string(spec.resources.slices) +

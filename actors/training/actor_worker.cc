@@ -302,6 +302,9 @@ caf::behavior WorkerActor(WorkerSelf* self, runtime::Runtime* rt, ActorWorkerDep
         exit.rank = st.start.rank;
         exit.exit_code = result.ok() ? 0 : 1;
         exit.reason = result.ok() ? "finished" : "failed: " + result.ToString();
+        // Its group was lost (a peer's node, a stop): not the job's fault.
+        exit.infra = result.code() == StatusCode::kUnavailable || result.code() == StatusCode::kDeadlineExceeded ||
+                     result.code() == StatusCode::kCancelled;
         if (!result.ok()) spdlog::warn("job '{}' attempt {}: actor worker rank {} {}", st.start.job, st.start.attempt, st.start.rank, exit.reason);
         st.start.supervisor.Send(std::move(exit));
         st.reported = true;

@@ -8,6 +8,7 @@
 #include <map>
 #include <set>
 
+#include "actors/training/actor_worker.h"
 #include "actors/training/checkpoint_committer.h"
 #include "actors/training/messages.h"
 #include "common/backoff.h"
@@ -56,6 +57,10 @@ struct SupervisorState {
   // StopWorkers not answered yet; once finished, it waits for them for the node timeout at most.
   size_t stops_pending = 0;
   bool stop_timeout_passed = false;
+  // Actor workers (spec.entry.actor) of the placed attempt, by rank (empty refs: not spawned
+  // yet), and the attempt's rendezvous store.
+  std::vector<runtime::ActorRef> actor_workers;
+  runtime::ActorRef rendezvous;
 };
 
 using Self = caf::stateful_actor<SupervisorState>;
@@ -131,6 +136,12 @@ void StopGroup(Self* self, bool final = false) {
         .then([done](WorkersStopped&) { done(); }, [done](caf::error&) { done(); });
   }
   if (agents.empty()) host->ReleasePlacement(lease);
+  for (const auto& worker : st.actor_workers) {
+    if (worker.valid()) worker.Send(StopActorWorker{final ? "the job finished" : "the group restarts"});
+  }
+  st.actor_workers.clear();
+  if (st.rendezvous.valid()) caf::anon_send_exit(st.rendezvous.handle(), caf::exit_reason::user_shutdown);
+  st.rendezvous = {};
   st.started.clear();
   st.succeeded.clear();
 }
@@ -159,7 +170,10 @@ void Finish(Self* self, const std::string& state, const std::string& reason) {
         if (answer.status.ok()) self->state.init.host->ReleasePlacement(answer.placement.lease_id);
       },
       [](WorkersStopped&) {}, [](tick_atom) {}, [](restart_atom, uint64_t) {}, [](replace_atom) {},
-      [](take_back_atom) {}, [](WorkerExited&) {}, [](WorkersFound&) {}, [](StopJob&) {});
+      [](take_back_atom) {}, [](WorkerExited&) {}, [](WorkersFound&) {}, [](StopJob&) {},
+      [](ActorWorkerSpawned& spawned) {
+        if (spawned.worker.valid()) spawned.worker.Send(StopActorWorker{"the job finished"});
+      });
   MaybeQuit(self);
 }
 
@@ -328,6 +342,98 @@ void StartRank(Self* self, uint32_t rank) {
 
 void Resumed(Self* self, ResumePoint& point, const std::string& nodes);
 
+// Actor workers (docs/jobs.md, "Actor workers"): every rank is spawned at once on its node
+// through Runtime::SpawnOn, each on a detached helper (SpawnOn blocks up to the node timeout),
+// whose answer comes back as an ActorWorkerSpawned.
+void StartActorWorkers(Self* self) {
+  auto& st = self->state;
+  const uint32_t n = st.init.spec.workers;
+  st.actor_workers.assign(n, runtime::ActorRef{});
+  if (n > 1 && st.init.spawn_rendezvous) st.rendezvous = st.init.runtime->Ref(st.init.spawn_rendezvous(self->system()));
+  std::vector<std::string> env;
+  for (const auto& [name, value] : st.init.spec.entry.env) env.push_back(name + "=" + value);
+  const caf::actor me = caf::actor_cast<caf::actor>(self);
+  runtime::Runtime* rt = st.init.runtime;
+  const auto timeout = st.init.node_timeout;
+  for (uint32_t rank = 0; rank < n; ++rank) {
+    const WorkerPlace& place = st.placement.workers[rank];
+    ActorWorkerStart start;
+    start.job = st.status.name;
+    start.type = st.init.spec.entry.actor;
+    start.attempt = st.status.attempt;
+    start.rank = rank;
+    start.world_size = n;
+    start.env = env;
+    start.checkpoint_dir = StagingDir(st);
+    if (st.resume) {
+      start.resume_dir = st.resume->dir;
+      start.resume_step = st.resume->step;
+    }
+    start.supervisor = rt->Ref(me);
+    start.rendezvous = st.rendezvous;
+    start.gpu_index = place.gpu_index;
+    start.gpu_id = place.gpu_id;
+    start.memory_bytes = place.memory_bytes;
+    start.simulated = place.simulated;
+    const runtime::NodeId node = place.agent.node();
+    self->system().spawn<caf::detached>([rt, node, start, timeout, me](caf::event_based_actor* helper) {
+      auto worker = rt->SpawnOn(node, kActorWorkerActorType, start, timeout);
+      ActorWorkerSpawned answer;
+      answer.attempt = start.attempt;
+      answer.rank = start.rank;
+      if (worker.ok()) {
+        answer.worker = *worker;
+      } else {
+        answer.status = worker.status();
+      }
+      caf::anon_send(me, std::move(answer));
+      helper->quit();
+    });
+  }
+}
+
+void ActorWorkerUp(Self* self, ActorWorkerSpawned& spawned) {
+  auto& st = self->state;
+  if (spawned.attempt != st.status.attempt || !st.placed || spawned.rank >= st.actor_workers.size()) {
+    // An attempt that failed or stopped meanwhile: its late worker goes.
+    if (spawned.worker.valid()) spawned.worker.Send(StopActorWorker{"its attempt ended before it started"});
+    return;
+  }
+  const std::string& node = st.placement.workers[spawned.rank].node;
+  if (!spawned.status.ok()) {
+    // A node that cannot be reached is not the job's fault; a type it does not know is.
+    const StatusCode code = spawned.status.code();
+    const bool infra = code == StatusCode::kUnavailable || code == StatusCode::kDeadlineExceeded;
+    GroupFailed(self, "actor worker rank " + std::to_string(spawned.rank) + " on node '" + node +
+                          "' did not start: " + spawned.status.ToString(), infra);
+    return;
+  }
+  st.actor_workers[spawned.rank] = spawned.worker;
+  self->monitor(spawned.worker.handle());
+  st.started.insert(spawned.rank);
+  st.status.workers.push_back(WorkerStatus{spawned.rank, node, 0, ""});
+  if (st.started.size() == st.init.spec.workers) AllStarted(self);
+}
+
+// A worker actor of the placed attempt is gone. One that reported its end (WorkerExited, sent
+// before it exits) was handled then; one that did not died with its node or an escaped error.
+bool ActorWorkerDown(Self* self, const caf::down_msg& down) {
+  auto& st = self->state;
+  for (uint32_t rank = 0; rank < st.actor_workers.size(); ++rank) {
+    const runtime::ActorRef& w = st.actor_workers[rank];
+    if (!w.valid() || w.handle().address() != down.source) continue;
+    st.actor_workers[rank] = runtime::ActorRef{};
+    if (st.succeeded.count(rank) != 0 || !down.reason) return true;
+    const Status why = runtime::ToStatus(down.reason);
+    const bool infra = why.code() == StatusCode::kUnavailable || why.code() == StatusCode::kDeadlineExceeded ||
+                       why.code() == StatusCode::kCancelled;
+    GroupFailed(self, "actor worker rank " + std::to_string(rank) + " on node '" + st.placement.workers[rank].node +
+                          "' is gone: " + why.ToString(), infra);
+    return true;
+  }
+  return false;
+}
+
 void Placed(Self* self, PlacementAnswer& answer) {
   auto& st = self->state;
   if (answer.attempt != st.placing) {
@@ -394,7 +500,11 @@ void Resumed(Self* self, ResumePoint& point, const std::string& nodes) {
   Update(self, "attempt " + std::to_string(st.status.attempt) + " placed on " + nodes + " (lease " +
                    std::to_string(st.placement.lease_id) + ")" +
                    (st.resume ? "; resuming from step " + std::to_string(st.resume->step) : "; starting fresh"));
-  StartRank(self, 0);
+  if (!st.init.spec.entry.actor.empty()) {
+    StartActorWorkers(self);
+  } else {
+    StartRank(self, 0);
+  }
 }
 
 void WorkerEnded(Self* self, const WorkerExited& exit) {
@@ -408,7 +518,7 @@ void WorkerEnded(Self* self, const WorkerExited& exit) {
   }
   const std::string node = exit.rank < st.placement.workers.size() ? st.placement.workers[exit.rank].node : "?";
   GroupFailed(self, "rank " + std::to_string(exit.rank) + " on node '" + node + "' " + exit.reason,
-              exit.hung || exit.signal != 0);
+              exit.hung || exit.signal != 0 || exit.infra);
 }
 
 void StartTicking(Self* self) {
@@ -497,6 +607,7 @@ caf::behavior Supervisor(Self* self, JobSupervisorInit init) {
   self->set_down_handler([self](caf::down_msg& down) {
     auto& st = self->state;
     if (!st.placed || IsFinal(st.status.state)) return;
+    if (ActorWorkerDown(self, down)) return;
     for (const auto& w : st.placement.workers) {
       if (w.agent.handle().address() == down.source) {
         GroupFailed(self, "node '" + w.node + "' was lost: " + runtime::ToStatus(down.reason).ToString(), true);
@@ -526,6 +637,7 @@ caf::behavior Supervisor(Self* self, JobSupervisorInit init) {
         MaybeTakenBack(self);
       },
       [self](WorkersFound& found) { Found(self, found); },
+      [self](ActorWorkerSpawned& spawned) { ActorWorkerUp(self, spawned); },
       [self](take_back_atom) {
         auto& st = self->state;
         if (!st.taking_back) return;

@@ -7,6 +7,7 @@
 #include <caf/allowed_unsafe_message_type.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -98,6 +99,20 @@ struct JobSupervisorInit {
   bool placement_requested = false;
   /// How long a StartWorker or StopWorkers may take before the node counts as failed.
   std::chrono::milliseconds node_timeout{10000};
+  /// Actor workers (spec.entry.actor): spawns the rendezvous store of one attempt's group in
+  /// this process (collectives/rendezvous.h's SpawnRendezvousStore); its ref goes to every
+  /// worker, and it is ended with the attempt. Empty: the workers get no store (one worker, or a
+  /// communicator factory that needs none).
+  std::function<caf::actor(caf::actor_system&)> spawn_rendezvous;
+};
+
+/// Supervisor-internal: the answer of one rank's Runtime::SpawnOn (made off the supervisor's
+/// mailbox, since SpawnOn blocks). Local only.
+struct ActorWorkerSpawned {
+  uint64_t attempt = 0;
+  uint32_t rank = 0;
+  Status status;  ///< OK with `worker`, or why the node did not spawn it
+  runtime::ActorRef worker;
 };
 
 /// Spawns the supervisor (detached). Its checkpoint file I/O (commits, retention, finding the
@@ -119,5 +134,6 @@ std::vector<std::string> WorkerEnvironment(const JobSpec& spec, const Placement&
 }  // namespace troupe::training
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::PlacementAnswer)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::ActorWorkerSpawned)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::StopJob)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::WorkersFound)

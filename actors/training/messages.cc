@@ -27,11 +27,12 @@ void FillExit(const WorkerExited& m, wire::WorkerExited::Builder b) {
   b.setSignal(m.signal);
   b.setHung(m.hung);
   b.setReason(m.reason);
+  b.setInfra(m.infra);
 }
 
 WorkerExited ReadExit(wire::WorkerExited::Reader in) {
   return WorkerExited{in.getJob(), in.getAttempt(), in.getRank(), in.getExitCode(),
-                      in.getSignal(), in.getHung(), in.getReason()};
+                      in.getSignal(), in.getHung(), in.getReason(), in.getInfra()};
 }
 
 }  // namespace

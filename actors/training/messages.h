@@ -65,6 +65,9 @@ struct WorkerExited {
   int32_t signal = 0;
   bool hung = false;
   std::string reason;
+  /// Not the job's fault (an actor worker whose group was lost: its collective failed with
+  /// Unavailable); counted against max_infra_failures. Process workers: hung or signal say it.
+  bool infra = false;
 };
 /// Client -> head: `op` on jobs with a JSON `body` (docs/jobs.md); the reply's body is JSON.
 struct JobCommand {

@@ -39,6 +39,7 @@ struct WorkerExited {
   signal @4 :Int32;              # 0 when it exited
   hung @5 :Bool;
   reason @6 :Text;
+  infra @7 :Bool;                # an actor worker's group was lost (not the job's fault)
 }
 # Client -> head: an operation on jobs (submit, list, show, events, stop, resume, delete, models).
 # `body` is JSON (the job spec for submit); the reply's too (docs/jobs.md shows both).
