@@ -269,10 +269,18 @@ caf::actor SpawnRendezvousStore(caf::actor_system& system, RendezvousLimits limi
 
 // ---- The client ----
 
+std::vector<std::string> RendezvousClient::Prefixed(const std::vector<std::string>& keys) const {
+  if (prefix_.empty()) return keys;
+  std::vector<std::string> out;
+  out.reserve(keys.size());
+  for (const auto& key : keys) out.push_back(prefix_ + key);
+  return out;
+}
+
 StatusOr<RendezvousValues> RendezvousClient::Ask(const std::vector<std::string>& keys,
                                                  std::chrono::milliseconds timeout, bool values) const {
   const auto store_wait = std::clamp<int64_t>(timeout.count(), 0, UINT32_MAX);
-  RendezvousGet get{keys, static_cast<uint32_t>(store_wait), values};
+  RendezvousGet get{Prefixed(keys), static_cast<uint32_t>(store_wait), values};
   auto reply = store_.Request<RendezvousValues>(std::move(get), std::chrono::milliseconds(store_wait) + kReplyGrace);
   if (!reply.ok()) {
     return Status(reply.status().code(), reply.status().message() + " (rendezvous store " + store_.ToString() + ")");
@@ -287,10 +295,10 @@ StatusOr<RendezvousValues> RendezvousClient::Ask(const std::vector<std::string>&
 
 Status RendezvousClient::Set(const std::string& key, const std::string& value,
                              std::chrono::milliseconds timeout) const {
-  auto reply = store_.Request<RendezvousSetReply>(RendezvousSet{key, value}, timeout);
+  auto reply = store_.Request<RendezvousSetReply>(RendezvousSet{prefix_ + key, value}, timeout);
   if (!reply.ok()) {
     return Status(reply.status().code(),
-                  reply.status().message() + " (setting '" + key + "' in rendezvous store " + store_.ToString() + ")");
+                  reply.status().message() + " (setting '" + prefix_ + key + "' in rendezvous store " + store_.ToString() + ")");
   }
   return OkStatus();
 }

@@ -110,6 +110,17 @@ class RendezvousClient {
   /// `store`: the ref of a SpawnRendezvousStore actor (local or on another node).
   explicit RendezvousClient(runtime::ActorRef store) : store_(std::move(store)) {}
 
+  /// A client of the same store whose keys all start with this one's prefix, then `prefix`
+  /// ("gloo/", "nccl/"), so that several users of one group's store (Gloo's context, whose keys
+  /// are bare rank numbers; the NCCL id; the job's own keys) never share a key. As
+  /// gloo::rendezvous::PrefixStore, but for every user of the client.
+  RendezvousClient WithPrefix(const std::string& prefix) const {
+    RendezvousClient out(store_);
+    out.prefix_ = prefix_ + prefix;
+    return out;
+  }
+  const std::string& prefix() const { return prefix_; }
+
   /// Sets `key` (1 to RendezvousLimits::max_key_bytes bytes) to `value` (bytes).
   Status Set(const std::string& key, const std::string& value,
              std::chrono::milliseconds timeout = kSetTimeout) const;
@@ -126,7 +137,9 @@ class RendezvousClient {
  private:
   StatusOr<RendezvousValues> Ask(const std::vector<std::string>& keys, std::chrono::milliseconds timeout,
                                  bool values) const;
+  std::vector<std::string> Prefixed(const std::vector<std::string>& keys) const;
   runtime::ActorRef store_;
+  std::string prefix_;
 };
 
 #if defined(TROUPE_HAVE_GLOO)

@@ -125,7 +125,7 @@ inline StatusOr<std::unique_ptr<GroupMember>> FormGroup(runtime::Runtime& rt, co
   }
   if (gloo) {
 #if defined(TROUPE_HAVE_GLOO)
-    auto comm = GlooCommunicator::Create(rank, world_size, std::make_shared<GlooRendezvousStore>(client, timeout));
+    auto comm = GlooCommunicator::Create(rank, world_size, std::make_shared<GlooRendezvousStore>(client.WithPrefix("gloo/"), timeout));
     if (!comm.ok()) return comm.status();
     member->communicator = std::move(*comm);
 #else

@@ -72,6 +72,20 @@ TEST_F(RendezvousTest, SetThenGetReturnsTheValuesInTheOrderAsked) {
   EXPECT_TRUE(client.Wait({"a", "b"}, 0ms).ok());
 }
 
+TEST_F(RendezvousTest, PrefixedClientsOfOneStoreDoNotShareKeys) {
+  RendezvousClient client(Store());
+  RendezvousClient gloo = client.WithPrefix("gloo/");
+  RendezvousClient nccl = client.WithPrefix("nccl/");
+  ASSERT_TRUE(gloo.Set("0", "gloo rank 0").ok());
+  ASSERT_TRUE(nccl.Set("0", "nccl id").ok());
+  EXPECT_EQ(*gloo.Get("0", 1s), "gloo rank 0");
+  EXPECT_EQ(*nccl.Get("0", 1s), "nccl id");
+  EXPECT_EQ(*client.Get("gloo/0", 1s), "gloo rank 0");
+  EXPECT_EQ(gloo.WithPrefix("a/").prefix(), "gloo/a/");
+  Status missing = gloo.Wait({"1"}, 0ms);
+  EXPECT_NE(missing.message().find("'gloo/1'"), std::string::npos) << missing;
+}
+
 TEST_F(RendezvousTest, GetWaitsForAKeySetLater) {
   ActorRef store = Store();
   RendezvousClient client(store);
