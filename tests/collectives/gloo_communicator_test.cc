@@ -404,6 +404,29 @@ TEST(GlooCommunicator, CreateRefusesBadArguments) {
   EXPECT_EQ(GlooCommunicator::Create(0, 1, store, no_address).status().code(), StatusCode::kInvalidArgument);
 }
 
+// The device binds a named interface instead of a host address, and an address this machine does
+// not have fails Create with Unavailable naming it.
+TEST(GlooCommunicator, CreateBindsAnInterfaceOrFailsOnAnAddressNotHere) {
+  GlooOptions loopback;
+  loopback.interface = "lo";
+  Group group = MakeGroup(2, loopback);
+  ASSERT_EQ(group.size(), 2u);
+  ASSERT_TRUE(group[0] && group[1]);
+  int32_t a = 3, b = 4;
+  ASSERT_TRUE(OnEveryRank(group, "allreduce over lo", [&](int rank) {
+    return group[rank]->AllReduce(rank == 0 ? &a : &b, 1, DataType::kInt32, ReduceOp::kMin);
+  }));
+  EXPECT_EQ(a, 3);
+  EXPECT_EQ(b, 3);
+
+  GlooOptions elsewhere;
+  elsewhere.hostname = "203.0.113.7";  // TEST-NET-3 (RFC 5737): never an address of this machine
+  auto made = GlooCommunicator::Create(0, 1, std::make_shared<gloo::rendezvous::HashStore>(), elsewhere);
+  ASSERT_FALSE(made.ok());
+  EXPECT_EQ(made.status().code(), StatusCode::kUnavailable) << made.status().ToString();
+  EXPECT_NE(made.status().message().find("203.0.113.7"), std::string::npos) << made.status().ToString();
+}
+
 TEST(GlooCommunicator, CreateFailsWithUnavailableWhenAPeerNeverComes) {
   auto store = std::make_shared<gloo::rendezvous::HashStore>();
   GlooOptions options;
