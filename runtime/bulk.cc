@@ -132,7 +132,7 @@ Status FsyncPath(const std::string& path) {
 
 }  // namespace
 
-StatusOr<BulkSink> MakeFileSink(const std::string& path, uint64_t size) {
+StatusOr<BulkSink> MakeFileSink(const std::string& path, uint64_t size, FileSinkMode mode) {
   std::filesystem::path p(path);
   std::error_code ec;
   if (p.has_parent_path()) {
@@ -143,28 +143,47 @@ StatusOr<BulkSink> MakeFileSink(const std::string& path, uint64_t size) {
   map->fd = open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (map->fd < 0) return ErrnoStatus("cannot create", path, errno);
   auto remove = [path] { unlink(path.c_str()); };
+  std::shared_ptr<Buffer> heap;
   if (size > 0) {
     // Reserve the blocks now, so a full disk refuses the offer before any byte moves.
     if (int err = posix_fallocate(map->fd, 0, static_cast<off_t>(size)); err != 0) {
       remove();
       return ErrnoStatus("cannot allocate " + std::to_string(size) + " bytes for", path, err);
     }
-    void* addr = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, map->fd, 0);
-    if (addr == MAP_FAILED) {
-      int err = errno;
-      remove();
-      return ErrnoStatus("cannot mmap", path, err);
+    if (mode == FileSinkMode::kMmap) {
+      void* addr = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, map->fd, 0);
+      if (addr == MAP_FAILED) {
+        int err = errno;
+        remove();
+        return ErrnoStatus("cannot mmap", path, err);
+      }
+      map->addr = static_cast<uint8_t*>(addr);
+      map->size = size;
+    } else {
+      heap = std::make_shared<Buffer>(Buffer::Allocate(size));
+      if (heap->data() == nullptr) {
+        remove();
+        return ResourceExhaustedError("cannot allocate a " + std::to_string(size) + "-byte buffer for " + path);
+      }
     }
-    map->addr = static_cast<uint8_t*>(addr);
-    map->size = size;
   }
   BulkSink sink;
-  sink.data = map->addr;
-  sink.keep = map;
-  sink.finish = [map, path, remove](const Status& received) -> Status {
+  sink.data = heap ? heap->data() : map->addr;
+  sink.keep = heap ? std::shared_ptr<void>(heap) : std::shared_ptr<void>(map);
+  sink.finish = [map, heap, path, remove](const Status& received) -> Status {
     if (!received.ok()) {
       remove();
       return OkStatus();
+    }
+    for (uint64_t off = 0; heap && off < heap->size();) {
+      ssize_t n = pwrite(map->fd, heap->data() + off, heap->size() - off, static_cast<off_t>(off));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        int err = n < 0 ? errno : EIO;
+        remove();
+        return ErrnoStatus("cannot write", path, err);
+      }
+      off += static_cast<uint64_t>(n);
     }
     if (fdatasync(map->fd) != 0) {
       int err = errno;

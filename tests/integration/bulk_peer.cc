@@ -1,7 +1,9 @@
 // bulk_peer: a troupe node that receives bulk transfers for the bulk path's multi-process tests.
-// It serves checkpoint shards for every job under --root (`<root>/<job>`) and prints
+// It serves checkpoint shards for every job under --root (`<root>/<job>`), has a sink of kind
+// "stall" that never answers (it prints STALLED <size>), and prints
 //   READY <node id> <address>
 // then runs until stdin closes or says "quit".
+#include <future>
 #include <iostream>
 #include <string>
 
@@ -47,6 +49,14 @@ int main(int argc, char** argv) {
     std::cerr << "bulk_peer: " << served << "\n";
     return 2;
   }
+  // "stall": an offer whose sink never comes (the test kills this process while its sender waits).
+  auto stall = (*endpoint)->RegisterSink("stall", [](runtime::NodeId, const runtime::BulkDescriptor& d)
+                                                      -> StatusOr<runtime::BulkSink> {
+    std::cout << "STALLED " << d.size << std::endl;
+    std::promise<void>().get_future().wait();
+    return UnavailableError("unreachable");
+  });
+  if (!stall.ok()) return 2;
   std::cout << "READY " << rt.node_id() << " " << rt.address() << std::endl;
   std::string line;
   while (std::getline(std::cin, line) && line != "quit") {

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <memory>
 #include <random>
 #include <sstream>
@@ -161,6 +162,27 @@ TEST_F(BulkTransfer, ToAKilledReceiverFailsUnavailableWithoutAHang) {
   EXPECT_NE(s.message().find("node"), std::string::npos) << s;
   // Well inside the 60 s deadline: the transport or the heartbeats (1 s) found the loss.
   EXPECT_LT(waited, 15s);
+}
+
+TEST_F(BulkTransfer, ReceiverKilledMidTransferFailsUnavailable) {
+  ASSERT_NO_FATAL_FAILURE(StartStore());
+  Buffer data = Pattern(16u << 20, 7);
+  runtime::BulkDescriptor d;
+  d.kind = "stall";
+  auto result = std::make_shared<std::promise<Status>>();
+  auto future = result->get_future();
+  endpoint_->Send(kStore, d, BulkSource{data.data(), data.size(), nullptr}, 60s,
+                  [result](const Status& s) { result->set_value(s); });
+  ASSERT_TRUE(store_->ReadLineWithPrefix("STALLED ", 20s).ok());  // the offer is being handled
+  const auto start = std::chrono::steady_clock::now();
+  store_->Signal(SIGKILL);
+  store_killed_ = true;
+  ASSERT_EQ(future.wait_for(15s), std::future_status::ready) << "the transfer outlived its receiver";
+  Status s = future.get();
+  EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s;
+  EXPECT_NE(s.message().find("node 202"), std::string::npos) << s;
+  std::printf("the sender saw the loss after %.0f ms\n",
+              std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
 }
 
 TEST_F(BulkTransfer, OversizeOfferIsRefusedBeforeAnyBuffer) {

@@ -67,16 +67,18 @@ TEST(BulkLimits, OfferCheckedBeforeAnyBuffer) {
 
 TEST(BulkFileSink, BytesLandInTheFileAndAFailureRemovesIt) {
   testing::TempDir dir;
-  const std::string path = dir.path() + "/a/b/file.bin";
-  auto sink = MakeFileSink(path, 4096);
-  ASSERT_TRUE(sink.ok()) << sink.status();
-  for (int i = 0; i < 4096; ++i) sink->data[i] = static_cast<uint8_t>(i * 7);
-  ASSERT_TRUE(sink->finish(OkStatus()).ok());
-  sink->keep.reset();
-  auto source = BulkSource::MapFile(path);
-  ASSERT_TRUE(source.ok()) << source.status();
-  ASSERT_EQ(source->size, 4096u);
-  for (int i = 0; i < 4096; ++i) ASSERT_EQ(source->data[i], static_cast<uint8_t>(i * 7)) << i;
+  for (FileSinkMode mode : {FileSinkMode::kWrite, FileSinkMode::kMmap}) {
+    const std::string path = dir.path() + "/a/b/file" + std::to_string(static_cast<int>(mode));
+    auto sink = MakeFileSink(path, 4096, mode);
+    ASSERT_TRUE(sink.ok()) << sink.status();
+    for (int i = 0; i < 4096; ++i) sink->data[i] = static_cast<uint8_t>(i * 7);
+    ASSERT_TRUE(sink->finish(OkStatus()).ok());
+    sink->keep.reset();
+    auto source = BulkSource::MapFile(path);
+    ASSERT_TRUE(source.ok()) << source.status();
+    ASSERT_EQ(source->size, 4096u);
+    for (int i = 0; i < 4096; ++i) ASSERT_EQ(source->data[i], static_cast<uint8_t>(i * 7)) << i;
+  }
 
   const std::string failed = dir.path() + "/failed.bin";
   auto sink2 = MakeFileSink(failed, 10);
