@@ -7,6 +7,8 @@
 
 #include <cstdio>
 
+#include "collectives/rendezvous.h"
+
 namespace troupe::cluster {
 
 using training::JobEvent;
@@ -179,6 +181,8 @@ Status JobsRegistry::StartSupervisor(Job& job, bool first, bool take_back) {
   init.runtime = runtime_;
   init.clock = clock_;
   init.placement_requested = first;
+  // Actor workers form their group through a rendezvous store per attempt, here on the head.
+  init.spawn_rendezvous = [](caf::actor_system& system) { return collectives::SpawnRendezvousStore(system); };
   init.take_back = take_back;
   // The nodes rejoin within the failure timeout of the head's start (else they are dead).
   init.take_back_timeout = 2 * config_.failure_timeout + std::chrono::milliseconds(1000);

@@ -126,9 +126,10 @@ StatusOr<std::unique_ptr<NodeAgent>> NodeAgent::Start(const ClusterConfig& confi
   RETURN_IF_ERROR(agent->SpawnSlices());
   RETURN_IF_ERROR(agent->runtime_->RegisterName("troupe.node_agent", agent->agent_));
   // Actor workers of training jobs (docs/jobs.md): spawned here by their job's supervisor.
-  // No communicator factory yet: groups of more than one worker need collectives/gloo's.
-  RETURN_IF_ERROR(training::RegisterActorWorkers(*agent->runtime_,
-                                                 training::ActorWorkerDeps{&training::BuiltinWorkerTypes(), {}, {}}));
+  // Their groups' collectives: Gloo over the attempt's rendezvous store (none without Gloo).
+  RETURN_IF_ERROR(training::RegisterActorWorkers(
+      *agent->runtime_,
+      training::ActorWorkerDeps{&training::BuiltinWorkerTypes(), training::GlooCommunicatorFactory(), {}}));
   return agent;
 }
 

@@ -12,6 +12,10 @@
 #include <thread>
 
 #include "actors/training/example_trainer.h"
+#include "collectives/rendezvous.h"
+#if defined(TROUPE_HAVE_GLOO)
+#include "collectives/gloo_communicator.h"
+#endif
 #include "common/file_util.h"
 #include "runtime/error.h"
 #include "runtime/yaml_reader.h"
@@ -202,6 +206,28 @@ WorkerTypeRegistry& BuiltinWorkerTypes() {
     return r;
   }();
   return *registry;
+}
+
+CommunicatorFactory GlooCommunicatorFactory() {
+#if defined(TROUPE_HAVE_GLOO)
+  return [](runtime::Runtime& rt, uint32_t rank, uint32_t world_size,
+            const runtime::ActorRef& store) -> StatusOr<std::unique_ptr<collectives::Communicator>> {
+    if (!store.valid()) {
+      return FailedPreconditionError("rank " + std::to_string(rank) + " of " + std::to_string(world_size) +
+                                     " got no rendezvous store from its supervisor");
+    }
+    auto gloo_store = std::make_shared<collectives::GlooRendezvousStore>(collectives::RendezvousClient(store));
+    collectives::GlooOptions options;
+    const std::string address = rt.address();
+    options.hostname = address.substr(0, address.rfind(':'));
+    ASSIGN_OR_RETURN(auto communicator, collectives::GlooCommunicator::Create(static_cast<int>(rank),
+                                                                             static_cast<int>(world_size),
+                                                                             std::move(gloo_store), options));
+    return std::unique_ptr<collectives::Communicator>(std::move(communicator));
+  };
+#else
+  return nullptr;
+#endif
 }
 
 // ---------------------------------------------------------------------------------------------

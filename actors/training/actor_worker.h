@@ -113,6 +113,11 @@ using WorkerMain = std::function<Status(WorkerContext&)>;
 using CommunicatorFactory = std::function<StatusOr<std::unique_ptr<collectives::Communicator>>(
     runtime::Runtime& runtime, uint32_t rank, uint32_t world_size, const runtime::ActorRef& store)>;
 
+/// Gloo (collectives/gloo_communicator.h) over the attempt's rendezvous store
+/// (collectives/rendezvous.h), bound to the host of `runtime`'s address; an empty function where
+/// troupe is built without Gloo. Errors: FailedPrecondition without a store; Create()'s.
+CommunicatorFactory GlooCommunicatorFactory();
+
 /// Opens the memory of a worker's GPU (gpu_index; simulated slices included).
 using GpuDeviceOpener =
     std::function<StatusOr<std::unique_ptr<actors::GpuMemoryDevice>>(uint32_t gpu_index, bool simulated)>;

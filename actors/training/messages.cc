@@ -1,6 +1,8 @@
 // Training protocol codecs.
 #include "actors/training/messages.h"
 
+#include "collectives/rendezvous.h"
+
 
 namespace troupe::training {
 
@@ -58,6 +60,8 @@ std::vector<RunningWorker> ReadRunningWorkers(capnp::List<wire::RunningWorker>::
 
 Status AddTrainingCodecs(runtime::CodecRegistry& r) {
   using runtime::RefCodec;
+  // Actor workers form their group through the attempt's rendezvous store on the head.
+  RETURN_IF_ERROR(collectives::AddRendezvousCodecs(r));
   RETURN_IF_ERROR((r.Add<StartWorker, wire::StartWorker>(
       kStartWorker, "training.StartWorker",
       [](const StartWorker& m, wire::StartWorker::Builder b, RefCodec& refs) {

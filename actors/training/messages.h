@@ -149,7 +149,8 @@ enum TrainingTypeId : uint32_t {
   kJobCommandReply, kReadWorkerLog, kWorkerLogChunk, kAdoptWorkers, kWorkersAdopted,
 };
 
-/// Registers the codecs of the training protocol.
+/// Registers the codecs of the training protocol, and of the rendezvous store its actor workers
+/// form their groups through (collectives/rendezvous.h, 1600-1603).
 Status AddTrainingCodecs(runtime::CodecRegistry& registry);
 
 /// RunningWorker lists in other protocols' messages (the cluster's JoinRequest).
