@@ -133,8 +133,10 @@ run_tests() {
   # end-to-end tests with PyTorch (label e2e): they run once, in the release pass above.
   build "$BUILD_DIR-asan" -DCMAKE_BUILD_TYPE=Debug -DTROUPE_ASAN=ON -DTROUPE_BUILD_BENCH=OFF
   log "running the unit and integration tests under ASan/UBSan"
-  # tests/ubsan.supp names the third-party (CAF header) reports it silences, and why.
+  # tests/ubsan.supp and tests/lsan.supp name the third-party reports they silence (CAF's headers,
+  # a leak inside Gloo), and why.
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+  LSAN_OPTIONS=suppressions=$ROOT/tests/lsan.supp \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:suppressions=$ROOT/tests/ubsan.supp \
     ctest --test-dir "$BUILD_DIR-asan" --output-on-failure --timeout 600 -LE "bench|e2e"
   # And under ThreadSanitizer. UCX's memory-event hooks patch mmap/malloc, which TSan's
