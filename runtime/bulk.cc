@@ -130,6 +130,52 @@ Status FsyncPath(const std::string& path) {
   return rc == 0 ? OkStatus() : ErrnoStatus("cannot fsync", path, err);
 }
 
+// Receive buffers of file sinks, kept for the next transfer: on these VMs a fresh buffer's first
+// touch costs a page fault per 4 KiB page, measured at ~250 MB/s (bulk_bench: 1 s to receive 256
+// MiB into new memory, 30 ms into used memory), so buffers are reused. Sizes are rounded up to a
+// power of two (at least 1 MiB); at most kIdleBytes wait idle, the rest are freed.
+class BufferPool {
+ public:
+  static constexpr uint64_t kIdleBytes = 1ull << 30;
+
+  std::shared_ptr<Buffer> Take(uint64_t size) {
+    uint64_t rounded = uint64_t{1} << 20;
+    while (rounded < size) rounded <<= 1;
+    Buffer buffer;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = idle_.find(rounded);
+      if (it != idle_.end() && !it->second.empty()) {
+        buffer = std::move(it->second.back());
+        it->second.pop_back();
+        idle_bytes_ -= rounded;
+      }
+    }
+    if (buffer.data() == nullptr) buffer = Buffer::Allocate(rounded);
+    auto* raw = new Buffer(std::move(buffer));
+    return std::shared_ptr<Buffer>(raw, [this](Buffer* b) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (b->data() != nullptr && idle_bytes_ + b->size() <= kIdleBytes) {
+          idle_bytes_ += b->size();
+          idle_[b->size()].push_back(std::move(*b));
+        }
+      }
+      delete b;
+    });
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<uint64_t, std::vector<Buffer>> idle_;
+  uint64_t idle_bytes_ = 0;
+};
+
+BufferPool& ReceiveBuffers() {
+  static auto* pool = new BufferPool();  // never destroyed: sinks may outlive static destruction
+  return *pool;
+}
+
 }  // namespace
 
 StatusOr<BulkSink> MakeFileSink(const std::string& path, uint64_t size, FileSinkMode mode) {
@@ -160,7 +206,7 @@ StatusOr<BulkSink> MakeFileSink(const std::string& path, uint64_t size, FileSink
       map->addr = static_cast<uint8_t*>(addr);
       map->size = size;
     } else {
-      heap = std::make_shared<Buffer>(Buffer::Allocate(size));
+      heap = ReceiveBuffers().Take(size);
       if (heap->data() == nullptr) {
         remove();
         return ResourceExhaustedError("cannot allocate a " + std::to_string(size) + "-byte buffer for " + path);
@@ -170,13 +216,13 @@ StatusOr<BulkSink> MakeFileSink(const std::string& path, uint64_t size, FileSink
   BulkSink sink;
   sink.data = heap ? heap->data() : map->addr;
   sink.keep = heap ? std::shared_ptr<void>(heap) : std::shared_ptr<void>(map);
-  sink.finish = [map, heap, path, remove](const Status& received) -> Status {
+  sink.finish = [map, heap, size, path, remove](const Status& received) -> Status {
     if (!received.ok()) {
       remove();
       return OkStatus();
     }
-    for (uint64_t off = 0; heap && off < heap->size();) {
-      ssize_t n = pwrite(map->fd, heap->data() + off, heap->size() - off, static_cast<off_t>(off));
+    for (uint64_t off = 0; heap && off < size;) {
+      ssize_t n = pwrite(map->fd, heap->data() + off, size - off, static_cast<off_t>(off));
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) {
         int err = n < 0 ? errno : EIO;

@@ -182,7 +182,11 @@ int Run(bool quick, const std::string& json_path, std::string dir, const std::st
     auto raw = RawUcxRate(env, size, reps);
     auto file = BulkRate(**endpoint, source, size, "file", quick ? 1 : std::max<int>(2, int(256 / mib)));
     auto dd = DdRate(dir + "/dd.bin", size);
-    if (!bulk.ok() || !raw.ok() || !file.ok() || !dd.ok()) {
+    if (!raw.ok()) {  // a machine without a working ucx_perftest: the row keeps a 0 baseline
+      std::cerr << "bulk_bench " << name << ": raw UCX baseline missing: " << raw.status() << "\n";
+      raw = 0.0;
+    }
+    if (!bulk.ok() || !file.ok() || !dd.ok()) {
       std::cerr << "bulk_bench " << name << ": " << bulk.status() << " / " << raw.status() << " / " << file.status()
                 << " / " << dd.status() << "\n";
       return 1;
