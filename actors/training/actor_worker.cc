@@ -4,6 +4,7 @@
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
 
+#include <condition_variable>
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
@@ -12,6 +13,7 @@
 #include <thread>
 
 #include "actors/training/example_trainer.h"
+#include "collectives/peer_watch.h"
 #include "collectives/rendezvous.h"
 #if defined(TROUPE_HAVE_GLOO)
 #include "collectives/gloo_communicator.h"
@@ -260,15 +262,24 @@ StatusOr<std::unique_ptr<actors::GpuMemoryDevice>> OpenDevice(const ActorWorkerD
 // before it was.
 struct WorkerShared {
   std::mutex mu;
+  std::condition_variable cv;
   std::shared_ptr<WorkerContext> context;
   std::string stop_reason;  // non-empty: stop asked
+  std::optional<std::vector<runtime::ActorRef>> peers;  // the group's actors, once the supervisor sent them
 };
+
+// How long a worker whose communicator is formed waits for its peers' refs (sent by the
+// supervisor once every rank is spawned, so in practice at once) before it trains unwatched: the
+// supervisor's own monitors still stop the group.
+constexpr std::chrono::seconds kPeersWait{10};
 
 struct WorkerState {
   ActorWorkerStart start;
   std::shared_ptr<WorkerShared> shared = std::make_shared<WorkerShared>();
   std::thread thread;
-  bool reported = false;
+  // Trained to the end and reported: the actor stays until the supervisor stops the group (or is
+  // gone), so that its peers' watches do not see it exit while they finish their last step.
+  bool finished = false;
 
   ~WorkerState() {
     if (!thread.joinable()) return;
@@ -276,6 +287,7 @@ struct WorkerState {
       std::lock_guard<std::mutex> lock(shared->mu);
       if (shared->stop_reason.empty()) shared->stop_reason = "the worker actor ended";
       if (shared->context) shared->context->Stop(shared->stop_reason);
+      shared->cv.notify_all();
     }
     thread.join();
   }
@@ -303,7 +315,25 @@ Status RunWorker(runtime::Runtime* rt, const ActorWorkerDeps& deps, const ActorW
     shared->context = context;
     if (!shared->stop_reason.empty()) context->Stop(shared->stop_reason);
   }
+  // Watches the other ranks: the first one lost aborts this rank's communicator (Unavailable).
+  std::unique_ptr<collectives::PeerWatch> watch;
+  if (context->communicator() != nullptr) {
+    std::unique_lock<std::mutex> lock(shared->mu);
+    shared->cv.wait_for(lock, kPeersWait, [&] { return shared->peers.has_value() || !shared->stop_reason.empty(); });
+    if (shared->peers) {
+      std::vector<collectives::PeerWatch::Peer> peers;
+      for (uint32_t r = 0; r < shared->peers->size(); ++r) {
+        if (r != start.rank) peers.push_back({static_cast<int>(r), (*shared->peers)[r]});
+      }
+      lock.unlock();
+      watch = std::make_unique<collectives::PeerWatch>(*rt, *context->communicator(), std::move(peers));
+    } else if (shared->stop_reason.empty()) {
+      spdlog::warn("job '{}' attempt {}: rank {} got no peers from its supervisor in {} s; training unwatched",
+                   start.job, start.attempt, start.rank, kPeersWait.count());
+    }
+  }
   Status result = RunWorkerMain(main, *context);
+  watch.reset();  // before the communicator it aborts
   std::lock_guard<std::mutex> lock(shared->mu);
   shared->context.reset();
   return result;
@@ -313,6 +343,21 @@ caf::behavior WorkerActor(WorkerSelf* self, runtime::Runtime* rt, ActorWorkerDep
   self->state.start = start;
   auto shared = self->state.shared;
   caf::actor me = caf::actor_cast<caf::actor>(self);
+  // Without its supervisor the worker has no one to report to: it stops (an orphan of a head
+  // that went away is not left training).
+  self->monitor(start.supervisor.handle());
+  self->set_down_handler([self](caf::down_msg& down) {
+    auto& st = self->state;
+    if (down.source != st.start.supervisor.handle().address()) return;
+    if (st.finished) {
+      self->quit();
+      return;
+    }
+    std::lock_guard<std::mutex> lock(st.shared->mu);
+    st.shared->stop_reason = "its job supervisor is gone";
+    if (st.shared->context) st.shared->context->Stop(st.shared->stop_reason);
+    st.shared->cv.notify_all();
+  });
   self->state.thread = std::thread([rt, deps, start, shared, me] {
     Status result = RunWorker(rt, deps, start, shared);
     caf::anon_send(me, worker_done_atom::value, static_cast<uint8_t>(result.code()), result.message());
@@ -333,14 +378,29 @@ caf::behavior WorkerActor(WorkerSelf* self, runtime::Runtime* rt, ActorWorkerDep
                      result.code() == StatusCode::kCancelled;
         if (!result.ok()) spdlog::warn("job '{}' attempt {}: actor worker rank {} {}", st.start.job, st.start.attempt, st.start.rank, exit.reason);
         st.start.supervisor.Send(std::move(exit));
-        st.reported = true;
-        self->quit(result.ok() ? caf::error{} : runtime::ToCafError(result));
+        if (result.ok()) {
+          st.finished = true;
+          return;
+        }
+        self->quit(runtime::ToCafError(result));
       },
       [self](StopActorWorker& stop) {
+        if (self->state.finished) {
+          self->quit();
+          return;
+        }
         auto& shared = *self->state.shared;
         std::lock_guard<std::mutex> lock(shared.mu);
         shared.stop_reason = stop.reason.empty() ? "stopped by the job supervisor" : stop.reason;
         if (shared.context) shared.context->Stop(shared.stop_reason);
+        shared.cv.notify_all();
+      },
+      [self](ActorWorkerPeers& peers) {
+        auto& shared = *self->state.shared;
+        if (peers.attempt != self->state.start.attempt || peers.workers.size() != self->state.start.world_size) return;
+        std::lock_guard<std::mutex> lock(shared.mu);
+        shared.peers = std::move(peers.workers);
+        shared.cv.notify_all();
       },
   };
 }

@@ -8,6 +8,8 @@
 #include <stdexcept>
 #include <thread>
 
+#include "common/file_util.h"
+
 namespace troupe::training {
 
 namespace {
@@ -45,6 +47,7 @@ StatusOr<ExampleLinearConfig> ReadExampleLinearConfig(const WorkerContext& conte
   ASSIGN_OR_RETURN(c.throw_at_step, context.ConfigNumber("THROW_AT_STEP", c.throw_at_step));
   ASSIGN_OR_RETURN(c.throw_rank, context.ConfigNumber("THROW_RANK", c.throw_rank));
   ASSIGN_OR_RETURN(c.throw_attempt, context.ConfigNumber("THROW_ATTEMPT", c.throw_attempt));
+  if (auto it = context.config().find("PROGRESS_DIR"); it != context.config().end()) c.progress_dir = it->second;
   if (c.checkpoint_every == 0) return InvalidArgumentError("entry.env.CHECKPOINT_EVERY must be at least 1");
   if (c.batch < context.world_size() || c.batch > ExampleLinearConfig::kMaxBatch) {
     return InvalidArgumentError("entry.env.BATCH is " + std::to_string(c.batch) + ": must be between the " +
@@ -123,6 +126,7 @@ Status ExampleLinearMain(WorkerContext& context) {
   // This rank's samples of each step's batch.
   const uint64_t first = config.batch * rank / world;
   const uint64_t last = config.batch * (rank + 1) / world;
+  bool first_step_noted = false;
   while (step < config.steps) {
     if (context.stopping()) return CancelledError("rank " + std::to_string(rank) + " stopped at step " + std::to_string(step));
     ++step;
@@ -141,6 +145,13 @@ Status ExampleLinearMain(WorkerContext& context) {
       }
     }
     ApplyGradient(config, grad, &weights);
+    if (!first_step_noted && rank == 0 && !config.progress_dir.empty()) {
+      first_step_noted = true;
+      const auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
+          std::chrono::system_clock::now().time_since_epoch());
+      RETURN_IF_ERROR(WriteFileAtomically(
+          config.progress_dir + "/first-step-attempt-" + std::to_string(context.attempt()), std::to_string(now.count())));
+    }
     if (step % config.checkpoint_every == 0 || step == config.steps) {
       RETURN_IF_ERROR(context.checkpoints().Save(step, {{"weights.bin", EncodeWeights(weights)}}));
     }

@@ -36,6 +36,10 @@ struct ExampleLinearConfig {
   uint64_t throw_at_step = 0;
   uint64_t throw_rank = 0;
   uint64_t throw_attempt = 1;
+  /// PROGRESS_DIR (a directory; empty: none): rank 0 writes `first-step-attempt-<A>` there, the
+  /// Unix time in ms (system clock) when its attempt's first step completed (the recovery
+  /// measurement: kill -9 to the next completed step).
+  std::string progress_dir;
 
   static constexpr uint64_t kMaxBatch = 1 << 16;
   static constexpr uint64_t kMaxDim = 1 << 12;

@@ -412,7 +412,13 @@ void ActorWorkerUp(Self* self, ActorWorkerSpawned& spawned) {
   self->monitor(spawned.worker.handle());
   st.started.insert(spawned.rank);
   st.status.workers.push_back(WorkerStatus{spawned.rank, node, 0, ""});
-  if (st.started.size() == st.init.spec.workers) AllStarted(self);
+  if (st.started.size() < st.init.spec.workers) return;
+  // Each worker watches the others (collectives/peer_watch.h): a lost one aborts its
+  // communicator from the worker's own monitors, not after this supervisor's stop.
+  if (st.actor_workers.size() > 1) {
+    for (const auto& w : st.actor_workers) w.Send(ActorWorkerPeers{st.status.attempt, st.actor_workers});
+  }
+  AllStarted(self);
 }
 
 // A worker actor of the placed attempt is gone. One that reported its end (WorkerExited, sent

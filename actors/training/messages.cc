@@ -202,6 +202,19 @@ Status AddTrainingCodecs(runtime::CodecRegistry& r) {
       [](wire::StopActorWorker::Reader in, RefCodec&) -> StatusOr<StopActorWorker> {
         return StopActorWorker{in.getReason()};
       })));
+  RETURN_IF_ERROR((r.Add<ActorWorkerPeers, wire::ActorWorkerPeers>(
+      kActorWorkerPeers, "training.ActorWorkerPeers",
+      [](const ActorWorkerPeers& m, wire::ActorWorkerPeers::Builder b, RefCodec& refs) {
+        b.setAttempt(m.attempt);
+        auto list = b.initWorkers(static_cast<unsigned>(m.workers.size()));
+        for (size_t i = 0; i < m.workers.size(); ++i) refs.EncodeRef(m.workers[i], list[static_cast<unsigned>(i)]);
+      },
+      [](wire::ActorWorkerPeers::Reader in, RefCodec& refs) -> StatusOr<ActorWorkerPeers> {
+        ActorWorkerPeers m;
+        m.attempt = in.getAttempt();
+        for (auto a : runtime::CheckedList(in.getWorkers())) m.workers.push_back(refs.DecodeRef(a));
+        return m;
+      })));
   RETURN_IF_ERROR((r.Add<JobCommand, wire::JobCommand>(
       kJobCommand, "training.JobCommand",
       [](const JobCommand& m, wire::JobCommand::Builder b, RefCodec&) {

@@ -141,8 +141,16 @@ struct StopActorWorker {
   std::string reason;
 };
 
+/// Supervisor -> every worker actor of an attempt, once all are spawned: the group's worker
+/// actors by rank, which each watches (collectives/peer_watch.h) to abort its communicator at
+/// the first one lost.
+struct ActorWorkerPeers {
+  uint64_t attempt = 0;
+  std::vector<runtime::ActorRef> workers;
+};
+
 /// The actor workers' wire types (1650-1679).
-enum ActorWorkerTypeId : uint32_t { kActorWorkerStart = 1650, kStopActorWorker };
+enum ActorWorkerTypeId : uint32_t { kActorWorkerStart = 1650, kStopActorWorker, kActorWorkerPeers };
 
 enum TrainingTypeId : uint32_t {
   kStartWorker = 1200, kWorkerStarted, kStopWorkers, kWorkersStopped, kWorkerExited, kJobCommand,
@@ -161,6 +169,7 @@ std::vector<RunningWorker> ReadRunningWorkers(capnp::List<wire::RunningWorker>::
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::ActorWorkerStart)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::StopActorWorker)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::ActorWorkerPeers)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::StartWorker)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::WorkerStarted)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::StopWorkers)

@@ -77,3 +77,5 @@ struct ActorWorkerStart {
 }
 # Supervisor -> worker actor: stop.
 struct StopActorWorker { reason @0 :Text; }
+# Supervisor -> every worker actor of an attempt once all are spawned: the group's actors by rank.
+struct ActorWorkerPeers { attempt @0 :UInt64; workers @1 :List(Rt.ActorAddress); }

@@ -90,6 +90,19 @@ class ActorWorkerJobs : public ::testing::Test {
                     std::to_string(rank) + "/weights.bin");
   }
 
+  static int64_t UnixMs() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  }
+
+  // The time (Unix ms) of the job's first "attempt 1 failed" event: when the supervisor saw it.
+  static int64_t FailureDetectedMs(const std::string& events) {
+    for (const auto& e : nlohmann::json::parse(events)) {
+      if (e.at("message").get<std::string>().rfind("attempt 1 failed", 0) == 0) return e.at("unix_ms").get<int64_t>();
+    }
+    return 0;
+  }
+
   // Runs `spec` to its end, which must be success after `attempts` attempts, with every rank's
   // committed weights of the last step those of the one-rank reference, to the bit. A restarted
   // job resumes from step 20, or 10 when the retention removed attempt 1's staging directory
@@ -116,7 +129,9 @@ class ActorWorkerJobs : public ::testing::Test {
   // monitors, at most the 1 s failure timeout after the signal) and end with the one-rank
   // reference's weights on every rank. A stopped node is continued at the end. Its events.
   std::string FailNode(const std::string& name, int signal) {
-    const training::JobSpec spec = Linear(name, {{"STEPS", "200"}, {"STEP_MS", "5"}}, 4);
+    const std::string progress = cluster_->dir + "/progress-" + name;
+    std::filesystem::create_directories(progress);
+    const training::JobSpec spec = Linear(name, {{"STEPS", "200"}, {"STEP_MS", "5"}, {"PROGRESS_DIR", progress}}, 4);
     const std::string reference = Reference(spec);
     EXPECT_TRUE(client_->SubmitJob(spec, 10s).ok());
     training::JobStatus last;
@@ -131,6 +146,7 @@ class ActorWorkerJobs : public ::testing::Test {
     const std::string victim = "node " + last.workers[0].node;
     const pid_t pid = cluster_->pids[victim];
     EXPECT_GT(pid, 0) << victim;
+    const int64_t signalled_ms = UnixMs();
     EXPECT_EQ(kill(pid, signal), 0);
     const auto failed_at = Clock::now();
     EXPECT_TRUE(AwaitJob(*client_, name, 30s, [](const auto& s) { return s.attempt >= 2; }, &last))
@@ -149,10 +165,19 @@ class ActorWorkerJobs : public ::testing::Test {
     EXPECT_NE(events.find("resuming from step"), std::string::npos) << events;
     for (int r = 0; r < 4; ++r) EXPECT_EQ(Committed(name, 200, r), reference) << "rank " << r << "\n" << events;
     EXPECT_LT(replaced, 5s);
-    std::printf("%s of %s: next attempt placed after %lld ms, its 4 workers running after %lld ms\n",
+    // Recovery (bench/collectives' figure): the signal to the first step the next attempt
+    // completed, and from the failure's detection (the supervisor's "attempt N failed" event).
+    const std::string first = ReadFile(progress + "/first-step-attempt-" + std::to_string(last.attempt));
+    const int64_t first_step_ms = first.empty() ? 0 : std::stoll(first);
+    const int64_t detected_ms = FailureDetectedMs(events);
+    EXPECT_GT(first_step_ms, 0) << "no first step of attempt " << last.attempt;
+    std::printf("%s of %s: failure detected after %lld ms; next attempt placed after %lld ms, its 4 workers "
+                "running after %lld ms, its first step completed after %lld ms (%lld ms after the detection)\n",
                 signal == SIGKILL ? "kill -9" : "SIGSTOP", victim.c_str(),
+                static_cast<long long>(detected_ms - signalled_ms),
                 static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(replaced).count()),
-                static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(running).count()));
+                static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(running).count()),
+                static_cast<long long>(first_step_ms - signalled_ms), static_cast<long long>(first_step_ms - detected_ms));
     return events;
   }
 
