@@ -7,6 +7,7 @@
 
 #include <cstdio>
 
+#include "actors/training/actor_worker.h"
 #include "collectives/rendezvous.h"
 
 namespace troupe::cluster {
@@ -337,6 +338,12 @@ StatusOr<std::string> JobsRegistry::Submit(const std::string& body) {
   RETURN_IF_ERROR(storage::ValidateCheckpointJobName(spec.name));
   if (spec.workers == 0 || spec.entry.command.empty() == spec.entry.actor.empty()) {
     return InvalidArgumentError("job '" + spec.name + "': needs workers >= 1 and either a command or an actor");
+  }
+  if (!spec.entry.actor.empty()) {
+    // Every node runs this binary, so its worker types are the head's (actors/training/actor_worker.h).
+    if (auto type = training::BuiltinWorkerTypes().Find(spec.entry.actor); !type.ok()) {
+      return InvalidArgumentError("job '" + spec.name + "': entry.actor: " + type.status().message());
+    }
   }
   if (spec.resources.slices > 1 && spec.resources.slice_memory_bytes == 0) {
     return InvalidArgumentError("job '" + spec.name + "': resources.slices " + std::to_string(spec.resources.slices) +

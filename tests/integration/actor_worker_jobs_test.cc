@@ -195,6 +195,15 @@ class ActorWorkerJobs : public ::testing::Test {
 };
 
 TEST_F(ActorWorkerJobs, AnActorWorkerTrainsToItsEndAndItsCommittedWeightsAreTheReferences) {
+  // A type this troupe does not have is refused at submit, naming the known ones.
+  training::JobSpec unknown = Linear("linear-unknown");
+  unknown.entry.actor = "no-such-trainer";
+  auto refused = client_->SubmitJob(unknown, 10s);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument) << refused.status();
+  EXPECT_NE(refused.status().message().find("no actor worker type 'no-such-trainer'"), std::string::npos)
+      << refused.status();
+  EXPECT_NE(refused.status().message().find("known: example-linear"), std::string::npos) << refused.status();
   training::JobStatus last;
   const std::string events = RunToTheReference(Linear("linear-plain"), 1, &last);
   EXPECT_EQ(last.checkpoint_step, 40) << events;
