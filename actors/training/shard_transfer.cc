@@ -156,21 +156,48 @@ Status ServeCheckpointShards(runtime::BulkEndpoint& endpoint, CheckpointRootOf r
 Status WriteShard(runtime::BulkEndpoint& endpoint, runtime::NodeId store_node, const ShardTarget& target,
                   const std::vector<ShardFile>& files, std::chrono::milliseconds timeout) {
   for (const auto& f : files) RETURN_IF_ERROR(ValidateShardPath(f.path));
+  // At most kFilesInFlight files at once: a receiver refuses transfers beyond its
+  // max_transfers_accepted (256 by default), and a shard may hold more files than that.
+  constexpr size_t kFilesInFlight = 8;
   struct Wait {
     std::mutex mu;
     std::condition_variable cv;
-    size_t left = 0;
+    size_t next = 0;  // the next file to send
+    size_t left = 0;  // files not finished
     Status first;
   };
   auto wait = std::make_shared<Wait>();
   wait->left = files.size();
-  for (const auto& f : files) {
-    endpoint.Send(store_node, ShardDescriptor(target, f.path), f.data, timeout, [wait](const Status& s) {
+  // Sends the next file, if any and no file has failed; runs again from each completion. It
+  // touches `files` only for a file not finished yet, so never after WriteShard has returned.
+  const size_t count = files.size();
+  auto send_next_ptr = std::make_shared<std::function<void()>>();
+  *send_next_ptr = [&endpoint, store_node, &target, &files, count, timeout, wait,
+                    weak = std::weak_ptr<std::function<void()>>(send_next_ptr)] {
+    size_t index;
+    {
       std::lock_guard<std::mutex> lock(wait->mu);
-      if (!s.ok() && wait->first.ok()) wait->first = s;
-      if (--wait->left == 0) wait->cv.notify_all();
-    });
-  }
+      if (wait->next >= count) return;
+      if (!wait->first.ok()) {  // the shard has failed already: skip every file not sent
+        wait->left -= count - wait->next;
+        wait->next = count;
+        if (wait->left == 0) wait->cv.notify_all();
+        return;
+      }
+      index = wait->next++;
+    }
+    endpoint.Send(store_node, ShardDescriptor(target, files[index].path), files[index].data, timeout,
+                  [wait, weak](const Status& s) {
+                    auto again = weak.lock();
+                    {
+                      std::lock_guard<std::mutex> lock(wait->mu);
+                      if (!s.ok() && wait->first.ok()) wait->first = s;
+                      if (--wait->left == 0) wait->cv.notify_all();
+                    }
+                    if (again) (*again)();
+                  });
+  };
+  for (size_t i = 0; i < std::min(kFilesInFlight, files.size()); ++i) (*send_next_ptr)();
   {
     // Bounded: every Send completes by its deadline at the latest.
     std::unique_lock<std::mutex> lock(wait->mu);

@@ -58,8 +58,10 @@ using CheckpointRootOf = std::function<StatusOr<std::string>(const std::string& 
 /// AlreadyExists if they are registered already.
 Status ServeCheckpointShards(runtime::BulkEndpoint& endpoint, CheckpointRootOf root_of);
 
-/// The writer's side: sends every file of `files` to `store_node` (all at once; each by the bulk
-/// path), and once every one is durable there, the marker. Returns OK when the marker is
+/// The writer's side: sends every file of `files` to `store_node` (8 at a time, each by the bulk
+/// path: a receiver refuses transfers beyond its max_transfers_accepted), and once every one is
+/// durable there, the marker. `files` (and what their sources point to) must stay valid until it
+/// returns. Returns OK when the marker is
 /// durable, else the first error (Unavailable: the store node was lost; ResourceExhausted: it
 /// refused the size; DeadlineExceeded: not done within `timeout`, counted per transfer), and
 /// writes no marker then. Blocks: call it from a thread that may wait (a detached actor).

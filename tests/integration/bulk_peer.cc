@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
     else if (arg == "--token") config.transport.cluster_token = value();
     else if (arg == "--root") root = value();
     else if (arg == "--max-transfer-bytes") bulk.limits.max_transfer_bytes = std::stoull(value());
+    else if (arg == "--max-transfers") bulk.limits.max_transfers_accepted = std::stoull(value());
     else {
       std::cerr << "bulk_peer: unknown argument " << arg << "\n";
       return 2;

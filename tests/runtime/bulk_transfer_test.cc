@@ -143,6 +143,24 @@ TEST_F(BulkTransfer, ShardLandsByteIdenticalAndCommits) {
   EXPECT_TRUE(SameBytes(storage::CheckpointStore::CommittedDir(root, 40) + "/rank-0/model.bin", model));
 }
 
+TEST_F(BulkTransfer, AShardOfManyFilesStaysUnderTheReceiversTransferLimit) {
+  ASSERT_NO_FATAL_FAILURE(StartStore({"--max-transfers", "8"}));
+  std::vector<Buffer> contents;
+  std::vector<training::ShardFile> files;
+  for (int i = 0; i < 40; ++i) contents.push_back(Pattern(100 + i, 10 + i));
+  for (int i = 0; i < 40; ++i) {
+    files.push_back({"part/" + std::to_string(i), BulkSource{contents[i].data(), contents[i].size(), nullptr}});
+  }
+  const ShardTarget target{"job2", 0, 5, 1};
+  Status written = training::WriteShard(*endpoint_, kStore, target, files, 60s);
+  ASSERT_TRUE(written.ok()) << written;
+  const std::string root = store_dir_.path() + "/job2";
+  for (int i = 0; i < 40; ++i) {
+    EXPECT_TRUE(SameBytes(training::ShardFilePath(root, target, "part/" + std::to_string(i)), contents[i])) << i;
+  }
+  EXPECT_TRUE(std::filesystem::exists(training::ShardMarkerPath(root, target)));
+}
+
 TEST_F(BulkTransfer, ToAKilledReceiverFailsUnavailableWithoutAHang) {
   ASSERT_NO_FATAL_FAILURE(StartStore());
   Buffer small = Pattern(1024, 3);
