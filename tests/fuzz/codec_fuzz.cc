@@ -1,5 +1,6 @@
 // Fuzz target: every registered payload decoder (the runtime's own types, the cluster protocol's,
-// the serving protocol's, the api protocol's and the gateway's admit-and-call) on arbitrary bytes. The first two input bytes
+// the serving protocol's, the api protocol's, the gateway's admit-and-call, the training protocol's
+// with its actor workers, and the collectives' rendezvous store) on arbitrary bytes. The first two input bytes
 // choose the type id among those registered; the rest is the payload. A decoder must return a
 // message or InvalidArgument.
 #include <cstddef>
@@ -8,6 +9,7 @@
 
 #include "actors/api/messages.h"
 #include "actors/serving/messages.h"
+#include "actors/training/messages.h"
 #include "cluster/admission.h"
 #include "cluster/messages.h"
 #include "common/buffer.h"
@@ -23,7 +25,8 @@ struct Registry {
   Registry() {
     if (!codecs.AddRuntimeTypes().ok() || !troupe::cluster::AddClusterCodecs(codecs).ok() ||
         !troupe::serving::AddServingCodecs(codecs).ok() || !troupe::api::AddApiCodecs(codecs).ok() ||
-        !troupe::cluster::AddAdmissionCodecs(codecs).ok()) {
+        !troupe::cluster::AddAdmissionCodecs(codecs).ok() ||
+        !troupe::training::AddTrainingCodecs(codecs).ok()) {  // with the rendezvous store's
       __builtin_trap();
     }
     for (uint32_t id = 0; id < 100000; ++id) {
