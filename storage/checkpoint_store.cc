@@ -699,7 +699,8 @@ StatusOr<std::optional<CheckpointRecord>> CheckpointStore::NewestValid(const std
   return std::optional<CheckpointRecord>();
 }
 
-Status CheckpointStore::Retain(const std::string& job, const std::string& root, uint32_t keep) {
+Status CheckpointStore::Retain(const std::string& job, const std::string& root, uint32_t keep,
+                               uint64_t committed_attempt) {
   if (keep == 0) {
     return InvalidArgumentError("retain keep=0 would delete the checkpoint a restart resumes from; DeleteJob "
                                 "deletes a job's checkpoints");
@@ -720,14 +721,10 @@ Status CheckpointStore::Retain(const std::string& job, const std::string& root, 
       if (result.ok()) result = removed;
     }
   }
-  uint64_t newest_attempt = 0;
   ASSIGN_OR_RETURN(auto top, ListDir(dir));
   for (const auto& [name, kind] : top) {
-    if (auto attempt = ParseNumbered(name, "attempt-")) newest_attempt = std::max(newest_attempt, *attempt);
-  }
-  for (const auto& [name, kind] : top) {
     const auto attempt = ParseNumbered(name, "attempt-");
-    if (attempt && *attempt < newest_attempt) {
+    if (attempt && *attempt < committed_attempt) {
       const Status removed = Discard(dir + "/" + name);
       if (result.ok()) result = removed;
     }

@@ -122,9 +122,13 @@ class CheckpointStore {
 
   /// Keeps the newest `keep` (>= 1, else InvalidArgument) committed checkpoints of `job`: deletes
   /// the older records in one transaction, then their directories. Then removes, under `root`,
-  /// every staging directory but the newest attempt's and every `step-<S>` directory without a
-  /// record whose S is below the newest committed step. Entries of other names are left alone.
-  Status Retain(const std::string& job, const std::string& root, uint32_t keep);
+  /// the staging directory of every attempt below `committed_attempt` (the attempt the caller
+  /// commits from: a complete step of an older attempt was committed before it, or never will be)
+  /// and every `step-<S>` directory without a record whose S is below the newest committed step.
+  /// The staging directories of `committed_attempt` and of later attempts stay: after a failure a
+  /// restarted attempt's directory exists while the failed attempt's last complete steps still
+  /// wait for their commit. Entries of other names are left alone.
+  Status Retain(const std::string& job, const std::string& root, uint32_t keep, uint64_t committed_attempt);
 
   /// Deletes every record of `job` (one transaction), then the whole of `root`. A missing root
   /// is fine.

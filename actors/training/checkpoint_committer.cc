@@ -30,7 +30,7 @@ caf::behavior Committer(caf::event_based_actor* self, CheckpointCommitterInit in
             continue;
           }
           outcome.total_bytes = record->total_bytes;
-          Status kept = init.store->Retain(init.job, init.root, init.keep);
+          Status kept = init.store->Retain(init.job, init.root, init.keep, request.attempt);
           if (!kept.ok()) spdlog::warn("job '{}': retention: {}", init.job, kept.ToString());
         }
         return done;

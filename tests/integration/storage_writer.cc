@@ -64,7 +64,7 @@ int WriteCheckpoints(const std::string& dir, uint64_t attempt) {
     }
     auto record = store->Commit(kCheckpointJob, root, attempt, step, kRanks);
     if (!record.ok()) return Fail(record.status());
-    if (Status kept = store->Retain(kCheckpointJob, root, 2); !kept.ok()) return Fail(kept);
+    if (Status kept = store->Retain(kCheckpointJob, root, 2, attempt); !kept.ok()) return Fail(kept);
     std::cout << "COMMITTED " << step << std::endl;
   }
 }

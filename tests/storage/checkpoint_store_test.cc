@@ -217,7 +217,7 @@ TEST_F(CheckpointStoreTest, RetainKeepTwoDeletesTheOldestRecordAndDirectory) {
   fs::create_directories(root_ + "/step-25");   // renamed, never recorded (a crash)
   fs::create_directories(root_ + "/notes");     // not the store's
 
-  ASSERT_TRUE(store_->Retain("job1", root_, 2).ok());
+  ASSERT_TRUE(store_->Retain("job1", root_, 2, /*committed_attempt=*/1).ok());
   EXPECT_EQ(ListedSteps(), (std::vector<uint64_t>{20, 30}));
   EXPECT_FALSE(fs::exists(root_ + "/step-10"));
   EXPECT_TRUE(fs::exists(root_ + "/step-20/rank-1/model.bin"));
@@ -226,7 +226,31 @@ TEST_F(CheckpointStoreTest, RetainKeepTwoDeletesTheOldestRecordAndDirectory) {
   EXPECT_FALSE(fs::exists(CheckpointStore::StagingDir(root_, 0)));
   EXPECT_TRUE(fs::exists(StagedStep(1, 50) + "/rank-0/a"));
   EXPECT_TRUE(fs::exists(root_ + "/notes"));
-  EXPECT_EQ(store_->Retain("job1", root_, 0).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(store_->Retain("job1", root_, 0, 1).code(), StatusCode::kInvalidArgument);
+}
+
+// After a failure the supervisor starts the next attempt (its staging directory exists) while the
+// failed attempt's last complete steps still wait for their commit: retention after a commit of
+// the failed attempt must not remove that attempt's staging directory, or the job resumes from an
+// older checkpoint than it completed.
+TEST_F(CheckpointStoreTest, RetainKeepsTheStagingOfTheAttemptBeingCommittedWhenALaterOneHasStarted) {
+  Save(1, 10, 0, {{"a", "x"}});
+  Save(1, 20, 0, {{"a", "y"}});  // complete, not committed yet when attempt 2 starts
+  Save(2, 30, 0, {{"a", "z"}}, /*done=*/false);
+  ASSERT_TRUE(store_->Commit("job1", root_, 1, 10, 1).ok());
+  ASSERT_TRUE(store_->Retain("job1", root_, 3, /*committed_attempt=*/1).ok());
+  EXPECT_TRUE(fs::exists(StagedStep(1, 20) + "/rank-0/a"));
+  auto steps = store_->CompleteSteps("job1", root_, 1, 1);
+  ASSERT_TRUE(steps.ok()) << steps.status();
+  EXPECT_EQ(*steps, (std::vector<uint64_t>{20}));
+  ASSERT_TRUE(store_->Commit("job1", root_, 1, 20, 1).ok());
+  EXPECT_EQ(NewestStep(), 20u);
+  // Once a commit of the later attempt runs, the failed attempt's staging directory goes.
+  Save(2, 40, 0, {{"a", "w"}});
+  ASSERT_TRUE(store_->Commit("job1", root_, 2, 40, 1).ok());
+  ASSERT_TRUE(store_->Retain("job1", root_, 3, /*committed_attempt=*/2).ok());
+  EXPECT_FALSE(fs::exists(CheckpointStore::StagingDir(root_, 1)));
+  EXPECT_TRUE(fs::exists(CheckpointStore::StagingDir(root_, 2)));
 }
 
 TEST_F(CheckpointStoreTest, NewestValidFallsBackPastACorruptedShardAndADeletedFile) {
@@ -410,7 +434,7 @@ TEST_F(CheckpointStoreTest, BadJobNamesAreRefused) {
     EXPECT_EQ(store_->Commit(job, root_, 0, 1, 1).status().code(), StatusCode::kInvalidArgument) << job;
     EXPECT_EQ(store_->CompleteSteps(job, root_, 0, 1).status().code(), StatusCode::kInvalidArgument) << job;
     EXPECT_EQ(store_->List(job).status().code(), StatusCode::kInvalidArgument) << job;
-    EXPECT_EQ(store_->Retain(job, root_, 1).code(), StatusCode::kInvalidArgument) << job;
+    EXPECT_EQ(store_->Retain(job, root_, 1, 0).code(), StatusCode::kInvalidArgument) << job;
     EXPECT_EQ(store_->DeleteJob(job, root_).code(), StatusCode::kInvalidArgument) << job;
   }
   EXPECT_EQ(store_->Commit("job1", "", 0, 1, 1).status().code(), StatusCode::kInvalidArgument);
