@@ -28,6 +28,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/common/report.h"
 #include "collectives/gloo_communicator.h"
 
 namespace troupe::bench {
@@ -252,12 +253,7 @@ int Run(const Options& options) {
                                 {"target", r.bytes >= (size_t{64} << 20) ? ">= 0.95" : "-"}});
     }
     report["target_met"] = all_met;
-    std::ofstream out(options.json_path);
-    out << report.dump(2) << "\n";
-    if (!out) {
-      std::cerr << "cannot write " << options.json_path << "\n";
-      return 1;
-    }
+    if (!WriteJsonFile(options.json_path, report, "collectives_bench")) return 1;
   }
   return 0;
 }

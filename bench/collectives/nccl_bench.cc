@@ -15,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench/common/report.h"
 #include "collectives/nccl_communicator.h"
 
 namespace {
@@ -43,10 +44,7 @@ int Fail(const std::string& what) {
 }
 
 bool WriteJson(const std::string& path, const nlohmann::json& j) {
-  if (path.empty()) return true;
-  std::ofstream out(path);
-  out << j.dump(2) << "\n";
-  return static_cast<bool>(out);
+  return path.empty() || troupe::bench::WriteJsonFile(path, j, "nccl_bench");
 }
 
 // Bus bandwidth of an allreduce (nccl-tests' definition): algbw * 2 (n - 1) / n; 0 for one rank.
@@ -81,9 +79,7 @@ int main(int argc, char** argv) {
   auto gpus = NcclCommunicator::DeviceCount();
   if (!gpus.ok()) {
     std::printf("nccl_bench: skipped: %s (runs on a GPU machine)\n", gpus.status().message().c_str());
-    if (!WriteJson(json_path, {{"bench", "nccl_bench"}, {"skipped", gpus.status().message()}})) {
-      return Fail("cannot write " + json_path);
-    }
+    if (!WriteJson(json_path, {{"bench", "nccl_bench"}, {"skipped", gpus.status().message()}})) return 1;
     return 0;
   }
   const int n = *gpus;
@@ -233,6 +229,6 @@ int main(int argc, char** argv) {
     cudaStreamDestroy(streams[r]);
     cudaFree(bufs[r]);
   }
-  if (!WriteJson(json_path, j)) return Fail("cannot write " + json_path);
+  if (!WriteJson(json_path, j)) return 1;
   return 0;
 }

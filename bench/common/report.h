@@ -34,6 +34,19 @@ inline void PrintReport(const std::string& column, const std::vector<ReportRow>&
   }
 }
 
+/// Writes `json` (indented) to `path`; false, with a line on stderr naming `program` and the path,
+/// if it cannot be written.
+template <class Json>
+inline bool WriteJsonFile(const std::string& path, const Json& json, const std::string& program) {
+  std::ofstream out(path);
+  out << json.dump(2) << "\n";
+  if (!out) {
+    std::cerr << program << ": cannot write " << path << "\n";
+    return false;
+  }
+  return true;
+}
+
 /// Writes {"benchmark", "quick", "rows": [...]} to `path`; false (and a line on stderr) if it
 /// cannot be written.
 inline bool WriteReportJson(const std::string& path, const std::string& benchmark, bool quick,
@@ -49,13 +62,7 @@ inline bool WriteReportJson(const std::string& path, const std::string& benchmar
                               {"target", r.target},
                               {"met", r.target.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(r.met)}});
   }
-  std::ofstream out(path);
-  out << report.dump(2) << "\n";
-  if (!out) {
-    std::cerr << benchmark << "_bench: cannot write " << path << "\n";
-    return false;
-  }
-  return true;
+  return WriteJsonFile(path, report, benchmark + "_bench");
 }
 
 }  // namespace troupe::bench
