@@ -159,6 +159,11 @@ void WorkerContext::Stop(const std::string& reason) {
   if (communicator_) communicator_->Abort(UnavailableError("rank " + std::to_string(start_.rank) + " stopped: " + reason));
 }
 
+void WorkerContext::StepDone(uint64_t step) {
+  if (stepped_.exchange(true)) return;
+  if (on_first_step_) on_first_step_(step);
+}
+
 Status RunWorkerMain(const WorkerMain& main, WorkerContext& context) {
   try {
     return main(context);
@@ -332,6 +337,11 @@ Status RunWorker(runtime::Runtime* rt, const ActorWorkerDeps& deps, const ActorW
                    start.job, start.attempt, start.rank, kPeersWait.count());
     }
   }
+  // The supervisor's recovery timeline (recovery.h): this rank trains from here.
+  start.supervisor.Send(ActorWorkerProgress{start.attempt, start.rank, ActorWorkerProgress::kFormed});
+  context->OnFirstStep([start](uint64_t) {
+    start.supervisor.Send(ActorWorkerProgress{start.attempt, start.rank, ActorWorkerProgress::kFirstStep});
+  });
   Status result = RunWorkerMain(main, *context);
   watch.reset();  // before the communicator it aborts
   std::lock_guard<std::mutex> lock(shared->mu);

@@ -92,6 +92,12 @@ class WorkerContext {
   /// Asks the worker to stop and aborts its communicator (a collective in flight fails at once
   /// with Unavailable). Any thread.
   void Stop(const std::string& reason);
+  /// The WorkerMain completed training step `step`. The first call of the attempt runs the
+  /// reporter set by OnFirstStep (the worker actor tells its supervisor, whose recovery timeline
+  /// ends there: actors/training/recovery.h); later calls cost one atomic exchange.
+  void StepDone(uint64_t step);
+  /// Set before the WorkerMain runs; called once, from the first StepDone's thread.
+  void OnFirstStep(std::function<void(uint64_t step)> report) { on_first_step_ = std::move(report); }
 
  private:
   ActorWorkerStart start_;
@@ -101,6 +107,8 @@ class WorkerContext {
   std::unique_ptr<actors::CappedAllocator> allocator_;
   CheckpointHandle checkpoints_;
   std::atomic<bool> stopping_{false};
+  std::function<void(uint64_t)> on_first_step_;
+  std::atomic<bool> stepped_{false};
 };
 
 /// A worker type's body: trains to the end and returns OK (the worker "exits 0"), or the error

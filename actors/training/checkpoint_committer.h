@@ -46,13 +46,24 @@ struct FindResume {
   uint64_t attempt = 0;  ///< the attempt it is for (echoed)
 };
 
-/// Committer -> supervisor: CheckpointStore::NewestValid's answer.
+/// Committer -> supervisor: NewestIntact's answer.
 struct ResumePoint {
   uint64_t attempt = 0;
   Status status;                                  ///< not OK: the records could not be read
   std::optional<storage::CheckpointRecord> record;  ///< none: start fresh
   std::vector<std::string> fallbacks;             ///< one sentence per newer checkpoint skipped
 };
+
+/// The newest committed checkpoint of `job` whose manifest.json and every file its record lists
+/// exist as regular files of the recorded sizes, found from the records (LMDB) and one lstat a
+/// file: no shard byte is read, so a restart's lookup costs the same for 1 KiB and 100 GiB.
+/// (CheckpointStore::NewestValid hashes every byte, which put seconds a GiB on the recovery's
+/// path; the contents were checksummed and fsynced by Commit, and a worker that reads a file
+/// cut short or gone fails as a user error naming it.) Each newer one that fails is skipped with
+/// one sentence in `*fallbacks` (may be null) naming its step and the file; nullopt when none is
+/// intact or none exists. Errors: List()'s (the records cannot be read).
+StatusOr<std::optional<storage::CheckpointRecord>> NewestIntact(storage::CheckpointStore& store, const std::string& job,
+                                                                std::vector<std::string>* fallbacks);
 
 /// What a committer works on: one job's checkpoints.
 struct CheckpointCommitterInit {

@@ -145,6 +145,7 @@ Status ExampleLinearMain(WorkerContext& context) {
       }
     }
     ApplyGradient(config, grad, &weights);
+    context.StepDone(step);
     if (!first_step_noted && rank == 0 && !config.progress_dir.empty()) {
       first_step_noted = true;
       const auto now = std::chrono::duration_cast<std::chrono::milliseconds>(

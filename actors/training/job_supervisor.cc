@@ -11,6 +11,7 @@
 #include "actors/training/actor_worker.h"
 #include "actors/training/checkpoint_committer.h"
 #include "actors/training/messages.h"
+#include "actors/training/recovery.h"
 #include "common/backoff.h"
 #include "runtime/error.h"
 
@@ -23,6 +24,11 @@ using restart_atom = caf::atom_constant<caf::atom("job_rstrt")>;
 using quit_atom = caf::atom_constant<caf::atom("job_quit")>;
 using take_back_atom = caf::atom_constant<caf::atom("job_tkbk")>;
 using replace_atom = caf::atom_constant<caf::atom("job_place")>;
+
+// How long a node whose agent was seen lost is kept out of this job's placements at most: twice
+// the head's default failure timeout (1 s), by which the head has declared it dead or it has
+// rejoined (a stopped node continued keeps its agent).
+constexpr std::chrono::milliseconds kLostNodeHold{2000};
 
 struct SupervisorState {
   JobSupervisorInit init;
@@ -61,11 +67,28 @@ struct SupervisorState {
   // yet), and the attempt's rendezvous store.
   std::vector<runtime::ActorRef> actor_workers;
   runtime::ActorRef rendezvous;
+  // Actor workers: the placed attempt's start, from the failure's detection (or, for a fresh
+  // start, the placement's request) to every rank's first step (recovery.h); reported once.
+  RecoveryTimeline recovery;
+  bool recovery_reported = false;
+  // Nodes whose agent this supervisor saw lost: a placement there is refused until the head has
+  // caught up (recovery.h), and the placements refused in a row.
+  LostNodes lost_nodes{kLostNodeHold};
+  uint32_t lost_refusals = 0;
 };
 
 using Self = caf::stateful_actor<SupervisorState>;
 
 const char* const kSupervisorName = "job supervisor";
+
+// The wait before asking again for a placement refused for a lost node: 5 ms, doubling to 100 ms.
+// The head has most often caught up by the first (its controller's mailbox had the node's down
+// message before this supervisor's request).
+std::chrono::milliseconds LostNodeRetryDelay(uint32_t refusals) {
+  return std::chrono::milliseconds(std::min<uint32_t>(100, 5u << std::min<uint32_t>(refusals - 1, 5)));
+}
+
+bool ActorJob(const SupervisorState& st) { return !st.init.spec.entry.actor.empty(); }
 
 void Update(Self* self, const std::string& message) {
   auto& st = self->state;
@@ -170,7 +193,7 @@ void Finish(Self* self, const std::string& state, const std::string& reason) {
         if (answer.status.ok()) self->state.init.host->ReleasePlacement(answer.placement.lease_id);
       },
       [](WorkersStopped&) {}, [](tick_atom) {}, [](restart_atom, uint64_t) {}, [](replace_atom) {},
-      [](take_back_atom) {}, [](WorkerExited&) {}, [](WorkersFound&) {}, [](StopJob&) {},
+      [](take_back_atom) {}, [](WorkerExited&) {}, [](WorkersFound&) {}, [](StopJob&) {}, [](ActorWorkerProgress&) {},
       [](ActorWorkerSpawned& spawned) {
         if (spawned.worker.valid()) spawned.worker.Send(StopActorWorker{"the job finished"});
       });
@@ -230,6 +253,15 @@ void Succeed(Self* self) {
 
 void RequestPlacement(Self* self, const std::string& why) {
   auto& st = self->state;
+  if (ActorJob(st)) {
+    const auto now = st.init.clock->Now();
+    if (st.recovery.after_failure() && !st.recovery.complete()) {
+      st.recovery.Mark(RecoveryMark::kDecided, now);
+    } else {
+      st.recovery.Begin(RecoveryMark::kDecided, now, st.init.spec.workers);
+    }
+    st.recovery_reported = false;
+  }
   st.placing = st.status.attempt + 1;
   st.status.state = kJobPending;
   st.status.reason = why;
@@ -244,6 +276,12 @@ void RequestPlacement(Self* self, const std::string& why) {
 void GroupFailed(Self* self, const std::string& cause, bool infra) {
   auto& st = self->state;
   if (IsFinal(st.status.state) || st.status.state == kJobRestarting || st.succeeding) return;
+  // A failure while the group was still recovering from the one before counts from that one's
+  // detection: the group has not trained since.
+  if (ActorJob(st) && !(st.recovery.after_failure() && !st.recovery.complete())) {
+    st.recovery.Begin(RecoveryMark::kDetected, st.init.clock->Now(), st.init.spec.workers);
+    st.recovery_reported = false;
+  }
   st.taking_back = false;
   const RestartPolicy& policy = st.init.spec.restart;
   if (infra) {
@@ -286,6 +324,7 @@ void StartTicking(Self* self);
 
 void AllStarted(Self* self) {
   auto& st = self->state;
+  st.lost_nodes.Clear();  // the head has placed this attempt without them: it has caught up
   st.status.state = kJobRunning;
   st.status.reason.clear();
   Update(self, "running: " + std::to_string(st.init.spec.workers) + " workers started" +
@@ -365,6 +404,7 @@ void StartActorWorkers(Self* self) {
     start.world_size = n;
     start.env = env;
     start.checkpoint_dir = StagingDir(st);
+    start.checkpoint_node = rt->node_id();  // the committer runs here: shards that are sent come here
     if (st.resume) {
       start.resume_dir = st.resume->dir;
       start.resume_step = st.resume->step;
@@ -375,6 +415,7 @@ void StartActorWorkers(Self* self) {
     start.gpu_id = place.gpu_id;
     start.memory_bytes = place.memory_bytes;
     start.simulated = place.simulated;
+    start.backend = st.init.spec.entry.backend;
     const runtime::NodeId node = place.agent.node();
     self->system().spawn<caf::detached>([rt, node, start, timeout, me](caf::event_based_actor* helper) {
       auto worker = rt->SpawnOn(node, kActorWorkerActorType, start, timeout);
@@ -409,6 +450,7 @@ void ActorWorkerUp(Self* self, ActorWorkerSpawned& spawned) {
     return;
   }
   st.actor_workers[spawned.rank] = spawned.worker;
+  st.recovery.MarkRank(RecoveryMark::kSpawned, spawned.rank, st.init.clock->Now());
   self->monitor(spawned.worker.handle());
   st.started.insert(spawned.rank);
   st.status.workers.push_back(WorkerStatus{spawned.rank, node, 0, ""});
@@ -440,6 +482,19 @@ bool ActorWorkerDown(Self* self, const caf::down_msg& down) {
   return false;
 }
 
+// A rank of the placed attempt reached a point of its start (ActorWorkerProgress). Once every rank
+// has completed a step, the attempt's timeline is one event.
+void Progressed(Self* self, const ActorWorkerProgress& progress) {
+  auto& st = self->state;
+  if (progress.attempt != st.status.attempt || !st.placed || st.recovery_reported) return;
+  const RecoveryMark mark =
+      progress.point == ActorWorkerProgress::kFirstStep ? RecoveryMark::kFirstStep : RecoveryMark::kFormed;
+  st.recovery.MarkRank(mark, progress.rank, st.init.clock->Now());
+  if (!st.recovery.complete()) return;
+  st.recovery_reported = true;
+  Update(self, st.recovery.Summary());
+}
+
 void Placed(Self* self, PlacementAnswer& answer) {
   auto& st = self->state;
   if (answer.attempt != st.placing) {
@@ -463,6 +518,21 @@ void Placed(Self* self, PlacementAnswer& answer) {
     return;
   }
   st.placement_refusals = 0;
+  std::vector<std::pair<std::string, uint64_t>> places;
+  for (const auto& w : answer.placement.workers) places.emplace_back(w.node, w.agent.id());
+  if (auto lost = st.lost_nodes.Refuses(places, st.init.clock->Now())) {
+    // Placed on a node whose loss the head has not processed yet: that attempt would fail at
+    // once and count the one fault twice. Asked for again once the head has caught up.
+    st.init.host->ReleasePlacement(answer.placement.lease_id);
+    const auto delay = LostNodeRetryDelay(++st.lost_refusals);
+    st.status.reason = "placement on node '" + *lost + "' refused: its agent was lost and the head has not " +
+                       "declared it dead yet; asking again in " + std::to_string(delay.count()) + " ms";
+    Update(self, st.status.reason);
+    self->delayed_send(self, delay, replace_atom::value);
+    return;
+  }
+  st.lost_refusals = 0;
+  st.recovery.Mark(RecoveryMark::kPlaced, st.init.clock->Now());
   st.placement = std::move(answer.placement);
   st.placed = true;
   st.status.attempt = answer.attempt;
@@ -497,6 +567,7 @@ void Placed(Self* self, PlacementAnswer& answer) {
 void Resumed(Self* self, ResumePoint& point, const std::string& nodes) {
   auto& st = self->state;
   if (point.attempt != st.status.attempt || !st.placed) return;  // the attempt failed or stopped meanwhile
+  st.recovery.Mark(RecoveryMark::kResumed, st.init.clock->Now());
   for (const auto& f : point.fallbacks) Update(self, "checkpoint skipped: " + f);
   if (point.status.ok() && point.record) {
     st.resume = std::move(point.record);
@@ -612,6 +683,11 @@ caf::behavior Supervisor(Self* self, JobSupervisorInit init) {
   self->set_default_handler(caf::drop);  // e.g. the head's LeaseEnded: a lost node comes as a down message
   self->set_down_handler([self](caf::down_msg& down) {
     auto& st = self->state;
+    for (const auto& w : st.placement.workers) {
+      if (w.agent.valid() && w.agent.handle().address() == down.source) {
+        st.lost_nodes.Lost(w.node, w.agent.id(), st.init.clock->Now());
+      }
+    }
     if (!st.placed || IsFinal(st.status.state)) return;
     if (ActorWorkerDown(self, down)) return;
     for (const auto& w : st.placement.workers) {
@@ -631,6 +707,7 @@ caf::behavior Supervisor(Self* self, JobSupervisorInit init) {
     self->delayed_send(self, st.init.take_back_timeout, take_back_atom::value);
   } else if (st.init.placement_requested) {
     st.placing = st.status.attempt + 1;
+    if (ActorJob(st)) st.recovery.Begin(RecoveryMark::kDecided, st.init.clock->Now(), st.init.spec.workers);
   } else {
     RequestPlacement(self, "waiting for " + std::to_string(st.init.spec.workers) + " workers' resources");
   }
@@ -644,6 +721,7 @@ caf::behavior Supervisor(Self* self, JobSupervisorInit init) {
       },
       [self](WorkersFound& found) { Found(self, found); },
       [self](ActorWorkerSpawned& spawned) { ActorWorkerUp(self, spawned); },
+      [self](ActorWorkerProgress& progress) { Progressed(self, progress); },
       [self](take_back_atom) {
         auto& st = self->state;
         if (!st.taking_back) return;

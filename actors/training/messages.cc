@@ -215,6 +215,16 @@ Status AddTrainingCodecs(runtime::CodecRegistry& r) {
         for (auto a : runtime::CheckedList(in.getWorkers())) m.workers.push_back(refs.DecodeRef(a));
         return m;
       })));
+  RETURN_IF_ERROR((r.Add<ActorWorkerProgress, wire::ActorWorkerProgress>(
+      kActorWorkerProgress, "training.ActorWorkerProgress",
+      [](const ActorWorkerProgress& m, wire::ActorWorkerProgress::Builder b, RefCodec&) {
+        b.setAttempt(m.attempt);
+        b.setRank(m.rank);
+        b.setPoint(m.point);
+      },
+      [](wire::ActorWorkerProgress::Reader in, RefCodec&) -> StatusOr<ActorWorkerProgress> {
+        return ActorWorkerProgress{in.getAttempt(), in.getRank(), in.getPoint()};
+      })));
   RETURN_IF_ERROR((r.Add<JobCommand, wire::JobCommand>(
       kJobCommand, "training.JobCommand",
       [](const JobCommand& m, wire::JobCommand::Builder b, RefCodec&) {

@@ -149,8 +149,23 @@ struct ActorWorkerPeers {
   std::vector<runtime::ActorRef> workers;
 };
 
+/// Worker actor -> its supervisor: the worker reached a point of its attempt's start, which the
+/// supervisor's recovery timeline (actors/training/recovery.h) counts when it arrives.
+struct ActorWorkerProgress {
+  enum Point : uint8_t {
+    kFormed = 1,     ///< its communicator is formed and its peers watched (or it has none): it trains
+    kFirstStep = 2,  ///< it completed its first training step of the attempt (WorkerContext::StepDone)
+  };
+  uint64_t attempt = 0;
+  uint32_t rank = 0;
+  uint8_t point = kFormed;
+};
+
 /// The actor workers' wire types (1650-1679).
-enum ActorWorkerTypeId : uint32_t { kActorWorkerStart = 1650, kStopActorWorker, kActorWorkerPeers };
+enum ActorWorkerTypeId : uint32_t {
+  kActorWorkerStart = 1650, kStopActorWorker, kActorWorkerPeers,
+  kActorWorkerProgress = 1660,
+};
 
 enum TrainingTypeId : uint32_t {
   kStartWorker = 1200, kWorkerStarted, kStopWorkers, kWorkersStopped, kWorkerExited, kJobCommand,
@@ -170,6 +185,7 @@ std::vector<RunningWorker> ReadRunningWorkers(capnp::List<wire::RunningWorker>::
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::ActorWorkerStart)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::StopActorWorker)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::ActorWorkerPeers)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::ActorWorkerProgress)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::StartWorker)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::WorkerStarted)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::training::StopWorkers)

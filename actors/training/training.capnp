@@ -79,3 +79,5 @@ struct ActorWorkerStart {
 struct StopActorWorker { reason @0 :Text; }
 # Supervisor -> every worker actor of an attempt once all are spawned: the group's actors by rank.
 struct ActorWorkerPeers { attempt @0 :UInt64; workers @1 :List(Rt.ActorAddress); }
+# Worker actor -> supervisor: a point of its attempt's start (1 formed, 2 first step; recovery.h).
+struct ActorWorkerProgress { attempt @0 :UInt64; rank @1 :UInt32; point @2 :UInt8; }
