@@ -28,6 +28,7 @@
 #include "runtime/bridge.h"
 #include "runtime/internal/lazy_clock.h"
 #include "runtime/runtime.h"
+#include "bench/common/report.h"
 
 namespace troupe::bench {
 
@@ -476,12 +477,7 @@ int Run(const Options& o) {
                                 {"target", r.target},
                                 {"met", r.met}});
     }
-    std::ofstream out(o.json);
-    out << report.dump(2) << "\n";
-    if (!out) {
-      std::cerr << "actor_bench: cannot write " << o.json << "\n";
-      return 1;
-    }
+    if (!WriteJsonFile(o.json, report, "actor_bench")) return 1;
   }
   return 0;
 }

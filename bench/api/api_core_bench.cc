@@ -23,6 +23,7 @@
 #include "actors/api/api_keys.h"
 #include "actors/api/rate_limiter.h"
 #include "actors/api/usage_meter.h"
+#include "bench/common/report.h"
 
 namespace troupe::bench {
 namespace {
@@ -219,8 +220,7 @@ int Run(bool quick, const std::string& json) {
                                 {"target", r.target},
                                 {"met", r.met}});
     }
-    std::ofstream out(json);
-    out << report.dump(2) << "\n";
+    if (!WriteJsonFile(json, report, "api_core_bench")) return 1;
   }
   return 0;
 }

@@ -22,6 +22,7 @@
 #include "cluster/config.h"
 #include "common/child_process.h"
 #include "common/logging.h"
+#include "bench/common/report.h"
 
 namespace troupe::bench {
 namespace {
@@ -182,8 +183,7 @@ int Run(bool quick, const std::string& json, int idle_minutes) {
                                 {"target", r.target},
                                 {"met", r.met}});
     }
-    std::ofstream out(json);
-    out << report.dump(2) << "\n";
+    if (!WriteJsonFile(json, report, "cluster_bench")) return 1;
   }
   return 0;
 }

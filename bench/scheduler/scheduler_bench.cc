@@ -30,6 +30,7 @@
 #include "cluster/scheduler.h"
 #include "common/child_process.h"
 #include "common/logging.h"
+#include "bench/common/report.h"
 
 namespace troupe::bench {
 namespace {
@@ -298,8 +299,7 @@ int Run(bool quick, const std::string& json, bool cluster) {
                                 {"target", r.target},
                                 {"met", r.met}});
     }
-    std::ofstream out(json);
-    out << report.dump(2) << "\n";
+    if (!WriteJsonFile(json, report, "scheduler_bench")) return 1;
   }
   return 0;
 }

@@ -46,6 +46,7 @@
 #include "common/logging.h"
 #include "storage/checkpoint_store.h"
 #include "storage/lmdb_env.h"
+#include "bench/common/report.h"
 
 namespace troupe::bench {
 namespace {
@@ -563,7 +564,7 @@ void Print(const std::vector<Row>& rows) {
 
 nlohmann::ordered_json Num(double v) { return std::isnan(v) ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(v); }
 
-void WriteJson(const std::string& path, bool quick, const std::vector<Row>& rows, const std::vector<std::string>& notes) {
+bool WriteJson(const std::string& path, bool quick, const std::vector<Row>& rows, const std::vector<std::string>& notes) {
   nlohmann::ordered_json report = {{"benchmark", "training"}, {"quick", quick}, {"rows", nlohmann::ordered_json::array()}};
   for (const auto& r : rows) {
     nlohmann::ordered_json samples = nlohmann::ordered_json::array(), baseline_samples = nlohmann::ordered_json::array();
@@ -581,8 +582,7 @@ void WriteJson(const std::string& path, bool quick, const std::vector<Row>& rows
                               {"baseline_samples", baseline_samples}});
   }
   report["notes"] = notes;
-  std::ofstream out(path);
-  out << report.dump(2) << "\n";
+  return WriteJsonFile(path, report, "training_bench");
 }
 
 std::vector<double> Field(const std::vector<Recovery>& v, double Recovery::*f) {
@@ -751,7 +751,7 @@ int Run(bool quick, bool commit_only, const std::string& json, const std::string
 
   Print(rows);
   for (const auto& note : notes) std::printf("note: %s\n", note.c_str());
-  if (!json.empty()) WriteJson(json, quick, rows, notes);
+  if (!json.empty() && !WriteJson(json, quick, rows, notes)) return 1;
   if (exit_code == 0 && !have_torch && !commit_only) return 77;
   return exit_code;
 }
