@@ -60,6 +60,9 @@ struct Work::State {
   bool done = false;
   Status status;
   std::vector<std::function<void(const Status&)>> callbacks;
+  // Set by OpQueue::Submit before the Work is handed out, never changed after: lets Wait() run the
+  // op on its own thread (OpQueue, "The waiter runs the op").
+  std::function<void(const Work&)> run_here;
 };
 
 Work Work::Done(Status status) {
@@ -71,6 +74,7 @@ Work Work::Done(Status status) {
 Work Work::Pending() { return Work(std::make_shared<State>()); }
 
 Status Work::Wait() const {
+  if (state_->run_here) state_->run_here(*this);
   std::unique_lock<std::mutex> lock(state_->mu);
   state_->cv.wait(lock, [&] { return state_->done; });
   return state_->status;
@@ -114,7 +118,11 @@ bool Work::Complete(Status status) const {
 
 // --- OpQueue ---
 
-OpQueue::OpQueue(std::function<void(const Status&)> on_abort) : on_abort_(std::move(on_abort)) {
+using Clock = std::chrono::steady_clock;
+
+OpQueue::OpQueue(std::function<void(const Status&)> on_abort)
+    : on_abort_(std::move(on_abort)), helper_(std::make_shared<Helper>()) {
+  helper_->queue = this;
   thread_ = std::thread([this] { Run(); });
   watchdog_ = std::thread([this] { Watchdog(); });
 }
@@ -122,27 +130,52 @@ OpQueue::OpQueue(std::function<void(const Status&)> on_abort) : on_abort_(std::m
 OpQueue::~OpQueue() {
   Abort(CancelledError("communicator destroyed"));
   {
+    // A waiter running an op has been released by on_abort; wait until it has left the queue.
+    std::unique_lock<std::mutex> lock(helper_->mu);
+    helper_->queue = nullptr;
+    helper_->cv.wait(lock, [&] { return helper_->active == 0; });
+  }
+  {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
   }
   cv_.notify_all();
+  watch_cv_.notify_all();
   thread_.join();
   watchdog_.join();
 }
 
 Work OpQueue::Submit(std::function<Status()> op, std::chrono::milliseconds timeout, std::string name) {
   Work work = Work::Pending();
+  work.state_->run_here = [helper = helper_](const Work& waited) {
+    {
+      std::lock_guard<std::mutex> lock(helper->mu);
+      if (helper->queue == nullptr) return;  // being destroyed: its thread and Abort finish the op
+      ++helper->active;
+    }
+    helper->queue->RunHere(waited);
+    {
+      std::lock_guard<std::mutex> lock(helper->mu);
+      --helper->active;
+    }
+    helper->cv.notify_all();
+  };
   Status failure;
+  bool wake = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     failure = failure_;
-    if (failure.ok()) queue_.push_back(Op{std::move(op), timeout, {}, std::move(name), work});
+    if (failure.ok()) {
+      queue_.push_back(Op{std::move(op), timeout, {}, std::move(name), work});
+      wake = !running_;  // otherwise the running op's end wakes the thread
+    }
   }
   if (!failure.ok()) {
     work.Complete(failure);  // outside the lock: a callback may submit again
     return work;
   }
-  cv_.notify_all();
+  // The queue's thread runs the op unless a waiter claims it first (Work::Wait, usually sooner).
+  if (wake) cv_.notify_one();
   return work;
 }
 
@@ -160,7 +193,6 @@ void OpQueue::Abort(const Status& reason) {
       call = true;
     }
   }
-  cv_.notify_all();
   Status failure = health();
   for (auto& work : failed) work.Complete(failure);
   if (call && on_abort_) on_abort_(failure);
@@ -171,49 +203,65 @@ Status OpQueue::health() const {
   return failure_;
 }
 
+void OpQueue::RunHere(const Work& work) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (running_ || queue_.empty() || queue_.front().work != work) return;  // not its turn: wait for it
+  Execute(lock);
+}
+
+void OpQueue::Execute(std::unique_lock<std::mutex>& lock) {
+  running_ = std::move(queue_.front());
+  queue_.pop_front();
+  running_->deadline = Clock::now() + running_->timeout;
+  // The watchdog sleeps until watching_until_ and then re-reads the running op's deadline: wake
+  // it only for an earlier one (a wake-up per op was half the hand-off cost).
+  if (running_->deadline < watching_until_) watch_cv_.notify_one();
+  std::function<Status()> run = std::move(running_->run);
+  Work work = running_->work;
+  lock.unlock();
+  Status status = run();
+  run = nullptr;  // its captures are released before its Work completes
+  lock.lock();
+  std::string name = status.ok() ? std::string() : running_->name;
+  running_.reset();
+  const bool more = !queue_.empty();
+  lock.unlock();
+  if (more) cv_.notify_one();  // the queue's thread runs the next unless its waiter does
+  if (!status.ok()) {
+    // A failed op leaves the library's group in an unknown state: break the queue.
+    Abort(Status(status.code(), name + ": " + status.message()));
+    work.Complete(health());
+  } else {
+    work.Complete(OkStatus());
+  }
+  lock.lock();
+}
+
 void OpQueue::Run() {
   std::unique_lock<std::mutex> lock(mu_);
   while (true) {
-    cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-    if (queue_.empty()) return;  // stopping
-    running_ = std::move(queue_.front());
-    queue_.pop_front();
-    running_->deadline = std::chrono::steady_clock::now() + running_->timeout;
-    cv_.notify_all();  // the watchdog watches the new deadline
-    auto run = running_->run;
-    Work work = running_->work;
-    std::string name = running_->name;
-    lock.unlock();
-    Status status = run();
-    lock.lock();
-    running_.reset();
-    cv_.notify_all();
-    if (!status.ok()) {
-      lock.unlock();
-      // A failed op leaves the library's group in an unknown state: break the queue.
-      Abort(Status(status.code(), name + ": " + status.message()));
-      work.Complete(health());
-      lock.lock();
-      continue;
-    }
-    lock.unlock();
-    work.Complete(OkStatus());
-    lock.lock();
+    cv_.wait(lock, [&] { return stopping_ || (!queue_.empty() && !running_); });
+    if (queue_.empty() || running_) return;  // stopping
+    Execute(lock);
   }
 }
 
 void OpQueue::Watchdog() {
   std::unique_lock<std::mutex> lock(mu_);
+  std::optional<Work> expired;  // the op this watchdog has aborted, until it has returned
   while (!stopping_) {
-    if (!running_) {
-      cv_.wait(lock);
+    if (!running_ || (expired && running_->work == *expired)) {
+      watching_until_ = Clock::time_point::max();
+      watch_cv_.wait(lock);
       continue;
     }
-    auto deadline = running_->deadline;
-    Work work = running_->work;
-    if (cv_.wait_until(lock, deadline, [&] { return stopping_ || !running_ || running_->work != work; })) {
+    const auto deadline = running_->deadline;
+    if (Clock::now() < deadline) {
+      watching_until_ = deadline;
+      watch_cv_.wait_until(lock, deadline);
       continue;
     }
+    expired = running_->work;
     std::string name = running_->name;
     lock.unlock();
     Abort(DeadlineExceededError(name + " did not complete within its timeout on this rank; the group is aborted"));

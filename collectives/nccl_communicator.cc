@@ -118,31 +118,33 @@ StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(const NcclO
   // end it through ncclCommAbort like any op.
   comm->ready_ = comm->queue_->Submit(
       [self, id]() mutable -> Status {
-        cudaError_t set = cudaSetDevice(self->device_);
-        if (set != cudaSuccess) return CudaError("cudaSetDevice(" + std::to_string(self->device_) + ")", set);
-        cudaError_t made = cudaStreamCreateWithFlags(&self->stream_, cudaStreamNonBlocking);
-        if (made != cudaSuccess) return CudaError("cudaStreamCreateWithFlags", made);
-        cudaError_t alloc = cudaMalloc(&self->barrier_buf_, sizeof(float));
-        if (alloc != cudaSuccess) return CudaError("cudaMalloc (barrier buffer)", alloc);
-        ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-        config.blocking = 0;  // init and every op return ncclInProgress: abortable, polled below
-        ncclComm_t comm = nullptr;
-        ncclResult_t result = ncclCommInitRankConfig(&comm, self->world_size_, id, self->rank_, &config);
-        {
-          std::lock_guard<std::mutex> lock(self->comm_mu_);
-          if (comm != nullptr) {
-            if (self->aborted_) {
-              ncclCommAbort(comm);  // aborted while the call ran: on_abort found no comm yet
-              return CancelledError("aborted during initialisation");
+        // On the queue's thread or on a thread waiting for ready() (OpQueue: the waiter runs the
+        // op): that thread's current device is restored after.
+        return OnDevice(self->device_, [&]() -> Status {
+          cudaError_t made = cudaStreamCreateWithFlags(&self->stream_, cudaStreamNonBlocking);
+          if (made != cudaSuccess) return CudaError("cudaStreamCreateWithFlags", made);
+          cudaError_t alloc = cudaMalloc(&self->barrier_buf_, sizeof(float));
+          if (alloc != cudaSuccess) return CudaError("cudaMalloc (barrier buffer)", alloc);
+          ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+          config.blocking = 0;  // init and every op return ncclInProgress: abortable, polled below
+          ncclComm_t comm = nullptr;
+          ncclResult_t result = ncclCommInitRankConfig(&comm, self->world_size_, id, self->rank_, &config);
+          {
+            std::lock_guard<std::mutex> lock(self->comm_mu_);
+            if (comm != nullptr) {
+              if (self->aborted_) {
+                ncclCommAbort(comm);  // aborted while the call ran: on_abort found no comm yet
+                return CancelledError("aborted during initialisation");
+              }
+              self->comm_ = comm;
             }
-            self->comm_ = comm;
           }
-        }
-        if (result != ncclSuccess && result != ncclInProgress) {
-          return self->NcclError("ncclCommInitRankConfig", result, comm);
-        }
-        if (comm == nullptr) return InternalError("ncclCommInitRankConfig returned no communicator");
-        return self->WaitForComm("ncclCommInitRankConfig", /*stream=*/false);
+          if (result != ncclSuccess && result != ncclInProgress) {
+            return self->NcclError("ncclCommInitRankConfig", result, comm);
+          }
+          if (comm == nullptr) return InternalError("ncclCommInitRankConfig returned no communicator");
+          return self->WaitForComm("ncclCommInitRankConfig", /*stream=*/false);
+        });
       },
       options.init_timeout,
       "NCCL initialisation (rank " + std::to_string(options.rank) + " of " + std::to_string(options.world_size) +
@@ -252,15 +254,17 @@ Status NcclCommunicator::WaitForComm(const char* what, bool stream) {
 
 Status NcclCommunicator::RunOp(const char* what,
                                const std::function<ncclResult_t(ncclComm_t, cudaStream_t)>& enqueue) {
-  cudaError_t set = cudaSetDevice(device_);
-  if (set != cudaSuccess) return CudaError("cudaSetDevice(" + std::to_string(device_) + ")", set);
-  {
-    std::lock_guard<std::mutex> lock(comm_mu_);
-    if (comm_ == nullptr) return CancelledError(std::string(what) + ": the communicator was aborted");
-    ncclResult_t result = enqueue(comm_, stream_);
-    if (result != ncclSuccess && result != ncclInProgress) return NcclError(what, result, comm_);
-  }
-  return WaitForComm(what, /*stream=*/true);
+  // Runs on the queue's thread or on the thread that waits for the op (OpQueue: the waiter runs the
+  // op), whose current device is restored after.
+  return OnDevice(device_, [&]() -> Status {
+    {
+      std::lock_guard<std::mutex> lock(comm_mu_);
+      if (comm_ == nullptr) return CancelledError(std::string(what) + ": the communicator was aborted");
+      ncclResult_t result = enqueue(comm_, stream_);
+      if (result != ncclSuccess && result != ncclInProgress) return NcclError(what, result, comm_);
+    }
+    return WaitForComm(what, /*stream=*/true);
+  });
 }
 
 Work NcclCommunicator::Submit(std::string name, std::chrono::milliseconds timeout,

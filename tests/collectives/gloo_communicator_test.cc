@@ -336,6 +336,68 @@ TEST(GlooCommunicator, ReduceScatterOfLargeBlocksAtFourRanks) {
   }
 }
 
+// The other ops at the largest size, 64 MiB of float32 in all, at 2 ranks: a broadcast of
+// 64 MiB from rank 1, an allgather into 64 MiB (32 MiB from each rank), a reduce-scatter of 64 MiB
+// (32 MiB blocks), each checked element by element against the reference.
+constexpr size_t k64MiBFloats = (size_t{64} << 20) / sizeof(float);
+
+TEST(GlooCommunicator, Broadcast64MiBFloat32FromRankOneAtTwoRanks) {
+  constexpr int kWorld = 2;
+  Group group = MakeGroup(kWorld);
+  ASSERT_EQ(group.size(), static_cast<size_t>(kWorld));
+  std::vector<std::vector<float>> buffers(kWorld, std::vector<float>(k64MiBFloats, 0.0f));
+  for (size_t i = 0; i < k64MiBFloats; ++i) buffers[1][i] = static_cast<float>(Value(1, i));
+  ASSERT_TRUE(OnEveryRank(group, "broadcast 64 MiB", [&](int rank) {
+    return group[rank]->Broadcast(buffers[rank].data(), k64MiBFloats, DataType::kFloat32, /*root=*/1);
+  }));
+  for (size_t i = 0; i < k64MiBFloats; ++i) {
+    ASSERT_EQ(buffers[0][i], static_cast<float>(Value(1, i))) << "element " << i;
+  }
+}
+
+TEST(GlooCommunicator, AllGather64MiBFloat32AtTwoRanks) {
+  constexpr int kWorld = 2;
+  constexpr size_t kCount = k64MiBFloats / kWorld;
+  Group group = MakeGroup(kWorld);
+  ASSERT_EQ(group.size(), static_cast<size_t>(kWorld));
+  std::vector<std::vector<float>> sends(kWorld, std::vector<float>(kCount));
+  std::vector<std::vector<float>> recvs(kWorld, std::vector<float>(k64MiBFloats, 0.0f));
+  for (int rank = 0; rank < kWorld; ++rank) {
+    for (size_t i = 0; i < kCount; ++i) sends[rank][i] = static_cast<float>(Value(rank, i));
+  }
+  ASSERT_TRUE(OnEveryRank(group, "allgather 64 MiB", [&](int rank) {
+    return group[rank]->AllGather(sends[rank].data(), recvs[rank].data(), kCount, DataType::kFloat32);
+  }));
+  for (int rank = 0; rank < kWorld; ++rank) {
+    for (size_t i = 0; i < k64MiBFloats; ++i) {
+      ASSERT_EQ(recvs[rank][i], static_cast<float>(Value(static_cast<int>(i / kCount), i % kCount)))
+          << "rank " << rank << ", element " << i;
+    }
+  }
+}
+
+TEST(GlooCommunicator, ReduceScatter64MiBFloat32SumAtTwoRanks) {
+  constexpr int kWorld = 2;
+  constexpr size_t kCount = k64MiBFloats / kWorld;
+  Group group = MakeGroup(kWorld);
+  ASSERT_EQ(group.size(), static_cast<size_t>(kWorld));
+  std::vector<std::vector<float>> sends(kWorld, std::vector<float>(k64MiBFloats));
+  std::vector<std::vector<float>> recvs(kWorld, std::vector<float>(kCount, 0.0f));
+  for (int rank = 0; rank < kWorld; ++rank) {
+    for (size_t i = 0; i < k64MiBFloats; ++i) sends[rank][i] = static_cast<float>(Value(rank, i));
+  }
+  ASSERT_TRUE(OnEveryRank(group, "reducescatter 64 MiB", [&](int rank) {
+    return group[rank]->ReduceScatter(sends[rank].data(), recvs[rank].data(), kCount, DataType::kFloat32,
+                                      ReduceOp::kSum);
+  }));
+  for (int rank = 0; rank < kWorld; ++rank) {
+    for (size_t i = 0; i < kCount; ++i) {
+      ASSERT_EQ(recvs[rank][i], static_cast<float>(Reference(ReduceOp::kSum, kWorld, rank * kCount + i)))
+          << "rank " << rank << ", element " << i;
+    }
+  }
+}
+
 // The half types are reduced in float32 and rounded to nearest even: a sum exactly halfway
 // between two representable values goes to the one with the even mantissa.
 TEST(GlooCommunicator, HalfTypesRoundSumsToNearestEven) {

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "collectives/communicator.h"
@@ -130,6 +131,66 @@ TEST(OpQueue, DestroyingAQueueCancelsWhatIsQueued) {
     queued = queue.Submit([] { return OkStatus(); }, milliseconds(600000), "second");
   }
   EXPECT_EQ(queued.Wait().code(), StatusCode::kCancelled);
+}
+
+// The waiter runs the op (communicator.h, OpQueue): ops waited for one at a time run on the
+// waiting thread, except when the queue's thread claims one first (it is woken at Submit, so the
+// split is up to the scheduler; of 200 ops the waiter runs some).
+TEST(OpQueue, WaitRunsTheOpAtTheHeadOfAnIdleQueueOnTheWaitingThread) {
+  OpQueue queue([](const Status&) {});
+  const auto me = std::this_thread::get_id();
+  int here = 0;
+  for (int i = 0; i < 200; ++i) {
+    std::thread::id ran_on;
+    ASSERT_TRUE(queue.Submit([&] { ran_on = std::this_thread::get_id(); return OkStatus(); }, milliseconds(10000), "op")
+                    .Wait()
+                    .ok());
+    if (ran_on == me) ++here;
+  }
+  EXPECT_GT(here, 0);
+}
+
+// Waiters on several threads and the queue's thread never run two ops at once, and every op runs
+// once, in submission order per thread.
+TEST(OpQueue, OpsRunOneAtATimeWhoeverRunsThem) {
+  OpQueue queue([](const Status&) {});
+  std::atomic<int> running{0};
+  std::atomic<int> overlaps{0};
+  std::atomic<int> ran{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 100; ++i) {
+        Work work = queue.Submit([&] {
+          if (running.fetch_add(1) != 0) ++overlaps;
+          ++ran;
+          running.fetch_sub(1);
+          return OkStatus();
+        }, milliseconds(10000), "op");
+        EXPECT_TRUE(work.Wait().ok());
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(overlaps.load(), 0);
+  EXPECT_EQ(ran.load(), 400);
+}
+
+// A waiter blocked in the op it runs is released by Abort through on_abort, as the queue's thread
+// is, and its Wait returns the reason.
+TEST(OpQueue, AbortReleasesAWaiterBlockedInTheOpItRuns) {
+  Gate gate;
+  Gate started;
+  OpQueue queue([&](const Status&) { gate.Open(); });
+  Work blocked = queue.Submit([&] { started.Open(); gate.Pass(); return InternalError("library call returned after abort"); },
+                              milliseconds(600000), "allreduce");
+  Status waited;
+  std::thread waiter([&] { waited = blocked.Wait(); });
+  started.Pass();
+  queue.Abort(UnavailableError("rank 1 lost"));
+  waiter.join();
+  EXPECT_EQ(waited, UnavailableError("rank 1 lost"));
+  EXPECT_EQ(queue.Submit([] { return OkStatus(); }, milliseconds(1000), "barrier").Wait(), UnavailableError("rank 1 lost"));
 }
 
 TEST(CheckBuffer, RefusesNullAndOverflowingBuffersButAcceptsEmptyOnes) {
