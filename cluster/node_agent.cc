@@ -12,6 +12,7 @@
 #include "actors/serving/replica.h"
 #include "actors/slice_environment.h"
 #include "actors/training/messages.h"
+#include "actors/training/worker_communicators.h"
 #include "cluster/bootstrap.h"
 #include "common/backoff.h"
 
@@ -126,10 +127,11 @@ StatusOr<std::unique_ptr<NodeAgent>> NodeAgent::Start(const ClusterConfig& confi
   RETURN_IF_ERROR(agent->SpawnSlices());
   RETURN_IF_ERROR(agent->runtime_->RegisterName("troupe.node_agent", agent->agent_));
   // Actor workers of training jobs (docs/jobs.md): spawned here by their job's supervisor.
-  // Their groups' collectives: Gloo over the attempt's rendezvous store (none without Gloo).
+  // Their groups' collectives: NCCL on real GPU slices where troupe has NCCL, Gloo otherwise or
+  // when the job asks for it (entry.backend; actors/training/worker_communicators.h).
   RETURN_IF_ERROR(training::RegisterActorWorkers(
       *agent->runtime_,
-      training::ActorWorkerDeps{&training::BuiltinWorkerTypes(), training::GlooCommunicatorFactory(), {}}));
+      training::ActorWorkerDeps{&training::BuiltinWorkerTypes(), training::WorkerCommunicatorFactory(), {}}));
   return agent;
 }
 

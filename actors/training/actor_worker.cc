@@ -217,8 +217,10 @@ WorkerTypeRegistry& BuiltinWorkerTypes() {
 
 CommunicatorFactory GlooCommunicatorFactory() {
 #if defined(TROUPE_HAVE_GLOO)
-  return [](runtime::Runtime& rt, uint32_t rank, uint32_t world_size,
-            const runtime::ActorRef& store) -> StatusOr<std::unique_ptr<collectives::Communicator>> {
+  return [](runtime::Runtime& rt, const ActorWorkerStart& start) -> StatusOr<std::unique_ptr<collectives::Communicator>> {
+    const uint32_t rank = start.rank;
+    const uint32_t world_size = start.world_size;
+    const runtime::ActorRef& store = start.rendezvous;
     if (!store.valid()) {
       return FailedPreconditionError("rank " + std::to_string(rank) + " of " + std::to_string(world_size) +
                                      " got no rendezvous store from its supervisor");
@@ -311,7 +313,7 @@ Status RunWorker(runtime::Runtime* rt, const ActorWorkerDeps& deps, const ActorW
                                      std::to_string(start.world_size) +
                                      " actor workers (built without collectives/gloo); run one worker");
     }
-    ASSIGN_OR_RETURN(communicator, deps.communicators(*rt, start.rank, start.world_size, start.rendezvous));
+    ASSIGN_OR_RETURN(communicator, deps.communicators(*rt, start));
   }
   ASSIGN_OR_RETURN(auto device, OpenDevice(deps, start));
   auto context = std::make_shared<WorkerContext>(start, std::move(communicator), std::move(device));

@@ -116,10 +116,11 @@ class WorkerContext {
 /// caught and counts the same. Runs on a thread of its own; blocking calls are fine there.
 using WorkerMain = std::function<Status(WorkerContext&)>;
 
-/// Makes a rank's communicator: `store` is the attempt's rendezvous store actor
-/// (collectives/rendezvous.h). Blocks until the group is formed or fails.
+/// Makes a rank's communicator from its start: rank, world size, the attempt's rendezvous store
+/// actor (`start.rendezvous`, collectives/rendezvous.h), its slice and the job's entry.backend
+/// (actors/training/worker_communicators.h chooses). Blocks until the group is formed or fails.
 using CommunicatorFactory = std::function<StatusOr<std::unique_ptr<collectives::Communicator>>(
-    runtime::Runtime& runtime, uint32_t rank, uint32_t world_size, const runtime::ActorRef& store)>;
+    runtime::Runtime& runtime, const ActorWorkerStart& start)>;
 
 /// Gloo (collectives/gloo_communicator.h) over the attempt's rendezvous store
 /// (collectives/rendezvous.h), bound to the host of `runtime`'s address; an empty function where

@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "actors/training/worker_communicators.h"
 #include "common/file_util.h"
 
 namespace troupe::training {
@@ -135,10 +136,9 @@ Status ExampleLinearMain(WorkerContext& context) {
     }
     std::vector<int64_t> grad = LinearGradient(config, step, first, last, weights);
     if (world > 1) {
-      collectives::Communicator* comm = context.communicator();
-      if (comm == nullptr) return FailedPreconditionError("a group of " + std::to_string(world) + " has no communicator");
-      Status reduced = comm->AllReduce(grad.data(), grad.size(), collectives::DataType::kInt64,
-                                       collectives::ReduceOp::kSum).Wait();
+      // Host gradients: over NCCL through a buffer of the slice (worker_communicators.h).
+      Status reduced = AllReduceHostBuffer(context, grad.data(), grad.size(), collectives::DataType::kInt64,
+                                           collectives::ReduceOp::kSum);
       if (!reduced.ok()) {
         return Status(reduced.code(), "rank " + std::to_string(rank) + ", step " + std::to_string(step) +
                                           ": allreduce of the gradients: " + reduced.message());

@@ -80,10 +80,14 @@ class JobSpecReader : public runtime::YamlReader {
       Error(root, "entry", "missing (the command every worker runs, or the actor worker type: actor: NAME)");
       return;
     }
-    if (!CheckKeys(entry, "entry", {"command", "actor", "env", "working_dir", "preload"})) return;
+    if (!CheckKeys(entry, "entry", {"command", "actor", "env", "working_dir", "preload", "backend"})) return;
     if (Given(entry["actor"])) {
       ActorEntry(entry, e);
       return;
+    }
+    if (Given(entry["backend"])) {
+      Error(entry["backend"], "entry.backend",
+            "only with entry.actor (a process worker's script picks its own collectives backend)");
     }
     WorkingDir(entry["working_dir"], "entry.working_dir", base_dir_, &e->working_dir);
     const YAML::Node command = entry["command"];
@@ -120,6 +124,7 @@ class JobSpecReader : public runtime::YamlReader {
       }
     }
     Environment(entry["env"], "entry.env", &e->env);
+    OneOf(entry["backend"], "entry.backend", {"auto", "gloo", "nccl"}, &e->backend);
   }
 
   void Checkpoints(const YAML::Node& node, CheckpointPolicy* c) {

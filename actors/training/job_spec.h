@@ -37,6 +37,11 @@ struct EntryPoint {
   /// processes. [a-z0-9][a-z0-9-]{0,62}. `env` is then the worker's configuration (each
   /// type documents what it reads); `working_dir` and `preload` are not allowed.
   std::string actor;
+  /// With `actor`: the collectives backend of the workers' group, "auto" (NCCL when the workers
+  /// have real GPU slices and troupe is built with NCCL, Gloo otherwise; torch.distributed's
+  /// default), "gloo" or "nccl" (refused at the workers' start without a real GPU slice or NCCL).
+  /// Not allowed with `command`. actors/training/worker_communicators.h.
+  std::string backend = "auto";
   /// NAME -> value, with ${VAR} expanded at submit time from the submitter's environment
   /// (an unset VAR is an error naming it; `$${` is a literal `${`).
   std::map<std::string, std::string> env;

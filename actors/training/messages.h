@@ -135,6 +135,8 @@ struct ActorWorkerStart {
   std::string gpu_id;
   uint64_t memory_bytes = 0;
   bool simulated = false;
+  /// entry.backend: "auto" (or empty), "gloo" or "nccl" (actors/training/worker_communicators.h).
+  std::string backend;
 };
 /// Supervisor -> worker actor: stop (its communicator is aborted, its loop ends, it exits).
 struct StopActorWorker {

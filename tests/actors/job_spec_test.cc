@@ -331,5 +331,23 @@ TEST_F(JobSpecTest, AnActorEntryRefusesTheFieldsOfAProcessAndABadName) {
   ExpectError("name: tiny\nentry:\n  env: {A: b}\n", 3, "entry.command", "or actor: NAME for actor workers");
 }
 
+// entry.backend (actors/training/worker_communicators.h): auto by default, gloo or nccl with
+// entry.actor; refused with a command and for another name, at its line.
+TEST_F(JobSpecTest, AnActorEntryTakesACollectivesBackend) {
+  JobSpec spec;
+  std::vector<ConfigError> errors = Errors("name: tiny\nentry:\n  actor: example-linear\n", &spec);
+  ASSERT_TRUE(errors.empty()) << errors.front().ToString();
+  EXPECT_EQ(spec.entry.backend, "auto");
+  errors = Errors("name: tiny\nentry:\n  actor: example-linear\n  backend: gloo\n", &spec);
+  ASSERT_TRUE(errors.empty()) << errors.front().ToString();
+  EXPECT_EQ(spec.entry.backend, "gloo");
+  errors = Errors("name: tiny\nentry:\n  actor: example-linear\n  backend: nccl\n", &spec);
+  ASSERT_TRUE(errors.empty()) << errors.front().ToString();
+  EXPECT_EQ(spec.entry.backend, "nccl");
+  ExpectError("name: tiny\nentry:\n  actor: example-linear\n  backend: mpi\n", 4, "entry.backend",
+              "expected one of auto, gloo, nccl; got 'mpi'");
+  ExpectError("name: tiny\nentry:\n  command: [sh]\n  backend: gloo\n", 4, "entry.backend", "only with entry.actor");
+}
+
 }  // namespace
 }  // namespace troupe::training
