@@ -97,7 +97,8 @@ class ClusterReader : public runtime::YamlReader {
     if (gw.IsNull()) return;  // `gateway:` alone: every default
     if (!CheckKeys(gw, "gateway",
                    {"listen", "max_body", "max_header", "read_timeout", "idle_timeout", "request_timeout",
-                    "prompt_bytes_per_token", "limits", "usage_flush_interval", "audit_retention"})) {
+                    "prompt_bytes_per_token", "limits", "usage_flush_interval", "audit_retention",
+                    "head_retry_budget"})) {
       return;
     }
     if (String(gw["listen"], "gateway.listen", &g.listen)) {
@@ -132,6 +133,7 @@ class ClusterReader : public runtime::YamlReader {
       }
     }
     Duration(gw["audit_retention"], "gateway.audit_retention", kMaxAuditRetention, &g.audit_retention);
+    Duration(gw["head_retry_budget"], "gateway.head_retry_budget", kMaxGatewayTimeout, &g.head_retry_budget);
     if (Integer(gw["prompt_bytes_per_token"], "gateway.prompt_bytes_per_token", &g.prompt_bytes_per_token, 64) &&
         g.prompt_bytes_per_token == 0) {
       Error(gw["prompt_bytes_per_token"], "gateway.prompt_bytes_per_token", "must be from 1 to 64");

@@ -62,6 +62,10 @@ struct GatewaySpec {
   std::chrono::milliseconds idle_timeout{60000};
   /// The deadline of a request at the router and replica (504 past it).
   std::chrono::milliseconds request_timeout{60000};
+  /// head_retry_budget: how long a request whose call to the head failed because the head was
+  /// lost (kill -9, connection gone) waits for it to come back and is sent again, in all (0:
+  /// never retried; the request's deadline bounds it too). docs/gateway.md "A head restart".
+  std::chrono::milliseconds head_retry_budget{30000};
   /// The prompt's token estimate for reservations: ceil(UTF-8 bytes / this). 1 is an upper bound
   /// for byte-level BPE tokenizers (every token is at least one byte), so no prompt is
   /// under-reserved; 4 is OpenAI's rule of thumb (about 4 characters a token), which admits

@@ -14,6 +14,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <nlohmann/json.hpp>
 
 #include "actors/api/api_keys.h"
@@ -23,6 +24,7 @@
 #include "actors/serving/deployment.h"
 #include "actors/serving/messages.h"
 #include "cluster/admission.h"
+#include "gateway/head_retry.h"
 #include "gateway/scrape_registration.h"
 
 namespace troupe::gateway {
@@ -37,21 +39,32 @@ using Json = nlohmann::json;
 using Ms = std::chrono::milliseconds;
 
 // Local messages to the gateway's session actor (never on the wire).
+// `done` gets the api actor the call went to: a reservation is settled with the actor that made
+// it, never with a restarted head's (reservation ids start again at 1 there).
 struct AdmitCall {
   api::Admit admit;
-  std::function<void(StatusOr<api::AdmitReply>)> done;
+  std::function<void(StatusOr<api::AdmitReply>, runtime::ActorRef)> done;
 };
 struct CommandCall {
   api::ApiCommand command;
-  std::function<void(StatusOr<api::ApiCommandReply>)> done;
+  std::function<void(StatusOr<api::ApiCommandReply>, runtime::ActorRef)> done;
 };
 struct SettleCall {
   api::Settle settle;
+  runtime::ActorRef to;  // the api actor that admitted it (one lost with its head drops it)
 };
 struct InferCall {
   cluster::AdmitAndInfer call;
   std::chrono::milliseconds timeout;
-  std::function<void(StatusOr<cluster::AdmitAndInferReply>)> done;
+  std::function<void(StatusOr<cluster::AdmitAndInferReply>, runtime::ActorRef)> done;
+};
+// Runs `fn` on the session actor after `delay` (a retry's back-off; no thread waits).
+struct RunLater {
+  std::chrono::milliseconds delay;
+  std::function<void()> fn;
+};
+struct RunNow {
+  std::function<void()> fn;
 };
 
 }  // namespace
@@ -61,6 +74,8 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::gateway::AdmitCall)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::gateway::CommandCall)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::gateway::SettleCall)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::gateway::InferCall)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::gateway::RunLater)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::gateway::RunNow)
 
 namespace troupe::gateway {
 namespace {
@@ -71,7 +86,7 @@ using flush_atom = caf::atom_constant<caf::atom("gwflush")>;
 template <class F>
 struct ReplyOf;
 template <class R>
-struct ReplyOf<std::function<void(StatusOr<R>)>> {
+struct ReplyOf<std::function<void(StatusOr<R>, runtime::ActorRef)>> {
   using type = R;
 };
 using gone_atom = caf::atom_constant<caf::atom("gwgone")>;
@@ -158,6 +173,11 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
                 .Help("Streamed requests: time from the request read whole to the first event written")
                 .Register(*registry)
                 .Add({}, prometheus::Histogram::BucketBoundaries{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10});
+    retries_counter = &prometheus::BuildCounter()
+                           .Name("troupe_gateway_head_retries_total")
+                           .Help("Model requests sent to the head again after it was lost (one per attempt)")
+                           .Register(*registry)
+                           .Add({});
     in_flight_gauge = &prometheus::BuildGauge()
                            .Name("troupe_gateway_requests_in_flight")
                            .Help("Model requests admitted and not yet ended")
@@ -310,12 +330,12 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
         runtime::ActorRef actor = impl ? impl->ApiActor() : runtime::ActorRef();
         if (!actor.valid()) {
           if (impl) impl->RefreshApiActor();
-          done(UnavailableError("the head's api actor is not reachable yet; retry shortly"));
+          done(UnavailableError("the head's api actor is not reachable yet; retry shortly"), actor);
           return;
         }
         self->request(actor.handle(), timeout, std::move(msg))
-            .then([done](Reply& reply) { done(std::move(reply)); },
-                  [weak, done](caf::error& error) {
+            .then([done, actor](Reply& reply) { done(std::move(reply), actor); },
+                  [weak, done, actor](caf::error& error) {
                     Status status = runtime::ToStatus(error);
                     if (status.ok()) status = InternalError("the api actor failed without a reason");
                     if (auto impl = weak.lock()) {
@@ -324,34 +344,39 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
                         impl->RefreshApiActor();
                       }
                     }
-                    done(std::move(status));
+                    done(std::move(status), actor);
                   });
       };
       return {
           [ask](AdmitCall& call) { ask(std::move(call.admit), std::move(call.done)); },
           [ask](CommandCall& call) { ask(std::move(call.command), std::move(call.done)); },
           [ask](InferCall& call) { ask(std::move(call.call), std::move(call.done), call.timeout); },
-          [self, weak](SettleCall& call) {
-            auto impl = weak.lock();
-            runtime::ActorRef actor = impl ? impl->ApiActor() : runtime::ActorRef();
-            if (actor.valid()) self->send(actor.handle(), std::move(call.settle));
+          [self](SettleCall& call) {
+            if (call.to.valid()) self->send(call.to.handle(), std::move(call.settle));
           },
+          [self](RunLater& later) { self->delayed_send(self, later.delay, RunNow{std::move(later.fn)}); },
+          [](RunNow& now) { now.fn(); },
       };
     });
   }
 
   // Asks the api actor through the session actor; `done` runs on an actor thread.
-  void AskApi(api::Admit msg, std::function<void(StatusOr<api::AdmitReply>)> done) {
+  void AskApi(api::Admit msg, std::function<void(StatusOr<api::AdmitReply>, runtime::ActorRef)> done) {
     caf::anon_send(session, AdmitCall{std::move(msg), std::move(done)});
   }
   void AskApi(api::ApiCommand msg, std::function<void(StatusOr<api::ApiCommandReply>)> done) {
-    caf::anon_send(session, CommandCall{std::move(msg), std::move(done)});
+    caf::anon_send(session, CommandCall{std::move(msg), [done = std::move(done)](StatusOr<api::ApiCommandReply> reply,
+                                                                                  runtime::ActorRef) {
+                     done(std::move(reply));
+                   }});
   }
-  void AskApi(cluster::AdmitAndInfer msg, std::function<void(StatusOr<cluster::AdmitAndInferReply>)> done) {
+  void AskApi(cluster::AdmitAndInfer msg,
+              std::function<void(StatusOr<cluster::AdmitAndInferReply>, runtime::ActorRef)> done) {
     // The router's deadline (request_timeout) answers first; this one only if the head is gone.
     const Ms timeout = config.gateway.request_timeout + Ms(2000);
     caf::anon_send(session, InferCall{std::move(msg), timeout, std::move(done)});
   }
+  void RunAfter(Ms delay, std::function<void()> fn) { caf::anon_send(session, RunLater{delay, std::move(fn)}); }
 
   // True (and 401 answered) when the request carries no key: nothing to ask the head.
   bool NoKey(const std::string& key, const std::shared_ptr<HttpResponder>& out, const std::string& endpoint,
@@ -406,7 +431,8 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
         api::Admit check;
         check.api_key = admit.api_key;
         check.action = static_cast<uint32_t>(api::Action::kListModels);
-        self->AskApi(std::move(check), [self, out, parsed, endpoint, start](StatusOr<api::AdmitReply> reply) {
+        self->AskApi(std::move(check), [self, out, parsed, endpoint, start](StatusOr<api::AdmitReply> reply,
+                                                                            runtime::ActorRef by) {
           if (!reply.ok()) {
             RespondError(out, OpenAiError::ForStatus(503, "the gateway cannot reach the cluster's key and limit "
                                                           "service (" + reply.status().ToString() + "); retry shortly"));
@@ -415,7 +441,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
           }
           if (reply->admitted && reply->reservation != 0) {
             ++self->in_flight;
-            self->Settle(*reply, "", 0, 0, false);
+            self->Settle(*reply, by, "", 0, 0, false);
           }
           if (!reply->admitted) {
             ++self->refused;
@@ -431,21 +457,129 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
       }
       if (route.ok() && !parsed.stream) {
         self->AdmitAndCall(std::move(req), out, std::move(parsed), std::move(admit), std::move(*route), endpoint,
-                           start, std::nullopt);
+                           start, std::nullopt, runtime::ActorRef(), HeadRetries{});
         return;
       }
-      self->AdmitAndDispatch(std::move(req), out, std::move(parsed), std::move(admit), endpoint, start);
+      self->AdmitAndDispatch(std::move(req), out, std::move(parsed), std::move(admit), endpoint, start, HeadRetries{});
     });
   }
 
-  void AdmitAndDispatch(HttpRequest req, std::shared_ptr<HttpResponder> out, api::CompletionRequest parsed,
-                        api::Admit admit, std::string endpoint, std::chrono::steady_clock::time_point start) {
+  // ---- retries through a head restart (gateway/head_retry.h; docs/gateway.md "A head restart") ----
+
+  HeadRetryPolicy retry_policy;
+  std::atomic<uint64_t> head_retries{0}, retried_requests{0};
+  prometheus::Counter* retries_counter = nullptr;
+
+  // One request's retries: its deadline (kept across attempts: a retry does not extend it) and
+  // its failed attempts.
+  struct HeadRetries {
+    int64_t deadline_unix_ms = 0;
+    uint32_t failures = 0;
+    std::chrono::steady_clock::time_point first_failure;
+  };
+  HeadRetries Deadlined(HeadRetries retries) const {
+    if (retries.deadline_unix_ms == 0) retries.deadline_unix_ms = UnixMs() + config.gateway.request_timeout.count();
+    return retries;
+  }
+
+  static double Uniform() {
+    thread_local std::mt19937_64 rng{std::random_device()()};
+    return static_cast<double>(rng() >> 11) * 0x1.0p-53;
+  }
+
+  // After a failed attempt that ended as `outcome`: `again` runs after the back-off, with the
+  // failure counted (true), or *why says why the request is not sent again (false).
+  bool ScheduleRetry(CallOutcome outcome, const HeadRetries& retries, std::function<void(HeadRetries)> again,
+                     std::string* why) {
+    HeadRetries next = retries;
+    const auto now = std::chrono::steady_clock::now();
+    if (next.failures++ == 0) next.first_failure = now;
+    const HeadRetryDecision decision =
+        DecideHeadRetry(retry_policy, outcome, next.failures, std::chrono::duration_cast<Ms>(now - next.first_failure),
+                        Ms(next.deadline_unix_ms - UnixMs()), Uniform());
+    if (!decision.retry || stopping.load()) {
+      *why = stopping.load() ? "the gateway is stopping" : decision.why;
+      return false;
+    }
+    ++head_retries;
+    retries_counter->Increment();
+    if (next.failures == 1) ++retried_requests;
+    RunAfter(decision.delay, [again = std::move(again), next] { again(next); });
+    return true;
+  }
+
+  // A retry after the head was lost: the deployment's router is looked up again first (the
+  // restarted head's; that head may still be reading its deployments back, so a lookup that
+  // finds no router or no head is one more failed attempt), then `send` runs with it. `fail`
+  // answers the request when no retry is left.
+  void ResendAfterHeadLoss(const std::string& model, HeadRetries retries, std::function<void(Route, HeadRetries)> send,
+                           std::function<void(const Status&, const std::string&)> fail) {
+    ForgetRouter(model);
     auto self = shared_from_this();
-    AskApi(std::move(admit), [self, req = std::move(req), out, parsed, endpoint,
-                                               start](StatusOr<api::AdmitReply> reply) mutable {
+    WithRouter(model, true, [self, model, retries, send, fail](StatusOr<Route> route) {
+      if (route.ok()) {
+        send(std::move(*route), retries);
+        return;
+      }
+      const CallOutcome outcome =
+          route.status().code() == StatusCode::kNotFound ? CallOutcome::kHeadLost : OutcomeOf(route.status());
+      std::string why;
+      if (self->ScheduleRetry(
+              outcome, retries,
+              [self, model, send, fail](HeadRetries next) { self->ResendAfterHeadLoss(model, next, send, fail); },
+              &why)) {
+        return;
+      }
+      fail(route.status(), why);
+    });
+  }
+
+  // The answer to a request whose head was lost and not back in time (or whose route was not).
+  void HeadLostAnswer(const std::shared_ptr<HttpResponder>& out, const std::string& model, const Status& status,
+                      const std::string& why, const std::string& endpoint, std::chrono::steady_clock::time_point start) {
+    OpenAiError error = status.code() == StatusCode::kNotFound
+                            ? RouteError(model, status)
+                            : OpenAiError::ForStatus(503, "the gateway cannot reach the cluster's head (" +
+                                                              status.ToString() + "); not sent again: " + why +
+                                                              "; retry shortly");
+    RespondError(out, error);
+    Count(endpoint, error.http_status, start);
+  }
+
+  // A streamed request (or one whose route is not known yet): admitted, then Dispatch. A stream
+  // is sent again, admitted afresh, when the head is lost before the admission's answer or
+  // before the stream's first chunk (`resend`).
+  void AdmitAndDispatch(HttpRequest req, std::shared_ptr<HttpResponder> out, api::CompletionRequest parsed,
+                        api::Admit admit, std::string endpoint, std::chrono::steady_clock::time_point start,
+                        HeadRetries retries) {
+    auto self = shared_from_this();
+    retries = Deadlined(retries);
+    // Sends the request again after a head loss (true), or says why not.
+    std::function<bool(CallOutcome, std::string*)> resend = [self, req, out, parsed, admit, endpoint, start,
+                                                             retries](CallOutcome outcome, std::string* why) {
+      const std::string model = parsed.model;
+      return self->ScheduleRetry(
+          outcome, retries,
+          [self, model, req, out, parsed, admit, endpoint, start](HeadRetries next) {
+            self->ResendAfterHeadLoss(
+                model, next,
+                [self, req, out, parsed, admit, endpoint, start](Route, HeadRetries n) {
+                  self->AdmitAndDispatch(req, out, parsed, admit, endpoint, start, n);
+                },
+                [self, out, model, endpoint, start](const Status& status, const std::string& why) {
+                  self->HeadLostAnswer(out, model, status, why, endpoint, start);
+                });
+          },
+          why);
+    };
+    AskApi(std::move(admit), [self, req = std::move(req), out, parsed, endpoint, start, resend,
+                              retries](StatusOr<api::AdmitReply> reply, runtime::ActorRef by) mutable {
       if (!reply.ok()) {
+        std::string why;
+        if (resend(OutcomeOf(reply.status()), &why)) return;
         RespondError(out, OpenAiError::ForStatus(503, "the gateway cannot reach the cluster's key and limit service (" +
-                                                          reply.status().ToString() + "); retry shortly"));
+                                                          reply.status().ToString() + "); not sent again: " + why +
+                                                          "; retry shortly"));
         self->Count(endpoint, 503, start);
         return;
       }
@@ -458,13 +592,15 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
       }
       ++self->admitted;
       ++self->in_flight;
-      self->Dispatch(std::move(req), out, std::move(parsed), std::move(*reply), endpoint, start);
+      self->Dispatch(std::move(req), out, std::move(parsed), std::move(*reply), std::move(by), endpoint, start,
+                     retries.deadline_unix_ms, std::move(resend));
     });
   }
 
-  // Settles `reservation` once (after the request ended however it ended).
-  void Settle(const api::AdmitReply& admit, const std::string& deployment, uint32_t prompt, uint32_t completion,
-              bool error) {
+  // Settles `admit`'s reservation once, with `by`, the api actor that made it (after the request
+  // ended however it ended). A reservation of a head lost since dies with it: nothing to settle.
+  void Settle(const api::AdmitReply& admit, const runtime::ActorRef& by, const std::string& deployment,
+              uint32_t prompt, uint32_t completion, bool error) {
     --in_flight;
     api::Settle settle;
     settle.reservation = admit.reservation;
@@ -472,17 +608,20 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
     settle.prompt_tokens = prompt;
     settle.completion_tokens = completion;
     settle.error = error;
-    caf::anon_send(session, SettleCall{std::move(settle)});
+    caf::anon_send(session, SettleCall{std::move(settle), by});
   }
 
   // A streamed completion, admitted: to the deployment's router, the replica's chunks to this
   // gateway (Stream).
   void Dispatch(HttpRequest req, std::shared_ptr<HttpResponder> out, api::CompletionRequest parsed,
-                api::AdmitReply admit, std::string endpoint, std::chrono::steady_clock::time_point start) {
+                api::AdmitReply admit, runtime::ActorRef by, std::string endpoint,
+                std::chrono::steady_clock::time_point start, int64_t deadline_unix_ms,
+                std::function<bool(CallOutcome, std::string*)> resend) {
     auto self = shared_from_this();
     const std::string deployment = parsed.model;
     WithRouter(deployment, false, [self, req = std::move(req), out, parsed = std::move(parsed),
-                                   admit = std::move(admit), endpoint, start](StatusOr<Route> route) mutable {
+                                   admit = std::move(admit), by = std::move(by), endpoint, start, deadline_unix_ms,
+                                   resend = std::move(resend)](StatusOr<Route> route) mutable {
       if (route.ok() && route->tenant != admit.tenant) route = NotFoundError("another tenant's deployment");
       StatusOr<runtime::ActorRef> router = route.ok() ? StatusOr<runtime::ActorRef>(route->router)
                                                       : StatusOr<runtime::ActorRef>(route.status());
@@ -490,7 +629,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
         const OpenAiError e = RouteError(parsed.model, router.status());
         RespondError(out, e, HttpHeaders(admit.headers.begin(), admit.headers.end()));
         ++self->failed;
-        self->Settle(admit, parsed.model, 0, 0, /*error=*/true);
+        self->Settle(admit, by, parsed.model, 0, 0, /*error=*/true);
         self->Count(endpoint, e.http_status, start);
         return;
       }
@@ -500,8 +639,9 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
       request.path = std::string(req.Path());
       request.body = std::move(req.body);
       request.stream = parsed.stream;
-      request.deadline_unix_ms = UnixMs() + self->config.gateway.request_timeout.count();
-      self->Stream(std::move(request), *router, out, std::move(parsed), std::move(admit), endpoint, start);
+      request.deadline_unix_ms = deadline_unix_ms;
+      self->Stream(std::move(request), *router, out, std::move(parsed), std::move(admit), std::move(by), endpoint,
+                   start, std::move(resend));
     });
   }
 
@@ -521,11 +661,14 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
   }
 
   // A whole (not streamed) completion: admitted at the head and sent on to the deployment's
-  // router there, in one message (cluster/admission.h). `admitted`: a retry, after the router
-  // moved, of a call admitted before (its reservation is reused, not admitted again).
+  // router there, in one message (cluster/admission.h). `admitted` (by `admitted_by`): a retry,
+  // after the router moved, of a call admitted before (its reservation is reused, not admitted
+  // again). A call the head never answered because it was lost is sent again after the head is
+  // back, admitted afresh (`retries`; docs/gateway.md "A head restart"); one it answered never is.
   void AdmitAndCall(HttpRequest req, std::shared_ptr<HttpResponder> out, api::CompletionRequest parsed,
                     api::Admit admit, Route route, std::string endpoint, std::chrono::steady_clock::time_point start,
-                    std::optional<api::AdmitReply> admitted) {
+                    std::optional<api::AdmitReply> admitted, runtime::ActorRef admitted_by, HeadRetries retries) {
+    retries = Deadlined(retries);
     cluster::AdmitAndInfer call;
     call.admit = admit;
     call.deployment_tenant = route.tenant;
@@ -535,20 +678,40 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
     call.request.deployment = parsed.model;
     call.request.path = std::string(req.Path());
     call.request.body = req.body;  // the request keeps its body for a retry
-    call.request.deadline_unix_ms = UnixMs() + config.gateway.request_timeout.count();
+    call.request.deadline_unix_ms = retries.deadline_unix_ms;
     const bool retry = admitted.has_value();
     auto self = shared_from_this();
     AskApi(std::move(call), [self, req = std::move(req), out, parsed = std::move(parsed), admit = std::move(admit),
-                             endpoint, start, admitted, retry](StatusOr<cluster::AdmitAndInferReply> reply) mutable {
+                             endpoint, start, admitted, admitted_by, retry,
+                             retries](StatusOr<cluster::AdmitAndInferReply> reply, runtime::ActorRef by) mutable {
       if (!reply.ok()) {
-        // The head did not answer: an admission it may have made is settled there, as
-        // cancelled, when this gateway's session ends or the reservation expires.
+        // No answer from the head. Lost (not merely slow): send it again once the head is back,
+        // admitted afresh. The reservation of an earlier admission died with the head (a head
+        // that lives settles it as cancelled when this gateway's session ends or it expires).
+        std::string why;
+        const std::string model = parsed.model;
+        auto again = [self, model, req, out, parsed, admit, endpoint, start](HeadRetries next) {
+          self->ResendAfterHeadLoss(
+              model, next,
+              [self, req, out, parsed, admit, endpoint, start](Route route, HeadRetries n) {
+                self->AdmitAndCall(req, out, parsed, admit, std::move(route), endpoint, start, std::nullopt,
+                                   runtime::ActorRef(), n);
+              },
+              [self, out, model, endpoint, start](const Status& status, const std::string& why) {
+                self->HeadLostAnswer(out, model, status, why, endpoint, start);
+              });
+        };
+        if (self->ScheduleRetry(OutcomeOf(reply), retries, std::move(again), &why)) {
+          if (admitted) --self->in_flight;
+          return;
+        }
         if (admitted) {
           ++self->failed;
-          self->Settle(*admitted, parsed.model, 0, 0, /*error=*/true);
+          self->Settle(*admitted, admitted_by, parsed.model, 0, 0, /*error=*/true);
         }
         RespondError(out, OpenAiError::ForStatus(503, "the gateway cannot reach the cluster's key and limit service (" +
-                                                          reply.status().ToString() + "); retry shortly"));
+                                                          reply.status().ToString() + "); not sent again: " + why +
+                                                          "; retry shortly"));
         self->Count(endpoint, 503, start);
         return;
       }
@@ -564,6 +727,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
         ++self->admitted;
         ++self->in_flight;
         admitted = std::move(reply->admit);
+        admitted_by = by;
       }
       HttpHeaders headers(admitted->headers.begin(), admitted->headers.end());
       const Status error = reply->error();
@@ -580,19 +744,19 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
           self->ForgetRouter(parsed.model);
           const std::string model = parsed.model;
           self->WithRouter(model, true, [self, req = std::move(req), out, parsed = std::move(parsed),
-                                         admit = std::move(admit), endpoint, start,
-                                         admitted](StatusOr<Route> route) mutable {
+                                         admit = std::move(admit), endpoint, start, admitted, admitted_by,
+                                         retries](StatusOr<Route> route) mutable {
             if (route.ok() && route->tenant != admitted->tenant) route = NotFoundError("another tenant's deployment");
             if (!route.ok()) {
               const OpenAiError e = RouteError(parsed.model, route.status());
               RespondError(out, e, HttpHeaders(admitted->headers.begin(), admitted->headers.end()));
               ++self->failed;
-              self->Settle(*admitted, parsed.model, 0, 0, /*error=*/true);
+              self->Settle(*admitted, admitted_by, parsed.model, 0, 0, /*error=*/true);
               self->Count(endpoint, e.http_status, start);
               return;
             }
             self->AdmitAndCall(std::move(req), out, std::move(parsed), std::move(admit), std::move(*route), endpoint,
-                               start, std::move(admitted));
+                               start, std::move(admitted), admitted_by, retries);
           });
           return;
         }
@@ -601,7 +765,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
             !reply->dispatched && code == StatusCode::kNotFound ? ModelNotFound(parsed.model) : api::ErrorFromStatus(error);
         RespondError(out, e, std::move(headers));
         ++self->failed;
-        self->Settle(*admitted, parsed.model, 0, 0, /*error=*/true);
+        self->Settle(*admitted, admitted_by, parsed.model, 0, 0, /*error=*/true);
         self->Count(endpoint, e.http_status, start);
         return;
       }
@@ -619,27 +783,32 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
       }
       const unsigned status = response.http_status == 0 ? 200 : response.http_status;
       if (!response.replica.empty()) headers.emplace_back("x-troupe-replica", response.replica);
+      if (retries.failures > 0) headers.emplace_back("x-troupe-head-retries", std::to_string(retries.failures));
       RespondJson(out, status, std::move(response.body), std::move(headers));
       if (status < 400) {
         ++self->completed;
       } else {
         ++self->failed;
       }
-      self->Settle(*admitted, parsed.model, prompt, completion, status >= 400);
+      self->Settle(*admitted, admitted_by, parsed.model, prompt, completion, status >= 400);
       self->Count(endpoint, status, start);
     });
   }
 
   // A streamed request: an actor of this process receives the replica's chunks (stream_to) and
   // the router's reply, and writes each chunk to the client as it comes.
+  // A stream whose router is lost with the head before its first chunk is sent again
+  // (`resend`); one that has sent a chunk to the client ends with an error event.
   void Stream(serving::InferenceRequest request, runtime::ActorRef router, std::shared_ptr<HttpResponder> out,
-              api::CompletionRequest parsed, api::AdmitReply admit, std::string endpoint,
-              std::chrono::steady_clock::time_point start) {
+              api::CompletionRequest parsed, api::AdmitReply admit, runtime::ActorRef by, std::string endpoint,
+              std::chrono::steady_clock::time_point start, std::function<bool(CallOutcome, std::string*)> resend) {
     struct Call {
       std::shared_ptr<Impl> impl;
       std::shared_ptr<HttpResponder> out;
       api::CompletionRequest parsed;
       api::AdmitReply admit;
+      runtime::ActorRef api;  // the api actor that admitted it
+      std::function<bool(CallOutcome, std::string*)> resend;
       std::string endpoint;
       std::chrono::steady_clock::time_point start;
       api::StreamUsageScanner scanner;
@@ -658,6 +827,8 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
     call->out = out;
     call->parsed = std::move(parsed);
     call->admit = std::move(admit);
+    call->api = std::move(by);
+    call->resend = std::move(resend);
     call->endpoint = std::move(endpoint);
     call->start = start;
     const Ms timeout = config.gateway.request_timeout + Ms(1000);
@@ -670,7 +841,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
         const OpenAiError error = api::ErrorFromStatus(c->error);
         RespondError(c->out, error, HttpHeaders(c->admit.headers.begin(), c->admit.headers.end()));
         ++impl.failed;
-        impl.Settle(c->admit, c->parsed.model, 0, 0, true);
+        impl.Settle(c->admit, c->api, c->parsed.model, 0, 0, true);
         impl.Count(c->endpoint, error.http_status, c->start);
         return;
       }
@@ -700,7 +871,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
       } else {
         ++impl.completed;
       }
-      impl.Settle(c->admit, c->parsed.model, prompt, completion, failed);
+      impl.Settle(c->admit, c->api, c->parsed.model, prompt, completion, failed);
       impl.Count(c->endpoint, 200, c->start);
     };
     auto cancel = [](const std::shared_ptr<Call>& c) {
@@ -716,7 +887,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
       // Tokens made before the cancel are unknown without a usage event: charge one per event
       // (the test model and vLLM send one token an event), at most the reservation.
       if (completion == 0) completion = std::min(c->events, c->parsed.CompletionTokenBound());
-      impl.Settle(c->admit, c->parsed.model, c->parsed.PromptTokenEstimate(impl.config.gateway.prompt_bytes_per_token),
+      impl.Settle(c->admit, c->api, c->parsed.model, c->parsed.PromptTokenEstimate(impl.config.gateway.prompt_bytes_per_token),
                   completion, false);
       impl.Count(c->endpoint, 499, c->start);
     };
@@ -736,6 +907,26 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
                 }
               },
               [self, call, finish](caf::error& error) {
+                if (!call->started && !call->finished && call->events == 0 && call->resend &&
+                    IsReceiverLost(error)) {
+                  // The router went with its head before the first chunk: nothing was written,
+                  // so the stream is sent again, admitted afresh; the reservation died with the
+                  // head. (Chunks of the first try that still come go to this quit actor.)
+                  std::string why;
+                  if (call->resend(CallOutcome::kHeadLost, &why)) {
+                    call->finished = true;
+                    --call->impl->in_flight;
+                    self->quit();
+                    return;
+                  }
+                }
+                if (call->scanner.done()) {
+                  // The replica's stream ended whole ([DONE]) and only the router's reply, which
+                  // comes through the head, was lost: the client has its answer.
+                  finish(call);
+                  self->quit();
+                  return;
+                }
                 call->error = runtime::ToStatus(error);
                 if (call->error.ok()) call->error = InternalError("the stream failed without a reason");
                 finish(call);
@@ -787,7 +978,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
     admit.api_key = key;
     admit.action = static_cast<uint32_t>(api::Action::kListModels);
     auto self = shared_from_this();
-    AskApi(std::move(admit), [self, out, start](StatusOr<api::AdmitReply> reply) {
+    AskApi(std::move(admit), [self, out, start](StatusOr<api::AdmitReply> reply, runtime::ActorRef by) {
       if (!reply.ok()) {
         RespondError(out, OpenAiError::ForStatus(503, "the gateway cannot reach the cluster: " +
                                                           reply.status().ToString()));
@@ -802,7 +993,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
       }
       if (reply->reservation != 0) {
         ++self->in_flight;
-        self->Settle(*reply, "", 0, 0, false);
+        self->Settle(*reply, by, "", 0, 0, false);
       }
       boost::asio::post(self->pool, [self, out, start, reply = std::move(*reply)] {
         auto listed = self->client->DeploymentCommand("list", "", "", kApiTimeout);
@@ -916,6 +1107,7 @@ StatusOr<std::unique_ptr<Gateway>> Gateway::Start(const cluster::ClusterConfig& 
   impl->config = config;
   impl->client = client;
   impl->InitMetrics();
+  impl->retry_policy.budget = config.gateway.head_retry_budget;
   ASSIGN_OR_RETURN(impl->api_actor, client->ApiActor(timeout));
   impl->StartSession();
   api::HttpServerConfig http;
@@ -969,6 +1161,8 @@ GatewayStats Gateway::stats() const {
   s.failed = impl_->failed.load();
   s.cancelled = impl_->cancelled.load();
   s.in_flight = impl_->in_flight.load();
+  s.head_retries = impl_->head_retries.load();
+  s.retried_requests = impl_->retried_requests.load();
   return s;
 }
 

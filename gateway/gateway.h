@@ -31,6 +31,8 @@ struct GatewayStats {
   uint64_t failed = 0;         ///< ended with an error after admission
   uint64_t cancelled = 0;      ///< the client went away before the response ended
   uint64_t in_flight = 0;      ///< admitted and not settled
+  uint64_t head_retries = 0;     ///< attempts sent again after the head was lost (docs/gateway.md "A head restart")
+  uint64_t retried_requests = 0; ///< requests sent again at least once
 };
 
 class Gateway {

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <fstream>
 #include <memory>
 #include <string>
 
@@ -62,6 +63,15 @@ inline int StartStream(int port, const std::string& key, const std::string& body
     seen->append(buf, static_cast<size_t>(n));
   }
   return fd;
+}
+
+/// The port of the gateway `troupe up` started for the cluster in `dir` (from the
+/// `head/gateway.url` it writes), or 0 with a test failure recorded.
+inline int TroupeUpGatewayPort(const std::string& dir) {
+  std::string url;
+  std::getline(std::ifstream(dir + "/head/gateway.url"), url);
+  EXPECT_FALSE(url.empty()) << "troupe up's gateway wrote no " << dir << "/head/gateway.url";
+  return url.empty() ? 0 : PortOf(url);
 }
 
 /// Starts `troupe gateway` for the cluster in `config` on a free port; its port via `*port` (0 on
