@@ -6,7 +6,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -53,7 +52,7 @@ int64_t UnixMs() {
 struct Sent {
   int64_t sent_unix_ms = 0;
   int64_t done_unix_ms = 0;
-  // How long after its slot in the schedule it was sent (all workers were busy).
+  // How long after its time it was sent (the pacer late, or every worker busy).
   double late_ms = 0;
   Status status;
   std::string replica;
@@ -231,7 +230,8 @@ std::optional<std::pair<int, int>> Decision(const std::string& what) {
 TEST_F(ServingLoad, AStepFromATenthOfOneReplicaToTenReplicasWorthScalesUpAndDownAndNoRequestFails) {
   auto spec = serving::ParseDeploymentSpec(SpecYaml(), "load spec");
   ASSERT_TRUE(spec.ok()) << spec.status();
-  ASSERT_TRUE(client_->Deploy(*spec, 10s).ok());
+  auto deployed = client_->Deploy(*spec, 10s);
+  ASSERT_TRUE(deployed.ok()) << deployed.status();
   const auto ready_deadline = Clock::now() + 30s;
   Json st = Show();
   while (Count(st, "ready") != 1 && Clock::now() < ready_deadline) st = Show();
