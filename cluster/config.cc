@@ -204,7 +204,7 @@ class ClusterReader : public runtime::YamlReader {
   void Node(const YAML::Node& n, size_t i, std::set<std::string>* names, ClusterConfig* c) {
     std::string f = "nodes[" + std::to_string(i) + "]";
     if (!CheckKeys(n, f, {"name", "listen", "cpus", "memory", "gpus", "slice_memory", "data_dir", "metrics_port",
-                          "log_level"})) {
+                          "log_level", "checkpoints"})) {
       return;
     }
     NodeSpec spec;
@@ -242,6 +242,7 @@ class ClusterReader : public runtime::YamlReader {
     spec.data_dir = Resolve(spec.data_dir);
     Integer(n["metrics_port"], f + ".metrics_port", &spec.metrics_port, 65535);
     LogLevel(n["log_level"], f + ".log_level", &spec.log_level);
+    OneOf(n["checkpoints"], f + ".checkpoints", {"shared", "send"}, &spec.checkpoints);
     c->nodes.push_back(std::move(spec));
   }
 

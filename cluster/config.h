@@ -34,6 +34,11 @@ struct NodeSpec {
   std::string data_dir;
   uint16_t metrics_port = 0;  ///< 0 = any free port
   std::string log_level;      ///< empty = the cluster's
+  /// How this node's actor workers save checkpoint shards (docs/checkpoints.md, "Nodes without
+  /// shared storage"): "shared" writes the head's checkpoint directories by their paths (same
+  /// host, or a shared file system mounted at the same path); "send" sends each shard to the head
+  /// over the bulk path (runtime/bulk.h), for a node that does not see them.
+  std::string checkpoints = "shared";
 };
 
 struct HeadSpec {

@@ -364,6 +364,9 @@ StatusOr<std::unique_ptr<Head>> Head::Start(const ClusterConfig& config) {
   RETURN_IF_ERROR(init.models->Open());
   init.jobs = std::make_unique<JobsRegistry>(config, init.store.get(), init.leases.get(), init.membership.get(),
                                              init.models.get(), head->runtime_.get(), clock);
+  // Nodes without shared storage (`checkpoints: send`) send their actor workers' shards here.
+  ASSIGN_OR_RETURN(head->shard_bulk_, runtime::BulkEndpoint::Attach(*head->runtime_));
+  RETURN_IF_ERROR(training::ServeCheckpointShards(*head->shard_bulk_, init.jobs->ShardRoots()));
   init.deployments = std::make_unique<DeploymentsRegistry>(config, init.store.get(), init.leases.get(),
                                                            init.membership.get(), head->runtime_.get(), clock);
   ASSIGN_OR_RETURN(head->metrics_, runtime::MetricsServer::Start(config.head.address, config.head.metrics_port));
@@ -432,6 +435,7 @@ void Head::Stop() {
   }
   if (controller_) caf::anon_send_exit(controller_, caf::exit_reason::user_shutdown);
   controller_ = caf::actor();
+  if (shard_bulk_) shard_bulk_->Close();
   runtime_->Stop();
   std::remove(address_file_.c_str());
 }

@@ -8,6 +8,7 @@
 
 #include "cluster/audit_log.h"
 #include "cluster/config.h"
+#include "runtime/bulk.h"
 #include "runtime/metrics.h"
 #include "runtime/runtime.h"
 #include "storage/lmdb_env.h"
@@ -51,6 +52,8 @@ class Head {
   std::shared_ptr<AuditLog> audit_;  // uses env_
   std::unique_ptr<runtime::Runtime> runtime_;
   std::unique_ptr<runtime::MetricsServer> metrics_;
+  /// Takes the checkpoint shards of nodes without shared storage (docs/checkpoints.md).
+  std::unique_ptr<runtime::BulkEndpoint> shard_bulk_;
   caf::actor controller_;
   caf::actor api_;  ///< the API gateways' keys, limits and usage (cluster/api_registry.h)
   std::string address_;

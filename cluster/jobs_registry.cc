@@ -177,6 +177,7 @@ Status JobsRegistry::StartSupervisor(Job& job, bool first, bool take_back) {
   init.spec = job.spec;
   init.status = job.status;
   init.checkpoint_root = CheckpointRoot(job.spec);
+  shard_roots_->Set(job.spec.name, init.checkpoint_root);
   init.host = host_.get();
   init.checkpoints = checkpoints_.get();
   init.runtime = runtime_;
@@ -424,6 +425,7 @@ StatusOr<std::string> JobsRegistry::Delete(const std::string& name) {
   ASSIGN_OR_RETURN(Job * finished, FinishedJob(name, /*stopped_or_failed=*/false));
   Job& job = *finished;
   RETURN_IF_ERROR(checkpoints_->DeleteJob(name, CheckpointRoot(job.spec)));
+  shard_roots_->Remove(name);
   RETURN_IF_ERROR(store_->Write([&](storage::Txn& txn) {
     RETURN_IF_ERROR(txn.Delete(jobs_table_, name));
     std::vector<std::string> keys;

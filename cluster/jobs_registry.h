@@ -12,6 +12,7 @@
 
 #include "actors/training/job_supervisor.h"
 #include "actors/training/messages.h"
+#include "actors/training/shard_transfer.h"
 #include "cluster/config.h"
 #include "cluster/head_store.h"
 #include "cluster/lease_registry.h"
@@ -79,6 +80,9 @@ class JobsRegistry {
                   const std::vector<training::RunningWorker>& workers) const;
   /// The supervisor `who` ended; its job (if any) is not running any more.
   void SupervisorGone(const caf::actor_addr& who);
+  /// Where shards sent by nodes without shared storage land (ServeCheckpointShards): the root of
+  /// each job that has had a supervisor since this head started. Any thread.
+  training::CheckpointRootOf ShardRoots() const { return training::CheckpointRoots::Of(shard_roots_); }
 
  private:
   struct Job;
@@ -113,6 +117,7 @@ class JobsRegistry {
   const Clock* clock_;
   std::unique_ptr<Host> host_;
   std::unique_ptr<storage::CheckpointStore> checkpoints_;
+  std::shared_ptr<training::CheckpointRoots> shard_roots_ = std::make_shared<training::CheckpointRoots>();
   storage::TableId jobs_table_;
   storage::TableId events_table_;
   std::map<std::string, std::unique_ptr<Job>> jobs_;

@@ -129,9 +129,16 @@ StatusOr<std::unique_ptr<NodeAgent>> NodeAgent::Start(const ClusterConfig& confi
   // Actor workers of training jobs (docs/jobs.md): spawned here by their job's supervisor.
   // Their groups' collectives: NCCL on real GPU slices where troupe has NCCL, Gloo otherwise or
   // when the job asks for it (entry.backend; actors/training/worker_communicators.h).
-  RETURN_IF_ERROR(training::RegisterActorWorkers(
-      *agent->runtime_,
-      training::ActorWorkerDeps{&training::BuiltinWorkerTypes(), training::WorkerCommunicatorFactory(), {}}));
+  training::ActorWorkerDeps worker_deps;
+  worker_deps.types = &training::BuiltinWorkerTypes();
+  worker_deps.communicators = training::WorkerCommunicatorFactory();
+  if (agent->spec_->checkpoints == "send") {
+    // No shared storage with the head: the workers send their shards to it (docs/checkpoints.md).
+    ASSIGN_OR_RETURN(auto bulk, runtime::BulkEndpoint::Attach(*agent->runtime_));
+    agent->shard_bulk_ = std::move(bulk);
+    worker_deps.shard_bulk = agent->shard_bulk_;
+  }
+  RETURN_IF_ERROR(training::RegisterActorWorkers(*agent->runtime_, std::move(worker_deps)));
   return agent;
 }
 
@@ -393,6 +400,8 @@ void NodeAgent::Shutdown() {
   }
   // The workers of training jobs go with their node (their supervisor sees the node lost).
   if (workers_) workers_->StopAll();
+  // A worker's shard in flight fails with Cancelled.
+  if (shard_bulk_) shard_bulk_->Close();
   // Stopping the runtime kills its proxies, which ends the watchers of remote actors (the
   // head's, from Run) with a down message.
   runtime_->Stop();

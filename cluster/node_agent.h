@@ -14,6 +14,7 @@
 #include "cluster/config.h"
 #include "common/backoff.h"
 #include "cluster/messages.h"
+#include "runtime/bulk.h"
 #include "runtime/metrics.h"
 #include "runtime/runtime.h"
 
@@ -78,6 +79,9 @@ class NodeAgent {
   /// The process workers of training jobs on this node (docs/jobs.md); their logs under
   /// `<data_dir>/jobs`.
   std::shared_ptr<training::WorkerLauncher> workers_;
+  /// `checkpoints: send`: the bulk path its actor workers send checkpoint shards over (closed in
+  /// Shutdown, before the runtime stops).
+  std::shared_ptr<runtime::BulkEndpoint> shard_bulk_;
   runtime::ActorRef agent_;
   std::mutex mu_;
   std::condition_variable cv_;

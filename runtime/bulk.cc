@@ -80,6 +80,15 @@ Status DecodeStatus(std::string_view json) {
   return Status(code, j["message"].get<std::string>());
 }
 
+std::chrono::steady_clock::time_point StallDeadline(std::chrono::steady_clock::time_point last_progress,
+                                                    std::chrono::milliseconds stall_timeout) {
+  using TimePoint = std::chrono::steady_clock::time_point;
+  if (stall_timeout.count() <= 0) return TimePoint::max();
+  const auto timeout = std::chrono::duration_cast<TimePoint::duration>(stall_timeout);
+  if (last_progress > TimePoint::max() - timeout) return TimePoint::max();
+  return last_progress + timeout;
+}
+
 Status CheckOffer(const BulkLimits& limits, uint64_t size, uint64_t accepted_bytes, size_t accepted_transfers,
                   NodeId from) {
   const std::string what = "bulk transfer of " + std::to_string(size) + " bytes from " + DescribeNode(from);
@@ -216,20 +225,25 @@ StatusOr<BulkSink> MakeFileSink(const std::string& path, uint64_t size, FileSink
   BulkSink sink;
   sink.data = heap ? heap->data() : map->addr;
   sink.keep = heap ? std::shared_ptr<void>(heap) : std::shared_ptr<void>(map);
-  sink.finish = [map, heap, size, path, remove](const Status& received) -> Status {
+  if (heap) {
+    // Each chunk goes to the file as it lands, its writeback started at once: the disk writes
+    // while the next chunk arrives, and finish's fdatasync only waits for the tail.
+    sink.landed = [map, heap, path](uint64_t offset, uint64_t size) -> Status {
+      for (uint64_t done = 0; done < size;) {
+        ssize_t n = pwrite(map->fd, heap->data() + offset + done, size - done, static_cast<off_t>(offset + done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return ErrnoStatus("cannot write", path, n < 0 ? errno : EIO);
+        done += static_cast<uint64_t>(n);
+      }
+      // A hint: an error here only means the fdatasync does all the work.
+      (void)sync_file_range(map->fd, static_cast<off_t>(offset), static_cast<off_t>(size), SYNC_FILE_RANGE_WRITE);
+      return OkStatus();
+    };
+  }
+  sink.finish = [map, path, remove](const Status& received) -> Status {
     if (!received.ok()) {
       remove();
       return OkStatus();
-    }
-    for (uint64_t off = 0; heap && off < size;) {
-      ssize_t n = pwrite(map->fd, heap->data() + off, size - off, static_cast<off_t>(off));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        int err = n < 0 ? errno : EIO;
-        remove();
-        return ErrnoStatus("cannot write", path, err);
-      }
-      off += static_cast<uint64_t>(n);
     }
     if (fdatasync(map->fd) != 0) {
       int err = errno;
@@ -306,6 +320,11 @@ class BulkEndpoint::Impl : public std::enable_shared_from_this<Impl> {
   }
 
   void Shutdown() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (closed_) return;
+      closed_ = true;
+    }
     bridge_.SetFrameTap(nullptr);
     std::vector<std::pair<DoneCallback, Status>> done;
     std::vector<In> ins;
@@ -319,14 +338,11 @@ class BulkEndpoint::Impl : public std::enable_shared_from_this<Impl> {
       for (auto& [key, in] : in_) ins.push_back(std::move(in));
       in_.clear();
       accepted_bytes_ = 0;
+      stopping_ = true;  // with the clearing: a Send from now on is cancelled at once
     }
     for (auto& [cb, s] : done) Complete(cb, s);
     for (auto& in : ins) {
       if (in.ready) in.sink.finish(CancelledError("bulk endpoint stopped")).IgnoreError();
-    }
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stopping_ = true;
     }
     cv_.notify_all();
     if (worker_.joinable()) worker_.join();
@@ -398,6 +414,9 @@ class BulkEndpoint::Impl : public std::enable_shared_from_this<Impl> {
     bool ready = false;  // the sink exists and the offer was accepted
     uint64_t allocated = 0;
     uint64_t received = 0;
+    SteadyTime last_progress;  // accepted, or a chunk started or landed (the stall rule)
+    // The first error of the sink's `landed` (set and read on the worker thread only).
+    std::shared_ptr<Status> landed_error = std::make_shared<Status>();
   };
   using InKey = std::pair<NodeId, uint64_t>;
   struct InKeyHash {
@@ -534,6 +553,7 @@ class BulkEndpoint::Impl : public std::enable_shared_from_this<Impl> {
       return Buffer();
     }
     in.allocated += size;
+    in.last_progress = std::chrono::steady_clock::now();
     return Buffer(in.sink.data + h.span_id, size, [keep = in.sink.keep](uint8_t*, size_t) {});
   }
 
@@ -559,7 +579,7 @@ class BulkEndpoint::Impl : public std::enable_shared_from_this<Impl> {
         return;
       }
       case kBulkData:
-        OnData(peer, h.request_id, frame.payload.size());
+        OnData(peer, h.request_id, h.span_id, frame.payload.size());
         return;
       case kBulkDone:
         OnDone(peer, h.request_id, DecodeStatus(frame.payload.view()));
@@ -627,29 +647,50 @@ class BulkEndpoint::Impl : public std::enable_shared_from_this<Impl> {
         }
         it->second.sink = std::move(*sink);
         it->second.ready = true;
+        it->second.last_progress = std::chrono::steady_clock::now();
       }
       self->Reply(peer, kBulkAnswer, id, OkStatus());
-      if (descriptor.size == 0) self->OnData(peer, id, 0);
+      if (descriptor.size == 0) self->OnData(peer, id, 0, 0);
     });
   }
 
-  void OnData(NodeId peer, uint64_t id, size_t bytes) {
+  // The chunk [offset, offset + bytes) of (peer, id) landed: the sink's `landed` runs for it on
+  // the worker, and after the last one its finish.
+  void OnData(NodeId peer, uint64_t id, uint64_t offset, size_t bytes) {
+    std::weak_ptr<Impl> weak = shared_from_this();
     In in;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      std::unique_lock<std::mutex> lock(mu_);
       auto it = in_.find({peer, id});
       if (it == in_.end()) return;
-      it->second.received += bytes;
-      if (it->second.received < it->second.descriptor.size) return;
-      in = std::move(it->second);
+      In& current = it->second;
+      current.received += bytes;
+      current.last_progress = std::chrono::steady_clock::now();
+      if (current.sink.landed && bytes > 0) {
+        // Posted under the lock, so the chunks' tasks keep their order, and finish comes after.
+        PostLocked([weak, peer, id, offset, bytes, landed = current.sink.landed, error = current.landed_error] {
+          if (!error->ok()) return;
+          Status s = landed(offset, bytes);
+          if (s.ok()) return;
+          *error = s;
+          if (auto self = weak.lock()) self->FailIn(peer, id, s);
+        });
+      }
+      if (current.received < current.descriptor.size) {
+        lock.unlock();
+        cv_.notify_all();
+        return;
+      }
+      in = std::move(current);
       in_.erase(it);
       accepted_bytes_ -= in.descriptor.size;
     }
     bytes_received_ += in.descriptor.size;
-    std::weak_ptr<Impl> weak = shared_from_this();
     auto shared_in = std::make_shared<In>(std::move(in));
     Post([weak, peer, id, shared_in] {
-      Status s = shared_in->sink.finish(OkStatus());
+      const Status& landed = *shared_in->landed_error;
+      Status s = landed.ok() ? shared_in->sink.finish(OkStatus()) : landed;
+      if (!landed.ok()) shared_in->sink.finish(landed).IgnoreError();
       auto self = weak.lock();
       if (!self) return;
       if (s.ok()) {
@@ -678,19 +719,39 @@ class BulkEndpoint::Impl : public std::enable_shared_from_this<Impl> {
     Complete(out.done, OkStatus());
   }
 
-  // Forgets the receiver's transfer (peer, id) and runs its sink's cleanup on the worker.
-  void DropIn(NodeId peer, uint64_t id, const Status& why) {
+  // Takes the receiver's transfer (peer, id) out of the table as a failed one; null if gone.
+  std::shared_ptr<In> TakeFailedIn(NodeId peer, uint64_t id) {
     std::shared_ptr<In> in;
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = in_.find({peer, id});
-      if (it == in_.end()) return;
+      if (it == in_.end()) return nullptr;
       in = std::make_shared<In>(std::move(it->second));
       in_.erase(it);
       accepted_bytes_ -= in->descriptor.size;
     }
     ++transfers_failed_;
-    if (in->ready) Post([in, why] { in->sink.finish(why).IgnoreError(); });
+    return in;
+  }
+
+  // Forgets the receiver's transfer (peer, id) and runs its sink's cleanup on the worker.
+  void DropIn(NodeId peer, uint64_t id, const Status& why) {
+    std::shared_ptr<In> in = TakeFailedIn(peer, id);
+    if (in && in->ready) Post([in, why] { in->sink.finish(why).IgnoreError(); });
+  }
+
+  // The receiver fails its transfer (peer, id): its buffer is let go, the sink cleans up, and
+  // then the sender hears `why`.
+  void FailIn(NodeId peer, uint64_t id, const Status& why) {
+    std::shared_ptr<In> in = TakeFailedIn(peer, id);
+    if (!in) return;
+    spdlog::warn("bulk: {}", why.ToString());
+    std::weak_ptr<Impl> weak = shared_from_this();
+    Post([weak, in, peer, id, why]() mutable {
+      if (in->ready) in->sink.finish(why).IgnoreError();
+      in.reset();  // the buffer goes back before the sender hears
+      if (auto self = weak.lock()) self->Reply(peer, kBulkDone, id, why);
+    });
   }
 
   void OnPeerFailed(NodeId peer, const Status& why) {
@@ -715,10 +776,14 @@ class BulkEndpoint::Impl : public std::enable_shared_from_this<Impl> {
   void Post(std::function<void()> task) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (stopping_) return;
-      tasks_.push_back(std::move(task));
+      PostLocked(std::move(task));
     }
     cv_.notify_all();
+  }
+  // Post with mu_ held; the caller notifies cv_ once it has let go of mu_.
+  void PostLocked(std::function<void()> task) {
+    if (stopping_) return;
+    tasks_.push_back(std::move(task));
   }
 
   void WorkerLoop() {
@@ -743,11 +808,28 @@ class BulkEndpoint::Impl : public std::enable_shared_from_this<Impl> {
           next = std::min(next, out.deadline);
         }
       }
-      if (!expired.empty()) {
+      // Receiving transfers whose sender stalled (BulkConfig::stall_timeout).
+      std::vector<std::pair<InKey, Status>> stalled;
+      for (auto& [key, in] : in_) {
+        if (!in.ready) continue;  // the sink is being made here: not the sender's doing
+        const SteadyTime deadline = StallDeadline(in.last_progress, config_.stall_timeout);
+        if (deadline > now) {
+          next = std::min(next, deadline);
+          continue;
+        }
+        stalled.emplace_back(key, DeadlineExceededError(
+            "bulk transfer " + std::to_string(key.second) + " (" + in.descriptor.kind + ", " +
+            std::to_string(in.received) + " of " + std::to_string(in.descriptor.size) + " bytes) from " +
+            DescribeNode(key.first) + " failed on the receiver: no chunk for " +
+            std::to_string(config_.stall_timeout.count()) +
+            " ms (stall_timeout); its buffer is freed, send it again"));
+      }
+      if (!expired.empty() || !stalled.empty()) {
         lock.unlock();
         for (uint64_t id : expired) {
           FailOut(id, DeadlineExceededError("not done within its timeout"), /*tell_peer=*/true);
         }
+        for (const auto& [key, why] : stalled) FailIn(key.first, key.second, why);
         lock.lock();
         continue;
       }
@@ -775,6 +857,7 @@ class BulkEndpoint::Impl : public std::enable_shared_from_this<Impl> {
   std::deque<std::function<void()>> tasks_;
   std::condition_variable cv_;
   bool stopping_ = false;
+  bool closed_ = false;  // Shutdown has begun
   std::thread worker_;
 };
 
@@ -788,6 +871,7 @@ StatusOr<std::unique_ptr<BulkEndpoint>> BulkEndpoint::Attach(Runtime& runtime, B
 
 BulkEndpoint::BulkEndpoint(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
 BulkEndpoint::~BulkEndpoint() { impl_->Shutdown(); }
+void BulkEndpoint::Close() { impl_->Shutdown(); }
 
 Status BulkEndpoint::RegisterSink(const std::string& kind, SinkFactory factory) {
   return impl_->RegisterSink(kind, std::move(factory));

@@ -80,7 +80,22 @@ struct BulkConfig {
   /// Chunks of one transfer in flight at the sender. chunk_bytes * this must stay below the
   /// receiver's max_rndv_bytes_in_flight (256 MiB by default), or chunks are refused as busy.
   size_t chunks_in_flight = 4;
+  /// The receiver fails an accepted transfer that makes no progress (no chunk starts or lands)
+  /// for this long with DeadlineExceeded naming the transfer and its sender, frees its buffer
+  /// (the sink's finish runs with the error) and tells the sender. 0: never. The rule is Envoy's
+  /// stream idle timeout (HttpConnectionManager.stream_idle_timeout, 5 min by default), shorter
+  /// here because an idle transfer pins its whole buffer (up to max_transfer_bytes), not a
+  /// stream's window: a live sender lands a 16 MiB chunk in under 0.1 s on these VMs
+  /// (bulk_bench), so 60 s is ~1000x that and still fails a stuck sender within a minute. A lost
+  /// sender is found sooner, by the heartbeats (Unavailable).
+  std::chrono::milliseconds stall_timeout{60000};
 };
+
+/// The receiver's stall rule (BulkConfig::stall_timeout): when a transfer whose last progress was
+/// at `last_progress` fails; time_point::max() for a timeout of 0 or less (never), and for a
+/// deadline beyond what a time_point holds.
+std::chrono::steady_clock::time_point StallDeadline(std::chrono::steady_clock::time_point last_progress,
+                                                    std::chrono::milliseconds stall_timeout);
 
 /// Where an accepted transfer's bytes land: `data` has room for the descriptor's size (null
 /// for size 0) and stays valid while `keep` lives (the endpoint holds `keep` until the last
@@ -92,6 +107,10 @@ struct BulkSink {
   /// the transfer failed (`received` the error: clean up). For OK its result is what the sender
   /// hears (e.g. an fsync's error); for an error the result is ignored.
   std::function<Status(const Status& received)> finish;
+  /// Optional: runs on the endpoint's worker thread once the bytes [offset, offset + size) have
+  /// landed in `data`, chunk by chunk in order, before finish (e.g. to write them to a file while
+  /// the next chunk arrives). An error fails the transfer: finish runs with it, the sender hears it.
+  std::function<Status(uint64_t offset, uint64_t size)> landed;
 };
 
 /// Makes the sink of an offer, on the endpoint's worker thread (it may block on file I/O). An
@@ -100,10 +119,12 @@ using SinkFactory = std::function<StatusOr<BulkSink>(NodeId from, const BulkDesc
 
 /// How a file sink takes the bytes.
 enum class FileSinkMode {
-  /// Into a heap buffer of the file's size, written to the file (pwrite) at the end, as `dd`
-  /// does: one copy, but no page fault per 4 KiB page. The buffers are reused by later sinks
-  /// (sizes rounded up to a power of two, at least 1 MiB; up to 1 GiB kept idle per process):
-  /// a fresh buffer's first touch measured ~250 MB/s on the 2-core VMs (bulk_bench).
+  /// Into a heap buffer of the file's size; each chunk is written to the file (pwrite at its
+  /// offset) as soon as it landed and its writeback started (sync_file_range), so the disk works
+  /// while the next chunk arrives and finish only waits for it (fdatasync): one copy, as `dd`
+  /// does, but no page fault per 4 KiB page. The buffers are reused by later sinks (sizes rounded
+  /// up to a power of two, at least 1 MiB; up to 1 GiB kept idle per process): a fresh buffer's
+  /// first touch measured ~250 MB/s on the 2-core VMs (bulk_bench).
   kWrite,
   /// Straight into an mmap of the file (no copy). Every page then takes a write fault
   /// (page_mkwrite), which measured slower than kWrite on ext4 (bench/transport/bulk_bench).
@@ -111,8 +132,9 @@ enum class FileSinkMode {
 };
 
 /// A sink into a new file at `path` (parents created 0755, file 0644, truncated, its blocks
-/// reserved with posix_fallocate so a full disk refuses the offer: ResourceExhausted): finish
-/// fdatasyncs the file and fsyncs its directory; on failure the file is removed.
+/// reserved with posix_fallocate so a full disk refuses the offer: ResourceExhausted): kWrite
+/// writes each chunk as it lands (BulkSink::landed); finish fdatasyncs the file and fsyncs its
+/// directory; on failure the file is removed.
 StatusOr<BulkSink> MakeFileSink(const std::string& path, uint64_t size, FileSinkMode mode = FileSinkMode::kWrite);
 
 /// The bytes a sender sends: `data` stays valid while `keep` lives (the endpoint holds it until
@@ -152,8 +174,12 @@ class BulkEndpoint {
 
   /// InvalidArgument for chunk_bytes 0 or chunks_in_flight 0.
   static StatusOr<std::unique_ptr<BulkEndpoint>> Attach(Runtime& runtime, BulkConfig config = {});
-  /// Removes the tap, fails transfers in flight with Cancelled (their sinks' finish runs).
+  /// Close().
   ~BulkEndpoint();
+  /// Removes the tap, fails transfers in flight with Cancelled (their sinks' finish runs); later
+  /// Sends complete at once with Cancelled. Call it before the runtime stops when others may
+  /// still hold the endpoint (e.g. actor workers' checkpoint handles). Idempotent.
+  void Close();
   BulkEndpoint(const BulkEndpoint&) = delete;
   BulkEndpoint& operator=(const BulkEndpoint&) = delete;
 

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "actors/training/example_trainer.h"
+#include "actors/training/shard_transfer.h"
 #include "collectives/peer_watch.h"
 #include "collectives/rendezvous.h"
 #if defined(TROUPE_HAVE_GLOO)
@@ -54,7 +55,34 @@ Status CheckShardPath(const std::string& path) {
 
 }  // namespace
 
+void CheckpointHandle::SendShardsTo(std::shared_ptr<runtime::BulkEndpoint> endpoint, runtime::NodeId store_node,
+                                    std::string job, uint64_t attempt, std::chrono::milliseconds timeout) {
+  endpoint_ = std::move(endpoint);
+  store_node_ = store_node;
+  job_ = std::move(job);
+  attempt_ = attempt;
+  timeout_ = timeout;
+}
+
 Status CheckpointHandle::Save(uint64_t step, const std::map<std::string, std::string>& files) {
+  if (endpoint_) {
+    if (sent_steps_.count(step) != 0) {
+      return AlreadyExistsError("rank " + std::to_string(rank_) + " has saved step " + std::to_string(step) +
+                                " already; a shard is never touched after its marker");
+    }
+    std::vector<ShardFile> shard;
+    for (const auto& [path, bytes] : files) {
+      RETURN_IF_ERROR(CheckShardPath(path));
+      // A view of `files`: WriteShard returns only once every transfer has ended.
+      runtime::BulkSource source;
+      source.data = reinterpret_cast<const uint8_t*>(bytes.data());
+      source.size = bytes.size();
+      shard.push_back({path, std::move(source)});
+    }
+    RETURN_IF_ERROR(WriteShard(*endpoint_, store_node_, ShardTarget{job_, attempt_, step, rank_}, shard, timeout_));
+    sent_steps_.insert(step);
+    return OkStatus();
+  }
   const std::string step_dir = staging_dir_ + "/step-" + std::to_string(step);
   const std::string shard = step_dir + "/rank-" + std::to_string(rank_);
   const std::string marker = shard + ".done";
@@ -317,6 +345,9 @@ Status RunWorker(runtime::Runtime* rt, const ActorWorkerDeps& deps, const ActorW
   }
   ASSIGN_OR_RETURN(auto device, OpenDevice(deps, start));
   auto context = std::make_shared<WorkerContext>(start, std::move(communicator), std::move(device));
+  if (deps.shard_bulk && start.checkpoint_node != 0 && start.checkpoint_node != rt->node_id()) {
+    context->checkpoints().SendShardsTo(deps.shard_bulk, start.checkpoint_node, start.job, start.attempt);
+  }
   {
     std::lock_guard<std::mutex> lock(shared->mu);
     shared->context = context;

@@ -8,12 +8,14 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -21,6 +23,7 @@
 #include "actors/training/messages.h"
 #include "collectives/communicator.h"
 #include "common/status.h"
+#include "runtime/bulk.h"
 #include "runtime/runtime.h"
 
 namespace troupe::training {
@@ -32,11 +35,29 @@ inline constexpr const char* kActorWorkerActorType = "troupe.training.actor_work
 /// A rank's checkpoints in the layout process workers use (docs/checkpoints.md), so the job's
 /// committer commits them unchanged: Save writes `<staging>/step-<S>/rank-<r>/<path>` and then
 /// the marker `<staging>/step-<S>/rank-<r>.done`; the resume side reads `<resume>/rank-<r>/`.
+/// On a node whose checkpoint directories are not the committing node's (SendShardsTo), Save
+/// sends the shard into that node's staging directory over the bulk path instead (WriteShard,
+/// actors/training/shard_transfer.h): the same files and marker land there, in the same order.
 /// Thread-compatible (one worker thread uses it).
 class CheckpointHandle {
  public:
+  /// Per-file timeout of a shard sent to the committing node: a 1.75 GiB file (the bulk path's
+  /// sizing, runtime/bulk.h BulkLimits) at 100 MB/s, a slow disk's write rate, takes 18 s; this
+  /// leaves room for its fdatasync behind other ranks' writes.
+  static constexpr std::chrono::milliseconds kShardSendTimeout{120000};
+
   /// `staging_dir`: the attempt's ($TROUPE_CHECKPOINT_DIR); `resume_dir` empty: nothing to resume.
   CheckpointHandle(std::string staging_dir, uint32_t rank, std::string resume_dir, uint64_t resume_step);
+
+  /// From now on Save sends each shard of attempt `attempt` of `job` to `store_node` (the node
+  /// that commits, ActorWorkerStart::checkpoint_node) through `endpoint`, whose node must serve
+  /// them (ServeCheckpointShards); `timeout` per file. `endpoint` must outlive the handle. Save
+  /// then returns WriteShard's errors (Unavailable: the store node was lost; DeadlineExceeded;
+  /// Cancelled: the endpoint closed). Read still reads resume_dir as a local path.
+  void SendShardsTo(std::shared_ptr<runtime::BulkEndpoint> endpoint, runtime::NodeId store_node, std::string job,
+                    uint64_t attempt, std::chrono::milliseconds timeout = kShardSendTimeout);
+  /// Whether Save sends shards (SendShardsTo) rather than writing them here.
+  bool sends_shards() const { return endpoint_ != nullptr; }
 
   /// Writes this rank's shard of `step`: each (relative '/'-separated path, bytes) as a regular
   /// file, fsynced, then the done marker. InvalidArgument for an empty, absolute or ".." path;
@@ -57,6 +78,13 @@ class CheckpointHandle {
   uint32_t rank_;
   std::string resume_dir_;
   uint64_t resume_step_;
+  // Set by SendShardsTo.
+  std::shared_ptr<runtime::BulkEndpoint> endpoint_;
+  runtime::NodeId store_node_ = 0;
+  std::string job_;
+  uint64_t attempt_ = 0;
+  std::chrono::milliseconds timeout_{kShardSendTimeout};
+  std::set<uint64_t> sent_steps_;  // steps whose marker was sent
 };
 
 /// What one worker gets. Made by the worker actor (or a test); the WorkerMain runs on its own
@@ -158,6 +186,11 @@ struct ActorWorkerDeps {
   /// Empty: CudaDevice::Open for real GPUs; simulated slices get host memory (malloc) capped
   /// the same way.
   GpuDeviceOpener devices;
+  /// Set on a node whose checkpoint directories are not the committing node's (node config
+  /// `checkpoints: send`, docs/checkpoints.md): its workers send their shards through it to
+  /// ActorWorkerStart::checkpoint_node when that is another node. Null: they write
+  /// checkpoint_dir themselves (a shared or the same file system).
+  std::shared_ptr<runtime::BulkEndpoint> shard_bulk;
 };
 
 /// Registers kActorWorkerActorType with `runtime` (every node agent does, so SpawnOn works on

@@ -176,6 +176,7 @@ Status AddTrainingCodecs(runtime::CodecRegistry& r) {
         b.setGpuId(m.gpu_id);
         b.setMemoryBytes(m.memory_bytes);
         b.setSimulated(m.simulated);
+        b.setCheckpointNode(m.checkpoint_node);
       },
       [](wire::ActorWorkerStart::Reader in, RefCodec& refs) -> StatusOr<ActorWorkerStart> {
         ActorWorkerStart m;
@@ -194,6 +195,7 @@ Status AddTrainingCodecs(runtime::CodecRegistry& r) {
         m.gpu_id = in.getGpuId();
         m.memory_bytes = in.getMemoryBytes();
         m.simulated = in.getSimulated();
+        m.checkpoint_node = in.getCheckpointNode();
         return m;
       })));
   RETURN_IF_ERROR((r.Add<StopActorWorker, wire::StopActorWorker>(

@@ -137,6 +137,11 @@ struct ActorWorkerStart {
   bool simulated = false;
   /// entry.backend: "auto" (or empty), "gloo" or "nccl" (actors/training/worker_communicators.h).
   std::string backend;
+  /// The node that commits the job's checkpoints (the head's; 0: none given). A worker on a node
+  /// whose checkpoint directories are not that node's (node config `checkpoints: send`,
+  /// docs/checkpoints.md) sends its shards there over the bulk path instead of writing them to
+  /// checkpoint_dir itself.
+  uint64_t checkpoint_node = 0;
 };
 /// Supervisor -> worker actor: stop (its communicator is aborted, its loop ends, it exits).
 struct StopActorWorker {

@@ -105,6 +105,30 @@ StatusOr<ShardTarget> ParseShardDescriptor(const runtime::BulkDescriptor& d, std
   return t;
 }
 
+void CheckpointRoots::Set(const std::string& job, std::string root) {
+  std::lock_guard<std::mutex> lock(mu_);
+  roots_[job] = std::move(root);
+}
+
+void CheckpointRoots::Remove(const std::string& job) {
+  std::lock_guard<std::mutex> lock(mu_);
+  roots_.erase(job);
+}
+
+StatusOr<std::string> CheckpointRoots::Find(const std::string& job) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = roots_.find(job);
+  if (it == roots_.end()) {
+    return NotFoundError("this node stores no checkpoints of job '" + job +
+                         "': send its shards to the node that runs its supervisor (the head)");
+  }
+  return it->second;
+}
+
+CheckpointRootOf CheckpointRoots::Of(std::shared_ptr<const CheckpointRoots> roots) {
+  return [roots = std::move(roots)](const std::string& job) { return roots->Find(job); };
+}
+
 Status ServeCheckpointShards(runtime::BulkEndpoint& endpoint, CheckpointRootOf root_of) {
   RETURN_IF_ERROR(endpoint.RegisterSink(
       kShardFileKind, [root_of](runtime::NodeId, const runtime::BulkDescriptor& d) -> StatusOr<runtime::BulkSink> {

@@ -7,6 +7,9 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -51,6 +54,22 @@ StatusOr<ShardTarget> ParseShardDescriptor(const runtime::BulkDescriptor& descri
 /// The store node's side: where `job`'s checkpoints live (its root R), or an error that refuses
 /// the transfer (e.g. NotFound for a job this node does not store).
 using CheckpointRootOf = std::function<StatusOr<std::string>(const std::string& job)>;
+
+/// The store node's table of the jobs whose shards it takes and their roots R: the head's jobs
+/// registry sets a job's when it starts the job's supervisor. Thread-safe.
+class CheckpointRoots {
+ public:
+  void Set(const std::string& job, std::string root);
+  void Remove(const std::string& job);
+  /// NotFound naming the job when this node holds no checkpoints of it.
+  StatusOr<std::string> Find(const std::string& job) const;
+  /// Find of `roots` as a CheckpointRootOf (it keeps `roots`).
+  static CheckpointRootOf Of(std::shared_ptr<const CheckpointRoots> roots);
+
+ private:
+  mutable std::mutex mu_;
+  std::map<std::string, std::string> roots_;
+};
 
 /// Registers the sinks of kShardFileKind (each file lands by mmap in ShardFilePath, fdatasynced
 /// with its directory before the sender hears OK) and kShardMarkerKind (fsyncs every directory

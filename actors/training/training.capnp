@@ -74,6 +74,7 @@ struct ActorWorkerStart {
   gpuId @12 :Text;
   memoryBytes @13 :UInt64;
   simulated @14 :Bool;
+  checkpointNode @15 :UInt64;    # the node that commits the job's checkpoints (0: none given)
 }
 # Supervisor -> worker actor: stop.
 struct StopActorWorker { reason @0 :Text; }

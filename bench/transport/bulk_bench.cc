@@ -3,7 +3,7 @@
 // troupe's UCX settings) and into a file (mmap, fdatasync) beside `dd conv=fdatasync` of the same
 // size on the same file system, all in one run.
 //
-//   bulk_bench [--quick] [--json PATH] [--dir DIR]
+//   bulk_bench [--quick] [--json PATH] [--dir DIR] [--mib N]...   (--mib: only these sizes)
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -141,7 +141,8 @@ StatusOr<double> DdRate(const std::string& path, uint64_t size) {
   return double(size) / std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-int Run(bool quick, const std::string& json_path, std::string dir, const std::string& self) {
+int Run(bool quick, const std::string& json_path, std::string dir, const std::string& self,
+        const std::vector<uint64_t>& sizes_mib) {
   if (dir.empty()) dir = std::filesystem::temp_directory_path().string();
   dir += "/troupe-bulk-bench-" + std::to_string(getpid());
   std::filesystem::create_directories(dir);
@@ -169,7 +170,7 @@ int Run(bool quick, const std::string& json_path, std::string dir, const std::st
 
   std::vector<ReportRow> rows;
   bool described = false;
-  for (uint64_t mib : {1, 16, 64, 256}) {
+  for (uint64_t mib : sizes_mib) {
     const uint64_t size = mib * kMiB;
     const int reps = quick ? 2 : std::max<int>(3, int(1024 / mib));
     const std::string name = std::to_string(mib) + " MiB";
@@ -218,18 +219,28 @@ int Run(bool quick, const std::string& json_path, std::string dir, const std::st
 int main(int argc, char** argv) {
   bool serve = false, quick = false;
   std::string json_path, dir;
+  std::vector<uint64_t> sizes_mib;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--serve") serve = true;
     else if (arg == "--quick") quick = true;
     else if (arg == "--json" && i + 1 < argc) json_path = argv[++i];
     else if (arg == "--dir" && i + 1 < argc) dir = argv[++i];
-    else {
-      std::cerr << "usage: bulk_bench [--quick] [--json PATH] [--dir DIR]\n";
+    else if (arg == "--mib" && i + 1 < argc) {
+      const std::string mib = argv[++i];
+      const uint64_t n = mib.find_first_not_of("0123456789") == std::string::npos && mib.size() < 4 ? std::stoull(mib) : 0;
+      if (n == 0 || n * troupe::bench::kMiB > troupe::bench::kMaxSize) {
+        std::cerr << "bulk_bench: --mib " << mib << ": give a size in MiB from 1 to 256\n";
+        return 2;
+      }
+      sizes_mib.push_back(n);
+    } else {
+      std::cerr << "usage: bulk_bench [--quick] [--json PATH] [--dir DIR] [--mib N]...\n";
       return 2;
     }
   }
+  if (sizes_mib.empty()) sizes_mib = {1, 16, 64, 256};
   if (!troupe::InitLogging("warn").ok()) return 2;
   if (serve) return troupe::bench::Serve(dir);
-  return troupe::bench::Run(quick, json_path, dir, "/proc/self/exe");
+  return troupe::bench::Run(quick, json_path, dir, "/proc/self/exe", sizes_mib);
 }

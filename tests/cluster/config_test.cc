@@ -90,6 +90,14 @@ TEST(ClusterConfig, DefaultsFillWhatIsLeftOut) {
   EXPECT_EQ(c->FindNode("b"), nullptr);
 }
 
+TEST(ClusterConfig, ANodeSharesTheHeadsCheckpointsUnlessItSaysSend) {
+  auto c = ParseClusterConfig(std::string(kMinimal) + "  - name: b\n    checkpoints: send\n", "send.yaml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->FindNode("a")->checkpoints, "shared");
+  EXPECT_EQ(c->FindNode("b")->checkpoints, "send");
+  ExpectError(std::string(kMinimal) + "    checkpoints: nfs\n", "nodes[a].checkpoints", "expected one of");
+}
+
 TEST(ClusterConfig, TokenFromAFileRelativeToTheConfig) {
   std::string templ = (std::filesystem::temp_directory_path() / "troupe-cfg-XXXXXX").string();
   ASSERT_NE(mkdtemp(templ.data()), nullptr);

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <set>
 #include <map>
 #include <sstream>
 #include <string>
@@ -46,6 +47,8 @@ class ActorWorkerJobs : public ::testing::Test {
     // when the other is lost.
     std::string yaml = TwoNodeClusterYaml("actorjobs");
     for (size_t at = yaml.find("cpus: 2"); at != std::string::npos; at = yaml.find("cpus: 2", at)) yaml.replace(at, 7, "cpus: 4");
+    // Node a without shared storage: its workers send their shards to the head (docs/checkpoints.md).
+    if (node_a_sends_checkpoints_) yaml.replace(yaml.find("data_dir: node-a\n"), 17, "data_dir: node-a\n    checkpoints: send\n");
     cluster_ = LocalCluster::Start("troupe-actor-jobs", "actorjobs", yaml);
     ASSERT_NE(cluster_, nullptr);
     client_ = cluster_->client.get();
@@ -238,6 +241,16 @@ class ActorWorkerJobs : public ::testing::Test {
 
   std::unique_ptr<LocalCluster> cluster_;
   cluster::Client* client_ = nullptr;
+  bool node_a_sends_checkpoints_ = false;
+};
+
+// Node a has `checkpoints: send` (no shared storage with the head); node b shares the head's.
+class ActorWorkerJobsWithoutSharedStorage : public ActorWorkerJobs {
+ protected:
+  void SetUp() override {
+    node_a_sends_checkpoints_ = true;
+    ActorWorkerJobs::SetUp();
+  }
 };
 
 TEST_F(ActorWorkerJobs, AnActorWorkerTrainsToItsEndAndItsCommittedWeightsAreTheReferences) {
@@ -284,6 +297,29 @@ TEST_F(ActorWorkerJobs, AnExceptionInOneOfFourWorkersRestartsTheGroupAndItEndsWi
       Linear("linear-four-throw", {{"THROW_AT_STEP", "25"}, {"THROW_RANK", "2"}, {"THROW_ATTEMPT", "1"}}, 4), 2, &last);
   EXPECT_EQ(last.user_failures, 1u) << events;
   EXPECT_NE(events.find("rank 2 threw: injected failure at step 25"), std::string::npos) << events;
+}
+
+// Four workers spread over the two nodes: the two ranks on node a send every shard to the head
+// over the bulk path (runtime/bulk.h), the two on node b write the shared directory; the head
+// commits what it finds in staging, and every rank's committed weights are the reference's (the
+// shared-root run's) to the byte, as is the committed manifest's list of files and sizes.
+TEST_F(ActorWorkerJobsWithoutSharedStorage, ShardsSentFromANodeWithoutSharedStorageCommitByteIdenticalWeights) {
+  training::JobStatus last;
+  const training::JobSpec spec = Linear("linear-send", {}, 4);
+  const std::string events = RunToTheReference(spec, 1, &last);
+  EXPECT_EQ(last.checkpoint_step, 40) << events;
+  std::set<std::string> nodes;
+  for (const auto& w : last.workers) nodes.insert(w.node);
+  EXPECT_EQ(nodes, (std::set<std::string>{"a", "b"})) << "the job must have ranks on both nodes\n" << events;
+  // The last committed step holds each rank's shard and nothing else (the sink leaves no stray files).
+  const auto manifest =
+      nlohmann::json::parse(ReadFile(cluster_->dir + "/head/checkpoints/linear-send/step-40/manifest.json"));
+  ASSERT_EQ(manifest.at("ranks").size(), 4u) << manifest.dump();
+  for (const auto& rank : manifest.at("ranks")) {
+    ASSERT_EQ(rank.at("files").size(), 1u) << rank.dump();
+    EXPECT_EQ(rank.at("files")[0].at("path"), "weights.bin") << rank.dump();
+    EXPECT_EQ(rank.at("files")[0].at("size"), 9 * sizeof(double)) << rank.dump();
+  }
 }
 
 }  // namespace

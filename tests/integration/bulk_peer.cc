@@ -2,7 +2,9 @@
 // It serves checkpoint shards for every job under --root (`<root>/<job>`), has a sink of kind
 // "stall" that never answers (it prints STALLED <size>), and prints
 //   READY <node id> <address>
-// then runs until stdin closes or says "quit".
+// then runs until stdin closes or says "quit"; "stats" prints STATS <transfers failed> <bytes
+// accepted>.
+#include <chrono>
 #include <future>
 #include <iostream>
 #include <string>
@@ -26,6 +28,7 @@ int main(int argc, char** argv) {
     else if (arg == "--root") root = value();
     else if (arg == "--max-transfer-bytes") bulk.limits.max_transfer_bytes = std::stoull(value());
     else if (arg == "--max-transfers") bulk.limits.max_transfers_accepted = std::stoull(value());
+    else if (arg == "--stall-timeout-ms") bulk.stall_timeout = std::chrono::milliseconds(std::stoll(value()));
     else {
       std::cerr << "bulk_peer: unknown argument " << arg << "\n";
       return 2;
@@ -61,6 +64,10 @@ int main(int argc, char** argv) {
   std::cout << "READY " << rt.node_id() << " " << rt.address() << std::endl;
   std::string line;
   while (std::getline(std::cin, line) && line != "quit") {
+    if (line == "stats") {
+      const auto stats = (*endpoint)->stats();
+      std::cout << "STATS " << stats.transfers_failed << " " << stats.bytes_accepted << std::endl;
+    }
   }
   endpoint->reset();
   rt.Stop();

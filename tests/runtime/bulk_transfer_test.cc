@@ -6,11 +6,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <future>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -226,6 +229,85 @@ TEST_F(BulkTransfer, OversizeOfferIsRefusedBeforeAnyBuffer) {
                   ->SendAndWait(kStore, training::ShardDescriptor(target, "small.bin"),
                                 BulkSource{ok.data(), ok.size(), nullptr}, 30s)
                   .ok());
+}
+
+// A sender that stops mid-transfer (here this test speaks the protocol by hand: an offer and one
+// 1 MiB chunk of 4 MiB, then nothing) fails on the receiver after its stall_timeout (300 ms) with
+// DeadlineExceeded naming the transfer and the sender: the partial file is removed and the
+// receiver holds no bytes for it any more before the sender hears.
+TEST_F(BulkTransfer, AStalledSenderFailsOnTheReceiverWithDeadlineExceeded) {
+  ASSERT_NO_FATAL_FAILURE(StartStore({"--stall-timeout-ms", "300"}));
+  endpoint_.reset();  // its tap would take the receiver's answers: this test's own tap sees them
+  struct Seen {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::vector<std::pair<uint32_t, Status>> frames;  // (type, status)
+  };
+  auto seen = std::make_shared<Seen>();
+  auto tap = std::make_shared<runtime::FrameTap>();
+  tap->first_type = runtime::kBulkFirst;
+  tap->last_type = runtime::kBulkLast;
+  tap->allocate = [](const transport::FrameHeader&, size_t size) { return Buffer::Allocate(size); };
+  tap->on_frame = [seen](NodeId, transport::Frame frame) {
+    std::lock_guard<std::mutex> lock(seen->mu);
+    seen->frames.emplace_back(frame.header.type_id, runtime::DecodeStatus(frame.payload.view()));
+    seen->cv.notify_all();
+  };
+  runtime_->bridge().SetFrameTap(tap);
+  auto await_frame = [&](uint32_t type, std::chrono::seconds within) -> std::optional<Status> {
+    std::unique_lock<std::mutex> lock(seen->mu);
+    std::optional<Status> found;
+    seen->cv.wait_for(lock, within, [&] {
+      for (const auto& [t, status] : seen->frames) {
+        if (t == type) found = status;
+      }
+      return found.has_value();
+    });
+    return found;
+  };
+  constexpr uint64_t kId = 77;
+  auto send = [&](uint32_t type, Buffer payload, uint64_t offset) {
+    transport::FrameHeader h;
+    h.dst_node = kStore;
+    h.type_id = type;
+    h.request_id = kId;
+    h.span_id = offset;
+    auto sent = std::make_shared<std::promise<Status>>();
+    auto future = sent->get_future();
+    Status s = runtime_->transport().Send(kStore, h, std::move(payload), [sent](const Status& st) { sent->set_value(st); });
+    if (!s.ok()) return s;
+    return future.wait_for(10s) == std::future_status::ready ? future.get() : DeadlineExceededError("send");
+  };
+
+  const ShardTarget target{"job1", 0, 9, 0};
+  runtime::BulkDescriptor d = training::ShardDescriptor(target, "stalled.bin");
+  d.transfer_id = kId;
+  d.size = 4u << 20;
+  ASSERT_TRUE(send(runtime::kBulkOffer, Buffer::CopyOf(runtime::EncodeDescriptor(d)), 0).ok());
+  auto answer = await_frame(runtime::kBulkAnswer, 10s);
+  ASSERT_TRUE(answer.has_value()) << "no answer to the offer";
+  ASSERT_TRUE(answer->ok()) << *answer;
+  const std::string partial = training::ShardFilePath(store_dir_.path() + "/job1", target, "stalled.bin");
+  EXPECT_TRUE(std::filesystem::exists(partial));
+  ASSERT_TRUE(send(runtime::kBulkData, Pattern(1u << 20, 8), 0).ok());
+  const auto stalled_at = std::chrono::steady_clock::now();
+
+  auto done = await_frame(runtime::kBulkDone, 10s);
+  ASSERT_TRUE(done.has_value()) << "the receiver never failed the stalled transfer";
+  const auto waited = std::chrono::steady_clock::now() - stalled_at;
+  EXPECT_EQ(done->code(), StatusCode::kDeadlineExceeded) << *done;
+  EXPECT_NE(done->message().find("bulk transfer 77"), std::string::npos) << *done;
+  EXPECT_NE(done->message().find("from node 201"), std::string::npos) << *done;
+  EXPECT_NE(done->message().find("1048576 of 4194304 bytes"), std::string::npos) << *done;
+  EXPECT_NE(done->message().find("stall_timeout"), std::string::npos) << *done;
+  EXPECT_GE(waited, 250ms);  // not before the timeout (less the chunk's own send)
+  // Its file is gone and its buffer let go before the sender heard.
+  EXPECT_FALSE(std::filesystem::exists(partial));
+  ASSERT_TRUE(store_->WriteLine("stats").ok());
+  auto stats = store_->ReadLineWithPrefix("STATS ", 10s);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(*stats, "1 0");  // one transfer failed, no bytes held
+  runtime_->bridge().SetFrameTap(nullptr);
 }
 
 }  // namespace

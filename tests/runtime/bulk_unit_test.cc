@@ -72,6 +72,11 @@ TEST(BulkFileSink, BytesLandInTheFileAndAFailureRemovesIt) {
     auto sink = MakeFileSink(path, 4096, mode);
     ASSERT_TRUE(sink.ok()) << sink.status();
     for (int i = 0; i < 4096; ++i) sink->data[i] = static_cast<uint8_t>(i * 7);
+    // As the endpoint does: each chunk's `landed` in order, then finish.
+    if (sink->landed) {
+      ASSERT_TRUE(sink->landed(0, 1000).ok());
+      ASSERT_TRUE(sink->landed(1000, 3096).ok());
+    }
     ASSERT_TRUE(sink->finish(OkStatus()).ok());
     sink->keep.reset();
     auto source = BulkSource::MapFile(path);
@@ -92,6 +97,47 @@ TEST(BulkFileSink, BytesLandInTheFileAndAFailureRemovesIt) {
   EXPECT_EQ(empty->data, nullptr);
   EXPECT_TRUE(empty->finish(OkStatus()).ok());
   EXPECT_EQ(BulkSource::MapFile(dir.path() + "/missing").status().code(), StatusCode::kNotFound);
+}
+
+TEST(BulkFileSink, AWriteSinkPutsEachChunkInTheFileAsItLands) {
+  testing::TempDir dir;
+  const std::string path = dir.path() + "/chunks.bin";
+  auto sink = MakeFileSink(path, 8192, FileSinkMode::kWrite);
+  ASSERT_TRUE(sink.ok()) << sink.status();
+  ASSERT_TRUE(sink->landed) << "a kWrite sink writes while receiving";
+  std::memset(sink->data, 0xAB, 4096);
+  ASSERT_TRUE(sink->landed(0, 4096).ok());
+  // The first chunk is in the file before the second has landed and before finish.
+  std::ifstream in(path, std::ios::binary);
+  std::string first(4096, '\0');
+  ASSERT_TRUE(in.read(first.data(), first.size()));
+  EXPECT_EQ(first, std::string(4096, '\xAB'));
+  std::memset(sink->data + 4096, 0xCD, 4096);
+  ASSERT_TRUE(sink->landed(4096, 4096).ok());
+  ASSERT_TRUE(sink->finish(OkStatus()).ok());
+  in.seekg(4095);
+  EXPECT_EQ(in.get(), 0xAB);
+  EXPECT_EQ(in.get(), 0xCD);
+  // A mapped sink needs no writes: the bytes land in the file's pages.
+  auto mapped = MakeFileSink(dir.path() + "/mapped.bin", 10, FileSinkMode::kMmap);
+  ASSERT_TRUE(mapped.ok());
+  EXPECT_FALSE(mapped->landed);
+  EXPECT_TRUE(mapped->finish(UnavailableError("peer lost")).ok());
+}
+
+TEST(BulkStall, ATransferFailsAStallTimeoutAfterItsLastProgress) {
+  using std::chrono::milliseconds;
+  using TimePoint = std::chrono::steady_clock::time_point;
+  const TimePoint t0 = TimePoint() + std::chrono::hours(5);
+  EXPECT_EQ(StallDeadline(t0, milliseconds(60000)), t0 + milliseconds(60000));
+  EXPECT_EQ(StallDeadline(t0 + milliseconds(250), milliseconds(300)), t0 + milliseconds(550));
+  // 0 (or less): never.
+  EXPECT_EQ(StallDeadline(t0, milliseconds(0)), TimePoint::max());
+  EXPECT_EQ(StallDeadline(t0, milliseconds(-5)), TimePoint::max());
+  // No overflow near the end of time.
+  EXPECT_EQ(StallDeadline(TimePoint::max() - milliseconds(1), milliseconds(60000)), TimePoint::max());
+  // The default is a minute (the docstring's rule).
+  EXPECT_EQ(BulkConfig{}.stall_timeout, milliseconds(60000));
 }
 
 }  // namespace
@@ -154,6 +200,20 @@ TEST(ShardTransfer, FilesFromDirAreRelativeAndSorted) {
   std::filesystem::create_symlink("model.pt", dir.path() + "/link");
   EXPECT_EQ(ShardFilesFromDir(dir.path()).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(ShardFilesFromDir(dir.path() + "/none").status().code(), StatusCode::kNotFound);
+}
+
+TEST(ShardTransfer, CheckpointRootsTakeOnlyTheJobsTheHeadStores) {
+  auto roots = std::make_shared<CheckpointRoots>();
+  CheckpointRootOf root_of = CheckpointRoots::Of(roots);
+  auto none = root_of("llama");
+  EXPECT_EQ(none.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(none.status().message().find("job 'llama'"), std::string::npos) << none.status();
+  roots->Set("llama", "/data/checkpoints/llama");
+  auto found = root_of("llama");
+  ASSERT_TRUE(found.ok()) << found.status();
+  EXPECT_EQ(*found, "/data/checkpoints/llama");
+  roots->Remove("llama");
+  EXPECT_EQ(root_of("llama").status().code(), StatusCode::kNotFound);
 }
 
 }  // namespace
