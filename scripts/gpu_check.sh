@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # gpu_check.sh: runs troupe's GPU checks on a GPU machine, each under a time limit, printing
-# everything: gpu_test (GPU slices), nccl_communicator_test (NCCL communicator) and nccl_bench
-# (full). Run from the repository root:
+# everything: gpu_test (GPU slices), nccl_communicator_test (NCCL communicator),
+# nccl_actor_worker_test (actor workers over NCCL, 2 GPUs) and nccl_bench (full). Run from the
+# repository root:
 #   scripts/gpu_check.sh [BIN_DIR]        BIN_DIR: a build directory (default: build)
 # Binaries are looked up as BIN_DIR/tests/<name>, BIN_DIR/bench/collectives/nccl_bench, then
 # BIN_DIR/<name>. CUDA and NCCL come from LD_LIBRARY_PATH (e.g. a Python venv's
@@ -54,6 +55,12 @@ if bin=$(find_bin nccl_communicator_test tests); then
   run 180 nccl_communicator_test "$bin" --gtest_color=no
 else
   echo "nccl_communicator_test not found under $BIN_DIR"; failed=$((failed + 1))
+fi
+# Actor workers' NCCL groups (actors/training/worker_communicators.h); needs 2 GPUs, skips below.
+if bin=$(find_bin nccl_actor_worker_test tests); then
+  run 120 nccl_actor_worker_test "$bin" --gtest_color=no
+else
+  echo "nccl_actor_worker_test not found under $BIN_DIR"; failed=$((failed + 1))
 fi
 if bin=$(find_bin nccl_bench bench/collectives); then
   run 180 nccl_bench "$bin" --json "$OUT_DIR/nccl_bench.json"
