@@ -75,6 +75,10 @@ struct SupervisorState {
   // caught up (recovery.h), and the placements refused in a row.
   LostNodes lost_nodes{kLostNodeHold};
   uint32_t lost_refusals = 0;
+  // The last failure was an infrastructure fault, and a later one was taken as the same fault
+  // (GroupFailed): at most once per counted fault.
+  bool last_failure_infra = false;
+  bool repeat_forgiven = false;
 };
 
 using Self = caf::stateful_actor<SupervisorState>;
@@ -278,17 +282,23 @@ void GroupFailed(Self* self, const std::string& cause, bool infra) {
   if (IsFinal(st.status.state) || st.status.state == kJobRestarting || st.succeeding) return;
   // A failure while the group was still recovering from the one before counts from that one's
   // detection: the group has not trained since.
-  if (ActorJob(st) && !(st.recovery.after_failure() && !st.recovery.complete())) {
+  const bool recovering = ActorJob(st) && st.recovery.after_failure() && !st.recovery.complete();
+  if (ActorJob(st) && !recovering) {
     st.recovery.Begin(RecoveryMark::kDetected, st.init.clock->Now(), st.init.spec.workers);
     st.recovery_reported = false;
   }
+  // The same fault seen again: an infrastructure fault of a restarted attempt that has not
+  // trained yet, right after an infrastructure fault. When a survivor's Gloo error (the killed
+  // node's TCP reset) is the first sign of a node's loss, the restart can be placed on that node
+  // before the runtime has seen it lost (LostNodes cannot refuse it), and fails when it is.
+  // Counted once and restarted without backoff; once per counted fault, so a node that fails
+  // every attempt still exhausts the policy.
+  const bool same_fault = infra && recovering && st.last_failure_infra && !st.repeat_forgiven;
+  st.repeat_forgiven = same_fault;
+  st.last_failure_infra = infra;
   st.taking_back = false;
   const RestartPolicy& policy = st.init.spec.restart;
-  if (infra) {
-    ++st.status.infra_failures;
-  } else {
-    ++st.status.user_failures;
-  }
+  if (!same_fault) ++(infra ? st.status.infra_failures : st.status.user_failures);
   // A checkpoint completed just before the failure still counts: the restart's FindResume waits
   // for this pass in the committer's mailbox.
   if (st.placed) CommitReady(self, st.status.attempt, /*queue=*/true);
@@ -309,11 +319,13 @@ void GroupFailed(Self* self, const std::string& cause, bool infra) {
   st.status.state = kJobRestarting;
   // The first restart after progress is immediate (a lost worker costs only its restart);
   // failures with no committed checkpoint in between back off, jittered and doubling.
-  ++st.consecutive_failures;
-  const auto delay = st.consecutive_failures == 1 ? std::chrono::milliseconds(0)
-                                                   : st.backoff->Delay(st.consecutive_failures - 1);
+  if (!same_fault) ++st.consecutive_failures;
+  const auto delay = st.consecutive_failures <= 1 ? std::chrono::milliseconds(0)
+                                                  : st.backoff->Delay(st.consecutive_failures - 1);
   st.status.reason = "attempt " + std::to_string(st.status.attempt) + " failed (" +
-                     (infra ? "infrastructure" : "user") + "): " + cause + "; restarting in " +
+                     (same_fault ? "infrastructure, the fault before seen again: not counted"
+                                 : infra ? "infrastructure" : "user") +
+                     "): " + cause + "; restarting in " +
                      std::to_string(delay.count()) + " ms";
   Update(self, st.status.reason);
   self->delayed_send(self, delay, restart_atom::value, st.status.attempt);
