@@ -138,6 +138,10 @@ StatusOr<std::unique_ptr<NodeAgent>> NodeAgent::Start(const ClusterConfig& confi
     agent->shard_bulk_ = std::move(bulk);
     worker_deps.shard_bulk = agent->shard_bulk_;
   }
+  // Their logs where the process workers' go, so `troupe job logs` reads both alike.
+  worker_deps.log_path = [workers = agent->workers_](const std::string& job, uint64_t attempt, uint32_t rank) {
+    return workers->LogPath(job, attempt, rank);
+  };
   RETURN_IF_ERROR(training::RegisterActorWorkers(*agent->runtime_, std::move(worker_deps)));
   return agent;
 }

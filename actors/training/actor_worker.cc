@@ -4,8 +4,10 @@
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
 
+#include <cerrno>
 #include <condition_variable>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <filesystem>
 #include <fstream>
@@ -161,6 +163,33 @@ WorkerContext::~WorkerContext() {
   // The allocator frees what is left through the device: it goes first.
   allocator_.reset();
   device_.reset();
+  if (log_ != nullptr) std::fclose(log_);
+}
+
+Status WorkerContext::OpenLog(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
+  std::FILE* file = std::fopen(path.c_str(), "a");
+  if (file == nullptr) {
+    return InternalError("cannot open the log " + path + " of rank " + std::to_string(start_.rank) + ": " +
+                         std::strerror(errno));
+  }
+  std::lock_guard<std::mutex> lock(log_mu_);
+  if (log_ != nullptr) std::fclose(log_);
+  log_ = file;
+  return OkStatus();
+}
+
+void WorkerContext::Log(const std::string& line) {
+  std::lock_guard<std::mutex> lock(log_mu_);
+  if (log_ == nullptr) return;
+  if (std::fwrite(line.data(), 1, line.size(), log_) != line.size() || std::fputc('\n', log_) == EOF ||
+      std::fflush(log_) != 0) {
+    spdlog::warn("job '{}' attempt {}: rank {}'s log stops: {}", start_.job, start_.attempt, start_.rank,
+                 std::strerror(errno));
+    std::fclose(log_);
+    log_ = nullptr;
+  }
 }
 
 StatusOr<actors::CappedAllocator*> WorkerContext::allocator() {
@@ -345,6 +374,15 @@ Status RunWorker(runtime::Runtime* rt, const ActorWorkerDeps& deps, const ActorW
   }
   ASSIGN_OR_RETURN(auto device, OpenDevice(deps, start));
   auto context = std::make_shared<WorkerContext>(start, std::move(communicator), std::move(device));
+  if (deps.log_path) {
+    Status opened = context->OpenLog(deps.log_path(start.job, start.attempt, start.rank));
+    if (!opened.ok()) spdlog::warn("job '{}' attempt {}: {}", start.job, start.attempt, opened.ToString());
+  }
+  context->Log("troupe: rank " + std::to_string(start.rank) + " of " + std::to_string(start.world_size) +
+               ", attempt " + std::to_string(start.attempt) + ": actor worker '" + start.type + "' started" +
+               (context->checkpoints().resume_step()
+                    ? ", resuming from step " + std::to_string(*context->checkpoints().resume_step())
+                    : std::string()));
   if (deps.shard_bulk && start.checkpoint_node != 0 && start.checkpoint_node != rt->node_id()) {
     context->checkpoints().SendShardsTo(deps.shard_bulk, start.checkpoint_node, start.job, start.attempt);
   }
@@ -376,6 +414,7 @@ Status RunWorker(runtime::Runtime* rt, const ActorWorkerDeps& deps, const ActorW
     start.supervisor.Send(ActorWorkerProgress{start.attempt, start.rank, ActorWorkerProgress::kFirstStep});
   });
   Status result = RunWorkerMain(main, *context);
+  context->Log("troupe: rank " + std::to_string(start.rank) + (result.ok() ? " finished" : " failed: " + result.ToString()));
   watch.reset();  // before the communicator it aborts
   std::lock_guard<std::mutex> lock(shared->mu);
   shared->context.reset();

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <functional>
 #include <map>
 #include <memory>
@@ -127,6 +128,16 @@ class WorkerContext {
   /// Set before the WorkerMain runs; called once, from the first StepDone's thread.
   void OnFirstStep(std::function<void(uint64_t step)> report) { on_first_step_ = std::move(report); }
 
+  /// Opens this rank's log at `path` (created with its directories, appended to), the file
+  /// `troupe job logs` reads through the node agent as it reads a process worker's output:
+  /// `<node data_dir>/jobs/<job>/attempt-<a>/rank-<r>.log` (WorkerLauncher::LogPath). Internal
+  /// naming the path and errno's text when it cannot be opened.
+  Status OpenLog(const std::string& path);
+  /// Appends `line` and a newline to the log, flushed at once (a reader sees whole lines). Any
+  /// thread; nothing happens without an open log (a context made by a test) or after a failed
+  /// write.
+  void Log(const std::string& line);
+
  private:
   ActorWorkerStart start_;
   std::map<std::string, std::string> config_;
@@ -137,6 +148,8 @@ class WorkerContext {
   std::atomic<bool> stopping_{false};
   std::function<void(uint64_t)> on_first_step_;
   std::atomic<bool> stepped_{false};
+  std::mutex log_mu_;
+  std::FILE* log_ = nullptr;  // guarded by log_mu_
 };
 
 /// A worker type's body: trains to the end and returns OK (the worker "exits 0"), or the error
@@ -191,6 +204,9 @@ struct ActorWorkerDeps {
   /// ActorWorkerStart::checkpoint_node when that is another node. Null: they write
   /// checkpoint_dir themselves (a shared or the same file system).
   std::shared_ptr<runtime::BulkEndpoint> shard_bulk;
+  /// Where a rank's log goes (job, attempt, rank -> path; the node's WorkerLauncher::LogPath, so
+  /// `troupe job logs` finds it). Empty: workers keep no log.
+  std::function<std::string(const std::string& job, uint64_t attempt, uint32_t rank)> log_path;
 };
 
 /// Registers kActorWorkerActorType with `runtime` (every node agent does, so SpawnOn works on

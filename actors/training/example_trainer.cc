@@ -123,6 +123,7 @@ Status ExampleLinearMain(WorkerContext& context) {
     ASSIGN_OR_RETURN(const std::string bytes, context.checkpoints().Read("weights.bin"));
     ASSIGN_OR_RETURN(weights, DecodeWeights(bytes, config.dim));
     step = *resume;
+    context.Log("example-linear: resumed at step " + std::to_string(step) + " of " + std::to_string(config.steps));
   }
   // This rank's samples of each step's batch.
   const uint64_t first = config.batch * rank / world;
@@ -155,6 +156,8 @@ Status ExampleLinearMain(WorkerContext& context) {
     }
     if (step % config.checkpoint_every == 0 || step == config.steps) {
       RETURN_IF_ERROR(context.checkpoints().Save(step, {{"weights.bin", EncodeWeights(weights)}}));
+      context.Log("example-linear: step " + std::to_string(step) + " of " + std::to_string(config.steps) +
+                  ": checkpoint saved");
     }
     if (config.step_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(config.step_ms));
   }

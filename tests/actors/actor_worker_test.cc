@@ -279,5 +279,29 @@ TEST_F(ActorWorkerTest, AStoppedWorkerEndsCancelledBeforeItsNextStep) {
   EXPECT_EQ(result.code(), StatusCode::kCancelled) << result.ToString();
 }
 
+TEST_F(ActorWorkerTest, TheWorkersLogHasItsCheckpointsAndANewAttemptAppendsWhereTroupeJobLogsReadsIt) {
+  const std::string log = root_ + "/jobs/linear/attempt-1/rank-0.log";  // directories made by OpenLog
+  {
+    WorkerContext context(Start(1, 0, 1, {"STEPS=20", "CHECKPOINT_EVERY=10", "BATCH=8", "DIM=4"}), nullptr, nullptr);
+    ASSERT_TRUE(context.OpenLog(log).ok());
+    ASSERT_TRUE(RunWorkerMain(ExampleLinearMain, context).ok());
+  }
+  {
+    WorkerContext context(Start(1, 0, 1, {}), nullptr, nullptr);
+    ASSERT_TRUE(context.OpenLog(log).ok());
+    context.Log("a second line");
+  }
+  EXPECT_EQ(ReadFile(log),
+            "example-linear: step 10 of 20: checkpoint saved\n"
+            "example-linear: step 20 of 20: checkpoint saved\n"
+            "a second line\n");
+  // No log opened: Log does nothing; a directory that cannot be made is named.
+  WorkerContext quiet(Start(1, 0, 1, {}), nullptr, nullptr);
+  quiet.Log("nowhere");
+  Status bad = quiet.OpenLog(log + "/under-a-file.log");
+  EXPECT_EQ(bad.code(), StatusCode::kInternal);
+  EXPECT_NE(bad.message().find(log + "/under-a-file.log"), std::string::npos) << bad.ToString();
+}
+
 }  // namespace
 }  // namespace troupe::training
