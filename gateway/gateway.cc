@@ -90,6 +90,7 @@ struct ReplyOf<std::function<void(StatusOr<R>, runtime::ActorRef)>> {
   using type = R;
 };
 using gone_atom = caf::atom_constant<caf::atom("gwgone")>;
+using head_checked_atom = caf::atom_constant<caf::atom("gwheadck")>;
 
 // How long a stream whose response arrived waits for chunks still on their way (chunks come
 // from the replica straight to the gateway, the response through the router: two paths).
@@ -907,19 +908,6 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
                 }
               },
               [self, call, finish](caf::error& error) {
-                if (!call->started && !call->finished && call->events == 0 && call->resend &&
-                    IsReceiverLost(error)) {
-                  // The router went with its head before the first chunk: nothing was written,
-                  // so the stream is sent again, admitted afresh; the reservation died with the
-                  // head. (Chunks of the first try that still come go to this quit actor.)
-                  std::string why;
-                  if (call->resend(CallOutcome::kHeadLost, &why)) {
-                    call->finished = true;
-                    --call->impl->in_flight;
-                    self->quit();
-                    return;
-                  }
-                }
                 if (call->scanner.done()) {
                   // The replica's stream ended whole ([DONE]) and only the router's reply, which
                   // comes through the head, was lost: the client has its answer.
@@ -927,7 +915,21 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
                   self->quit();
                   return;
                 }
-                call->error = runtime::ToStatus(error);
+                const Status status = runtime::ToStatus(error);
+                if (!call->started && call->events == 0 && call->resend &&
+                    (IsReceiverLost(error) || status.code() == StatusCode::kUnavailable)) {
+                  // Lost with its head, or the router's own Unavailable (a replica's failure)?
+                  // The head is lost when its api actor cannot be found now or is another one
+                  // (a restarted head): asked off the actor threads, answered to this actor.
+                  call->error = status;
+                  boost::asio::post(call->impl->pool, [impl = call->impl, api = call->api,
+                                                       stream = caf::actor_cast<caf::actor>(self)] {
+                    auto now = impl->client->ApiActor(Ms(1000), /*refresh=*/true);
+                    caf::anon_send(stream, head_checked_atom::value, !now.ok() || !(*now == api));
+                  });
+                  return;
+                }
+                call->error = status;
                 if (call->error.ok()) call->error = InternalError("the stream failed without a reason");
                 finish(call);
                 self->quit();
@@ -958,6 +960,23 @@ struct Gateway::Impl : std::enable_shared_from_this<Impl> {
           },
           [self, call, finish](flush_atom) {
             finish(call);
+            self->quit();
+          },
+          [self, call, finish](head_checked_atom, bool head_lost) {
+            if (call->finished) {
+              self->quit();
+              return;
+            }
+            // Nothing was written yet: the stream is sent again, admitted afresh (the reservation
+            // died with the head). Chunks of the first try that still come go to this quit actor.
+            std::string why;
+            if (head_lost && !call->started && call->events == 0 && call->resend(CallOutcome::kHeadLost, &why)) {
+              call->finished = true;
+              --call->impl->in_flight;
+              self->quit();
+              return;
+            }
+            finish(call);  // with the router's error
             self->quit();
           },
           [self, call, cancel](gone_atom) {

@@ -36,9 +36,11 @@ CallOutcome OutcomeOf(const StatusOr<cluster::AdmitAndInferReply>& reply);
 /// The outcome of a call answered by a Status (an Admit's error, a failed route lookup during a
 /// retry): Unavailable is kHeadLost, DeadlineExceeded kHeadSilent, the rest kAnswered.
 CallOutcome OutcomeOf(const Status& status);
-/// True when a CAF request failed because its receiver or that receiver's process is gone (the
-/// runtime's request_receiver_down, an unreachable exit), not because the receiver answered
-/// with an error (troupe's status category): a stream's router lost with the head.
+/// True when a CAF request failed because its receiver is gone as CAF itself says it
+/// (request_receiver_down, an unreachable exit), not because the receiver answered with an error
+/// (troupe's status category). A remote node's loss arrives as troupe's Unavailable from the
+/// bridge instead, like a router's own Unavailable answer: the gateway tells those apart by
+/// looking the head's api actor up again (gateway.cc, Stream).
 bool IsReceiverLost(const caf::error& error);
 
 /// The gateway's retry of a request through a head restart. Envoy's route retry policy
