@@ -177,6 +177,7 @@ Status AddTrainingCodecs(runtime::CodecRegistry& r) {
         b.setMemoryBytes(m.memory_bytes);
         b.setSimulated(m.simulated);
         b.setCheckpointNode(m.checkpoint_node);
+        b.setBackend(m.backend);
       },
       [](wire::ActorWorkerStart::Reader in, RefCodec& refs) -> StatusOr<ActorWorkerStart> {
         ActorWorkerStart m;
@@ -196,6 +197,7 @@ Status AddTrainingCodecs(runtime::CodecRegistry& r) {
         m.memory_bytes = in.getMemoryBytes();
         m.simulated = in.getSimulated();
         m.checkpoint_node = in.getCheckpointNode();
+        m.backend = in.getBackend();
         return m;
       })));
   RETURN_IF_ERROR((r.Add<StopActorWorker, wire::StopActorWorker>(

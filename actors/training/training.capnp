@@ -75,6 +75,7 @@ struct ActorWorkerStart {
   memoryBytes @13 :UInt64;
   simulated @14 :Bool;
   checkpointNode @15 :UInt64;    # the node that commits the job's checkpoints (0: none given)
+  backend @16 :Text;             # entry.backend: auto (or empty), gloo, nccl
 }
 # Supervisor -> worker actor: stop.
 struct StopActorWorker { reason @0 :Text; }
