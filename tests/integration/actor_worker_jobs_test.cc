@@ -12,8 +12,8 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <set>
 #include <map>
+#include <set>
 #include <sstream>
 #include <string>
 
