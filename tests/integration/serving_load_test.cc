@@ -166,12 +166,15 @@ std::string ClusterYaml() {
 }
 
 // The deployment: min 1, max 12, a target of kMaxOngoing per replica, short windows (stable 2 s,
-// panic 1 s, no scale-down delay) so the test is short; the rest of the policy as deployed.
+// panic 1 s) so the test is short, and a scale-down delay of 1 s: a 2 s window's average of a
+// steady load near a boundary (22 requests: 11 or 12 replicas) moves across it from one tick to
+// the next, and without a delay the count went 12 -> 11 -> 12 -> 11 in 200 ms under a steady
+// ten replicas' worth (seen here with an 8 s hold). The rest of the policy as deployed.
 std::string SpecYaml() {
   return "name: load\nversions:\n  - name: v1\n    backend: {test: {tokens_per_second: 0, first_token_latency: " +
          std::to_string(kLatency.count()) + "ms}}\nreplicas: {min: 1, max: " + std::to_string(kMaxReplicas) +
          ", initial: 1}\nautoscaling: {target_ongoing_requests: " + std::to_string(kMaxOngoing) +
-         ", stable_window: 2s, panic_window: 1s}\nmax_ongoing_requests: " + std::to_string(kMaxOngoing) +
+         ", stable_window: 2s, panic_window: 1s, scale_down_delay: 1s}\nmax_ongoing_requests: " + std::to_string(kMaxOngoing) +
          "\nrouting: power_of_two_choices\ndrain_timeout: 10s\n";
 }
 
@@ -359,13 +362,14 @@ TEST_F(ServingLoad, AStepFromATenthOfOneReplicaToTenReplicasWorthScalesUpAndDown
       peak_desired = std::max(peak_desired, d->second);
       if (d->second > d->first && e.unix_ms >= step_unix_ms && !first_order) first_order = e.unix_ms;
       if (d->second < d->first) {
-        if (!first_down && e.unix_ms >= step_unix_ms) first_down = e.unix_ms;
+        if (!first_down && e.unix_ms >= drop_unix_ms) first_down = e.unix_ms;
         // Under ten replicas' worth the count may come back from the panic's peak to ten, no lower.
         EXPECT_TRUE(e.unix_ms >= drop_unix_ms || d->second >= 10)
             << "scaled down below the load while loaded: " << e.what << " (" << e.why << ")";
       }
-      EXPECT_FALSE(d->second > d->first && e.unix_ms >= drop_unix_ms)
-          << "scaled up again after the load dropped (oscillation): " << e.what << " (" << e.why << ")";
+      // (At three replicas' worth, 6-8 requests in flight, the count may settle at 4 or 5.)
+      EXPECT_FALSE(d->second > d->first && e.unix_ms >= low_unix_ms)
+          << "scaled up again after the load dropped to a tenth (oscillation): " << e.what << " (" << e.why << ")";
     }
     if (e.what.rfind("replica ", 0) != 0) continue;
     const std::string name = e.what.substr(8, e.what.find(' ', 8) - 8);
@@ -388,7 +392,6 @@ TEST_F(ServingLoad, AStepFromATenthOfOneReplicaToTenReplicasWorthScalesUpAndDown
   }
   ASSERT_TRUE(first_order.has_value()) << EventsText();
   ASSERT_TRUE(first_down.has_value()) << EventsText();
-  EXPECT_GE(*first_down, drop_unix_ms) << "the first scale-down came before the load dropped\n" << EventsText();
   EXPECT_GE(peak_desired, 10);
   EXPECT_GE(draining_since.size(), 9u) << "ten or more replicas down to one: nine or more drained\n" << EventsText();
   // Every drained replica finished its requests (above: none failed at the drain timeout) and
