@@ -66,7 +66,7 @@ class CheckpointHandle {
   /// Never touches a step after its marker: a second Save of the same step is AlreadyExists.
   Status Save(uint64_t step, const std::map<std::string, std::string>& files);
   /// The step of the newest committed checkpoint the supervisor resumes this attempt from
-  /// (its NewestValid); nullopt when the job starts fresh.
+  /// (NewestIntact, checkpoint_committer.h); nullopt when the job starts fresh.
   std::optional<uint64_t> resume_step() const;
   /// A file of this rank's shard of that checkpoint. FailedPrecondition when there is none to
   /// resume from; NotFound (the path) when the file is missing.
