@@ -301,6 +301,19 @@ TEST(ClusterConfig, TheGatewaySectionHasDefaultsAndBounds) {
   ExpectError(std::string(kMinimal) + "gateway:\n  read_timeout: 2h\n", "gateway.read_timeout", "1h");
 }
 
+TEST(ClusterConfig, TheGatewaysHeadRetryBudgetIsThirtySecondsByDefaultAndZeroTurnsItOff) {
+  auto bare = ParseClusterConfig(std::string(kMinimal) + "gateway:\n", "bare.yaml");
+  ASSERT_TRUE(bare.ok()) << bare.status().ToString();
+  EXPECT_EQ(bare->gateway.head_retry_budget, std::chrono::seconds(30));
+  auto set = ParseClusterConfig(std::string(kMinimal) + "gateway:\n  head_retry_budget: 5s\n", "set.yaml");
+  ASSERT_TRUE(set.ok()) << set.status().ToString();
+  EXPECT_EQ(set->gateway.head_retry_budget, std::chrono::seconds(5));
+  auto off = ParseClusterConfig(std::string(kMinimal) + "gateway:\n  head_retry_budget: 0s\n", "off.yaml");
+  ASSERT_TRUE(off.ok()) << off.status().ToString();
+  EXPECT_EQ(off->gateway.head_retry_budget.count(), 0);
+  ExpectError(std::string(kMinimal) + "gateway:\n  head_retry_budget: 2h\n", "gateway.head_retry_budget", "1h");
+}
+
 TEST(ClusterConfig, ATokenFileIsReadWithASizeLimit) {
   ExpectError("cluster:\n  name: t\n  token_file: /dev/zero\n", "cluster.token_file", "/dev/zero is not a regular file");
   std::string templ = (std::filesystem::temp_directory_path() / "troupe-cfg-XXXXXX").string();

@@ -180,5 +180,49 @@ TEST(GatewayHeadRestart, EveryRequestThroughAHeadKilledWithMinus9IsAnsweredOnceA
       << "a request metered in part: " << totals.dump();
 }
 
+// A stream inside the head when it is killed, before its first chunk (the replica takes 1.5 s to
+// its first token): sent again once a head is back, it is answered whole, with no error event.
+TEST(GatewayHeadRestart, AStreamWaitingForItsFirstChunkWhenTheHeadIsKilledIsSentAgainAndAnsweredWhole) {
+  (void)InitLogging("warn");
+  auto cluster = LocalCluster::Start("troupe-gateway-head-restart-stream", "gws",
+                                     TwoNodeClusterYaml("gws") + "gateway:\n  listen: 127.0.0.1:0\n");
+  ASSERT_NE(cluster, nullptr);
+  const int port = testing::TroupeUpGatewayPort(cluster->dir);
+  ASSERT_NE(port, 0);
+  ASSERT_NO_FATAL_FAILURE(testing::DeployTestModel(*cluster->client, "echo", "default",
+                                                   "{tokens_per_second: 100, first_token_latency: 1500ms}", 4));
+  ASSERT_TRUE(cluster->client->ApiCommand("tenant.create", "default", "{}", 10s).ok());
+  auto made = cluster->client->ApiCommand("key.create", "", Json{{"tenant", "default"}}.dump(), 10s);
+  ASSERT_TRUE(made.ok()) << made.status();
+  const std::string key = Json::parse(*made).value("key", "");
+  HttpReply reply;
+  std::thread streaming([&] {
+    reply = HttpCall(port, "POST", "/v1/chat/completions", {{"authorization", "Bearer " + key}},
+                     Chat(kMaxTokens, true).dump(), 20s);
+  });
+  // Admitted (in flight at the gateway) and at the router or the replica, its first token 1.5 s
+  // away: kill then.
+  const auto deadline = Clock::now() + 5s;
+  bool admitted = false;
+  while (!admitted && Clock::now() < deadline) {
+    HttpReply metrics = HttpCall(port, "GET", "/metrics", {}, "", 5s);
+    admitted = metrics.body.find("troupe_gateway_requests_in_flight 1") != std::string::npos;
+  }
+  ASSERT_TRUE(admitted) << "the stream was not admitted within 5 s";
+  ASSERT_EQ(kill(cluster->pids.at("head"), SIGKILL), 0);
+  streaming.join();
+  EXPECT_EQ(reply.status, 200) << reply.error << reply.body;
+  EXPECT_NE(reply.body.find("data: [DONE]"), std::string::npos) << reply.body;
+  EXPECT_EQ(reply.body.find("\"error\""), std::string::npos) << "the stream was cut instead of sent again: "
+                                                              << reply.body;
+  HttpReply metrics = HttpCall(port, "GET", "/metrics", {}, "", 5s);
+  const std::string kRetries = "\ntroupe_gateway_head_retries_total ";
+  const size_t at = metrics.body.find(kRetries);
+  ASSERT_NE(at, std::string::npos) << metrics.body;
+  const double retries = std::stod(metrics.body.substr(at + kRetries.size()));
+  EXPECT_GE(retries, 1) << "the stream was not sent again";
+  std::printf("the stream was answered whole after %.0f attempt(s) sent again\n", retries);
+}
+
 }  // namespace
 }  // namespace troupe
