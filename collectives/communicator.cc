@@ -179,21 +179,25 @@ Work OpQueue::Submit(std::function<Status()> op, std::chrono::milliseconds timeo
   return work;
 }
 
+bool OpQueue::FailLocked(const Status& reason, std::vector<Work>* failed) {
+  if (failure_.ok()) failure_ = reason;
+  if (running_) failed->push_back(running_->work);
+  for (auto& op : queue_) failed->push_back(op.work);
+  queue_.clear();
+  if (abort_called_) return false;
+  abort_called_ = true;
+  return true;
+}
+
 void OpQueue::Abort(const Status& reason) {
   std::vector<Work> failed;
   bool call = false;
+  Status failure;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (failure_.ok()) failure_ = reason;
-    if (running_) failed.push_back(running_->work);
-    for (auto& op : queue_) failed.push_back(op.work);
-    queue_.clear();
-    if (!abort_called_) {
-      abort_called_ = true;
-      call = true;
-    }
+    call = FailLocked(reason, &failed);
+    failure = failure_;
   }
-  Status failure = health();
   for (auto& work : failed) work.Complete(failure);
   if (call && on_abort_) on_abort_(failure);
 }
@@ -222,15 +226,20 @@ void OpQueue::Execute(std::unique_lock<std::mutex>& lock) {
   Status status = run();
   run = nullptr;  // its captures are released before its Work completes
   lock.lock();
-  std::string name = status.ok() ? std::string() : running_->name;
+  // A failed op leaves the library's group in an unknown state: the queue breaks before anyone
+  // (the queue's thread or a waiter) can take the next op.
+  std::vector<Work> failed;
+  const bool call =
+      !status.ok() && FailLocked(Status(status.code(), running_->name + ": " + status.message()), &failed);
+  const Status failure = failure_;
   running_.reset();
   const bool more = !queue_.empty();
   lock.unlock();
   if (more) cv_.notify_one();  // the queue's thread runs the next unless its waiter does
   if (!status.ok()) {
-    // A failed op leaves the library's group in an unknown state: break the queue.
-    Abort(Status(status.code(), name + ": " + status.message()));
-    work.Complete(health());
+    for (auto& failed_work : failed) failed_work.Complete(failure);
+    if (call && on_abort_) on_abort_(failure);
+    work.Complete(failure);
   } else {
     work.Complete(OkStatus());
   }

@@ -16,6 +16,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 #include "common/status.h"
 
@@ -188,6 +189,9 @@ class OpQueue {
   void RunHere(const Work& work);
   // Takes the queue's head as the running op (under `lock`), runs it unlocked, completes its Work.
   void Execute(std::unique_lock<std::mutex>& lock);
+  // Under mu_: records `reason` (the first wins), moves the running and queued ops' Works to
+  // `failed`; whether on_abort is still to be called.
+  bool FailLocked(const Status& reason, std::vector<Work>* failed);
 
   std::function<void(const Status&)> on_abort_;
   std::shared_ptr<Helper> helper_;
