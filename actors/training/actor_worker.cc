@@ -66,19 +66,22 @@ void CheckpointHandle::SendShardsTo(std::shared_ptr<runtime::BulkEndpoint> endpo
   timeout_ = timeout;
 }
 
-Status CheckpointHandle::Save(uint64_t step, const std::map<std::string, std::string>& files) {
+Status CheckpointHandle::Save(uint64_t step, std::map<std::string, std::string> files) {
   if (endpoint_) {
     if (sent_steps_.count(step) != 0) {
       return AlreadyExistsError("rank " + std::to_string(rank_) + " has saved step " + std::to_string(step) +
                                 " already; a shard is never touched after its marker");
     }
+    // The sources own the files: WriteShard returns once every transfer has ended, but a transfer
+    // that timed out may still have a chunk in the transport, which reads it until it releases it.
+    auto owned = std::make_shared<const std::map<std::string, std::string>>(std::move(files));
     std::vector<ShardFile> shard;
-    for (const auto& [path, bytes] : files) {
+    for (const auto& [path, bytes] : *owned) {
       RETURN_IF_ERROR(CheckShardPath(path));
-      // A view of `files`: WriteShard returns only once every transfer has ended.
       runtime::BulkSource source;
       source.data = reinterpret_cast<const uint8_t*>(bytes.data());
       source.size = bytes.size();
+      source.keep = owned;
       shard.push_back({path, std::move(source)});
     }
     RETURN_IF_ERROR(WriteShard(*endpoint_, store_node_, ShardTarget{job_, attempt_, step, rank_}, shard, timeout_));

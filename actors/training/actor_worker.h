@@ -64,7 +64,9 @@ class CheckpointHandle {
   /// file, fsynced, then the done marker. InvalidArgument for an empty, absolute or ".." path;
   /// Internal (or ResourceExhausted when the disk is full) naming the file and errno's text.
   /// Never touches a step after its marker: a second Save of the same step is AlreadyExists.
-  Status Save(uint64_t step, const std::map<std::string, std::string>& files);
+  /// `files` is taken by value: when the shard is sent, the transfers own it until the transport
+  /// has released its last chunk (a chunk may still be read after a timeout ended its transfer).
+  Status Save(uint64_t step, std::map<std::string, std::string> files);
   /// The step of the newest committed checkpoint the supervisor resumes this attempt from
   /// (NewestIntact, checkpoint_committer.h); nullopt when the job starts fresh.
   std::optional<uint64_t> resume_step() const;
