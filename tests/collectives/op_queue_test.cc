@@ -176,6 +176,20 @@ TEST(OpQueue, OpsRunOneAtATimeWhoeverRunsThem) {
   EXPECT_EQ(ran.load(), 400);
 }
 
+// The same rule raced: the failed op runs on the waiting thread or on the queue's thread (woken
+// at Submit), and neither may start the op behind it before the queue is broken (200 queues).
+TEST(OpQueue, NoOpRunsAfterAFailedOneWhoeverRunsThem) {
+  for (int i = 0; i < 200; ++i) {
+    OpQueue queue([](const Status&) {});
+    std::atomic<bool> ran{false};
+    Work first = queue.Submit([] { return UnavailableError("rank 1 lost"); }, milliseconds(10000), "first");
+    Work second = queue.Submit([&] { ran = true; return OkStatus(); }, milliseconds(10000), "second");
+    EXPECT_EQ(first.Wait().code(), StatusCode::kUnavailable);
+    EXPECT_EQ(second.Wait().code(), StatusCode::kUnavailable);
+    ASSERT_FALSE(ran) << "queue " << i << ": the op behind a failed one ran";
+  }
+}
+
 // A waiter blocked in the op it runs is released by Abort through on_abort, as the queue's thread
 // is, and its Wait returns the reason.
 TEST(OpQueue, AbortReleasesAWaiterBlockedInTheOpItRuns) {
