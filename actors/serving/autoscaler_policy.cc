@@ -77,6 +77,7 @@ const char* ScaleReasonName(ScaleReason reason) {
     case ScaleReason::kScaleUpLimit: return "scale_up_limit";
     case ScaleReason::kScaleDownLimit: return "scale_down_limit";
     case ScaleReason::kScaleDownDelay: return "scale_down_delay";
+    case ScaleReason::kScaleDownTolerance: return "scale_down_tolerance";
     case ScaleReason::kScaleToZeroGrace: return "scale_to_zero_grace";
     case ScaleReason::kScaleToZero: return "scale_to_zero";
     case ScaleReason::kScaleFromZero: return "scale_from_zero";
@@ -190,6 +191,17 @@ Decision AutoscalerPolicy::Decide(TimePoint now, uint32_t current_replicas) {
     } else {
       want = max_panic_replicas_;  // never down while panicking
       why = ScaleReason::kPanic;
+    }
+  }
+
+  // Within the tolerance of the current count, the stable window's lower count waits: the load
+  // sits at the boundary between two counts (kScaleDownTolerance).
+  if (why == ScaleReason::kStable && want > 0 && want < current_replicas) {
+    double asked = stable.load / config_.target_ongoing_requests;
+    if (config_.target_requests_per_second > 0) asked = std::max(asked, stable.rps / config_.target_requests_per_second);
+    if (asked >= current_replicas * (1.0 - kScaleDownTolerance)) {
+      want = current_replicas;
+      why = ScaleReason::kScaleDownTolerance;
     }
   }
 

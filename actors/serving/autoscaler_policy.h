@@ -29,6 +29,14 @@ struct Load {
   double completed_per_second = 0;
 };
 
+/// A scale-down the stable window asks for is made only when the replicas its load asks for
+/// (unrounded: load / target) are fewer than (1 - kScaleDownTolerance) x the current count.
+/// Without it a steady load at the boundary between two counts (22 requests at 2 a replica
+/// against 12 replicas: 11.0 vs 11.1 from tick to tick) made the count flap 12 -> 11 -> 12 within
+/// 200 ms (serving_load_test). 0.1 is Kubernetes' HPA default (--horizontal-pod-autoscaler-
+/// tolerance); troupe applies it to scale-downs only, so a burst still scales up at once.
+inline constexpr double kScaleDownTolerance = 0.1;
+
 /// The rule that settled a decision (the `reason` label of troupe_serving_autoscaler_decisions_total).
 enum class ScaleReason {
   kNoData,            ///< nothing observed yet: the current count, within the bounds
@@ -37,6 +45,7 @@ enum class ScaleReason {
   kScaleUpLimit,      ///< capped at max_scale_up_rate x current
   kScaleDownLimit,    ///< held at current / max_scale_down_rate
   kScaleDownDelay,    ///< a higher decision within scale_down_delay still holds
+  kScaleDownTolerance,  ///< the stable window asks for fewer, but within kScaleDownTolerance of the current count
   kScaleToZeroGrace,  ///< no load, but the last replica stays until scale_to_zero_grace passes
   kScaleToZero,       ///< no load for scale_to_zero_grace (min_replicas 0)
   kScaleFromZero,     ///< requests wait and no replica runs: one at once
@@ -45,7 +54,7 @@ enum class ScaleReason {
 };
 
 /// "no_data", "stable", "panic", "scale_up_limit", "scale_down_limit", "scale_down_delay",
-/// "scale_to_zero_grace", "scale_to_zero", "scale_from_zero", "min_replicas", "max_replicas".
+/// "scale_down_tolerance", "scale_to_zero_grace", "scale_to_zero", "scale_from_zero", "min_replicas", "max_replicas".
 const char* ScaleReasonName(ScaleReason reason);
 
 /// One decision and what it was made from.

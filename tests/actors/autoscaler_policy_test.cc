@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <vector>
 
@@ -360,6 +361,38 @@ TEST(AutoscalerPolicy, ReconfigureKeepsTheHistoryAndAppliesTheNewTargetAndBounds
 }
 
 // Without any load observed the count stays, within the bounds.
+// A steady load at the boundary between two counts (serving_load_test's ten replicas' worth at 2
+// a replica: about 22 requests against 12 replicas, its 2 s stable window and no scale-down
+// delay) keeps the count (kScaleDownTolerance); the stable window's own count flips between 11
+// and 12 on this trace, so without the tolerance the count would flap. A real drop still scales
+// down (halving first, as max_scale_down_rate says).
+TEST(AutoscalerPolicy, ALoadAtTheBoundaryBetweenTwoCountsDoesNotFlapAndARealDropStillScalesDown) {
+  AutoscalingConfig config = Scalable(1, 20, 12);
+  config.stable_window = milliseconds(2000);
+  config.panic_window = milliseconds(1000);
+  std::vector<Row> rows;
+  // 22 +- 0.6 requests over a 3 s period: the 2 s window's average drifts across 22 (21.75-22.25).
+  for (int64_t ms = 0; ms < 20000; ms += 100) {
+    rows.push_back({ms, Load{22 + 0.6 * std::sin(2 * M_PI * static_cast<double>(ms) / 3000.0), 0, 0}});
+  }
+  for (int64_t ms = 20000; ms <= 30000; ms += 100) rows.push_back({ms, Load{10, 0, 0}});
+  const auto ticks = Replay(config, rows, 12);
+  std::vector<uint32_t> boundary;
+  std::set<uint32_t> stable_asks;
+  for (const auto& t : ticks) {
+    if (t.ms >= 20000) break;
+    boundary.push_back(t.decision.desired);
+    if (t.ms > config.stable_window.count()) stable_asks.insert(t.decision.stable_replicas);
+  }
+  EXPECT_EQ(DirectionChanges(boundary), 0);
+  EXPECT_EQ(*std::min_element(boundary.begin(), boundary.end()), 12u);
+  EXPECT_EQ(stable_asks, (std::set<uint32_t>{11, 12})) << "the trace no longer sits at the boundary";
+  const Tick* held = First(ticks, 3000, [](const Tick& t) { return t.decision.reason == ScaleReason::kScaleDownTolerance; });
+  ASSERT_NE(held, nullptr);
+  EXPECT_NE(held->decision.reason_text.find("scale_down_tolerance"), std::string::npos) << held->decision.reason_text;
+  EXPECT_EQ(ticks.back().decision.desired, 5u) << ticks.back().decision.reason_text;
+}
+
 TEST(AutoscalerPolicy, NoDataKeepsTheCurrentCount) {
   AutoscalerPolicy policy(Scalable(2, 5, 2));
   Decision d = policy.Decide(kStart, 7);
