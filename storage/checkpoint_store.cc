@@ -683,20 +683,57 @@ StatusOr<std::optional<CheckpointRecord>> CheckpointStore::Newest(const std::str
 
 StatusOr<std::optional<CheckpointRecord>> CheckpointStore::NewestValid(const std::string& job,
                                                                        std::vector<std::string>* fallbacks) {
+  return NewestPassing(job, fallbacks, [](const CheckpointRecord& record, JobLock& lock) {
+    return Verify(record, record.dir, &lock.deleting);
+  });
+}
+
+StatusOr<std::optional<CheckpointRecord>> CheckpointStore::NewestPassing(
+    const std::string& job, std::vector<std::string>* fallbacks,
+    const std::function<Status(const CheckpointRecord&, JobLock&)>& check) {
   RETURN_IF_ERROR(ValidateCheckpointJobName(job));
   const std::shared_ptr<JobLock> lock = LockOf(job);
   std::lock_guard<std::mutex> guard(lock->mutex);
   ASSIGN_OR_RETURN(auto records, List(job));
   for (auto it = records.rbegin(); it != records.rend(); ++it) {
-    const Status verified = Verify(*it, it->dir, &lock->deleting);
-    if (verified.code() == StatusCode::kCancelled) return verified;
-    if (verified.ok()) return std::optional<CheckpointRecord>(std::move(*it));
+    const Status checked = check(*it, *lock);
+    if (checked.code() == StatusCode::kCancelled) return checked;
+    if (checked.ok()) return std::optional<CheckpointRecord>(std::move(*it));
     if (fallbacks != nullptr) {
       fallbacks->push_back("Skipped checkpoint step " + std::to_string(it->step) + " of job '" + job +
-                           "': " + verified.message() + ".");
+                           "': " + checked.message() + ".");
     }
   }
   return std::optional<CheckpointRecord>();
+}
+
+namespace {
+
+// Why `path` is not a regular file of `size` bytes; empty when it is.
+std::string NotIntact(const std::string& path, std::optional<uint64_t> size) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) return path + " is missing";
+  if (!S_ISREG(st.st_mode)) return path + " is not a regular file";
+  if (size && static_cast<uint64_t>(st.st_size) != *size) {
+    return path + " has " + std::to_string(st.st_size) + " bytes, the manifest says " + std::to_string(*size);
+  }
+  return "";
+}
+
+}  // namespace
+
+StatusOr<std::optional<CheckpointRecord>> CheckpointStore::NewestIntact(const std::string& job,
+                                                                        std::vector<std::string>* fallbacks) {
+  return NewestPassing(job, fallbacks, [](const CheckpointRecord& record, JobLock&) {
+    std::string wrong = NotIntact(record.dir + "/manifest.json", std::nullopt);
+    for (size_t r = 0; r < record.rank_files.size() && wrong.empty(); ++r) {
+      for (const CheckpointFile& file : record.rank_files[r]) {
+        wrong = NotIntact(record.dir + "/rank-" + std::to_string(r) + "/" + file.path, file.size);
+        if (!wrong.empty()) break;
+      }
+    }
+    return wrong.empty() ? OkStatus() : InternalError(wrong);
+  });
 }
 
 Status CheckpointStore::Retain(const std::string& job, const std::string& root, uint32_t keep,

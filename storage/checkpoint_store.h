@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -119,6 +120,12 @@ class CheckpointStore {
   /// only when the records themselves cannot be read, or Cancelled when DeleteJob of the job
   /// began meanwhile.
   StatusOr<std::optional<CheckpointRecord>> NewestValid(const std::string& job, std::vector<std::string>* fallbacks);
+  /// As NewestValid, but a checkpoint is intact when its manifest.json and every file its record
+  /// lists exist as regular files of the recorded sizes (one lstat a file, no byte read: a
+  /// restart's lookup costs the same for 1 KiB and 100 GiB; docs/checkpoints.md says what it
+  /// gives up). Like every call of the job that touches its files it waits for the job's Commit in
+  /// flight, so a supervisor resuming a stopped job sees the old one's last commit.
+  StatusOr<std::optional<CheckpointRecord>> NewestIntact(const std::string& job, std::vector<std::string>* fallbacks);
 
   /// Keeps the newest `keep` (>= 1, else InvalidArgument) committed checkpoints of `job`: deletes
   /// the older records in one transaction, then their directories. Then removes, under `root`,
@@ -143,6 +150,11 @@ class CheckpointStore {
   std::shared_ptr<JobLock> LockOf(const std::string& job);
 
   StatusOr<std::optional<CheckpointRecord>> Find(const std::string& job, uint64_t step);
+  // The newest record of `job` that `check` passes, under the job's lock (NewestValid,
+  // NewestIntact); each newer one's failure is a sentence in `*fallbacks`; Cancelled stops.
+  StatusOr<std::optional<CheckpointRecord>> NewestPassing(
+      const std::string& job, std::vector<std::string>* fallbacks,
+      const std::function<Status(const CheckpointRecord&, JobLock&)>& check);
   // Removes `step-<S>` directories under `root` with S < `below` that `job` has no record for.
   Status RemoveUnrecordedSteps(const std::string& job, const std::string& root, uint64_t below);
 

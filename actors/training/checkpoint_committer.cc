@@ -3,43 +3,12 @@
 
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
-#include <sys/stat.h>
 
 namespace troupe::training {
 
-namespace {
-
-// Why `path` is not a regular file of `size` bytes; empty when it is.
-std::string NotIntact(const std::string& path, std::optional<uint64_t> size) {
-  struct stat st {};
-  if (::lstat(path.c_str(), &st) != 0) return path + " is missing";
-  if (!S_ISREG(st.st_mode)) return path + " is not a regular file";
-  if (size && static_cast<uint64_t>(st.st_size) != *size) {
-    return path + " has " + std::to_string(st.st_size) + " bytes, the manifest says " + std::to_string(*size);
-  }
-  return "";
-}
-
-}  // namespace
-
 StatusOr<std::optional<storage::CheckpointRecord>> NewestIntact(storage::CheckpointStore& store, const std::string& job,
                                                                 std::vector<std::string>* fallbacks) {
-  ASSIGN_OR_RETURN(auto records, store.List(job));
-  for (auto it = records.rbegin(); it != records.rend(); ++it) {
-    std::string wrong = NotIntact(it->dir + "/manifest.json", std::nullopt);
-    for (size_t r = 0; r < it->rank_files.size() && wrong.empty(); ++r) {
-      for (const storage::CheckpointFile& file : it->rank_files[r]) {
-        wrong = NotIntact(it->dir + "/rank-" + std::to_string(r) + "/" + file.path, file.size);
-        if (!wrong.empty()) break;
-      }
-    }
-    if (wrong.empty()) return std::optional<storage::CheckpointRecord>(std::move(*it));
-    if (fallbacks != nullptr) {
-      fallbacks->push_back("Skipped checkpoint step " + std::to_string(it->step) + " of job '" + job + "': " + wrong +
-                           ".");
-    }
-  }
-  return std::optional<storage::CheckpointRecord>();
+  return store.NewestIntact(job, fallbacks);
 }
 
 namespace {

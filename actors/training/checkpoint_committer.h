@@ -61,7 +61,9 @@ struct ResumePoint {
 /// path; the contents were checksummed and fsynced by Commit, and a worker that reads a file
 /// cut short or gone fails as a user error naming it.) Each newer one that fails is skipped with
 /// one sentence in `*fallbacks` (may be null) naming its step and the file; nullopt when none is
-/// intact or none exists. Errors: List()'s (the records cannot be read).
+/// intact or none exists. Errors: List()'s (the records cannot be read). CheckpointStore::
+/// NewestIntact: it waits for the job's Commit in flight (the store's per-job lock), so a resumed
+/// job sees its stopped supervisor's last commit (Jobs.AStopDoesNotWaitForACommitInFlight...).
 StatusOr<std::optional<storage::CheckpointRecord>> NewestIntact(storage::CheckpointStore& store, const std::string& job,
                                                                 std::vector<std::string>* fallbacks);
 
