@@ -7,9 +7,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <thread>
 
 #include "actors/serving/deployment.h"
 #include "cluster/bootstrap.h"
+#include "common/backoff.h"
 #include "runtime/node_identity.h"
 
 namespace troupe::cluster {
@@ -38,6 +40,16 @@ StatusOr<std::unique_ptr<Client>> Client::Connect(const ClusterConfig& config, c
   return client;
 }
 
+void Client::FollowHeadAddress() {
+  if (head_override_.empty()) {
+    if (auto address = ResolveHeadAddress(config_, ""); address.ok()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      head_address_ = *address;
+    }
+  }
+  runtime_->AddNode(head_id_, head_address());
+}
+
 runtime::ActorRef Client::head() const {
   std::lock_guard<std::mutex> lock(mu_);
   return head_;
@@ -58,13 +70,7 @@ StatusOr<Reply> Client::AskHead(const Msg& msg, std::chrono::milliseconds timeou
   }
   // The head may have restarted, on another port if head.port is 0 (head.address says where):
   // its name leads to the new one.
-  if (head_override_.empty()) {
-    if (auto address = ResolveHeadAddress(config_, ""); address.ok()) {
-      std::lock_guard<std::mutex> lock(mu_);
-      head_address_ = *address;
-    }
-  }
-  runtime_->AddNode(head_id_, head_address());
+  FollowHeadAddress();
   auto again = runtime_->LookupName(head_id_, kHeadActorName, left());
   if (!again.ok() || again->id() == first.id()) return reply;
   const runtime::ActorRef fresh = *again;
@@ -187,6 +193,20 @@ StatusOr<serving::InferenceResponse> Client::Infer(const std::string& deployment
   request.deadline_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                                  (std::chrono::system_clock::now() + timeout).time_since_epoch())
                                  .count();
+  // A head lost while it held the request (kill -9: the runtime's Unavailable, not a router's
+  // answer) is waited for and the request sent again once it is back, within `timeout`, as the
+  // gateway does (docs/gateway.md "A head restart"): jittered back-off 50 ms doubling to 500 ms.
+  // Any answer of the router (its own errors, a replica's) is final.
+  Backoff backoff(BackoffPolicy{std::chrono::milliseconds(50), 2.0, std::chrono::milliseconds(500), 0.5});
+  bool head_lost = false;
+  // Waits before the next attempt; false when the deadline comes first.
+  auto wait_for_head = [&] {
+    const auto delay = backoff.Next();
+    if (std::chrono::steady_clock::now() + delay >= deadline) return false;
+    std::this_thread::sleep_for(delay);  // a back-off between attempts, not a wait for a condition
+    FollowHeadAddress();  // a restarted head may listen elsewhere (head.port 0)
+    return true;
+  };
   for (int attempt = 0;; ++attempt) {
     runtime::ActorRef router;
     {
@@ -197,6 +217,11 @@ StatusOr<serving::InferenceResponse> Client::Infer(const std::string& deployment
     if (!cached) {
       auto found = runtime_->LookupName(head_id_, serving::RouterName(deployment), left());
       if (!found.ok()) {
+        // While the head restarts: unreachable, then reading its deployments back (no router yet).
+        if (found.status().code() == StatusCode::kUnavailable) head_lost = true;
+        const bool restarting = head_lost && (found.status().code() == StatusCode::kUnavailable ||
+                                              found.status().code() == StatusCode::kNotFound);
+        if (restarting && wait_for_head()) continue;
         if (found.status().code() == StatusCode::kNotFound) {
           return NotFoundError("deployment '" + deployment + "' has no router on the head (" +
                                found.status().message() + "); is it deployed? (troupe serve list)");
@@ -208,14 +233,22 @@ StatusOr<serving::InferenceResponse> Client::Infer(const std::string& deployment
       routers_[deployment] = router;
     }
     auto reply = router.Request<serving::InferenceResponse>(request, left());
-    const bool stale = !reply.ok() && (reply.status().code() == StatusCode::kNotFound ||
-                                       (reply.status().code() == StatusCode::kUnavailable &&
-                                        reply.status().message().find("died while serving") == std::string::npos));
-    if (!stale || !cached || attempt > 0) return reply;
-    // The router looked up before is gone (the deployment was deployed again, or the head
-    // restarted): look it up again, once.
-    std::lock_guard<std::mutex> lock(mu_);
-    routers_.erase(deployment);
+    const bool lost = !reply.ok() && reply.status().code() == StatusCode::kUnavailable &&
+                      reply.status().message().find("died while serving") == std::string::npos;
+    const bool stale = !reply.ok() && (reply.status().code() == StatusCode::kNotFound || lost);
+    if (!stale) return reply;
+    {
+      // The router looked up before is gone (the deployment was deployed again, or the head
+      // restarted): look it up again.
+      std::lock_guard<std::mutex> lock(mu_);
+      routers_.erase(deployment);
+    }
+    if (lost) {
+      head_lost = true;
+      if (!wait_for_head()) return reply;
+      continue;
+    }
+    if (!cached || attempt > 0) return reply;
   }
 }
 
@@ -258,13 +291,7 @@ StatusOr<std::string> Client::ApiCommand(const std::string& op, const std::strin
                       (s.code() == StatusCode::kNotFound && (s.message().find("earlier run of") != std::string::npos ||
                                                              s.message().rfind("no actor ", 0) == 0));
     if (attempt > 0 || !gone || (s.code() == StatusCode::kUnavailable && !resend)) return s;
-    if (head_override_.empty()) {
-      if (auto address = ResolveHeadAddress(config_, ""); address.ok()) {
-        std::lock_guard<std::mutex> lock(mu_);
-        head_address_ = *address;
-      }
-    }
-    runtime_->AddNode(head_id_, head_address());
+    FollowHeadAddress();
   }
 }
 

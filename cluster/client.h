@@ -88,7 +88,11 @@ class Client {
   /// and waits up to `timeout` (also the request's deadline) for the response. Errors: NotFound
   /// (no such deployment's router), the router's and replicas' errors (messages.h: Unavailable,
   /// ResourceExhausted, DeadlineExceeded, InvalidArgument, ...). The router is looked up once
-  /// and again after an Unavailable or NotFound (a deployment deployed again).
+  /// and again after a NotFound (a deployment deployed again). A head lost while it held the
+  /// request (kill -9; the runtime's Unavailable, not the router's "died while serving") is
+  /// waited for and the request sent again once it is back, until `timeout` (jittered back-off
+  /// from 50 ms to 500 ms; the gateway's rule, docs/gateway.md "A head restart"): a head restart
+  /// costs the caller its downtime, not the request. The replica may have run it already.
   StatusOr<serving::InferenceResponse> Infer(const std::string& deployment, const std::string& path,
                                              const std::string& body, std::chrono::milliseconds timeout);
   /// The head's api actor (api::kApiActorName: keys, tenants, limits, usage; docs/gateway.md),
@@ -127,6 +131,9 @@ class Client {
   // `msg` to the head; once more to a head looked up again if the first one is gone.
   template <class Reply, class Msg>
   StatusOr<Reply> AskHead(const Msg& msg, std::chrono::milliseconds timeout, bool resend_if_unavailable = true);
+  // The head's address again (a restarted head listens elsewhere when head.port is 0; the cluster
+  // file's head.address says where), unless Connect was given one; the runtime then uses it.
+  void FollowHeadAddress();
 
   std::unique_ptr<runtime::Runtime> runtime_;
   runtime::NodeId head_id_ = 0;
