@@ -382,7 +382,8 @@ Status RunWorker(runtime::Runtime* rt, const ActorWorkerDeps& deps, const ActorW
     if (!opened.ok()) spdlog::warn("job '{}' attempt {}: {}", start.job, start.attempt, opened.ToString());
   }
   context->Log("troupe: rank " + std::to_string(start.rank) + " of " + std::to_string(start.world_size) +
-               ", attempt " + std::to_string(start.attempt) + ": actor worker '" + start.type + "' started" +
+               ", attempt " + std::to_string(start.attempt) + ": actor worker '" + start.type + "' started (backend " +
+               (start.backend.empty() ? std::string("auto") : start.backend) + ")" +
                (context->checkpoints().resume_step()
                     ? ", resuming from step " + std::to_string(*context->checkpoints().resume_step())
                     : std::string()));

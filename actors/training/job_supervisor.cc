@@ -403,6 +403,15 @@ void StartActorWorkers(Self* self) {
   if (n > 1 && st.init.spawn_rendezvous) st.rendezvous = st.init.runtime->Ref(st.init.spawn_rendezvous(self->system()));
   std::vector<std::string> env;
   for (const auto& [name, value] : st.init.spec.entry.env) env.push_back(name + "=" + value);
+  // One backend for the whole group: `auto` resolves to NCCL on a node only where the worker has
+  // a real GPU slice (worker_communicators.h), so a group placed partly on CPUs or simulated
+  // slices would split between NCCL and Gloo and wait out its rendezvous; it gets Gloo here.
+  std::string backend = st.init.spec.entry.backend;
+  if (backend.empty() || backend == "auto") {
+    for (const auto& place : st.placement.workers) {
+      if (place.gpu_index == kNoGpu || place.simulated) backend = "gloo";
+    }
+  }
   const caf::actor me = caf::actor_cast<caf::actor>(self);
   runtime::Runtime* rt = st.init.runtime;
   const auto timeout = st.init.node_timeout;
@@ -427,7 +436,7 @@ void StartActorWorkers(Self* self) {
     start.gpu_id = place.gpu_id;
     start.memory_bytes = place.memory_bytes;
     start.simulated = place.simulated;
-    start.backend = st.init.spec.entry.backend;
+    start.backend = backend;
     const runtime::NodeId node = place.agent.node();
     self->system().spawn<caf::detached>([rt, node, start, timeout, me](caf::event_based_actor* helper) {
       auto worker = rt->SpawnOn(node, kActorWorkerActorType, start, timeout);

@@ -28,8 +28,10 @@ bool NcclBuilt();
 ///    or a simulated slice) or troupe is built without NCCL, naming which.
 ///  - "auto" or empty (the default): NCCL when the worker has a real GPU slice and NCCL is built,
 ///    Gloo otherwise, as torch.distributed's default backend picks NCCL for CUDA devices.
-/// Every rank of a job gets the same answer when its nodes agree on simulation and build; ranks
-/// that disagree fail their rendezvous (each waits for the other backend's keys) with a timeout.
+/// The supervisor turns `auto` into `gloo` for a group with any rank lacking a real GPU slice
+/// (job_supervisor.cc, StartActorWorkers), so every rank of a group gets the same answer unless
+/// their nodes' builds differ (NCCL built on some only): those ranks would fail their rendezvous
+/// (each waits for the other backend's keys) with a timeout.
 /// InvalidArgument for another backend name (the spec parser allows only these three).
 StatusOr<CollectivesBackend> ChooseCollectivesBackend(const ActorWorkerStart& start, bool nccl_built);
 

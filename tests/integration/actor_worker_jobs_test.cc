@@ -270,12 +270,13 @@ TEST_F(ActorWorkerJobs, AnExceptionInTheWorkerRestartsItFromTheLastCheckpointAnd
       RunToTheReference(Linear("linear-throw", {{"THROW_AT_STEP", "25"}, {"THROW_ATTEMPT", "1"}}), 2, &last);
   EXPECT_EQ(last.user_failures, 1u) << events;
   EXPECT_NE(events.find("rank 0 threw: injected failure at step 25"), std::string::npos) << events;
-  // The restarted worker's log, read as `troupe job logs` reads it (through its node agent).
+  // The restarted worker's log, read as `troupe job logs` reads it (through its node agent). Its
+  // backend: `auto` resolved by the supervisor for the whole group (no GPU slice: gloo).
   ASSERT_EQ(last.workers.size(), 1u) << events;
   auto log = client_->ReadWorkerLog(last.workers[0].node,
                                     training::ReadWorkerLog{"linear-throw", last.attempt, 0, 0, 64 * 1024}, 5s);
   ASSERT_TRUE(log.ok()) << log.status();
-  for (const char* line : {"troupe: rank 0 of 1, attempt 2: actor worker 'example-linear' started, resuming from step ",
+  for (const char* line : {"troupe: rank 0 of 1, attempt 2: actor worker 'example-linear' started (backend gloo), resuming from step ",
                            "example-linear: resumed at step ", "example-linear: step 40 of 40: checkpoint saved\n",
                            "troupe: rank 0 finished\n"}) {
     EXPECT_NE(log->data.find(line), std::string::npos) << line << " not in\n" << log->data;
