@@ -170,11 +170,13 @@ std::string ClusterYaml() {
 // steady load near a boundary (22 requests: 11 or 12 replicas) moves across it from one tick to
 // the next, and without a delay the count went 12 -> 11 -> 12 -> 11 in 200 ms under a steady
 // ten replicas' worth (seen here with an 8 s hold). The rest of the policy as deployed.
+constexpr int64_t kStableWindowMs = 2000;  // the spec's autoscaling.stable_window
+
 std::string SpecYaml() {
   return "name: load\nversions:\n  - name: v1\n    backend: {test: {tokens_per_second: 0, first_token_latency: " +
          std::to_string(kLatency.count()) + "ms}}\nreplicas: {min: 1, max: " + std::to_string(kMaxReplicas) +
          ", initial: 1}\nautoscaling: {target_ongoing_requests: " + std::to_string(kMaxOngoing) +
-         ", stable_window: 2s, panic_window: 1s, scale_down_delay: 1s}\nmax_ongoing_requests: " + std::to_string(kMaxOngoing) +
+         ", stable_window: " + std::to_string(kStableWindowMs) + "ms, panic_window: 1s, scale_down_delay: 1s}\nmax_ongoing_requests: " + std::to_string(kMaxOngoing) +
          "\nrouting: power_of_two_choices\ndrain_timeout: 10s\n";
 }
 
@@ -367,8 +369,11 @@ TEST_F(ServingLoad, AStepFromATenthOfOneReplicaToTenReplicasWorthScalesUpAndDown
         EXPECT_TRUE(e.unix_ms >= drop_unix_ms || d->second >= 10)
             << "scaled down below the load while loaded: " << e.what << " (" << e.why << ")";
       }
-      // (At three replicas' worth, 6-8 requests in flight, the count may settle at 4 or 5.)
-      EXPECT_FALSE(d->second > d->first && e.unix_ms >= low_unix_ms)
+      // (At three replicas' worth, 6-8 requests in flight, the count may settle at 4 or 5, and a
+      // decision within a stable window (2 s) of the drop to a tenth still averages that load: a
+      // 4 -> 5 there is the window's lag, seen once in a CI rehearsal. A scale-up decided from
+      // the low load alone is oscillation.)
+      EXPECT_FALSE(d->second > d->first && e.unix_ms >= low_unix_ms + kStableWindowMs)
           << "scaled up again after the load dropped to a tenth (oscillation): " << e.what << " (" << e.why << ")";
     }
     if (e.what.rfind("replica ", 0) != 0) continue;
