@@ -1,5 +1,6 @@
 // On a GPU (label gpu): NcclCommunicator against a host reference for every op, dtype and reduce
-// op, world size 1 on one GPU and 2-4 ranks (one per GPU) where that many GPUs exist; an
+// op, world size 1 on one GPU and 2-4 ranks (one per GPU) where that many GPUs exist, over the
+// matrix gloo_communicator_test runs too (conformance_matrix.h: 0 elements to 64 MiB); an
 // initialisation whose second rank never joins ends through Abort() or its timeout instead of
 // hanging; ops after Abort fail with its status; bad arguments are InvalidArgument. Skipped, with
 // the reason, where there is no GPU (or too few GPUs for a multi-rank case: NCCL refuses two ranks
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "collectives/nccl_communicator.h"
+#include "tests/collectives/conformance_matrix.h"
 
 namespace troupe::testing {
 namespace {
@@ -27,9 +29,8 @@ using collectives::Work;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-constexpr DataType kTypes[] = {DataType::kFloat32, DataType::kFloat16, DataType::kBFloat16,
-                               DataType::kFloat64, DataType::kInt32,   DataType::kInt64};
-constexpr ReduceOp kOps[] = {ReduceOp::kSum, ReduceOp::kMin, ReduceOp::kMax};
+using collectives::conformance::kOps;
+using collectives::conformance::kTypes;
 // Bounds for waits on work that must finish: generous for a 64 MiB op on a cold GPU.
 constexpr milliseconds kOpBound{60000};
 
@@ -213,12 +214,22 @@ void WaitAll(const std::vector<Work>& works, const std::string& what) {
   }
 }
 
-// Every op x dtype x reduce op x count on `group` (one rank per GPU), checked against the host.
+// How CheckEveryOp sizes allgather and reduce-scatter from a count.
+enum class Sizing {
+  kPerRank,        // count elements from each rank (world size x count in all)
+  kLargestBuffer,  // count elements in all, as nccl-tests size them: count / world size a rank
+};
+// Which ops CheckEveryOp runs.
+enum class Ops { kEvery, kAllReduceSumOnly };
+
+// Every op x dtype x reduce op x count on `group` (one rank per GPU), checked against the host:
+// allreduce and broadcast at count elements a rank, allgather and reduce-scatter as `sizing` says.
 void CheckEveryOp(const std::vector<std::unique_ptr<NcclCommunicator>>& group, const std::vector<size_t>& counts,
-                  const std::vector<DataType>& types) {
+                  const std::vector<DataType>& types, Sizing sizing = Sizing::kPerRank, Ops which = Ops::kEvery) {
   const int n = static_cast<int>(group.size());
   for (DataType type : types) {
     for (size_t count : counts) {
+      const size_t block = sizing == Sizing::kPerRank ? count : count / static_cast<size_t>(n);
       const std::string shape = std::to_string(n) + " ranks, " + std::to_string(count) + " " +
                                 std::string(collectives::DataTypeName(type));
       const size_t size = collectives::SizeOf(type);
@@ -227,6 +238,7 @@ void CheckEveryOp(const std::vector<std::unique_ptr<NcclCommunicator>>& group, c
         for (size_t i = 0; i < count; ++i) in[r][i] = Input(r, i);
       // AllReduce and ReduceScatter, every reduce op.
       for (ReduceOp op : kOps) {
+        if (which == Ops::kAllReduceSumOnly && op != ReduceOp::kSum) continue;
         std::vector<double> reduced(count);
         for (size_t i = 0; i < count; ++i) {
           reduced[i] = in[0][i];
@@ -246,32 +258,37 @@ void CheckEveryOp(const std::vector<std::unique_ptr<NcclCommunicator>>& group, c
           cudaSetDevice(r);
           EXPECT_EQ(Mismatch(bufs[r]->get(), reduced, type), "") << what << ", rank " << r;
         }
-        // ReduceScatter: each rank sends n blocks of `count`; rank r gets block r reduced.
+        if (which == Ops::kAllReduceSumOnly) continue;
+        // ReduceScatter: each rank sends n blocks of `block`; rank r gets block r reduced.
         std::vector<std::unique_ptr<DeviceBuffer>> sends, recvs;
-        std::vector<std::vector<double>> send_values(n, std::vector<double>(count * n));
+        std::vector<std::vector<double>> send_values(n, std::vector<double>(block * n));
         for (int r = 0; r < n; ++r)
-          for (size_t i = 0; i < count * n; ++i) send_values[r][i] = Input(r, i);
+          for (size_t i = 0; i < block * n; ++i) send_values[r][i] = Input(r, i);
         works.clear();
         for (int r = 0; r < n; ++r) {
-          sends.push_back(std::make_unique<DeviceBuffer>(r, count * n * size));
-          recvs.push_back(std::make_unique<DeviceBuffer>(r, count * size));
+          sends.push_back(std::make_unique<DeviceBuffer>(r, block * n * size));
+          recvs.push_back(std::make_unique<DeviceBuffer>(r, block * size));
           ASSERT_TRUE(sends.back()->Fill(send_values[r], type));
-          ASSERT_TRUE(recvs.back()->Fill(std::vector<double>(count, kSentinel), type));
+          ASSERT_TRUE(recvs.back()->Fill(std::vector<double>(block, kSentinel), type));
         }
         for (int r = 0; r < n; ++r)
-          works.push_back(group[r]->ReduceScatter(sends[r]->get(), recvs[r]->get(), count, type, op));
+          works.push_back(group[r]->ReduceScatter(sends[r]->get(), recvs[r]->get(), block, type, op));
         const std::string rs_what = "ReduceScatter " + std::string(collectives::ReduceOpName(op)) + " (" + shape + ")";
         WaitAll(works, rs_what);
         for (int r = 0; r < n; ++r) {
-          std::vector<double> want(count);
-          for (size_t i = 0; i < count; ++i) {
-            const size_t at = r * count + i;
+          std::vector<double> want(block);
+          for (size_t i = 0; i < block; ++i) {
+            const size_t at = r * block + i;
             want[i] = send_values[0][at];
             for (int q = 1; q < n; ++q) want[i] = Reduce(op, want[i], send_values[q][at]);
           }
           cudaSetDevice(r);
           EXPECT_EQ(Mismatch(recvs[r]->get(), want, type), "") << rs_what << ", rank " << r;
         }
+      }
+      if (which == Ops::kAllReduceSumOnly) {
+        if (::testing::Test::HasFailure()) return;
+        continue;
       }
       // Broadcast from the last rank (rank 0 where n == 1).
       {
@@ -290,19 +307,19 @@ void CheckEveryOp(const std::vector<std::unique_ptr<NcclCommunicator>>& group, c
           EXPECT_EQ(Mismatch(bufs[r]->get(), in[root], type), "") << what << ", rank " << r;
         }
       }
-      // AllGather: every rank's input in rank order.
+      // AllGather: every rank's first `block` inputs in rank order.
       {
         std::vector<double> want;
-        for (int r = 0; r < n; ++r) want.insert(want.end(), in[r].begin(), in[r].end());
+        for (int r = 0; r < n; ++r) want.insert(want.end(), in[r].begin(), in[r].begin() + block);
         std::vector<std::unique_ptr<DeviceBuffer>> sends, recvs;
         std::vector<Work> works;
         for (int r = 0; r < n; ++r) {
-          sends.push_back(std::make_unique<DeviceBuffer>(r, count * size));
-          recvs.push_back(std::make_unique<DeviceBuffer>(r, count * n * size));
-          ASSERT_TRUE(sends.back()->Fill(in[r], type));
-          ASSERT_TRUE(recvs.back()->Fill(std::vector<double>(count * n, kSentinel), type));
+          sends.push_back(std::make_unique<DeviceBuffer>(r, block * size));
+          recvs.push_back(std::make_unique<DeviceBuffer>(r, block * n * size));
+          ASSERT_TRUE(sends.back()->Fill(std::vector<double>(in[r].begin(), in[r].begin() + block), type));
+          ASSERT_TRUE(recvs.back()->Fill(std::vector<double>(block * n, kSentinel), type));
         }
-        for (int r = 0; r < n; ++r) works.push_back(group[r]->AllGather(sends[r]->get(), recvs[r]->get(), count, type));
+        for (int r = 0; r < n; ++r) works.push_back(group[r]->AllGather(sends[r]->get(), recvs[r]->get(), block, type));
         const std::string what = "AllGather (" + shape + ")";
         WaitAll(works, what);
         for (int r = 0; r < n; ++r) {
@@ -312,6 +329,24 @@ void CheckEveryOp(const std::vector<std::unique_ptr<NcclCommunicator>>& group, c
       }
       if (::testing::Test::HasFailure()) return;  // one shape's failures say enough
     }
+  }
+}
+
+// The conformance matrix (conformance_matrix.h) on `group`, as gloo_communicator_test runs it:
+// every op, dtype and reduce op at 0, 1, 7 and 1023 elements; every op in float32 at an odd size
+// past a megabyte; at 64 MiB every op in float32 (nccl-tests' sizing: an allgather into 64 MiB, a
+// reduce-scatter of 64 MiB) and the allreduce sum of both 16-bit types.
+void CheckConformanceMatrix(const std::vector<std::unique_ptr<NcclCommunicator>>& group) {
+  namespace conformance = collectives::conformance;
+  CheckEveryOp(group, std::vector<size_t>(std::begin(conformance::kCounts), std::end(conformance::kCounts)),
+               std::vector<DataType>(std::begin(kTypes), std::end(kTypes)));
+  if (::testing::Test::HasFailure()) return;
+  CheckEveryOp(group, {conformance::kOddMidCount}, {DataType::kFloat32});
+  if (::testing::Test::HasFailure()) return;
+  CheckEveryOp(group, {conformance::LargeCount(DataType::kFloat32)}, {DataType::kFloat32}, Sizing::kLargestBuffer);
+  for (DataType half : {DataType::kFloat16, DataType::kBFloat16}) {
+    if (::testing::Test::HasFailure()) return;
+    CheckEveryOp(group, {conformance::LargeCount(half)}, {half}, Sizing::kLargestBuffer, Ops::kAllReduceSumOnly);
   }
 }
 
@@ -358,8 +393,7 @@ TEST(NcclCommunicator, WorldSizeOneMatchesTheReferenceForEveryOpTypeAndReduceOp)
   auto group = MakeGroup(1);
   ASSERT_EQ(group.size(), 1u);
   auto start = Clock::now();
-  CheckEveryOp(group, {0, 1, 1023}, std::vector<DataType>(std::begin(kTypes), std::end(kTypes)));
-  CheckEveryOp(group, {(size_t{64} << 20) / 4}, {DataType::kFloat32});  // 64 MiB of float32
+  CheckConformanceMatrix(group);
   std::printf("world size 1: every op, dtype and reduce op checked in %.1f ms (%d GPU(s) visible)\n",
               Ms(Clock::now() - start), gpus);
   auto barrier = group[0]->Barrier().WaitFor(kOpBound);
@@ -374,13 +408,17 @@ TEST(NcclCommunicator, MultiGpuMatchesTheReferenceForEveryOpTypeAndReduceOp) {
     GTEST_SKIP() << "needs 2 GPUs, found " << gpus
                  << ": NCCL refuses two ranks of one group on one GPU; runs where there are 2-4 GPUs";
   }
-  for (int n = 2; n <= std::min(gpus, 4); ++n) {
+  for (int n : collectives::conformance::kWorldSizes) {
+    if (n < 2) continue;  // world size 1 is WorldSizeOneMatchesTheReferenceForEveryOpTypeAndReduceOp
+    if (n > gpus) {
+      std::printf("world size %d not run: %d GPU(s) here, one rank per GPU\n", n, gpus);
+      continue;
+    }
     SCOPED_TRACE("world size " + std::to_string(n));
     auto group = MakeGroup(n);
     ASSERT_EQ(group.size(), static_cast<size_t>(n));
     auto start = Clock::now();
-    CheckEveryOp(group, {0, 1, 1023}, std::vector<DataType>(std::begin(kTypes), std::end(kTypes)));
-    CheckEveryOp(group, {(size_t{64} << 20) / 4}, {DataType::kFloat32});
+    CheckConformanceMatrix(group);
     std::vector<Work> barriers;
     for (auto& comm : group) barriers.push_back(comm->Barrier());
     WaitAll(barriers, "Barrier");
