@@ -82,11 +82,15 @@ class Sha256 {
   std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx_;
 };
 
+}  // namespace
+
 std::string Sha256Hex(std::string_view bytes) {
   Sha256 sha;
   sha.Update(bytes.data(), bytes.size());
   return sha.HexDigest();
 }
+
+namespace {
 
 // What ends a read early: another file of the same call failed, or the job's checkpoints are
 // being deleted (DeleteJob waits for the call; it need not finish reading).
@@ -501,10 +505,7 @@ StatusOr<CheckpointRecord> CommitFiles(const std::string& job, const std::string
 StatusOr<CheckpointRecord> AdoptCommitted(const std::string& job, const std::string& root, uint64_t attempt,
                                           uint64_t step, uint32_t world_size, const std::atomic<int>* deleting) {
   const std::string committed = CheckpointStore::CommittedDir(root, step);
-  CheckpointFile manifest;
-  std::string text;
-  RETURN_IF_ERROR(HashFile(committed + "/manifest.json", /*sync=*/false, &manifest, &text));
-  ASSIGN_OR_RETURN(CheckpointRecord record, RecordFromJson(text, committed + "/manifest.json"));
+  ASSIGN_OR_RETURN(CheckpointRecord record, ReadManifest(committed));
   if (record.job != job || record.step != step || record.attempt != attempt || record.world_size != world_size) {
     return FailedPreconditionError(committed + " holds step " + std::to_string(record.step) + " of job '" +
                                    record.job + "', attempt " + std::to_string(record.attempt) + ", world size " +
@@ -512,13 +513,22 @@ StatusOr<CheckpointRecord> AdoptCommitted(const std::string& job, const std::str
                                    std::to_string(step) + " of '" + job + "', attempt " + std::to_string(attempt) +
                                    ", world size " + std::to_string(world_size));
   }
-  record.dir = committed;
-  record.manifest_sha256 = manifest.sha256;
   RETURN_IF_ERROR(Verify(record, committed, deleting));
   return record;
 }
 
 }  // namespace
+
+StatusOr<CheckpointRecord> ReadManifest(const std::string& dir) {
+  const std::string path = dir + "/manifest.json";
+  CheckpointFile manifest;
+  std::string text;
+  RETURN_IF_ERROR(HashFile(path, /*sync=*/false, &manifest, &text));
+  ASSIGN_OR_RETURN(CheckpointRecord record, RecordFromJson(text, path));
+  record.dir = dir;
+  record.manifest_sha256 = manifest.sha256;
+  return record;
+}
 
 Status ValidateCheckpointJobName(const std::string& job) {
   auto bad = [&](const std::string& why) {

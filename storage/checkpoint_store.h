@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/clock.h"
@@ -163,6 +164,15 @@ class CheckpointStore {
   const Clock* clock_;
   std::shared_ptr<Locks> locks_;  // shared: a moved-from store keeps none, the moved-to all
 };
+
+/// The manifest of the committed directory `dir` (`<dir>/manifest.json`, docs/checkpoints.md) as
+/// a record, with `dir` and manifest_sha256 (of the file as read) set. It checks no shard file.
+/// NotFound (the path) when there is no manifest; InvalidArgument when it is not a regular file or
+/// is over 64 MiB; Internal naming the file when it is malformed.
+StatusOr<CheckpointRecord> ReadManifest(const std::string& dir);
+
+/// SHA-256 of `bytes`, 64 lower-case hex digits (as CheckpointFile::sha256).
+std::string Sha256Hex(std::string_view bytes);
 
 /// Whether `job` can name a job's checkpoints: 1 to 128 characters of [A-Za-z0-9._-], starting
 /// with a letter or digit (so never "", "." or "..", and never a path). InvalidArgument if not.
