@@ -38,6 +38,20 @@ StatusOr<uint64_t> ParseNumber(const runtime::BulkDescriptor& d, const char* key
   return std::stoull(it->second);
 }
 
+StatusOr<uint32_t> ParseRank(const runtime::BulkDescriptor& d) {
+  ASSIGN_OR_RETURN(uint64_t rank, ParseNumber(d, "rank"));
+  if (rank > UINT32_MAX) return InvalidArgumentError("checkpoint shard descriptor: rank above 2^32-1");
+  return static_cast<uint32_t>(rank);
+}
+
+StatusOr<std::string> ParseJob(const runtime::BulkDescriptor& d) {
+  auto job = d.attrs.find("job");
+  if (job == d.attrs.end() || job->second.empty()) {
+    return InvalidArgumentError("checkpoint shard descriptor: attr 'job' is missing");
+  }
+  return job->second;
+}
+
 std::string StepDir(const std::string& root, const ShardTarget& t) {
   return storage::CheckpointStore::StagingDir(root, t.attempt) + "/step-" + std::to_string(t.step);
 }
@@ -86,16 +100,10 @@ runtime::BulkDescriptor ShardDescriptor(const ShardTarget& target, const std::st
 
 StatusOr<ShardTarget> ParseShardDescriptor(const runtime::BulkDescriptor& d, std::string* path) {
   ShardTarget t;
-  auto job = d.attrs.find("job");
-  if (job == d.attrs.end() || job->second.empty()) {
-    return InvalidArgumentError("checkpoint shard descriptor: attr 'job' is missing");
-  }
-  t.job = job->second;
+  ASSIGN_OR_RETURN(t.job, ParseJob(d));
   ASSIGN_OR_RETURN(t.attempt, ParseNumber(d, "attempt"));
   ASSIGN_OR_RETURN(t.step, ParseNumber(d, "step"));
-  ASSIGN_OR_RETURN(uint64_t rank, ParseNumber(d, "rank"));
-  if (rank > UINT32_MAX) return InvalidArgumentError("checkpoint shard descriptor: rank above 2^32-1");
-  t.rank = static_cast<uint32_t>(rank);
+  ASSIGN_OR_RETURN(t.rank, ParseRank(d));
   path->clear();
   if (d.kind == kShardFileKind) {
     auto p = d.attrs.find("path");
@@ -103,6 +111,71 @@ StatusOr<ShardTarget> ParseShardDescriptor(const runtime::BulkDescriptor& d, std
     RETURN_IF_ERROR(ValidateShardPath(*path));
   }
   return t;
+}
+
+runtime::BulkDescriptor ShardReadDescriptor(const ShardRead& read) {
+  runtime::BulkDescriptor d;
+  d.kind = kShardReadKind;
+  d.attrs = {{"job", read.job},
+             {"step", std::to_string(read.step)},
+             {"rank", std::to_string(read.rank)},
+             {"path", read.path},
+             {"token", std::to_string(read.token)}};
+  return d;
+}
+
+StatusOr<ShardRead> ParseShardReadDescriptor(const runtime::BulkDescriptor& d) {
+  ShardRead read;
+  ASSIGN_OR_RETURN(read.job, ParseJob(d));
+  ASSIGN_OR_RETURN(read.step, ParseNumber(d, "step"));
+  ASSIGN_OR_RETURN(read.rank, ParseRank(d));
+  ASSIGN_OR_RETURN(read.token, ParseNumber(d, "token"));
+  auto path = d.attrs.find("path");
+  read.path = path == d.attrs.end() ? "" : path->second;
+  RETURN_IF_ERROR(ValidateShardPath(read.path));
+  return read;
+}
+
+std::string CommittedShardFilePath(const std::string& root, uint64_t step, uint32_t rank, const std::string& path) {
+  return storage::CheckpointStore::CommittedDir(root, step) + "/rank-" + std::to_string(rank) + "/" + path;
+}
+
+StatusOr<storage::CheckpointFile> FindCommittedFile(const std::string& root, uint64_t step, uint32_t rank,
+                                                    const std::string& path) {
+  RETURN_IF_ERROR(ValidateShardPath(path));
+  const std::string dir = storage::CheckpointStore::CommittedDir(root, step);
+  auto manifest = storage::ReadManifest(dir);
+  if (!manifest.ok()) {
+    if (manifest.status().code() != StatusCode::kNotFound) return manifest.status();
+    return NotFoundError("no committed step " + std::to_string(step) + " under " + root + " (" +
+                         manifest.status().message() + ")");
+  }
+  if (rank >= manifest->rank_files.size()) {
+    return NotFoundError("committed step " + std::to_string(step) + " under " + root + " has " +
+                         std::to_string(manifest->rank_files.size()) + " ranks, not rank " + std::to_string(rank));
+  }
+  const auto& files = manifest->rank_files[rank];
+  auto it = std::find_if(files.begin(), files.end(), [&](const storage::CheckpointFile& f) { return f.path == path; });
+  const std::string file = CommittedShardFilePath(root, step, rank, path);
+  if (it == files.end()) return NotFoundError("the manifest of " + dir + " lists no " + file);
+  // The manifest's paths are relative and checked; a symlink on the way could still lead out.
+  std::error_code ec;
+  const fs::path real = fs::canonical(file, ec);
+  if (ec) return NotFoundError("cannot resolve " + file + ": " + ec.message());
+  const fs::path real_root = fs::canonical(root, ec);
+  if (ec) return NotFoundError("cannot resolve the checkpoint root " + root + ": " + ec.message());
+  if (real.string().rfind(real_root.string() + "/", 0) != 0) {
+    return InvalidArgumentError(file + " resolves to " + real.string() + ", outside the checkpoint root " + root);
+  }
+  const auto status = fs::status(real, ec);
+  if (ec || !fs::is_regular_file(status)) return InvalidArgumentError(file + " is not a regular file");
+  const uint64_t size = fs::file_size(real, ec);
+  if (ec) return InternalError("cannot stat " + file + ": " + ec.message());
+  if (size != it->size) {
+    return InternalError("data loss: " + file + " has " + std::to_string(size) + " bytes, the manifest says " +
+                         std::to_string(it->size));
+  }
+  return *it;
 }
 
 void CheckpointRoots::Set(const std::string& job, std::string root) {
@@ -129,6 +202,27 @@ CheckpointRootOf CheckpointRoots::Of(std::shared_ptr<const CheckpointRoots> root
   return [roots = std::move(roots)](const std::string& job) { return roots->Find(job); };
 }
 
+namespace {
+
+// The store node's answer to a read it accepted: the file's bytes (kCommittedFileKind) with the
+// manifest's size and SHA-256, or, when that transfer fails, an offer of no bytes with the error.
+void SendCommittedFile(runtime::BulkEndpoint* endpoint, runtime::NodeId reader, const ShardRead& read,
+                       const storage::CheckpointFile& file, runtime::BulkSource source) {
+  runtime::BulkDescriptor d = ShardReadDescriptor(read);
+  d.kind = kCommittedFileKind;
+  d.attrs["size"] = std::to_string(file.size);
+  d.attrs["sha256"] = file.sha256;
+  endpoint->Send(reader, std::move(d), std::move(source), kShardReadTimeout, [endpoint, reader, read](const Status& sent) {
+    if (sent.ok()) return;
+    runtime::BulkDescriptor failed = ShardReadDescriptor(read);
+    failed.kind = kCommittedFileKind;
+    failed.attrs["error"] = runtime::EncodeStatus(sent);
+    endpoint->Send(reader, std::move(failed), runtime::BulkSource{}, kShardReadTimeout, [](const Status&) {});
+  });
+}
+
+}  // namespace
+
 Status ServeCheckpointShards(runtime::BulkEndpoint& endpoint, CheckpointRootOf root_of) {
   RETURN_IF_ERROR(endpoint.RegisterSink(
       kShardFileKind, [root_of](runtime::NodeId, const runtime::BulkDescriptor& d) -> StatusOr<runtime::BulkSink> {
@@ -137,7 +231,7 @@ Status ServeCheckpointShards(runtime::BulkEndpoint& endpoint, CheckpointRootOf r
         ASSIGN_OR_RETURN(std::string root, root_of(t.job));
         return runtime::MakeFileSink(ShardFilePath(root, t, path), d.size);
       }));
-  return endpoint.RegisterSink(
+  RETURN_IF_ERROR(endpoint.RegisterSink(
       kShardMarkerKind, [root_of](runtime::NodeId, const runtime::BulkDescriptor& d) -> StatusOr<runtime::BulkSink> {
         std::string unused;
         ASSIGN_OR_RETURN(ShardTarget t, ParseShardDescriptor(d, &unused));
@@ -172,6 +266,22 @@ Status ServeCheckpointShards(runtime::BulkEndpoint& endpoint, CheckpointRootOf r
           RETURN_IF_ERROR(FsyncDir(step_dir));
           RETURN_IF_ERROR(FsyncDir(storage::CheckpointStore::StagingDir(root, t.attempt)));
           return FsyncDir(root);
+        };
+        return sink;
+      }));
+  runtime::BulkEndpoint* self = &endpoint;
+  return endpoint.RegisterSink(
+      kShardReadKind, [self, root_of](runtime::NodeId from, const runtime::BulkDescriptor& d) -> StatusOr<runtime::BulkSink> {
+        if (d.size != 0) return InvalidArgumentError("a checkpoint read request carries no bytes");
+        ASSIGN_OR_RETURN(ShardRead read, ParseShardReadDescriptor(d));
+        ASSIGN_OR_RETURN(std::string root, root_of(read.job));
+        ASSIGN_OR_RETURN(storage::CheckpointFile file, FindCommittedFile(root, read.step, read.rank, read.path));
+        ASSIGN_OR_RETURN(runtime::BulkSource source,
+                         runtime::BulkSource::MapFile(CommittedShardFilePath(root, read.step, read.rank, read.path)));
+        runtime::BulkSink sink;
+        sink.finish = [self, from, read, file, source](const Status& received) -> Status {
+          if (received.ok()) SendCommittedFile(self, from, read, file, source);
+          return OkStatus();
         };
         return sink;
       });
@@ -250,6 +360,127 @@ StatusOr<std::vector<ShardFile>> ShardFilesFromDir(const std::string& dir) {
   if (ec) return InternalError("cannot list " + dir + ": " + ec.message());
   std::sort(files.begin(), files.end(), [](const ShardFile& a, const ShardFile& b) { return a.path < b.path; });
   return files;
+}
+
+// One read waiting for its file: the buffer the store node's transfer lands in, and its end.
+struct ShardReader::Pending {
+  runtime::NodeId store_node = 0;
+  std::string what;  // "file P of rank r's shard of committed step S of job 'J'"
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;    // guarded by mu
+  Status status;        // guarded by mu
+  std::string bytes;    // written by the transfer until done, then the reader's
+
+  void Complete(const Status& result) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (done) return;
+    done = true;
+    status = result;
+    cv.notify_all();
+  }
+};
+
+StatusOr<std::shared_ptr<ShardReader>> ShardReader::Attach(runtime::BulkEndpoint& endpoint) {
+  std::shared_ptr<ShardReader> reader(new ShardReader(endpoint));
+  std::weak_ptr<ShardReader> weak = reader;
+  RETURN_IF_ERROR(endpoint.RegisterSink(
+      kCommittedFileKind, [weak](runtime::NodeId from, const runtime::BulkDescriptor& d) -> StatusOr<runtime::BulkSink> {
+        auto self = weak.lock();
+        if (!self) return CancelledError("this node reads no checkpoint files any more");
+        return self->SinkFor(from, d);
+      }));
+  return reader;
+}
+
+StatusOr<runtime::BulkSink> ShardReader::SinkFor(runtime::NodeId from, const runtime::BulkDescriptor& d) {
+  ASSIGN_OR_RETURN(uint64_t token, ParseNumber(d, "token"));
+  std::shared_ptr<Pending> pending;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = pending_.find(token);
+    if (it != pending_.end() && it->second->store_node == from) pending = it->second;
+  }
+  if (!pending) {
+    return NotFoundError("no checkpoint read of this node waits for token " + std::to_string(token) + " from node " +
+                         std::to_string(from) + " (it gave up, or never asked)");
+  }
+  if (auto error = d.attrs.find("error"); error != d.attrs.end()) {
+    Status failed = runtime::DecodeStatus(error->second);
+    if (failed.ok()) failed = InternalError("the store node failed to send it, without saying why");
+    pending->Complete(Status(failed.code(), pending->what + ": " + failed.message()));
+    return failed;
+  }
+  auto expected_size = ParseNumber(d, "size");
+  auto sha256 = d.attrs.find("sha256");
+  if (!expected_size.ok() || sha256 == d.attrs.end()) {
+    Status bad = InvalidArgumentError(pending->what + ": the store node's offer carries no manifest size and SHA-256");
+    pending->Complete(bad);
+    return bad;
+  }
+  if (d.size != *expected_size) {
+    Status short_offer = InternalError("data loss: " + pending->what + " is offered with " + std::to_string(d.size) +
+                                       " bytes, the manifest says " + std::to_string(*expected_size));
+    pending->Complete(short_offer);
+    return short_offer;
+  }
+  pending->bytes.resize(d.size);
+  runtime::BulkSink sink;
+  sink.data = d.size == 0 ? nullptr : reinterpret_cast<uint8_t*>(pending->bytes.data());
+  sink.keep = pending;
+  sink.finish = [pending, expected = sha256->second](const Status& received) -> Status {
+    if (!received.ok()) {
+      pending->Complete(Status(received.code(), pending->what + ": " + received.message()));
+      return OkStatus();
+    }
+    const std::string actual = storage::Sha256Hex(pending->bytes);
+    Status result = actual == expected ? OkStatus()
+                                       : InternalError("data loss: " + pending->what + " arrived with SHA-256 " +
+                                                       actual + ", the manifest says " + expected);
+    pending->Complete(result);
+    return result;
+  };
+  return sink;
+}
+
+StatusOr<std::string> ShardReader::Read(runtime::NodeId store_node, const std::string& job, uint64_t step,
+                                        uint32_t rank, const std::string& path, std::chrono::milliseconds timeout) {
+  RETURN_IF_ERROR(ValidateShardPath(path));
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto pending = std::make_shared<Pending>();
+  pending->store_node = store_node;
+  pending->what = "file " + path + " of rank " + std::to_string(rank) + "'s shard of committed step " +
+                  std::to_string(step) + " of job '" + job + "'";
+  uint64_t token;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    token = next_token_++;
+    pending_[token] = pending;
+  }
+  auto forget = [&] {
+    std::lock_guard<std::mutex> lock(mu_);
+    pending_.erase(token);
+  };
+  // The request: the store node refuses it with its error, or accepts it and sends the file.
+  Status asked = endpoint_.SendAndWait(store_node, ShardReadDescriptor({job, step, rank, path, token}),
+                                       runtime::BulkSource{}, timeout);
+  if (!asked.ok()) {
+    forget();
+    return Status(asked.code(), "cannot read " + pending->what + " from node " + std::to_string(store_node) + ": " +
+                                    asked.message());
+  }
+  {
+    std::unique_lock<std::mutex> lock(pending->mu);
+    if (!pending->cv.wait_until(lock, deadline, [&] { return pending->done; })) {
+      lock.unlock();
+      forget();
+      return DeadlineExceededError(pending->what + " did not arrive from node " + std::to_string(store_node) +
+                                   " within " + std::to_string(timeout.count()) + " ms");
+    }
+  }
+  forget();
+  if (!pending->status.ok()) return pending->status;
+  return std::move(pending->bytes);
 }
 
 }  // namespace troupe::training

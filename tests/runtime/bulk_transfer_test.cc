@@ -97,6 +97,23 @@ class BulkTransfer : public ::testing::Test {
     }
   }
 
+  // The store node's CheckpointStore over an LMDB in local_dir_ (opened on first use), committing
+  // in store_dir_ as the head's does; null (with a test failure) if it cannot be opened.
+  storage::CheckpointStore* Checkpoints() {
+    if (checkpoints_) return checkpoints_.get();
+    storage::LmdbOptions options;
+    options.path = local_dir_.path() + "/lmdb";
+    auto env = storage::LmdbEnv::Open(options);
+    EXPECT_TRUE(env.ok()) << env.status();
+    if (!env.ok()) return nullptr;
+    env_ = std::move(*env);
+    auto store = storage::CheckpointStore::Open(env_.get());
+    EXPECT_TRUE(store.ok()) << store.status();
+    if (!store.ok()) return nullptr;
+    checkpoints_ = std::make_unique<storage::CheckpointStore>(std::move(*store));
+    return checkpoints_.get();
+  }
+
   TempDir store_dir_;
   TempDir local_dir_;
   std::string store_address_;
@@ -104,6 +121,8 @@ class BulkTransfer : public ::testing::Test {
   bool store_killed_ = false;
   std::unique_ptr<runtime::Runtime> runtime_;
   std::unique_ptr<BulkEndpoint> endpoint_;
+  std::unique_ptr<storage::LmdbEnv> env_;
+  std::unique_ptr<storage::CheckpointStore> checkpoints_;  // before env_ goes
 };
 
 TEST_F(BulkTransfer, ShardLandsByteIdenticalAndCommits) {
@@ -132,12 +151,8 @@ TEST_F(BulkTransfer, ShardLandsByteIdenticalAndCommits) {
   EXPECT_EQ(stats.bytes_sent, model.size() + optim.size());
 
   // The store node's CheckpointStore commits what arrived, unchanged.
-  storage::LmdbOptions options;
-  options.path = local_dir_.path() + "/lmdb";
-  auto env = storage::LmdbEnv::Open(options);
-  ASSERT_TRUE(env.ok()) << env.status();
-  auto store = storage::CheckpointStore::Open(env->get());
-  ASSERT_TRUE(store.ok()) << store.status();
+  storage::CheckpointStore* store = Checkpoints();
+  ASSERT_NE(store, nullptr);
   auto record = store->Commit("job1", root, 3, 40, 1);
   ASSERT_TRUE(record.ok()) << record.status();
   EXPECT_EQ(record->total_bytes, model.size() + optim.size());
@@ -308,6 +323,78 @@ TEST_F(BulkTransfer, AStalledSenderFailsOnTheReceiverWithDeadlineExceeded) {
   ASSERT_TRUE(stats.ok()) << stats.status();
   EXPECT_EQ(*stats, "1 0");  // one transfer failed, no bytes held
   runtime_->bridge().SetFrameTap(nullptr);
+}
+
+// The read side (a worker on a node without shared storage resuming): a committed shard on the
+// store node comes back byte-identical into this process's buffers, checked against the manifest;
+// the store node refuses what it does not hold and paths that leave the shard, and a file whose
+// bytes changed after the commit is an error naming it, never wrong weights.
+TEST_F(BulkTransfer, ACommittedShardIsReadBackVerifiedAgainstItsManifest) {
+  ASSERT_NO_FATAL_FAILURE(StartStore());
+  Buffer model = Pattern((32u << 20) + 7, 3);
+  Buffer optim = Pattern(4096, 4);
+  std::vector<training::ShardFile> files;
+  files.push_back({"model.bin", BulkSource{model.data(), model.size(), nullptr}});
+  files.push_back({"optim/state.bin", BulkSource{optim.data(), optim.size(), nullptr}});
+  files.push_back({"empty", BulkSource{}});
+  ASSERT_TRUE(training::WriteShard(*endpoint_, kStore, ShardTarget{"job1", 1, 20, 0}, files, 60s).ok());
+  const std::string root = store_dir_.path() + "/job1";
+  storage::CheckpointStore* store = Checkpoints();
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(store->Commit("job1", root, 1, 20, 1).ok());
+
+  auto reader = training::ShardReader::Attach(*endpoint_);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  EXPECT_EQ(training::ShardReader::Attach(*endpoint_).status().code(), StatusCode::kAlreadyExists);
+  const auto start = std::chrono::steady_clock::now();
+  auto read = (*reader)->Read(kStore, "job1", 20, 0, "model.bin", 60s);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_TRUE(read.ok()) << read.status();
+  ASSERT_EQ(read->size(), model.size());
+  EXPECT_EQ(std::memcmp(read->data(), model.data(), model.size()), 0);
+  std::printf("32 MiB committed file read back from the other process in %.3f s\n", seconds);
+  auto small = (*reader)->Read(kStore, "job1", 20, 0, "optim/state.bin", 60s);
+  ASSERT_TRUE(small.ok()) << small.status();
+  EXPECT_EQ(*small, std::string(reinterpret_cast<const char*>(optim.data()), optim.size()));
+  auto empty = (*reader)->Read(kStore, "job1", 20, 0, "empty", 60s);
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  EXPECT_TRUE(empty->empty());
+
+  // What the store node does not hold: NotFound, naming what is missing.
+  auto no_step = (*reader)->Read(kStore, "job1", 30, 0, "model.bin", 10s);
+  EXPECT_EQ(no_step.status().code(), StatusCode::kNotFound) << no_step.status();
+  EXPECT_NE(no_step.status().message().find("no committed step 30"), std::string::npos) << no_step.status();
+  EXPECT_EQ((*reader)->Read(kStore, "job1", 20, 1, "model.bin", 10s).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ((*reader)->Read(kStore, "job1", 20, 0, "other.bin", 10s).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ((*reader)->Read(kStore, "job2", 20, 0, "model.bin", 10s).status().code(), StatusCode::kNotFound);
+  // A path that leaves the shard is refused here, and by the store node when a request carries one.
+  EXPECT_EQ((*reader)->Read(kStore, "job1", 20, 0, "../manifest.json", 10s).status().code(),
+            StatusCode::kInvalidArgument);
+  auto escape = training::ShardReadDescriptor({"job1", 20, 0, "model.bin", 1});
+  escape.attrs["path"] = "../../../etc/passwd";
+  EXPECT_EQ(endpoint_->SendAndWait(kStore, escape, BulkSource{}, 10s).code(), StatusCode::kInvalidArgument);
+  escape.attrs["path"] = "model.bin";
+  escape.attrs.erase("token");
+  EXPECT_EQ(endpoint_->SendAndWait(kStore, escape, BulkSource{}, 10s).code(), StatusCode::kInvalidArgument);
+
+  // The committed bytes changed (same size): the reader's SHA-256 catches it and names the file.
+  const std::string committed = training::CommittedShardFilePath(root, 20, 0, "model.bin");
+  {
+    std::fstream f(committed, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(12345);
+    f.put(static_cast<char>(model.data()[12345] ^ 0x5a));
+  }
+  auto corrupt = (*reader)->Read(kStore, "job1", 20, 0, "model.bin", 60s);
+  EXPECT_EQ(corrupt.status().code(), StatusCode::kInternal) << corrupt.status();
+  EXPECT_NE(corrupt.status().message().find("data loss: file model.bin of rank 0's shard of committed step 20"),
+            std::string::npos)
+      << corrupt.status();
+  // Truncated: the store node refuses it before sending a byte.
+  std::filesystem::resize_file(training::CommittedShardFilePath(root, 20, 0, "optim/state.bin"), 100);
+  auto truncated = (*reader)->Read(kStore, "job1", 20, 0, "optim/state.bin", 60s);
+  EXPECT_EQ(truncated.status().code(), StatusCode::kInternal) << truncated.status();
+  EXPECT_NE(truncated.status().message().find("has 100 bytes, the manifest says 4096"), std::string::npos)
+      << truncated.status();
 }
 
 }  // namespace

@@ -8,6 +8,8 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "actors/training/shard_transfer.h"
 #include "runtime/bulk.h"
@@ -200,6 +202,81 @@ TEST(ShardTransfer, FilesFromDirAreRelativeAndSorted) {
   std::filesystem::create_symlink("model.pt", dir.path() + "/link");
   EXPECT_EQ(ShardFilesFromDir(dir.path()).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(ShardFilesFromDir(dir.path() + "/none").status().code(), StatusCode::kNotFound);
+}
+
+TEST(ShardTransfer, ReadDescriptorRoundTripsAndRefusesBadAttrs) {
+  auto back = ParseShardReadDescriptor(ShardReadDescriptor({"llama", 300, 5, "optim/s.bin", 77}));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->job, "llama");
+  EXPECT_EQ(back->step, 300u);
+  EXPECT_EQ(back->rank, 5u);
+  EXPECT_EQ(back->path, "optim/s.bin");
+  EXPECT_EQ(back->token, 77u);
+  EXPECT_EQ(ShardReadDescriptor({"llama", 300, 5, "m.pt", 1}).kind, kShardReadKind);
+  for (const auto& [attr, value] : std::vector<std::pair<std::string, std::string>>{
+           {"token", ""}, {"token", "-1"}, {"step", "3x"}, {"rank", "4294967296"}, {"job", ""}, {"path", ""},
+           {"path", "/etc/passwd"}, {"path", "a/../../b"}}) {
+    auto bad = ShardReadDescriptor({"llama", 300, 5, "m.pt", 1});
+    bad.attrs[attr] = value;
+    auto parsed = ParseShardReadDescriptor(bad);
+    EXPECT_EQ(parsed.status().code(), StatusCode::kInvalidArgument) << attr << "=" << value;
+  }
+}
+
+// The store node's rules for a read of a committed shard: the manifest decides what exists, and
+// nothing outside the job's root is ever served.
+TEST(ShardTransfer, FindCommittedFileServesOnlyWhatTheManifestListsUnderTheRoot) {
+  testing::TempDir dir;
+  const std::string root = dir.path() + "/llama";
+  const std::string step_dir = root + "/step-20";
+  std::filesystem::create_directories(step_dir + "/rank-0/optim");
+  std::filesystem::create_directories(step_dir + "/rank-1");
+  std::ofstream(step_dir + "/rank-0/weights.bin") << "0123456789";
+  std::ofstream(step_dir + "/rank-0/optim/state.bin") << "adam";
+  std::ofstream(dir.path() + "/outside.bin") << "secret";
+  std::filesystem::create_symlink(dir.path() + "/outside.bin", step_dir + "/rank-1/link.bin");
+  std::ofstream(step_dir + "/manifest.json")
+      << R"({"format": 1, "job": "llama", "step": 20, "attempt": 1, "world_size": 2, "total_bytes": 20,)"
+      << R"( "unix_ms": 1, "ranks": [{"rank": 0, "files": [)"
+      << R"({"path": "optim/state.bin", "size": 4, "sha256": ")" << storage::Sha256Hex("adam") << R"("},)"
+      << R"({"path": "weights.bin", "size": 11, "sha256": "x"}]},)"
+      << R"({"rank": 1, "files": [{"path": "link.bin", "size": 6, "sha256": "y"}]}]})";
+
+  auto found = FindCommittedFile(root, 20, 0, "optim/state.bin");
+  ASSERT_TRUE(found.ok()) << found.status();
+  EXPECT_EQ(found->size, 4u);
+  EXPECT_EQ(found->sha256, storage::Sha256Hex("adam"));
+  EXPECT_EQ(CommittedShardFilePath(root, 20, 0, "optim/state.bin"), step_dir + "/rank-0/optim/state.bin");
+
+  auto code = [&](uint64_t step, uint32_t rank, const std::string& path) {
+    return FindCommittedFile(root, step, rank, path).status();
+  };
+  for (const char* bad : {"", "/etc/passwd", "../manifest.json", "optim/../../step-20/manifest.json", "a//b"}) {
+    EXPECT_EQ(code(20, 0, bad).code(), StatusCode::kInvalidArgument) << bad;
+  }
+  Status no_step = code(30, 0, "weights.bin");
+  EXPECT_EQ(no_step.code(), StatusCode::kNotFound) << no_step;
+  EXPECT_NE(no_step.message().find("no committed step 30 under " + root), std::string::npos) << no_step;
+  Status no_rank = code(20, 2, "weights.bin");
+  EXPECT_EQ(no_rank.code(), StatusCode::kNotFound) << no_rank;
+  EXPECT_NE(no_rank.message().find("has 2 ranks, not rank 2"), std::string::npos) << no_rank;
+  // On disk but not in the manifest: not part of the checkpoint.
+  std::ofstream(step_dir + "/rank-0/stray.bin") << "x";
+  EXPECT_EQ(code(20, 0, "stray.bin").code(), StatusCode::kNotFound);
+  EXPECT_EQ(code(20, 0, "manifest.json").code(), StatusCode::kNotFound);
+  // A symlink that leads out of the root is refused, naming where it leads.
+  Status escape = code(20, 1, "link.bin");
+  EXPECT_EQ(escape.code(), StatusCode::kInvalidArgument) << escape;
+  EXPECT_NE(escape.message().find("outside the checkpoint root"), std::string::npos) << escape;
+  // A size that is not the manifest's is data loss, named.
+  Status short_file = code(20, 0, "weights.bin");
+  EXPECT_EQ(short_file.code(), StatusCode::kInternal) << short_file;
+  EXPECT_NE(short_file.message().find("data loss: " + step_dir + "/rank-0/weights.bin has 10 bytes, the manifest says 11"),
+            std::string::npos)
+      << short_file;
+  // A manifest that is not one.
+  std::ofstream(step_dir + "/manifest.json", std::ios::trunc) << "{";
+  EXPECT_EQ(code(20, 0, "optim/state.bin").code(), StatusCode::kInternal);
 }
 
 TEST(ShardTransfer, CheckpointRootsTakeOnlyTheJobsTheHeadStores) {
