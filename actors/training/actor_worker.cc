@@ -58,12 +58,14 @@ Status CheckShardPath(const std::string& path) {
 }  // namespace
 
 void CheckpointHandle::SendShardsTo(std::shared_ptr<runtime::BulkEndpoint> endpoint, runtime::NodeId store_node,
-                                    std::string job, uint64_t attempt, std::chrono::milliseconds timeout) {
+                                    std::string job, uint64_t attempt, std::chrono::milliseconds timeout,
+                                    std::shared_ptr<ShardReader> reader) {
   endpoint_ = std::move(endpoint);
   store_node_ = store_node;
   job_ = std::move(job);
   attempt_ = attempt;
   timeout_ = timeout;
+  reader_ = std::move(reader);
 }
 
 Status CheckpointHandle::Save(uint64_t step, std::map<std::string, std::string> files) {
@@ -118,6 +120,7 @@ StatusOr<std::string> CheckpointHandle::Read(const std::string& path) const {
     return FailedPreconditionError("no committed checkpoint to read '" + path + "' from: the job starts fresh");
   }
   RETURN_IF_ERROR(CheckShardPath(path));
+  if (reader_) return reader_->Read(store_node_, job_, resume_step_, rank_, path, timeout_);
   const std::string file = resume_dir_ + "/rank-" + std::to_string(rank_) + "/" + path;
   std::ifstream in(file, std::ios::binary);
   if (!in) return NotFoundError("checkpoint file " + file + " cannot be opened");
@@ -363,8 +366,8 @@ struct WorkerState {
 using WorkerSelf = caf::stateful_actor<WorkerState>;
 
 // The worker's thread: makes the communicator and the context, runs the type's main.
-Status RunWorker(runtime::Runtime* rt, const ActorWorkerDeps& deps, const ActorWorkerStart& start,
-                 const std::shared_ptr<WorkerShared>& shared) {
+Status RunWorker(runtime::Runtime* rt, const ActorWorkerDeps& deps, const std::shared_ptr<ShardReader>& reader,
+                 const ActorWorkerStart& start, const std::shared_ptr<WorkerShared>& shared) {
   ASSIGN_OR_RETURN(WorkerMain main, deps.types->Find(start.type));
   std::unique_ptr<collectives::Communicator> communicator;
   if (start.world_size > 1) {
@@ -388,7 +391,8 @@ Status RunWorker(runtime::Runtime* rt, const ActorWorkerDeps& deps, const ActorW
                     ? ", resuming from step " + std::to_string(*context->checkpoints().resume_step())
                     : std::string()));
   if (deps.shard_bulk && start.checkpoint_node != 0 && start.checkpoint_node != rt->node_id()) {
-    context->checkpoints().SendShardsTo(deps.shard_bulk, start.checkpoint_node, start.job, start.attempt);
+    context->checkpoints().SendShardsTo(deps.shard_bulk, start.checkpoint_node, start.job, start.attempt,
+                                        CheckpointHandle::kShardSendTimeout, reader);
   }
   {
     std::lock_guard<std::mutex> lock(shared->mu);
@@ -425,7 +429,8 @@ Status RunWorker(runtime::Runtime* rt, const ActorWorkerDeps& deps, const ActorW
   return result;
 }
 
-caf::behavior WorkerActor(WorkerSelf* self, runtime::Runtime* rt, ActorWorkerDeps deps, ActorWorkerStart start) {
+caf::behavior WorkerActor(WorkerSelf* self, runtime::Runtime* rt, ActorWorkerDeps deps,
+                          std::shared_ptr<ShardReader> reader, ActorWorkerStart start) {
   self->state.start = start;
   auto shared = self->state.shared;
   caf::actor me = caf::actor_cast<caf::actor>(self);
@@ -444,8 +449,8 @@ caf::behavior WorkerActor(WorkerSelf* self, runtime::Runtime* rt, ActorWorkerDep
     if (st.shared->context) st.shared->context->Stop(st.shared->stop_reason);
     st.shared->cv.notify_all();
   });
-  self->state.thread = std::thread([rt, deps, start, shared, me] {
-    Status result = RunWorker(rt, deps, start, shared);
+  self->state.thread = std::thread([rt, deps, reader, start, shared, me] {
+    Status result = RunWorker(rt, deps, reader, start, shared);
     caf::anon_send(me, worker_done_atom::value, static_cast<uint8_t>(result.code()), result.message());
   });
   return {
@@ -496,16 +501,21 @@ caf::behavior WorkerActor(WorkerSelf* self, runtime::Runtime* rt, ActorWorkerDep
 Status RegisterActorWorkers(runtime::Runtime& runtime, ActorWorkerDeps deps) {
   if (deps.types == nullptr) return InvalidArgumentError("RegisterActorWorkers: no worker type registry");
   runtime::Runtime* rt = &runtime;
+  // The node's workers fetch the checkpoints they resume from through one reader.
+  std::shared_ptr<ShardReader> reader;
+  if (deps.shard_bulk) {
+    ASSIGN_OR_RETURN(reader, ShardReader::Attach(*deps.shard_bulk));
+  }
   return runtime.RegisterActorType<ActorWorkerStart>(
       kActorWorkerActorType,
-      [rt, deps](caf::actor_system& system, const ActorWorkerStart& start) -> StatusOr<caf::actor> {
+      [rt, deps, reader](caf::actor_system& system, const ActorWorkerStart& start) -> StatusOr<caf::actor> {
         // An unknown type is refused at the spawn, so the supervisor sees it at once.
         RETURN_IF_ERROR(deps.types->Find(start.type).status());
         if (start.world_size == 0 || start.rank >= start.world_size) {
           return InvalidArgumentError("actor worker rank " + std::to_string(start.rank) + " of a world of " +
                                       std::to_string(start.world_size));
         }
-        return system.spawn(WorkerActor, rt, deps, start);
+        return system.spawn(WorkerActor, rt, deps, reader, start);
       });
 }
 

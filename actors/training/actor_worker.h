@@ -22,6 +22,7 @@
 
 #include "actors/gpu_allocator.h"
 #include "actors/training/messages.h"
+#include "actors/training/shard_transfer.h"
 #include "collectives/communicator.h"
 #include "common/status.h"
 #include "runtime/bulk.h"
@@ -38,7 +39,9 @@ inline constexpr const char* kActorWorkerActorType = "troupe.training.actor_work
 /// the marker `<staging>/step-<S>/rank-<r>.done`; the resume side reads `<resume>/rank-<r>/`.
 /// On a node whose checkpoint directories are not the committing node's (SendShardsTo), Save
 /// sends the shard into that node's staging directory over the bulk path instead (WriteShard,
-/// actors/training/shard_transfer.h): the same files and marker land there, in the same order.
+/// actors/training/shard_transfer.h): the same files and marker land there, in the same order;
+/// and Read fetches the committed files from that node over the bulk path (ShardReader) instead
+/// of opening them by their path, which that node's disks need not have.
 /// Thread-compatible (one worker thread uses it).
 class CheckpointHandle {
  public:
@@ -54,9 +57,12 @@ class CheckpointHandle {
   /// that commits, ActorWorkerStart::checkpoint_node) through `endpoint`, whose node must serve
   /// them (ServeCheckpointShards); `timeout` per file. `endpoint` must outlive the handle. Save
   /// then returns WriteShard's errors (Unavailable: the store node was lost; DeadlineExceeded;
-  /// Cancelled: the endpoint closed). Read still reads resume_dir as a local path.
+  /// Cancelled: the endpoint closed). With a `reader` (attached to `endpoint`), Read fetches the
+  /// files of the checkpoint it resumes from from `store_node` too (ShardReader::Read, `timeout`
+  /// per file); without one it reads resume_dir as a local path.
   void SendShardsTo(std::shared_ptr<runtime::BulkEndpoint> endpoint, runtime::NodeId store_node, std::string job,
-                    uint64_t attempt, std::chrono::milliseconds timeout = kShardSendTimeout);
+                    uint64_t attempt, std::chrono::milliseconds timeout = kShardSendTimeout,
+                    std::shared_ptr<ShardReader> reader = nullptr);
   /// Whether Save sends shards (SendShardsTo) rather than writing them here.
   bool sends_shards() const { return endpoint_ != nullptr; }
 
@@ -71,7 +77,11 @@ class CheckpointHandle {
   /// (NewestIntact, checkpoint_committer.h); nullopt when the job starts fresh.
   std::optional<uint64_t> resume_step() const;
   /// A file of this rank's shard of that checkpoint. FailedPrecondition when there is none to
-  /// resume from; NotFound (the path) when the file is missing.
+  /// resume from; InvalidArgument for an empty, absolute or ".." path; NotFound (the path) when
+  /// the file is missing. Fetched from the committing node (SendShardsTo with a reader), it is
+  /// checked against the committed manifest's size and SHA-256: Internal with "data loss" naming
+  /// the file when the bytes differ; Unavailable, DeadlineExceeded or Cancelled when the transfer
+  /// does not complete (ShardReader::Read).
   StatusOr<std::string> Read(const std::string& path) const;
 
   const std::string& staging_dir() const { return staging_dir_; }
@@ -88,6 +98,7 @@ class CheckpointHandle {
   uint64_t attempt_ = 0;
   std::chrono::milliseconds timeout_{kShardSendTimeout};
   std::set<uint64_t> sent_steps_;  // steps whose marker was sent
+  std::shared_ptr<ShardReader> reader_;  // set by SendShardsTo: Read fetches from store_node_
 };
 
 /// What one worker gets. Made by the worker actor (or a test); the WorkerMain runs on its own
@@ -203,8 +214,9 @@ struct ActorWorkerDeps {
   GpuDeviceOpener devices;
   /// Set on a node whose checkpoint directories are not the committing node's (node config
   /// `checkpoints: send`, docs/checkpoints.md): its workers send their shards through it to
-  /// ActorWorkerStart::checkpoint_node when that is another node. Null: they write
-  /// checkpoint_dir themselves (a shared or the same file system).
+  /// ActorWorkerStart::checkpoint_node when that is another node, and read the checkpoint they
+  /// resume from from there (RegisterActorWorkers attaches a ShardReader to it). Null: they write
+  /// checkpoint_dir and read resume_dir themselves (a shared or the same file system).
   std::shared_ptr<runtime::BulkEndpoint> shard_bulk;
   /// Where a rank's log goes (job, attempt, rank -> path; the node's WorkerLauncher::LogPath, so
   /// `troupe job logs` finds it). Empty: workers keep no log.

@@ -25,6 +25,7 @@
 #include "common/logging.h"
 #include "tests/support/job_polling.h"
 #include "tests/support/local_cluster.h"
+#include "tests/support/troupe_processes.h"
 
 namespace troupe {
 namespace {
@@ -52,6 +53,7 @@ class ActorWorkerJobs : public ::testing::Test {
     cluster_ = LocalCluster::Start("troupe-actor-jobs", "actorjobs", yaml);
     ASSERT_NE(cluster_, nullptr);
     client_ = cluster_->client.get();
+    dir_ = cluster_->dir;
   }
 
   // A job of `workers` example-linear actor workers (one CPU each: 2 per node); `extra` adds to
@@ -73,7 +75,7 @@ class ActorWorkerJobs : public ::testing::Test {
 
   // The weights an uninterrupted run of `spec` ends with, trained here in this process.
   std::string Reference(const training::JobSpec& spec) {
-    const std::string dir = cluster_->dir + "/reference";
+    const std::string dir = dir_ + "/reference";
     training::ActorWorkerStart start;
     start.job = spec.name;
     start.type = spec.entry.actor;
@@ -90,7 +92,7 @@ class ActorWorkerJobs : public ::testing::Test {
   }
 
   std::string Committed(const std::string& job, int step, int rank = 0) {
-    return ReadFile(cluster_->dir + "/head/checkpoints/" + job + "/step-" + std::to_string(step) + "/rank-" +
+    return ReadFile(dir_ + "/head/checkpoints/" + job + "/step-" + std::to_string(step) + "/rank-" +
                     std::to_string(rank) + "/weights.bin");
   }
 
@@ -133,7 +135,7 @@ class ActorWorkerJobs : public ::testing::Test {
   // monitors, at most the 1 s failure timeout after the signal) and end with the one-rank
   // reference's weights on every rank. A stopped node is continued at the end. Its events.
   std::string FailNode(const std::string& name, int signal) {
-    const std::string progress = cluster_->dir + "/progress-" + name;
+    const std::string progress = dir_ + "/progress-" + name;
     std::filesystem::create_directories(progress);
     const training::JobSpec spec = Linear(name, {{"STEPS", "200"}, {"STEP_MS", "5"}, {"PROGRESS_DIR", progress}}, 4);
     const std::string reference = Reference(spec);
@@ -237,6 +239,7 @@ class ActorWorkerJobs : public ::testing::Test {
 
   std::unique_ptr<LocalCluster> cluster_;
   cluster::Client* client_ = nullptr;
+  std::string dir_;  // the cluster's directory (its file, data dirs, the test's own files)
   bool node_a_sends_checkpoints_ = false;
 };
 
@@ -247,6 +250,64 @@ class ActorWorkerJobsWithoutSharedStorage : public ActorWorkerJobs {
     node_a_sends_checkpoints_ = true;
     ActorWorkerJobs::SetUp();
   }
+};
+
+// Node a has `checkpoints: send` and truly does not see the head's checkpoint directories: its
+// agent runs in a mount namespace of its own where `<head data_dir>/checkpoints` is an empty
+// tmpfs (`unshare -m`), as on a host without the head's disks. Head and nodes are started one by
+// one (not `troupe up`) so that node a's alone can be started that way. Skips, with the reason,
+// where a mount namespace cannot be made (not root, no CAP_SYS_ADMIN, no `unshare`).
+class ActorWorkerJobsOnANodeThatCannotSeeTheCheckpoints : public ActorWorkerJobs {
+ protected:
+  void SetUp() override {
+    (void)InitLogging("warn");
+    if (testing::RunToExit({"unshare", "-m", "--", "sh", "-c", "mount -t tmpfs troupe-probe /mnt"}) != 0) {
+      skip_ = "cannot make a mount namespace here (needs root with CAP_SYS_ADMIN and util-linux's unshare): "
+              "`unshare -m sh -c 'mount -t tmpfs ...'` failed. It runs where those exist: in CI, where .ci/run "
+              "runs as root, or by hand with `sudo ctest -R ActorWorkerJobsOnANodeThatCannotSeeTheCheckpoints`";
+      return;
+    }
+    std::string templ = (std::filesystem::temp_directory_path() / "troupe-hidden-ckpt-XXXXXX").string();
+    ASSERT_NE(mkdtemp(templ.data()), nullptr);
+    dir_ = templ;
+    std::string yaml = TwoNodeClusterYaml("hiddenckpt");
+    for (size_t at = yaml.find("cpus: 2"); at != std::string::npos; at = yaml.find("cpus: 2", at)) yaml.replace(at, 7, "cpus: 4");
+    yaml.replace(yaml.find("data_dir: node-a\n"), 17, "data_dir: node-a\n    checkpoints: send\n");
+    const std::string config = dir_ + "/cluster.yaml";
+    std::ofstream(config) << yaml;
+    const std::string hidden = dir_ + "/head/checkpoints";
+    std::filesystem::create_directories(hidden);
+    head_ = testing::StartUntilReady({TROUPE_BIN, "head", "-c", config}, "READY ");
+    ASSERT_TRUE(head_);
+    node_b_ = testing::StartUntilReady({TROUPE_BIN, "node", "--name", "b", "-c", config}, "JOINED ");
+    node_a_ = testing::StartUntilReady(
+        {"unshare", "-m", "--", "sh", "-c",
+         "mount -t tmpfs -o size=1m troupe-hidden \"$0\" && exec \"$1\" node --name a -c \"$2\"", hidden,
+         TROUPE_BIN, config},
+        "JOINED ");
+    ASSERT_TRUE(node_a_ && node_b_);
+    auto loaded = cluster::LoadClusterConfig(config);
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    auto client = cluster::Client::Connect(*loaded, "", 5s);
+    ASSERT_TRUE(client.ok()) << client.status();
+    own_client_ = std::move(*client);
+    client_ = own_client_.get();
+  }
+
+  void TearDown() override {
+    own_client_.reset();
+    for (auto* p : {&node_a_, &node_b_, &head_}) {
+      if (*p) (*p)->Signal(SIGTERM);
+    }
+    for (auto* p : {&node_a_, &node_b_, &head_}) {
+      if (*p) (void)(*p)->Wait(30s);
+    }
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+
+  std::string skip_;
+  std::unique_ptr<ChildProcess> head_, node_a_, node_b_;
+  std::unique_ptr<cluster::Client> own_client_;
 };
 
 TEST_F(ActorWorkerJobs, AnActorWorkerTrainsToItsEndAndItsCommittedWeightsAreTheReferences) {
@@ -320,13 +381,44 @@ TEST_F(ActorWorkerJobsWithoutSharedStorage, ShardsSentFromANodeWithoutSharedStor
   EXPECT_EQ(nodes, (std::set<std::string>{"a", "b"})) << "the job must have ranks on both nodes\n" << events;
   // The last committed step holds each rank's shard and nothing else (the sink leaves no stray files).
   const auto manifest =
-      nlohmann::json::parse(ReadFile(cluster_->dir + "/head/checkpoints/linear-send/step-40/manifest.json"));
+      nlohmann::json::parse(ReadFile(dir_ + "/head/checkpoints/linear-send/step-40/manifest.json"));
   ASSERT_EQ(manifest.at("ranks").size(), 4u) << manifest.dump();
   for (const auto& rank : manifest.at("ranks")) {
     ASSERT_EQ(rank.at("files").size(), 1u) << rank.dump();
     EXPECT_EQ(rank.at("files")[0].at("path"), "weights.bin") << rank.dump();
     EXPECT_EQ(rank.at("files")[0].at("size"), 9 * sizeof(double)) << rank.dump();
   }
+}
+
+// A group of four whose rank 2 throws at step 25 of attempt 1 restarts from the newest committed
+// checkpoint (step 20, or 10; RunToTheReference). The two ranks on node a cannot open the
+// committed files by their paths: they fetch them from the head over the bulk path
+// (ShardReader, docs/checkpoints.md "Nodes without shared storage"), verified against the
+// manifest, and every rank ends with the one-rank reference's weights, to the bit.
+TEST_F(ActorWorkerJobsOnANodeThatCannotSeeTheCheckpoints, ItsWorkersResumeOverTheBulkPathWithBitIdenticalWeights) {
+  if (!skip_.empty()) GTEST_SKIP() << skip_;
+  training::JobStatus last;
+  const training::JobSpec spec =
+      Linear("linear-hidden", {{"THROW_AT_STEP", "25"}, {"THROW_RANK", "2"}, {"THROW_ATTEMPT", "1"}}, 4);
+  const std::string events = RunToTheReference(spec, 2, &last);
+  EXPECT_EQ(last.user_failures, 1u) << events;
+  EXPECT_EQ(last.checkpoint_step, 40) << events;
+  // The restarted attempt's ranks on node a resumed (their logs, read through node a's agent).
+  uint32_t resumed_on_a = 0;
+  for (const auto& w : last.workers) {
+    if (w.node != "a") continue;
+    auto log = client_->ReadWorkerLog("a", training::ReadWorkerLog{spec.name, last.attempt, w.rank, 0, 64 * 1024}, 5s);
+    ASSERT_TRUE(log.ok()) << log.status();
+    EXPECT_NE(log->data.find("example-linear: resumed at step "), std::string::npos) << "rank " << w.rank << ":\n"
+                                                                                     << log->data;
+    ++resumed_on_a;
+  }
+  EXPECT_EQ(resumed_on_a, 2u) << "the restarted attempt must have two ranks on node a\n" << events;
+  // Node a's own view (its mount namespace, through /proc/PID/root) has none of the committed files.
+  const std::string manifest = dir_ + "/head/checkpoints/" + spec.name + "/step-40/manifest.json";
+  EXPECT_TRUE(std::filesystem::exists(manifest)) << manifest;
+  EXPECT_FALSE(std::filesystem::exists("/proc/" + std::to_string(node_a_->pid()) + "/root" + manifest))
+      << "node a sees " << manifest;
 }
 
 }  // namespace

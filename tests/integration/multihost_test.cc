@@ -22,15 +22,7 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-// Runs a command to completion; its exit code (-1 if it could not run).
-int RunCommand(const std::vector<std::string>& argv) {
-  auto child = ChildProcess::Spawn(argv, {}, /*merge_stderr=*/true);
-  if (!child.ok()) return -1;
-  while ((*child)->ReadLine(10s).ok()) {
-  }
-  auto status = (*child)->Wait(10s);
-  return status.ok() && WIFEXITED(*status) ? WEXITSTATUS(*status) : -1;
-}
+int RunCommand(const std::vector<std::string>& argv) { return testing::RunToExit(argv); }
 
 class MultiHost : public ::testing::Test {
  protected:

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <poll.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -31,6 +32,17 @@ inline std::unique_ptr<ChildProcess> StartUntilReady(const std::vector<std::stri
   for (const auto& a : argv) command += a + " ";
   EXPECT_TRUE(line.ok()) << "`" << command << "` did not report " << ready << ": " << line.status();
   return line.ok() ? std::move(*child) : nullptr;
+}
+
+/// Runs `argv` to completion (its stdout and stderr read and dropped, 10 s at most for each line
+/// and for the exit); its exit code, or -1 if it could not run or did not exit normally.
+inline int RunToExit(const std::vector<std::string>& argv) {
+  auto child = ChildProcess::Spawn(argv, {}, /*merge_stderr=*/true);
+  if (!child.ok()) return -1;
+  while ((*child)->ReadLine(std::chrono::seconds(10)).ok()) {
+  }
+  auto status = (*child)->Wait(std::chrono::seconds(10));
+  return status.ok() && WIFEXITED(*status) ? WEXITSTATUS(*status) : -1;
 }
 
 /// The first stdout line of `argv` (a `troupe status --json` command), or "" if there is none.
