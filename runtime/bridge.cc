@@ -747,6 +747,11 @@ ActorRef Bridge::RefTo(NodeId node, uint64_t wire_id) {
 
 void Bridge::MakeAddressable(const caf::strong_actor_ptr& actor) {
   if (!IsLocal(actor) || stopped_ || system_.registry().get(actor->id())) return;
+  // In the registry before any caller returns: threads encoding the same new ref at once (a job
+  // supervisor's spawn helpers, each sending the attempt's rendezvous store to a node) must not
+  // send it before it can be found, or a peer's first message to it meets "no actor". The put
+  // is idempotent (CAF's registry keeps the first entry and attaches its erase functor once).
+  system_.registry().put(actor->id(), actor);
   // CAF's registry keeps the actor until it exits (its own functor erases the entry). We
   // remember the ids too, to erase what is left at shutdown: an actor released by the
   // registry's destructor after CAF's scheduler has stopped crashes in its cleanup.
@@ -754,7 +759,6 @@ void Bridge::MakeAddressable(const caf::strong_actor_ptr& actor) {
     std::lock_guard<std::mutex> lock(mu_);
     if (!addressable_.insert(actor->id()).second) return;
   }
-  system_.registry().put(actor->id(), actor);
   std::weak_ptr<Bridge> weak = weak_from_this();
   caf::actor_id id = actor->id();
   actor->get()->attach_functor([weak, id] {

@@ -6,8 +6,10 @@
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 
+#include <atomic>
 #include <future>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "common/clock.h"
@@ -301,6 +303,35 @@ TEST_F(BridgeTest, AnInboundRequestReachesTheActorAndTheReplyIsRouted) {
   ASSERT_TRUE(decoded.ok());
   EXPECT_EQ(decoded->get_as<Count>(0).value, 15);
   caf::anon_send_exit(counter, caf::exit_reason::user_shutdown);
+}
+
+// Threads that encode the same new ref at once (a job supervisor's spawn helpers, each sending
+// the attempt's rendezvous store to a node) may each send it as soon as MakeAddressable returns:
+// a peer's first request to it must find it, never "no actor ... (it exited, or never existed)".
+// Before the fix the thread that lost the race returned while the winner had not put the actor
+// in the registry yet.
+TEST_F(BridgeTest, AnActorMadeAddressableByThreadsAtOnceIsFindableWhenEachReturns) {
+  constexpr int kActors = 3000;
+  constexpr int kThreads = 3;
+  int missing = 0;
+  for (int i = 0; i < kActors && missing == 0; ++i) {
+    auto actor = caf::actor_cast<caf::strong_actor_ptr>(system_.spawn(Counter, int64_t{0}));
+    std::atomic<int> ready{0};
+    std::atomic<int> not_found{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&] {
+        ready.fetch_add(1);
+        while (ready.load() < kThreads) std::this_thread::yield();
+        bridge_->MakeAddressable(actor);
+        if (!system_.registry().get(actor->id())) not_found.fetch_add(1);
+      });
+    }
+    for (auto& thread : threads) thread.join();
+    missing += not_found.load();
+    caf::anon_send_exit(actor, caf::exit_reason::user_shutdown);
+  }
+  EXPECT_EQ(missing, 0) << "a MakeAddressable returned before its actor could be found";
 }
 
 TEST_F(BridgeTest, BadInboundRequestsGetErrorReplies) {
