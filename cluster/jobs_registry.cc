@@ -312,7 +312,7 @@ void JobsRegistry::NodeJoined(const std::string& node, const runtime::ActorRef& 
     for (const auto& w : reported) {
       if (live && w.attempt == job->status.attempt) {
         current = true;
-      } else if (training::Runs(w)) {
+      } else if (w.pid != 0) {
         stale = std::max(stale, w.attempt);
       }
     }

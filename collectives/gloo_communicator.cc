@@ -8,16 +8,28 @@
 #include <gloo/math.h>
 #include <gloo/rendezvous/context.h>
 #include <gloo/rendezvous/store.h>
+#include <gloo/transport/address.h>
 #include <gloo/transport/context.h>
+#include <gloo/transport/device.h>
+#include <gloo/transport/pair.h>
 #include <gloo/transport/unbound_buffer.h>
 #include <gloo/types.h>
 #include <gloo/transport/tcp/device.h>
 
 #include <dlfcn.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
 #include <exception>
+#include <mutex>
+#include <system_error>
+#include <thread>
 #include <utility>
 
 namespace troupe::collectives {
@@ -197,10 +209,84 @@ SignalContextFn FindSignalContext() {
   return fn;
 }
 
+// Makes a TCP device's event loop go round about every kTickPeriod while ticking. A pair's
+// connect returns only after the loop's next round (Loop::unregisterDescriptor waits for it, so
+// that the pair's retired listening socket sees no more events), and an idle loop goes round
+// when its epoll_wait times out, every 10 ms: each pair of a mesh waited that long to connect.
+// The ticker registers an eventfd with the device's loop (tcp::Device::registerDescriptor, public)
+// and writes it from a thread of its own until Stop(). It stays registered until destroyed
+// (unregistering waits for a round of the loop, up to 10 ms): destroy it before the device.
+class LoopTicker final : public gloo::transport::tcp::Handler {
+ public:
+  static constexpr std::chrono::microseconds kTickPeriod{500};
+
+  explicit LoopTicker(gloo::transport::Device* device)
+      : device_(dynamic_cast<gloo::transport::tcp::Device*>(device)) {
+    if (device_ == nullptr) return;  // another transport: no loop to tick
+    fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (fd_ < 0) return;
+    try {
+      device_->registerDescriptor(fd_, EPOLLIN, this);
+    } catch (const std::exception&) {
+      return;  // connects wait for the loop's own rounds, as without the ticker
+    }
+    registered_ = true;
+    try {
+      thread_ = std::thread([this] {
+        std::unique_lock<std::mutex> lock(mu_);
+        while (!done_) {
+          const uint64_t one = 1;
+          [[maybe_unused]] ssize_t n = write(fd_, &one, sizeof(one));
+          cv_.wait_for(lock, kTickPeriod, [this] { return done_; });
+        }
+      });
+    } catch (const std::system_error&) {
+    }
+  }
+
+  /// Stops ticking (the loop goes back to its own rounds).
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  ~LoopTicker() override {
+    Stop();
+    if (registered_) {
+      try {
+        device_->unregisterDescriptor(fd_, this);
+      } catch (const std::exception&) {
+      }
+    }
+    if (fd_ >= 0) close(fd_);
+  }
+
+  void handleEvents(int /*events*/) override {
+    uint64_t count = 0;
+    [[maybe_unused]] ssize_t n = read(fd_, &count, sizeof(count));
+  }
+
+ private:
+  gloo::transport::tcp::Device* device_;
+  int fd_ = -1;
+  bool registered_ = false;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
+
 }  // namespace
 
 class GlooCommunicator::Context : public gloo::rendezvous::Context {
  public:
+  /// Threads connecting one rank's pairs at once (ConnectPairs); beyond it pairs wait their turn.
+  static constexpr size_t kConnectThreads = 32;
+
   using gloo::rendezvous::Context::Context;
 
   /// Fails every pair with `message` (Gloo's IoException in the op in flight and in every later
@@ -215,6 +301,90 @@ class GlooCommunicator::Context : public gloo::rendezvous::Context {
       closeConnections();
     }
   }
+
+  /// Connects every pair of `transport` to its peer's address (`remote`, by peer; this rank's
+  /// empty) at once, on up to kConnectThreads threads: a TCP pair's connect waits for a tick of
+  /// the device's event loop (an idle one ticks every 10 ms: Gloo's epoll_wait timeout) before it
+  /// returns, so connecting the peers in turn, as Gloo does, took up to 10 ms a peer, and a rank
+  /// whose pair waits for a peer still busy with its earlier pairs waited for those too. The first
+  /// pair that fails fails every other (signalException), so none waits out the timeout after it;
+  /// its exception is rethrown.
+  void ConnectPairs(gloo::transport::Context& transport, const std::vector<std::vector<char>>& remote) {
+    std::vector<int> peers;
+    for (int peer = 0; peer < size; ++peer) {
+      if (peer != rank) peers.push_back(peer);
+    }
+    std::atomic<size_t> next{0};
+    std::mutex mu;
+    std::exception_ptr first;
+    auto connect = [&] {
+      for (size_t i = next++; i < peers.size(); i = next++) {
+        try {
+          transport.getPair(peers[i])->connect(remote[peers[i]]);
+        } catch (const std::exception& e) {
+          std::lock_guard<std::mutex> lock(mu);
+          if (first) continue;
+          first = std::current_exception();
+          if (SignalContextFn signal = FindSignalContext()) {
+            signal(&transport, "rank " + std::to_string(rank) + " could not connect to rank " +
+                                   std::to_string(peers[i]) + ": " + e.what());
+          }
+        }
+      }
+    };
+    std::vector<std::thread> threads;
+    const size_t helpers = std::min(peers.size(), kConnectThreads) - (peers.empty() ? 0 : 1);
+    for (size_t t = 0; t < helpers; ++t) {
+      try {
+        threads.emplace_back(connect);
+      } catch (const std::system_error&) {
+        break;  // no thread to be had: fewer at once (this one connects what is left)
+      }
+    }
+    connect();
+    for (auto& thread : threads) thread.join();
+    if (first) std::rethrow_exception(first);
+  }
+
+  /// Forms the full mesh as gloo::rendezvous::Context::connectFullMesh does, with the same keys
+  /// (this rank's number -> the addresses of its pairs, in peer order), in two store calls instead
+  /// of a wait and a get for each peer in turn (and Gloo's host-name key and its gets, which this
+  /// Gloo uses only for a local rank troupe does not read): a set of this rank's key, then one
+  /// wait for every peer's key, which GlooRendezvousStore answers with the values (one round trip
+  /// to the store actor), so the gets that follow are local. Then every pair connects at once
+  /// (ConnectPairs) while a LoopTicker keeps the device's loop going round. Throws as Gloo does
+  /// (IoException: a store error, or a peer that does not come within the context's timeout).
+  void ConnectFullMesh(gloo::rendezvous::Store& store, std::shared_ptr<gloo::transport::Device>& device) {
+    auto transport = device->createContext(rank, size);
+    transport->setTimeout(getTimeout());
+    std::vector<char> addresses;
+    std::vector<std::string> peers;
+    for (int peer = 0; peer < size; ++peer) {
+      if (peer == rank) continue;
+      auto& pair = transport->createPair(peer);
+      const std::vector<char> bytes = pair->address().bytes();
+      addresses.insert(addresses.end(), bytes.begin(), bytes.end());
+      peers.push_back(std::to_string(peer));
+    }
+    store.set(std::to_string(rank), addresses);
+    if (!peers.empty()) store.wait(peers, getTimeout());
+    std::vector<std::vector<char>> remote(size);  // by peer: its pair's address for this rank
+    for (int peer = 0; peer < size; ++peer) {
+      if (peer == rank) continue;
+      std::vector<char> all = store.get(std::to_string(peer));
+      remote[peer] = extractAddress(all, peer);
+    }
+    ticker_ = std::make_unique<LoopTicker>(device.get());
+    ConnectPairs(*transport, remote);
+    ticker_->Stop();
+    device_ = device;
+    transportContext_ = std::move(transport);
+  }
+
+ private:
+  // Registered with the device's loop while this context lives; destroyed first (before the
+  // base's device and pairs).
+  std::unique_ptr<LoopTicker> ticker_;
 };
 
 StatusOr<std::unique_ptr<GlooCommunicator>> GlooCommunicator::Create(
@@ -251,7 +421,7 @@ StatusOr<std::unique_ptr<GlooCommunicator>> GlooCommunicator::Create(
   auto context = std::make_shared<Context>(rank, world_size);
   context->setTimeout(options.connect_timeout);
   try {
-    context->connectFullMesh(*store, device);
+    context->ConnectFullMesh(*store, device);
   } catch (const std::exception& e) {
     return UnavailableError(where + ": connecting the group failed within " +
                             std::to_string(options.connect_timeout.count()) + " ms (" + e.what() +

@@ -333,6 +333,15 @@ void GlooRendezvousStore::set(const std::string& key, const std::vector<char>& d
 }
 
 std::vector<char> GlooRendezvousStore::get(const std::string& key) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = fetched_.find(key);
+    if (it != fetched_.end()) {
+      std::vector<char> out(it->second.begin(), it->second.end());
+      fetched_.erase(it);
+      return out;
+    }
+  }
   auto value = client_.Get(key, timeout_);
   if (!value.ok()) throw gloo::IoException(value.status().ToString());
   return std::vector<char>(value->begin(), value->end());
@@ -341,8 +350,12 @@ std::vector<char> GlooRendezvousStore::get(const std::string& key) {
 void GlooRendezvousStore::wait(const std::vector<std::string>& keys) { wait(keys, timeout_); }
 
 void GlooRendezvousStore::wait(const std::vector<std::string>& keys, const std::chrono::milliseconds& timeout) {
-  Status s = client_.Wait(keys, timeout);
-  if (!s.ok()) throw gloo::IoException(s.ToString());
+  // The values come in the same answer (a Gloo key is a rank's pair addresses, ~30 bytes a peer):
+  // the get() of each key that follows needs no round trip of its own.
+  auto values = client_.Get(keys, timeout);
+  if (!values.ok()) throw gloo::IoException(values.status().ToString());
+  std::lock_guard<std::mutex> lock(mu_);
+  for (size_t i = 0; i < keys.size(); ++i) fetched_[keys[i]] = std::move((*values)[i]);
 }
 
 #endif  // TROUPE_HAVE_GLOO

@@ -21,7 +21,9 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "common/status.h"
@@ -148,6 +150,11 @@ class RendezvousClient {
 /// every error is thrown as gloo::IoException carrying the Status's text ("UNAVAILABLE: ...").
 /// get() waits for its key as Gloo's own stores do, at most `timeout`; wait(keys) without a
 /// timeout waits at most `timeout` too (never forever).
+///
+/// wait(keys) fetches the keys' values in the same round trip and keeps them; a get() of such a
+/// key is then answered from them once, without asking the store again. A full mesh of n ranks
+/// so costs each rank two round trips to the store actor (its set, one wait for its n - 1
+/// peers: GlooCommunicator::Create), not one or two for each peer in turn. Thread-safe.
 class GlooRendezvousStore : public gloo::rendezvous::Store {
  public:
   /// `timeout`: Gloo's own default (30 s, gloo::rendezvous::Store::kDefaultTimeout).
@@ -162,6 +169,8 @@ class GlooRendezvousStore : public gloo::rendezvous::Store {
  private:
   RendezvousClient client_;
   std::chrono::milliseconds timeout_;
+  std::mutex mu_;
+  std::unordered_map<std::string, std::string> fetched_;  // by wait(), each handed to one get()
 };
 #endif  // TROUPE_HAVE_GLOO (collectives/CMakeLists.txt: where Debian's libgloo-dev is found)
 

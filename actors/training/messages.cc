@@ -39,8 +39,7 @@ WorkerExited ReadExit(wire::WorkerExited::Reader in) {
 
 }  // namespace
 
-void FillRunningWorkers(const std::vector<RunningWorker>& in, capnp::List<wire::RunningWorker>::Builder out,
-                        runtime::RefCodec& refs) {
+void FillRunningWorkers(const std::vector<RunningWorker>& in, capnp::List<wire::RunningWorker>::Builder out) {
   for (size_t i = 0; i < in.size(); ++i) {
     auto b = out[static_cast<unsigned>(i)];
     b.setJob(in[i].job);
@@ -48,15 +47,13 @@ void FillRunningWorkers(const std::vector<RunningWorker>& in, capnp::List<wire::
     b.setRank(in[i].rank);
     b.setPid(in[i].pid);
     b.setLogPath(in[i].log_path);
-    refs.EncodeRef(in[i].worker, b.initWorker());
   }
 }
 
-std::vector<RunningWorker> ReadRunningWorkers(capnp::List<wire::RunningWorker>::Reader in, runtime::RefCodec& refs) {
+std::vector<RunningWorker> ReadRunningWorkers(capnp::List<wire::RunningWorker>::Reader in) {
   std::vector<RunningWorker> out;
   for (auto w : runtime::CheckedList(in)) {
-    out.push_back(RunningWorker{w.getJob(), w.getAttempt(), w.getRank(), w.getPid(), w.getLogPath(),
-                                refs.DecodeRef(w.getWorker())});
+    out.push_back(RunningWorker{w.getJob(), w.getAttempt(), w.getRank(), w.getPid(), w.getLogPath()});
   }
   return out;
 }
@@ -150,14 +147,14 @@ Status AddTrainingCodecs(runtime::CodecRegistry& r) {
       })));
   RETURN_IF_ERROR((r.Add<WorkersAdopted, wire::WorkersAdopted>(
       kWorkersAdopted, "training.WorkersAdopted",
-      [](const WorkersAdopted& m, wire::WorkersAdopted::Builder b, RefCodec& refs) {
-        FillRunningWorkers(m.running, b.initRunning(static_cast<unsigned>(m.running.size())), refs);
+      [](const WorkersAdopted& m, wire::WorkersAdopted::Builder b, RefCodec&) {
+        FillRunningWorkers(m.running, b.initRunning(static_cast<unsigned>(m.running.size())));
         auto exited = b.initExited(static_cast<unsigned>(m.exited.size()));
         for (size_t i = 0; i < m.exited.size(); ++i) FillExit(m.exited[i], exited[static_cast<unsigned>(i)]);
       },
-      [](wire::WorkersAdopted::Reader in, RefCodec& refs) -> StatusOr<WorkersAdopted> {
+      [](wire::WorkersAdopted::Reader in, RefCodec&) -> StatusOr<WorkersAdopted> {
         WorkersAdopted out;
-        out.running = ReadRunningWorkers(in.getRunning(), refs);
+        out.running = ReadRunningWorkers(in.getRunning());
         for (auto e : runtime::CheckedList(in.getExited())) out.exited.push_back(ReadExit(e));
         return out;
       })));

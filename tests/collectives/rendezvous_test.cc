@@ -17,6 +17,9 @@
 #include "collectives/communicator.h"
 #include "collectives/peer_watch.h"
 #include "collectives/rendezvous.h"
+#if defined(TROUPE_HAVE_GLOO)
+#include "collectives/gloo_communicator.h"
+#endif
 #include "runtime/runtime.h"
 #include "tests/collectives/rendezvous_group.h"
 
@@ -215,6 +218,59 @@ TEST_F(RendezvousTest, TheGlooAdapterSetsGetsWaitsAndThrowsTheStatus) {
   }
   EXPECT_THROW(gloo_store.wait({"missing"}, std::chrono::milliseconds(10)), gloo::IoException);
   EXPECT_THROW(gloo_store.set("", {}), gloo::IoException);
+}
+
+// A Gloo mesh forms with two requests to the store a rank (its set; one get of every peer's key,
+// whose values GlooRendezvousStore keeps for Gloo's gets), however many peers: with Gloo's own
+// connectFullMesh each rank asked the store once or twice for each peer in turn (14 requests a
+// rank here), each a round trip to the head in a job.
+TEST_F(RendezvousTest, AGlooMeshFormsWithTwoStoreRequestsARank) {
+  constexpr int kRanks = 4;
+  const caf::actor target = Store().handle();
+  auto sets = std::make_shared<std::atomic<int>>(0);
+  auto gets = std::make_shared<std::atomic<int>>(0);
+  ActorRef counting = rt_->Ref(rt_->system().spawn([=](caf::event_based_actor* self) -> caf::behavior {
+    return {
+        [=](RendezvousSet& set) {
+          sets->fetch_add(1);
+          return self->delegate(target, std::move(set));
+        },
+        [=](RendezvousGet& get) {
+          gets->fetch_add(1);
+          return self->delegate(target, std::move(get));
+        },
+    };
+  }));
+  spawned_.push_back(counting);
+  std::vector<std::future<StatusOr<std::unique_ptr<GlooCommunicator>>>> forming;
+  for (int r = 0; r < kRanks; ++r) {
+    forming.push_back(std::async(std::launch::async, [counting, r] {
+      return GlooCommunicator::Create(r, kRanks,
+                                      std::make_shared<GlooRendezvousStore>(RendezvousClient(counting), 20s));
+    }));
+  }
+  std::vector<std::unique_ptr<GlooCommunicator>> comms;
+  for (int r = 0; r < kRanks; ++r) {
+    ASSERT_EQ(forming[r].wait_for(30s), std::future_status::ready) << "rank " << r << " did not form";
+    auto comm = forming[r].get();
+    ASSERT_TRUE(comm.ok()) << "rank " << r << ": " << comm.status();
+    comms.push_back(std::move(*comm));
+  }
+  // The mesh is whole: an allreduce over every pair.
+  std::vector<int64_t> values(kRanks);
+  std::vector<Work> works;
+  for (int r = 0; r < kRanks; ++r) {
+    values[r] = r + 1;
+    works.push_back(comms[r]->AllReduce(&values[r], 1, DataType::kInt64, ReduceOp::kSum, 20s));
+  }
+  for (int r = 0; r < kRanks; ++r) {
+    auto done = works[r].WaitFor(30s);
+    ASSERT_TRUE(done.has_value()) << "rank " << r << "'s allreduce did not end";
+    ASSERT_TRUE(done->ok()) << *done;
+    EXPECT_EQ(values[r], kRanks * (kRanks + 1) / 2) << "rank " << r;
+  }
+  EXPECT_EQ(sets->load(), kRanks);
+  EXPECT_EQ(gets->load(), kRanks);
 }
 #endif  // TROUPE_HAVE_GLOO
 
