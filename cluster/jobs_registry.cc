@@ -312,7 +312,7 @@ void JobsRegistry::NodeJoined(const std::string& node, const runtime::ActorRef& 
     for (const auto& w : reported) {
       if (live && w.attempt == job->status.attempt) {
         current = true;
-      } else if (w.pid != 0) {
+      } else if (training::Runs(w)) {
         stale = std::max(stale, w.attempt);
       }
     }

@@ -176,13 +176,13 @@ Status AddClusterCodecs(runtime::CodecRegistry& r) {
         refs.EncodeRef(m.agent, b.initAgent());
         auto held = b.initHeld(Size(m.held));
         for (size_t i = 0; i < m.held.size(); ++i) Fill(m.held[i], held[static_cast<unsigned>(i)]);
-        training::FillRunningWorkers(m.workers, b.initWorkers(Size(m.workers)));
+        training::FillRunningWorkers(m.workers, b.initWorkers(Size(m.workers)), refs);
         serving::FillRunningReplicas(m.replicas, b.initReplicas(Size(m.replicas)), refs);
       },
       [](wire::JoinRequest::Reader in, RefCodec& refs) -> StatusOr<JoinRequest> {
         JoinRequest out{Read(in.getNode()), refs.DecodeRef(in.getAgent()), {}, {}};
         for (auto h : runtime::CheckedList(in.getHeld())) out.held.push_back(Read(h));
-        out.workers = training::ReadRunningWorkers(in.getWorkers());
+        out.workers = training::ReadRunningWorkers(in.getWorkers(), refs);
         out.replicas = serving::ReadRunningReplicas(in.getReplicas(), refs);
         return out;
       })));

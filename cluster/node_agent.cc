@@ -132,6 +132,11 @@ StatusOr<std::unique_ptr<NodeAgent>> NodeAgent::Start(const ClusterConfig& confi
   training::ActorWorkerDeps worker_deps;
   worker_deps.types = &training::BuiltinWorkerTypes();
   worker_deps.communicators = training::WorkerCommunicatorFactory();
+  // They report to the table the agent reports at a join, and keep training while the head is
+  // down, for as long as a restarted head's supervisor waits for them (JobsRegistry: twice the
+  // failure timeout plus a second), counted again from each join.
+  worker_deps.table = agent->actor_workers_;
+  worker_deps.adopt_timeout = 2 * config.failure_timeout + 1s;
   if (agent->spec_->checkpoints == "send") {
     // No shared storage with the head: the workers send their shards to it (docs/checkpoints.md).
     ASSIGN_OR_RETURN(auto bulk, runtime::BulkEndpoint::Attach(*agent->runtime_));
@@ -217,10 +222,12 @@ Status NodeAgent::SpawnSlices() {
         started.supervisor.Send(exit);
       });
   auto workers = workers_;
+  actor_workers_ = std::make_shared<training::ActorWorkerTable>();
+  auto actor_workers = actor_workers_;
   runtime::Runtime* rt = runtime_.get();
   replicas_ = std::make_shared<NodeReplicas>();
   auto replicas = replicas_;
-  agent_ = runtime_->Spawn([slices, replicas, depths, workers, rt, data_dir](caf::event_based_actor* self)
+  agent_ = runtime_->Spawn([slices, replicas, depths, workers, actor_workers, rt, data_dir](caf::event_based_actor* self)
                                -> caf::behavior {
     runtime::StartMailboxSampling(self, depths, "node.agent");
     // Serving replicas: each is monitored (an exited one leaves the table) and so is its owner,
@@ -305,11 +312,16 @@ Status NodeAgent::SpawnSlices() {
           if (!started.ok()) return runtime::ToCafError(started.status());
           return std::move(*started);
         },
-        [workers](training::AdoptWorkers& adopt) -> training::WorkersAdopted {
-          return workers->Adopt(adopt.job, adopt.attempt, adopt.supervisor);
+        [workers, actor_workers](training::AdoptWorkers& adopt) -> training::WorkersAdopted {
+          training::WorkersAdopted adopted = workers->Adopt(adopt.job, adopt.attempt, adopt.supervisor);
+          training::WorkersAdopted of_actors = actor_workers->Adopt(adopt.job, adopt.attempt, adopt.supervisor);
+          adopted.running.insert(adopted.running.end(), of_actors.running.begin(), of_actors.running.end());
+          adopted.exited.insert(adopted.exited.end(), of_actors.exited.begin(), of_actors.exited.end());
+          return adopted;
         },
-        [workers](training::StopWorkers& stop) -> training::WorkersStopped {
-          return training::WorkersStopped{workers->Stop(stop.job, stop.attempt, stop.final)};
+        [workers, actor_workers](training::StopWorkers& stop) -> training::WorkersStopped {
+          return training::WorkersStopped{workers->Stop(stop.job, stop.attempt, stop.final) +
+                                          actor_workers->Stop(stop.job, stop.attempt)};
         },
         [workers](training::ReadWorkerLog& read) -> caf::result<training::WorkerLogChunk> {
           auto chunk = workers->ReadLog(read);
@@ -404,6 +416,7 @@ void NodeAgent::Shutdown() {
   }
   // The workers of training jobs go with their node (their supervisor sees the node lost).
   if (workers_) workers_->StopAll();
+  if (actor_workers_) actor_workers_->StopAll();
   // A worker's shard in flight fails with Cancelled.
   if (shard_bulk_) shard_bulk_->Close();
   // Stopping the runtime kills its proxies, which ends the watchers of remote actors (the
@@ -436,6 +449,7 @@ StatusOr<runtime::ActorRef> NodeAgent::Join(const NodeRecord& record, runtime::N
     for (const auto& [id, assign] : slices_->held) join.held.push_back(assign);
   }
   join.workers = workers_->List();
+  for (auto& w : actor_workers_->List()) join.workers.push_back(std::move(w));
   {
     std::lock_guard<std::mutex> lock(replicas_->mu);
     for (const auto& [name, entry] : replicas_->by_name) join.replicas.push_back(entry.report);
@@ -468,6 +482,8 @@ void NodeAgent::Run(const std::function<void(const JoinReply&)>& on_joined) {
       continue;
     }
     backoff.Reset();
+    // Actor workers waiting for a restarted head's supervisor wait their full bound from now.
+    actor_workers_->HeadJoined();
     on_joined(joined);
     {
       std::lock_guard<std::mutex> lock(mu_);

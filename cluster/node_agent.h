@@ -10,6 +10,7 @@
 #include <string>
 
 #include "actors/gpu_discovery.h"
+#include "actors/training/actor_worker.h"
 #include "actors/training/worker_launcher.h"
 #include "cluster/config.h"
 #include "common/backoff.h"
@@ -79,6 +80,9 @@ class NodeAgent {
   /// The process workers of training jobs on this node (docs/jobs.md); their logs under
   /// `<data_dir>/jobs`.
   std::shared_ptr<training::WorkerLauncher> workers_;
+  /// The actor workers of training jobs on this node: reported with the process workers at every
+  /// join, adopted and stopped alike (docs/jobs.md, "When the head restarts").
+  std::shared_ptr<training::ActorWorkerTable> actor_workers_;
   /// `checkpoints: send`: the bulk path its actor workers send checkpoint shards over (closed in
   /// Shutdown, before the runtime stops).
   std::shared_ptr<runtime::BulkEndpoint> shard_bulk_;

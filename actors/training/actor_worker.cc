@@ -303,11 +303,128 @@ CommunicatorFactory GlooCommunicatorFactory() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The worker actor
+// ActorWorkerTable
 
 namespace {
 
 using worker_done_atom = caf::atom_constant<caf::atom("aw_done")>;
+// Table -> worker: its supervisor in the table was replaced (Adopt): it watches that one now.
+using adopted_atom = caf::atom_constant<caf::atom("aw_adopt")>;
+// Table -> worker: its node joined a head: an orphan waits its full bound again from now.
+using head_joined_atom = caf::atom_constant<caf::atom("aw_rejoin")>;
+// Worker -> itself: the bound an orphan waits for an adopter passed (with the wait's number).
+using orphan_atom = caf::atom_constant<caf::atom("aw_orphan")>;
+
+}  // namespace
+
+std::vector<RunningWorker> ActorWorkerTable::List() const {
+  std::vector<RunningWorker> out;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [key, e] : workers_) {
+    if (e.stopped) continue;
+    out.push_back(RunningWorker{std::get<0>(key), std::get<1>(key), std::get<2>(key), 0, e.log_path,
+                                e.actor ? e.ref : runtime::ActorRef{}});
+  }
+  return out;
+}
+
+WorkersAdopted ActorWorkerTable::Adopt(const std::string& job, uint64_t attempt, const runtime::ActorRef& supervisor) {
+  WorkersAdopted out;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& [key, e] : workers_) {
+    if (std::get<0>(key) != job || std::get<1>(key) != attempt || e.stopped) continue;
+    e.supervisor = supervisor;
+    if (e.actor) caf::anon_send(e.actor, adopted_atom::value);
+    if (e.exit) {
+      out.exited.push_back(*e.exit);
+    } else if (e.actor) {
+      out.running.push_back(RunningWorker{job, attempt, std::get<2>(key), 0, e.log_path, e.ref});
+    }
+  }
+  return out;
+}
+
+uint32_t ActorWorkerTable::Stop(const std::string& job, uint64_t up_to_attempt) {
+  uint32_t running = 0;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto it = workers_.begin(); it != workers_.end();) {
+    Entry& e = it->second;
+    if (std::get<0>(it->first) != job || std::get<1>(it->first) > up_to_attempt) {
+      ++it;
+      continue;
+    }
+    if (!e.actor) {
+      it = workers_.erase(it);
+      continue;
+    }
+    e.stopped = true;
+    caf::anon_send(e.actor, StopActorWorker{"its node was told to stop the job's workers of attempt " +
+                                            std::to_string(up_to_attempt) + " and older"});
+    if (!e.exit) ++running;
+    ++it;
+  }
+  return running;
+}
+
+void ActorWorkerTable::HeadJoined() {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [key, e] : workers_) {
+    if (e.actor) caf::anon_send(e.actor, head_joined_atom::value);
+  }
+}
+
+void ActorWorkerTable::StopAll() {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [key, e] : workers_) {
+    if (e.actor) caf::anon_send_exit(e.actor, caf::exit_reason::user_shutdown);
+  }
+}
+
+void ActorWorkerTable::Add(const ActorWorkerStart& start, caf::actor worker, runtime::ActorRef ref,
+                           std::string log_path) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto it = workers_.begin(); it != workers_.end();) {
+    const bool older = std::get<0>(it->first) == start.job && std::get<1>(it->first) < start.attempt;
+    it = older && !it->second.actor ? workers_.erase(it) : std::next(it);
+  }
+  Entry& e = workers_[Key{start.job, start.attempt, start.rank}];
+  e = Entry{};
+  e.actor = std::move(worker);
+  e.ref = std::move(ref);
+  e.supervisor = start.supervisor;
+  e.log_path = std::move(log_path);
+}
+
+runtime::ActorRef ActorWorkerTable::Supervisor(const ActorWorkerStart& start) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = workers_.find(Key{start.job, start.attempt, start.rank});
+  return it == workers_.end() ? runtime::ActorRef{} : it->second.supervisor;
+}
+
+runtime::ActorRef ActorWorkerTable::Exited(const ActorWorkerStart& start, const WorkerExited& exit) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = workers_.find(Key{start.job, start.attempt, start.rank});
+  if (it == workers_.end()) return start.supervisor;
+  if (!it->second.stopped) it->second.exit = exit;
+  return it->second.supervisor;
+}
+
+void ActorWorkerTable::Ended(const ActorWorkerStart& start, const caf::actor_addr& worker) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = workers_.find(Key{start.job, start.attempt, start.rank});
+  if (it == workers_.end() || !it->second.actor || it->second.actor.address() != worker) return;
+  if (!it->second.exit || it->second.stopped) {
+    workers_.erase(it);
+    return;
+  }
+  it->second.actor = caf::actor{};
+  it->second.ref = runtime::ActorRef{};
+}
+
+// ---------------------------------------------------------------------------------------------
+// The worker actor
+
+namespace {
 
 // Host memory standing in for a simulated slice's GPU memory (capped by the same allocator).
 class HostMemoryDevice : public actors::GpuMemoryDevice {
@@ -350,6 +467,14 @@ struct WorkerState {
   // Trained to the end and reported: the actor stays until the supervisor stops the group (or is
   // gone), so that its peers' watches do not see it exit while they finish their last step.
   bool finished = false;
+  // Whom it reports to (ActorWorkerTable::Supervisor, switched by an Adopt) and watches.
+  std::shared_ptr<ActorWorkerTable> table;
+  runtime::ActorRef watched;
+  // Its supervisor was lost (Unavailable): it waits for an adopter, for adopt_timeout from the
+  // loss or the node's last join (each wait numbered, so that only the newest one's end counts).
+  std::chrono::milliseconds adopt_timeout{0};
+  bool orphaned = false;
+  uint64_t orphan_wait = 0;
 
   ~WorkerState() {
     if (!thread.joinable()) return;
@@ -364,6 +489,26 @@ struct WorkerState {
 };
 
 using WorkerSelf = caf::stateful_actor<WorkerState>;
+
+// The worker has no supervisor any more and no adopter came: it stops (an orphan of a head that
+// went away is not left training); one that trained to the end exits.
+void StopOrphan(WorkerSelf* self, const std::string& reason) {
+  auto& st = self->state;
+  if (st.finished) {
+    self->quit();
+    return;
+  }
+  std::lock_guard<std::mutex> lock(st.shared->mu);
+  st.shared->stop_reason = reason;
+  if (st.shared->context) st.shared->context->Stop(st.shared->stop_reason);
+  st.shared->cv.notify_all();
+}
+
+// An orphan waits adopt_timeout (again) for an adopter.
+void AwaitAdopter(WorkerSelf* self) {
+  auto& st = self->state;
+  self->delayed_send(self, st.adopt_timeout, orphan_atom::value, ++st.orphan_wait);
+}
 
 // The worker's thread: makes the communicator and the context, runs the type's main.
 Status RunWorker(runtime::Runtime* rt, const ActorWorkerDeps& deps, const std::shared_ptr<ShardReader>& reader,
@@ -416,10 +561,11 @@ Status RunWorker(runtime::Runtime* rt, const ActorWorkerDeps& deps, const std::s
                    start.job, start.attempt, start.rank, kPeersWait.count());
     }
   }
-  // The supervisor's recovery timeline (recovery.h): this rank trains from here.
-  start.supervisor.Send(ActorWorkerProgress{start.attempt, start.rank, ActorWorkerProgress::kFormed});
-  context->OnFirstStep([start](uint64_t) {
-    start.supervisor.Send(ActorWorkerProgress{start.attempt, start.rank, ActorWorkerProgress::kFirstStep});
+  // The supervisor's recovery timeline (recovery.h): this rank trains from here. Reported to the
+  // supervisor of now (a restarted head's, once it adopted the worker: ActorWorkerTable).
+  deps.table->Supervisor(start).Send(ActorWorkerProgress{start.attempt, start.rank, ActorWorkerProgress::kFormed});
+  context->OnFirstStep([start, table = deps.table](uint64_t) {
+    table->Supervisor(start).Send(ActorWorkerProgress{start.attempt, start.rank, ActorWorkerProgress::kFirstStep});
   });
   Status result = RunWorkerMain(main, *context);
   context->Log("troupe: rank " + std::to_string(start.rank) + (result.ok() ? " finished" : " failed: " + result.ToString()));
@@ -434,20 +580,31 @@ caf::behavior WorkerActor(WorkerSelf* self, runtime::Runtime* rt, ActorWorkerDep
   self->state.start = start;
   auto shared = self->state.shared;
   caf::actor me = caf::actor_cast<caf::actor>(self);
-  // Without its supervisor the worker has no one to report to: it stops (an orphan of a head
-  // that went away is not left training).
+  // The node's table: what its agent reports at a join and hands to an adopter.
+  self->state.table = deps.table;
+  self->state.adopt_timeout = deps.adopt_timeout;
+  self->state.watched = start.supervisor;
+  deps.table->Add(start, me, rt->Ref(me), deps.log_path ? deps.log_path(start.job, start.attempt, start.rank) : "");
+  self->attach_functor([table = deps.table, start, addr = self->address()] { table->Ended(start, addr); });
+  // Without its supervisor the worker has no one to report to. One that ended (the job stopped,
+  // finished or failed) stops it; one that cannot be reached (its head was lost, kill -9
+  // included) may come back as a restarted head's supervisor, which adopts the worker
+  // (ActorWorkerTable::Adopt): it keeps training and waits for that, within adopt_timeout.
   self->monitor(start.supervisor.handle());
   self->set_down_handler([self](caf::down_msg& down) {
     auto& st = self->state;
-    if (down.source != st.start.supervisor.handle().address()) return;
-    if (st.finished) {
-      self->quit();
+    if (down.source != st.watched.handle().address()) return;
+    const Status why = runtime::ToStatus(down.reason);
+    if (why.code() != StatusCode::kUnavailable || st.adopt_timeout.count() <= 0) {
+      StopOrphan(self, "its job supervisor is gone");
       return;
     }
-    std::lock_guard<std::mutex> lock(st.shared->mu);
-    st.shared->stop_reason = "its job supervisor is gone";
-    if (st.shared->context) st.shared->context->Stop(st.shared->stop_reason);
-    st.shared->cv.notify_all();
+    spdlog::warn("job '{}' attempt {}: actor worker rank {} lost its supervisor ({}); it {} and waits up to {} ms "
+                 "for a restarted head to take it back",
+                 st.start.job, st.start.attempt, st.start.rank, why.ToString(),
+                 st.finished ? "has finished" : "keeps training", st.adopt_timeout.count());
+    st.orphaned = true;
+    AwaitAdopter(self);
   });
   self->state.thread = std::thread([rt, deps, reader, start, shared, me] {
     Status result = RunWorker(rt, deps, reader, start, shared);
@@ -468,7 +625,9 @@ caf::behavior WorkerActor(WorkerSelf* self, runtime::Runtime* rt, ActorWorkerDep
         exit.infra = result.code() == StatusCode::kUnavailable || result.code() == StatusCode::kDeadlineExceeded ||
                      result.code() == StatusCode::kCancelled;
         if (!result.ok()) spdlog::warn("job '{}' attempt {}: actor worker rank {} {}", st.start.job, st.start.attempt, st.start.rank, exit.reason);
-        st.start.supervisor.Send(std::move(exit));
+        // Kept by the node for an adopter too, should its supervisor be lost (ActorWorkerTable).
+        const runtime::ActorRef supervisor = st.table->Exited(st.start, exit);
+        supervisor.Send(std::move(exit));
         if (result.ok()) {
           st.finished = true;
           return;
@@ -486,6 +645,29 @@ caf::behavior WorkerActor(WorkerSelf* self, runtime::Runtime* rt, ActorWorkerDep
         if (shared.context) shared.context->Stop(shared.stop_reason);
         shared.cv.notify_all();
       },
+      [self](adopted_atom) {
+        // A restarted head's supervisor took the worker back: it reports to and watches that one.
+        auto& st = self->state;
+        const runtime::ActorRef supervisor = st.table->Supervisor(st.start);
+        if (!supervisor.valid() || supervisor.handle() == st.watched.handle()) return;
+        st.watched = supervisor;
+        self->monitor(supervisor.handle());
+        if (st.orphaned) {
+          spdlog::info("job '{}' attempt {}: actor worker rank {} was taken back by a restarted head's supervisor",
+                       st.start.job, st.start.attempt, st.start.rank);
+        }
+        st.orphaned = false;
+        ++st.orphan_wait;
+      },
+      [self](head_joined_atom) {
+        if (self->state.orphaned) AwaitAdopter(self);
+      },
+      [self](orphan_atom, uint64_t wait) {
+        auto& st = self->state;
+        if (!st.orphaned || wait != st.orphan_wait) return;
+        StopOrphan(self, "its job supervisor was lost and no restarted head took it back within " +
+                             std::to_string(st.adopt_timeout.count()) + " ms");
+      },
       [self](ActorWorkerPeers& peers) {
         auto& shared = *self->state.shared;
         if (peers.attempt != self->state.start.attempt || peers.workers.size() != self->state.start.world_size) return;
@@ -501,6 +683,7 @@ caf::behavior WorkerActor(WorkerSelf* self, runtime::Runtime* rt, ActorWorkerDep
 Status RegisterActorWorkers(runtime::Runtime& runtime, ActorWorkerDeps deps) {
   if (deps.types == nullptr) return InvalidArgumentError("RegisterActorWorkers: no worker type registry");
   runtime::Runtime* rt = &runtime;
+  if (!deps.table) deps.table = std::make_shared<ActorWorkerTable>();
   // The node's workers fetch the checkpoints they resume from through one reader.
   std::shared_ptr<ShardReader> reader;
   if (deps.shard_bulk) {

@@ -18,7 +18,11 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
+
+#include <caf/actor.hpp>
+#include <caf/actor_addr.hpp>
 
 #include "actors/gpu_allocator.h"
 #include "actors/training/messages.h"
@@ -203,6 +207,62 @@ class WorkerTypeRegistry {
 /// The registry of every troupe binary: the built-in types (example_trainer.h's "example-linear").
 WorkerTypeRegistry& BuiltinWorkerTypes();
 
+/// The actor workers of one node, as its agent reports them when it joins a head (List), hands
+/// them to a restarted head's supervisor (Adopt) and stops them (Stop): the actor workers'
+/// counterpart of WorkerLauncher (docs/jobs.md, "When the head restarts"). Each worker reports
+/// (its progress, its first step, its exit) to the supervisor recorded here, so an Adopt switches
+/// them at once; the exits of each job's newest attempt are kept, as WorkerLauncher keeps its
+/// processes', for a supervisor that adopts the attempt later. The node agent owns it; the worker
+/// actors (RegisterActorWorkers) add themselves. Thread-safe.
+class ActorWorkerTable {
+ public:
+  ActorWorkerTable() = default;
+  ActorWorkerTable(const ActorWorkerTable&) = delete;
+  ActorWorkerTable& operator=(const ActorWorkerTable&) = delete;
+
+  /// The workers running here (RunningWorker::worker set) and the exits of each job's newest
+  /// attempt whose worker has ended (neither pid nor worker), as a node reports them at a join.
+  /// A worker that trained to the end and waits for its group's stop is running.
+  std::vector<RunningWorker> List() const;
+  /// From now on the job's workers of `attempt` here report to `supervisor` and watch it (an
+  /// orphan stops waiting for a new supervisor). Returns those still training (with their actor)
+  /// and the exits of that attempt recorded before (whoever was told of them; an exit recorded
+  /// after this call goes to `supervisor`).
+  WorkersAdopted Adopt(const std::string& job, uint64_t attempt, const runtime::ActorRef& supervisor);
+  /// Sends StopActorWorker to the job's workers of attempts up to `up_to_attempt` and forgets
+  /// their exits (StopWorkers, as WorkerLauncher::Stop). Returns how many were running.
+  uint32_t Stop(const std::string& job, uint64_t up_to_attempt);
+  /// The node joined a head: every worker waiting for a new supervisor waits its full bound again
+  /// from now (ActorWorkerDeps::adopt_timeout), so that the new head's supervisor can adopt it.
+  void HeadJoined();
+  /// Ends every worker actor (the node shuts down).
+  void StopAll();
+
+  // The worker actor's side (actor_worker.cc).
+  /// Rank `start.rank` of `start.attempt` runs as `worker` and reports to `start.supervisor`;
+  /// the exits kept of the job's older attempts are forgotten.
+  void Add(const ActorWorkerStart& start, caf::actor worker, runtime::ActorRef ref, std::string log_path);
+  /// Whom that worker reports to now (empty when it is not here).
+  runtime::ActorRef Supervisor(const ActorWorkerStart& start) const;
+  /// Records the worker's exit; returns the supervisor to report it to.
+  runtime::ActorRef Exited(const ActorWorkerStart& start, const WorkerExited& exit);
+  /// The worker actor `worker` has ended: forgotten, unless its exit is kept for an adopter.
+  void Ended(const ActorWorkerStart& start, const caf::actor_addr& worker);
+
+ private:
+  struct Entry {
+    caf::actor actor;  // empty once ended
+    runtime::ActorRef ref;
+    runtime::ActorRef supervisor;
+    std::string log_path;
+    std::optional<WorkerExited> exit;
+    bool stopped = false;  // Stop()ped: its exit is not kept
+  };
+  using Key = std::tuple<std::string, uint64_t, uint32_t>;  // job, attempt, rank
+  mutable std::mutex mu_;
+  std::map<Key, Entry> workers_;
+};
+
 /// How a node makes its workers' parts.
 struct ActorWorkerDeps {
   const WorkerTypeRegistry* types = nullptr;
@@ -221,11 +281,23 @@ struct ActorWorkerDeps {
   /// Where a rank's log goes (job, attempt, rank -> path; the node's WorkerLauncher::LogPath, so
   /// `troupe job logs` finds it). Empty: workers keep no log.
   std::function<std::string(const std::string& job, uint64_t attempt, uint32_t rank)> log_path;
+  /// The node's table of its actor workers (the agent's; null: RegisterActorWorkers makes one that
+  /// nobody reports).
+  std::shared_ptr<ActorWorkerTable> table;
+  /// How long a worker whose supervisor cannot be reached (Unavailable: the head was lost, kill -9
+  /// included) keeps training and waits for a restarted head's supervisor to adopt it
+  /// (ActorWorkerTable::Adopt), counted from the loss and again from each join of its node to a
+  /// head (ActorWorkerTable::HeadJoined); then it stops (a worker that trained to the end exits).
+  /// A supervisor that ended (the job stopped, finished or failed) stops it at once, and so does
+  /// any loss with 0. The node agent sets the bound the restarted head's supervisor waits for the
+  /// workers: twice the failure timeout plus a second (docs/jobs.md, "When the head restarts").
+  std::chrono::milliseconds adopt_timeout{0};
 };
 
 /// Registers kActorWorkerActorType with `runtime` (every node agent does, so SpawnOn works on
 /// every node). The spawned actor runs the worker on a thread, reports its end to the supervisor
 /// as a WorkerExited (exit_code 0, or 1 with the error), then exits; a StopActorWorker stops it.
+/// It watches its supervisor: when that is lost it waits for an adopter (deps.adopt_timeout).
 /// `runtime` must outlive the actors.
 Status RegisterActorWorkers(runtime::Runtime& runtime, ActorWorkerDeps deps);
 

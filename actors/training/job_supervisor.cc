@@ -296,6 +296,9 @@ void GroupFailed(Self* self, const std::string& cause, bool infra) {
   const bool same_fault = infra && recovering && st.last_failure_infra && !st.repeat_forgiven;
   st.repeat_forgiven = same_fault;
   st.last_failure_infra = infra;
+  // A take-back that failed: the workers that came back are stopped and the lease taken back is
+  // released with the group (StopGroup), as those of a placed attempt.
+  if (st.taking_back) st.placed = true;
   st.taking_back = false;
   const RestartPolicy& policy = st.init.spec.restart;
   if (!same_fault) ++(infra ? st.status.infra_failures : st.status.user_failures);
@@ -627,6 +630,17 @@ void StartTicking(Self* self) {
 }
 
 
+// An actor worker that its node handed back (WorkersAdopted): it reports to this supervisor now,
+// which watches it as one it spawned. Its group is formed and its peers watched: the attempt's
+// rendezvous store, gone with the earlier head, is not needed again.
+void AdoptActorWorker(Self* self, const RunningWorker& w) {
+  auto& st = self->state;
+  if (st.actor_workers.size() != st.init.spec.workers) st.actor_workers.assign(st.init.spec.workers, runtime::ActorRef{});
+  st.actor_workers[w.rank] = w.worker;
+  self->monitor(w.worker.handle());
+  st.started.insert(w.rank);
+}
+
 // Every rank of the attempt is accounted for: running again under this supervisor, or ended.
 void MaybeTakenBack(Self* self) {
   auto& st = self->state;
@@ -634,6 +648,8 @@ void MaybeTakenBack(Self* self) {
   if (st.taken_back.size() + st.succeeded.size() < st.init.spec.workers) return;
   st.taking_back = false;
   st.placed = true;
+  // Actor workers: the attempt trained before; no start of it is timed (recovery.h).
+  st.recovery_reported = true;
   st.status.state = kJobRunning;
   st.status.reason.clear();
   Update(self, "took back " + std::to_string(st.taken_back.size()) + " running workers of attempt " +
@@ -650,7 +666,7 @@ void Found(Self* self, WorkersFound& found) {
     // (an attempt this supervisor gave up on); it goes.
     uint64_t stale = 0;
     for (const auto& w : found.workers) {
-      if (w.pid != 0 && !(st.placed && w.attempt == st.status.attempt)) stale = std::max(stale, w.attempt);
+      if (Runs(w) && !(st.placed && w.attempt == st.status.attempt)) stale = std::max(stale, w.attempt);
     }
     if (stale > 0) found.agent.Send(StopWorkers{st.status.name, stale});
     return;
@@ -674,6 +690,7 @@ void Found(Self* self, WorkersFound& found) {
               st.placement.workers[w.rank].node = node;
               st.placement.workers[w.rank].agent = agent;
               st.taken_back.insert(w.rank);
+              if (w.worker.valid()) AdoptActorWorker(self, w);
             }
             for (const auto& e : adopted.exited) {
               if (e.rank >= st.placement.workers.size()) continue;

@@ -39,7 +39,8 @@ WorkerExited ReadExit(wire::WorkerExited::Reader in) {
 
 }  // namespace
 
-void FillRunningWorkers(const std::vector<RunningWorker>& in, capnp::List<wire::RunningWorker>::Builder out) {
+void FillRunningWorkers(const std::vector<RunningWorker>& in, capnp::List<wire::RunningWorker>::Builder out,
+                        runtime::RefCodec& refs) {
   for (size_t i = 0; i < in.size(); ++i) {
     auto b = out[static_cast<unsigned>(i)];
     b.setJob(in[i].job);
@@ -47,13 +48,15 @@ void FillRunningWorkers(const std::vector<RunningWorker>& in, capnp::List<wire::
     b.setRank(in[i].rank);
     b.setPid(in[i].pid);
     b.setLogPath(in[i].log_path);
+    refs.EncodeRef(in[i].worker, b.initWorker());
   }
 }
 
-std::vector<RunningWorker> ReadRunningWorkers(capnp::List<wire::RunningWorker>::Reader in) {
+std::vector<RunningWorker> ReadRunningWorkers(capnp::List<wire::RunningWorker>::Reader in, runtime::RefCodec& refs) {
   std::vector<RunningWorker> out;
   for (auto w : runtime::CheckedList(in)) {
-    out.push_back(RunningWorker{w.getJob(), w.getAttempt(), w.getRank(), w.getPid(), w.getLogPath()});
+    out.push_back(RunningWorker{w.getJob(), w.getAttempt(), w.getRank(), w.getPid(), w.getLogPath(),
+                                refs.DecodeRef(w.getWorker())});
   }
   return out;
 }
@@ -147,14 +150,14 @@ Status AddTrainingCodecs(runtime::CodecRegistry& r) {
       })));
   RETURN_IF_ERROR((r.Add<WorkersAdopted, wire::WorkersAdopted>(
       kWorkersAdopted, "training.WorkersAdopted",
-      [](const WorkersAdopted& m, wire::WorkersAdopted::Builder b, RefCodec&) {
-        FillRunningWorkers(m.running, b.initRunning(static_cast<unsigned>(m.running.size())));
+      [](const WorkersAdopted& m, wire::WorkersAdopted::Builder b, RefCodec& refs) {
+        FillRunningWorkers(m.running, b.initRunning(static_cast<unsigned>(m.running.size())), refs);
         auto exited = b.initExited(static_cast<unsigned>(m.exited.size()));
         for (size_t i = 0; i < m.exited.size(); ++i) FillExit(m.exited[i], exited[static_cast<unsigned>(i)]);
       },
-      [](wire::WorkersAdopted::Reader in, RefCodec&) -> StatusOr<WorkersAdopted> {
+      [](wire::WorkersAdopted::Reader in, RefCodec& refs) -> StatusOr<WorkersAdopted> {
         WorkersAdopted out;
-        out.running = ReadRunningWorkers(in.getRunning());
+        out.running = ReadRunningWorkers(in.getRunning(), refs);
         for (auto e : runtime::CheckedList(in.getExited())) out.exited.push_back(ReadExit(e));
         return out;
       })));

@@ -96,16 +96,23 @@ struct WorkerLogChunk {
   bool running = false;  ///< the worker still runs (more may come)
 };
 
-/// A worker as its node reports it (in a join, and to an adopting supervisor).
+/// A worker as its node reports it (in a join, and to an adopting supervisor): a process worker
+/// with its pid, an actor worker (docs/jobs.md, "Actor workers") with its actor; an exited one
+/// the node still remembers with neither.
 struct RunningWorker {
   std::string job;
   uint64_t attempt = 0;
   uint32_t rank = 0;
-  int64_t pid = 0;
+  int64_t pid = 0;  ///< a process worker's; 0 for an actor worker and for an exited one
   std::string log_path;
+  runtime::ActorRef worker;  ///< an actor worker's actor; empty for a process worker and an exited one
 };
-/// Supervisor -> node agent, after a head restart: the job's workers of `attempt` report to
-/// `supervisor` from now on. Reply: WorkersAdopted.
+/// Whether `w` still runs on its node (a process or an actor), rather than being an exit the node
+/// remembers.
+inline bool Runs(const RunningWorker& w) { return w.pid != 0 || w.worker.valid(); }
+/// Supervisor -> node agent, after a head restart: the job's workers of `attempt`, processes and
+/// actors, report to `supervisor` from now on (an actor worker also watches it instead of its
+/// lost supervisor). Reply: WorkersAdopted.
 struct AdoptWorkers {
   std::string job;
   uint64_t attempt = 0;
@@ -184,8 +191,9 @@ enum TrainingTypeId : uint32_t {
 Status AddTrainingCodecs(runtime::CodecRegistry& registry);
 
 /// RunningWorker lists in other protocols' messages (the cluster's JoinRequest).
-void FillRunningWorkers(const std::vector<RunningWorker>& in, capnp::List<wire::RunningWorker>::Builder out);
-std::vector<RunningWorker> ReadRunningWorkers(capnp::List<wire::RunningWorker>::Reader in);
+void FillRunningWorkers(const std::vector<RunningWorker>& in, capnp::List<wire::RunningWorker>::Builder out,
+                        runtime::RefCodec& refs);
+std::vector<RunningWorker> ReadRunningWorkers(capnp::List<wire::RunningWorker>::Reader in, runtime::RefCodec& refs);
 
 }  // namespace troupe::training
 

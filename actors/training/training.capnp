@@ -49,10 +49,15 @@ struct JobCommandReply { body @0 :Text; }
 struct ReadWorkerLog { job @0 :Text; attempt @1 :UInt64; rank @2 :UInt32; offset @3 :UInt64; maxBytes @4 :UInt32; }
 struct WorkerLogChunk { data @0 :Data; nextOffset @1 :UInt64; size @2 :UInt64; running @3 :Bool; }
 # A worker a node runs (or ran: exited ones the node still remembers), as it reports it when it
-# joins a head, and to a supervisor that adopts the job's workers after a head restart.
-struct RunningWorker { job @0 :Text; attempt @1 :UInt64; rank @2 :UInt32; pid @3 :Int64; logPath @4 :Text; }
-# Supervisor -> node agent: the job's workers of `attempt` report to `supervisor` from now on.
-# Reply: WorkersAdopted, the ranks still running and the exits not reported to anyone yet.
+# joins a head, and to a supervisor that adopts the job's workers after a head restart. A process
+# worker has its pid (0: exited); an actor worker its actor (empty: exited).
+struct RunningWorker {
+  job @0 :Text; attempt @1 :UInt64; rank @2 :UInt32; pid @3 :Int64; logPath @4 :Text;
+  worker @5 :Rt.ActorAddress;
+}
+# Supervisor -> node agent: the job's workers of `attempt` (processes and actors) report to
+# `supervisor` from now on. Reply: WorkersAdopted, the ranks still running and the exits not
+# reported to anyone yet.
 struct AdoptWorkers { job @0 :Text; attempt @1 :UInt64; supervisor @2 :Rt.ActorAddress; }
 struct WorkersAdopted { running @0 :List(RunningWorker); exited @1 :List(WorkerExited); }
 

@@ -333,12 +333,12 @@ std::vector<RunningWorker> WorkerLauncher::List() const {
   std::vector<RunningWorker> out;
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& [key, w] : workers_) {
-    out.push_back(RunningWorker{std::get<0>(key), std::get<1>(key), std::get<2>(key), w->child->pid(), w->log_path});
+    out.push_back(RunningWorker{std::get<0>(key), std::get<1>(key), std::get<2>(key), w->child->pid(), w->log_path, {}});
   }
   for (const auto& [job, entry] : exits_) {
     for (const auto& e : entry.second) {
       if (workers_.count(Key{job, e.attempt, e.rank}) == 0) {
-        out.push_back(RunningWorker{job, e.attempt, e.rank, 0, LogPath(job, e.attempt, e.rank)});
+        out.push_back(RunningWorker{job, e.attempt, e.rank, 0, LogPath(job, e.attempt, e.rank), {}});
       }
     }
   }
@@ -351,7 +351,7 @@ WorkersAdopted WorkerLauncher::Adopt(const std::string& job, uint64_t attempt, c
   for (auto& [key, w] : workers_) {
     if (std::get<0>(key) != job || std::get<1>(key) != attempt) continue;
     w->request.supervisor = supervisor;
-    out.running.push_back(RunningWorker{job, attempt, std::get<2>(key), w->child->pid(), w->log_path});
+    out.running.push_back(RunningWorker{job, attempt, std::get<2>(key), w->child->pid(), w->log_path, {}});
   }
   if (auto it = exits_.find(job); it != exits_.end() && it->second.first == attempt) {
     for (const auto& e : it->second.second) {

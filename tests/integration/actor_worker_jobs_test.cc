@@ -367,6 +367,43 @@ TEST_F(ActorWorkerJobs, AnExceptionInOneOfFourWorkersRestartsTheGroupAndItEndsWi
   EXPECT_NE(events.find("rank 2 threw: injected failure at step 25"), std::string::npos) << events;
 }
 
+// The head killed with -9 while 4 workers (2 a node) train: they keep training (their Gloo mesh is
+// formed; the attempt's rendezvous store went with the head), their nodes report them when they
+// join the restarted head, and its supervisor takes them back (docs/jobs.md, "When the head
+// restarts"): the same attempt goes on, no failure is counted, the steps they saved while the head
+// was down are committed, and every rank ends with the one-rank reference's weights, to the bit.
+TEST_F(ActorWorkerJobs, FourWorkersTrainThroughAHeadKilledWithMinus9AndTheRestartedHeadTakesThemBack) {
+  // 1000 steps of 10 ms: the group trains for 10 s at least, long past the head's restart.
+  const training::JobSpec spec =
+      Linear("linear-headkill", {{"STEPS", "1000"}, {"STEP_MS", "10"}, {"CHECKPOINT_EVERY", "50"}}, 4);
+  training::JobSpec unpaced = spec;
+  unpaced.entry.env.erase("STEP_MS");  // a pause per step changes no weight
+  const std::string reference = Reference(unpaced);
+  ASSERT_TRUE(client_->SubmitJob(spec, 10s).ok());
+  training::JobStatus last;
+  ASSERT_TRUE(AwaitJob(*client_, spec.name, 60s,
+                       [](const auto& s) { return s.state == training::kJobRunning && s.checkpoint_step >= 50; }, &last))
+      << last.state << ": " << last.reason << "\n" << JobEvents(*client_, spec.name);
+  const pid_t head = cluster_->pids["head"];
+  ASSERT_GT(head, 0);
+  const int64_t killed_ms = UnixMs();
+  ASSERT_EQ(kill(head, SIGKILL), 0);
+  // `troupe up` starts the head again; the nodes rejoin with their workers, which never stopped.
+  const std::string events = ExpectSucceeds(spec.name, &last);
+  for (const auto& e : nlohmann::json::parse(events)) {
+    if (e.at("message").get<std::string>().rfind("took back ", 0) != 0) continue;
+    std::printf("the restarted head took the 4 workers back %lld ms after the kill -9 of the head\n",
+                static_cast<long long>(e.at("unix_ms").get<int64_t>() - killed_ms));
+  }
+  EXPECT_EQ(last.attempt, 1u) << "the group was restarted, not taken back\n" << events;
+  EXPECT_EQ(last.infra_failures, 0u) << events;
+  EXPECT_EQ(last.user_failures, 0u) << events;
+  EXPECT_NE(events.find("took back 4 running workers of attempt 1 after the head restarted"), std::string::npos)
+      << events;
+  EXPECT_EQ(last.checkpoint_step, 1000) << "the steps after the head's restart were not committed\n" << events;
+  for (int r = 0; r < 4; ++r) EXPECT_EQ(Committed(spec.name, 1000, r), reference) << "rank " << r << "\n" << events;
+}
+
 // Four workers spread over the two nodes: the two ranks on node a send every shard to the head
 // over the bulk path (runtime/bulk.h), the two on node b write the shared directory; the head
 // commits what it finds in staging, and every rank's committed weights are the reference's (the
