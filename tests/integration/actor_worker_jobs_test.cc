@@ -23,6 +23,7 @@
 #include "actors/training/example_trainer.h"
 #include "cluster/client.h"
 #include "common/logging.h"
+#include "tests/support/file_wait.h"
 #include "tests/support/job_polling.h"
 #include "tests/support/local_cluster.h"
 #include "tests/support/troupe_processes.h"
@@ -228,6 +229,25 @@ class ActorWorkerJobs : public ::testing::Test {
     }
   }
 
+  // 1000 steps of 10 ms, checkpointed every 50: a group that trains for 10 s at least, long past a
+  // head's restart.
+  inline static const std::map<std::string, std::string> kLongRun = {
+      {"STEPS", "1000"}, {"STEP_MS", "10"}, {"CHECKPOINT_EVERY", "50"}};
+
+  // Submits `spec` and waits (60 s at most) until it runs with step 50 committed. The weights of
+  // its uninterrupted run (trained without the pause per step, which changes no weight).
+  std::string SubmitAndAwaitStep50(const training::JobSpec& spec, training::JobStatus* last) {
+    training::JobSpec unpaced = spec;
+    unpaced.entry.env.erase("STEP_MS");
+    const std::string reference = Reference(unpaced);
+    EXPECT_TRUE(client_->SubmitJob(spec, 10s).ok());
+    EXPECT_TRUE(AwaitJob(*client_, spec.name, 60s,
+                         [](const auto& s) { return s.state == training::kJobRunning && s.checkpoint_step >= 50; },
+                         last))
+        << last->state << ": " << last->reason << "\n" << JobEvents(*client_, spec.name);
+    return reference;
+  }
+
   // Waits (60 s at most) for the job to end and expects it succeeded; its events.
   std::string ExpectSucceeds(const std::string& name, training::JobStatus* last) {
     EXPECT_TRUE(AwaitJob(*client_, name, 60s, [](const auto& s) { return training::IsFinal(s.state); }, last))
@@ -373,17 +393,10 @@ TEST_F(ActorWorkerJobs, AnExceptionInOneOfFourWorkersRestartsTheGroupAndItEndsWi
 // restarts"): the same attempt goes on, no failure is counted, the steps they saved while the head
 // was down are committed, and every rank ends with the one-rank reference's weights, to the bit.
 TEST_F(ActorWorkerJobs, FourWorkersTrainThroughAHeadKilledWithMinus9AndTheRestartedHeadTakesThemBack) {
-  // 1000 steps of 10 ms: the group trains for 10 s at least, long past the head's restart.
-  const training::JobSpec spec =
-      Linear("linear-headkill", {{"STEPS", "1000"}, {"STEP_MS", "10"}, {"CHECKPOINT_EVERY", "50"}}, 4);
-  training::JobSpec unpaced = spec;
-  unpaced.entry.env.erase("STEP_MS");  // a pause per step changes no weight
-  const std::string reference = Reference(unpaced);
-  ASSERT_TRUE(client_->SubmitJob(spec, 10s).ok());
   training::JobStatus last;
-  ASSERT_TRUE(AwaitJob(*client_, spec.name, 60s,
-                       [](const auto& s) { return s.state == training::kJobRunning && s.checkpoint_step >= 50; }, &last))
-      << last.state << ": " << last.reason << "\n" << JobEvents(*client_, spec.name);
+  const training::JobSpec spec = Linear("linear-headkill", kLongRun, 4);
+  const std::string reference = SubmitAndAwaitStep50(spec, &last);
+  ASSERT_FALSE(HasFailure());
   const pid_t head = cluster_->pids["head"];
   ASSERT_GT(head, 0);
   const int64_t killed_ms = UnixMs();
@@ -401,6 +414,55 @@ TEST_F(ActorWorkerJobs, FourWorkersTrainThroughAHeadKilledWithMinus9AndTheRestar
   EXPECT_NE(events.find("took back 4 running workers of attempt 1 after the head restarted"), std::string::npos)
       << events;
   EXPECT_EQ(last.checkpoint_step, 1000) << "the steps after the head's restart were not committed\n" << events;
+  for (int r = 0; r < 4; ++r) EXPECT_EQ(Committed(spec.name, 1000, r), reference) << "rank " << r << "\n" << events;
+}
+
+// The head stopped (SIGSTOP) past the bound its workers wait for a restarted head to take them
+// back: lost after the 1 s failure timeout, each worker trains on for twice that plus a second,
+// then stops rather than train on unsupervised, and says why in its log. Once the head continues,
+// the job restarts its group from the newest committed checkpoint and ends with the reference's
+// weights.
+TEST_F(ActorWorkerJobs, WorkersThatNoHeadTakesBackWithinTheBoundStopAndSayWhy) {
+  training::JobStatus last;
+  const training::JobSpec spec = Linear("linear-headstop", kLongRun, 4);
+  const std::string reference = SubmitAndAwaitStep50(spec, &last);
+  ASSERT_FALSE(HasFailure());
+  const pid_t head = cluster_->pids["head"];
+  ASSERT_GT(head, 0);
+  ASSERT_EQ(kill(head, SIGSTOP), 0);
+  // Each rank's log of attempt 1, on whichever node it ran.
+  std::vector<std::string> dirs;
+  for (const char* node : {"node-a", "node-b"}) dirs.push_back(cluster_->dir + "/" + node + "/jobs/" + spec.name + "/attempt-1");
+  auto log = [&](int rank) {
+    std::string text;
+    for (const auto& dir : dirs) text += ReadFile(dir + "/rank-" + std::to_string(rank) + ".log");
+    return text;
+  };
+  // Every rank ended, and the first whose bound passed says why (the others may have failed
+  // first, their group lost with it).
+  const std::string said = "stops: its job supervisor was lost and no restarted head took it back within 3000 ms";
+  auto stopped = [&] {
+    bool one_said = false;
+    for (int r = 0; r < 4; ++r) {
+      const std::string text = log(r);
+      if (text.find("troupe: rank " + std::to_string(r) + " failed: ") == std::string::npos) return false;
+      one_said = one_said || text.find(said) != std::string::npos;
+    }
+    return one_said;
+  };
+  const auto took = testing::WaitForFileCondition(dirs, 30s, stopped, IN_MODIFY | IN_CLOSE_WRITE | IN_CREATE);
+  ASSERT_EQ(kill(head, SIGCONT), 0);
+  EXPECT_GE(took.count(), 0) << "rank 0's log:\n" << log(0) << "\nrank 1's log:\n" << log(1);
+  std::printf("the 4 workers of the stopped head stopped %lld ms after its SIGSTOP (failure timeout 1 s, bound 3 s)\n",
+              static_cast<long long>(took.count()));
+  // This process's client saw the head lost too: a new one follows the continued head.
+  auto config = cluster::LoadClusterConfig(cluster_->config);
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto client = cluster::Client::Connect(*config, "", 5s);
+  ASSERT_TRUE(client.ok()) << client.status();
+  client_ = client->get();
+  const std::string events = ExpectSucceeds(spec.name, &last);
+  EXPECT_GE(last.attempt, 2u) << events;
   for (int r = 0; r < 4; ++r) EXPECT_EQ(Committed(spec.name, 1000, r), reference) << "rank " << r << "\n" << events;
 }
 

@@ -6,10 +6,8 @@
 // "Gateways").
 #include <gtest/gtest.h>
 
-#include <poll.h>
 #include <signal.h>
 #include <sys/types.h>
-#include <sys/inotify.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -22,6 +20,7 @@
 
 #include "common/child_process.h"
 #include "common/logging.h"
+#include "tests/support/file_wait.h"
 #include "tests/support/gateway_calls.h"
 #include "tests/support/http_get.h"
 #include "tests/support/local_cluster.h"
@@ -34,6 +33,7 @@ using Clock = std::chrono::steady_clock;
 using Json = nlohmann::json;
 
 using testing::PortOf;
+using testing::WaitForFileCondition;
 using testing::StartGateway;
 
 // The gateways of the targets file at `path`: their "host:port" targets (empty if unreadable).
@@ -54,34 +54,6 @@ bool Listed(const std::string& path, int port) {
     if (PortOf(t) == port) return true;
   }
   return false;
-}
-
-// Waits until `done()` holds, checking it again whenever a file in `dir` is written or renamed
-// into place (the head replaces the targets file by rename: inotify, no polling), at most
-// `limit`. The time it took, or -1 ms if it never held.
-std::chrono::milliseconds WaitForFileCondition(const std::string& dir, std::chrono::milliseconds limit,
-                                               const std::function<bool()>& done) {
-  const auto start = Clock::now();
-  const int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-  if (fd >= 0) (void)inotify_add_watch(fd, dir.c_str(), IN_MOVED_TO | IN_CLOSE_WRITE | IN_CREATE);
-  auto result = std::chrono::milliseconds(-1);
-  for (;;) {
-    if (done()) {
-      result = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
-      break;
-    }
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(start + limit - Clock::now());
-    if (left.count() <= 0) break;
-    // The watch was added before the first check: every later write wakes this poll.
-    pollfd p{fd, POLLIN, 0};
-    if (poll(&p, 1, static_cast<int>(left.count())) > 0) {
-      char events[4096];
-      while (read(fd, events, sizeof events) > 0) {
-      }
-    }
-  }
-  if (fd >= 0) close(fd);
-  return result;
 }
 
 // A cluster of `troupe up` with a head, two nodes and a gateway; the gateway's port via `*port`
