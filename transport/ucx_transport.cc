@@ -222,6 +222,8 @@ class UcxTransport::Impl {
   void CountSent(NodeId peer, size_t frames, size_t frame_bytes);
   void OnHandshake(const ConnPtr& conn, const DecodedEnvelope& env, std::string_view payload);
   void BecomeReady(const ConnPtr& conn);
+  // Fails the earlier inbound connections of the process behind the new inbound `conn`.
+  void RetireSupersededInbound(const ConnPtr& conn);
   void Fail(const ConnPtr& conn, const Status& reason, bool graceful = false);
   void CloseEndpoint(ucp_ep_h ep, const ConnPtr& conn, bool force);
   void Deliver(Connection* conn);
@@ -1526,6 +1528,31 @@ void UcxTransport::Impl::BecomeReady(const ConnPtr& conn) {
     FlushBatches();
   }
   if (first && handler_.on_peer_connected) handler_.on_peer_connected(conn->peer);
+  if (!conn->handshake.is_client() && instance != 0) RetireSupersededInbound(conn);
+}
+
+void UcxTransport::Impl::RetireSupersededInbound(const ConnPtr& conn) {
+  // A process dials a peer only when it has no connection to it left (Send: no send
+  // connection), so an inbound connection from the same process (same instance) that is still
+  // ready here is one the peer has given up on: it failed it while this side could not tell (this
+  // side was stopped, or the link is shared memory, where a closed endpoint sends nothing). Were
+  // it kept, replies could go on through it to an endpoint the peer has closed, and be dropped
+  // there for good. The new connection is ready and counted, so the peer is not reported lost.
+  const uint64_t instance = conn->handshake.peer_instance();
+  std::vector<ConnPtr> superseded;
+  for (auto& [ep, other] : conns_) {
+    if (other != conn && other->peer == conn->peer && other->state == ConnState::kReady &&
+        !other->handshake.is_client() && other->handshake.peer_instance() == instance &&
+        std::find(superseded.begin(), superseded.end(), other) == superseded.end()) {
+      superseded.push_back(other);
+    }
+  }
+  if (superseded.empty()) return;
+  spdlog::info("transport: {} dialed again: closing {} earlier connection(s) it no longer uses", conn->Describe(),
+               superseded.size());
+  for (auto& old : superseded) {
+    Fail(old, UnavailableError("superseded: " + conn->Describe() + " dialed again"));
+  }
 }
 
 TransportStats UcxTransport::Impl::stats() const {

@@ -80,6 +80,24 @@ TEST_P(TransportFailureTest, DisconnectingAHungPeerFailsItsInFlightSends) {
   peer_->Signal(SIGKILL);
 }
 
+// A peer this side gave up on while it was stopped (the runtime's heartbeat: Disconnect) comes
+// back, and this side dials it again: the peer, which never saw its earlier connection close (it
+// was stopped; over shared memory nothing tells it), must answer on the new connection, not
+// through the earlier one this side has closed. Its echo arrives.
+TEST_P(TransportFailureTest, AHungPeerDisconnectedAndDialedAgainOnceItResumesAnswersOnTheNewConnection) {
+  ASSERT_TRUE(peer_->Suspend().ok()) << "the peer did not stop";
+  transport_->Disconnect(kPeerNode, UnavailableError("missed heartbeats"));
+  ASSERT_TRUE(inbox_.WaitForFailure(kPeerNode, 1s).has_value()) << "on_peer_failed did not fire after Disconnect";
+  peer_->Signal(SIGCONT);
+  SendResults sent;
+  ASSERT_TRUE(transport_->Send(kPeerNode, FrameHeader{}, Buffer::CopyOf("again"), sent.Callback()).ok());
+  ASSERT_TRUE(sent.WaitFor(1, 10s)) << "the send to the resumed peer did not complete";
+  EXPECT_TRUE(sent.results()[0].ok()) << sent.results()[0];
+  EXPECT_TRUE(inbox_.WaitForFrames(1, 10s)) << "the resumed peer's echo never arrived: it answered through the "
+                                               "connection this side had closed";
+  peer_->Signal(SIGKILL);
+}
+
 TEST_P(TransportFailureTest, StopCompletesSendsStuckOnAHungPeer) {
   SendResults results;
   QueueSendsToStoppedPeer(&results, 3);
