@@ -28,6 +28,7 @@
 #include <cstring>
 #include <exception>
 #include <mutex>
+#include <optional>
 #include <system_error>
 #include <thread>
 #include <utility>
@@ -352,9 +353,11 @@ class GlooCommunicator::Context : public gloo::rendezvous::Context {
   /// Gloo uses only for a local rank troupe does not read): a set of this rank's key, then one
   /// wait for every peer's key, which GlooRendezvousStore answers with the values (one round trip
   /// to the store actor), so the gets that follow are local. Then every pair connects at once
-  /// (ConnectPairs) while a LoopTicker keeps the device's loop going round. Throws as Gloo does
+  /// (ConnectPairs) while a LoopTicker keeps the device's loop going round. `abort` (optional)
+  /// fails the connects at once (and the formation after the store's wait). Throws as Gloo does
   /// (IoException: a store error, or a peer that does not come within the context's timeout).
-  void ConnectFullMesh(gloo::rendezvous::Store& store, std::shared_ptr<gloo::transport::Device>& device) {
+  void ConnectFullMesh(gloo::rendezvous::Store& store, std::shared_ptr<gloo::transport::Device>& device,
+                       AbortSignal* abort) {
     auto transport = device->createContext(rank, size);
     transport->setTimeout(getTimeout());
     std::vector<char> addresses;
@@ -368,6 +371,7 @@ class GlooCommunicator::Context : public gloo::rendezvous::Context {
     }
     store.set(std::to_string(rank), addresses);
     if (!peers.empty()) store.wait(peers, getTimeout());
+    if (abort != nullptr && abort->aborted()) throw gloo::IoException("aborted while waiting for the peers' addresses");
     std::vector<std::vector<char>> remote(size);  // by peer: its pair's address for this rank
     for (int peer = 0; peer < size; ++peer) {
       if (peer == rank) continue;
@@ -375,7 +379,18 @@ class GlooCommunicator::Context : public gloo::rendezvous::Context {
       remote[peer] = extractAddress(all, peer);
     }
     ticker_ = std::make_unique<LoopTicker>(device.get());
-    ConnectPairs(*transport, remote);
+    {
+      // An abort fails every pair as the first failed connect does: every connect returns at once.
+      AbortSignal::Registration aborts;
+      if (abort) {
+        aborts = abort->OnAbort([this, context = transport.get()](const Status& reason) {
+          if (SignalContextFn signal = FindSignalContext()) {
+            signal(context, "rank " + std::to_string(rank) + "'s formation was aborted: " + reason.message());
+          }
+        });
+      }
+      ConnectPairs(*transport, remote);
+    }
     ticker_->Stop();
     device_ = device;
     transportContext_ = std::move(transport);
@@ -418,15 +433,24 @@ StatusOr<std::unique_ptr<GlooCommunicator>> GlooCommunicator::Create(
   } catch (...) {
     return UnavailableError(where + ": Gloo's TCP device could not bind " + bind);
   }
+  // A formation aborted (a stop, a lost peer) fails with the abort's reason, not Gloo's message.
+  auto aborted = [&]() -> std::optional<Status> {
+    if (!options.abort || !options.abort->aborted()) return std::nullopt;
+    const Status reason = options.abort->reason();
+    return Status(reason.code(), where + ": formation aborted: " + reason.message());
+  };
+  if (auto status = aborted()) return *status;
   auto context = std::make_shared<Context>(rank, world_size);
   context->setTimeout(options.connect_timeout);
   try {
-    context->ConnectFullMesh(*store, device);
+    context->ConnectFullMesh(*store, device, options.abort.get());
   } catch (const std::exception& e) {
+    if (auto status = aborted()) return *status;
     return UnavailableError(where + ": connecting the group failed within " +
                             std::to_string(options.connect_timeout.count()) + " ms (" + e.what() +
                             "); every rank must call Create with the same store and world size");
   } catch (...) {
+    if (auto status = aborted()) return *status;
     return UnavailableError(where + ": connecting the group failed");
   }
   return std::unique_ptr<GlooCommunicator>(

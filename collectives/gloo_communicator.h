@@ -9,6 +9,7 @@
 #include <string_view>
 #include <vector>
 
+#include "collectives/abort_signal.h"
 #include "collectives/communicator.h"
 #include "common/status.h"
 
@@ -33,6 +34,13 @@ struct GlooOptions {
   std::string interface;
   /// How long Create() waits for every peer to publish its address in the store and to connect.
   std::chrono::milliseconds connect_timeout{30000};
+  /// Aborts the formation (optional): raised before or while Create() runs, Create() returns at
+  /// once with the signal's reason (an actor worker's stop, or a PeerWatch that saw a peer lost,
+  /// so a rank that published its address and then died does not hold the others for
+  /// connect_timeout). It reaches the pairs' connects at once; a wait for a peer's address in the
+  /// store ends when the store answers (the job supervisor ends an attempt's store with it) or at
+  /// connect_timeout, and Create() then returns the reason.
+  std::shared_ptr<AbortSignal> abort;
 };
 
 /// One rank of a Gloo group: collectives on host memory over Gloo's TCP transport (Debian's
@@ -61,7 +69,8 @@ class GlooCommunicator final : public Communicator {
   /// (use a gloo::rendezvous::PrefixStore per group so two groups never share keys).
   /// Errors: InvalidArgument (rank not in [0, world_size), world_size < 1, null store, bad
   /// options), Unavailable (the device could not bind `hostname`/`interface`, or a peer never
-  /// came or could not be reached within connect_timeout), with Gloo's message.
+  /// came or could not be reached within connect_timeout), with Gloo's message; the reason's
+  /// code and text (prefixed "formation aborted") when options.abort was raised.
   static StatusOr<std::unique_ptr<GlooCommunicator>> Create(
       int rank, int world_size, std::shared_ptr<gloo::rendezvous::Store> store, GlooOptions options = {});
 

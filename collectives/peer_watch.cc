@@ -13,7 +13,7 @@ namespace troupe::collectives {
 
 struct PeerWatch::Shared {
   std::mutex mu;
-  Communicator* communicator = nullptr;  // null once the watch is destroyed
+  std::function<void(const Status&)> abort;  // empty once the watch is destroyed
   std::function<void(const Status&)> on_lost;
   Status lost;
 
@@ -21,10 +21,10 @@ struct PeerWatch::Shared {
   void Lose(const PeerWatch::Peer& peer, const Status& reason) {
     // Under the lock, so that the destructor cannot return while the abort or on_lost runs.
     std::lock_guard<std::mutex> lock(mu);
-    if (communicator == nullptr || !lost.ok()) return;
+    if (!abort || !lost.ok()) return;
     const std::string why = reason.ok() ? std::string("the actor exited") : reason.ToString();
     lost = UnavailableError("rank " + std::to_string(peer.rank) + " (" + peer.ref.ToString() + ") lost: " + why);
-    communicator->Abort(lost);
+    abort(lost);
     if (on_lost) on_lost(lost);
   }
 };
@@ -53,8 +53,18 @@ caf::behavior Watcher(caf::event_based_actor* self, std::shared_ptr<PeerWatch::S
 
 PeerWatch::PeerWatch(runtime::Runtime& runtime, Communicator& communicator, std::vector<Peer> peers,
                      std::function<void(const Status&)> on_lost)
+    : PeerWatch(runtime, [&communicator](const Status& lost) { communicator.Abort(lost); }, std::move(peers),
+                std::move(on_lost)) {}
+
+PeerWatch::PeerWatch(runtime::Runtime& runtime, std::shared_ptr<AbortSignal> abort, std::vector<Peer> peers,
+                     std::function<void(const Status&)> on_lost)
+    : PeerWatch(runtime, [abort = std::move(abort)](const Status& lost) { abort->Abort(lost); }, std::move(peers),
+                std::move(on_lost)) {}
+
+PeerWatch::PeerWatch(runtime::Runtime& runtime, std::function<void(const Status&)> abort, std::vector<Peer> peers,
+                     std::function<void(const Status&)> on_lost)
     : shared_(std::make_shared<Shared>()) {
-  shared_->communicator = &communicator;
+  shared_->abort = std::move(abort);
   shared_->on_lost = std::move(on_lost);
   for (const auto& peer : peers) {
     if (!peer.ref.valid()) shared_->Lose(peer, NotFoundError("no actor to watch (empty ref)"));
@@ -65,7 +75,7 @@ PeerWatch::PeerWatch(runtime::Runtime& runtime, Communicator& communicator, std:
 PeerWatch::~PeerWatch() {
   {
     std::lock_guard<std::mutex> lock(shared_->mu);
-    shared_->communicator = nullptr;
+    shared_->abort = nullptr;
   }
   caf::anon_send_exit(watcher_, caf::exit_reason::user_shutdown);
 }

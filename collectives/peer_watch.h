@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "collectives/abort_signal.h"
 #include "collectives/communicator.h"
 #include "common/status.h"
 #include "runtime/actor_ref.h"
@@ -22,7 +23,8 @@ class Runtime;
 namespace troupe::collectives {
 
 /// Watches the actors of a group's other ranks (their worker actors, on any node) through the
-/// runtime's monitors and calls `communicator.Abort(...)` at the first one that goes down:
+/// runtime's monitors and calls `communicator.Abort(...)` (or raises an AbortSignal) at the first
+/// one that goes down:
 ///   - its node lost (a killed, hung or SIGSTOPped process, a lost host): at the transport's
 ///     disconnect or at the latest after the runtime's heartbeat_timeout (RuntimeConfig; 1 s by
 ///     default). Measured with a 300 ms timeout over loopback: 295-334 ms after kill -9 or
@@ -51,6 +53,13 @@ class PeerWatch {
   /// after the abort (the worker's supervisor logs it, reports it, ends the attempt).
   PeerWatch(runtime::Runtime& runtime, Communicator& communicator, std::vector<Peer> peers,
             std::function<void(const Status&)> on_lost = nullptr);
+  /// The same, raising `abort` instead: for a group still forming, whose communicator does not
+  /// exist yet (GlooOptions::abort fails the formation at once; once formed, the worker forwards
+  /// the signal to its communicator's Abort). So a watch can start as soon as the peers are
+  /// known, and a rank lost between its store set and its connects ends the others' formation
+  /// within the failure-detection time instead of after the connect timeout (30 s).
+  PeerWatch(runtime::Runtime& runtime, std::shared_ptr<AbortSignal> abort, std::vector<Peer> peers,
+            std::function<void(const Status&)> on_lost = nullptr);
   /// Stops watching (see Lifecycle).
   ~PeerWatch();
   PeerWatch(const PeerWatch&) = delete;
@@ -62,6 +71,8 @@ class PeerWatch {
   struct Shared;
 
  private:
+  PeerWatch(runtime::Runtime& runtime, std::function<void(const Status&)> abort, std::vector<Peer> peers,
+            std::function<void(const Status&)> on_lost);
   std::shared_ptr<Shared> shared_;
   caf::actor watcher_;
 };

@@ -280,7 +280,8 @@ WorkerTypeRegistry& BuiltinWorkerTypes() {
 
 CommunicatorFactory GlooCommunicatorFactory() {
 #if defined(TROUPE_HAVE_GLOO)
-  return [](runtime::Runtime& rt, const ActorWorkerStart& start) -> StatusOr<std::unique_ptr<collectives::Communicator>> {
+  return [](runtime::Runtime& rt, const ActorWorkerStart& start,
+            std::shared_ptr<collectives::AbortSignal> abort) -> StatusOr<std::unique_ptr<collectives::Communicator>> {
     const uint32_t rank = start.rank;
     const uint32_t world_size = start.world_size;
     const runtime::ActorRef& store = start.rendezvous;
@@ -292,6 +293,7 @@ CommunicatorFactory GlooCommunicatorFactory() {
     collectives::GlooOptions options;
     const std::string address = rt.address();
     options.hostname = address.substr(0, address.rfind(':'));
+    options.abort = std::move(abort);
     ASSIGN_OR_RETURN(auto communicator, collectives::GlooCommunicator::Create(static_cast<int>(rank),
                                                                              static_cast<int>(world_size),
                                                                              std::move(gloo_store), options));
@@ -453,6 +455,18 @@ struct WorkerShared {
   std::shared_ptr<WorkerContext> context;
   std::string stop_reason;  // non-empty: stop asked
   std::optional<std::vector<runtime::ActorRef>> peers;  // the group's actors, once the supervisor sent them
+  // Raised by a stop or by the peer watch: fails the communicator's formation at once
+  // (CommunicatorFactory) and, once formed, aborts the communicator.
+  std::shared_ptr<collectives::AbortSignal> abort = std::make_shared<collectives::AbortSignal>();
+
+  // Asks the worker to stop (under mu): its loop at the next step, its communicator (formed or
+  // forming) at once.
+  void Stop(uint32_t rank, const std::string& reason) {
+    stop_reason = reason;
+    if (context) context->Stop(reason);
+    abort->Abort(UnavailableError("rank " + std::to_string(rank) + " stopped: " + reason));
+    cv.notify_all();
+  }
 };
 
 // How long a worker whose communicator is formed waits for its peers' refs (sent by the
@@ -475,14 +489,14 @@ struct WorkerState {
   std::chrono::milliseconds adopt_timeout{0};
   bool orphaned = false;
   uint64_t orphan_wait = 0;
+  // Watches the other ranks once the supervisor sent them (ActorWorkerPeers); raises shared->abort.
+  std::unique_ptr<collectives::PeerWatch> watch;
 
   ~WorkerState() {
     if (!thread.joinable()) return;
     {
       std::lock_guard<std::mutex> lock(shared->mu);
-      if (shared->stop_reason.empty()) shared->stop_reason = "the worker actor ended";
-      if (shared->context) shared->context->Stop(shared->stop_reason);
-      shared->cv.notify_all();
+      shared->Stop(start.rank, shared->stop_reason.empty() ? "the worker actor ended" : shared->stop_reason);
     }
     thread.join();
   }
@@ -499,13 +513,9 @@ void StopOrphan(WorkerSelf* self, const std::string& reason) {
     return;
   }
   std::lock_guard<std::mutex> lock(st.shared->mu);
-  st.shared->stop_reason = reason;
-  if (st.shared->context) {
-    // Nobody stopped it: its log (`troupe job logs`) says why it stops.
-    st.shared->context->Log("troupe: rank " + std::to_string(st.start.rank) + " stops: " + reason);
-    st.shared->context->Stop(st.shared->stop_reason);
-  }
-  st.shared->cv.notify_all();
+  // Nobody stopped it: its log (`troupe job logs`) says why it stops.
+  if (st.shared->context) st.shared->context->Log("troupe: rank " + std::to_string(st.start.rank) + " stops: " + reason);
+  st.shared->Stop(st.start.rank, reason);
 }
 
 // An orphan waits adopt_timeout (again) for an adopter.
@@ -525,7 +535,7 @@ Status RunWorker(runtime::Runtime* rt, const ActorWorkerDeps& deps, const std::s
                                      std::to_string(start.world_size) +
                                      " actor workers (built without collectives/gloo); run one worker");
     }
-    ASSIGN_OR_RETURN(communicator, deps.communicators(*rt, start));
+    ASSIGN_OR_RETURN(communicator, deps.communicators(*rt, start, shared->abort));
   }
   ASSIGN_OR_RETURN(auto device, OpenDevice(deps, start));
   auto context = std::make_shared<WorkerContext>(start, std::move(communicator), std::move(device));
@@ -548,19 +558,18 @@ Status RunWorker(runtime::Runtime* rt, const ActorWorkerDeps& deps, const std::s
     shared->context = context;
     if (!shared->stop_reason.empty()) context->Stop(shared->stop_reason);
   }
-  // Watches the other ranks: the first one lost aborts this rank's communicator (Unavailable).
-  std::unique_ptr<collectives::PeerWatch> watch;
+  // From now the abort (the peer watch's, a stop's) reaches the formed communicator. Declared
+  // after the context, so removed before the context (and its communicator) can go.
+  collectives::AbortSignal::Registration forwarded;
+  if (collectives::Communicator* communicator = context->communicator()) {
+    forwarded = shared->abort->OnAbort([communicator](const Status& reason) { communicator->Abort(reason); });
+  }
+  // The actor watches the other ranks once the supervisor sent them (ActorWorkerPeers), usually
+  // while the group forms; the rank reports itself formed once they are watched.
   if (context->communicator() != nullptr) {
     std::unique_lock<std::mutex> lock(shared->mu);
     shared->cv.wait_for(lock, kPeersWait, [&] { return shared->peers.has_value() || !shared->stop_reason.empty(); });
-    if (shared->peers) {
-      std::vector<collectives::PeerWatch::Peer> peers;
-      for (uint32_t r = 0; r < shared->peers->size(); ++r) {
-        if (r != start.rank) peers.push_back({static_cast<int>(r), (*shared->peers)[r]});
-      }
-      lock.unlock();
-      watch = std::make_unique<collectives::PeerWatch>(*rt, *context->communicator(), std::move(peers));
-    } else if (shared->stop_reason.empty()) {
+    if (!shared->peers && shared->stop_reason.empty()) {
       spdlog::warn("job '{}' attempt {}: rank {} got no peers from its supervisor in {} s; training unwatched",
                    start.job, start.attempt, start.rank, kPeersWait.count());
     }
@@ -573,7 +582,7 @@ Status RunWorker(runtime::Runtime* rt, const ActorWorkerDeps& deps, const std::s
   });
   Status result = RunWorkerMain(main, *context);
   context->Log("troupe: rank " + std::to_string(start.rank) + (result.ok() ? " finished" : " failed: " + result.ToString()));
-  watch.reset();  // before the communicator it aborts
+  forwarded.Reset();  // before the communicator it aborts
   std::lock_guard<std::mutex> lock(shared->mu);
   shared->context.reset();
   return result;
@@ -645,9 +654,7 @@ caf::behavior WorkerActor(WorkerSelf* self, runtime::Runtime* rt, ActorWorkerDep
         }
         auto& shared = *self->state.shared;
         std::lock_guard<std::mutex> lock(shared.mu);
-        shared.stop_reason = stop.reason.empty() ? "stopped by the job supervisor" : stop.reason;
-        if (shared.context) shared.context->Stop(shared.stop_reason);
-        shared.cv.notify_all();
+        shared.Stop(self->state.start.rank, stop.reason.empty() ? "stopped by the job supervisor" : stop.reason);
       },
       [self](adopted_atom) {
         // A restarted head's supervisor took the worker back: it reports to and watches that one.
@@ -672,9 +679,17 @@ caf::behavior WorkerActor(WorkerSelf* self, runtime::Runtime* rt, ActorWorkerDep
         StopOrphan(self, "its job supervisor was lost and no restarted head took it back within " +
                              std::to_string(st.adopt_timeout.count()) + " ms");
       },
-      [self](ActorWorkerPeers& peers) {
-        auto& shared = *self->state.shared;
-        if (peers.attempt != self->state.start.attempt || peers.workers.size() != self->state.start.world_size) return;
+      [self, rt](ActorWorkerPeers& peers) {
+        auto& st = self->state;
+        auto& shared = *st.shared;
+        if (peers.attempt != st.start.attempt || peers.workers.size() != st.start.world_size || st.watch) return;
+        // Watches the other ranks from now, whether the group is formed yet or not: the first one
+        // lost fails this rank's formation or aborts its communicator (Unavailable naming it).
+        std::vector<collectives::PeerWatch::Peer> watched;
+        for (uint32_t r = 0; r < peers.workers.size(); ++r) {
+          if (r != st.start.rank) watched.push_back({static_cast<int>(r), peers.workers[r]});
+        }
+        st.watch = std::make_unique<collectives::PeerWatch>(*rt, shared.abort, std::move(watched));
         std::lock_guard<std::mutex> lock(shared.mu);
         shared.peers = std::move(peers.workers);
         shared.cv.notify_all();

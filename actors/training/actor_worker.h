@@ -27,6 +27,7 @@
 #include "actors/gpu_allocator.h"
 #include "actors/training/messages.h"
 #include "actors/training/shard_transfer.h"
+#include "collectives/abort_signal.h"
 #include "collectives/communicator.h"
 #include "common/status.h"
 #include "runtime/bulk.h"
@@ -176,9 +177,13 @@ using WorkerMain = std::function<Status(WorkerContext&)>;
 
 /// Makes a rank's communicator from its start: rank, world size, the attempt's rendezvous store
 /// actor (`start.rendezvous`, collectives/rendezvous.h), its slice and the job's entry.backend
-/// (actors/training/worker_communicators.h chooses). Blocks until the group is formed or fails.
+/// (actors/training/worker_communicators.h chooses). Blocks until the group is formed or fails,
+/// or until `abort` is raised (never null): the worker's stop (StopActorWorker) or its PeerWatch,
+/// which watches the other ranks from the moment the supervisor sends them (ActorWorkerPeers),
+/// formation included. Then it returns the abort's reason (Unavailable naming the lost rank, or
+/// the stop's) as soon as the backend can: at once for Gloo's connects (GlooOptions::abort).
 using CommunicatorFactory = std::function<StatusOr<std::unique_ptr<collectives::Communicator>>(
-    runtime::Runtime& runtime, const ActorWorkerStart& start)>;
+    runtime::Runtime& runtime, const ActorWorkerStart& start, std::shared_ptr<collectives::AbortSignal> abort)>;
 
 /// Gloo (collectives/gloo_communicator.h) over the attempt's rendezvous store
 /// (collectives/rendezvous.h), bound to the host of `runtime`'s address; an empty function where

@@ -57,7 +57,14 @@ StatusOr<CollectivesBackend> ChooseCollectivesBackend(const ActorWorkerStart& st
 
 CommunicatorFactory NcclCommunicatorFactory() {
 #if defined(TROUPE_HAVE_CUDA)
-  return [](runtime::Runtime&, const ActorWorkerStart& start) -> StatusOr<std::unique_ptr<collectives::Communicator>> {
+  return [](runtime::Runtime&, const ActorWorkerStart& start,
+            std::shared_ptr<collectives::AbortSignal> abort) -> StatusOr<std::unique_ptr<collectives::Communicator>> {
+    // A formation aborted (the worker's stop, a lost peer) ends with the abort's reason.
+    auto aborted = [&]() -> Status {
+      const Status reason = abort->reason();
+      return Status(reason.code(), Who(start) + ": formation aborted: " + reason.message());
+    };
+    if (abort->aborted()) return aborted();
     if (!start.rendezvous.valid()) {
       return FailedPreconditionError(Who(start) + " got no rendezvous store from its supervisor");
     }
@@ -74,13 +81,21 @@ CommunicatorFactory NcclCommunicatorFactory() {
     } else {
       ASSIGN_OR_RETURN(id, store.Get("id", kNcclIdWait));
     }
+    if (abort->aborted()) return aborted();
     collectives::NcclOptions options;
     options.rank = static_cast<int>(start.rank);
     options.world_size = static_cast<int>(start.world_size);
     options.device = static_cast<int>(start.gpu_index);
     options.unique_id = std::move(id);
     ASSIGN_OR_RETURN(auto communicator, collectives::NcclCommunicator::Create(options));
-    RETURN_IF_ERROR(communicator->ready().Wait());
+    {
+      // The initialisation in flight is aborted (ncclCommAbort) as an op would be.
+      collectives::AbortSignal::Registration aborts =
+          abort->OnAbort([comm = communicator.get()](const Status& reason) { comm->Abort(reason); });
+      Status ready = communicator->ready().Wait();
+      if (!ready.ok() && abort->aborted()) return aborted();
+      RETURN_IF_ERROR(ready);
+    }
     return std::unique_ptr<collectives::Communicator>(std::move(communicator));
   };
 #else
@@ -90,7 +105,8 @@ CommunicatorFactory NcclCommunicatorFactory() {
 
 CommunicatorFactory WorkerCommunicatorFactory(CommunicatorFactory gloo, CommunicatorFactory nccl) {
   return [gloo = std::move(gloo), nccl = std::move(nccl)](
-             runtime::Runtime& rt, const ActorWorkerStart& start) -> StatusOr<std::unique_ptr<collectives::Communicator>> {
+             runtime::Runtime& rt, const ActorWorkerStart& start,
+             std::shared_ptr<collectives::AbortSignal> abort) -> StatusOr<std::unique_ptr<collectives::Communicator>> {
     ASSIGN_OR_RETURN(CollectivesBackend backend, ChooseCollectivesBackend(start, NcclBuilt()));
     const CommunicatorFactory& make = backend == CollectivesBackend::kNccl ? nccl : gloo;
     if (!make) {
@@ -98,7 +114,7 @@ CommunicatorFactory WorkerCommunicatorFactory(CommunicatorFactory gloo, Communic
                                      std::string(CollectivesBackendName(backend)) +
                                      " collectives backend its group needs; run one worker, or rebuild with it");
     }
-    return make(rt, start);
+    return make(rt, start, std::move(abort));
   };
 }
 

@@ -50,7 +50,7 @@ TEST(NcclActorWorkers, TwoRanksOnGpuSlicesAllReduceOverNcclInTheirCappedMemory) 
       start.gpu_index = static_cast<uint32_t>(rank);
       start.memory_bytes = 64 << 20;
       results[rank] = [&]() -> Status {
-        ASSIGN_OR_RETURN(auto comm, factory(**rt, start));
+        ASSIGN_OR_RETURN(auto comm, factory(**rt, start, std::make_shared<collectives::AbortSignal>()));
         if (comm->backend() != "nccl") return InternalError("backend " + std::string(comm->backend()));
         ASSIGN_OR_RETURN(auto device, actors::CudaDevice::Open(rank));
         actors::CappedAllocator allocator(*device, start.memory_bytes, "slice of GPU " + std::to_string(rank));

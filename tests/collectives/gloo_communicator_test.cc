@@ -22,6 +22,7 @@
 
 #include "collectives/gloo_communicator.h"
 #include "tests/collectives/conformance_matrix.h"
+#include "tests/collectives/vanished_gloo_rank.h"
 
 namespace troupe::collectives {
 namespace {
@@ -566,6 +567,74 @@ TEST(GlooCommunicator, CreateFailsWithUnavailableWhenAPeerNeverComes) {
   auto made = GlooCommunicator::Create(0, 2, store, options);
   ASSERT_FALSE(made.ok());
   EXPECT_EQ(made.status().code(), StatusCode::kUnavailable) << made.status().ToString();
+}
+
+// Rank 2 of 3 publishes its addresses and is gone before it connects (killed after its store set:
+// PublishAndVanish). Ranks 0 and 1 block waiting for it to connect; an abort (the worker's stop, or its PeerWatch seeing rank 2
+// lost: docs/collectives.md, "Peer watch") fails both Creates at once with the abort's reason,
+// not after the 30 s connect timeout. A signal raised before Create fails it without forming.
+// A HashStore that counts the gets of one key: a rank gets its peers' keys right before it
+// connects its pairs to them.
+class CountingStore : public gloo::rendezvous::HashStore {
+ public:
+  explicit CountingStore(std::string key) : key_(std::move(key)) {}
+  std::vector<char> get(const std::string& key) override {
+    std::vector<char> value = HashStore::get(key);
+    if (key == key_) {
+      std::lock_guard<std::mutex> lock(count_mu_);
+      ++count_;
+      count_cv_.notify_all();
+    }
+    return value;
+  }
+  // Waits until `key` was got `n` times, at most `limit`.
+  bool AwaitGets(int n, milliseconds limit) {
+    std::unique_lock<std::mutex> lock(count_mu_);
+    return count_cv_.wait_for(lock, limit, [&] { return count_ >= n; });
+  }
+
+ private:
+  const std::string key_;
+  std::mutex count_mu_;
+  std::condition_variable count_cv_;
+  int count_ = 0;
+};
+
+TEST(GlooCommunicator, AnAbortEndsAFormationWaitingForARankThatPublishedAndNeverConnected) {
+  auto store = std::make_shared<CountingStore>("2");
+  testing::PublishAndVanish(*store, 2, 3);
+  auto abort = std::make_shared<AbortSignal>();
+  GlooOptions options;  // connect_timeout: Gloo's 30 s
+  options.abort = abort;
+  std::vector<Status> statuses(2);
+  std::vector<Clock::time_point> ended(2);
+  std::vector<std::thread> threads;
+  for (int rank = 0; rank < 2; ++rank) {
+    threads.emplace_back([&, rank] {
+      statuses[rank] = GlooCommunicator::Create(rank, 3, store, options).status();
+      ended[rank] = Clock::now();
+    });
+  }
+  // Both ranks have read rank 2's addresses, so they are done with the store and connecting: rank
+  // 2 never connects, so neither can end by itself before the 30 s timeout.
+  ASSERT_TRUE(store->AwaitGets(2, kDone)) << "ranks 0 and 1 never read rank 2's addresses";
+  const Status reason = UnavailableError("rank 2 (test) lost: no heartbeat");
+  const auto aborted_at = Clock::now();
+  abort->Abort(reason);
+  for (auto& thread : threads) thread.join();
+  for (int rank = 0; rank < 2; ++rank) {
+    EXPECT_EQ(statuses[rank].code(), StatusCode::kUnavailable) << statuses[rank].ToString();
+    EXPECT_NE(statuses[rank].message().find("formation aborted: rank 2 (test) lost"), std::string::npos)
+        << statuses[rank].ToString();
+    EXPECT_LT(ended[rank] - aborted_at, milliseconds(1000)) << "rank " << rank << " ended "
+        << std::chrono::duration_cast<milliseconds>(ended[rank] - aborted_at).count() << " ms after the abort";
+  }
+  // Raised before Create: refused at once.
+  const auto before = Clock::now();
+  auto late = GlooCommunicator::Create(0, 3, store, options);
+  ASSERT_FALSE(late.ok());
+  EXPECT_EQ(late.status().code(), StatusCode::kUnavailable) << late.status().ToString();
+  EXPECT_LT(Clock::now() - before, milliseconds(1000));
 }
 
 TEST(GlooCommunicator, TwoGroupsShareOneStoreThroughPrefixes) {

@@ -22,6 +22,9 @@
 #endif
 #include "runtime/runtime.h"
 #include "tests/collectives/rendezvous_group.h"
+#if defined(TROUPE_HAVE_GLOO)
+#include "tests/collectives/vanished_gloo_rank.h"
+#endif
 
 namespace troupe::collectives {
 namespace {
@@ -331,6 +334,53 @@ TEST_F(RendezvousTest, ADestroyedWatchNoLongerAborts) {
   ASSERT_EQ(future.wait_for(10s), std::future_status::ready);
   EXPECT_TRUE(comm.health().ok()) << comm.health();
 }
+
+#if defined(TROUPE_HAVE_GLOO)
+// A rank lost between its store set and its connects (its addresses published, then gone:
+// PublishAndVanish; its worker actor killed). Ranks 0 and 1 form through the store with a watch on
+// rank 2's actor started before their formation, raising an AbortSignal (as actor workers do from
+// ActorWorkerPeers on): both Creates fail within moments of the loss with Unavailable naming rank
+// 2, not after Gloo's 30 s connect timeout.
+TEST_F(RendezvousTest, AWatchStartedBeforeFormationEndsItWhenARankThatPublishedItsAddressIsLost) {
+  const ActorRef store = Store();
+  GlooRendezvousStore published(RendezvousClient{store});
+  testing::PublishAndVanish(published, 2, 3);
+  ActorRef two = rt_->Spawn(IdleWorker);
+  spawned_.push_back(two);
+  std::vector<std::shared_ptr<AbortSignal>> aborts;
+  std::vector<std::unique_ptr<PeerWatch>> watches;
+  for (int rank = 0; rank < 2; ++rank) {
+    aborts.push_back(std::make_shared<AbortSignal>());
+    watches.push_back(std::make_unique<PeerWatch>(*rt_, aborts.back(), std::vector<PeerWatch::Peer>{{2, two}}));
+  }
+  std::vector<Status> statuses(2);
+  std::vector<std::chrono::steady_clock::time_point> ended(2);
+  std::vector<std::thread> threads;
+  for (int rank = 0; rank < 2; ++rank) {
+    threads.emplace_back([&, rank] {
+      GlooOptions options;  // connect_timeout: Gloo's 30 s
+      options.abort = aborts[rank];
+      statuses[rank] =
+          GlooCommunicator::Create(rank, 3, std::make_shared<GlooRendezvousStore>(RendezvousClient{store}), options)
+              .status();
+      ended[rank] = std::chrono::steady_clock::now();
+    });
+  }
+  // Both have published theirs, so every key is set: they are past the store or about to be.
+  ASSERT_TRUE(RendezvousClient(store).Wait({"0", "1"}, 10s).ok());
+  const auto killed_at = std::chrono::steady_clock::now();
+  caf::anon_send_exit(two.handle(), caf::exit_reason::kill);
+  for (auto& thread : threads) thread.join();
+  for (int rank = 0; rank < 2; ++rank) {
+    EXPECT_EQ(statuses[rank].code(), StatusCode::kUnavailable) << statuses[rank];
+    EXPECT_NE(statuses[rank].message().find("formation aborted: rank 2 (" + two.ToString() + ") lost"),
+              std::string::npos)
+        << statuses[rank];
+    EXPECT_LT(ended[rank] - killed_at, 2s) << "rank " << rank << ": " << statuses[rank];
+  }
+  watches.clear();
+}
+#endif  // TROUPE_HAVE_GLOO
 
 }  // namespace
 }  // namespace troupe::collectives
