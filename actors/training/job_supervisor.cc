@@ -141,13 +141,15 @@ void MaybeQuit(Self* self) {
 // Kills every worker of the current placement (all attempts up to the current one) and releases
 // its lease once every node has answered (or timed out): its slices are not handed out while a
 // worker of this job may still run on them.
-void StopGroup(Self* self, bool final = false) {
+// `confirm`: the group failed with an infrastructure fault; until each node's agent answers this
+// stop (alive) or is seen lost, a restart is not placed there (LostNodes::Unconfirmed).
+void StopGroup(Self* self, bool final = false, bool confirm = false) {
   auto& st = self->state;
   if (!st.placed) return;
   st.placed = false;
-  std::map<uint64_t, runtime::ActorRef> agents;  // by wire id: one StopWorkers per node
+  std::map<uint64_t, std::pair<runtime::ActorRef, std::string>> agents;  // by wire id: one StopWorkers per node
   for (const auto& w : st.placement.workers) {
-    if (w.agent.valid()) agents.emplace(w.agent.id(), w.agent);
+    if (w.agent.valid()) agents.emplace(w.agent.id(), std::make_pair(w.agent, w.node));
   }
   auto left = std::make_shared<size_t>(agents.size());
   const uint64_t lease = st.placement.lease_id;
@@ -158,9 +160,21 @@ void StopGroup(Self* self, bool final = false) {
     if (--*left == 0) host->ReleasePlacement(lease);
     MaybeQuit(self);
   };
-  for (const auto& [id, agent] : agents) {
+  for (const auto& [id, place] : agents) {
+    const auto& [agent, node] = place;
+    if (confirm) st.lost_nodes.Unconfirmed(node, id, st.init.clock->Now());
     self->request(agent.handle(), st.init.node_timeout, StopWorkers{st.status.name, st.status.attempt, final})
-        .then([done](WorkersStopped&) { done(); }, [done](caf::error&) { done(); });
+        .then(
+            [self, done, confirm, node = node, id = id](WorkersStopped&) {
+              if (confirm) self->state.lost_nodes.Confirmed(node, id);
+              done();
+            },
+            [self, done, confirm, node = node, id = id](caf::error& error) {
+              if (confirm && runtime::ToStatus(error).code() == StatusCode::kUnavailable) {
+                self->state.lost_nodes.Lost(node, id, self->state.init.clock->Now());
+              }
+              done();
+            });
   }
   if (agents.empty()) host->ReleasePlacement(lease);
   for (const auto& worker : st.actor_workers) {
@@ -318,7 +332,7 @@ void GroupFailed(Self* self, const std::string& cause, bool infra) {
                "); last: " + cause);
     return;
   }
-  StopGroup(self);
+  StopGroup(self, /*final=*/false, /*confirm=*/infra && ActorJob(st));
   st.status.state = kJobRestarting;
   // The first restart after progress is immediate (a lost worker costs only its restart);
   // failures with no committed checkpoint in between back off, jittered and doubling.
@@ -549,8 +563,11 @@ void Placed(Self* self, PlacementAnswer& answer) {
     // once and count the one fault twice. Asked for again once the head has caught up.
     st.init.host->ReleasePlacement(answer.placement.lease_id);
     const auto delay = LostNodeRetryDelay(++st.lost_refusals);
-    st.status.reason = "placement on node '" + *lost + "' refused: its agent was lost and the head has not " +
-                       "declared it dead yet; asking again in " + std::to_string(delay.count()) + " ms";
+    st.status.reason = "placement on node '" + *lost + "' refused: " +
+                       (st.lost_nodes.SeenLost(*lost)
+                            ? "its agent was lost and the head has not declared it dead yet"
+                            : "its agent has not answered since the group's infrastructure fault") +
+                       "; asking again in " + std::to_string(delay.count()) + " ms";
     Update(self, st.status.reason);
     self->delayed_send(self, delay, replace_atom::value);
     return;

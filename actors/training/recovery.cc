@@ -88,15 +88,27 @@ std::string RecoveryTimeline::Summary() const {
 void LostNodes::Lost(const std::string& node, uint64_t agent_id, Clock::TimePoint at) {
   auto [it, inserted] = lost_.emplace(node, Loss{agent_id, at});
   if (!inserted && it->second.agent_id != agent_id) it->second = Loss{agent_id, at};
+  unconfirmed_.erase(node);
+}
+
+void LostNodes::Unconfirmed(const std::string& node, uint64_t agent_id, Clock::TimePoint at) {
+  if (auto it = lost_.find(node); it != lost_.end() && it->second.agent_id == agent_id) return;  // lost already
+  unconfirmed_[node] = Loss{agent_id, at};
+}
+
+void LostNodes::Confirmed(const std::string& node, uint64_t agent_id) {
+  auto it = unconfirmed_.find(node);
+  if (it != unconfirmed_.end() && it->second.agent_id == agent_id) unconfirmed_.erase(it);
 }
 
 std::optional<std::string> LostNodes::Refuses(const std::vector<std::pair<std::string, uint64_t>>& places,
                                               Clock::TimePoint now) const {
+  auto held = [&](const std::map<std::string, Loss>& nodes, const std::string& node, uint64_t agent_id) {
+    auto it = nodes.find(node);
+    return it != nodes.end() && it->second.agent_id == agent_id && now - it->second.at < hold_;
+  };
   for (const auto& [node, agent_id] : places) {
-    auto it = lost_.find(node);
-    if (it == lost_.end() || it->second.agent_id != agent_id) continue;
-    if (now - it->second.at >= hold_) continue;
-    return node;
+    if (held(lost_, node, agent_id) || held(unconfirmed_, node, agent_id)) return node;
   }
   return std::nullopt;
 }

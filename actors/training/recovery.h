@@ -84,20 +84,40 @@ class RecoveryTimeline {
 /// node under the agent seen lost is refused and asked for again; a node whose agent is a new one
 /// (the node rejoined as a new process) is not refused, nor any after `hold` has passed since the
 /// loss (the same agent rejoined: a stopped node continued; the head's failure timeout, 1 s by
-/// default, bounds how long it takes to be declared dead). Not thread-safe.
+/// default, bounds how long it takes to be declared dead).
+///
+/// A node can also be held before any loss is seen: after an infrastructure fault of an actor
+/// group, the first sign of a killed node is often a survivor's collective error (the killed
+/// ranks' TCP reset), which reaches the supervisor before the runtime has seen the node lost
+/// (kill -9 of a node: the restart was placed on the killed node in about 3 runs of 5, and that
+/// attempt failed). So every node of the failed group is unconfirmed until its agent answers the
+/// group's stop (Confirmed: alive, over the same transport the loss would be seen on) or is seen
+/// lost (Lost), at most `hold` from the fault; a placement there meanwhile is refused as for a
+/// lost node. A live node answers within a round trip, so the hold costs a live node next to
+/// nothing. Not thread-safe.
 class LostNodes {
  public:
   explicit LostNodes(Clock::Duration hold) : hold_(hold) {}
 
   /// The node's agent `agent_id` (ActorRef::id) was seen lost at `at`.
   void Lost(const std::string& node, uint64_t agent_id, Clock::TimePoint at);
+  /// The node's agent `agent_id` was asked at `at` (the stop of a group that failed with an
+  /// infrastructure fault) and has not answered yet.
+  void Unconfirmed(const std::string& node, uint64_t agent_id, Clock::TimePoint at);
+  /// That agent answered: it is alive. A loss seen of it stays (it was seen after the answer).
+  void Confirmed(const std::string& node, uint64_t agent_id);
+  /// Whether `node`'s refusal (Refuses) is for a loss seen, rather than an answer awaited.
+  bool SeenLost(const std::string& node) const { return lost_.count(node) != 0; }
   /// The first node of `places` (node name, agent id: a placement's workers in rank order) that is
-  /// still lost at `now`; nullopt when the placement may be used.
+  /// still lost or unconfirmed at `now`; nullopt when the placement may be used.
   std::optional<std::string> Refuses(const std::vector<std::pair<std::string, uint64_t>>& places,
                                      Clock::TimePoint now) const;
   /// The group runs again (the head has placed it elsewhere since): forget every node.
-  void Clear() { lost_.clear(); }
-  bool empty() const { return lost_.empty(); }
+  void Clear() {
+    lost_.clear();
+    unconfirmed_.clear();
+  }
+  bool empty() const { return lost_.empty() && unconfirmed_.empty(); }
 
  private:
   struct Loss {
@@ -106,6 +126,7 @@ class LostNodes {
   };
   Clock::Duration hold_;
   std::map<std::string, Loss> lost_;
+  std::map<std::string, Loss> unconfirmed_;  // asked at `at`, not answered
 };
 
 }  // namespace troupe::training

@@ -105,6 +105,45 @@ TEST(LostNodes, APlacementOnANodeWhoseAgentWasSeenLostIsRefusedUntilTheHoldHasPa
   EXPECT_FALSE(lost.Refuses({{"a", 9}}, at + 2000ms));
 }
 
+// After an infrastructure fault of an actor group every node of the group is unconfirmed until
+// its agent answers the group's stop or is seen lost: a survivor's collective error (the killed
+// node's TCP reset) reaches the supervisor before the runtime has seen the node lost, and the
+// restart was placed on the killed node. An answer frees the node at once; a loss keeps it held
+// as a lost node; neither within the hold frees it then.
+TEST(LostNodes, ANodeOfAGroupThatFailedIsHeldUntilItsAgentAnswersOrIsSeenLost) {
+  LostNodes nodes(2000ms);
+  const TimePoint fault = T(0us) + 10s;
+  nodes.Unconfirmed("a", 1, fault);
+  nodes.Unconfirmed("b", 2, fault);
+  EXPECT_FALSE(nodes.empty());
+  EXPECT_EQ(nodes.Refuses({{"a", 1}, {"b", 2}}, fault + 3ms), "a");
+  EXPECT_FALSE(nodes.SeenLost("a")) << "held for an answer, not for a loss";
+  // Node b's agent answers the stop: alive, used at once; node a's has not.
+  nodes.Confirmed("b", 2);
+  EXPECT_EQ(nodes.Refuses({{"b", 2}, {"a", 1}}, fault + 4ms), "a");
+  EXPECT_FALSE(nodes.Refuses({{"b", 2}, {"b", 2}}, fault + 4ms));
+  // An answer from another agent of node a (a node restarted under its name) does not free it;
+  // a placement under that new agent is not held.
+  nodes.Confirmed("a", 9);
+  EXPECT_EQ(nodes.Refuses({{"a", 1}}, fault + 5ms), "a");
+  EXPECT_FALSE(nodes.Refuses({{"a", 9}}, fault + 5ms));
+  // Node a is seen lost (the runtime's monitor of its agent): held as lost, from the loss.
+  nodes.Lost("a", 1, fault + 60ms);
+  EXPECT_TRUE(nodes.SeenLost("a"));
+  EXPECT_EQ(nodes.Refuses({{"a", 1}}, fault + 2050ms), "a");
+  EXPECT_FALSE(nodes.Refuses({{"a", 1}}, fault + 2060ms));
+  // A new fault does not turn a lost node back into one awaiting an answer.
+  nodes.Unconfirmed("a", 1, fault + 100ms);
+  EXPECT_TRUE(nodes.SeenLost("a"));
+  // Unanswered and not seen lost within the hold (a node neither answering nor lost): used then.
+  nodes.Unconfirmed("c", 3, fault);
+  EXPECT_EQ(nodes.Refuses({{"c", 3}}, fault + 1999ms), "c");
+  EXPECT_FALSE(nodes.Refuses({{"c", 3}}, fault + 2000ms));
+  nodes.Clear();
+  EXPECT_TRUE(nodes.empty());
+  EXPECT_FALSE(nodes.Refuses({{"a", 1}, {"c", 3}}, fault + 5ms));
+}
+
 namespace fs = std::filesystem;
 
 class NewestIntactTest : public ::testing::Test {
