@@ -455,6 +455,9 @@ struct WorkerShared {
   std::shared_ptr<WorkerContext> context;
   std::string stop_reason;  // non-empty: stop asked
   std::optional<std::vector<runtime::ActorRef>> peers;  // the group's actors, once the supervisor sent them
+  // The rank failed on its own and its thread reported the WorkerExited (ReportExit) before its
+  // communicator closed: the actor does not report it again.
+  bool exit_reported = false;
   // Raised by a stop or by the peer watch: fails the communicator's formation at once
   // (CommunicatorFactory) and, once formed, aborts the communicator.
   std::shared_ptr<collectives::AbortSignal> abort = std::make_shared<collectives::AbortSignal>();
@@ -516,6 +519,30 @@ void StopOrphan(WorkerSelf* self, const std::string& reason) {
   // Nobody stopped it: its log (`troupe job logs`) says why it stops.
   if (st.shared->context) st.shared->context->Log("troupe: rank " + std::to_string(st.start.rank) + " stops: " + reason);
   st.shared->Stop(st.start.rank, reason);
+}
+
+// Whether a rank's error is the loss of its group (a peer's node, a stop, an abort) rather than a
+// failure of its own: not the job's fault, so an infrastructure fault.
+bool GroupLoss(const Status& result) {
+  return result.code() == StatusCode::kUnavailable || result.code() == StatusCode::kDeadlineExceeded ||
+         result.code() == StatusCode::kCancelled;
+}
+
+// Reports the rank's end to its supervisor of now (ActorWorkerTable::Supervisor, switched by an
+// adopter), which keeps the exit for an adopter too, should the supervisor be lost
+// (ActorWorkerTable::Exited). Once a rank: from its thread for a failure of its own (RunWorker),
+// from the actor otherwise.
+void ReportExit(ActorWorkerTable& table, const ActorWorkerStart& start, const Status& result) {
+  WorkerExited exit;
+  exit.job = start.job;
+  exit.attempt = start.attempt;
+  exit.rank = start.rank;
+  exit.exit_code = result.ok() ? 0 : 1;
+  exit.reason = result.ok() ? "finished" : "failed: " + result.ToString();
+  exit.infra = GroupLoss(result);
+  if (!result.ok()) spdlog::warn("job '{}' attempt {}: actor worker rank {} {}", start.job, start.attempt, start.rank, exit.reason);
+  const runtime::ActorRef supervisor = table.Exited(start, exit);
+  supervisor.Send(std::move(exit));
 }
 
 // An orphan waits adopt_timeout (again) for an adopter.
@@ -582,6 +609,19 @@ Status RunWorker(runtime::Runtime* rt, const ActorWorkerDeps& deps, const std::s
   });
   Status result = RunWorkerMain(main, *context);
   context->Log("troupe: rank " + std::to_string(start.rank) + (result.ok() ? " finished" : " failed: " + result.ToString()));
+  // A failure of its own is reported before the communicator closes, and the communicator stays
+  // open until the supervisor stops the group (StopActorWorker; GroupFailed stops every rank at
+  // once) or failed_rank_hold passes: the peers would otherwise see the closed connections first,
+  // fail with Unavailable and report infrastructure faults, and whichever report reached the
+  // supervisor first decided the failure's kind.
+  if (!result.ok() && !GroupLoss(result)) {
+    ReportExit(*deps.table, start, result);
+    std::unique_lock<std::mutex> lock(shared->mu);
+    shared->exit_reported = true;
+    if (context->communicator() != nullptr) {
+      shared->cv.wait_for(lock, deps.failed_rank_hold, [&] { return !shared->stop_reason.empty(); });
+    }
+  }
   forwarded.Reset();  // before the communicator it aborts
   std::lock_guard<std::mutex> lock(shared->mu);
   shared->context.reset();
@@ -628,19 +668,12 @@ caf::behavior WorkerActor(WorkerSelf* self, runtime::Runtime* rt, ActorWorkerDep
         auto& st = self->state;
         if (st.thread.joinable()) st.thread.join();
         const Status result(static_cast<StatusCode>(code), message);
-        WorkerExited exit;
-        exit.job = st.start.job;
-        exit.attempt = st.start.attempt;
-        exit.rank = st.start.rank;
-        exit.exit_code = result.ok() ? 0 : 1;
-        exit.reason = result.ok() ? "finished" : "failed: " + result.ToString();
-        // Its group was lost (a peer's node, a stop): not the job's fault.
-        exit.infra = result.code() == StatusCode::kUnavailable || result.code() == StatusCode::kDeadlineExceeded ||
-                     result.code() == StatusCode::kCancelled;
-        if (!result.ok()) spdlog::warn("job '{}' attempt {}: actor worker rank {} {}", st.start.job, st.start.attempt, st.start.rank, exit.reason);
-        // Kept by the node for an adopter too, should its supervisor be lost (ActorWorkerTable).
-        const runtime::ActorRef supervisor = st.table->Exited(st.start, exit);
-        supervisor.Send(std::move(exit));
+        bool reported = false;
+        {
+          std::lock_guard<std::mutex> lock(st.shared->mu);
+          reported = st.shared->exit_reported;
+        }
+        if (!reported) ReportExit(*st.table, st.start, result);
         if (result.ok()) {
           st.finished = true;
           return;

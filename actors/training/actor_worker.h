@@ -268,6 +268,15 @@ class ActorWorkerTable {
   std::map<Key, Entry> workers_;
 };
 
+/// The bound of ActorWorkerDeps::failed_rank_hold. A rank that fails on its own reports its
+/// WorkerExited before its communicator closes and holds the communicator open until the
+/// supervisor stops the group, so that no peer sees the closed connections, fails with
+/// Unavailable and reports an infrastructure fault before the supervisor counted the user failure
+/// (the first report decides the failure's kind). The supervisor stops every rank as soon as it
+/// hears the failure, so the hold ends in one message round trip; the bound is for a supervisor
+/// that cannot be reached: a second, far above a round trip and short beside a restart.
+inline constexpr std::chrono::milliseconds kFailedRankHold{1000};
+
 /// How a node makes its workers' parts.
 struct ActorWorkerDeps {
   const WorkerTypeRegistry* types = nullptr;
@@ -297,11 +306,17 @@ struct ActorWorkerDeps {
   /// any loss with 0. The node agent sets the bound the restarted head's supervisor waits for the
   /// workers: twice the failure timeout plus a second (docs/jobs.md, "When the head restarts").
   std::chrono::milliseconds adopt_timeout{0};
+  /// How long a rank that failed on its own (an error other than Unavailable, DeadlineExceeded or
+  /// Cancelled, which are the loss of its group) keeps its communicator open after it reported
+  /// the failure, waiting for its supervisor's StopActorWorker (kFailedRankHold).
+  std::chrono::milliseconds failed_rank_hold = kFailedRankHold;
 };
 
 /// Registers kActorWorkerActorType with `runtime` (every node agent does, so SpawnOn works on
 /// every node). The spawned actor runs the worker on a thread, reports its end to the supervisor
 /// as a WorkerExited (exit_code 0, or 1 with the error), then exits; a StopActorWorker stops it.
+/// A rank that fails on its own reports before its communicator closes, then holds it open until
+/// a StopActorWorker comes or deps.failed_rank_hold passes (kFailedRankHold).
 /// It watches its supervisor: when that is lost it waits for an adopter (deps.adopt_timeout).
 /// `runtime` must outlive the actors.
 Status RegisterActorWorkers(runtime::Runtime& runtime, ActorWorkerDeps deps);
