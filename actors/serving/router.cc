@@ -118,10 +118,11 @@ void Release(Self* self, const Pending& p) {
 void DrainQueue(Self* self);
 void Retry(Self* self, Pending p, const Status& why);
 
-void Answered(Self* self, uint64_t id, InferenceResponse& response) {
+void Answered(Self* self, uint64_t id, caf::message_id mid, InferenceResponse& response) {
   auto& st = self->state;
   auto it = st.in_flight.find(id);
-  if (it == st.in_flight.end()) return;  // failed already (its replica died)
+  // Failed already (its replica died), or sent again since (a retry keeps the router's id).
+  if (it == st.in_flight.end() || it->second.mid != mid) return;
   Pending& p = it->second;
   self->home_system().clock().cancel_request_timeout(self, p.mid);
   Release(self, p);
@@ -147,10 +148,10 @@ void DropFromTable(Self* self, const caf::actor_addr& replica) {
   st.policy->Reset();
 }
 
-void Failed(Self* self, uint64_t id, caf::error& error) {
+void Failed(Self* self, uint64_t id, caf::message_id mid, caf::error& error) {
   auto& st = self->state;
   auto it = st.in_flight.find(id);
-  if (it == st.in_flight.end()) return;
+  if (it == st.in_flight.end() || it->second.mid != mid) return;
   Pending p = std::move(it->second);
   st.in_flight.erase(it);
   if (error != caf::sec::request_timeout) self->home_system().clock().cancel_request_timeout(self, p.mid);
@@ -194,10 +195,11 @@ void Send(Self* self, Pending p, size_t slot_index) {
   p.tally = &st.tally.versions[slot.info.version];  // unordered_map: the element stays where it is
   const uint64_t id = p.request.id;
   auto handle = self->request(slot.info.replica.handle(), std::chrono::milliseconds(p.deadline_unix_ms - now), p.request);
-  p.mid = handle.id();
+  const caf::message_id mid = handle.id();
+  p.mid = mid;
   st.in_flight.emplace(id, std::move(p));
-  handle.then([self, id](InferenceResponse& response) { Answered(self, id, response); },
-              [self, id](caf::error& error) { Failed(self, id, error); });
+  handle.then([self, id, mid](InferenceResponse& response) { Answered(self, id, mid, response); },
+              [self, id, mid](caf::error& error) { Failed(self, id, mid, error); });
 }
 
 size_t ExcludedSlot(const RouterState& st, const Pending& p) {
@@ -366,35 +368,52 @@ void UseSet(Self* self, ReplicaSet& set) {
 // (FailInFlight) once the requests it never read have come back. CAF bounces those from a dying
 // replica's mailbox before its down message, but requests sent after it died (the router learns of
 // a replica already dead when it monitors it, from a set) bounce later than the down message: a
-// message to itself puts the failing behind those bounces, which are then retried instead.
+// message to itself puts the failing behind those bounces, which are then retried instead. A
+// replica on another node is told dead by its node, and a request that reached that node after
+// the replica ended bounces later still: but a replica that ended normally (drained) answered
+// every request it had started before it quit (replica.cc, Stop), and those answers came before
+// its down message on the same connection, so whatever is still in flight there never started
+// and is retried too.
 void ReplicaDown(Self* self, caf::down_msg& down) {
   auto& st = self->state;
   DropFromTable(self, down.source);
   if (st.retired.count(down.source) == 0) return;
   st.dead.insert(down.source);
-  self->send(self, fail_in_flight_atom::value, down.source, runtime::ToStatus(down.reason).ToString());
+  const Status why = runtime::ToStatus(down.reason);
+  self->send(self, fail_in_flight_atom::value, down.source, why.ToString(), why.ok());
 }
 
-void FailInFlight(Self* self, const caf::actor_addr& replica, const std::string& reason) {
+void FailInFlight(Self* self, const caf::actor_addr& replica, const std::string& reason, bool ended_normally) {
   auto& st = self->state;
   auto r = st.retired.find(replica);
   if (r == st.retired.end()) return;
   const std::string name = r->second.name;
   st.retired.erase(r);
   size_t failed = 0;
+  std::vector<Pending> unstarted;
   for (auto it = st.in_flight.begin(); it != st.in_flight.end();) {
     if (it->second.replica != replica) {
       ++it;
       continue;
     }
-    Fail(self, it->second,
-         UnavailableError("replica " + name + " died while serving the request (" + RequestName(st, it->second) +
-                          "): " + reason + "; it may have run partly, so it is not retried"));
+    if (ended_normally) {
+      self->home_system().clock().cancel_request_timeout(self, it->second.mid);
+      unstarted.push_back(std::move(it->second));
+    } else {
+      Fail(self, it->second,
+           UnavailableError("replica " + name + " died while serving the request (" + RequestName(st, it->second) +
+                            "): " + reason + "; it may have run partly, so it is not retried"));
+      ++failed;
+    }
     it = st.in_flight.erase(it);
-    ++failed;
   }
-  spdlog::info("router '{}' of deployment '{}': replica {} ended ({}); {} requests in flight there failed",
-               st.config.name, st.config.deployment, name, reason, failed);
+  spdlog::info("router '{}' of deployment '{}': replica {} ended ({}); {} requests in flight there failed, {} that "
+               "it never started sent again",
+               st.config.name, st.config.deployment, name, reason, failed, unstarted.size());
+  // After the loop: a retry may send at once, which adds to in_flight.
+  for (auto& p : unstarted) {
+    Retry(self, std::move(p), UnavailableError("replica " + name + " ended (" + reason + ") before it started the request"));
+  }
   DrainQueue(self);
 }
 
@@ -501,7 +520,9 @@ caf::behavior Router(Self* self, RouterConfig config) {
         self->delayed_send(self, st.config.queue_check_interval, queue_tick_atom::value);
       },
       [self](load_tick_atom) { Report(self); },
-      [self](fail_in_flight_atom, caf::actor_addr& replica, std::string& reason) { FailInFlight(self, replica, reason); },
+      [self](fail_in_flight_atom, caf::actor_addr& replica, std::string& reason, bool ended_normally) {
+        FailInFlight(self, replica, reason, ended_normally);
+      },
   };
 }
 
