@@ -263,10 +263,15 @@ class LoopTicker final : public gloo::transport::tcp::Handler {
       } catch (const std::exception&) {
       }
     }
+    // Gloo calls handleEvents no more once unregisterDescriptor has returned, but its loop's
+    // synchronization is inside libgloo, which ThreadSanitizer does not see: the last read and
+    // this close are ordered through fd_mu_ as well.
+    std::lock_guard<std::mutex> lock(fd_mu_);
     if (fd_ >= 0) close(fd_);
   }
 
   void handleEvents(int /*events*/) override {
+    std::lock_guard<std::mutex> lock(fd_mu_);
     uint64_t count = 0;
     [[maybe_unused]] ssize_t n = read(fd_, &count, sizeof(count));
   }
@@ -275,6 +280,7 @@ class LoopTicker final : public gloo::transport::tcp::Handler {
   gloo::transport::tcp::Device* device_;
   int fd_ = -1;
   bool registered_ = false;
+  std::mutex fd_mu_;  // orders the loop's reads of fd_ before its close (see the destructor)
   std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;
