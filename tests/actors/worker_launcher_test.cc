@@ -160,7 +160,13 @@ TEST_F(WorkerLauncherTest, StopKillsTheWholeGroupAndReportsNothing) {
   auto started = launcher_->Start(Worker("sleep 1000 & echo $! > child.pid; echo started; wait"), {});
   ASSERT_TRUE(started.ok()) << started.status();
   const auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (!std::filesystem::exists(dir_ + "/child.pid") && std::chrono::steady_clock::now() < deadline) {
+  // Written, not only created: the shell's `>` creates the file before `echo` writes the pid.
+  auto written = [&] {
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(dir_ + "/child.pid", ec);
+    return !ec && size > 0;
+  };
+  while (!written() && std::chrono::steady_clock::now() < deadline) {
   }
   EXPECT_EQ(launcher_->Start(Worker("true"), {}).status().code(), StatusCode::kAlreadyExists);
   EXPECT_EQ(launcher_->Stop("job", 1), 1u);
