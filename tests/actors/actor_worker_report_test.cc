@@ -19,6 +19,7 @@
 #include "actors/training/actor_worker.h"
 #include "actors/training/messages.h"
 #include "runtime/runtime.h"
+#include "tests/support/local_runtime.h"
 
 namespace troupe::training {
 namespace {
@@ -139,14 +140,8 @@ caf::behavior FakeSupervisor(caf::stateful_actor<SupervisorState>* self, std::sh
 class ActorWorkerReport : public ::testing::Test {
  protected:
   void SetUp() override {
-    runtime::RuntimeConfig config;
-    config.node_name = "actor-worker-report";
-    config.transport.cluster_token = "actor-worker-report-test";
-    runtime::CodecRegistry codecs;
-    ASSERT_TRUE(AddTrainingCodecs(codecs).ok());
-    auto rt = runtime::Runtime::Start(config, std::move(codecs));
-    ASSERT_TRUE(rt.ok()) << rt.status();
-    rt_ = std::move(*rt);
+    rt_ = testing::StartLocalRuntime("actor-worker-report", AddTrainingCodecs);
+    ASSERT_NE(rt_, nullptr);
     supervisor_ = rt_->Spawn(FakeSupervisor, log_);
   }
 

@@ -22,6 +22,7 @@
 #endif
 #include "runtime/runtime.h"
 #include "tests/collectives/rendezvous_group.h"
+#include "tests/support/local_runtime.h"
 #if defined(TROUPE_HAVE_GLOO)
 #include "tests/collectives/vanished_gloo_rank.h"
 #endif
@@ -33,14 +34,7 @@ using namespace std::chrono_literals;
 using runtime::ActorRef;
 
 std::unique_ptr<runtime::Runtime> StartRuntime() {
-  runtime::RuntimeConfig config;
-  config.node_name = "rendezvous-test";
-  config.transport.cluster_token = "rendezvous-test";
-  runtime::CodecRegistry codecs;
-  EXPECT_TRUE(AddRendezvousCodecs(codecs).ok());
-  auto rt = runtime::Runtime::Start(config, std::move(codecs));
-  EXPECT_TRUE(rt.ok()) << rt.status();
-  return rt.ok() ? std::move(*rt) : nullptr;
+  return ::troupe::testing::StartLocalRuntime("rendezvous", AddRendezvousCodecs);
 }
 
 class RendezvousTest : public ::testing::Test {

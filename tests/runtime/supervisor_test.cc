@@ -14,6 +14,7 @@
 
 #include "runtime/runtime.h"
 #include "tests/runtime/test_actors.h"
+#include "tests/support/local_runtime.h"
 
 namespace troupe::testing {
 namespace {
@@ -74,14 +75,8 @@ class Log {
 class SupervisorTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    runtime::RuntimeConfig config;
-    config.node_name = "sup";
-    config.transport.cluster_token = "supervisor-test";
-    runtime::CodecRegistry codecs;
-    ASSERT_TRUE(AddTestCodecs(codecs).ok());
-    auto rt = runtime::Runtime::Start(config, std::move(codecs));
-    ASSERT_TRUE(rt.ok()) << rt.status();
-    rt_ = std::move(*rt);
+    rt_ = ::troupe::testing::StartLocalRuntime("supervisor", AddTestCodecs);
+    ASSERT_NE(rt_, nullptr);
   }
   void TearDown() override {
     if (rt_) rt_->Stop();
