@@ -37,8 +37,10 @@ struct GlooOptions {
   /// Aborts the formation (optional): raised before or while Create() runs, Create() returns at
   /// once with the signal's reason (an actor worker's stop, or a PeerWatch that saw a peer lost,
   /// so a rank that published its address and then died does not hold the others for
-  /// connect_timeout). It reaches the pairs' connects at once; a wait for a peer's address in the
-  /// store ends when the store answers (the job supervisor ends an attempt's store with it) or at
+  /// connect_timeout). It reaches the pairs' connects at once. A wait for the peers' addresses in
+  /// the store ends at once only when the store itself watches the same signal (troupe's
+  /// GlooRendezvousStore over a RendezvousClient made WithAbort, collectives/rendezvous.h: the
+  /// actor workers' factory does so); any other store's wait ends when the store answers or at
   /// connect_timeout, and Create() then returns the reason.
   std::shared_ptr<AbortSignal> abort;
 };

@@ -7,7 +7,11 @@
 #endif
 
 #include <algorithm>
+#include <condition_variable>
+#include <functional>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <unordered_map>
 #include <utility>
 
@@ -269,6 +273,47 @@ caf::actor SpawnRendezvousStore(caf::actor_system& system, RendezvousLimits limi
 
 // ---- The client ----
 
+namespace {
+
+// How much longer than its request's timeout a call waits for the request's answer or error
+// before it gives up on its own: that always comes (CAF's request timeout), unless the actor
+// system stopped before the request could run.
+constexpr std::chrono::milliseconds kAnswerSlack{5000};
+
+// store.Request<Reply>(msg, timeout), or `abort`'s reason as soon as it is raised (at once if it
+// was already): the request is sent asynchronously and this thread waits on its answer and the
+// signal together. An answer that comes after the abort is dropped.
+template <class Reply, class Msg>
+StatusOr<Reply> RequestUnlessAborted(const runtime::ActorRef& store, Msg msg, std::chrono::milliseconds timeout,
+                                     AbortSignal* abort) {
+  if (abort == nullptr) return store.Request<Reply>(std::move(msg), timeout);
+  struct Outcome {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::optional<StatusOr<Reply>> result;  // the first of the answer and the abort
+  };
+  auto outcome = std::make_shared<Outcome>();  // the answer may come after this call returned
+  auto finish = [outcome](StatusOr<Reply> result) {
+    std::lock_guard<std::mutex> lock(outcome->mu);
+    if (!outcome->result) outcome->result = std::move(result);
+    outcome->cv.notify_all();
+  };
+  AbortSignal::Registration registration = abort->OnAbort([finish](const Status& reason) { finish(reason); });
+  {
+    std::lock_guard<std::mutex> lock(outcome->mu);
+    if (outcome->result) return std::move(*outcome->result);  // aborted before
+  }
+  store.Request<Reply>(std::move(msg), timeout, std::function<void(StatusOr<Reply>)>(finish));
+  std::unique_lock<std::mutex> lock(outcome->mu);
+  if (!outcome->cv.wait_for(lock, timeout + kAnswerSlack, [&] { return outcome->result.has_value(); })) {
+    return DeadlineExceededError("no answer from " + store.ToString() + " within " +
+                                 std::to_string((timeout + kAnswerSlack).count()) + " ms");
+  }
+  return std::move(*outcome->result);
+}
+
+}  // namespace
+
 std::vector<std::string> RendezvousClient::Prefixed(const std::vector<std::string>& keys) const {
   if (prefix_.empty()) return keys;
   std::vector<std::string> out;
@@ -281,7 +326,8 @@ StatusOr<RendezvousValues> RendezvousClient::Ask(const std::vector<std::string>&
                                                  std::chrono::milliseconds timeout, bool values) const {
   const auto store_wait = std::clamp<int64_t>(timeout.count(), 0, UINT32_MAX);
   RendezvousGet get{Prefixed(keys), static_cast<uint32_t>(store_wait), values};
-  auto reply = store_.Request<RendezvousValues>(std::move(get), std::chrono::milliseconds(store_wait) + kReplyGrace);
+  auto reply = RequestUnlessAborted<RendezvousValues>(store_, std::move(get),
+                                                      std::chrono::milliseconds(store_wait) + kReplyGrace, abort_.get());
   if (!reply.ok()) {
     return Status(reply.status().code(), reply.status().message() + " (rendezvous store " + store_.ToString() + ")");
   }
@@ -295,7 +341,8 @@ StatusOr<RendezvousValues> RendezvousClient::Ask(const std::vector<std::string>&
 
 Status RendezvousClient::Set(const std::string& key, const std::string& value,
                              std::chrono::milliseconds timeout) const {
-  auto reply = store_.Request<RendezvousSetReply>(RendezvousSet{prefix_ + key, value}, timeout);
+  auto reply = RequestUnlessAborted<RendezvousSetReply>(store_, RendezvousSet{prefix_ + key, value}, timeout,
+                                                        abort_.get());
   if (!reply.ok()) {
     return Status(reply.status().code(),
                   reply.status().message() + " (setting '" + prefix_ + key + "' in rendezvous store " + store_.ToString() + ")");

@@ -21,11 +21,13 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
+#include "collectives/abort_signal.h"
 #include "common/status.h"
 #include "runtime/actor_ref.h"
 #include "runtime/codec.h"
@@ -100,7 +102,7 @@ caf::actor SpawnRendezvousStore(caf::actor_system& system, RendezvousLimits limi
 /// Errors (Status): DeadlineExceeded naming the keys still missing after `timeout`;
 /// Unavailable when the store's node is lost or cannot be reached (at once, not after the
 /// timeout); NotFound when the store actor has ended; InvalidArgument / ResourceExhausted from
-/// the store (RendezvousLimits).
+/// the store (RendezvousLimits); the abort's reason (WithAbort) once it is raised.
 class RendezvousClient {
  public:
   /// How long a Set waits for the store's answer.
@@ -117,11 +119,24 @@ class RendezvousClient {
   /// are bare rank numbers; the NCCL id; the job's own keys) never share a key. As
   /// gloo::rendezvous::PrefixStore, but for every user of the client.
   RendezvousClient WithPrefix(const std::string& prefix) const {
-    RendezvousClient out(store_);
+    RendezvousClient out = *this;
     out.prefix_ = prefix_ + prefix;
     return out;
   }
   const std::string& prefix() const { return prefix_; }
+
+  /// A client of the same store (and prefix) whose calls return `abort`'s reason (its code and
+  /// text, the store named after it) as soon as the signal is raised, and at once when it was
+  /// raised before, instead of waiting for the store's answer: a rank whose group formation is
+  /// aborted (a stop, a lost peer: GlooOptions::abort, PeerWatch) stops waiting for its peers'
+  /// keys. The request already sent is not withdrawn: the store keeps it among its waiting Gets
+  /// (RendezvousLimits::max_waiting) until its keys are set, its timeout passes or the store ends.
+  /// Null `abort`: calls wait for the store as without.
+  RendezvousClient WithAbort(std::shared_ptr<AbortSignal> abort) const {
+    RendezvousClient out = *this;
+    out.abort_ = std::move(abort);
+    return out;
+  }
 
   /// Sets `key` (1 to RendezvousLimits::max_key_bytes bytes) to `value` (bytes).
   Status Set(const std::string& key, const std::string& value,
@@ -142,6 +157,7 @@ class RendezvousClient {
   std::vector<std::string> Prefixed(const std::vector<std::string>& keys) const;
   runtime::ActorRef store_;
   std::string prefix_;
+  std::shared_ptr<AbortSignal> abort_;  // WithAbort; null: none
 };
 
 #if defined(TROUPE_HAVE_GLOO)
@@ -149,7 +165,9 @@ class RendezvousClient {
 /// forms its full mesh through the runtime. Gloo calls it blocking and expects exceptions:
 /// every error is thrown as gloo::IoException carrying the Status's text ("UNAVAILABLE: ...").
 /// get() waits for its key as Gloo's own stores do, at most `timeout`; wait(keys) without a
-/// timeout waits at most `timeout` too (never forever).
+/// timeout waits at most `timeout` too (never forever). With a client made WithAbort (the signal
+/// given to GlooCommunicator::Create as GlooOptions::abort), a get() or wait() in flight throws
+/// the abort's reason as soon as it is raised, so the formation returns at once.
 ///
 /// wait(keys) fetches the keys' values in the same round trip and keeps them; a get() of such a
 /// key is then answered from them once, without asking the store again. A full mesh of n ranks

@@ -289,7 +289,9 @@ CommunicatorFactory GlooCommunicatorFactory() {
       return FailedPreconditionError("rank " + std::to_string(rank) + " of " + std::to_string(world_size) +
                                      " got no rendezvous store from its supervisor");
     }
-    auto gloo_store = std::make_shared<collectives::GlooRendezvousStore>(collectives::RendezvousClient(store));
+    // The abort ends a wait for the peers' addresses in the store too, not only the connects.
+    auto gloo_store =
+        std::make_shared<collectives::GlooRendezvousStore>(collectives::RendezvousClient(store).WithAbort(abort));
     collectives::GlooOptions options;
     const std::string address = rt.address();
     options.hostname = address.substr(0, address.rfind(':'));

@@ -7,7 +7,9 @@
 #include <gloo/common/error.h>
 #endif
 
+#include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <future>
 #include <memory>
 #include <string>
@@ -185,6 +187,50 @@ TEST_F(RendezvousTest, ManyConcurrentClientsFormAGroup) {
   }
 }
 
+// Waits (at most 10 s) until `store` holds `n` waiting Gets: a set tells how many wait.
+::testing::AssertionResult StoreHasWaiting(const ActorRef& store, uint32_t n) {
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  uint32_t waiting = 0;
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto reply = store.Request<RendezvousSetReply>(RendezvousSet{"probe", ""}, 5s);
+    if (!reply.ok()) return ::testing::AssertionFailure() << "the store did not answer a set: " << reply.status();
+    waiting = reply->waiting;
+    if (waiting == n) return ::testing::AssertionSuccess();
+  }
+  return ::testing::AssertionFailure() << waiting << " Gets wait in the store after 10 s, not " << n;
+}
+
+double Millis(std::chrono::steady_clock::duration d) {
+  return std::chrono::duration<double, std::milli>(d).count();
+}
+
+TEST_F(RendezvousTest, AnAbortEndsAClientsWaitAtOnceWithItsReason) {
+  ActorRef store = Store();
+  auto abort = std::make_shared<AbortSignal>();
+  // WithPrefix keeps the abort (the NCCL id's client is a prefixed one).
+  const RendezvousClient client = RendezvousClient(store).WithAbort(abort).WithPrefix("gloo/");
+  auto pending = std::async(std::launch::async, [&] { return client.Wait({"never"}, 30s); });
+  ASSERT_TRUE(StoreHasWaiting(store, 1));
+  const auto aborted_at = std::chrono::steady_clock::now();
+  abort->Abort(UnavailableError("rank 1 (actor 7 on node 2) lost"));
+  ASSERT_EQ(pending.wait_for(10s), std::future_status::ready) << "the wait outlived the abort (store: 30 s)";
+  const auto returned_after = std::chrono::steady_clock::now() - aborted_at;
+  Status waited = pending.get();
+  EXPECT_EQ(waited.code(), StatusCode::kUnavailable) << waited;
+  EXPECT_NE(waited.message().find("rank 1 (actor 7 on node 2) lost"), std::string::npos) << waited;
+  EXPECT_NE(waited.message().find("rendezvous store"), std::string::npos) << waited;
+  EXPECT_LT(Millis(returned_after), 1000.0) << "ms after the abort";
+  std::printf("client wait returned %.2f ms after the abort (the store would have answered in 30000 ms)\n",
+              Millis(returned_after));
+  // Raised before: every call returns the reason without asking the store.
+  EXPECT_EQ(client.Set("k", "v").code(), StatusCode::kUnavailable);
+  EXPECT_EQ(client.Get("k", 30s).status().code(), StatusCode::kUnavailable);
+  EXPECT_EQ(RendezvousClient(store).Wait({"gloo/k"}, 0ms).code(), StatusCode::kDeadlineExceeded)
+      << "the aborted set reached the store";
+  // A client without the signal is not aborted by it.
+  EXPECT_TRUE(RendezvousClient(store).Set("k", "v").ok());
+}
+
 TEST_F(RendezvousTest, AClientOfAnEndedStoreFailsAtOnceInsteadOfWaiting) {
   ActorRef store = Store();
   RendezvousClient client(store);
@@ -268,6 +314,55 @@ TEST_F(RendezvousTest, AGlooMeshFormsWithTwoStoreRequestsARank) {
   }
   EXPECT_EQ(sets->load(), kRanks);
   EXPECT_EQ(gets->load(), kRanks);
+}
+
+// A formation aborted while it waits in the store for a peer's addresses that never come (rank 1
+// never calls Create): with the store watching the signal (a client WithAbort, as the actor
+// workers' factory makes it) Create returns the reason within moments; a store that does not
+// watch it (the baseline, measured in the same run) holds Create until connect_timeout.
+TEST_F(RendezvousTest, AnAbortEndsACreateWaitingInTheStoreForItsPeersAddresses) {
+  // Rank 0 of 2 forms through `store` (watching `abort` or not); returns how long Create took
+  // after the abort, and its status.
+  auto abort_formation = [&](bool store_watches, std::chrono::milliseconds connect_timeout,
+                             std::chrono::steady_clock::duration* after_abort) -> Status {
+    const ActorRef store = Store();
+    auto abort = std::make_shared<AbortSignal>();
+    RendezvousClient client(store);
+    if (store_watches) client = client.WithAbort(abort);
+    GlooOptions options;
+    options.connect_timeout = connect_timeout;
+    options.abort = abort;
+    auto forming = std::async(std::launch::async, [&] {
+      return GlooCommunicator::Create(0, 2, std::make_shared<GlooRendezvousStore>(client), options).status();
+    });
+    if (!StoreHasWaiting(store, 1)) {
+      ADD_FAILURE() << "rank 0 never waited in the store";
+      return forming.get();
+    }
+    const auto aborted_at = std::chrono::steady_clock::now();
+    abort->Abort(CancelledError("rank 0 was stopped by its supervisor"));
+    // Watched: 10 s, half the connect_timeout given; not: the connect_timeout and 10 s more.
+    if (forming.wait_for(store_watches ? 10s : connect_timeout + 10s) != std::future_status::ready) {
+      ADD_FAILURE() << "Create still waits " << (store_watches ? "10 s" : "10 s past its connect_timeout")
+                    << " after the abort";
+    }
+    Status status = forming.get();
+    *after_abort = std::chrono::steady_clock::now() - aborted_at;
+    return status;
+  };
+  std::chrono::steady_clock::duration watched{};
+  const Status aborted = abort_formation(true, 20s, &watched);
+  EXPECT_EQ(aborted.code(), StatusCode::kCancelled) << aborted;
+  EXPECT_NE(aborted.message().find("formation aborted: rank 0 was stopped by its supervisor"), std::string::npos)
+      << aborted;
+  EXPECT_LT(Millis(watched), 1000.0) << "ms after the abort";
+  // Baseline: the same abort, the store not watching it (connect_timeout 2 s).
+  std::chrono::steady_clock::duration unwatched{};
+  const Status baseline = abort_formation(false, 2s, &unwatched);
+  EXPECT_EQ(baseline.code(), StatusCode::kCancelled) << baseline;
+  std::printf("Create returned %.2f ms after the abort with the store watching it; %.2f ms without "
+              "(connect_timeout 2000 ms): %.0fx sooner\n",
+              Millis(watched), Millis(unwatched), Millis(unwatched) / std::max(Millis(watched), 0.001));
 }
 #endif  // TROUPE_HAVE_GLOO
 
