@@ -11,6 +11,7 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <thread>
 
@@ -417,7 +418,12 @@ void ActorWorkerTable::Ended(const ActorWorkerStart& start, const caf::actor_add
   std::lock_guard<std::mutex> lock(mu_);
   auto it = workers_.find(Key{start.job, start.attempt, start.rank});
   if (it == workers_.end() || !it->second.actor || it->second.actor.address() != worker) return;
-  if (!it->second.exit || it->second.stopped) {
+  // Only the newest attempt's exits are kept (Add forgets the older ones'): an older attempt's
+  // rank that ends after the job's next attempt came here (it held its communicator, or its stop
+  // came late) is not kept either. The keys are ordered by job, attempt, rank.
+  const auto next = workers_.upper_bound(Key{start.job, start.attempt, std::numeric_limits<uint32_t>::max()});
+  const bool newer_attempt = next != workers_.end() && std::get<0>(next->first) == start.job;
+  if (!it->second.exit || it->second.stopped || newer_attempt) {
     workers_.erase(it);
     return;
   }

@@ -251,7 +251,10 @@ class ActorWorkerTable {
   runtime::ActorRef Supervisor(const ActorWorkerStart& start) const;
   /// Records the worker's exit; returns the supervisor to report it to.
   runtime::ActorRef Exited(const ActorWorkerStart& start, const WorkerExited& exit);
-  /// The worker actor `worker` has ended: forgotten, unless its exit is kept for an adopter.
+  /// The worker actor `worker` has ended: forgotten, unless its exit is kept for an adopter (it
+  /// exited, was not Stop()ped, and no newer attempt of its job is here: only the newest
+  /// attempt's exits are kept). The end of another actor than the one added for the rank (an
+  /// earlier Add of the same rank) changes nothing.
   void Ended(const ActorWorkerStart& start, const caf::actor_addr& worker);
 
  private:
