@@ -83,6 +83,7 @@ const char* ScaleReasonName(ScaleReason reason) {
     case ScaleReason::kScaleFromZero: return "scale_from_zero";
     case ScaleReason::kMinReplicas: return "min_replicas";
     case ScaleReason::kMaxReplicas: return "max_replicas";
+    case ScaleReason::kInitialScale: return "initial_scale";
   }
   return "unknown";
 }
@@ -129,7 +130,21 @@ uint32_t AutoscalerPolicy::ReplicasFor(const Averages& averages) const {
   return n;
 }
 
-Decision AutoscalerPolicy::Decide(TimePoint now, uint32_t current_replicas) {
+void AutoscalerPolicy::TrackStart(TimePoint now, uint32_t current_replicas, uint32_t ready_replicas) {
+  const bool started = current_replicas > 0 && (!last_current_ || *last_current_ == 0);
+  last_current_ = current_replicas;
+  if (started && !holding_) holding_ = Start{now, current_replicas};
+  if (!holding_) return;
+  if (ready_replicas >= std::min(holding_->replicas, config_.max_replicas)) {
+    ready_at_ = now;
+    holding_.reset();
+  } else if (now - holding_->at >= kInitialScaleDeadline) {
+    holding_.reset();  // its replicas never all became ready: the other rules decide alone
+  }
+}
+
+Decision AutoscalerPolicy::Decide(TimePoint now, uint32_t current_replicas, uint32_t ready_replicas) {
+  TrackStart(now, current_replicas, ready_replicas);
   Decision d;
   const auto stable = Average(now, config_.stable_window);
   const auto panic = Average(now, config_.panic_window);
@@ -205,7 +220,8 @@ Decision AutoscalerPolicy::Decide(TimePoint now, uint32_t current_replicas) {
     }
   }
 
-  const auto quiet_since = last_load_ ? *last_load_ : *first_sample_;
+  auto quiet_since = last_load_ ? *last_load_ : *first_sample_;
+  if (ready_at_ && *ready_at_ > quiet_since) quiet_since = *ready_at_;
   if (config_.min_replicas == 0 && !d.panic) {
     if (now - quiet_since >= config_.scale_to_zero_grace) {
       want = down_limit;
@@ -225,6 +241,12 @@ Decision AutoscalerPolicy::Decide(TimePoint now, uint32_t current_replicas) {
       want = highest;
       why = ScaleReason::kScaleDownDelay;
     }
+  }
+
+  // Rule 0 after the delay, so the delay window does not remember the held count past the hold.
+  if (holding_ && want < holding_->replicas) {
+    want = holding_->replicas;
+    why = ScaleReason::kInitialScale;
   }
 
   const Load& newest = samples_.back().load;
@@ -248,6 +270,11 @@ Decision AutoscalerPolicy::Decide(TimePoint now, uint32_t current_replicas) {
       current_replicas, want, ScaleReasonName(why), d.panic ? ", panicking" : "", d.stable_load, d.stable_rps,
       d.stable_replicas, d.panic_load, d.panic_rps, d.panic_replicas, config_.target_ongoing_requests,
       Seconds(now - quiet_since));
+  if (holding_) {
+    d.reason_text += fmt::format("; holding the start count {} until as many are ready ({} ready, at most {:.0f} s more)",
+                                 holding_->replicas, ready_replicas,
+                                 Seconds(holding_->at + kInitialScaleDeadline - now));
+  }
   return d;
 }
 

@@ -37,6 +37,14 @@ struct Load {
 /// tolerance); troupe applies it to scale-downs only, so a burst still scales up at once.
 inline constexpr double kScaleDownTolerance = 0.1;
 
+/// How long the policy holds the count a deployment started at (rule 0 of AutoscalerPolicy) while
+/// fewer replicas than that are ready: Knative's progress-deadline (600 s), within which a revision
+/// must reach its initial scale or fail, and the process backend's default ready_timeout, after
+/// which the deployment counts a replica's start as failed. Without a bound a deployment whose
+/// replicas never become ready (a start that always fails) would be held up, restarting them,
+/// forever.
+inline constexpr std::chrono::minutes kInitialScaleDeadline{10};
+
 /// The rule that settled a decision (the `reason` label of troupe_serving_autoscaler_decisions_total).
 enum class ScaleReason {
   kNoData,            ///< nothing observed yet: the current count, within the bounds
@@ -51,10 +59,12 @@ enum class ScaleReason {
   kScaleFromZero,     ///< requests wait and no replica runs: one at once
   kMinReplicas,       ///< raised to min_replicas
   kMaxReplicas,       ///< lowered to max_replicas
+  kInitialScale,      ///< held at the count the deployment started at until that many replicas were ready once
 };
 
 /// "no_data", "stable", "panic", "scale_up_limit", "scale_down_limit", "scale_down_delay",
-/// "scale_down_tolerance", "scale_to_zero_grace", "scale_to_zero", "scale_from_zero", "min_replicas", "max_replicas".
+/// "scale_down_tolerance", "scale_to_zero_grace", "scale_to_zero", "scale_from_zero", "min_replicas", "max_replicas",
+/// "initial_scale".
 const char* ScaleReasonName(ScaleReason reason);
 
 /// One decision and what it was made from.
@@ -80,6 +90,19 @@ struct Decision {
 ///
 /// Rules, in the order Decide applies them (current = the count the caller runs, never below 1
 /// in ratios):
+///  0. Start (Knative's initial scale, knative.dev "Configuring scale bounds": a revision must
+///     reach initial-scale once before it can scale below it). The count at the first decision (a
+///     new deployment: replicas.initial), and the count at a decision after one with zero
+///     replicas (brought up from zero), is the start count. Until that many replicas have been
+///     ready at once (`ready_replicas` >= the start count, or >= max_replicas if that is lower),
+///     no rule below but the bounds (7) takes the decision under the start count (reason
+///     kInitialScale; applied after rule 5), and from the moment they were, not from the deploy,
+///     the idle time of rule 4 counts (docs/serving.md, "The start count"). The hold is bounded:
+///     once kInitialScaleDeadline has passed since the start without that many ready, it ends and
+///     the rules apply as if there had been none (the idle time counts from the start, so a
+///     deployment with min_replicas 0 whose replica never became ready and that saw no load goes
+///     to zero at once). A start while a hold is pending (the replica that failed to start was
+///     removed, count 0, and is replaced) keeps the pending hold and its deadline.
 ///  1. Each window asks for max(ceil(load / target_ongoing_requests), ceil(rps /
 ///     target_requests_per_second)) replicas, where load and rps are the window's average of the
 ///     deployment's *total* load. The total, not the per-replica average times the current count:
@@ -93,10 +116,11 @@ struct Decision {
 ///     (Knative: the surge has then made its way into the stable average). While panicking the
 ///     decision is the larger of the two asks and never below the highest one of this panic.
 ///  4. Scale to zero (min_replicas 0 only): after scale_to_zero_grace without load (no ongoing,
-///     queued or completed requests) the count goes to zero; before that a count that would reach
-///     zero stays at one.
+///     queued or completed requests) since the last load (the first sample if none had load) or
+///     the moment the start count was ready (rule 0), whichever is later, the count goes to zero;
+///     before that a count that would reach zero stays at one.
 ///  5. A decision lower than one made within scale_down_delay waits: the decision is the highest
-///     of that delay window (Knative's scale-down-delay).
+///     of that delay window (Knative's scale-down-delay). Then rule 0's hold, if one is pending.
 ///  6. Zero replicas and requests waiting: at least one, at once (nothing else can serve them).
 ///  7. Bounds: min_replicas <= desired <= max_replicas.
 /// A policy that starts with more than one replica running starts in panic: it has no history,
@@ -114,11 +138,18 @@ class AutoscalerPolicy {
   /// Records the deployment's total load at `now`. Times never go back: a sample older than the
   /// newest is taken as at the newest time.
   void Observe(TimePoint now, const Load& load);
-  /// The replica count for `now`, given that `current_replicas` run (or start) now.
-  Decision Decide(TimePoint now, uint32_t current_replicas);
+  /// The replica count for `now`, given that `current_replicas` run (or start) now and
+  /// `ready_replicas` of them are ready (serving; at most current_replicas is meaningful, more is
+  /// taken as all ready). The ready count ends rule 0's hold.
+  Decision Decide(TimePoint now, uint32_t current_replicas, uint32_t ready_replicas);
+  /// Decide with every running replica ready: for callers that do not track readiness (the rule
+  /// tests over recorded traces), where rule 0's hold ends at once.
+  Decision Decide(TimePoint now, uint32_t current_replicas) {
+    return Decide(now, current_replicas, current_replicas);
+  }
 
   /// Decides by `config` from now on (`troupe serve update`; must be valid), keeping the load
-  /// history, the panic state and the scale-down delay's recent decisions: an update is no reason
+  /// history, the panic state, rule 0's pending hold and the scale-down delay's recent decisions: an update is no reason
   /// to forget the load, and a policy started afresh would start in panic (rule above) and hold
   /// the count for a stable window. Samples older than the new windows are dropped.
   void Reconfigure(const AutoscalingConfig& config);
@@ -137,6 +168,8 @@ class AutoscalerPolicy {
   };
   Averages Average(TimePoint now, std::chrono::milliseconds window) const;
   uint32_t ReplicasFor(const Averages& averages) const;
+  // Rule 0: starts, ends or keeps the hold of the start count.
+  void TrackStart(TimePoint now, uint32_t current_replicas, uint32_t ready_replicas);
 
   AutoscalingConfig config_;
   std::deque<Sample> samples_;
@@ -148,6 +181,15 @@ class AutoscalerPolicy {
   // The last time a sample had load; nullopt: none has, since the policy started.
   std::optional<TimePoint> last_load_;
   std::optional<TimePoint> first_sample_;
+  // Rule 0: the current count at the last decision (nullopt: none yet); the pending hold (when it
+  // started, the start count); when the last hold ended with its count ready.
+  std::optional<uint32_t> last_current_;
+  struct Start {
+    TimePoint at;
+    uint32_t replicas = 0;
+  };
+  std::optional<Start> holding_;
+  std::optional<TimePoint> ready_at_;
   // Decisions within scale_down_delay (before bounds), oldest first.
   std::deque<std::pair<TimePoint, uint32_t>> recent_;
 };

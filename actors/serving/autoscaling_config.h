@@ -47,8 +47,10 @@ struct AutoscalingConfig {
   /// over a time window; 0: at once).
   std::chrono::milliseconds scale_down_delay{0};
   /// With min_replicas 0: how long the last replica stays after the load went to zero (no
-  /// ongoing, queued or completed requests reported; Knative's scale-to-zero-grace-period, 30 s).
-  /// Then the count goes to zero even if the stable window still remembers older load.
+  /// ongoing, queued or completed requests reported; Knative's scale-to-zero-grace-period, 30 s),
+  /// counted at the earliest from the moment the replicas the deployment started with were ready
+  /// (AutoscalerPolicy, rule 0). Then the count goes to zero even if the stable window still
+  /// remembers older load.
   std::chrono::milliseconds scale_to_zero_grace{30000};
 };
 

@@ -409,6 +409,111 @@ TEST(AutoscalerPolicy, RequestsPerSecondTargetAsksForMoreWhenHigher) {
   EXPECT_EQ(d.desired, 8u);
 }
 
+// Rule 0 (Knative's initial scale): a policy fed a deployment's load, running count and ready
+// count every `step`, with the load idle unless `load_at` says otherwise.
+class StartTimeline {
+ public:
+  // Scalable(min, max, initial) with 1 s windows (the panic window `panic_ms`) and `grace_ms`.
+  static AutoscalingConfig Config(uint32_t min, uint32_t max, uint32_t initial, int64_t panic_ms, int64_t grace_ms) {
+    AutoscalingConfig config = Scalable(min, max, initial);
+    config.stable_window = milliseconds(1000);
+    config.panic_window = milliseconds(panic_ms);
+    config.scale_to_zero_grace = milliseconds(grace_ms);
+    return config;
+  }
+
+  explicit StartTimeline(const AutoscalingConfig& config) : policy_(config) {}
+  // Decides at `ms` with `current` running and `ready` of them ready, after observing `load`.
+  Decision At(int64_t ms, uint32_t current, uint32_t ready, Load load = Load{}) {
+    policy_.Observe(kStart + milliseconds(ms), load);
+    return policy_.Decide(kStart + milliseconds(ms), current, ready);
+  }
+
+ private:
+  AutoscalerPolicy policy_;
+};
+
+// The trace: a min_replicas 0 deployment with a 500 ms grace whose one initial replica is
+// still starting at +717 ms was scaled 1 -> 0 then (the grace counted from the deploy). It is held
+// until it is ready, and the grace counts from that moment.
+TEST(AutoscalerPolicy, TheInitialReplicaStaysUntilReadyAndTheGraceCountsFromThen) {
+  StartTimeline t(StartTimeline::Config(0, 2, 1, 1000, 500));
+  for (int64_t ms = 0; ms < 3000; ms += 100) {  // starting for 3 s: six graces
+    Decision d = t.At(ms, 1, 0);
+    ASSERT_EQ(d.desired, 1u) << "at " << ms << " ms, the replica not ready yet: " << d.reason_text;
+    if (ms >= 500) {
+      ASSERT_EQ(d.reason, ScaleReason::kInitialScale) << "at " << ms << " ms: " << d.reason_text;
+      ASSERT_NE(d.reason_text.find("holding the start count 1 until as many are ready (0 ready"), std::string::npos)
+          << d.reason_text;
+    }
+  }
+  for (int64_t ms = 3000; ms < 3500; ms += 100) {
+    Decision d = t.At(ms, 1, 1);
+    ASSERT_EQ(d.desired, 1u) << "at " << ms << " ms, within the grace from ready (3000 ms): " << d.reason_text;
+    EXPECT_EQ(d.reason, ScaleReason::kScaleToZeroGrace) << d.reason_text;
+  }
+  Decision d = t.At(3500, 1, 1);
+  EXPECT_EQ(d.desired, 0u) << "the grace from ready has passed: " << d.reason_text;
+  EXPECT_EQ(d.reason, ScaleReason::kScaleToZero);
+}
+
+// Not only the grace: a new deployment of 4 with no load keeps its 4 while they start (without
+// the hold, the start-in-panic ends after the 1 s stable window and the count halves), and once
+// the 4 were ready together the start count no longer holds: the next decision halves it (Knative:
+// initial scale is ignored once reached).
+TEST(AutoscalerPolicy, ANewDeploymentDoesNotScaleBelowItsInitialCountUntilThatManyWereReady) {
+  StartTimeline t(StartTimeline::Config(1, 10, 4, 500, 30000));
+  for (int64_t ms = 0; ms < 3000; ms += 100) {
+    Decision d = t.At(ms, 4, ms < 2000 ? 0 : 3);  // 3 of 4 ready is not enough
+    ASSERT_EQ(d.desired, 4u) << "at " << ms << " ms: " << d.reason_text;
+  }
+  Decision d = t.At(3000, 4, 4);
+  EXPECT_EQ(d.desired, 2u) << "4 ready once: the stable window decides, at most halving: " << d.reason_text;
+  EXPECT_EQ(d.reason, ScaleReason::kScaleDownLimit);
+  d = t.At(3100, 2, 1);
+  EXPECT_EQ(d.desired, 1u) << "reached once is enough: fewer ready later holds nothing: " << d.reason_text;
+}
+
+// A deployment brought up from zero by a request holds the new replica until it is ready, even
+// if the request went away meanwhile (the client cancelled), and the grace counts from ready.
+TEST(AutoscalerPolicy, AReplicaStartedForARequestStaysUntilReadyEvenIfTheRequestWentAway) {
+  StartTimeline t(StartTimeline::Config(0, 2, 1, 1000, 1000));
+  ASSERT_EQ(t.At(0, 1, 1).desired, 1u);
+  Decision d = t.At(1000, 1, 1);
+  ASSERT_EQ(d.desired, 0u) << d.reason_text;
+  d = t.At(2000, 0, 0, Load{0, 1, 0});  // a request waits at the router
+  ASSERT_EQ(d.desired, 1u) << d.reason_text;
+  ASSERT_EQ(d.reason, ScaleReason::kScaleFromZero);
+  for (int64_t ms = 2100; ms < 6000; ms += 100) {  // its client left at once; the replica starts for 4 s
+    d = t.At(ms, 1, 0);
+    ASSERT_EQ(d.desired, 1u) << "at " << ms << " ms: " << d.reason_text;
+  }
+  ASSERT_EQ(d.reason, ScaleReason::kInitialScale) << d.reason_text;
+  d = t.At(6000, 1, 1);
+  EXPECT_EQ(d.desired, 1u) << "ready at 6000 ms: the grace starts now: " << d.reason_text;
+  d = t.At(6900, 1, 1);
+  EXPECT_EQ(d.desired, 1u) << d.reason_text;
+  d = t.At(7000, 1, 1);
+  EXPECT_EQ(d.desired, 0u) << d.reason_text;
+}
+
+// The hold is bounded: a replica that never becomes ready (each start fails; the deployment
+// removes it, count 0, and starts another) is held for kInitialScaleDeadline from the start, not
+// from each new attempt, and then a min_replicas 0 deployment that saw no load goes to zero.
+TEST(AutoscalerPolicy, AStartCountNeverReadyIsHeldOnlyUntilTheDeadline) {
+  StartTimeline t(Scalable(0, 2, 1));
+  const int64_t deadline_ms = std::chrono::duration_cast<milliseconds>(kInitialScaleDeadline).count();
+  for (int64_t ms = 0; ms < deadline_ms; ms += 1000) {
+    const bool replacing = (ms / 1000) % 60 == 30;  // every minute a failed start is removed, then replaced
+    Decision d = t.At(ms, replacing ? 0 : 1, 0);
+    ASSERT_EQ(d.desired, 1u) << "at " << ms << " ms: " << d.reason_text;
+  }
+  Decision d = t.At(deadline_ms, 1, 0);
+  EXPECT_EQ(d.desired, 0u) << "the deadline passed: " << d.reason_text;
+  EXPECT_EQ(d.reason, ScaleReason::kScaleToZero) << d.reason_text;
+  EXPECT_EQ(d.reason_text.find("holding"), std::string::npos) << d.reason_text;
+}
+
 TEST(AutoscalerPolicy, ValidateNamesTheFieldAndRange) {
   EXPECT_TRUE(ValidateAutoscalingConfig(Scalable(0, 3, 1)).ok());
   auto bad = Scalable(4, 3, 3);
