@@ -26,6 +26,8 @@ struct AutoscalerState {
   std::unique_ptr<AutoscalerPolicy> policy;
   std::map<std::string, Source> sources;
   uint32_t current = 0;
+  // How many of them are ready (ReplicaCount::ready): none until the deployment actor says so.
+  uint32_t ready = 0;
   // The last decision sent (desired, current, panic); nullopt: none yet.
   std::optional<std::tuple<uint32_t, uint32_t, bool>> sent;
   bool panic = false;
@@ -50,7 +52,7 @@ void Tick(Self* self) {
     ++it;
   }
   if (!live.empty()) st.policy->Observe(now, CombineLoad(live));
-  Decision d = st.policy->Decide(now, st.current);
+  Decision d = st.policy->Decide(now, st.current, st.ready);
   const bool changed = d.desired != st.current || d.panic != st.panic;
   const auto key = std::make_tuple(d.desired, st.current, d.panic);
   const bool send = changed && st.sent != key;
@@ -60,7 +62,7 @@ void Tick(Self* self) {
     st.init.target.Send(ScaleDecision{st.init.deployment, d.desired, st.current, d.panic, d.reason_text});
   }
   st.panic = d.panic;
-  if (st.init.metrics) st.init.metrics->Record(st.init.deployment, d, st.current, live.size(), send);
+  if (st.init.metrics) st.init.metrics->Record(st.init.deployment, d, st.current, st.ready, live.size(), send);
 }
 
 caf::behavior Autoscaler(Self* self, AutoscalerInit init) {
@@ -83,7 +85,9 @@ caf::behavior Autoscaler(Self* self, AutoscalerInit init) {
       },
       [self](ReplicaCount& count) {
         auto& st = self->state;
-        if (count.deployment != st.init.deployment || count.current == st.current) return;
+        if (count.deployment != st.init.deployment) return;
+        st.ready = count.ready;
+        if (count.current == st.current) return;
         st.current = count.current;
         st.sent.reset();  // a decision sent for another count may be needed again
       },
@@ -134,11 +138,12 @@ StatusOr<caf::actor> SpawnAutoscaler(caf::actor_system& system, AutoscalerInit i
 }
 
 void AutoscalerMetrics::Record(const std::string& deployment, const Decision& decision, uint32_t current,
-                               size_t sources, bool sent) {
+                               uint32_t ready, size_t sources, bool sent) {
   std::lock_guard<std::mutex> lock(mu_);
   Entry& e = entries_[deployment];
   e.decision = decision;
   e.current = current;
+  e.ready = ready;
   e.sources = sources;
   if (sent) ++e.sent_by_reason[ScaleReasonName(decision.reason)];
 }
@@ -162,6 +167,8 @@ void AutoscalerMetrics::Collect(std::vector<prometheus::MetricFamily>& out) cons
                                       "Replicas the autoscaler decided at its last tick");
   auto current = runtime::GaugeFamily("troupe_serving_autoscaler_current_replicas",
                                       "Replicas the deployment runs (starting and ready), as it last told its autoscaler");
+  auto ready = runtime::GaugeFamily("troupe_serving_autoscaler_ready_replicas",
+                                    "Of those, the ready ones, as the deployment last told its autoscaler");
   auto panic = runtime::GaugeFamily("troupe_serving_autoscaler_panic", "1 while the autoscaler is in panic mode");
   auto load = runtime::GaugeFamily("troupe_serving_autoscaler_load_requests",
                                    "Average ongoing plus queued requests over the stable or panic window");
@@ -172,6 +179,7 @@ void AutoscalerMetrics::Collect(std::vector<prometheus::MetricFamily>& out) cons
   for (const auto& [name, e] : entries) {
     runtime::AddSample(desired, e.decision.desired, {{"deployment", name}});
     runtime::AddSample(current, e.current, {{"deployment", name}});
+    runtime::AddSample(ready, e.ready, {{"deployment", name}});
     runtime::AddSample(panic, e.decision.panic ? 1 : 0, {{"deployment", name}});
     runtime::AddSample(load, e.decision.stable_load, {{"deployment", name}, {"window", "stable"}});
     runtime::AddSample(load, e.decision.panic_load, {{"deployment", name}, {"window", "panic"}});
@@ -180,7 +188,7 @@ void AutoscalerMetrics::Collect(std::vector<prometheus::MetricFamily>& out) cons
       runtime::AddSample(decisions, static_cast<double>(n), {{"deployment", name}, {"reason", reason}});
     }
   }
-  for (auto* family : {&desired, &current, &panic, &load, &sources, &decisions}) out.push_back(std::move(*family));
+  for (auto* family : {&desired, &current, &ready, &panic, &load, &sources, &decisions}) out.push_back(std::move(*family));
 }
 
 }  // namespace troupe::serving

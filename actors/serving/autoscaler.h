@@ -29,14 +29,16 @@ namespace troupe::serving {
 /// deployment's entry after every tick; the scrape thread reads them (thread-safe).
 class AutoscalerMetrics {
  public:
-  /// The decision of one tick: gauges always, and `sent` counts it in decisions_total (a decision
-  /// that went to the deployment actor).
-  void Record(const std::string& deployment, const Decision& decision, uint32_t current, size_t sources, bool sent);
+  /// The decision of one tick, made for `current` replicas of which `ready` are ready: gauges
+  /// always, and `sent` counts it in decisions_total (a decision that went to the deployment actor).
+  void Record(const std::string& deployment, const Decision& decision, uint32_t current, uint32_t ready,
+              size_t sources, bool sent);
   /// Forgets a deployment's series (its autoscaler ended).
   void Remove(const std::string& deployment);
   /// Appends the families below, labelled deployment="<name>":
   ///   troupe_serving_autoscaler_desired_replicas, troupe_serving_autoscaler_current_replicas
   ///   (gauges, the last tick's decision and the count the deployment actor last reported);
+  ///   troupe_serving_autoscaler_ready_replicas (gauge, how many of those it said were ready);
   ///   troupe_serving_autoscaler_panic (gauge, 1 while panicking);
   ///   troupe_serving_autoscaler_load_requests{window="stable"|"panic"} (gauge, the window's
   ///   average of ongoing plus queued requests);
@@ -49,6 +51,7 @@ class AutoscalerMetrics {
   struct Entry {
     Decision decision;
     uint32_t current = 0;
+    uint32_t ready = 0;
     size_t sources = 0;
     std::map<std::string, uint64_t> sent_by_reason;
   };
@@ -92,8 +95,12 @@ struct ConfigureAutoscaler {
 /// Messages it takes:
 ///   LoadReport (from routers and replicas): the newest report per source is kept; reports of
 ///     another deployment are dropped.
-///   ReplicaCount (from the deployment actor): the replicas running now. Until the first one, the
-///     count is config.initial_replicas (what the deployment starts with).
+///   ReplicaCount (from the deployment actor): the replicas running now and how many of them are
+///     ready. Until the first one, the count is config.initial_replicas (what the deployment
+///     starts with) and none is ready. The ready count goes to the policy with the count: until
+///     the count the deployment started at (or was brought up from zero to) has been ready once,
+///     no decision goes below it, and the idle grace of scale to zero counts from then
+///     (AutoscalerPolicy, rule 0; at most kInitialScaleDeadline).
 ///   ConfigureAutoscaler (above).
 ///   caf::exit_msg / a down target: it ends (it monitors the target).
 ///

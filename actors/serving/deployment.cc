@@ -209,7 +209,8 @@ void SendCount(Self* self) {
   auto& st = self->state;
   if (!st.autoscaler) return;
   RefreshView(self);
-  self->send(st.autoscaler, ReplicaCount{st.spec().name, AutoscalerReplicaCount(st.status)});
+  self->send(st.autoscaler,
+             ReplicaCount{st.spec().name, AutoscalerReplicaCount(st.status), AutoscalerReadyCount(st.status)});
 }
 
 void Publish(Self* self, const std::string& what, const std::string& why) {
@@ -324,6 +325,7 @@ void StartReplicaOn(Self* self, const std::string& name) {
               st.backoff->Reset();
               PushReplicaSet(self);
               Publish(self, "replica " + name + " ready on node " + r.place.node, "");
+              SendCount(self);
               if (st.rolling) Reconcile(self);
             } else {
               Publish(self, "replica " + name + " starting on node " + r.place.node, "");
@@ -898,6 +900,7 @@ caf::behavior Deployment(Self* self, DeploymentInit init) {
         st.backoff->Reset();
         PushReplicaSet(self);
         Publish(self, "replica " + r.name + " ready on node " + r.place.node, "");
+        SendCount(self);
         if (st.rolling) Reconcile(self);
       },
       [self](ScaleDecision& decision) {
@@ -1036,6 +1039,16 @@ uint32_t AutoscalerReplicaCount(const DeploymentStatus& status) {
     if (r.state != kDraining && !r.standby) ++serving;
   }
   return rolling ? std::min(serving, status.desired) : serving;
+}
+
+uint32_t AutoscalerReadyCount(const DeploymentStatus& status) {
+  uint32_t ready = 0;
+  bool rolling = false;
+  for (const auto& r : status.replicas) {
+    rolling = rolling || r.outdated;
+    if (r.state == kReady && !r.standby) ++ready;
+  }
+  return rolling ? std::min(ready, status.desired) : ready;
 }
 
 std::string DeploymentEventToJson(const DeploymentEvent& e) {

@@ -109,6 +109,10 @@ struct DeploymentStatus {
 /// while the old ones still carry the whole load, and a count of 0 or 1 would make the
 /// autoscaler panic (panic_threshold x current) and hold the count for a stable window.
 uint32_t AutoscalerReplicaCount(const DeploymentStatus& status);
+/// The ready count beside it (ReplicaCount::ready): the ready replicas among those
+/// AutoscalerReplicaCount counts, standby ones aside, during a rollout at most `desired`. It ends
+/// the autoscaler's hold of the count the deployment started at (AutoscalerPolicy, rule 0).
+uint32_t AutoscalerReadyCount(const DeploymentStatus& status);
 
 /// One change of a deployment: when, what, why.
 struct DeploymentEvent {

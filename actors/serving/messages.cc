@@ -153,9 +153,10 @@ Status AddDataMessages(runtime::CodecRegistry& r) {
       [](const ReplicaCount& m, wire::ReplicaCount::Builder b, RefCodec&) {
         b.setDeployment(m.deployment);
         b.setCurrent(m.current);
+        b.setReady(m.ready);
       },
       [](wire::ReplicaCount::Reader in, RefCodec&) -> StatusOr<ReplicaCount> {
-        return ReplicaCount{in.getDeployment(), in.getCurrent()};
+        return ReplicaCount{in.getDeployment(), in.getCurrent(), in.getReady()};
       })));
   return r.Add<ScaleDecision, wire::ScaleDecision>(
       kScaleDecision, "serving.ScaleDecision",

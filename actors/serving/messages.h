@@ -192,14 +192,18 @@ enum ReplicaControlTypeId : uint32_t {
 /// not decode (or name an unknown replica state) give InvalidArgument, never a crash.
 Status AddServingCodecs(runtime::CodecRegistry& registry);
 
-/// Deployment actor -> its autoscaler, after every change of the count: the replicas the
-/// deployment runs now, starting and ready ones (draining and stopped ones do not count: they
-/// serve nothing new). Scale decisions compare against it. It normally stays in the process (the
-/// autoscaler runs beside its deployment actor); its codec lets the two run apart all the same,
-/// and puts it in the codec fuzz target with the rest of the protocol.
+/// Deployment actor -> its autoscaler, after every change of the count or of the ready count: the
+/// replicas the deployment runs now, starting and ready ones (draining and stopped ones do not
+/// count: they serve nothing new; AutoscalerReplicaCount), and how many of them are ready
+/// (AutoscalerReadyCount). Scale decisions compare against `current`; `ready` ends the hold of the
+/// count the deployment started at (AutoscalerPolicy, rule 0). A sender that leaves `ready` out
+/// (an older peer) says 0: none ready, so the hold lasts until kInitialScaleDeadline. It normally
+/// stays in the process (the autoscaler runs beside its deployment actor); its codec lets the two
+/// run apart all the same, and puts it in the codec fuzz target with the rest of the protocol.
 struct ReplicaCount {
   std::string deployment;
   uint32_t current = 0;
+  uint32_t ready = 0;
 };
 
 // ---- Deployments on the cluster (type ids 1360-1379): deployment actor -> node agents, clients

@@ -45,7 +45,7 @@ struct LoadReport {
   completedPerSecond @5 :Float64;
 }
 struct ScaleDecision { deployment @0 :Text; desired @1 :UInt32; current @2 :UInt32; panic @3 :Bool; reason @4 :Text; }
-struct ReplicaCount { deployment @0 :Text; current @1 :UInt32; }
+struct ReplicaCount { deployment @0 :Text; current @1 :UInt32; ready @2 :UInt32; }
 
 # Replica control (1340-1359).
 struct CancelRequest { requestId @0 :UInt64; }

@@ -100,11 +100,13 @@ class AutoscalerTest : public ::testing::Test {
  protected:
   AutoscalerTest() : system_(config_) {}
 
-  caf::actor Spawn(AutoscalingConfig config, std::chrono::milliseconds source_timeout = 1000ms) {
+  caf::actor Spawn(AutoscalingConfig config, std::chrono::milliseconds source_timeout = 1000ms,
+                   const Clock* clock = nullptr) {
     probe_ = system_.spawn(Probe, decisions_);
     AutoscalerInit init;
     init.deployment = "chat";
     init.config = config;
+    init.clock = clock;
     init.target = runtime::ActorRef(probe_, 0, 1);
     init.metrics = metrics_;
     init.source_timeout = source_timeout;
@@ -134,6 +136,15 @@ class AutoscalerTest : public ::testing::Test {
     });
   }
 
+  // Whether a tick found the stable window without load (bounded wait).
+  bool TickObservedNoLoad() {
+    return Eventually([&] {
+      return Metric(*metrics_, "troupe_serving_autoscaler_load_requests", {{"window", "stable"}}) == 0.0;
+    });
+  }
+
+  // Before the actor system: it outlives the autoscalers that read it (they end with system_).
+  ManualClock clock_;
   caf::actor_system_config config_;
   caf::actor_system system_;
   caf::actor probe_;
@@ -218,6 +229,41 @@ TEST_F(AutoscalerTest, SilentSourceStopsCounting) {
   EXPECT_TRUE(Eventually([&] {
     return Metric(*metrics_, "troupe_serving_autoscaler_load_sources", {{"deployment", "chat"}}) == 0.0;
   })) << "the silent source still counts";
+}
+
+// The ready count of ReplicaCount reaches the policy: a min_replicas 0 deployment's initial
+// replica, still starting, stays past scale_to_zero_grace (the grace counted from the deploy
+// removed it before: docs/serving.md, scale to zero), and once the deployment actor says it is
+// ready the grace counts from then. Time is a manual clock, so "past the grace" is exact.
+TEST_F(AutoscalerTest, TheStartingReplicaStaysUntilTheDeploymentSaysItIsReady) {
+  AutoscalingConfig config = Config();
+  config.min_replicas = 0;
+  config.max_replicas = 2;
+  config.stable_window = 1000ms;
+  config.panic_window = 1000ms;
+  config.scale_to_zero_grace = 1000ms;
+  caf::actor autoscaler = Spawn(config, std::chrono::hours(1), &clock_);
+  caf::anon_send(autoscaler, ReplicaCount{"chat", 1, 0});  // the initial replica, starting
+  caf::anon_send(autoscaler, LoadReport{"chat", "router/0", 0, 1, 0, 0});
+  ASSERT_TRUE(TickObservedLoad()) << "no tick observed the load";
+  caf::anon_send(autoscaler, LoadReport{"chat", "router/0", 0, 0, 0, 0});
+  clock_.Advance(5s);  // five graces without load
+  ASSERT_TRUE(TickObservedNoLoad()) << "no tick 5 s later observed the idle load";
+  EXPECT_EQ(Metric(*metrics_, "troupe_serving_autoscaler_desired_replicas", {{"deployment", "chat"}}), 1.0)
+      << "the starting replica was scaled away";
+  EXPECT_FALSE(Metric(*metrics_, "troupe_serving_autoscaler_decisions_total", {{"reason", "scale_to_zero"}}));
+
+  caf::anon_send(autoscaler, ReplicaCount{"chat", 1, 1});
+  ASSERT_TRUE(Eventually([&] {
+    return Metric(*metrics_, "troupe_serving_autoscaler_ready_replicas", {{"deployment", "chat"}}) == 1.0;
+  })) << "no tick took the ready count";
+  EXPECT_EQ(Metric(*metrics_, "troupe_serving_autoscaler_desired_replicas", {{"deployment", "chat"}}), 1.0)
+      << "the grace counts from ready";
+  clock_.Advance(2s);
+  auto zero = decisions_->WaitFor([](const ScaleDecision& d) { return d.desired == 0; });
+  ASSERT_TRUE(zero.has_value()) << "no scale to zero after the grace from ready";
+  EXPECT_EQ(zero->decision.current, 1u);
+  EXPECT_NE(zero->decision.reason.find("(scale_to_zero)"), std::string::npos) << zero->decision.reason;
 }
 
 TEST_F(AutoscalerTest, RefusesAnInvalidConfigNamingTheField) {

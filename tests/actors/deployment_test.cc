@@ -113,6 +113,24 @@ TEST(AutoscalerReplicaCount, LeavesOutStandbyDrainingAndSurgeReplicas) {
   EXPECT_EQ(AutoscalerReplicaCount(st), 2u);
 }
 
+// Beside the count, the ready ones among them (the autoscaler holds the start count until that
+// many were ready): starting, pending, draining and standby replicas are not, and during a rollout
+// at most the desired count.
+TEST(AutoscalerReadyCount, CountsOnlyReadyServingReplicasAtMostDesiredDuringARollout) {
+  DeploymentStatus st;
+  st.desired = 2;
+  st.replicas = {{"d/v1/replica-0", "v1", "ready", "a", 1}, {"d/v1/replica-1", "v1", "starting", "b", 2},
+                 {"d/v1/replica-2", "v1", "pending", "", 0}, {"d/v1/replica-3", "v1", "draining", "a", 4}};
+  EXPECT_EQ(AutoscalerReadyCount(st), 1u);
+  st.replicas = {{"d/blue/replica-0", "blue", "ready", "a", 1, false, true},
+                 {"d/green/replica-1", "green", "ready", "b", 2}, {"d/green/replica-2", "green", "starting", "a", 3}};
+  EXPECT_EQ(AutoscalerReadyCount(st), 1u) << "the standby replica is not counted";
+  st.replicas = {{"d/v1/replica-0", "v1", "ready", "a", 1, true, false},
+                 {"d/v1/replica-1", "v1", "ready", "b", 2, true, false},
+                 {"d/v2/replica-2", "v2", "ready", "a", 3}};
+  EXPECT_EQ(AutoscalerReadyCount(st), 2u) << "the ready surge replica is not counted";
+}
+
 
 // After a head restart: the stored replicas that had a lease wait as "recovering" (a pending one
 // is asked for again), and a new replica is never named like a stored one.

@@ -97,9 +97,10 @@ TEST_F(ServingMessages, ReplicaSetsLoadsAndDecisionsRoundTrip) {
   EXPECT_TRUE(decision.panic);
   EXPECT_EQ(decision.reason, "panic: 5 > 2 x 2");
 
-  auto count = RoundTrip(ReplicaCount{"chat", 4}, kReplicaCount);
+  auto count = RoundTrip(ReplicaCount{"chat", 4, 3}, kReplicaCount);
   EXPECT_EQ(count.deployment, "chat");
   EXPECT_EQ(count.current, 4u);
+  EXPECT_EQ(count.ready, 3u);
 }
 
 TEST_F(ServingMessages, ReplicaControlRoundTrips) {
