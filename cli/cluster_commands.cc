@@ -66,7 +66,13 @@ class SignalWaiter {
       }
     });
   }
-  ~SignalWaiter() {
+  ~SignalWaiter() { Join(); }
+  // Ends the waiter (waking it if it still waits) and waits for its thread. A command calls it
+  // before what `on_signal` touches goes away: those objects are made after the waiter (it must
+  // come first, see above) and so are destroyed before its destructor runs, while the thread may
+  // still be inside `on_signal` (a TSan run saw NodeAgent's destructor destroy the condition
+  // variable its Stop, on this thread, was still notifying).
+  void Join() {
     done_ = true;
     if (thread_.joinable()) {
       pthread_kill(thread_.native_handle(), SIGTERM);
@@ -161,6 +167,7 @@ int RunHead(ClusterOptions args) {
     return false;
   });
   int sig = stop.get_future().get();
+  signals.Join();  // its thread may still be in set_value; `stop` goes before `signals`
   spdlog::info("head: stopping ({})", strsignal(sig));
   (*head)->Stop();
   return 0;
@@ -195,6 +202,7 @@ int RunGateway(ClusterOptions args) {
     return false;
   });
   int sig = stop.get_future().get();
+  signals.Join();  // its thread may still be in set_value; `stop` goes before `signals`
   spdlog::info("gateway: stopping ({})", strsignal(sig));
   (*gateway)->Stop();
   return 0;
@@ -216,6 +224,7 @@ int RunNode(ClusterOptions args) {
     first = false;
     spdlog::info("node {} joined cluster '{}'", args.name, reply.cluster_name);
   });
+  signals.Join();  // before the agent, whose Stop its thread may still be running, goes
   return 0;
 }
 
@@ -424,6 +433,7 @@ int RunUp(ClusterOptions args) {
     if (it->process && !it->process->Wait(10s).ok()) it->process->Signal(SIGKILL);
   }
   std::remove(pid_file.c_str());
+  signals.Join();  // a SIGCHLD now would run the callback on `mu` and `cv`, which go first
   std::printf("cluster %s stopped\n", config->name.c_str());
   return 0;
 }
