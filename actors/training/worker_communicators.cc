@@ -73,13 +73,17 @@ CommunicatorFactory NcclCommunicatorFactory() {
     }
     // The id goes through the attempt's store under its own prefix (docs/collectives.md, "Forming
     // a group through the runtime"): one 128-byte key per group.
-    const collectives::RendezvousClient store = collectives::RendezvousClient(start.rendezvous).WithPrefix("nccl/");
+    // The store's calls watch the abort: a rank waiting for rank 0's id stops at once.
+    const collectives::RendezvousClient store =
+        collectives::RendezvousClient(start.rendezvous).WithPrefix("nccl/").WithAbort(abort);
     std::string id;
     if (start.rank == 0) {
       ASSIGN_OR_RETURN(id, collectives::NcclCommunicator::NewUniqueId());
-      RETURN_IF_ERROR(store.Set("id", id));
+      if (Status set = store.Set("id", id); !set.ok()) return abort->aborted() ? aborted() : set;
     } else {
-      ASSIGN_OR_RETURN(id, store.Get("id", kNcclIdWait));
+      StatusOr<std::string> got = store.Get("id", kNcclIdWait);
+      if (!got.ok()) return abort->aborted() ? aborted() : got.status();
+      id = std::move(*got);
     }
     if (abort->aborted()) return aborted();
     collectives::NcclOptions options;
