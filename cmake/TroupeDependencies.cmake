@@ -39,12 +39,35 @@ else()
 endif()
 
 # CAF 0.17.6 (Debian libcaf-dev) ships no CMake config: import its libraries by hand.
-find_library(TROUPE_CAF_CORE_LIB caf_core REQUIRED)
-find_library(TROUPE_CAF_IO_LIB caf_io REQUIRED)
+# TROUPE_CAF_ROOT, when set, is where the libraries are taken from: the ThreadSanitizer pass links a copy
+# of Debian's CAF source built with TSan there (scripts/caf_tsan.sh), so that TSan sees the
+# synchronisation inside CAF's mailboxes and scheduler.
+if(TROUPE_CAF_ROOT)
+  set(caf_search HINTS ${TROUPE_CAF_ROOT} NO_DEFAULT_PATH)
+endif()
+find_library(TROUPE_CAF_CORE_LIB caf_core ${caf_search} PATH_SUFFIXES lib REQUIRED)
+find_library(TROUPE_CAF_IO_LIB caf_io ${caf_search} PATH_SUFFIXES lib REQUIRED)
+# The headers are always the system's (Debian's libcaf-dev): scripts/caf_tsan.sh builds the same
+# source with the same options.
 find_path(TROUPE_CAF_INCLUDE_DIR caf/all.hpp REQUIRED)
+if(TROUPE_CAF_TSAN)
+  # A CAF without TSan's instrumentation would make every actor hand-off look like a race.
+  file(STRINGS ${TROUPE_CAF_CORE_LIB} caf_tsan_symbol LIMIT_COUNT 1 REGEX "__tsan_func_entry")
+  if(NOT caf_tsan_symbol)
+    message(FATAL_ERROR "TROUPE_CAF_TSAN: ${TROUPE_CAF_CORE_LIB} is not built with ThreadSanitizer "
+                        "(no __tsan_func_entry); build one with scripts/caf_tsan.sh")
+  endif()
+  message(STATUS "troupe: CAF from ${TROUPE_CAF_CORE_LIB}, built with ThreadSanitizer: the caf tests are built")
+endif()
+# SHARED for a CAF of TROUPE_CAF_ROOT: CMake then puts its folder in the binaries' run path, so
+# they load it rather than the system's library of the same soname.
+set(caf_lib_type UNKNOWN)
+if(TROUPE_CAF_ROOT)
+  set(caf_lib_type SHARED)
+endif()
 foreach(lib core io)
   string(TOUPPER ${lib} LIB)
-  add_library(troupe::caf_${lib} UNKNOWN IMPORTED)
+  add_library(troupe::caf_${lib} ${caf_lib_type} IMPORTED)
   set_target_properties(troupe::caf_${lib} PROPERTIES
     IMPORTED_LOCATION ${TROUPE_CAF_${LIB}_LIB}
     INTERFACE_INCLUDE_DIRECTORIES ${TROUPE_CAF_INCLUDE_DIR})
