@@ -181,7 +181,8 @@ Work OpQueue::Submit(std::function<Status()> op, std::chrono::milliseconds timeo
 
 bool OpQueue::FailLocked(const Status& reason, std::vector<Work>* failed) {
   if (failure_.ok()) failure_ = reason;
-  if (running_) failed->push_back(running_->work);
+  // The op in flight is not among them: its Work completes when its library call has returned
+  // (Execute), since until then the call may still write the caller's buffers.
   for (auto& op : queue_) failed->push_back(op.work);
   queue_.clear();
   if (abort_called_) return false;
@@ -236,7 +237,9 @@ void OpQueue::Execute(std::unique_lock<std::mutex>& lock) {
   const bool more = !queue_.empty();
   lock.unlock();
   if (more) cv_.notify_one();  // the queue's thread runs the next unless its waiter does
-  if (!status.ok()) {
+  // An op that returned OK after an abort (or its timeout) still fails with the queue: the group
+  // is broken, whatever this rank's buffers hold.
+  if (!status.ok() || !failure.ok()) {
     for (auto& failed_work : failed) failed_work.Complete(failure);
     if (call && on_abort_) on_abort_(failure);
     work.Complete(failure);

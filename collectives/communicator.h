@@ -147,8 +147,13 @@ Status CheckBuffer(const void* data, size_t count, DataType type, std::string_vi
 /// made directly; 40-70 us on a loaded 2-core VM). So when Work::Wait() is called on an op that is
 /// at the head of the queue while none is running, the waiting thread claims it and runs it itself,
 /// exactly as the queue's thread would (same order, the watchdog's timeout, Abort): Submit() still
-/// returns at once, and WaitFor() and OnComplete() never run ops. One difference: after Abort() the
-/// waiter returns when the library call does (on_abort makes it return soon), not before.
+/// returns at once, and WaitFor() and OnComplete() never run ops.
+///
+/// An abort (Abort(), a timeout) completes the op in flight only once its library call has
+/// returned (on_abort makes it return soon: ncclCommAbort, Gloo's pairs failed), whoever runs it:
+/// until then the call may still write the caller's buffers, which the caller frees as soon as
+/// the Work completes. (Completing it at the abort let a TSan run catch Gloo's allreduce writing
+/// a gradient buffer the example trainer had already freed.) Queued ops fail at once.
 class OpQueue {
  public:
   /// `on_abort` runs once, on the thread that first fails the queue (Abort() or a timeout), with
@@ -163,7 +168,8 @@ class OpQueue {
   /// `timeout` counts from when the op starts running (ops queued behind a slow one do not expire
   /// in the queue), as ProcessGroupNCCL's watchdog counts it.
   Work Submit(std::function<Status()> op, std::chrono::milliseconds timeout, std::string name);
-  /// Fails the op in flight and every queued and later one with `reason`; calls on_abort once.
+  /// Fails the op in flight (its Work completes once its call has returned) and every queued and
+  /// later one (at once) with `reason`; calls on_abort once.
   void Abort(const Status& reason);
   /// OK while no op failed and no abort happened.
   Status health() const;

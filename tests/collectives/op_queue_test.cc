@@ -99,6 +99,32 @@ TEST(OpQueue, AbortFailsTheOpInFlightAtOnceAndCallsOnAbortOnce) {
   EXPECT_EQ(queue.health(), UnavailableError("rank 3 (node b) lost"));
 }
 
+// The caller frees its buffers once the Work completes, so the Work of the op in flight must not
+// complete while the library call may still write them: a TSan run caught Gloo's allreduce
+// writing a gradient buffer freed after an abort had completed its Work early.
+TEST(OpQueue, AnAbortCompletesTheOpInFlightOnlyOnceItsCallHasReturned) {
+  Gate gate;
+  Gate started;
+  std::atomic<bool> returned{false};
+  OpQueue queue([&](const Status&) {});  // a library call that on_abort does not end at once
+  Work blocked = queue.Submit(
+      [&] {
+        started.Open();
+        gate.Pass();
+        returned = true;
+        return OkStatus();
+      },
+      milliseconds(600000), "allreduce");
+  Work queued = queue.Submit([] { return OkStatus(); }, milliseconds(600000), "barrier");
+  started.Pass();
+  queue.Abort(UnavailableError("rank 3 (node b) lost"));
+  EXPECT_EQ(queued.Wait(), UnavailableError("rank 3 (node b) lost"));  // queued: at once
+  EXPECT_FALSE(blocked.WaitFor(milliseconds(100)).has_value()) << "completed while its call still ran";
+  gate.Open();
+  EXPECT_EQ(blocked.Wait(), UnavailableError("rank 3 (node b) lost"));  // OK from the call: still failed
+  EXPECT_TRUE(returned.load());
+}
+
 TEST(OpQueue, AnOpPastItsTimeoutFailsWithDeadlineExceededAndAbortsTheQueue) {
   Gate gate;
   OpQueue queue([&](const Status&) { gate.Open(); });
